@@ -1,0 +1,76 @@
+# dsv32: plain Makefile.
+#   make            build/libdsv32.a and build/dsv32
+#   make test       build and run every test; ends with "N passed, N failed"
+#   make asan       the tests under AddressSanitizer + UBSan (in build-asan/)
+#   make CC=clang   any C11 compiler with GNU extensions (gcc, clang)
+#
+# Kernel files named src/*_<isa>.c are compiled with that ISA's flags; which
+# variant runs is chosen at run time from CPU features, so the binary runs on
+# any x86-64 (and the generic code everywhere else).
+
+CC      ?= cc
+BUILD   ?= build
+OPT     ?= -O2
+CFLAGS  ?= $(OPT) -g
+WARN     = -Wall -Wextra -Werror
+CPPFLAGS += -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -MMD -MP
+LDLIBS  += -lpcre2-8 -lcjson -lpthread -lm
+
+SRC      := $(wildcard src/*.c)
+TOOL_SRC := $(wildcard tools/*.c)
+TEST_SRC := $(wildcard tests/*.c)
+
+OBJ      := $(SRC:%.c=$(BUILD)/%.o)
+TOOL_OBJ := $(TOOL_SRC:%.c=$(BUILD)/%.o)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+
+ARCH := $(shell $(CC) -dumpmachine)
+ifneq (,$(findstring x86_64,$(ARCH)))
+ISA_avx2   = -mavx2 -mfma -mf16c
+ISA_avx512 = -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512bf16 -mavx512vnni -mfma -mf16c
+ISA_amx    = $(ISA_avx512) -mamx-tile -mamx-bf16 -mamx-int8
+else
+# Non-x86 builds keep only the generic kernels.
+SRC := $(filter-out %_avx2.c %_avx512.c %_amx.c,$(SRC))
+OBJ := $(SRC:%.c=$(BUILD)/%.o)
+endif
+
+.PHONY: all test asan clean bench
+all: $(BUILD)/libdsv32.a $(BUILD)/dsv32
+
+$(BUILD)/%_avx2.o: %_avx2.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(ISA_avx2) -c $< -o $@
+$(BUILD)/%_avx512.o: %_avx512.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(ISA_avx512) -c $< -o $@
+$(BUILD)/%_amx.o: %_amx.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(ISA_amx) -c $< -o $@
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -c $< -o $@
+
+$(BUILD)/libdsv32.a: $(OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/dsv32: $(TOOL_OBJ) $(BUILD)/libdsv32.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(BUILD)/libdsv32.a $(LDLIBS)
+
+$(BUILD)/run_tests: $(TEST_OBJ) $(BUILD)/libdsv32.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TEST_OBJ) $(BUILD)/libdsv32.a $(LDLIBS)
+
+# Tests that drive the command line find the binary through DSV32_BIN.
+test: $(BUILD)/run_tests $(BUILD)/dsv32
+	DSV32_BIN=$(BUILD)/dsv32 $(BUILD)/run_tests $(T)
+
+asan:
+	$(MAKE) BUILD=build-asan OPT="-O1" \
+	    CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	    LDFLAGS="-fsanitize=address,undefined" test
+
+clean:
+	rm -rf build build-asan
+
+-include $(OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d)

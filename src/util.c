@@ -1,0 +1,64 @@
+/* util.c: the thread-local error message and assertion failure handler. */
+#include "util.h"
+
+#include <stdarg.h>
+#include <string.h>
+#include <time.h>
+
+static _Thread_local char err_buf[1024];
+
+const char *dsv_errmsg(void) { return err_buf; }
+
+const char *dsv_status_str(int status) {
+    switch (status) {
+    case DSV_OK: return "ok";
+    case DSV_ERR_IO: return "i/o error";
+    case DSV_ERR_FORMAT: return "malformed file";
+    case DSV_ERR_CONFIG: return "bad config";
+    case DSV_ERR_MODEL: return "bad model";
+    case DSV_ERR_ARG: return "invalid argument";
+    case DSV_ERR_NOMEM: return "out of memory";
+    case DSV_ERR_UNSUPPORTED: return "unsupported";
+    case DSV_ERR_FULL: return "capacity exhausted";
+    }
+    return "unknown error";
+}
+
+int dsv_error(int status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_buf, sizeof err_buf, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+int dsv_error_prefix(int status, const char *fmt, ...) {
+    char prefix[512], old[sizeof err_buf];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, err_buf, sizeof old);
+    size_t n = strlen(prefix);
+    if (n > sizeof err_buf - 3) n = sizeof err_buf - 3;
+    memcpy(err_buf, prefix, n);
+    memcpy(err_buf + n, ": ", 2);
+    size_t m = strlen(old);
+    if (m > sizeof err_buf - n - 3) m = sizeof err_buf - n - 3;
+    memcpy(err_buf + n + 2, old, m);
+    err_buf[n + 2 + m] = 0;
+    return status;
+}
+
+void dsv_error_clear(void) { err_buf[0] = 0; }
+
+void dsv_assert_fail(const char *expr, const char *file, int line) {
+    fprintf(stderr, "dsv32: internal error: %s:%d: assertion failed: %s\n", file, line, expr);
+    abort();
+}
+
+double dsv_time(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}

@@ -1,0 +1,69 @@
+/* test.h: the tiny test harness behind `make test`.
+ *
+ * Each tests/test_*.c file defines tests with TEST(name) { ... }; they register
+ * themselves at start-up and tests/run_tests.c runs each one in its own child
+ * process (a crash fails one test, not the suite). CHECK records a failure and
+ * carries on; REQUIRE stops the test; SKIP ends it as skipped with a reason.
+ * Tests never assert on wall time. */
+#ifndef DSV_TEST_H
+#define DSV_TEST_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef void (*test_fn)(void);
+void test_register(const char *name, const char *file, test_fn fn);
+
+#define TEST(name)                                                              \
+    static void test_##name(void);                                              \
+    __attribute__((constructor)) static void test_reg_##name(void) {            \
+        test_register(#name, __FILE__, test_##name);                            \
+    }                                                                           \
+    static void test_##name(void)
+
+extern int test_failures;
+void test_fail(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+_Noreturn void test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+_Noreturn void test_abort(void);
+
+#define CHECK(c)                                                                \
+    do { if (!(c)) test_fail(__FILE__, __LINE__, "CHECK(%s)", #c); } while (0)
+#define CHECKF(c, ...)                                                          \
+    do { if (!(c)) test_fail(__FILE__, __LINE__, __VA_ARGS__); } while (0)
+#define REQUIRE(c)                                                              \
+    do { if (!(c)) { test_fail(__FILE__, __LINE__, "REQUIRE(%s)", #c); test_abort(); } } while (0)
+#define REQUIREF(c, ...)                                                        \
+    do { if (!(c)) { test_fail(__FILE__, __LINE__, __VA_ARGS__); test_abort(); } } while (0)
+#define CHECK_EQ_INT(a, b)                                                      \
+    do { long long a_ = (long long)(a), b_ = (long long)(b);                    \
+         if (a_ != b_) test_fail(__FILE__, __LINE__, "%s == %s: %lld != %lld",  \
+                                 #a, #b, a_, b_); } while (0)
+#define CHECK_STR(a, b)                                                         \
+    do { const char *a_ = (a), *b_ = (b);                                       \
+         if (!a_ || !b_ || strcmp(a_, b_) != 0)                                 \
+             test_fail(__FILE__, __LINE__, "%s == %s: \"%s\" != \"%s\"", #a, #b,\
+                       a_ ? a_ : "(null)", b_ ? b_ : "(null)"); } while (0)
+#define CHECK_NEAR(a, b, tol)                                                   \
+    do { double a_ = (a), b_ = (b);                                             \
+         if (!(fabs(a_ - b_) <= (tol)))                                         \
+             test_fail(__FILE__, __LINE__, "|%s - %s| <= %g: %.9g vs %.9g",     \
+                       #a, #b, (double)(tol), a_, b_); } while (0)
+#define SKIP(...) test_skip(__VA_ARGS__)
+
+/* Helpers shared by tests. */
+/* The shared fixtures folder: $DSV32_SHARED, else ../shared. */
+const char *test_shared_dir(void);
+/* shared path joined with rel; returns a static buffer rotated among 8 slots. */
+const char *test_shared(const char *rel);
+/* A fresh, empty temporary directory for this test (removed by the runner). */
+const char *test_tmpdir(void);
+/* Reads a whole file; returns NULL if missing. *len gets the size. Caller frees. */
+void *test_read_file(const char *path, size_t *len);
+/* Runs a shell command, captures stdout (caller frees) and returns exit status. */
+int test_run(const char *cmd, char **out);
+
+#endif

@@ -1,0 +1,32 @@
+/* main.c: the dsv32 command line, a thin client of include/dsv32.h.
+ * Each command lives in tools/cmd_<name>.c and is listed in the table below. */
+#include <stdio.h>
+#include <string.h>
+
+#include "dsv32.h"
+
+struct command {
+    const char *name, *summary;
+    int (*run)(int argc, char **argv);
+};
+
+static const struct command commands[] = {
+    {NULL, NULL, NULL},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: dsv32 <command> [options]   (dsv32 <command> --help for its options)\n\ncommands:\n");
+    for (const struct command *c = commands; c->name; c++)
+        fprintf(f, "  %-12s %s\n", c->name, c->summary);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (const struct command *c = commands; c->name; c++)
+        if (!strcmp(argv[1], c->name)) return c->run(argc - 1, argv + 1);
+    fprintf(stderr, "dsv32: unknown command '%s' (see dsv32 --help)\n", argv[1]);
+    return 2;
+}
