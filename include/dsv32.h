@@ -36,6 +36,149 @@ const char *dsv_errmsg(void);
 /* A short name for a status code ("ok", "i/o error", ...). */
 const char *dsv_status_str(int status);
 
+/* ------------------------------------------------------------------------ */
+/* Model configuration: the Hugging Face config.json of a DeepSeek-V3.2 model,
+ * with the reference's names (model.py ModelArgs) in comments. */
+
+enum { DSV_SCORE_SIGMOID = 0, DSV_SCORE_SOFTMAX = 1 };
+enum { DSV_SCALE_FMT_NONE = 0, DSV_SCALE_FMT_UE8M0 = 1 };
+
+typedef struct dsv_config {
+    int vocab_size;
+    int dim;                 /* hidden_size */
+    int inter_dim;           /* intermediate_size: dense MLP */
+    int moe_inter_dim;       /* moe_intermediate_size: one expert */
+    int n_layers;            /* num_hidden_layers (MTP layers excluded) */
+    int n_dense_layers;      /* first_k_dense_replace */
+    int n_heads;             /* num_attention_heads */
+    int n_routed_experts, n_shared_experts, n_activated_experts; /* ..., num_experts_per_tok */
+    int n_expert_groups;     /* n_group */
+    int n_limited_groups;    /* topk_group */
+    int score_func;          /* scoring_func: DSV_SCORE_* */
+    int norm_topk_prob;      /* normalize the chosen sigmoid weights */
+    float route_scale;       /* routed_scaling_factor */
+    int q_lora_rank, kv_lora_rank;
+    int qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
+    int index_n_heads, index_head_dim, index_topk;
+    float rms_norm_eps;
+    float rope_theta;
+    int yarn;                /* YaRN active (rope_scaling yarn and max_position_embeddings > original) */
+    float rope_factor;       /* rope_scaling.factor */
+    int original_seq_len;    /* rope_scaling.original_max_position_embeddings */
+    float beta_fast, beta_slow, mscale;
+    int max_position_embeddings;
+    int n_mtp_layers;        /* num_nextn_predict_layers: present in the files, skipped */
+    int bos_id, eos_id;
+    int fp8;                 /* quantization_config: fp8 e4m3 weights with 128x128 block scales */
+    int scale_fmt;           /* activation scale format: DSV_SCALE_FMT_* (spec 4.1b) */
+    /* Derived. */
+    float softmax_scale;     /* MLA: (nope+rope)^-0.5 * mscale^2 when YaRN is on */
+} dsv_config;
+
+/* Parses a Hugging Face config.json (a path to the file or to its directory).
+ * Every field the model needs must be present and consistent; the error names
+ * the field. Unknown architectures are rejected. */
+int dsv_config_load(dsv_config *cfg, const char *path);
+/* The same from JSON text; `name` is used in error messages. */
+int dsv_config_parse(dsv_config *cfg, const char *json, const char *name);
+
+/* ------------------------------------------------------------------------ */
+/* Model: the weights of a model directory, memory-mapped and validated. */
+
+typedef struct dsv_model dsv_model;
+
+typedef struct dsv_model_params {
+    /* Overrides quantization_config.scale_fmt: -1 = as the checkpoint says,
+     * else DSV_SCALE_FMT_NONE or DSV_SCALE_FMT_UE8M0. */
+    int scale_fmt;
+    /* Called now and then while tensors are mapped and checked (done <= total
+     * bytes); may be NULL. */
+    void (*progress)(uint64_t done, uint64_t total, void *user);
+    void *progress_user;
+} dsv_model_params;
+
+dsv_model_params dsv_model_default_params(void);
+
+/* Opens a Hugging Face model directory: config.json plus model.safetensors or
+ * the shards listed in model.safetensors.index.json. Every tensor the config
+ * implies is checked for presence, dtype and shape; no weight is converted or
+ * copied. p may be NULL for the defaults. */
+int dsv_model_open(dsv_model **out, const char *dir, const dsv_model_params *p);
+void dsv_model_close(dsv_model *m);
+const dsv_config *dsv_model_config(const dsv_model *m);
+/* Total bytes of the weights the forward pass reads. */
+uint64_t dsv_model_weight_bytes(const dsv_model *m);
+
+/* ------------------------------------------------------------------------ */
+/* Context: KV cache, scratch memory and threads for running a model. All
+ * memory is allocated here; the forward pass allocates nothing. */
+
+typedef struct dsv_context dsv_context;
+
+enum { DSV_ATTN_SPARSE = 0, DSV_ATTN_DENSE = 1 };
+
+typedef struct dsv_context_params {
+    int n_ctx;        /* max tokens per sequence (0: min(max_position_embeddings, 4096)) */
+    int n_seq;        /* sequences that can hold state at once (default 1) */
+    int n_batch;      /* max tokens in one dsv_forward call (default 512) */
+    int n_threads;    /* worker threads including the caller (0: online CPUs) */
+    int64_t n_pages;  /* KV pages of DSV_PAGE tokens (0: n_seq * ceil(n_ctx / DSV_PAGE)) */
+    int attn;         /* DSV_ATTN_SPARSE (the model's top-k) or DSV_ATTN_DENSE (every position) */
+    int topk;         /* override index_topk (0: the config's) */
+    /* A multi-token call whose sequence spans at most this many positions
+     * uses the reference's non-absorbed (MHA) prefill maths; longer ones use
+     * the absorbed (MQA) maths of decoding, whose cost does not grow with the
+     * context (0: 4096). */
+    int mha_max_keys;
+} dsv_context_params;
+
+#define DSV_PAGE 64
+
+dsv_context_params dsv_context_default_params(void);
+int dsv_context_open(dsv_context **out, dsv_model *m, const dsv_context_params *p);
+void dsv_context_close(dsv_context *ctx);
+const dsv_context_params *dsv_context_get_params(const dsv_context *ctx);
+
+/* Number of tokens sequence `seq` holds (its next position). */
+int dsv_seq_len(const dsv_context *ctx, int seq);
+/* Forgets a sequence: length 0, its KV pages returned to the pool. */
+int dsv_seq_reset(dsv_context *ctx, int seq);
+/* Keeps the first n tokens of a sequence (n <= length). */
+int dsv_seq_truncate(dsv_context *ctx, int seq, int n);
+
+enum { DSV_LOGITS_NONE = 0, DSV_LOGITS_LAST = 1, DSV_LOGITS_ALL = 2 };
+
+/* One sequence's part of a forward call: n_tokens new tokens appended at the
+ * sequence's current length. */
+typedef struct dsv_batch_entry {
+    int seq;
+    int n_tokens;
+    const int32_t *tokens;
+    int logits;       /* DSV_LOGITS_*: which positions get logits */
+} dsv_batch_entry;
+
+/* Runs the model over every entry (each sequence at most once per call) and
+ * writes float32 logits [rows, vocab_size] for the requested positions, in
+ * entry order. Sequences are independent: results do not depend on what else
+ * is in the batch. On error nothing changes (no sequence grows). */
+int dsv_forward(dsv_context *ctx, const dsv_batch_entry *entries, int n_entries, float *logits);
+/* Rows of logits dsv_forward writes for these entries. */
+int dsv_batch_logit_rows(const dsv_batch_entry *entries, int n_entries);
+
+/* Named intermediates ("dumps"), as llama.cpp's cb_eval: during dsv_forward
+ * the callback receives tensors by name and layer for the tokens of the call,
+ * in call order. Names: "attn_out" (f32 [tokens, dim]: attention after the
+ * output projection, before the residual add), "topk" (i32 [tokens, topk]:
+ * selected positions in descending index score, -1 padded), "index_weights"
+ * (f32 [tokens, index_n_heads]: raw weights_proj output), "moe_gate_weights"
+ * (f32 [tokens, n_activated]), "moe_gate_indices" (i32 [tokens, n_activated]),
+ * and more listed in forward.c. The data is valid during the call only.
+ * Dumping costs time; pass fn = NULL to turn it off. */
+enum { DSV_DUMP_F32 = 0, DSV_DUMP_I32 = 1 };
+typedef void (*dsv_dump_fn)(const char *name, int layer, int dtype, int rows, int cols,
+                            const void *data, void *user);
+void dsv_context_set_dump(dsv_context *ctx, dsv_dump_fn fn, void *user);
+
 #ifdef __cplusplus
 }
 #endif

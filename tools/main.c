@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cli.h"
 #include "dsv32.h"
 
 struct command {
@@ -11,6 +12,7 @@ struct command {
 };
 
 static const struct command commands[] = {
+    {"logits", "conformance: logits (and intermediates) of a fixed token sequence", cmd_logits},
     {NULL, NULL, NULL},
 };
 

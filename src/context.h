@@ -1,0 +1,107 @@
+/* context.h: the state behind a dsv_context (internal). Every buffer the
+ * forward pass touches is allocated once, in dsv_context_open, from the
+ * limits in dsv_context_params. */
+#ifndef DSV_CONTEXT_H
+#define DSV_CONTEXT_H
+
+#include "dsv32.h"
+#include "kvcache.h"
+#include "model.h"
+#include "threads.h"
+
+/* Per-thread scratch. */
+typedef struct dsv_tscratch {
+    float *att;        /* attention scores + accumulator [n_keys_max + max(C, V)] */
+    float *scores;     /* indexer scores [n_ctx] */
+    int32_t *sel;      /* top-k scratch [n_ctx] */
+    float *acc;        /* absorption accumulator [kv_lora] */
+} dsv_tscratch;
+
+struct dsv_context {
+    dsv_model *m;
+    const dsv_config *c;
+    dsv_context_params p;
+    dsv_pool *pool;
+    int nth;
+    int topk;                  /* effective index top-k */
+    int n_keys_max;            /* most keys one query attends (topk, or n_ctx when dense) */
+    int mha_keys;              /* MHA scratch rows: min(mha_max_keys, n_ctx) */
+    int max_pages;             /* per sequence */
+
+    dsv_kv kv;
+    dsv_seq *seqs;             /* [n_seq] */
+    float *rope_cos, *rope_sin;/* [n_ctx][rope/2] (YaRN frequencies) */
+
+    dsv_dump_fn dump;
+    void *dump_user;
+
+    /* Per-call token table [n_batch], and the call's entries (each a run of
+     * rows of one sequence) [n_seq]. */
+    int32_t *tok_pos, *tok_seq;
+    int n_tok;
+    int32_t *ent_row, *ent_len, *ent_seq;
+    int n_ent;
+
+    /* Activations, bf16 unless noted ([rows][width]). */
+    dsv_bf16 *x;               /* [T][dim] block output / embeddings */
+    dsv_bf16 *res;             /* [T][dim] residual stream */
+    dsv_bf16 *xn;              /* [T][dim] normalized input of a sub-layer */
+    dsv_bf16 *qa, *qr;         /* [T][q_lora] */
+    dsv_bf16 *q;               /* [T][H][nope+rope] */
+    dsv_bf16 *kvf;             /* [T][kv_lora+rope] */
+    dsv_bf16 *kvn;             /* [T][kv_lora] */
+    dsv_bf16 *o;               /* [T][H][v] */
+    dsv_bf16 *iq;              /* [T][Hi][128] */
+    dsv_bf16 *ik;              /* [T][128] */
+    uint8_t *iq8;              /* [T][Hi][128] e4m3 */
+    float *iqs;                /* [T][Hi] */
+    float *iw;                 /* [T][Hi] indexer head weights */
+    int32_t *sel;              /* [T][n_keys_max]: chosen positions, by score */
+    int32_t *sel_pos;          /* [T][n_keys_max]: the same, by position */
+    int32_t *n_sel;            /* [T] */
+    float *xf;                 /* [T][max(dim, ...)] fp32 copies for fp32 linears and dumps */
+    float *gate_logits;        /* [T][n_experts] */
+    float *gate_w;             /* [T][n_act] */
+    int32_t *gate_i;           /* [T][n_act] */
+    float *moe_y;              /* [T][dim] fp32 accumulator */
+    int32_t *ex_rows;          /* [T] tokens routed to the current expert */
+    float *ex_wts;             /* [T] */
+    dsv_bf16 *ex_x, *ex_h1, *ex_h3, *ex_o; /* [T][dim], [T][inter], [T][inter], [T][dim] */
+    uint8_t *aq;               /* act_quant codes [rows][K_max] */
+    float *as;                 /* act_quant scales [rows][K_max/128] */
+    /* Attention. */
+    dsv_bf16 *mha_lat;         /* [mha_keys][kv_lora] */
+    dsv_bf16 *mha_pe;          /* [mha_keys][rope] */
+    dsv_bf16 *mha_kvb;         /* [mha_keys][H][nope+v] */
+    dsv_bf16 *g_lat;           /* [n_keys_max][kv_lora] gathered latent rows */
+    dsv_bf16 *g_pe;            /* [n_keys_max][rope] */
+    dsv_bf16 *q_abs;           /* [H][kv_lora] */
+    dsv_bf16 *q_pe;            /* [H][rope] */
+    dsv_bf16 *o_lat;           /* [H][kv_lora] */
+    dsv_tscratch *ts;          /* [nth] */
+    void *arena;               /* one allocation behind all of the above */
+};
+
+/* Linear layers on the context's threads and scratch (linear.c). */
+/* y [m][ldy] bf16 = x [m][n_in] · Wᵀ with the reference's numerics (fp8:
+ * act_quant of x, then fp8_gemm). */
+void dsv_lin(dsv_context *ctx, dsv_bf16 *y, int ldy, const dsv_bf16 *x, const dsv_linear *w, int m);
+/* y [m][n_out] fp32 = x [m][n_in] fp32 · Wᵀ. */
+void dsv_lin_f32(dsv_context *ctx, float *y, const float *x, const dsv_linear *w, int m);
+/* Runs fn over [0, n) split across the pool. */
+typedef void (*dsv_range_fn)(dsv_context *ctx, void *arg, long i0, long i1, int ith);
+void dsv_par_for(dsv_context *ctx, long n, dsv_range_fn fn, void *arg);
+
+/* Sub-layers (mla.c, indexer.c, moe.c). Rows are the call's tokens. */
+void dsv_mla_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn);
+void dsv_indexer_forward(dsv_context *ctx, int il, const dsv_bf16 *xn, const dsv_bf16 *qr);
+void dsv_moe_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn);
+void dsv_mlp_forward(dsv_context *ctx, const dsv_expert *e, int inter, dsv_bf16 *out,
+                     const dsv_bf16 *x, int m);
+
+/* Hands a tensor to the dump callback, if one is set. */
+void dsv_dump_f32(dsv_context *ctx, const char *name, int layer, int rows, int cols, const float *d);
+void dsv_dump_i32(dsv_context *ctx, const char *name, int layer, int rows, int cols, const int32_t *d);
+void dsv_dump_bf16(dsv_context *ctx, const char *name, int layer, int rows, int cols, const dsv_bf16 *d);
+
+#endif

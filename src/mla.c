@@ -1,0 +1,176 @@
+/* mla.c: Multi-head Latent Attention with DeepSeek Sparse Attention
+ * (model.py MLA.forward).
+ *
+ * Projections and the latent KV: q = wq_b(q_norm(wq_a(x))) with interleaved
+ * RoPE on each head's last `rope` dims; [latent | k_pe] = wkv_a(x), latent
+ * RMS-normalized, k_pe roped; the latent goes through act_quant (fp8 e4m3,
+ * 128-wide groups) and is cached as codes + scales, as production does; the
+ * reference caches the same values dequantized to bf16.
+ *
+ * Attention runs over exactly the positions the lightning indexer selected
+ * (gathered, never masked), in one of the reference's two forms:
+ *  - MHA (its prefill path): k_nope and v come from wkv_b applied to the
+ *    cached latent rows; used for multi-token calls whose sequence spans at
+ *    most mha_keys positions (the reference's own prefill starts at 0 and
+ *    up-projects the whole chunk; we also allow a later start, reading the
+ *    earlier rows from the cache, so a chunked prefill computes what one call
+ *    would);
+ *  - MQA (its decode path): the query is absorbed into the latent space
+ *    through wkv_b's key half, attention runs over the latent rows, and the
+ *    value half maps the result back; its cost per token does not grow with
+ *    the context, so it serves single tokens and long contexts.
+ * Selected positions are visited in ascending order, so a top-k that keeps
+ * every position computes bit for bit what dense attention computes. */
+#include <string.h>
+
+#include "context.h"
+#include "util.h"
+
+struct mla_args {
+    const dsv_layer *ly;
+    int il;
+    const dsv_bf16 *xn;
+    int row0, n_rows, seq, n_keys; /* current entry / token */
+};
+
+static void q_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
+    (void)ith;
+    struct mla_args *p = a;
+    const dsv_config *c = ctx->c;
+    const int Q = c->q_lora_rank;
+    for (long t = i0; t < i1; t++)
+        dsv_rmsnorm(ctx->qr + t * Q, ctx->qa + t * Q, p->ly->q_norm, Q, c->rms_norm_eps);
+}
+
+static void q_rope_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
+    (void)ith; (void)a;
+    const dsv_config *c = ctx->c;
+    const int H = c->n_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim;
+    for (long t = i0; t < i1; t++) {
+        const float *cs = ctx->rope_cos + (size_t)ctx->tok_pos[t] * (R / 2);
+        const float *sn = ctx->rope_sin + (size_t)ctx->tok_pos[t] * (R / 2);
+        for (int h = 0; h < H; h++) dsv_rope(ctx->q + ((size_t)t * H + h) * (N + R) + N, cs, sn, R / 2, 1);
+    }
+}
+
+/* Latent: norm, RoPE on k_pe, act_quant round trip, cache write. */
+static void kv_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
+    (void)ith;
+    struct mla_args *p = a;
+    const dsv_config *c = ctx->c;
+    const int C = c->kv_lora_rank, R = c->qk_rope_head_dim;
+    for (long t = i0; t < i1; t++) {
+        dsv_bf16 *kvf = ctx->kvf + t * (C + R), *kvn = ctx->kvn + t * C;
+        const int pos = ctx->tok_pos[t];
+        dsv_rmsnorm(kvn, kvf, p->ly->kv_norm, C, c->rms_norm_eps);
+        dsv_rope(kvf + C, ctx->rope_cos + (size_t)pos * (R / 2), ctx->rope_sin + (size_t)pos * (R / 2), R / 2, 1);
+        uint8_t *codes = ctx->aq + t * C;
+        float *scales = ctx->as + t * (C / DSV_QBLOCK);
+        dsv_act_quant_bf16(codes, scales, kvn, C, c->scale_fmt);
+        const dsv_seq *s = &ctx->seqs[ctx->tok_seq[t]];
+        dsv_kv_put_latent(&ctx->kv, dsv_kv_latent(&ctx->kv, s, p->il, pos), codes, scales, kvf + C);
+    }
+}
+
+/* Reads latent rows back (as bf16 values) for the MHA path: positions [i0, i1). */
+static void mha_load(dsv_context *ctx, void *a, long i0, long i1, int ith) {
+    (void)ith;
+    struct mla_args *p = a;
+    const dsv_config *c = ctx->c;
+    const int C = c->kv_lora_rank, R = c->qk_rope_head_dim;
+    const dsv_seq *s = &ctx->seqs[p->seq];
+    for (long j = i0; j < i1; j++)
+        dsv_kv_get_latent(&ctx->kv, dsv_kv_latent(&ctx->kv, s, p->il, (int)j), ctx->mha_lat + j * C,
+                          ctx->mha_pe + j * R);
+}
+
+/* One (token, head) pair per item. */
+static void mha_heads(dsv_context *ctx, void *a, long i0, long i1, int ith) {
+    struct mla_args *p = a;
+    const dsv_config *c = ctx->c;
+    const int H = c->n_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim, V = c->v_head_dim;
+    for (long it = i0; it < i1; it++) {
+        int t = p->row0 + (int)(it / H), h = (int)(it % H);
+        dsv_kern->mha_attn(ctx->o + (size_t)t * H * V, ctx->q + (size_t)t * H * (N + R), ctx->mha_kvb,
+                           ctx->mha_pe, ctx->sel_pos + (size_t)t * ctx->n_keys_max, ctx->n_sel[t], H, N, R,
+                           V, c->softmax_scale, h, h + 1, ctx->ts[ith].att);
+    }
+}
+
+static void mha_entry(dsv_context *ctx, struct mla_args *p, int e) {
+    const dsv_config *c = ctx->c;
+    const int H = c->n_heads, N = c->qk_nope_head_dim, V = c->v_head_dim;
+    p->row0 = ctx->ent_row[e];
+    p->n_rows = ctx->ent_len[e];
+    p->seq = ctx->ent_seq[e];
+    int E = ctx->tok_pos[p->row0 + p->n_rows - 1] + 1;
+    dsv_par_for(ctx, E, mha_load, p);
+    /* model.py: kv = self.wkv_b(kv), on the dequantized latent. */
+    dsv_lin(ctx, ctx->mha_kvb, H * (N + V), ctx->mha_lat, &p->ly->wkv_b, E);
+    dsv_par_for(ctx, (long)p->n_rows * H, mha_heads, p);
+}
+
+/* Gathers the selected latent rows of one token. */
+static void mqa_gather(dsv_context *ctx, void *a, long i0, long i1, int ith) {
+    (void)ith;
+    struct mla_args *p = a;
+    const dsv_config *c = ctx->c;
+    const int C = c->kv_lora_rank, R = c->qk_rope_head_dim;
+    const dsv_seq *s = &ctx->seqs[p->seq];
+    const int32_t *idx = ctx->sel_pos + (size_t)p->row0 * ctx->n_keys_max;
+    for (long j = i0; j < i1; j++)
+        dsv_kv_get_latent(&ctx->kv, dsv_kv_latent(&ctx->kv, s, p->il, idx[j]), ctx->g_lat + j * C,
+                          ctx->g_pe + j * R);
+}
+
+static void mqa_heads(dsv_context *ctx, void *a, long h0, long h1, int ith) {
+    struct mla_args *p = a;
+    const dsv_config *c = ctx->c;
+    const int H = c->n_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim, V = c->v_head_dim;
+    const int C = c->kv_lora_rank, t = p->row0;
+    const dsv_linear *wkv_b = &p->ly->wkv_b;
+    for (long h = h0; h < h1; h++) {
+        const dsv_bf16 *qh = ctx->q + ((size_t)t * H + h) * (N + R);
+        dsv_kern->absorb_q(ctx->q_abs + h * C, qh, wkv_b, (int)h * (N + V), N, ctx->ts[ith].acc);
+        memcpy(ctx->q_pe + h * R, qh + N, (size_t)R * sizeof(dsv_bf16));
+        dsv_kern->mqa_attn(ctx->o_lat, ctx->q_abs, ctx->q_pe, ctx->g_lat, ctx->g_pe, p->n_keys, C, R,
+                           c->softmax_scale, (int)h, (int)h + 1, ctx->ts[ith].att);
+        dsv_kern->absorb_o(ctx->o + ((size_t)t * H + h) * V, ctx->o_lat + h * C, wkv_b, (int)h * (N + V) + N, V);
+    }
+}
+
+static void mqa_token(dsv_context *ctx, struct mla_args *p, int t, int seq) {
+    p->row0 = t;
+    p->seq = seq;
+    p->n_keys = ctx->n_sel[t];
+    dsv_par_for(ctx, p->n_keys, mqa_gather, p);
+    dsv_par_for(ctx, ctx->c->n_heads, mqa_heads, p);
+}
+
+void dsv_mla_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn) {
+    const dsv_config *c = ctx->c;
+    const dsv_layer *ly = &ctx->m->layers[il];
+    const int T = ctx->n_tok, H = c->n_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim;
+    const int C = c->kv_lora_rank, Q = c->q_lora_rank;
+    struct mla_args a = {.ly = ly, .il = il, .xn = xn};
+
+    dsv_lin(ctx, ctx->qa, Q, xn, &ly->wq_a, T);
+    dsv_par_for(ctx, T, q_rows, &a);
+    dsv_dump_bf16(ctx, "qr", il, T, Q, ctx->qr);
+    dsv_lin(ctx, ctx->q, H * (N + R), ctx->qr, &ly->wq_b, T);
+    dsv_par_for(ctx, T, q_rope_rows, &a);
+    dsv_lin(ctx, ctx->kvf, C + R, xn, &ly->wkv_a, T);
+    dsv_par_for(ctx, T, kv_rows, &a);
+
+    dsv_indexer_forward(ctx, il, xn, ctx->qr);
+
+    for (int e = 0; e < ctx->n_ent; e++) {
+        int S = ctx->ent_len[e], last = ctx->tok_pos[ctx->ent_row[e] + S - 1];
+        if (S > 1 && last + 1 <= ctx->mha_keys) {
+            mha_entry(ctx, &a, e);
+        } else {
+            for (int i = 0; i < S; i++) mqa_token(ctx, &a, ctx->ent_row[e] + i, ctx->ent_seq[e]);
+        }
+    }
+    dsv_lin(ctx, out, c->dim, ctx->o, &ly->wo, T);
+}

@@ -1,0 +1,174 @@
+/* moe.c: the feed-forward blocks (model.py MLP, Gate, Expert, MoE).
+ *
+ * Router (Gate.forward, all fp32): scores = sigmoid(x · W_gateᵀ) (softmax for
+ * softmax-scored configs); experts are *chosen* on scores + e_score_correction_bias,
+ * first keeping the topk_group groups with the best sum of their two best
+ * biased scores, and *weighted* by the unbiased scores of the chosen ones,
+ * normalized (sigmoid) and times routed_scaling_factor.
+ * MoE.forward: y = Σ_e w_e * Expert_e(x) in fp32, experts added in index
+ * order as the reference loops them, plus the shared expert, then bf16.
+ * Tokens are grouped by expert, so each expert's weights are read once per
+ * call whatever the number of tokens. */
+#include <math.h>
+#include <string.h>
+
+#include "context.h"
+#include "util.h"
+
+struct moe_args {
+    const dsv_layer *ly;
+    const dsv_bf16 *x;
+    dsv_bf16 *out;
+    int n;
+    const dsv_bf16 *src;
+};
+
+/* Selection rank: higher first, lower index on ties (torch.topk leaves ties
+ * unspecified; this makes ours deterministic). */
+static int better(float a, int ia, float b, int ib) { return a > b || (a == b && ia < ib); }
+
+static void route_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
+    (void)ith;
+    struct moe_args *p = a;
+    const dsv_config *c = ctx->c;
+    const int E = c->n_routed_experts, K = c->n_activated_experts, G = c->n_expert_groups;
+    const int per = E / G;
+    float orig[1024], sc[1024];
+    int gsel[1024];
+    DSV_ASSERT(E <= 1024);
+    for (long t = i0; t < i1; t++) {
+        const float *lg = ctx->gate_logits + t * E;
+        if (c->score_func == DSV_SCORE_SOFTMAX) {
+            float mx = -INFINITY, sum = 0;
+            for (int e = 0; e < E; e++) mx = fmaxf(mx, lg[e]);
+            for (int e = 0; e < E; e++) { orig[e] = expf(lg[e] - mx); sum += orig[e]; }
+            for (int e = 0; e < E; e++) orig[e] /= sum;
+        } else {
+            for (int e = 0; e < E; e++) orig[e] = 1.0f / (1.0f + expf(-lg[e]));
+        }
+        for (int e = 0; e < E; e++) sc[e] = p->ly->gate_bias ? orig[e] + p->ly->gate_bias[e] : orig[e];
+        if (G > 1) {
+            /* Group score: the sum of the group's two best (with a bias), else its best. */
+            float gs[1024];
+            for (int g = 0; g < G; g++) {
+                float b1 = -INFINITY, b2 = -INFINITY;
+                for (int e = g * per; e < (g + 1) * per; e++) {
+                    if (sc[e] > b1) { b2 = b1; b1 = sc[e]; }
+                    else if (sc[e] > b2) b2 = sc[e];
+                }
+                gs[g] = p->ly->gate_bias ? b1 + b2 : b1;
+                gsel[g] = 0;
+            }
+            for (int k = 0; k < c->n_limited_groups; k++) {
+                int best = -1;
+                for (int g = 0; g < G; g++)
+                    if (!gsel[g] && (best < 0 || better(gs[g], g, gs[best], best))) best = g;
+                gsel[best] = 1;
+            }
+            for (int g = 0; g < G; g++)
+                if (!gsel[g])
+                    for (int e = g * per; e < (g + 1) * per; e++) sc[e] = -INFINITY;
+        }
+        int32_t *idx = ctx->gate_i + t * K;
+        float *w = ctx->gate_w + t * K;
+        for (int k = 0; k < K; k++) {
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                int taken = 0;
+                for (int j = 0; j < k; j++) taken |= idx[j] == e;
+                if (!taken && (best < 0 || better(sc[e], e, sc[best], best))) best = e;
+            }
+            idx[k] = best;
+        }
+        float sum = 0;
+        for (int k = 0; k < K; k++) { w[k] = orig[idx[k]]; sum += w[k]; }
+        if (c->score_func == DSV_SCORE_SIGMOID && c->norm_topk_prob)
+            for (int k = 0; k < K; k++) w[k] /= sum;
+        for (int k = 0; k < K; k++) w[k] *= c->route_scale;
+    }
+}
+
+static void to_f32(dsv_context *ctx, void *a, long i0, long i1, int ith) {
+    (void)ith;
+    const dsv_bf16 *x = a;
+    const int D = ctx->c->dim;
+    for (long i = i0 * D; i < i1 * D; i++) ctx->xf[i] = dsv_bf16_to_f32(x[i]);
+}
+
+static void swiglu_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
+    (void)ctx; (void)ith;
+    struct moe_args *p = a;
+    dsv_swiglu(ctx->ex_h1 + i0 * p->n, ctx->ex_h1 + i0 * p->n, ctx->ex_h3 + i0 * p->n, (int)((i1 - i0) * p->n));
+}
+
+void dsv_mlp_forward(dsv_context *ctx, const dsv_expert *e, int inter, dsv_bf16 *out,
+                     const dsv_bf16 *x, int m) {
+    struct moe_args a = {.n = inter};
+    dsv_lin(ctx, ctx->ex_h1, inter, x, &e->w1, m);
+    dsv_lin(ctx, ctx->ex_h3, inter, x, &e->w3, m);
+    dsv_par_for(ctx, m, swiglu_rows, &a);
+    dsv_lin(ctx, out, ctx->c->dim, ctx->ex_h1, &e->w2, m);
+}
+
+static void gather_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
+    (void)ith;
+    struct moe_args *p = a;
+    const int D = ctx->c->dim;
+    for (long i = i0; i < i1; i++)
+        memcpy(ctx->ex_x + i * D, p->x + (size_t)ctx->ex_rows[i] * D, (size_t)D * sizeof(dsv_bf16));
+}
+
+/* y[row] += float(expert_out) * weight: the fp32 product, then the add. */
+static void scatter_add(dsv_context *ctx, void *a, long d0, long d1, int ith) {
+    (void)ith;
+    struct moe_args *p = a;
+    const int D = ctx->c->dim;
+    for (int i = 0; i < p->n; i++) {
+        float *y = ctx->moe_y + (size_t)ctx->ex_rows[i] * D;
+        const dsv_bf16 *o = ctx->ex_o + (size_t)i * D;
+        float w = ctx->ex_wts[i];
+        for (long d = d0; d < d1; d++) y[d] += dsv_bf16_to_f32(o[d]) * w;
+    }
+}
+
+static void add_shared(dsv_context *ctx, void *a, long i0, long i1, int ith) {
+    (void)ith; (void)a;
+    for (long i = i0; i < i1; i++) ctx->moe_y[i] += dsv_bf16_to_f32(ctx->ex_o[i]);
+}
+
+static void to_bf16(dsv_context *ctx, void *a, long i0, long i1, int ith) {
+    (void)ith;
+    struct moe_args *p = a;
+    for (long i = i0; i < i1; i++) p->out[i] = dsv_f32_to_bf16(ctx->moe_y[i]);
+}
+
+void dsv_moe_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn) {
+    const dsv_config *c = ctx->c;
+    const dsv_layer *ly = &ctx->m->layers[il];
+    const int T = ctx->n_tok, D = c->dim, E = c->n_routed_experts, K = c->n_activated_experts;
+    struct moe_args a = {.ly = ly, .x = xn, .out = out};
+
+    dsv_par_for(ctx, T, to_f32, (void *)xn);
+    dsv_lin_f32(ctx, ctx->gate_logits, ctx->xf, &ly->gate, T);
+    dsv_par_for(ctx, T, route_rows, &a);
+    dsv_dump_f32(ctx, "moe_gate_weights", il, T, K, ctx->gate_w);
+    dsv_dump_i32(ctx, "moe_gate_indices", il, T, K, ctx->gate_i);
+
+    memset(ctx->moe_y, 0, (size_t)T * D * sizeof(float));
+    for (int e = 0; e < E; e++) {
+        int n = 0;
+        for (int t = 0; t < T; t++)
+            for (int k = 0; k < K; k++)
+                if (ctx->gate_i[t * K + k] == e) { ctx->ex_rows[n] = t; ctx->ex_wts[n] = ctx->gate_w[t * K + k]; n++; }
+        if (!n) continue;
+        a.n = n;
+        dsv_par_for(ctx, n, gather_rows, &a);
+        dsv_mlp_forward(ctx, &ly->experts[e], c->moe_inter_dim, ctx->ex_o, ctx->ex_x, n);
+        dsv_par_for(ctx, D, scatter_add, &a);
+    }
+    if (c->n_shared_experts > 0) {
+        dsv_mlp_forward(ctx, &ly->shared, c->n_shared_experts * c->moe_inter_dim, ctx->ex_o, xn, T);
+        dsv_par_for(ctx, (long)T * D, add_shared, NULL);
+    }
+    dsv_par_for(ctx, (long)T * D, to_bf16, &a);
+}

@@ -1,0 +1,148 @@
+/* ops.h: the compute kernels of the forward pass, and their dispatch table.
+ *
+ * Every kernel here has a scalar reference in ops_ref.c: the oracle that the
+ * SIMD/AMX variants (ops_<isa>.c, same signatures) are tested against, and
+ * the code that runs where no variant applies. dsv_kern points at the set
+ * chosen once at start-up from CPU features (DSV32_ISA forces a level).
+ *
+ * Conventions (ggml style): output first, then inputs, then sizes; a kernel
+ * covers one slice [n0, n1) or one (ith, nth) share of the work and never
+ * allocates. The rounding points are those of the reference (model.py and
+ * kernel.py at commit 87e509a): what it keeps in bf16 is rounded to bf16
+ * here at the same point, accumulations are in fp32. */
+#ifndef DSV_OPS_H
+#define DSV_OPS_H
+
+#include <stdint.h>
+
+#include "numeric.h"
+#include "safetensors.h"
+
+/* A linear layer's weight, borrowed from the mapped checkpoint.
+ * y = x · Wᵀ with W [n_out][n_in] row-major. For fp8 weights, scale is
+ * weight_scale_inv [ceil(n_out/128)][ceil(n_in/128)], a multiplier despite
+ * its name: W_real[r][c] = fp8(W[r][c]) * scale[r/128][c/128]. */
+typedef struct dsv_linear {
+    dsv_dtype dtype;       /* F8_E4M3 (with scale), BF16, F16 or F32 */
+    int n_out, n_in;
+    const void *w;
+    const float *scale;
+    int scale_ld;          /* ceil(n_in / 128) */
+} dsv_linear;
+
+/* One weight element as the reference computes with it. fp8: the e4m3 code's
+ * value (the block scale is applied per 128-block by the caller). Other
+ * dtypes: the value, rounded to bf16 when `as_bf16` (the reference keeps
+ * every non-fp8 Linear in bf16, whatever the file holds). */
+static inline float dsv_weight_at(const dsv_linear *w, long i, int as_bf16) {
+    float v;
+    switch (w->dtype) {
+    case DSV_DT_F8_E4M3: return dsv_e4m3_to_f32(((const uint8_t *)w->w)[i]);
+    case DSV_DT_BF16: { dsv_bf16 h; memcpy(&h, (const char *)w->w + 2 * i, 2); return dsv_bf16_to_f32(h); }
+    case DSV_DT_F16: { uint16_t h; memcpy(&h, (const char *)w->w + 2 * i, 2); v = dsv_f16_to_f32(h); break; }
+    default: memcpy(&v, (const char *)w->w + 4 * i, 4); break;
+    }
+    return as_bf16 ? dsv_round_bf16(v) : v;
+}
+
+typedef struct dsv_kernels {
+    const char *name;
+
+    /* fp8_gemm (kernel.py) for output columns [n0, n1): xq/xs are the
+     * activations quantized by dsv_act_quant ([m][K] e4m3, [m][K/128]).
+     * y[i][n] = bf16( Σ_kb (Σ_{k in kb} xq·wq) * (xs[i][kb] * ws[n/128][kb]) ),
+     * each 128-block product summed in fp32, then promoted. */
+    void (*linear_fp8)(dsv_bf16 *y, int ldy, const uint8_t *xq, const float *xs,
+                       const dsv_linear *w, int m, int n0, int n1);
+    /* F.linear in bf16: y = bf16(Σ x·w), fp32 accumulation; non-fp8 weights. */
+    void (*linear_bf16)(dsv_bf16 *y, int ldy, const dsv_bf16 *x, const dsv_linear *w,
+                        int m, int n0, int n1);
+    /* F.linear in fp32 (router gate, indexer weights_proj, lm head). */
+    void (*linear_f32)(float *y, int ldy, const float *x, const dsv_linear *w,
+                       int m, int n0, int n1);
+
+    /* fp8_index (kernel.py) for one query against n keys:
+     * out[j] = ks[j] * Σ_h w[h] * max(0, Σ_d q8[h][d] * k8[j][d]), d < 128. */
+    void (*index_score)(float *out, const uint8_t *q8, const float *w, int n_heads,
+                        const uint8_t *k8, const float *ks, int n);
+
+    /* Absorbed (MQA) attention of one query over n gathered latent rows, for
+     * heads [h0, h1) (model.py "MQA decode"): for each head,
+     *   s_j = bf16(bf16(bf16(q_abs·kv_j) + bf16(q_pe·pe_j)) * scale),
+     *   p = bf16(softmax(s)),  o_lat = bf16(Σ_j p_j kv_j).
+     * q_abs [H][C], q_pe [H][R], kv [n][C], pe [n][R], o_lat [H][C] (bf16);
+     * scratch holds n floats. */
+    void (*mqa_attn)(dsv_bf16 *o_lat, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe,
+                     const dsv_bf16 *kv, const dsv_bf16 *pe, int n, int C, int R,
+                     float scale, int h0, int h1, float *scratch);
+
+    /* Non-absorbed (MHA prefill) attention of one query over the keys at
+     * positions idx[0..n), heads [h0, h1): q [H][N+R] = [q_nope | q_pe],
+     * kvb [E][H][N+V] = [k_nope | v] per position and head, pe [E][R];
+     *   s_j = bf16(bf16(q·[k_nope_j | pe_j]) * scale), p = bf16(softmax(s)),
+     *   o = bf16(Σ_j p_j v_j) -> o [H][V]. scratch holds n + V floats. */
+    void (*mha_attn)(dsv_bf16 *o, const dsv_bf16 *q, const dsv_bf16 *kvb, const dsv_bf16 *pe,
+                     const int32_t *idx, int n, int H, int N, int R, int V, float scale,
+                     int h0, int h1, float *scratch);
+
+    /* The absorbed query of one head (model.py: einsum("bshd,hdc->bshc",
+     * q_nope, wkv_b[:, :nope])): q_abs[c] = bf16(Σ_d q_nope[d] * Wb[row0+d][c])
+     * over d < N, where Wb is wkv_b as the reference's bf16 weight_dequant
+     * (fp8: bf16(e4m3 * block scale)). acc: C floats of scratch. */
+    void (*absorb_q)(dsv_bf16 *q_abs, const dsv_bf16 *q_nope, const dsv_linear *wkv_b,
+                     int row0, int N, float *acc);
+    /* The head's output (einsum("bshc,hdc->bshd", o_lat, wkv_b[:, -v:])):
+     * o[d] = bf16(Σ_c o_lat[c] * Wb[row0+d][c]) for d < V. */
+    void (*absorb_o)(dsv_bf16 *o, const dsv_bf16 *o_lat, const dsv_linear *wkv_b, int row0, int V);
+} dsv_kernels;
+
+extern const dsv_kernels dsv_kernels_ref;
+/* The active set (dsv_kernels_ref until dsv_kernels_select runs). */
+extern const dsv_kernels *dsv_kern;
+
+/* wkv_b's element (r, c) as the reference's bf16 weight_dequant gives it. */
+static inline float dsv_wkvb_at(const dsv_linear *w, int r, int c) {
+    long i = (long)r * w->n_in + c;
+    if (w->dtype != DSV_DT_F8_E4M3) return dsv_weight_at(w, i, 1);
+    float s = w->scale[(size_t)(r / DSV_QBLOCK) * w->scale_ld + c / DSV_QBLOCK];
+    return dsv_round_bf16(dsv_e4m3_to_f32(((const uint8_t *)w->w)[i]) * s);
+}
+
+/* ---- small shared ops (ops_ref.c; not hot enough to dispatch) ------------ */
+
+/* Softmax as torch computes it on a bf16 tensor: fp32 inside, bf16 out.
+ * In place over n scores (already bf16 values); returns nothing. */
+void dsv_softmax_bf16(float *x, int n);
+
+/* RMSNorm (model.py RMSNorm.forward): y = bf16(w * x * rsqrt(mean(x²) + eps)). */
+void dsv_rmsnorm(dsv_bf16 *y, const dsv_bf16 *x, const float *w, int n, float eps);
+/* The fused residual form: r = float(x) + float(res); y = bf16(w*r*rsqrt(mean(r²)+eps));
+ * res = bf16(r). */
+void dsv_rmsnorm_residual(dsv_bf16 *y, dsv_bf16 *res, const dsv_bf16 *x, const float *w,
+                          int n, float eps);
+/* LayerNorm with bias over n values in fp32, output bf16 (indexer k_norm). */
+void dsv_layernorm(dsv_bf16 *y, const dsv_bf16 *x, const float *w, const float *b, int n,
+                   float eps);
+
+/* RoPE over the first 2*n_half values of x (bf16, in place) with cos/sin
+ * [n_half] (model.py apply_rotary_emb, fp32 maths, bf16 out).
+ * Interleaved pairs (x[2i], x[2i+1]) for MLA; half-split pairs (x[i],
+ * x[i+n_half]) for the indexer. */
+void dsv_rope(dsv_bf16 *x, const float *cos, const float *sin, int n_half, int interleaved);
+
+/* Walsh-Hadamard transform of 128 bf16 values, scaled by 128^-0.5, in
+ * place (fast_hadamard_transform; fp32 inside, bf16 out). */
+void dsv_hadamard128(dsv_bf16 *x);
+
+/* y = bf16(silu(float(a)) * float(b)) (model.py MLP/Expert). */
+void dsv_swiglu(dsv_bf16 *y, const dsv_bf16 *a, const dsv_bf16 *b, int n);
+
+/* Top-k of n scores: idx gets the k largest in descending order, ties broken
+ * toward the lower position (deterministic). k <= n. scratch: n int32. */
+void dsv_topk(int32_t *idx, const float *scores, int n, int k, int32_t *scratch);
+
+/* Chooses the kernel set from CPU features, or DSV32_ISA when set
+ * ("generic" forces the reference). Returns the chosen name. */
+const char *dsv_kernels_select(void);
+
+#endif

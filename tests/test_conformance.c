@@ -1,0 +1,26 @@
+/* test_conformance.c: every case of ../shared/conformance judged by its
+ * README's rule: both configs; b1; b2 with each row its own sequence (both in
+ * one batch); long. */
+#include <stdio.h>
+
+#include "conformance.h"
+#include "test.h"
+
+static void run_case(const char *config, const char *case_name) {
+    conf_metrics rows[4];
+    int n = conf_run(config, case_name, 2, rows, 4);
+    REQUIREF(n > 0, "%s/%s did not run", config, case_name);
+    conf_limits lim = conf_limits_for(config);
+    for (int r = 0; r < n; r++) {
+        char label[128];
+        snprintf(label, sizeof label, "%s %s row %d", config, case_name, r);
+        conf_judge(label, &rows[r], &lim);
+    }
+}
+
+TEST(conformance_fp8_b1) { run_case("public_sparse_fp8", "b1"); }
+TEST(conformance_fp8_b2) { run_case("public_sparse_fp8", "b2"); }
+TEST(conformance_fp8_long) { run_case("public_sparse_fp8", "long"); }
+TEST(conformance_bf16_b1) { run_case("public_sparse_bf16", "b1"); }
+TEST(conformance_bf16_b2) { run_case("public_sparse_bf16", "b2"); }
+TEST(conformance_bf16_long) { run_case("public_sparse_bf16", "long"); }

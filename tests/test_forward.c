@@ -1,0 +1,222 @@
+/* test_forward.c: invariants of the forward pass on a conformance model.
+ * Each holds bit for bit, because no row's arithmetic depends on the other
+ * rows of a call, on how the work is split across threads, or on the order
+ * in which selected positions were ranked. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "dsv32.h"
+#include "test.h"
+
+static dsv_model *open_model(const char *config) {
+    char rel[256];
+    snprintf(rel, sizeof rel, "conformance/%s/hf", config);
+    dsv_model *m = NULL;
+    REQUIREF(dsv_model_open(&m, test_shared(rel), NULL) == DSV_OK, "%s", dsv_errmsg());
+    return m;
+}
+
+static dsv_context *open_ctx(dsv_model *m, int n_seq, int n_ctx, int attn, int topk, int mha_max, int threads) {
+    dsv_context_params p = dsv_context_default_params();
+    p.n_seq = n_seq;
+    p.n_ctx = n_ctx;
+    p.n_batch = n_ctx * n_seq;
+    p.attn = attn;
+    p.topk = topk;
+    p.mha_max_keys = mha_max;
+    p.n_threads = threads;
+    dsv_context *ctx = NULL;
+    REQUIREF(dsv_context_open(&ctx, m, &p) == DSV_OK, "%s", dsv_errmsg());
+    return ctx;
+}
+
+/* Test tokens: a deterministic pseudo-random sequence. */
+static void make_tokens(int32_t *t, int n, int vocab, uint32_t seed) {
+    for (int i = 0; i < n; i++) { seed = seed * 1664525u + 1013904223u; t[i] = (int32_t)((seed >> 8) % (uint32_t)vocab); }
+}
+
+/* Feeds tokens in chunks (sizes cycling through `chunks`), logits of every position. */
+static void run_chunked(dsv_context *ctx, int seq, const int32_t *t, int n, const int *chunks, int n_chunks,
+                        float *logits, int vocab) {
+    for (int pos = 0, c = 0; pos < n; c++) {
+        int len = chunks[c % n_chunks];
+        if (len > n - pos) len = n - pos;
+        dsv_batch_entry e = {.seq = seq, .n_tokens = len, .tokens = t + pos, .logits = DSV_LOGITS_ALL};
+        REQUIREF(dsv_forward(ctx, &e, 1, logits + (size_t)pos * vocab) == DSV_OK, "%s", dsv_errmsg());
+        pos += len;
+    }
+}
+
+static int same(const float *a, const float *b, size_t n) { return memcmp(a, b, n * sizeof *a) == 0; }
+
+enum { N = 160 };
+
+TEST(topk_covering_context_equals_dense) {
+    dsv_model *m = open_model("public_sparse_fp8");
+    const int V = dsv_model_config(m)->vocab_size;
+    int32_t t[N];
+    make_tokens(t, N, V, 1);
+    float *a = malloc(sizeof(float) * N * V), *b = malloc(sizeof(float) * N * V);
+    const int one[] = {N}, mixed[] = {40, 1, 1, 7, 1};
+    for (int mha = 0; mha < 2; mha++) {
+        /* mha == 0 forces the absorbed path everywhere (mha_max_keys 1). */
+        dsv_context *sparse = open_ctx(m, 1, N, DSV_ATTN_SPARSE, N, mha ? 0 : 1, 2);
+        dsv_context *dense = open_ctx(m, 1, N, DSV_ATTN_DENSE, 0, mha ? 0 : 1, 2);
+        run_chunked(sparse, 0, t, N, mha ? one : mixed, mha ? 1 : 5, a, V);
+        run_chunked(dense, 0, t, N, mha ? one : mixed, mha ? 1 : 5, b, V);
+        CHECKF(same(a, b, (size_t)N * V), "top-k >= context differs from dense (mha %d)", mha);
+        dsv_context_close(sparse);
+        dsv_context_close(dense);
+    }
+    /* And the model's own top-k (32) really is different from dense here. */
+    dsv_context *sparse = open_ctx(m, 1, N, DSV_ATTN_SPARSE, 0, 0, 2);
+    run_chunked(sparse, 0, t, N, one, 1, a, V);
+    CHECK(!same(a, b, (size_t)N * V));
+    dsv_context_close(sparse);
+    free(a);
+    free(b);
+    dsv_model_close(m);
+}
+
+TEST(chunked_prefill_equals_one_call) {
+    dsv_model *m = open_model("public_sparse_fp8");
+    const int V = dsv_model_config(m)->vocab_size;
+    int32_t t[N];
+    make_tokens(t, N, V, 2);
+    float *a = malloc(sizeof(float) * N * V), *b = malloc(sizeof(float) * N * V);
+    const int one[] = {N}, chunks[] = {37, 64, 5, 2, 52};
+    dsv_context *x = open_ctx(m, 1, N, DSV_ATTN_SPARSE, 0, 0, 2);
+    dsv_context *y = open_ctx(m, 1, N, DSV_ATTN_SPARSE, 0, 0, 1);
+    run_chunked(x, 0, t, N, one, 1, a, V);
+    run_chunked(y, 0, t, N, chunks, 5, b, V);
+    CHECKF(same(a, b, (size_t)N * V), "chunked prefill differs from one call");
+    dsv_context_close(x);
+    dsv_context_close(y);
+    /* Absorbed path (long contexts): a chunk equals its tokens fed one by one. */
+    const int single[] = {1}, big[] = {30, 9, 64};
+    x = open_ctx(m, 1, N, DSV_ATTN_SPARSE, 0, 1, 2);
+    y = open_ctx(m, 1, N, DSV_ATTN_SPARSE, 0, 1, 2);
+    run_chunked(x, 0, t, N, single, 1, a, V);
+    run_chunked(y, 0, t, N, big, 3, b, V);
+    CHECKF(same(a, b, (size_t)N * V), "absorbed-path chunks differ from single tokens");
+    /* The two paths are different arithmetic (as in the reference): the
+     * non-absorbed one call does not equal the absorbed single tokens. */
+    dsv_context_close(y);
+    y = open_ctx(m, 1, N, DSV_ATTN_SPARSE, 0, 0, 2);
+    run_chunked(y, 0, t, N, one, 1, b, V);
+    CHECK(!same(a, b, (size_t)N * V));
+    dsv_context_close(x);
+    dsv_context_close(y);
+    free(a);
+    free(b);
+    dsv_model_close(m);
+}
+
+TEST(batch_equals_each_sequence_alone) {
+    dsv_model *m = open_model("public_sparse_bf16");
+    const int V = dsv_model_config(m)->vocab_size;
+    enum { A = 70, B = 45, STEPS = 6 };
+    int32_t ta[A + STEPS], tb[B + STEPS];
+    make_tokens(ta, A + STEPS, V, 3);
+    make_tokens(tb, B + STEPS, V, 4);
+    float *solo = malloc(sizeof(float) * 2 * (STEPS + 1) * V), *both = malloc(sizeof(float) * 2 * (STEPS + 1) * V);
+    for (int s = 0; s < 2; s++) {
+        dsv_context *ctx = open_ctx(m, 1, A + STEPS, DSV_ATTN_SPARSE, 0, 0, 2);
+        const int32_t *t = s ? tb : ta;
+        int n0 = s ? B : A;
+        for (int k = 0; k <= STEPS; k++) {
+            dsv_batch_entry e = {0, k ? 1 : n0, k ? t + n0 + k - 1 : t, DSV_LOGITS_LAST};
+            REQUIRE(dsv_forward(ctx, &e, 1, solo + ((size_t)k * 2 + s) * V) == DSV_OK);
+        }
+        dsv_context_close(ctx);
+    }
+    dsv_context *ctx = open_ctx(m, 2, A + STEPS, DSV_ATTN_SPARSE, 0, 0, 2);
+    for (int k = 0; k <= STEPS; k++) {
+        dsv_batch_entry e[2] = {{0, k ? 1 : A, k ? ta + A + k - 1 : ta, DSV_LOGITS_LAST},
+                                {1, k ? 1 : B, k ? tb + B + k - 1 : tb, DSV_LOGITS_LAST}};
+        REQUIRE(dsv_forward(ctx, e, 2, both + (size_t)k * 2 * V) == DSV_OK);
+    }
+    CHECKF(same(solo, both, (size_t)2 * (STEPS + 1) * V), "a batch of two differs from each alone");
+    /* A reversed entry order changes only where the rows land. */
+    dsv_seq_reset(ctx, 0);
+    dsv_seq_reset(ctx, 1);
+    dsv_batch_entry e[2] = {{1, B, tb, DSV_LOGITS_LAST}, {0, A, ta, DSV_LOGITS_LAST}};
+    REQUIRE(dsv_forward(ctx, e, 2, both) == DSV_OK);
+    CHECK(same(both, solo + V, V) && same(both + V, solo, V));
+    dsv_context_close(ctx);
+    free(solo);
+    free(both);
+    dsv_model_close(m);
+}
+
+TEST(threads_do_not_change_results) {
+    dsv_model *m = open_model("public_sparse_fp8");
+    const int V = dsv_model_config(m)->vocab_size;
+    int32_t t[N];
+    make_tokens(t, N, V, 5);
+    float *a = malloc(sizeof(float) * N * V), *b = malloc(sizeof(float) * N * V);
+    const int chunks[] = {50, 1, 1, 108};
+    dsv_context *x = open_ctx(m, 1, N, DSV_ATTN_SPARSE, 0, 0, 1);
+    dsv_context *y = open_ctx(m, 1, N, DSV_ATTN_SPARSE, 0, 0, 3);
+    run_chunked(x, 0, t, N, chunks, 4, a, V);
+    run_chunked(y, 0, t, N, chunks, 4, b, V);
+    CHECK(same(a, b, (size_t)N * V));
+    dsv_context_close(x);
+    dsv_context_close(y);
+    free(a);
+    free(b);
+    dsv_model_close(m);
+}
+
+TEST(truncate_and_refeed) {
+    dsv_model *m = open_model("public_sparse_fp8");
+    const int V = dsv_model_config(m)->vocab_size;
+    int32_t t[N];
+    make_tokens(t, N, V, 6);
+    float *a = malloc(sizeof(float) * N * V), *b = malloc(sizeof(float) * N * V);
+    const int one[] = {N};
+    dsv_context *x = open_ctx(m, 1, N, DSV_ATTN_SPARSE, 0, 0, 2);
+    run_chunked(x, 0, t, N, one, 1, a, V);
+    REQUIRE(dsv_seq_truncate(x, 0, 100) == DSV_OK);
+    CHECK_EQ_INT(dsv_seq_len(x, 0), 100);
+    dsv_batch_entry e = {0, N - 100, t + 100, DSV_LOGITS_ALL};
+    REQUIRE(dsv_forward(x, &e, 1, b) == DSV_OK);
+    /* Positions 100.. recomputed as a chunk at 100 (MHA over cached rows). */
+    CHECK(same(a + (size_t)100 * V, b, (size_t)(N - 100) * V));
+    dsv_context_close(x);
+    free(a);
+    free(b);
+    dsv_model_close(m);
+}
+
+TEST(forward_rejects_bad_calls_without_side_effects) {
+    dsv_model *m = open_model("public_sparse_bf16");
+    const int V = dsv_model_config(m)->vocab_size;
+    dsv_context *x = open_ctx(m, 2, 64, DSV_ATTN_SPARSE, 0, 0, 2);
+    int32_t t[70];
+    make_tokens(t, 70, V, 7);
+    float *lg = malloc(sizeof(float) * 70 * V);
+    dsv_batch_entry ok = {0, 10, t, DSV_LOGITS_LAST};
+    REQUIRE(dsv_forward(x, &ok, 1, lg) == DSV_OK);
+    int32_t bad_tok[2] = {5, V};
+    dsv_batch_entry e1[2] = {{0, 5, t, DSV_LOGITS_LAST}, {1, 2, bad_tok, DSV_LOGITS_LAST}};
+    CHECK_EQ_INT(dsv_forward(x, e1, 2, lg), DSV_ERR_ARG);
+    CHECK(strstr(dsv_errmsg(), "out of range") != NULL);
+    CHECK_EQ_INT(dsv_seq_len(x, 0), 10);
+    CHECK_EQ_INT(dsv_seq_len(x, 1), 0);
+    dsv_batch_entry e2 = {0, 60, t, DSV_LOGITS_LAST}; /* 10 + 60 > 64 */
+    CHECK_EQ_INT(dsv_forward(x, &e2, 1, lg), DSV_ERR_FULL);
+    CHECK_EQ_INT(dsv_seq_len(x, 0), 10);
+    dsv_batch_entry e3[2] = {{0, 1, t, DSV_LOGITS_LAST}, {0, 1, t, DSV_LOGITS_LAST}};
+    CHECK_EQ_INT(dsv_forward(x, e3, 2, lg), DSV_ERR_ARG);
+    dsv_batch_entry e4 = {2, 1, t, DSV_LOGITS_LAST};
+    CHECK_EQ_INT(dsv_forward(x, &e4, 1, lg), DSV_ERR_ARG);
+    CHECK_EQ_INT(dsv_seq_truncate(x, 0, 11), DSV_ERR_ARG);
+    /* The sequence still works after the failures. */
+    dsv_batch_entry e5 = {0, 1, t + 10, DSV_LOGITS_LAST};
+    CHECK_EQ_INT(dsv_forward(x, &e5, 1, lg), DSV_OK);
+    CHECK_EQ_INT(dsv_seq_len(x, 0), 11);
+    dsv_context_close(x);
+    free(lg);
+    dsv_model_close(m);
+}
