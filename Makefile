@@ -38,7 +38,7 @@ SRC := $(filter-out %_avx2.c %_avx512.c %_amx.c,$(SRC))
 OBJ := $(SRC:%.c=$(BUILD)/%.o)
 endif
 
-.PHONY: all test asan clean bench
+.PHONY: all test asan clean bench fuzz
 all: $(BUILD)/libdsv32.a $(BUILD)/dsv32
 
 $(BUILD)/%_avx2.o: %_avx2.c
@@ -73,7 +73,16 @@ asan:
 	    CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	    LDFLAGS="-fsanitize=address,undefined" test
 
+# libFuzzer target for the safetensors reader: clang only, not part of `test`
+# (how to run it: tests/fuzz/fuzz_safetensors.c).
+FUZZ_SRC = tests/fuzz/fuzz_safetensors.c src/safetensors.c src/util.c
+fuzz: build-fuzz/fuzz_safetensors
+build-fuzz/fuzz_safetensors: $(FUZZ_SRC) src/safetensors.h src/util.h include/dsv32.h
+	@mkdir -p $(dir $@)
+	clang -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -g -O1 -fsanitize=fuzzer,address,undefined $(WARN) \
+	    $(FUZZ_SRC) -o $@ -lcjson -lm
+
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
 -include $(OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
