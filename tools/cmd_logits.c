@@ -104,10 +104,10 @@ int cmd_logits(int argc, char **argv) {
     const dsv_config *c = dsv_model_config(m);
     for (int i = 0; i < n; i++)
         if (ids[i] >= c->vocab_size) {
-            int id = ids[i];
+            int id = ids[i], vocab = c->vocab_size;
             free(ids);
             dsv_model_close(m);
-            return cli_fail(cmd, "--ids: token id %d out of range [0, %d)", id, c->vocab_size);
+            return cli_fail(cmd, "--ids: token id %d out of range [0, %d)", id, vocab);
         }
     dsv_context_params cp = dsv_context_default_params();
     cp.n_ctx = n;
