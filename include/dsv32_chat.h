@@ -168,9 +168,11 @@ typedef enum dsv_chat_event_kind {
 } dsv_chat_event_kind;
 
 /* Pointers are valid only during the callback. Text pieces never contain a
- * marker or part of one and never end inside a UTF-8 character (so each can
- * go into a JSON string on its own). Concatenating the pieces of one kind
- * gives that part of the final result. */
+ * marker or part of one (the one exception is the verbatim text of a
+ * malformed call, see dsv_chat_parse) and, for valid UTF-8 input, never end
+ * inside a character, so each can go into a JSON string on its own.
+ * Concatenating the pieces of one kind gives that part of the final result;
+ * every TOOL_BEGIN is followed by its TOOL_ARGS pieces and one TOOL_END. */
 typedef struct dsv_chat_event {
     dsv_chat_event_kind kind;
     const char *text; /* not NUL-terminated; use len */
@@ -203,10 +205,8 @@ int dsv_chat_stream_feed(dsv_chat_stream *s, const char *text, size_t len,
  * DSV_ERR_NOMEM; a second call does nothing. */
 int dsv_chat_stream_finish(dsv_chat_stream *s, dsv_chat_event_fn fn, void *user);
 
-/* The accumulated result, complete after dsv_chat_stream_finish() (before it,
- * only what has been emitted so far; its content/reasoning pointers may then
- * be NULL even if some text was emitted). Owned by s; valid until the next
- * feed, finish or free. */
+/* The result, once dsv_chat_stream_finish() has succeeded; NULL before.
+ * Owned by s; valid until dsv_chat_stream_free(). */
 const dsv_chat_result *dsv_chat_stream_result(const dsv_chat_stream *s);
 
 #ifdef __cplusplus

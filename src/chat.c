@@ -578,3 +578,332 @@ int dsv_chat_render_json(const char *json, size_t len, int thinking, int add_gen
     cJSON_Delete(root);
     return finish_text(rc, &b, out_text);
 }
+
+/* ==== 3. Parsing model output ============================================= */
+
+/* The result as it grows; both parsers fill one. */
+struct acc {
+    dsv_buf reasoning, content;
+    dsv_chat_call *calls;
+    int n_calls, cap_calls;
+    int failed;
+};
+
+static void acc_call(struct acc *a, const char *name, size_t nlen, const char *args, size_t alen, int complete) {
+    if (a->failed) return;
+    if (a->n_calls == a->cap_calls) {
+        int cap = a->cap_calls ? 2 * a->cap_calls : 4;
+        dsv_chat_call *p = realloc(a->calls, (size_t)cap * sizeof *p);
+        if (!p) { a->failed = 1; return; }
+        a->calls = p;
+        a->cap_calls = cap;
+    }
+    dsv_chat_call *c = &a->calls[a->n_calls];
+    c->name = strndup(name, nlen);
+    c->arguments = strndup(args, alen);
+    c->complete = complete;
+    if (!c->name || !c->arguments) { free(c->name); free(c->arguments); a->failed = 1; return; }
+    a->n_calls++;
+}
+
+static char *take_or_null(dsv_buf *b) {
+    if (!b->len) { dsv_buf_free(b); return NULL; }
+    return dsv_buf_take(b);
+}
+
+/* Moves a into *out (or frees it and fails). */
+static int acc_finish(struct acc *a, dsv_chat_result *out) {
+    if (a->failed || a->reasoning.failed || a->content.failed) {
+        dsv_chat_result r = {NULL, NULL, a->calls, a->n_calls};
+        dsv_chat_result_free(&r);
+        dsv_buf_free(&a->reasoning);
+        dsv_buf_free(&a->content);
+        *a = (struct acc){0};
+        return dsv_error(DSV_ERR_NOMEM, "chat: out of memory");
+    }
+    out->reasoning = take_or_null(&a->reasoning);
+    out->content = take_or_null(&a->content);
+    out->tool_calls = a->calls;
+    out->n_tool_calls = a->n_calls;
+    *a = (struct acc){0};
+    return DSV_OK;
+}
+
+void dsv_chat_result_free(dsv_chat_result *r) {
+    if (!r) return;
+    for (int i = 0; i < r->n_tool_calls; i++) {
+        free(r->tool_calls[i].name);
+        free(r->tool_calls[i].arguments);
+    }
+    free(r->tool_calls);
+    free(r->reasoning);
+    free(r->content);
+    *r = (dsv_chat_result){0};
+}
+
+/* The markers each parser state looks for. */
+enum { M_END_THINK, M_CALLS_BEGIN, M_CALLS_END, M_CALL_BEGIN, M_CALL_END, M_SEP, M_COUNT };
+static const char *const marker_str[M_COUNT] = {
+    END_THINK_S, CALLS_BEGIN_S, CALLS_END_S, CALL_BEGIN_S, CALL_END_S, TOOL_SEP_S,
+};
+static const size_t marker_len[M_COUNT] = {
+    SLEN(END_THINK_S), SLEN(CALLS_BEGIN_S), SLEN(CALLS_END_S), SLEN(CALL_BEGIN_S), SLEN(CALL_END_S), SLEN(TOOL_SEP_S),
+};
+
+/* Earliest of the markers ms[0..n) in s[0..len): its id and offset, or -1.
+ * No marker is a prefix of another, so "earliest" has a single winner. */
+static int find_marker(const char *s, size_t len, const int *ms, int n, size_t *at) {
+    int best = -1;
+    size_t best_at = len;
+    for (int i = 0; i < n; i++) {
+        const char *p = dsv_memfind(s, DSV_MIN(len, best_at + marker_len[ms[i]]), marker_str[ms[i]], marker_len[ms[i]]);
+        if (p && (size_t)(p - s) < best_at) { best = ms[i]; best_at = (size_t)(p - s); }
+    }
+    *at = best_at;
+    return best;
+}
+
+static const int in_reasoning[] = {M_END_THINK};
+static const int in_content[] = {M_CALLS_BEGIN};
+static const int in_calls[] = {M_CALL_BEGIN, M_CALLS_END};
+static const int in_name[] = {M_SEP, M_CALL_END, M_CALL_BEGIN, M_CALLS_END};
+static const int in_args[] = {M_CALL_END, M_CALLS_END, M_CALL_BEGIN};
+#define NM(a) (int)(sizeof(a) / sizeof(a[0]))
+
+/* --- One-shot: a direct walk over the whole text. */
+
+static void parse_answer(struct acc *a, const char *s, size_t n) {
+    size_t pos = 0, at;
+    int k;
+    while (pos < n) {
+        /* Content up to a block of calls. */
+        if (find_marker(s + pos, n - pos, in_content, 1, &at) < 0) { dsv_buf_add(&a->content, s + pos, n - pos); return; }
+        dsv_buf_add(&a->content, s + pos, at);
+        pos += at + marker_len[M_CALLS_BEGIN];
+        /* Inside the block: calls, until its end marker. */
+        for (;;) {
+            k = find_marker(s + pos, n - pos, in_calls, NM(in_calls), &at);
+            dsv_buf_add(&a->content, s + pos, k < 0 ? n - pos : at);
+            if (k < 0) return;
+            pos += at + marker_len[k];
+            if (k == M_CALLS_END) break;
+            size_t call = pos - marker_len[M_CALL_BEGIN];
+            k = find_marker(s + pos, n - pos, in_name, NM(in_name), &at);
+            if (k != M_SEP) {
+                /* Malformed or cut-off name: verbatim to content; a marker
+                 * that interrupted it is read again as block text. */
+                size_t end = k < 0 ? n : pos + at;
+                dsv_buf_add(&a->content, s + call, end - call);
+                pos = end;
+                if (k < 0) return;
+                continue;
+            }
+            const char *name = s + pos;
+            size_t nlen = at;
+            pos += at + marker_len[M_SEP];
+            k = find_marker(s + pos, n - pos, in_args, NM(in_args), &at);
+            acc_call(a, name, nlen, s + pos, k < 0 ? n - pos : at, k >= 0);
+            if (k < 0) return;
+            /* A following call's begin marker is read again by the loop. */
+            pos += at + (k == M_CALL_BEGIN ? 0 : marker_len[k]);
+            if (k == M_CALLS_END) break;
+        }
+    }
+}
+
+int dsv_chat_parse(const char *text, size_t len, int thinking, dsv_chat_result *out) {
+    if (!text || !out) return dsv_error(DSV_ERR_ARG, "dsv_chat_parse: NULL argument");
+    struct acc a = {0};
+    if (thinking) {
+        size_t pos = len >= SLEN(THINK_S) && !memcmp(text, THINK_S, SLEN(THINK_S)) ? SLEN(THINK_S) : 0, at;
+        if (find_marker(text + pos, len - pos, in_reasoning, 1, &at) < 0) {
+            dsv_buf_add(&a.reasoning, text + pos, len - pos);
+        } else {
+            dsv_buf_add(&a.reasoning, text + pos, at);
+            pos += at + marker_len[M_END_THINK];
+            parse_answer(&a, text + pos, len - pos);
+        }
+    } else {
+        parse_answer(&a, text, len);
+    }
+    return acc_finish(&a, out);
+}
+
+/* --- Streaming: the same rules as a state machine over held-back input. */
+
+enum { ST_START, ST_REASONING, ST_CONTENT, ST_CALLS, ST_NAME, ST_ARGS };
+
+struct dsv_chat_stream {
+    int state;
+    int finished;
+    dsv_buf pend;   /* input not yet classified */
+    dsv_buf name;   /* ST_NAME: the call's name so far */
+    dsv_buf args;   /* ST_ARGS: its arguments so far */
+    struct acc acc;
+    dsv_chat_result result; /* filled by finish */
+    dsv_chat_event_fn fn;   /* the callback of the current feed/finish */
+    void *user;
+};
+
+static void emit(dsv_chat_stream *s, dsv_chat_event_kind kind, const char *p, size_t n) {
+    dsv_buf *dst = kind == DSV_CHAT_EV_REASONING ? &s->acc.reasoning
+                 : kind == DSV_CHAT_EV_CONTENT ? &s->acc.content : &s->args;
+    if (!n) return;
+    dsv_buf_add(dst, p, n);
+    if (s->fn) {
+        dsv_chat_event ev = {.kind = kind, .text = p, .len = n, .index = s->acc.n_calls};
+        s->fn(s->user, &ev);
+    }
+}
+
+/* Text of the current state, known not to be part of a marker. */
+static void state_text(dsv_chat_stream *s, const char *p, size_t n) {
+    switch (s->state) {
+    case ST_REASONING: emit(s, DSV_CHAT_EV_REASONING, p, n); break;
+    case ST_NAME: dsv_buf_add(&s->name, p, n); break;
+    case ST_ARGS: emit(s, DSV_CHAT_EV_TOOL_ARGS, p, n); break;
+    default: emit(s, DSV_CHAT_EV_CONTENT, p, n); break;
+    }
+}
+
+/* A name that never reached its separator: back to content, verbatim. */
+static void abandon_call(dsv_chat_stream *s) {
+    s->state = ST_CALLS;
+    emit(s, DSV_CHAT_EV_CONTENT, CALL_BEGIN_S, SLEN(CALL_BEGIN_S));
+    emit(s, DSV_CHAT_EV_CONTENT, s->name.data, s->name.len);
+    dsv_buf_clear(&s->name);
+}
+
+static void end_call(dsv_chat_stream *s, int complete) {
+    const char *args = s->args.data ? s->args.data : "";
+    if (s->fn) {
+        dsv_chat_event ev = {.kind = DSV_CHAT_EV_TOOL_END, .text = args, .len = s->args.len,
+                             .index = s->acc.n_calls, .name = s->name.data, .complete = complete};
+        s->fn(s->user, &ev);
+    }
+    acc_call(&s->acc, s->name.data, s->name.len, args, s->args.len, complete);
+    dsv_buf_clear(&s->name);
+    dsv_buf_clear(&s->args);
+    s->state = ST_CALLS;
+}
+
+/* Classifies as much of pend as is certain; with `final`, all of it. */
+static void process(dsv_chat_stream *s, int final) {
+    for (;;) {
+        const char *p = s->pend.data ? s->pend.data : "";
+        size_t n = s->pend.len, at;
+        if (s->state == ST_START) {
+            /* Drop one leading <think>; wait while the input could still be it. */
+            size_t m = DSV_MIN(n, SLEN(THINK_S));
+            if (!final && n < SLEN(THINK_S) && !memcmp(p, THINK_S, m)) return;
+            if (n >= SLEN(THINK_S) && !memcmp(p, THINK_S, SLEN(THINK_S))) dsv_buf_consume(&s->pend, SLEN(THINK_S));
+            s->state = ST_REASONING;
+            continue;
+        }
+        const int *ms;
+        int nm;
+        switch (s->state) {
+        case ST_REASONING: ms = in_reasoning; nm = NM(in_reasoning); break;
+        case ST_CONTENT: ms = in_content; nm = NM(in_content); break;
+        case ST_CALLS: ms = in_calls; nm = NM(in_calls); break;
+        case ST_NAME: ms = in_name; nm = NM(in_name); break;
+        default: ms = in_args; nm = NM(in_args); break;
+        }
+        int k = find_marker(p, n, ms, nm, &at);
+        if (k < 0) {
+            /* Keep what could still become a marker, and a cut UTF-8 tail. */
+            size_t safe = n;
+            if (!final) {
+                const char *pats[4];
+                for (int i = 0; i < nm; i++) pats[i] = marker_str[ms[i]];
+                safe = dsv_utf8_complete(p, n - dsv_partial_suffix(p, n, pats, nm));
+            }
+            state_text(s, p, safe);
+            dsv_buf_consume(&s->pend, safe);
+            return;
+        }
+        state_text(s, p, at);
+        int eat = 1; /* consume the marker (else it is read again) */
+        switch (s->state) {
+        case ST_REASONING: s->state = ST_CONTENT; break;
+        case ST_CONTENT: s->state = ST_CALLS; break;
+        case ST_CALLS: s->state = k == M_CALL_BEGIN ? ST_NAME : ST_CONTENT; break;
+        case ST_NAME:
+            if (k == M_SEP) {
+                dsv_buf_add(&s->name, "", 0); /* a NUL-terminated name, even if empty */
+                if (s->fn) {
+                    dsv_chat_event ev = {.kind = DSV_CHAT_EV_TOOL_BEGIN, .index = s->acc.n_calls,
+                                         .name = s->name.data ? s->name.data : ""};
+                    s->fn(s->user, &ev);
+                }
+                s->state = ST_ARGS;
+            } else {
+                abandon_call(s);
+                eat = 0;
+            }
+            break;
+        case ST_ARGS:
+            end_call(s, 1);
+            if (k == M_CALLS_END) s->state = ST_CONTENT;
+            eat = k != M_CALL_BEGIN;
+            break;
+        }
+        dsv_buf_consume(&s->pend, at + (eat ? marker_len[k] : 0));
+    }
+}
+
+int dsv_chat_stream_init(dsv_chat_stream **out, int thinking) {
+    if (!out) return dsv_error(DSV_ERR_ARG, "dsv_chat_stream_init: out is NULL");
+    dsv_chat_stream *s = calloc(1, sizeof *s);
+    if (!s) return dsv_error(DSV_ERR_NOMEM, "chat: out of memory");
+    s->state = thinking ? ST_START : ST_CONTENT;
+    *out = s;
+    return DSV_OK;
+}
+
+void dsv_chat_stream_free(dsv_chat_stream *s) {
+    if (!s) return;
+    dsv_buf_free(&s->pend);
+    dsv_buf_free(&s->name);
+    dsv_buf_free(&s->args);
+    struct acc *a = &s->acc;
+    dsv_chat_result r = {NULL, NULL, a->calls, a->n_calls};
+    dsv_chat_result_free(&r);
+    dsv_buf_free(&a->reasoning);
+    dsv_buf_free(&a->content);
+    dsv_chat_result_free(&s->result);
+    free(s);
+}
+
+static int stream_failed(const dsv_chat_stream *s) {
+    return s->pend.failed || s->name.failed || s->args.failed || s->acc.failed ||
+           s->acc.reasoning.failed || s->acc.content.failed;
+}
+
+int dsv_chat_stream_feed(dsv_chat_stream *s, const char *text, size_t len,
+                         dsv_chat_event_fn fn, void *user) {
+    if (!s || (!text && len)) return dsv_error(DSV_ERR_ARG, "dsv_chat_stream_feed: NULL argument");
+    if (s->finished) return dsv_error(DSV_ERR_ARG, "dsv_chat_stream_feed: the stream is finished");
+    s->fn = fn;
+    s->user = user;
+    if (len) dsv_buf_add(&s->pend, text, len);
+    process(s, 0);
+    return stream_failed(s) ? dsv_error(DSV_ERR_NOMEM, "chat: out of memory") : DSV_OK;
+}
+
+int dsv_chat_stream_finish(dsv_chat_stream *s, dsv_chat_event_fn fn, void *user) {
+    if (!s) return dsv_error(DSV_ERR_ARG, "dsv_chat_stream_finish: NULL stream");
+    if (s->finished) return DSV_OK;
+    s->fn = fn;
+    s->user = user;
+    process(s, 1);
+    if (s->state == ST_NAME) abandon_call(s);
+    else if (s->state == ST_ARGS) end_call(s, 0);
+    s->finished = 1;
+    if (stream_failed(s)) return dsv_error(DSV_ERR_NOMEM, "chat: out of memory");
+    return acc_finish(&s->acc, &s->result);
+}
+
+const dsv_chat_result *dsv_chat_stream_result(const dsv_chat_stream *s) {
+    return s && s->finished ? &s->result : NULL;
+}
