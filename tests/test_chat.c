@@ -67,16 +67,18 @@ static const char *golden_text(const cJSON *golden, const char *name) {
     return NULL;
 }
 
-/* chat-cases.json: the same conversations before the tool block was added;
- * the renderer builds the block from "tools" and must match the golden. */
-TEST(chat_render_cases_with_tools_array) {
+/* Renders every case of cases_path (an array; tool cases carry a "tools"
+ * array, so the renderer builds the tool block) and compares with the golden
+ * text of the same name. Returns the number of cases and of tool cases. */
+static int check_cases(const char *cases_path, const char *golden_path, int *n_tools) {
     cJSON *golden = cJSON_CreateArray();
-    for_each_golden(test_shared("tokenizer/chat-golden.jsonl"), collect_line, golden);
-    char *cases = test_read_file(test_shared("tokenizer/chat-cases.json"), NULL);
-    if (!cases) SKIP("missing chat-cases.json");
+    for_each_golden(golden_path, collect_line, golden);
+    char *cases = test_read_file(cases_path, NULL);
+    if (!cases) SKIP("missing %s", cases_path);
     cJSON *arr = cJSON_Parse(cases);
     REQUIRE(cJSON_IsArray(arr));
-    int n = 0, n_tools = 0;
+    int n = 0;
+    *n_tools = 0;
     for (const cJSON *c = arr->child; c; c = c->next, n++) {
         const char *name = jstr(c, "name");
         REQUIRE(name);
@@ -87,15 +89,30 @@ TEST(chat_render_cases_with_tools_array) {
         int rc = dsv_chat_render_json(json, strlen(json), 0, 0, &text);
         CHECKF(rc == DSV_OK, "%s: %s", name, dsv_errmsg());
         check_text(name, text, want);
-        n_tools += cJSON_GetObjectItemCaseSensitive(c, "tools") != NULL;
+        *n_tools += cJSON_GetObjectItemCaseSensitive(c, "tools") != NULL;
         free(text);
         free(json);
     }
-    CHECK_EQ_INT(n, 16);
-    CHECK_EQ_INT(n_tools, 4);
     cJSON_Delete(arr);
     cJSON_Delete(golden);
     free(cases);
+    return n;
+}
+
+/* chat-cases.json: the golden conversations before the tool block was added. */
+TEST(chat_render_cases_with_tools_array) {
+    int n_tools;
+    CHECK_EQ_INT(check_cases(test_shared("tokenizer/chat-cases.json"), test_shared("tokenizer/chat-golden.jsonl"),
+                             &n_tools), 16);
+    CHECK_EQ_INT(n_tools, 4);
+}
+
+/* More template quirks, rendered by the same template (tests/data/README.md). */
+TEST(chat_render_extra_quirks) {
+    int n_tools;
+    CHECK_EQ_INT(for_each_golden("tests/data/chat-extra.jsonl", render_golden_line, NULL), 16);
+    CHECK_EQ_INT(check_cases("tests/data/chat-extra-cases.json", "tests/data/chat-extra.jsonl", &n_tools), 16);
+    CHECK_EQ_INT(n_tools, 1);
 }
 
 /* ---- Rendering: the C struct form ---------------------------------------- */
