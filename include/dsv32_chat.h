@@ -91,7 +91,7 @@ typedef struct dsv_chat_opts {
 int dsv_chat_render(const dsv_chat_msg *msgs, int n_msgs, const dsv_chat_opts *opts,
                     char **out_text);
 
-/* Renders an OpenAI-style request given as JSON text:
+/* Renders an OpenAI-style request given as the JSON text json[0..len):
  *   - either a chat request object: {"messages": [...], "tools": [...],
  *     "thinking": bool, "add_generation_prompt": bool,
  *     "chat_template_kwargs": {"thinking": bool}} (other fields are ignored;

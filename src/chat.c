@@ -3,15 +3,17 @@
  * Three parts, in the order data flows:
  *  1. render: messages -> prompt text. render() mirrors the Jinja template of
  *     tokenizer_config.json statement by statement, with the same state flags
- *     (is_tool, is_last_user, is_only_sys, is_prefix, is_first), so that every
+ *     (is_tool, is_last_user, is_only_sys, is_prefix; the template's is_first
+ *     only marks the first call, which a loop index does here), so that every
  *     quirk of the template comes out the same. The tool block that the
  *     template leaves to the caller is built by tools_block(), a port of
  *     render_chat.py's tool_block(), with pyjson_*() standing in for Python's
  *     json.dumps.
  *  2. JSON front end: an OpenAI request -> dsv_chat_msg[] -> render().
  *  3. parse: generated text -> reasoning, content, tool calls; one-shot
- *     (parse_*) and streaming (dsv_chat_stream_*), written independently so
- *     the tests can hold one against the other.
+ *     (dsv_chat_parse, a direct walk) and streaming (dsv_chat_stream_*, a
+ *     state machine), written independently so the tests can hold one
+ *     against the other.
  * No tokenizer here: the module speaks text only. */
 #include "dsv32_chat.h"
 
