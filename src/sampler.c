@@ -183,7 +183,7 @@ static void rep_push(dsv_sampler *s, int32_t id) {
 }
 
 int dsv_sampler_accept_prompt(dsv_sampler *s, const int32_t *ids, size_t n) {
-    if (n && !ids) return dsv_error(DSV_ERR_ARG, "sampler: ids is NULL");
+    if (!s || (n && !ids)) return dsv_error(DSV_ERR_ARG, "sampler: NULL argument");
     /* Check everything first so that a bad id leaves the history untouched. */
     for (size_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= s->n_vocab)
@@ -194,6 +194,7 @@ int dsv_sampler_accept_prompt(dsv_sampler *s, const int32_t *ids, size_t n) {
 }
 
 int dsv_sampler_accept(dsv_sampler *s, int32_t id) {
+    if (!s) return dsv_error(DSV_ERR_ARG, "sampler: NULL sampler");
     if (id < 0 || id >= s->n_vocab)
         return dsv_error(DSV_ERR_ARG, "sampler: token id %d is outside [0, %d)", (int)id, (int)s->n_vocab);
     if (s->gen_count) s->gen_count[id]++;

@@ -2,7 +2,9 @@
  * penalties, bias, seeding) and the stop-string matcher. Statistical tests
  * use fixed seeds, so they are deterministic; their thresholds are the
  * chi-square critical values at p = 0.001. */
-#if defined(__GLIBC__) || defined(__linux__)
+#include <stdlib.h> /* defines __GLIBC__ where it applies */
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 33)
+#define HAVE_MALLINFO2 1
 #include <malloc.h>
 #endif
 
@@ -202,8 +204,8 @@ TEST(sampler_top_p_boundary) {
     CHECK_EQ_INT(top_p_count(flat, 4, 0.75f), 3);
     CHECK_EQ_INT(top_p_count(flat, 4, 1.0f), 4);
     CHECK_EQ_INT(top_p_count(flat, 4, 0.0f), 1);   /* the best token always stays */
-    /* Two tokens of 1/2, four of 1/8 (logits differ by ln 4, but the weights
-     * are computed from exp(l - max): use equal groups instead of ln). */
+    /* Two heavy tokens (weight 1) and four light ones (weight e^-4 each):
+     * thresholds just below or above a cumulative sum. */
     const float groups[6] = {5, 5, 1, 1, 1, 1};
     double w_hi = 1.0, w_lo = exp(-4.0), sum = 2 * w_hi + 4 * w_lo;
     CHECK_EQ_INT(top_p_count(groups, 6, (float)(w_hi / sum)), 1);
@@ -480,7 +482,7 @@ TEST(sampler_bad_params) {
     dsv_sampler_free(NULL);
 }
 
-#if defined(__GLIBC__)
+#ifdef HAVE_MALLINFO2
 /* Sampling allocates nothing after init (checked through glibc's heap
  * statistics; under AddressSanitizer these stay 0 and the check is vacuous). */
 TEST(sampler_no_allocation_per_call) {
