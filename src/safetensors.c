@@ -28,6 +28,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stdarg.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -357,12 +358,22 @@ static int parse_metadata(struct st_file *f, const cJSON *m) {
     return DSV_OK;
 }
 
+/* An error about tensor t of file f; the name is made printable only here,
+ * on the error path. */
+static int entry_error(int status, const struct st_file *f, const dsv_st_tensor *t, const char *fmt, ...)
+    DSV_PRINTF(4, 5);
+static int entry_error(int status, const struct st_file *f, const dsv_st_tensor *t, const char *fmt, ...) {
+    char msg[512], nb[128];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return dsv_error(status, "%s: tensor \"%s\": %s", f->path, printable(t->name, nb), msg);
+}
+
 /* Fills t from one header entry and returns its [begin, end) in *sp. */
 static int parse_entry(const struct st_file *f, const cJSON *e, dsv_st_tensor *t, struct span *sp) {
-    char nb[128];
-    const char *name = printable(t->name, nb);
-    if (!cJSON_IsObject(e))
-        return dsv_error(DSV_ERR_FORMAT, "%s: tensor \"%s\": entry is not an object", f->path, name);
+    if (!cJSON_IsObject(e)) return entry_error(DSV_ERR_FORMAT, f, t, "entry is not an object");
     /* Find the three fields by hand: a repeated field is an aliasing trick
      * (two readers may pick different copies), so it is refused. */
     const cJSON *dtype = NULL, *shape = NULL, *offs = NULL;
@@ -371,64 +382,56 @@ static int parse_entry(const struct st_file *f, const cJSON *e, dsv_st_tensor *t
                            : !strcmp(it->string, "shape") ? &shape
                            : !strcmp(it->string, "data_offsets") ? &offs : NULL;
         if (!slot) continue; /* unknown fields are ignored, as by the reference */
-        if (*slot)
-            return dsv_error(DSV_ERR_FORMAT, "%s: tensor \"%s\": field \"%s\" appears twice", f->path,
-                             name, it->string);
+        if (*slot) return entry_error(DSV_ERR_FORMAT, f, t, "field \"%s\" appears twice", it->string);
         *slot = it;
     }
-    if (!dtype) return dsv_error(DSV_ERR_FORMAT, "%s: tensor \"%s\": missing \"dtype\"", f->path, name);
-    if (!shape) return dsv_error(DSV_ERR_FORMAT, "%s: tensor \"%s\": missing \"shape\"", f->path, name);
-    if (!offs)
-        return dsv_error(DSV_ERR_FORMAT, "%s: tensor \"%s\": missing \"data_offsets\"", f->path, name);
+    if (!dtype) return entry_error(DSV_ERR_FORMAT, f, t, "missing \"dtype\"");
+    if (!shape) return entry_error(DSV_ERR_FORMAT, f, t, "missing \"shape\"");
+    if (!offs) return entry_error(DSV_ERR_FORMAT, f, t, "missing \"data_offsets\"");
 
-    if (!cJSON_IsString(dtype))
-        return dsv_error(DSV_ERR_FORMAT, "%s: tensor \"%s\": \"dtype\" is not a string", f->path, name);
+    if (!cJSON_IsString(dtype)) return entry_error(DSV_ERR_FORMAT, f, t, "\"dtype\" is not a string");
     int rc = dsv_dtype_from_name(dtype->valuestring, &t->dtype);
     char db[128];
     if (rc == DSV_ERR_UNSUPPORTED)
-        return dsv_error(rc, "%s: tensor \"%s\": sub-byte dtype \"%s\" is not supported", f->path, name,
-                         printable(dtype->valuestring, db));
-    if (rc) return dsv_error(rc, "%s: tensor \"%s\": unknown dtype \"%s\"", f->path, name,
-                             printable(dtype->valuestring, db));
+        return entry_error(rc, f, t, "sub-byte dtype \"%s\" is not supported",
+                           printable(dtype->valuestring, db));
+    if (rc) return entry_error(rc, f, t, "unknown dtype \"%s\"", printable(dtype->valuestring, db));
 
-    if (!cJSON_IsArray(shape))
-        return dsv_error(DSV_ERR_FORMAT, "%s: tensor \"%s\": \"shape\" is not an array", f->path, name);
+    if (!cJSON_IsArray(shape)) return entry_error(DSV_ERR_FORMAT, f, t, "\"shape\" is not an array");
     int nd = cJSON_GetArraySize(shape);
     if (nd > DSV_ST_MAX_DIMS)
-        return dsv_error(DSV_ERR_UNSUPPORTED, "%s: tensor \"%s\": %d dimensions (at most %d are supported)",
-                         f->path, name, nd, DSV_ST_MAX_DIMS);
+        return entry_error(DSV_ERR_UNSUPPORTED, f, t, "%d dimensions (at most %d are supported)", nd,
+                           DSV_ST_MAX_DIMS);
     t->n_dims = nd;
     int i = 0;
     for (const cJSON *d = shape->child; d; d = d->next, i++) {
         uint64_t v;
         const char *why = json_uint(d, &v);
-        if (why) return dsv_error(DSV_ERR_FORMAT, "%s: tensor \"%s\": shape[%d] %s", f->path, name, i, why);
+        if (why) return entry_error(DSV_ERR_FORMAT, f, t, "shape[%d] %s", i, why);
         t->shape[i] = (int64_t)v;
     }
     uint64_t need;
     if (shape_nbytes(t->dtype, nd, t->shape, &need))
-        return dsv_error(DSV_ERR_FORMAT, "%s: tensor \"%s\": shape product overflows 64 bits", f->path, name);
+        return entry_error(DSV_ERR_FORMAT, f, t, "shape product overflows 64 bits");
 
     if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2)
-        return dsv_error(DSV_ERR_FORMAT, "%s: tensor \"%s\": \"data_offsets\" is not [begin, end]",
-                         f->path, name);
+        return entry_error(DSV_ERR_FORMAT, f, t, "\"data_offsets\" is not [begin, end]");
     uint64_t begin, end;
     const char *why = json_uint(offs->child, &begin);
-    if (why) return dsv_error(DSV_ERR_FORMAT, "%s: tensor \"%s\": data_offsets begin %s", f->path, name, why);
+    if (why) return entry_error(DSV_ERR_FORMAT, f, t, "data_offsets begin %s", why);
     if ((why = json_uint(offs->child->next, &end)))
-        return dsv_error(DSV_ERR_FORMAT, "%s: tensor \"%s\": data_offsets end %s", f->path, name, why);
+        return entry_error(DSV_ERR_FORMAT, f, t, "data_offsets end %s", why);
     if (begin > end)
-        return dsv_error(DSV_ERR_FORMAT, "%s: tensor \"%s\": data_offsets begin %llu > end %llu", f->path,
-                         name, (unsigned long long)begin, (unsigned long long)end);
+        return entry_error(DSV_ERR_FORMAT, f, t, "data_offsets begin %llu > end %llu",
+                           (unsigned long long)begin, (unsigned long long)end);
     if (end > f->data_size)
-        return dsv_error(DSV_ERR_FORMAT,
-                         "%s: tensor \"%s\": data_offsets end %llu is beyond the data section (%zu bytes)",
-                         f->path, name, (unsigned long long)end, f->data_size);
+        return entry_error(DSV_ERR_FORMAT, f, t,
+                           "data_offsets end %llu is beyond the data section (%zu bytes)",
+                           (unsigned long long)end, f->data_size);
     if (end - begin != need)
-        return dsv_error(DSV_ERR_FORMAT,
-                         "%s: tensor \"%s\": data_offsets span %llu bytes but %d-d %s needs %llu",
-                         f->path, name, (unsigned long long)(end - begin), nd, dtype_info[t->dtype].name,
-                         (unsigned long long)need);
+        return entry_error(DSV_ERR_FORMAT, f, t, "data_offsets span %llu bytes but %d-d %s needs %llu",
+                           (unsigned long long)(end - begin), nd, dtype_info[t->dtype].name,
+                           (unsigned long long)need);
     t->data = f->data + begin;
     t->nbytes = (size_t)need;
     sp->begin = begin;
@@ -454,7 +457,8 @@ static int check_tiling(const struct st_file *f, const dsv_st_tensor *ts, struct
         if (sp[i].begin > pos)
             return dsv_error(DSV_ERR_FORMAT,
                              "%s: %llu bytes before tensor \"%s\" belong to no tensor (gaps are not allowed)",
-                             f->path, (unsigned long long)(sp[i].begin - pos), printable(ts[sp[i].idx].name, a));
+                             f->path, (unsigned long long)(sp[i].begin - pos),
+                             printable(ts[sp[i].idx].name, a));
         if (sp[i].end > pos) { pos = sp[i].end; prev = i; }
     }
     if (pos != f->data_size)
@@ -507,7 +511,10 @@ static int parse_file(dsv_st *st, int fi) {
         int cap = st->cap_tensors ? st->cap_tensors : 64;
         while (cap < st->n_tensors + n_entries) cap = cap > MAX_TENSORS / 2 ? MAX_TENSORS : cap * 2;
         dsv_st_tensor *ts = realloc(st->tensors, (size_t)cap * sizeof *ts);
-        if (!ts) { rc = dsv_error(DSV_ERR_NOMEM, "%s: out of memory for %d tensors", f->path, cap); goto done; }
+        if (!ts) {
+            rc = dsv_error(DSV_ERR_NOMEM, "%s: out of memory for %d tensors", f->path, cap);
+            goto done;
+        }
         st->tensors = ts;
         st->cap_tensors = cap;
     }
@@ -515,14 +522,20 @@ static int parse_file(dsv_st *st, int fi) {
     if (!sp) { rc = dsv_error(DSV_ERR_NOMEM, "%s: out of memory", f->path); goto done; }
     for (const cJSON *it = root->child; it; it = it->next) {
         if (!strcmp(it->string, "__metadata__")) {
-            if (seen_meta++) { rc = dsv_error(DSV_ERR_FORMAT, "%s: __metadata__ appears twice", f->path); goto done; }
+            if (seen_meta++) {
+                rc = dsv_error(DSV_ERR_FORMAT, "%s: __metadata__ appears twice", f->path);
+                goto done;
+            }
             if ((rc = parse_metadata(f, it))) goto done;
             continue;
         }
         dsv_st_tensor *t = &st->tensors[st->n_tensors];
         memset(t, 0, sizeof *t);
         t->file = fi;
-        if (!(t->name = strdup(it->string))) { rc = dsv_error(DSV_ERR_NOMEM, "%s: out of memory", f->path); goto done; }
+        if (!(t->name = strdup(it->string))) {
+            rc = dsv_error(DSV_ERR_NOMEM, "%s: out of memory", f->path);
+            goto done;
+        }
         st->n_tensors++; /* owned from here: dsv_st_close frees the name */
         sp[n_sp].idx = st->n_tensors - 1;
         if ((rc = parse_entry(f, it, t, &sp[n_sp]))) goto done;
@@ -628,8 +641,9 @@ static int index_load(struct index *ix, const char *path) {
             return dsv_error(DSV_ERR_FORMAT, "%s: weight_map entry \"%s\" is not a string", path,
                              printable(it->string, nb));
         if (!plain_file_name(it->valuestring))
-            return dsv_error(DSV_ERR_FORMAT, "%s: weight_map entry \"%s\" names \"%s\", not a plain file name",
-                             path, printable(it->string, nb), printable(it->valuestring, sb));
+            return dsv_error(DSV_ERR_FORMAT,
+                             "%s: weight_map entry \"%s\" names \"%s\", not a plain file name", path,
+                             printable(it->string, nb), printable(it->valuestring, sb));
         ix->shards[ix->n_shards++] = it->valuestring;
     }
     qsort(ix->shards, (size_t)ix->n_shards, sizeof *ix->shards, cmp_str);
@@ -646,14 +660,15 @@ static int index_check(const dsv_st *st, const struct index *ix) {
     for (const cJSON *it = ix->weight_map->child; it; it = it->next) {
         const dsv_st_tensor *t = dsv_st_find(st, it->string);
         if (!t)
-            return dsv_error(DSV_ERR_FORMAT, "%s: weight_map puts tensor \"%s\" in \"%s\", which does not contain it",
+            return dsv_error(DSV_ERR_FORMAT,
+                             "%s: weight_map puts tensor \"%s\" in \"%s\", which does not contain it",
                              ix->path, printable(it->string, nb), printable(it->valuestring, sb));
         /* files[] were opened from shards[] in the same order */
         const char *in = ix->shards[t->file];
         if (strcmp(in, it->valuestring))
-            return dsv_error(DSV_ERR_FORMAT, "%s: weight_map puts tensor \"%s\" in \"%s\", but it is in \"%s\"",
-                             ix->path, printable(it->string, nb), printable(it->valuestring, sb),
-                             printable(in, ob));
+            return dsv_error(DSV_ERR_FORMAT,
+                             "%s: weight_map puts tensor \"%s\" in \"%s\", but it is in \"%s\"", ix->path,
+                             printable(it->string, nb), printable(it->valuestring, sb), printable(in, ob));
     }
     return DSV_OK;
 }
@@ -717,12 +732,15 @@ static int open_files(dsv_st *st, const char *dir, const char *const *names, int
         if (!f) { rc = dsv_error(DSV_ERR_NOMEM, "out of memory"); goto out; }
         if ((rc = map_file(f))) {
             char sb[128];
-            if (ix) dsv_error_prefix(rc, "%s: shard \"%s\" listed in the index", ix->path, printable(names[i], sb));
+            if (ix)
+                dsv_error_prefix(rc, "%s: shard \"%s\" listed in the index", ix->path,
+                                 printable(names[i], sb));
             goto out;
         }
         if ((rc = parse_file(st, st->n_files - 1))) goto out;
         done += f->size;
-        if (params && params->progress) params->progress(params->progress_user, done, total > done ? total : done);
+        if (params && params->progress)
+            params->progress(params->progress_user, done, total > done ? total : done);
     }
 out:
     for (int i = 0; i < n; i++) free(paths[i]);
@@ -758,8 +776,8 @@ int dsv_st_open_ex(dsv_st **out, const char *path, const dsv_st_open_params *par
         } else if (!access(single, F_OK)) {
             rc = open_files(st, NULL, (const char *const *)&single, 1, NULL, params);
         } else if (!(rc = scan_dir(path, &scanned, &n_scanned)) && n_scanned == 0) {
-            rc = dsv_error(DSV_ERR_IO, "%s: no model.safetensors.index.json, model.safetensors or *.safetensors",
-                           path);
+            rc = dsv_error(DSV_ERR_IO,
+                           "%s: no model.safetensors.index.json, model.safetensors or *.safetensors", path);
         } else if (!rc) {
             rc = open_files(st, path, (const char *const *)scanned, n_scanned, NULL, params);
         }
@@ -936,11 +954,15 @@ void dsv_st_writer_free(dsv_st_writer *w) {
     free(w);
 }
 
-static int valid_utf8(const char *s) { size_t n = strlen(s); return utf8_check((const unsigned char *)s, n) == n; }
+static int valid_utf8(const char *s) {
+    size_t n = strlen(s);
+    return utf8_check((const unsigned char *)s, n) == n;
+}
 
 int dsv_st_writer_set_metadata(dsv_st_writer *w, const char *key, const char *value) {
     if (!w || !key || !value) return dsv_error(DSV_ERR_ARG, "dsv_st_writer_set_metadata: NULL argument");
-    if (w->state != W_DECLARE) return dsv_error(DSV_ERR_ARG, "dsv_st_writer_set_metadata: the header is already written");
+    if (w->state != W_DECLARE)
+        return dsv_error(DSV_ERR_ARG, "dsv_st_writer_set_metadata: the header is already written");
     if (!valid_utf8(key) || !valid_utf8(value))
         return dsv_error(DSV_ERR_ARG, "dsv_st_writer_set_metadata: key or value is not valid UTF-8");
     char *v = strdup(value);
@@ -959,7 +981,8 @@ int dsv_st_writer_set_metadata(dsv_st_writer *w, const char *key, const char *va
 
 int dsv_st_writer_add(dsv_st_writer *w, const char *name, dsv_dtype dtype, int n_dims,
                       const int64_t *shape, const void *data) {
-    if (!w || !name || (n_dims > 0 && !shape)) return dsv_error(DSV_ERR_ARG, "dsv_st_writer_add: NULL argument");
+    if (!w || !name || (n_dims > 0 && !shape))
+        return dsv_error(DSV_ERR_ARG, "dsv_st_writer_add: NULL argument");
     char nb[128];
     if (w->state != W_DECLARE)
         return dsv_error(DSV_ERR_ARG, "dsv_st_writer_add: tensor \"%s\": the header is already written",
@@ -968,17 +991,20 @@ int dsv_st_writer_add(dsv_st_writer *w, const char *name, dsv_dtype dtype, int n
     if (!strcmp(name, "__metadata__"))
         return dsv_error(DSV_ERR_ARG, "dsv_st_writer_add: \"__metadata__\" is reserved");
     if ((unsigned)dtype >= DSV_DT_COUNT)
-        return dsv_error(DSV_ERR_ARG, "dsv_st_writer_add: tensor \"%s\": invalid dtype %d", printable(name, nb), (int)dtype);
+        return dsv_error(DSV_ERR_ARG, "dsv_st_writer_add: tensor \"%s\": invalid dtype %d",
+                         printable(name, nb), (int)dtype);
     if (n_dims < 0 || n_dims > DSV_ST_MAX_DIMS)
-        return dsv_error(DSV_ERR_ARG, "dsv_st_writer_add: tensor \"%s\": %d dimensions", printable(name, nb), n_dims);
+        return dsv_error(DSV_ERR_ARG, "dsv_st_writer_add: tensor \"%s\": %d dimensions", printable(name, nb),
+                         n_dims);
     for (int i = 0; i < n_dims; i++)
         if (shape[i] < 0 || (double)shape[i] > MAX_EXACT_INT)
-            return dsv_error(DSV_ERR_ARG, "dsv_st_writer_add: tensor \"%s\": shape[%d] = %lld", printable(name, nb),
-                             i, (long long)shape[i]);
+            return dsv_error(DSV_ERR_ARG, "dsv_st_writer_add: tensor \"%s\": shape[%d] = %lld",
+                             printable(name, nb), i, (long long)shape[i]);
     uint64_t nbytes;
     if (shape_nbytes(dtype, n_dims, shape, &nbytes) || nbytes > (uint64_t)MAX_EXACT_INT - w->data_size ||
         nbytes != (uint64_t)(size_t)nbytes)
-        return dsv_error(DSV_ERR_ARG, "dsv_st_writer_add: tensor \"%s\": too many bytes", printable(name, nb));
+        return dsv_error(DSV_ERR_ARG, "dsv_st_writer_add: tensor \"%s\": too many bytes",
+                         printable(name, nb));
     if (w->n && table_find(&w->table, w->t, name, NULL) >= 0)
         return dsv_error(DSV_ERR_ARG, "dsv_st_writer_add: tensor \"%s\" added twice", printable(name, nb));
 
@@ -1089,9 +1115,11 @@ int dsv_st_writer_begin(dsv_st_writer *w, const char *path) {
 
 int dsv_st_writer_put(dsv_st_writer *w, const void *data, size_t n) {
     if (!w || (!data && n)) return dsv_error(DSV_ERR_ARG, "dsv_st_writer_put: NULL argument");
-    if (w->state != W_WRITING) return dsv_error(DSV_ERR_ARG, "dsv_st_writer_put: not between begin and finish");
+    if (w->state != W_WRITING)
+        return dsv_error(DSV_ERR_ARG, "dsv_st_writer_put: not between begin and finish");
     if (n > w->data_size - w->written) {
-        int rc = dsv_error(DSV_ERR_ARG, "%s: put of %zu bytes exceeds the declared data size (%llu of %llu written)",
+        int rc = dsv_error(DSV_ERR_ARG,
+                           "%s: put of %zu bytes exceeds the declared data size (%llu of %llu written)",
                            w->path, n, (unsigned long long)w->written, (unsigned long long)w->data_size);
         writer_abort(w);
         return rc;
@@ -1140,7 +1168,8 @@ int dsv_st_writer_write(dsv_st_writer *w, const char *path) {
     char nb[128];
     for (int i = 0; i < w->n; i++)
         if (w->t[i].nbytes && !w->t[i].data)
-            return dsv_error(DSV_ERR_ARG, "dsv_st_writer_write: tensor \"%s\" has no data", printable(w->t[i].name, nb));
+            return dsv_error(DSV_ERR_ARG, "dsv_st_writer_write: tensor \"%s\" has no data",
+                             printable(w->t[i].name, nb));
     int rc = dsv_st_writer_begin(w, path);
     for (int i = 0; !rc && i < w->n; i++) rc = dsv_st_writer_put(w, w->t[i].data, w->t[i].nbytes);
     return rc ? rc : dsv_st_writer_finish(w);
@@ -1188,8 +1217,8 @@ int dsv_st_write_index(const char *dir, const char *const *shards, int n_shards)
         char nb[128];
         for (int i = 1; i < n && !rc; i++)
             if (!strcmp(map[i].name, map[i - 1].name))
-                rc = dsv_error(DSV_ERR_FORMAT, "tensor \"%s\" is in both %s and %s", printable(map[i].name, nb),
-                               map[i - 1].shard, map[i].shard);
+                rc = dsv_error(DSV_ERR_FORMAT, "tensor \"%s\" is in both %s and %s",
+                               printable(map[i].name, nb), map[i - 1].shard, map[i].shard);
     }
     if (!rc) {
         /* The layout transformers writes: two-space indent, names sorted. */

@@ -106,6 +106,17 @@ typedef struct dsv_st_open_params {
  * and every tensor it lists must be in the shard it names. Tensors present in
  * a shard but absent from the weight map are kept. A tensor name may appear
  * only once across all files.
+ * Each file must have: a header length <= DSV_ST_MAX_HEADER that fits in the
+ * file; a header of UTF-8 without NUL bytes holding one JSON object and then
+ * only whitespace; no key twice (tensor names, "__metadata__", its keys, an
+ * entry's fields); "__metadata__", if present, an object of strings; each
+ * other entry an object with a known "dtype" string, a "shape" array of at
+ * most DSV_ST_MAX_DIMS integers in [0, 2^53] (integral floats such as 1.0
+ * pass) whose byte size does not overflow, and "data_offsets" [begin, end],
+ * integers with begin <= end <= data section size and end - begin equal to
+ * that byte size (unknown fields are ignored); the ranges, sorted, must tile
+ * the data section exactly: no overlap, gap or trailing byte (empty tensors
+ * may sit at any boundary).
  * On success *out owns the mappings. Errors: DSV_ERR_ARG (NULL argument),
  * DSV_ERR_IO (missing or unreadable file), DSV_ERR_FORMAT (malformed file or
  * index), DSV_ERR_UNSUPPORTED (sub-byte dtype, more than DSV_ST_MAX_DIMS

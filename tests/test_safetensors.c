@@ -55,7 +55,8 @@ static void expect_bad_mem(const char *what, const void *buf, size_t n, int stat
     int rc = dsv_st_open_memory(&st, buf, n, "bad.safetensors");
     if (rc == DSV_OK) dsv_st_close(st);
     if (rc != status || !strstr(dsv_errmsg(), needle))
-        test_fail(__FILE__, line, "%s: got %d \"%s\", want %d with \"%s\"", what, rc, dsv_errmsg(), status, needle);
+        test_fail(__FILE__, line, "%s: got %d \"%s\", want %d with \"%s\"", what, rc, dsv_errmsg(), status,
+                  needle);
 }
 
 static void expect_bad_path(const char *what, const char *path, int status, const char *needle, int line) {
@@ -64,7 +65,8 @@ static void expect_bad_path(const char *what, const char *path, int status, cons
     int rc = dsv_st_open(&st, path);
     if (rc == DSV_OK) dsv_st_close(st);
     if (rc != status || !strstr(dsv_errmsg(), needle))
-        test_fail(__FILE__, line, "%s: got %d \"%s\", want %d with \"%s\"", what, rc, dsv_errmsg(), status, needle);
+        test_fail(__FILE__, line, "%s: got %d \"%s\", want %d with \"%s\"", what, rc, dsv_errmsg(), status,
+                  needle);
 }
 
 #define EXPECT_BAD_PATH(what, path, status, needle) expect_bad_path(what, path, status, needle, __LINE__)
@@ -206,7 +208,8 @@ TEST(st_open_conformance_fp8) {
     for (int i = 0; i < dsv_st_count(st); i++) {
         const dsv_st_tensor *t = dsv_st_at(st, i);
         total += t->nbytes;
-        CHECK(memcmp(t->data, raw + ((const uint8_t *)t->data - (const uint8_t *)dsv_st_at(st, 0)->data) + 8 + 21600,
+        CHECK(memcmp(t->data,
+                     raw + ((const uint8_t *)t->data - (const uint8_t *)dsv_st_at(st, 0)->data) + 8 + 21600,
                      t->nbytes) == 0);
     }
     CHECK_EQ_INT(total, len - 8 - 21600);
@@ -370,7 +373,8 @@ TEST(st_writer_streaming) {
     /* Chunks that straddle the tensor boundary are fine: it is one stream. */
     const uint8_t *src = (const uint8_t *)big;
     size_t off = 0, sizes[] = {1, 7, 1000, 2991};
-    for (int i = 0; i < 4; i++, off += sizes[i - 1]) REQUIRE(dsv_st_writer_put(w, src + off, sizes[i]) == DSV_OK);
+    for (int i = 0; i < 4; i++, off += sizes[i - 1])
+        REQUIRE(dsv_st_writer_put(w, src + off, sizes[i]) == DSV_OK);
     REQUIRE(off == 3999);
     REQUIRE(dsv_st_writer_put(w, src + off, 1) == DSV_OK);
     REQUIRE(dsv_st_writer_put(w, tail, 3) == DSV_OK);
@@ -426,11 +430,13 @@ TEST(st_writer_rejects_bad_arguments) {
     CHECK_EQ_INT(dsv_st_writer_add(w, "x", DSV_DT_F32, 1, (int64_t[]){4}, x), DSV_ERR_ARG);
     CHECK(strstr(dsv_errmsg(), "added twice"));
     CHECK_EQ_INT(dsv_st_writer_add(w, "__metadata__", DSV_DT_F32, 1, (int64_t[]){4}, x), DSV_ERR_ARG);
-    CHECK_EQ_INT(dsv_st_writer_add(w, "y", DSV_DT_F32, 9, (int64_t[]){1, 1, 1, 1, 1, 1, 1, 1, 1}, x), DSV_ERR_ARG);
+    CHECK_EQ_INT(dsv_st_writer_add(w, "y", DSV_DT_F32, 9, (int64_t[]){1, 1, 1, 1, 1, 1, 1, 1, 1}, x),
+                 DSV_ERR_ARG);
     CHECK_EQ_INT(dsv_st_writer_add(w, "y", DSV_DT_F32, -1, NULL, x), DSV_ERR_ARG);
     CHECK_EQ_INT(dsv_st_writer_add(w, "y", DSV_DT_F32, 1, (int64_t[]){-4}, x), DSV_ERR_ARG);
     CHECK_EQ_INT(dsv_st_writer_add(w, "y", DSV_DT_COUNT, 1, (int64_t[]){4}, x), DSV_ERR_ARG);
-    CHECK_EQ_INT(dsv_st_writer_add(w, "y", DSV_DT_F32, 3, (int64_t[]){1 << 30, 1 << 30, 1 << 30}, x), DSV_ERR_ARG);
+    CHECK_EQ_INT(dsv_st_writer_add(w, "y", DSV_DT_F32, 3, (int64_t[]){1 << 30, 1 << 30, 1 << 30}, x),
+                 DSV_ERR_ARG);
     CHECK_EQ_INT(dsv_st_writer_add(w, "bad \xff utf8", DSV_DT_F32, 1, (int64_t[]){4}, x), DSV_ERR_ARG);
     CHECK_EQ_INT(dsv_st_writer_add(w, NULL, DSV_DT_F32, 1, (int64_t[]){4}, x), DSV_ERR_ARG);
     CHECK_EQ_INT(dsv_st_writer_set_metadata(w, "k", "\xc0\x80"), DSV_ERR_ARG); /* overlong NUL */
@@ -507,7 +513,8 @@ static void write_shard(const char *dir, const char *name, const char *const *na
     dsv_st_writer *w;
     REQUIRE(dsv_st_writer_init(&w) == DSV_OK);
     for (int i = 0; i < n; i++)
-        REQUIRE(dsv_st_writer_add(w, names[i], DSV_DT_U8, 1, (int64_t[]){i + 1}, fill + i * (i + 1) / 2) == DSV_OK);
+        REQUIRE(dsv_st_writer_add(w, names[i], DSV_DT_U8, 1, (int64_t[]){i + 1}, fill + i * (i + 1) / 2) ==
+                DSV_OK);
     REQUIRE(dsv_st_writer_set_metadata(w, "shard", name) == DSV_OK);
     char p[1200];
     snprintf(p, sizeof p, "%s/%s", dir, name);
@@ -638,24 +645,30 @@ TEST(st_bad_index_files) {
     } cases[] = {
         {"not json", "{\"weight_map\": {", DSV_ERR_FORMAT, "index is not valid JSON"},
         {"empty file", "", DSV_ERR_FORMAT, "index is not valid JSON"},
-        {"trailing junk", "{\"weight_map\": {\"x\": \"a.safetensors\"}} }", DSV_ERR_FORMAT, "trailing characters"},
+        {"trailing junk", "{\"weight_map\": {\"x\": \"a.safetensors\"}} }", DSV_ERR_FORMAT,
+         "trailing characters"},
         {"not an object", "[\"a.safetensors\"]", DSV_ERR_FORMAT, "index is not a JSON object"},
         {"no weight_map", "{\"metadata\": {\"total_size\": 6}}", DSV_ERR_FORMAT, "no \"weight_map\" object"},
-        {"weight_map array", "{\"weight_map\": [\"a.safetensors\"]}", DSV_ERR_FORMAT, "no \"weight_map\" object"},
+        {"weight_map array", "{\"weight_map\": [\"a.safetensors\"]}", DSV_ERR_FORMAT,
+         "no \"weight_map\" object"},
         {"empty weight_map", "{\"weight_map\": {}}", DSV_ERR_FORMAT, "\"weight_map\" is empty"},
         {"non-string shard", "{\"weight_map\": {\"x\": 1}}", DSV_ERR_FORMAT, "entry \"x\" is not a string"},
-        {"path escape", "{\"weight_map\": {\"x\": \"../a.safetensors\"}}", DSV_ERR_FORMAT, "not a plain file name"},
-        {"absolute path", "{\"weight_map\": {\"x\": \"/etc/passwd\"}}", DSV_ERR_FORMAT, "not a plain file name"},
+        {"path escape", "{\"weight_map\": {\"x\": \"../a.safetensors\"}}", DSV_ERR_FORMAT,
+         "not a plain file name"},
+        {"absolute path", "{\"weight_map\": {\"x\": \"/etc/passwd\"}}", DSV_ERR_FORMAT,
+         "not a plain file name"},
         {"empty shard name", "{\"weight_map\": {\"x\": \"\"}}", DSV_ERR_FORMAT, "not a plain file name"},
-        {"missing shard", "{\"weight_map\": {\"x\": \"a.safetensors\", \"z\": \"c.safetensors\"}}", DSV_ERR_IO,
-         "shard \"c.safetensors\" listed in the index"},
+        {"missing shard", "{\"weight_map\": {\"x\": \"a.safetensors\", \"z\": \"c.safetensors\"}}",
+         DSV_ERR_IO, "shard \"c.safetensors\" listed in the index"},
         {"malformed shard", "{\"weight_map\": {\"x\": \"junk.safetensors\"}}", DSV_ERR_FORMAT,
          "junk.safetensors: header length"},
-        {"wrong shard", "{\"weight_map\": {\"x\": \"b.safetensors\", \"z\": \"b.safetensors\", \"y\": \"a.safetensors\"}}",
+        {"wrong shard",
+         "{\"weight_map\": {\"x\": \"b.safetensors\", \"z\": \"b.safetensors\", \"y\": \"a.safetensors\"}}",
          DSV_ERR_FORMAT, "puts tensor \"x\" in \"b.safetensors\", but it is in \"a.safetensors\""},
-        {"absent tensor", "{\"weight_map\": {\"x\": \"a.safetensors\", \"w\": \"a.safetensors\"}}", DSV_ERR_FORMAT,
-         "puts tensor \"w\" in \"a.safetensors\", which does not contain it"},
-        {"bad utf8", "{\"weight_map\": {\"x\": \"a\xfe.safetensors\"}}", DSV_ERR_FORMAT, "index is not valid UTF-8"},
+        {"absent tensor", "{\"weight_map\": {\"x\": \"a.safetensors\", \"w\": \"a.safetensors\"}}",
+         DSV_ERR_FORMAT, "puts tensor \"w\" in \"a.safetensors\", which does not contain it"},
+        {"bad utf8", "{\"weight_map\": {\"x\": \"a\xfe.safetensors\"}}", DSV_ERR_FORMAT,
+         "index is not valid UTF-8"},
     };
     const char *idx = tmp_path("model.safetensors.index.json");
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -690,9 +703,12 @@ static const struct bad_case {
     {"bad utf8", "{\"a\xff\":" F32_1 "}", 4, DSV_ERR_FORMAT, "header is not valid UTF-8 (byte 3)"},
     {"surrogate utf8", "{\"a\xed\xa0\x80\":" F32_1 "}", 4, DSV_ERR_FORMAT, "not valid UTF-8"},
     {"entry not object", "{\"a\":5}", 0, DSV_ERR_FORMAT, "tensor \"a\": entry is not an object"},
-    {"missing dtype", "{\"a\":{\"shape\":[1],\"data_offsets\":[0,4]}}", 4, DSV_ERR_FORMAT, "tensor \"a\": missing \"dtype\""},
-    {"missing shape", "{\"a\":{\"dtype\":\"F32\",\"data_offsets\":[0,4]}}", 4, DSV_ERR_FORMAT, "missing \"shape\""},
-    {"missing offsets", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1]}}", 4, DSV_ERR_FORMAT, "missing \"data_offsets\""},
+    {"missing dtype", "{\"a\":{\"shape\":[1],\"data_offsets\":[0,4]}}", 4, DSV_ERR_FORMAT,
+     "tensor \"a\": missing \"dtype\""},
+    {"missing shape", "{\"a\":{\"dtype\":\"F32\",\"data_offsets\":[0,4]}}", 4, DSV_ERR_FORMAT,
+     "missing \"shape\""},
+    {"missing offsets", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1]}}", 4, DSV_ERR_FORMAT,
+     "missing \"data_offsets\""},
     {"dtype twice", "{\"a\":{\"dtype\":\"F32\",\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
      DSV_ERR_FORMAT, "field \"dtype\" appears twice"},
     {"dtype number", "{\"a\":{\"dtype\":4,\"shape\":[1],\"data_offsets\":[0,4]}}", 4, DSV_ERR_FORMAT,
@@ -701,71 +717,77 @@ static const struct bad_case {
      "unknown dtype \"F17\""},
     {"lowercase dtype", "{\"a\":{\"dtype\":\"f32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, DSV_ERR_FORMAT,
      "unknown dtype \"f32\""},
-    {"sub-byte dtype", "{\"a\":{\"dtype\":\"F4\",\"shape\":[8],\"data_offsets\":[0,4]}}", 4, DSV_ERR_UNSUPPORTED,
-     "sub-byte dtype \"F4\""},
+    {"sub-byte dtype", "{\"a\":{\"dtype\":\"F4\",\"shape\":[8],\"data_offsets\":[0,4]}}", 4,
+     DSV_ERR_UNSUPPORTED, "sub-byte dtype \"F4\""},
     {"shape object", "{\"a\":{\"dtype\":\"F32\",\"shape\":{},\"data_offsets\":[0,4]}}", 4, DSV_ERR_FORMAT,
      "\"shape\" is not an array"},
     {"negative dim", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2,-1],\"data_offsets\":[0,4]}}", 4, DSV_ERR_FORMAT,
      "shape[1] is negative"},
-    {"fractional dim", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,4]}}", 4, DSV_ERR_FORMAT,
-     "shape[0] is not an integer"},
+    {"fractional dim", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,4]}}", 4,
+     DSV_ERR_FORMAT, "shape[0] is not an integer"},
     {"string dim", "{\"a\":{\"dtype\":\"F32\",\"shape\":[\"1\"],\"data_offsets\":[0,4]}}", 4, DSV_ERR_FORMAT,
      "shape[0] is not a number"},
     {"null dim", "{\"a\":{\"dtype\":\"F32\",\"shape\":[null],\"data_offsets\":[0,4]}}", 4, DSV_ERR_FORMAT,
      "shape[0] is not a number"},
     {"huge dim", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1e300],\"data_offsets\":[0,4]}}", 4, DSV_ERR_FORMAT,
      "shape[0] is too large"},
-    {"infinite dim", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1e999],\"data_offsets\":[0,4]}}", 4, DSV_ERR_FORMAT,
-     "shape[0] is too large"},
+    {"infinite dim", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1e999],\"data_offsets\":[0,4]}}", 4,
+     DSV_ERR_FORMAT, "shape[0] is too large"},
     {"nine dims", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4,
      DSV_ERR_UNSUPPORTED, "9 dimensions"},
-    {"shape overflow", "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],\"data_offsets\":[0,4]}}",
-     4, DSV_ERR_FORMAT, "shape product overflows"},
-    {"bytes overflow", "{\"a\":{\"dtype\":\"F64\",\"shape\":[2147483648,2147483648],\"data_offsets\":[0,4]}}", 4,
+    {"shape overflow",
+     "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],\"data_offsets\":[0,4]}}", 4,
      DSV_ERR_FORMAT, "shape product overflows"},
+    {"bytes overflow", "{\"a\":{\"dtype\":\"F64\",\"shape\":[2147483648,2147483648],\"data_offsets\":[0,4]}}",
+     4, DSV_ERR_FORMAT, "shape product overflows"},
     {"offsets number", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":4}}", 4, DSV_ERR_FORMAT,
      "\"data_offsets\" is not [begin, end]"},
-    {"offsets triple", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,4]}}", 4, DSV_ERR_FORMAT,
-     "\"data_offsets\" is not [begin, end]"},
+    {"offsets triple", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,4]}}", 4,
+     DSV_ERR_FORMAT, "\"data_offsets\" is not [begin, end]"},
     {"offsets single", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4]}}", 4, DSV_ERR_FORMAT,
      "\"data_offsets\" is not [begin, end]"},
     {"negative begin", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[-4,0]}}", 4, DSV_ERR_FORMAT,
      "data_offsets begin is negative"},
-    {"fractional end", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4.5]}}", 4, DSV_ERR_FORMAT,
-     "data_offsets end is not an integer"},
+    {"fractional end", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4.5]}}", 4,
+     DSV_ERR_FORMAT, "data_offsets end is not an integer"},
     {"string end", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,\"4\"]}}", 4, DSV_ERR_FORMAT,
      "data_offsets end is not a number"},
     {"begin after end", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,0]}}", 4, DSV_ERR_FORMAT,
      "data_offsets begin 4 > end 0"},
     {"end past data", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 4, DSV_ERR_FORMAT,
      "data_offsets end 8 is beyond the data section (4 bytes)"},
-    {"end far past data", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[9007199254740988,9007199254740992]}}",
-     4, DSV_ERR_FORMAT, "is beyond the data section"},
+    {"end far past data",
+     "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[9007199254740988,9007199254740992]}}", 4,
+     DSV_ERR_FORMAT, "is beyond the data section"},
     {"size mismatch", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4]}}", 4, DSV_ERR_FORMAT,
      "data_offsets span 4 bytes but 1-d F32 needs 8"},
-    {"overlap", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-                "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, DSV_ERR_FORMAT,
-     "tensor \"b\" (bytes 4..12) overlaps tensor \"a\" (bytes 0..8)"},
+    {"overlap",
+     "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+     "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+     12, DSV_ERR_FORMAT, "tensor \"b\" (bytes 4..12) overlaps tensor \"a\" (bytes 0..8)"},
     {"same range", "{\"a\":" F32_1 ",\"b\":" F32_1 "}", 4, DSV_ERR_FORMAT, "overlaps tensor"},
-    {"empty inside other", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-                           "\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,4]}}", 8, DSV_ERR_FORMAT,
-     "tensor \"e\" (bytes 4..4) overlaps"},
-    {"gap", "{\"a\":" F32_1 ",\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}", 12, DSV_ERR_FORMAT,
-     "4 bytes before tensor \"b\" belong to no tensor"},
+    {"empty inside other",
+     "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+     "\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,4]}}",
+     8, DSV_ERR_FORMAT, "tensor \"e\" (bytes 4..4) overlaps"},
+    {"gap", "{\"a\":" F32_1 ",\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}", 12,
+     DSV_ERR_FORMAT, "4 bytes before tensor \"b\" belong to no tensor"},
     {"leading gap", "{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, DSV_ERR_FORMAT,
      "4 bytes before tensor \"b\""},
-    {"trailing bytes", "{\"a\":" F32_1 "}", 9, DSV_ERR_FORMAT, "the last 5 bytes of the data section belong to no tensor"},
+    {"trailing bytes", "{\"a\":" F32_1 "}", 9, DSV_ERR_FORMAT,
+     "the last 5 bytes of the data section belong to no tensor"},
     {"data without tensors", "{}", 3, DSV_ERR_FORMAT, "the last 3 bytes"},
-    {"name twice", "{\"a\":" F32_1 ",\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, DSV_ERR_FORMAT,
-     "tensor \"a\" appears twice in the header"},
+    {"name twice", "{\"a\":" F32_1 ",\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8,
+     DSV_ERR_FORMAT, "tensor \"a\" appears twice in the header"},
     {"metadata number", "{\"__metadata__\":5}", 0, DSV_ERR_FORMAT, "__metadata__ is not an object"},
     {"metadata value", "{\"__metadata__\":{\"format\":\"pt\",\"n\":1}}", 0, DSV_ERR_FORMAT,
      "__metadata__ value \"n\" is not a string"},
-    {"metadata twice", "{\"__metadata__\":{},\"__metadata__\":{}}", 0, DSV_ERR_FORMAT, "__metadata__ appears twice"},
+    {"metadata twice", "{\"__metadata__\":{},\"__metadata__\":{}}", 0, DSV_ERR_FORMAT,
+     "__metadata__ appears twice"},
     {"metadata key twice", "{\"__metadata__\":{\"k\":\"1\",\"j\":\"\",\"k\":\"2\"}}", 0, DSV_ERR_FORMAT,
      "__metadata__ key \"k\" appears twice"},
-    {"control char in name", "{\"a\\nb\":{\"dtype\":\"F17\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, DSV_ERR_FORMAT,
-     "tensor \"a?b\": unknown dtype"},
+    {"control char in name", "{\"a\\nb\":{\"dtype\":\"F17\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
+     DSV_ERR_FORMAT, "tensor \"a?b\": unknown dtype"},
 };
 
 TEST(st_each_malformed_header_has_its_error) {
@@ -785,13 +807,16 @@ TEST(st_each_malformed_header_has_its_error) {
 
 TEST(st_malformed_length_field) {
     uint8_t b[64] = {0};
-    for (size_t n = 0; n < 8; n++) expect_bad_mem("short file", b, n, DSV_ERR_FORMAT, "file is too short", __LINE__);
-    expect_bad_mem("short file", b, 5, DSV_ERR_FORMAT, "(5 bytes) to hold the 8-byte header length", __LINE__);
+    for (size_t n = 0; n < 8; n++)
+        expect_bad_mem("short file", b, n, DSV_ERR_FORMAT, "file is too short", __LINE__);
+    expect_bad_mem("short file", b, 5, DSV_ERR_FORMAT, "(5 bytes) to hold the 8-byte header length",
+                   __LINE__);
 
     uint64_t lens[] = {100000001ull, 1ull << 32, UINT64_MAX, 1ull << 63};
     for (int i = 0; i < 4; i++) {
         for (int k = 0; k < 8; k++) b[k] = (uint8_t)(lens[i] >> (8 * k));
-        expect_bad_mem("absurd header length", b, sizeof b, DSV_ERR_FORMAT, "exceeds the 100000000-byte limit", __LINE__);
+        expect_bad_mem("absurd header length", b, sizeof b, DSV_ERR_FORMAT,
+                       "exceeds the 100000000-byte limit", __LINE__);
     }
     /* 100 MB is allowed by the limit but not by this 64-byte file. */
     uint64_t l = 100000000;
@@ -823,22 +848,32 @@ TEST(st_accepts_valid_edge_cases) {
         {"empty object", "{}", 0, 0},
         {"only metadata", "{\"__metadata__\":{\"format\":\"pt\"}}", 0, 0},
         {"padding", "{\"a\":" F32_1 "}  \n\t\r   ", 4, 1},
-        {"unknown fields", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"x\":[{}]}}", 4, 1},
+        {"unknown fields", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"x\":[{}]}}", 4,
+         1},
         {"scalar", "{\"s\":{\"dtype\":\"I32\",\"shape\":[],\"data_offsets\":[0,4]}}", 4, 1},
-        {"zero-element at end", "{\"a\":" F32_1 ",\"e\":{\"dtype\":\"BF16\",\"shape\":[0,7],\"data_offsets\":[4,4]}}", 4, 2},
-        {"zero-element first", "{\"e\":{\"dtype\":\"BF16\",\"shape\":[3,0],\"data_offsets\":[0,0]},\"a\":" F32_1 "}", 4, 2},
-        {"two empties, same offset", "{\"e\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]},"
-                                     "\"f\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}", 0, 2},
-        {"out of order offsets", "{\"b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[4,6]},\"a\":" F32_1 "}", 6, 2},
+        {"zero-element at end",
+         "{\"a\":" F32_1 ",\"e\":{\"dtype\":\"BF16\",\"shape\":[0,7],\"data_offsets\":[4,4]}}", 4, 2},
+        {"zero-element first",
+         "{\"e\":{\"dtype\":\"BF16\",\"shape\":[3,0],\"data_offsets\":[0,0]},\"a\":" F32_1 "}", 4, 2},
+        {"two empties, same offset",
+         "{\"e\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]},"
+         "\"f\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}",
+         0, 2},
+        {"out of order offsets",
+         "{\"b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[4,6]},\"a\":" F32_1 "}", 6, 2},
         {"integral float", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1.0],\"data_offsets\":[0,4e0]}}", 4, 1},
         {"unicode name", "{\"\xe5\xb1\x82.\\u00e9\\ud83d\\ude00\":" F32_1 "}", 4, 1},
         {"empty name", "{\"\":" F32_1 "}", 4, 1},
-        {"eight dims", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4, 1},
-        {"huge dim times zero", "{\"a\":{\"dtype\":\"F32\",\"shape\":[0,9007199254740992],\"data_offsets\":[0,0]}}", 0, 1},
-        {"every dtype", "{\"a\":{\"dtype\":\"C64\",\"shape\":[1],\"data_offsets\":[0,8]},"
-                        "\"b\":{\"dtype\":\"F8_E8M0\",\"shape\":[1],\"data_offsets\":[8,9]},"
-                        "\"c\":{\"dtype\":\"BOOL\",\"shape\":[1],\"data_offsets\":[9,10]},"
-                        "\"d\":{\"dtype\":\"U64\",\"shape\":[1],\"data_offsets\":[10,18]}}", 18, 4},
+        {"eight dims", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4,
+         1},
+        {"huge dim times zero",
+         "{\"a\":{\"dtype\":\"F32\",\"shape\":[0,9007199254740992],\"data_offsets\":[0,0]}}", 0, 1},
+        {"every dtype",
+         "{\"a\":{\"dtype\":\"C64\",\"shape\":[1],\"data_offsets\":[0,8]},"
+         "\"b\":{\"dtype\":\"F8_E8M0\",\"shape\":[1],\"data_offsets\":[8,9]},"
+         "\"c\":{\"dtype\":\"BOOL\",\"shape\":[1],\"data_offsets\":[9,10]},"
+         "\"d\":{\"dtype\":\"U64\",\"shape\":[1],\"data_offsets\":[10,18]}}",
+         18, 4},
     };
     for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
         size_t n;
@@ -869,15 +904,18 @@ TEST(st_accepts_valid_edge_cases) {
 TEST(st_io_errors) {
     dsv_st *st;
     CHECK_EQ_INT(dsv_st_open(&st, NULL), DSV_ERR_ARG);
-    EXPECT_BAD_PATH("missing file", tmp_path("nope.safetensors"), DSV_ERR_IO, "nope.safetensors: cannot open: No such file");
+    EXPECT_BAD_PATH("missing file", tmp_path("nope.safetensors"), DSV_ERR_IO,
+                    "nope.safetensors: cannot open: No such file");
     EXPECT_BAD_PATH("missing index", tmp_path("nope.index.json"), DSV_ERR_IO, "cannot open");
-    EXPECT_BAD_PATH("empty dir", test_tmpdir(), DSV_ERR_IO, "no model.safetensors.index.json, model.safetensors");
+    EXPECT_BAD_PATH("empty dir", test_tmpdir(), DSV_ERR_IO,
+                    "no model.safetensors.index.json, model.safetensors");
     const char *fifo = tmp_path("fifo.safetensors");
     REQUIRE(mkfifo(fifo, 0600) == 0);
     EXPECT_BAD_PATH("fifo", fifo, DSV_ERR_IO, "fifo.safetensors: not a regular file");
     REQUIRE(mkdir(tmp_path("sub"), 0700) == 0);
     REQUIRE(mkdir(tmp_path("sub/model.safetensors"), 0700) == 0);
-    EXPECT_BAD_PATH("directory as file", tmp_path("sub"), DSV_ERR_IO, "model.safetensors: not a regular file");
+    EXPECT_BAD_PATH("directory as file", tmp_path("sub"), DSV_ERR_IO,
+                    "model.safetensors: not a regular file");
 }
 
 /* ---- robustness ---- */
@@ -934,8 +972,8 @@ static void truncations(const char *dir) {
         write_bytes(path, raw, cuts[i]);
         dsv_st *st = NULL;
         int rc = dsv_st_open(&st, path);
-        CHECKF(rc == DSV_ERR_FORMAT && strstr(dsv_errmsg(), "cut.safetensors"), "cut at %zu: %d %s", cuts[i], rc,
-               dsv_errmsg());
+        CHECKF(rc == DSV_ERR_FORMAT && strstr(dsv_errmsg(), "cut.safetensors"), "cut at %zu: %d %s", cuts[i],
+               rc, dsv_errmsg());
         if (rc == DSV_OK) dsv_st_close(st);
     }
     free(raw);
@@ -977,7 +1015,8 @@ TEST(st_mutation_fuzz) {
             case 5: { /* insert a run */
                 size_t r = 1 + rng() % 8, len = DSV_MIN(cap - n, r);
                 memmove(m + at + len, m + at, n - at);
-                for (size_t i = 0; i < len; i++) m[at + i] = (uint8_t)interesting[rng() % (sizeof interesting - 1)];
+                for (size_t i = 0; i < len; i++)
+                    m[at + i] = (uint8_t)interesting[rng() % (sizeof interesting - 1)];
                 n += len;
                 break;
             }
@@ -1000,7 +1039,8 @@ TEST(st_mutation_fuzz) {
             dsv_st_close(st);
         } else {
             failed++;
-            CHECKF(rc < 0 && dsv_errmsg()[0], "iteration %d: status %d, message \"%s\"", iter, rc, dsv_errmsg());
+            CHECKF(rc < 0 && dsv_errmsg()[0], "iteration %d: status %d, message \"%s\"", iter, rc,
+                   dsv_errmsg());
         }
         free(buf);
     }

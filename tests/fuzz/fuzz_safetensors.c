@@ -47,7 +47,8 @@ static void check_opened(const dsv_st *st) {
         for (int k = 0; k < t->n_dims; k++) el *= (uint64_t)t->shape[k];
         check(el * dsv_dtype_size(t->dtype) == t->nbytes, "nbytes == product(shape) * dtype size");
         volatile unsigned char sink = 0;
-        if (t->nbytes) sink ^= ((const unsigned char *)t->data)[0] ^ ((const unsigned char *)t->data)[t->nbytes - 1];
+        if (t->nbytes)
+            sink ^= ((const unsigned char *)t->data)[0] ^ ((const unsigned char *)t->data)[t->nbytes - 1];
         (void)sink;
     }
     for (int f = 0; f < dsv_st_file_count(st); f++) (void)dsv_st_metadata(st, f, "format");
@@ -70,7 +71,8 @@ static void write_shard(const char *name, const char *const *tensors, int n) {
     snprintf(p, sizeof p, "%s/%s", dir, name);
     check(dsv_st_writer_init(&w) == DSV_OK, "writer init");
     for (int i = 0; i < n; i++)
-        check(dsv_st_writer_add(w, tensors[i], DSV_DT_U8, 1, (int64_t[]){i + 1}, bytes) == DSV_OK, "writer add");
+        check(dsv_st_writer_add(w, tensors[i], DSV_DT_U8, 1, (int64_t[]){i + 1}, bytes) == DSV_OK,
+              "writer add");
     check(dsv_st_writer_write(w, p) == DSV_OK, "writing a shard");
     dsv_st_writer_free(w);
 }
