@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "commands.h"
 #include "dsv32.h"
 
 struct command {
@@ -11,6 +12,8 @@ struct command {
 };
 
 static const struct command commands[] = {
+    {"tokenize", "text to token ids", cmd_tokenize},
+    {"detokenize", "token ids to text", cmd_detokenize},
     {NULL, NULL, NULL},
 };
 
