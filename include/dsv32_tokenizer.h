@@ -27,7 +27,8 @@
  * exact bytes of the tokens, so decode(encode(x)) == x for any bytes x.
  *
  * A tokenizer is immutable once open: any number of threads may use one at
- * the same time. Conventions of dsv32.h hold (status codes, dsv_errmsg()),
+ * the same time. A tok argument must be an open tokenizer unless a function
+ * says otherwise. Conventions of dsv32.h hold (status codes, dsv_errmsg()),
  * with one documented exception: on DSV_ERR_FULL, the size a call needs is
  * written to its count output so that the caller can grow the buffer.
  */

@@ -524,6 +524,7 @@ static int build_vocab(dsv_tokenizer *t, const cJSON *vocab, const cJSON *added)
         id = (int32_t)cJSON_GetObjectItemCaseSensitive(a, "id")->valuedouble;
         if (id > max_id) max_id = id;
     }
+    if (max_id < 0) return dsv_error(DSV_ERR_FORMAT, "model.vocab: empty");
     size_t n = (size_t)max_id + 1;
     t->n_vocab = max_id + 1;
     const char **src = calloc(n, sizeof *src);          /* spelling, then piece source, of each id */
@@ -1133,7 +1134,7 @@ int dsv_detokenize(const dsv_tokenizer *t, const int32_t *ids, size_t n, int ski
     for (size_t i = 0; i < n; i++) {
         size_t l;
         const char *p = dsv_token_piece(t, ids[i], &l);
-        if (!p) return dsv_error(DSV_ERR_ARG, "dsv_detokenize: ids[%zu] = %d is not a token", i, (int)ids[i]);
+        if (!p) return dsv_error(DSV_ERR_ARG, "ids[%zu]: %d is not a token id", i, (int)ids[i]);
         if (skip_special && (t->flags[ids[i]] & TF_SPECIAL)) continue;
         put(out, cap, &k, p, l);
     }
@@ -1193,7 +1194,7 @@ int dsv_detok_push(dsv_detok *d, int32_t id, char *out, size_t cap, size_t *len)
     if (!d || !len || (!out && cap)) return dsv_error(DSV_ERR_ARG, "dsv_detok_push: NULL argument");
     size_t l;
     const char *p = dsv_token_piece(d->tok, id, &l);
-    if (!p) return dsv_error(DSV_ERR_ARG, "dsv_detok_push: %d is not a token", (int)id);
+    if (!p) return dsv_error(DSV_ERR_ARG, "%d is not a token id", (int)id);
     size_t k = 0;
     dsv_detok next = *d;
     if (!(d->skip_special && dsv_token_is_special(d->tok, id)))

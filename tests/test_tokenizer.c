@@ -662,6 +662,7 @@ TEST(tokenizer_bad_files) {
         {.model = "{\"type\":\"BPE\",\"continuing_subword_prefix\":\"##\",\"vocab\":{},\"merges\":[]}"},
         {.model = "{\"type\":\"BPE\",\"vocab\":{\"a\":-1},\"merges\":[]}"},
         {.model = "{\"type\":\"BPE\",\"vocab\":{},\"merges\":[],\"novel\":1}"},
+        {.model = "{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}"},
         {.normalizer = "{\"type\":\"NFKC\"}"},
         {.normalizer = "{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Lowercase\"}]}"},
         {.pre_tokenizer = "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"ByteLevel\",\"add_prefix_space\":"
@@ -690,6 +691,7 @@ TEST(tokenizer_bad_files) {
         {DSV_ERR_UNSUPPORTED, "model.continuing_subword_prefix"},
         {DSV_ERR_FORMAT, "model.vocab[\"a\"]"},
         {DSV_ERR_UNSUPPORTED, "model.novel"},
+        {DSV_ERR_FORMAT, "model.vocab: empty"},
         {DSV_ERR_UNSUPPORTED, "normalizer: type 'NFKC'"},
         {DSV_ERR_UNSUPPORTED, "normalizer.normalizers[0]: type 'Lowercase'"},
         {DSV_ERR_UNSUPPORTED, "pre_tokenizer.pretokenizers[1]: Split after ByteLevel"},
