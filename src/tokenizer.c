@@ -14,8 +14,8 @@
  * the result up by spelling) is a bijection, so BPE runs directly on token ids:
  * each byte starts as the id of its one-byte token and merges combine ids.
  * Text flows: added-token split -> UTF-8 validity split -> Split regexes,
- * depth first (one piece is fully encoded before the next is cut, so nothing
- * proportional to the input is allocated) -> BPE per piece.
+ * depth first (one piece is fully encoded before the next is cut, so scratch
+ * memory grows with the longest piece, not with the input) -> BPE per piece.
  *
  * Not here: normalizers other than empty ones, other models (WordPiece,
  * Unigram), byte fallback, offsets, truncation and padding, the chat template.
@@ -85,6 +85,7 @@ struct dsv_tokenizer {
     pcre2_code **steps;         /* Split regexes in order, ByteLevel's last if use_regex */
     int n_steps;
     uint32_t ovector_pairs;
+    pcre2_match_context *mctx;  /* read-only once set up, so shared by all threads */
 
     int32_t bos, eos;
     int add_bos;
@@ -207,9 +208,11 @@ static int32_t added_at(const dsv_tokenizer *t, const unsigned char *s, size_t n
 
 /* Leftmost, then longest, added token in s[0..n): returns its id and sets
  * *at and *len, or returns -1. The JavaScript library tries one alternation
- * of all contents sorted longest first, which picks the same match; Rust's
- * leftmost-longest automaton too (this tokenizer's normalizer is empty, so
- * its separate pass for "normalized" tokens sees the same text). */
+ * of all contents sorted longest first, which picks the same match. Rust
+ * matches leftmost-longest too, but in two passes (tokens with normalized =
+ * false first, then the others in the gaps); that can differ only when two
+ * contents overlap in the text, and DeepSeek's cannot: each is "<...>" with
+ * no '<' or '>' inside. */
 static int32_t added_find(const dsv_tokenizer *t, const unsigned char *s, size_t n, size_t *at, size_t *len) {
     if (!t->n_trie) return -1;
     for (size_t i = 0; i < n; i++) {
@@ -782,6 +785,11 @@ int dsv_tokenizer_open(dsv_tokenizer **out, const char *path) {
     }
     t->bos = t->eos = -1;
     memset(t->trie_root, 0xff, sizeof t->trie_root);
+    /* PCRE2's default match limit (10 million backtracking steps) is hit by
+     * legitimate input: \s*[\r\n]+ walks a 32 MB run of spaces twice before
+     * \s+ takes it. These patterns backtrack linearly, so lift the limit. */
+    t->mctx = pcre2_match_context_create(NULL);
+    if (t->mctx) pcre2_set_match_limit(t->mctx, UINT32_MAX);
     if (S_ISDIR(st.st_mode)) {
         snprintf(json, plen + 32, "%s/tokenizer.json", path);
         snprintf(cfg, plen + 32, "%s/tokenizer_config.json", path);
@@ -791,7 +799,7 @@ int dsv_tokenizer_open(dsv_tokenizer **out, const char *path) {
         snprintf(json, plen + 32, "%s", path);
         snprintf(cfg, plen + 32, "%.*stokenizer_config.json", dir, path);
     }
-    int rc = load_tokenizer_json(t, json);
+    int rc = t->mctx ? load_tokenizer_json(t, json) : dsv_error(DSV_ERR_NOMEM, "out of memory");
     if (rc) {
         dsv_error_prefix(rc, "%s", json);
     } else if (stat(cfg, &st) == 0 || errno != ENOENT) {
@@ -810,6 +818,7 @@ int dsv_tokenizer_open(dsv_tokenizer **out, const char *path) {
 void dsv_tokenizer_close(dsv_tokenizer *t) {
     if (!t) return;
     for (int i = 0; i < t->n_steps; i++) pcre2_code_free(t->steps[i]);
+    pcre2_match_context_free(t->mctx);
     free(t->steps);
     free(t->flags);
     free(t->piece_off);
@@ -996,7 +1005,7 @@ static void split(struct enc *e, int k, const char *s, size_t n) {
     while (from < n && !e->status) {
         /* The input was validated once; without NO_UTF_CHECK, PCRE2 would
          * recheck the whole subject on every call, which is quadratic. */
-        int rc = pcre2_match(re, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK, e->md, NULL);
+        int rc = pcre2_match(re, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK, e->md, e->t->mctx);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {
             char msg[256];
