@@ -80,7 +80,7 @@ int dsv_tokenizer_add_bos(const dsv_tokenizer *tok);
  * Returns DSV_OK with *n_ids ids in ids[]; DSV_ERR_FULL when cap is too
  * small, with *n_ids set to the number needed and ids[0..cap) holding the
  * first cap ids (ids may be NULL when cap is 0, to ask for the count);
- * DSV_ERR_ARG for NULL arguments or len >= 2^31; DSV_ERR_NOMEM. */
+ * DSV_ERR_ARG for NULL arguments or len >= 2^31 - 1; DSV_ERR_NOMEM. */
 int dsv_tokenize(const dsv_tokenizer *tok, const char *text, size_t len,
                  int32_t *ids, size_t cap, size_t *n_ids);
 

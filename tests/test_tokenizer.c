@@ -386,10 +386,17 @@ TEST(tokenizer_broken_utf8_pieces) {
         size_t ends[16], n;
         REQUIRE(dsv_pretokenize(t, cases[i].s, strlen(cases[i].s), ends, 16, &n) == DSV_OK);
         CHECKF(n == cases[i].n && !memcmp(ends, cases[i].ends, n * sizeof *ends), "case %zu: %zu pieces", i, n);
-        /* An ill-formed byte encodes to its own byte token. */
-        size_t nid;
+        /* The encoding is that of the pieces one by one. */
+        size_t nid, k = 0, start = 0;
         int32_t *ids = encode(t, cases[i].s, strlen(cases[i].s), &nid);
-        CHECK(nid >= n);
+        for (size_t j = 0; j < n; start = ends[j++]) {
+            size_t np;
+            int32_t *part = encode(t, cases[i].s + start, ends[j] - start, &np);
+            CHECKF(k + np <= nid && !memcmp(ids + k, part, np * sizeof *part), "case %zu piece %zu", i, j);
+            k += np;
+            free(part);
+        }
+        CHECK_EQ_INT(k, nid);
         free(ids);
     }
     size_t n, len;
@@ -721,6 +728,19 @@ TEST(tokenizer_bad_files) {
     fclose(f);
     CHECK_EQ_INT(dsv_tokenizer_open(&t, path), DSV_ERR_FORMAT);
     CHECKF(strstr(dsv_errmsg(), "invalid JSON") && strstr(dsv_errmsg(), "tokenizer.json"), "%s", dsv_errmsg());
+    static const struct { const char *json, *needle; } whole[] = {
+        {"{\"version\":\"1.0\",\"added_tokens\":[]}", "model: missing"},
+        {"[]", "expected a JSON object"},
+        {"", "invalid JSON"},
+    };
+    for (size_t i = 0; i < sizeof whole / sizeof *whole; i++) {
+        f = fopen(path, "w");
+        REQUIRE(f);
+        fputs(whole[i].json, f);
+        fclose(f);
+        CHECK_EQ_INT(dsv_tokenizer_open(&t, path), DSV_ERR_FORMAT);
+        CHECKF(strstr(dsv_errmsg(), whole[i].needle) && strstr(dsv_errmsg(), "tokenizer.json"), "%s", dsv_errmsg());
+    }
     CHECK_EQ_INT(dsv_tokenizer_open(&t, "/nonexistent/tokenizer.json"), DSV_ERR_IO);
     CHECK(strstr(dsv_errmsg(), "/nonexistent/tokenizer.json") != NULL);
     snprintf(path, sizeof path, "%s/empty", test_tmpdir());
