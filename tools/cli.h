@@ -14,7 +14,4 @@ int cli_int(const char *cmd, const char *opt, const char *s, long lo, long hi, l
 /* Parses "1,2,3" into a malloc'ed array; 0 on success. */
 int cli_ids(const char *cmd, const char *s, int32_t **ids, int *n);
 
-/* Commands. */
-int cmd_logits(int argc, char **argv);
-
 #endif

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "commands.h"
 #include "dsv32.h"
 
 static const char *usage =

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cli.h"
+#include "commands.h"
 #include "dsv32.h"
 
 struct command {
@@ -12,6 +12,8 @@ struct command {
 };
 
 static const struct command commands[] = {
+    {"tokenize", "text to token ids", cmd_tokenize},
+    {"detokenize", "token ids to text", cmd_detokenize},
     {"logits", "conformance: logits (and intermediates) of a fixed token sequence", cmd_logits},
     {NULL, NULL, NULL},
 };

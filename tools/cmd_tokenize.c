@@ -1,0 +1,298 @@
+/* cmd_tokenize.c: `dsv32 tokenize` (text to ids) and `dsv32 detokenize` (ids
+ * to text), thin clients of dsv32_tokenizer.h.
+ *
+ * tokenize has one function per input mode (whole stdin, JSON lines, the
+ * throughput benchmark); a new mode is a new enum value, option and function.
+ * Errors are one line on stderr, "dsv32 <command>: <reason>", and exit status
+ * 1 (2 for bad usage). Output is flushed and checked, so a full disk or a
+ * closed pipe is an error too. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "dsv32_tokenizer.h"
+#include "json_str.h"
+#include "util.h"
+
+#define BENCH_TIME_DEFAULT 1.0
+
+static int fail(const char *cmd, const char *fmt, ...) DSV_PRINTF(2, 3);
+static int fail(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "dsv32 %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return 1;
+}
+
+/* Reads all of f into a malloc'd buffer (NUL-terminated, *len bytes). */
+static char *read_all(FILE *f, size_t *len) {
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n - 1, f);
+        if (n < cap - 1) break;
+        char *b = realloc(buf, cap * 2);
+        if (!b) free(buf);
+        buf = b;
+        cap *= 2;
+    }
+    if (!buf || ferror(f)) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+static int finish_output(const char *cmd) {
+    if (fflush(stdout) != 0 || ferror(stdout)) return fail(cmd, "writing output: %s", strerror(errno));
+    return 0;
+}
+
+static void print_ids(const int32_t *ids, size_t n, const char *sep) {
+    for (size_t i = 0; i < n; i++) printf("%s%d", i ? sep : "", (int)ids[i]);
+}
+
+/* ---- tokenize ------------------------------------------------------------ */
+
+enum tokenize_mode { MODE_TEXT, MODE_JSONL, MODE_BENCH };
+
+static void tokenize_usage(FILE *f) {
+    fprintf(f,
+            "usage: dsv32 tokenize -m MODEL [options]\n"
+            "Encodes text to token ids. No BOS is added: special-token strings in the text\n"
+            "(such as <｜begin▁of▁sentence｜>) are encoded as those tokens.\n"
+            "\n"
+            "  -m, --model PATH     model directory or tokenizer.json file (required)\n"
+            "      --jsonl          read one JSON object per line with a \"text\" member and\n"
+            "                       write {\"ids\":[...]} per line (default: off; read all of\n"
+            "                       stdin as one text and write its ids comma-separated)\n"
+            "      --bench FILE     encode FILE repeatedly and print MB/s and tokens/s\n"
+            "                       (default: off)\n"
+            "      --bench-time S   measure for at least S seconds (default: %g)\n"
+            "  -h, --help           show this help\n",
+            BENCH_TIME_DEFAULT);
+}
+
+/* Encodes text into *ids, growing it as needed (dsv_tokenize never needs
+ * more ids than bytes). */
+static int encode(const dsv_tokenizer *tok, const char *text, size_t len, int32_t **ids, size_t *cap,
+                  size_t *n) {
+    if (*cap < len + 1) {
+        int32_t *p = realloc(*ids, (len + 1) * sizeof *p);
+        if (!p) return dsv_error(DSV_ERR_NOMEM, "out of memory");
+        *ids = p;
+        *cap = len + 1;
+    }
+    return dsv_tokenize(tok, text, len, *ids, *cap, n);
+}
+
+static int tokenize_text(const dsv_tokenizer *tok) {
+    size_t len, n, cap = 0;
+    int32_t *ids = NULL;
+    char *text = read_all(stdin, &len);
+    if (!text) return fail("tokenize", "reading stdin: %s", strerror(errno));
+    int rc = encode(tok, text, len, &ids, &cap, &n);
+    free(text);
+    if (rc == DSV_OK) {
+        print_ids(ids, n, ",");
+        putchar('\n');
+    }
+    free(ids);
+    if (rc) return fail("tokenize", "%s", dsv_errmsg());
+    return finish_output("tokenize");
+}
+
+/* Blank lines are skipped; any other line must be an object with "text". */
+static int tokenize_jsonl(const dsv_tokenizer *tok) {
+    char *line = NULL, *text;
+    size_t line_cap = 0, cap = 0, n, len;
+    int32_t *ids = NULL;
+    int rc = 0;
+    ssize_t got;
+    for (long no = 1; rc == 0 && (got = getline(&line, &line_cap, stdin)) >= 0; no++) {
+        if (strspn(line, " \t\r\n") == (size_t)got) continue;
+        rc = dsv_json_get_string(line, (size_t)got, "text", &text, &len);
+        if (rc == DSV_OK) {
+            rc = encode(tok, text, len, &ids, &cap, &n);
+            free(text);
+        }
+        if (rc) {
+            dsv_error_prefix(rc, "stdin line %ld", no);
+            break;
+        }
+        fputs("{\"ids\":[", stdout);
+        print_ids(ids, n, ",");
+        fputs("]}\n", stdout);
+    }
+    free(line);
+    free(ids);
+    if (rc) return fail("tokenize", "%s", dsv_errmsg());
+    if (ferror(stdin)) return fail("tokenize", "reading stdin: %s", strerror(errno));
+    return finish_output("tokenize");
+}
+
+static int tokenize_bench(const dsv_tokenizer *tok, const char *path, double min_time, double load_s) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return fail("tokenize", "%s: %s", path, strerror(errno));
+    size_t len, n = 0, cap = 0;
+    char *text = read_all(f, &len);
+    fclose(f);
+    if (!text) return fail("tokenize", "%s: %s", path, strerror(errno));
+    int32_t *ids = NULL;
+    int runs = 0, rc = 0;
+    double t0 = dsv_time(), dt;
+    do {
+        rc = encode(tok, text, len, &ids, &cap, &n);
+        runs++;
+        dt = dsv_time() - t0;
+    } while (rc == DSV_OK && dt < min_time);
+    free(text);
+    free(ids);
+    if (rc) return fail("tokenize", "%s", dsv_errmsg());
+    printf("file: %s, %zu bytes, %zu tokens (%.2f bytes/token)\n", path, len, n, n ? (double)len / (double)n : 0.0);
+    printf("load: %.0f ms\n", load_s * 1e3);
+    printf("encode: %.2f MB/s, %.0f tokens/s (%d runs in %.2f s)\n", (double)len * runs / dt / 1e6,
+           (double)n * runs / dt, runs, dt);
+    return finish_output("tokenize");
+}
+
+int cmd_tokenize(int argc, char **argv) {
+    const char *model = NULL, *bench = NULL;
+    enum tokenize_mode mode = MODE_TEXT;
+    double bench_time = BENCH_TIME_DEFAULT;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            tokenize_usage(stdout);
+            return 0;
+        } else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && i + 1 < argc) {
+            model = argv[++i];
+        } else if (!strcmp(a, "--jsonl")) {
+            mode = MODE_JSONL;
+        } else if (!strcmp(a, "--bench") && i + 1 < argc) {
+            mode = MODE_BENCH;
+            bench = argv[++i];
+        } else if (!strcmp(a, "--bench-time") && i + 1 < argc) {
+            char *end;
+            bench_time = strtod(argv[++i], &end);
+            if (*end || !(bench_time >= 0)) {
+                fail("tokenize", "--bench-time: '%s' is not a number of seconds", argv[i]);
+                return 2;
+            }
+        } else {
+            fail("tokenize", "unknown or incomplete option '%s' (see dsv32 tokenize --help)", a);
+            return 2;
+        }
+    }
+    if (!model) {
+        fail("tokenize", "-m MODEL is required (see dsv32 tokenize --help)");
+        return 2;
+    }
+    dsv_tokenizer *tok;
+    double t0 = dsv_time();
+    if (dsv_tokenizer_open(&tok, model)) return fail("tokenize", "%s", dsv_errmsg());
+    double load_s = dsv_time() - t0;
+    int rc;
+    switch (mode) {
+    case MODE_JSONL: rc = tokenize_jsonl(tok); break;
+    case MODE_BENCH: rc = tokenize_bench(tok, bench, bench_time, load_s); break;
+    default: rc = tokenize_text(tok); break;
+    }
+    dsv_tokenizer_close(tok);
+    return rc;
+}
+
+/* ---- detokenize ---------------------------------------------------------- */
+
+static void detokenize_usage(FILE *f) {
+    fprintf(f, "usage: dsv32 detokenize -m MODEL [options]\n"
+               "Reads token ids separated by commas, spaces, newlines or brackets from stdin and\n"
+               "writes their text, byte for byte, with no newline added.\n"
+               "\n"
+               "  -m, --model PATH     model directory or tokenizer.json file (required)\n"
+               "      --skip-special   leave out special tokens such as BOS and EOS\n"
+               "                       (default: off; chat markers and <think> are not special)\n"
+               "  -h, --help           show this help\n");
+}
+
+/* Parses the ids in s into a malloc'd array. */
+static int parse_ids(char *s, int32_t **out, size_t *n) {
+    size_t cap = 64, k = 0;
+    int32_t *ids = malloc(cap * sizeof *ids);
+    if (!ids) return dsv_error(DSV_ERR_NOMEM, "out of memory");
+    const char *sep = ", \t\r\n[]";
+    for (char *p = s + strspn(s, sep); *p; p += strspn(p, sep)) {
+        size_t l = strcspn(p, sep);
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end != p + l || l == 0 || errno || v < 0 || v > INT32_MAX) {
+            int rc = dsv_error(DSV_ERR_ARG, "stdin: '%.*s' is not a token id", (int)DSV_MIN(l, 40), p);
+            free(ids);
+            return rc;
+        }
+        if (k == cap) {
+            int32_t *b = realloc(ids, 2 * cap * sizeof *b);
+            if (!b) {
+                free(ids);
+                return dsv_error(DSV_ERR_NOMEM, "out of memory");
+            }
+            ids = b;
+            cap *= 2;
+        }
+        ids[k++] = (int32_t)v;
+        p += l;
+    }
+    *out = ids;
+    *n = k;
+    return DSV_OK;
+}
+
+int cmd_detokenize(int argc, char **argv) {
+    const char *model = NULL;
+    int skip = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            detokenize_usage(stdout);
+            return 0;
+        } else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && i + 1 < argc) {
+            model = argv[++i];
+        } else if (!strcmp(a, "--skip-special")) {
+            skip = 1;
+        } else {
+            fail("detokenize", "unknown or incomplete option '%s' (see dsv32 detokenize --help)", a);
+            return 2;
+        }
+    }
+    if (!model) {
+        fail("detokenize", "-m MODEL is required (see dsv32 detokenize --help)");
+        return 2;
+    }
+    size_t len, n = 0, out_len = 0;
+    char *in = read_all(stdin, &len);
+    if (!in) return fail("detokenize", "reading stdin: %s", strerror(errno));
+    int32_t *ids = NULL;
+    char *out = NULL;
+    dsv_tokenizer *tok = NULL;
+    int rc = parse_ids(in, &ids, &n);
+    free(in);
+    if (!rc) rc = dsv_tokenizer_open(&tok, model);
+    if (!rc && dsv_detokenize(tok, ids, n, skip, NULL, 0, &out_len) == DSV_ERR_ARG) rc = DSV_ERR_ARG;
+    if (!rc && !(out = malloc(out_len + 1))) rc = dsv_error(DSV_ERR_NOMEM, "out of memory");
+    if (!rc) rc = dsv_detokenize(tok, ids, n, skip, out, out_len, &out_len);
+    if (!rc) fwrite(out, 1, out_len, stdout);
+    free(out);
+    free(ids);
+    dsv_tokenizer_close(tok);
+    if (rc) return fail("detokenize", "%s", dsv_errmsg());
+    return finish_output("detokenize");
+}

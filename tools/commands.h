@@ -1,0 +1,11 @@
+/* commands.h: the entry points of the dsv32 commands (tools/cmd_*.c), listed
+ * in the table in main.c. Each takes argv from the command name on and
+ * returns the process exit status. */
+#ifndef DSV_COMMANDS_H
+#define DSV_COMMANDS_H
+
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
+int cmd_logits(int argc, char **argv);
+
+#endif
