@@ -121,7 +121,7 @@ typedef struct dsv_context_params {
     int n_ctx;        /* max tokens per sequence (0: min(max_position_embeddings, 4096)) */
     int n_seq;        /* sequences that can hold state at once (default 1) */
     int n_batch;      /* max tokens in one dsv_forward call (default 512) */
-    int n_threads;    /* worker threads including the caller (0: online CPUs) */
+    int n_threads;    /* worker threads including the caller (0: the CPUs this process may use) */
     int64_t n_pages;  /* KV pages of DSV_PAGE tokens (0: n_seq * ceil(n_ctx / DSV_PAGE)) */
     int attn;         /* DSV_ATTN_SPARSE (the model's top-k) or DSV_ATTN_DENSE (every position) */
     int topk;         /* override index_topk (0: the config's) */

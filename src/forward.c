@@ -11,6 +11,7 @@
  * rows together, attention runs per sequence, and no row's result depends
  * on the other rows. */
 #include <math.h>
+#include <sched.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -161,7 +162,11 @@ int dsv_context_open(dsv_context **out, dsv_model *m, const dsv_context_params *
     if (p.n_seq <= 0) p.n_seq = 1;
     if (p.n_batch <= 0) p.n_batch = 512;
     if (p.n_threads <= 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        /* The CPUs this process may run on (taskset, cgroups), not all online
+         * ones: more threads than CPUs would make every barrier wait for a
+         * descheduled thread. */
+        cpu_set_t cpus;
+        long n = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : sysconf(_SC_NPROCESSORS_ONLN);
         p.n_threads = n > 0 ? (int)n : 1;
     }
     if (p.mha_max_keys <= 0) p.mha_max_keys = 4096;

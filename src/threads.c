@@ -1,25 +1,104 @@
-/* threads.c: the thread pool (see threads.h). */
+/* threads.c: the thread pool (see threads.h).
+ *
+ * Three kinds of waiting: a worker for the next task, the caller for the
+ * workers to finish a task, and every thread at a barrier. Each waits on a
+ * 32-bit word that changes when it may go on (a generation, a count, a
+ * phase). A waiter first spins for a few microseconds, about the gap
+ * between two kernels of a forward pass, so that back-to-back tasks cost no
+ * system call; then it sleeps in the kernel (a futex on Linux, a condition
+ * variable elsewhere) so that an idle engine, or one whose threads share
+ * cores with other work, does not burn the CPU its peers need. Whoever
+ * changes a word wakes sleepers only if there are any. */
 #include "threads.h"
 
+#include <limits.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
 #include "util.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define cpu_relax() _mm_pause()
+#define cpu_relax() __builtin_ia32_pause()
 #else
 #define cpu_relax() ((void)0)
 #endif
 
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 void (*dsv_thread_init_hook)(void);
 
-/* Spins before sleeping: long enough to bridge the gap between two kernels
- * of one forward pass, short enough not to burn a core when idle. */
-#define SPIN_ITERS 20000
+/* Spin iterations before sleeping: ~2k pauses are a few to tens of
+ * microseconds depending on the core's pause latency. */
+#define SPIN_ITERS 2048
+
+/* A word to wait on, with a count of sleepers so changes skip the wake
+ * call when nobody sleeps. */
+typedef struct {
+    atomic_uint v;
+    atomic_int sleepers;
+#if !defined(__linux__)
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+#endif
+} wait_word;
+
+static void ww_init(wait_word *w) {
+    atomic_init(&w->v, 0);
+    atomic_init(&w->sleepers, 0);
+#if !defined(__linux__)
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+#endif
+}
+
+static void ww_destroy(wait_word *w) {
+#if !defined(__linux__)
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+#else
+    (void)w;
+#endif
+}
+
+/* Waits while w->v == old (returns the new value). */
+static unsigned ww_wait(wait_word *w, unsigned old) {
+    unsigned v;
+    for (int i = 0; i < SPIN_ITERS; i++) {
+        if ((v = atomic_load_explicit(&w->v, memory_order_acquire)) != old) return v;
+        cpu_relax();
+    }
+    atomic_fetch_add(&w->sleepers, 1);
+    while ((v = atomic_load_explicit(&w->v, memory_order_acquire)) == old) {
+#if defined(__linux__)
+        syscall(SYS_futex, &w->v, FUTEX_WAIT_PRIVATE, old, NULL, NULL, 0);
+#else
+        pthread_mutex_lock(&w->mu);
+        if (atomic_load(&w->v) == old) pthread_cond_wait(&w->cv, &w->mu);
+        pthread_mutex_unlock(&w->mu);
+#endif
+    }
+    atomic_fetch_sub(&w->sleepers, 1);
+    return v;
+}
+
+/* Call after changing w->v. The sleeper count is read after the change
+ * (both sequentially consistent), and a sleeper re-reads v after counting
+ * itself, so no wake is lost. */
+static void ww_wake(wait_word *w) {
+    if (atomic_load(&w->sleepers) == 0) return;
+#if defined(__linux__)
+    syscall(SYS_futex, &w->v, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+#else
+    pthread_mutex_lock(&w->mu);
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+#endif
+}
 
 struct worker {
     dsv_pool *pool;
@@ -32,15 +111,11 @@ struct dsv_pool {
     struct worker *workers;
     dsv_task_fn fn;
     void *arg;
-    atomic_uint gen;        /* bumped once per run */
-    atomic_int n_done;      /* workers finished with the current run */
     atomic_int stop;
-    atomic_int n_sleeping;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    /* Barrier state. */
+    wait_word gen;          /* bumped once per run */
+    wait_word done;         /* workers finished with the current run */
+    wait_word bar_phase;    /* bumped when all threads reach a barrier */
     atomic_int bar_count;
-    atomic_uint bar_phase;
 };
 
 static void *worker_main(void *p) {
@@ -49,23 +124,10 @@ static void *worker_main(void *p) {
     if (dsv_thread_init_hook) dsv_thread_init_hook();
     unsigned seen = 0;
     for (;;) {
-        unsigned g;
-        int spins = 0;
-        while ((g = atomic_load_explicit(&pool->gen, memory_order_acquire)) == seen) {
-            if (atomic_load(&pool->stop)) return NULL;
-            if (++spins < SPIN_ITERS) { cpu_relax(); continue; }
-            pthread_mutex_lock(&pool->mu);
-            atomic_fetch_add(&pool->n_sleeping, 1);
-            while (atomic_load(&pool->gen) == seen && !atomic_load(&pool->stop))
-                pthread_cond_wait(&pool->cv, &pool->mu);
-            atomic_fetch_sub(&pool->n_sleeping, 1);
-            pthread_mutex_unlock(&pool->mu);
-            spins = 0;
-        }
-        seen = g;
+        seen = ww_wait(&pool->gen, seen);
         if (atomic_load(&pool->stop)) return NULL;
         pool->fn(pool->arg, w->ith, pool->n);
-        atomic_fetch_add_explicit(&pool->n_done, 1, memory_order_acq_rel);
+        if ((int)atomic_fetch_add(&pool->done.v, 1) + 1 == pool->n - 1) ww_wake(&pool->done);
     }
 }
 
@@ -74,10 +136,14 @@ int dsv_pool_init(dsv_pool **out, int n_threads) {
     dsv_pool *pool = calloc(1, sizeof *pool);
     if (!pool) return dsv_error(DSV_ERR_NOMEM, "thread pool: out of memory");
     pool->n = n_threads;
-    pthread_mutex_init(&pool->mu, NULL);
-    pthread_cond_init(&pool->cv, NULL);
+    ww_init(&pool->gen);
+    ww_init(&pool->done);
+    ww_init(&pool->bar_phase);
     pool->workers = calloc((size_t)n_threads, sizeof *pool->workers);
-    if (!pool->workers) { free(pool); return dsv_error(DSV_ERR_NOMEM, "thread pool: out of memory"); }
+    if (!pool->workers) {
+        free(pool);
+        return dsv_error(DSV_ERR_NOMEM, "thread pool: out of memory");
+    }
     if (dsv_thread_init_hook) dsv_thread_init_hook();
     for (int i = 1; i < n_threads; i++) {
         pool->workers[i].pool = pool;
@@ -94,13 +160,13 @@ int dsv_pool_init(dsv_pool **out, int n_threads) {
 
 void dsv_pool_free(dsv_pool *pool) {
     if (!pool) return;
-    pthread_mutex_lock(&pool->mu);
     atomic_store(&pool->stop, 1);
-    pthread_cond_broadcast(&pool->cv);
-    pthread_mutex_unlock(&pool->mu);
+    atomic_fetch_add(&pool->gen.v, 1);
+    ww_wake(&pool->gen);
     for (int i = 1; i < pool->n; i++) pthread_join(pool->workers[i].tid, NULL);
-    pthread_mutex_destroy(&pool->mu);
-    pthread_cond_destroy(&pool->cv);
+    ww_destroy(&pool->gen);
+    ww_destroy(&pool->done);
+    ww_destroy(&pool->bar_phase);
     free(pool->workers);
     free(pool);
 }
@@ -108,36 +174,30 @@ void dsv_pool_free(dsv_pool *pool) {
 int dsv_pool_size(const dsv_pool *pool) { return pool->n; }
 
 void dsv_pool_run(dsv_pool *pool, dsv_task_fn fn, void *arg) {
-    if (pool->n == 1) { fn(arg, 0, 1); return; }
+    if (pool->n == 1) {
+        fn(arg, 0, 1);
+        return;
+    }
     pool->fn = fn;
     pool->arg = arg;
-    atomic_store_explicit(&pool->n_done, 0, memory_order_relaxed);
+    atomic_store_explicit(&pool->done.v, 0, memory_order_relaxed);
     atomic_store_explicit(&pool->bar_count, 0, memory_order_relaxed);
-    atomic_fetch_add_explicit(&pool->gen, 1, memory_order_release);
-    if (atomic_load(&pool->n_sleeping) > 0) {
-        pthread_mutex_lock(&pool->mu);
-        pthread_cond_broadcast(&pool->cv);
-        pthread_mutex_unlock(&pool->mu);
-    }
+    atomic_fetch_add(&pool->gen.v, 1); /* publishes fn/arg to the workers */
+    ww_wake(&pool->gen);
     fn(arg, 0, pool->n);
-    int spins = 0;
-    while (atomic_load_explicit(&pool->n_done, memory_order_acquire) < pool->n - 1) {
-        if (++spins < SPIN_ITERS) cpu_relax();
-        else sched_yield();
-    }
+    unsigned d;
+    while ((d = atomic_load_explicit(&pool->done.v, memory_order_acquire)) < (unsigned)(pool->n - 1))
+        ww_wait(&pool->done, d);
 }
 
 void dsv_pool_barrier(dsv_pool *pool) {
     if (pool->n == 1) return;
-    unsigned phase = atomic_load_explicit(&pool->bar_phase, memory_order_acquire);
-    if (atomic_fetch_add_explicit(&pool->bar_count, 1, memory_order_acq_rel) == pool->n - 1) {
+    unsigned phase = atomic_load_explicit(&pool->bar_phase.v, memory_order_acquire);
+    if (atomic_fetch_add(&pool->bar_count, 1) == pool->n - 1) {
         atomic_store_explicit(&pool->bar_count, 0, memory_order_relaxed);
-        atomic_fetch_add_explicit(&pool->bar_phase, 1, memory_order_release);
+        atomic_fetch_add(&pool->bar_phase.v, 1);
+        ww_wake(&pool->bar_phase);
         return;
     }
-    int spins = 0;
-    while (atomic_load_explicit(&pool->bar_phase, memory_order_acquire) == phase) {
-        if (++spins < SPIN_ITERS) cpu_relax();
-        else sched_yield();
-    }
+    ww_wait(&pool->bar_phase, phase);
 }
