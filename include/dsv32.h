@@ -179,6 +179,22 @@ typedef void (*dsv_dump_fn)(const char *name, int layer, int dtype, int rows, in
                             const void *data, void *user);
 void dsv_context_set_dump(dsv_context *ctx, dsv_dump_fn fn, void *user);
 
+/* ------------------------------------------------------------------------ */
+/* CPU kernels. The engine runs one kernel set, chosen once from what the CPU
+ * and OS support: "amx" (AMX tiles with AVX-512), "avx512", "avx2", or
+ * "generic" (plain C, the reference the others are tested against). The
+ * environment variable DSV32_ISA forces a level; every level computes the
+ * same model within small rounding differences. */
+
+/* The active set's name; makes the choice if no context has made it yet
+ * ("generic" if DSV32_ISA names a level this machine lacks). */
+const char *dsv_kernels_name(void);
+/* Forces a level by name, or returns to the automatic choice (NULL or "").
+ * DSV_ERR_ARG for an unknown name, DSV_ERR_UNSUPPORTED for a level this
+ * machine lacks (the active set is then unchanged). Not to be called while
+ * a forward call runs. */
+int dsv_kernels_force(const char *level);
+
 #ifdef __cplusplus
 }
 #endif

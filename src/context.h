@@ -9,12 +9,16 @@
 #include "model.h"
 #include "threads.h"
 
+/* Tokens of one sequence the indexer scores together in a multi-token call. */
+#define DSV_IDX_CHUNK 8
+
 /* Per-thread scratch. */
 typedef struct dsv_tscratch {
-    float *att;        /* attention scores + accumulator [n_keys_max + max(C, V)] */
-    float *scores;     /* indexer scores [n_ctx] */
-    int32_t *sel;      /* top-k scratch [n_ctx] */
+    float *att;        /* attention kernels [dsv_attn_scratch(n_keys_max, max(C, V))] */
+    float *scores;     /* indexer scores [DSV_IDX_CHUNK][n_ctx] */
+    int32_t *sel;      /* top-k scratch [2 n_ctx + 256] */
     float *acc;        /* absorption accumulator [kv_lora] */
+    void *lin;         /* linear and indexer kernels [DSV_LIN_SCRATCH bytes] */
 } dsv_tscratch;
 
 struct dsv_context {
@@ -55,6 +59,8 @@ struct dsv_context {
     dsv_bf16 *ik;              /* [T][128] */
     uint8_t *iq8;              /* [T][Hi][128] e4m3 */
     float *iqs;                /* [T][Hi] */
+    uint8_t *iqp;              /* [T][iqp_bytes] queries packed for index_score */
+    size_t iqp_bytes;          /* dsv_index_q_bytes(Hi) */
     float *iw;                 /* [T][Hi] indexer head weights */
     int32_t *sel;              /* [T][n_keys_max]: chosen positions, by score */
     int32_t *sel_pos;          /* [T][n_keys_max]: the same, by position */
@@ -69,6 +75,7 @@ struct dsv_context {
     dsv_bf16 *ex_x, *ex_h1, *ex_h3, *ex_o; /* [T][dim], [T][inter], [T][inter], [T][dim] */
     uint8_t *aq;               /* act_quant codes [rows][K_max] */
     float *as;                 /* act_quant scales [rows][K_max/128] */
+    void *xp;                  /* a linear's packed input [dsv_lin_pack_bytes(rows, K_max)] */
     /* Attention. */
     dsv_bf16 *mha_lat;         /* [mha_keys][kv_lora] */
     dsv_bf16 *mha_pe;          /* [mha_keys][rope] */

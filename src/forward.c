@@ -73,6 +73,8 @@ static void layout(dsv_context *ctx, carver *cv) {
     CARVE(cv, ctx->ik, T * 128);
     CARVE(cv, ctx->iq8, T * Hi * 128);
     CARVE(cv, ctx->iqs, T * Hi);
+    ctx->iqp_bytes = dsv_index_q_bytes((int)Hi);
+    CARVE(cv, ctx->iqp, T * ctx->iqp_bytes);
     CARVE(cv, ctx->iw, T * Hi);
     CARVE(cv, ctx->sel, T * KN);
     CARVE(cv, ctx->sel_pos, T * KN);
@@ -90,6 +92,7 @@ static void layout(dsv_context *ctx, carver *cv) {
     CARVE(cv, ctx->ex_o, T * D);
     CARVE(cv, ctx->aq, rows * kmax);
     CARVE(cv, ctx->as, rows * (kmax / DSV_QBLOCK + 1));
+    ctx->xp = carve(cv, dsv_lin_pack_bytes((int)rows, (int)kmax));
     CARVE(cv, ctx->mha_lat, (size_t)ctx->mha_keys * C);
     CARVE(cv, ctx->mha_pe, (size_t)ctx->mha_keys * R);
     CARVE(cv, ctx->mha_kvb, (size_t)ctx->mha_keys * H * (N + V));
@@ -99,13 +102,14 @@ static void layout(dsv_context *ctx, carver *cv) {
     CARVE(cv, ctx->q_pe, H * R);
     CARVE(cv, ctx->o_lat, H * C);
     CARVE(cv, ctx->ts, ctx->nth);
-    size_t att = KN + (C > V ? C : V);
+    size_t att = dsv_attn_scratch((int)KN, (int)(C > V ? C : V));
     for (int i = 0; i < ctx->nth; i++) {
         dsv_tscratch *ts = cv->base ? &ctx->ts[i] : &(dsv_tscratch){0};
         CARVE(cv, ts->att, att);
-        CARVE(cv, ts->scores, (size_t)ctx->p.n_ctx);
-        CARVE(cv, ts->sel, (size_t)ctx->p.n_ctx);
+        CARVE(cv, ts->scores, (size_t)DSV_IDX_CHUNK * ctx->p.n_ctx);
+        CARVE(cv, ts->sel, 2 * (size_t)ctx->p.n_ctx + 256);
         CARVE(cv, ts->acc, C);
+        ts->lin = carve(cv, DSV_LIN_SCRATCH);
     }
     float *rc, *rs;
     CARVE(cv, rc, (size_t)ctx->p.n_ctx * (R / 2));
@@ -176,6 +180,9 @@ int dsv_context_open(dsv_context **out, dsv_model *m, const dsv_context_params *
     if (p.n_ctx > (1 << 28) || p.n_batch > (1 << 24) || p.n_seq > (1 << 20) || p.n_threads > 1024)
         return dsv_error(DSV_ERR_ARG, "context parameters out of range");
 
+    int st = dsv_kernels_select();
+    if (st) return st;
+
     dsv_context *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return dsv_error(DSV_ERR_NOMEM, "out of memory");
     ctx->m = m;
@@ -188,7 +195,6 @@ int dsv_context_open(dsv_context **out, dsv_model *m, const dsv_context_params *
     ctx->p = p;
     ctx->n_keys_max = p.attn == DSV_ATTN_DENSE ? p.n_ctx : DSV_MIN(ctx->topk, p.n_ctx);
     ctx->mha_keys = DSV_MIN(p.mha_max_keys, p.n_ctx);
-    dsv_kernels_select();
 
     carver cv = {0};
     layout(ctx, &cv);
@@ -200,7 +206,7 @@ int dsv_context_open(dsv_context **out, dsv_model *m, const dsv_context_params *
     cv = (carver){ctx->arena, 0};
     layout(ctx, &cv);
     rope_table(ctx);
-    int st = dsv_kv_init(&ctx->kv, c->n_layers, c->kv_lora_rank, c->qk_rope_head_dim, 128, p.n_pages);
+    st = dsv_kv_init(&ctx->kv, c->n_layers, c->kv_lora_rank, c->qk_rope_head_dim, 128, p.n_pages);
     if (!st) st = dsv_pool_init(&ctx->pool, p.n_threads);
     if (st) { dsv_context_close(ctx); return st; }
     for (int i = 0; i < p.n_seq; i++) ctx->seqs[i].len = ctx->seqs[i].n_pages = 0;

@@ -9,8 +9,13 @@
  * n_heads^-0.5, the query's scale and 128^-0.5. The score of a visible
  * position s is k_scale[s] * Σ_h w[h] * ReLU(q8[h]·k8[s]), and the top
  * min(index_topk, visible) positions are kept, ties to the lower position.
- * Only positions <= the token's own are ever scored: causality holds by
- * construction, where the reference masks. */
+ * Only positions <= the token's own are ever chosen: causality holds by
+ * construction, where the reference masks.
+ *
+ * Scoring is fused with selection: a multi-token call scores a few
+ * consecutive tokens of one sequence together (each page of keys is read
+ * once for all of them), then selects each token's positions in O(context)
+ * before the next group, so no [tokens x context] matrix is ever built. */
 #include <math.h>
 #include <string.h>
 
@@ -37,66 +42,72 @@ static void qk_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
             dsv_bf16 *qh = ctx->iq + ((size_t)t * Hi + h) * 128;
             dsv_rope(qh, cs, sn, R / 2, 0);
             dsv_hadamard128(qh);
-            dsv_act_quant_bf16(ctx->iq8 + ((size_t)t * Hi + h) * 128, ctx->iqs + (size_t)t * Hi + h, qh, 128,
-                               c->scale_fmt);
+            dsv_kern->act_quant(ctx->iq8 + ((size_t)t * Hi + h) * 128, ctx->iqs + (size_t)t * Hi + h, qh, 128,
+                                c->scale_fmt);
         }
         dsv_bf16 *k = ctx->ik + (size_t)t * 128;
         dsv_layernorm(k, k, p->ly->idx_k_norm_w, p->ly->idx_k_norm_b, 128, c->rms_norm_eps);
         dsv_rope(k, cs, sn, R / 2, 0);
         dsv_hadamard128(k);
         const dsv_seq *s = &ctx->seqs[ctx->tok_seq[t]];
-        dsv_act_quant_bf16(dsv_kv_index_keys(&ctx->kv, s, p->il, pos), dsv_kv_index_scales(&ctx->kv, s, p->il, pos),
-                           k, 128, c->scale_fmt);
+        dsv_kern->act_quant(dsv_kv_index_keys(&ctx->kv, s, p->il, pos), dsv_kv_index_scales(&ctx->kv, s, p->il, pos),
+                            k, 128, c->scale_fmt);
+        dsv_kern->index_q_pack(ctx->iqp + (size_t)t * ctx->iqp_bytes, ctx->iq8 + (size_t)t * Hi * 128, Hi);
         float *w = ctx->iw + (size_t)t * Hi;
         for (int h = 0; h < Hi; h++) w[h] = w[h] * c_heads * ctx->iqs[(size_t)t * Hi + h] * c_dim;
     }
 }
 
-/* Scores positions [p0, p1) of token t's sequence into out[p0..p1). */
-static void score_range(dsv_context *ctx, int il, int t, int p0, int p1, float *out) {
+/* Scores positions [p0, p1) of the nq consecutive tokens t0.. (one
+ * sequence) into out[q * ldo + pos]. */
+static void score_range(dsv_context *ctx, int il, int t0, int nq, int p0, int p1, float *out, int ldo, void *scratch) {
     const int Hi = ctx->c->index_n_heads;
-    const dsv_seq *s = &ctx->seqs[ctx->tok_seq[t]];
+    const dsv_seq *s = &ctx->seqs[ctx->tok_seq[t0]];
     for (int pos = p0; pos < p1;) {
         int n = DSV_PAGE - pos % DSV_PAGE;
         if (n > p1 - pos) n = p1 - pos;
-        dsv_kern->index_score(out + pos, ctx->iq8 + (size_t)t * Hi * 128, ctx->iw + (size_t)t * Hi, Hi,
-                              dsv_kv_index_keys(&ctx->kv, s, il, pos), dsv_kv_index_scales(&ctx->kv, s, il, pos), n);
+        dsv_kern->index_score(out + pos, ldo, ctx->iqp + (size_t)t0 * ctx->iqp_bytes, ctx->iw + (size_t)t0 * Hi, Hi,
+                              nq, dsv_kv_index_keys(&ctx->kv, s, il, pos), dsv_kv_index_scales(&ctx->kv, s, il, pos),
+                              n, scratch);
         pos += n;
     }
-}
-
-static int cmp_i32(const void *a, const void *b) {
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (x > y) - (x < y);
 }
 
 /* Chooses token t's positions from its scores [0, pos]. */
 static void select_token(dsv_context *ctx, int t, const float *scores, int32_t *scratch) {
     const int vis = ctx->tok_pos[t] + 1, k = vis < ctx->topk ? vis : ctx->topk;
     int32_t *sel = ctx->sel + (size_t)t * ctx->n_keys_max, *sp = ctx->sel_pos + (size_t)t * ctx->n_keys_max;
-    dsv_topk(sel, scores, vis, k, scratch);
-    memcpy(sp, sel, (size_t)k * sizeof *sp);
-    qsort(sp, (size_t)k, sizeof *sp, cmp_i32);
+    /* The by-score order is only wanted by the dump. */
+    dsv_topk_select(sp, ctx->dump ? sel : NULL, scores, vis, k, scratch);
     ctx->n_sel[t] = k;
 }
 
 struct sel_args {
     dsv_context *ctx;
     int il;
+    int chunk; /* tokens scored together */
 };
 
-/* Prefill (T >= threads): whole tokens per thread, interleaved since a
- * token's cost grows with its position. Decode: each token's positions are
- * split across threads into a shared buffer, then one thread selects. */
+/* Multi-token calls (T >= threads): groups of up to `chunk` consecutive
+ * tokens of one entry, dealt round-robin since a token's cost grows with
+ * its position. Otherwise each token's pages are split across threads into
+ * a shared row, then one thread selects. Either way a score depends only on
+ * its token and position, so the split never changes a result. */
 static void select_task(void *a, int ith, int nth) {
     struct sel_args *p = a;
     dsv_context *ctx = p->ctx;
     const int T = ctx->n_tok;
+    const int ld = ctx->p.n_ctx;
+    dsv_tscratch *ts = &ctx->ts[ith];
     if (T >= nth) {
-        for (int t = ith; t < T; t += nth) {
-            score_range(ctx, p->il, t, 0, ctx->tok_pos[t] + 1, ctx->ts[ith].scores);
-            select_token(ctx, t, ctx->ts[ith].scores, ctx->ts[ith].sel);
-        }
+        int g = 0;
+        for (int e = 0; e < ctx->n_ent; e++)
+            for (int t0 = ctx->ent_row[e], end = t0 + ctx->ent_len[e]; t0 < end; t0 += p->chunk, g++) {
+                if (g % nth != ith) continue;
+                const int nq = DSV_MIN(p->chunk, end - t0);
+                score_range(ctx, p->il, t0, nq, 0, ctx->tok_pos[t0 + nq - 1] + 1, ts->scores, ld, ts->lin);
+                for (int q = 0; q < nq; q++) select_token(ctx, t0 + q, ts->scores + (size_t)q * ld, ts->sel);
+            }
         return;
     }
     for (int t = 0; t < T; t++) {
@@ -106,7 +117,7 @@ static void select_task(void *a, int ith, int nth) {
         dsv_split(pages, ith, nth, &b, &e);
         b *= DSV_PAGE;
         e = e * DSV_PAGE < ctx->tok_pos[t] + 1 ? e * DSV_PAGE : ctx->tok_pos[t] + 1;
-        if (b < e) score_range(ctx, p->il, t, (int)b, (int)e, ctx->ts[0].scores);
+        if (b < e) score_range(ctx, p->il, t, 1, (int)b, (int)e, ctx->ts[0].scores, ld, ts->lin);
         dsv_pool_barrier(ctx->pool);
         if (ith == 0) select_token(ctx, t, ctx->ts[0].scores, ctx->ts[0].sel);
         dsv_pool_barrier(ctx->pool);
@@ -148,7 +159,7 @@ void dsv_indexer_forward(dsv_context *ctx, int il, const dsv_bf16 *xn, const dsv
         dsv_par_for(ctx, T, dense_rows, NULL);
         return;
     }
-    struct sel_args sa = {ctx, il};
+    struct sel_args sa = {ctx, il, DSV_MAX(1, DSV_MIN(DSV_IDX_CHUNK, (T + ctx->nth - 1) / ctx->nth))};
     dsv_pool_run(ctx->pool, select_task, &sa);
     if (ctx->dump) {
         /* [T][topk] in descending score order, -1 where fewer are visible. */

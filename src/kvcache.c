@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "ops.h"
 #include "util.h"
 
 int dsv_kv_init(dsv_kv *kv, int n_layers, int kv_lora, int rope, int idx_dim, int64_t n_pages) {
@@ -84,12 +85,7 @@ void dsv_kv_put_latent(const dsv_kv *kv, uint8_t *rec, const uint8_t *codes, con
 }
 
 void dsv_kv_get_latent(const dsv_kv *kv, const uint8_t *rec, dsv_bf16 *latent, dsv_bf16 *k_pe) {
-    const float *sc = (const float *)(rec + kv->kv_lora);
-    for (int g = 0; g < kv->kv_lora / DSV_QBLOCK; g++) {
-        float s = sc[g];
-        for (int i = g * DSV_QBLOCK; i < (g + 1) * DSV_QBLOCK; i++)
-            /* model.py: (kv_fp8.float() * kv_scale).to(bf16) */
-            latent[i] = dsv_f32_to_bf16(dsv_e4m3_to_f32(rec[i]) * s);
-    }
+    /* model.py: (kv_fp8.float() * kv_scale).to(bf16) */
+    dsv_kern->dequant(latent, rec, (const float *)(rec + kv->kv_lora), kv->kv_lora);
     if (k_pe) memcpy(k_pe, rec + kv->kv_lora + 4 * (kv->kv_lora / DSV_QBLOCK), 2 * (size_t)kv->rope);
 }

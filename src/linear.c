@@ -2,8 +2,9 @@
  *
  * A layer's output columns are split across threads, so each thread streams
  * its own rows of the weight once for all input rows (at batch 1, decoding
- * reads every weight byte exactly once). For fp8 weights the input rows are
- * first quantized exactly as kernel.py's act_quant does. */
+ * reads every weight byte exactly once). The input rows are first packed in
+ * the kernel set's layout (for fp8 weights: quantized exactly as kernel.py's
+ * act_quant does). */
 #include "context.h"
 #include "util.h"
 
@@ -38,53 +39,51 @@ struct lin_args {
     int m;
 };
 
-static void quant_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
-    (void)ith;
-    struct lin_args *p = a;
-    const int K = p->w->n_in;
-    for (long i = i0; i < i1; i++)
-        dsv_act_quant_bf16(ctx->aq + i * K, ctx->as + i * (K / DSV_QBLOCK), p->x + i * K, K,
-                           ctx->c->scale_fmt);
-}
-
-/* Columns are split in multiples of 16 so a SIMD kernel's tiles never straddle threads. */
-static void col_range(long n, int ith, int nth, long *b, long *e) {
+/* Rows and columns are split in multiples of 16 so a kernel's tiles never
+ * straddle threads. */
+static void split16(long n, int ith, int nth, long *b, long *e) {
     long blocks = (n + 15) / 16, bb, be;
     dsv_split(blocks, ith, nth, &bb, &be);
     *b = bb * 16;
     *e = be * 16 < n ? be * 16 : n;
 }
 
-static void lin_fp8_task(void *a, int ith, int nth) {
+/* One pool run per layer: each thread packs (for fp8: quantizes) its share
+ * of the input rows, all wait for the whole packed input, then each
+ * computes its share of the output columns. */
+static void lin_task(void *a, int ith, int nth) {
     struct lin_args *p = a;
+    const dsv_kernels *k = dsv_kern;
+    const int K = p->w->n_in, fp8 = p->w->dtype == DSV_DT_F8_E4M3;
+    const void *xp = p->x;
+    if (fp8 || k->lin_pack_bf16) {
+        long i0, i1;
+        split16(p->m, ith, nth, &i0, &i1);
+        if (i0 < i1) {
+            if (fp8) k->lin_pack_fp8(p->ctx->xp, p->x, p->m, K, (int)i0, (int)i1, p->ctx->c->scale_fmt);
+            else k->lin_pack_bf16(p->ctx->xp, p->x, p->m, K, (int)i0, (int)i1);
+        }
+        dsv_pool_barrier(p->ctx->pool);
+        xp = p->ctx->xp;
+    }
     long b, e;
-    col_range(p->w->n_out, ith, nth, &b, &e);
-    if (b < e) dsv_kern->linear_fp8(p->y, p->ldy, p->ctx->aq, p->ctx->as, p->w, p->m, (int)b, (int)e);
-}
-
-static void lin_bf16_task(void *a, int ith, int nth) {
-    struct lin_args *p = a;
-    long b, e;
-    col_range(p->w->n_out, ith, nth, &b, &e);
-    if (b < e) dsv_kern->linear_bf16(p->y, p->ldy, p->x, p->w, p->m, (int)b, (int)e);
+    split16(p->w->n_out, ith, nth, &b, &e);
+    if (b >= e) return;
+    if (fp8) k->linear_fp8(p->y, p->ldy, xp, p->w, p->m, (int)b, (int)e, p->ctx->ts[ith].lin);
+    else k->linear_bf16(p->y, p->ldy, xp, p->w, p->m, (int)b, (int)e, p->ctx->ts[ith].lin);
 }
 
 static void lin_f32_task(void *a, int ith, int nth) {
     struct lin_args *p = a;
     long b, e;
-    col_range(p->w->n_out, ith, nth, &b, &e);
-    if (b < e) dsv_kern->linear_f32(p->yf, p->w->n_out, p->xf, p->w, p->m, (int)b, (int)e);
+    split16(p->w->n_out, ith, nth, &b, &e);
+    if (b < e)
+        dsv_kern->linear_f32(p->yf, p->w->n_out, p->xf, p->w, p->m, (int)b, (int)e, p->ctx->ts[ith].lin);
 }
 
 void dsv_lin(dsv_context *ctx, dsv_bf16 *y, int ldy, const dsv_bf16 *x, const dsv_linear *w, int m) {
     struct lin_args a = {.ctx = ctx, .y = y, .ldy = ldy, .x = x, .w = w, .m = m};
-    if (m <= 0) return;
-    if (w->dtype == DSV_DT_F8_E4M3) {
-        dsv_par_for(ctx, m, quant_rows, &a);
-        dsv_pool_run(ctx->pool, lin_fp8_task, &a);
-    } else {
-        dsv_pool_run(ctx->pool, lin_bf16_task, &a);
-    }
+    if (m > 0) dsv_pool_run(ctx->pool, lin_task, &a);
 }
 
 void dsv_lin_f32(dsv_context *ctx, float *y, const float *x, const dsv_linear *w, int m) {

@@ -66,7 +66,7 @@ static void kv_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
         dsv_rope(kvf + C, ctx->rope_cos + (size_t)pos * (R / 2), ctx->rope_sin + (size_t)pos * (R / 2), R / 2, 1);
         uint8_t *codes = ctx->aq + t * C;
         float *scales = ctx->as + t * (C / DSV_QBLOCK);
-        dsv_act_quant_bf16(codes, scales, kvn, C, c->scale_fmt);
+        dsv_kern->act_quant(codes, scales, kvn, C, c->scale_fmt);
         const dsv_seq *s = &ctx->seqs[ctx->tok_seq[t]];
         dsv_kv_put_latent(&ctx->kv, dsv_kv_latent(&ctx->kv, s, p->il, pos), codes, scales, kvf + C);
     }

@@ -3,7 +3,7 @@
  * Every kernel here has a scalar reference in ops_ref.c: the oracle that the
  * SIMD/AMX variants (ops_<isa>.c, same signatures) are tested against, and
  * the code that runs where no variant applies. dsv_kern points at the set
- * chosen once at start-up from CPU features (DSV32_ISA forces a level).
+ * cpu.c chooses once from CPU features (DSV32_ISA forces a level).
  *
  * Conventions (ggml style): output first, then inputs, then sizes; a kernel
  * covers one slice [n0, n1) or one (ith, nth) share of the work and never
@@ -13,6 +13,7 @@
 #ifndef DSV_OPS_H
 #define DSV_OPS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "numeric.h"
@@ -45,33 +46,79 @@ static inline float dsv_weight_at(const dsv_linear *w, long i, int as_bf16) {
     return as_bf16 ? dsv_round_bf16(v) : v;
 }
 
+/* Packed activations of a linear layer: each kernel set lays out the input
+ * rows of one call its own way (AMX: transposed bf16 tiles; AVX: fp32 rows;
+ * generic: as given), once per call, in the form its inner loop reads. The
+ * size covers the largest layout of any set, so a context works whichever
+ * set runs. */
+static inline size_t dsv_lin_pack_bytes(int m, int K) {
+    size_t mp = ((size_t)m + 15) & ~(size_t)15, kp = ((size_t)K + 31) & ~(size_t)31;
+    return mp * kp * 4 + mp * ((size_t)K / DSV_QBLOCK + 1) * 4 + 128;
+}
+/* Per-thread scratch bytes a linear or indexer kernel may use. */
+#define DSV_LIN_SCRATCH ((size_t)320 << 10)
+/* Bytes of one packed indexer query (index_q_pack) of n_heads heads. */
+static inline size_t dsv_index_q_bytes(int n_heads) { return (((size_t)n_heads + 15) & ~(size_t)15) * 128 * 4 + 64; }
+/* Floats of per-thread scratch the attention kernels need for n keys and a
+ * value width C (mqa_attn: the latent width; mha_attn: v_head_dim). */
+static inline size_t dsv_attn_scratch(int n, int C) {
+    return 40 * ((size_t)n + 32) + 32 * (size_t)C + 4096;
+}
+
 typedef struct dsv_kernels {
     const char *name;
 
-    /* fp8_gemm (kernel.py) for output columns [n0, n1): xq/xs are the
-     * activations quantized by dsv_act_quant ([m][K] e4m3, [m][K/128]).
-     * y[i][n] = bf16( Σ_kb (Σ_{k in kb} xq·wq) * (xs[i][kb] * ws[n/128][kb]) ),
-     * each 128-block product summed in fp32, then promoted. */
-    void (*linear_fp8)(dsv_bf16 *y, int ldy, const uint8_t *xq, const float *xs,
-                       const dsv_linear *w, int m, int n0, int n1);
-    /* F.linear in bf16: y = bf16(Σ x·w), fp32 accumulation; non-fp8 weights. */
-    void (*linear_bf16)(dsv_bf16 *y, int ldy, const dsv_bf16 *x, const dsv_linear *w,
-                        int m, int n0, int n1);
-    /* F.linear in fp32 (router gate, indexer weights_proj, lm head). */
-    void (*linear_f32)(float *y, int ldy, const float *x, const dsv_linear *w,
-                       int m, int n0, int n1);
+    /* act_quant (kernel.py act_quant_kernel) of n bf16 values, n % 128 == 0:
+     * e4m3 codes q[n] and one scale per 128-group s[n/128]. Every set gives
+     * exactly numeric.h's dsv_act_quant_bf16. */
+    void (*act_quant)(uint8_t *q, float *s, const dsv_bf16 *x, int n, int scale_fmt);
+    /* What the reference caches of a quantized latent: y[i] = bf16(e4m3(q[i])
+     * * s[i/128]) for n values (n % 128 == 0); exact in every set. */
+    void (*dequant)(dsv_bf16 *y, const uint8_t *q, const float *s, int n);
 
-    /* fp8_index (kernel.py) for one query against n keys:
-     * out[j] = ks[j] * Σ_h w[h] * max(0, Σ_d q8[h][d] * k8[j][d]), d < 128. */
-    void (*index_score)(float *out, const uint8_t *q8, const float *w, int n_heads,
-                        const uint8_t *k8, const float *ks, int n);
+    /* Linear layers. Per call, rows [i0, i1) of the input x [m][K] are first
+     * packed into xp (dsv_lin_pack_bytes(m, K) bytes); the call that packs
+     * row m-1 also writes the padding. linear_* then computes the output
+     * columns [n0, n1) of every row into y [m][ldy]. Each output element's
+     * arithmetic depends only on its input row and weight row: not on m, the
+     * other rows or [n0, n1), so batching and threading never change a
+     * result. scratch: DSV_LIN_SCRATCH bytes of the calling thread.
+     *
+     * lin_pack_fp8 quantizes as act_quant does; linear_fp8 is fp8_gemm
+     * (kernel.py): y[i][n] = bf16(Σ_kb blk_kb * (xs[i][kb] * ws[n/128][kb]))
+     * where each 128-wide block's products blk_kb are summed in fp32 and then
+     * promoted into the fp32 total. */
+    void (*lin_pack_fp8)(void *xp, const dsv_bf16 *x, int m, int K, int i0, int i1, int scale_fmt);
+    void (*linear_fp8)(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
+                       void *scratch);
+    /* F.linear in bf16 (weights that are not fp8, used as bf16): y = bf16(Σ
+     * x·w) with fp32 accumulation. lin_pack_bf16 may be NULL: linear_bf16
+     * then reads x [m][K] as given. */
+    void (*lin_pack_bf16)(void *xp, const dsv_bf16 *x, int m, int K, int i0, int i1);
+    void (*linear_bf16)(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
+                        void *scratch);
+    /* F.linear in fp32 (router gate, indexer weights_proj, lm head) on fp32
+     * rows x [m][K]; y [m][ldy]. */
+    void (*linear_f32)(float *y, int ldy, const float *x, const dsv_linear *w, int m, int n0, int n1,
+                       void *scratch);
+
+    /* fp8_index (kernel.py). index_q_pack lays out one query's e4m3 heads
+     * q8 [n_heads][128] in dsv_index_q_bytes(n_heads) bytes; index_score
+     * scores nq packed queries (qp, dsv_index_q_bytes apart; head weights w
+     * [nq][n_heads]) against n keys k8 [n][128] with scales ks [n]:
+     *   out[q*ldo + j] = ks[j] * Σ_h w[q][h] * max(0, Σ_d q8[h][d] * k8[j][d]).
+     * A score depends only on its query and key. scratch: DSV_LIN_SCRATCH. */
+    void (*index_q_pack)(void *qp, const uint8_t *q8, int n_heads);
+    void (*index_score)(float *out, int ldo, const void *qp, const float *w, int n_heads, int nq,
+                        const uint8_t *k8, const float *ks, int n, void *scratch);
 
     /* Absorbed (MQA) attention of one query over n gathered latent rows, for
      * heads [h0, h1) (model.py "MQA decode"): for each head,
      *   s_j = bf16(bf16(bf16(q_abs·kv_j) + bf16(q_pe·pe_j)) * scale),
      *   p = bf16(softmax(s)),  o_lat = bf16(Σ_j p_j kv_j).
-     * q_abs [H][C], q_pe [H][R], kv [n][C], pe [n][R], o_lat [H][C] (bf16);
-     * scratch holds n floats. */
+     * q_abs [H][C], q_pe [H][R], kv [n][C], pe [n][R], o_lat [H][C] (bf16).
+     * A head's result does not depend on the others or on [h0, h1).
+     * scratch: dsv_attn_scratch(n, C) floats. */
     void (*mqa_attn)(dsv_bf16 *o_lat, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe,
                      const dsv_bf16 *kv, const dsv_bf16 *pe, int n, int C, int R,
                      float scale, int h0, int h1, float *scratch);
@@ -80,7 +127,7 @@ typedef struct dsv_kernels {
      * positions idx[0..n), heads [h0, h1): q [H][N+R] = [q_nope | q_pe],
      * kvb [E][H][N+V] = [k_nope | v] per position and head, pe [E][R];
      *   s_j = bf16(bf16(q·[k_nope_j | pe_j]) * scale), p = bf16(softmax(s)),
-     *   o = bf16(Σ_j p_j v_j) -> o [H][V]. scratch holds n + V floats. */
+     *   o = bf16(Σ_j p_j v_j) -> o [H][V]. scratch: dsv_attn_scratch(n, V). */
     void (*mha_attn)(dsv_bf16 *o, const dsv_bf16 *q, const dsv_bf16 *kvb, const dsv_bf16 *pe,
                      const int32_t *idx, int n, int H, int N, int R, int V, float scale,
                      int h0, int h1, float *scratch);
@@ -96,7 +143,12 @@ typedef struct dsv_kernels {
     void (*absorb_o)(dsv_bf16 *o, const dsv_bf16 *o_lat, const dsv_linear *wkv_b, int row0, int V);
 } dsv_kernels;
 
+/* The sets: generic (ops_ref.c) everywhere; on x86-64 also avx2 and avx512
+ * (ops_<isa>.c), each used only where cpu.c finds CPU and OS support. */
 extern const dsv_kernels dsv_kernels_ref;
+#if defined(__x86_64__)
+extern const dsv_kernels dsv_kernels_avx2, dsv_kernels_avx512;
+#endif
 /* The active set (dsv_kernels_ref until dsv_kernels_select runs). */
 extern const dsv_kernels *dsv_kern;
 
@@ -140,9 +192,14 @@ void dsv_swiglu(dsv_bf16 *y, const dsv_bf16 *a, const dsv_bf16 *b, int n);
 /* Top-k of n scores: idx gets the k largest in descending order, ties broken
  * toward the lower position (deterministic). k <= n. scratch: n int32. */
 void dsv_topk(int32_t *idx, const float *scores, int n, int k, int32_t *scratch);
+/* The same choice in O(n) (a radix select on the scores' bits, topk.c): pos
+ * gets the k chosen positions in ascending order and, when ranked is not
+ * NULL, ranked gets them in dsv_topk's order. scratch: 2n + 256 int32. */
+void dsv_topk_select(int32_t *pos, int32_t *ranked, const float *scores, int n, int k, int32_t *scratch);
 
-/* Chooses the kernel set from CPU features, or DSV32_ISA when set
- * ("generic" forces the reference). Returns the chosen name. */
-const char *dsv_kernels_select(void);
+/* Picks the kernel set once (cpu.c): DSV32_ISA when it is set, else the
+ * best the CPU and OS support. Returns DSV_ERR_UNSUPPORTED, with a message,
+ * when DSV32_ISA names an unknown level or one this machine lacks. */
+int dsv_kernels_select(void);
 
 #endif

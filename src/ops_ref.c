@@ -9,10 +9,35 @@
 
 #include "ops.h"
 
-static void linear_fp8_ref(dsv_bf16 *y, int ldy, const uint8_t *xq, const float *xs,
-                           const dsv_linear *w, int m, int n0, int n1) {
+static void act_quant_ref(uint8_t *q, float *s, const dsv_bf16 *x, int n, int scale_fmt) {
+    dsv_act_quant_bf16(q, s, x, n, scale_fmt);
+}
+
+static void dequant_ref(dsv_bf16 *y, const uint8_t *q, const float *s, int n) {
+    for (int i = 0; i < n; i++)
+        /* model.py: (kv_fp8.float() * kv_scale).to(bf16) */
+        y[i] = dsv_f32_to_bf16(dsv_e4m3_to_f32(q[i]) * s[i / DSV_QBLOCK]);
+}
+
+/* The generic packing of an fp8 linear's input: codes [m][K], then the
+ * scales [m][K/128] from the next 64-byte boundary. */
+static float *ref_scales(const void *xp, int m, int K) {
+    return (float *)((char *)xp + (((size_t)m * K + 63) & ~(size_t)63));
+}
+
+static void lin_pack_fp8_ref(void *xp, const dsv_bf16 *x, int m, int K, int i0, int i1, int scale_fmt) {
+    float *xs = ref_scales(xp, m, K);
+    for (int i = i0; i < i1; i++)
+        dsv_act_quant_bf16((uint8_t *)xp + (size_t)i * K, xs + (size_t)i * (K / DSV_QBLOCK), x + (size_t)i * K, K,
+                           scale_fmt);
+}
+
+static void linear_fp8_ref(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
+                           void *scratch) {
+    (void)scratch;
     const int K = w->n_in, nb = K / DSV_QBLOCK;
-    const uint8_t *W = w->w;
+    const uint8_t *W = w->w, *xq = xp;
+    const float *xs = ref_scales(xp, m, K);
     for (int n = n0; n < n1; n++) {
         const uint8_t *wr = W + (size_t)n * K;
         const float *ws = w->scale + (size_t)(n / DSV_QBLOCK) * w->scale_ld;
@@ -30,9 +55,11 @@ static void linear_fp8_ref(dsv_bf16 *y, int ldy, const uint8_t *xq, const float 
     }
 }
 
-static void linear_bf16_ref(dsv_bf16 *y, int ldy, const dsv_bf16 *x, const dsv_linear *w,
-                            int m, int n0, int n1) {
+static void linear_bf16_ref(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
+                            void *scratch) {
+    (void)scratch;
     const int K = w->n_in;
+    const dsv_bf16 *x = xp;
     for (int n = n0; n < n1; n++)
         for (int i = 0; i < m; i++) {
             const dsv_bf16 *xr = x + (size_t)i * K;
@@ -43,8 +70,9 @@ static void linear_bf16_ref(dsv_bf16 *y, int ldy, const dsv_bf16 *x, const dsv_l
         }
 }
 
-static void linear_f32_ref(float *y, int ldy, const float *x, const dsv_linear *w, int m,
-                           int n0, int n1) {
+static void linear_f32_ref(float *y, int ldy, const float *x, const dsv_linear *w, int m, int n0, int n1,
+                           void *scratch) {
+    (void)scratch;
     const int K = w->n_in;
     for (int n = n0; n < n1; n++)
         for (int i = 0; i < m; i++) {
@@ -55,18 +83,27 @@ static void linear_f32_ref(float *y, int ldy, const float *x, const dsv_linear *
         }
 }
 
-static void index_score_ref(float *out, const uint8_t *q8, const float *w, int n_heads,
-                            const uint8_t *k8, const float *ks, int n) {
-    for (int j = 0; j < n; j++) {
-        const uint8_t *k = k8 + (size_t)j * 128;
-        float sum = 0;
-        for (int h = 0; h < n_heads; h++) {
-            const uint8_t *q = q8 + (size_t)h * 128;
-            float dot = 0;
-            for (int d = 0; d < 128; d++) dot += dsv_e4m3_to_f32(q[d]) * dsv_e4m3_to_f32(k[d]);
-            sum += (dot > 0 ? dot : 0) * w[h];
+static void index_q_pack_ref(void *qp, const uint8_t *q8, int n_heads) {
+    memcpy(qp, q8, (size_t)n_heads * 128);
+}
+
+static void index_score_ref(float *out, int ldo, const void *qp, const float *w, int n_heads, int nq,
+                            const uint8_t *k8, const float *ks, int n, void *scratch) {
+    (void)scratch;
+    for (int t = 0; t < nq; t++) {
+        const uint8_t *q8 = (const uint8_t *)qp + (size_t)t * dsv_index_q_bytes(n_heads);
+        const float *wt = w + (size_t)t * n_heads;
+        for (int j = 0; j < n; j++) {
+            const uint8_t *k = k8 + (size_t)j * 128;
+            float sum = 0;
+            for (int h = 0; h < n_heads; h++) {
+                const uint8_t *q = q8 + (size_t)h * 128;
+                float dot = 0;
+                for (int d = 0; d < 128; d++) dot += dsv_e4m3_to_f32(q[d]) * dsv_e4m3_to_f32(k[d]);
+                sum += (dot > 0 ? dot : 0) * wt[h];
+            }
+            out[(size_t)t * ldo + j] = sum * ks[j];
         }
-        out[j] = sum * ks[j];
     }
 }
 
@@ -148,17 +185,20 @@ static void absorb_o_ref(dsv_bf16 *o, const dsv_bf16 *o_lat, const dsv_linear *w
 
 const dsv_kernels dsv_kernels_ref = {
     .name = "generic",
+    .act_quant = act_quant_ref,
+    .dequant = dequant_ref,
+    .lin_pack_fp8 = lin_pack_fp8_ref,
     .linear_fp8 = linear_fp8_ref,
+    .lin_pack_bf16 = NULL,
     .linear_bf16 = linear_bf16_ref,
     .linear_f32 = linear_f32_ref,
+    .index_q_pack = index_q_pack_ref,
     .index_score = index_score_ref,
     .mqa_attn = mqa_attn_ref,
     .mha_attn = mha_attn_ref,
     .absorb_q = absorb_q_ref,
     .absorb_o = absorb_o_ref,
 };
-
-const dsv_kernels *dsv_kern = &dsv_kernels_ref;
 
 /* ---- small shared ops --------------------------------------------------- */
 
@@ -313,11 +353,4 @@ void dsv_topk(int32_t *idx, const float *scores, int n, int k, int32_t *scratch)
     if (k < n) select_k(scratch, n, k, scores);
     sort_ranked(scratch, k, scores);
     memcpy(idx, scratch, (size_t)k * sizeof *idx);
-}
-
-const char *dsv_kernels_select(void) {
-    const char *isa = getenv("DSV32_ISA");
-    (void)isa; /* only the reference set exists so far */
-    dsv_kern = &dsv_kernels_ref;
-    return dsv_kern->name;
 }

@@ -1,0 +1,581 @@
+/* ops_avx2.c: the AVX2 kernel set (AVX2, FMA, F16C), for x86-64 machines
+ * without AVX-512.
+ *
+ * The same scheme as ops_avx512.c on 8 lanes: bf16 and e4m3 operands widen
+ * exactly to fp32, products are exact in fp32, and only the order of the
+ * fp32 additions differs from ops_ref.c: lane-wise partial sums, then one
+ * fixed reduction tree. An element's order depends only on its own row and
+ * weight row; the tile shapes (4 weight rows x 1 input row, 2 x 2, 1 x 1)
+ * only share loads, so batching and thread splits never change a result.
+ * With 16 vector registers the tiles are small; weight rows are widened
+ * again for each pair of input rows, which makes large batches slower than
+ * on AVX-512 but keeps decoding at memory speed. e4m3 codes widen through
+ * F16C (the code's bits are an fp16 of value * 2^-8), so no floating-point
+ * operation ever sees a subnormal (a microcode assist on Intel cores). */
+#include <math.h>
+#include <string.h>
+#include <immintrin.h>
+
+#include "ops.h"
+
+#define UNROLL _Pragma("GCC unroll 8")
+
+/* ---- conversions (all exact) -------------------------------------------- */
+
+static inline __m256 bf16x8_load(const dsv_bf16 *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const void *)p)), 16));
+}
+/* The first n (<= 8) of 8 bf16, zeros after. */
+static inline __m256 bf16x8_load_n(const dsv_bf16 *p, int n) {
+    if (n >= 8) return bf16x8_load(p);
+    dsv_bf16 b[8] = {0};
+    memcpy(b, p, (size_t)n * 2);
+    return bf16x8_load(b);
+}
+static inline __m256 f32x8_load_n(const float *p, int n) {
+    if (n >= 8) return _mm256_loadu_ps(p);
+    float b[8] = {0};
+    memcpy(b, p, (size_t)n * 4);
+    return _mm256_loadu_ps(b);
+}
+static inline __m256 f16x8_load_n(const uint16_t *p, int n) {
+    uint16_t b[8] = {0};
+    memcpy(b, p, (size_t)(n < 8 ? n : 8) * 2);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const void *)b));
+}
+
+/* fp32 -> bf16 bits (low 16 of each lane), round to nearest even, NaN kept
+ * quiet (numeric.h dsv_f32_to_bf16). */
+static inline __m256i f32x8_bf16_bits(__m256 v) {
+    const __m256i u = _mm256_castps_si256(v);
+    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff),
+                                                     _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))));
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    r = _mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x00400000)), nan);
+    return _mm256_srli_epi32(r, 16);
+}
+static inline __m256 f32x8_round_bf16(__m256 v) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(f32x8_bf16_bits(v), 16));
+}
+/* Stores the first n (<= 8) of 8 values as bf16. */
+static inline void bf16x8_store_n(dsv_bf16 *p, __m256 v, int n) {
+    const __m256i b = f32x8_bf16_bits(v);
+    const __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+    if (n >= 8) {
+        _mm_storeu_si128((void *)p, h);
+    } else {
+        dsv_bf16 t[8];
+        _mm_storeu_si128((void *)t, h);
+        memcpy(p, t, (size_t)n * 2);
+    }
+}
+
+/* 8 e4m3 codes -> fp32 times 2^-8 (see the file comment), and the value. */
+static inline __m256 e4m3x8_scaled(const uint8_t *p) {
+    const __m128i t = _mm_cvtepu8_epi16(_mm_loadl_epi64((const void *)p));
+    return _mm256_cvtph_ps(_mm_and_si128(_mm_srai_epi16(_mm_slli_epi16(t, 8), 1), _mm_set1_epi16((short)0xbfff)));
+}
+static inline __m256 e4m3x8_load(const uint8_t *p) { return _mm256_mul_ps(e4m3x8_scaled(p), _mm256_set1_ps(256.0f)); }
+/* The same with NaN codes (0x7f, 0xff) as NaN: quantized activations. */
+static inline __m256 e4m3x8_load_nan(const uint8_t *p) {
+    const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const void *)p));
+    const __m256i nan = _mm256_cmpeq_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x7f)), _mm256_set1_epi32(0x7f));
+    return _mm256_blendv_ps(e4m3x8_load(p), _mm256_set1_ps(__builtin_nanf("")), _mm256_castsi256_ps(nan));
+}
+
+/* fp32 -> e4m3 codes for values clamped to [-448, 448] or NaN (numeric.h
+ * dsv_f32_to_e4m3): below 2^-6 the rounded v * 2^9, above it the fp32
+ * bits rounded to 3 mantissa bits with the exponent rebiased; NaN -> 0x7f. */
+static inline __m256i f32x8_e4m3(__m256 v) {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i a = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
+    __m256i nrm = _mm256_add_epi32(a, _mm256_add_epi32(_mm256_set1_epi32(0x7ffff),
+                                                       _mm256_and_si256(_mm256_srli_epi32(a, 20), _mm256_set1_epi32(1))));
+    nrm = _mm256_sub_epi32(_mm256_srli_epi32(nrm, 20), _mm256_set1_epi32(120 << 3));
+    const __m256 af = _mm256_castsi256_ps(a);
+    const __m256i sub = _mm256_cvtps_epi32(_mm256_mul_ps(af, _mm256_set1_ps(512.0f))); /* MXCSR: nearest even */
+    const __m256i small = _mm256_castps_si256(_mm256_cmp_ps(af, _mm256_set1_ps(0.015625f), _CMP_LT_OQ));
+    __m256i code = _mm256_blendv_epi8(nrm, sub, small);
+    code = _mm256_or_si256(code, _mm256_srli_epi32(_mm256_andnot_si256(_mm256_set1_epi32(0x7fffffff), u), 24));
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    return _mm256_blendv_epi8(code, _mm256_set1_epi32(0x7f), nan);
+}
+
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+static inline float hmax8(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* act_quant of one 128-group held as 16 vectors (numeric.h dsv_act_quant):
+ * codes to q, returns the scale. Under ue8m0 the scale is a power of two
+ * and x * (1/scale) equals x / scale exactly; otherwise this divides. */
+static float act_quant_group(uint8_t *q, const __m256 x[16], int scale_fmt) {
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 amax = _mm256_setzero_ps();
+    for (int i = 0; i < 16; i++) amax = _mm256_max_ps(_mm256_and_ps(x[i], abs_mask), amax); /* NaN ignored */
+    const float sc = dsv_act_scale(hmax8(amax), scale_fmt);
+    const __m256 s = _mm256_set1_ps(sc), r = _mm256_set1_ps(1.0f / sc);
+    for (int i = 0; i < 16; i += 4) {
+        __m256i c[4];
+        for (int j = 0; j < 4; j++) {
+            __m256 v = scale_fmt == DSV_SCALE_UE8M0 ? _mm256_mul_ps(x[i + j], r) : _mm256_div_ps(x[i + j], s);
+            /* min/max return their second operand on NaN: NaN survives. */
+            v = _mm256_max_ps(_mm256_set1_ps(-448.0f), _mm256_min_ps(_mm256_set1_ps(448.0f), v));
+            c[j] = f32x8_e4m3(v);
+        }
+        /* 32 codes (dwords) -> bytes; packs work per 128-bit lane, so put the lanes back in order. */
+        const __m256i w = _mm256_packus_epi16(_mm256_packus_epi32(c[0], c[1]), _mm256_packus_epi32(c[2], c[3]));
+        _mm256_storeu_si256((void *)(q + 8 * i),
+                            _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    }
+    return sc;
+}
+
+/* exp(x) within 2 ulp of expf (Cephes' scheme, as ops_avx512.h): 0 below
+ * -87.3, -inf -> 0, NaN kept. */
+static inline __m256 exp8(__m256 x0) {
+    const __m256 x = _mm256_min_ps(_mm256_set1_ps(88.37f), _mm256_max_ps(_mm256_set1_ps(-87.33f), x0));
+    const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    /* times 2^k: k + 127 into the exponent field (k is in [-126, 127]) */
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    const __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    return _mm256_andnot_ps(_mm256_cmp_ps(x0, _mm256_set1_ps(-87.33f), _CMP_LT_OQ), y);
+}
+
+/* ---- act_quant and its inverse -------------------------------------------- */
+
+static void act_quant(uint8_t *q, float *s, const dsv_bf16 *x, int n, int scale_fmt) {
+    for (int g = 0; g < n / DSV_QBLOCK; g++) {
+        __m256 v[16];
+        for (int i = 0; i < 16; i++) v[i] = bf16x8_load(x + g * DSV_QBLOCK + 8 * i);
+        s[g] = act_quant_group(q + g * DSV_QBLOCK, v, scale_fmt);
+    }
+}
+
+static void dequant(dsv_bf16 *y, const uint8_t *q, const float *s, int n) {
+    for (int i = 0; i < n; i += 8)
+        bf16x8_store_n(y + i, _mm256_mul_ps(e4m3x8_load_nan(q + i), _mm256_set1_ps(s[i / DSV_QBLOCK])), 8);
+}
+
+/* ---- linear layers ---------------------------------------------------------
+ * Packed input: fp32 rows [m][K]; for fp8 layers the e4m3 values
+ * (unscaled), then the scales [m][K/128] from the next 64-byte boundary. */
+
+static float *pack_scales(void *xp, int m, int K) {
+    return (float *)((char *)xp + (((size_t)m * K * 4 + 63) & ~(size_t)63));
+}
+
+static void lin_pack_fp8(void *xp, const dsv_bf16 *x, int m, int K, int i0, int i1, int scale_fmt) {
+    float *xs = pack_scales(xp, m, K);
+    for (int i = i0; i < i1; i++) {
+        float *xf = (float *)xp + (size_t)i * K;
+        for (int g = 0; g < K / DSV_QBLOCK; g++) {
+            __m256 v[16];
+            uint8_t q[DSV_QBLOCK];
+            for (int j = 0; j < 16; j++) v[j] = bf16x8_load(x + (size_t)i * K + g * DSV_QBLOCK + 8 * j);
+            xs[(size_t)i * (K / DSV_QBLOCK) + g] = act_quant_group(q, v, scale_fmt);
+            for (int j = 0; j < 16; j++) _mm256_storeu_ps(xf + g * DSV_QBLOCK + 8 * j, e4m3x8_load_nan(q + 8 * j));
+        }
+    }
+}
+
+static void lin_pack_bf16(void *xp, const dsv_bf16 *x, int m, int K, int i0, int i1) {
+    (void)m;
+    for (int i = i0; i < i1; i++) {
+        float *xf = (float *)xp + (size_t)i * K;
+        const dsv_bf16 *xr = x + (size_t)i * K;
+        int k = 0;
+        for (; k + 8 <= K; k += 8) _mm256_storeu_ps(xf + k, bf16x8_load(xr + k));
+        for (; k < K; k++) xf[k] = dsv_bf16_to_f32(xr[k]);
+    }
+}
+
+/* 8 weights from element i (the first n if n < 8, zeros after) as fp32;
+ * as_bf16 rounds non-bf16 weights to bf16 first. */
+static inline __attribute__((always_inline)) __m256 w_load(const void *w, dsv_dtype dt, size_t i, int n, int as_bf16) {
+    __m256 v;
+    switch (dt) {
+    case DSV_DT_BF16: return bf16x8_load_n((const dsv_bf16 *)w + i, n);
+    case DSV_DT_F16: v = f16x8_load_n((const uint16_t *)w + i, n); break;
+    default: v = f32x8_load_n((const float *)w + i, n); break;
+    }
+    return as_bf16 ? f32x8_round_bf16(v) : v;
+}
+
+/* Requests byte offset off of weight rows n..n+nr (the next tile's). */
+static inline void prefetch_next(const dsv_linear *w, int n, int nr, size_t row, size_t off) {
+    if (n + nr > w->n_out) return;
+    const char *p = (const char *)w->w + (size_t)n * row + off;
+    for (int r = 0; r < nr; r++) _mm_prefetch(p + (size_t)r * row, _MM_HINT_T0);
+}
+
+/* One tile of an F.linear: weight rows n..n+nr (nr <= 4), input rows
+ * i..i+mr (mr <= 2, nr * mr <= 4), accumulators over the whole K. */
+static inline __attribute__((always_inline)) void dense_tile(void *y, int ldy, int out_bf16, const float *x, int ldx,
+                                                             const dsv_linear *w, dsv_dtype dt, int as_bf16, int n,
+                                                             int i, int nr, int mr) {
+    const int K = w->n_in;
+    const size_t esz = dt == DSV_DT_F32 ? 4 : 2, row = (size_t)K * esz;
+    __m256 acc[4][2];
+    UNROLL for (int r = 0; r < 4; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int k = 0; k < K; k += 8) {
+        const int len = K - k < 8 ? K - k : 8;
+        if ((k * esz) % 64 == 0) prefetch_next(w, n + nr, nr, row, k * esz);
+        UNROLL for (int c = 0; c < 2; c++) {
+            if (c >= mr) continue;
+            const __m256 xv = f32x8_load_n(x + (size_t)(i + c) * ldx + k, len);
+            UNROLL for (int r = 0; r < 4; r++)
+                if (r < nr) acc[r][c] = _mm256_fmadd_ps(w_load(w->w, dt, (size_t)(n + r) * K + k, len, as_bf16), xv, acc[r][c]);
+        }
+    }
+    UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 2; c++) {
+        if (r >= nr || c >= mr) continue;
+        const float v = hsum8(acc[r][c]);
+        if (out_bf16) ((dsv_bf16 *)y)[(size_t)(i + c) * ldy + n + r] = dsv_f32_to_bf16(v);
+        else ((float *)y)[(size_t)(i + c) * ldy + n + r] = v;
+    }
+}
+
+static inline __attribute__((always_inline)) void dense(void *y, int ldy, int out_bf16, const float *x, int ldx,
+                                                        const dsv_linear *w, dsv_dtype dt, int as_bf16, int m, int n0,
+                                                        int n1) {
+    int n = n0;
+    for (; n + 4 <= n1; n += 4) {
+        if (m == 1) {
+            dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, 0, 4, 1);
+            continue;
+        }
+        for (int i = 0; i < m; i += 2)
+            for (int r = 0; r < 4; r += 2)
+                dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n + r, i, 2, m - i < 2 ? 1 : 2);
+    }
+    for (; n < n1; n++)
+        for (int i = 0; i < m; i++) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, i, 1, 1);
+}
+
+static void linear_bf16(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
+                        void *scratch) {
+    (void)scratch;
+    const float *x = xp;
+    switch (w->dtype) {
+    case DSV_DT_BF16: dense(y, ldy, 1, x, w->n_in, w, DSV_DT_BF16, 0, m, n0, n1); break;
+    case DSV_DT_F16: dense(y, ldy, 1, x, w->n_in, w, DSV_DT_F16, 1, m, n0, n1); break;
+    default: dense(y, ldy, 1, x, w->n_in, w, DSV_DT_F32, 1, m, n0, n1); break;
+    }
+}
+
+static void linear_f32(float *y, int ldy, const float *x, const dsv_linear *w, int m, int n0, int n1, void *scratch) {
+    (void)scratch;
+    switch (w->dtype) {
+    case DSV_DT_BF16: dense(y, ldy, 0, x, w->n_in, w, DSV_DT_BF16, 0, m, n0, n1); break;
+    case DSV_DT_F16: dense(y, ldy, 0, x, w->n_in, w, DSV_DT_F16, 0, m, n0, n1); break;
+    default: dense(y, ldy, 0, x, w->n_in, w, DSV_DT_F32, 0, m, n0, n1); break;
+    }
+}
+
+/* One tile of fp8_gemm: weight rows n..n+nr of one 128-row scale block,
+ * input rows i..i+mr (nr * mr <= 4). Per 128-wide block, lane-wise sums of
+ * products blk, promoted as tot += blk * (xs * ws). Weights are read as
+ * value * 2^-8 and the promotion multiplies the 2^8 back (powers of two:
+ * no rounding changes). */
+static inline __attribute__((always_inline)) void fp8_tile(dsv_bf16 *y, int ldy, const float *x, const float *xs,
+                                                           const dsv_linear *w, int n, int i, int nr, int mr) {
+    const int K = w->n_in, nb = K / DSV_QBLOCK;
+    const uint8_t *W = (const uint8_t *)w->w + (size_t)n * K;
+    const float *ws = w->scale + (size_t)(n / DSV_QBLOCK) * w->scale_ld;
+    __m256 tot[4][2];
+    UNROLL for (int r = 0; r < 4; r++) tot[r][0] = tot[r][1] = _mm256_setzero_ps();
+    for (int kb = 0; kb < nb; kb++) {
+        __m256 blk[4][2];
+        UNROLL for (int r = 0; r < 4; r++) blk[r][0] = blk[r][1] = _mm256_setzero_ps();
+        for (int k = kb * DSV_QBLOCK; k < (kb + 1) * DSV_QBLOCK; k += 8) {
+            if (k % 64 == 0) prefetch_next(w, n + nr, nr, (size_t)K, (size_t)k);
+            UNROLL for (int r = 0; r < 4; r++) {
+                if (r >= nr) continue;
+                const __m256 wv = e4m3x8_scaled(W + (size_t)r * K + k);
+                UNROLL for (int c = 0; c < 2; c++)
+                    if (c < mr) blk[r][c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (size_t)(i + c) * K + k), blk[r][c]);
+            }
+        }
+        UNROLL for (int c = 0; c < 2; c++) {
+            if (c >= mr) continue;
+            const __m256 t = _mm256_set1_ps(xs[(size_t)(i + c) * nb + kb] * ws[kb] * 256.0f);
+            UNROLL for (int r = 0; r < 4; r++) if (r < nr) tot[r][c] = _mm256_fmadd_ps(blk[r][c], t, tot[r][c]);
+        }
+    }
+    UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 2; c++)
+        if (r < nr && c < mr) y[(size_t)(i + c) * ldy + n + r] = dsv_f32_to_bf16(hsum8(tot[r][c]));
+}
+
+static void linear_fp8(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
+                       void *scratch) {
+    (void)scratch;
+    const float *x = xp, *xs = pack_scales((void *)xp, m, w->n_in);
+    int n = n0;
+    for (; n + 4 <= n1 && n % 4 == 0; n += 4) {
+        if (m == 1) {
+            fp8_tile(y, ldy, x, xs, w, n, 0, 4, 1);
+            continue;
+        }
+        for (int i = 0; i < m; i += 2)
+            for (int r = 0; r < 4; r += 2) fp8_tile(y, ldy, x, xs, w, n + r, i, 2, m - i < 2 ? 1 : 2);
+    }
+    for (; n < n1; n++)
+        for (int i = 0; i < m; i++) fp8_tile(y, ldy, x, xs, w, n, i, 1, 1);
+}
+
+/* ---- indexer -----------------------------------------------------------------
+ * Packed query: fp32 q[d][h], heads padded to 16 with zeros (the
+ * dsv_index_q_bytes layout). Heads are the lanes: no reductions per head. */
+
+static inline int heads_padded(int n_heads) { return (n_heads + 15) & ~15; }
+
+static void index_q_pack(void *qp, const uint8_t *q8, int n_heads) {
+    const int hp = heads_padded(n_heads);
+    float *q = qp;
+    for (int d = 0; d < 128; d++)
+        for (int h = 0; h < hp; h++) q[d * hp + h] = h < n_heads ? dsv_e4m3_to_f32(q8[h * 128 + d]) : 0.0f;
+}
+
+/* One key kf [128] (fp32) against one packed query: each head's dot over d
+ * in order (8 heads a vector, 64 at a time), ReLU, weights, head sum. */
+static float score_key(const float *q, const float *w, int n_heads, const float *kf, float ks) {
+    const int hp = heads_padded(n_heads);
+    __m256 sum = _mm256_setzero_ps();
+    for (int h0 = 0; h0 < hp; h0 += 64) {
+        const int ng = (hp - h0) / 8 < 8 ? (hp - h0) / 8 : 8;
+        __m256 acc[8];
+        UNROLL for (int g = 0; g < 8; g++) acc[g] = _mm256_setzero_ps();
+        for (int d = 0; d < 128; d++) {
+            const __m256 kd = _mm256_set1_ps(kf[d]);
+            UNROLL for (int g = 0; g < 8; g++)
+                if (g < ng) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + d * hp + h0 + 8 * g), kd, acc[g]);
+        }
+        UNROLL for (int g = 0; g < 8; g++) {
+            if (g >= ng) continue;
+            const int hb = h0 + 8 * g;
+            const __m256 wv = f32x8_load_n(w + hb, n_heads - hb < 0 ? 0 : n_heads - hb);
+            sum = _mm256_fmadd_ps(_mm256_max_ps(acc[g], _mm256_setzero_ps()), wv, sum);
+        }
+    }
+    return hsum8(sum) * ks;
+}
+
+static void index_score(float *out, int ldo, const void *qp, const float *w, int n_heads, int nq, const uint8_t *k8,
+                        const float *ks, int n, void *scratch) {
+    float *kf = scratch; /* up to 64 keys, widened once for every query */
+    for (int j0 = 0; j0 < n; j0 += 64) {
+        const int nk = n - j0 < 64 ? n - j0 : 64;
+        for (int j = 0; j < nk * 128; j += 8) _mm256_storeu_ps(kf + j, e4m3x8_load_nan(k8 + (size_t)j0 * 128 + j));
+        for (int t = 0; t < nq; t++) {
+            const float *q = (const float *)((const char *)qp + (size_t)t * dsv_index_q_bytes(n_heads));
+            for (int j = 0; j < nk; j++)
+                out[(size_t)t * ldo + j0 + j] = score_key(q, w + (size_t)t * n_heads, n_heads, kf + j * 128, ks[j0 + j]);
+        }
+    }
+}
+
+/* ---- attention ------------------------------------------------------------- */
+
+static void softmax_bf16(float *x, int n) {
+    __m256 mx = _mm256_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) mx = _mm256_max_ps(_mm256_loadu_ps(x + i), mx);
+    float m = hmax8(mx);
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    double sum = 0;
+    const __m256 mv = _mm256_set1_ps(m);
+    for (i = 0; i + 8 <= n; i += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+        _mm256_storeu_ps(x + i, e);
+        float t[8];
+        _mm256_storeu_ps(t, e);
+        for (int j = 0; j < 8; j++) sum += t[j];
+    }
+    for (; i < n; i++) {
+        float t[8] = {x[i] - m};
+        _mm256_storeu_ps(t, exp8(_mm256_loadu_ps(t)));
+        x[i] = t[0];
+        sum += t[0];
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / (float)sum);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, f32x8_round_bf16(_mm256_mul_ps(_mm256_loadu_ps(x + i), inv)));
+    for (; i < n; i++) x[i] = dsv_round_bf16(x[i] * (1.0f / (float)sum));
+}
+
+static void widen(float *y, const dsv_bf16 *x, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, bf16x8_load(x + i));
+    for (; i < n; i++) y[i] = dsv_bf16_to_f32(x[i]);
+}
+
+/* Dots of up to 4 fp32 rows q [4][ldq] with one bf16 row k over len values. */
+static inline __attribute__((always_inline)) void dots4(float *out, const float *q, int ldq, int nh, const dsv_bf16 *k,
+                                                        int len) {
+    __m256 acc[4];
+    UNROLL for (int h = 0; h < 4; h++) acc[h] = _mm256_setzero_ps();
+    for (int c = 0; c < len; c += 8) {
+        const int l = len - c < 8 ? len - c : 8;
+        const __m256 kv = bf16x8_load_n(k + c, l);
+        UNROLL for (int h = 0; h < 4; h++)
+            if (h < nh) acc[h] = _mm256_fmadd_ps(f32x8_load_n(q + (size_t)h * ldq + c, l), kv, acc[h]);
+    }
+    UNROLL for (int h = 0; h < 4; h++) if (h < nh) out[h] = hsum8(acc[h]);
+}
+
+/* o[h][c] = bf16(Σ_j p[h][j] * v_j[c]) for up to 4 heads, 16 columns at a
+ * time, keys in order; v_j = base + j*ld, or base + idx[j]*idx_ld. */
+static void weighted_rows4(dsv_bf16 *o, int ldo, const float *p, int ldp, int nh, const dsv_bf16 *base, size_t ld,
+                           const int32_t *idx, size_t idx_ld, int n, int C) {
+    for (int c = 0; c < C; c += 16) {
+        const int l0 = C - c < 8 ? C - c : 8, l1 = C - c - 8 <= 0 ? 0 : C - c - 8 < 8 ? C - c - 8 : 8;
+        __m256 acc[4][2];
+        UNROLL for (int h = 0; h < 4; h++) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
+        for (int j = 0; j < n; j++) {
+            const dsv_bf16 *v = idx ? base + (size_t)idx[j] * idx_ld : base + (size_t)j * ld;
+            const __m256 v0 = bf16x8_load_n(v + c, l0), v1 = l1 ? bf16x8_load_n(v + c + 8, l1) : v0;
+            UNROLL for (int h = 0; h < 4; h++) {
+                if (h >= nh) continue;
+                const __m256 pj = _mm256_set1_ps(p[(size_t)h * ldp + j]);
+                acc[h][0] = _mm256_fmadd_ps(pj, v0, acc[h][0]);
+                acc[h][1] = _mm256_fmadd_ps(pj, v1, acc[h][1]);
+            }
+        }
+        for (int h = 0; h < nh; h++) {
+            bf16x8_store_n(o + (size_t)h * ldo + c, acc[h][0], l0);
+            if (l1) bf16x8_store_n(o + (size_t)h * ldo + c + 8, acc[h][1], l1);
+        }
+    }
+}
+
+/* Scratch: q [4][C], qpe [4][R], scores [4][n]. */
+static void mqa_attn(dsv_bf16 *o_lat, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
+                     const dsv_bf16 *pe, int n, int C, int R, float scale, int h0, int h1, float *scratch) {
+    float *qf = scratch, *qr = qf + 4 * (size_t)C, *s = qr + 4 * (size_t)R;
+    for (int hb = h0; hb < h1; hb += 4) {
+        const int nh = h1 - hb < 4 ? h1 - hb : 4;
+        for (int h = 0; h < nh; h++) {
+            widen(qf + (size_t)h * C, q_abs + (size_t)(hb + h) * C, C);
+            widen(qr + (size_t)h * R, q_pe + (size_t)(hb + h) * R, R);
+        }
+        for (int j = 0; j < n; j++) {
+            float a[4], b[4];
+            dots4(a, qf, C, nh, kv + (size_t)j * C, C);
+            dots4(b, qr, R, nh, pe + (size_t)j * R, R);
+            for (int h = 0; h < nh; h++)
+                s[(size_t)h * n + j] = dsv_round_bf16(dsv_round_bf16(dsv_round_bf16(a[h]) + dsv_round_bf16(b[h])) * scale);
+        }
+        for (int h = 0; h < nh; h++) softmax_bf16(s + (size_t)h * n, n);
+        weighted_rows4(o_lat + (size_t)hb * C, C, s, n, nh, kv, (size_t)C, NULL, 0, n, C);
+    }
+}
+
+static void mha_attn(dsv_bf16 *o, const dsv_bf16 *q, const dsv_bf16 *kvb, const dsv_bf16 *pe, const int32_t *idx,
+                     int n, int H, int N, int R, int V, float scale, int h0, int h1, float *scratch) {
+    float *qf = scratch, *s = qf + N + R + 8;
+    const size_t row = (size_t)(N + V);
+    for (int h = h0; h < h1; h++) {
+        widen(qf, q + (size_t)h * (N + R), N + R);
+        for (int j = 0; j < n; j++) {
+            /* one fp32 accumulation over [nope | rope] */
+            const dsv_bf16 *k = kvb + ((size_t)idx[j] * H + h) * row, *p = pe + (size_t)idx[j] * R;
+            __m256 acc = _mm256_setzero_ps();
+            for (int c = 0; c < N; c += 8) {
+                const int l = N - c < 8 ? N - c : 8;
+                acc = _mm256_fmadd_ps(f32x8_load_n(qf + c, l), bf16x8_load_n(k + c, l), acc);
+            }
+            for (int c = 0; c < R; c += 8) {
+                const int l = R - c < 8 ? R - c : 8;
+                acc = _mm256_fmadd_ps(f32x8_load_n(qf + N + c, l), bf16x8_load_n(p + c, l), acc);
+            }
+            s[j] = dsv_round_bf16(dsv_round_bf16(hsum8(acc)) * scale);
+        }
+        softmax_bf16(s, n);
+        weighted_rows4(o + (size_t)h * V, V, s, n, 1, kvb + (size_t)h * row + N, 0, idx, (size_t)H * row, n, V);
+    }
+}
+
+/* ---- absorption through wkv_b ------------------------------------------------ */
+
+/* 8 elements of wkv_b row r from column c (the first n if n < 8) as the
+ * reference's bf16 weight_dequant gives them, exactly. */
+static inline __m256 wkvb8(const dsv_linear *w, int r, int c, int n) {
+    const size_t i = (size_t)r * w->n_in + c;
+    if (w->dtype != DSV_DT_F8_E4M3) return w_load(w->w, w->dtype, i, n, w->dtype != DSV_DT_BF16);
+    uint8_t b[8] = {0};
+    memcpy(b, (const uint8_t *)w->w + i, (size_t)(n < 8 ? n : 8));
+    const float s = w->scale[(size_t)(r / DSV_QBLOCK) * w->scale_ld + c / DSV_QBLOCK];
+    return f32x8_round_bf16(_mm256_mul_ps(e4m3x8_load(b), _mm256_set1_ps(s)));
+}
+
+/* Column-wise, 64 columns at a time, rows d in order, a separate multiply
+ * and add per element: exactly ops_ref.c's arithmetic. */
+static void absorb_q(dsv_bf16 *q_abs, const dsv_bf16 *q_nope, const dsv_linear *wkv_b, int row0, int N, float *acc) {
+    (void)acc;
+    const int C = wkv_b->n_in;
+    for (int c0 = 0; c0 < C; c0 += 64) {
+        __m256 a[8];
+        UNROLL for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
+        for (int d = 0; d < N; d++) {
+            const __m256 q = _mm256_set1_ps(dsv_bf16_to_f32(q_nope[d]));
+            UNROLL for (int i = 0; i < 8; i++) {
+                const int c = c0 + 8 * i;
+                if (c < C) a[i] = _mm256_add_ps(a[i], _mm256_mul_ps(q, wkvb8(wkv_b, row0 + d, c, C - c)));
+            }
+        }
+        UNROLL for (int i = 0; i < 8; i++) {
+            const int c = c0 + 8 * i;
+            if (c < C) bf16x8_store_n(q_abs + c, a[i], C - c);
+        }
+    }
+}
+
+static void absorb_o(dsv_bf16 *o, const dsv_bf16 *o_lat, const dsv_linear *wkv_b, int row0, int V) {
+    const int C = wkv_b->n_in;
+    for (int d = 0; d < V; d += 4) {
+        const int nr = V - d < 4 ? V - d : 4;
+        __m256 a[4];
+        UNROLL for (int r = 0; r < 4; r++) a[r] = _mm256_setzero_ps();
+        for (int c = 0; c < C; c += 8) {
+            const int l = C - c < 8 ? C - c : 8;
+            const __m256 x = bf16x8_load_n(o_lat + c, l);
+            UNROLL for (int r = 0; r < 4; r++) if (r < nr) a[r] = _mm256_fmadd_ps(x, wkvb8(wkv_b, row0 + d + r, c, l), a[r]);
+        }
+        UNROLL for (int r = 0; r < 4; r++) if (r < nr) o[d + r] = dsv_f32_to_bf16(hsum8(a[r]));
+    }
+}
+
+const dsv_kernels dsv_kernels_avx2 = {
+    .name = "avx2",
+    .act_quant = act_quant,
+    .dequant = dequant,
+    .lin_pack_fp8 = lin_pack_fp8,
+    .linear_fp8 = linear_fp8,
+    .lin_pack_bf16 = lin_pack_bf16,
+    .linear_bf16 = linear_bf16,
+    .linear_f32 = linear_f32,
+    .index_q_pack = index_q_pack,
+    .index_score = index_score,
+    .mqa_attn = mqa_attn,
+    .mha_attn = mha_attn,
+    .absorb_q = absorb_q,
+    .absorb_o = absorb_o,
+};

@@ -1,0 +1,491 @@
+/* ops_avx512.c: the AVX-512 kernel set (F, BW, DQ, VL).
+ *
+ * Dot products run on fp32 FMA over 16 lanes: bf16 and e4m3 operands widen
+ * exactly to fp32 (ops_avx512.h), and a product of two such values is exact
+ * in fp32, so every product is the reference's; only the order of the fp32
+ * additions differs from ops_ref.c (lane-wise partial sums, then one fixed
+ * reduction tree). That order depends only on the element's own row and
+ * weight row, never on how many rows a call carries or on the block the
+ * kernel happens to process it in: remainder paths run the same per-element
+ * sequence, so batch and thread splits give identical bits.
+ *
+ * Linear layers keep their inputs as fp32 rows (packed once per call) and
+ * widen weight rows on the fly, a register tile of 4 weight rows by 3-4
+ * input rows at a time; fp8 layers promote each 128-wide block's partial
+ * sums by the block's scales (fp8_gemm's two-level accumulation, lane by
+ * lane). Attention processes 8 heads per pass over the keys, so each key
+ * row is read once per 8 heads; the absorptions stream wkv_b once.
+ * AVX512_BF16's dot product is not used: on current Xeons it issues at half
+ * the rate of fp32 FMA, and its conversions flush denormals. */
+#include <math.h>
+#include <string.h>
+
+#include "ops_avx512.h"
+
+#define UNROLL _Pragma("GCC unroll 16")
+
+static inline __mmask16 tail_mask(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
+
+/* ---- act_quant and its inverse ------------------------------------------ */
+
+void dsv_avx512_act_quant(uint8_t *q, float *s, const dsv_bf16 *x, int n, int scale_fmt) {
+    for (int g = 0; g < n / DSV_QBLOCK; g++) {
+        __m512 v[8];
+        for (int i = 0; i < 8; i++) v[i] = bf16x16_load(x + g * DSV_QBLOCK + 16 * i);
+        s[g] = act_quant_group(q + g * DSV_QBLOCK, v, scale_fmt);
+    }
+}
+
+void dsv_avx512_dequant(dsv_bf16 *y, const uint8_t *q, const float *s, int n) {
+    for (int i = 0; i < n; i += 16)
+        bf16x16_store(y + i, _mm512_mul_ps(e4m3x16_load_nan(q + i), _mm512_set1_ps(s[i / DSV_QBLOCK])));
+}
+
+/* ---- linear layers ------------------------------------------------------- */
+
+/* Packed input: fp32 rows [m][K]; for fp8 layers the e4m3 values (unscaled)
+ * then the scales [m][K/128] from the next 64-byte boundary. */
+static float *pack_scales(void *xp, int m, int K) {
+    return (float *)((char *)xp + (((size_t)m * K * 4 + 63) & ~(size_t)63));
+}
+
+static void lin_pack_fp8(void *xp, const dsv_bf16 *x, int m, int K, int i0, int i1, int scale_fmt) {
+    float *xs = pack_scales(xp, m, K);
+    for (int i = i0; i < i1; i++) {
+        float *xf = (float *)xp + (size_t)i * K;
+        for (int g = 0; g < K / DSV_QBLOCK; g++) {
+            __m512 v[8];
+            uint8_t q[DSV_QBLOCK];
+            for (int j = 0; j < 8; j++) v[j] = bf16x16_load(x + (size_t)i * K + g * DSV_QBLOCK + 16 * j);
+            xs[(size_t)i * (K / DSV_QBLOCK) + g] = act_quant_group(q, v, scale_fmt);
+            for (int j = 0; j < 8; j++) _mm512_storeu_ps(xf + g * DSV_QBLOCK + 16 * j, e4m3x16_load_nan(q + 16 * j));
+        }
+    }
+}
+
+static void lin_pack_bf16(void *xp, const dsv_bf16 *x, int m, int K, int i0, int i1) {
+    (void)m;
+    for (int i = i0; i < i1; i++) {
+        float *xf = (float *)xp + (size_t)i * K;
+        const dsv_bf16 *xr = x + (size_t)i * K;
+        int k = 0;
+        for (; k + 16 <= K; k += 16) _mm512_storeu_ps(xf + k, bf16x16_load(xr + k));
+        if (k < K) _mm512_mask_storeu_ps(xf + k, tail_mask(K - k), bf16x16_load_n(xr + k, K - k));
+    }
+}
+
+/* 16 weights from element index i of row-major w, as fp32; the first n
+ * only when n < 16. as_bf16: non-bf16 weights rounded to bf16 first (the
+ * reference runs every non-fp8 Linear in bf16). */
+static inline __attribute__((always_inline)) __m512 w_load(const void *w, dsv_dtype dt, size_t i, int n,
+                                                           int as_bf16) {
+    const __mmask16 m = tail_mask(n);
+    __m512 v;
+    switch (dt) {
+    case DSV_DT_BF16:
+        return n >= 16 ? bf16x16_load((const dsv_bf16 *)w + i) : bf16x16_load_n((const dsv_bf16 *)w + i, n);
+    case DSV_DT_F16:
+        v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)w + i));
+        break;
+    default:
+        v = _mm512_maskz_loadu_ps(m, (const float *)w + i);
+        break;
+    }
+    return as_bf16 ? f32x16_round_bf16(v) : v;
+}
+
+/* Requests the line at byte offset off of weight rows n..n+nr (the next
+ * tile's rows, while this tile reads the same offset of its own): a tile
+ * reads nr interleaved streams that restart every few KB, too short for the
+ * hardware prefetchers to ramp up on their own. */
+static inline void prefetch_next(const dsv_linear *w, int n, int nr, size_t row, size_t off) {
+    if (n + nr > w->n_out) return;
+    const char *p = (const char *)w->w + (size_t)n * row + off;
+    for (int r = 0; r < nr; r++) _mm_prefetch(p + (size_t)r * row, _MM_HINT_T0);
+}
+
+/* One tile of an F.linear: weight rows n..n+nr, input rows i..i+mr, fp32
+ * accumulators over the whole K (lane l sums k = l mod 16 in order), then
+ * one reduction. out_bf16 selects bf16 or fp32 output. */
+static inline __attribute__((always_inline)) void dense_tile(void *y, int ldy, int out_bf16, const float *x, int ldx,
+                                                             const dsv_linear *w, dsv_dtype dt, int as_bf16, int n,
+                                                             int i, int nr, int mr) {
+    const int K = w->n_in;
+    __m512 acc[4][4];
+    UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
+    const size_t esz = dt == DSV_DT_F32 ? 4 : 2, row = (size_t)K * esz;
+    for (int k = 0; k < K; k += 16) {
+        const int len = K - k < 16 ? K - k : 16;
+        if ((k * esz) % 64 == 0) prefetch_next(w, n + nr, nr, row, k * esz);
+        __m512 wv[4];
+        UNROLL for (int r = 0; r < 4; r++)
+            wv[r] = r < nr ? w_load(w->w, dt, (size_t)(n + r) * K + k, len, as_bf16) : _mm512_setzero_ps();
+        UNROLL for (int c = 0; c < 4; c++) {
+            if (c >= mr) continue;
+            const __m512 xv = _mm512_maskz_loadu_ps(tail_mask(len), x + (size_t)(i + c) * ldx + k);
+            UNROLL for (int r = 0; r < 4; r++) if (r < nr) acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
+        }
+    }
+    UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 4; c++) {
+        if (r >= nr || c >= mr) continue;
+        const float v = _mm512_reduce_add_ps(acc[r][c]);
+        if (out_bf16) ((dsv_bf16 *)y)[(size_t)(i + c) * ldy + n + r] = dsv_f32_to_bf16(v);
+        else ((float *)y)[(size_t)(i + c) * ldy + n + r] = v;
+    }
+}
+
+/* Tiles of 4 weight rows by 4 input rows; the same per-element arithmetic
+ * in the narrower edge tiles. */
+static inline __attribute__((always_inline)) void dense(void *y, int ldy, int out_bf16, const float *x, int ldx,
+                                                        const dsv_linear *w, dsv_dtype dt, int as_bf16, int m, int n0,
+                                                        int n1) {
+    int n = n0;
+    for (; n + 4 <= n1; n += 4) {
+        int i = 0;
+        for (; i + 4 <= m; i += 4) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, i, 4, 4);
+        for (; i < m; i++) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, i, 4, 1);
+    }
+    for (; n < n1; n++) {
+        int i = 0;
+        for (; i + 4 <= m; i += 4) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, i, 1, 4);
+        for (; i < m; i++) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, i, 1, 1);
+    }
+}
+
+static void linear_bf16(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
+                        void *scratch) {
+    (void)scratch;
+    const float *x = xp;
+    switch (w->dtype) {
+    case DSV_DT_BF16: dense(y, ldy, 1, x, w->n_in, w, DSV_DT_BF16, 0, m, n0, n1); break;
+    case DSV_DT_F16: dense(y, ldy, 1, x, w->n_in, w, DSV_DT_F16, 1, m, n0, n1); break;
+    default: dense(y, ldy, 1, x, w->n_in, w, DSV_DT_F32, 1, m, n0, n1); break;
+    }
+}
+
+void dsv_avx512_linear_f32(float *y, int ldy, const float *x, const dsv_linear *w, int m, int n0, int n1,
+                           void *scratch) {
+    (void)scratch;
+    switch (w->dtype) {
+    case DSV_DT_BF16: dense(y, ldy, 0, x, w->n_in, w, DSV_DT_BF16, 0, m, n0, n1); break;
+    case DSV_DT_F16: dense(y, ldy, 0, x, w->n_in, w, DSV_DT_F16, 0, m, n0, n1); break;
+    default: dense(y, ldy, 0, x, w->n_in, w, DSV_DT_F32, 0, m, n0, n1); break;
+    }
+}
+
+/* One tile of fp8_gemm: weight rows n..n+nr (one 128-row scale block, as n
+ * is a multiple of 4), input rows i..i+mr. Per 128-wide block, lane-wise
+ * partial sums blk (8 FMAs per lane), promoted into the total as
+ * tot += blk * (xs * ws); one reduction at the end. The weights are read
+ * as value * 2^-8 (e4m3x16_scaled) and the 2^8 is put back by the
+ * promotion: blk and (xs * ws) * 2^8 are the reference's values scaled by
+ * powers of two, so every rounding is unchanged. */
+static inline __attribute__((always_inline)) void fp8_tile(dsv_bf16 *y, int ldy, const float *x, const float *xs,
+                                                           const dsv_linear *w, int n, int i, int nr, int mr) {
+    const int K = w->n_in, nb = K / DSV_QBLOCK;
+    const uint8_t *W = (const uint8_t *)w->w + (size_t)n * K;
+    const float *ws = w->scale + (size_t)(n / DSV_QBLOCK) * w->scale_ld;
+    __m512 tot[4][3];
+    UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 3; c++) tot[r][c] = _mm512_setzero_ps();
+    for (int kb = 0; kb < nb; kb++) {
+        __m512 blk[4][3];
+        UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 3; c++) blk[r][c] = _mm512_setzero_ps();
+        for (int k = kb * DSV_QBLOCK; k < (kb + 1) * DSV_QBLOCK; k += 16) {
+            if (k % 64 == 0) prefetch_next(w, n + nr, nr, (size_t)K, (size_t)k);
+            __m512 wv[4];
+            UNROLL for (int r = 0; r < 4; r++) wv[r] = r < nr ? e4m3x16_scaled(W + (size_t)r * K + k) : _mm512_setzero_ps();
+            UNROLL for (int c = 0; c < 3; c++) {
+                if (c >= mr) continue;
+                const __m512 xv = _mm512_loadu_ps(x + (size_t)(i + c) * K + k);
+                UNROLL for (int r = 0; r < 4; r++) if (r < nr) blk[r][c] = _mm512_fmadd_ps(wv[r], xv, blk[r][c]);
+            }
+        }
+        UNROLL for (int c = 0; c < 3; c++) {
+            if (c >= mr) continue;
+            const __m512 t = _mm512_set1_ps(xs[(size_t)(i + c) * nb + kb] * ws[kb] * 256.0f);
+            UNROLL for (int r = 0; r < 4; r++) if (r < nr) tot[r][c] = _mm512_fmadd_ps(blk[r][c], t, tot[r][c]);
+        }
+    }
+    UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 3; c++) {
+        if (r >= nr || c >= mr) continue;
+        y[(size_t)(i + c) * ldy + n + r] = dsv_f32_to_bf16(_mm512_reduce_add_ps(tot[r][c]));
+    }
+}
+
+static void linear_fp8(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
+                       void *scratch) {
+    (void)scratch;
+    const float *x = xp, *xs = pack_scales((void *)xp, m, w->n_in);
+    int n = n0;
+    for (; n + 4 <= n1 && n % 4 == 0; n += 4) {
+        int i = 0;
+        for (; i + 3 <= m; i += 3) fp8_tile(y, ldy, x, xs, w, n, i, 4, 3);
+        for (; i < m; i++) fp8_tile(y, ldy, x, xs, w, n, i, 4, 1);
+    }
+    for (; n < n1; n++) {
+        int i = 0;
+        for (; i + 3 <= m; i += 3) fp8_tile(y, ldy, x, xs, w, n, i, 1, 3);
+        for (; i < m; i++) fp8_tile(y, ldy, x, xs, w, n, i, 1, 1);
+    }
+}
+
+/* ---- indexer ------------------------------------------------------------- */
+
+/* Packed query: fp32 q[d][h] (head-minor, heads padded to 16 with zeros). */
+static inline int heads_padded(int n_heads) { return (n_heads + 15) & ~15; }
+
+void dsv_avx512_index_q_pack(void *qp, const uint8_t *q8, int n_heads) {
+    const int hp = heads_padded(n_heads);
+    float *q = qp;
+    for (int d = 0; d < 128; d++)
+        for (int h = 0; h < hp; h++) q[d * hp + h] = h < n_heads ? dsv_e4m3_to_f32(q8[h * 128 + d]) : 0.0f;
+}
+
+/* Scores of `nk` (<= 4) keys kf [nk][128] (fp32) for one query: heads in
+ * lanes, 64 at a time, each head's dot summed over d in order; then the
+ * ReLU-weighted head sum and the key scale. */
+static inline __attribute__((always_inline)) void score_keys(float *out, const float *q, const float *w, int n_heads,
+                                                             const float *kf, const float *ks, int nk) {
+    const int hp = heads_padded(n_heads);
+    __m512 sum[4];
+    UNROLL for (int j = 0; j < 4; j++) sum[j] = _mm512_setzero_ps();
+    for (int h0 = 0; h0 < hp; h0 += 64) {
+        const int ng = (hp - h0) / 16 < 4 ? (hp - h0) / 16 : 4;
+        __m512 acc[4][4];
+        UNROLL for (int j = 0; j < 4; j++) UNROLL for (int g = 0; g < 4; g++) acc[j][g] = _mm512_setzero_ps();
+        for (int d = 0; d < 128; d++) {
+            __m512 qv[4];
+            UNROLL for (int g = 0; g < 4; g++) qv[g] = g < ng ? _mm512_loadu_ps(q + d * hp + h0 + 16 * g) : _mm512_setzero_ps();
+            UNROLL for (int j = 0; j < 4; j++) {
+                if (j >= nk) continue;
+                const __m512 kd = _mm512_set1_ps(kf[j * 128 + d]);
+                UNROLL for (int g = 0; g < 4; g++) if (g < ng) acc[j][g] = _mm512_fmadd_ps(qv[g], kd, acc[j][g]);
+            }
+        }
+        UNROLL for (int g = 0; g < 4; g++) {
+            if (g >= ng) continue;
+            const int hb = h0 + 16 * g;
+            const __m512 wv = _mm512_maskz_loadu_ps(tail_mask(n_heads - hb), w + hb);
+            UNROLL for (int j = 0; j < 4; j++)
+                if (j < nk) sum[j] = _mm512_fmadd_ps(_mm512_max_ps(acc[j][g], _mm512_setzero_ps()), wv, sum[j]);
+        }
+    }
+    UNROLL for (int j = 0; j < 4; j++) if (j < nk) out[j] = _mm512_reduce_add_ps(sum[j]) * ks[j];
+}
+
+void dsv_avx512_index_score(float *out, int ldo, const void *qp, const float *w, int n_heads, int nq,
+                            const uint8_t *k8, const float *ks, int n, void *scratch) {
+    float *kf = scratch; /* up to 64 keys, widened once for every query: [64][128] */
+    for (int j0 = 0; j0 < n; j0 += 64) {
+        const int nk = n - j0 < 64 ? n - j0 : 64;
+        for (int j = 0; j < nk * 128; j += 16) _mm512_storeu_ps(kf + j, e4m3x16_load_nan(k8 + (size_t)j0 * 128 + j));
+        for (int t = 0; t < nq; t++) {
+            const float *q = (const float *)((const char *)qp + (size_t)t * dsv_index_q_bytes(n_heads));
+            const float *wt = w + (size_t)t * n_heads;
+            float *o = out + (size_t)t * ldo + j0;
+            int j = 0;
+            for (; j + 4 <= nk; j += 4) score_keys(o + j, q, wt, n_heads, kf + j * 128, ks + j0 + j, 4);
+            for (; j < nk; j++) score_keys(o + j, q, wt, n_heads, kf + j * 128, ks + j0 + j, 1);
+        }
+    }
+}
+
+/* ---- attention ----------------------------------------------------------- */
+
+void dsv_avx512_softmax_bf16(float *x, int n) {
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) mx = _mm512_max_ps(_mm512_loadu_ps(x + i), mx);
+    if (i < n) mx = _mm512_max_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(n - i), x + i), mx);
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    /* The sum in double, as dsv_softmax_bf16 does. */
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    for (i = 0; i < n; i += 16) {
+        const __mmask16 k = tail_mask(n - i);
+        const __m512 e = _mm512_maskz_mov_ps(k, exp_f32x16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), m)));
+        _mm512_mask_storeu_ps(x + i, k, e);
+        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / (float)_mm512_reduce_add_pd(_mm512_add_pd(s0, s1)));
+    for (i = 0; i < n; i += 16) {
+        const __mmask16 k = tail_mask(n - i);
+        _mm512_mask_storeu_ps(x + i, k, f32x16_round_bf16(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), inv)));
+    }
+}
+
+/* Widens n bf16 values to fp32 (n a multiple of 16 or not). */
+static void widen(float *y, const dsv_bf16 *x, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, bf16x16_load(x + i));
+    if (i < n) _mm512_mask_storeu_ps(y + i, tail_mask(n - i), bf16x16_load_n(x + i, n - i));
+}
+
+/* dot products of up to 8 fp32 rows q [8][ldq] with one bf16 row k, each
+ * summed lane-wise over `len` values, then reduced. */
+static inline __attribute__((always_inline)) void dots8(float *out, const float *q, int ldq, int nh, const dsv_bf16 *k,
+                                                        int len) {
+    __m512 acc[8];
+    UNROLL for (int h = 0; h < 8; h++) acc[h] = _mm512_setzero_ps();
+    for (int c = 0; c < len; c += 16) {
+        const int l = len - c < 16 ? len - c : 16;
+        const __m512 kv = l == 16 ? bf16x16_load(k + c) : bf16x16_load_n(k + c, l);
+        UNROLL for (int h = 0; h < 8; h++)
+            if (h < nh) acc[h] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail_mask(l), q + (size_t)h * ldq + c), kv, acc[h]);
+    }
+    UNROLL for (int h = 0; h < 8; h++) if (h < nh) out[h] = _mm512_reduce_add_ps(acc[h]);
+}
+
+/* o[h][c] = bf16(Σ_j p[h][j] * v_j[c]) for up to 8 heads, 32 columns at a
+ * time, keys in order; v_j = base + j*ld (or rows at idx). */
+static inline __attribute__((always_inline)) void weighted_rows8(dsv_bf16 *o, int ldo, const float *p, int ldp, int nh,
+                                                                 const dsv_bf16 *base, size_t ld, const int32_t *idx,
+                                                                 size_t idx_ld, int n, int C) {
+    for (int c = 0; c < C; c += 32) {
+        const int l0 = C - c < 16 ? C - c : 16, l1 = C - c - 16 < 0 ? 0 : C - c - 16 < 16 ? C - c - 16 : 16;
+        __m512 acc[8][2];
+        UNROLL for (int h = 0; h < 8; h++) acc[h][0] = acc[h][1] = _mm512_setzero_ps();
+        for (int j = 0; j < n; j++) {
+            const dsv_bf16 *v = idx ? base + (size_t)idx[j] * idx_ld : base + (size_t)j * ld;
+            const __m512 v0 = l0 == 16 ? bf16x16_load(v + c) : bf16x16_load_n(v + c, l0);
+            const __m512 v1 = l1 == 16 ? bf16x16_load(v + c + 16) : l1 ? bf16x16_load_n(v + c + 16, l1) : v0;
+            UNROLL for (int h = 0; h < 8; h++) {
+                if (h >= nh) continue;
+                const __m512 pj = _mm512_set1_ps(p[(size_t)h * ldp + j]);
+                acc[h][0] = _mm512_fmadd_ps(pj, v0, acc[h][0]);
+                acc[h][1] = _mm512_fmadd_ps(pj, v1, acc[h][1]);
+            }
+        }
+        UNROLL for (int h = 0; h < 8; h++) {
+            if (h >= nh) continue;
+            bf16x16_store_n(o + (size_t)h * ldo + c, acc[h][0], l0);
+            if (l1) bf16x16_store_n(o + (size_t)h * ldo + c + 16, acc[h][1], l1);
+        }
+    }
+}
+
+/* Scratch: q [8][C], qpe [8][R], scores [8][n]. */
+void dsv_avx512_mqa_attn(dsv_bf16 *o_lat, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
+                         const dsv_bf16 *pe, int n, int C, int R, float scale, int h0, int h1, float *scratch) {
+    float *qf = scratch, *qr = qf + 8 * (size_t)C, *s = qr + 8 * (size_t)R;
+    for (int hb = h0; hb < h1; hb += 8) {
+        const int nh = h1 - hb < 8 ? h1 - hb : 8;
+        for (int h = 0; h < nh; h++) {
+            widen(qf + (size_t)h * C, q_abs + (size_t)(hb + h) * C, C);
+            widen(qr + (size_t)h * R, q_pe + (size_t)(hb + h) * R, R);
+        }
+        for (int j = 0; j < n; j++) {
+            float a[8], b[8];
+            dots8(a, qf, C, nh, kv + (size_t)j * C, C);
+            dots8(b, qr, R, nh, pe + (size_t)j * R, R);
+            /* (einsum(q_abs, kv) + einsum(q_pe, pe)) * scale, each a bf16 tensor. */
+            for (int h = 0; h < nh; h++)
+                s[(size_t)h * n + j] = dsv_round_bf16(dsv_round_bf16(dsv_round_bf16(a[h]) + dsv_round_bf16(b[h])) * scale);
+        }
+        for (int h = 0; h < nh; h++) dsv_avx512_softmax_bf16(s + (size_t)h * n, n);
+        weighted_rows8(o_lat + (size_t)hb * C, C, s, n, nh, kv, (size_t)C, NULL, 0, n, C);
+    }
+}
+
+/* One head at a time: the keys of a head are its own (k_nope from wkv_b). */
+void dsv_avx512_mha_attn(dsv_bf16 *o, const dsv_bf16 *q, const dsv_bf16 *kvb, const dsv_bf16 *pe, const int32_t *idx,
+                         int n, int H, int N, int R, int V, float scale, int h0, int h1, float *scratch) {
+    float *qf = scratch, *s = qf + N + R + 16;
+    const size_t row = (size_t)(N + V);
+    for (int h = h0; h < h1; h++) {
+        widen(qf, q + (size_t)h * (N + R), N + R);
+        for (int j = 0; j < n; j++) {
+            /* One fp32 accumulation over [nope | rope], as the einsum. */
+            const dsv_bf16 *k = kvb + ((size_t)idx[j] * H + h) * row, *p = pe + (size_t)idx[j] * R;
+            __m512 acc = _mm512_setzero_ps();
+            for (int c = 0; c < N; c += 16) {
+                const int l = N - c < 16 ? N - c : 16;
+                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail_mask(l), qf + c),
+                                      l == 16 ? bf16x16_load(k + c) : bf16x16_load_n(k + c, l), acc);
+            }
+            for (int c = 0; c < R; c += 16) {
+                const int l = R - c < 16 ? R - c : 16;
+                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail_mask(l), qf + N + c),
+                                      l == 16 ? bf16x16_load(p + c) : bf16x16_load_n(p + c, l), acc);
+            }
+            s[j] = dsv_round_bf16(dsv_round_bf16(_mm512_reduce_add_ps(acc)) * scale);
+        }
+        dsv_avx512_softmax_bf16(s, n);
+        weighted_rows8(o + (size_t)h * V, V, s, n, 1, kvb + (size_t)h * row + N, 0, idx, (size_t)H * row, n, V);
+    }
+}
+
+/* ---- absorption through wkv_b -------------------------------------------- */
+
+/* 16 elements of wkv_b row r from column c as the reference's bf16
+ * weight_dequant gives them (dsv_wkvb_at), exactly; the first n if n < 16. */
+static inline __m512 wkvb16(const dsv_linear *w, int r, int c, int n) {
+    const size_t i = (size_t)r * w->n_in + c;
+    if (w->dtype != DSV_DT_F8_E4M3) return w_load(w->w, w->dtype, i, n, w->dtype != DSV_DT_BF16);
+    __m512 v;
+    if (n >= 16) {
+        v = e4m3x16_load((const uint8_t *)w->w + i);
+    } else {
+        uint8_t b[16] = {0};
+        memcpy(b, (const uint8_t *)w->w + i, (size_t)n);
+        v = e4m3x16_load(b);
+    }
+    const float s = w->scale[(size_t)(r / DSV_QBLOCK) * w->scale_ld + c / DSV_QBLOCK];
+    return f32x16_round_bf16(_mm512_mul_ps(v, _mm512_set1_ps(s)));
+}
+
+/* Column-wise, 256 columns at a time, rows d in order with a separate
+ * multiply and add per element: exactly ops_ref.c's arithmetic. */
+void dsv_avx512_absorb_q(dsv_bf16 *q_abs, const dsv_bf16 *q_nope, const dsv_linear *wkv_b, int row0, int N,
+                         float *acc) {
+    (void)acc;
+    const int C = wkv_b->n_in;
+    for (int c0 = 0; c0 < C; c0 += 256) {
+        __m512 a[16];
+        UNROLL for (int i = 0; i < 16; i++) a[i] = _mm512_setzero_ps();
+        for (int d = 0; d < N; d++) {
+            const __m512 q = _mm512_set1_ps(dsv_bf16_to_f32(q_nope[d]));
+            UNROLL for (int i = 0; i < 16; i++) {
+                const int c = c0 + 16 * i;
+                if (c < C) a[i] = _mm512_add_ps(a[i], _mm512_mul_ps(q, wkvb16(wkv_b, row0 + d, c, C - c)));
+            }
+        }
+        UNROLL for (int i = 0; i < 16; i++) {
+            const int c = c0 + 16 * i;
+            if (c < C) bf16x16_store_n(q_abs + c, a[i], C - c < 16 ? C - c : 16);
+        }
+    }
+}
+
+/* Row-wise dots, 4 rows at a time sharing the o_lat loads. */
+void dsv_avx512_absorb_o(dsv_bf16 *o, const dsv_bf16 *o_lat, const dsv_linear *wkv_b, int row0, int V) {
+    const int C = wkv_b->n_in;
+    for (int d = 0; d < V; d += 4) {
+        const int nr = V - d < 4 ? V - d : 4;
+        __m512 a[4];
+        UNROLL for (int r = 0; r < 4; r++) a[r] = _mm512_setzero_ps();
+        for (int c = 0; c < C; c += 16) {
+            const int l = C - c < 16 ? C - c : 16;
+            const __m512 x = l == 16 ? bf16x16_load(o_lat + c) : bf16x16_load_n(o_lat + c, l);
+            UNROLL for (int r = 0; r < 4; r++) if (r < nr) a[r] = _mm512_fmadd_ps(x, wkvb16(wkv_b, row0 + d + r, c, l), a[r]);
+        }
+        UNROLL for (int r = 0; r < 4; r++) if (r < nr) o[d + r] = dsv_f32_to_bf16(_mm512_reduce_add_ps(a[r]));
+    }
+}
+
+const dsv_kernels dsv_kernels_avx512 = {
+    .name = "avx512",
+    .act_quant = dsv_avx512_act_quant,
+    .dequant = dsv_avx512_dequant,
+    .lin_pack_fp8 = lin_pack_fp8,
+    .linear_fp8 = linear_fp8,
+    .lin_pack_bf16 = lin_pack_bf16,
+    .linear_bf16 = linear_bf16,
+    .linear_f32 = dsv_avx512_linear_f32,
+    .index_q_pack = dsv_avx512_index_q_pack,
+    .index_score = dsv_avx512_index_score,
+    .mqa_attn = dsv_avx512_mqa_attn,
+    .mha_attn = dsv_avx512_mha_attn,
+    .absorb_q = dsv_avx512_absorb_q,
+    .absorb_o = dsv_avx512_absorb_o,
+};

@@ -1,0 +1,473 @@
+/* test_kernels.c: every fast kernel set against the scalar reference
+ * (ops_ref.c), on random inputs of awkward sizes, at every level this
+ * machine has (levels it lacks are reported, not failed).
+ *
+ * Tolerances, as normalized mean squared error NMSE = Σ(a-r)² / Σr²:
+ * - act_quant, dequant: exact (bit for bit): every set implements the same
+ *   rounding, and the KV cache and top-k depend on it.
+ * - absorb_q: exact on the avx2/avx512 sets (the same per-element multiply
+ *   and add in the same order); tolerance 1e-5 otherwise.
+ * - linear_fp8, linear_bf16, absorb_o: 1e-5. Products are exact in fp32 in
+ *   every set; only the fp32 summation order differs (lane-wise partials,
+ *   AMX's internal adder), which moves an fp32 sum by ~1e-7 relative, so a
+ *   bf16 output moves by at most one ulp (2^-8 relative, 1.5e-5 squared)
+ *   and only where the sum lies near a rounding midpoint.
+ * - linear_f32, index_score: 1e-9 (fp32 outputs; summation order only).
+ * - mqa_attn, mha_attn: 1e-4. Scores are rounded to bf16 three times and
+ *   the softmax output once, so an fp32 difference in a dot product can move
+ *   a weight by one bf16 ulp; the output is a weighted mean of bf16 rows.
+ * Besides closeness, each fast kernel must be batch invariant: the same
+ * bits for a row computed alone or among others, and for any split of the
+ * output columns (linear) or heads (attention) or queries (index). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dsv32.h"
+#include "numeric.h"
+#include "ops.h"
+#include "test.h"
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static uint32_t rnd_u32(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)(rng >> 16);
+}
+static float rnd_unit(void) { return (float)((rnd_u32() & 0xffffff) / 8388608.0 - 1.0); } /* [-1, 1) */
+static float rnd_normal(void) {
+    float s = 0;
+    for (int i = 0; i < 4; i++) s += rnd_unit();
+    return s * 0.866f;
+}
+static void fill_bf16(dsv_bf16 *x, size_t n, float scale) {
+    for (size_t i = 0; i < n; i++) x[i] = dsv_f32_to_bf16(rnd_normal() * scale);
+}
+/* Random finite e4m3 codes (no NaN), all magnitudes including subnormals. */
+static void fill_e4m3(uint8_t *x, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c;
+        do c = (uint8_t)rnd_u32(); while ((c & 0x7f) == 0x7f);
+        x[i] = c;
+    }
+}
+
+static double nmse_f32(const float *a, const float *r, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) { double d = (double)a[i] - r[i]; num += d * d; den += (double)r[i] * r[i]; }
+    return den > 0 ? num / den : num;
+}
+static double nmse_bf16(const dsv_bf16 *a, const dsv_bf16 *r, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double x = dsv_bf16_to_f32(a[i]), y = dsv_bf16_to_f32(r[i]);
+        num += (x - y) * (x - y);
+        den += y * y;
+    }
+    return den > 0 ? num / den : num;
+}
+
+/* The fast sets this machine runs (the generic set is the reference). */
+static int fast_sets(const dsv_kernels **out) {
+    static const char *names[] = {"avx2", "avx512", "amx"};
+    int n = 0;
+    for (int i = 0; i < 3; i++) {
+        if (dsv_kernels_force(names[i]) == DSV_OK) out[n++] = dsv_kern;
+        else printf("    %s: not on this machine, skipped\n", names[i]);
+    }
+    dsv_kernels_force(NULL);
+    return n;
+}
+
+/* The worst NMSE seen per set in the current test, printed at its end. */
+static double worst[3];
+static const char *worst_names[3];
+static double track(int s, const dsv_kernels *k, double e) {
+    worst_names[s] = k->name;
+    if (e > worst[s]) worst[s] = e;
+    return e;
+}
+static void report(const char *op) {
+    for (int s = 0; s < 3; s++)
+        if (worst_names[s]) printf("    %-7s %-12s worst NMSE %.2e\n", worst_names[s], op, worst[s]);
+}
+
+/* 64-byte aligned memory (aligned_alloc wants a multiple of the alignment). */
+static void *alloc64(size_t n) { return aligned_alloc(64, (n + 63) & ~(size_t)63); }
+
+static void *scratch_lin(void) {
+    static void *p;
+    if (!p) p = alloc64(DSV_LIN_SCRATCH);
+    return p;
+}
+
+/* ---- act_quant, dequant ---------------------------------------------------- */
+
+TEST(kernels_act_quant_and_dequant_exact) {
+    const dsv_kernels *sets[3];
+    int ns = fast_sets(sets);
+    enum { N = 128 * 6 };
+    static dsv_bf16 x[N], y0[N], y1[N];
+    static uint8_t q0[N], q1[N];
+    static float s0[N / 128], s1[N / 128];
+    for (int trial = 0; trial < 40; trial++) {
+        /* Groups at very different magnitudes, with specials sprinkled in. */
+        for (int g = 0; g < N / 128; g++) {
+            float mag = powf(2.0f, (float)((int)(rnd_u32() % 60) - 30));
+            fill_bf16(x + g * 128, 128, mag);
+        }
+        if (trial % 4 == 1) { x[3] = 0x7fc0; x[200] = 0x7f80; x[300] = 0xff80; } /* NaN, +inf, -inf */
+        if (trial % 4 == 2) { x[5] = 0x8000; x[130] = 0x0001; for (int i = 256; i < 384; i++) x[i] = 0; }
+        for (int fmt = 0; fmt < 2; fmt++) {
+            dsv_kernels_ref.act_quant(q0, s0, x, N, fmt);
+            for (int k = 0; k < ns; k++) {
+                memset(q1, 0xaa, sizeof q1);
+                sets[k]->act_quant(q1, s1, x, N, fmt);
+                CHECKF(!memcmp(q0, q1, N) && !memcmp(s0, s1, sizeof s0), "%s act_quant differs (trial %d fmt %d)",
+                       sets[k]->name, trial, fmt);
+            }
+        }
+        uint8_t q[N];
+        fill_e4m3(q, N);
+        if (trial % 3 == 0) { q[7] = 0x7f; q[500] = 0xff; } /* NaN codes dequantize to NaN */
+        float sc[N / 128];
+        for (int g = 0; g < N / 128; g++) sc[g] = powf(2.0f, (float)((int)(rnd_u32() % 40) - 20)) * (trial & 1 ? 1.3f : 1.0f);
+        dsv_kernels_ref.dequant(y0, q, sc, N);
+        for (int k = 0; k < ns; k++) {
+            sets[k]->dequant(y1, q, sc, N);
+            CHECKF(!memcmp(y0, y1, sizeof y0), "%s dequant differs (trial %d)", sets[k]->name, trial);
+        }
+    }
+}
+
+/* ---- linear layers ------------------------------------------------------- */
+
+/* A random weight [N][K] of dtype dt (fp8 with scales). */
+typedef struct { dsv_linear w; void *data; float *scale; } test_weight;
+
+static test_weight make_weight(dsv_dtype dt, int N, int K) {
+    test_weight t = {{.dtype = dt, .n_out = N, .n_in = K}, NULL, NULL};
+    size_t n = (size_t)N * K;
+    if (dt == DSV_DT_F8_E4M3) {
+        t.data = malloc(n);
+        fill_e4m3(t.data, n);
+        t.w.scale_ld = (K + 127) / 128;
+        size_t ns = (size_t)((N + 127) / 128) * t.w.scale_ld;
+        t.scale = malloc(ns * sizeof(float));
+        for (size_t i = 0; i < ns; i++) t.scale[i] = (0.5f + (float)(rnd_u32() % 1000) / 1000.0f) / 256.0f;
+        t.w.scale = t.scale;
+    } else if (dt == DSV_DT_BF16) {
+        t.data = malloc(n * 2);
+        fill_bf16(t.data, n, 0.1f);
+    } else if (dt == DSV_DT_F16) {
+        uint16_t *h = malloc(n * 2);
+        for (size_t i = 0; i < n; i++) {
+            /* halves from small integers over a power of two: exact and normal */
+            int v = (int)(rnd_u32() % 2001) - 1000;
+            float f = (float)v / 8192.0f;
+            uint32_t u = dsv_f32_bits(f);
+            uint16_t s = (uint16_t)((u >> 16) & 0x8000);
+            if (v == 0) { h[i] = s; continue; }
+            int e = (int)((u >> 23) & 0xff) - 127 + 15;
+            h[i] = (uint16_t)(s | (e << 10) | ((u >> 13) & 0x3ff));
+        }
+        t.data = h;
+    } else {
+        float *f = malloc(n * 4);
+        for (size_t i = 0; i < n; i++) f[i] = rnd_normal() * 0.1f;
+        t.data = f;
+    }
+    t.w.w = t.data;
+    return t;
+}
+static void free_weight(test_weight *t) { free(t->data); free(t->scale); }
+
+/* Runs a set's linear (packing as linear.c does) on rows [r0, r0+m) of x
+ * into y [m][ldy], columns [n0, n1). */
+static void run_linear(const dsv_kernels *k, dsv_bf16 *y, int ldy, const dsv_bf16 *x, const test_weight *t, int m,
+                       int n0, int n1, void *xp, int scale_fmt) {
+    const int K = t->w.n_in, half = m / 32 * 16; /* packed in two pieces split at a multiple of 16, as linear.c does */
+    if (t->w.dtype == DSV_DT_F8_E4M3) {
+        if (half) k->lin_pack_fp8(xp, x, m, K, 0, half, scale_fmt);
+        k->lin_pack_fp8(xp, x, m, K, half, m, scale_fmt);
+        k->linear_fp8(y, ldy, xp, &t->w, m, n0, n1, scratch_lin());
+    } else if (k->lin_pack_bf16) {
+        if (half) k->lin_pack_bf16(xp, x, m, K, 0, half);
+        k->lin_pack_bf16(xp, x, m, K, half, m);
+        k->linear_bf16(y, ldy, xp, &t->w, m, n0, n1, scratch_lin());
+    } else {
+        k->linear_bf16(y, ldy, x, &t->w, m, n0, n1, scratch_lin());
+    }
+}
+
+static void check_linear(const dsv_kernels **sets, int ns, dsv_dtype dt, int M, int N, int K) {
+    test_weight t = make_weight(dt, N, K);
+    dsv_bf16 *x = malloc((size_t)M * K * 2), *y0 = malloc((size_t)M * N * 2), *y1 = malloc((size_t)M * N * 2);
+    dsv_bf16 *y2 = malloc((size_t)M * N * 2);
+    void *xp = alloc64(dsv_lin_pack_bytes(M, K));
+    fill_bf16(x, (size_t)M * K, 1.0f);
+    for (int fmt = 0; fmt < (dt == DSV_DT_F8_E4M3 ? 2 : 1); fmt++) {
+        run_linear(&dsv_kernels_ref, y0, N, x, &t, M, 0, N, xp, fmt);
+        for (int s = 0; s < ns; s++) {
+            memset(y1, 0xff, (size_t)M * N * 2);
+            run_linear(sets[s], y1, N, x, &t, M, 0, N, xp, fmt);
+            double e = track(s, sets[s], nmse_bf16(y1, y0, (size_t)M * N));
+            CHECKF(e <= 1e-5, "%s linear %s M=%d N=%d K=%d: NMSE %.3g", sets[s]->name, dsv_dtype_name(dt), M, N, K, e);
+            /* Invariance: each row alone, and the columns split at 16. */
+            for (int i = 0; i < M; i++) run_linear(sets[s], y2 + (size_t)i * N, N, x + (size_t)i * K, &t, 1, 0, N, xp, fmt);
+            CHECKF(!memcmp(y1, y2, (size_t)M * N * 2), "%s linear %s M=%d N=%d K=%d: rows alone differ",
+                   sets[s]->name, dsv_dtype_name(dt), M, N, K);
+            if (N > 16) {
+                run_linear(sets[s], y2, N, x, &t, M, 0, 16, xp, fmt);
+                run_linear(sets[s], y2, N, x, &t, M, 16, N, xp, fmt);
+                CHECKF(!memcmp(y1, y2, (size_t)M * N * 2), "%s linear %s M=%d N=%d K=%d: column split differs",
+                       sets[s]->name, dsv_dtype_name(dt), M, N, K);
+            }
+        }
+    }
+    free(x); free(y0); free(y1); free(y2); free(xp);
+    free_weight(&t);
+}
+
+TEST(kernels_linear_fp8) {
+    const dsv_kernels *sets[3];
+    int ns = fast_sets(sets);
+    static const int Ms[] = {1, 2, 3, 17, 40}, Ns[] = {16, 40, 130, 200}, Ks[] = {128, 384};
+    for (int a = 0; a < 5; a++)
+        for (int b = 0; b < 4; b++)
+            for (int c = 0; c < 2; c++) check_linear(sets, ns, DSV_DT_F8_E4M3, Ms[a], Ns[b], Ks[c]);
+    check_linear(sets, ns, DSV_DT_F8_E4M3, 33, 48, 1024);
+    report("linear_fp8");
+}
+
+TEST(kernels_linear_bf16) {
+    const dsv_kernels *sets[3];
+    int ns = fast_sets(sets);
+    static const int Ms[] = {1, 2, 3, 17, 33}, Ns[] = {16, 40, 130}, Ks[] = {16, 100, 256, 576};
+    for (int a = 0; a < 5; a++)
+        for (int b = 0; b < 3; b++)
+            for (int c = 0; c < 4; c++) check_linear(sets, ns, DSV_DT_BF16, Ms[a], Ns[b], Ks[c]);
+    check_linear(sets, ns, DSV_DT_F16, 5, 40, 96);
+    check_linear(sets, ns, DSV_DT_F32, 5, 40, 96);
+    report("linear_bf16");
+}
+
+TEST(kernels_linear_f32) {
+    const dsv_kernels *sets[3];
+    int ns = fast_sets(sets);
+    static const int Ms[] = {1, 3, 17}, Ns[] = {8, 40, 130}, Ks[] = {16, 100, 256};
+    static const dsv_dtype dts[] = {DSV_DT_BF16, DSV_DT_F16, DSV_DT_F32};
+    for (int d = 0; d < 3; d++)
+        for (int a = 0; a < 3; a++)
+            for (int b = 0; b < 3; b++)
+                for (int c = 0; c < 3; c++) {
+                    const int M = Ms[a], N = Ns[b], K = Ks[c];
+                    test_weight t = make_weight(dts[d], N, K);
+                    float *x = malloc((size_t)M * K * 4), *y0 = malloc((size_t)M * N * 4), *y1 = malloc((size_t)M * N * 4);
+                    float *y2 = malloc((size_t)M * N * 4);
+                    for (size_t i = 0; i < (size_t)M * K; i++) x[i] = rnd_normal();
+                    dsv_kernels_ref.linear_f32(y0, N, x, &t.w, M, 0, N, scratch_lin());
+                    for (int s = 0; s < ns; s++) {
+                        sets[s]->linear_f32(y1, N, x, &t.w, M, 0, N, scratch_lin());
+                        double e = track(s, sets[s], nmse_f32(y1, y0, (size_t)M * N));
+                        CHECKF(e <= 1e-9, "%s linear_f32 %s M=%d N=%d K=%d: NMSE %.3g", sets[s]->name,
+                               dsv_dtype_name(dts[d]), M, N, K, e);
+                        for (int i = 0; i < M; i++)
+                            sets[s]->linear_f32(y2 + (size_t)i * N, N, x + (size_t)i * K, &t.w, 1, 0, N, scratch_lin());
+                        CHECKF(!memcmp(y1, y2, (size_t)M * N * 4), "%s linear_f32 rows alone differ", sets[s]->name);
+                    }
+                    free(x); free(y0); free(y1); free(y2);
+                    free_weight(&t);
+                }
+    report("linear_f32");
+}
+
+/* ---- indexer --------------------------------------------------------------- */
+
+TEST(kernels_index_score) {
+    const dsv_kernels *sets[3];
+    int ns = fast_sets(sets);
+    static const int Hs[] = {8, 64, 20}, Ns[] = {1, 5, 16, 64, 100}, NQ = 5;
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 5; b++) {
+            const int H = Hs[a], n = Ns[b];
+            const size_t qb = dsv_index_q_bytes(H);
+            uint8_t *q8 = malloc((size_t)NQ * H * 128), *k8 = malloc((size_t)n * 128);
+            float *w = malloc((size_t)NQ * H * 4), *ks = malloc((size_t)n * 4);
+            float *o0 = malloc((size_t)NQ * n * 4), *o1 = malloc((size_t)NQ * n * 4), *o2 = malloc((size_t)NQ * n * 4);
+            char *qp = alloc64(NQ * qb);
+            fill_e4m3(q8, (size_t)NQ * H * 128);
+            fill_e4m3(k8, (size_t)n * 128);
+            for (int i = 0; i < NQ * H; i++) w[i] = rnd_normal() * 0.01f;
+            for (int i = 0; i < n; i++) ks[i] = powf(2.0f, (float)((int)(rnd_u32() % 8) - 4));
+            for (int t = 0; t < NQ; t++) dsv_kernels_ref.index_q_pack(qp + t * qb, q8 + (size_t)t * H * 128, H);
+            dsv_kernels_ref.index_score(o0, n, qp, w, H, NQ, k8, ks, n, scratch_lin());
+            for (int s = 0; s < ns; s++) {
+                for (int t = 0; t < NQ; t++) sets[s]->index_q_pack(qp + t * qb, q8 + (size_t)t * H * 128, H);
+                sets[s]->index_score(o1, n, qp, w, H, NQ, k8, ks, n, scratch_lin());
+                double e = track(s, sets[s], nmse_f32(o1, o0, (size_t)NQ * n));
+                CHECKF(e <= 1e-9, "%s index_score H=%d n=%d: NMSE %.3g", sets[s]->name, H, n, e);
+                /* Invariance: one query at a time, and keys split at 3. */
+                for (int t = 0; t < NQ; t++) {
+                    sets[s]->index_score(o2 + (size_t)t * n, n, qp + t * qb, w + (size_t)t * H, H, 1, k8, ks,
+                                         n < 3 ? n : 3, scratch_lin());
+                    if (n > 3)
+                        sets[s]->index_score(o2 + (size_t)t * n + 3, n, qp + t * qb, w + (size_t)t * H, H, 1,
+                                             k8 + 3 * 128, ks + 3, n - 3, scratch_lin());
+                }
+                CHECKF(!memcmp(o1, o2, (size_t)NQ * n * 4), "%s index_score H=%d n=%d: split differs", sets[s]->name,
+                       H, n);
+            }
+            free(q8); free(k8); free(w); free(ks); free(o0); free(o1); free(o2); free(qp);
+        }
+    report("index_score");
+}
+
+TEST(kernels_topk_select_equals_topk) {
+    enum { MAXN = 3000 };
+    static float s[MAXN];
+    static int32_t a[MAXN], b[MAXN], r[MAXN], scratch[2 * MAXN + 256];
+    static const int ns[] = {1, 2, 7, 64, 1000, 3000};
+    for (int trial = 0; trial < 30; trial++)
+        for (int ni = 0; ni < 6; ni++) {
+            const int n = ns[ni];
+            /* Few distinct values (many ties), or fine ones; signs, zeros of both signs, -inf. */
+            for (int i = 0; i < n; i++) {
+                if (trial % 3 == 0) s[i] = (float)((int)(rnd_u32() % 7) - 3);
+                else s[i] = rnd_normal() * (trial % 3 == 1 ? 1e-3f : 1e3f);
+            }
+            if (n > 4 && trial % 5 == 1) { s[0] = -0.0f; s[1] = 0.0f; s[2] = -INFINITY; s[3] = INFINITY; }
+            if (n > 10 && trial % 7 == 2) s[n / 2] = NAN;
+            for (int k = 1; k <= n; k += (n > 100 ? 97 : 1)) {
+                dsv_topk(a, s, n, k, scratch);
+                dsv_topk_select(b, r, s, n, k, scratch);
+                /* ranked equals dsv_topk's order; b is the same set, ascending */
+                CHECKF(!memcmp(a, r, (size_t)k * 4), "topk_select order differs (n=%d k=%d trial %d)", n, k, trial);
+                for (int i = 1; i < k; i++) CHECK(b[i - 1] < b[i]);
+                int in = 1;
+                for (int i = 0; i < k && in; i++) {
+                    in = 0;
+                    for (int j = 0; j < k; j++) in |= a[j] == b[i];
+                }
+                CHECKF(in, "topk_select set differs (n=%d k=%d)", n, k);
+            }
+        }
+}
+
+/* ---- attention ------------------------------------------------------------- */
+
+TEST(kernels_mqa_attn) {
+    const dsv_kernels *sets[3];
+    int ns = fast_sets(sets);
+    static const struct { int H, C, R, n; } cs[] = {{16, 512, 64, 1}, {16, 512, 64, 77}, {6, 256, 32, 40},
+                                                     {20, 128, 32, 300}, {4, 128, 32, 17}};
+    for (int ci = 0; ci < 5; ci++) {
+        const int H = cs[ci].H, C = cs[ci].C, R = cs[ci].R, n = cs[ci].n;
+        dsv_bf16 *qa = malloc((size_t)H * C * 2), *qp = malloc((size_t)H * R * 2), *kv = malloc((size_t)n * C * 2);
+        dsv_bf16 *pe = malloc((size_t)n * R * 2), *o0 = malloc((size_t)H * C * 2), *o1 = malloc((size_t)H * C * 2);
+        dsv_bf16 *o2 = malloc((size_t)H * C * 2);
+        float *scr = alloc64(dsv_attn_scratch(n, C) * 4);
+        fill_bf16(qa, (size_t)H * C, 0.05f);
+        fill_bf16(qp, (size_t)H * R, 0.3f);
+        fill_bf16(kv, (size_t)n * C, 1.0f);
+        fill_bf16(pe, (size_t)n * R, 1.0f);
+        dsv_kernels_ref.mqa_attn(o0, qa, qp, kv, pe, n, C, R, 0.135f, 0, H, scr);
+        for (int s = 0; s < ns; s++) {
+            sets[s]->mqa_attn(o1, qa, qp, kv, pe, n, C, R, 0.135f, 0, H, scr);
+            double e = track(s, sets[s], nmse_bf16(o1, o0, (size_t)H * C));
+            CHECKF(e <= 1e-4, "%s mqa_attn H=%d C=%d n=%d: NMSE %.3g", sets[s]->name, H, C, n, e);
+            /* Invariance: heads one by one, and split unevenly. */
+            for (int h = 0; h < H; h++) sets[s]->mqa_attn(o2, qa, qp, kv, pe, n, C, R, 0.135f, h, h + 1, scr);
+            CHECKF(!memcmp(o1, o2, (size_t)H * C * 2), "%s mqa_attn: heads alone differ", sets[s]->name);
+            sets[s]->mqa_attn(o2, qa, qp, kv, pe, n, C, R, 0.135f, 0, H / 3, scr);
+            sets[s]->mqa_attn(o2, qa, qp, kv, pe, n, C, R, 0.135f, H / 3, H, scr);
+            CHECKF(!memcmp(o1, o2, (size_t)H * C * 2), "%s mqa_attn: split heads differ", sets[s]->name);
+        }
+        free(qa); free(qp); free(kv); free(pe); free(o0); free(o1); free(o2); free(scr);
+    }
+    report("mqa_attn");
+}
+
+TEST(kernels_mha_attn) {
+    const dsv_kernels *sets[3];
+    int ns = fast_sets(sets);
+    static const struct { int H, N, R, V, E, n; } cs[] = {{16, 128, 64, 128, 300, 200}, {6, 64, 32, 64, 50, 1},
+                                                           {4, 48, 32, 64, 90, 33}, {3, 128, 64, 128, 20, 20}};
+    for (int ci = 0; ci < 4; ci++) {
+        const int H = cs[ci].H, N = cs[ci].N, R = cs[ci].R, V = cs[ci].V, E = cs[ci].E, n = cs[ci].n;
+        dsv_bf16 *q = malloc((size_t)H * (N + R) * 2), *kvb = malloc((size_t)E * H * (N + V) * 2);
+        dsv_bf16 *pe = malloc((size_t)E * R * 2), *o0 = malloc((size_t)H * V * 2), *o1 = malloc((size_t)H * V * 2);
+        dsv_bf16 *o2 = malloc((size_t)H * V * 2);
+        int32_t *idx = malloc((size_t)n * 4);
+        float *scr = alloc64(dsv_attn_scratch(n, V) * 4);
+        fill_bf16(q, (size_t)H * (N + R), 0.1f);
+        fill_bf16(kvb, (size_t)E * H * (N + V), 1.0f);
+        fill_bf16(pe, (size_t)E * R, 1.0f);
+        for (int j = 0; j < n; j++) idx[j] = (int32_t)((j * 7 + 3) % E);
+        dsv_kernels_ref.mha_attn(o0, q, kvb, pe, idx, n, H, N, R, V, 0.135f, 0, H, scr);
+        for (int s = 0; s < ns; s++) {
+            sets[s]->mha_attn(o1, q, kvb, pe, idx, n, H, N, R, V, 0.135f, 0, H, scr);
+            double e = track(s, sets[s], nmse_bf16(o1, o0, (size_t)H * V));
+            CHECKF(e <= 1e-4, "%s mha_attn H=%d N=%d n=%d: NMSE %.3g", sets[s]->name, H, N, n, e);
+            for (int h = 0; h < H; h++) sets[s]->mha_attn(o2, q, kvb, pe, idx, n, H, N, R, V, 0.135f, h, h + 1, scr);
+            CHECKF(!memcmp(o1, o2, (size_t)H * V * 2), "%s mha_attn: heads alone differ", sets[s]->name);
+        }
+        free(q); free(kvb); free(pe); free(o0); free(o1); free(o2); free(idx); free(scr);
+    }
+    report("mha_attn");
+}
+
+TEST(kernels_absorb) {
+    const dsv_kernels *sets[3];
+    int ns = fast_sets(sets);
+    static const struct { int H, N, V, C; dsv_dtype dt; } cs[] = {
+        {4, 128, 128, 512, DSV_DT_F8_E4M3}, {3, 64, 64, 256, DSV_DT_F8_E4M3}, {4, 48, 64, 128, DSV_DT_BF16},
+        {2, 128, 128, 512, DSV_DT_BF16}, {2, 16, 16, 40, DSV_DT_F32}};
+    for (int ci = 0; ci < 5; ci++) {
+        const int H = cs[ci].H, N = cs[ci].N, V = cs[ci].V, C = cs[ci].C;
+        test_weight t = make_weight(cs[ci].dt, H * (N + V), C);
+        dsv_bf16 *qn = malloc((size_t)N * 2), *ol = malloc((size_t)C * 2);
+        dsv_bf16 *a0 = malloc((size_t)C * 2), *a1 = malloc((size_t)C * 2), *b0 = malloc((size_t)V * 2), *b1 = malloc((size_t)V * 2);
+        float *acc = malloc((size_t)C * 4);
+        fill_bf16(qn, (size_t)N, 1.0f);
+        fill_bf16(ol, (size_t)C, 1.0f);
+        for (int h = 0; h < H; h++) {
+            dsv_kernels_ref.absorb_q(a0, qn, &t.w, h * (N + V), N, acc);
+            dsv_kernels_ref.absorb_o(b0, ol, &t.w, h * (N + V) + N, V);
+            for (int s = 0; s < ns; s++) {
+                sets[s]->absorb_q(a1, qn, &t.w, h * (N + V), N, acc);
+                sets[s]->absorb_o(b1, ol, &t.w, h * (N + V) + N, V);
+                double e = track(s, sets[s], nmse_bf16(a1, a0, (size_t)C));
+                if (strcmp(sets[s]->name, "amx")) CHECKF(!memcmp(a0, a1, (size_t)C * 2), "%s absorb_q not exact", sets[s]->name);
+                CHECKF(e <= 1e-5, "%s absorb_q: NMSE %.3g", sets[s]->name, e);
+                e = track(s, sets[s], nmse_bf16(b1, b0, (size_t)V));
+                CHECKF(e <= 1e-5, "%s absorb_o C=%d: NMSE %.3g", sets[s]->name, C, e);
+            }
+        }
+        free(qn); free(ol); free(a0); free(a1); free(b0); free(b1); free(acc);
+        free_weight(&t);
+    }
+    report("absorb");
+}
+
+TEST(kernels_force_and_names) {
+    CHECK_EQ_INT(dsv_kernels_force("generic"), DSV_OK);
+    CHECK_STR(dsv_kernels_name(), "generic");
+    CHECK_EQ_INT(dsv_kernels_force("sse9"), DSV_ERR_ARG);
+    CHECK(strstr(dsv_errmsg(), "sse9") != NULL);
+    CHECK_STR(dsv_kernels_name(), "generic"); /* unchanged by the failure */
+    CHECK_EQ_INT(dsv_kernels_force(NULL), DSV_OK);
+    const char *best = dsv_kernels_name();
+    CHECK(!strcmp(best, "generic") || !strcmp(best, "avx2") || !strcmp(best, "avx512") || !strcmp(best, "amx"));
+    /* DSV32_ISA forces a level, and an impossible one is an error, not a crash. */
+    setenv("DSV32_ISA", "generic", 1);
+    CHECK_EQ_INT(dsv_kernels_select(), DSV_OK);
+    CHECK_STR(dsv_kernels_name(), "generic");
+    setenv("DSV32_ISA", "bogus", 1);
+    CHECK_EQ_INT(dsv_kernels_select(), DSV_ERR_ARG);
+    CHECK(strstr(dsv_errmsg(), "DSV32_ISA") != NULL);
+    unsetenv("DSV32_ISA");
+}
