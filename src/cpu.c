@@ -11,18 +11,29 @@
 #include <string.h>
 
 #include "ops.h"
+#include "threads.h"
 #include "util.h"
 
 #if defined(__x86_64__)
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
-enum { LV_GENERIC, LV_AVX2, LV_AVX512, LV_COUNT };
+enum { LV_GENERIC, LV_AVX2, LV_AVX512, LV_AMX, LV_COUNT };
 
 static unsigned long long xgetbv0(void) {
     unsigned lo, hi;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     return ((unsigned long long)hi << 32) | lo;
 }
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+/* Permission to use the AMX tile data (process-wide in Linux; asking again
+ * from each pool thread, as the hook does, is harmless). */
+static int amx_permit(void) { return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0; }
+static void amx_thread_init(void) { (void)amx_permit(); }
 
 static int top_level;
 
@@ -35,7 +46,6 @@ static void detect(void) {
     const unsigned long long xcr0 = xgetbv0();
     if ((xcr0 & 0x6) != 0x6) return; /* SSE and AVX state */
     unsigned b7 = 0, c7 = 0, d7 = 0, a71 = 0, t;
-    (void)d7;
     if (!__get_cpuid_count(7, 0, &t, &b7, &c7, &d7)) return;
     if (t >= 1) __get_cpuid_count(7, 1, &a71, &t, &t, &t);
     const int avx2 = (b7 >> 5) & 1;
@@ -46,9 +56,15 @@ static void detect(void) {
     const int vnni = (c7 >> 11) & 1, bf16 = (a71 >> 5) & 1;
     if (!(f && dq && bw && vl && vnni && bf16) || (xcr0 & 0xe0) != 0xe0) return;
     top_level = LV_AVX512;
+    /* amx: TILE, BF16, INT8, the XTILECFG/XTILEDATA state, and permission. */
+    const int amx_bf16 = (d7 >> 22) & 1, amx_tile = (d7 >> 24) & 1, amx_int8 = (d7 >> 25) & 1;
+    if (!(amx_bf16 && amx_tile && amx_int8) || (xcr0 & 0x60000) != 0x60000 || !amx_permit()) return;
+    dsv_thread_init_hook = amx_thread_init;
+    top_level = LV_AMX;
 }
 
-static const dsv_kernels *const sets[LV_COUNT] = {&dsv_kernels_ref, &dsv_kernels_avx2, &dsv_kernels_avx512};
+static const dsv_kernels *const sets[LV_COUNT] = {&dsv_kernels_ref, &dsv_kernels_avx2, &dsv_kernels_avx512,
+                                                  &dsv_kernels_amx};
 #else
 enum { LV_GENERIC, LV_COUNT };
 static int top_level;

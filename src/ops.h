@@ -143,11 +143,11 @@ typedef struct dsv_kernels {
     void (*absorb_o)(dsv_bf16 *o, const dsv_bf16 *o_lat, const dsv_linear *wkv_b, int row0, int V);
 } dsv_kernels;
 
-/* The sets: generic (ops_ref.c) everywhere; on x86-64 also avx2 and avx512
- * (ops_<isa>.c), each used only where cpu.c finds CPU and OS support. */
+/* The sets: generic (ops_ref.c) everywhere; on x86-64 also avx2, avx512 and
+ * amx (ops_<isa>.c), each used only where cpu.c finds CPU and OS support. */
 extern const dsv_kernels dsv_kernels_ref;
 #if defined(__x86_64__)
-extern const dsv_kernels dsv_kernels_avx2, dsv_kernels_avx512;
+extern const dsv_kernels dsv_kernels_avx2, dsv_kernels_avx512, dsv_kernels_amx;
 #endif
 /* The active set (dsv_kernels_ref until dsv_kernels_select runs). */
 extern const dsv_kernels *dsv_kern;

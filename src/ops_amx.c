@@ -1,0 +1,459 @@
+/* ops_amx.c: the AMX kernel set: linear layers on AMX-BF16 tiles, the rest
+ * shared with the AVX-512 set.
+ *
+ * A linear computes Cᵀ = W·Xᵀ: the weight rows, as stored (16 rows x 32
+ * values of K), are the A operand, so no weight is ever repacked ahead of
+ * time; the activations, transposed once per call into the VNNI layout
+ * (pairs of consecutive k per 32-bit column), are the B operand. A tile of
+ * results is then 16 outputs x 16 input rows. fp8 weights are widened to
+ * bf16 (exactly: every e4m3 value is a bf16 value) into a small per-thread
+ * buffer as they are used, and so are the quantized activations at packing
+ * time, so the tile products are exactly the e4m3 products. For fp8, each
+ * 128-wide K block gets a fresh accumulator tile, which is then scaled by
+ * xs * ws and added into fp32 totals (fp8_gemm's block promotion); bf16
+ * layers accumulate the whole K in the tile.
+ *
+ * Batch invariance: an output element's value is the sequence of tile
+ * products over its own row and column, in K order (storing a tile and
+ * loading it back to continue is exact), then the same promotion and
+ * rounding. That sequence does not depend on the number of rows, on which
+ * other rows share the tile (zero-padded rows add nothing to other rows'
+ * elements) or on the column range. Two loop orders exist, one streaming
+ * the weights once for up to 32 input rows (decoding: the weights are read
+ * at memory speed) and one blocked for cache reuse (prefill); both run that
+ * same sequence per element, so they agree bit for bit.
+ *
+ * AMX's own summation (TDPBF16PS) is more precise than a chain of fp32
+ * adds and differs from AVX512_BF16's VDPBF16PS, which is why the AMX set
+ * never mixes in another kernel for any row count. Tiles are configured once
+ * per thread (16 rows x 64 bytes each). */
+#include <string.h>
+
+#include "ops_avx512.h"
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((packed)) tile_config;
+
+static _Thread_local int tiles_ready;
+
+static void tiles_configure(void) {
+    if (tiles_ready) return;
+    tile_config c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int i = 0; i < 8; i++) {
+        c.colsb[i] = 64;
+        c.rows[i] = 16;
+    }
+    _tile_loadconfig(&c);
+    tiles_ready = 1;
+}
+
+static inline int round16(int n) { return (n + 15) & ~15; }
+static inline int round32(int n) { return (n + 31) & ~31; }
+
+/* ---- conversions ------------------------------------------------------- */
+
+/* 32 e4m3 codes -> bf16 bits, exactly. s.eeee.mmm shifted into bf16's
+ * exponent and mantissa with the exponent rebiased (+120) is the value for
+ * every normal code; the 8 subnormal magnitudes (eeee = 0) come from a
+ * table. NaN codes read as +-480 unless `nan` (activations may be NaN;
+ * weights never are). */
+static inline __m512i e4m3x32_bf16(const uint8_t *p, int nan) {
+    static const uint16_t sub[32] = {0, 0x3b00, 0x3b80, 0x3bc0, 0x3c00, 0x3c20, 0x3c40, 0x3c60};
+    const __m512i t = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const void *)p));
+    __m512i mag = _mm512_add_epi16(_mm512_and_si512(_mm512_slli_epi16(t, 4), _mm512_set1_epi16(0x7f0)),
+                                   _mm512_set1_epi16(0x3c00));
+    mag = _mm512_mask_permutexvar_epi16(mag, _mm512_testn_epi16_mask(t, _mm512_set1_epi16(0x78)), t,
+                                        _mm512_loadu_si512(sub));
+    if (nan) mag = _mm512_mask_mov_epi16(mag, _mm512_cmpeq_epi16_mask(_mm512_and_si512(t, _mm512_set1_epi16(0x7f)),
+                                                                       _mm512_set1_epi16(0x7f)),
+                                         _mm512_set1_epi16(0x7fc0));
+    /* sign: bit 7 of the code to bit 15 */
+    return _mm512_ternarylogic_epi32(mag, _mm512_slli_epi16(t, 8), _mm512_set1_epi16((short)0x8000), 0xf8);
+}
+
+/* 32 weights of a non-fp8 row from element i as bf16 bits (the first n if
+ * n < 32, zeros after); f16/f32 weights rounded to bf16 as the reference's
+ * bf16 Linear holds them. */
+static inline __m512i w32_bf16(const dsv_linear *w, size_t i, int n) {
+    const __mmask32 m = n >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << n) - 1);
+    if (w->dtype == DSV_DT_BF16) return _mm512_maskz_loadu_epi16(m, (const dsv_bf16 *)w->w + i);
+    __m512 lo, hi;
+    if (w->dtype == DSV_DT_F16) {
+        lo = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16((__mmask16)m, (const uint16_t *)w->w + i));
+        hi = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16((__mmask16)(m >> 16), (const uint16_t *)w->w + i + 16));
+    } else {
+        lo = _mm512_maskz_loadu_ps((__mmask16)m, (const float *)w->w + i);
+        hi = _mm512_maskz_loadu_ps((__mmask16)(m >> 16), (const float *)w->w + i + 16);
+    }
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(f32x16_bf16_bits(lo))),
+                              _mm512_cvtepi32_epi16(f32x16_bf16_bits(hi)), 1);
+}
+
+/* Transposes a 16x16 matrix of 32-bit elements held in r[16] (row i in
+ * r[i]) in place: afterwards r[j] holds column j. */
+static inline void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    /* r[4g+k], 128-bit lane L, now holds element 4L+k of rows 4g..4g+3;
+     * two rounds of 128-bit block shuffles gather column 4L+k. */
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+        r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+    }
+}
+
+/* ---- packed activations ---------------------------------------------------
+ * Rows in tiles of 16 (padded with zero rows), K padded to 32 with zeros:
+ * tile mt, k-step kt is 16 rows of 64 bytes at xp + ((mt*Kp/32 + kt)*16)*64,
+ * row j holding (x[16mt+i][32kt+2j], x[16mt+i][32kt+2j+1]) for i = 0..15.
+ * fp8 layers then store the scales transposed, xsT[K/128][Mp], from the next
+ * 64-byte boundary. */
+
+static inline uint8_t *x_tile(const void *xp, int Kp, int mt, int kt) {
+    return (uint8_t *)xp + ((size_t)mt * (Kp / 32) + kt) * 1024;
+}
+static inline float *x_scales(const void *xp, int m, int K) {
+    return (float *)((uint8_t *)xp + (size_t)round16(m) * round32(K) * 2);
+}
+
+/* Writes the 16 x 32 bf16 block r[16] (row i = input row) as one B tile. */
+static inline void store_b_tile(uint8_t *dst, __m512i r[16]) {
+    transpose16(r);
+    for (int j = 0; j < 16; j++) _mm512_store_si512(dst + 64 * j, r[j]);
+}
+
+static void lin_pack_bf16(void *xp, const dsv_bf16 *x, int m, int K, int i0, int i1) {
+    const int Kp = round32(K);
+    (void)i1;
+    for (int mt = i0 / 16; mt * 16 < (i1 == m ? round16(m) : i1); mt++)
+        for (int kt = 0; kt < Kp / 32; kt++) {
+            __m512i r[16];
+            const int k = 32 * kt, len = K - k < 32 ? K - k : 32;
+            const __mmask32 km = len >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << len) - 1);
+            for (int i = 0; i < 16; i++) {
+                const int row = 16 * mt + i;
+                r[i] = row < m ? _mm512_maskz_loadu_epi16(km, x + (size_t)row * K + k) : _mm512_setzero_si512();
+            }
+            store_b_tile(x_tile(xp, Kp, mt, kt), r);
+        }
+}
+
+static void lin_pack_fp8(void *xp, const dsv_bf16 *x, int m, int K, int i0, int i1, int scale_fmt) {
+    const int Kp = K, Mp = round16(m);
+    float *xsT = x_scales(xp, m, K);
+    for (int mt = i0 / 16; mt * 16 < (i1 == m ? Mp : i1); mt++)
+        for (int kb = 0; kb < K / DSV_QBLOCK; kb++) {
+            _Alignas(64) uint8_t q[16][DSV_QBLOCK];
+            for (int i = 0; i < 16; i++) {
+                const int row = 16 * mt + i;
+                if (row >= m) {
+                    memset(q[i], 0, DSV_QBLOCK);
+                    xsT[(size_t)kb * Mp + row] = 0;
+                    continue;
+                }
+                __m512 v[8];
+                for (int j = 0; j < 8; j++) v[j] = bf16x16_load(x + (size_t)row * K + kb * DSV_QBLOCK + 16 * j);
+                xsT[(size_t)kb * Mp + row] = act_quant_group(q[i], v, scale_fmt);
+            }
+            for (int s = 0; s < 4; s++) {
+                __m512i r[16];
+                for (int i = 0; i < 16; i++) r[i] = e4m3x32_bf16(q[i] + 32 * s, 1);
+                store_b_tile(x_tile(xp, Kp, mt, kb * 4 + s), r);
+            }
+        }
+}
+
+/* ---- weight tiles ---------------------------------------------------------
+ * 16 rows of W from row n (rows >= N zero) and 32 * kts values of K from
+ * k0 (zeros past K), as bf16 A tiles [kts][16][32] at dst. */
+static void w_tiles(uint8_t *dst, const dsv_linear *w, int n, int k0, int kts) {
+    const int K = w->n_in, N = w->n_out;
+    for (int i = 0; i < 16; i++) {
+        const int row = n + i;
+        for (int kt = 0; kt < kts; kt++) {
+            uint8_t *d = dst + (size_t)kt * 1024 + 64 * i;
+            const int k = k0 + 32 * kt;
+            if (row >= N || k >= K) {
+                _mm512_store_si512(d, _mm512_setzero_si512());
+            } else if (w->dtype == DSV_DT_F8_E4M3) {
+                _mm512_store_si512(d, e4m3x32_bf16((const uint8_t *)w->w + (size_t)row * K + k, 0));
+            } else {
+                _mm512_store_si512(d, w32_bf16(w, (size_t)row * K + k, K - k));
+            }
+        }
+    }
+}
+
+/* ---- results --------------------------------------------------------------
+ * acc [n][ld] holds fp32 results for 16*nts outputs and mr input rows:
+ * y[r][n0 + j] = bf16(acc[j][r]). */
+static void write_out(dsv_bf16 *y, int ldy, const float *acc, int ld, int n0, int nn, int mr) {
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(ld));
+    for (int j = 0; j < nn; j += 16)
+        for (int r = 0; r < mr; r++) {
+            const __m512 v = _mm512_i32gather_ps(idx, acc + (size_t)j * ld + r, 4);
+            bf16x16_store_n(y + (size_t)r * ldy + n0 + j, v, nn - j < 16 ? nn - j : 16);
+        }
+}
+
+/* fp8_gemm's promotion of one block's tile c [16][16] (16 outputs of one
+ * 128-row scale block, 16 input rows): acc += c * (xs * ws). */
+static inline void promote(float *acc, int ld, const float *c, const float *xs, float ws) {
+    const __m512 t = _mm512_mul_ps(_mm512_loadu_ps(xs), _mm512_set1_ps(ws));
+    for (int r = 0; r < 16; r++)
+        _mm512_storeu_ps(acc + (size_t)r * ld, _mm512_fmadd_ps(_mm512_loadu_ps(c + 16 * r), t,
+                                                               _mm512_loadu_ps(acc + (size_t)r * ld)));
+}
+
+/* Tile registers: C 0..3 (C[2*nt + mt]), A 4..5, B 6..7. */
+
+/* Scratch layout (DSV_LIN_SCRATCH): weight tiles, then the fp32 totals,
+ * then four 1 KB result tiles. */
+#define KC 256 /* K chunk of the blocked order (a multiple of 128) */
+#define NB 128 /* weight rows per block */
+#define MC 256 /* input rows per chunk */
+#define SCR_W 0
+#define SCR_ACC (NB * KC * 2)
+#define SCR_C (SCR_ACC + NB * MC * 4)
+
+/* Tile loads cannot overlap the way vector loads do (a tile register is
+ * not renamed, so the next load into it waits for the product that reads
+ * it): streaming the weights from memory needs software prefetches. Lines
+ * at byte offset `off` of rows n.. (16 or 32 rows) are requested PF_STEPS
+ * k-steps ahead. */
+#define PF_STEPS 8
+static inline void prefetch_rows(const dsv_linear *w, int n, int nts, size_t off) {
+    const size_t row = (size_t)w->n_in * (w->dtype == DSV_DT_F8_E4M3 ? 1 : w->dtype == DSV_DT_F32 ? 4 : 2);
+    if (off >= row) return;
+    const int rows = nts * 16 < w->n_out - n ? nts * 16 : w->n_out - n;
+    const char *p = (const char *)w->w + (size_t)n * row + off;
+    for (int i = 0; i < rows; i++) _mm_prefetch(p + i * row, _MM_HINT_T0);
+}
+
+/* The streaming order for m <= 32: weight rows in pairs of 16, the whole K
+ * at once, every row of W read once. */
+static void stream(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1, uint8_t *scr) {
+    const int K = w->n_in, Kp = round32(K), KT = Kp / 32, fp8 = w->dtype == DSV_DT_F8_E4M3;
+    const int mts = (m + 15) / 16, Mp = round16(m);
+    const float *xsT = fp8 ? x_scales(xp, m, K) : NULL;
+    uint8_t *wt = scr + SCR_W;
+    float *acc = (float *)(scr + SCR_ACC), *ct = (float *)(scr + SCR_C);
+    const int direct = w->dtype == DSV_DT_BF16 && K % 32 == 0;
+    for (int n = n0; n < n1; n += 32) {
+        const int nts = n1 - n > 16 ? 2 : 1;
+        if (!fp8) {
+            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+            const int d0 = direct && n + 16 <= w->n_out, d1 = direct && n + 32 <= w->n_out;
+            const dsv_bf16 *w0 = (const dsv_bf16 *)w->w + (size_t)n * K, *w1 = w0 + (size_t)16 * K;
+            for (int kt = 0; kt < KT; kt++) {
+                prefetch_rows(w, n, nts, (size_t)(kt + PF_STEPS) * 64);
+                _tile_loadd(6, x_tile(xp, Kp, 0, kt), 64);
+                if (mts > 1) _tile_loadd(7, x_tile(xp, Kp, 1, kt), 64);
+                if (d0) {
+                    _tile_loadd(4, w0 + 32 * kt, K * 2);
+                } else {
+                    w_tiles(wt, w, n, 32 * kt, 1);
+                    _tile_loadd(4, wt, 64);
+                }
+                _tile_dpbf16ps(0, 4, 6);
+                if (mts > 1) _tile_dpbf16ps(1, 4, 7);
+                if (nts > 1) {
+                    if (d1) {
+                        _tile_loadd(5, w1 + 32 * kt, K * 2);
+                    } else {
+                        w_tiles(wt + 1024, w, n + 16, 32 * kt, 1);
+                        _tile_loadd(5, wt + 1024, 64);
+                    }
+                    _tile_dpbf16ps(2, 5, 6);
+                    if (mts > 1) _tile_dpbf16ps(3, 5, 7);
+                }
+            }
+            /* acc [32][32]: C tile (nt, mt) at rows 16nt, columns 16mt. */
+            _tile_stored(0, acc, 128);
+            _tile_stored(1, acc + 16, 128);
+            _tile_stored(2, acc + 16 * 32, 128);
+            _tile_stored(3, acc + 16 * 32 + 16, 128);
+        } else {
+            memset(acc, 0, 32 * 32 * 4);
+            const float *ws = w->scale + (size_t)(n / DSV_QBLOCK) * w->scale_ld;
+            const float *ws1 = nts > 1 ? w->scale + (size_t)((n + 16) / DSV_QBLOCK) * w->scale_ld : ws;
+            for (int kb = 0; kb < K / DSV_QBLOCK; kb++) {
+                prefetch_rows(w, n, nts, (size_t)(kb + 2) * DSV_QBLOCK);
+                prefetch_rows(w, n, nts, (size_t)(kb + 2) * DSV_QBLOCK + 64);
+                w_tiles(wt, w, n, kb * DSV_QBLOCK, 4);
+                if (nts > 1) w_tiles(wt + 4096, w, n + 16, kb * DSV_QBLOCK, 4);
+                _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                for (int s = 0; s < 4; s++) {
+                    _tile_loadd(6, x_tile(xp, Kp, 0, kb * 4 + s), 64);
+                    if (mts > 1) _tile_loadd(7, x_tile(xp, Kp, 1, kb * 4 + s), 64);
+                    _tile_loadd(4, wt + 1024 * s, 64);
+                    _tile_dpbf16ps(0, 4, 6);
+                    if (mts > 1) _tile_dpbf16ps(1, 4, 7);
+                    if (nts > 1) {
+                        _tile_loadd(5, wt + 4096 + 1024 * s, 64);
+                        _tile_dpbf16ps(2, 5, 6);
+                        if (mts > 1) _tile_dpbf16ps(3, 5, 7);
+                    }
+                }
+                _tile_stored(0, ct, 64);
+                promote(acc, 32, ct, xsT + (size_t)kb * Mp, ws[kb]);
+                if (mts > 1) {
+                    _tile_stored(1, ct + 256, 64);
+                    promote(acc + 16, 32, ct + 256, xsT + (size_t)kb * Mp + 16, ws[kb]);
+                }
+                if (nts > 1) {
+                    _tile_stored(2, ct + 512, 64);
+                    promote(acc + 16 * 32, 32, ct + 512, xsT + (size_t)kb * Mp, ws1[kb]);
+                    if (mts > 1) {
+                        _tile_stored(3, ct + 768, 64);
+                        promote(acc + 16 * 32 + 16, 32, ct + 768, xsT + (size_t)kb * Mp + 16, ws1[kb]);
+                    }
+                }
+            }
+        }
+        write_out(y, ldy, acc, 32, n, (n1 - n < 32 ? n1 - n : 32), m);
+    }
+}
+
+/* The blocked order for m > 32: chunks of MC input rows x blocks of NB
+ * weight rows x chunks of KC of K, so that the weight block, the input
+ * chunk and the totals stay in L2 while 2x2 tiles sweep them. */
+static void blocked(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1, uint8_t *scr) {
+    const int K = w->n_in, Kp = round32(K), fp8 = w->dtype == DSV_DT_F8_E4M3, Mp = round16(m);
+    const float *xsT = fp8 ? x_scales(xp, m, K) : NULL;
+    uint8_t *wt = scr + SCR_W;
+    float *acc = (float *)(scr + SCR_ACC), *ct = (float *)(scr + SCR_C);
+    for (int mc = 0; mc < m; mc += MC) {
+        const int mr = m - mc < MC ? m - mc : MC, mtn = (mr + 15) / 16;
+        for (int nb = n0; nb < n1; nb += NB) {
+            const int nr = n1 - nb < NB ? n1 - nb : NB, ntn = (nr + 15) / 16;
+            if (fp8) memset(acc, 0, (size_t)NB * MC * 4);
+            for (int kc = 0; kc < Kp; kc += KC) {
+                const int kts = (Kp - kc < KC ? Kp - kc : KC) / 32;
+                for (int nt = 0; nt < ntn; nt++) w_tiles(wt + (size_t)nt * kts * 1024, w, nb + 16 * nt, kc, kts);
+                for (int mt = 0; mt < mtn; mt += 2) {
+                    const int two_m = mt + 1 < mtn;
+                    for (int nt = 0; nt < ntn; nt += 2) {
+                        const int two_n = nt + 1 < ntn;
+                        float *c00 = acc + (size_t)nt * 16 * MC + mt * 16;
+                        const uint8_t *a0 = wt + (size_t)nt * kts * 1024, *a1 = a0 + (size_t)kts * 1024;
+                        if (!fp8) {
+                            if (kc == 0) {
+                                _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                            } else {
+                                _tile_loadd(0, c00, MC * 4);
+                                _tile_loadd(1, c00 + 16, MC * 4);
+                                _tile_loadd(2, c00 + 16 * MC, MC * 4);
+                                _tile_loadd(3, c00 + 16 * MC + 16, MC * 4);
+                            }
+                            for (int kt = 0; kt < kts; kt++) {
+                                _tile_loadd(4, a0 + kt * 1024, 64);
+                                _tile_loadd(6, x_tile(xp, Kp, (mc / 16) + mt, kc / 32 + kt), 64);
+                                _tile_dpbf16ps(0, 4, 6);
+                                if (two_m) {
+                                    _tile_loadd(7, x_tile(xp, Kp, (mc / 16) + mt + 1, kc / 32 + kt), 64);
+                                    _tile_dpbf16ps(1, 4, 7);
+                                }
+                                if (two_n) {
+                                    _tile_loadd(5, a1 + kt * 1024, 64);
+                                    _tile_dpbf16ps(2, 5, 6);
+                                    if (two_m) _tile_dpbf16ps(3, 5, 7);
+                                }
+                            }
+                            _tile_stored(0, c00, MC * 4);
+                            _tile_stored(1, c00 + 16, MC * 4);
+                            _tile_stored(2, c00 + 16 * MC, MC * 4);
+                            _tile_stored(3, c00 + 16 * MC + 16, MC * 4);
+                            continue;
+                        }
+                        const int n = nb + 16 * nt;
+                        const float *ws = w->scale + (size_t)(n / DSV_QBLOCK) * w->scale_ld;
+                        const float *ws1 = two_n ? w->scale + (size_t)((n + 16) / DSV_QBLOCK) * w->scale_ld : ws;
+                        for (int b = 0; b < kts / 4; b++) {
+                            const int kb = kc / DSV_QBLOCK + b;
+                            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                            for (int s = 4 * b; s < 4 * b + 4; s++) {
+                                _tile_loadd(4, a0 + s * 1024, 64);
+                                _tile_loadd(6, x_tile(xp, Kp, (mc / 16) + mt, kc / 32 + s), 64);
+                                _tile_dpbf16ps(0, 4, 6);
+                                if (two_m) {
+                                    _tile_loadd(7, x_tile(xp, Kp, (mc / 16) + mt + 1, kc / 32 + s), 64);
+                                    _tile_dpbf16ps(1, 4, 7);
+                                }
+                                if (two_n) {
+                                    _tile_loadd(5, a1 + s * 1024, 64);
+                                    _tile_dpbf16ps(2, 5, 6);
+                                    if (two_m) _tile_dpbf16ps(3, 5, 7);
+                                }
+                            }
+                            const float *xs = xsT + (size_t)kb * Mp + mc + mt * 16;
+                            _tile_stored(0, ct, 64);
+                            promote(c00, MC, ct, xs, ws[kb]);
+                            if (two_m) {
+                                _tile_stored(1, ct + 256, 64);
+                                promote(c00 + 16, MC, ct + 256, xs + 16, ws[kb]);
+                            }
+                            if (two_n) {
+                                _tile_stored(2, ct + 512, 64);
+                                promote(c00 + 16 * MC, MC, ct + 512, xs, ws1[kb]);
+                                if (two_m) {
+                                    _tile_stored(3, ct + 768, 64);
+                                    promote(c00 + 16 * MC + 16, MC, ct + 768, xs + 16, ws1[kb]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            write_out(y + (size_t)mc * ldy, ldy, acc, MC, nb, nr, mr);
+        }
+    }
+}
+
+static void linear(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1, void *scratch) {
+    tiles_configure();
+    if (m <= 32) stream(y, ldy, xp, w, m, n0, n1, scratch);
+    else blocked(y, ldy, xp, w, m, n0, n1, scratch);
+}
+
+_Static_assert(SCR_C + 4096 <= DSV_LIN_SCRATCH, "AMX linear scratch");
+
+const dsv_kernels dsv_kernels_amx = {
+    .name = "amx",
+    .act_quant = dsv_avx512_act_quant,
+    .dequant = dsv_avx512_dequant,
+    .lin_pack_fp8 = lin_pack_fp8,
+    .linear_fp8 = linear,
+    .lin_pack_bf16 = lin_pack_bf16,
+    .linear_bf16 = linear,
+    .linear_f32 = dsv_avx512_linear_f32,
+    .index_q_pack = dsv_avx512_index_q_pack,
+    .index_score = dsv_avx512_index_score,
+    .mqa_attn = dsv_avx512_mqa_attn,
+    .mha_attn = dsv_avx512_mha_attn,
+    .absorb_q = dsv_avx512_absorb_q,
+    .absorb_o = dsv_avx512_absorb_o,
+};
