@@ -1,21 +1,30 @@
 /* test_conformance.c: every case of ../shared/conformance judged by its
  * README's rule: both configs; b1; b2 with each row its own sequence (both in
- * one batch); long. */
+ * one batch); long; each at every kernel level the machine has. */
 #include <stdio.h>
 
 #include "conformance.h"
 #include "test.h"
 
-static void run_case(const char *config, const char *case_name) {
+static const char *cur_config, *cur_case;
+
+static void run_level(const char *level) {
+    const char *config = cur_config, *case_name = cur_case;
     conf_metrics rows[4];
     int n = conf_run(config, case_name, 2, rows, 4);
     REQUIREF(n > 0, "%s/%s did not run", config, case_name);
     conf_limits lim = conf_limits_for(config);
     for (int r = 0; r < n; r++) {
         char label[128];
-        snprintf(label, sizeof label, "%s %s row %d", config, case_name, r);
+        snprintf(label, sizeof label, "%s %s %s row %d", level, config, case_name, r);
         conf_judge(label, &rows[r], &lim);
     }
+}
+
+static void run_case(const char *config, const char *case_name) {
+    cur_config = config;
+    cur_case = case_name;
+    at_each_level(run_level);
 }
 
 TEST(conformance_fp8_b1) { run_case("public_sparse_fp8", "b1"); }

@@ -1,10 +1,12 @@
-/* test_forward.c: invariants of the forward pass on a conformance model.
- * Each holds bit for bit, because no row's arithmetic depends on the other
- * rows of a call, on how the work is split across threads, or on the order
- * in which selected positions were ranked. */
+/* test_forward.c: invariants of the forward pass on a conformance model, at
+ * every kernel level the machine has. Each holds bit for bit, because no
+ * row's arithmetic depends on the other rows of a call, on how the work is
+ * split across threads, or on the order in which selected positions were
+ * ranked. */
 #include <stdlib.h>
 #include <string.h>
 
+#include "conformance.h"
 #include "dsv32.h"
 #include "test.h"
 
@@ -51,7 +53,8 @@ static int same(const float *a, const float *b, size_t n) { return memcmp(a, b, 
 
 enum { N = 160 };
 
-TEST(topk_covering_context_equals_dense) {
+static void topk_covering_context_equals_dense_at(const char *level) {
+    (void)level;
     dsv_model *m = open_model("public_sparse_fp8");
     const int V = dsv_model_config(m)->vocab_size;
     int32_t t[N];
@@ -77,8 +80,10 @@ TEST(topk_covering_context_equals_dense) {
     free(b);
     dsv_model_close(m);
 }
+TEST(topk_covering_context_equals_dense) { at_each_level(topk_covering_context_equals_dense_at); }
 
-TEST(chunked_prefill_equals_one_call) {
+static void chunked_prefill_equals_one_call_at(const char *level) {
+    (void)level;
     dsv_model *m = open_model("public_sparse_fp8");
     const int V = dsv_model_config(m)->vocab_size;
     int32_t t[N];
@@ -111,8 +116,10 @@ TEST(chunked_prefill_equals_one_call) {
     free(b);
     dsv_model_close(m);
 }
+TEST(chunked_prefill_equals_one_call) { at_each_level(chunked_prefill_equals_one_call_at); }
 
-TEST(batch_equals_each_sequence_alone) {
+static void batch_equals_each_sequence_alone_at(const char *level) {
+    (void)level;
     dsv_model *m = open_model("public_sparse_bf16");
     const int V = dsv_model_config(m)->vocab_size;
     enum { A = 70, B = 45, STEPS = 6 };
@@ -148,8 +155,10 @@ TEST(batch_equals_each_sequence_alone) {
     free(both);
     dsv_model_close(m);
 }
+TEST(batch_equals_each_sequence_alone) { at_each_level(batch_equals_each_sequence_alone_at); }
 
-TEST(threads_do_not_change_results) {
+static void threads_do_not_change_results_at(const char *level) {
+    (void)level;
     dsv_model *m = open_model("public_sparse_fp8");
     const int V = dsv_model_config(m)->vocab_size;
     int32_t t[N];
@@ -167,8 +176,10 @@ TEST(threads_do_not_change_results) {
     free(b);
     dsv_model_close(m);
 }
+TEST(threads_do_not_change_results) { at_each_level(threads_do_not_change_results_at); }
 
-TEST(truncate_and_refeed) {
+static void truncate_and_refeed_at(const char *level) {
+    (void)level;
     dsv_model *m = open_model("public_sparse_fp8");
     const int V = dsv_model_config(m)->vocab_size;
     int32_t t[N];
@@ -188,6 +199,7 @@ TEST(truncate_and_refeed) {
     free(b);
     dsv_model_close(m);
 }
+TEST(truncate_and_refeed) { at_each_level(truncate_and_refeed_at); }
 
 TEST(forward_rejects_bad_calls_without_side_effects) {
     dsv_model *m = open_model("public_sparse_bf16");
