@@ -56,7 +56,7 @@ static inline size_t dsv_lin_pack_bytes(int m, int K) {
     return mp * kp * 4 + mp * ((size_t)K / DSV_QBLOCK + 1) * 4 + 128;
 }
 /* Per-thread scratch bytes a linear or indexer kernel may use. */
-#define DSV_LIN_SCRATCH ((size_t)320 << 10)
+#define DSV_LIN_SCRATCH ((size_t)384 << 10)
 /* Bytes of one packed indexer query (index_q_pack) of n_heads heads. */
 static inline size_t dsv_index_q_bytes(int n_heads) { return (((size_t)n_heads + 15) & ~(size_t)15) * 128 * 4 + 64; }
 /* Floats of per-thread scratch the attention kernels need for n keys and a

@@ -96,7 +96,7 @@ static inline __m512i w32_bf16(const dsv_linear *w, size_t i, int n) {
 
 /* Transposes a 16x16 matrix of 32-bit elements held in r[16] (row i in
  * r[i]) in place: afterwards r[j] holds column j. */
-static inline void transpose16(__m512i r[16]) {
+static inline __attribute__((always_inline)) void transpose16(__m512i r[16]) {
     __m512i t[16];
     for (int i = 0; i < 16; i += 2) {
         t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
@@ -189,33 +189,72 @@ static void lin_pack_fp8(void *xp, const dsv_bf16 *x, int m, int K, int i0, int 
  * 16 rows of W from row n (rows >= N zero) and 32 * kts values of K from
  * k0 (zeros past K), as bf16 A tiles [kts][16][32] at dst. */
 static void w_tiles(uint8_t *dst, const dsv_linear *w, int n, int k0, int kts) {
-    const int K = w->n_in, N = w->n_out;
+    const int K = w->n_in, rows = w->n_out - n < 16 ? w->n_out - n : 16;
     for (int i = 0; i < 16; i++) {
-        const int row = n + i;
-        for (int kt = 0; kt < kts; kt++) {
-            uint8_t *d = dst + (size_t)kt * 1024 + 64 * i;
-            const int k = k0 + 32 * kt;
-            if (row >= N || k >= K) {
-                _mm512_store_si512(d, _mm512_setzero_si512());
-            } else if (w->dtype == DSV_DT_F8_E4M3) {
-                _mm512_store_si512(d, e4m3x32_bf16((const uint8_t *)w->w + (size_t)row * K + k, 0));
-            } else {
-                _mm512_store_si512(d, w32_bf16(w, (size_t)row * K + k, K - k));
+        uint8_t *d = dst + 64 * i;
+        if (i >= rows) {
+            for (int kt = 0; kt < kts; kt++) _mm512_store_si512(d + (size_t)kt * 1024, _mm512_setzero_si512());
+            continue;
+        }
+        const size_t r = (size_t)(n + i) * K + k0;
+        if (w->dtype == DSV_DT_F8_E4M3) {
+            /* K is a multiple of 128 and k0 of 32: every step is whole. */
+            const uint8_t *src = (const uint8_t *)w->w + r;
+            for (int kt = 0; kt < kts; kt++) _mm512_store_si512(d + (size_t)kt * 1024, e4m3x32_bf16(src + 32 * kt, 0));
+        } else if (w->dtype == DSV_DT_BF16 && k0 + 32 * kts <= K) {
+            const dsv_bf16 *src = (const dsv_bf16 *)w->w + r;
+            for (int kt = 0; kt < kts; kt++) _mm512_store_si512(d + (size_t)kt * 1024, _mm512_loadu_si512(src + 32 * kt));
+        } else {
+            for (int kt = 0; kt < kts; kt++) {
+                const int k = k0 + 32 * kt;
+                _mm512_store_si512(d + (size_t)kt * 1024, k < K ? w32_bf16(w, r + 32 * (size_t)kt, K - k)
+                                                                : _mm512_setzero_si512());
             }
         }
     }
 }
 
+/* Asks for line `line` (64 bytes) of rows n..n+rows, within values
+ * k0..k0+32*kts, of the weight to be brought into L2 while the current
+ * block is used; spread over the compute loop, a few at a time, since a
+ * burst of prefetches stalls on the line fill buffers. */
+static inline void w_prefetch(const dsv_linear *w, int n, int rows, int k0, int kts, int line) {
+    const size_t es = w->dtype == DSV_DT_F8_E4M3 ? 1 : w->dtype == DSV_DT_F32 ? 4 : 2;
+    const size_t row = (size_t)w->n_in * es, off = (size_t)k0 * es + (size_t)line * 64;
+    if (rows <= 0 || (size_t)line * 64 >= (size_t)32 * kts * es || off >= row) return;
+    const char *p = (const char *)w->w + (size_t)n * row + off;
+    for (int i = 0; i < rows; i++) _mm_prefetch(p + (size_t)i * row, _MM_HINT_T1);
+}
+
 /* ---- results --------------------------------------------------------------
- * acc [n][ld] holds fp32 results for 16*nts outputs and mr input rows:
- * y[r][n0 + j] = bf16(acc[j][r]). */
+ * acc [n][ld] holds fp32 results for nn outputs and mr input rows:
+ * y[r][n0 + j] = bf16(acc[j][r]), written 16 x 16 at a time through a
+ * register transpose. */
 static void write_out(dsv_bf16 *y, int ldy, const float *acc, int ld, int n0, int nn, int mr) {
-    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                           _mm512_set1_epi32(ld));
-    for (int j = 0; j < nn; j += 16)
-        for (int r = 0; r < mr; r++) {
-            const __m512 v = _mm512_i32gather_ps(idx, acc + (size_t)j * ld + r, 4);
-            bf16x16_store_n(y + (size_t)r * ldy + n0 + j, v, nn - j < 16 ? nn - j : 16);
+    /* Even 16-bit halves of two vectors of 32-bit lanes: the bf16 bits of
+     * 32 results, in order. */
+    static const uint16_t even_idx[32] = {0,  2,  4,  6,  8,  10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30,
+                                          32, 34, 36, 38, 40, 42, 44, 46, 48, 50, 52, 54, 56, 58, 60, 62};
+    const __m512i even = _mm512_loadu_si512(even_idx);
+    /* Rows outer: the 16 output rows' lines are completed while in L1. */
+    for (int r0 = 0; r0 < mr; r0 += 16)
+        for (int j = 0; j < nn; j += 32) {
+            __m512i a[16], b[16];
+            for (int i = 0; i < 16; i++) {
+                a[i] = j + i < nn ? _mm512_castps_si512(_mm512_loadu_ps(acc + (size_t)(j + i) * ld + r0))
+                                  : _mm512_setzero_si512();
+                b[i] = j + 16 + i < nn ? _mm512_castps_si512(_mm512_loadu_ps(acc + (size_t)(j + 16 + i) * ld + r0))
+                                       : _mm512_setzero_si512();
+            }
+            transpose16(a);
+            transpose16(b);
+            const int nj = nn - j < 32 ? nn - j : 32;
+            const __mmask32 km = nj == 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << nj) - 1);
+            for (int r = 0; r < 16 && r0 + r < mr; r++) {
+                const __m512i v = _mm512_permutex2var_epi16(f32x16_bf16_bits(_mm512_castsi512_ps(a[r])), even,
+                                                            f32x16_bf16_bits(_mm512_castsi512_ps(b[r])));
+                _mm512_mask_storeu_epi16(y + (size_t)(r0 + r) * ldy + n0 + j, km, v);
+            }
         }
 }
 
@@ -234,10 +273,11 @@ static inline void promote(float *acc, int ld, const float *c, const float *xs, 
  * then four 1 KB result tiles. */
 #define KC 256 /* K chunk of the blocked order (a multiple of 128) */
 #define NB 128 /* weight rows per block */
-#define MC 256 /* input rows per chunk */
+#define MC 512 /* input rows per chunk: a whole default batch reads each weight once */
 #define SCR_W 0
 #define SCR_ACC (NB * KC * 2)
-#define SCR_C (SCR_ACC + NB * MC * 4)
+#define ACC_LD (MC + 16) /* totals row stride: not a power of two, which would alias rows in L1 */
+#define SCR_C (SCR_ACC + NB * ACC_LD * 4)
 
 /* Tile loads cannot overlap the way vector loads do (a tile register is
  * not renamed, so the next load into it waits for the product that reads
@@ -350,24 +390,32 @@ static void blocked(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, i
         const int mr = m - mc < MC ? m - mc : MC, mtn = (mr + 15) / 16;
         for (int nb = n0; nb < n1; nb += NB) {
             const int nr = n1 - nb < NB ? n1 - nb : NB, ntn = (nr + 15) / 16;
-            if (fp8) memset(acc, 0, (size_t)NB * MC * 4);
+            if (fp8) memset(acc, 0, (size_t)NB * ACC_LD * 4);
             for (int kc = 0; kc < Kp; kc += KC) {
                 const int kts = (Kp - kc < KC ? Kp - kc : KC) / 32;
                 for (int nt = 0; nt < ntn; nt++) w_tiles(wt + (size_t)nt * kts * 1024, w, nb + 16 * nt, kc, kts);
-                for (int mt = 0; mt < mtn; mt += 2) {
-                    const int two_m = mt + 1 < mtn;
-                    for (int nt = 0; nt < ntn; nt += 2) {
-                        const int two_n = nt + 1 < ntn;
-                        float *c00 = acc + (size_t)nt * 16 * MC + mt * 16;
+                /* The next weight block, prefetched a line per row per step below. */
+                const int pf_n = kc + KC < Kp ? nb : nb + NB, pf_k = kc + KC < Kp ? kc + KC : 0;
+                const int pf_kts = (Kp - pf_k < KC ? Kp - pf_k : KC) / 32;
+                /* A weight pair (16 KB) stays in L1 while the input tiles stream from L2. */
+                for (int nt = 0; nt < ntn; nt += 2) {
+                    const int two_n = nt + 1 < ntn;
+                    const int pf_rows = pf_n < n1 ? (n1 - pf_n - 16 * nt < 32 ? n1 - pf_n - 16 * nt : 32) : 0;
+                    for (int mt = 0; mt < mtn; mt += 2) {
+                        const int two_m = mt + 1 < mtn;
+                        w_prefetch(w, pf_n + 16 * nt, pf_rows, pf_k, pf_kts, mt / 2);
+                        if (mt + 2 >= mtn)
+                            for (int l = mt / 2 + 1; l < 32; l++) w_prefetch(w, pf_n + 16 * nt, pf_rows, pf_k, pf_kts, l);
+                        float *c00 = acc + (size_t)nt * 16 * ACC_LD + mt * 16;
                         const uint8_t *a0 = wt + (size_t)nt * kts * 1024, *a1 = a0 + (size_t)kts * 1024;
                         if (!fp8) {
                             if (kc == 0) {
                                 _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
                             } else {
-                                _tile_loadd(0, c00, MC * 4);
-                                _tile_loadd(1, c00 + 16, MC * 4);
-                                _tile_loadd(2, c00 + 16 * MC, MC * 4);
-                                _tile_loadd(3, c00 + 16 * MC + 16, MC * 4);
+                                _tile_loadd(0, c00, ACC_LD * 4);
+                                _tile_loadd(1, c00 + 16, ACC_LD * 4);
+                                _tile_loadd(2, c00 + 16 * ACC_LD, ACC_LD * 4);
+                                _tile_loadd(3, c00 + 16 * ACC_LD + 16, ACC_LD * 4);
                             }
                             for (int kt = 0; kt < kts; kt++) {
                                 _tile_loadd(4, a0 + kt * 1024, 64);
@@ -383,10 +431,10 @@ static void blocked(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, i
                                     if (two_m) _tile_dpbf16ps(3, 5, 7);
                                 }
                             }
-                            _tile_stored(0, c00, MC * 4);
-                            _tile_stored(1, c00 + 16, MC * 4);
-                            _tile_stored(2, c00 + 16 * MC, MC * 4);
-                            _tile_stored(3, c00 + 16 * MC + 16, MC * 4);
+                            _tile_stored(0, c00, ACC_LD * 4);
+                            _tile_stored(1, c00 + 16, ACC_LD * 4);
+                            _tile_stored(2, c00 + 16 * ACC_LD, ACC_LD * 4);
+                            _tile_stored(3, c00 + 16 * ACC_LD + 16, ACC_LD * 4);
                             continue;
                         }
                         const int n = nb + 16 * nt;
@@ -411,24 +459,24 @@ static void blocked(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, i
                             }
                             const float *xs = xsT + (size_t)kb * Mp + mc + mt * 16;
                             _tile_stored(0, ct, 64);
-                            promote(c00, MC, ct, xs, ws[kb]);
+                            promote(c00, ACC_LD, ct, xs, ws[kb]);
                             if (two_m) {
                                 _tile_stored(1, ct + 256, 64);
-                                promote(c00 + 16, MC, ct + 256, xs + 16, ws[kb]);
+                                promote(c00 + 16, ACC_LD, ct + 256, xs + 16, ws[kb]);
                             }
                             if (two_n) {
                                 _tile_stored(2, ct + 512, 64);
-                                promote(c00 + 16 * MC, MC, ct + 512, xs, ws1[kb]);
+                                promote(c00 + 16 * ACC_LD, ACC_LD, ct + 512, xs, ws1[kb]);
                                 if (two_m) {
                                     _tile_stored(3, ct + 768, 64);
-                                    promote(c00 + 16 * MC + 16, MC, ct + 768, xs + 16, ws1[kb]);
+                                    promote(c00 + 16 * ACC_LD + 16, ACC_LD, ct + 768, xs + 16, ws1[kb]);
                                 }
                             }
                         }
                     }
                 }
             }
-            write_out(y + (size_t)mc * ldy, ldy, acc, MC, nb, nr, mr);
+            write_out(y + (size_t)mc * ldy, ldy, acc, ACC_LD, nb, nr, mr);
         }
     }
 }
