@@ -281,14 +281,18 @@ static inline void promote(float *acc, int ld, const float *c, const float *xs, 
 
 /* Tile loads cannot overlap the way vector loads do (a tile register is
  * not renamed, so the next load into it waits for the product that reads
- * it): streaming the weights from memory needs software prefetches. Lines
- * at byte offset `off` of rows n.. (16 or 32 rows) are requested PF_STEPS
- * k-steps ahead. */
+ * it): streaming the weights from memory needs software prefetches. The
+ * line at byte offset `off` of the pair's rows n.. (rows < n1) is requested
+ * a few steps ahead, running on into the next pair's rows near the end of
+ * a row. */
 #define PF_STEPS 8
-static inline void prefetch_rows(const dsv_linear *w, int n, int nts, size_t off) {
+static inline void prefetch_rows(const dsv_linear *w, int n, int n1, size_t off) {
     const size_t row = (size_t)w->n_in * (w->dtype == DSV_DT_F8_E4M3 ? 1 : w->dtype == DSV_DT_F32 ? 4 : 2);
-    if (off >= row) return;
-    const int rows = nts * 16 < w->n_out - n ? nts * 16 : w->n_out - n;
+    if (off >= row) { /* past this pair's rows: the next pair's first lines */
+        off -= row;
+        n += 32;
+    }
+    const int rows = n1 - n < 32 ? n1 - n : 32;
     const char *p = (const char *)w->w + (size_t)n * row + off;
     for (int i = 0; i < rows; i++) _mm_prefetch(p + i * row, _MM_HINT_T0);
 }
@@ -309,7 +313,7 @@ static void stream(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, in
             const int d0 = direct && n + 16 <= w->n_out, d1 = direct && n + 32 <= w->n_out;
             const dsv_bf16 *w0 = (const dsv_bf16 *)w->w + (size_t)n * K, *w1 = w0 + (size_t)16 * K;
             for (int kt = 0; kt < KT; kt++) {
-                prefetch_rows(w, n, nts, (size_t)(kt + PF_STEPS) * 64);
+                prefetch_rows(w, n, n1, (size_t)(kt + PF_STEPS) * 64);
                 _tile_loadd(6, x_tile(xp, Kp, 0, kt), 64);
                 if (mts > 1) _tile_loadd(7, x_tile(xp, Kp, 1, kt), 64);
                 if (d0) {
@@ -341,8 +345,8 @@ static void stream(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, in
             const float *ws = w->scale + (size_t)(n / DSV_QBLOCK) * w->scale_ld;
             const float *ws1 = nts > 1 ? w->scale + (size_t)((n + 16) / DSV_QBLOCK) * w->scale_ld : ws;
             for (int kb = 0; kb < K / DSV_QBLOCK; kb++) {
-                prefetch_rows(w, n, nts, (size_t)(kb + 2) * DSV_QBLOCK);
-                prefetch_rows(w, n, nts, (size_t)(kb + 2) * DSV_QBLOCK + 64);
+                prefetch_rows(w, n, n1, (size_t)(kb + 4) * DSV_QBLOCK);
+                prefetch_rows(w, n, n1, (size_t)(kb + 4) * DSV_QBLOCK + 64);
                 w_tiles(wt, w, n, kb * DSV_QBLOCK, 4);
                 if (nts > 1) w_tiles(wt + 4096, w, n + 16, kb * DSV_QBLOCK, 4);
                 _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
