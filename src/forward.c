@@ -102,7 +102,8 @@ static void layout(dsv_context *ctx, carver *cv) {
     CARVE(cv, ctx->q_pe, H * R);
     CARVE(cv, ctx->o_lat, H * C);
     CARVE(cv, ctx->ts, ctx->nth);
-    size_t att = dsv_attn_scratch((int)KN, (int)(C > V ? C : V));
+    size_t att = DSV_MAX(dsv_attn_scratch((int)KN, (int)(C > V ? C : V)),
+                         dsv_mha_scratch(ctx->mha_keys, (int)(N + R), (int)V));
     for (int i = 0; i < ctx->nth; i++) {
         dsv_tscratch *ts = cv->base ? &ctx->ts[i] : &(dsv_tscratch){0};
         CARVE(cv, ts->att, att);

@@ -84,17 +84,15 @@ static void mha_load(dsv_context *ctx, void *a, long i0, long i1, int ith) {
                           ctx->mha_pe + j * R);
 }
 
-/* One (token, head) pair per item. */
-static void mha_heads(dsv_context *ctx, void *a, long i0, long i1, int ith) {
+/* Heads [h0, h1) of every token of the entry (a head's keys are its own). */
+static void mha_heads(dsv_context *ctx, void *a, long h0, long h1, int ith) {
     struct mla_args *p = a;
     const dsv_config *c = ctx->c;
     const int H = c->n_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim, V = c->v_head_dim;
-    for (long it = i0; it < i1; it++) {
-        int t = p->row0 + (int)(it / H), h = (int)(it % H);
-        dsv_kern->mha_attn(ctx->o + (size_t)t * H * V, ctx->q + (size_t)t * H * (N + R), ctx->mha_kvb,
-                           ctx->mha_pe, ctx->sel_pos + (size_t)t * ctx->n_keys_max, ctx->n_sel[t], H, N, R,
-                           V, c->softmax_scale, h, h + 1, ctx->ts[ith].att);
-    }
+    const int t = p->row0;
+    dsv_kern->mha_attn(ctx->o + (size_t)t * H * V, ctx->q + (size_t)t * H * (N + R), p->n_rows,
+                       ctx->sel_pos + (size_t)t * ctx->n_keys_max, ctx->n_keys_max, ctx->n_sel + t, ctx->mha_kvb,
+                       ctx->mha_pe, p->n_keys, H, N, R, V, c->softmax_scale, (int)h0, (int)h1, ctx->ts[ith].att);
 }
 
 static void mha_entry(dsv_context *ctx, struct mla_args *p, int e) {
@@ -107,7 +105,8 @@ static void mha_entry(dsv_context *ctx, struct mla_args *p, int e) {
     dsv_par_for(ctx, E, mha_load, p);
     /* model.py: kv = self.wkv_b(kv), on the dequantized latent. */
     dsv_lin(ctx, ctx->mha_kvb, H * (N + V), ctx->mha_lat, &p->ly->wkv_b, E);
-    dsv_par_for(ctx, (long)p->n_rows * H, mha_heads, p);
+    p->n_keys = E;
+    dsv_par_for(ctx, H, mha_heads, p);
 }
 
 /* Gathers the selected latent rows of one token. */

@@ -59,10 +59,15 @@ static inline size_t dsv_lin_pack_bytes(int m, int K) {
 #define DSV_LIN_SCRATCH ((size_t)384 << 10)
 /* Bytes of one packed indexer query (index_q_pack) of n_heads heads. */
 static inline size_t dsv_index_q_bytes(int n_heads) { return (((size_t)n_heads + 15) & ~(size_t)15) * 128 * 4 + 64; }
-/* Floats of per-thread scratch the attention kernels need for n keys and a
- * value width C (mqa_attn: the latent width; mha_attn: v_head_dim). */
+/* Floats of per-thread scratch mqa_attn needs for n keys of width C. */
 static inline size_t dsv_attn_scratch(int n, int C) {
     return 40 * ((size_t)n + 32) + 32 * (size_t)C + 4096;
+}
+/* Floats of per-thread scratch mha_attn needs for E positions, query width
+ * D = N+R and value width V (AMX: the values of a head repacked, 16
+ * queries' scores and weights). */
+static inline size_t dsv_mha_scratch(int E, int D, int V) {
+    return ((size_t)E + 64) * ((size_t)V / 2 + 26) + 8 * (size_t)D + 16 * (size_t)V + 8192;
 }
 
 typedef struct dsv_kernels {
@@ -123,13 +128,16 @@ typedef struct dsv_kernels {
                      const dsv_bf16 *kv, const dsv_bf16 *pe, int n, int C, int R,
                      float scale, int h0, int h1, float *scratch);
 
-    /* Non-absorbed (MHA prefill) attention of one query over the keys at
-     * positions idx[0..n), heads [h0, h1): q [H][N+R] = [q_nope | q_pe],
-     * kvb [E][H][N+V] = [k_nope | v] per position and head, pe [E][R];
+    /* Non-absorbed (MHA prefill) attention of T queries of one sequence,
+     * heads [h0, h1): query t (q [T][H][N+R] = [q_nope | q_pe]) attends to
+     * the n_sel[t] positions idx[t*ldi ..] (ascending, all < E), with kvb
+     * [E][H][N+V] = [k_nope | v] per position and head and pe [E][R]:
      *   s_j = bf16(bf16(q·[k_nope_j | pe_j]) * scale), p = bf16(softmax(s)),
-     *   o = bf16(Σ_j p_j v_j) -> o [H][V]. scratch: dsv_attn_scratch(n, V). */
-    void (*mha_attn)(dsv_bf16 *o, const dsv_bf16 *q, const dsv_bf16 *kvb, const dsv_bf16 *pe,
-                     const int32_t *idx, int n, int H, int N, int R, int V, float scale,
+     *   o = bf16(Σ_j p_j v_j) -> o [T][H][V].
+     * A query's result depends only on that query (not on T, the other
+     * queries or [h0, h1)). scratch: dsv_mha_scratch(E, N+R, V) floats. */
+    void (*mha_attn)(dsv_bf16 *o, const dsv_bf16 *q, int T, const int32_t *idx, int ldi, const int32_t *n_sel,
+                     const dsv_bf16 *kvb, const dsv_bf16 *pe, int E, int H, int N, int R, int V, float scale,
                      int h0, int h1, float *scratch);
 
     /* The absorbed query of one head (model.py: einsum("bshd,hdc->bshc",

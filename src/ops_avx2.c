@@ -488,28 +488,35 @@ static void mqa_attn(dsv_bf16 *o_lat, const dsv_bf16 *q_abs, const dsv_bf16 *q_p
     }
 }
 
-static void mha_attn(dsv_bf16 *o, const dsv_bf16 *q, const dsv_bf16 *kvb, const dsv_bf16 *pe, const int32_t *idx,
-                     int n, int H, int N, int R, int V, float scale, int h0, int h1, float *scratch) {
+static void mha_attn(dsv_bf16 *o, const dsv_bf16 *q, int T, const int32_t *idx_all, int ldi, const int32_t *n_sel,
+                     const dsv_bf16 *kvb, const dsv_bf16 *pe, int E, int H, int N, int R, int V, float scale, int h0,
+                     int h1, float *scratch) {
+    (void)E;
     float *qf = scratch, *s = qf + N + R + 8;
     const size_t row = (size_t)(N + V);
-    for (int h = h0; h < h1; h++) {
-        widen(qf, q + (size_t)h * (N + R), N + R);
-        for (int j = 0; j < n; j++) {
-            /* one fp32 accumulation over [nope | rope] */
-            const dsv_bf16 *k = kvb + ((size_t)idx[j] * H + h) * row, *p = pe + (size_t)idx[j] * R;
-            __m256 acc = _mm256_setzero_ps();
-            for (int c = 0; c < N; c += 8) {
-                const int l = N - c < 8 ? N - c : 8;
-                acc = _mm256_fmadd_ps(f32x8_load_n(qf + c, l), bf16x8_load_n(k + c, l), acc);
+    for (int t = 0; t < T; t++) {
+        const int32_t *idx = idx_all + (size_t)t * ldi;
+        const int n = n_sel[t];
+        for (int h = h0; h < h1; h++) {
+            widen(qf, q + ((size_t)t * H + h) * (N + R), N + R);
+            for (int j = 0; j < n; j++) {
+                /* one fp32 accumulation over [nope | rope] */
+                const dsv_bf16 *k = kvb + ((size_t)idx[j] * H + h) * row, *p = pe + (size_t)idx[j] * R;
+                __m256 acc = _mm256_setzero_ps();
+                for (int c = 0; c < N; c += 8) {
+                    const int l = N - c < 8 ? N - c : 8;
+                    acc = _mm256_fmadd_ps(f32x8_load_n(qf + c, l), bf16x8_load_n(k + c, l), acc);
+                }
+                for (int c = 0; c < R; c += 8) {
+                    const int l = R - c < 8 ? R - c : 8;
+                    acc = _mm256_fmadd_ps(f32x8_load_n(qf + N + c, l), bf16x8_load_n(p + c, l), acc);
+                }
+                s[j] = dsv_round_bf16(dsv_round_bf16(hsum8(acc)) * scale);
             }
-            for (int c = 0; c < R; c += 8) {
-                const int l = R - c < 8 ? R - c : 8;
-                acc = _mm256_fmadd_ps(f32x8_load_n(qf + N + c, l), bf16x8_load_n(p + c, l), acc);
-            }
-            s[j] = dsv_round_bf16(dsv_round_bf16(hsum8(acc)) * scale);
+            softmax_bf16(s, n);
+            weighted_rows4(o + ((size_t)t * H + h) * V, V, s, n, 1, kvb + (size_t)h * row + N, 0, idx, (size_t)H * row,
+                           n, V);
         }
-        softmax_bf16(s, n);
-        weighted_rows4(o + (size_t)h * V, V, s, n, 1, kvb + (size_t)h * row + N, 0, idx, (size_t)H * row, n, V);
     }
 }
 

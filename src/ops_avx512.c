@@ -387,31 +387,39 @@ void dsv_avx512_mqa_attn(dsv_bf16 *o_lat, const dsv_bf16 *q_abs, const dsv_bf16 
     }
 }
 
-/* One head at a time: the keys of a head are its own (k_nope from wkv_b). */
-void dsv_avx512_mha_attn(dsv_bf16 *o, const dsv_bf16 *q, const dsv_bf16 *kvb, const dsv_bf16 *pe, const int32_t *idx,
-                         int n, int H, int N, int R, int V, float scale, int h0, int h1, float *scratch) {
+/* One query and one head at a time: a head's keys are its own (k_nope
+ * from wkv_b), so heads share nothing. */
+void dsv_avx512_mha_attn(dsv_bf16 *o, const dsv_bf16 *q, int T, const int32_t *idx_all, int ldi, const int32_t *n_sel,
+                         const dsv_bf16 *kvb, const dsv_bf16 *pe, int E, int H, int N, int R, int V, float scale, int h0,
+                         int h1, float *scratch) {
+    (void)E;
     float *qf = scratch, *s = qf + N + R + 16;
     const size_t row = (size_t)(N + V);
-    for (int h = h0; h < h1; h++) {
-        widen(qf, q + (size_t)h * (N + R), N + R);
-        for (int j = 0; j < n; j++) {
-            /* One fp32 accumulation over [nope | rope], as the einsum. */
-            const dsv_bf16 *k = kvb + ((size_t)idx[j] * H + h) * row, *p = pe + (size_t)idx[j] * R;
-            __m512 acc = _mm512_setzero_ps();
-            for (int c = 0; c < N; c += 16) {
-                const int l = N - c < 16 ? N - c : 16;
-                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail_mask(l), qf + c),
-                                      l == 16 ? bf16x16_load(k + c) : bf16x16_load_n(k + c, l), acc);
+    for (int t = 0; t < T; t++) {
+        const int32_t *idx = idx_all + (size_t)t * ldi;
+        const int n = n_sel[t];
+        for (int h = h0; h < h1; h++) {
+            widen(qf, q + ((size_t)t * H + h) * (N + R), N + R);
+            for (int j = 0; j < n; j++) {
+                /* One fp32 accumulation over [nope | rope], as the einsum. */
+                const dsv_bf16 *k = kvb + ((size_t)idx[j] * H + h) * row, *p = pe + (size_t)idx[j] * R;
+                __m512 acc = _mm512_setzero_ps();
+                for (int c = 0; c < N; c += 16) {
+                    const int l = N - c < 16 ? N - c : 16;
+                    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail_mask(l), qf + c),
+                                          l == 16 ? bf16x16_load(k + c) : bf16x16_load_n(k + c, l), acc);
+                }
+                for (int c = 0; c < R; c += 16) {
+                    const int l = R - c < 16 ? R - c : 16;
+                    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail_mask(l), qf + N + c),
+                                          l == 16 ? bf16x16_load(p + c) : bf16x16_load_n(p + c, l), acc);
+                }
+                s[j] = dsv_round_bf16(dsv_round_bf16(_mm512_reduce_add_ps(acc)) * scale);
             }
-            for (int c = 0; c < R; c += 16) {
-                const int l = R - c < 16 ? R - c : 16;
-                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail_mask(l), qf + N + c),
-                                      l == 16 ? bf16x16_load(p + c) : bf16x16_load_n(p + c, l), acc);
-            }
-            s[j] = dsv_round_bf16(dsv_round_bf16(_mm512_reduce_add_ps(acc)) * scale);
+            dsv_avx512_softmax_bf16(s, n);
+            weighted_rows8(o + ((size_t)t * H + h) * V, V, s, n, 1, kvb + (size_t)h * row + N, 0, idx, (size_t)H * row,
+                           n, V);
         }
-        dsv_avx512_softmax_bf16(s, n);
-        weighted_rows8(o + (size_t)h * V, V, s, n, 1, kvb + (size_t)h * row + N, 0, idx, (size_t)H * row, n, V);
     }
 }
 

@@ -144,9 +144,9 @@ void dsv_avx512_index_score(float *out, int ldo, const void *qp, const float *w,
                             const uint8_t *k8, const float *ks, int n, void *scratch);
 void dsv_avx512_mqa_attn(dsv_bf16 *o_lat, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
                          const dsv_bf16 *pe, int n, int C, int R, float scale, int h0, int h1, float *scratch);
-void dsv_avx512_mha_attn(dsv_bf16 *o, const dsv_bf16 *q, const dsv_bf16 *kvb, const dsv_bf16 *pe,
-                         const int32_t *idx, int n, int H, int N, int R, int V, float scale, int h0, int h1,
-                         float *scratch);
+void dsv_avx512_mha_attn(dsv_bf16 *o, const dsv_bf16 *q, int T, const int32_t *idx, int ldi, const int32_t *n_sel,
+                         const dsv_bf16 *kvb, const dsv_bf16 *pe, int E, int H, int N, int R, int V, float scale, int h0,
+                         int h1, float *scratch);
 void dsv_avx512_absorb_q(dsv_bf16 *q_abs, const dsv_bf16 *q_nope, const dsv_linear *wkv_b, int row0, int N,
                          float *acc);
 void dsv_avx512_absorb_o(dsv_bf16 *o, const dsv_bf16 *o_lat, const dsv_linear *wkv_b, int row0, int V);

@@ -135,30 +135,35 @@ static void mqa_attn_ref(dsv_bf16 *o_lat, const dsv_bf16 *q_abs, const dsv_bf16 
     }
 }
 
-static void mha_attn_ref(dsv_bf16 *o, const dsv_bf16 *q, const dsv_bf16 *kvb, const dsv_bf16 *pe,
-                         const int32_t *idx, int n, int H, int N, int R, int V, float scale,
-                         int h0, int h1, float *scratch) {
-    float *s = scratch, *acc = scratch + n;
+static void mha_attn_ref(dsv_bf16 *o, const dsv_bf16 *q, int T, const int32_t *idx_all, int ldi,
+                         const int32_t *n_sel, const dsv_bf16 *kvb, const dsv_bf16 *pe, int E, int H, int N, int R,
+                         int V, float scale, int h0, int h1, float *scratch) {
+    (void)E;
     const size_t row = (size_t)(N + V);
-    for (int h = h0; h < h1; h++) {
-        const dsv_bf16 *qh = q + (size_t)h * (N + R);
-        for (int j = 0; j < n; j++) {
-            /* One einsum over the concatenated [nope | rope] head: one fp32
-             * accumulation, rounded to bf16, then scaled in bf16. */
-            const dsv_bf16 *k = kvb + ((size_t)idx[j] * H + h) * row;
-            const dsv_bf16 *p = pe + (size_t)idx[j] * R;
-            float d = 0;
-            for (int i = 0; i < N; i++) d += dsv_bf16_to_f32(qh[i]) * dsv_bf16_to_f32(k[i]);
-            for (int i = 0; i < R; i++) d += dsv_bf16_to_f32(qh[N + i]) * dsv_bf16_to_f32(p[i]);
-            s[j] = dsv_round_bf16(dsv_round_bf16(d) * scale);
+    for (int t = 0; t < T; t++) {
+        const int32_t *idx = idx_all + (size_t)t * ldi;
+        const int n = n_sel[t];
+        float *s = scratch, *acc = scratch + n;
+        for (int h = h0; h < h1; h++) {
+            const dsv_bf16 *qh = q + ((size_t)t * H + h) * (N + R);
+            for (int j = 0; j < n; j++) {
+                /* One einsum over the concatenated [nope | rope] head: one fp32
+                 * accumulation, rounded to bf16, then scaled in bf16. */
+                const dsv_bf16 *k = kvb + ((size_t)idx[j] * H + h) * row;
+                const dsv_bf16 *p = pe + (size_t)idx[j] * R;
+                float d = 0;
+                for (int i = 0; i < N; i++) d += dsv_bf16_to_f32(qh[i]) * dsv_bf16_to_f32(k[i]);
+                for (int i = 0; i < R; i++) d += dsv_bf16_to_f32(qh[N + i]) * dsv_bf16_to_f32(p[i]);
+                s[j] = dsv_round_bf16(dsv_round_bf16(d) * scale);
+            }
+            dsv_softmax_bf16(s, n);
+            for (int v = 0; v < V; v++) acc[v] = 0;
+            for (int j = 0; j < n; j++) {
+                const dsv_bf16 *vr = kvb + ((size_t)idx[j] * H + h) * row + N;
+                for (int v = 0; v < V; v++) acc[v] += s[j] * dsv_bf16_to_f32(vr[v]);
+            }
+            for (int v = 0; v < V; v++) o[((size_t)t * H + h) * V + v] = dsv_f32_to_bf16(acc[v]);
         }
-        dsv_softmax_bf16(s, n);
-        for (int v = 0; v < V; v++) acc[v] = 0;
-        for (int j = 0; j < n; j++) {
-            const dsv_bf16 *vr = kvb + ((size_t)idx[j] * H + h) * row + N;
-            for (int v = 0; v < V; v++) acc[v] += s[j] * dsv_bf16_to_f32(vr[v]);
-        }
-        for (int v = 0; v < V; v++) o[(size_t)h * V + v] = dsv_f32_to_bf16(acc[v]);
     }
 }
 

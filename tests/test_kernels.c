@@ -394,28 +394,42 @@ TEST(kernels_mqa_attn) {
 TEST(kernels_mha_attn) {
     const dsv_kernels *sets[3];
     int ns = fast_sets(sets);
-    static const struct { int H, N, R, V, E, n; } cs[] = {{16, 128, 64, 128, 300, 200}, {6, 64, 32, 64, 50, 1},
-                                                           {4, 48, 32, 64, 90, 33}, {3, 128, 64, 128, 20, 20}};
-    for (int ci = 0; ci < 4; ci++) {
-        const int H = cs[ci].H, N = cs[ci].N, R = cs[ci].R, V = cs[ci].V, E = cs[ci].E, n = cs[ci].n;
-        dsv_bf16 *q = malloc((size_t)H * (N + R) * 2), *kvb = malloc((size_t)E * H * (N + V) * 2);
-        dsv_bf16 *pe = malloc((size_t)E * R * 2), *o0 = malloc((size_t)H * V * 2), *o1 = malloc((size_t)H * V * 2);
-        dsv_bf16 *o2 = malloc((size_t)H * V * 2);
-        int32_t *idx = malloc((size_t)n * 4);
-        float *scr = alloc64(dsv_attn_scratch(n, V) * 4);
-        fill_bf16(q, (size_t)H * (N + R), 0.1f);
+    /* T queries of one sequence at positions E-T..E-1: causal (every
+     * earlier position), or sparse (every third), as the indexer chooses. */
+    static const struct { int H, N, R, V, E, T, sparse; } cs[] = {
+        {16, 128, 64, 128, 300, 40, 0}, {6, 64, 32, 64, 50, 1, 0}, {4, 48, 32, 64, 90, 33, 1},
+        {3, 128, 64, 128, 20, 20, 0},   {2, 64, 32, 64, 77, 19, 1}};
+    for (int ci = 0; ci < 5; ci++) {
+        const int H = cs[ci].H, N = cs[ci].N, R = cs[ci].R, V = cs[ci].V, E = cs[ci].E, T = cs[ci].T;
+        dsv_bf16 *q = malloc((size_t)T * H * (N + R) * 2), *kvb = malloc((size_t)E * H * (N + V) * 2);
+        dsv_bf16 *pe = malloc((size_t)E * R * 2), *o0 = malloc((size_t)T * H * V * 2), *o1 = malloc((size_t)T * H * V * 2);
+        dsv_bf16 *o2 = malloc((size_t)T * H * V * 2);
+        int32_t *idx = malloc((size_t)T * E * 4), *n_sel = malloc((size_t)T * 4);
+        float *scr = alloc64(dsv_mha_scratch(E, N + R, V) * 4);
+        fill_bf16(q, (size_t)T * H * (N + R), 0.1f);
         fill_bf16(kvb, (size_t)E * H * (N + V), 1.0f);
         fill_bf16(pe, (size_t)E * R, 1.0f);
-        for (int j = 0; j < n; j++) idx[j] = (int32_t)((j * 7 + 3) % E);
-        dsv_kernels_ref.mha_attn(o0, q, kvb, pe, idx, n, H, N, R, V, 0.135f, 0, H, scr);
-        for (int s = 0; s < ns; s++) {
-            sets[s]->mha_attn(o1, q, kvb, pe, idx, n, H, N, R, V, 0.135f, 0, H, scr);
-            double e = track(s, sets[s], nmse_bf16(o1, o0, (size_t)H * V));
-            CHECKF(e <= 1e-4, "%s mha_attn H=%d N=%d n=%d: NMSE %.3g", sets[s]->name, H, N, n, e);
-            for (int h = 0; h < H; h++) sets[s]->mha_attn(o2, q, kvb, pe, idx, n, H, N, R, V, 0.135f, h, h + 1, scr);
-            CHECKF(!memcmp(o1, o2, (size_t)H * V * 2), "%s mha_attn: heads alone differ", sets[s]->name);
+        for (int t = 0; t < T; t++) {
+            const int pos = E - T + t;
+            n_sel[t] = 0;
+            for (int j = 0; j <= pos; j++)
+                if (!cs[ci].sparse || j % 3 == t % 3 || j == pos) idx[(size_t)t * E + n_sel[t]++] = j;
         }
-        free(q); free(kvb); free(pe); free(o0); free(o1); free(o2); free(idx); free(scr);
+        dsv_kernels_ref.mha_attn(o0, q, T, idx, E, n_sel, kvb, pe, E, H, N, R, V, 0.135f, 0, H, scr);
+        for (int s = 0; s < ns; s++) {
+            sets[s]->mha_attn(o1, q, T, idx, E, n_sel, kvb, pe, E, H, N, R, V, 0.135f, 0, H, scr);
+            double e = track(s, sets[s], nmse_bf16(o1, o0, (size_t)T * H * V));
+            CHECKF(e <= 1e-4, "%s mha_attn H=%d N=%d T=%d: NMSE %.3g", sets[s]->name, H, N, T, e);
+            /* Invariance: each query alone, and heads one by one. */
+            for (int t = 0; t < T; t++)
+                sets[s]->mha_attn(o2 + (size_t)t * H * V, q + (size_t)t * H * (N + R), 1, idx + (size_t)t * E, E,
+                                  n_sel + t, kvb, pe, E, H, N, R, V, 0.135f, 0, H, scr);
+            CHECKF(!memcmp(o1, o2, (size_t)T * H * V * 2), "%s mha_attn: queries alone differ", sets[s]->name);
+            for (int h = 0; h < H; h++)
+                sets[s]->mha_attn(o2, q, T, idx, E, n_sel, kvb, pe, E, H, N, R, V, 0.135f, h, h + 1, scr);
+            CHECKF(!memcmp(o1, o2, (size_t)T * H * V * 2), "%s mha_attn: heads alone differ", sets[s]->name);
+        }
+        free(q); free(kvb); free(pe); free(o0); free(o1); free(o2); free(idx); free(n_sel); free(scr);
     }
     report("mha_attn");
 }
