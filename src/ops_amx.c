@@ -491,6 +491,163 @@ static void linear(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, in
     else blocked(y, ldy, xp, w, m, n0, n1, scratch);
 }
 
+/* ---- MHA (prefill) attention on tiles ----------------------------------------
+ * Per head, 16 queries at a time. Scores Sᵀ = K·Qᵀ: the key rows as stored
+ * in kvb/pe are the A operand (16 positions x 32 dims), the 16 queries
+ * transposed into VNNI pairs the B operand; the result tile (16 positions x
+ * 16 queries) is transposed into per-query score rows. Each query then
+ * takes the scores of its own positions, rounds and scales them, and runs
+ * its softmax alone; its weights are written back at their positions in a
+ * row of zeros. O = P·V: the weight rows (16 queries x 32 positions) are
+ * the A operand, the head's values, repacked once per call into pairs of
+ * consecutive positions, the B operand.
+ *
+ * A query's result is independent of the others: its scores are its own
+ * tile column; its output row sums the products of its own weight row,
+ * 32 positions per step at fixed absolute positions, and a batch only adds
+ * steps where that row's weights are all zero, which leave the row's
+ * accumulator unchanged (adding exact zeros). */
+
+static void mha_head(dsv_bf16 *o, const dsv_bf16 *q, int T, const int32_t *idx, int ldi, const int32_t *n_sel,
+                     const dsv_bf16 *kvb, const dsv_bf16 *pe, int E, int H, int N, int R, int V, float scale, int h,
+                     float *scratch) {
+    const int D = N + R, Ep = round32(E), VT = V / 16;
+    const size_t krow = (size_t)H * (N + V); /* elements between two positions' rows */
+    uint8_t *vp = (uint8_t *)scratch;                           /* [VT][Ep/2][16][2] bf16 */
+    float *S = (float *)(vp + (size_t)Ep * V * 2);              /* [16][Ep] */
+    dsv_bf16 *P = (dsv_bf16 *)(S + (size_t)16 * Ep);            /* [16][Ep] */
+    uint8_t *qt = (uint8_t *)(P + (size_t)16 * Ep);             /* [D/32] B tiles */
+    dsv_bf16 *kpad = (dsv_bf16 *)(qt + (size_t)D / 32 * 1024);  /* [16][D]: a last, partial key tile */
+    float *ct = (float *)(kpad + (size_t)16 * D);               /* [16][16] */
+    float *sc = ct + 256;                                       /* [Ep] one query's scores */
+
+    /* Values of head h, positions paired: row jp of tile column ct holds
+     * (v[2jp][16ct+c], v[2jp+1][16ct+c]) for c = 0..15; zeros past E. */
+    static const uint16_t lo_idx[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                        8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+    static const uint16_t hi_idx[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+                                        24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+    const __m512i lo = _mm512_loadu_si512(lo_idx), hi = _mm512_loadu_si512(hi_idx);
+    for (int jp = 0; jp < Ep / 2; jp++) {
+        const dsv_bf16 *v0 = kvb + (size_t)(2 * jp) * krow + (size_t)h * (N + V) + N, *v1 = v0 + krow;
+        for (int c = 0; c < V; c += 32) {
+            const __mmask32 m = V - c >= 32 ? (__mmask32)0xffffffffu : (__mmask32)0xffff;
+            const __m512i a = 2 * jp < E ? _mm512_maskz_loadu_epi16(m, v0 + c) : _mm512_setzero_si512();
+            const __m512i b = 2 * jp + 1 < E ? _mm512_maskz_loadu_epi16(m, v1 + c) : _mm512_setzero_si512();
+            _mm512_store_si512(vp + ((size_t)(c / 16) * (Ep / 2) + jp) * 64, _mm512_permutex2var_epi16(a, lo, b));
+            if (V - c > 16)
+                _mm512_store_si512(vp + ((size_t)(c / 16 + 1) * (Ep / 2) + jp) * 64, _mm512_permutex2var_epi16(a, hi, b));
+        }
+    }
+
+    for (int t0 = 0; t0 < T; t0 += 16) {
+        const int nt = T - t0 < 16 ? T - t0 : 16;
+        int Eb = 1;
+        for (int t = 0; t < nt; t++)
+            if (n_sel[t0 + t] > 0 && idx[(size_t)(t0 + t) * ldi + n_sel[t0 + t] - 1] + 1 > Eb)
+                Eb = idx[(size_t)(t0 + t) * ldi + n_sel[t0 + t] - 1] + 1;
+        const int Ebp = round32(Eb);
+        /* The queries as B tiles: 16 queries x 32 dims per step, in pairs. */
+        for (int st = 0; st < D / 32; st++) {
+            __m512i r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = i < nt ? _mm512_loadu_si512(q + ((size_t)(t0 + i) * H + h) * D + 32 * st) : _mm512_setzero_si512();
+            transpose16(r);
+            for (int j = 0; j < 16; j++) _mm512_store_si512(qt + (size_t)st * 1024 + 64 * j, r[j]);
+        }
+        /* Scores of positions [0, Ebp) for the 16 queries. */
+        for (int j0 = 0; j0 < Ebp; j0 += 16) {
+            const uint8_t *kn, *kr;
+            size_t kns, krs;
+            if (j0 + 16 <= E) {
+                kn = (const uint8_t *)(kvb + (size_t)j0 * krow + (size_t)h * (N + V));
+                kr = (const uint8_t *)(pe + (size_t)j0 * R);
+                kns = krow * 2;
+                krs = (size_t)R * 2;
+            } else {
+                for (int i = 0; i < 16; i++) {
+                    dsv_bf16 *d = kpad + (size_t)i * D;
+                    if (j0 + i < E) {
+                        memcpy(d, kvb + (size_t)(j0 + i) * krow + (size_t)h * (N + V), (size_t)N * 2);
+                        memcpy(d + N, pe + (size_t)(j0 + i) * R, (size_t)R * 2);
+                    } else {
+                        memset(d, 0, (size_t)D * 2);
+                    }
+                }
+                kn = (const uint8_t *)kpad;
+                kr = (const uint8_t *)(kpad + N);
+                kns = krs = (size_t)D * 2;
+            }
+            _tile_zero(0);
+            for (int st = 0; st < N / 32; st++) {
+                _tile_loadd(4, kn + 64 * st, kns);
+                _tile_loadd(6, qt + (size_t)st * 1024, 64);
+                _tile_dpbf16ps(0, 4, 6);
+            }
+            for (int st = 0; st < R / 32; st++) {
+                _tile_loadd(5, kr + 64 * st, krs);
+                _tile_loadd(7, qt + (size_t)(N / 32 + st) * 1024, 64);
+                _tile_dpbf16ps(0, 5, 7);
+            }
+            _tile_stored(0, ct, 64);
+            __m512i r[16];
+            for (int i = 0; i < 16; i++) r[i] = _mm512_load_si512(ct + 16 * i);
+            transpose16(r);
+            for (int t = 0; t < nt; t++) _mm512_storeu_si512(S + (size_t)t * Ep + j0, r[t]);
+        }
+        /* Each query's softmax over its own positions; weights back in place. */
+        for (int t = 0; t < 16; t++) {
+            dsv_bf16 *pr = P + (size_t)t * Ep;
+            memset(pr, 0, (size_t)Ebp * 2);
+            if (t >= nt) continue;
+            const int n = n_sel[t0 + t];
+            const int32_t *sel = idx + (size_t)(t0 + t) * ldi;
+            const float *st = S + (size_t)t * Ep;
+            for (int j = 0; j < n; j++) sc[j] = dsv_round_bf16(dsv_round_bf16(st[sel[j]]) * scale);
+            dsv_avx512_softmax_bf16(sc, n);
+            for (int j = 0; j < n; j++) pr[sel[j]] = (dsv_bf16)(dsv_f32_bits(sc[j]) >> 16); /* bf16 values */
+        }
+        /* Outputs, 4 column tiles (64 values) at a time. */
+        for (int g = 0; g < VT; g += 4) {
+            const int ng = VT - g < 4 ? VT - g : 4;
+            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+            for (int a = 0; a < Ebp / 32; a++) {
+                const uint8_t *b = vp + ((size_t)g * (Ep / 2) + 16 * (size_t)a) * 64;
+                const size_t bt = (size_t)(Ep / 2) * 64; /* between column tiles */
+                _tile_loadd(4, P + 32 * (size_t)a, (size_t)Ep * 2);
+                _tile_loadd(5, b, 64);
+                _tile_dpbf16ps(0, 4, 5);
+                if (ng > 1) { _tile_loadd(6, b + bt, 64); _tile_dpbf16ps(1, 4, 6); }
+                if (ng > 2) { _tile_loadd(7, b + 2 * bt, 64); _tile_dpbf16ps(2, 4, 7); }
+                if (ng > 3) { _tile_loadd(5, b + 3 * bt, 64); _tile_dpbf16ps(3, 4, 5); }
+            }
+            for (int i = 0; i < ng; i++) {
+                switch (i) {
+                case 0: _tile_stored(0, ct, 64); break;
+                case 1: _tile_stored(1, ct, 64); break;
+                case 2: _tile_stored(2, ct, 64); break;
+                default: _tile_stored(3, ct, 64); break;
+                }
+                for (int t = 0; t < nt; t++)
+                    bf16x16_store(o + ((size_t)(t0 + t) * H + h) * V + 16 * (g + i), _mm512_load_ps(ct + 16 * t));
+            }
+        }
+    }
+}
+
+static void mha_attn(dsv_bf16 *o, const dsv_bf16 *q, int T, const int32_t *idx, int ldi, const int32_t *n_sel,
+                     const dsv_bf16 *kvb, const dsv_bf16 *pe, int E, int H, int N, int R, int V, float scale, int h0,
+                     int h1, float *scratch) {
+    /* Head layouts the tiles do not divide (dims in steps of 32, values in
+     * columns of 16) take the AVX-512 kernel, for every query alike. */
+    if (N % 32 || R % 32 || V % 16) {
+        dsv_avx512_mha_attn(o, q, T, idx, ldi, n_sel, kvb, pe, E, H, N, R, V, scale, h0, h1, scratch);
+        return;
+    }
+    tiles_configure();
+    for (int h = h0; h < h1; h++) mha_head(o, q, T, idx, ldi, n_sel, kvb, pe, E, H, N, R, V, scale, h, scratch);
+}
+
 _Static_assert(SCR_C + 4096 <= DSV_LIN_SCRATCH, "AMX linear scratch");
 
 const dsv_kernels dsv_kernels_amx = {
@@ -505,7 +662,7 @@ const dsv_kernels dsv_kernels_amx = {
     .index_q_pack = dsv_avx512_index_q_pack,
     .index_score = dsv_avx512_index_score,
     .mqa_attn = dsv_avx512_mqa_attn,
-    .mha_attn = dsv_avx512_mha_attn,
+    .mha_attn = mha_attn,
     .absorb_q = dsv_avx512_absorb_q,
     .absorb_o = dsv_avx512_absorb_o,
 };
