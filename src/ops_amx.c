@@ -397,7 +397,12 @@ static void blocked(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, i
             if (fp8) memset(acc, 0, (size_t)NB * ACC_LD * 4);
             for (int kc = 0; kc < Kp; kc += KC) {
                 const int kts = (Kp - kc < KC ? Kp - kc : KC) / 32;
-                for (int nt = 0; nt < ntn; nt++) w_tiles(wt + (size_t)nt * kts * 1024, w, nb + 16 * nt, kc, kts);
+                /* bf16 weights whose tiles are whole are read in place (rows
+                 * K*2 bytes apart); others are widened into tiles. */
+                const int direct = w->dtype == DSV_DT_BF16 && K % 32 == 0 && nb + 16 * ntn <= w->n_out;
+                const size_t a_ld = direct ? (size_t)K * 2 : 64, a_step = direct ? 64 : 1024;
+                if (!direct)
+                    for (int nt = 0; nt < ntn; nt++) w_tiles(wt + (size_t)nt * kts * 1024, w, nb + 16 * nt, kc, kts);
                 /* The next weight block, prefetched a line per row per step below. */
                 const int pf_n = kc + KC < Kp ? nb : nb + NB, pf_k = kc + KC < Kp ? kc + KC : 0;
                 const int pf_kts = (Kp - pf_k < KC ? Kp - pf_k : KC) / 32;
@@ -411,7 +416,9 @@ static void blocked(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, i
                         if (mt + 2 >= mtn)
                             for (int l = mt / 2 + 1; l < 32; l++) w_prefetch(w, pf_n + 16 * nt, pf_rows, pf_k, pf_kts, l);
                         float *c00 = acc + (size_t)nt * 16 * ACC_LD + mt * 16;
-                        const uint8_t *a0 = wt + (size_t)nt * kts * 1024, *a1 = a0 + (size_t)kts * 1024;
+                        const uint8_t *a0 = direct ? (const uint8_t *)w->w + ((size_t)(nb + 16 * nt) * K + kc) * 2
+                                                   : wt + (size_t)nt * kts * 1024;
+                        const uint8_t *a1 = direct ? a0 + (size_t)16 * K * 2 : a0 + (size_t)kts * 1024;
                         if (!fp8) {
                             if (kc == 0) {
                                 _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
@@ -422,7 +429,7 @@ static void blocked(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, i
                                 _tile_loadd(3, c00 + 16 * ACC_LD + 16, ACC_LD * 4);
                             }
                             for (int kt = 0; kt < kts; kt++) {
-                                _tile_loadd(4, a0 + kt * 1024, 64);
+                                _tile_loadd(4, a0 + kt * a_step, a_ld);
                                 _tile_loadd(6, x_tile(xp, Kp, (mc / 16) + mt, kc / 32 + kt), 64);
                                 _tile_dpbf16ps(0, 4, 6);
                                 if (two_m) {
@@ -430,7 +437,7 @@ static void blocked(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, i
                                     _tile_dpbf16ps(1, 4, 7);
                                 }
                                 if (two_n) {
-                                    _tile_loadd(5, a1 + kt * 1024, 64);
+                                    _tile_loadd(5, a1 + kt * a_step, a_ld);
                                     _tile_dpbf16ps(2, 5, 6);
                                     if (two_m) _tile_dpbf16ps(3, 5, 7);
                                 }
