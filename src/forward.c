@@ -339,9 +339,9 @@ static void attn_norm_rows(dsv_context *ctx, void *a, long i0, long i1, int ith)
         if (p->ly == ctx->m->layers) {
             /* Layer 0: x_n = norm(h), residual = h. */
             memcpy(ctx->res + t * D, ctx->x + t * D, (size_t)D * 2);
-            dsv_rmsnorm(ctx->xn + t * D, ctx->x + t * D, p->ly->attn_norm, D, ctx->c->rms_norm_eps);
+            dsv_kern->rmsnorm(ctx->xn + t * D, ctx->x + t * D, p->ly->attn_norm, D, ctx->c->rms_norm_eps);
         } else {
-            dsv_rmsnorm_residual(ctx->xn + t * D, ctx->res + t * D, ctx->x + t * D, p->ly->attn_norm, D,
+            dsv_kern->rmsnorm_residual(ctx->xn + t * D, ctx->res + t * D, ctx->x + t * D, p->ly->attn_norm, D,
                                  ctx->c->rms_norm_eps);
         }
     }
@@ -352,7 +352,7 @@ static void ffn_norm_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) 
     struct fwd_args *p = a;
     const int D = ctx->c->dim;
     for (long t = i0; t < i1; t++)
-        dsv_rmsnorm_residual(ctx->xn + t * D, ctx->res + t * D, ctx->x + t * D, p->ly->ffn_norm, D,
+        dsv_kern->rmsnorm_residual(ctx->xn + t * D, ctx->res + t * D, ctx->x + t * D, p->ly->ffn_norm, D,
                              ctx->c->rms_norm_eps);
 }
 
@@ -365,7 +365,7 @@ static void final_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
         long t = p->rows[i];
         dsv_bf16 *y = ctx->xn + i * D, *r = ctx->ex_x + i * D;
         memcpy(r, ctx->res + t * D, (size_t)D * 2); /* the residual of the last add is not kept */
-        dsv_rmsnorm_residual(y, r, ctx->x + t * D, ctx->m->norm, D, ctx->c->rms_norm_eps);
+        dsv_kern->rmsnorm_residual(y, r, ctx->x + t * D, ctx->m->norm, D, ctx->c->rms_norm_eps);
         for (int d = 0; d < D; d++) ctx->xf[i * D + d] = dsv_bf16_to_f32(y[d]);
     }
 }

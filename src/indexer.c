@@ -40,15 +40,15 @@ static void qk_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
         const float *cs = ctx->rope_cos + (size_t)pos * (R / 2), *sn = ctx->rope_sin + (size_t)pos * (R / 2);
         for (int h = 0; h < Hi; h++) {
             dsv_bf16 *qh = ctx->iq + ((size_t)t * Hi + h) * 128;
-            dsv_rope(qh, cs, sn, R / 2, 0);
-            dsv_hadamard128(qh);
+            dsv_kern->rope(qh, cs, sn, R / 2, 0);
+            dsv_kern->hadamard128(qh);
             dsv_kern->act_quant(ctx->iq8 + ((size_t)t * Hi + h) * 128, ctx->iqs + (size_t)t * Hi + h, qh, 128,
                                 c->scale_fmt);
         }
         dsv_bf16 *k = ctx->ik + (size_t)t * 128;
         dsv_layernorm(k, k, p->ly->idx_k_norm_w, p->ly->idx_k_norm_b, 128, c->rms_norm_eps);
-        dsv_rope(k, cs, sn, R / 2, 0);
-        dsv_hadamard128(k);
+        dsv_kern->rope(k, cs, sn, R / 2, 0);
+        dsv_kern->hadamard128(k);
         const dsv_seq *s = &ctx->seqs[ctx->tok_seq[t]];
         dsv_kern->act_quant(dsv_kv_index_keys(&ctx->kv, s, p->il, pos), dsv_kv_index_scales(&ctx->kv, s, p->il, pos),
                             k, 128, c->scale_fmt);

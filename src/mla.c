@@ -39,7 +39,7 @@ static void q_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     const dsv_config *c = ctx->c;
     const int Q = c->q_lora_rank;
     for (long t = i0; t < i1; t++)
-        dsv_rmsnorm(ctx->qr + t * Q, ctx->qa + t * Q, p->ly->q_norm, Q, c->rms_norm_eps);
+        dsv_kern->rmsnorm(ctx->qr + t * Q, ctx->qa + t * Q, p->ly->q_norm, Q, c->rms_norm_eps);
 }
 
 static void q_rope_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
@@ -49,7 +49,7 @@ static void q_rope_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     for (long t = i0; t < i1; t++) {
         const float *cs = ctx->rope_cos + (size_t)ctx->tok_pos[t] * (R / 2);
         const float *sn = ctx->rope_sin + (size_t)ctx->tok_pos[t] * (R / 2);
-        for (int h = 0; h < H; h++) dsv_rope(ctx->q + ((size_t)t * H + h) * (N + R) + N, cs, sn, R / 2, 1);
+        for (int h = 0; h < H; h++) dsv_kern->rope(ctx->q + ((size_t)t * H + h) * (N + R) + N, cs, sn, R / 2, 1);
     }
 }
 
@@ -62,8 +62,8 @@ static void kv_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     for (long t = i0; t < i1; t++) {
         dsv_bf16 *kvf = ctx->kvf + t * (C + R), *kvn = ctx->kvn + t * C;
         const int pos = ctx->tok_pos[t];
-        dsv_rmsnorm(kvn, kvf, p->ly->kv_norm, C, c->rms_norm_eps);
-        dsv_rope(kvf + C, ctx->rope_cos + (size_t)pos * (R / 2), ctx->rope_sin + (size_t)pos * (R / 2), R / 2, 1);
+        dsv_kern->rmsnorm(kvn, kvf, p->ly->kv_norm, C, c->rms_norm_eps);
+        dsv_kern->rope(kvf + C, ctx->rope_cos + (size_t)pos * (R / 2), ctx->rope_sin + (size_t)pos * (R / 2), R / 2, 1);
         uint8_t *codes = ctx->aq + t * C;
         float *scales = ctx->as + t * (C / DSV_QBLOCK);
         dsv_kern->act_quant(codes, scales, kvn, C, c->scale_fmt);

@@ -98,7 +98,7 @@ static void to_f32(dsv_context *ctx, void *a, long i0, long i1, int ith) {
 static void swiglu_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     (void)ctx; (void)ith;
     struct moe_args *p = a;
-    dsv_swiglu(ctx->ex_h1 + i0 * p->n, ctx->ex_h1 + i0 * p->n, ctx->ex_h3 + i0 * p->n, (int)((i1 - i0) * p->n));
+    dsv_kern->swiglu(ctx->ex_h1 + i0 * p->n, ctx->ex_h1 + i0 * p->n, ctx->ex_h3 + i0 * p->n, (int)((i1 - i0) * p->n));
 }
 
 void dsv_mlp_forward(dsv_context *ctx, const dsv_expert *e, int inter, dsv_bf16 *out,

@@ -140,6 +140,16 @@ typedef struct dsv_kernels {
                      const dsv_bf16 *kvb, const dsv_bf16 *pe, int E, int H, int N, int R, int V, float scale,
                      int h0, int h1, float *scratch);
 
+    /* Row ops of the forward pass, as their reference functions declared
+     * below (dsv_rmsnorm, dsv_rmsnorm_residual, dsv_rope, dsv_hadamard128,
+     * dsv_swiglu): the same per-element arithmetic, except that a norm's sum
+     * of squares and SwiGLU's exp may round differently. */
+    void (*rmsnorm)(dsv_bf16 *y, const dsv_bf16 *x, const float *w, int n, float eps);
+    void (*rmsnorm_residual)(dsv_bf16 *y, dsv_bf16 *res, const dsv_bf16 *x, const float *w, int n, float eps);
+    void (*rope)(dsv_bf16 *x, const float *cos, const float *sin, int n_half, int interleaved);
+    void (*hadamard128)(dsv_bf16 *x);
+    void (*swiglu)(dsv_bf16 *y, const dsv_bf16 *a, const dsv_bf16 *b, int n);
+
     /* The absorbed query of one head (model.py: einsum("bshd,hdc->bshc",
      * q_nope, wkv_b[:, :nope])): q_abs[c] = bf16(Σ_d q_nope[d] * Wb[row0+d][c])
      * over d < N, where Wb is wkv_b as the reference's bf16 weight_dequant
@@ -168,7 +178,9 @@ static inline float dsv_wkvb_at(const dsv_linear *w, int r, int c) {
     return dsv_round_bf16(dsv_e4m3_to_f32(((const uint8_t *)w->w)[i]) * s);
 }
 
-/* ---- small shared ops (ops_ref.c; not hot enough to dispatch) ------------ */
+/* ---- small shared ops (ops_ref.c) --------------------------------------------
+ * The reference versions; the forward pass calls the row ops through the
+ * table (dsv_kern->rmsnorm, ...). */
 
 /* Softmax as torch computes it on a bf16 tensor: fp32 inside, bf16 out.
  * In place over n scores (already bf16 values); returns nothing. */

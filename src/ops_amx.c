@@ -670,6 +670,11 @@ const dsv_kernels dsv_kernels_amx = {
     .index_score = dsv_avx512_index_score,
     .mqa_attn = dsv_avx512_mqa_attn,
     .mha_attn = mha_attn,
+    .rmsnorm = dsv_avx512_rmsnorm,
+    .rmsnorm_residual = dsv_avx512_rmsnorm_residual,
+    .rope = dsv_avx512_rope,
+    .hadamard128 = dsv_avx512_hadamard128,
+    .swiglu = dsv_avx512_swiglu,
     .absorb_q = dsv_avx512_absorb_q,
     .absorb_o = dsv_avx512_absorb_o,
 };

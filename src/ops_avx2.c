@@ -11,7 +11,8 @@
  * again for each pair of input rows, which makes large batches slower than
  * on AVX-512 but keeps decoding at memory speed. e4m3 codes widen through
  * F16C (the code's bits are an fp16 of value * 2^-8), so no floating-point
- * operation ever sees a subnormal (a microcode assist on Intel cores). */
+ * operation ever sees a subnormal (a microcode assist on Intel cores).
+ * The row ops (norms, RoPE, Hadamard, SwiGLU) are the reference's. */
 #include <math.h>
 #include <string.h>
 #include <immintrin.h>
@@ -583,6 +584,11 @@ const dsv_kernels dsv_kernels_avx2 = {
     .index_score = index_score,
     .mqa_attn = mqa_attn,
     .mha_attn = mha_attn,
+    .rmsnorm = dsv_rmsnorm,
+    .rmsnorm_residual = dsv_rmsnorm_residual,
+    .rope = dsv_rope,
+    .hadamard128 = dsv_hadamard128,
+    .swiglu = dsv_swiglu,
     .absorb_q = absorb_q,
     .absorb_o = absorb_o,
 };

@@ -423,6 +423,110 @@ void dsv_avx512_mha_attn(dsv_bf16 *o, const dsv_bf16 *q, int T, const int32_t *i
     }
 }
 
+/* ---- row ops ----------------------------------------------------------------
+ * The reference's per-element arithmetic in the same order (ops_ref.c);
+ * a norm's sum of squares is still taken in double, lane-wise. */
+
+/* Adds (double)(v*v) of 16 values (zeros past a tail) to two double sums. */
+static inline void sum_sq(__m512 v, __m512d *a0, __m512d *a1) {
+    const __m512 sq = _mm512_mul_ps(v, v);
+    *a0 = _mm512_add_pd(*a0, _mm512_cvtps_pd(_mm512_castps512_ps256(sq)));
+    *a1 = _mm512_add_pd(*a1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sq), 1))));
+}
+
+void dsv_avx512_rmsnorm(dsv_bf16 *y, const dsv_bf16 *x, const float *w, int n, float eps) {
+    __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+    for (int i = 0; i < n; i += 16)
+        sum_sq(n - i >= 16 ? bf16x16_load(x + i) : bf16x16_load_n(x + i, n - i), &a0, &a1);
+    const double ss = _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+    const __m512 r = _mm512_set1_ps(1.0f / sqrtf((float)(ss / n) + eps));
+    for (int i = 0; i < n; i += 16) {
+        const int l = n - i < 16 ? n - i : 16;
+        const __m512 v = l == 16 ? bf16x16_load(x + i) : bf16x16_load_n(x + i, l);
+        bf16x16_store_n(y + i, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(l), w + i), _mm512_mul_ps(v, r)), l);
+    }
+}
+
+void dsv_avx512_rmsnorm_residual(dsv_bf16 *y, dsv_bf16 *res, const dsv_bf16 *x, const float *w, int n, float eps) {
+    __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+    for (int i = 0; i < n; i += 16) {
+        const int l = n - i < 16 ? n - i : 16;
+        sum_sq(_mm512_add_ps(bf16x16_load_n(x + i, l), bf16x16_load_n(res + i, l)), &a0, &a1);
+    }
+    const double ss = _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+    const __m512 r = _mm512_set1_ps(1.0f / sqrtf((float)(ss / n) + eps));
+    for (int i = 0; i < n; i += 16) {
+        const int l = n - i < 16 ? n - i : 16;
+        /* The norm uses the fp32 sum; only the stored residual is rounded. */
+        const __m512 v = _mm512_add_ps(bf16x16_load_n(x + i, l), bf16x16_load_n(res + i, l));
+        bf16x16_store_n(y + i, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(l), w + i), _mm512_mul_ps(v, r)), l);
+        bf16x16_store_n(res + i, v, l);
+    }
+}
+
+void dsv_avx512_rope(dsv_bf16 *x, const float *cos, const float *sin, int n_half, int interleaved) {
+    for (int i = 0; i < n_half; i += 16) {
+        const int l = n_half - i < 16 ? n_half - i : 16;
+        const __mmask16 m = tail_mask(l);
+        const __m512 c = _mm512_maskz_loadu_ps(m, cos + i), sn = _mm512_maskz_loadu_ps(m, sin + i);
+        __m512 a, b;
+        if (interleaved) {
+            /* 16 pairs (x[2i], x[2i+1]) as 32-bit lanes: low half a, high half b. */
+            const __m512i p = _mm512_maskz_loadu_epi32(m, x + 2 * i);
+            a = _mm512_castsi512_ps(_mm512_slli_epi32(p, 16));
+            b = _mm512_castsi512_ps(_mm512_and_si512(p, _mm512_set1_epi32((int)0xffff0000)));
+        } else {
+            a = bf16x16_load_n(x + i, l);
+            b = bf16x16_load_n(x + n_half + i, l);
+        }
+        /* (a + ib)(cos + i sin), as complex64 multiplication. */
+        const __m512 ra = _mm512_sub_ps(_mm512_mul_ps(a, c), _mm512_mul_ps(b, sn));
+        const __m512 rb = _mm512_add_ps(_mm512_mul_ps(a, sn), _mm512_mul_ps(b, c));
+        if (interleaved) {
+            const __m512i p = _mm512_or_si512(f32x16_bf16_bits(ra), _mm512_slli_epi32(f32x16_bf16_bits(rb), 16));
+            _mm512_mask_storeu_epi32(x + 2 * i, m, p);
+        } else {
+            bf16x16_store_n(x + i, ra, l);
+            bf16x16_store_n(x + n_half + i, rb, l);
+        }
+    }
+}
+
+/* One butterfly stage within vectors: lanes j and j+h (h < 16) become
+ * a + b and a - b, exactly the reference's pair operations. */
+static inline __m512 fwht_in(__m512 v, __m512 p, __mmask16 upper) {
+    return _mm512_mask_sub_ps(_mm512_add_ps(v, p), upper, p, v);
+}
+
+void dsv_avx512_hadamard128(dsv_bf16 *x) {
+    __m512 v[8];
+    for (int i = 0; i < 8; i++) {
+        __m512 t = bf16x16_load(x + 16 * i);
+        t = fwht_in(t, _mm512_permute_ps(t, 0xb1), 0xaaaa);         /* h = 1 */
+        t = fwht_in(t, _mm512_permute_ps(t, 0x4e), 0xcccc);         /* h = 2 */
+        t = fwht_in(t, _mm512_shuffle_f32x4(t, t, 0xb1), 0xf0f0);   /* h = 4 */
+        v[i] = fwht_in(t, _mm512_shuffle_f32x4(t, t, 0x4e), 0xff00); /* h = 8 */
+    }
+    for (int h = 1; h < 8; h *= 2) /* h = 16, 32, 64 values: across vectors */
+        for (int i = 0; i < 8; i += 2 * h)
+            for (int j = i; j < i + h; j++) {
+                const __m512 a = v[j], b = v[j + h];
+                v[j] = _mm512_add_ps(a, b);
+                v[j + h] = _mm512_sub_ps(a, b);
+            }
+    const __m512 scale = _mm512_set1_ps(0.088388347648318440550f); /* 128^-0.5 */
+    for (int i = 0; i < 8; i++) bf16x16_store(x + 16 * i, _mm512_mul_ps(v[i], scale));
+}
+
+void dsv_avx512_swiglu(dsv_bf16 *y, const dsv_bf16 *a, const dsv_bf16 *b, int n) {
+    for (int i = 0; i < n; i += 16) {
+        const int l = n - i < 16 ? n - i : 16;
+        const __m512 x = bf16x16_load_n(a + i, l);
+        const __m512 silu = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_f32x16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+        bf16x16_store_n(y + i, _mm512_mul_ps(silu, bf16x16_load_n(b + i, l)), l);
+    }
+}
+
 /* ---- absorption through wkv_b -------------------------------------------- */
 
 /* 16 elements of wkv_b row r from column c as the reference's bf16
@@ -494,6 +598,11 @@ const dsv_kernels dsv_kernels_avx512 = {
     .index_score = dsv_avx512_index_score,
     .mqa_attn = dsv_avx512_mqa_attn,
     .mha_attn = dsv_avx512_mha_attn,
+    .rmsnorm = dsv_avx512_rmsnorm,
+    .rmsnorm_residual = dsv_avx512_rmsnorm_residual,
+    .rope = dsv_avx512_rope,
+    .hadamard128 = dsv_avx512_hadamard128,
+    .swiglu = dsv_avx512_swiglu,
     .absorb_q = dsv_avx512_absorb_q,
     .absorb_o = dsv_avx512_absorb_o,
 };

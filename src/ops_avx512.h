@@ -150,6 +150,11 @@ void dsv_avx512_mha_attn(dsv_bf16 *o, const dsv_bf16 *q, int T, const int32_t *i
 void dsv_avx512_absorb_q(dsv_bf16 *q_abs, const dsv_bf16 *q_nope, const dsv_linear *wkv_b, int row0, int N,
                          float *acc);
 void dsv_avx512_absorb_o(dsv_bf16 *o, const dsv_bf16 *o_lat, const dsv_linear *wkv_b, int row0, int V);
+void dsv_avx512_rmsnorm(dsv_bf16 *y, const dsv_bf16 *x, const float *w, int n, float eps);
+void dsv_avx512_rmsnorm_residual(dsv_bf16 *y, dsv_bf16 *res, const dsv_bf16 *x, const float *w, int n, float eps);
+void dsv_avx512_rope(dsv_bf16 *x, const float *cos, const float *sin, int n_half, int interleaved);
+void dsv_avx512_hadamard128(dsv_bf16 *x);
+void dsv_avx512_swiglu(dsv_bf16 *y, const dsv_bf16 *a, const dsv_bf16 *b, int n);
 /* Softmax of n scores in place, bf16 out, as dsv_softmax_bf16 (within the
  * exp's rounding). */
 void dsv_avx512_softmax_bf16(float *x, int n);

@@ -201,6 +201,11 @@ const dsv_kernels dsv_kernels_ref = {
     .index_score = index_score_ref,
     .mqa_attn = mqa_attn_ref,
     .mha_attn = mha_attn_ref,
+    .rmsnorm = dsv_rmsnorm,
+    .rmsnorm_residual = dsv_rmsnorm_residual,
+    .rope = dsv_rope,
+    .hadamard128 = dsv_hadamard128,
+    .swiglu = dsv_swiglu,
     .absorb_q = absorb_q_ref,
     .absorb_o = absorb_o_ref,
 };

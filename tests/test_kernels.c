@@ -16,6 +16,7 @@
  * - mqa_attn, mha_attn: 1e-4. Scores are rounded to bf16 three times and
  *   the softmax output once, so an fp32 difference in a dot product can move
  *   a weight by one bf16 ulp; the output is a weighted mean of bf16 rows.
+ * - row ops (norms, RoPE, Hadamard, SwiGLU): see kernels_row_ops.
  * Besides closeness, each fast kernel must be batch invariant: the same
  * bits for a row computed alone or among others, and for any split of the
  * output columns (linear) or heads (attention) or queries (index). */
@@ -465,6 +466,52 @@ TEST(kernels_absorb) {
         free_weight(&t);
     }
     report("absorb");
+}
+
+/* Row ops: RoPE and the Hadamard transform run the reference's operations
+ * exactly (bit for bit); norms may differ only by the order of their
+ * double sums of squares (NMSE 1e-10: at most a rare one-ulp flip);
+ * SwiGLU's exp is within 2 ulp of expf (NMSE 1e-5, bf16 outputs). */
+TEST(kernels_row_ops) {
+    const dsv_kernels *sets[3];
+    int ns = fast_sets(sets);
+    enum { N = 1000 };
+    static dsv_bf16 x[N], r0[N], r1[N], y0[N], y1[N], b[N];
+    static float w[N], cs[64], sn[64];
+    for (int trial = 0; trial < 20; trial++) {
+        fill_bf16(x, N, trial % 2 ? 3.0f : 0.01f);
+        fill_bf16(b, N, 1.0f);
+        for (int i = 0; i < N; i++) w[i] = 1.0f + 0.1f * rnd_normal();
+        for (int i = 0; i < 64; i++) { float a = rnd_unit() * 3.14159f; cs[i] = cosf(a); sn[i] = sinf(a); }
+        const int n = trial % 3 ? N : 2 * 7 * 16 + 5;
+        for (int s = 0; s < ns; s++) {
+            dsv_kernels_ref.rmsnorm(y0, x, w, n, 1e-6f);
+            sets[s]->rmsnorm(y1, x, w, n, 1e-6f);
+            CHECKF(nmse_bf16(y1, y0, (size_t)n) <= 1e-10, "%s rmsnorm", sets[s]->name);
+            memcpy(r0, b, sizeof b);
+            memcpy(r1, b, sizeof b);
+            dsv_kernels_ref.rmsnorm_residual(y0, r0, x, w, n, 1e-6f);
+            sets[s]->rmsnorm_residual(y1, r1, x, w, n, 1e-6f);
+            CHECKF(nmse_bf16(y1, y0, (size_t)n) <= 1e-10 && !memcmp(r0, r1, (size_t)n * 2), "%s rmsnorm_residual",
+                   sets[s]->name);
+            for (int il = 0; il < 2; il++)
+                for (int half = 16; half <= 64; half *= 2) {
+                    memcpy(y0, x, sizeof x);
+                    memcpy(y1, x, sizeof x);
+                    dsv_kernels_ref.rope(y0, cs, sn, half / 2 + (half == 64 ? 0 : 8), il);
+                    sets[s]->rope(y1, cs, sn, half / 2 + (half == 64 ? 0 : 8), il);
+                    CHECKF(!memcmp(y0, y1, sizeof y0), "%s rope n_half %d interleaved %d", sets[s]->name, half, il);
+                }
+            memcpy(y0, x, 256);
+            memcpy(y1, x, 256);
+            dsv_kernels_ref.hadamard128(y0);
+            sets[s]->hadamard128(y1);
+            CHECKF(!memcmp(y0, y1, 256), "%s hadamard128", sets[s]->name);
+            dsv_kernels_ref.swiglu(y0, x, b, n);
+            sets[s]->swiglu(y1, x, b, n);
+            CHECKF(nmse_bf16(y1, y0, (size_t)n) <= 1e-5, "%s swiglu", sets[s]->name);
+        }
+    }
 }
 
 TEST(kernels_force_and_names) {
