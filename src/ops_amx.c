@@ -39,16 +39,17 @@ typedef struct {
 
 static _Thread_local int tiles_ready;
 
+/* Every tile 16 rows x 64 bytes. A constant object: GCC does not see that
+ * LDTILECFG reads its operand and drops stores to a local config. */
+static const tile_config tile_cfg = {
+    .palette = 1,
+    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
+};
+
 static void tiles_configure(void) {
     if (tiles_ready) return;
-    tile_config c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    for (int i = 0; i < 8; i++) {
-        c.colsb[i] = 64;
-        c.rows[i] = 16;
-    }
-    _tile_loadconfig(&c);
+    _tile_loadconfig(&tile_cfg);
     tiles_ready = 1;
 }
 
@@ -498,6 +499,80 @@ static void linear(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, in
     else blocked(y, ldy, xp, w, m, n0, n1, scratch);
 }
 
+/* ---- indexer scores on tiles ------------------------------------------------
+ * Sᵀ = K·Qᵀ per query: 16 keys x 32 dims of e4m3 codes widened to bf16
+ * (exact) are the A operand, 16 heads x 32 dims of the query's codes, in
+ * VNNI pairs, the B operand; four head groups (64 heads) accumulate side by
+ * side. Each result tile row is one key's 16 head dots: ReLU, times the
+ * head weights, summed over heads in a fixed order, times the key's scale.
+ * A score depends only on its query and key. */
+
+/* Packed query: for each group of 16 heads (zeros past n_heads) and each of
+ * the 4 dim steps, one B tile: row j holds (q[h][32s+2j], q[h][32s+2j+1])
+ * for the 16 heads h. */
+static void index_q_pack(void *qp, const uint8_t *q8, int n_heads) {
+    for (int g = 0; g < (n_heads + 15) / 16; g++)
+        for (int st = 0; st < 4; st++) {
+            __m512i r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = 16 * g + i < n_heads ? e4m3x32_bf16(q8 + (size_t)(16 * g + i) * 128 + 32 * st, 1)
+                                            : _mm512_setzero_si512();
+            transpose16(r);
+            for (int j = 0; j < 16; j++) _mm512_store_si512((uint8_t *)qp + ((size_t)g * 4 + st) * 1024 + 64 * j, r[j]);
+        }
+}
+
+static void index_score(float *out, int ldo, const void *qp, const float *w, int n_heads, int nq, const uint8_t *k8,
+                        const float *ks, int n, void *scratch) {
+    uint8_t *kt = scratch;              /* up to 64 keys as A tiles [key tile][dim step] */
+    float *ct = (float *)(kt + 16384);  /* 4 result tiles [16 keys][16 heads] */
+    const int ng = (n_heads + 15) / 16;
+    tiles_configure();
+    for (int j0 = 0; j0 < n; j0 += 64) {
+        const int nk = n - j0 < 64 ? n - j0 : 64, nkt = (nk + 15) / 16;
+        for (int i = 0; i < nkt * 16; i++)
+            for (int st = 0; st < 4; st++)
+                _mm512_store_si512(kt + ((size_t)(i / 16) * 4 + st) * 1024 + 64 * (i % 16),
+                                   i < nk ? e4m3x32_bf16(k8 + (size_t)(j0 + i) * 128 + 32 * st, 1) : _mm512_setzero_si512());
+        for (int t = 0; t < nq; t++) {
+            const uint8_t *q = (const uint8_t *)qp + (size_t)t * dsv_index_q_bytes(n_heads);
+            const float *wt = w + (size_t)t * n_heads;
+            float *o = out + (size_t)t * ldo + j0;
+            for (int a = 0; a < nkt; a++) {
+                __m512 sum[16];
+                for (int r = 0; r < 16; r++) sum[r] = _mm512_setzero_ps();
+                for (int g0 = 0; g0 < ng; g0 += 4) {
+                    const int gn = ng - g0 < 4 ? ng - g0 : 4;
+                    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                    for (int st = 0; st < 4; st++) {
+                        const uint8_t *b = q + ((size_t)g0 * 4 + st) * 1024;
+                        _tile_loadd(4, kt + ((size_t)a * 4 + st) * 1024, 64);
+                        _tile_loadd(5, b, 64);
+                        _tile_dpbf16ps(0, 4, 5);
+                        if (gn > 1) { _tile_loadd(6, b + 4096, 64); _tile_dpbf16ps(1, 4, 6); }
+                        if (gn > 2) { _tile_loadd(7, b + 8192, 64); _tile_dpbf16ps(2, 4, 7); }
+                        if (gn > 3) { _tile_loadd(5, b + 12288, 64); _tile_dpbf16ps(3, 4, 5); }
+                    }
+                    _tile_stored(0, ct, 64);
+                    if (gn > 1) _tile_stored(1, ct + 256, 64);
+                    if (gn > 2) _tile_stored(2, ct + 512, 64);
+                    if (gn > 3) _tile_stored(3, ct + 768, 64);
+                    for (int g = 0; g < gn; g++) {
+                        const int hb = 16 * (g0 + g);
+                        const __m512 wv = _mm512_maskz_loadu_ps(n_heads - hb >= 16 ? (__mmask16)0xffff
+                                                                                   : (__mmask16)((1u << (n_heads - hb)) - 1),
+                                                                wt + hb);
+                        for (int r = 0; r < 16; r++)
+                            sum[r] = _mm512_fmadd_ps(_mm512_max_ps(_mm512_load_ps(ct + 256 * g + 16 * r), _mm512_setzero_ps()),
+                                                     wv, sum[r]);
+                    }
+                }
+                for (int r = 0; r < 16 && 16 * a + r < nk; r++) o[16 * a + r] = _mm512_reduce_add_ps(sum[r]) * ks[j0 + 16 * a + r];
+            }
+        }
+    }
+}
+
 /* ---- MHA (prefill) attention on tiles ----------------------------------------
  * Per head, 16 queries at a time. Scores Sᵀ = K·Qᵀ: the key rows as stored
  * in kvb/pe are the A operand (16 positions x 32 dims), the 16 queries
@@ -666,8 +741,8 @@ const dsv_kernels dsv_kernels_amx = {
     .lin_pack_bf16 = lin_pack_bf16,
     .linear_bf16 = linear,
     .linear_f32 = dsv_avx512_linear_f32,
-    .index_q_pack = dsv_avx512_index_q_pack,
-    .index_score = dsv_avx512_index_score,
+    .index_q_pack = index_q_pack,
+    .index_score = index_score,
     .mqa_attn = dsv_avx512_mqa_attn,
     .mha_attn = mha_attn,
     .rmsnorm = dsv_avx512_rmsnorm,
