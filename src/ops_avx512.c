@@ -135,20 +135,25 @@ static inline __attribute__((always_inline)) void dense_tile(void *y, int ldy, i
 }
 
 /* Tiles of 4 weight rows by 4 input rows; the same per-element arithmetic
- * in the narrower edge tiles. */
+ * in the narrower edge tiles. Blocks of 64 weight rows stay in L2 while
+ * every input row passes over them, 4 at a time (those in L1). */
 static inline __attribute__((always_inline)) void dense(void *y, int ldy, int out_bf16, const float *x, int ldx,
                                                         const dsv_linear *w, dsv_dtype dt, int as_bf16, int m, int n0,
                                                         int n1) {
-    int n = n0;
-    for (; n + 4 <= n1; n += 4) {
-        int i = 0;
-        for (; i + 4 <= m; i += 4) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, i, 4, 4);
-        for (; i < m; i++) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, i, 4, 1);
-    }
-    for (; n < n1; n++) {
-        int i = 0;
-        for (; i + 4 <= m; i += 4) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, i, 1, 4);
-        for (; i < m; i++) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, i, 1, 1);
+    for (int nb = n0; nb < n1; nb += 64) {
+        const int ne = n1 - nb < 64 ? n1 : nb + 64;
+        for (int i = 0; i < m; i += 4) {
+            const int mr = m - i < 4 ? m - i : 4;
+            int n = nb;
+            for (; n + 4 <= ne; n += 4) {
+                if (mr == 4) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, i, 4, 4);
+                else for (int r = i; r < m; r++) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, r, 4, 1);
+            }
+            for (; n < ne; n++) {
+                if (mr == 4) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, i, 1, 4);
+                else for (int r = i; r < m; r++) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, r, 1, 1);
+            }
+        }
     }
 }
 
@@ -212,20 +217,25 @@ static inline __attribute__((always_inline)) void fp8_tile(dsv_bf16 *y, int ldy,
     }
 }
 
+/* Blocks of 64 weight rows (in L2) against every input row, 3 at a time. */
 static void linear_fp8(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
                        void *scratch) {
     (void)scratch;
     const float *x = xp, *xs = pack_scales((void *)xp, m, w->n_in);
-    int n = n0;
-    for (; n + 4 <= n1 && n % 4 == 0; n += 4) {
-        int i = 0;
-        for (; i + 3 <= m; i += 3) fp8_tile(y, ldy, x, xs, w, n, i, 4, 3);
-        for (; i < m; i++) fp8_tile(y, ldy, x, xs, w, n, i, 4, 1);
-    }
-    for (; n < n1; n++) {
-        int i = 0;
-        for (; i + 3 <= m; i += 3) fp8_tile(y, ldy, x, xs, w, n, i, 1, 3);
-        for (; i < m; i++) fp8_tile(y, ldy, x, xs, w, n, i, 1, 1);
+    for (int nb = n0; nb < n1; nb += 64) {
+        const int ne = n1 - nb < 64 ? n1 : nb + 64;
+        for (int i = 0; i < m; i += 3) {
+            const int mr = m - i < 3 ? m - i : 3;
+            int n = nb;
+            for (; n + 4 <= ne && n % 4 == 0; n += 4) {
+                if (mr == 3) fp8_tile(y, ldy, x, xs, w, n, i, 4, 3);
+                else for (int r = i; r < m; r++) fp8_tile(y, ldy, x, xs, w, n, r, 4, 1);
+            }
+            for (; n < ne; n++) {
+                if (mr == 3) fp8_tile(y, ldy, x, xs, w, n, i, 1, 3);
+                else for (int r = i; r < m; r++) fp8_tile(y, ldy, x, xs, w, n, r, 1, 1);
+            }
+        }
     }
 }
 
