@@ -59,9 +59,10 @@ static inline size_t dsv_lin_pack_bytes(int m, int K) {
 #define DSV_LIN_SCRATCH ((size_t)384 << 10)
 /* Bytes of one packed indexer query (index_q_pack) of n_heads heads. */
 static inline size_t dsv_index_q_bytes(int n_heads) { return (((size_t)n_heads + 15) & ~(size_t)15) * 128 * 4 + 64; }
-/* Floats of per-thread scratch mqa_attn needs for n keys of width C. */
+/* Floats of per-thread scratch mqa_attn needs for n keys of width C (AMX:
+ * the keys repacked in pairs, 16 heads' scores and weights). */
 static inline size_t dsv_attn_scratch(int n, int C) {
-    return 40 * ((size_t)n + 32) + 32 * (size_t)C + 4096;
+    return ((size_t)n + 64) * ((size_t)C / 2 + 40) + 48 * (size_t)C + 8192;
 }
 /* Floats of per-thread scratch mha_attn needs for E positions, query width
  * D = N+R and value width V (AMX: the values of a head repacked, 16

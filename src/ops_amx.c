@@ -573,6 +573,145 @@ static void index_score(float *out, int ldo, const void *qp, const float *w, int
     }
 }
 
+/* ---- MQA (decode) attention on tiles -------------------------------------------
+ * Up to 16 heads at a time share the gathered latent rows. Scores Sᵀ =
+ * KV·Q_absᵀ and PE·Q_peᵀ: 16 latent rows as stored are the A operand, the
+ * heads' absorbed queries transposed into VNNI pairs the B operand, into
+ * two accumulators (the reference rounds the two einsums separately). The
+ * transposed result rows are each head's scores; each head runs its
+ * softmax alone. O = P·KV: the heads' weight rows (A) against the latent
+ * rows repacked into pairs of consecutive keys (B), once per call.
+ * A head's result depends only on that head: its own tile column, its own
+ * weight row over the same fixed 32-key steps. */
+
+/* 16 rows (zeros past nh) of width D from src (row stride ld elements),
+ * as D/32 B tiles of pairs at dst. */
+static void b_tiles(uint8_t *dst, const dsv_bf16 *src, size_t ld, int nh, int D) {
+    for (int st = 0; st < D / 32; st++) {
+        __m512i r[16];
+        for (int i = 0; i < 16; i++) r[i] = i < nh ? _mm512_loadu_si512(src + (size_t)i * ld + 32 * st) : _mm512_setzero_si512();
+        transpose16(r);
+        for (int j = 0; j < 16; j++) _mm512_store_si512(dst + (size_t)st * 1024 + 64 * j, r[j]);
+    }
+}
+
+static void mqa_attn(dsv_bf16 *o_lat, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
+                     const dsv_bf16 *pe, int n, int C, int R, float scale, int h0, int h1, float *scratch) {
+    if (C % 64 || R % 32 || n == 0) {
+        dsv_avx512_mqa_attn(o_lat, q_abs, q_pe, kv, pe, n, C, R, scale, h0, h1, scratch);
+        return;
+    }
+    tiles_configure();
+    const int np = round32(n), CT = C / 16;
+    uint8_t *vp = (uint8_t *)scratch;                          /* [CT][np/2][16][2] */
+    float *S = (float *)(vp + (size_t)np * C * 2);             /* [16][np] */
+    dsv_bf16 *P = (dsv_bf16 *)(S + (size_t)16 * np);           /* [16][np] */
+    uint8_t *qa = (uint8_t *)(P + (size_t)16 * np);            /* C/32 B tiles */
+    uint8_t *qr = qa + (size_t)C / 32 * 1024;                  /* R/32 B tiles */
+    dsv_bf16 *kpad = (dsv_bf16 *)(qr + (size_t)R / 32 * 1024); /* [16][C + R]: a last, partial key tile */
+    float *ct = (float *)(kpad + (size_t)16 * (C + R));        /* 2 x [16][16] */
+
+    /* Latent rows in pairs of keys, zeros past n. */
+    static const uint16_t lo_idx[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                        8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+    static const uint16_t hi_idx[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+                                        24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+    const __m512i lo = _mm512_loadu_si512(lo_idx), hi = _mm512_loadu_si512(hi_idx);
+    for (int jp = 0; jp < np / 2; jp++)
+        for (int c = 0; c < C; c += 32) {
+            const __m512i a = 2 * jp < n ? _mm512_loadu_si512(kv + (size_t)(2 * jp) * C + c) : _mm512_setzero_si512();
+            const __m512i b = 2 * jp + 1 < n ? _mm512_loadu_si512(kv + (size_t)(2 * jp + 1) * C + c) : _mm512_setzero_si512();
+            _mm512_store_si512(vp + ((size_t)(c / 16) * (np / 2) + jp) * 64, _mm512_permutex2var_epi16(a, lo, b));
+            _mm512_store_si512(vp + ((size_t)(c / 16 + 1) * (np / 2) + jp) * 64, _mm512_permutex2var_epi16(a, hi, b));
+        }
+
+    for (int hb = h0; hb < h1; hb += 16) {
+        const int nh = h1 - hb < 16 ? h1 - hb : 16;
+        b_tiles(qa, q_abs + (size_t)hb * C, (size_t)C, nh, C);
+        b_tiles(qr, q_pe + (size_t)hb * R, (size_t)R, nh, R);
+        for (int j0 = 0; j0 < np; j0 += 16) {
+            const uint8_t *ka, *kr;
+            size_t kas, krs;
+            if (j0 + 16 <= n) {
+                ka = (const uint8_t *)(kv + (size_t)j0 * C);
+                kr = (const uint8_t *)(pe + (size_t)j0 * R);
+                kas = (size_t)C * 2;
+                krs = (size_t)R * 2;
+            } else {
+                for (int i = 0; i < 16; i++) {
+                    dsv_bf16 *d = kpad + (size_t)i * (C + R);
+                    if (j0 + i < n) {
+                        memcpy(d, kv + (size_t)(j0 + i) * C, (size_t)C * 2);
+                        memcpy(d + C, pe + (size_t)(j0 + i) * R, (size_t)R * 2);
+                    } else {
+                        memset(d, 0, (size_t)(C + R) * 2);
+                    }
+                }
+                ka = (const uint8_t *)kpad;
+                kr = (const uint8_t *)(kpad + C);
+                kas = krs = (size_t)(C + R) * 2;
+            }
+            _tile_zero(0);
+            _tile_zero(1);
+            for (int st = 0; st < C / 32; st++) {
+                _tile_loadd(4, ka + 64 * st, kas);
+                _tile_loadd(6, qa + (size_t)st * 1024, 64);
+                _tile_dpbf16ps(0, 4, 6);
+            }
+            for (int st = 0; st < R / 32; st++) {
+                _tile_loadd(5, kr + 64 * st, krs);
+                _tile_loadd(7, qr + (size_t)st * 1024, 64);
+                _tile_dpbf16ps(1, 5, 7);
+            }
+            _tile_stored(0, ct, 64);
+            _tile_stored(1, ct + 256, 64);
+            /* (einsum(q_abs, kv) + einsum(q_pe, pe)) * scale, each a bf16 tensor;
+             * a row is one key's 16 heads. */
+            __m512i r[16];
+            const __m512 sc = _mm512_set1_ps(scale);
+            for (int i = 0; i < 16; i++) {
+                const __m512 a = f32x16_round_bf16(_mm512_load_ps(ct + 16 * i));
+                const __m512 b = f32x16_round_bf16(_mm512_load_ps(ct + 256 + 16 * i));
+                r[i] = _mm512_castps_si512(f32x16_round_bf16(_mm512_mul_ps(f32x16_round_bf16(_mm512_add_ps(a, b)), sc)));
+            }
+            transpose16(r);
+            for (int h = 0; h < nh; h++) _mm512_storeu_si512(S + (size_t)h * np + j0, r[h]);
+        }
+        for (int h = 0; h < 16; h++) {
+            dsv_bf16 *pr = P + (size_t)h * np;
+            memset(pr, 0, (size_t)np * 2);
+            if (h >= nh) continue;
+            float *s = S + (size_t)h * np;
+            dsv_avx512_softmax_bf16(s, n);
+            for (int j = 0; j < n; j++) pr[j] = (dsv_bf16)(dsv_f32_bits(s[j]) >> 16); /* bf16 values */
+        }
+        for (int g = 0; g < CT; g += 4) {
+            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+            const size_t bt = (size_t)(np / 2) * 64;
+            for (int a = 0; a < np / 32; a++) {
+                const uint8_t *b = vp + ((size_t)g * (np / 2) + 16 * (size_t)a) * 64;
+                _tile_loadd(4, P + 32 * (size_t)a, (size_t)np * 2);
+                _tile_loadd(5, b, 64);
+                _tile_dpbf16ps(0, 4, 5);
+                _tile_loadd(6, b + bt, 64);
+                _tile_dpbf16ps(1, 4, 6);
+                _tile_loadd(7, b + 2 * bt, 64);
+                _tile_dpbf16ps(2, 4, 7);
+                _tile_loadd(5, b + 3 * bt, 64);
+                _tile_dpbf16ps(3, 4, 5);
+            }
+            _tile_stored(0, ct, 64);
+            for (int h = 0; h < nh; h++) bf16x16_store(o_lat + (size_t)(hb + h) * C + 16 * g, _mm512_load_ps(ct + 16 * h));
+            _tile_stored(1, ct, 64);
+            for (int h = 0; h < nh; h++) bf16x16_store(o_lat + (size_t)(hb + h) * C + 16 * (g + 1), _mm512_load_ps(ct + 16 * h));
+            _tile_stored(2, ct, 64);
+            for (int h = 0; h < nh; h++) bf16x16_store(o_lat + (size_t)(hb + h) * C + 16 * (g + 2), _mm512_load_ps(ct + 16 * h));
+            _tile_stored(3, ct, 64);
+            for (int h = 0; h < nh; h++) bf16x16_store(o_lat + (size_t)(hb + h) * C + 16 * (g + 3), _mm512_load_ps(ct + 16 * h));
+        }
+    }
+}
+
 /* ---- MHA (prefill) attention on tiles ----------------------------------------
  * Per head, 16 queries at a time. Scores Sᵀ = K·Qᵀ: the key rows as stored
  * in kvb/pe are the A operand (16 positions x 32 dims), the 16 queries
@@ -743,7 +882,7 @@ const dsv_kernels dsv_kernels_amx = {
     .linear_f32 = dsv_avx512_linear_f32,
     .index_q_pack = index_q_pack,
     .index_score = index_score,
-    .mqa_attn = dsv_avx512_mqa_attn,
+    .mqa_attn = mqa_attn,
     .mha_attn = mha_attn,
     .rmsnorm = dsv_avx512_rmsnorm,
     .rmsnorm_residual = dsv_avx512_rmsnorm_residual,
