@@ -1,5 +1,7 @@
-/* ops_amx.c: the AMX kernel set: linear layers on AMX-BF16 tiles, the rest
- * shared with the AVX-512 set.
+/* ops_amx.c: the AMX kernel set: linear layers, indexer scores and both
+ * attention forms on AMX-BF16 tiles; the fp32 linears, the absorptions
+ * through wkv_b (weight streaming, no reuse to tile), act_quant, dequant
+ * and the row ops are the AVX-512 set's.
  *
  * A linear computes Cᵀ = W·Xᵀ: the weight rows, as stored (16 rows x 32
  * values of K), are the A operand, so no weight is ever repacked ahead of
@@ -25,8 +27,14 @@
  *
  * AMX's own summation (TDPBF16PS) is more precise than a chain of fp32
  * adds and differs from AVX512_BF16's VDPBF16PS, which is why the AMX set
- * never mixes in another kernel for any row count. Tiles are configured once
- * per thread (16 rows x 64 bytes each). */
+ * never mixes in another kernel for any row count. The attention and
+ * indexer kernels follow the same rule: queries (or heads) share tiles but
+ * each one's result is its own row or column of products (see each
+ * section). Tiles are configured once per thread (16 rows x 64 bytes each).
+ *
+ * Known limit: decoding with fp8 weights widens each weight tile right
+ * before the tile load that reads it and runs at ~7-8 GB/s per core, below
+ * memory speed (bf16 weights are loaded in place and stream at ~14 GB/s). */
 #include <string.h>
 
 #include "ops_avx512.h"
