@@ -48,22 +48,33 @@ static void split16(long n, int ith, int nth, long *b, long *e) {
     *e = be * 16 < n ? be * 16 : n;
 }
 
-/* One pool run per layer: each thread packs (for fp8: quantizes) its share
- * of the input rows, all wait for the whole packed input, then each
+/* Packs input rows [i0, i1) (for fp8: quantizes them) as the kernel set wants. */
+static void pack_rows(struct lin_args *p, long i0, long i1) {
+    const dsv_kernels *k = dsv_kern;
+    const int K = p->w->n_in;
+    if (p->w->dtype == DSV_DT_F8_E4M3) k->lin_pack_fp8(p->ctx->xp, p->x, p->m, K, (int)i0, (int)i1, p->ctx->c->scale_fmt);
+    else k->lin_pack_bf16(p->ctx->xp, p->x, p->m, K, (int)i0, (int)i1);
+}
+
+/* Inputs of at most this many rows are packed by the caller before the
+ * pool runs: cheaper than the barrier a shared packing needs (decoding). */
+#define PACK_ALONE 16
+
+/* One pool run per layer: each thread packs its share of the input rows
+ * (when there are many), all wait for the whole packed input, then each
  * computes its share of the output columns. */
 static void lin_task(void *a, int ith, int nth) {
     struct lin_args *p = a;
     const dsv_kernels *k = dsv_kern;
-    const int K = p->w->n_in, fp8 = p->w->dtype == DSV_DT_F8_E4M3;
+    const int fp8 = p->w->dtype == DSV_DT_F8_E4M3;
     const void *xp = p->x;
     if (fp8 || k->lin_pack_bf16) {
-        long i0, i1;
-        split16(p->m, ith, nth, &i0, &i1);
-        if (i0 < i1) {
-            if (fp8) k->lin_pack_fp8(p->ctx->xp, p->x, p->m, K, (int)i0, (int)i1, p->ctx->c->scale_fmt);
-            else k->lin_pack_bf16(p->ctx->xp, p->x, p->m, K, (int)i0, (int)i1);
+        if (p->m > PACK_ALONE) {
+            long i0, i1;
+            split16(p->m, ith, nth, &i0, &i1);
+            if (i0 < i1) pack_rows(p, i0, i1);
+            dsv_pool_barrier(p->ctx->pool);
         }
-        dsv_pool_barrier(p->ctx->pool);
         xp = p->ctx->xp;
     }
     long b, e;
@@ -83,7 +94,9 @@ static void lin_f32_task(void *a, int ith, int nth) {
 
 void dsv_lin(dsv_context *ctx, dsv_bf16 *y, int ldy, const dsv_bf16 *x, const dsv_linear *w, int m) {
     struct lin_args a = {.ctx = ctx, .y = y, .ldy = ldy, .x = x, .w = w, .m = m};
-    if (m > 0) dsv_pool_run(ctx->pool, lin_task, &a);
+    if (m <= 0) return;
+    if (m <= PACK_ALONE && (w->dtype == DSV_DT_F8_E4M3 || dsv_kern->lin_pack_bf16)) pack_rows(&a, 0, m);
+    dsv_pool_run(ctx->pool, lin_task, &a);
 }
 
 void dsv_lin_f32(dsv_context *ctx, float *y, const float *x, const dsv_linear *w, int m) {
