@@ -27,7 +27,7 @@ extern "C" {
 typedef struct dsv_server_params {
     const char *model_dir;  /* required: config.json, weights, tokenizer.json */
     const char *alias;      /* model id in the API (NULL: the directory's name) */
-    const char *host;       /* numeric address to bind (NULL: "127.0.0.1") */
+    const char *host;       /* address or host name to bind (NULL: "127.0.0.1") */
     int port;               /* TCP port (0: any free port; see dsv_server_port) */
     int n_parallel;         /* requests generating at once: context slots */
     int n_ctx;              /* tokens per request, prompt and answer (0: the model's, at most 4096) */
@@ -37,7 +37,7 @@ typedef struct dsv_server_params {
     int max_queue;          /* requests waiting for a slot before 429 */
     size_t max_body;        /* largest request body before 413 */
     const char *api_key;    /* NULL: no authentication */
-    int verbose;            /* log each request on stderr */
+    int verbose;            /* log the set-up and each request on stderr */
 } dsv_server_params;
 
 /* The defaults: 127.0.0.1:8080, 4 parallel, n_batch 512, queue 64, body

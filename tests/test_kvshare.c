@@ -11,7 +11,7 @@
 
 static dsv_model *open_model(void) {
     dsv_model *m = NULL;
-    REQUIREF(dsv_model_open(&m, test_shared("conformance/public_sparse_fp8/hf"), NULL) == DSV_OK, "%s",
+    REQUIREF(dsv_model_open(&m, test_shared("conformance/public_sparse_bf16/hf"), NULL) == DSV_OK, "%s",
              dsv_errmsg());
     return m;
 }
@@ -22,7 +22,7 @@ static dsv_context *open_ctx(dsv_model *m, int n_seq, int n_ctx, int64_t n_pages
     p.n_ctx = n_ctx;
     p.n_batch = n_ctx;
     p.n_pages = n_pages;
-    p.n_threads = 2;
+    p.n_threads = 1;
     dsv_context *ctx = NULL;
     REQUIREF(dsv_context_open(&ctx, m, &p) == DSV_OK, "%s", dsv_errmsg());
     return ctx;

@@ -607,3 +607,41 @@ TEST(server_sigterm_ends_streams) {
     close(fd);
     CHECK_EQ_INT(server_stop(&s), 0);
 }
+
+/* ---- The command ---------------------------------------------------------- */
+
+TEST(server_command_line) {
+    const char *bin = getenv("DSV32_BIN");
+    REQUIRE(bin);
+    char cmd[2048], *out = NULL;
+    snprintf(cmd, sizeof cmd, "%s serve --help", bin);
+    CHECK_EQ_INT(test_run(cmd, &out), 0);
+    static const char *const opts[] = {"--model", "--host", "--port", "--parallel", "--ctx", "--kv-memory", "--batch",
+                                       "--queue", "--max-body", "--api-key", "--alias", "--threads", "--verbose"};
+    for (size_t i = 0; i < sizeof opts / sizeof *opts; i++) CHECKF(out && strstr(out, opts[i]), "--help lacks %s", opts[i]);
+    CHECK(out && strstr(out, "(default: 127.0.0.1)") && strstr(out, "(default: 8080)"));
+    free(out);
+    static const struct { const char *args, *needle; int status; } bad[] = {
+        {"", "usage:", 2},
+        {"-m x --port 70000", "--port", 2},
+        {"-m x --kv-memory lots", "--kv-memory", 2},
+        {"-m x --wat", "unknown option", 2},
+        {"-m /nonexistent --port 0", "/nonexistent", 1},
+        {"-m x --parallel", "needs a value", 2},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(cmd, sizeof cmd, "%s serve %s 2>&1", bin, bad[i].args);
+        int rc = test_run(cmd, &out);
+        CHECKF(rc == bad[i].status && out && strstr(out, bad[i].needle), "serve %s -> %d: %s", bad[i].args, rc,
+               out ? out : "");
+        free(out);
+    }
+    /* A port in use is an error, not a hang. */
+    server s;
+    server_start(&s, fixture_random(), "-t 1");
+    snprintf(cmd, sizeof cmd, "timeout 60 %s serve -m '%s' -t 1 --port %d 2>&1", bin, fixture_random(), s.port);
+    CHECK_EQ_INT(test_run(cmd, &out), 1);
+    CHECKF(out && strstr(out, "cannot listen"), "%s", out ? out : "");
+    free(out);
+    CHECK_EQ_INT(server_stop(&s), 0);
+}

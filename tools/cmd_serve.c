@@ -27,7 +27,8 @@ static void usage(FILE *f) {
             "\n"
             "  -m, --model DIR       model directory: config.json, weights and tokenizer.json\n"
             "                        (required)\n"
-            "      --host ADDR       numeric IPv4 or IPv6 address to listen on (default: %s)\n"
+            "      --host ADDR       address or host name to listen on; beyond loopback the\n"
+            "                        server is open to the network (default: %s)\n"
             "      --port N          TCP port; 0 picks a free one (default: %d)\n"
             "      --parallel N      requests generating at once (default: %d)\n"
             "      --ctx N           tokens per request, prompt and answer together (default: the\n"
@@ -43,7 +44,7 @@ static void usage(FILE *f) {
             "                        (default: $DSV32_API_KEY if set, else none)\n"
             "      --alias NAME      model id in the API (default: the directory's name)\n"
             "  -t, --threads N       compute threads (default: every core)\n"
-            "  -v, --verbose         log every request on stderr (default: off)\n"
+            "  -v, --verbose         log the set-up and every request on stderr (default: off)\n"
             "  -h, --help            show this help\n",
             d.host, d.port, d.n_parallel, d.n_batch, d.max_queue, d.max_body >> 20);
 }

@@ -189,7 +189,7 @@ static int parse_logit_bias(const cJSON *root, srv_req *r, int vocab, srv_error 
 static int parse_sampling(dsv_server *S, const cJSON *root, srv_req *r, int *max_tokens, srv_error *e) {
     dsv_sampler_params *sp = &r->sampling;
     double t = sp->temperature, top_p = sp->top_p, min_p = sp->min_p, top_k = 0, pres = 0, freq = 0, rep = 1;
-    double seed = -1, mt = -1, mct = -1;
+    double seed = NAN, mt = -1, mct = -1;
     if (get_num(root, "temperature", 0, 2, &t, e) || get_num(root, "top_p", 0, 1, &top_p, e) ||
         get_num(root, "min_p", 0, 1, &min_p, e) || get_int(root, "top_k", -1, 1e9, &top_k, e) ||
         get_num(root, "presence_penalty", -2, 2, &pres, e) || get_num(root, "frequency_penalty", -2, 2, &freq, e) ||
@@ -204,8 +204,7 @@ static int parse_sampling(dsv_server *S, const cJSON *root, srv_req *r, int *max
     sp->presence_penalty = (float)pres;
     sp->frequency_penalty = (float)freq;
     sp->repetition_penalty = (float)rep;
-    if (cJSON_GetObjectItemCaseSensitive(root, "seed") && !absent(cJSON_GetObjectItemCaseSensitive(root, "seed")))
-        sp->seed = (uint64_t)(int64_t)seed;
+    if (!isnan(seed)) sp->seed = (uint64_t)(int64_t)seed; /* absent: a fresh random seed */
     *max_tokens = mct > 0 ? (int)mct : mt > 0 ? (int)mt : -1;
     if (parse_stop(root, r, e) || parse_logit_bias(root, r, S->cfg->vocab_size, e)) return -1;
     /* Known features this server does not offer are refused, not ignored. */

@@ -567,10 +567,10 @@ static int start_daemon(dsv_server *S) {
     char port[16];
     snprintf(port, sizeof port, "%d", S->p.port);
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE};
+                             .ai_flags = AI_NUMERICSERV | AI_PASSIVE};
     struct addrinfo *ai = NULL;
-    if (getaddrinfo(S->p.host, port, &hints, &ai) || !ai)
-        return dsv_error(DSV_ERR_ARG, "--host %s: not a numeric IPv4 or IPv6 address", S->p.host);
+    int gai = getaddrinfo(S->p.host, port, &hints, &ai);
+    if (gai || !ai) return dsv_error(DSV_ERR_ARG, "--host %s: %s", S->p.host, gai_strerror(gai));
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL | MHD_USE_ITC;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     S->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, S,
@@ -578,7 +578,6 @@ static int start_daemon(dsv_server *S) {
                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, S,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024,
-                                 MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
                                  MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!S->daemon) return dsv_error(DSV_ERR_IO, "cannot listen on %s port %d", S->p.host, S->p.port);
@@ -647,6 +646,14 @@ int dsv_server_open(dsv_server **out, const dsv_server_params *params) {
     if (st) {
         dsv_server_close(S);
         return st;
+    }
+    if (p.verbose) {
+        srv_gauges g;
+        srv_sched_gauges(S->sched, &g);
+        const dsv_context_params *cp = dsv_context_get_params(S->ctx);
+        fprintf(stderr, "dsv32 serve: model %s: %d slots of %d tokens, %lld KV pages (%.1f MiB), batch %d, %d threads\n",
+                S->model_id, cp->n_seq, S->n_ctx, (long long)g.kv_total,
+                (double)g.kv_total * (double)dsv_kv_page_bytes(S->cfg) / 1048576.0, cp->n_batch, cp->n_threads);
     }
     *out = S;
     return DSV_OK;
