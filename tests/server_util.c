@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -526,6 +527,20 @@ static char *nul_safe(const char *json) {
     return s;
 }
 
+/* Appends the chosen tokens' logprobs of a choice (chat or completion). */
+static void logprobs_of(const cJSON *choice, char **dst) {
+    const cJSON *lp = cJSON_GetObjectItemCaseSensitive(choice, "logprobs");
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(lp, "content");
+    int chat = list != NULL;
+    if (!chat) list = cJSON_GetObjectItemCaseSensitive(lp, "token_logprobs");
+    for (const cJSON *t = list ? list->child : NULL; t; t = t->next) {
+        const cJSON *v = chat ? cJSON_GetObjectItemCaseSensitive(t, "logprob") : t;
+        char num[40];
+        snprintf(num, sizeof num, "%s%.9g", *dst && **dst ? "," : "", cJSON_IsNumber(v) ? v->valuedouble : NAN);
+        append(dst, num);
+    }
+}
+
 static void usage_of(const cJSON *u, int *p, int *c, int *cached) {
     if (!cJSON_IsObject(u)) return;
     *p = cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens")->valueint;
@@ -558,6 +573,7 @@ void sse_parse(const char *body, sse_result *r) {
                 const cJSON *fn = cJSON_GetObjectItemCaseSensitive(tc, "function");
                 append(&r->tool_name, str(fn, "name"));
                 append(&r->tool_args, str(fn, "arguments"));
+                logprobs_of(ch, &r->logprobs);
                 if (str(ch, "finish_reason")) snprintf(r->finish, sizeof r->finish, "%s", str(ch, "finish_reason"));
                 usage_of(cJSON_GetObjectItemCaseSensitive(j, "usage"), &r->prompt_tokens, &r->completion_tokens,
                          &r->cached_tokens);
@@ -569,9 +585,11 @@ void sse_parse(const char *body, sse_result *r) {
     }
     if (!r->content) append(&r->content, "");
     if (!r->reasoning) append(&r->reasoning, "");
+    if (!r->logprobs) append(&r->logprobs, "");
 }
 
 void sse_free(sse_result *r) {
+    free(r->logprobs);
     free(r->content);
     free(r->reasoning);
     free(r->tool_args);
@@ -596,8 +614,10 @@ int whole_parse(const char *body, whole_result *r) {
     const cJSON *fn = cJSON_GetObjectItemCaseSensitive(tc, "function");
     append(&r->tool_name, str(fn, "name"));
     append(&r->tool_args, str(fn, "arguments"));
+    logprobs_of(ch, &r->logprobs);
     if (!r->content) append(&r->content, "");
     if (!r->reasoning) append(&r->reasoning, "");
+    if (!r->logprobs) append(&r->logprobs, "");
     snprintf(r->finish, sizeof r->finish, "%s", str(ch, "finish_reason") ? str(ch, "finish_reason") : "");
     usage_of(cJSON_GetObjectItemCaseSensitive(j, "usage"), &r->prompt_tokens, &r->completion_tokens,
              &r->cached_tokens);
@@ -606,6 +626,7 @@ int whole_parse(const char *body, whole_result *r) {
 }
 
 void whole_free(whole_result *r) {
+    free(r->logprobs);
     free(r->content);
     free(r->reasoning);
     free(r->tool_args);

@@ -68,6 +68,7 @@ int post(int port, const char *path, const char *json, http_resp *r);
  * usage, and whether [DONE] came last. */
 typedef struct sse_result {
     char *content, *reasoning, *tool_args, *tool_name;
+    char *logprobs;   /* the generated tokens' logprobs, "%.9g" joined by ',' */
     char finish[32];
     int prompt_tokens, completion_tokens, cached_tokens;
     int events, done, error;
@@ -79,6 +80,7 @@ void sse_free(sse_result *r);
  * reason and usage. */
 typedef struct whole_result {
     char *content, *reasoning, *tool_args, *tool_name;
+    char *logprobs;
     char finish[32];
     int prompt_tokens, completion_tokens, cached_tokens;
 } whole_result;

@@ -86,6 +86,7 @@ static int str_eq(const char *a, const char *b) { return !strcmp(a ? a : "", b ?
 
 static void check_same(const whole_result *w, const sse_result *x, const char *what) {
     CHECKF(str_eq(w->content, x->content), "%s: content differs: \"%s\" vs \"%s\"", what, w->content, x->content);
+    CHECKF(str_eq(w->logprobs, x->logprobs), "%s: logprobs differ:\n  %s\n  %s", what, w->logprobs, x->logprobs);
     CHECKF(str_eq(w->reasoning, x->reasoning), "%s: reasoning differs", what);
     CHECKF(str_eq(w->tool_name, x->tool_name) && str_eq(w->tool_args, x->tool_args), "%s: tool calls differ", what);
     CHECKF(!strcmp(w->finish, x->finish), "%s: finish %s vs %s", what, w->finish, x->finish);
@@ -154,11 +155,12 @@ TEST(server_stream_equals_whole) {
     server s;
     server_start(&s, fixture_random(), "-t 1");
     struct { const char *path; char *req; } cases[] = {
-        {"/v1/chat/completions", chat_request("Tell me a story", 40, "\"temperature\":0")},
+        {"/v1/chat/completions", chat_request("Tell me a story", 40, "\"temperature\":0,\"logprobs\":true")},
         {"/v1/chat/completions",
          chat_request("Tell me a story", 40, "\"temperature\":0,\"chat_template_kwargs\":{\"thinking\":true}")},
-        {"/v1/completions", strdup("{\"prompt\":\"What is sparse attention\",\"max_tokens\":40,\"temperature\":0}")},
-        {"/v1/completions", ids_request(90, 1, 40, NULL)},
+        {"/v1/completions",
+         strdup("{\"prompt\":\"What is sparse attention\",\"max_tokens\":40,\"temperature\":0,\"logprobs\":3}")},
+        {"/v1/completions", ids_request(90, 1, 40, "\"stop\":[\"the\",\"a\"]")},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         whole_result w = run_whole(s.port, cases[i].path, cases[i].req);
@@ -220,14 +222,17 @@ static void run_jobs(struct job *jobs, int n) {
 }
 
 TEST(server_alone_equals_among_eight) {
-    /* Prompt lengths around page and chunk boundaries. */
-    static const int len[8] = {3, 17, 64, 65, 100, 130, 200, 250};
+    /* Prompt lengths around page and chunk boundaries. Alone, a prompt is
+     * one call; among others it is cut into chunks of what the step has
+     * left (97 tokens in a step of 96 must not leave a single token). The
+     * logprobs compare the logits bit for bit. */
+    static const int len[8] = {3, 17, 64, 65, 97, 130, 200, 250};
     struct job alone[8], together[8];
     server a, b;
-    server_start(&a, fixture_random(), "-t 1 --parallel 8 --batch 96");
+    server_start(&a, fixture_random(), "-t 1 --parallel 8");
     server_start(&b, fixture_random(), "-t 1 --parallel 8 --batch 96");
     for (int i = 0; i < 8; i++) {
-        char *req = ids_request(len[i], 100 + (unsigned)i, 24, NULL);
+        char *req = ids_request(len[i], 100 + (unsigned)i, 24, "\"logprobs\":1");
         alone[i] = (struct job){.port = a.port, .path = "/v1/completions", .req = req};
         together[i] = (struct job){.port = b.port, .path = "/v1/completions", .req = req, .stream = i % 2};
         job_run(&alone[i]);
@@ -235,14 +240,29 @@ TEST(server_alone_equals_among_eight) {
     run_jobs(together, 8);
     for (int i = 0; i < 8; i++) {
         const char *got = together[i].stream ? together[i].sse.content : together[i].whole.content;
+        const char *lp = together[i].stream ? together[i].sse.logprobs : together[i].whole.logprobs;
         int n = together[i].stream ? together[i].sse.completion_tokens : together[i].whole.completion_tokens;
         CHECKF(str_eq(alone[i].whole.content, got), "prompt of %d tokens: alone \"%s\", among 8 \"%s\"", len[i],
                alone[i].whole.content, got);
+        CHECKF(str_eq(alone[i].whole.logprobs, lp) && *lp, "prompt of %d tokens: logprobs alone %s, among 8 %s",
+               len[i], alone[i].whole.logprobs, lp);
         CHECK_EQ_INT(alone[i].whole.completion_tokens, n);
         whole_free(&alone[i].whole);
         whole_free(&together[i].whole);
         sse_free(&together[i].sse);
         free(alone[i].req);
+    }
+    /* Alone in steps of 96: 97 and 193 tokens would end on a one-token
+     * chunk (decoding maths) if the scheduler did not cut them 95 + 2 and
+     * 96 + 95 + 2. */
+    for (int n = 97; n <= 193; n += 96) {
+        char *req = ids_request(n, 300 + (unsigned)n, 8, "\"logprobs\":0");
+        whole_result x = run_whole(a.port, "/v1/completions", req), y = run_whole(b.port, "/v1/completions", req);
+        CHECKF(str_eq(x.logprobs, y.logprobs) && *x.logprobs, "%d tokens in one call: %s, in steps of 96: %s", n,
+               x.logprobs, y.logprobs);
+        whole_free(&x);
+        whole_free(&y);
+        free(req);
     }
     CHECK_EQ_INT(server_stop(&a), 0);
     CHECK_EQ_INT(server_stop(&b), 0);
@@ -255,7 +275,7 @@ TEST(server_prefix_cache_hit_equals_miss) {
     static const struct { int len, cached; } cases[] = {{300, 256}, {130, 128}, {129, 64}, {128, 64}, {66, 64},
                                                        {65, 0}};
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        char *req = ids_request(cases[i].len, 7 + (unsigned)i, 24, NULL);
+        char *req = ids_request(cases[i].len, 7 + (unsigned)i, 24, "\"logprobs\":0");
         whole_result miss = run_whole(s.port, "/v1/completions", req);
         whole_result hit = run_whole(s.port, "/v1/completions", req);
         CHECK_EQ_INT(miss.cached_tokens, 0);
@@ -263,6 +283,8 @@ TEST(server_prefix_cache_hit_equals_miss) {
                hit.cached_tokens, cases[i].cached);
         CHECKF(str_eq(miss.content, hit.content), "prompt of %d: miss \"%s\", hit \"%s\"", cases[i].len, miss.content,
                hit.content);
+        CHECKF(str_eq(miss.logprobs, hit.logprobs) && *miss.logprobs, "prompt of %d: logprobs miss %s, hit %s",
+               cases[i].len, miss.logprobs, hit.logprobs);
         CHECK_EQ_INT(miss.completion_tokens, hit.completion_tokens);
         whole_free(&miss);
         whole_free(&hit);
@@ -271,10 +293,10 @@ TEST(server_prefix_cache_hit_equals_miss) {
     /* A shared beginning with another ending: the first 200 tokens of the
      * 300-token prompt give three cached pages; the answer is the one a
      * server that never saw the first prompt gives. */
-    char *b = ids_request(300, 7, 24, NULL);
+    char *b = ids_request(300, 7, 24, "\"logprobs\":0");
     char *cut = b;
     for (int commas = 0; commas < 200; cut++) commas += *cut == ',';
-    char *other = ids_request(80, 99, 24, NULL);
+    char *other = ids_request(80, 99, 24, "\"logprobs\":0");
     sprintf(cut, "%s", strchr(other, '[') + 1);
     whole_result hit = run_whole(s.port, "/v1/completions", b);
     CHECK_EQ_INT(hit.cached_tokens, 192);
@@ -282,17 +304,18 @@ TEST(server_prefix_cache_hit_equals_miss) {
     server_start(&fresh, fixture_random(), "-t 1");
     whole_result miss = run_whole(fresh.port, "/v1/completions", b);
     CHECK_EQ_INT(miss.cached_tokens, 0);
-    CHECK(str_eq(miss.content, hit.content));
+    CHECK(str_eq(miss.content, hit.content) && str_eq(miss.logprobs, hit.logprobs));
     CHECK_EQ_INT(server_stop(&fresh), 0);
     /* Chat: the rendered prompt is cached like any other. */
     char *chat = chat_request("Tell me a long story about sparse attention and the cache of the model please "
                               "Tell me a long story about sparse attention and the cache of the model please "
                               "Tell me a long story about sparse attention and the cache of the model please "
                               "Tell me a long story about sparse attention and the cache of the model please",
-                              24, "\"temperature\":0");
+                              24, "\"temperature\":0,\"logprobs\":true");
     whole_result c1 = run_whole(s.port, "/v1/chat/completions", chat);
     sse_result c2 = run_stream(s.port, "/v1/chat/completions", chat);
     CHECK(c2.cached_tokens > 0 && str_eq(c1.content, c2.content) && str_eq(c1.reasoning, c2.reasoning));
+    CHECK(str_eq(c1.logprobs, c2.logprobs) && *c1.logprobs);
     CHECK(metric(s.port, "dsv32_prefix_cache_hits_total") >= 7);
     whole_free(&hit);
     whole_free(&miss);
@@ -438,7 +461,11 @@ TEST(server_bad_input) {
         {1, "{\"logit_bias\":{\"abc\":1},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", "logit_bias"},
         {1, "{\"logit_bias\":{\"5\":1000},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", "logit_bias"},
         {1, "{\"logit_bias\":{\"777\":1},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", "logit_bias"},
-        {1, "{\"logprobs\":true,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", "\"param\":\"logprobs\""},
+        {1, "{\"logprobs\":1,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", "\"param\":\"logprobs\""},
+        {1, "{\"top_logprobs\":2,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", "\"param\":\"top_logprobs\""},
+        {1, "{\"logprobs\":true,\"top_logprobs\":21,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+         "\"param\":\"top_logprobs\""},
+        {0, "{\"prompt\":\"x\",\"logprobs\":6}", "\"param\":\"logprobs\""},
         {1, "{\"tool_choice\":\"required\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", "tool_choice"},
         {1, "{\"tools\":5,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", "tools"},
         {1, "{\"chat_template_kwargs\":{\"thinking\":\"yes\"},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",

@@ -28,6 +28,7 @@
 
 #include "dsv32_chat.h"
 #include "server.h"
+#include "utf8.h"
 #include "util.h"
 
 /* ---- Small writers -------------------------------------------------------- */
@@ -211,8 +212,24 @@ static int parse_sampling(dsv_server *S, const cJSON *root, srv_req *r, int *max
     double n = 1;
     if (get_int(root, "n", 1, 1e9, &n, e)) return -1;
     if (n != 1) return BAD(e, "n", "only n = 1 is supported");
-    const cJSON *lp = cJSON_GetObjectItemCaseSensitive(root, "logprobs");
-    if (!absent(lp) && !cJSON_IsFalse(lp)) return BAD(e, "logprobs", "logprobs are not supported");
+    return 0;
+}
+
+/* Chat: "logprobs": bool and "top_logprobs": 0-20. Completions: "logprobs":
+ * 0-5 alternatives. */
+static int parse_logprobs(const cJSON *root, int chat, srv_req *r, srv_error *e) {
+    r->logprobs = -1;
+    if (chat) {
+        int on = 0;
+        double top = 0;
+        if (get_bool(root, "logprobs", &on, e) || get_int(root, "top_logprobs", 0, SRV_TOP_MAX, &top, e)) return -1;
+        if (top > 0 && !on) return BAD(e, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
+        if (on) r->logprobs = (int)top;
+        return 0;
+    }
+    double n = -1;
+    if (get_int(root, "logprobs", 0, 5, &n, e)) return -1;
+    r->logprobs = (int)n;
     return 0;
 }
 
@@ -352,7 +369,10 @@ int srv_api_parse(dsv_server *S, int chat, const char *body, size_t len, srv_gen
                       "The model '%s' does not exist (this server serves '%s')", model->valuestring, S->model_id);
         goto done;
     }
-    if (parse_stream(root, g, e) || parse_sampling(S, root, g->req, &max_tokens, e)) goto done;
+    if (parse_stream(root, g, e) || parse_sampling(S, root, g->req, &max_tokens, e) ||
+        parse_logprobs(root, chat, g->req, e))
+        goto done;
+    g->logprobs = g->req->logprobs;
     if (chat ? chat_prompt(S, root, g, e) : completion_prompt(S, root, g, e)) goto done;
     srv_req *r = g->req;
     if (r->n_prompt == 0) {
@@ -403,6 +423,86 @@ static void tool_call_head(dsv_buf *out, const srv_gen *g, int index, const char
     json_cstr(out, name);
 }
 
+/* A token's text as a JSON string: its bytes, with U+FFFD for any byte that
+ * does not begin a well-formed character (a token may hold part of one);
+ * the exact bytes go in "bytes". */
+static void token_text(dsv_server *S, int32_t id, dsv_buf *out) {
+    size_t n = 0;
+    const char *p = dsv_token_piece(S->tok, id, &n);
+    dsv_buf clean = {0};
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        size_t k = dsv_utf8_decode(p + i, n - i, &cp);
+        if (k) dsv_buf_add(&clean, p + i, k);
+        else dsv_buf_add(&clean, "\xEF\xBF\xBD", 3);
+        i += k ? k : 1;
+    }
+    srv_json_str(out, clean.data ? clean.data : "", clean.len);
+    if (clean.failed) out->failed = 1;
+    dsv_buf_free(&clean);
+}
+
+static void token_bytes(dsv_server *S, int32_t id, dsv_buf *out) {
+    size_t n = 0;
+    const unsigned char *p = (const unsigned char *)dsv_token_piece(S->tok, id, &n);
+    dsv_buf_adds(out, "[");
+    for (size_t i = 0; i < n; i++) srv_addf(out, "%s%u", i ? "," : "", p[i]);
+    dsv_buf_adds(out, "]");
+}
+
+/* "logprobs": {...} for tokens t[0..n), in the endpoint's format. The
+ * values are float32 printed with 9 significant digits, which round-trip. */
+static void logprobs_json(dsv_server *S, const srv_gen *g, const srv_tok *t, int n, dsv_buf *out) {
+    if (g->chat) {
+        dsv_buf_adds(out, "\"logprobs\":{\"content\":[");
+        for (int i = 0; i < n; i++) {
+            dsv_buf_adds(out, i ? ",{\"token\":" : "{\"token\":");
+            token_text(S, t[i].id, out);
+            srv_addf(out, ",\"logprob\":%.9g,\"bytes\":", (double)t[i].logprob);
+            token_bytes(S, t[i].id, out);
+            dsv_buf_adds(out, ",\"top_logprobs\":[");
+            for (int j = 0; j < t[i].n_top; j++) {
+                dsv_buf_adds(out, j ? ",{\"token\":" : "{\"token\":");
+                token_text(S, t[i].top_id[j], out);
+                srv_addf(out, ",\"logprob\":%.9g,\"bytes\":", (double)t[i].top_logprob[j]);
+                token_bytes(S, t[i].top_id[j], out);
+                dsv_buf_adds(out, "}");
+            }
+            dsv_buf_adds(out, "]}");
+        }
+        dsv_buf_adds(out, "]}");
+        return;
+    }
+    dsv_buf_adds(out, "\"logprobs\":{\"tokens\":[");
+    for (int i = 0; i < n; i++) {
+        if (i) dsv_buf_adds(out, ",");
+        token_text(S, t[i].id, out);
+    }
+    dsv_buf_adds(out, "],\"token_logprobs\":[");
+    for (int i = 0; i < n; i++) srv_addf(out, "%s%.9g", i ? "," : "", (double)t[i].logprob);
+    dsv_buf_adds(out, "],\"top_logprobs\":[");
+    for (int i = 0; i < n; i++) {
+        dsv_buf_adds(out, i ? ",{" : "{");
+        for (int j = 0; j < t[i].n_top; j++) {
+            if (j) dsv_buf_adds(out, ",");
+            token_text(S, t[i].top_id[j], out);
+            srv_addf(out, ":%.9g", (double)t[i].top_logprob[j]);
+        }
+        dsv_buf_adds(out, "}");
+    }
+    dsv_buf_adds(out, "]}");
+}
+
+/* ",logprobs":... or ","logprobs":null" for a choice. */
+static void choice_logprobs(dsv_server *S, const srv_gen *g, const srv_toks *toks, dsv_buf *out) {
+    if (g->logprobs < 0 || !toks) {
+        dsv_buf_adds(out, ",\"logprobs\":null");
+        return;
+    }
+    dsv_buf_adds(out, ",");
+    logprobs_json(S, g, toks->v, toks->n, out);
+}
+
 /* A whole chat answer gathered from the streaming parser's events: its
  * pieces carry lengths, so text with NUL in it survives (the one-shot
  * parser's result is NUL-terminated strings). */
@@ -437,13 +537,14 @@ static void json_buf_or_null(dsv_buf *out, const dsv_buf *b) {
     else dsv_buf_adds(out, "null");
 }
 
-void srv_api_response(dsv_server *S, const srv_gen *g, const char *text, size_t len, const srv_status *st,
-                      int n_prompt, dsv_buf *out) {
+void srv_api_response(dsv_server *S, const srv_gen *g, const char *text, size_t len, const srv_toks *toks,
+                      const srv_status *st, int n_prompt, dsv_buf *out) {
     if (!g->chat) {
         head(S, g, "text_completion", out);
         dsv_buf_adds(out, ",\"choices\":[{\"index\":0,\"text\":");
         srv_json_str(out, text, len);
-        srv_addf(out, ",\"logprobs\":null,\"finish_reason\":\"%s\"}],\"usage\":", finish_reason(st, 0));
+        choice_logprobs(S, g, toks, out);
+        srv_addf(out, ",\"finish_reason\":\"%s\"}],\"usage\":", finish_reason(st, 0));
         usage(out, n_prompt, st);
         dsv_buf_adds(out, "}");
         return;
@@ -470,7 +571,9 @@ void srv_api_response(dsv_server *S, const srv_gen *g, const char *text, size_t 
         }
         dsv_buf_adds(out, "]");
     }
-    srv_addf(out, "},\"logprobs\":null,\"finish_reason\":\"%s\"}],\"usage\":", finish_reason(st, r.n_calls > 0));
+    dsv_buf_adds(out, "}");
+    choice_logprobs(S, g, toks, out);
+    srv_addf(out, ",\"finish_reason\":\"%s\"}],\"usage\":", finish_reason(st, r.n_calls > 0));
     usage(out, n_prompt, st);
     dsv_buf_adds(out, "}");
     if (r.failed || r.reasoning.failed || r.content.failed) out->failed = 1;
@@ -577,6 +680,14 @@ void srv_sse_text(srv_sse *x, const char *text, size_t len, dsv_buf *out) {
     }
     x->out = out;
     if (dsv_chat_stream_feed(x->parser, text, len, on_event, x)) out->failed = 1;
+}
+
+void srv_sse_tokens(srv_sse *x, const srv_tok *t, int n, dsv_buf *out) {
+    if (!n || x->g->logprobs < 0) return;
+    chunk_open(x, out);
+    dsv_buf_adds(out, x->g->chat ? "\"delta\":{}," : "\"text\":\"\",");
+    logprobs_json(x->S, x->g, t, n, out);
+    dsv_buf_adds(out, ",\"finish_reason\":null}]}\n\n");
 }
 
 void srv_sse_end(srv_sse *x, const srv_status *st, int n_prompt, dsv_buf *out) {

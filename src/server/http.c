@@ -94,6 +94,7 @@ struct stream {
     size_t off;
     dsv_buf text;
     size_t seen;
+    srv_toks toks;           /* tokens so far (logprobs) */
     int ended;
 };
 
@@ -322,15 +323,17 @@ static enum MHD_Result generate_whole(dsv_server *S, struct MHD_Connection *c, s
     if (!submit(S, c, k, g, &rc)) return rc;
     int fd = connection_fd(c), n_prompt = g->req->n_prompt;
     dsv_buf text = {0};
+    srv_toks toks = {0};
     size_t seen = 0;
     srv_status st;
     for (;;) {
-        srv_req_poll(S->sched, g->req, &seen, &text, 0.1, &st);
+        srv_req_poll(S->sched, g->req, &seen, &text, &toks, 0.1, &st);
         if (st.finish) break;
         if (client_gone(fd)) {
             /* Nobody to answer: cancel, and let MHD close the connection. */
             srv_req_release(S->sched, g->req);
             dsv_buf_free(&text);
+            free(toks.v);
             k->status = 499; /* nginx's "client closed request" */
             srv_metrics_request(S->metrics, k->endpoint, 499);
             return MHD_NO;
@@ -342,11 +345,13 @@ static enum MHD_Result generate_whole(dsv_server *S, struct MHD_Connection *c, s
         srv_error e;
         srv_fail(&e, st.finish == SRV_FIN_ABORT ? 503 : 500, "server_error", NULL, NULL, "%s", st.error);
         dsv_buf_free(&text);
+        free(toks.v);
         return reply_error(S, c, k, &e);
     }
     dsv_buf b = {0};
-    srv_api_response(S, g, text.data ? text.data : "", text.len, &st, n_prompt, &b);
+    srv_api_response(S, g, text.data ? text.data : "", text.len, &toks, &st, n_prompt, &b);
     dsv_buf_free(&text);
+    free(toks.v);
     return reply_json(S, c, k, 200, &b);
 }
 
@@ -356,6 +361,7 @@ static void stream_free(void *cls) {
     srv_sse_free(x->sse);
     dsv_buf_free(&x->out);
     dsv_buf_free(&x->text);
+    free(x->toks.v);
     free(x);
 }
 
@@ -377,11 +383,13 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         if (x->ended) return MHD_CONTENT_READER_END_OF_STREAM;
         srv_status st;
         int n_prompt = x->gen.req->n_prompt;
-        srv_req_poll(x->S->sched, x->gen.req, &x->seen, &x->text, 0.1, &st);
+        int sent = x->toks.n;
+        srv_req_poll(x->S->sched, x->gen.req, &x->seen, &x->text, x->gen.logprobs >= 0 ? &x->toks : NULL, 0.1, &st);
         if (x->text.len) {
             srv_sse_text(x->sse, x->text.data, x->text.len, &x->out);
             dsv_buf_clear(&x->text);
         }
+        srv_sse_tokens(x->sse, x->toks.v + sent, x->toks.n - sent, &x->out);
         if (st.finish) {
             srv_sse_end(x->sse, &st, n_prompt, &x->out);
             srv_req_release(x->S->sched, x->gen.req);

@@ -48,6 +48,7 @@ struct slot {
     int finish;
     char error[256];
     dsv_buf out;            /* text of this step, published under the lock */
+    srv_toks toks;          /* tokens of this step (logprobs), likewise */
     double t_last;
 };
 
@@ -100,8 +101,23 @@ void srv_req_free(srv_req *r) {
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->stop);
     dsv_buf_free(&r->text);
+    free(r->toks.v);
     pthread_cond_destroy(&r->cv);
     free(r);
+}
+
+int srv_toks_add(srv_toks *a, const srv_tok *t, int n) {
+    if (a->n + n > a->cap) {
+        int cap = a->cap ? a->cap : 16;
+        while (cap < a->n + n) cap *= 2;
+        srv_tok *v = realloc(a->v, (size_t)cap * sizeof *v);
+        if (!v) return -1;
+        a->v = v;
+        a->cap = cap;
+    }
+    memcpy(a->v + a->n, t, (size_t)n * sizeof *t);
+    a->n += n;
+    return 0;
 }
 
 /* Drops one share; the caller holds the lock. */
@@ -185,6 +201,7 @@ static void slot_end(srv_sched *s, int i) {
     dsv_sampler_free(sl->sampler);
     dsv_stop_free(sl->stop);
     dsv_buf_free(&sl->out);
+    free(sl->toks.v);
     req_drop(sl->r);
     sl->r = NULL;
     int j = 0;
@@ -285,11 +302,42 @@ static void flush(srv_sched *s, struct slot *sl, int finish) {
     }
 }
 
+/* The model's log-probabilities (log-softmax of the raw logits, before any
+ * sampling setting) of token x and of the k likeliest tokens that have
+ * text, ties to the lower id. */
+static void logprobs(const srv_sched *s, const float *logits, int32_t x, int k, srv_tok *t) {
+    float mx = logits[0];
+    for (int i = 1; i < s->vocab; i++) mx = logits[i] > mx ? logits[i] : mx;
+    double sum = 0;
+    for (int i = 0; i < s->vocab; i++) sum += exp((double)logits[i] - mx);
+    const double lse = mx + log(sum);
+    *t = (srv_tok){.id = x, .logprob = (float)(logits[x] - lse)};
+    for (int i = 0; i < s->vocab; i++) {
+        if (!dsv_token_piece(s->tok, i, NULL)) continue;
+        int j = t->n_top;
+        while (j > 0 && logits[t->top_id[j - 1]] < logits[i]) j--;
+        if (j >= k) continue;
+        int last = t->n_top < k ? t->n_top++ : k - 1;
+        memmove(t->top_id + j + 1, t->top_id + j, (size_t)(last - j) * sizeof *t->top_id);
+        t->top_id[j] = i;
+    }
+    for (int j = 0; j < t->n_top; j++) t->top_logprob[j] = (float)(logits[t->top_id[j]] - lse);
+}
+
 static void accept_token(srv_sched *s, struct slot *sl, const float *logits) {
     int32_t x;
     if (dsv_sampler_sample(sl->sampler, logits, &x) || dsv_sampler_accept(sl->sampler, x)) {
         slot_fail(sl, "sampling");
         return;
+    }
+    if (sl->r->logprobs >= 0) {
+        srv_tok t;
+        logprobs(s, logits, x, sl->r->logprobs, &t);
+        if (srv_toks_add(&sl->toks, &t, 1)) {
+            sl->finish = SRV_FIN_ERROR;
+            snprintf(sl->error, sizeof sl->error, "out of memory");
+            return;
+        }
     }
     double t = dsv_time();
     if (sl->n_gen++ == 0) srv_metrics_ttft(s->metrics, t - sl->r->t_submit);
@@ -348,6 +396,11 @@ static void publish(srv_sched *s) {
         if (!sl->out.len && !sl->finish && r->n_gen == sl->n_gen) continue;
         dsv_buf_add(&r->text, sl->out.data ? sl->out.data : "", sl->out.len);
         dsv_buf_clear(&sl->out);
+        if (sl->toks.n && srv_toks_add(&r->toks, sl->toks.v, sl->toks.n)) {
+            sl->finish = SRV_FIN_ERROR;
+            snprintf(sl->error, sizeof sl->error, "out of memory");
+        }
+        sl->toks.n = 0;
         r->n_gen = sl->n_gen;
         if (sl->finish) {
             r->finish = sl->finish;
@@ -516,7 +569,8 @@ int srv_sched_submit(srv_sched *s, srv_req *r) {
     return st;
 }
 
-void srv_req_poll(srv_sched *s, srv_req *r, size_t *seen, dsv_buf *out, double timeout, srv_status *st) {
+void srv_req_poll(srv_sched *s, srv_req *r, size_t *seen, dsv_buf *out, srv_toks *toks, double timeout,
+                  srv_status *st) {
     pthread_mutex_lock(&s->mu);
     if (r->text.len == *seen && !r->finish && timeout > 0) {
         struct timespec ts;
@@ -530,6 +584,8 @@ void srv_req_poll(srv_sched *s, srv_req *r, size_t *seen, dsv_buf *out, double t
         dsv_buf_add(out, r->text.data + *seen, r->text.len - *seen);
         *seen = r->text.len;
     }
+    if (toks && r->toks.n > toks->n && srv_toks_add(toks, r->toks.v + toks->n, r->toks.n - toks->n))
+        out->failed = 1;
     st->finish = r->finish;
     st->n_gen = r->n_gen;
     st->n_cached = r->n_cached;

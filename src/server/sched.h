@@ -25,6 +25,23 @@
 
 typedef struct srv_sched srv_sched;
 
+/* A generated token with its log-probability under the model (log-softmax
+ * of the raw logits) and the most likely alternatives, for `logprobs`. */
+enum { SRV_TOP_MAX = 20 };
+typedef struct srv_tok {
+    int32_t id;
+    float logprob;
+    int n_top;
+    int32_t top_id[SRV_TOP_MAX];
+    float top_logprob[SRV_TOP_MAX];
+} srv_tok;
+
+/* A growable array of them. */
+typedef struct srv_toks {
+    srv_tok *v;
+    int n, cap;
+} srv_toks;
+
 enum srv_finish {
     SRV_RUNNING = 0,   /* queued or generating */
     SRV_FIN_STOP,      /* EOS or a stop string */
@@ -43,11 +60,13 @@ typedef struct srv_req {
     dsv_logit_bias *bias;
     char **stop;                    /* stop strings */
     int n_stop;
+    int logprobs;                   /* -1: none; else alternatives per token (<= SRV_TOP_MAX) */
     double t_submit;                /* dsv_time() when it arrived */
 
     /* Output: written by the scheduler under its lock; read it with
      * srv_req_poll. */
     dsv_buf text;                   /* generated text, stop strings removed */
+    srv_toks toks;                  /* generated tokens, when logprobs >= 0 */
     int n_gen;                      /* tokens generated (a final EOS counts) */
     int n_cached;                   /* prompt tokens taken from the prefix cache */
     int finish;                     /* enum srv_finish */
@@ -93,8 +112,13 @@ typedef struct srv_status {
 } srv_status;
 
 /* Waits up to `timeout` seconds for r to have text past *seen or to finish,
- * then appends the new text to out, advances *seen and fills *st. */
-void srv_req_poll(srv_sched *s, srv_req *r, size_t *seen, dsv_buf *out, double timeout, srv_status *st);
+ * then appends the new text to out, advances *seen and fills *st. When toks
+ * is not NULL, the tokens past toks->n are appended to it too. */
+void srv_req_poll(srv_sched *s, srv_req *r, size_t *seen, dsv_buf *out, srv_toks *toks, double timeout,
+                  srv_status *st);
+
+/* Appends n tokens to a; returns 0, or -1 when out of memory. */
+int srv_toks_add(srv_toks *a, const srv_tok *t, int n);
 
 /* The HTTP side is done with r: a request still queued or running is
  * cancelled at once (its slot and pages are freed before the next step). */

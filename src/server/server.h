@@ -54,6 +54,7 @@ typedef struct srv_gen {
     int chat;                    /* /v1/chat/completions (else /v1/completions) */
     int stream, include_usage;
     int thinking;                /* chat: the answer starts with reasoning */
+    int logprobs;                /* -1, or the alternatives per token to report */
     uint64_t id;
     srv_req *req;                /* prompt, sampling, stop, max_tokens */
 } srv_gen;
@@ -62,9 +63,10 @@ typedef struct srv_gen {
  * new request ready to submit; on failure e says why. */
 int srv_api_parse(dsv_server *S, int chat, const char *body, size_t len, srv_gen *g, srv_error *e);
 
-/* The whole answer of a non-streamed request. */
-void srv_api_response(dsv_server *S, const srv_gen *g, const char *text, size_t len, const srv_status *st,
-                      int n_prompt, dsv_buf *out);
+/* The whole answer of a non-streamed request (toks: its tokens, for
+ * logprobs). */
+void srv_api_response(dsv_server *S, const srv_gen *g, const char *text, size_t len, const srv_toks *toks,
+                      const srv_status *st, int n_prompt, dsv_buf *out);
 
 /* A streamed answer: SSE events appended to out as text arrives. */
 typedef struct srv_sse srv_sse;
@@ -74,6 +76,9 @@ void srv_sse_free(srv_sse *x);
 void srv_sse_begin(srv_sse *x, dsv_buf *out);
 /* New generated text. */
 void srv_sse_text(srv_sse *x, const char *text, size_t len, dsv_buf *out);
+/* Log-probabilities of new tokens (a chunk of their own; nothing unless
+ * the request asked for logprobs). */
+void srv_sse_tokens(srv_sse *x, const srv_tok *t, int n, dsv_buf *out);
 /* The end: final chunk with finish_reason (or an error event), usage when
  * asked for, then [DONE]. */
 void srv_sse_end(srv_sse *x, const srv_status *st, int n_prompt, dsv_buf *out);
