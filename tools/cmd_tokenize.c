@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "commands.h"
+#include "dsv32_chat.h"
 #include "dsv32_tokenizer.h"
 #include "json_str.h"
 #include "util.h"
@@ -62,7 +63,7 @@ static void print_ids(const int32_t *ids, size_t n, const char *sep) {
 
 /* ---- tokenize ------------------------------------------------------------ */
 
-enum tokenize_mode { MODE_TEXT, MODE_JSONL, MODE_BENCH };
+enum tokenize_mode { MODE_TEXT, MODE_JSONL, MODE_CHAT, MODE_BENCH };
 
 static void tokenize_usage(FILE *f) {
     fprintf(f,
@@ -74,6 +75,10 @@ static void tokenize_usage(FILE *f) {
             "      --jsonl          read one JSON object per line with a \"text\" member and\n"
             "                       write {\"ids\":[...]} per line (default: off; read all of\n"
             "                       stdin as one text and write its ids comma-separated)\n"
+            "      --chat           read one JSON object per line {\"messages\":[...],\n"
+            "                       \"thinking\":bool, \"add_generation_prompt\":bool, \"tools\":[...]}\n"
+            "                       and write {\"text\":\"<rendered prompt>\",\"ids\":[...]} per line;\n"
+            "                       the V3.2 chat template renders BOS itself (default: off)\n"
             "      --bench FILE     encode FILE repeatedly and print MB/s and tokens/s\n"
             "                       (default: off)\n"
             "      --bench-time S   measure for at least S seconds (default: %g)\n"
@@ -139,6 +144,52 @@ static int tokenize_jsonl(const dsv_tokenizer *tok) {
     return finish_output("tokenize");
 }
 
+/* Writes s as a JSON string literal (quotes, escapes, control characters). */
+static void put_json_string(const char *s) {
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') printf("\\%c", *p);
+        else if (*p == '\n') fputs("\\n", stdout);
+        else if (*p == '\r') fputs("\\r", stdout);
+        else if (*p == '\t') fputs("\\t", stdout);
+        else if (*p < 0x20) printf("\\u%04x", *p);
+        else putchar(*p);
+    }
+    putchar('"');
+}
+
+/* One conversation per line: render with the V3.2 template, then encode the
+ * rendered text as it stands (it starts with the BOS string itself). */
+static int tokenize_chat(const dsv_tokenizer *tok) {
+    char *line = NULL, *text = NULL;
+    size_t line_cap = 0, cap = 0, n;
+    int32_t *ids = NULL;
+    int rc = 0;
+    ssize_t got;
+    for (long no = 1; rc == 0 && (got = getline(&line, &line_cap, stdin)) >= 0; no++) {
+        if (strspn(line, " \t\r\n") == (size_t)got) continue;
+        rc = dsv_chat_render_json(line, (size_t)got, 0, 1, &text);
+        if (rc == DSV_OK) rc = encode(tok, text, strlen(text), &ids, &cap, &n);
+        if (rc) {
+            dsv_error_prefix(rc, "stdin line %ld", no);
+            break;
+        }
+        fputs("{\"text\":", stdout);
+        put_json_string(text);
+        fputs(",\"ids\":[", stdout);
+        print_ids(ids, n, ",");
+        fputs("]}\n", stdout);
+        free(text);
+        text = NULL;
+    }
+    free(text);
+    free(line);
+    free(ids);
+    if (rc) return fail("tokenize", "%s", dsv_errmsg());
+    if (ferror(stdin)) return fail("tokenize", "reading stdin: %s", strerror(errno));
+    return finish_output("tokenize");
+}
+
 static int tokenize_bench(const dsv_tokenizer *tok, const char *path, double min_time, double load_s) {
     FILE *f = fopen(path, "rb");
     if (!f) return fail("tokenize", "%s: %s", path, strerror(errno));
@@ -177,6 +228,8 @@ int cmd_tokenize(int argc, char **argv) {
             model = argv[++i];
         } else if (!strcmp(a, "--jsonl")) {
             mode = MODE_JSONL;
+        } else if (!strcmp(a, "--chat")) {
+            mode = MODE_CHAT;
         } else if (!strcmp(a, "--bench") && i + 1 < argc) {
             mode = MODE_BENCH;
             bench = argv[++i];
@@ -203,6 +256,7 @@ int cmd_tokenize(int argc, char **argv) {
     int rc;
     switch (mode) {
     case MODE_JSONL: rc = tokenize_jsonl(tok); break;
+    case MODE_CHAT: rc = tokenize_chat(tok); break;
     case MODE_BENCH: rc = tokenize_bench(tok, bench, bench_time, load_s); break;
     default: rc = tokenize_text(tok); break;
     }
