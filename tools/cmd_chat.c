@@ -188,7 +188,7 @@ static int interactive(gen *g, const char *system, int think) {
 
 static int batch(gen *g, char **prompts, int n, const char *system, int think) {
     int rc = 0, *lens = calloc((size_t)n, sizeof(int)), *seqs = calloc((size_t)n, sizeof(int));
-    int32_t **ids = calloc((size_t)n, sizeof *ids), *next = calloc((size_t)n, sizeof *next);
+    int32_t **ids = calloc((size_t)n, sizeof *ids);
     gen_stream *st = calloc((size_t)n, sizeof *st);
     struct buf *outs = calloc((size_t)n, sizeof *outs);
     for (int i = 0; !rc && i < n; i++) {
@@ -201,18 +201,10 @@ static int batch(gen *g, char **prompts, int n, const char *system, int think) {
         if (!rc) rc = gen_stream_init(g, &st[i], ids[i], lens[i]);
     }
     if (!rc) rc = gen_feed(g, n, seqs, ids, lens, 1);
-    while (!rc) {
-        int live = 0, ones[256];
-        int32_t *one[256];
-        for (int i = 0; i < n; i++) {
-            next[i] = gen_stream_next(g, &st[i], i, emit_buf, &outs[i]);
-            one[i] = &next[i];
-            ones[i] = next[i] >= 0;
-            live += ones[i];
-        }
-        if (!live) break;
-        rc = gen_feed(g, n, seqs, one, ones, 0);
-    }
+    void **users = calloc((size_t)n, sizeof *users);
+    for (int i = 0; users && i < n; i++) users[i] = &outs[i];
+    if (!rc) rc = gen_decode(g, n, st, emit_buf, users);
+    free(users);
     for (int i = 0; !rc && i < n; i++) {
         dsv_chat_result r;
         const char *text = outs[i].p ? outs[i].p : "";
@@ -226,7 +218,7 @@ static int batch(gen *g, char **prompts, int n, const char *system, int think) {
         }
     }
     for (int i = 0; i < n; i++) { free(ids[i]); free(outs[i].p); gen_stream_free(&st[i]); }
-    free(lens); free(seqs); free(ids); free(next); free(st); free(outs);
+    free(lens); free(seqs); free(ids); free(st); free(outs);
     return rc;
 }
 

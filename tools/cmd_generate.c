@@ -109,7 +109,7 @@ int cmd_generate(int argc, char **argv) {
 
     gen g;
     int rc = gen_open(&g, cmd, &o, n);
-    int32_t **ids = calloc((size_t)n, sizeof *ids), *next = calloc((size_t)n, sizeof *next);
+    int32_t **ids = calloc((size_t)n, sizeof *ids);
     int *lens = calloc((size_t)n, sizeof *lens), *seqs = calloc((size_t)n, sizeof *seqs);
     gen_stream *st = calloc((size_t)n, sizeof *st);
     struct buf *outs = calloc((size_t)n, sizeof *outs);
@@ -130,27 +130,17 @@ int cmd_generate(int argc, char **argv) {
         else rc = gen_stream_init(&g, &st[i], ids[i], lens[i]);
     }
     if (!rc) rc = gen_feed(&g, n, seqs, ids, lens, 1);
-    /* Decode: one token per live sequence per step, all in one call. */
-    while (!rc) {
-        int live = 0;
-        int32_t *one[256];
-        int ones[256];
-        for (int i = 0; i < n; i++) {
-            next[i] = gen_stream_next(&g, &st[i], i, input ? emit_buf : emit_stdout, input ? (void *)&outs[i] : NULL);
-            one[i] = &next[i];
-            ones[i] = next[i] >= 0;
-            live += next[i] >= 0;
-        }
-        if (!live) break;
-        rc = gen_feed(&g, n, seqs, one, ones, 0);
-    }
+    void **users = calloc((size_t)n, sizeof *users);
+    for (int i = 0; users && i < n; i++) users[i] = &outs[i];
+    if (!rc) rc = gen_decode(&g, n, st, input ? emit_buf : emit_stdout, input ? users : NULL);
+    free(users);
     if (!rc && input)
         for (int i = 0; i < n; i++) printf("Prompt: %s\nCompletion: %s\n\n", prompts[i], outs[i].p ? outs[i].p : "");
     if (!rc && !input) putchar('\n');
     fflush(stdout);
     if (!rc) gen_report(&g);
     for (int i = 0; i < n; i++) { free(ids[i]); free(prompts[i]); free(outs[i].p); gen_stream_free(&st[i]); }
-    free(ids); free(next); free(lens); free(seqs); free(st); free(outs); free(prompts);
+    free(ids); free(lens); free(seqs); free(st); free(outs); free(prompts);
     if (g.m) gen_close(&g);
     return rc;
 }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "commands.h"
 #include "dsv32_chat.h"
 #include "dsv32_tokenizer.h"
@@ -19,17 +20,6 @@
 #include "util.h"
 
 #define BENCH_TIME_DEFAULT 1.0
-
-static int fail(const char *cmd, const char *fmt, ...) DSV_PRINTF(2, 3);
-static int fail(const char *cmd, const char *fmt, ...) {
-    va_list ap;
-    fprintf(stderr, "dsv32 %s: ", cmd);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    return 1;
-}
 
 /* Reads all of f into a malloc'd buffer (NUL-terminated, *len bytes). */
 static char *read_all(FILE *f, size_t *len) {
@@ -53,7 +43,7 @@ static char *read_all(FILE *f, size_t *len) {
 }
 
 static int finish_output(const char *cmd) {
-    if (fflush(stdout) != 0 || ferror(stdout)) return fail(cmd, "writing output: %s", strerror(errno));
+    if (fflush(stdout) != 0 || ferror(stdout)) return cli_fail(cmd, "writing output: %s", strerror(errno));
     return 0;
 }
 
@@ -103,7 +93,7 @@ static int tokenize_text(const dsv_tokenizer *tok) {
     size_t len, n, cap = 0;
     int32_t *ids = NULL;
     char *text = read_all(stdin, &len);
-    if (!text) return fail("tokenize", "reading stdin: %s", strerror(errno));
+    if (!text) return cli_fail("tokenize", "reading stdin: %s", strerror(errno));
     int rc = encode(tok, text, len, &ids, &cap, &n);
     free(text);
     if (rc == DSV_OK) {
@@ -111,7 +101,7 @@ static int tokenize_text(const dsv_tokenizer *tok) {
         putchar('\n');
     }
     free(ids);
-    if (rc) return fail("tokenize", "%s", dsv_errmsg());
+    if (rc) return cli_fail("tokenize", "%s", dsv_errmsg());
     return finish_output("tokenize");
 }
 
@@ -139,8 +129,8 @@ static int tokenize_jsonl(const dsv_tokenizer *tok) {
     }
     free(line);
     free(ids);
-    if (rc) return fail("tokenize", "%s", dsv_errmsg());
-    if (ferror(stdin)) return fail("tokenize", "reading stdin: %s", strerror(errno));
+    if (rc) return cli_fail("tokenize", "%s", dsv_errmsg());
+    if (ferror(stdin)) return cli_fail("tokenize", "reading stdin: %s", strerror(errno));
     return finish_output("tokenize");
 }
 
@@ -185,18 +175,18 @@ static int tokenize_chat(const dsv_tokenizer *tok) {
     free(text);
     free(line);
     free(ids);
-    if (rc) return fail("tokenize", "%s", dsv_errmsg());
-    if (ferror(stdin)) return fail("tokenize", "reading stdin: %s", strerror(errno));
+    if (rc) return cli_fail("tokenize", "%s", dsv_errmsg());
+    if (ferror(stdin)) return cli_fail("tokenize", "reading stdin: %s", strerror(errno));
     return finish_output("tokenize");
 }
 
 static int tokenize_bench(const dsv_tokenizer *tok, const char *path, double min_time, double load_s) {
     FILE *f = fopen(path, "rb");
-    if (!f) return fail("tokenize", "%s: %s", path, strerror(errno));
+    if (!f) return cli_fail("tokenize", "%s: %s", path, strerror(errno));
     size_t len, n = 0, cap = 0;
     char *text = read_all(f, &len);
     fclose(f);
-    if (!text) return fail("tokenize", "%s: %s", path, strerror(errno));
+    if (!text) return cli_fail("tokenize", "%s: %s", path, strerror(errno));
     int32_t *ids = NULL;
     int runs = 0, rc = 0;
     double t0 = dsv_time(), dt;
@@ -207,7 +197,7 @@ static int tokenize_bench(const dsv_tokenizer *tok, const char *path, double min
     } while (rc == DSV_OK && dt < min_time);
     free(text);
     free(ids);
-    if (rc) return fail("tokenize", "%s", dsv_errmsg());
+    if (rc) return cli_fail("tokenize", "%s", dsv_errmsg());
     printf("file: %s, %zu bytes, %zu tokens (%.2f bytes/token)\n", path, len, n, n ? (double)len / (double)n : 0.0);
     printf("load: %.0f ms\n", load_s * 1e3);
     printf("encode: %.2f MB/s, %.0f tokens/s (%d runs in %.2f s)\n", (double)len * runs / dt / 1e6,
@@ -237,21 +227,21 @@ int cmd_tokenize(int argc, char **argv) {
             char *end;
             bench_time = strtod(argv[++i], &end);
             if (*end || !(bench_time >= 0)) {
-                fail("tokenize", "--bench-time: '%s' is not a number of seconds", argv[i]);
+                cli_fail("tokenize", "--bench-time: '%s' is not a number of seconds", argv[i]);
                 return 2;
             }
         } else {
-            fail("tokenize", "unknown or incomplete option '%s' (see dsv32 tokenize --help)", a);
+            cli_fail("tokenize", "unknown or incomplete option '%s' (see dsv32 tokenize --help)", a);
             return 2;
         }
     }
     if (!model) {
-        fail("tokenize", "-m MODEL is required (see dsv32 tokenize --help)");
+        cli_fail("tokenize", "-m MODEL is required (see dsv32 tokenize --help)");
         return 2;
     }
     dsv_tokenizer *tok;
     double t0 = dsv_time();
-    if (dsv_tokenizer_open(&tok, model)) return fail("tokenize", "%s", dsv_errmsg());
+    if (dsv_tokenizer_open(&tok, model)) return cli_fail("tokenize", "%s", dsv_errmsg());
     double load_s = dsv_time() - t0;
     int rc;
     switch (mode) {
@@ -323,17 +313,17 @@ int cmd_detokenize(int argc, char **argv) {
         } else if (!strcmp(a, "--skip-special")) {
             skip = 1;
         } else {
-            fail("detokenize", "unknown or incomplete option '%s' (see dsv32 detokenize --help)", a);
+            cli_fail("detokenize", "unknown or incomplete option '%s' (see dsv32 detokenize --help)", a);
             return 2;
         }
     }
     if (!model) {
-        fail("detokenize", "-m MODEL is required (see dsv32 detokenize --help)");
+        cli_fail("detokenize", "-m MODEL is required (see dsv32 detokenize --help)");
         return 2;
     }
     size_t len, n = 0, out_len = 0;
     char *in = read_all(stdin, &len);
-    if (!in) return fail("detokenize", "reading stdin: %s", strerror(errno));
+    if (!in) return cli_fail("detokenize", "reading stdin: %s", strerror(errno));
     int32_t *ids = NULL;
     char *out = NULL;
     dsv_tokenizer *tok = NULL;
@@ -347,6 +337,6 @@ int cmd_detokenize(int argc, char **argv) {
     free(out);
     free(ids);
     dsv_tokenizer_close(tok);
-    if (rc) return fail("detokenize", "%s", dsv_errmsg());
+    if (rc) return cli_fail("detokenize", "%s", dsv_errmsg());
     return finish_output("detokenize");
 }

@@ -237,6 +237,29 @@ int32_t gen_stream_next(gen *g, gen_stream *s, int seq, void (*emit)(void *, con
     return id;
 }
 
+int gen_decode(gen *g, int n, gen_stream *st, void (*emit)(void *, const char *, size_t), void **users) {
+    int32_t *next = malloc((size_t)n * sizeof *next), **one = malloc((size_t)n * sizeof *one);
+    int *seqs = malloc((size_t)n * sizeof *seqs), *ones = malloc((size_t)n * sizeof *ones), rc = 0;
+    if (!next || !one || !seqs || !ones) rc = cli_fail(g->cmd, "out of memory");
+    while (!rc) {
+        int live = 0;
+        for (int i = 0; i < n; i++) {
+            seqs[i] = i;
+            next[i] = gen_stream_next(g, &st[i], i, emit, users ? users[i] : NULL);
+            one[i] = &next[i];
+            ones[i] = next[i] >= 0;
+            live += ones[i];
+        }
+        if (!live) break;
+        rc = gen_feed(g, n, seqs, one, ones, 0);
+    }
+    free(next);
+    free(one);
+    free(seqs);
+    free(ones);
+    return rc;
+}
+
 void gen_report(const gen *g) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);

@@ -74,6 +74,11 @@ int32_t gen_stream_next(gen *g, gen_stream *s, int seq, void (*emit)(void *, con
 /* Reads prompts separated by blank lines (trimmed, empty ones skipped). */
 int read_prompt_file(const char *cmd, const char *path, char ***out, int *n);
 
+/* Decodes streams st[0..n) (sequence i is stream i, its prompt already fed)
+ * until all are done: each step samples one token per live sequence and
+ * feeds them all in one call. Text goes to emit(users[i], ...). */
+int gen_decode(gen *g, int n, gen_stream *st, void (*emit)(void *, const char *, size_t), void **users);
+
 /* "prompt tokens, prefill tok/s, decode tok/s, peak memory" on stderr. */
 void gen_report(const gen *g);
 
