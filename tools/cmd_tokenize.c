@@ -7,7 +7,6 @@
  * 1 (2 for bad usage). Output is flushed and checked, so a full disk or a
  * closed pipe is an error too. */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
