@@ -672,3 +672,57 @@ TEST(server_command_line) {
     free(out);
     CHECK_EQ_INT(server_stop(&s), 0);
 }
+
+TEST(server_survives_mutated_requests) {
+    /* Valid requests with bytes changed, dropped, doubled or cut: every one
+     * gets an answer (never a dropped connection or a 5xx), and the server
+     * is still up and exits cleanly afterwards. max_tokens comes first so
+     * that cJSON, which takes the first of repeated keys, keeps it small. */
+    static const char *const bodies[][2] = {
+        {"/v1/chat/completions",
+         "{\"max_tokens\":2,\"messages\":[{\"role\":\"system\",\"content\":\"Be brief\"},{\"role\":\"user\","
+         "\"content\":\"What is the weather in Paris?\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":"
+         "\"weather\",\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}}}}}],"
+         "\"temperature\":0.5,\"top_p\":0.9,\"stop\":[\"x\"],\"logit_bias\":{\"5\":1},\"seed\":3}"},
+        {"/v1/completions", "{\"max_tokens\":2,\"prompt\":[1,2,3,4,5],\"logprobs\":2,\"stream\":true,"
+                            "\"stream_options\":{\"include_usage\":true}}"},
+        {"/v1/completions", "{\"max_tokens\":2,\"prompt\":\"Hello world\",\"top_k\":5,\"min_p\":0.1}"},
+        {"/tokenize", "{\"content\":\"Hello world\",\"with_pieces\":true}"},
+        {"/detokenize", "{\"tokens\":[262,267,36]}"},
+    };
+    static const char alphabet[] = "{}[]\",:.-0123456789eEtrufalsn \\u\x01\x7f\xc3\xff";
+    server s;
+    server_start(&s, fixture_random(), "-t 1 --ctx 128");
+    unsigned seed = 2024;
+#define RND() (seed = seed * 1103515245u + 12345u, (seed >> 8) & 0xffffff)
+    char body[2048];
+    for (int i = 0; i < 150; i++) {
+        const char *path = bodies[i % 5][0], *base = bodies[i % 5][1];
+        size_t n = strlen(base), keep = 16; /* the max_tokens key stays */
+        memcpy(body, base, n + 1);
+        for (int k = 0, edits = 1 + (int)(RND() % 2); k < edits && n > keep; k++) {
+            size_t at = keep + RND() % (n - keep);
+            switch (RND() % 4) {
+            case 0: body[at] = alphabet[RND() % (sizeof alphabet - 1)]; break;     /* change */
+            case 1: memmove(body + at, body + at + 1, n - at); n--; break;         /* drop */
+            case 2: if (n + 1 < sizeof body) {                                     /* insert */
+                        memmove(body + at + 1, body + at, n - at + 1);
+                        body[at] = alphabet[RND() % (sizeof alphabet - 1)];
+                        n++;
+                    }
+                    break;
+            case 3: body[n = at] = 0; break;                                       /* cut */
+            }
+        }
+        http_resp r;
+        int rc = http(s.port, "POST", path, NULL, body, &r);
+        CHECKF(rc == 0 && r.status > 0 && r.status < 500, "%s %s -> %d %s", path, body, r.status, r.body ? r.body : "");
+        http_free(&r);
+    }
+#undef RND
+    http_resp r;
+    CHECK(http(s.port, "GET", "/health", NULL, NULL, &r) == 0 && r.status == 200);
+    http_free(&r);
+    CHECK(metric_becomes(s.port, "dsv32_kv_pages_used", 0, 5));
+    CHECK_EQ_INT(server_stop(&s), 0);
+}
