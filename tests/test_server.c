@@ -633,6 +633,11 @@ TEST(server_sigterm_ends_streams) {
     CHECK(http_read_until(fd, "data: [DONE]"));
     close(fd);
     CHECK_EQ_INT(server_stop(&s), 0);
+    /* SIGINT (Ctrl-C) takes the same path. */
+    server_start(&s, fixture_random(), "-t 1");
+    kill(s.pid, SIGINT);
+    int st = 0;
+    CHECK(waitpid(s.pid, &st, 0) == s.pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
 /* ---- The command ---------------------------------------------------------- */
