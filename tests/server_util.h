@@ -1,4 +1,4 @@
-/* server_util.h: what the black-box server tests share: model fixtures, the
+/* server_util.h: what the black-box server tests share: the
  * real dsv32 binary started as a server on 127.0.0.1, and a small blocking
  * HTTP/1.1 client (one request per connection, chunked bodies decoded). */
 #ifndef DSV_TEST_SERVER_UTIL_H
@@ -7,23 +7,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-/* Model fixtures in the test's directory, each a conformance model (vocab
- * 777) with a byte-level tokenizer.json that fits its vocabulary: BOS, EOS
- * and pad at ids 0-2, the 256 bytes at 3-258, merged words after them, and
- * the chat markers (<think>, <｜User｜>, tool markers, ...) at the top.
- * - random: the conformance weights as they are (real, varied computation);
- * - scripted: the same with every layer's output projections zeroed, so the
- *   model is a bigram table written into the embeddings and the head: after
- *   "<think>" it says "Greeting detected</think>", after "</think>" it says
- *   "Hello world!" (or, with logit_bias {TOOL_CALLS_BEGIN: 20}, calls the
- *   tool weather with {"city": "Paris"}), after a tool result it says
- *   "Sunny and warm"; everything else ends the answer. */
-const char *fixture_random(void);
-const char *fixture_scripted(void);
-/* Writes either fixture into dir (which must exist). */
-void fixture_write(const char *dir, int scripted);
-/* Token ids of the fixture tokenizer. */
-enum { FX_BOS = 0, FX_EOS = 1, FX_TOOL_CALLS_BEGIN = 768 };
+#include "fixture.h"
 
 /* A running `dsv32 serve`. */
 typedef struct server {

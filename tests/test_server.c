@@ -22,15 +22,6 @@
 #include "server_util.h"
 #include "test.h"
 
-/* Writes a fixture for manual runs and the benchmark when asked to:
- * DSV32_FIXTURE_DIR=DIR [DSV32_FIXTURE=scripted] run_tests server_fixture_export */
-TEST(server_fixture_export) {
-    const char *dir = getenv("DSV32_FIXTURE_DIR");
-    if (!dir || !*dir) SKIP("set DSV32_FIXTURE_DIR to write a server test model there");
-    const char *kind = getenv("DSV32_FIXTURE");
-    fixture_write(dir, kind && !strcmp(kind, "scripted"));
-}
-
 /* ---- Helpers -------------------------------------------------------------- */
 
 /* A completion request for prompt ids (n of them, pseudo-random from seed). */
