@@ -263,7 +263,9 @@ int gen_decode(gen *g, int n, gen_stream *st, void (*emit)(void *, const char *,
 void gen_report(const gen *g) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    fprintf(stderr, "\nprompt tokens: %ld, prefill: %.1f tok/s, decode: %.1f tok/s (%ld tokens), peak memory: %.0f MiB\n",
+    fprintf(stderr, "\nprompt tokens: %ld, prefill: %.1f tok/s, decode: %.1f tok/s (%ld tokens), peak memory: %.0f MiB, "
+            "kernels: %s\n",
             g->prefill_tok, g->prefill_s > 0 ? g->prefill_tok / g->prefill_s : 0.0,
-            g->decode_s > 0 ? g->decode_tok / g->decode_s : 0.0, g->decode_tok, ru.ru_maxrss / 1024.0);
+            g->decode_s > 0 ? g->decode_tok / g->decode_s : 0.0, g->decode_tok, ru.ru_maxrss / 1024.0,
+            dsv_kernels_name());
 }
