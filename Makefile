@@ -31,7 +31,7 @@ ARCH := $(shell $(CC) -dumpmachine)
 ifneq (,$(findstring x86_64,$(ARCH)))
 ISA_avx2   = -mavx2 -mfma -mf16c
 ISA_avx512 = -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512bf16 -mavx512vnni -mfma -mf16c
-ISA_amx    = $(ISA_avx512) -mamx-tile -mamx-bf16 -mamx-int8
+ISA_amx    = $(ISA_avx512) -mavx512vbmi -mamx-tile -mamx-bf16 -mamx-int8
 else
 # Non-x86 builds keep only the generic kernels.
 SRC := $(filter-out %_avx2.c %_avx512.c %_amx.c,$(SRC))

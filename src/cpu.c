@@ -56,9 +56,10 @@ static void detect(void) {
     const int vnni = (c7 >> 11) & 1, bf16 = (a71 >> 5) & 1;
     if (!(f && dq && bw && vl && vnni && bf16) || (xcr0 & 0xe0) != 0xe0) return;
     top_level = LV_AVX512;
-    /* amx: TILE, BF16, INT8, the XTILECFG/XTILEDATA state, and permission. */
-    const int amx_bf16 = (d7 >> 22) & 1, amx_tile = (d7 >> 24) & 1, amx_int8 = (d7 >> 25) & 1;
-    if (!(amx_bf16 && amx_tile && amx_int8) || (xcr0 & 0x60000) != 0x60000 || !amx_permit()) return;
+    /* amx: TILE, BF16, INT8 (and AVX512_VBMI, which every AMX CPU has), the
+     * XTILECFG/XTILEDATA state, and permission. */
+    const int amx_bf16 = (d7 >> 22) & 1, amx_tile = (d7 >> 24) & 1, amx_int8 = (d7 >> 25) & 1, vbmi = (c7 >> 1) & 1;
+    if (!(amx_bf16 && amx_tile && amx_int8 && vbmi) || (xcr0 & 0x60000) != 0x60000 || !amx_permit()) return;
     dsv_thread_init_hook = amx_thread_init;
     top_level = LV_AMX;
 }
