@@ -52,7 +52,9 @@ async function main() {
   assert.equal(content, "Hello world!");
   assert.equal(finish, "stop");
   assert.equal(usage.completion_tokens, 7);
-  assert.ok(chunks >= 7);
+  // Text generated between two polls of the stream shares a chunk, so the
+  // count depends on speed; at least: role, reasoning, content, finish, usage.
+  assert.ok(chunks >= 5);
 
   // A tool-call round: the model calls weather, gets its result, answers.
   const call = await client.chat.completions.create({ model, messages, tools, temperature: 0, logit_bias: CALL_BIAS });
