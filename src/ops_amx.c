@@ -340,6 +340,58 @@ static inline void prefetch_rows(const dsv_linear *w, int n, int n1, size_t off)
     for (int i = 0; i < rows; i++) _mm_prefetch(p + i * row, _MM_HINT_T0);
 }
 
+/* fp8 weight rows n.. (16 * nts) against one tile of input rows (decoding),
+ * into acc [32][32] (columns 0..15): two 128-wide blocks at a time, their
+ * products in separate tiles (C0/C1 and C2/C3), so that one block's
+ * multiply-store-promote chain overlaps the other's; each block is still
+ * promoted on its own, in order, exactly as fp8_gemm does. */
+static void fp8_stream1(float *acc, const void *xp, const float *xsT, const dsv_linear *w, int n, int nts, int n1,
+                        uint8_t *wt, float *ct) {
+    const int K = w->n_in, nb = K / DSV_QBLOCK;
+    const float *ws = w->scale + (size_t)(n / DSV_QBLOCK) * w->scale_ld;
+    const float *ws1 = nts > 1 ? w->scale + (size_t)((n + 16) / DSV_QBLOCK) * w->scale_ld : ws;
+    memset(acc, 0, 32 * 32 * 4);
+    for (int kb = 0; kb < nb; kb += 2) {
+        const int two = kb + 1 < nb;
+        for (int l = 0; l < 4; l++) prefetch_rows(w, n, n1, (size_t)(kb + 4) * DSV_QBLOCK + 64 * (size_t)l);
+        w_tiles(wt, w, n, kb * DSV_QBLOCK, two ? 8 : 4);
+        if (nts > 1) w_tiles(wt + 8192, w, n + 16, kb * DSV_QBLOCK, two ? 8 : 4);
+        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+        for (int st = 0; st < 4; st++) {
+            _tile_loadd(6, x_tile(xp, 0, 0, kb * 4 + st), 64);
+            _tile_loadd(4, wt + 1024 * st, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            if (nts > 1) {
+                _tile_loadd(5, wt + 8192 + 1024 * st, 64);
+                _tile_dpbf16ps(1, 5, 6);
+            }
+            if (two) {
+                _tile_loadd(7, x_tile(xp, 0, 0, (kb + 1) * 4 + st), 64);
+                _tile_loadd(4, wt + 4096 + 1024 * st, 64);
+                _tile_dpbf16ps(2, 4, 7);
+                if (nts > 1) {
+                    _tile_loadd(5, wt + 8192 + 4096 + 1024 * st, 64);
+                    _tile_dpbf16ps(3, 5, 7);
+                }
+            }
+        }
+        _tile_stored(0, ct, 64);
+        promote(acc, 32, ct, xsT + (size_t)kb * 16, ws[kb]);
+        if (nts > 1) {
+            _tile_stored(1, ct + 256, 64);
+            promote(acc + 16 * 32, 32, ct + 256, xsT + (size_t)kb * 16, ws1[kb]);
+        }
+        if (two) {
+            _tile_stored(2, ct + 512, 64);
+            promote(acc, 32, ct + 512, xsT + (size_t)(kb + 1) * 16, ws[kb + 1]);
+            if (nts > 1) {
+                _tile_stored(3, ct + 768, 64);
+                promote(acc + 16 * 32, 32, ct + 768, xsT + (size_t)(kb + 1) * 16, ws1[kb + 1]);
+            }
+        }
+    }
+}
+
 /* The streaming order for m <= 32: weight rows in pairs of 16, the whole K
  * at once, every row of W read once. */
 static void stream(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1, uint8_t *scr) {
@@ -383,6 +435,8 @@ static void stream(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, in
             _tile_stored(1, acc + 16, 128);
             _tile_stored(2, acc + 16 * 32, 128);
             _tile_stored(3, acc + 16 * 32 + 16, 128);
+        } else if (mts == 1) {
+            fp8_stream1(acc, xp, xsT, w, n, nts, n1, wt, ct);
         } else {
             memset(acc, 0, 32 * 32 * 4);
             const float *ws = w->scale + (size_t)(n / DSV_QBLOCK) * w->scale_ld;
