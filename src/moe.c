@@ -126,14 +126,14 @@ static void scatter_add(dsv_context *ctx, void *a, long d0, long d1, int ith) {
     for (int i = 0; i < p->n; i++) {
         float *y = ctx->moe_y + (size_t)ctx->ex_rows[i] * D;
         const dsv_bf16 *o = ctx->ex_o + (size_t)i * D;
-        float w = ctx->ex_wts[i];
-        for (long d = d0; d < d1; d++) y[d] += dsv_bf16_to_f32(o[d]) * w;
+        dsv_kern->axpy_bf16(y + d0, o + d0, ctx->ex_wts[i], (int)(d1 - d0));
     }
 }
 
 static void add_shared(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     (void)ith; (void)a;
-    for (long i = i0; i < i1; i++) ctx->moe_y[i] += dsv_bf16_to_f32(ctx->ex_o[i]);
+    /* weight 1: float(o) * 1 is float(o), so this is the plain add */
+    dsv_kern->axpy_bf16(ctx->moe_y + i0, ctx->ex_o + i0, 1.0f, (int)(i1 - i0));
 }
 
 static void to_bf16(dsv_context *ctx, void *a, long i0, long i1, int ith) {

@@ -143,13 +143,16 @@ typedef struct dsv_kernels {
 
     /* Row ops of the forward pass, as their reference functions declared
      * below (dsv_rmsnorm, dsv_rmsnorm_residual, dsv_rope, dsv_hadamard128,
-     * dsv_swiglu): the same per-element arithmetic, except that a norm's sum
+     * dsv_swiglu, dsv_axpy_bf16): the same per-element arithmetic, except that a norm's sum
      * of squares and SwiGLU's exp may round differently. */
     void (*rmsnorm)(dsv_bf16 *y, const dsv_bf16 *x, const float *w, int n, float eps);
     void (*rmsnorm_residual)(dsv_bf16 *y, dsv_bf16 *res, const dsv_bf16 *x, const float *w, int n, float eps);
     void (*rope)(dsv_bf16 *x, const float *cos, const float *sin, int n_half, int interleaved);
     void (*hadamard128)(dsv_bf16 *x);
     void (*swiglu)(dsv_bf16 *y, const dsv_bf16 *a, const dsv_bf16 *b, int n);
+    /* The MoE's weighted sum: y[i] += float(x[i]) * w, the product rounded
+     * before the add (exact in every set: the same two operations). */
+    void (*axpy_bf16)(float *y, const dsv_bf16 *x, float w, int n);
 
     /* The absorbed query of one head (model.py: einsum("bshd,hdc->bshc",
      * q_nope, wkv_b[:, :nope])): q_abs[c] = bf16(Σ_d q_nope[d] * Wb[row0+d][c])
@@ -209,6 +212,9 @@ void dsv_hadamard128(dsv_bf16 *x);
 
 /* y = bf16(silu(float(a)) * float(b)) (model.py MLP/Expert). */
 void dsv_swiglu(dsv_bf16 *y, const dsv_bf16 *a, const dsv_bf16 *b, int n);
+
+/* y[i] += float(x[i]) * w (model.py MoE: y += expert(x) * weight, in fp32). */
+void dsv_axpy_bf16(float *y, const dsv_bf16 *x, float w, int n);
 
 /* Top-k of n scores: idx gets the k largest in descending order, ties broken
  * toward the lower position (deterministic). k <= n. scratch: n int32. */

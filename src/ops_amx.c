@@ -985,6 +985,7 @@ const dsv_kernels dsv_kernels_amx = {
     .rope = dsv_avx512_rope,
     .hadamard128 = dsv_avx512_hadamard128,
     .swiglu = dsv_avx512_swiglu,
+    .axpy_bf16 = dsv_avx512_axpy_bf16,
     .absorb_q = dsv_avx512_absorb_q,
     .absorb_o = dsv_avx512_absorb_o,
 };

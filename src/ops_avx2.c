@@ -589,6 +589,7 @@ const dsv_kernels dsv_kernels_avx2 = {
     .rope = dsv_rope,
     .hadamard128 = dsv_hadamard128,
     .swiglu = dsv_swiglu,
+    .axpy_bf16 = dsv_axpy_bf16,
     .absorb_q = absorb_q,
     .absorb_o = absorb_o,
 };

@@ -537,6 +537,16 @@ void dsv_avx512_swiglu(dsv_bf16 *y, const dsv_bf16 *a, const dsv_bf16 *b, int n)
     }
 }
 
+void dsv_avx512_axpy_bf16(float *y, const dsv_bf16 *x, float w, int n) {
+    const __m512 wv = _mm512_set1_ps(w);
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        /* the product, then the add: two roundings, as the reference */
+        const __m512 p = _mm512_mul_ps(bf16x16_load_n(x + i, n - i < 16 ? n - i : 16), wv);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, y + i), p));
+    }
+}
+
 /* ---- absorption through wkv_b -------------------------------------------- */
 
 /* 16 elements of wkv_b row r from column c as the reference's bf16
@@ -613,6 +623,7 @@ const dsv_kernels dsv_kernels_avx512 = {
     .rope = dsv_avx512_rope,
     .hadamard128 = dsv_avx512_hadamard128,
     .swiglu = dsv_avx512_swiglu,
+    .axpy_bf16 = dsv_avx512_axpy_bf16,
     .absorb_q = dsv_avx512_absorb_q,
     .absorb_o = dsv_avx512_absorb_o,
 };

@@ -155,6 +155,7 @@ void dsv_avx512_rmsnorm_residual(dsv_bf16 *y, dsv_bf16 *res, const dsv_bf16 *x, 
 void dsv_avx512_rope(dsv_bf16 *x, const float *cos, const float *sin, int n_half, int interleaved);
 void dsv_avx512_hadamard128(dsv_bf16 *x);
 void dsv_avx512_swiglu(dsv_bf16 *y, const dsv_bf16 *a, const dsv_bf16 *b, int n);
+void dsv_avx512_axpy_bf16(float *y, const dsv_bf16 *x, float w, int n);
 /* Softmax of n scores in place, bf16 out, as dsv_softmax_bf16 (within the
  * exp's rounding). */
 void dsv_avx512_softmax_bf16(float *x, int n);

@@ -206,6 +206,7 @@ const dsv_kernels dsv_kernels_ref = {
     .rope = dsv_rope,
     .hadamard128 = dsv_hadamard128,
     .swiglu = dsv_swiglu,
+    .axpy_bf16 = dsv_axpy_bf16,
     .absorb_q = absorb_q_ref,
     .absorb_o = absorb_o_ref,
 };
@@ -288,6 +289,10 @@ void dsv_swiglu(dsv_bf16 *y, const dsv_bf16 *a, const dsv_bf16 *b, int n) {
         float silu = x / (1.0f + expf(-x));
         y[i] = dsv_f32_to_bf16(silu * dsv_bf16_to_f32(b[i]));
     }
+}
+
+void dsv_axpy_bf16(float *y, const dsv_bf16 *x, float w, int n) {
+    for (int i = 0; i < n; i++) y[i] += dsv_bf16_to_f32(x[i]) * w;
 }
 
 /* Ranking: higher score first, then lower position; NaN ranks last. */

@@ -471,7 +471,8 @@ TEST(kernels_absorb) {
 /* Row ops: RoPE and the Hadamard transform run the reference's operations
  * exactly (bit for bit); norms may differ only by the order of their
  * double sums of squares (NMSE 1e-10: at most a rare one-ulp flip);
- * SwiGLU's exp is within 2 ulp of expf (NMSE 1e-5, bf16 outputs). */
+ * SwiGLU's exp is within 2 ulp of expf (NMSE 1e-5, bf16 outputs); the
+ * MoE's axpy is exact. */
 TEST(kernels_row_ops) {
     const dsv_kernels *sets[3];
     int ns = fast_sets(sets);
@@ -510,6 +511,11 @@ TEST(kernels_row_ops) {
             dsv_kernels_ref.swiglu(y0, x, b, n);
             sets[s]->swiglu(y1, x, b, n);
             CHECKF(nmse_bf16(y1, y0, (size_t)n) <= 1e-5, "%s swiglu", sets[s]->name);
+            static float f0[N], f1[N];
+            for (int i = 0; i < N; i++) f0[i] = f1[i] = rnd_normal();
+            dsv_kernels_ref.axpy_bf16(f0, x, 0.37f, n);
+            sets[s]->axpy_bf16(f1, x, 0.37f, n);
+            CHECKF(!memcmp(f0, f1, (size_t)n * 4), "%s axpy_bf16", sets[s]->name);
         }
     }
 }
