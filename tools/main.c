@@ -15,6 +15,7 @@ static const struct command commands[] = {
     {"tokenize", "text to token ids", cmd_tokenize},
     {"detokenize", "token ids to text", cmd_detokenize},
     {"logits", "conformance: logits (and intermediates) of a fixed token sequence", cmd_logits},
+    {"synth", "write a random-weight model of any DeepSeek-V3.2 shape", cmd_synth},
     {NULL, NULL, NULL},
 };
 
