@@ -10,47 +10,7 @@
 #include "safetensors.h"
 #include "synth.h"
 #include "test.h"
-
-/* A tiny but complete shape: a dense layer and a MoE layer with group-limited
- * routing and a shared expert; every fp8 input width a multiple of 128. */
-static const char *tiny_config =
-    "{\"architectures\": [\"DeepseekV32ForCausalLM\"], \"model_type\": \"deepseek_v32\",\n"
-    " \"vocab_size\": 500, \"hidden_size\": 256, \"intermediate_size\": 384, \"moe_intermediate_size\": 128,\n"
-    " \"num_hidden_layers\": 2, \"first_k_dense_replace\": 1, \"num_attention_heads\": 2,\n"
-    " \"n_routed_experts\": 8, \"n_shared_experts\": 1, \"num_experts_per_tok\": 2, \"n_group\": 4, \"topk_group\": 2,\n"
-    " \"routed_scaling_factor\": 2.5, \"scoring_func\": \"sigmoid\", \"topk_method\": \"noaux_tc\",\n"
-    " \"q_lora_rank\": 128, \"kv_lora_rank\": 128, \"qk_nope_head_dim\": 64, \"qk_rope_head_dim\": 32,\n"
-    " \"v_head_dim\": 64, \"index_n_heads\": 4, \"index_head_dim\": 128, \"index_topk\": 16,\n"
-    " \"num_nextn_predict_layers\": 1, \"max_position_embeddings\": 1024, \"rope_theta\": 10000.0,\n"
-    " \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4, \"original_max_position_embeddings\": 256,\n"
-    "   \"beta_fast\": 32, \"beta_slow\": 1, \"mscale\": 1.0, \"mscale_all_dim\": 1.0}}\n";
-
-static const char *write_text(const char *name, const char *text) {
-    static char path[8][1024];
-    static int slot;
-    char *p = path[slot++ & 7];
-    snprintf(p, sizeof path[0], "%s/%s", test_tmpdir(), name);
-    FILE *f = fopen(p, "w");
-    REQUIRE(f);
-    fputs(text, f);
-    fclose(f);
-    return p;
-}
-
-static const char *synth(const char *sub, const char *config, int dtype, uint64_t seed, uint64_t shard) {
-    static char dir[4][1024];
-    static int slot;
-    char *d = dir[slot++ & 3];
-    snprintf(d, sizeof dir[0], "%s/%s", test_tmpdir(), sub);
-    dsv_synth_params p = dsv_synth_default_params();
-    p.dtype = dtype;
-    p.seed = seed;
-    if (shard) p.shard_bytes = shard;
-    dsv_synth_info info;
-    REQUIREF(dsv_synth(config, d, &p, &info) == DSV_OK, "%s", dsv_errmsg());
-    CHECK_EQ_INT(info.fp8, dtype == DSV_SYNTH_FP8);
-    return d;
-}
+#include "tiny_model.h"
 
 /* Prefill then decode; returns the logits of every call (caller frees). */
 static float *run(const char *dir, int n_prefill, int n_decode) {
@@ -89,10 +49,10 @@ static void check_logits(const float *lg, int rows, int V) {
 }
 
 TEST(synth_models_run_in_both_dtypes) {
-    const char *cfg = write_text("config.json", tiny_config);
+    const char *cfg = tiny_write("config.json", tiny_config);
     const int V = 500;
     for (int dt = DSV_SYNTH_FP8; dt <= DSV_SYNTH_BF16; dt++) {
-        const char *dir = synth(dt == DSV_SYNTH_FP8 ? "fp8" : "bf16", cfg, dt, 7, 0);
+        const char *dir = tiny_synth(dt == DSV_SYNTH_FP8 ? "fp8" : "bf16", cfg, dt, 7, 0);
         dsv_model *m;
         REQUIREF(dsv_model_open(&m, dir, NULL) == DSV_OK, "%s", dsv_errmsg());
         const dsv_config *c = dsv_model_config(m);
@@ -116,9 +76,9 @@ static const dsv_st_tensor *tensor(dsv_st *st, const char *name) {
 }
 
 TEST(synth_is_reproducible_and_fp8_quantizes_bf16) {
-    const char *cfg = write_text("config.json", tiny_config);
-    const char *a = synth("a", cfg, DSV_SYNTH_FP8, 42, 0), *b = synth("b", cfg, DSV_SYNTH_FP8, 42, 0);
-    const char *c = synth("c", cfg, DSV_SYNTH_FP8, 43, 0), *h = synth("h", cfg, DSV_SYNTH_BF16, 42, 0);
+    const char *cfg = tiny_write("config.json", tiny_config);
+    const char *a = tiny_synth("a", cfg, DSV_SYNTH_FP8, 42, 0), *b = tiny_synth("b", cfg, DSV_SYNTH_FP8, 42, 0);
+    const char *c = tiny_synth("c", cfg, DSV_SYNTH_FP8, 43, 0), *h = tiny_synth("h", cfg, DSV_SYNTH_BF16, 42, 0);
     char pa[1200], pb[1200], pc[1200], ph[1200];
     snprintf(pa, sizeof pa, "%s/model.safetensors", a);
     snprintf(pb, sizeof pb, "%s/model.safetensors", b);
@@ -174,9 +134,9 @@ TEST(synth_is_reproducible_and_fp8_quantizes_bf16) {
 }
 
 TEST(synth_shards_with_an_index) {
-    const char *cfg = write_text("config.json", tiny_config);
-    const char *one = synth("one", cfg, DSV_SYNTH_BF16, 3, 0);
-    const char *many = synth("many", cfg, DSV_SYNTH_BF16, 3, 1000000);
+    const char *cfg = tiny_write("config.json", tiny_config);
+    const char *one = tiny_synth("one", cfg, DSV_SYNTH_BF16, 3, 0);
+    const char *many = tiny_synth("many", cfg, DSV_SYNTH_BF16, 3, 1000000);
     dsv_synth_params p = dsv_synth_default_params();
     p.dtype = DSV_SYNTH_BF16;
     p.shard_bytes = 1000000;
@@ -196,7 +156,7 @@ TEST(synth_shards_with_an_index) {
     free(a);
     free(b);
     /* Writing a single-file model over the sharded one leaves no stale index. */
-    synth("many", cfg, DSV_SYNTH_BF16, 3, 0);
+    tiny_synth("many", cfg, DSV_SYNTH_BF16, 3, 0);
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", many);
     CHECK(stat(path, &sb) != 0);
     b = run(many, 20, 2);
@@ -220,7 +180,7 @@ static const char *full_config =
     "   \"scale_fmt\": \"ue8m0\"}}\n";
 
 TEST(synth_plans_the_full_model) {
-    const char *cfg = write_text("config.json", full_config);
+    const char *cfg = tiny_write("config.json", full_config);
     dsv_synth_info info;
     REQUIREF(dsv_synth_plan(cfg, NULL, &info) == DSV_OK, "%s", dsv_errmsg());
     CHECK(info.fp8);
@@ -238,14 +198,14 @@ TEST(synth_rejects_bad_input) {
     CHECK_EQ_INT(dsv_synth("/nonexistent/config.json", dir, &p, NULL), DSV_ERR_IO);
     CHECK(strstr(dsv_errmsg(), "/nonexistent/config.json") != NULL);
 
-    const char *bad = write_text("bad.json", "{\"architectures\": [\"DeepseekV32ForCausalLM\"], \"vocab_size\": 10}");
+    const char *bad = tiny_write("bad.json", "{\"architectures\": [\"DeepseekV32ForCausalLM\"], \"vocab_size\": 10}");
     CHECK_EQ_INT(dsv_synth(bad, dir, &p, NULL), DSV_ERR_CONFIG);
     CHECK(strstr(dsv_errmsg(), "hidden_size") != NULL);
 
     /* hidden_size 200 is fine in bf16 but cannot be fp8. */
     char *odd = strdup(tiny_config);
     memcpy(strstr(odd, "\"hidden_size\": 256") + 15, "200", 3);
-    const char *oddp = write_text("odd.json", odd);
+    const char *oddp = tiny_write("odd.json", odd);
     free(odd);
     p.dtype = DSV_SYNTH_FP8;
     CHECK_EQ_INT(dsv_synth(oddp, dir, &p, NULL), DSV_ERR_CONFIG);
@@ -256,7 +216,7 @@ TEST(synth_rejects_bad_input) {
     CHECK_EQ_INT(dsv_synth(oddp, dir, &p, NULL), DSV_OK);
 
     /* An output path below a regular file. */
-    const char *cfg = write_text("config.json", tiny_config);
+    const char *cfg = tiny_write("config.json", tiny_config);
     snprintf(dir, sizeof dir, "%s/config.json/sub", test_tmpdir());
     CHECK_EQ_INT(dsv_synth(cfg, dir, &p, NULL), DSV_ERR_IO);
     CHECK(strstr(dsv_errmsg(), "config.json") != NULL);
@@ -273,7 +233,7 @@ TEST(cli_synth) {
     for (int i = 0; i < 7; i++) CHECKF(out && strstr(out, opts[i]), "help lacks %s", opts[i]);
     free(out);
 
-    const char *cfg = write_text("config.json", tiny_config);
+    const char *cfg = tiny_write("config.json", tiny_config);
     snprintf(cmd, sizeof cmd, "%s synth -c %s -o %s/m --dtype bf16 --seed 5 2>&1", bin(), cfg, test_tmpdir());
     CHECK_EQ_INT(test_run(cmd, &out), 0);
     CHECKF(out && strstr(out, "1 file (bf16"), "%s", out);
