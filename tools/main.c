@@ -12,6 +12,8 @@ struct command {
 };
 
 static const struct command commands[] = {
+    {"generate", "complete a prompt (or a file of prompts, as one batch)", cmd_generate},
+    {"chat", "chat in the terminal (the V3.2 chat format)", cmd_chat},
     {"tokenize", "text to token ids", cmd_tokenize},
     {"detokenize", "token ids to text", cmd_detokenize},
     {"logits", "conformance: logits (and intermediates) of a fixed token sequence", cmd_logits},
