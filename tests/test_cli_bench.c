@@ -37,7 +37,7 @@ TEST(cli_bench_json_lines) {
     free(out);
 
     /* Real fill in small chunks, dense attention; the table on stdout. */
-    snprintf(cmd, sizeof cmd, "%s bench -m %s --depth 40 --fill real -b 16 --prefill 4 --decode 1 --dense "
+    snprintf(cmd, sizeof cmd, "%s bench -m %s --depth 40 --fill real --batch 16 --prefill 4 --decode 1 --dense "
              "--bw-mib 16 2>&1", bin(), dir);
     REQUIRE(test_run(cmd, &out) == 0 && out);
     CHECKF(strstr(out, "read bandwidth") && strstr(out, "AMX BF16") && strstr(out, "prefill dense") && strstr(out, "decode  dense"),
@@ -51,7 +51,7 @@ TEST(cli_bench_help_and_errors) {
     snprintf(cmd, sizeof cmd, "%s bench --help", bin());
     CHECK_EQ_INT(test_run(cmd, &out), 0);
     const char *opts[] = {"-m DIR", "--depth", "--prefill", "--decode", "--fill", "--dense", "--topk", "--attn",
-                          "-t N", "-b N", "--seed", "--bw-mib", "--json"};
+                          "-t N", "--batch N", "--seed", "--bw-mib", "--json"};
     for (int i = 0; i < 13; i++) CHECKF(out && strstr(out, opts[i]), "help lacks %s", opts[i]);
     free(out);
     const char *dir = tiny_synth("m", tiny_write("config.json", tiny_config), DSV_SYNTH_BF16, 1, 0);

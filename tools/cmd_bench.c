@@ -41,13 +41,13 @@ static const char *usage =
     "  --depth LIST       context depths, comma-separated (default 0,4096)\n"
     "  --prefill N        tokens prefilled at each depth, timed; 0 skips (default 512)\n"
     "  --decode N         tokens decoded one by one at each depth, timed; 0 skips (default 32)\n"
-    "  --fill MODE        how each depth is reached: real (prefill in -b chunks) or random\n"
+    "  --fill MODE        how each depth is reached: real (prefill in --batch chunks) or random\n"
     "                     (random cache contents; decode timing stays real) (default real)\n"
     "  --dense            attend to every position: the same attention kernel, no top-k\n"
     "  --topk K           keep K positions per query (default: the model's index_topk)\n"
     "  --attn MODE        sparse, dense or both, alternating per depth (default sparse)\n"
     "  -t N               threads (default: all online CPUs)\n"
-    "  -b N               tokens per forward call when prefilling (default 512)\n"
+    "  --batch N          tokens per forward call when prefilling (default 512)\n"
     "  --seed S           seed of the tokens and of random cache contents (default 0)\n"
     "  --bw-mib N         buffer of the read-bandwidth probe, larger than the caches (default 1024)\n"
     "  --json             one JSON object per measurement on stdout (the table goes to stderr)\n"
@@ -110,7 +110,7 @@ static int argmax(const float *x, int n) {
     return best;
 }
 
-/* Prefills n tokens in chunks of -b; logits of the last one if want. */
+/* Prefills n tokens in chunks of --batch; logits of the last one if want. */
 static int prefill(struct bench *b, dsv_context *ctx, const int32_t *t, int n, int want) {
     for (int pos = 0; pos < n;) {
         int len = n - pos < b->batch ? n - pos : (int)b->batch;
@@ -279,7 +279,7 @@ int cmd_bench(int argc, char **argv) {
             if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1L << 28, &b.topk)) return 1;
         } else if (!strcmp(a, "-t")) {
             if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 256, &b.threads)) return 1;
-        } else if (!strcmp(a, "-b")) {
+        } else if (!strcmp(a, "--batch")) {
             if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1L << 20, &b.batch)) return 1;
         } else if (!strcmp(a, "--bw-mib")) {
             if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1L << 20, &b.bw_mib)) return 1;
