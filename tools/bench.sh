@@ -65,6 +65,8 @@ run() {
         2>&1 1>> "$OUT/results.jsonl"; } | tee -a "$OUT/bench.log" >&2
 }
 
+# Other work on the machine skews every figure: the load is part of the record.
+load_start=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?")
 start=$(date +%s)
 synth bench-small-bf16 bench/bench-small.config.json bf16
 synth bench-small-fp8 bench/bench-small.config.json fp8
@@ -75,6 +77,7 @@ run bench-small-fp8 --depth "$SMALL_DEPTHS" --fill "$FILL" --prefill "$PREFILL" 
 run bench-small-fp8 --depth "$SMALL_DEPTHS" --fill "$FILL" --prefill 0 --decode "$DENSE_DECODE" --dense
 run bench-v32attn-fp8 --depth "$V32_DEPTHS" --fill random --prefill 0 --decode "$V32_DECODE" --attn both
 elapsed=$(( $(date +%s) - start ))
+load_end=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?")
 
 # ---- report ---------------------------------------------------------------
 # The JSON lines are flat objects written by dsv32 bench; awk reads a field
@@ -94,7 +97,8 @@ echo "# Benchmark results"
 echo
 echo "\`make bench\` ($commit, $(date -u +%Y-%m-%d)) on $cpu, $threads threads, kernels \`$kernels\`,"
 echo "depth reached with \`--fill $FILL\` (bench-v32attn: random), in $((elapsed / 60)) min $((elapsed % 60)) s."
-echo "Read bandwidth and AMX BF16 peak are measured by each \`dsv32 bench\` run, with the same threads."
+echo "Load average (1 min) at start and end: $load_start, $load_end on $(nproc) CPUs. Read bandwidth and"
+echo "AMX BF16 peak are measured by each \`dsv32 bench\` run, with the same threads."
 echo "Times are per token, over all layers; *attn* = indexer + top-k + attention."
 echo
 echo "## Decode"
