@@ -96,7 +96,7 @@ commit=$(git describe --always --dirty 2>/dev/null || echo unknown)
 echo "# Benchmark results"
 echo
 echo "\`make bench\` ($commit, $(date -u +%Y-%m-%d)) on $cpu, $threads threads, kernels \`$kernels\`,"
-echo "depth reached with \`--fill $FILL\` (bench-v32attn: random), in $((elapsed / 60)) min $((elapsed % 60)) s."
+echo "depth reached with \`--fill $FILL\`$([ "$FILL" = random ] || echo " (bench-v32attn: random)"), in $((elapsed / 60)) min $((elapsed % 60)) s."
 echo "Load average (1 min) at start and end: $load_start, $load_end on $(nproc) CPUs. Read bandwidth and"
 echo "AMX BF16 peak are measured by each \`dsv32 bench\` run, with the same threads."
 echo "Times are per token, over all layers; *attn* = indexer + top-k + attention."
