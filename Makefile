@@ -17,9 +17,9 @@ WARN     = -Wall -Wextra -Werror
 # written, the same under gcc and clang. SIMD kernels use fma explicitly.
 XCFLAGS  = -ffp-contract=off
 CPPFLAGS += -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -MMD -MP
-LDLIBS  += -lpcre2-8 -lcjson -lpthread -lm
+LDLIBS  += -lpcre2-8 -lcjson -lmicrohttpd -lpthread -lm
 
-SRC      := $(wildcard src/*.c)
+SRC      := $(wildcard src/*.c src/server/*.c)
 TOOL_SRC := $(wildcard tools/*.c)
 TEST_SRC := $(wildcard tests/*.c)
 
@@ -53,6 +53,10 @@ $(BUILD)/%_amx.o: %_amx.c
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(XCFLAGS) $(WARN) -c $< -o $@
+
+# The chat page is embedded with .incbin, which the compiler's dependency
+# files do not see.
+$(BUILD)/src/server/page.o: src/server/chat.html
 
 $(BUILD)/libdsv32.a: $(OBJ)
 	@rm -f $@

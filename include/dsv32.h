@@ -143,7 +143,9 @@ const dsv_context_params *dsv_context_get_params(const dsv_context *ctx);
 int dsv_seq_len(const dsv_context *ctx, int seq);
 /* Forgets a sequence: length 0, its KV pages returned to the pool. */
 int dsv_seq_reset(dsv_context *ctx, int seq);
-/* Keeps the first n tokens of a sequence (n <= length). */
+/* Keeps the first n tokens of a sequence (n <= length). If the page that
+ * the next token goes into is shared, the sequence first gets its own copy
+ * of it (DSV_ERR_FULL, nothing changed, when the pool has no page for it). */
 int dsv_seq_truncate(dsv_context *ctx, int seq, int n);
 
 /* Appends n_tokens positions of random but valid cache contents to a
@@ -155,6 +157,37 @@ int dsv_seq_truncate(dsv_context *ctx, int seq, int n);
  * the seed and the positions, not on the thread count. All or nothing:
  * DSV_ERR_FULL if the sequence or the page pool cannot take n_tokens more. */
 int dsv_seq_fill_random(dsv_context *ctx, int seq, int n_tokens, uint64_t seed);
+
+/* Prefix sharing. The KV cache is a pool of pages of DSV_PAGE positions
+ * (every layer's latent and indexer keys). A page's contents depend on every
+ * token up to its end, so sequences whose first k * DSV_PAGE tokens are equal
+ * can map the same k pages. Pages are reference-counted: each sequence that
+ * maps a page holds one reference, and so does each dsv_kv_page_ref; the
+ * last reference returns the page to the pool. A sequence only ever writes
+ * past its length, so a full page behind it never changes: share only full
+ * pages (a page being filled still changes). */
+
+/* The page ids of a sequence in position order (ceil(length / DSV_PAGE) of
+ * them). The array is valid until the sequence changes. */
+int dsv_seq_pages(const dsv_context *ctx, int seq, const int32_t **pages, int *n_pages);
+/* Starts an empty sequence on n_pages full pages, taking a reference on
+ * each: its length becomes n_pages * DSV_PAGE, and the next token goes into
+ * a page of its own. Every page must be in use (referenced). Computing on
+ * from there gives bit for bit what the same chunks computed from scratch
+ * give. DSV_ERR_ARG if the sequence is not empty, a page is free or out of
+ * range, or n_pages exceeds the context size. */
+int dsv_seq_attach(dsv_context *ctx, int seq, const int32_t *pages, int n_pages);
+/* Takes / drops a reference on a page in use (DSV_ERR_ARG for a free page
+ * or an id out of range). */
+int dsv_kv_page_ref(dsv_context *ctx, int32_t page);
+int dsv_kv_page_unref(dsv_context *ctx, int32_t page);
+/* References on a page (0 when free); -1 for an id out of range. */
+int dsv_kv_page_refs(const dsv_context *ctx, int32_t page);
+/* Pages in the pool: in use (referenced) and free; either may be NULL. */
+void dsv_kv_stats(const dsv_context *ctx, int64_t *used, int64_t *free_pages);
+/* Bytes of one KV page for this configuration (what a KV memory budget is
+ * divided by to get dsv_context_params.n_pages). */
+uint64_t dsv_kv_page_bytes(const dsv_config *cfg);
 
 enum { DSV_LOGITS_NONE = 0, DSV_LOGITS_LAST = 1, DSV_LOGITS_ALL = 2 };
 

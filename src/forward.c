@@ -253,6 +253,9 @@ int dsv_seq_truncate(dsv_context *ctx, int seq, int n) {
     if (st) return st;
     dsv_seq *s = &ctx->seqs[seq];
     if (n < 0 || n > s->len) return dsv_error(DSV_ERR_ARG, "cannot truncate a sequence of %d tokens to %d", s->len, n);
+    /* The next append writes into the page holding position n: it must not
+     * be a page that other sequences (or prefix-cache references) share. */
+    if (n % DSV_PAGE && (st = dsv_kv_unshare(&ctx->kv, s, n))) return st;
     s->len = n;
     dsv_kv_shrink(&ctx->kv, s, n);
     return DSV_OK;

@@ -18,7 +18,7 @@
 static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
 
 TEST(cli_generate_streams_and_reports) {
-    const char *m = fixture_text_model();
+    const char *m = fixture_random();
     char cmd[2048], *out = NULL, *all = NULL;
     snprintf(cmd, sizeof cmd, "%s generate -m %s -p 'In the beginning' -n 12 --temp 0 -t 2 2>/dev/null", bin(), m);
     CHECKF(test_run(cmd, &out) == 0, "%s", out);
@@ -26,9 +26,16 @@ TEST(cli_generate_streams_and_reports) {
     CHECK(out && !strstr(out, "tok/s"));
     snprintf(cmd, sizeof cmd, "%s generate -m %s -p 'In the beginning' -n 12 --temp 0 -t 1 2>&1", bin(), m);
     CHECK(test_run(cmd, &all) == 0);
-    CHECKF(all && strstr(all, "prompt tokens: 17,") && strstr(all, "decode:") && strstr(all, "peak memory:"), "%s", all);
-    /* Greedy is deterministic and independent of the thread count.
-     * (BOS + 16 byte tokens: the fixture tokenizer has no merges.) */
+    /* The prompt is BOS (add_bos_token) plus the text's tokens. */
+    char *ids = NULL, want[64];
+    snprintf(cmd, sizeof cmd, "printf 'In the beginning' | %s tokenize -m %s", bin(), m);
+    REQUIRE(test_run(cmd, &ids) == 0 && ids);
+    int n_ids = 1;
+    for (char *p = ids; *p; p++) n_ids += *p == ',';
+    snprintf(want, sizeof want, "prompt tokens: %d,", n_ids + 1);
+    free(ids);
+    CHECKF(all && strstr(all, want) && strstr(all, "decode:") && strstr(all, "peak memory:"), "%s (want %s)", all, want);
+    /* Greedy is deterministic and independent of the thread count. */
     CHECKF(all && out && !strncmp(all, out, strlen(out)), "'%s' vs '%s'", out, all);
     free(out);
     free(all);
@@ -43,7 +50,7 @@ TEST(cli_generate_streams_and_reports) {
 }
 
 TEST(cli_generate_input_file_batch) {
-    const char *m = fixture_text_model();
+    const char *m = fixture_random();
     char path[1200], cmd[4096], *out = NULL, *one = NULL;
     snprintf(path, sizeof path, "%s/prompts.txt", test_tmpdir());
     FILE *f = fopen(path, "w");
@@ -69,7 +76,7 @@ TEST(cli_generate_input_file_batch) {
 }
 
 TEST(cli_generate_errors) {
-    const char *m = fixture_text_model();
+    const char *m = fixture_random();
     char cmd[2048], *out = NULL;
     struct { const char *args, *msg; } cases[] = {
         {"-p hi --temp -1", "--temp: '-1' is not a number"},
@@ -109,7 +116,7 @@ static int read_until(int fd, char *buf, size_t cap, size_t *len, size_t from, c
 }
 
 TEST(cli_chat_terminal_with_clear) {
-    const char *m = fixture_text_model();
+    const char *m = fixture_random();
     int fd;
     pid_t pid = forkpty(&fd, NULL, NULL, NULL);
     REQUIRE(pid >= 0);
@@ -140,7 +147,7 @@ TEST(cli_chat_terminal_with_clear) {
 }
 
 TEST(cli_chat_pipe_and_batch) {
-    const char *m = fixture_text_model();
+    const char *m = fixture_random();
     char cmd[2048], path[1200], *out = NULL;
     snprintf(cmd, sizeof cmd, "printf 'hi\\nsecond turn\\n' | %s chat -m %s -n 5 --temp 0 --system 'Be brief.' 2>&1", bin(), m);
     CHECKF(test_run(cmd, &out) == 0, "%s", out);
