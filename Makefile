@@ -77,6 +77,12 @@ asan:
 	    CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	    LDFLAGS="-fsanitize=address,undefined" test
 
+# The standard benchmark set (tools/bench.sh, about 15 minutes on 2 cores):
+# prints a table, writes docs/bench.md and docs/bench-decode.png. Not part of
+# test. Token counts and depths: BENCH_* variables, see tools/bench.sh.
+bench: $(BUILD)/dsv32
+	BUILD=$(BUILD) tools/bench.sh
+
 # libFuzzer target for the safetensors reader: clang only, not part of `test`
 # (how to run it: tests/fuzz/fuzz_safetensors.c).
 FUZZ_SRC = tests/fuzz/fuzz_safetensors.c src/safetensors.c src/util.c

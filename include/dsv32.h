@@ -148,6 +148,16 @@ int dsv_seq_reset(dsv_context *ctx, int seq);
  * of it (DSV_ERR_FULL, nothing changed, when the pool has no page for it). */
 int dsv_seq_truncate(dsv_context *ctx, int seq, int n);
 
+/* Appends n_tokens positions of random but valid cache contents to a
+ * sequence, in every layer, as a prefill would have written them: latent
+ * fp8 codes with act_quant scales of unit-size values, unit-size k_pe, and
+ * indexer keys with their scales. For benchmarks: a decode step at a depth
+ * of 128K tokens costs what it costs after a real prefill, without computing
+ * that prefill (what it outputs is meaningless). The contents depend only on
+ * the seed and the positions, not on the thread count. All or nothing:
+ * DSV_ERR_FULL if the sequence or the page pool cannot take n_tokens more. */
+int dsv_seq_fill_random(dsv_context *ctx, int seq, int n_tokens, uint64_t seed);
+
 /* Prefix sharing. The KV cache is a pool of pages of DSV_PAGE positions
  * (every layer's latent and indexer keys). A page's contents depend on every
  * token up to its end, so sequences whose first k * DSV_PAGE tokens are equal
@@ -197,6 +207,43 @@ typedef struct dsv_batch_entry {
 int dsv_forward(dsv_context *ctx, const dsv_batch_entry *entries, int n_entries, float *logits);
 /* Rows of logits dsv_forward writes for these entries. */
 int dsv_batch_logit_rows(const dsv_batch_entry *entries, int n_entries);
+
+/* Statistics: where a context's dsv_forward calls spend their time and what
+ * they read, accumulated until reset. Time is wall clock, read at phase
+ * boundaries (a clock read per operation, nothing per element); the phases
+ * add up to the time spent inside dsv_forward. Dump callbacks (below) are
+ * timed with whatever phase they interrupt: switch them off to measure. */
+enum {
+    DSV_PHASE_INDEXER = 0, /* lightning indexer: q/k RoPE, Hadamard, fp8 codes, scoring the keys */
+    DSV_PHASE_TOPK,        /* choosing each query's positions (dense mode: listing them all) */
+    DSV_PHASE_ATTN,        /* attention over the chosen positions: gather, absorb, softmax, values */
+    DSV_PHASE_LINEAR,      /* linear layers outside the MoE: projections, dense MLP, lm head */
+    DSV_PHASE_MOE,         /* router and experts, their linear layers included */
+    DSV_PHASE_OTHER,       /* embedding, norms, RoPE of MLA, conversions, bookkeeping */
+    DSV_PHASE_COUNT
+};
+
+typedef struct dsv_context_stats {
+    uint64_t ns[DSV_PHASE_COUNT]; /* wall time per DSV_PHASE_* */
+    uint64_t n_calls;             /* dsv_forward calls */
+    uint64_t n_tokens;            /* tokens processed */
+    uint64_t n_keys;              /* positions attended, summed over tokens and layers */
+    uint64_t n_index_keys;        /* positions the indexer scored, summed over tokens and layers */
+    /* Weight bytes read: every matrix a call uses, once per call (a call
+     * reads each matrix once for all its tokens), only the experts the
+     * router chose, the embedding rows of the call's tokens, and wkv_b once
+     * per token on the absorbed path (which applies it token by token). At
+     * one token per call: the bytes streamed per decoded token. */
+    uint64_t weight_bytes;
+    uint64_t linear_flops;        /* 2*m*n*k of the linear layers of DSV_PHASE_LINEAR */
+    uint64_t moe_flops;           /* the same for the router and experts */
+    uint64_t kv_read_bytes;       /* cache bytes of the positions attended and scored, per query */
+    uint64_t kv_token_bytes;      /* cache bytes one token takes, all layers (a constant of the layout) */
+} dsv_context_stats;
+
+/* Copies the statistics since the context opened or was last reset. */
+void dsv_context_get_stats(const dsv_context *ctx, dsv_context_stats *out);
+void dsv_context_reset_stats(dsv_context *ctx);
 
 /* Named intermediates ("dumps"), as llama.cpp's cb_eval: during dsv_forward
  * the callback receives tensors by name and layer for the tokens of the call,

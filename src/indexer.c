@@ -88,6 +88,14 @@ struct sel_args {
     int chunk; /* tokens scored together */
 };
 
+/* Thread 0's time in scoring (0) or selecting (1), for the statistics. */
+static void sel_clock(dsv_context *ctx, int ith, int what, uint64_t *t) {
+    if (ith) return;
+    uint64_t now = dsv_now_ns();
+    ctx->sel_ns[what] += now - *t;
+    *t = now;
+}
+
 /* Multi-token calls (T >= threads): groups of up to `chunk` consecutive
  * tokens of one entry, dealt round-robin since a token's cost grows with
  * its position. Otherwise each token's pages are split across threads into
@@ -99,6 +107,7 @@ static void select_task(void *a, int ith, int nth) {
     const int T = ctx->n_tok;
     const int ld = ctx->p.n_ctx;
     dsv_tscratch *ts = &ctx->ts[ith];
+    uint64_t clk = ith ? 0 : dsv_now_ns();
     if (T >= nth) {
         int g = 0;
         for (int e = 0; e < ctx->n_ent; e++)
@@ -106,7 +115,9 @@ static void select_task(void *a, int ith, int nth) {
                 if (g % nth != ith) continue;
                 const int nq = DSV_MIN(p->chunk, end - t0);
                 score_range(ctx, p->il, t0, nq, 0, ctx->tok_pos[t0 + nq - 1] + 1, ts->scores, ld, ts->lin);
+                sel_clock(ctx, ith, 0, &clk);
                 for (int q = 0; q < nq; q++) select_token(ctx, t0 + q, ts->scores + (size_t)q * ld, ts->sel);
+                sel_clock(ctx, ith, 1, &clk);
             }
         return;
     }
@@ -119,8 +130,10 @@ static void select_task(void *a, int ith, int nth) {
         e = e * DSV_PAGE < ctx->tok_pos[t] + 1 ? e * DSV_PAGE : ctx->tok_pos[t] + 1;
         if (b < e) score_range(ctx, p->il, t, 1, (int)b, (int)e, ctx->ts[0].scores, ld, ts->lin);
         dsv_pool_barrier(ctx->pool);
+        sel_clock(ctx, ith, 0, &clk);
         if (ith == 0) select_token(ctx, t, ctx->ts[0].scores, ctx->ts[0].sel);
         dsv_pool_barrier(ctx->pool);
+        sel_clock(ctx, ith, 1, &clk);
     }
 }
 
@@ -153,14 +166,26 @@ void dsv_indexer_forward(dsv_context *ctx, int il, const dsv_bf16 *xn, const dsv
     dsv_par_for(ctx, T, to_f32_rows, (void *)xn);
     dsv_lin_f32(ctx, ctx->iw, ctx->xf, &ly->idx_wproj, T);
     dsv_dump_f32(ctx, "index_weights", il, T, Hi, ctx->iw);
+    int prev = dsv_phase(ctx, DSV_PHASE_INDEXER);
     dsv_par_for(ctx, T, qk_rows, &a);
 
     if (ctx->p.attn == DSV_ATTN_DENSE) {
+        dsv_phase(ctx, DSV_PHASE_TOPK);
         dsv_par_for(ctx, T, dense_rows, NULL);
+        dsv_phase(ctx, prev);
         return;
     }
     struct sel_args sa = {ctx, il, DSV_MAX(1, DSV_MIN(DSV_IDX_CHUNK, (T + ctx->nth - 1) / ctx->nth))};
+    dsv_phase(ctx, DSV_PHASE_INDEXER);
+    ctx->sel_ns[0] = ctx->sel_ns[1] = 0;
     dsv_pool_run(ctx->pool, select_task, &sa);
+    /* Scoring and selection interleave inside the task: its wall time is
+     * split in the proportion thread 0 saw. */
+    uint64_t wall = dsv_now_ns() - ctx->phase_t0, seen = ctx->sel_ns[0] + ctx->sel_ns[1];
+    uint64_t topk = seen ? (uint64_t)((double)wall * (double)ctx->sel_ns[1] / (double)seen) : 0;
+    dsv_phase(ctx, prev);
+    ctx->stats.ns[DSV_PHASE_INDEXER] -= topk;
+    ctx->stats.ns[DSV_PHASE_TOPK] += topk;
     if (ctx->dump) {
         /* [T][topk] in descending score order, -1 where fewer are visible. */
         int32_t *d = (int32_t *)ctx->xf;

@@ -18,6 +18,8 @@ static const struct command commands[] = {
     {"detokenize", "token ids to text", cmd_detokenize},
     {"logits", "conformance: logits (and intermediates) of a fixed token sequence", cmd_logits},
     {"serve", "OpenAI-compatible HTTP server (continuous batching, prefix cache)", cmd_serve},
+    {"synth", "write a random-weight model of any DeepSeek-V3.2 shape", cmd_synth},
+    {"bench", "prefill and decode speed at chosen context depths, next to the machine's limits", cmd_bench},
     {NULL, NULL, NULL},
 };
 
