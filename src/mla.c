@@ -132,10 +132,13 @@ static void mqa_heads(dsv_context *ctx, void *a, long h0, long h1, int ith) {
         const dsv_bf16 *qh = ctx->q + ((size_t)t * H + h) * (N + R);
         dsv_kern->absorb_q(ctx->q_abs + h * C, qh, wkv_b, (int)h * (N + V), N, ctx->ts[ith].acc);
         memcpy(ctx->q_pe + h * R, qh + N, (size_t)R * sizeof(dsv_bf16));
-        dsv_kern->mqa_attn(ctx->o_lat, ctx->q_abs, ctx->q_pe, ctx->g_lat, ctx->g_pe, p->n_keys, C, R,
-                           c->softmax_scale, (int)h, (int)h + 1, ctx->ts[ith].att);
-        dsv_kern->absorb_o(ctx->o + ((size_t)t * H + h) * V, ctx->o_lat + h * C, wkv_b, (int)h * (N + V) + N, V);
     }
+    /* All of this thread's heads in one call: a kernel can share each pass
+     * over the gathered rows between heads. */
+    dsv_kern->mqa_attn(ctx->o_lat, ctx->q_abs, ctx->q_pe, ctx->g_lat, ctx->g_pe, p->n_keys, C, R, c->softmax_scale,
+                       (int)h0, (int)h1, ctx->ts[ith].att);
+    for (long h = h0; h < h1; h++)
+        dsv_kern->absorb_o(ctx->o + ((size_t)t * H + h) * V, ctx->o_lat + h * C, wkv_b, (int)h * (N + V) + N, V);
 }
 
 static void mqa_token(dsv_context *ctx, struct mla_args *p, int t, int seq) {
