@@ -7,6 +7,8 @@
 #include "dsv32.h"
 #include "train.h"
 
+#include <sys/stat.h>
+
 static uint64_t rng_state = 88172645463325252ull;
 static float frand(void) { /* uniform in [-1, 1) */
     rng_state ^= rng_state << 13;
@@ -245,7 +247,7 @@ TEST(train_router_backward) {
 /* ---- the whole model ------------------------------------------------------ */
 
 static const char *tiny_config =
-    "{\"architectures\": [\"DeepseekV32ForCausalLM\"], \"model_type\": \"deepseek_v32\", \"vocab_size\": 64,"
+    "{\"architectures\": [\"DeepseekV32ForCausalLM\"], \"model_type\": \"deepseek_v32\", \"vocab_size\": 320,"
     " \"hidden_size\": 32, \"intermediate_size\": 48, \"moe_intermediate_size\": 16, \"num_hidden_layers\": 2,"
     " \"first_k_dense_replace\": 1, \"num_attention_heads\": 2, \"n_routed_experts\": 4, \"n_shared_experts\": 1,"
     " \"num_experts_per_tok\": 2, \"n_group\": 2, \"topk_group\": 2, \"q_lora_rank\": 16, \"kv_lora_rank\": 128,"
@@ -323,3 +325,290 @@ static void model_grad_check(int stage) {
 TEST(train_model_gradients_stage1_dense) { model_grad_check(1); }
 TEST(train_model_gradients_stage2_indexer_warmup) { model_grad_check(2); }
 TEST(train_model_gradients_stage3_sparse) { model_grad_check(3); }
+
+/* ---- training runs, checkpoints, export ----------------------------------- */
+
+static const char *verses =
+    "In the beginning God created the heaven and the earth.\n"
+    "And the earth was without form, and void; and darkness was upon the face of the deep.\n"
+    "And God said, Let there be light: and there was light.\n"
+    "And God saw the light, that it was good: and God divided the light from the darkness.\n";
+
+/* Byte-level ids of the verses (3 + byte, as the BPE numbers its bytes). */
+static void text_batch(int32_t *out, int batch, int T, int step) {
+    size_t n = strlen(verses);
+    for (int b = 0; b < batch; b++) {
+        size_t at = ((size_t)step * 37 + (size_t)b * 101) % (n - T);
+        out[(size_t)b * (T + 1)] = 0;
+        for (int i = 1; i <= T; i++) out[(size_t)b * (T + 1) + i] = 3 + (uint8_t)verses[at + i - 1];
+    }
+}
+
+TEST(train_short_run_loss_falls) {
+    enum { T = 32, STEPS = 40 };
+    dsv_train_opts o = dsv_train_default_opts();
+    o.seq_len = T;
+    o.batch = 4;
+    o.steps = STEPS;
+    o.warmup = 4;
+    o.lr = 1e-2f;
+    o.n_threads = 2;
+    dsv_trainer *t;
+    REQUIRE(dsv_train_new(&t, tiny_config, &o) == DSV_OK);
+    int32_t buf[4 * (T + 1)];
+    double first = 0, last = 0;
+    for (int s = 0; s < STEPS; s++) {
+        dsv_train_stats st;
+        text_batch(buf, 4, T, s);
+        REQUIRE(dsv_train_step(t, buf, &st) == DSV_OK);
+        CHECK(isfinite(st.lm_loss) && st.grad_norm > 0);
+        if (s < 3) first += st.lm_loss / 3;
+        if (s >= STEPS - 3) last += st.lm_loss / 3;
+    }
+    CHECKF(last < first - 2.0, "loss %.3f -> %.3f", first, last);
+    dsv_train_free(t);
+}
+
+/* Stages 2 and 3 from a trained model: the KL falls while the main model is
+ * frozen; sparse training keeps the LM loss. */
+TEST(train_stages_indexer_kl_falls) {
+    enum { T = 48 };
+    dsv_train_opts o = dsv_train_default_opts();
+    o.seq_len = T;
+    o.batch = 2;
+    o.steps = 30;
+    o.warmup = 2;
+    o.lr = 1e-2f;
+    o.n_threads = 1;
+    dsv_trainer *t;
+    REQUIRE(dsv_train_new(&t, tiny_config, &o) == DSV_OK);
+    int32_t buf[2 * (T + 1)];
+    dsv_train_stats st;
+    for (int s = 0; s < 30; s++) { text_batch(buf, 2, T, s); REQUIRE(dsv_train_step(t, buf, &st) == DSV_OK); }
+    char path[1024];
+    snprintf(path, sizeof path, "%s/s1.ckpt", test_tmpdir());
+    REQUIRE(dsv_train_save(t, path) == DSV_OK);
+    dsv_train_free(t);
+    o.stage = 2;
+    REQUIRE(dsv_train_load(&t, path, &o, 0) == DSV_OK);
+    text_batch(buf, 2, T, 999);
+    dsv_train_stats e0, e1;
+    REQUIRE(dsv_train_eval(t, buf, 2, &e0) == DSV_OK);
+    for (int s = 0; s < 30; s++) { text_batch(buf, 2, T, s); REQUIRE(dsv_train_step(t, buf, &st) == DSV_OK); CHECK(st.lm_loss == 0); }
+    text_batch(buf, 2, T, 999);
+    REQUIRE(dsv_train_eval(t, buf, 2, &e1) == DSV_OK);
+    CHECKF(e1.kl < 0.7 * e0.kl, "indexer KL %.4f -> %.4f", e0.kl, e1.kl);
+    CHECK_NEAR(e1.lm_loss, e0.lm_loss, 1e-6); /* main model frozen */
+    snprintf(path, sizeof path, "%s/s2.ckpt", test_tmpdir());
+    REQUIRE(dsv_train_save(t, path) == DSV_OK);
+    dsv_train_free(t);
+    o.stage = 3;
+    o.lr = 1e-3f;
+    REQUIRE(dsv_train_load(&t, path, &o, 0) == DSV_OK);
+    for (int s = 0; s < 5; s++) {
+        text_batch(buf, 2, T, s);
+        REQUIRE(dsv_train_step(t, buf, &st) == DSV_OK);
+        CHECK(st.kl > 0 && isfinite(st.lm_loss));
+    }
+    double rec[2];
+    text_batch(buf, 2, T, 999);
+    CHECK(dsv_train_recall(t, buf, 2, rec) == 2 * (T - 5));
+    CHECKF(rec[0] > 0 && rec[0] <= 1.0 + 1e-9 && rec[1] > 0 && rec[1] <= 1.0 + 1e-9, "recall %.4f %.4f", rec[0], rec[1]);
+    dsv_train_free(t);
+}
+
+TEST(train_resume_continues_exactly) {
+    enum { T = 24 };
+    dsv_train_opts o = dsv_train_default_opts();
+    o.seq_len = T;
+    o.batch = 2;
+    o.steps = 8;
+    o.warmup = 2;
+    o.n_threads = 1;
+    dsv_trainer *a, *b;
+    REQUIRE(dsv_train_new(&a, tiny_config, &o) == DSV_OK);
+    int32_t buf[2 * (T + 1)];
+    dsv_train_stats st, sb;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/r.ckpt", test_tmpdir());
+    for (int s = 0; s < 8; s++) {
+        text_batch(buf, 2, T, s);
+        REQUIRE(dsv_train_step(a, buf, &st) == DSV_OK);
+        if (s == 3) {
+            REQUIRE(dsv_train_save(a, path) == DSV_OK);
+            REQUIRE(dsv_train_load(&b, path, &o, 1) == DSV_OK);
+            CHECK_EQ_INT(dsv_train_step_no(b), 4);
+        }
+        if (s > 3) {
+            REQUIRE(dsv_train_step(b, buf, &sb) == DSV_OK);
+            CHECK(sb.lm_loss == st.lm_loss && sb.lr == st.lr);
+        }
+    }
+    o.stage = 2;
+    CHECK(dsv_train_load(&b, path, &o, 1) == DSV_ERR_ARG); /* a stage 1 checkpoint */
+    CHECK(dsv_train_load(&b, "/nonexistent/x.ckpt", &o, 0) != DSV_OK);
+    dsv_train_free(a);
+    dsv_train_free(b);
+}
+
+/* Cross entropy of the engine's logits for every position of one sequence. */
+static double engine_loss(const char *dir, const int32_t *tok, int T, int dense, int topk) {
+    dsv_model *m;
+    REQUIREF(dsv_model_open(&m, dir, NULL) == DSV_OK, "%s", dsv_errmsg());
+    const dsv_config *c = dsv_model_config(m);
+    dsv_context_params cp = dsv_context_default_params();
+    cp.n_ctx = T;
+    cp.n_batch = T;
+    cp.n_threads = 2;
+    cp.attn = dense ? DSV_ATTN_DENSE : DSV_ATTN_SPARSE;
+    cp.topk = topk;
+    dsv_context *cx;
+    REQUIRE(dsv_context_open(&cx, m, &cp) == DSV_OK);
+    float *lg = malloc(sizeof(float) * T * c->vocab_size);
+    dsv_batch_entry e = {.seq = 0, .n_tokens = T, .tokens = tok, .logits = DSV_LOGITS_ALL};
+    REQUIRE(dsv_forward(cx, &e, 1, lg) == DSV_OK);
+    double loss = 0;
+    for (int i = 0; i < T; i++) loss += dsv_tr_xent(NULL, lg + (size_t)i * c->vocab_size, c->vocab_size, tok[i + 1], 1);
+    free(lg);
+    dsv_context_close(cx);
+    dsv_model_close(m);
+    return loss / T;
+}
+
+/* The exported model loads in the engine and computes what the training
+ * forward computes, up to the engine's bf16/fp8 numerics. */
+TEST(train_export_loads_in_engine) {
+    enum { T = 40 };
+    dsv_trainer *t = tiny_trainer(3, T, 1);
+    perturb(t);
+    int32_t tok[T + 1];
+    text_batch(tok, 1, T, 3);
+    dsv_train_stats st;
+    REQUIRE(dsv_train_eval(t, tok, 1, &st) == DSV_OK);
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/m", test_tmpdir());
+    REQUIRE(mkdir(dir, 0777) == 0);
+    REQUIRE(dsv_train_export(t, dir, 0) == DSV_OK);
+    double e = engine_loss(dir, tok, T, 0, 0);
+    CHECKF(fabs(e - st.lm_loss) < 0.03 * st.lm_loss, "engine loss %.4f vs training %.4f", e, st.lm_loss);
+    /* fp8 export: linears with 128-multiple inputs become e4m3 + scales. */
+    REQUIRE(dsv_train_export(t, dir, 1) == DSV_OK);
+    double e8 = engine_loss(dir, tok, T, 0, 0);
+    CHECKF(fabs(e8 - st.lm_loss) < 0.1 * st.lm_loss, "fp8 engine loss %.4f vs training %.4f", e8, st.lm_loss);
+    dsv_trainer *back;
+    REQUIRE(dsv_train_load(&back, dir, NULL, 0) == DSV_OK);
+    dsv_train_free(back);
+    dsv_train_free(t);
+}
+
+/* The training forward against the engine on the conformance model (YaRN
+ * active, group-limited MoE, 8 indexer heads): same losses, dense and sparse. */
+TEST(train_forward_matches_engine_on_conformance_model) {
+    const char *dir = test_shared("conformance/public_sparse_bf16/hf");
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    FILE *f = fopen(cfg, "rb");
+    if (!f) SKIP("no conformance model at %s", dir);
+    fclose(f);
+    enum { T = 96 };
+    int32_t tok[T + 1];
+    for (int i = 0; i <= T; i++) tok[i] = (int32_t)((i * 131 + 7) % 777);
+    for (int stage = 1; stage <= 3; stage += 2) {
+        dsv_train_opts o = dsv_train_default_opts();
+        o.seq_len = T;
+        o.stage = stage;
+        o.n_threads = 2;
+        dsv_trainer *t;
+        REQUIREF(dsv_train_load(&t, dir, &o, 0) == DSV_OK, "%s", dsv_errmsg());
+        dsv_train_stats st;
+        REQUIRE(dsv_train_eval(t, tok, 1, &st) == DSV_OK);
+        double e = engine_loss(dir, tok, T, stage == 1, 0);
+        CHECKF(fabs(e - st.lm_loss) < 0.01 * st.lm_loss, "stage %d: engine loss %.5f vs training %.5f", stage, e,
+               st.lm_loss);
+        dsv_train_free(t);
+    }
+}
+
+/* ---- BPE trainer and the ppl command -------------------------------------- */
+
+#include "dsv32_tokenizer.h"
+
+TEST(bpe_trains_a_tokenizer_the_engine_loads) {
+    const char *dir = test_tmpdir();
+    int n = 0;
+    REQUIRE(dsv_bpe_train(dir, verses, strlen(verses), 300, &n) == DSV_OK);
+    dsv_tokenizer *tok;
+    REQUIREF(dsv_tokenizer_open(&tok, dir) == DSV_OK, "%s", dsv_errmsg());
+    CHECK_EQ_INT(dsv_tokenizer_n_vocab(tok), n);
+    CHECK(n > 300);
+    CHECK_EQ_INT(dsv_tokenizer_bos(tok), 0);
+    CHECK_EQ_INT(dsv_tokenizer_eos(tok), 1);
+    CHECK(dsv_tokenizer_add_bos(tok));
+    CHECK(dsv_token_id(tok, "<｜User｜>") >= 300);
+    CHECK(dsv_token_id(tok, "<｜Assistant｜>") >= 300);
+    CHECK(dsv_token_id(tok, "</think>") >= 300);
+    CHECK(dsv_token_is_special(tok, 0) && !dsv_token_is_special(tok, dsv_token_id(tok, "<think>")));
+    CHECK(dsv_token_id(tok, " God") >= 259); /* a frequent word became one token */
+    const char *samples[] = {verses, "Let there be light: and there was light.", "caf\xc3\xa9 \xe2\x82\xac 123456 \xff\xfe",
+                             "<｜User｜>hello<｜Assistant｜></think>"};
+    for (size_t s = 0; s < sizeof samples / sizeof *samples; s++) {
+        size_t len = strlen(samples[s]), n_ids, out_len;
+        int32_t *ids = malloc(sizeof(int32_t) * (len + 1));
+        char *back = malloc(len + 1);
+        REQUIRE(dsv_tokenize(tok, samples[s], len, ids, len + 1, &n_ids) == DSV_OK);
+        REQUIRE(dsv_detokenize(tok, ids, n_ids, 0, back, len + 1, &out_len) == DSV_OK);
+        CHECK(out_len == len && !memcmp(back, samples[s], len));
+        if (s == 0) CHECKF(n_ids < len / 2, "%zu ids for %zu bytes", n_ids, len);
+        free(ids);
+        free(back);
+    }
+    dsv_tokenizer_close(tok);
+    CHECK(dsv_bpe_train(dir, verses, strlen(verses), 100, NULL) == DSV_ERR_ARG);
+}
+
+TEST(cli_ppl_train_export_bpe) {
+    const char *rel = getenv("DSV32_BIN");
+    if (!rel) SKIP("DSV32_BIN not set");
+    char bin[4096];
+    REQUIRE(realpath(rel, bin)); /* the commands below run in the test's directory */
+    const char *dir = test_tmpdir();
+    char cmd[32768], path[1024], *out = NULL;
+    snprintf(path, sizeof path, "%s/text.txt", dir);
+    FILE *f = fopen(path, "wb");
+    REQUIRE(f);
+    for (int i = 0; i < 4; i++) fputs(verses, f);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    f = fopen(path, "wb");
+    REQUIRE(f);
+    fputs(tiny_config, f);
+    fclose(f);
+    /* bpe -> train 3 steps -> export -> ppl, dense and sparse, and recall. */
+    snprintf(cmd, sizeof cmd,
+             "cd %s && %s bpe -f text.txt -o tok --vocab 280 2>/dev/null && "
+             "%s train --config config.json -f text.txt -t tok -o a.ckpt --steps 3 --batch 2 --ctx 24 "
+             "--warmup 1 --valid text.txt --eval-every 3 --threads 2 2>/dev/null && "
+             "%s export -i a.ckpt -o m -t tok && %s ppl -m m -f text.txt --ctx 24 --quiet -t 1 && "
+             "%s ppl -m m -f text.txt --ctx 24 --dense --recall 2>/dev/null",
+             dir, bin, bin, bin, bin, bin);
+    int rc = test_run(cmd, &out);
+    CHECKF(rc == 0, "exit %d: %s", rc, out ? out : "");
+    double p1 = 0, p2 = 0;
+    CHECKF(out && sscanf(out, "%lf\nppl %lf", &p1, &p2) == 2, "output: %s", out ? out : "");
+    CHECK(p1 > 1 && p1 < 400 && p2 > 1 && p2 < 400);
+    CHECK(out && strstr(out, "indexer recall (top-5"));
+    free(out);
+    /* Errors: one line, non-zero exit. */
+    snprintf(cmd, sizeof cmd, "%s ppl -m %s/m 2>&1; %s train --steps 1 2>&1; %s ppl -m %s/m -f %s/text.txt --dense --topk 3 2>&1",
+             bin, dir, bin, bin, dir, dir);
+    rc = test_run(cmd, &out);
+    CHECK(out && strstr(out, "dsv32 ppl: missing -f TEXT"));
+    CHECK(out && strstr(out, "dsv32 train: give exactly one of"));
+    CHECK(out && strstr(out, "--dense and --topk exclude each other"));
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s ppl --help && %s train --help && %s export --help && %s bpe --help", bin, bin, bin, bin);
+    rc = test_run(cmd, &out);
+    CHECK(rc == 0 && out && strstr(out, "--recall") && strstr(out, "--bias-rate") && strstr(out, "--fp8") &&
+          strstr(out, "--vocab"));
+    free(out);
+}

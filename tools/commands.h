@@ -7,5 +7,9 @@
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_export(int argc, char **argv);
+int cmd_bpe(int argc, char **argv);
+int cmd_ppl(int argc, char **argv);
 
 #endif
