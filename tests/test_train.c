@@ -606,7 +606,12 @@ TEST(cli_ppl_train_export_bpe) {
     CHECK(out && strstr(out, "dsv32 train: give exactly one of"));
     CHECK(out && strstr(out, "--dense and --topk exclude each other"));
     free(out);
-    snprintf(cmd, sizeof cmd, "%s ppl --help && %s train --help && %s export --help && %s bpe --help", bin, bin, bin, bin);
+    snprintf(cmd, sizeof cmd, "%s generate -m %s/m -p 'And God said' -n 6 --temp 0 -t 1 2>/dev/null", bin, dir);
+    rc = test_run(cmd, &out);
+    CHECKF(rc == 0 && out && !strncmp(out, "And God said", 12), "generate: %d %s", rc, out ? out : "");
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s ppl --help && %s train --help && %s export --help && %s bpe --help && %s generate --help",
+             bin, bin, bin, bin, bin);
     rc = test_run(cmd, &out);
     CHECK(rc == 0 && out && strstr(out, "--recall") && strstr(out, "--bias-rate") && strstr(out, "--fp8") &&
           strstr(out, "--vocab"));

@@ -11,5 +11,6 @@ int cmd_train(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_bpe(int argc, char **argv);
 int cmd_ppl(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
 
 #endif

@@ -15,6 +15,7 @@ static const struct command commands[] = {
     {"tokenize", "text to token ids", cmd_tokenize},
     {"detokenize", "token ids to text", cmd_detokenize},
     {"logits", "conformance: logits (and intermediates) of a fixed token sequence", cmd_logits},
+    {"generate", "continue a prompt with sampled text", cmd_generate},
     {"ppl", "perplexity of a text file in windows of the context size", cmd_ppl},
     {"bpe", "train a byte-level BPE tokenizer on a text", cmd_bpe},
     {"train", "train a model: one stage of DeepSeek's DSA recipe", cmd_train},
