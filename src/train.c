@@ -1178,9 +1178,10 @@ int dsv_train_load(dsv_trainer **out, const char *path, const dsv_train_opts *op
     if (resume) {
         const char *s = dsv_st_metadata(f, 0, "stage"), *n = dsv_st_metadata(f, 0, "step");
         if (s && atoi(s) != o.stage) {
+            int got = atoi(s);
             free(cfg);
             dsv_st_close(f);
-            return dsv_error(DSV_ERR_ARG, "%s: a stage %s checkpoint cannot resume stage %d", path, s, o.stage);
+            return dsv_error(DSV_ERR_ARG, "%s: a stage %d checkpoint cannot resume stage %d", path, got, o.stage);
         }
         step = n ? atoi(n) : 0;
     }

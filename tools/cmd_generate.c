@@ -134,6 +134,7 @@ int cmd_generate(int argc, char **argv) {
         size_t len = 0;
         if (!dsv_detok_flush(&dt, text, dsv_detok_bound(tok), &len)) fwrite(text, 1, len, stdout);
         putchar('\n');
+        fflush(stdout);
         double t2 = dsv_time();
         fprintf(stderr, "generate: prompt %zu tokens %.1f tok/s; %d tokens %.1f tok/s\n", n_ids,
                 n_ids / (t1 - t0 > 0 ? t1 - t0 : 1e-9), done, done > 1 ? (done - 1) / (t2 - t1) : 0.0);
