@@ -17,9 +17,9 @@ WARN     = -Wall -Wextra -Werror
 # written, the same under gcc and clang. SIMD kernels use fma explicitly.
 XCFLAGS  = -ffp-contract=off
 CPPFLAGS += -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -MMD -MP
-LDLIBS  += -lpcre2-8 -lcjson -lpthread -lm
+LDLIBS  += -lpcre2-8 -lcjson -lmicrohttpd -lpthread -lm
 
-SRC      := $(wildcard src/*.c)
+SRC      := $(wildcard src/*.c src/server/*.c)
 TOOL_SRC := $(wildcard tools/*.c)
 TEST_SRC := $(wildcard tests/*.c)
 
@@ -54,6 +54,10 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(XCFLAGS) $(WARN) -c $< -o $@
 
+# The chat page is embedded with .incbin, which the compiler's dependency
+# files do not see.
+$(BUILD)/src/server/page.o: src/server/chat.html
+
 $(BUILD)/libdsv32.a: $(OBJ)
 	@rm -f $@
 	ar rcs $@ $^
@@ -72,6 +76,12 @@ asan:
 	$(MAKE) BUILD=build-asan OPT="-O1" \
 	    CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	    LDFLAGS="-fsanitize=address,undefined" test
+
+# The standard benchmark set (tools/bench.sh, about 15 minutes on 2 cores):
+# prints a table, writes docs/bench.md and docs/bench-decode.png. Not part of
+# test. Token counts and depths: BENCH_* variables, see tools/bench.sh.
+bench: $(BUILD)/dsv32
+	BUILD=$(BUILD) tools/bench.sh
 
 # libFuzzer target for the safetensors reader: clang only, not part of `test`
 # (how to run it: tests/fuzz/fuzz_safetensors.c).

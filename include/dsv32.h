@@ -143,8 +143,51 @@ const dsv_context_params *dsv_context_get_params(const dsv_context *ctx);
 int dsv_seq_len(const dsv_context *ctx, int seq);
 /* Forgets a sequence: length 0, its KV pages returned to the pool. */
 int dsv_seq_reset(dsv_context *ctx, int seq);
-/* Keeps the first n tokens of a sequence (n <= length). */
+/* Keeps the first n tokens of a sequence (n <= length). If the page that
+ * the next token goes into is shared, the sequence first gets its own copy
+ * of it (DSV_ERR_FULL, nothing changed, when the pool has no page for it). */
 int dsv_seq_truncate(dsv_context *ctx, int seq, int n);
+
+/* Appends n_tokens positions of random but valid cache contents to a
+ * sequence, in every layer, as a prefill would have written them: latent
+ * fp8 codes with act_quant scales of unit-size values, unit-size k_pe, and
+ * indexer keys with their scales. For benchmarks: a decode step at a depth
+ * of 128K tokens costs what it costs after a real prefill, without computing
+ * that prefill (what it outputs is meaningless). The contents depend only on
+ * the seed and the positions, not on the thread count. All or nothing:
+ * DSV_ERR_FULL if the sequence or the page pool cannot take n_tokens more. */
+int dsv_seq_fill_random(dsv_context *ctx, int seq, int n_tokens, uint64_t seed);
+
+/* Prefix sharing. The KV cache is a pool of pages of DSV_PAGE positions
+ * (every layer's latent and indexer keys). A page's contents depend on every
+ * token up to its end, so sequences whose first k * DSV_PAGE tokens are equal
+ * can map the same k pages. Pages are reference-counted: each sequence that
+ * maps a page holds one reference, and so does each dsv_kv_page_ref; the
+ * last reference returns the page to the pool. A sequence only ever writes
+ * past its length, so a full page behind it never changes: share only full
+ * pages (a page being filled still changes). */
+
+/* The page ids of a sequence in position order (ceil(length / DSV_PAGE) of
+ * them). The array is valid until the sequence changes. */
+int dsv_seq_pages(const dsv_context *ctx, int seq, const int32_t **pages, int *n_pages);
+/* Starts an empty sequence on n_pages full pages, taking a reference on
+ * each: its length becomes n_pages * DSV_PAGE, and the next token goes into
+ * a page of its own. Every page must be in use (referenced). Computing on
+ * from there gives bit for bit what the same chunks computed from scratch
+ * give. DSV_ERR_ARG if the sequence is not empty, a page is free or out of
+ * range, or n_pages exceeds the context size. */
+int dsv_seq_attach(dsv_context *ctx, int seq, const int32_t *pages, int n_pages);
+/* Takes / drops a reference on a page in use (DSV_ERR_ARG for a free page
+ * or an id out of range). */
+int dsv_kv_page_ref(dsv_context *ctx, int32_t page);
+int dsv_kv_page_unref(dsv_context *ctx, int32_t page);
+/* References on a page (0 when free); -1 for an id out of range. */
+int dsv_kv_page_refs(const dsv_context *ctx, int32_t page);
+/* Pages in the pool: in use (referenced) and free; either may be NULL. */
+void dsv_kv_stats(const dsv_context *ctx, int64_t *used, int64_t *free_pages);
+/* Bytes of one KV page for this configuration (what a KV memory budget is
+ * divided by to get dsv_context_params.n_pages). */
+uint64_t dsv_kv_page_bytes(const dsv_config *cfg);
 
 enum { DSV_LOGITS_NONE = 0, DSV_LOGITS_LAST = 1, DSV_LOGITS_ALL = 2 };
 
@@ -164,6 +207,43 @@ typedef struct dsv_batch_entry {
 int dsv_forward(dsv_context *ctx, const dsv_batch_entry *entries, int n_entries, float *logits);
 /* Rows of logits dsv_forward writes for these entries. */
 int dsv_batch_logit_rows(const dsv_batch_entry *entries, int n_entries);
+
+/* Statistics: where a context's dsv_forward calls spend their time and what
+ * they read, accumulated until reset. Time is wall clock, read at phase
+ * boundaries (a clock read per operation, nothing per element); the phases
+ * add up to the time spent inside dsv_forward. Dump callbacks (below) are
+ * timed with whatever phase they interrupt: switch them off to measure. */
+enum {
+    DSV_PHASE_INDEXER = 0, /* lightning indexer: q/k RoPE, Hadamard, fp8 codes, scoring the keys */
+    DSV_PHASE_TOPK,        /* choosing each query's positions (dense mode: listing them all) */
+    DSV_PHASE_ATTN,        /* attention over the chosen positions: gather, absorb, softmax, values */
+    DSV_PHASE_LINEAR,      /* linear layers outside the MoE: projections, dense MLP, lm head */
+    DSV_PHASE_MOE,         /* router and experts, their linear layers included */
+    DSV_PHASE_OTHER,       /* embedding, norms, RoPE of MLA, conversions, bookkeeping */
+    DSV_PHASE_COUNT
+};
+
+typedef struct dsv_context_stats {
+    uint64_t ns[DSV_PHASE_COUNT]; /* wall time per DSV_PHASE_* */
+    uint64_t n_calls;             /* dsv_forward calls */
+    uint64_t n_tokens;            /* tokens processed */
+    uint64_t n_keys;              /* positions attended, summed over tokens and layers */
+    uint64_t n_index_keys;        /* positions the indexer scored, summed over tokens and layers */
+    /* Weight bytes read: every matrix a call uses, once per call (a call
+     * reads each matrix once for all its tokens), only the experts the
+     * router chose, the embedding rows of the call's tokens, and wkv_b once
+     * per token on the absorbed path (which applies it token by token). At
+     * one token per call: the bytes streamed per decoded token. */
+    uint64_t weight_bytes;
+    uint64_t linear_flops;        /* 2*m*n*k of the linear layers of DSV_PHASE_LINEAR */
+    uint64_t moe_flops;           /* the same for the router and experts */
+    uint64_t kv_read_bytes;       /* cache bytes of the positions attended and scored, per query */
+    uint64_t kv_token_bytes;      /* cache bytes one token takes, all layers (a constant of the layout) */
+} dsv_context_stats;
+
+/* Copies the statistics since the context opened or was last reset. */
+void dsv_context_get_stats(const dsv_context *ctx, dsv_context_stats *out);
+void dsv_context_reset_stats(dsv_context *ctx);
 
 /* Named intermediates ("dumps"), as llama.cpp's cb_eval: during dsv_forward
  * the callback receives tensors by name and layer for the tokens of the call,

@@ -4,6 +4,8 @@
 #ifndef DSV_CONTEXT_H
 #define DSV_CONTEXT_H
 
+#include <time.h>
+
 #include "dsv32.h"
 #include "kvcache.h"
 #include "model.h"
@@ -34,6 +36,12 @@ struct dsv_context {
 
     dsv_dump_fn dump;
     void *dump_user;
+
+    /* Statistics: the time since phase_t0 (ns) belongs to `phase`. */
+    dsv_context_stats stats;
+    int phase;
+    uint64_t phase_t0;
+    uint64_t sel_ns[2];        /* indexer scoring / selection time seen by thread 0 */
 
     /* Per-call token table [n_batch], and the call's entries (each a run of
      * rows of one sequence) [n_seq]. */
@@ -81,6 +89,41 @@ struct dsv_context {
     dsv_tscratch *ts;          /* [nth] */
     void *arena;               /* one allocation behind all of the above */
 };
+
+/* Statistics (dsv_context_stats): a clock read at each phase boundary. */
+static inline uint64_t dsv_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+/* Charges the time since the last switch to the current phase, makes
+ * `phase` current and returns the one it replaces (to switch back to:
+ * phases nest, each interval is charged once). */
+static inline int dsv_phase(dsv_context *ctx, int phase) {
+    uint64_t t = dsv_now_ns();
+    int prev = ctx->phase;
+    ctx->stats.ns[prev] += t - ctx->phase_t0;
+    ctx->phase_t0 = t;
+    ctx->phase = phase;
+    return prev;
+}
+/* Bytes of a linear layer's weight, block scales included. */
+static inline uint64_t dsv_linear_bytes(const dsv_linear *w) {
+    uint64_t n = (uint64_t)w->n_out * (uint64_t)w->n_in * dsv_dtype_size(w->dtype);
+    if (w->scale) n += 4ull * (uint64_t)((w->n_out + DSV_QBLOCK - 1) / DSV_QBLOCK) * (uint64_t)w->scale_ld;
+    return n;
+}
+/* Every linear layer starts here: counts its bytes and flops, and charges
+ * its time to the linear phase (to the MoE's when called inside it). Returns
+ * the phase to switch back to. */
+static inline int dsv_lin_begin(dsv_context *ctx, const dsv_linear *w, int m) {
+    const int moe = ctx->phase == DSV_PHASE_MOE;
+    const uint64_t flops = 2ull * (uint64_t)m * (uint64_t)w->n_out * (uint64_t)w->n_in;
+    ctx->stats.weight_bytes += dsv_linear_bytes(w);
+    if (moe) ctx->stats.moe_flops += flops;
+    else ctx->stats.linear_flops += flops;
+    return dsv_phase(ctx, moe ? DSV_PHASE_MOE : DSV_PHASE_LINEAR);
+}
 
 /* Linear layers on the context's threads and scratch (linear.c). */
 /* y [m][ldy] bf16 = x [m][n_in] · Wᵀ with the reference's numerics (fp8:

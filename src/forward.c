@@ -253,6 +253,9 @@ int dsv_seq_truncate(dsv_context *ctx, int seq, int n) {
     if (st) return st;
     dsv_seq *s = &ctx->seqs[seq];
     if (n < 0 || n > s->len) return dsv_error(DSV_ERR_ARG, "cannot truncate a sequence of %d tokens to %d", s->len, n);
+    /* The next append writes into the page holding position n: it must not
+     * be a page that other sequences (or prefix-cache references) share. */
+    if (n % DSV_PAGE && (st = dsv_kv_unshare(&ctx->kv, s, n))) return st;
     s->len = n;
     dsv_kv_shrink(&ctx->kv, s, n);
     return DSV_OK;
@@ -369,6 +372,8 @@ int dsv_forward(dsv_context *ctx, const dsv_batch_entry *en, int n, float *logit
     if (st) return st;
     const dsv_config *c = ctx->c;
     const int D = c->dim;
+    ctx->phase = DSV_PHASE_OTHER;
+    ctx->phase_t0 = dsv_now_ns();
 
     /* Token table; pages for the new positions (cannot fail after validate). */
     int T = 0;
@@ -392,12 +397,18 @@ int dsv_forward(dsv_context *ctx, const dsv_batch_entry *en, int n, float *logit
 
     struct fwd_args a = {.tokens = toks};
     dsv_par_for(ctx, T, embed_rows, &a);
+    ctx->stats.weight_bytes += (uint64_t)T * D * dsv_dtype_size(ctx->m->embed_dtype);
     for (int il = 0; il < c->n_layers; il++) {
         const dsv_layer *ly = &ctx->m->layers[il];
         a.ly = ly;
         dsv_par_for(ctx, T, attn_norm_rows, &a);
         dsv_dump_bf16(ctx, "attn_norm", il, T, D, ctx->xn);
         dsv_mla_forward(ctx, il, ctx->x, ctx->xn);
+        for (int t = 0; t < T; t++) {
+            /* Dense mode scores nothing: every visible position is attended. */
+            ctx->stats.n_keys += (uint64_t)ctx->n_sel[t];
+            if (ctx->p.attn == DSV_ATTN_SPARSE) ctx->stats.n_index_keys += (uint64_t)ctx->tok_pos[t] + 1;
+        }
         if (ctx->dump) {
             dsv_par_for(ctx, (long)T * D, attn_out_f32, NULL);
             dsv_dump_f32(ctx, "attn_out", il, T, D, ctx->xf);
@@ -422,5 +433,17 @@ int dsv_forward(dsv_context *ctx, const dsv_batch_entry *en, int n, float *logit
         dsv_lin_f32(ctx, logits, ctx->xf, &ctx->m->head, rows);
     }
     for (int i = 0; i < n; i++) ctx->seqs[en[i].seq].len += en[i].n_tokens;
+    dsv_phase(ctx, DSV_PHASE_OTHER);
+    ctx->stats.n_calls++;
+    ctx->stats.n_tokens += (uint64_t)T;
     return DSV_OK;
 }
+
+void dsv_context_get_stats(const dsv_context *ctx, dsv_context_stats *out) {
+    *out = ctx->stats;
+    /* Per query: its latent records and the indexer keys and scales it scored. */
+    out->kv_read_bytes = ctx->stats.n_keys * ctx->kv.lat_bytes + ctx->stats.n_index_keys * (ctx->kv.idx_dim + 4u);
+    out->kv_token_bytes = ctx->kv.page_bytes / DSV_PAGE;
+}
+
+void dsv_context_reset_stats(dsv_context *ctx) { memset(&ctx->stats, 0, sizeof ctx->stats); }

@@ -85,6 +85,14 @@ struct sel_args {
     int il;
 };
 
+/* Thread 0's time in scoring (0) or selecting (1), for the statistics. */
+static void sel_clock(dsv_context *ctx, int ith, int what, uint64_t *t) {
+    if (ith) return;
+    uint64_t now = dsv_now_ns();
+    ctx->sel_ns[what] += now - *t;
+    *t = now;
+}
+
 /* Prefill (T >= threads): whole tokens per thread, interleaved since a
  * token's cost grows with its position. Decode: each token's positions are
  * split across threads into a shared buffer, then one thread selects. */
@@ -92,10 +100,13 @@ static void select_task(void *a, int ith, int nth) {
     struct sel_args *p = a;
     dsv_context *ctx = p->ctx;
     const int T = ctx->n_tok;
+    uint64_t clk = ith ? 0 : dsv_now_ns();
     if (T >= nth) {
         for (int t = ith; t < T; t += nth) {
             score_range(ctx, p->il, t, 0, ctx->tok_pos[t] + 1, ctx->ts[ith].scores);
+            sel_clock(ctx, ith, 0, &clk);
             select_token(ctx, t, ctx->ts[ith].scores, ctx->ts[ith].sel);
+            sel_clock(ctx, ith, 1, &clk);
         }
         return;
     }
@@ -108,8 +119,10 @@ static void select_task(void *a, int ith, int nth) {
         e = e * DSV_PAGE < ctx->tok_pos[t] + 1 ? e * DSV_PAGE : ctx->tok_pos[t] + 1;
         if (b < e) score_range(ctx, p->il, t, (int)b, (int)e, ctx->ts[0].scores);
         dsv_pool_barrier(ctx->pool);
+        sel_clock(ctx, ith, 0, &clk);
         if (ith == 0) select_token(ctx, t, ctx->ts[0].scores, ctx->ts[0].sel);
         dsv_pool_barrier(ctx->pool);
+        sel_clock(ctx, ith, 1, &clk);
     }
 }
 
@@ -142,14 +155,26 @@ void dsv_indexer_forward(dsv_context *ctx, int il, const dsv_bf16 *xn, const dsv
     dsv_par_for(ctx, T, to_f32_rows, (void *)xn);
     dsv_lin_f32(ctx, ctx->iw, ctx->xf, &ly->idx_wproj, T);
     dsv_dump_f32(ctx, "index_weights", il, T, Hi, ctx->iw);
+    int prev = dsv_phase(ctx, DSV_PHASE_INDEXER);
     dsv_par_for(ctx, T, qk_rows, &a);
 
     if (ctx->p.attn == DSV_ATTN_DENSE) {
+        dsv_phase(ctx, DSV_PHASE_TOPK);
         dsv_par_for(ctx, T, dense_rows, NULL);
+        dsv_phase(ctx, prev);
         return;
     }
     struct sel_args sa = {ctx, il};
+    dsv_phase(ctx, DSV_PHASE_INDEXER);
+    ctx->sel_ns[0] = ctx->sel_ns[1] = 0;
     dsv_pool_run(ctx->pool, select_task, &sa);
+    /* Scoring and selection interleave inside the task: its wall time is
+     * split in the proportion thread 0 saw. */
+    uint64_t wall = dsv_now_ns() - ctx->phase_t0, seen = ctx->sel_ns[0] + ctx->sel_ns[1];
+    uint64_t topk = seen ? (uint64_t)((double)wall * (double)ctx->sel_ns[1] / (double)seen) : 0;
+    dsv_phase(ctx, prev);
+    ctx->stats.ns[DSV_PHASE_INDEXER] -= topk;
+    ctx->stats.ns[DSV_PHASE_TOPK] += topk;
     if (ctx->dump) {
         /* [T][topk] in descending score order, -1 where fewer are visible. */
         int32_t *d = (int32_t *)ctx->xf;

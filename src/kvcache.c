@@ -7,15 +7,23 @@
 
 #include "util.h"
 
+static size_t latent_bytes(int kv_lora, int rope) {
+    size_t b = (size_t)kv_lora + 4 * (size_t)(kv_lora / DSV_QBLOCK) + 2 * (size_t)rope;
+    /* Keep records 4-byte aligned for the fp32 scales inside them. */
+    return (b + 3) & ~(size_t)3;
+}
+
+size_t dsv_kv_page_size(int n_layers, int kv_lora, int rope, int idx_dim) {
+    return (size_t)n_layers * DSV_PAGE * (latent_bytes(kv_lora, rope) + (size_t)idx_dim + 4);
+}
+
 int dsv_kv_init(dsv_kv *kv, int n_layers, int kv_lora, int rope, int idx_dim, int64_t n_pages) {
     memset(kv, 0, sizeof *kv);
     kv->n_layers = n_layers;
     kv->kv_lora = kv_lora;
     kv->rope = rope;
     kv->idx_dim = idx_dim;
-    kv->lat_bytes = (size_t)kv_lora + 4 * (size_t)(kv_lora / DSV_QBLOCK) + 2 * (size_t)rope;
-    /* Keep records 4-byte aligned for the fp32 scales inside them. */
-    kv->lat_bytes = (kv->lat_bytes + 3) & ~(size_t)3;
+    kv->lat_bytes = latent_bytes(kv_lora, rope);
     kv->layer_bytes = DSV_PAGE * (kv->lat_bytes + (size_t)idx_dim + 4);
     kv->page_bytes = (size_t)n_layers * kv->layer_bytes;
     kv->n_pages = n_pages;
@@ -69,11 +77,29 @@ int dsv_kv_reserve(dsv_kv *kv, dsv_seq *seq, int len, int max_pages) {
 
 void dsv_kv_shrink(dsv_kv *kv, dsv_seq *seq, int len) {
     int keep = (len + DSV_PAGE - 1) / DSV_PAGE;
-    while (seq->n_pages > keep) {
-        int32_t p = seq->pages[--seq->n_pages];
-        DSV_ASSERT(kv->refs[p] > 0);
-        if (--kv->refs[p] == 0) kv->free_list[kv->n_free++] = p;
-    }
+    while (seq->n_pages > keep) dsv_kv_unref(kv, seq->pages[--seq->n_pages]);
+}
+
+void dsv_kv_ref(dsv_kv *kv, int32_t p) {
+    DSV_ASSERT(p >= 0 && p < kv->n_pages && kv->refs[p] > 0);
+    kv->refs[p]++;
+}
+
+void dsv_kv_unref(dsv_kv *kv, int32_t p) {
+    DSV_ASSERT(p >= 0 && p < kv->n_pages && kv->refs[p] > 0);
+    if (--kv->refs[p] == 0) kv->free_list[kv->n_free++] = p;
+}
+
+int dsv_kv_unshare(dsv_kv *kv, dsv_seq *seq, int pos) {
+    int i = pos / DSV_PAGE;
+    if (i >= seq->n_pages || kv->refs[seq->pages[i]] == 1) return DSV_OK;
+    if (kv->n_free == 0) return dsv_error(DSV_ERR_FULL, "KV cache full: no page for a copy of a shared page");
+    int32_t old = seq->pages[i], p = kv->free_list[--kv->n_free];
+    kv->refs[p] = 1;
+    memcpy(kv->mem + (size_t)p * kv->page_bytes, kv->mem + (size_t)old * kv->page_bytes, kv->page_bytes);
+    seq->pages[i] = p;
+    dsv_kv_unref(kv, old);
+    return DSV_OK;
 }
 
 void dsv_kv_put_latent(const dsv_kv *kv, uint8_t *rec, const uint8_t *codes, const float *scales,

@@ -41,6 +41,8 @@ typedef struct dsv_seq {
     int32_t *pages;       /* [max_pages] page ids */
 } dsv_seq;
 
+/* Bytes of one page (all layers) for these sizes. */
+size_t dsv_kv_page_size(int n_layers, int kv_lora, int rope, int idx_dim);
 int dsv_kv_init(dsv_kv *kv, int n_layers, int kv_lora, int rope, int idx_dim, int64_t n_pages);
 void dsv_kv_free(dsv_kv *kv);
 /* Maps pages so that seq can hold `len` tokens; all or nothing. */
@@ -49,6 +51,14 @@ int dsv_kv_reserve(dsv_kv *kv, dsv_seq *seq, int len, int max_pages);
 void dsv_kv_shrink(dsv_kv *kv, dsv_seq *seq, int len);
 /* Pages a reserve to `len` tokens would take from the pool. */
 int dsv_kv_pages_needed(const dsv_seq *seq, int len);
+/* One more / one less reference to page p (which must be in use); the last
+ * unref returns it to the pool. */
+void dsv_kv_ref(dsv_kv *kv, int32_t p);
+void dsv_kv_unref(dsv_kv *kv, int32_t p);
+/* Copy-on-write: if the page holding position pos is shared (refs > 1),
+ * gives seq a private copy of it. DSV_ERR_FULL (nothing changed) when the
+ * pool has no page for the copy. */
+int dsv_kv_unshare(dsv_kv *kv, dsv_seq *seq, int pos);
 
 static inline uint8_t *dsv_kv_layer(const dsv_kv *kv, const dsv_seq *s, int layer, int pos) {
     return kv->mem + (size_t)s->pages[pos / DSV_PAGE] * kv->page_bytes + (size_t)layer * kv->layer_bytes;

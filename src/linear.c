@@ -79,16 +79,21 @@ static void lin_f32_task(void *a, int ith, int nth) {
 void dsv_lin(dsv_context *ctx, dsv_bf16 *y, int ldy, const dsv_bf16 *x, const dsv_linear *w, int m) {
     struct lin_args a = {.ctx = ctx, .y = y, .ldy = ldy, .x = x, .w = w, .m = m};
     if (m <= 0) return;
+    int prev = dsv_lin_begin(ctx, w, m);
     if (w->dtype == DSV_DT_F8_E4M3) {
         dsv_par_for(ctx, m, quant_rows, &a);
         dsv_pool_run(ctx->pool, lin_fp8_task, &a);
     } else {
         dsv_pool_run(ctx->pool, lin_bf16_task, &a);
     }
+    dsv_phase(ctx, prev);
 }
 
 void dsv_lin_f32(dsv_context *ctx, float *y, const float *x, const dsv_linear *w, int m) {
     struct lin_args a = {.ctx = ctx, .yf = y, .xf = x, .w = w, .m = m};
     DSV_ASSERT(w->dtype != DSV_DT_F8_E4M3);
-    if (m > 0) dsv_pool_run(ctx->pool, lin_f32_task, &a);
+    if (m <= 0) return;
+    int prev = dsv_lin_begin(ctx, w, m);
+    dsv_pool_run(ctx->pool, lin_f32_task, &a);
+    dsv_phase(ctx, prev);
 }

@@ -143,6 +143,7 @@ static void mqa_token(dsv_context *ctx, struct mla_args *p, int t, int seq) {
     p->row0 = t;
     p->seq = seq;
     p->n_keys = ctx->n_sel[t];
+    ctx->stats.weight_bytes += dsv_linear_bytes(&p->ly->wkv_b); /* absorb_q/absorb_o read all of it */
     dsv_par_for(ctx, p->n_keys, mqa_gather, p);
     dsv_par_for(ctx, ctx->c->n_heads, mqa_heads, p);
 }
@@ -164,6 +165,7 @@ void dsv_mla_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn
 
     dsv_indexer_forward(ctx, il, xn, ctx->qr);
 
+    int prev = dsv_phase(ctx, DSV_PHASE_ATTN);
     for (int e = 0; e < ctx->n_ent; e++) {
         int S = ctx->ent_len[e], last = ctx->tok_pos[ctx->ent_row[e] + S - 1];
         if (S > 1 && last + 1 <= ctx->mha_keys) {
@@ -172,5 +174,6 @@ void dsv_mla_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn
             for (int i = 0; i < S; i++) mqa_token(ctx, &a, ctx->ent_row[e] + i, ctx->ent_seq[e]);
         }
     }
+    dsv_phase(ctx, prev);
     dsv_lin(ctx, out, c->dim, ctx->o, &ly->wo, T);
 }

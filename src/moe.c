@@ -147,6 +147,7 @@ void dsv_moe_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn
     const dsv_layer *ly = &ctx->m->layers[il];
     const int T = ctx->n_tok, D = c->dim, E = c->n_routed_experts, K = c->n_activated_experts;
     struct moe_args a = {.ly = ly, .x = xn, .out = out};
+    int prev = dsv_phase(ctx, DSV_PHASE_MOE);
 
     dsv_par_for(ctx, T, to_f32, (void *)xn);
     dsv_lin_f32(ctx, ctx->gate_logits, ctx->xf, &ly->gate, T);
@@ -171,4 +172,5 @@ void dsv_moe_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn
         dsv_par_for(ctx, (long)T * D, add_shared, NULL);
     }
     dsv_par_for(ctx, (long)T * D, to_bf16, &a);
+    dsv_phase(ctx, prev);
 }

@@ -7,28 +7,18 @@
  * 1 (2 for bad usage). Output is flushed and checked, so a full disk or a
  * closed pipe is an error too. */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "commands.h"
+#include "dsv32_chat.h"
 #include "dsv32_tokenizer.h"
 #include "json_str.h"
 #include "util.h"
 
 #define BENCH_TIME_DEFAULT 1.0
-
-static int fail(const char *cmd, const char *fmt, ...) DSV_PRINTF(2, 3);
-static int fail(const char *cmd, const char *fmt, ...) {
-    va_list ap;
-    fprintf(stderr, "dsv32 %s: ", cmd);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    return 1;
-}
 
 /* Reads all of f into a malloc'd buffer (NUL-terminated, *len bytes). */
 static char *read_all(FILE *f, size_t *len) {
@@ -52,7 +42,7 @@ static char *read_all(FILE *f, size_t *len) {
 }
 
 static int finish_output(const char *cmd) {
-    if (fflush(stdout) != 0 || ferror(stdout)) return fail(cmd, "writing output: %s", strerror(errno));
+    if (fflush(stdout) != 0 || ferror(stdout)) return cli_fail(cmd, "writing output: %s", strerror(errno));
     return 0;
 }
 
@@ -62,7 +52,7 @@ static void print_ids(const int32_t *ids, size_t n, const char *sep) {
 
 /* ---- tokenize ------------------------------------------------------------ */
 
-enum tokenize_mode { MODE_TEXT, MODE_JSONL, MODE_BENCH };
+enum tokenize_mode { MODE_TEXT, MODE_JSONL, MODE_CHAT, MODE_BENCH };
 
 static void tokenize_usage(FILE *f) {
     fprintf(f,
@@ -74,6 +64,10 @@ static void tokenize_usage(FILE *f) {
             "      --jsonl          read one JSON object per line with a \"text\" member and\n"
             "                       write {\"ids\":[...]} per line (default: off; read all of\n"
             "                       stdin as one text and write its ids comma-separated)\n"
+            "      --chat           read one JSON object per line {\"messages\":[...],\n"
+            "                       \"thinking\":bool, \"add_generation_prompt\":bool, \"tools\":[...]}\n"
+            "                       and write {\"text\":\"<rendered prompt>\",\"ids\":[...]} per line;\n"
+            "                       the V3.2 chat template renders BOS itself (default: off)\n"
             "      --bench FILE     encode FILE repeatedly and print MB/s and tokens/s\n"
             "                       (default: off)\n"
             "      --bench-time S   measure for at least S seconds (default: %g)\n"
@@ -98,7 +92,7 @@ static int tokenize_text(const dsv_tokenizer *tok) {
     size_t len, n, cap = 0;
     int32_t *ids = NULL;
     char *text = read_all(stdin, &len);
-    if (!text) return fail("tokenize", "reading stdin: %s", strerror(errno));
+    if (!text) return cli_fail("tokenize", "reading stdin: %s", strerror(errno));
     int rc = encode(tok, text, len, &ids, &cap, &n);
     free(text);
     if (rc == DSV_OK) {
@@ -106,7 +100,7 @@ static int tokenize_text(const dsv_tokenizer *tok) {
         putchar('\n');
     }
     free(ids);
-    if (rc) return fail("tokenize", "%s", dsv_errmsg());
+    if (rc) return cli_fail("tokenize", "%s", dsv_errmsg());
     return finish_output("tokenize");
 }
 
@@ -134,18 +128,64 @@ static int tokenize_jsonl(const dsv_tokenizer *tok) {
     }
     free(line);
     free(ids);
-    if (rc) return fail("tokenize", "%s", dsv_errmsg());
-    if (ferror(stdin)) return fail("tokenize", "reading stdin: %s", strerror(errno));
+    if (rc) return cli_fail("tokenize", "%s", dsv_errmsg());
+    if (ferror(stdin)) return cli_fail("tokenize", "reading stdin: %s", strerror(errno));
+    return finish_output("tokenize");
+}
+
+/* Writes s as a JSON string literal (quotes, escapes, control characters). */
+static void put_json_string(const char *s) {
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') printf("\\%c", *p);
+        else if (*p == '\n') fputs("\\n", stdout);
+        else if (*p == '\r') fputs("\\r", stdout);
+        else if (*p == '\t') fputs("\\t", stdout);
+        else if (*p < 0x20) printf("\\u%04x", *p);
+        else putchar(*p);
+    }
+    putchar('"');
+}
+
+/* One conversation per line: render with the V3.2 template, then encode the
+ * rendered text as it stands (it starts with the BOS string itself). */
+static int tokenize_chat(const dsv_tokenizer *tok) {
+    char *line = NULL, *text = NULL;
+    size_t line_cap = 0, cap = 0, n;
+    int32_t *ids = NULL;
+    int rc = 0;
+    ssize_t got;
+    for (long no = 1; rc == 0 && (got = getline(&line, &line_cap, stdin)) >= 0; no++) {
+        if (strspn(line, " \t\r\n") == (size_t)got) continue;
+        rc = dsv_chat_render_json(line, (size_t)got, 0, 1, &text);
+        if (rc == DSV_OK) rc = encode(tok, text, strlen(text), &ids, &cap, &n);
+        if (rc) {
+            dsv_error_prefix(rc, "stdin line %ld", no);
+            break;
+        }
+        fputs("{\"text\":", stdout);
+        put_json_string(text);
+        fputs(",\"ids\":[", stdout);
+        print_ids(ids, n, ",");
+        fputs("]}\n", stdout);
+        free(text);
+        text = NULL;
+    }
+    free(text);
+    free(line);
+    free(ids);
+    if (rc) return cli_fail("tokenize", "%s", dsv_errmsg());
+    if (ferror(stdin)) return cli_fail("tokenize", "reading stdin: %s", strerror(errno));
     return finish_output("tokenize");
 }
 
 static int tokenize_bench(const dsv_tokenizer *tok, const char *path, double min_time, double load_s) {
     FILE *f = fopen(path, "rb");
-    if (!f) return fail("tokenize", "%s: %s", path, strerror(errno));
+    if (!f) return cli_fail("tokenize", "%s: %s", path, strerror(errno));
     size_t len, n = 0, cap = 0;
     char *text = read_all(f, &len);
     fclose(f);
-    if (!text) return fail("tokenize", "%s: %s", path, strerror(errno));
+    if (!text) return cli_fail("tokenize", "%s: %s", path, strerror(errno));
     int32_t *ids = NULL;
     int runs = 0, rc = 0;
     double t0 = dsv_time(), dt;
@@ -156,7 +196,7 @@ static int tokenize_bench(const dsv_tokenizer *tok, const char *path, double min
     } while (rc == DSV_OK && dt < min_time);
     free(text);
     free(ids);
-    if (rc) return fail("tokenize", "%s", dsv_errmsg());
+    if (rc) return cli_fail("tokenize", "%s", dsv_errmsg());
     printf("file: %s, %zu bytes, %zu tokens (%.2f bytes/token)\n", path, len, n, n ? (double)len / (double)n : 0.0);
     printf("load: %.0f ms\n", load_s * 1e3);
     printf("encode: %.2f MB/s, %.0f tokens/s (%d runs in %.2f s)\n", (double)len * runs / dt / 1e6,
@@ -177,6 +217,8 @@ int cmd_tokenize(int argc, char **argv) {
             model = argv[++i];
         } else if (!strcmp(a, "--jsonl")) {
             mode = MODE_JSONL;
+        } else if (!strcmp(a, "--chat")) {
+            mode = MODE_CHAT;
         } else if (!strcmp(a, "--bench") && i + 1 < argc) {
             mode = MODE_BENCH;
             bench = argv[++i];
@@ -184,25 +226,26 @@ int cmd_tokenize(int argc, char **argv) {
             char *end;
             bench_time = strtod(argv[++i], &end);
             if (*end || !(bench_time >= 0)) {
-                fail("tokenize", "--bench-time: '%s' is not a number of seconds", argv[i]);
+                cli_fail("tokenize", "--bench-time: '%s' is not a number of seconds", argv[i]);
                 return 2;
             }
         } else {
-            fail("tokenize", "unknown or incomplete option '%s' (see dsv32 tokenize --help)", a);
+            cli_fail("tokenize", "unknown or incomplete option '%s' (see dsv32 tokenize --help)", a);
             return 2;
         }
     }
     if (!model) {
-        fail("tokenize", "-m MODEL is required (see dsv32 tokenize --help)");
+        cli_fail("tokenize", "-m MODEL is required (see dsv32 tokenize --help)");
         return 2;
     }
     dsv_tokenizer *tok;
     double t0 = dsv_time();
-    if (dsv_tokenizer_open(&tok, model)) return fail("tokenize", "%s", dsv_errmsg());
+    if (dsv_tokenizer_open(&tok, model)) return cli_fail("tokenize", "%s", dsv_errmsg());
     double load_s = dsv_time() - t0;
     int rc;
     switch (mode) {
     case MODE_JSONL: rc = tokenize_jsonl(tok); break;
+    case MODE_CHAT: rc = tokenize_chat(tok); break;
     case MODE_BENCH: rc = tokenize_bench(tok, bench, bench_time, load_s); break;
     default: rc = tokenize_text(tok); break;
     }
@@ -269,17 +312,17 @@ int cmd_detokenize(int argc, char **argv) {
         } else if (!strcmp(a, "--skip-special")) {
             skip = 1;
         } else {
-            fail("detokenize", "unknown or incomplete option '%s' (see dsv32 detokenize --help)", a);
+            cli_fail("detokenize", "unknown or incomplete option '%s' (see dsv32 detokenize --help)", a);
             return 2;
         }
     }
     if (!model) {
-        fail("detokenize", "-m MODEL is required (see dsv32 detokenize --help)");
+        cli_fail("detokenize", "-m MODEL is required (see dsv32 detokenize --help)");
         return 2;
     }
     size_t len, n = 0, out_len = 0;
     char *in = read_all(stdin, &len);
-    if (!in) return fail("detokenize", "reading stdin: %s", strerror(errno));
+    if (!in) return cli_fail("detokenize", "reading stdin: %s", strerror(errno));
     int32_t *ids = NULL;
     char *out = NULL;
     dsv_tokenizer *tok = NULL;
@@ -293,6 +336,6 @@ int cmd_detokenize(int argc, char **argv) {
     free(out);
     free(ids);
     dsv_tokenizer_close(tok);
-    if (rc) return fail("detokenize", "%s", dsv_errmsg());
+    if (rc) return cli_fail("detokenize", "%s", dsv_errmsg());
     return finish_output("detokenize");
 }

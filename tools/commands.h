@@ -12,5 +12,9 @@ int cmd_export(int argc, char **argv);
 int cmd_bpe(int argc, char **argv);
 int cmd_ppl(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 #endif

@@ -12,14 +12,18 @@ struct command {
 };
 
 static const struct command commands[] = {
+    {"generate", "complete a prompt (or a file of prompts, as one batch)", cmd_generate},
+    {"chat", "chat in the terminal (the V3.2 chat format)", cmd_chat},
     {"tokenize", "text to token ids", cmd_tokenize},
     {"detokenize", "token ids to text", cmd_detokenize},
     {"logits", "conformance: logits (and intermediates) of a fixed token sequence", cmd_logits},
-    {"generate", "continue a prompt with sampled text", cmd_generate},
     {"ppl", "perplexity of a text file in windows of the context size", cmd_ppl},
     {"bpe", "train a byte-level BPE tokenizer on a text", cmd_bpe},
     {"train", "train a model: one stage of DeepSeek's DSA recipe", cmd_train},
     {"export", "training checkpoint to a Hugging Face model directory (bf16 or fp8)", cmd_export},
+    {"serve", "OpenAI-compatible HTTP server (continuous batching, prefix cache)", cmd_serve},
+    {"synth", "write a random-weight model of any DeepSeek-V3.2 shape", cmd_synth},
+    {"bench", "prefill and decode speed at chosen context depths, next to the machine's limits", cmd_bench},
     {NULL, NULL, NULL},
 };
 

@@ -1,0 +1,62 @@
+/* dsv32_server.h: an OpenAI-compatible HTTP server over one model.
+ *
+ * dsv_server_open loads the model and tokenizer, opens one context with a
+ * slot per parallel request, starts the scheduler thread (continuous
+ * batching, chunked prefill, paged KV cache with prefix caching) and starts
+ * listening. Endpoints: POST /v1/chat/completions, POST /v1/completions,
+ * GET /v1/models, GET /health, GET /metrics, POST /tokenize,
+ * POST /detokenize, and GET / (a chat page). The contract of each lives in
+ * src/server/http.c; the README lists them with examples.
+ *
+ * The server never exits or aborts on a request: every failure is an HTTP
+ * error with an OpenAI-style error object. dsv_server_close ends in-flight
+ * requests (streams get an error event and [DONE]), waits for their
+ * connections and frees everything. Conventions of dsv32.h apply. */
+#ifndef DSV32_SERVER_H
+#define DSV32_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dsv32.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dsv_server_params {
+    const char *model_dir;  /* required: config.json, weights, tokenizer.json */
+    const char *alias;      /* model id in the API (NULL: the directory's name) */
+    const char *host;       /* address or host name to bind (NULL: "127.0.0.1") */
+    int port;               /* TCP port (0: any free port; see dsv_server_port) */
+    int n_parallel;         /* requests generating at once: context slots */
+    int n_ctx;              /* tokens per request, prompt and answer (0: the model's, at most 4096) */
+    int64_t kv_bytes;       /* KV cache budget in bytes (0: n_parallel full contexts) */
+    int n_batch;            /* tokens per forward step, decode and prefill together */
+    int n_threads;          /* compute threads (0: every core) */
+    int max_queue;          /* requests waiting for a slot before 429 */
+    size_t max_body;        /* largest request body before 413 */
+    const char *api_key;    /* NULL: no authentication */
+    int verbose;            /* log the set-up and each request on stderr */
+} dsv_server_params;
+
+/* The defaults: 127.0.0.1:8080, 4 parallel, n_batch 512, queue 64, body
+ * limit 8 MiB. */
+dsv_server_params dsv_server_default_params(void);
+
+typedef struct dsv_server dsv_server;
+
+/* Loads, binds and starts serving in background threads. Errors:
+ * DSV_ERR_ARG (bad parameter), the model's and tokenizer's load errors,
+ * DSV_ERR_IO (cannot bind), DSV_ERR_NOMEM. */
+int dsv_server_open(dsv_server **out, const dsv_server_params *p);
+/* The port it listens on (the one chosen when params.port was 0). */
+int dsv_server_port(const dsv_server *s);
+/* Stops accepting, ends in-flight requests, waits for their connections,
+ * frees everything. NULL is a no-op. */
+void dsv_server_close(dsv_server *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DSV32_SERVER_H */

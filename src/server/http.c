@@ -1,0 +1,691 @@
+/* http.c: the HTTP side of the server, on libmicrohttpd, and the public
+ * dsv_server API.
+ *
+ * Threads: libmicrohttpd runs one thread per connection (polling mode, so
+ * no FD_SETSIZE limit). A generation request is parsed and tokenized on its
+ * connection's thread, queued for the scheduler, and answered from there:
+ * a non-streamed one waits in the access handler for the whole answer, a
+ * streamed one is a chunked response whose reader blocks until the
+ * scheduler publishes more text. Both wake every 100 ms to look at the
+ * client's socket: a client that hung up is noticed within that time even
+ * when no byte is due, and its request is cancelled (slot and pages freed
+ * before the next step).
+ *
+ * Routes (anything else is 404; a known path with another method is 405):
+ *   POST /v1/chat/completions   OpenAI chat (api.c), streaming with SSE
+ *   POST /v1/completions        OpenAI completions
+ *   GET  /v1/models[/ID]        the one model
+ *   GET  /health                {"status":"ok"} (503 while stopping)
+ *   GET  /metrics               Prometheus text
+ *   POST /tokenize              {"content": str, "add_special": bool, "with_pieces": bool}
+ *                               -> {"tokens": [ids or {"id", "piece"}]}
+ *   POST /detokenize            {"tokens": [ids]} -> {"content": str}
+ *   GET  /                      the chat page
+ * With an API key, every /v1 route needs "Authorization: Bearer KEY" (401).
+ * A body over max_body is 413 (at once when Content-Length says so); a full
+ * queue is 429 with Retry-After. Every error body is an OpenAI error object.
+ *
+ * Shutdown (dsv_server_close): stop accepting, abort every request in the
+ * scheduler (streams end with an error event and [DONE], waiting requests
+ * get 503), wait for those answers to go out, then stop the daemon and free
+ * everything. */
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <microhttpd.h>
+
+#include "json_str.h"
+#include "server.h"
+#include "util.h"
+
+enum route_id { R_CHAT, R_COMPLETIONS, R_MODELS, R_MODEL, R_HEALTH, R_METRICS, R_TOKENIZE, R_DETOKENIZE, R_PAGE };
+
+static const struct route {
+    const char *path;    /* exact, or a prefix when it ends with '/' */
+    const char *method;
+    enum route_id id;
+} routes[] = {
+    {"/v1/chat/completions", "POST", R_CHAT},
+    {"/v1/completions", "POST", R_COMPLETIONS},
+    {"/v1/models", "GET", R_MODELS},
+    {"/v1/models/", "GET", R_MODEL},
+    {"/health", "GET", R_HEALTH},
+    {"/metrics", "GET", R_METRICS},
+    {"/tokenize", "POST", R_TOKENIZE},
+    {"/detokenize", "POST", R_DETOKENIZE},
+    {"/", "GET", R_PAGE},
+};
+
+static const struct route *find_route(const char *url) {
+    for (size_t i = 0; i < sizeof routes / sizeof *routes; i++) {
+        const char *p = routes[i].path;
+        size_t n = strlen(p);
+        if (routes[i].id == R_MODEL ? !strncmp(url, p, n) && url[n] : !strcmp(url, p)) return &routes[i];
+    }
+    return NULL;
+}
+
+/* One request on a connection (MHD's con_cls). */
+struct conn {
+    const struct route *route;
+    const char *endpoint;    /* metrics label */
+    srv_error err;           /* decided before the body: err.status != 0 */
+    dsv_buf body;
+    int too_large;
+    int status;              /* the status sent (for the log) */
+    int counted;             /* holds one of S->active */
+    double t0;
+};
+
+/* A streamed answer (the response's reader state). */
+struct stream {
+    dsv_server *S;
+    srv_gen gen;
+    srv_sse *sse;
+    int fd;                  /* the client's socket */
+    dsv_buf out;             /* SSE bytes not yet handed to MHD */
+    size_t off;
+    dsv_buf text;
+    size_t seen;
+    srv_toks toks;           /* tokens so far (logprobs) */
+    int ended;
+};
+
+/* ---- Helpers -------------------------------------------------------------- */
+
+static int client_gone(int fd) {
+    struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
+    if (fd < 0 || poll(&p, 1, 0) <= 0) return 0;
+    if (p.revents & (POLLHUP | POLLERR | POLLNVAL)) return 1;
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+static int connection_fd(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    return ci ? ci->connect_fd : -1;
+}
+
+static void log_request(dsv_server *S, const struct conn *k, const char *method, const char *url) {
+    if (S->p.verbose)
+        fprintf(stderr, "dsv32 serve: %s %s -> %d (%.1f ms)\n", method, url, k->status, (dsv_time() - k->t0) * 1e3);
+}
+
+/* Queues a response with a copy of body; counts it in the metrics. */
+static enum MHD_Result reply(dsv_server *S, struct MHD_Connection *c, struct conn *k, int status, const char *type,
+                             const char *body, size_t len) {
+    struct MHD_Response *res = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (!res) return MHD_NO;
+    MHD_add_response_header(res, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    if (status == 429) MHD_add_response_header(res, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (status == 401) MHD_add_response_header(res, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (status == 405) MHD_add_response_header(res, MHD_HTTP_HEADER_ALLOW, k->route->method);
+    enum MHD_Result rc = MHD_queue_response(c, (unsigned)status, res);
+    MHD_destroy_response(res);
+    k->status = status;
+    srv_metrics_request(S->metrics, k->endpoint, status);
+    return rc;
+}
+
+static enum MHD_Result reply_json(dsv_server *S, struct MHD_Connection *c, struct conn *k, int status, dsv_buf *b) {
+    if (b->failed) {
+        static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
+                                  "\"param\":null,\"code\":null}}";
+        dsv_buf_free(b);
+        return reply(S, c, k, 500, "application/json", oom, sizeof oom - 1);
+    }
+    enum MHD_Result rc = reply(S, c, k, status, "application/json", b->data ? b->data : "", b->len);
+    dsv_buf_free(b);
+    return rc;
+}
+
+static enum MHD_Result reply_error(dsv_server *S, struct MHD_Connection *c, struct conn *k, const srv_error *e) {
+    dsv_buf b = {0};
+    srv_error_json(e, &b);
+    return reply_json(S, c, k, e->status, &b);
+}
+
+/* Constant-time comparison of the bearer token with the key. */
+static int authorized(dsv_server *S, struct MHD_Connection *c) {
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncmp(h, "Bearer ", 7)) return 0;
+    const char *tok = h + 7, *key = S->p.api_key;
+    size_t n = strlen(tok), m = strlen(key);
+    unsigned diff = (unsigned)(n != m);
+    for (size_t i = 0; i < m; i++) diff |= (unsigned)(unsigned char)key[i] ^ (unsigned char)(i < n ? tok[i] : 0);
+    return diff == 0;
+}
+
+/* ---- Simple routes -------------------------------------------------------- */
+
+static void model_object(dsv_server *S, dsv_buf *b) {
+    dsv_buf_adds(b, "{\"id\":");
+    srv_json_str(b, S->model_id, strlen(S->model_id));
+    srv_addf(b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"dsv32\",\"max_model_len\":%d}",
+             (long long)S->created, S->n_ctx);
+}
+
+static enum MHD_Result route_models(dsv_server *S, struct MHD_Connection *c, struct conn *k, const char *url) {
+    dsv_buf b = {0};
+    if (k->route->id == R_MODEL) {
+        const char *id = url + strlen(k->route->path);
+        if (strcmp(id, S->model_id)) {
+            srv_error e;
+            srv_fail(&e, 404, "invalid_request_error", "model_not_found", "model", "The model '%s' does not exist", id);
+            return reply_error(S, c, k, &e);
+        }
+        model_object(S, &b);
+    } else {
+        dsv_buf_adds(&b, "{\"object\":\"list\",\"data\":[");
+        model_object(S, &b);
+        dsv_buf_adds(&b, "]}");
+    }
+    return reply_json(S, c, k, 200, &b);
+}
+
+static enum MHD_Result route_metrics(dsv_server *S, struct MHD_Connection *c, struct conn *k) {
+    srv_gauges g;
+    srv_sched_gauges(S->sched, &g);
+    dsv_buf b = {0};
+    srv_metrics_render(S->metrics, &g, &b);
+    enum MHD_Result rc = reply(S, c, k, b.failed ? 500 : 200, "text/plain; version=0.0.4", b.data ? b.data : "",
+                               b.failed ? 0 : b.len);
+    dsv_buf_free(&b);
+    return rc;
+}
+
+static enum MHD_Result route_tokenize(dsv_server *S, struct MHD_Connection *c, struct conn *k) {
+    srv_error e = {0};
+    cJSON *root = cJSON_ParseWithLength(k->body.data ? k->body.data : "", k->body.len);
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(root, "content");
+    const cJSON *add = cJSON_GetObjectItemCaseSensitive(root, "add_special");
+    const cJSON *pieces = cJSON_GetObjectItemCaseSensitive(root, "with_pieces");
+    char *text = NULL;
+    size_t len = 0;
+    if (!cJSON_IsObject(root))
+        srv_fail(&e, 400, "invalid_request_error", NULL, NULL, "the body must be a JSON object");
+    else if (!cJSON_IsString(content))
+        srv_fail(&e, 400, "invalid_request_error", NULL, "content", "'content' must be a string");
+    else if (add && !cJSON_IsBool(add))
+        srv_fail(&e, 400, "invalid_request_error", NULL, "add_special", "'add_special' must be a boolean");
+    else if (pieces && !cJSON_IsBool(pieces))
+        srv_fail(&e, 400, "invalid_request_error", NULL, "with_pieces", "'with_pieces' must be a boolean");
+    /* The exact string: cJSON's would end at an escaped NUL. */
+    else if (dsv_json_get_string(k->body.data, k->body.len, "content", &text, &len))
+        srv_fail(&e, 400, "invalid_request_error", NULL, "content", "'content': %s", dsv_errmsg());
+    int bos = cJSON_IsTrue(add) && dsv_tokenizer_add_bos(S->tok) && S->bos >= 0;
+    int with_pieces = cJSON_IsTrue(pieces);
+    cJSON_Delete(root);
+    if (e.status) {
+        free(text);
+        return reply_error(S, c, k, &e);
+    }
+    int32_t *ids = malloc((len + 2) * sizeof *ids);
+    size_t n = 0;
+    dsv_buf b = {0};
+    if (!ids || dsv_tokenize(S->tok, text, len, ids + bos, len + 1, &n)) {
+        b.failed = 1;
+    } else {
+        if (bos) ids[0] = S->bos;
+        n += (size_t)bos;
+        dsv_buf_adds(&b, "{\"tokens\":[");
+        for (size_t i = 0; i < n; i++) {
+            if (i) dsv_buf_adds(&b, ",");
+            if (!with_pieces) {
+                srv_addf(&b, "%d", (int)ids[i]);
+                continue;
+            }
+            size_t pl = 0;
+            const char *p = dsv_token_piece(S->tok, ids[i], &pl);
+            srv_addf(&b, "{\"id\":%d,\"piece\":", (int)ids[i]);
+            srv_json_str(&b, p ? p : "", pl);
+            dsv_buf_adds(&b, "}");
+        }
+        dsv_buf_adds(&b, "]}");
+    }
+    free(ids);
+    free(text);
+    return reply_json(S, c, k, 200, &b);
+}
+
+static enum MHD_Result route_detokenize(dsv_server *S, struct MHD_Connection *c, struct conn *k) {
+    srv_error e = {0};
+    cJSON *root = cJSON_ParseWithLength(k->body.data ? k->body.data : "", k->body.len);
+    const cJSON *toks = cJSON_GetObjectItemCaseSensitive(root, "tokens");
+    int n = cJSON_GetArraySize(toks), i = 0;
+    int32_t *ids = malloc(((size_t)n + 1) * sizeof *ids);
+    if (!cJSON_IsObject(root)) srv_fail(&e, 400, "invalid_request_error", NULL, NULL, "the body must be a JSON object");
+    else if (!cJSON_IsArray(toks))
+        srv_fail(&e, 400, "invalid_request_error", NULL, "tokens", "'tokens' must be an array of token ids");
+    else if (!ids)
+        srv_fail(&e, 500, "server_error", NULL, NULL, "out of memory");
+    for (const cJSON *t = toks ? toks->child : NULL; !e.status && t; t = t->next, i++) {
+        if (!cJSON_IsNumber(t) || t->valuedouble != (int32_t)t->valuedouble ||
+            !dsv_token_piece(S->tok, (int32_t)t->valuedouble, NULL))
+            srv_fail(&e, 400, "invalid_request_error", NULL, "tokens", "tokens[%d] is not a token id", i);
+        else
+            ids[i] = (int32_t)t->valuedouble;
+    }
+    cJSON_Delete(root);
+    dsv_buf b = {0};
+    size_t len = 0;
+    if (!e.status && dsv_detokenize(S->tok, ids, (size_t)n, 0, NULL, 0, &len) == DSV_ERR_FULL) {
+        char *text = malloc(len + 1);
+        if (text && dsv_detokenize(S->tok, ids, (size_t)n, 0, text, len + 1, &len) == DSV_OK) {
+            dsv_buf_adds(&b, "{\"content\":");
+            srv_json_str(&b, text, len);
+            dsv_buf_adds(&b, "}");
+        } else {
+            b.failed = 1;
+        }
+        free(text);
+    } else if (!e.status) {
+        dsv_buf_adds(&b, "{\"content\":\"\"}");
+    }
+    free(ids);
+    if (e.status) return reply_error(S, c, k, &e);
+    return reply_json(S, c, k, 200, &b);
+}
+
+/* ---- Generation ----------------------------------------------------------- */
+
+/* Submits g's request; on failure answers the client and returns 0. */
+static int submit(dsv_server *S, struct MHD_Connection *c, struct conn *k, srv_gen *g, enum MHD_Result *rc) {
+    g->req->t_submit = k->t0;
+    int st = srv_sched_submit(S->sched, g->req);
+    if (st == DSV_OK) {
+        k->counted = 1;
+        atomic_fetch_add(&S->active, 1);
+        return 1;
+    }
+    srv_req_free(g->req);
+    g->req = NULL;
+    srv_error e;
+    if (st == DSV_ERR_FULL)
+        srv_fail(&e, 429, "rate_limit_error", "queue_full", NULL, "the server is busy: %d requests are waiting",
+                 S->p.max_queue);
+    else
+        srv_fail(&e, 503, "server_error", NULL, NULL, "the server is shutting down");
+    *rc = reply_error(S, c, k, &e);
+    return 0;
+}
+
+static enum MHD_Result generate_whole(dsv_server *S, struct MHD_Connection *c, struct conn *k, srv_gen *g) {
+    enum MHD_Result rc = MHD_NO;
+    if (!submit(S, c, k, g, &rc)) return rc;
+    int fd = connection_fd(c), n_prompt = g->req->n_prompt;
+    dsv_buf text = {0};
+    srv_toks toks = {0};
+    size_t seen = 0;
+    srv_status st;
+    for (;;) {
+        srv_req_poll(S->sched, g->req, &seen, &text, &toks, 0.1, &st);
+        if (st.finish) break;
+        if (client_gone(fd)) {
+            /* Nobody to answer: cancel, and let MHD close the connection. */
+            srv_req_release(S->sched, g->req);
+            dsv_buf_free(&text);
+            free(toks.v);
+            k->status = 499; /* nginx's "client closed request" */
+            srv_metrics_request(S->metrics, k->endpoint, 499);
+            return MHD_NO;
+        }
+    }
+    srv_req_release(S->sched, g->req);
+    g->req = NULL;
+    if (st.finish == SRV_FIN_ABORT || st.finish == SRV_FIN_ERROR) {
+        srv_error e;
+        srv_fail(&e, st.finish == SRV_FIN_ABORT ? 503 : 500, "server_error", NULL, NULL, "%s", st.error);
+        dsv_buf_free(&text);
+        free(toks.v);
+        return reply_error(S, c, k, &e);
+    }
+    dsv_buf b = {0};
+    srv_api_response(S, g, text.data ? text.data : "", text.len, &toks, &st, n_prompt, &b);
+    dsv_buf_free(&text);
+    free(toks.v);
+    return reply_json(S, c, k, 200, &b);
+}
+
+static void stream_free(void *cls) {
+    struct stream *x = cls;
+    if (x->gen.req) srv_req_release(x->S->sched, x->gen.req);
+    srv_sse_free(x->sse);
+    dsv_buf_free(&x->out);
+    dsv_buf_free(&x->text);
+    free(x->toks.v);
+    free(x);
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    struct stream *x = cls;
+    for (;;) {
+        if (x->out.failed) return MHD_CONTENT_READER_END_WITH_ERROR;
+        if (x->out.len > x->off) {
+            size_t n = DSV_MIN(max, x->out.len - x->off);
+            memcpy(buf, x->out.data + x->off, n);
+            x->off += n;
+            if (x->off == x->out.len) {
+                dsv_buf_clear(&x->out);
+                x->off = 0;
+            }
+            return (ssize_t)n;
+        }
+        if (x->ended) return MHD_CONTENT_READER_END_OF_STREAM;
+        srv_status st;
+        int n_prompt = x->gen.req->n_prompt;
+        int sent = x->toks.n;
+        srv_req_poll(x->S->sched, x->gen.req, &x->seen, &x->text, x->gen.logprobs >= 0 ? &x->toks : NULL, 0.1, &st);
+        if (x->text.len) {
+            srv_sse_text(x->sse, x->text.data, x->text.len, &x->out);
+            dsv_buf_clear(&x->text);
+        }
+        srv_sse_tokens(x->sse, x->toks.v + sent, x->toks.n - sent, &x->out);
+        if (st.finish) {
+            srv_sse_end(x->sse, &st, n_prompt, &x->out);
+            srv_req_release(x->S->sched, x->gen.req);
+            x->gen.req = NULL;
+            x->ended = 1;
+        } else if (!x->out.len && client_gone(x->fd)) {
+            return MHD_CONTENT_READER_END_WITH_ERROR; /* stream_free cancels the request */
+        }
+    }
+}
+
+static enum MHD_Result generate_stream(dsv_server *S, struct MHD_Connection *c, struct conn *k, srv_gen *g) {
+    enum MHD_Result rc = MHD_NO;
+    struct stream *x = calloc(1, sizeof *x);
+    if (x) {
+        x->S = S;
+        x->gen = *g;
+        x->fd = connection_fd(c);
+    }
+    if (!x || srv_sse_init(&x->sse, S, &x->gen)) {
+        free(x);
+        srv_req_free(g->req);
+        srv_error e;
+        srv_fail(&e, 500, "server_error", NULL, NULL, "out of memory");
+        return reply_error(S, c, k, &e);
+    }
+    if (!submit(S, c, k, &x->gen, &rc)) {
+        srv_sse_free(x->sse);
+        free(x);
+        return rc;
+    }
+    srv_sse_begin(x->sse, &x->out);
+    struct MHD_Response *res = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_read, x,
+                                                                 stream_free);
+    if (!res) {
+        stream_free(x);
+        return MHD_NO;
+    }
+    MHD_add_response_header(res, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(res, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    rc = MHD_queue_response(c, MHD_HTTP_OK, res);
+    MHD_destroy_response(res);
+    k->status = 200;
+    srv_metrics_request(S->metrics, k->endpoint, 200);
+    return rc;
+}
+
+static enum MHD_Result route_generate(dsv_server *S, struct MHD_Connection *c, struct conn *k) {
+    srv_gen g;
+    srv_error e;
+    if (srv_api_parse(S, k->route->id == R_CHAT, k->body.data ? k->body.data : "", k->body.len, &g, &e))
+        return reply_error(S, c, k, &e);
+    return g.stream ? generate_stream(S, c, k, &g) : generate_whole(S, c, k, &g);
+}
+
+/* ---- The access handler --------------------------------------------------- */
+
+/* Decides the errors known from the request line and headers alone. */
+static void check_headers(dsv_server *S, struct MHD_Connection *c, struct conn *k, const char *url,
+                          const char *method) {
+    k->route = find_route(url);
+    const char *m = !strcmp(method, "HEAD") ? "GET" : method;
+    if (!k->route) {
+        k->endpoint = "other";
+        srv_fail(&k->err, 404, "invalid_request_error", "not_found", NULL, "no route for %s %s", method, url);
+        return;
+    }
+    k->endpoint = k->route->path;
+    if (k->route->id == R_MODEL) k->endpoint = "/v1/models/{id}";
+    if (strcmp(m, k->route->method)) {
+        srv_fail(&k->err, 405, "invalid_request_error", "method_not_allowed", NULL, "%s %s: use %s", method, url,
+                 k->route->method);
+        return;
+    }
+    if (S->p.api_key && !strncmp(url, "/v1", 3) && !authorized(S, c)) {
+        srv_fail(&k->err, 401, "authentication_error", "invalid_api_key", NULL,
+                 "a valid API key is needed: send \"Authorization: Bearer KEY\"");
+        return;
+    }
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl && strtoull(cl, NULL, 10) > S->p.max_body)
+        srv_fail(&k->err, 413, "invalid_request_error", "request_too_large", NULL,
+                 "the body is larger than the limit of %zu bytes", S->p.max_body);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                  const char *version, const char *upload, size_t *upload_size, void **con_cls) {
+    (void)version;
+    dsv_server *S = cls;
+    struct conn *k = *con_cls;
+    if (!k) {
+        if (!(k = calloc(1, sizeof *k))) return MHD_NO;
+        *con_cls = k;
+        k->t0 = dsv_time();
+        check_headers(S, c, k, url, method);
+        /* A body too large to read is refused before it is sent. */
+        if (k->err.status == 413) {
+            enum MHD_Result rc = reply_error(S, c, k, &k->err);
+            log_request(S, k, method, url);
+            return rc;
+        }
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        /* Bodies of refused requests are read and dropped, so the answer
+         * reaches a client that is still sending. */
+        if (!k->err.status && !k->too_large) {
+            if (k->body.len + *upload_size > S->p.max_body) {
+                k->too_large = 1;
+                dsv_buf_free(&k->body);
+            } else {
+                dsv_buf_add(&k->body, upload, *upload_size);
+            }
+        }
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (!k->err.status && k->too_large)
+        srv_fail(&k->err, 413, "invalid_request_error", "request_too_large", NULL,
+                 "the body is larger than the limit of %zu bytes", S->p.max_body);
+    if (!k->err.status && k->body.failed) srv_fail(&k->err, 500, "server_error", NULL, NULL, "out of memory");
+    enum MHD_Result rc;
+    if (k->err.status) {
+        rc = reply_error(S, c, k, &k->err);
+        log_request(S, k, method, url);
+        return rc;
+    }
+    switch (k->route->id) {
+    case R_CHAT:
+    case R_COMPLETIONS: rc = route_generate(S, c, k); break;
+    case R_MODELS:
+    case R_MODEL: rc = route_models(S, c, k, url); break;
+    case R_HEALTH:
+        rc = atomic_load(&S->stopping)
+                 ? reply(S, c, k, 503, "application/json", "{\"status\":\"stopping\"}", 21)
+                 : reply(S, c, k, 200, "application/json", "{\"status\":\"ok\"}", 15);
+        break;
+    case R_METRICS: rc = route_metrics(S, c, k); break;
+    case R_TOKENIZE: rc = route_tokenize(S, c, k); break;
+    case R_DETOKENIZE: rc = route_detokenize(S, c, k); break;
+    case R_PAGE: rc = reply(S, c, k, 200, "text/html; charset=utf-8", srv_page_html, srv_page_html_len); break;
+    default: rc = MHD_NO;
+    }
+    log_request(S, k, method, url);
+    return rc;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode why) {
+    (void)c;
+    (void)why;
+    dsv_server *S = cls;
+    struct conn *k = *con_cls;
+    if (!k) return;
+    if (k->counted) atomic_fetch_sub(&S->active, 1);
+    dsv_buf_free(&k->body);
+    free(k);
+    *con_cls = NULL;
+}
+
+/* ---- Public --------------------------------------------------------------- */
+
+dsv_server_params dsv_server_default_params(void) {
+    return (dsv_server_params){
+        .host = "127.0.0.1", .port = 8080, .n_parallel = 4, .n_batch = 512,
+        .max_queue = 64, .max_body = 8u << 20,
+    };
+}
+
+static char *model_name(const char *dir) {
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/') n--;
+    size_t b = n;
+    while (b > 0 && dir[b - 1] != '/') b--;
+    char *s = malloc(n - b + 1);
+    if (s) {
+        memcpy(s, dir + b, n - b);
+        s[n - b] = 0;
+    }
+    return s;
+}
+
+static int start_daemon(dsv_server *S) {
+    char port[16];
+    snprintf(port, sizeof port, "%d", S->p.port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICSERV | AI_PASSIVE};
+    struct addrinfo *ai = NULL;
+    int gai = getaddrinfo(S->p.host, port, &hints, &ai);
+    if (gai || !ai) return dsv_error(DSV_ERR_ARG, "--host %s: %s", S->p.host, gai_strerror(gai));
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL | MHD_USE_ITC;
+    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    S->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, S,
+                                 MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, S,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
+                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024,
+                                 MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (!S->daemon) return dsv_error(DSV_ERR_IO, "cannot listen on %s port %d", S->p.host, S->p.port);
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(S->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    S->port = di ? di->port : S->p.port;
+    return DSV_OK;
+}
+
+int dsv_server_open(dsv_server **out, const dsv_server_params *params) {
+    if (!out || !params || !params->model_dir) return dsv_error(DSV_ERR_ARG, "dsv_server_open: no model directory");
+    dsv_server_params p = *params;
+    if (!p.host) p.host = "127.0.0.1";
+    if (p.n_parallel < 1 || p.n_parallel > 1024) return dsv_error(DSV_ERR_ARG, "--parallel must be in [1, 1024]");
+    if (p.port < 0 || p.port > 65535) return dsv_error(DSV_ERR_ARG, "--port must be in [0, 65535]");
+    if (p.n_ctx < 0 || p.kv_bytes < 0 || p.n_threads < 0) return dsv_error(DSV_ERR_ARG, "negative size");
+    if (p.max_queue < 0 || p.max_body < 1) return dsv_error(DSV_ERR_ARG, "bad queue or body limit");
+    if (p.n_batch < p.n_parallel + 2)
+        return dsv_error(DSV_ERR_ARG, "--batch %d is too small for --parallel %d (at least %d)", p.n_batch,
+                         p.n_parallel, p.n_parallel + 2);
+    if (p.api_key && !p.api_key[0]) return dsv_error(DSV_ERR_ARG, "--api-key must not be empty");
+
+    dsv_server *S = calloc(1, sizeof *S);
+    if (!S) return dsv_error(DSV_ERR_NOMEM, "out of memory");
+    S->p = p;
+    S->created = time(NULL);
+    atomic_init(&S->next_id, 1);
+    int st = DSV_OK;
+    if (!(S->model_id = p.alias ? strdup(p.alias) : model_name(p.model_dir))) st = dsv_error(DSV_ERR_NOMEM, "out of memory");
+    if (!st) st = dsv_model_open(&S->model, p.model_dir, NULL);
+    if (!st) st = dsv_tokenizer_open(&S->tok, p.model_dir);
+    if (!st) {
+        S->cfg = dsv_model_config(S->model);
+        if (dsv_tokenizer_n_vocab(S->tok) > S->cfg->vocab_size)
+            st = dsv_error(DSV_ERR_CONFIG, "%s: the tokenizer has %d tokens, the model %d", p.model_dir,
+                           (int)dsv_tokenizer_n_vocab(S->tok), S->cfg->vocab_size);
+    }
+    if (!st) {
+        dsv_context_params cp = dsv_context_default_params();
+        cp.n_ctx = p.n_ctx;
+        cp.n_seq = p.n_parallel;
+        cp.n_batch = p.n_batch;
+        cp.n_threads = p.n_threads;
+        if (p.kv_bytes) {
+            cp.n_pages = p.kv_bytes / (int64_t)dsv_kv_page_bytes(S->cfg);
+            if (cp.n_pages < 1)
+                st = dsv_error(DSV_ERR_ARG, "--kv-memory %lld bytes is less than one KV page (%llu bytes)",
+                               (long long)p.kv_bytes, (unsigned long long)dsv_kv_page_bytes(S->cfg));
+        }
+        if (!st) st = dsv_context_open(&S->ctx, S->model, &cp);
+    }
+    if (!st) {
+        const dsv_context_params *cp = dsv_context_get_params(S->ctx);
+        S->n_ctx = cp->n_ctx;
+        S->bos = dsv_tokenizer_bos(S->tok) >= 0 ? dsv_tokenizer_bos(S->tok) : S->cfg->bos_id;
+        S->eos = dsv_tokenizer_eos(S->tok) >= 0 ? dsv_tokenizer_eos(S->tok) : S->cfg->eos_id;
+        if (srv_metrics_init(&S->metrics)) st = dsv_error(DSV_ERR_NOMEM, "out of memory");
+    }
+    if (!st) {
+        srv_sched_params sp = {.n_batch = p.n_batch, .max_queue = p.max_queue};
+        st = srv_sched_init(&S->sched, S->ctx, S->cfg, S->tok, S->eos, S->metrics, &sp);
+    }
+    if (!st) {
+        S->max_total = srv_sched_max_tokens(S->sched);
+        st = start_daemon(S);
+    }
+    if (st) {
+        dsv_server_close(S);
+        return st;
+    }
+    if (p.verbose) {
+        srv_gauges g;
+        srv_sched_gauges(S->sched, &g);
+        const dsv_context_params *cp = dsv_context_get_params(S->ctx);
+        fprintf(stderr, "dsv32 serve: model %s: %d slots of %d tokens, %lld KV pages (%.1f MiB), batch %d, %d threads\n",
+                S->model_id, cp->n_seq, S->n_ctx, (long long)g.kv_total,
+                (double)g.kv_total * (double)dsv_kv_page_bytes(S->cfg) / 1048576.0, cp->n_batch, cp->n_threads);
+    }
+    *out = S;
+    return DSV_OK;
+}
+
+int dsv_server_port(const dsv_server *s) { return s->port; }
+
+void dsv_server_close(dsv_server *S) {
+    if (!S) return;
+    atomic_store(&S->stopping, 1);
+    if (S->daemon) {
+        MHD_socket ls = MHD_quiesce_daemon(S->daemon);
+        if (ls != MHD_INVALID_SOCKET) close(ls);
+    }
+    srv_sched_stop(S->sched);
+    /* Let the aborted answers reach their clients (bounded: a client that
+     * does not read is cut off by the daemon's stop). */
+    for (int i = 0; i < 500 && atomic_load(&S->active) > 0; i++) usleep(10000);
+    if (S->daemon) MHD_stop_daemon(S->daemon);
+    srv_sched_free(S->sched);
+    srv_metrics_free(S->metrics);
+    dsv_context_close(S->ctx);
+    dsv_tokenizer_close(S->tok);
+    dsv_model_close(S->model);
+    free(S->model_id);
+    free(S);
+}

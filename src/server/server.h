@@ -1,0 +1,95 @@
+/* server.h: the state of a dsv_server (internal), shared by the HTTP layer
+ * (http.c), the OpenAI request and response formats (api.c) and the page. */
+#ifndef DSV_SERVER_SERVER_H
+#define DSV_SERVER_SERVER_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "dsv32.h"
+#include "dsv32_server.h"
+#include "dsv32_tokenizer.h"
+#include "metrics.h"
+#include "sched.h"
+#include "text.h"
+
+struct dsv_server {
+    dsv_server_params p;
+    char *model_id;              /* the name clients use */
+    dsv_model *model;
+    const dsv_config *cfg;
+    dsv_context *ctx;
+    dsv_tokenizer *tok;
+    srv_metrics *metrics;
+    srv_sched *sched;
+    struct MHD_Daemon *daemon;
+    int port;
+    int n_ctx;                   /* tokens per request */
+    int max_total;               /* prompt + answer a request can ever get */
+    int32_t bos, eos;
+    time_t created;
+    atomic_uint_fast64_t next_id;
+    atomic_int stopping;
+    atomic_int active;           /* generation requests being answered */
+};
+
+/* An error answer: HTTP status and the OpenAI error object's fields. */
+typedef struct srv_error {
+    int status;
+    const char *type;            /* "invalid_request_error", ... */
+    const char *code;            /* NULL or e.g. "model_not_found" */
+    char param[64];              /* "" for none */
+    char message[512];
+} srv_error;
+
+/* Fills e and returns -1 (so callers can `return srv_fail(...)`). */
+int srv_fail(srv_error *e, int status, const char *type, const char *code, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+/* {"error": {...}} */
+void srv_error_json(const srv_error *e, dsv_buf *out);
+
+/* A parsed generation request. */
+typedef struct srv_gen {
+    int chat;                    /* /v1/chat/completions (else /v1/completions) */
+    int stream, include_usage;
+    int thinking;                /* chat: the answer starts with reasoning */
+    int logprobs;                /* -1, or the alternatives per token to report */
+    uint64_t id;
+    srv_req *req;                /* prompt, sampling, stop, max_tokens */
+} srv_gen;
+
+/* Parses and tokenizes a generation request body. On success g->req is a
+ * new request ready to submit; on failure e says why. */
+int srv_api_parse(dsv_server *S, int chat, const char *body, size_t len, srv_gen *g, srv_error *e);
+
+/* The whole answer of a non-streamed request (toks: its tokens, for
+ * logprobs). */
+void srv_api_response(dsv_server *S, const srv_gen *g, const char *text, size_t len, const srv_toks *toks,
+                      const srv_status *st, int n_prompt, dsv_buf *out);
+
+/* A streamed answer: SSE events appended to out as text arrives. */
+typedef struct srv_sse srv_sse;
+int srv_sse_init(srv_sse **out, dsv_server *S, const srv_gen *g);
+void srv_sse_free(srv_sse *x);
+/* The first event (the assistant role, for chat). */
+void srv_sse_begin(srv_sse *x, dsv_buf *out);
+/* New generated text. */
+void srv_sse_text(srv_sse *x, const char *text, size_t len, dsv_buf *out);
+/* Log-probabilities of new tokens (a chunk of their own; nothing unless
+ * the request asked for logprobs). */
+void srv_sse_tokens(srv_sse *x, const srv_tok *t, int n, dsv_buf *out);
+/* The end: final chunk with finish_reason (or an error event), usage when
+ * asked for, then [DONE]. */
+void srv_sse_end(srv_sse *x, const srv_status *st, int n_prompt, dsv_buf *out);
+
+/* Appends s[0..n) as a JSON string literal. */
+void srv_json_str(dsv_buf *b, const char *s, size_t n);
+/* printf into a buffer. */
+void srv_addf(dsv_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The chat page (page.c). */
+extern const char srv_page_html[];
+extern const size_t srv_page_html_len;
+
+#endif

@@ -1,0 +1,70 @@
+/* test_cli_bench.c: `dsv32 bench` driven as a user would, on a tiny
+ * synthesized model: every measurement comes out as one JSON line with the
+ * documented fields, both ways of reaching a depth work, and bad options
+ * give one clear line. Nothing here asserts on a speed. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "synth.h"
+#include "test.h"
+#include "tiny_model.h"
+
+static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
+
+static int count_lines(const char *s, const char *needle) {
+    int n = 0;
+    for (const char *p = s; p && (p = strstr(p, needle)); p++) n++;
+    return n;
+}
+
+TEST(cli_bench_json_lines) {
+    const char *dir = tiny_synth("m", tiny_write("config.json", tiny_config), DSV_SYNTH_FP8, 1, 0);
+    char cmd[4096];
+    char *out = NULL;
+    snprintf(cmd, sizeof cmd, "%s bench -m %s --depth 0,100 --prefill 6 --decode 2 --fill random --attn both "
+             "--json --bw-mib 16 -t 2 2>/dev/null", bin(), dir);
+    REQUIRE(test_run(cmd, &out) == 0 && out);
+    /* 2 depths x 2 modes x (prefill, decode), and nothing else on stdout. */
+    CHECK_EQ_INT(count_lines(out, "\n"), 8);
+    CHECK_EQ_INT(count_lines(out, "{\"model\":\"m\""), 8);
+    CHECK_EQ_INT(count_lines(out, "\"phase\":\"decode\""), 4);
+    CHECK_EQ_INT(count_lines(out, "\"mode\":\"dense\""), 4);
+    CHECK_EQ_INT(count_lines(out, "\"depth\":100,"), 4);
+    const char *keys[] = {"\"tok_s\":", "\"ms_per_tok\":", "\"attn_ms\":", "\"weight_bytes_per_tok\":", "\"gbs\":",
+                          "\"mem_gbs\":", "\"kv_bytes_per_tok\":656,", "\"peak_rss_mb\":", "\"amx_tflops\":",
+                          "\"linear_tflops\":", "\"fill\":\"random\""};
+    for (int i = 0; i < 11; i++) CHECKF(count_lines(out, keys[i]) == 8, "%s: %d lines", keys[i], count_lines(out, keys[i]));
+    free(out);
+
+    /* Real fill in small chunks, dense attention; the table on stdout. */
+    snprintf(cmd, sizeof cmd, "%s bench -m %s --depth 40 --fill real --batch 16 --prefill 4 --decode 1 --dense "
+             "--bw-mib 16 2>&1", bin(), dir);
+    REQUIRE(test_run(cmd, &out) == 0 && out);
+    CHECKF(strstr(out, "read bandwidth") && strstr(out, "AMX BF16") && strstr(out, "prefill dense") && strstr(out, "decode  dense"),
+           "%s", out);
+    free(out);
+}
+
+TEST(cli_bench_help_and_errors) {
+    char cmd[4096];
+    char *out = NULL;
+    snprintf(cmd, sizeof cmd, "%s bench --help", bin());
+    CHECK_EQ_INT(test_run(cmd, &out), 0);
+    const char *opts[] = {"-m DIR", "--depth", "--prefill", "--decode", "--fill", "--dense", "--topk", "--attn",
+                          "-t N", "--batch N", "--seed", "--bw-mib", "--json"};
+    for (int i = 0; i < 13; i++) CHECKF(out && strstr(out, opts[i]), "help lacks %s", opts[i]);
+    free(out);
+    const char *dir = tiny_synth("m", tiny_write("config.json", tiny_config), DSV_SYNTH_BF16, 1, 0);
+    const char *bad[] = {"--fill bogus", "--depth 1,x", "--depth -4", "--dense --topk 4", "--attn both --dense",
+                         "--prefill 0 --decode 0", "--bogus", "-t 0"};
+    for (int i = 0; i < 8; i++) {
+        snprintf(cmd, sizeof cmd, "%s bench -m %s --bw-mib 16 %s 2>&1", bin(), dir, bad[i]);
+        CHECKF(test_run(cmd, &out) != 0, "'%s' succeeded", bad[i]);
+        CHECKF(out && strstr(out, "dsv32 bench: ") && strchr(out, '\n') == out + strlen(out) - 1, "'%s': %s", bad[i],
+               out);
+        free(out);
+    }
+    snprintf(cmd, sizeof cmd, "%s bench 2>&1", bin());
+    CHECK(test_run(cmd, &out) != 0 && out && strstr(out, "missing -m"));
+    free(out);
+}

@@ -1,0 +1,218 @@
+/* roofline.c: memory read bandwidth and AMX BF16 peak probes (roofline.h).
+ *
+ * Both run the same work on every thread at once, started together by a
+ * barrier, and time the slowest: that is what a data-parallel kernel on
+ * those threads would see. The read loop sums 16-byte vectors into eight
+ * independent accumulators, which outruns DRAM several times over. The AMX loop keeps four accumulator tiles
+ * busy from four operand tiles that never leave the registers (2x2
+ * blocking, as fast GEMM kernels do), so it measures the tile unit alone. */
+#include "roofline.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return v[n / 2];
+}
+
+/* Runs fn(arg, ith, n) on n threads at once, `reps` + 1 times (the first a
+ * warm-up); times[r] gets each timed run's wall time from a shared start to
+ * the last thread's end. Threads wait at a gate until all have started, so
+ * a failure to start one can still send the others home. */
+struct team {
+    int n, reps, state;      /* state: 0 wait, 1 go, -1 give up */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_barrier_t bar;
+    void (*fn)(void *arg, int ith, int nth);
+    void *arg;
+};
+struct member {
+    struct team *t;
+    int ith;
+};
+
+static void *member_main(void *p) {
+    struct member *m = p;
+    struct team *t = m->t;
+    pthread_mutex_lock(&t->mu);
+    while (!t->state) pthread_cond_wait(&t->cv, &t->mu);
+    int go = t->state > 0;
+    pthread_mutex_unlock(&t->mu);
+    for (int r = 0; go && r <= t->reps; r++) {
+        pthread_barrier_wait(&t->bar);
+        t->fn(t->arg, m->ith, t->n);
+        pthread_barrier_wait(&t->bar);
+    }
+    return NULL;
+}
+
+static void open_gate(struct team *t, int state) {
+    pthread_mutex_lock(&t->mu);
+    t->state = state;
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+}
+
+static int run_team(int n, int reps, void (*fn)(void *, int, int), void *arg, double *times) {
+    struct team t = {.n = n, .reps = reps, .fn = fn, .arg = arg};
+    pthread_t tid[256];
+    struct member mem[256];
+    if (n < 1 || n > 256 || pthread_barrier_init(&t.bar, NULL, (unsigned)n)) return -1;
+    pthread_mutex_init(&t.mu, NULL);
+    pthread_cond_init(&t.cv, NULL);
+    int started = 1;
+    for (; started < n; started++) {
+        mem[started] = (struct member){&t, started};
+        if (pthread_create(&tid[started], NULL, member_main, &mem[started])) break;
+    }
+    open_gate(&t, started == n ? 1 : -1);
+    for (int r = 0; started == n && r <= reps; r++) {
+        pthread_barrier_wait(&t.bar);
+        double t0 = now();
+        fn(arg, 0, n);
+        pthread_barrier_wait(&t.bar);
+        if (r > 0) times[r - 1] = now() - t0;
+    }
+    for (int i = 1; i < started; i++) pthread_join(tid[i], NULL);
+    pthread_barrier_destroy(&t.bar);
+    pthread_mutex_destroy(&t.mu);
+    pthread_cond_destroy(&t.cv);
+    return started == n ? 0 : -1;
+}
+
+/* ---- read bandwidth ------------------------------------------------------ */
+
+struct bw_arg {
+    uint64_t *buf;
+    size_t n;                /* words */
+    volatile uint64_t sink;
+};
+
+static void share(size_t n, int ith, int nth, size_t *b, size_t *e) {
+    size_t q = n / (size_t)nth;
+    *b = q * (size_t)ith;
+    *e = ith == nth - 1 ? n : *b + q;
+}
+
+/* First touch by the thread that will read it, so pages sit near it. */
+static void bw_init(void *a, int ith, int nth) {
+    struct bw_arg *p = a;
+    size_t b, e;
+    share(p->n, ith, nth, &b, &e);
+    for (size_t i = b; i < e; i++) p->buf[i] = i;
+}
+
+/* 16-byte vectors (GNU vector extension, SSE2 on any x86-64) summed into 8
+ * independent accumulators that stay in registers: 128 bytes a step. */
+typedef uint64_t v2u64 __attribute__((vector_size(16)));
+
+static void bw_read(void *a, int ith, int nth) {
+    struct bw_arg *p = a;
+    size_t b, e;
+    share(p->n, ith, nth, &b, &e);
+    b = (b + 1) & ~(size_t)1;
+    v2u64 s[8] = {{0}};
+    const v2u64 *v = (const v2u64 *)(p->buf + b);
+    size_t n = (e > b ? e - b : 0) / 16;
+    for (size_t i = 0; i < n; i++, v += 8) {
+        s[0] += v[0]; s[1] += v[1]; s[2] += v[2]; s[3] += v[3];
+        s[4] += v[4]; s[5] += v[5]; s[6] += v[6]; s[7] += v[7];
+    }
+    v2u64 t = s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
+    p->sink = t[0] + t[1];
+}
+
+double roofline_read_gbs(int n_threads, size_t mib, int reps) {
+    struct bw_arg a = {0};
+    a.n = (mib << 20) / sizeof(uint64_t);
+    double times[64];
+    if (reps < 1 || reps > 64 || !(a.buf = aligned_alloc(64, a.n * sizeof(uint64_t)))) return -1;
+    double t0;
+    int st = run_team(n_threads, 0, bw_init, &a, &t0);
+    if (!st) st = run_team(n_threads, reps, bw_read, &a, times);
+    free(a.buf);
+    return st ? -1 : (double)(a.n * sizeof(uint64_t)) / median(times, reps) / 1e9;
+}
+
+/* ---- AMX BF16 peak ------------------------------------------------------- */
+
+#if defined(__x86_64__)
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+#define AMX_ITERS 1000000L
+
+/* Palette 1: 8 tiles of 16 rows x 64 bytes. */
+struct tilecfg {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+__attribute__((target("amx-tile,amx-bf16"))) static void amx_loop(void *a, int ith, int nth) {
+    (void)a; (void)ith; (void)nth;
+    struct tilecfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 8; i++) { cfg.colsb[i] = 64; cfg.rows[i] = 16; }
+    _Alignas(64) uint8_t buf[1024];
+    memset(buf, 0, sizeof buf);
+    _tile_loadconfig(&cfg);
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    _tile_loadd(4, buf, 64); _tile_loadd(5, buf, 64);
+    _tile_loadd(6, buf, 64); _tile_loadd(7, buf, 64);
+    for (long it = 0; it < AMX_ITERS; it++) {
+        _tile_dpbf16ps(0, 4, 6); _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6); _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, buf, 64);
+    _tile_release();
+}
+
+double roofline_amx_bf16_tflops(int n_threads, int reps, const char **why) {
+    unsigned a, b, c, d;
+    double times[64];
+    if (reps < 1 || reps > 64) { *why = "bad repetition count"; return 0; }
+    /* CPUID.(7,0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE. */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 22)) || !(d & (1u << 24))) {
+        *why = "this CPU has no AMX-BF16";
+        return 0;
+    }
+    /* Linux hands out the 8 KB tile state only on request (once per process). */
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)) {
+        *why = "the kernel refused the AMX tile state (arch_prctl)";
+        return 0;
+    }
+    if (run_team(n_threads, reps, amx_loop, NULL, times)) { *why = "cannot start threads"; return 0; }
+    /* Each TDPBF16PS: 16 x 16 outputs, 32-deep dot products, 2 flops each. */
+    return (double)n_threads * 4.0 * AMX_ITERS * 16 * 16 * 32 * 2 / median(times, reps) / 1e12;
+}
+#else
+double roofline_amx_bf16_tflops(int n_threads, int reps, const char **why) {
+    (void)n_threads; (void)reps;
+    *why = "AMX exists on x86-64 only";
+    return 0;
+}
+#endif
