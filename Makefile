@@ -96,3 +96,10 @@ clean:
 	rm -rf build build-asan build-fuzz
 
 -include $(OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+
+# The embedded tiny model (models/tiny), end to end: corpus from Debian's
+# bible-kjv (installed with apt when missing), BPE, the three training stages,
+# export and the bf16/fp8 choice. See models/recipe/tiny.sh and the README.
+.PHONY: tiny-model
+tiny-model: $(BUILD)/dsv32
+	DSV32=$(BUILD)/dsv32 WORK=$(BUILD)/tiny sh models/recipe/tiny.sh all

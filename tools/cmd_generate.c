@@ -125,8 +125,8 @@ int cmd_generate(int argc, char **argv) {
         lens[i] = nt + bos;
         free(t);
         if (lens[i] == 0) rc = cli_fail(cmd, "prompt %d is empty", i + 1);
-        else if (lens[i] + o.n_predict > o.n_ctx)
-            rc = cli_fail(cmd, "prompt %d (%d tokens) plus -n %d exceeds the context (--ctx %d)", i + 1, lens[i], o.n_predict, o.n_ctx);
+        else if (lens[i] + o.n_predict > g.o.n_ctx)
+            rc = cli_fail(cmd, "prompt %d (%d tokens) plus -n %d exceeds the context (--ctx %d)", i + 1, lens[i], o.n_predict, g.o.n_ctx);
         else rc = gen_stream_init(&g, &st[i], ids[i], lens[i]);
     }
     if (!rc) rc = gen_feed(&g, n, seqs, ids, lens, 1);

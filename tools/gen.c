@@ -12,7 +12,7 @@
 
 void gen_default_opts(gen_opts *o) {
     memset(o, 0, sizeof *o);
-    o->n_ctx = 4096;
+    o->n_ctx = 0; /* the model's: min(max_position_embeddings, 4096) */
     o->n_batch = 512;
     o->attn = DSV_ATTN_SPARSE;
     o->n_predict = 200;
@@ -31,7 +31,8 @@ const char gen_opts_help[] =
     "  --repeat-penalty R penalize tokens already seen, 1 = off (default 1)\n"
     "  --seed S           random seed (default: a random one, printed with -v)\n"
     "  --stop STR         stop when STR is generated (repeatable, up to 16)\n"
-    "  --ctx N            context size in tokens (default 4096)\n"
+    "  --ctx N            context size in tokens (default: the model's\n"
+    "                     max_position_embeddings, at most 4096)\n"
     "  --batch N          most tokens per forward call, for prefill (default 512)\n"
     "  --dense            attend to every position instead of the indexer's top-k\n"
     "  --topk K           keep K positions per query (default: the model's index_topk)\n"
@@ -108,7 +109,7 @@ int gen_open(gen *g, const char *cmd, const gen_opts *o, int n_seq) {
     dsv_context_params cp = dsv_context_default_params();
     cp.n_ctx = o->n_ctx;
     cp.n_seq = n_seq;
-    cp.n_batch = o->n_batch < o->n_ctx * n_seq ? o->n_batch : o->n_ctx * n_seq;
+    cp.n_batch = o->n_batch;
     cp.n_threads = o->threads;
     cp.attn = o->attn;
     cp.topk = o->topk;
@@ -118,7 +119,8 @@ int gen_open(gen *g, const char *cmd, const gen_opts *o, int n_seq) {
         gen_close(g);
         return 1;
     }
-    g->o.n_batch = cp.n_batch;
+    g->o.n_batch = dsv_context_get_params(g->ctx)->n_batch;
+    g->o.n_ctx = dsv_context_get_params(g->ctx)->n_ctx;
     int32_t eos = dsv_tokenizer_eos(g->tok);
     g->eos = eos >= 0 ? eos : g->c->eos_id;
     return 0;

@@ -1,0 +1,219 @@
+/* cmd_ppl.c: `dsv32 ppl`, the perplexity of a text file with the engine (as
+ * llama.cpp's perplexity tool), in consecutive windows of --ctx tokens.
+ *
+ * Each window is a fresh sequence: BOS (when the tokenizer adds one) and
+ * then the next ctx-1 tokens of the text, so every text token is predicted
+ * exactly once, from the tokens before it in its window. Windows are fed in
+ * chunks of at most 512 tokens with logits for every position.
+ * --recall measures the lightning indexer with the fp32 training forward on
+ * the same weights: per layer, the share of dense attention mass (heads
+ * summed, L1-normalized per query) inside the top-k the indexer selects,
+ * over the queries that see more than k positions (full windows only). */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "commands.h"
+#include "dsv32.h"
+#include "dsv32_tokenizer.h"
+#include "train.h"
+#include "util.h"
+
+static const char *usage =
+    "usage: dsv32 ppl -m MODEL_DIR -f TEXT [options]\n"
+    "\n"
+    "Prints the perplexity of a text file under the model, in consecutive windows of --ctx\n"
+    "tokens (each a fresh sequence starting with BOS when the tokenizer adds one).\n"
+    "\n"
+    "  -m DIR             model directory (config.json, *.safetensors, tokenizer.json)\n"
+    "  -f FILE            text to score\n"
+    "  --ctx N            window size in tokens (default: max_position_embeddings, at most 4096)\n"
+    "  --dense            attend to every position (no top-k)\n"
+    "  --topk K           keep K positions per query instead of the model's index_topk\n"
+    "  --recall           also print, per layer, the indexer's recall: the share of dense\n"
+    "                     attention mass inside its top-k (fp32 training forward, full windows)\n"
+    "  --scale-fmt F      activation scale format: ue8m0 or none (default: the checkpoint's)\n"
+    "  -t N               threads (default: all online CPUs)\n"
+    "  --quiet            print only the perplexity\n"
+    "  -h, --help         this help\n";
+
+static char *read_all(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap + 1);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap) break;
+        char *nb = realloc(buf, (cap *= 2) + 1);
+        if (!nb) { free(buf); buf = NULL; }
+        else buf = nb;
+    }
+    fclose(f);
+    if (buf) { buf[n] = 0; *len = n; }
+    return buf;
+}
+
+/* log p(target) from one row of logits. */
+static double log_prob(const float *lg, int n, int target) {
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++) mx = lg[i] > mx ? lg[i] : mx;
+    double s = 0;
+    for (int i = 0; i < n; i++) s += exp((double)(lg[i] - mx));
+    return (double)(lg[target] - mx) - log(s);
+}
+
+static int run_recall(const char *cmd, const char *model, const int32_t *ids, size_t n, int ctx, int bos, int topk,
+                      int threads, int quiet) {
+    dsv_train_opts o = dsv_train_default_opts();
+    o.seq_len = ctx;
+    o.batch = 1;
+    o.n_threads = threads;
+    o.topk = topk;
+    dsv_trainer *t;
+    if (dsv_train_load(&t, model, &o, 0)) return cli_fail(cmd, "--recall: %s", dsv_errmsg());
+    const dsv_config *c = dsv_train_config(t);
+    int step = bos >= 0 ? ctx - 1 : ctx, n_win = (int)(n / (size_t)step);
+    while (n_win > 0 && (size_t)(n_win - 1) * step + ctx - (bos >= 0) > n) n_win--;
+    int32_t *buf = malloc((size_t)(n_win > 0 ? n_win : 1) * (ctx + 1) * sizeof *buf);
+    double *rec = calloc((size_t)c->n_layers, sizeof *rec);
+    if (!buf || !rec) { free(buf); free(rec); dsv_train_free(t); return cli_fail(cmd, "out of memory"); }
+    for (int w = 0; w < n_win; w++) {
+        int32_t *o2 = buf + (size_t)w * (ctx + 1);
+        int k = 0;
+        if (bos >= 0) o2[k++] = bos;
+        memcpy(o2 + k, ids + (size_t)w * step, (size_t)(ctx - k) * sizeof *o2);
+        o2[ctx] = 0;
+    }
+    int rc = 0;
+    if (n_win == 0) rc = cli_fail(cmd, "--recall: the text has no full window of %d tokens", ctx);
+    int q = rc ? 0 : dsv_train_recall(t, buf, n_win, rec);
+    if (!rc && q < 0) rc = cli_fail(cmd, "--recall: %s", dsv_errmsg());
+    if (!rc && !quiet) {
+        printf("indexer recall (top-%d, %d queries past k in %d windows of %d):", topk ? topk : c->index_topk, q,
+               n_win, ctx);
+        for (int l = 0; l < c->n_layers; l++) printf(" L%d %.4f", l, rec[l]);
+        printf("\n");
+    }
+    free(buf);
+    free(rec);
+    dsv_train_free(t);
+    return rc;
+}
+
+int cmd_ppl(int argc, char **argv) {
+    const char *cmd = "ppl", *model = NULL, *file = NULL, *v;
+    long ctx = 0, topk = 0, threads = 0;
+    int dense = 0, recall = 0, quiet = 0, scale_fmt = -1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(usage, stdout); return 0; }
+        else if (!strcmp(a, "--dense")) dense = 1;
+        else if (!strcmp(a, "--recall")) recall = 1;
+        else if (!strcmp(a, "--quiet")) quiet = 1;
+        else if (!strcmp(a, "-m")) { if (!(model = cli_value(cmd, argc, argv, &i))) return 1; }
+        else if (!strcmp(a, "-f")) { if (!(file = cli_value(cmd, argc, argv, &i))) return 1; }
+        else if (!strcmp(a, "--ctx")) {
+            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 2, 1L << 20, &ctx)) return 1;
+        } else if (!strcmp(a, "--topk")) {
+            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1L << 30, &topk)) return 1;
+        } else if (!strcmp(a, "-t")) {
+            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1024, &threads)) return 1;
+        } else if (!strcmp(a, "--scale-fmt")) {
+            if (!(v = cli_value(cmd, argc, argv, &i))) return 1;
+            if (!strcmp(v, "ue8m0")) scale_fmt = DSV_SCALE_FMT_UE8M0;
+            else if (!strcmp(v, "none")) scale_fmt = DSV_SCALE_FMT_NONE;
+            else return cli_fail(cmd, "--scale-fmt: expected ue8m0 or none, got '%s'", v);
+        } else return cli_fail(cmd, "unknown option '%s' (see dsv32 ppl --help)", a);
+    }
+    if (!model) return cli_fail(cmd, "missing -m MODEL_DIR (see dsv32 ppl --help)");
+    if (!file) return cli_fail(cmd, "missing -f TEXT");
+    if (dense && topk) return cli_fail(cmd, "--dense and --topk exclude each other");
+
+    dsv_tokenizer *tok;
+    if (dsv_tokenizer_open(&tok, model)) return cli_fail(cmd, "%s", dsv_errmsg());
+    size_t len;
+    char *text = read_all(file, &len);
+    if (!text) { dsv_tokenizer_close(tok); return cli_fail(cmd, "%s: cannot read (%s)", file, strerror(errno)); }
+    int32_t *ids = malloc((len + 1) * sizeof *ids);
+    size_t n = 0;
+    int rc = 0;
+    if (!ids) rc = cli_fail(cmd, "out of memory");
+    else if (dsv_tokenize(tok, text, len, ids, len + 1, &n)) rc = cli_fail(cmd, "%s: %s", file, dsv_errmsg());
+    int bos = dsv_tokenizer_add_bos(tok) ? dsv_tokenizer_bos(tok) : -1;
+    dsv_tokenizer_close(tok);
+    free(text);
+    if (!rc && n < 2) rc = cli_fail(cmd, "%s: fewer than 2 tokens", file);
+    if (rc) { free(ids); return rc; }
+
+    dsv_model_params mp = dsv_model_default_params();
+    mp.scale_fmt = scale_fmt;
+    dsv_model *m;
+    if (dsv_model_open(&m, model, &mp)) { free(ids); return cli_fail(cmd, "%s", dsv_errmsg()); }
+    const dsv_config *c = dsv_model_config(m);
+    if (!ctx) ctx = c->max_position_embeddings > 0 && c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096;
+    for (size_t i = 0; i < n && !rc; i++)
+        if (ids[i] >= c->vocab_size) rc = cli_fail(cmd, "token id %d exceeds the model's vocabulary (%d)", ids[i], c->vocab_size);
+    const int chunk = ctx < 512 ? (int)ctx : 512, V = c->vocab_size;
+    dsv_context_params cp = dsv_context_default_params();
+    cp.n_ctx = (int)ctx;
+    cp.n_batch = chunk;
+    cp.n_threads = (int)threads;
+    cp.attn = dense ? DSV_ATTN_DENSE : DSV_ATTN_SPARSE;
+    cp.topk = (int)topk;
+    dsv_context *cx = NULL;
+    if (!rc && dsv_context_open(&cx, m, &cp)) rc = cli_fail(cmd, "%s", dsv_errmsg());
+    float *logits = rc ? NULL : malloc((size_t)chunk * V * sizeof *logits);
+    int32_t *win = rc ? NULL : malloc((size_t)ctx * sizeof *win);
+    if (!rc && (!logits || !win)) rc = cli_fail(cmd, "out of memory");
+
+    /* Windows: [BOS] + up to ctx-1 (or ctx without BOS) text tokens. */
+    const size_t step = bos >= 0 ? (size_t)ctx - 1 : (size_t)ctx;
+    const size_t n_win = bos >= 0 ? (n + step - 1) / step : (n - 1 + step - 2) / (step - 1);
+    double nll = 0, t0 = dsv_time();
+    long scored = 0;
+    size_t at = 0;
+    for (size_t w = 0; !rc && at < n; w++) {
+        int k = 0;
+        if (bos >= 0) win[k++] = bos;
+        size_t take = n - at < (size_t)ctx - k ? n - at : (size_t)ctx - k;
+        memcpy(win + k, ids + at, take * sizeof *win);
+        int wl = k + (int)take;
+        if (wl < 2) break;
+        dsv_seq_reset(cx, 0);
+        for (int p = 0; p < wl && !rc; p += chunk) {
+            int cl = wl - p < chunk ? wl - p : chunk;
+            dsv_batch_entry e = {.seq = 0, .n_tokens = cl, .tokens = win + p, .logits = DSV_LOGITS_ALL};
+            if (dsv_forward(cx, &e, 1, logits)) { rc = cli_fail(cmd, "%s", dsv_errmsg()); break; }
+            for (int j = 0; j < cl && p + j + 1 < wl; j++) {
+                nll -= log_prob(logits + (size_t)j * V, V, win[p + j + 1]);
+                scored++;
+            }
+        }
+        /* Without BOS the next window starts at the last scored token, so it
+         * is context there and every token but the first is scored once. */
+        at += bos >= 0 ? take : take - 1;
+        if (bos < 0 && at + 1 >= n) at = n;
+        if (!quiet)
+            fprintf(stderr, "\rppl: window %zu/%zu  ppl %.4f  %.0f tok/s", w + 1, n_win, exp(nll / scored),
+                    scored / (dsv_time() - t0));
+    }
+    if (!quiet) fputc('\n', stderr);
+    if (!rc) {
+        double ppl = exp(nll / scored);
+        if (quiet) printf("%.4f\n", ppl);
+        else
+            printf("ppl %.4f  (%ld tokens scored, ctx %ld, %s top-%d)\n", ppl, scored, ctx,
+                   dense ? "dense" : "sparse", dense ? (int)ctx : topk ? (int)topk : c->index_topk);
+    }
+    free(logits);
+    free(win);
+    dsv_context_close(cx);
+    dsv_model_close(m);
+    if (!rc && recall) rc = run_recall(cmd, model, ids, n, (int)ctx, bos, (int)topk, (int)threads, quiet);
+    free(ids);
+    return rc;
+}
