@@ -82,6 +82,7 @@ static int linear(loader *L, dsv_linear *out, const char *prefix, int n_out, int
     out->dtype = t->dtype;
     out->n_out = n_out;
     out->n_in = n_in;
+    out->ld = n_in;
     out->w = t->data;
     L->m->weight_bytes += t->nbytes;
     if (t->dtype == DSV_DT_F8_E4M3) {

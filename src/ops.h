@@ -26,6 +26,8 @@
 typedef struct dsv_linear {
     dsv_dtype dtype;       /* F8_E4M3 (with scale), BF16, F16 or F32 */
     int n_out, n_in;
+    int ld;                /* elements from one row of W to the next (n_in, or
+                            * more for a slice of a wider matrix's columns) */
     const void *w;
     const float *scale;
     int scale_ld;          /* ceil(n_in / 128) */
@@ -176,7 +178,7 @@ extern const dsv_kernels *dsv_kern;
 
 /* wkv_b's element (r, c) as the reference's bf16 weight_dequant gives it. */
 static inline float dsv_wkvb_at(const dsv_linear *w, int r, int c) {
-    long i = (long)r * w->n_in + c;
+    long i = (long)r * w->ld + c;
     if (w->dtype != DSV_DT_F8_E4M3) return dsv_weight_at(w, i, 1);
     float s = w->scale[(size_t)(r / DSV_QBLOCK) * w->scale_ld + c / DSV_QBLOCK];
     return dsv_round_bf16(dsv_e4m3_to_f32(((const uint8_t *)w->w)[i]) * s);

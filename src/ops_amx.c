@@ -232,7 +232,7 @@ static void w_tiles(uint8_t *dst, const dsv_linear *w, int n, int k0, int kts) {
             for (int kt = 0; kt < kts; kt++) _mm512_store_si512(d + (size_t)kt * 1024, _mm512_setzero_si512());
             continue;
         }
-        const size_t r = (size_t)(n + i) * K + k0;
+        const size_t r = (size_t)(n + i) * w->ld + k0;
         if (w->dtype == DSV_DT_F8_E4M3) {
             /* K is a multiple of 128 and k0 of 32: every step is whole. */
             const uint8_t *src = (const uint8_t *)w->w + r;
@@ -263,7 +263,7 @@ static void w_tiles(uint8_t *dst, const dsv_linear *w, int n, int k0, int kts) {
  * burst of prefetches stalls on the line fill buffers. */
 static inline void w_prefetch(const dsv_linear *w, int n, int rows, int k0, int kts, int line) {
     const size_t es = w->dtype == DSV_DT_F8_E4M3 ? 1 : w->dtype == DSV_DT_F32 ? 4 : 2;
-    const size_t row = (size_t)w->n_in * es, off = (size_t)k0 * es + (size_t)line * 64;
+    const size_t row = (size_t)w->ld * es, off = (size_t)k0 * es + (size_t)line * 64;
     if (rows <= 0 || (size_t)line * 64 >= (size_t)32 * kts * es || off >= row) return;
     const char *p = (const char *)w->w + (size_t)n * row + off;
     for (int i = 0; i < rows; i++) _mm_prefetch(p + (size_t)i * row, _MM_HINT_T1);
@@ -330,7 +330,7 @@ static inline void promote(float *acc, int ld, const float *c, const float *xs, 
  * a row. */
 #define PF_STEPS 8
 static inline void prefetch_rows(const dsv_linear *w, int n, int n1, size_t off) {
-    const size_t row = (size_t)w->n_in * (w->dtype == DSV_DT_F8_E4M3 ? 1 : w->dtype == DSV_DT_F32 ? 4 : 2);
+    const size_t row = (size_t)w->ld * (w->dtype == DSV_DT_F8_E4M3 ? 1 : w->dtype == DSV_DT_F32 ? 4 : 2);
     if (off >= row) { /* past this pair's rows: the next pair's first lines */
         off -= row;
         n += 32;
@@ -406,13 +406,13 @@ static void stream(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, in
         if (!fp8) {
             _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
             const int d0 = direct && n + 16 <= w->n_out, d1 = direct && n + 32 <= w->n_out;
-            const dsv_bf16 *w0 = (const dsv_bf16 *)w->w + (size_t)n * K, *w1 = w0 + (size_t)16 * K;
+            const dsv_bf16 *w0 = (const dsv_bf16 *)w->w + (size_t)n * w->ld, *w1 = w0 + (size_t)16 * w->ld;
             for (int kt = 0; kt < KT; kt++) {
                 prefetch_rows(w, n, n1, (size_t)(kt + PF_STEPS) * 64);
                 _tile_loadd(6, x_tile(xp, Kp, 0, kt), 64);
                 if (mts > 1) _tile_loadd(7, x_tile(xp, Kp, 1, kt), 64);
                 if (d0) {
-                    _tile_loadd(4, w0 + 32 * kt, K * 2);
+                    _tile_loadd(4, w0 + 32 * kt, w->ld * 2);
                 } else {
                     w_tiles(wt, w, n, 32 * kt, 1);
                     _tile_loadd(4, wt, 64);
@@ -421,7 +421,7 @@ static void stream(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, in
                 if (mts > 1) _tile_dpbf16ps(1, 4, 7);
                 if (nts > 1) {
                     if (d1) {
-                        _tile_loadd(5, w1 + 32 * kt, K * 2);
+                        _tile_loadd(5, w1 + 32 * kt, w->ld * 2);
                     } else {
                         w_tiles(wt + 1024, w, n + 16, 32 * kt, 1);
                         _tile_loadd(5, wt + 1024, 64);
@@ -495,9 +495,9 @@ static void blocked(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, i
             for (int kc = 0; kc < Kp; kc += KC) {
                 const int kts = (Kp - kc < KC ? Kp - kc : KC) / 32;
                 /* bf16 weights whose tiles are whole are read in place (rows
-                 * K*2 bytes apart); others are widened into tiles. */
+                 * ld*2 bytes apart); others are widened into tiles. */
                 const int direct = w->dtype == DSV_DT_BF16 && K % 32 == 0 && nb + 16 * ntn <= w->n_out;
-                const size_t a_ld = direct ? (size_t)K * 2 : 64, a_step = direct ? 64 : 1024;
+                const size_t a_ld = direct ? (size_t)w->ld * 2 : 64, a_step = direct ? 64 : 1024;
                 if (!direct)
                     for (int nt = 0; nt < ntn; nt++) w_tiles(wt + (size_t)nt * kts * 1024, w, nb + 16 * nt, kc, kts);
                 /* The next weight block, prefetched a line per row per step below. */
@@ -513,9 +513,9 @@ static void blocked(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, i
                         if (mt + 2 >= mtn)
                             for (int l = mt / 2 + 1; l < 32; l++) w_prefetch(w, pf_n + 16 * nt, pf_rows, pf_k, pf_kts, l);
                         float *c00 = acc + (size_t)nt * 16 * ACC_LD + mt * 16;
-                        const uint8_t *a0 = direct ? (const uint8_t *)w->w + ((size_t)(nb + 16 * nt) * K + kc) * 2
+                        const uint8_t *a0 = direct ? (const uint8_t *)w->w + ((size_t)(nb + 16 * nt) * w->ld + kc) * 2
                                                    : wt + (size_t)nt * kts * 1024;
-                        const uint8_t *a1 = direct ? a0 + (size_t)16 * K * 2 : a0 + (size_t)kts * 1024;
+                        const uint8_t *a1 = direct ? a0 + (size_t)16 * w->ld * 2 : a0 + (size_t)kts * 1024;
                         if (!fp8) {
                             if (kc == 0) {
                                 _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);

@@ -234,7 +234,7 @@ static inline __attribute__((always_inline)) void dense_tile(void *y, int ldy, i
                                                              const dsv_linear *w, dsv_dtype dt, int as_bf16, int n,
                                                              int i, int nr, int mr) {
     const int K = w->n_in;
-    const size_t esz = dt == DSV_DT_F32 ? 4 : 2, row = (size_t)K * esz;
+    const size_t esz = dt == DSV_DT_F32 ? 4 : 2, row = (size_t)w->ld * esz;
     __m256 acc[4][2];
     UNROLL for (int r = 0; r < 4; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     for (int k = 0; k < K; k += 8) {
@@ -244,7 +244,7 @@ static inline __attribute__((always_inline)) void dense_tile(void *y, int ldy, i
             if (c >= mr) continue;
             const __m256 xv = f32x8_load_n(x + (size_t)(i + c) * ldx + k, len);
             UNROLL for (int r = 0; r < 4; r++)
-                if (r < nr) acc[r][c] = _mm256_fmadd_ps(w_load(w->w, dt, (size_t)(n + r) * K + k, len, as_bf16), xv, acc[r][c]);
+                if (r < nr) acc[r][c] = _mm256_fmadd_ps(w_load(w->w, dt, (size_t)(n + r) * w->ld + k, len, as_bf16), xv, acc[r][c]);
         }
     }
     UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 2; c++) {
@@ -300,7 +300,7 @@ static void linear_f32(float *y, int ldy, const float *x, const dsv_linear *w, i
 static inline __attribute__((always_inline)) void fp8_tile(dsv_bf16 *y, int ldy, const float *x, const float *xs,
                                                            const dsv_linear *w, int n, int i, int nr, int mr) {
     const int K = w->n_in, nb = K / DSV_QBLOCK;
-    const uint8_t *W = (const uint8_t *)w->w + (size_t)n * K;
+    const uint8_t *W = (const uint8_t *)w->w + (size_t)n * w->ld;
     const float *ws = w->scale + (size_t)(n / DSV_QBLOCK) * w->scale_ld;
     __m256 tot[4][2];
     UNROLL for (int r = 0; r < 4; r++) tot[r][0] = tot[r][1] = _mm256_setzero_ps();
@@ -311,7 +311,7 @@ static inline __attribute__((always_inline)) void fp8_tile(dsv_bf16 *y, int ldy,
             if (k % 64 == 0) prefetch_next(w, n + nr, nr, (size_t)K, (size_t)k);
             UNROLL for (int r = 0; r < 4; r++) {
                 if (r >= nr) continue;
-                const __m256 wv = e4m3x8_scaled(W + (size_t)r * K + k);
+                const __m256 wv = e4m3x8_scaled(W + (size_t)r * w->ld + k);
                 UNROLL for (int c = 0; c < 2; c++)
                     if (c < mr) blk[r][c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (size_t)(i + c) * K + k), blk[r][c]);
             }
@@ -526,7 +526,7 @@ static void mha_attn(dsv_bf16 *o, const dsv_bf16 *q, int T, const int32_t *idx_a
 /* 8 elements of wkv_b row r from column c (the first n if n < 8) as the
  * reference's bf16 weight_dequant gives them, exactly. */
 static inline __m256 wkvb8(const dsv_linear *w, int r, int c, int n) {
-    const size_t i = (size_t)r * w->n_in + c;
+    const size_t i = (size_t)r * w->ld + c;
     if (w->dtype != DSV_DT_F8_E4M3) return w_load(w->w, w->dtype, i, n, w->dtype != DSV_DT_BF16);
     uint8_t b[8] = {0};
     memcpy(b, (const uint8_t *)w->w + i, (size_t)(n < 8 ? n : 8));

@@ -113,13 +113,13 @@ static inline __attribute__((always_inline)) void dense_tile(void *y, int ldy, i
     const int K = w->n_in;
     __m512 acc[4][4];
     UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
-    const size_t esz = dt == DSV_DT_F32 ? 4 : 2, row = (size_t)K * esz;
+    const size_t esz = dt == DSV_DT_F32 ? 4 : 2, row = (size_t)w->ld * esz;
     for (int k = 0; k < K; k += 16) {
         const int len = K - k < 16 ? K - k : 16;
         if ((k * esz) % 64 == 0) prefetch_next(w, n + nr, nr, row, k * esz);
         __m512 wv[4];
         UNROLL for (int r = 0; r < 4; r++)
-            wv[r] = r < nr ? w_load(w->w, dt, (size_t)(n + r) * K + k, len, as_bf16) : _mm512_setzero_ps();
+            wv[r] = r < nr ? w_load(w->w, dt, (size_t)(n + r) * w->ld + k, len, as_bf16) : _mm512_setzero_ps();
         UNROLL for (int c = 0; c < 4; c++) {
             if (c >= mr) continue;
             const __m512 xv = _mm512_maskz_loadu_ps(tail_mask(len), x + (size_t)(i + c) * ldx + k);
@@ -188,7 +188,7 @@ void dsv_avx512_linear_f32(float *y, int ldy, const float *x, const dsv_linear *
 static inline __attribute__((always_inline)) void fp8_tile(dsv_bf16 *y, int ldy, const float *x, const float *xs,
                                                            const dsv_linear *w, int n, int i, int nr, int mr) {
     const int K = w->n_in, nb = K / DSV_QBLOCK;
-    const uint8_t *W = (const uint8_t *)w->w + (size_t)n * K;
+    const uint8_t *W = (const uint8_t *)w->w + (size_t)n * w->ld;
     const float *ws = w->scale + (size_t)(n / DSV_QBLOCK) * w->scale_ld;
     __m512 tot[4][3];
     UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 3; c++) tot[r][c] = _mm512_setzero_ps();
@@ -198,7 +198,7 @@ static inline __attribute__((always_inline)) void fp8_tile(dsv_bf16 *y, int ldy,
         for (int k = kb * DSV_QBLOCK; k < (kb + 1) * DSV_QBLOCK; k += 16) {
             if (k % 64 == 0) prefetch_next(w, n + nr, nr, (size_t)K, (size_t)k);
             __m512 wv[4];
-            UNROLL for (int r = 0; r < 4; r++) wv[r] = r < nr ? e4m3x16_scaled(W + (size_t)r * K + k) : _mm512_setzero_ps();
+            UNROLL for (int r = 0; r < 4; r++) wv[r] = r < nr ? e4m3x16_scaled(W + (size_t)r * w->ld + k) : _mm512_setzero_ps();
             UNROLL for (int c = 0; c < 3; c++) {
                 if (c >= mr) continue;
                 const __m512 xv = _mm512_loadu_ps(x + (size_t)(i + c) * K + k);
@@ -552,7 +552,7 @@ void dsv_avx512_axpy_bf16(float *y, const dsv_bf16 *x, float w, int n) {
 /* 16 elements of wkv_b row r from column c as the reference's bf16
  * weight_dequant gives them (dsv_wkvb_at), exactly; the first n if n < 16. */
 static inline __m512 wkvb16(const dsv_linear *w, int r, int c, int n) {
-    const size_t i = (size_t)r * w->n_in + c;
+    const size_t i = (size_t)r * w->ld + c;
     if (w->dtype != DSV_DT_F8_E4M3) return w_load(w->w, w->dtype, i, n, w->dtype != DSV_DT_BF16);
     __m512 v;
     if (n >= 16) {

@@ -39,7 +39,7 @@ static void linear_fp8_ref(dsv_bf16 *y, int ldy, const void *xp, const dsv_linea
     const uint8_t *W = w->w, *xq = xp;
     const float *xs = ref_scales(xp, m, K);
     for (int n = n0; n < n1; n++) {
-        const uint8_t *wr = W + (size_t)n * K;
+        const uint8_t *wr = W + (size_t)n * w->ld;
         const float *ws = w->scale + (size_t)(n / DSV_QBLOCK) * w->scale_ld;
         for (int i = 0; i < m; i++) {
             const uint8_t *xr = xq + (size_t)i * K;
@@ -65,7 +65,7 @@ static void linear_bf16_ref(dsv_bf16 *y, int ldy, const void *xp, const dsv_line
             const dsv_bf16 *xr = x + (size_t)i * K;
             float acc = 0;
             for (int k = 0; k < K; k++)
-                acc += dsv_bf16_to_f32(xr[k]) * dsv_weight_at(w, (long)n * K + k, 1);
+                acc += dsv_bf16_to_f32(xr[k]) * dsv_weight_at(w, (long)n * w->ld + k, 1);
             y[(size_t)i * ldy + n] = dsv_f32_to_bf16(acc);
         }
 }
@@ -78,7 +78,7 @@ static void linear_f32_ref(float *y, int ldy, const float *x, const dsv_linear *
         for (int i = 0; i < m; i++) {
             const float *xr = x + (size_t)i * K;
             float acc = 0;
-            for (int k = 0; k < K; k++) acc += xr[k] * dsv_weight_at(w, (long)n * K + k, 0);
+            for (int k = 0; k < K; k++) acc += xr[k] * dsv_weight_at(w, (long)n * w->ld + k, 0);
             y[(size_t)i * ldy + n] = acc;
         }
 }

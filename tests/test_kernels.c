@@ -146,16 +146,19 @@ TEST(kernels_act_quant_and_dequant_exact) {
 
 /* ---- linear layers ------------------------------------------------------- */
 
-/* A random weight [N][K] of dtype dt (fp8 with scales). */
+/* A random weight [N][K] of dtype dt (fp8 with scales). When N / 8 is odd it is the
+ * first K columns of a [N][K + 128] matrix (ld > K), as a tensor-parallel
+ * slice of a row-split layer is. */
 typedef struct { dsv_linear w; void *data; float *scale; } test_weight;
 
 static test_weight make_weight(dsv_dtype dt, int N, int K) {
-    test_weight t = {{.dtype = dt, .n_out = N, .n_in = K}, NULL, NULL};
-    size_t n = (size_t)N * K;
+    const int ld = K + ((N / 8) % 2 ? 128 : 0);
+    test_weight t = {{.dtype = dt, .n_out = N, .n_in = K, .ld = ld}, NULL, NULL};
+    size_t n = (size_t)N * ld;
     if (dt == DSV_DT_F8_E4M3) {
         t.data = malloc(n);
         fill_e4m3(t.data, n);
-        t.w.scale_ld = (K + 127) / 128;
+        t.w.scale_ld = (ld + 127) / 128;
         size_t ns = (size_t)((N + 127) / 128) * t.w.scale_ld;
         t.scale = malloc(ns * sizeof(float));
         for (size_t i = 0; i < ns; i++) t.scale[i] = (0.5f + (float)(rnd_u32() % 1000) / 1000.0f) / 256.0f;
