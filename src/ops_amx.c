@@ -46,21 +46,32 @@ typedef struct {
     uint8_t rows[16];
 } __attribute__((packed)) tile_config;
 
-static _Thread_local int tiles_ready;
+/* The configuration loaded on this thread (0: none yet). */
+static _Thread_local const void *tiles_loaded;
 
-/* Every tile 16 rows x 64 bytes. A constant object: GCC does not see that
+/* Every tile 16 rows x 64 bytes. Constant objects: GCC does not see that
  * LDTILECFG reads its operand and drops stores to a local config. */
 static const tile_config tile_cfg = {
     .palette = 1,
     .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
     .rows = {16, 16, 16, 16, 16, 16, 16, 16},
 };
+/* m <= 16 input rows (decoding): the results (tiles 0-3) and the input
+ * (6, 7) are m 4-byte columns wide, so a result tile stores as [16][m]
+ * contiguous floats. An element's arithmetic does not depend on the
+ * tile's width: each is the same chain of products as in a full tile. */
+#define CFG_M(m) {.palette = 1, .colsb = {4 * (m), 4 * (m), 4 * (m), 4 * (m), 64, 64, 4 * (m), 4 * (m)}, \
+                  .rows = {16, 16, 16, 16, 16, 16, 16, 16}}
+static const tile_config tile_cfg_m[17] = {CFG_M(1),  CFG_M(1),  CFG_M(2),  CFG_M(3),  CFG_M(4),  CFG_M(5),
+                                           CFG_M(6),  CFG_M(7),  CFG_M(8),  CFG_M(9),  CFG_M(10), CFG_M(11),
+                                           CFG_M(12), CFG_M(13), CFG_M(14), CFG_M(15), CFG_M(16)};
 
-static void tiles_configure(void) {
-    if (tiles_ready) return;
-    _tile_loadconfig(&tile_cfg);
-    tiles_ready = 1;
+static inline void tiles_use(const tile_config *cfg) {
+    if (tiles_loaded == cfg) return;
+    _tile_loadconfig(cfg);
+    tiles_loaded = cfg;
 }
+static void tiles_configure(void) { tiles_use(&tile_cfg); }
 
 static inline int round16(int n) { return (n + 15) & ~15; }
 static inline int round32(int n) { return (n + 31) & ~31; }
@@ -93,23 +104,30 @@ static _Alignas(64) const uint8_t e4m3_hi[128] = {
     0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42,
     0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x7f};
 
-/* 64 codes (zeros past what the caller loaded) -> bf16 words: codes 0..31
- * in *a, 32..63 in *b. */
+/* 64 codes -> bf16 words in the fp8 K order (below): *a gets codes
+ * 0-7, 16-23, 32-39, 48-55 and *b codes 8-15, 24-31, 40-47, 56-63, which is
+ * what a byte interleave gives per 128-bit lane; putting them back in
+ * order would take two more shuffles on the one port that runs them.
+ *
+ * fp8 K order: every fp8 operand (weights and the activations of an fp8
+ * layer) is widened by this function, so a tile step holds the same K
+ * positions on both sides; a dot product only needs its two operands to
+ * agree, and the order is one fixed permutation for every row, M and
+ * thread split. */
 static inline void e4m3x64_bf16(__m512i c, __m512i *a, __m512i *b) {
     const __m512i lo = _mm512_permutex2var_epi8(_mm512_load_si512(e4m3_lo), c, _mm512_load_si512(e4m3_lo + 64));
     __m512i hi = _mm512_permutex2var_epi8(_mm512_load_si512(e4m3_hi), c, _mm512_load_si512(e4m3_hi + 64));
     hi = _mm512_ternarylogic_epi32(hi, c, _mm512_set1_epi8((char)0x80), 0xf8); /* hi | (c & 0x80) */
-    /* byte interleave works per 128-bit lane: 8 codes per lane each */
-    const __m512i w0 = _mm512_unpacklo_epi8(lo, hi), w1 = _mm512_unpackhi_epi8(lo, hi);
-    *a = _mm512_permutex2var_epi64(w0, _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), w1);
-    *b = _mm512_permutex2var_epi64(w0, _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4), w1);
+    *a = _mm512_unpacklo_epi8(lo, hi);
+    *b = _mm512_unpackhi_epi8(lo, hi);
 }
 
-/* 32 e4m3 codes -> bf16 bits, exactly. */
+/* 32 e4m3 codes -> bf16 bits in natural order (the indexer's operands). */
 static inline __m512i e4m3x32_bf16(const uint8_t *p) {
     __m512i a, b;
     e4m3x64_bf16(_mm512_castsi256_si512(_mm256_loadu_si256((const void *)p)), &a, &b);
-    return a;
+    /* lanes 0-1 of a and b hold codes 0-7, 8-15 and 16-23, 24-31 */
+    return _mm512_permutex2var_epi64(a, _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), b);
 }
 
 /* 32 weights of a non-fp8 row from element i as bf16 bits (the first n if
@@ -213,10 +231,11 @@ static void lin_pack_fp8(void *xp, const dsv_bf16 *x, int m, int K, int i0, int 
                 for (int j = 0; j < 8; j++) v[j] = bf16x16_load(x + (size_t)row * K + kb * DSV_QBLOCK + 16 * j);
                 xsT[(size_t)kb * Mp + row] = act_quant_group(q[i], v, scale_fmt);
             }
-            for (int s = 0; s < 4; s++) {
-                __m512i r[16];
-                for (int i = 0; i < 16; i++) r[i] = e4m3x32_bf16(q[i] + 32 * s);
-                store_b_tile(x_tile(xp, Kp, mt, kb * 4 + s), r);
+            for (int h = 0; h < 2; h++) { /* steps 2h, 2h+1: 64 codes in the fp8 K order */
+                __m512i ra[16], rb[16];
+                for (int i = 0; i < 16; i++) e4m3x64_bf16(_mm512_load_si512(q[i] + 64 * h), &ra[i], &rb[i]);
+                store_b_tile(x_tile(xp, Kp, mt, kb * 4 + 2 * h), ra);
+                store_b_tile(x_tile(xp, Kp, mt, kb * 4 + 2 * h + 1), rb);
             }
         }
 }
@@ -234,16 +253,15 @@ static void w_tiles(uint8_t *dst, const dsv_linear *w, int n, int k0, int kts) {
         }
         const size_t r = (size_t)(n + i) * w->ld + k0;
         if (w->dtype == DSV_DT_F8_E4M3) {
-            /* K is a multiple of 128 and k0 of 32: every step is whole. */
+            /* K is a multiple of 128, k0 of 64 and kts even: steps come in
+             * pairs of 64 codes, in the fp8 K order. */
             const uint8_t *src = (const uint8_t *)w->w + r;
-            int kt = 0;
-            for (; kt + 2 <= kts; kt += 2) {
+            for (int kt = 0; kt < kts; kt += 2) {
                 __m512i a, b;
                 e4m3x64_bf16(_mm512_loadu_si512(src + 32 * kt), &a, &b);
                 _mm512_store_si512(d + (size_t)kt * 1024, a);
                 _mm512_store_si512(d + (size_t)(kt + 1) * 1024, b);
             }
-            for (; kt < kts; kt++) _mm512_store_si512(d + (size_t)kt * 1024, e4m3x32_bf16(src + 32 * kt));
         } else if (w->dtype == DSV_DT_BF16 && k0 + 32 * kts <= K) {
             const dsv_bf16 *src = (const dsv_bf16 *)w->w + r;
             for (int kt = 0; kt < kts; kt++) _mm512_store_si512(d + (size_t)kt * 1024, _mm512_loadu_si512(src + 32 * kt));
@@ -340,54 +358,120 @@ static inline void prefetch_rows(const dsv_linear *w, int n, int n1, size_t off)
     for (int i = 0; i < rows; i++) _mm_prefetch(p + i * row, _MM_HINT_T0);
 }
 
-/* fp8 weight rows n.. (16 * nts) against one tile of input rows (decoding),
- * into acc [32][32] (columns 0..15): two 128-wide blocks at a time, their
- * products in separate tiles (C0/C1 and C2/C3), so that one block's
- * multiply-store-promote chain overlaps the other's; each block is still
- * promoted on its own, in order, exactly as fp8_gemm does. */
-static void fp8_stream1(float *acc, const void *xp, const float *xsT, const dsv_linear *w, int n, int nts, int n1,
-                        uint8_t *wt, float *ct) {
+/* ---- fp8 weights, one tile of input rows (decoding) -------------------------
+ * Passes of 64 weight rows (four A tiles) over the whole K, 128-wide blocks
+ * in order, software-pipelined so that no step waits on the one before:
+ * while the tile unit multiplies block kb (widened into one buffer), the
+ * vector units widen the next block into the other, one row tile per k
+ * step, and promote block kb-1's results, stored one block earlier. Each
+ * block still gets fresh accumulators and is promoted on its own, in
+ * order, as fp8_gemm does; only the schedule differs from the blocked
+ * order, not any element's arithmetic. The results and input tiles are
+ * m columns wide (tile_cfg_m), so a block's results store as [16][m]. */
+#define FR 64      /* weight rows per pass */
+/* Widens row tile t (rows 16t.. of the pass at row n, fewer than 16 when
+ * the weight ends) of block kb into dst [4 tiles][4 steps][16][32], and
+ * asks for 2 KB from pf (when not NULL) to be brought into L2: the next
+ * pass's rows, in address order, a little per row widened. Prefetching
+ * the next pass as one sequential stream, interleaved with the work,
+ * keeps DRAM busy while the vector units widen (per-row prefetches into
+ * L1 only fill the line buffers that the widening's loads need). */
+static inline void fp8_widen_tile(uint8_t *dst, const dsv_linear *w, int n, int rows, int t, int kb, const char *pf) {
+    const uint8_t *src = (const uint8_t *)w->w + (size_t)(n + 16 * t) * w->ld + (size_t)kb * DSV_QBLOCK;
+    uint8_t *d = dst + (size_t)t * 4096;
+    const int nr = rows - 16 * t < 16 ? rows - 16 * t : 16;
+    for (int i = 0; i < nr; i++) {
+        __m512i a, b, c, e;
+        if (pf) { _mm_prefetch(pf + 128 * i, _MM_HINT_T1); _mm_prefetch(pf + 128 * i + 64, _MM_HINT_T1); }
+        e4m3x64_bf16(_mm512_loadu_si512(src + (size_t)i * w->ld), &a, &b);
+        e4m3x64_bf16(_mm512_loadu_si512(src + (size_t)i * w->ld + 64), &c, &e);
+        _mm512_store_si512(d + 64 * i, a);
+        _mm512_store_si512(d + 1024 + 64 * i, b);
+        _mm512_store_si512(d + 2048 + 64 * i, c);
+        _mm512_store_si512(d + 3072 + 64 * i, e);
+    }
+    for (int i = nr; i < 16; i++)
+        for (int s = 0; s < 4; s++) _mm512_store_si512(d + 1024 * s + 64 * i, _mm512_setzero_si512());
+}
+
+/* acc [rows][m] += c [rows][m] * (xs[i] * ws) per column i, one row tile. */
+static inline void promote_m(float *acc, const float *c, const float *xs, float ws, int m) {
+    if (m == 1) { /* the tile's column: 16 outputs of the one row */
+        const __m512 t = _mm512_set1_ps(xs[0] * ws);
+        _mm512_storeu_ps(acc, _mm512_fmadd_ps(_mm512_loadu_ps(c), t, _mm512_loadu_ps(acc)));
+        return;
+    }
+    const __mmask16 k = (__mmask16)((1u << m) - 1);
+    const __m512 t = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xs), _mm512_set1_ps(ws));
+    if (16 % m == 0) { /* whole vectors: lane l holds column l % m */
+        const __m512 tp = _mm512_permutexvar_ps(
+            _mm512_and_si512(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(m - 1)), t);
+        for (int v = 0; v < m; v++)
+            _mm512_storeu_ps(acc + 16 * v, _mm512_fmadd_ps(_mm512_loadu_ps(c + 16 * v), tp, _mm512_loadu_ps(acc + 16 * v)));
+        return;
+    }
+    for (int r = 0; r < 16; r++)
+        _mm512_mask_storeu_ps(acc + r * m, k, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, c + r * m), t,
+                                                             _mm512_maskz_loadu_ps(k, acc + r * m)));
+}
+
+static void fp8_decode(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1, uint8_t *scr) {
     const int K = w->n_in, nb = K / DSV_QBLOCK;
-    const float *ws = w->scale + (size_t)(n / DSV_QBLOCK) * w->scale_ld;
-    const float *ws1 = nts > 1 ? w->scale + (size_t)((n + 16) / DSV_QBLOCK) * w->scale_ld : ws;
-    memset(acc, 0, 32 * 32 * 4);
-    for (int kb = 0; kb < nb; kb += 2) {
-        const int two = kb + 1 < nb;
-        for (int l = 0; l < 4; l++) prefetch_rows(w, n, n1, (size_t)(kb + 4) * DSV_QBLOCK + 64 * (size_t)l);
-        w_tiles(wt, w, n, kb * DSV_QBLOCK, two ? 8 : 4);
-        if (nts > 1) w_tiles(wt + 8192, w, n + 16, kb * DSV_QBLOCK, two ? 8 : 4);
-        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-        for (int st = 0; st < 4; st++) {
-            _tile_loadd(6, x_tile(xp, 0, 0, kb * 4 + st), 64);
-            _tile_loadd(4, wt + 1024 * st, 64);
-            _tile_dpbf16ps(0, 4, 6);
-            if (nts > 1) {
-                _tile_loadd(5, wt + 8192 + 1024 * st, 64);
-                _tile_dpbf16ps(1, 5, 6);
-            }
-            if (two) {
-                _tile_loadd(7, x_tile(xp, 0, 0, (kb + 1) * 4 + st), 64);
-                _tile_loadd(4, wt + 4096 + 1024 * st, 64);
-                _tile_dpbf16ps(2, 4, 7);
-                if (nts > 1) {
-                    _tile_loadd(5, wt + 8192 + 4096 + 1024 * st, 64);
-                    _tile_dpbf16ps(3, 5, 7);
+    const float *xsT = x_scales(xp, m, K);
+    uint8_t *buf[2] = {scr, scr + 16384};
+    float *ct[2] = {(float *)(scr + 32768), (float *)(scr + 32768 + 4096)};
+    float *acc = (float *)(scr + 32768 + 8192); /* [64][m] */
+    tiles_use(&tile_cfg_m[m]);
+    int cur = 0;
+    {
+        const int rows = n1 - n0 < FR ? n1 - n0 : FR;
+        for (int t = 0; t < (rows + 15) / 16; t++) fp8_widen_tile(buf[0], w, n0, rows, t, 0, NULL);
+    }
+    for (int n = n0; n < n1; n += FR) {
+        const int rows = n1 - n < FR ? n1 - n : FR, nt = (rows + 15) / 16;
+        const float *ws[4];
+        for (int t = 0; t < 4; t++) ws[t] = w->scale + (size_t)((n + 16 * (t < nt ? t : 0)) / DSV_QBLOCK) * w->scale_ld;
+        memset(acc, 0, (size_t)FR * m * 4);
+        for (int kb = 0; kb <= nb; kb++) {
+            if (kb < nb) {
+                /* the block widened meanwhile: the next of this pass, or the next pass's first */
+                const int nx_n = kb + 1 < nb ? n : n + FR, nx_kb = kb + 1 < nb ? kb + 1 : 0;
+                const int nx_rows = nx_n < n1 ? (n1 - nx_n < FR ? n1 - nx_n : FR) : 0;
+                const uint8_t *bc = buf[cur];
+                _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                for (int s = 0; s < 4; s++) {
+                    _tile_loadd(6, x_tile(xp, K, 0, kb * 4 + s), 64);
+                    _tile_loadd(4, bc + 1024 * s, 64);
+                    _tile_dpbf16ps(0, 4, 6);
+                    if (nt > 1) { _tile_loadd(5, bc + 4096 + 1024 * s, 64); _tile_dpbf16ps(1, 5, 6); }
+                    if (nt > 2) { _tile_loadd(4, bc + 8192 + 1024 * s, 64); _tile_dpbf16ps(2, 4, 6); }
+                    if (nt > 3) { _tile_loadd(5, bc + 12288 + 1024 * s, 64); _tile_dpbf16ps(3, 5, 6); }
+                    /* the pass after the next block's, 2 KB per row tile (8 KB a block) */
+                    const char *pf = (const char *)w->w + (size_t)(n + FR) * w->ld + (size_t)(kb * 4 + s) * 2048;
+                    if (pf + 2048 > (const char *)w->w + (size_t)n1 * w->ld) pf = NULL;
+                    if (16 * s < nx_rows) fp8_widen_tile(buf[cur ^ 1], w, nx_n, nx_rows, s, nx_kb, pf);
                 }
             }
+            /* block kb-1's results, stored a block ago (before this block's
+             * stores, which later loads could otherwise wait for) */
+            if (kb > 0)
+                for (int t = 0; t < nt; t++)
+                    promote_m(acc + 16 * m * t, ct[cur ^ 1] + 16 * m * t, xsT + (size_t)(kb - 1) * 16, ws[t][kb - 1], m);
+            if (kb == nb) break;
+            float *c = ct[cur];
+            _tile_stored(0, c, 4 * m);
+            if (nt > 1) _tile_stored(1, c + 16 * m, 4 * m);
+            if (nt > 2) _tile_stored(2, c + 32 * m, 4 * m);
+            if (nt > 3) _tile_stored(3, c + 48 * m, 4 * m);
+            cur ^= 1;
         }
-        _tile_stored(0, ct, 64);
-        promote(acc, 32, ct, xsT + (size_t)kb * 16, ws[kb]);
-        if (nts > 1) {
-            _tile_stored(1, ct + 256, 64);
-            promote(acc + 16 * 32, 32, ct + 256, xsT + (size_t)kb * 16, ws1[kb]);
-        }
-        if (two) {
-            _tile_stored(2, ct + 512, 64);
-            promote(acc, 32, ct + 512, xsT + (size_t)(kb + 1) * 16, ws[kb + 1]);
-            if (nts > 1) {
-                _tile_stored(3, ct + 768, 64);
-                promote(acc + 16 * 32, 32, ct + 768, xsT + (size_t)(kb + 1) * 16, ws1[kb + 1]);
+        if (m == 1) {
+            for (int j = 0; j < rows; j += 16) {
+                if (rows - j >= 16) bf16x16_store(y + n + j, _mm512_loadu_ps(acc + j));
+                else bf16x16_store_n(y + n + j, _mm512_loadu_ps(acc + j), rows - j);
             }
+        } else {
+            write_out(y, ldy, acc, m, n, rows, m);
         }
     }
 }
@@ -435,8 +519,6 @@ static void stream(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, in
             _tile_stored(1, acc + 16, 128);
             _tile_stored(2, acc + 16 * 32, 128);
             _tile_stored(3, acc + 16 * 32 + 16, 128);
-        } else if (mts == 1) {
-            fp8_stream1(acc, xp, xsT, w, n, nts, n1, wt, ct);
         } else {
             memset(acc, 0, 32 * 32 * 4);
             const float *ws = w->scale + (size_t)(n / DSV_QBLOCK) * w->scale_ld;
@@ -590,6 +672,10 @@ static void blocked(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, i
 }
 
 static void linear(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1, void *scratch) {
+    if (m <= 16 && w->dtype == DSV_DT_F8_E4M3) {
+        fp8_decode(y, ldy, xp, w, m, n0, n1, scratch);
+        return;
+    }
     tiles_configure();
     if (m <= 32) stream(y, ldy, xp, w, m, n0, n1, scratch);
     else blocked(y, ldy, xp, w, m, n0, n1, scratch);

@@ -239,8 +239,9 @@ static void check_linear(const dsv_kernels **sets, int ns, dsv_dtype dt, int M, 
 TEST(kernels_linear_fp8) {
     const dsv_kernels *sets[3];
     int ns = fast_sets(sets);
-    static const int Ms[] = {1, 2, 3, 17, 40}, Ns[] = {16, 40, 130, 200}, Ks[] = {128, 384};
-    for (int a = 0; a < 5; a++)
+    /* 1-16 rows: the decoding kernel, whose tiles are m columns wide; above: the others. */
+    static const int Ms[] = {1, 2, 3, 4, 16, 17, 40}, Ns[] = {16, 40, 130, 200}, Ks[] = {128, 384};
+    for (int a = 0; a < 7; a++)
         for (int b = 0; b < 4; b++)
             for (int c = 0; c < 2; c++) check_linear(sets, ns, DSV_DT_F8_E4M3, Ms[a], Ns[b], Ks[c]);
     check_linear(sets, ns, DSV_DT_F8_E4M3, 33, 48, 1024);
