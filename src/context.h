@@ -16,7 +16,7 @@
 
 /* Per-thread scratch. */
 typedef struct dsv_tscratch {
-    float *att;        /* attention kernels [dsv_attn_scratch(n_keys_max, max(C, V))] */
+    float *att;        /* attention kernels [max(dsv_attn_scratch(n_keys_max, C, R), dsv_mha_scratch(...))] */
     float *scores;     /* indexer scores [DSV_IDX_CHUNK][n_ctx] */
     int32_t *sel;      /* top-k scratch [2 n_ctx + 256] */
     float *acc;        /* absorption accumulator [kv_lora] */
@@ -81,9 +81,17 @@ struct dsv_context {
     int32_t *ex_rows;          /* [T] tokens routed to the current expert */
     float *ex_wts;             /* [T] */
     dsv_bf16 *ex_x, *ex_h1, *ex_h3, *ex_o; /* [T][dim], [T][inter], [T][inter], [T][dim] */
+    /* MoE of at most DSV_LIN_SMALL tokens: up to DSV_MOE_WAVE experts at once,
+     * each with its own rows [DSV_MOE_WAVE][DSV_LIN_SMALL]. */
+    dsv_bf16 *mw_x, *mw_o;     /* [wave][rows][dim] */
+    dsv_bf16 *mw_h1, *mw_h3;   /* [wave][rows][expert width] */
+    int32_t *mw_rows;          /* [wave][rows] */
+    float *mw_wts;             /* [wave][rows] */
     uint8_t *aq;               /* act_quant codes [rows][K_max] */
     float *as;                 /* act_quant scales [rows][K_max/128] */
-    void *xp;                  /* a linear's packed input [dsv_lin_pack_bytes(rows, K_max)] */
+    void *xp;                  /* a linear's packed input [dsv_lin_pack_bytes(rows, K_max)], or
+                                * DSV_LIN_SLOTS inputs of at most DSV_LIN_SMALL rows, xp_slot bytes apart */
+    size_t xp_slot;
     /* Attention. */
     dsv_bf16 *mha_lat;         /* [mha_keys][kv_lora] */
     dsv_bf16 *mha_pe;          /* [mha_keys][rope] */
@@ -93,6 +101,9 @@ struct dsv_context {
     dsv_bf16 *q_abs;           /* [H][kv_lora] */
     dsv_bf16 *q_pe;            /* [H][rope] */
     dsv_bf16 *o_lat;           /* [H][kv_lora] */
+    float *mqa_s;              /* [H][n_keys_max padded] scores, then softmax weights */
+    dsv_bf16 *mqa_p;           /* [H padded to 16][n_keys_max padded] the weights in bf16 */
+    void *mqa_kvp;             /* [dsv_mqa_kvp_bytes(n_keys_max, kv_lora)] latent rows for the values */
     dsv_tscratch *ts;          /* [nth] */
     void *arena;               /* one allocation behind all of the above */
 };
@@ -138,13 +149,44 @@ static inline int dsv_lin_begin(dsv_context *ctx, const dsv_linear *w, int m) {
 void dsv_lin(dsv_context *ctx, dsv_bf16 *y, int ldy, const dsv_bf16 *x, const dsv_linear *w, int m);
 /* y [m][n_out] fp32 = x [m][n_in] fp32 · Wᵀ. */
 void dsv_lin_f32(dsv_context *ctx, float *y, const float *x, const dsv_linear *w, int m);
-/* Runs fn over [0, n) split across the pool. */
+
+/* Inputs of at most DSV_LIN_SMALL rows (decoding) run a group of linear
+ * layers in one pool run, packed on the caller into DSV_LIN_SLOTS slots
+ * (jobs with the same input share one). */
+#define DSV_LIN_SMALL 16
+#define DSV_LIN_SLOTS 8
+#define DSV_LIN_JOBS 32
+#define DSV_MOE_WAVE DSV_LIN_SLOTS
+/* One layer of a group: bf16 (y, x) as dsv_lin, or fp32 (yf, xf) as
+ * dsv_lin_f32 when xf is set. */
+typedef struct dsv_lin_job {
+    const dsv_linear *w;
+    int m;
+    dsv_bf16 *y;
+    int ldy;
+    const dsv_bf16 *x;
+    float *yf;
+    const float *xf;
+} dsv_lin_job;
+/* Runs independent linear layers (no job reads another's output) as one
+ * unit of work, the same results as one call each. Threads take chunks of
+ * output rows of any job as they come free, so a slower thread does less. */
+void dsv_lin_group(dsv_context *ctx, const dsv_lin_job *jobs, int n);
+
+/* Runs fn over [0, n) split across the pool; on the calling thread alone
+ * when n < min (work too small to be worth waking the others). */
 typedef void (*dsv_range_fn)(dsv_context *ctx, void *arg, long i0, long i1, int ith);
 void dsv_par_for(dsv_context *ctx, long n, dsv_range_fn fn, void *arg);
+void dsv_par_for_min(dsv_context *ctx, long n, long min, dsv_range_fn fn, void *arg);
 
 /* Sub-layers (mla.c, indexer.c, moe.c). Rows are the call's tokens. */
 void dsv_mla_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn);
-void dsv_indexer_forward(dsv_context *ctx, int il, const dsv_bf16 *xn, const dsv_bf16 *qr);
+/* The indexer's projections, as jobs for MLA's groups: from x_n (wk, and
+ * weights_proj on x_n in fp32, converted here), 2 jobs; from q_r (wq_b). */
+void dsv_indexer_project(dsv_context *ctx, int il, const dsv_bf16 *xn, dsv_lin_job *jobs);
+dsv_lin_job dsv_indexer_project_q(dsv_context *ctx, int il, const dsv_bf16 *qr);
+/* Keys to the cache, queries, scores and selection (after the projections). */
+void dsv_indexer_forward(dsv_context *ctx, int il);
 void dsv_moe_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn);
 void dsv_mlp_forward(dsv_context *ctx, const dsv_expert *e, int inter, dsv_bf16 *out,
                      const dsv_bf16 *x, int m);

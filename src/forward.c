@@ -90,9 +90,18 @@ static void layout(dsv_context *ctx, carver *cv) {
     CARVE(cv, ctx->ex_h1, T * inter);
     CARVE(cv, ctx->ex_h3, T * inter);
     CARVE(cv, ctx->ex_o, T * D);
+    const size_t wave = DSV_MOE_WAVE * (size_t)DSV_LIN_SMALL;
+    const size_t ew = (size_t)c->moe_inter_dim * (size_t)DSV_MAX(1, c->n_shared_experts);
+    CARVE(cv, ctx->mw_x, wave * D);
+    CARVE(cv, ctx->mw_o, wave * D);
+    CARVE(cv, ctx->mw_h1, wave * ew);
+    CARVE(cv, ctx->mw_h3, wave * ew);
+    CARVE(cv, ctx->mw_rows, wave);
+    CARVE(cv, ctx->mw_wts, wave);
     CARVE(cv, ctx->aq, rows * kmax);
     CARVE(cv, ctx->as, rows * (kmax / DSV_QBLOCK + 1));
-    ctx->xp = carve(cv, dsv_lin_pack_bytes((int)rows, (int)kmax));
+    ctx->xp_slot = (dsv_lin_pack_bytes(DSV_LIN_SMALL, (int)kmax) + 63) & ~(size_t)63;
+    ctx->xp = carve(cv, DSV_MAX(dsv_lin_pack_bytes((int)rows, (int)kmax), DSV_LIN_SLOTS * ctx->xp_slot));
     CARVE(cv, ctx->mha_lat, (size_t)ctx->mha_keys * C);
     CARVE(cv, ctx->mha_pe, (size_t)ctx->mha_keys * R);
     CARVE(cv, ctx->mha_kvb, (size_t)ctx->mha_keys * H * (N + V));
@@ -101,8 +110,12 @@ static void layout(dsv_context *ctx, carver *cv) {
     CARVE(cv, ctx->q_abs, H * C);
     CARVE(cv, ctx->q_pe, H * R);
     CARVE(cv, ctx->o_lat, H * C);
+    const size_t KNp = (size_t)dsv_mqa_keys_padded((int)KN);
+    CARVE(cv, ctx->mqa_s, H * KNp);
+    CARVE(cv, ctx->mqa_p, ((H + 15) & ~(size_t)15) * KNp);
+    ctx->mqa_kvp = carve(cv, dsv_mqa_kvp_bytes((int)KN, (int)C));
     CARVE(cv, ctx->ts, ctx->nth);
-    size_t att = DSV_MAX(dsv_attn_scratch((int)KN, (int)(C > V ? C : V)),
+    size_t att = DSV_MAX(dsv_attn_scratch((int)KN, (int)C, (int)R),
                          dsv_mha_scratch(ctx->mha_keys, (int)(N + R), (int)V));
     for (int i = 0; i < ctx->nth; i++) {
         dsv_tscratch *ts = cv->base ? &ctx->ts[i] : &(dsv_tscratch){0};

@@ -12,6 +12,9 @@
  * Only positions <= the token's own are ever chosen: causality holds by
  * construction, where the reference masks.
  *
+ * The projections run with MLA's (dsv_indexer_project*: the layers that
+ * read the same input share a pool run); dsv_indexer_forward does the rest.
+ *
  * Scoring is fused with selection: a multi-token call scores a few
  * consecutive tokens of one sequence together (each page of keys is read
  * once for all of them), then selects each token's positions in O(context)
@@ -154,17 +157,26 @@ static void to_f32_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     for (long i = i0 * D; i < i1 * D; i++) ctx->xf[i] = dsv_bf16_to_f32(x[i]);
 }
 
-void dsv_indexer_forward(dsv_context *ctx, int il, const dsv_bf16 *xn, const dsv_bf16 *qr) {
+void dsv_indexer_project(dsv_context *ctx, int il, const dsv_bf16 *xn, dsv_lin_job *jobs) {
+    const dsv_layer *ly = &ctx->m->layers[il];
+    const int T = ctx->n_tok;
+    /* model.py: weights_proj(x.float()), an fp32 linear. */
+    dsv_par_for(ctx, T, to_f32_rows, (void *)xn);
+    jobs[0] = (dsv_lin_job){.w = &ly->idx_wk, .m = T, .y = ctx->ik, .ldy = 128, .x = xn};
+    jobs[1] = (dsv_lin_job){.w = &ly->idx_wproj, .m = T, .yf = ctx->iw, .ldy = ctx->c->index_n_heads, .xf = ctx->xf};
+}
+
+dsv_lin_job dsv_indexer_project_q(dsv_context *ctx, int il, const dsv_bf16 *qr) {
+    const dsv_layer *ly = &ctx->m->layers[il];
+    return (dsv_lin_job){.w = &ly->idx_wq_b, .m = ctx->n_tok, .y = ctx->iq, .ldy = ctx->c->index_n_heads * 128, .x = qr};
+}
+
+void dsv_indexer_forward(dsv_context *ctx, int il) {
     const dsv_config *c = ctx->c;
     const dsv_layer *ly = &ctx->m->layers[il];
     const int T = ctx->n_tok, Hi = c->index_n_heads;
     struct idx_args a = {ly, il};
 
-    dsv_lin(ctx, ctx->iq, Hi * 128, qr, &ly->idx_wq_b, T);
-    dsv_lin(ctx, ctx->ik, 128, xn, &ly->idx_wk, T);
-    /* model.py: weights_proj(x.float()), an fp32 linear. */
-    dsv_par_for(ctx, T, to_f32_rows, (void *)xn);
-    dsv_lin_f32(ctx, ctx->iw, ctx->xf, &ly->idx_wproj, T);
     dsv_dump_f32(ctx, "index_weights", il, T, Hi, ctx->iw);
     int prev = dsv_phase(ctx, DSV_PHASE_INDEXER);
     dsv_par_for(ctx, T, qk_rows, &a);

@@ -27,6 +27,7 @@
 #include "util.h"
 
 struct mla_args {
+    dsv_context *ctx;
     const dsv_layer *ly;
     int il;
     const dsv_bf16 *xn;
@@ -109,36 +110,71 @@ static void mha_entry(dsv_context *ctx, struct mla_args *p, int e) {
     dsv_par_for(ctx, H, mha_heads, p);
 }
 
-/* Gathers the selected latent rows of one token. */
-static void mqa_gather(dsv_context *ctx, void *a, long i0, long i1, int ith) {
-    (void)ith;
-    struct mla_args *p = a;
+/* Absorbed attention of one token, every thread on it at once, in steps
+ * split their own way (a barrier between): (1) heads: absorb the queries;
+ * keys, 32 at a time: gather the selected latent rows (dequantized) and
+ * lay them out for the values; (2) keys: scores of all heads; (3) heads:
+ * softmax; (4) latent columns: the weighted sums; (5) heads: the output
+ * absorption. Every element's arithmetic is fixed by its head, key or
+ * column alone, so the thread count changes nothing. */
+static void mqa_task(void *arg, int ith, int nth) {
+    struct mla_args *p = arg;
+    dsv_context *ctx = p->ctx;
     const dsv_config *c = ctx->c;
-    const int C = c->kv_lora_rank, R = c->qk_rope_head_dim;
-    const dsv_seq *s = &ctx->seqs[p->seq];
-    const int32_t *idx = ctx->sel_pos + (size_t)p->row0 * ctx->n_keys_max;
-    for (long j = i0; j < i1; j++)
-        dsv_kv_get_latent(&ctx->kv, dsv_kv_latent(&ctx->kv, s, p->il, idx[j]), ctx->g_lat + j * C,
-                          ctx->g_pe + j * R);
-}
-
-static void mqa_heads(dsv_context *ctx, void *a, long h0, long h1, int ith) {
-    struct mla_args *p = a;
-    const dsv_config *c = ctx->c;
+    const dsv_kernels *k = dsv_kern;
     const int H = c->n_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim, V = c->v_head_dim;
-    const int C = c->kv_lora_rank, t = p->row0;
+    const int C = c->kv_lora_rank, t = p->row0, n = p->n_keys, np = dsv_mqa_keys_padded(n);
     const dsv_linear *wkv_b = &p->ly->wkv_b;
+    dsv_tscratch *ts = &ctx->ts[ith];
+    long h0, h1, b0, b1;
+    dsv_split(H, ith, nth, &h0, &h1);
+    dsv_split((n + 31) / 32, ith, nth, &b0, &b1);
+    const int j0 = (int)b0 * 32, j1 = (int)DSV_MIN(b1 * 32, n);
+
     for (long h = h0; h < h1; h++) {
         const dsv_bf16 *qh = ctx->q + ((size_t)t * H + h) * (N + R);
-        dsv_kern->absorb_q(ctx->q_abs + h * C, qh, wkv_b, (int)h * (N + V), N, ctx->ts[ith].acc);
+        k->absorb_q(ctx->q_abs + h * C, qh, wkv_b, (int)h * (N + V), N, ts->acc);
         memcpy(ctx->q_pe + h * R, qh + N, (size_t)R * sizeof(dsv_bf16));
     }
-    /* All of this thread's heads in one call: a kernel can share each pass
-     * over the gathered rows between heads. */
-    dsv_kern->mqa_attn(ctx->o_lat, ctx->q_abs, ctx->q_pe, ctx->g_lat, ctx->g_pe, p->n_keys, C, R, c->softmax_scale,
-                       (int)h0, (int)h1, ctx->ts[ith].att);
+    if (j0 < j1) {
+        const dsv_seq *s = &ctx->seqs[p->seq];
+        const int32_t *idx = ctx->sel_pos + (size_t)t * ctx->n_keys_max;
+        for (int j = j0; j < j1; j++) {
+            /* the records are scattered over the cache: ask for a few ahead */
+            if (j + 4 < j1) {
+                const char *r = (const char *)dsv_kv_latent(&ctx->kv, s, p->il, idx[j + 4]);
+                for (size_t o = 0; o < ctx->kv.lat_bytes; o += 64) __builtin_prefetch(r + o);
+            }
+            dsv_kv_get_latent(&ctx->kv, dsv_kv_latent(&ctx->kv, s, p->il, idx[j]), ctx->g_lat + (size_t)j * C,
+                              ctx->g_pe + (size_t)j * R);
+        }
+    }
+    if (k->mqa_pack && j0 < j1) k->mqa_pack(ctx->mqa_kvp, ctx->g_lat, n, C, j0, j1);
+    dsv_pool_barrier(ctx->pool);
+
+    if (j0 < j1)
+        k->mqa_scores(ctx->mqa_s, np, ctx->q_abs, ctx->q_pe, ctx->g_lat, ctx->g_pe, H, C, R, c->softmax_scale, j0, j1,
+                      ts->att);
+    dsv_pool_barrier(ctx->pool);
+
+    for (long h = h0; h < h1; h++) {
+        float *sr = ctx->mqa_s + (size_t)h * np;
+        dsv_bf16 *pr = ctx->mqa_p + (size_t)h * np;
+        k->softmax_bf16(sr, n);
+        for (int j = 0; j < n; j++) pr[j] = (dsv_bf16)(dsv_f32_bits(sr[j]) >> 16); /* bf16 values */
+        memset(pr + n, 0, (size_t)(np - n) * sizeof(dsv_bf16));
+    }
+    dsv_pool_barrier(ctx->pool);
+
+    long g0, g1;
+    dsv_split((C + 15) / 16, ith, nth, &g0, &g1);
+    if (g0 < g1)
+        k->mqa_pv(ctx->o_lat, ctx->mqa_p, np, ctx->g_lat, ctx->mqa_kvp, n, H, C, (int)g0 * 16,
+                  (int)DSV_MIN(g1 * 16, C), ts->att);
+    dsv_pool_barrier(ctx->pool);
+
     for (long h = h0; h < h1; h++)
-        dsv_kern->absorb_o(ctx->o + ((size_t)t * H + h) * V, ctx->o_lat + h * C, wkv_b, (int)h * (N + V) + N, V);
+        k->absorb_o(ctx->o + ((size_t)t * H + h) * V, ctx->o_lat + h * C, wkv_b, (int)h * (N + V) + N, V);
 }
 
 static void mqa_token(dsv_context *ctx, struct mla_args *p, int t, int seq) {
@@ -146,8 +182,7 @@ static void mqa_token(dsv_context *ctx, struct mla_args *p, int t, int seq) {
     p->seq = seq;
     p->n_keys = ctx->n_sel[t];
     ctx->stats.weight_bytes += dsv_linear_bytes(&p->ly->wkv_b); /* absorb_q/absorb_o read all of it */
-    dsv_par_for(ctx, p->n_keys, mqa_gather, p);
-    dsv_par_for(ctx, ctx->c->n_heads, mqa_heads, p);
+    dsv_pool_run(ctx->pool, mqa_task, p);
 }
 
 void dsv_mla_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn) {
@@ -155,17 +190,22 @@ void dsv_mla_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn
     const dsv_layer *ly = &ctx->m->layers[il];
     const int T = ctx->n_tok, H = c->n_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim;
     const int C = c->kv_lora_rank, Q = c->q_lora_rank;
-    struct mla_args a = {.ly = ly, .il = il, .xn = xn};
+    struct mla_args a = {.ctx = ctx, .ly = ly, .il = il, .xn = xn};
 
-    dsv_lin(ctx, ctx->qa, Q, xn, &ly->wq_a, T);
+    /* The projections of x_n, then those of q_r, each set in one group. */
+    dsv_lin_job jobs[4] = {{.w = &ly->wq_a, .m = T, .y = ctx->qa, .ldy = Q, .x = xn},
+                           {.w = &ly->wkv_a, .m = T, .y = ctx->kvf, .ldy = C + R, .x = xn}};
+    dsv_indexer_project(ctx, il, xn, jobs + 2);
+    dsv_lin_group(ctx, jobs, 4);
     dsv_par_for(ctx, T, q_rows, &a);
     dsv_dump_bf16(ctx, "qr", il, T, Q, ctx->qr);
-    dsv_lin(ctx, ctx->q, H * (N + R), ctx->qr, &ly->wq_b, T);
+    jobs[0] = (dsv_lin_job){.w = &ly->wq_b, .m = T, .y = ctx->q, .ldy = H * (N + R), .x = ctx->qr};
+    jobs[1] = dsv_indexer_project_q(ctx, il, ctx->qr);
+    dsv_lin_group(ctx, jobs, 2);
     dsv_par_for(ctx, T, q_rope_rows, &a);
-    dsv_lin(ctx, ctx->kvf, C + R, xn, &ly->wkv_a, T);
     dsv_par_for(ctx, T, kv_rows, &a);
 
-    dsv_indexer_forward(ctx, il, xn, ctx->qr);
+    dsv_indexer_forward(ctx, il);
 
     int prev = dsv_phase(ctx, DSV_PHASE_ATTN);
     for (int e = 0; e < ctx->n_ent; e++) {

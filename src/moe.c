@@ -8,7 +8,10 @@
  * MoE.forward: y = Σ_e w_e * Expert_e(x) in fp32, experts added in index
  * order as the reference loops them, plus the shared expert, then bf16.
  * Tokens are grouped by expert, so each expert's weights are read once per
- * call whatever the number of tokens. */
+ * call whatever the number of tokens. A call of a few tokens (decoding)
+ * runs its experts in waves: the up projections of a wave's experts in one
+ * pool run, their down projections in another, each expert's output kept
+ * apart so that the weighted sum still adds them in index order. */
 #include <math.h>
 #include <string.h>
 
@@ -142,12 +145,103 @@ static void to_bf16(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     for (long i = i0; i < i1; i++) p->out[i] = dsv_f32_to_bf16(ctx->moe_y[i]);
 }
 
+/* The weighted sum of a wave's experts into moe_y, in order. */
+static void wave_sum(dsv_context *ctx, int n_exp, const int *n_rows) {
+    const int D = ctx->c->dim;
+    for (int e = 0; e < n_exp; e++)
+        for (int i = 0; i < n_rows[e]; i++) {
+            const int k = e * DSV_LIN_SMALL + i;
+            dsv_kern->axpy_bf16(ctx->moe_y + (size_t)ctx->mw_rows[k] * D, ctx->mw_o + (size_t)k * D, ctx->mw_wts[k], D);
+        }
+}
+
+/* One wave: experts ex[0..n) with rows mw_rows/mw_wts (shared: all rows,
+ * weight 1), their up projections, SwiGLU, down projections, sum. With one
+ * token every expert reads the token's row in place. */
+static void wave(dsv_context *ctx, const dsv_bf16 *xn, const dsv_expert *const *ex, const int *width, int n,
+                 const int *n_rows) {
+    const int D = ctx->c->dim, T = ctx->n_tok;
+    const size_t ew = (size_t)ctx->c->moe_inter_dim * (size_t)DSV_MAX(1, ctx->c->n_shared_experts);
+    dsv_lin_job jobs[2 * DSV_MOE_WAVE];
+    for (int e = 0; e < n; e++) {
+        const dsv_bf16 *x = xn;
+        if (T > 1) {
+            x = ctx->mw_x + (size_t)e * DSV_LIN_SMALL * D;
+            for (int i = 0; i < n_rows[e]; i++)
+                memcpy((dsv_bf16 *)x + (size_t)i * D, xn + (size_t)ctx->mw_rows[e * DSV_LIN_SMALL + i] * D,
+                       (size_t)D * sizeof(dsv_bf16));
+        }
+        dsv_bf16 *h1 = ctx->mw_h1 + (size_t)e * DSV_LIN_SMALL * ew, *h3 = ctx->mw_h3 + (size_t)e * DSV_LIN_SMALL * ew;
+        jobs[2 * e] = (dsv_lin_job){.w = &ex[e]->w1, .m = n_rows[e], .y = h1, .ldy = width[e], .x = x};
+        jobs[2 * e + 1] = (dsv_lin_job){.w = &ex[e]->w3, .m = n_rows[e], .y = h3, .ldy = width[e], .x = x};
+    }
+    dsv_lin_group(ctx, jobs, 2 * n);
+    for (int e = 0; e < n; e++) {
+        dsv_bf16 *h1 = ctx->mw_h1 + (size_t)e * DSV_LIN_SMALL * ew, *h3 = ctx->mw_h3 + (size_t)e * DSV_LIN_SMALL * ew;
+        dsv_kern->swiglu(h1, h1, h3, n_rows[e] * width[e]);
+        jobs[e] = (dsv_lin_job){.w = &ex[e]->w2, .m = n_rows[e], .y = ctx->mw_o + (size_t)e * DSV_LIN_SMALL * D,
+                                .ldy = D, .x = h1};
+    }
+    dsv_lin_group(ctx, jobs, n);
+    wave_sum(ctx, n, n_rows);
+}
+
+/* MoE of at most DSV_LIN_SMALL tokens: the same arithmetic as the general
+ * path below, in fewer pool runs. */
+static void moe_small(dsv_context *ctx, int il, const dsv_layer *ly, struct moe_args *a) {
+    const dsv_config *c = ctx->c;
+    const int T = ctx->n_tok, D = c->dim, E = c->n_routed_experts, K = c->n_activated_experts;
+    const dsv_expert *ex[DSV_MOE_WAVE];
+    int width[DSV_MOE_WAVE], n_rows[DSV_MOE_WAVE], n = 0;
+    to_f32(ctx, (void *)a->x, 0, T, 0);
+    dsv_lin_f32(ctx, ctx->gate_logits, ctx->xf, &ly->gate, T);
+    route_rows(ctx, a, 0, T, 0);
+    dsv_dump_f32(ctx, "moe_gate_weights", il, T, K, ctx->gate_w);
+    dsv_dump_i32(ctx, "moe_gate_indices", il, T, K, ctx->gate_i);
+    memset(ctx->moe_y, 0, (size_t)T * D * sizeof(float));
+    for (int e = 0; e <= E; e++) {
+        if (e < E) {
+            int r = 0;
+            for (int t = 0; t < T; t++)
+                for (int k = 0; k < K; k++)
+                    if (ctx->gate_i[t * K + k] == e) {
+                        ctx->mw_rows[n * DSV_LIN_SMALL + r] = t;
+                        ctx->mw_wts[n * DSV_LIN_SMALL + r] = ctx->gate_w[t * K + k];
+                        r++;
+                    }
+            if (!r) continue;
+            ex[n] = &ly->experts[e];
+            width[n] = c->moe_inter_dim;
+            n_rows[n++] = r;
+        } else if (c->n_shared_experts > 0) {
+            /* weight 1: float(o) * 1 is float(o), the plain add of the reference */
+            for (int t = 0; t < T; t++) {
+                ctx->mw_rows[n * DSV_LIN_SMALL + t] = t;
+                ctx->mw_wts[n * DSV_LIN_SMALL + t] = 1.0f;
+            }
+            ex[n] = &ly->shared;
+            width[n] = c->n_shared_experts * c->moe_inter_dim;
+            n_rows[n++] = T;
+        }
+        if (n == DSV_MOE_WAVE || (e == E && n > 0)) {
+            wave(ctx, a->x, ex, width, n, n_rows);
+            n = 0;
+        }
+    }
+    for (long i = 0; i < (long)T * D; i++) a->out[i] = dsv_f32_to_bf16(ctx->moe_y[i]);
+}
+
 void dsv_moe_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn) {
     const dsv_config *c = ctx->c;
     const dsv_layer *ly = &ctx->m->layers[il];
     const int T = ctx->n_tok, D = c->dim, E = c->n_routed_experts, K = c->n_activated_experts;
     struct moe_args a = {.ly = ly, .x = xn, .out = out};
     int prev = dsv_phase(ctx, DSV_PHASE_MOE);
+    if (T <= DSV_LIN_SMALL) {
+        moe_small(ctx, il, ly, &a);
+        dsv_phase(ctx, prev);
+        return;
+    }
 
     dsv_par_for(ctx, T, to_f32, (void *)xn);
     dsv_lin_f32(ctx, ctx->gate_logits, ctx->xf, &ly->gate, T);

@@ -61,10 +61,14 @@ static inline size_t dsv_lin_pack_bytes(int m, int K) {
 #define DSV_LIN_SCRATCH ((size_t)384 << 10)
 /* Bytes of one packed indexer query (index_q_pack) of n_heads heads. */
 static inline size_t dsv_index_q_bytes(int n_heads) { return (((size_t)n_heads + 15) & ~(size_t)15) * 128 * 4 + 64; }
-/* Floats of per-thread scratch mqa_attn needs for n keys of width C (AMX:
- * the keys repacked in pairs, 16 heads' scores and weights). */
-static inline size_t dsv_attn_scratch(int n, int C) {
-    return ((size_t)n + 64) * ((size_t)C / 2 + 40) + 48 * (size_t)C + 8192;
+/* MQA attention steps (see dsv_kernels): keys padded to a multiple of 32
+ * (the rows of the weights P and the stride of the scores), the bytes of
+ * the packed latent rows kvp, and the floats of per-thread scratch for n
+ * keys of width C and rope width R. */
+static inline int dsv_mqa_keys_padded(int n) { return (n + 31) & ~31; }
+static inline size_t dsv_mqa_kvp_bytes(int n, int C) { return (size_t)dsv_mqa_keys_padded(n) * (size_t)C * 2 + 64; }
+static inline size_t dsv_attn_scratch(int n, int C, int R) {
+    return ((size_t)n + 64) * 8 + 48 * ((size_t)C + (size_t)R) + 8192;
 }
 /* Floats of per-thread scratch mha_attn needs for E positions, query width
  * D = N+R and value width V (AMX: the values of a head repacked, 16
@@ -120,16 +124,30 @@ typedef struct dsv_kernels {
     void (*index_score)(float *out, int ldo, const void *qp, const float *w, int n_heads, int nq,
                         const uint8_t *k8, const float *ks, int n, void *scratch);
 
-    /* Absorbed (MQA) attention of one query over n gathered latent rows, for
-     * heads [h0, h1) (model.py "MQA decode"): for each head,
-     *   s_j = bf16(bf16(bf16(q_abs·kv_j) + bf16(q_pe·pe_j)) * scale),
-     *   p = bf16(softmax(s)),  o_lat = bf16(Σ_j p_j kv_j).
-     * q_abs [H][C], q_pe [H][R], kv [n][C], pe [n][R], o_lat [H][C] (bf16).
-     * A head's result does not depend on the others or on [h0, h1).
-     * scratch: dsv_attn_scratch(n, C) floats. */
-    void (*mqa_attn)(dsv_bf16 *o_lat, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe,
-                     const dsv_bf16 *kv, const dsv_bf16 *pe, int n, int C, int R,
-                     float scale, int h0, int h1, float *scratch);
+    /* Absorbed (MQA) attention of one query over n gathered latent rows
+     * (model.py "MQA decode"), in steps that each split their own range, so
+     * that every thread shares one token's work whatever its head count:
+     *  - mqa_scores, keys [j0, j1) of every head h < H:
+     *      S[h*lds + j] = bf16(bf16(bf16(q_abs·kv_j) + bf16(q_pe·pe_j)) * scale)
+     *    with q_abs [H][C], q_pe [H][R], kv [n][C], pe [n][R];
+     *  - softmax_bf16 of each head's scores (p = bf16(softmax(s))), which the
+     *    caller writes as P [H][ldp] bf16, zeros from n to ldp =
+     *    dsv_mqa_keys_padded(n);
+     *  - mqa_pack (NULL in sets that read kv directly) lays out keys [j0, j1)
+     *    of kv in kvp (dsv_mqa_kvp_bytes(n, C)) for mqa_pv, which gives
+     *    o_lat[h][c] = bf16(Σ_j P[h][j] kv_j[c]) for every head and columns
+     *    [c0, c1).
+     * j0, j1 are multiples of 32 (j1 may be n), c0, c1 of 16 (c1 may be C).
+     * Each score and output element depends only on its head and inputs,
+     * not on the ranges. scratch: dsv_attn_scratch(n, C, R) floats. */
+    void (*mqa_scores)(float *S, int lds, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
+                       const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, float *scratch);
+    void (*mqa_pack)(void *kvp, const dsv_bf16 *kv, int n, int C, int j0, int j1);
+    void (*mqa_pv)(dsv_bf16 *o_lat, const dsv_bf16 *P, int ldp, const dsv_bf16 *kv, const void *kvp, int n, int H,
+                   int C, int c0, int c1, float *scratch);
+    /* Softmax of n scores in place (dsv_softmax_bf16; exp may round
+     * differently). */
+    void (*softmax_bf16)(float *x, int n);
 
     /* Non-absorbed (MHA prefill) attention of T queries of one sequence,
      * heads [h0, h1): query t (q [T][H][N+R] = [q_nope | q_pe]) attends to

@@ -756,15 +756,16 @@ static void index_score(float *out, int ldo, const void *qp, const float *w, int
 }
 
 /* ---- MQA (decode) attention on tiles -------------------------------------------
- * Up to 16 heads at a time share the gathered latent rows. Scores Sᵀ =
- * KV·Q_absᵀ and PE·Q_peᵀ: 16 latent rows as stored are the A operand, the
- * heads' absorbed queries transposed into VNNI pairs the B operand, into
- * two accumulators (the reference rounds the two einsums separately). The
- * transposed result rows are each head's scores; each head runs its
- * softmax alone. O = P·KV: the heads' weight rows (A) against the latent
- * rows repacked into pairs of consecutive keys (B), once per call.
- * A head's result depends only on that head: its own tile column, its own
- * weight row over the same fixed 32-key steps. */
+ * Scores Sᵀ = KV·Q_absᵀ and PE·Q_peᵀ, 16 keys by 16 heads a tile: 16 latent
+ * rows as stored are the A operand, the heads' absorbed queries
+ * transposed into VNNI pairs the B operand, into two accumulators (the
+ * reference rounds the two einsums separately); the transposed result rows
+ * are each head's scores. O = P·KV: the heads' weight rows (A, 32 keys a
+ * step) against the latent rows packed into pairs of consecutive keys (B,
+ * mqa_pack), for 64 columns at a time.
+ * An element depends only on its head: its own tile column of scores over
+ * the same 32-dim steps, its own weight row over the same 32-key steps from
+ * key 0 (zeros past n add nothing). */
 
 /* 16 rows (zeros past nh) of width D from src (row stride ld elements),
  * as D/32 B tiles of pairs at dst. */
@@ -777,54 +778,41 @@ static void b_tiles(uint8_t *dst, const dsv_bf16 *src, size_t ld, int nh, int D)
     }
 }
 
-static void mqa_attn(dsv_bf16 *o_lat, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
-                     const dsv_bf16 *pe, int n, int C, int R, float scale, int h0, int h1, float *scratch) {
-    if (C % 64 || R % 32 || n == 0) {
-        dsv_avx512_mqa_attn(o_lat, q_abs, q_pe, kv, pe, n, C, R, scale, h0, h1, scratch);
+/* Head layouts the tiles do not divide take the AVX-512 steps, in every
+ * step alike (the choice depends on C and R only). */
+static inline int mqa_tiled(int C, int R) { return C % 64 == 0 && R % 32 == 0; }
+
+static void mqa_scores(float *S, int lds, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
+                       const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, float *scratch) {
+    if (!mqa_tiled(C, R)) {
+        dsv_avx512_mqa_scores(S, lds, q_abs, q_pe, kv, pe, H, C, R, scale, j0, j1, scratch);
         return;
     }
     tiles_configure();
-    const int np = round32(n), CT = C / 16;
-    uint8_t *vp = (uint8_t *)scratch;                          /* [CT][np/2][16][2] */
-    float *S = (float *)(vp + (size_t)np * C * 2);             /* [16][np] */
-    dsv_bf16 *P = (dsv_bf16 *)(S + (size_t)16 * np);           /* [16][np] */
-    uint8_t *qa = (uint8_t *)(P + (size_t)16 * np);            /* C/32 B tiles */
+    uint8_t *qa = (uint8_t *)scratch;                          /* C/32 B tiles */
     uint8_t *qr = qa + (size_t)C / 32 * 1024;                  /* R/32 B tiles */
     dsv_bf16 *kpad = (dsv_bf16 *)(qr + (size_t)R / 32 * 1024); /* [16][C + R]: a last, partial key tile */
     float *ct = (float *)(kpad + (size_t)16 * (C + R));        /* 2 x [16][16] */
-
-    /* Latent rows in pairs of keys, zeros past n. */
-    static const uint16_t lo_idx[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
-                                        8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
-    static const uint16_t hi_idx[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
-                                        24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
-    const __m512i lo = _mm512_loadu_si512(lo_idx), hi = _mm512_loadu_si512(hi_idx);
-    for (int jp = 0; jp < np / 2; jp++)
-        for (int c = 0; c < C; c += 32) {
-            const __m512i a = 2 * jp < n ? _mm512_loadu_si512(kv + (size_t)(2 * jp) * C + c) : _mm512_setzero_si512();
-            const __m512i b = 2 * jp + 1 < n ? _mm512_loadu_si512(kv + (size_t)(2 * jp + 1) * C + c) : _mm512_setzero_si512();
-            _mm512_store_si512(vp + ((size_t)(c / 16) * (np / 2) + jp) * 64, _mm512_permutex2var_epi16(a, lo, b));
-            _mm512_store_si512(vp + ((size_t)(c / 16 + 1) * (np / 2) + jp) * 64, _mm512_permutex2var_epi16(a, hi, b));
-        }
-
-    for (int hb = h0; hb < h1; hb += 16) {
-        const int nh = h1 - hb < 16 ? h1 - hb : 16;
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int hb = 0; hb < H; hb += 16) {
+        const int nh = H - hb < 16 ? H - hb : 16;
         b_tiles(qa, q_abs + (size_t)hb * C, (size_t)C, nh, C);
         b_tiles(qr, q_pe + (size_t)hb * R, (size_t)R, nh, R);
-        for (int j0 = 0; j0 < np; j0 += 16) {
+        for (int k0 = j0; k0 < j1; k0 += 16) {
+            const int nk = j1 - k0 < 16 ? j1 - k0 : 16;
             const uint8_t *ka, *kr;
             size_t kas, krs;
-            if (j0 + 16 <= n) {
-                ka = (const uint8_t *)(kv + (size_t)j0 * C);
-                kr = (const uint8_t *)(pe + (size_t)j0 * R);
+            if (nk == 16) {
+                ka = (const uint8_t *)(kv + (size_t)k0 * C);
+                kr = (const uint8_t *)(pe + (size_t)k0 * R);
                 kas = (size_t)C * 2;
                 krs = (size_t)R * 2;
             } else {
                 for (int i = 0; i < 16; i++) {
                     dsv_bf16 *d = kpad + (size_t)i * (C + R);
-                    if (j0 + i < n) {
-                        memcpy(d, kv + (size_t)(j0 + i) * C, (size_t)C * 2);
-                        memcpy(d + C, pe + (size_t)(j0 + i) * R, (size_t)R * 2);
+                    if (i < nk) {
+                        memcpy(d, kv + (size_t)(k0 + i) * C, (size_t)C * 2);
+                        memcpy(d + C, pe + (size_t)(k0 + i) * R, (size_t)R * 2);
                     } else {
                         memset(d, 0, (size_t)(C + R) * 2);
                     }
@@ -850,46 +838,75 @@ static void mqa_attn(dsv_bf16 *o_lat, const dsv_bf16 *q_abs, const dsv_bf16 *q_p
             /* (einsum(q_abs, kv) + einsum(q_pe, pe)) * scale, each a bf16 tensor;
              * a row is one key's 16 heads. */
             __m512i r[16];
-            const __m512 sc = _mm512_set1_ps(scale);
             for (int i = 0; i < 16; i++) {
                 const __m512 a = f32x16_round_bf16(_mm512_load_ps(ct + 16 * i));
                 const __m512 b = f32x16_round_bf16(_mm512_load_ps(ct + 256 + 16 * i));
                 r[i] = _mm512_castps_si512(f32x16_round_bf16(_mm512_mul_ps(f32x16_round_bf16(_mm512_add_ps(a, b)), sc)));
             }
             transpose16(r);
-            for (int h = 0; h < nh; h++) _mm512_storeu_si512(S + (size_t)h * np + j0, r[h]);
+            const __mmask16 km = (__mmask16)((1u << nk) - 1);
+            for (int h = 0; h < nh; h++) _mm512_mask_storeu_epi32(S + (size_t)(hb + h) * lds + k0, km, r[h]);
         }
-        for (int h = 0; h < 16; h++) {
-            dsv_bf16 *pr = P + (size_t)h * np;
-            memset(pr, 0, (size_t)np * 2);
-            if (h >= nh) continue;
-            float *s = S + (size_t)h * np;
-            dsv_avx512_softmax_bf16(s, n);
-            for (int j = 0; j < n; j++) pr[j] = (dsv_bf16)(dsv_f32_bits(s[j]) >> 16); /* bf16 values */
+    }
+}
+
+/* Keys in pairs: row jp of column tile ct holds (kv[2jp][16ct+c],
+ * kv[2jp+1][16ct+c]) for c = 0..15, at kvp + (ct * np/2 + jp) * 64;
+ * zeros past n. */
+static void mqa_pack(void *kvp, const dsv_bf16 *kv, int n, int C, int j0, int j1) {
+    if (!mqa_tiled(C, 32)) return;
+    static const uint16_t lo_idx[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                        8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+    static const uint16_t hi_idx[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+                                        24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+    const __m512i lo = _mm512_loadu_si512(lo_idx), hi = _mm512_loadu_si512(hi_idx);
+    const int np = dsv_mqa_keys_padded(n), end = j1 >= n ? np : j1;
+    uint8_t *vp = kvp;
+    for (int jp = j0 / 2; jp < end / 2; jp++)
+        for (int c = 0; c < C; c += 32) {
+            const __m512i a = 2 * jp < n ? _mm512_loadu_si512(kv + (size_t)(2 * jp) * C + c) : _mm512_setzero_si512();
+            const __m512i b = 2 * jp + 1 < n ? _mm512_loadu_si512(kv + (size_t)(2 * jp + 1) * C + c) : _mm512_setzero_si512();
+            _mm512_store_si512(vp + ((size_t)(c / 16) * (np / 2) + jp) * 64, _mm512_permutex2var_epi16(a, lo, b));
+            _mm512_store_si512(vp + ((size_t)(c / 16 + 1) * (np / 2) + jp) * 64, _mm512_permutex2var_epi16(a, hi, b));
         }
-        for (int g = 0; g < CT; g += 4) {
+}
+
+static void mqa_pv(dsv_bf16 *o_lat, const dsv_bf16 *P, int ldp, const dsv_bf16 *kv, const void *kvp, int n, int H, int C,
+                   int c0, int c1, float *scratch) {
+    if (!mqa_tiled(C, 32)) {
+        dsv_avx512_mqa_pv(o_lat, P, ldp, kv, kvp, n, H, C, c0, c1, scratch);
+        return;
+    }
+    tiles_configure();
+    const int np = dsv_mqa_keys_padded(n);
+    const uint8_t *vp = kvp;
+    float *ct = scratch;
+    const size_t bt = (size_t)(np / 2) * 64; /* between column tiles */
+    for (int hb = 0; hb < H; hb += 16) {
+        const int nh = H - hb < 16 ? H - hb : 16;
+        const dsv_bf16 *ph = P + (size_t)hb * ldp;
+        for (int g = c0 / 16; g < c1 / 16; g += 4) {
+            const int ng = c1 / 16 - g < 4 ? c1 / 16 - g : 4;
             _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-            const size_t bt = (size_t)(np / 2) * 64;
             for (int a = 0; a < np / 32; a++) {
                 const uint8_t *b = vp + ((size_t)g * (np / 2) + 16 * (size_t)a) * 64;
-                _tile_loadd(4, P + 32 * (size_t)a, (size_t)np * 2);
+                /* rows past nh read other heads' weights (or padding): their results are not kept */
+                _tile_loadd(4, ph + 32 * (size_t)a, (size_t)ldp * 2);
                 _tile_loadd(5, b, 64);
                 _tile_dpbf16ps(0, 4, 5);
-                _tile_loadd(6, b + bt, 64);
-                _tile_dpbf16ps(1, 4, 6);
-                _tile_loadd(7, b + 2 * bt, 64);
-                _tile_dpbf16ps(2, 4, 7);
-                _tile_loadd(5, b + 3 * bt, 64);
-                _tile_dpbf16ps(3, 4, 5);
+                if (ng > 1) { _tile_loadd(6, b + bt, 64); _tile_dpbf16ps(1, 4, 6); }
+                if (ng > 2) { _tile_loadd(7, b + 2 * bt, 64); _tile_dpbf16ps(2, 4, 7); }
+                if (ng > 3) { _tile_loadd(5, b + 3 * bt, 64); _tile_dpbf16ps(3, 4, 5); }
             }
-            _tile_stored(0, ct, 64);
-            for (int h = 0; h < nh; h++) bf16x16_store(o_lat + (size_t)(hb + h) * C + 16 * g, _mm512_load_ps(ct + 16 * h));
-            _tile_stored(1, ct, 64);
-            for (int h = 0; h < nh; h++) bf16x16_store(o_lat + (size_t)(hb + h) * C + 16 * (g + 1), _mm512_load_ps(ct + 16 * h));
-            _tile_stored(2, ct, 64);
-            for (int h = 0; h < nh; h++) bf16x16_store(o_lat + (size_t)(hb + h) * C + 16 * (g + 2), _mm512_load_ps(ct + 16 * h));
-            _tile_stored(3, ct, 64);
-            for (int h = 0; h < nh; h++) bf16x16_store(o_lat + (size_t)(hb + h) * C + 16 * (g + 3), _mm512_load_ps(ct + 16 * h));
+            for (int i = 0; i < ng; i++) {
+                switch (i) {
+                case 0: _tile_stored(0, ct, 64); break;
+                case 1: _tile_stored(1, ct, 64); break;
+                case 2: _tile_stored(2, ct, 64); break;
+                default: _tile_stored(3, ct, 64); break;
+                }
+                for (int h = 0; h < nh; h++) bf16x16_store(o_lat + (size_t)(hb + h) * C + 16 * (g + i), _mm512_load_ps(ct + 16 * h));
+            }
         }
     }
 }
@@ -1064,7 +1081,10 @@ const dsv_kernels dsv_kernels_amx = {
     .linear_f32 = dsv_avx512_linear_f32,
     .index_q_pack = index_q_pack,
     .index_score = index_score,
-    .mqa_attn = mqa_attn,
+    .mqa_scores = mqa_scores,
+    .mqa_pack = mqa_pack,
+    .mqa_pv = mqa_pv,
+    .softmax_bf16 = dsv_avx512_softmax_bf16,
     .mha_attn = mha_attn,
     .rmsnorm = dsv_avx512_rmsnorm,
     .rmsnorm_residual = dsv_avx512_rmsnorm_residual,

@@ -467,25 +467,35 @@ static void weighted_rows4(dsv_bf16 *o, int ldo, const float *p, int ldp, int nh
     }
 }
 
-/* Scratch: q [4][C], qpe [4][R], scores [4][n]. */
-static void mqa_attn(dsv_bf16 *o_lat, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
-                     const dsv_bf16 *pe, int n, int C, int R, float scale, int h0, int h1, float *scratch) {
-    float *qf = scratch, *qr = qf + 4 * (size_t)C, *s = qr + 4 * (size_t)R;
-    for (int hb = h0; hb < h1; hb += 4) {
-        const int nh = h1 - hb < 4 ? h1 - hb : 4;
+/* Scratch: q [4][C], qpe [4][R]. */
+static void mqa_scores(float *S, int lds, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
+                       const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, float *scratch) {
+    float *qf = scratch, *qr = qf + 4 * (size_t)C;
+    for (int hb = 0; hb < H; hb += 4) {
+        const int nh = H - hb < 4 ? H - hb : 4;
         for (int h = 0; h < nh; h++) {
             widen(qf + (size_t)h * C, q_abs + (size_t)(hb + h) * C, C);
             widen(qr + (size_t)h * R, q_pe + (size_t)(hb + h) * R, R);
         }
-        for (int j = 0; j < n; j++) {
+        for (int j = j0; j < j1; j++) {
             float a[4], b[4];
             dots4(a, qf, C, nh, kv + (size_t)j * C, C);
             dots4(b, qr, R, nh, pe + (size_t)j * R, R);
             for (int h = 0; h < nh; h++)
-                s[(size_t)h * n + j] = dsv_round_bf16(dsv_round_bf16(dsv_round_bf16(a[h]) + dsv_round_bf16(b[h])) * scale);
+                S[(size_t)(hb + h) * lds + j] =
+                    dsv_round_bf16(dsv_round_bf16(dsv_round_bf16(a[h]) + dsv_round_bf16(b[h])) * scale);
         }
-        for (int h = 0; h < nh; h++) softmax_bf16(s + (size_t)h * n, n);
-        weighted_rows4(o_lat + (size_t)hb * C, C, s, n, nh, kv, (size_t)C, NULL, 0, n, C);
+    }
+}
+
+/* Scratch: the weights of 4 heads widened [4][n]. */
+static void mqa_pv(dsv_bf16 *o_lat, const dsv_bf16 *P, int ldp, const dsv_bf16 *kv, const void *kvp, int n, int H, int C,
+                   int c0, int c1, float *scratch) {
+    (void)kvp;
+    for (int hb = 0; hb < H; hb += 4) {
+        const int nh = H - hb < 4 ? H - hb : 4;
+        for (int h = 0; h < nh; h++) widen(scratch + (size_t)h * n, P + (size_t)(hb + h) * ldp, n);
+        weighted_rows4(o_lat + (size_t)hb * C + c0, C, scratch, n, nh, kv + c0, (size_t)C, NULL, 0, n, c1 - c0);
     }
 }
 
@@ -582,7 +592,10 @@ const dsv_kernels dsv_kernels_avx2 = {
     .linear_f32 = linear_f32,
     .index_q_pack = index_q_pack,
     .index_score = index_score,
-    .mqa_attn = mqa_attn,
+    .mqa_scores = mqa_scores,
+    .mqa_pack = NULL,
+    .mqa_pv = mqa_pv,
+    .softmax_bf16 = softmax_bf16,
     .mha_attn = mha_attn,
     .rmsnorm = dsv_rmsnorm,
     .rmsnorm_residual = dsv_rmsnorm_residual,

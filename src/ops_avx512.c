@@ -374,26 +374,36 @@ static inline __attribute__((always_inline)) void weighted_rows8(dsv_bf16 *o, in
     }
 }
 
-/* Scratch: q [8][C], qpe [8][R], scores [8][n]. */
-void dsv_avx512_mqa_attn(dsv_bf16 *o_lat, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
-                         const dsv_bf16 *pe, int n, int C, int R, float scale, int h0, int h1, float *scratch) {
-    float *qf = scratch, *qr = qf + 8 * (size_t)C, *s = qr + 8 * (size_t)R;
-    for (int hb = h0; hb < h1; hb += 8) {
-        const int nh = h1 - hb < 8 ? h1 - hb : 8;
+/* Scratch: q [8][C], qpe [8][R]. */
+void dsv_avx512_mqa_scores(float *S, int lds, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
+                           const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, float *scratch) {
+    float *qf = scratch, *qr = qf + 8 * (size_t)C;
+    for (int hb = 0; hb < H; hb += 8) {
+        const int nh = H - hb < 8 ? H - hb : 8;
         for (int h = 0; h < nh; h++) {
             widen(qf + (size_t)h * C, q_abs + (size_t)(hb + h) * C, C);
             widen(qr + (size_t)h * R, q_pe + (size_t)(hb + h) * R, R);
         }
-        for (int j = 0; j < n; j++) {
+        for (int j = j0; j < j1; j++) {
             float a[8], b[8];
             dots8(a, qf, C, nh, kv + (size_t)j * C, C);
             dots8(b, qr, R, nh, pe + (size_t)j * R, R);
             /* (einsum(q_abs, kv) + einsum(q_pe, pe)) * scale, each a bf16 tensor. */
             for (int h = 0; h < nh; h++)
-                s[(size_t)h * n + j] = dsv_round_bf16(dsv_round_bf16(dsv_round_bf16(a[h]) + dsv_round_bf16(b[h])) * scale);
+                S[(size_t)(hb + h) * lds + j] =
+                    dsv_round_bf16(dsv_round_bf16(dsv_round_bf16(a[h]) + dsv_round_bf16(b[h])) * scale);
         }
-        for (int h = 0; h < nh; h++) dsv_avx512_softmax_bf16(s + (size_t)h * n, n);
-        weighted_rows8(o_lat + (size_t)hb * C, C, s, n, nh, kv, (size_t)C, NULL, 0, n, C);
+    }
+}
+
+/* Scratch: the weights of 8 heads widened [8][n]. */
+void dsv_avx512_mqa_pv(dsv_bf16 *o_lat, const dsv_bf16 *P, int ldp, const dsv_bf16 *kv, const void *kvp, int n, int H,
+                       int C, int c0, int c1, float *scratch) {
+    (void)kvp;
+    for (int hb = 0; hb < H; hb += 8) {
+        const int nh = H - hb < 8 ? H - hb : 8;
+        for (int h = 0; h < nh; h++) widen(scratch + (size_t)h * n, P + (size_t)(hb + h) * ldp, n);
+        weighted_rows8(o_lat + (size_t)hb * C + c0, C, scratch, n, nh, kv + c0, (size_t)C, NULL, 0, n, c1 - c0);
     }
 }
 
@@ -566,20 +576,65 @@ static inline __m512 wkvb16(const dsv_linear *w, int r, int c, int n) {
     return f32x16_round_bf16(_mm512_mul_ps(v, _mm512_set1_ps(s)));
 }
 
+/* The fp8 block scale of wkv_b element (r, c) times 2^8, which
+ * e4m3x16_scaled's 2^-8 cancels exactly; *exact when the product
+ * e4m3 * scale is a bf16 value already (a power-of-two scale, far from
+ * underflow), so that weight_dequant's rounding can be skipped. */
+static inline __m512 wkvb_scale(const dsv_linear *w, int r, int c, int *exact) {
+    const float s = w->scale[(size_t)(r / DSV_QBLOCK) * w->scale_ld + c / DSV_QBLOCK];
+    *exact = (dsv_f32_bits(s) & 0x7fffffu) == 0 && s >= 0x1p-100f && s <= 0x1p100f;
+    return _mm512_set1_ps(s * 256.0f);
+}
+
+/* 16 values of a wkv_b row from p (bf16 values, or e4m3 codes with their
+ * block's scale s256) as dsv_wkvb_at gives them. */
+static inline __attribute__((always_inline)) __m512 wkvb_bf16(const void *p) { return bf16x16_load(p); }
+static inline __attribute__((always_inline)) __m512 wkvb_fp8(const void *p, __m512 s256, int exact) {
+    const __m512 v = _mm512_mul_ps(e4m3x16_scaled(p), s256);
+    return exact ? v : f32x16_round_bf16(v);
+}
+
 /* Column-wise, 256 columns at a time, rows d in order with a separate
  * multiply and add per element: exactly ops_ref.c's arithmetic. */
 void dsv_avx512_absorb_q(dsv_bf16 *q_abs, const dsv_bf16 *q_nope, const dsv_linear *wkv_b, int row0, int N,
                          float *acc) {
     (void)acc;
     const int C = wkv_b->n_in;
+    const int fast = C % 128 == 0 && (wkv_b->dtype == DSV_DT_BF16 || wkv_b->dtype == DSV_DT_F8_E4M3);
     for (int c0 = 0; c0 < C; c0 += 256) {
         __m512 a[16];
         UNROLL for (int i = 0; i < 16; i++) a[i] = _mm512_setzero_ps();
-        for (int d = 0; d < N; d++) {
-            const __m512 q = _mm512_set1_ps(dsv_bf16_to_f32(q_nope[d]));
-            UNROLL for (int i = 0; i < 16; i++) {
-                const int c = c0 + 16 * i;
-                if (c < C) a[i] = _mm512_add_ps(a[i], _mm512_mul_ps(q, wkvb16(wkv_b, row0 + d, c, C - c)));
+        if (fast) {
+            const int nv = C - c0 < 256 ? 8 : 16; /* C % 128 == 0: one or two 128-blocks */
+            for (int d = 0; d < N; d++) {
+                const __m512 q = _mm512_set1_ps(dsv_bf16_to_f32(q_nope[d]));
+                const int r = row0 + d;
+                if (wkv_b->dtype == DSV_DT_BF16) {
+                    const dsv_bf16 *row = (const dsv_bf16 *)wkv_b->w + (size_t)r * wkv_b->ld + c0;
+                    UNROLL for (int i = 0; i < 16; i++)
+                        if (i < nv) a[i] = _mm512_add_ps(a[i], _mm512_mul_ps(q, wkvb_bf16(row + 16 * i)));
+                } else {
+                    const uint8_t *row = (const uint8_t *)wkv_b->w + (size_t)r * wkv_b->ld + c0;
+                    int e0, e1 = 0;
+                    const __m512 s0 = wkvb_scale(wkv_b, r, c0, &e0), s1 = nv > 8 ? wkvb_scale(wkv_b, r, c0 + 128, &e1) : s0;
+                    if (e0 && e1) {
+                        UNROLL for (int i = 0; i < 16; i++)
+                            if (i < nv) a[i] = _mm512_add_ps(a[i], _mm512_mul_ps(q, wkvb_fp8(row + 16 * i, i < 8 ? s0 : s1, 1)));
+                    } else {
+                        UNROLL for (int i = 0; i < 16; i++)
+                            if (i < nv)
+                                a[i] = _mm512_add_ps(a[i], _mm512_mul_ps(q, wkvb_fp8(row + 16 * i, i < 8 ? s0 : s1,
+                                                                                      i < 8 ? e0 : e1)));
+                    }
+                }
+            }
+        } else {
+            for (int d = 0; d < N; d++) {
+                const __m512 q = _mm512_set1_ps(dsv_bf16_to_f32(q_nope[d]));
+                UNROLL for (int i = 0; i < 16; i++) {
+                    const int c = c0 + 16 * i;
+                    if (c < C) a[i] = _mm512_add_ps(a[i], _mm512_mul_ps(q, wkvb16(wkv_b, row0 + d, c, C - c)));
+                }
             }
         }
         UNROLL for (int i = 0; i < 16; i++) {
@@ -592,14 +647,36 @@ void dsv_avx512_absorb_q(dsv_bf16 *q_abs, const dsv_bf16 *q_nope, const dsv_line
 /* Row-wise dots, 4 rows at a time sharing the o_lat loads. */
 void dsv_avx512_absorb_o(dsv_bf16 *o, const dsv_bf16 *o_lat, const dsv_linear *wkv_b, int row0, int V) {
     const int C = wkv_b->n_in;
+    const int fast = C % 128 == 0 && (wkv_b->dtype == DSV_DT_BF16 || wkv_b->dtype == DSV_DT_F8_E4M3);
     for (int d = 0; d < V; d += 4) {
         const int nr = V - d < 4 ? V - d : 4;
         __m512 a[4];
         UNROLL for (int r = 0; r < 4; r++) a[r] = _mm512_setzero_ps();
-        for (int c = 0; c < C; c += 16) {
-            const int l = C - c < 16 ? C - c : 16;
-            const __m512 x = l == 16 ? bf16x16_load(o_lat + c) : bf16x16_load_n(o_lat + c, l);
-            UNROLL for (int r = 0; r < 4; r++) if (r < nr) a[r] = _mm512_fmadd_ps(x, wkvb16(wkv_b, row0 + d + r, c, l), a[r]);
+        if (fast && wkv_b->dtype == DSV_DT_BF16) {
+            const dsv_bf16 *row = (const dsv_bf16 *)wkv_b->w + (size_t)(row0 + d) * wkv_b->ld;
+            for (int c = 0; c < C; c += 16) {
+                const __m512 x = bf16x16_load(o_lat + c);
+                UNROLL for (int r = 0; r < 4; r++)
+                    if (r < nr) a[r] = _mm512_fmadd_ps(x, wkvb_bf16(row + (size_t)r * wkv_b->ld + c), a[r]);
+            }
+        } else if (fast) {
+            const uint8_t *row = (const uint8_t *)wkv_b->w + (size_t)(row0 + d) * wkv_b->ld;
+            for (int cb = 0; cb < C; cb += DSV_QBLOCK) {
+                __m512 s[4];
+                int e[4] = {1, 1, 1, 1};
+                UNROLL for (int r = 0; r < 4; r++) s[r] = r < nr ? wkvb_scale(wkv_b, row0 + d + r, cb, &e[r]) : s[0];
+                for (int c = cb; c < cb + DSV_QBLOCK; c += 16) {
+                    const __m512 x = bf16x16_load(o_lat + c);
+                    UNROLL for (int r = 0; r < 4; r++)
+                        if (r < nr) a[r] = _mm512_fmadd_ps(x, wkvb_fp8(row + (size_t)r * wkv_b->ld + c, s[r], e[r]), a[r]);
+                }
+            }
+        } else {
+            for (int c = 0; c < C; c += 16) {
+                const int l = C - c < 16 ? C - c : 16;
+                const __m512 x = l == 16 ? bf16x16_load(o_lat + c) : bf16x16_load_n(o_lat + c, l);
+                UNROLL for (int r = 0; r < 4; r++) if (r < nr) a[r] = _mm512_fmadd_ps(x, wkvb16(wkv_b, row0 + d + r, c, l), a[r]);
+            }
         }
         UNROLL for (int r = 0; r < 4; r++) if (r < nr) o[d + r] = dsv_f32_to_bf16(_mm512_reduce_add_ps(a[r]));
     }
@@ -616,7 +693,10 @@ const dsv_kernels dsv_kernels_avx512 = {
     .linear_f32 = dsv_avx512_linear_f32,
     .index_q_pack = dsv_avx512_index_q_pack,
     .index_score = dsv_avx512_index_score,
-    .mqa_attn = dsv_avx512_mqa_attn,
+    .mqa_scores = dsv_avx512_mqa_scores,
+    .mqa_pack = NULL,
+    .mqa_pv = dsv_avx512_mqa_pv,
+    .softmax_bf16 = dsv_avx512_softmax_bf16,
     .mha_attn = dsv_avx512_mha_attn,
     .rmsnorm = dsv_avx512_rmsnorm,
     .rmsnorm_residual = dsv_avx512_rmsnorm_residual,

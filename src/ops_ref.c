@@ -113,25 +113,32 @@ static float dot_bf16(const dsv_bf16 *a, const dsv_bf16 *b, int n) {
     return s;
 }
 
-static void mqa_attn_ref(dsv_bf16 *o_lat, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe,
-                         const dsv_bf16 *kv, const dsv_bf16 *pe, int n, int C, int R,
-                         float scale, int h0, int h1, float *scratch) {
-    float *s = scratch, *acc = scratch + n;
-    for (int h = h0; h < h1; h++) {
+static void mqa_scores_ref(float *S, int lds, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
+                           const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, float *scratch) {
+    (void)scratch;
+    for (int h = 0; h < H; h++) {
         const dsv_bf16 *qa = q_abs + (size_t)h * C, *qp = q_pe + (size_t)h * R;
-        for (int j = 0; j < n; j++) {
+        for (int j = j0; j < j1; j++) {
             /* (einsum(q_abs, kv) + einsum(q_pe, pe)) * scale, each a bf16 tensor. */
             float a = dsv_round_bf16(dot_bf16(qa, kv + (size_t)j * C, C));
             float b = dsv_round_bf16(dot_bf16(qp, pe + (size_t)j * R, R));
-            s[j] = dsv_round_bf16(dsv_round_bf16(a + b) * scale);
+            S[(size_t)h * lds + j] = dsv_round_bf16(dsv_round_bf16(a + b) * scale);
         }
-        dsv_softmax_bf16(s, n);
-        for (int c = 0; c < C; c++) acc[c] = 0;
+    }
+}
+
+static void mqa_pv_ref(dsv_bf16 *o_lat, const dsv_bf16 *P, int ldp, const dsv_bf16 *kv, const void *kvp, int n, int H,
+                       int C, int c0, int c1, float *scratch) {
+    (void)kvp;
+    float *acc = scratch;
+    for (int h = 0; h < H; h++) {
+        for (int c = c0; c < c1; c++) acc[c - c0] = 0;
         for (int j = 0; j < n; j++) {
+            const float p = dsv_bf16_to_f32(P[(size_t)h * ldp + j]);
             const dsv_bf16 *r = kv + (size_t)j * C;
-            for (int c = 0; c < C; c++) acc[c] += s[j] * dsv_bf16_to_f32(r[c]);
+            for (int c = c0; c < c1; c++) acc[c - c0] += p * dsv_bf16_to_f32(r[c]);
         }
-        for (int c = 0; c < C; c++) o_lat[(size_t)h * C + c] = dsv_f32_to_bf16(acc[c]);
+        for (int c = c0; c < c1; c++) o_lat[(size_t)h * C + c] = dsv_f32_to_bf16(acc[c - c0]);
     }
 }
 
@@ -199,7 +206,10 @@ const dsv_kernels dsv_kernels_ref = {
     .linear_f32 = linear_f32_ref,
     .index_q_pack = index_q_pack_ref,
     .index_score = index_score_ref,
-    .mqa_attn = mqa_attn_ref,
+    .mqa_scores = mqa_scores_ref,
+    .mqa_pack = NULL,
+    .mqa_pv = mqa_pv_ref,
+    .softmax_bf16 = dsv_softmax_bf16,
     .mha_attn = mha_attn_ref,
     .rmsnorm = dsv_rmsnorm,
     .rmsnorm_residual = dsv_rmsnorm_residual,

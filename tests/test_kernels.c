@@ -28,6 +28,7 @@
 #include "numeric.h"
 #include "ops.h"
 #include "test.h"
+#include "util.h"
 
 /* ---- helpers ------------------------------------------------------------- */
 
@@ -364,34 +365,58 @@ TEST(kernels_topk_select_equals_topk) {
 
 /* ---- attention ------------------------------------------------------------- */
 
+/* One token's MQA through a set's steps, as mla.c runs them, with the keys
+ * and columns cut into `parts` ranges (each step on its own). */
+static void run_mqa(const dsv_kernels *k, dsv_bf16 *o, const dsv_bf16 *qa, const dsv_bf16 *qp, const dsv_bf16 *kv,
+                    const dsv_bf16 *pe, int n, int H, int C, int R, int parts, float *S, dsv_bf16 *P, void *kvp,
+                    float *scr) {
+    const int np = dsv_mqa_keys_padded(n), blocks = (n + 31) / 32, tiles = (C + 15) / 16;
+    for (int i = 0; i < parts; i++) {
+        const int j0 = DSV_MIN(blocks * i / parts * 32, n), j1 = DSV_MIN(blocks * (i + 1) / parts * 32, n);
+        if (j0 >= j1) continue;
+        if (k->mqa_pack) k->mqa_pack(kvp, kv, n, C, j0, j1);
+        k->mqa_scores(S, np, qa, qp, kv, pe, H, C, R, 0.135f, j0, j1, scr);
+    }
+    for (int h = 0; h < H; h++) {
+        k->softmax_bf16(S + (size_t)h * np, n);
+        for (int j = 0; j < np; j++) P[(size_t)h * np + j] = j < n ? dsv_f32_to_bf16(S[(size_t)h * np + j]) : 0;
+    }
+    for (int i = 0; i < parts; i++) {
+        const int c0 = tiles * i / parts * 16, c1 = DSV_MIN(tiles * (i + 1) / parts * 16, C);
+        if (c0 < c1) k->mqa_pv(o, P, np, kv, kvp, n, H, C, c0, c1, scr);
+    }
+}
+
 TEST(kernels_mqa_attn) {
     const dsv_kernels *sets[3];
     int ns = fast_sets(sets);
     static const struct { int H, C, R, n; } cs[] = {{16, 512, 64, 1}, {16, 512, 64, 77}, {6, 256, 32, 40},
-                                                     {20, 128, 32, 300}, {4, 128, 32, 17}};
-    for (int ci = 0; ci < 5; ci++) {
-        const int H = cs[ci].H, C = cs[ci].C, R = cs[ci].R, n = cs[ci].n;
+                                                     {20, 128, 32, 300}, {4, 128, 32, 17}, {16, 512, 64, 2048}};
+    for (int ci = 0; ci < 6; ci++) {
+        const int H = cs[ci].H, C = cs[ci].C, R = cs[ci].R, n = cs[ci].n, np = dsv_mqa_keys_padded(n);
         dsv_bf16 *qa = malloc((size_t)H * C * 2), *qp = malloc((size_t)H * R * 2), *kv = malloc((size_t)n * C * 2);
         dsv_bf16 *pe = malloc((size_t)n * R * 2), *o0 = malloc((size_t)H * C * 2), *o1 = malloc((size_t)H * C * 2);
-        dsv_bf16 *o2 = malloc((size_t)H * C * 2);
-        float *scr = alloc64(dsv_attn_scratch(n, C) * 4);
+        dsv_bf16 *o2 = malloc((size_t)H * C * 2), *P = malloc(((size_t)H + 15) / 16 * 16 * np * 2);
+        float *S = malloc((size_t)H * np * 4), *scr = alloc64(dsv_attn_scratch(n, C, R) * 4);
+        void *kvp = alloc64(dsv_mqa_kvp_bytes(n, C));
         fill_bf16(qa, (size_t)H * C, 0.05f);
         fill_bf16(qp, (size_t)H * R, 0.3f);
         fill_bf16(kv, (size_t)n * C, 1.0f);
         fill_bf16(pe, (size_t)n * R, 1.0f);
-        dsv_kernels_ref.mqa_attn(o0, qa, qp, kv, pe, n, C, R, 0.135f, 0, H, scr);
+        fill_bf16(P, ((size_t)H + 15) / 16 * 16 * np, 1.0f); /* rows past H: anything */
+        run_mqa(&dsv_kernels_ref, o0, qa, qp, kv, pe, n, H, C, R, 1, S, P, kvp, scr);
         for (int s = 0; s < ns; s++) {
-            sets[s]->mqa_attn(o1, qa, qp, kv, pe, n, C, R, 0.135f, 0, H, scr);
+            run_mqa(sets[s], o1, qa, qp, kv, pe, n, H, C, R, 1, S, P, kvp, scr);
             double e = track(s, sets[s], nmse_bf16(o1, o0, (size_t)H * C));
             CHECKF(e <= 1e-4, "%s mqa_attn H=%d C=%d n=%d: NMSE %.3g", sets[s]->name, H, C, n, e);
-            /* Invariance: heads one by one, and split unevenly. */
-            for (int h = 0; h < H; h++) sets[s]->mqa_attn(o2, qa, qp, kv, pe, n, C, R, 0.135f, h, h + 1, scr);
-            CHECKF(!memcmp(o1, o2, (size_t)H * C * 2), "%s mqa_attn: heads alone differ", sets[s]->name);
-            sets[s]->mqa_attn(o2, qa, qp, kv, pe, n, C, R, 0.135f, 0, H / 3, scr);
-            sets[s]->mqa_attn(o2, qa, qp, kv, pe, n, C, R, 0.135f, H / 3, H, scr);
-            CHECKF(!memcmp(o1, o2, (size_t)H * C * 2), "%s mqa_attn: split heads differ", sets[s]->name);
+            /* Invariance: keys and columns cut into 2 and 3 ranges. */
+            for (int parts = 2; parts <= 3; parts++) {
+                memset(o2, 0xff, (size_t)H * C * 2);
+                run_mqa(sets[s], o2, qa, qp, kv, pe, n, H, C, R, parts, S, P, kvp, scr);
+                CHECKF(!memcmp(o1, o2, (size_t)H * C * 2), "%s mqa_attn: %d ranges differ", sets[s]->name, parts);
+            }
         }
-        free(qa); free(qp); free(kv); free(pe); free(o0); free(o1); free(o2); free(scr);
+        free(qa); free(qp); free(kv); free(pe); free(o0); free(o1); free(o2); free(P); free(S); free(scr); free(kvp);
     }
     report("mqa_attn");
 }
@@ -442,12 +467,17 @@ TEST(kernels_mha_attn) {
 TEST(kernels_absorb) {
     const dsv_kernels *sets[3];
     int ns = fast_sets(sets);
-    static const struct { int H, N, V, C; dsv_dtype dt; } cs[] = {
-        {4, 128, 128, 512, DSV_DT_F8_E4M3}, {3, 64, 64, 256, DSV_DT_F8_E4M3}, {4, 48, 64, 128, DSV_DT_BF16},
-        {2, 128, 128, 512, DSV_DT_BF16}, {2, 16, 16, 40, DSV_DT_F32}};
-    for (int ci = 0; ci < 5; ci++) {
+    /* pow2: power-of-two block scales (ue8m0 checkpoints), which fast
+     * kernels may use to skip weight_dequant's rounding (exact there). */
+    static const struct { int H, N, V, C; dsv_dtype dt; int pow2; } cs[] = {
+        {4, 128, 128, 512, DSV_DT_F8_E4M3, 0}, {3, 64, 64, 256, DSV_DT_F8_E4M3, 0}, {4, 48, 64, 128, DSV_DT_BF16, 0},
+        {2, 128, 128, 512, DSV_DT_BF16, 0}, {2, 16, 16, 40, DSV_DT_F32, 0}, {3, 128, 128, 384, DSV_DT_F8_E4M3, 1}};
+    for (int ci = 0; ci < 6; ci++) {
         const int H = cs[ci].H, N = cs[ci].N, V = cs[ci].V, C = cs[ci].C;
         test_weight t = make_weight(cs[ci].dt, H * (N + V), C);
+        if (cs[ci].pow2)
+            for (size_t i = 0; i < (size_t)((t.w.n_out + 127) / 128) * t.w.scale_ld; i++)
+                t.scale[i] = ldexpf(1.0f, -6 - (int)(rnd_u32() % 6));
         dsv_bf16 *qn = malloc((size_t)N * 2), *ol = malloc((size_t)C * 2);
         dsv_bf16 *a0 = malloc((size_t)C * 2), *a1 = malloc((size_t)C * 2), *b0 = malloc((size_t)V * 2), *b1 = malloc((size_t)V * 2);
         float *acc = malloc((size_t)C * 4);
