@@ -18,7 +18,7 @@
 typedef struct dsv_tscratch {
     float *att;        /* attention kernels [max(dsv_attn_scratch(n_keys_max, C, R), dsv_mha_scratch(...))] */
     float *scores;     /* indexer scores [DSV_IDX_CHUNK][n_ctx] */
-    int32_t *sel;      /* top-k scratch [2 n_ctx + 256] */
+    int32_t *sel;      /* top-k scratch [dsv_topk_scratch(n_ctx)] */
     float *acc;        /* absorption accumulator [kv_lora] */
     void *lin;         /* linear and indexer kernels [DSV_LIN_SCRATCH bytes] */
 } dsv_tscratch;

@@ -121,7 +121,7 @@ static void layout(dsv_context *ctx, carver *cv) {
         dsv_tscratch *ts = cv->base ? &ctx->ts[i] : &(dsv_tscratch){0};
         CARVE(cv, ts->att, att);
         CARVE(cv, ts->scores, (size_t)DSV_IDX_CHUNK * ctx->p.n_ctx);
-        CARVE(cv, ts->sel, 2 * (size_t)ctx->p.n_ctx + 256);
+        CARVE(cv, ts->sel, dsv_topk_scratch(ctx->p.n_ctx));
         CARVE(cv, ts->acc, C);
         ts->lin = carve(cv, DSV_LIN_SCRATCH);
     }

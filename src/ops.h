@@ -241,7 +241,9 @@ void dsv_axpy_bf16(float *y, const dsv_bf16 *x, float w, int n);
 void dsv_topk(int32_t *idx, const float *scores, int n, int k, int32_t *scratch);
 /* The same choice in O(n) (a radix select on the scores' bits, topk.c): pos
  * gets the k chosen positions in ascending order and, when ranked is not
- * NULL, ranked gets them in dsv_topk's order. scratch: 2n + 256 int32. */
+ * NULL, ranked gets them in dsv_topk's order. scratch: dsv_topk_scratch(n)
+ * int32. */
+static inline size_t dsv_topk_scratch(int n) { return 2 * (size_t)n + 8192; }
 void dsv_topk_select(int32_t *pos, int32_t *ranked, const float *scores, int n, int k, int32_t *scratch);
 
 /* Picks the kernel set once (cpu.c): DSV32_ISA when it is set, else the

@@ -685,73 +685,118 @@ static void linear(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, in
  * Sᵀ = K·Qᵀ per query: 16 keys x 32 dims of e4m3 codes widened to bf16
  * (exact) are the A operand, 16 heads x 32 dims of the query's codes, in
  * VNNI pairs, the B operand; four head groups (64 heads) accumulate side by
- * side. Each result tile row is one key's 16 head dots: ReLU, times the
- * head weights, summed over heads in a fixed order, times the key's scale.
- * A score depends only on its query and key. */
+ * side. Keys and queries are both widened in the fp8 K order (a dot product
+ * only needs its two sides to agree). Each result tile row is one key's 16
+ * head dots: ReLU, times the head weights, added over the groups in order;
+ * then a transpose turns 16 keys' head sums into one vector per head lane,
+ * added in lane order, times the keys' scales. A score depends only on its
+ * query and key. The next key tile's products are issued before this
+ * tile's sums are taken, so the tile unit and the vector units overlap. */
 
 /* Packed query: for each group of 16 heads (zeros past n_heads) and each of
- * the 4 dim steps, one B tile: row j holds (q[h][32s+2j], q[h][32s+2j+1])
- * for the 16 heads h. */
+ * the 4 dim steps, one B tile: row j holds the 16 heads' pair j of the
+ * step's 32 dims (fp8 K order). */
 static void index_q_pack(void *qp, const uint8_t *q8, int n_heads) {
     for (int g = 0; g < (n_heads + 15) / 16; g++)
-        for (int st = 0; st < 4; st++) {
-            __m512i r[16];
-            for (int i = 0; i < 16; i++)
-                r[i] = 16 * g + i < n_heads ? e4m3x32_bf16(q8 + (size_t)(16 * g + i) * 128 + 32 * st)
-                                            : _mm512_setzero_si512();
-            transpose16(r);
-            for (int j = 0; j < 16; j++) _mm512_store_si512((uint8_t *)qp + ((size_t)g * 4 + st) * 1024 + 64 * j, r[j]);
+        for (int h = 0; h < 2; h++) {
+            __m512i ra[16], rb[16];
+            for (int i = 0; i < 16; i++) {
+                if (16 * g + i < n_heads) e4m3x64_bf16(_mm512_loadu_si512(q8 + (size_t)(16 * g + i) * 128 + 64 * h), &ra[i], &rb[i]);
+                else ra[i] = rb[i] = _mm512_setzero_si512();
+            }
+            store_b_tile((uint8_t *)qp + ((size_t)g * 4 + 2 * h) * 1024, ra);
+            store_b_tile((uint8_t *)qp + ((size_t)g * 4 + 2 * h + 1) * 1024, rb);
         }
+}
+
+/* Widens keys [j0, j0 + 16) (zeros past n) into A tiles kt [4 steps][16][32]. */
+static inline void index_keys(uint8_t *kt, const uint8_t *k8, int j0, int n) {
+    for (int i = 0; i < 16; i++) {
+        __m512i a, b, c, d;
+        if (j0 + i < n) {
+            e4m3x64_bf16(_mm512_loadu_si512(k8 + (size_t)(j0 + i) * 128), &a, &b);
+            e4m3x64_bf16(_mm512_loadu_si512(k8 + (size_t)(j0 + i) * 128 + 64), &c, &d);
+        } else {
+            a = b = c = d = _mm512_setzero_si512();
+        }
+        _mm512_store_si512(kt + 64 * i, a);
+        _mm512_store_si512(kt + 1024 + 64 * i, b);
+        _mm512_store_si512(kt + 2048 + 64 * i, c);
+        _mm512_store_si512(kt + 3072 + 64 * i, d);
+    }
+}
+
+/* The 16 head dots of one group for 16 keys: ct [16 keys][16 heads];
+ * sum[r] += max(0, dot) * w, per head lane. */
+static inline void index_relu_add(__m512 sum[16], const float *ct, __m512 wv) {
+    for (int r = 0; r < 16; r++)
+        sum[r] = _mm512_fmadd_ps(_mm512_max_ps(_mm512_load_ps(ct + 16 * r), _mm512_setzero_ps()), wv, sum[r]);
+}
+
+/* Scores of one query t for key tiles [a0, a1) of the chunk whose widened
+ * tiles are at kt (tile a at kt + a*4096); with `next` (one query only),
+ * tile a+1 is widened from k8 during tile a's products. */
+static inline void index_tiles(float *o, const uint8_t *q, const float *wt, int n_heads, const float *ks, const uint8_t *k8,
+                               int n, uint8_t *kt, int a0, int a1, int next, float *ct) {
+    const int ng = (n_heads + 15) / 16;
+    for (int a = a0; a < a1; a++) {
+        const uint8_t *ka = kt + (size_t)a * 4096;
+        __m512 sum[16];
+        for (int r = 0; r < 16; r++) sum[r] = _mm512_setzero_ps();
+        for (int g0 = 0; g0 < ng; g0 += 4) {
+            const int gn = ng - g0 < 4 ? ng - g0 : 4;
+            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+            for (int st = 0; st < 4; st++) {
+                const uint8_t *b = q + ((size_t)g0 * 4 + st) * 1024;
+                _tile_loadd(4, ka + (size_t)st * 1024, 64);
+                _tile_loadd(5, b, 64);
+                _tile_dpbf16ps(0, 4, 5);
+                if (gn > 1) { _tile_loadd(6, b + 4096, 64); _tile_dpbf16ps(1, 4, 6); }
+                if (gn > 2) { _tile_loadd(7, b + 8192, 64); _tile_dpbf16ps(2, 4, 7); }
+                if (gn > 3) { _tile_loadd(5, b + 12288, 64); _tile_dpbf16ps(3, 4, 5); }
+            }
+            if (next && g0 + 4 >= ng && a + 1 < a1) index_keys(kt + (size_t)(a + 1) * 4096, k8, 16 * (a + 1), n);
+            _tile_stored(0, ct, 64);
+            if (gn > 1) _tile_stored(1, ct + 256, 64);
+            if (gn > 2) _tile_stored(2, ct + 512, 64);
+            if (gn > 3) _tile_stored(3, ct + 768, 64);
+            for (int g = 0; g < gn; g++) {
+                const int hb = 16 * (g0 + g);
+                const __m512 wv = _mm512_maskz_loadu_ps(n_heads - hb >= 16 ? (__mmask16)0xffff
+                                                                           : (__mmask16)((1u << (n_heads - hb)) - 1),
+                                                        wt + hb);
+                index_relu_add(sum, ct + 256 * g, wv);
+            }
+        }
+        /* Per key r: the sum of sum[r]'s lanes, in lane order. */
+        __m512i r[16];
+        for (int i = 0; i < 16; i++) r[i] = _mm512_castps_si512(sum[i]);
+        transpose16(r);
+        __m512 tot = _mm512_castsi512_ps(r[0]);
+        for (int i = 1; i < 16; i++) tot = _mm512_add_ps(tot, _mm512_castsi512_ps(r[i]));
+        const int nk = n - 16 * a < 16 ? n - 16 * a : 16;
+        const __mmask16 km = (__mmask16)((1u << nk) - 1);
+        _mm512_mask_storeu_ps(o + 16 * a, km, _mm512_mul_ps(tot, _mm512_maskz_loadu_ps(km, ks + 16 * a)));
+    }
 }
 
 static void index_score(float *out, int ldo, const void *qp, const float *w, int n_heads, int nq, const uint8_t *k8,
                         const float *ks, int n, void *scratch) {
-    uint8_t *kt = scratch;              /* up to 64 keys as A tiles [key tile][dim step] */
-    float *ct = (float *)(kt + 16384);  /* 4 result tiles [16 keys][16 heads] */
-    const int ng = (n_heads + 15) / 16;
+    float *ct = (float *)scratch;                /* 4 result tiles [16 keys][16 heads] */
+    uint8_t *kt = (uint8_t *)scratch + 4096;     /* key tiles of 64 keys [4][4 steps][16][32] */
+    const size_t qb = dsv_index_q_bytes(n_heads);
     tiles_configure();
     for (int j0 = 0; j0 < n; j0 += 64) {
-        const int nk = n - j0 < 64 ? n - j0 : 64, nkt = (nk + 15) / 16;
-        for (int i = 0; i < nkt * 16; i++)
-            for (int st = 0; st < 4; st++)
-                _mm512_store_si512(kt + ((size_t)(i / 16) * 4 + st) * 1024 + 64 * (i % 16),
-                                   i < nk ? e4m3x32_bf16(k8 + (size_t)(j0 + i) * 128 + 32 * st) : _mm512_setzero_si512());
-        for (int t = 0; t < nq; t++) {
-            const uint8_t *q = (const uint8_t *)qp + (size_t)t * dsv_index_q_bytes(n_heads);
-            const float *wt = w + (size_t)t * n_heads;
-            float *o = out + (size_t)t * ldo + j0;
-            for (int a = 0; a < nkt; a++) {
-                __m512 sum[16];
-                for (int r = 0; r < 16; r++) sum[r] = _mm512_setzero_ps();
-                for (int g0 = 0; g0 < ng; g0 += 4) {
-                    const int gn = ng - g0 < 4 ? ng - g0 : 4;
-                    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-                    for (int st = 0; st < 4; st++) {
-                        const uint8_t *b = q + ((size_t)g0 * 4 + st) * 1024;
-                        _tile_loadd(4, kt + ((size_t)a * 4 + st) * 1024, 64);
-                        _tile_loadd(5, b, 64);
-                        _tile_dpbf16ps(0, 4, 5);
-                        if (gn > 1) { _tile_loadd(6, b + 4096, 64); _tile_dpbf16ps(1, 4, 6); }
-                        if (gn > 2) { _tile_loadd(7, b + 8192, 64); _tile_dpbf16ps(2, 4, 7); }
-                        if (gn > 3) { _tile_loadd(5, b + 12288, 64); _tile_dpbf16ps(3, 4, 5); }
-                    }
-                    _tile_stored(0, ct, 64);
-                    if (gn > 1) _tile_stored(1, ct + 256, 64);
-                    if (gn > 2) _tile_stored(2, ct + 512, 64);
-                    if (gn > 3) _tile_stored(3, ct + 768, 64);
-                    for (int g = 0; g < gn; g++) {
-                        const int hb = 16 * (g0 + g);
-                        const __m512 wv = _mm512_maskz_loadu_ps(n_heads - hb >= 16 ? (__mmask16)0xffff
-                                                                                   : (__mmask16)((1u << (n_heads - hb)) - 1),
-                                                                wt + hb);
-                        for (int r = 0; r < 16; r++)
-                            sum[r] = _mm512_fmadd_ps(_mm512_max_ps(_mm512_load_ps(ct + 256 * g + 16 * r), _mm512_setzero_ps()),
-                                                     wv, sum[r]);
-                    }
-                }
-                for (int r = 0; r < 16 && 16 * a + r < nk; r++) o[16 * a + r] = _mm512_reduce_add_ps(sum[r]) * ks[j0 + 16 * a + r];
-            }
+        const int nk = n - j0 < 64 ? n - j0 : 64, nt = (nk + 15) / 16;
+        if (nq == 1) {
+            index_keys(kt, k8 + (size_t)j0 * 128, 0, nk);
+            index_tiles(out + j0, qp, w, n_heads, ks + j0, k8 + (size_t)j0 * 128, nk, kt, 0, nt, 1, ct);
+            continue;
         }
+        for (int a = 0; a < nt; a++) index_keys(kt + (size_t)a * 4096, k8 + (size_t)j0 * 128, 16 * a, nk);
+        for (int t = 0; t < nq; t++)
+            index_tiles(out + (size_t)t * ldo + j0, (const uint8_t *)qp + (size_t)t * qb, w + (size_t)t * n_heads,
+                        n_heads, ks + j0, NULL, nk, kt, 0, nt, 0, ct);
     }
 }
 

@@ -333,21 +333,26 @@ TEST(kernels_index_score) {
 }
 
 TEST(kernels_topk_select_equals_topk) {
-    enum { MAXN = 3000 };
+    enum { MAXN = 9000 };
     static float s[MAXN];
-    static int32_t a[MAXN], b[MAXN], r[MAXN], scratch[2 * MAXN + 256];
-    static const int ns[] = {1, 2, 7, 64, 1000, 3000};
+    static int32_t a[MAXN], b[MAXN], r[MAXN], scratch[2 * MAXN + 8192];
+    /* 5000 and 9000: long rows, chosen among the keys a sample bounds */
+    static const int ns[] = {1, 2, 7, 64, 1000, 3000, 5000, 9000};
     for (int trial = 0; trial < 30; trial++)
-        for (int ni = 0; ni < 6; ni++) {
+        for (int ni = 0; ni < 8; ni++) {
             const int n = ns[ni];
-            /* Few distinct values (many ties), or fine ones; signs, zeros of both signs, -inf. */
+            if (n > 3000 && trial % 3) continue;
+            /* Few distinct values (many ties), or fine ones; signs, zeros of both signs, -inf;
+             * and rows whose sampled positions (every 8th) hold the large values, where the
+             * sample's bound lets fewer than k through for large k. */
             for (int i = 0; i < n; i++) {
                 if (trial % 3 == 0) s[i] = (float)((int)(rnd_u32() % 7) - 3);
                 else s[i] = rnd_normal() * (trial % 3 == 1 ? 1e-3f : 1e3f);
+                if (trial % 6 == 3) s[i] = i % 8 ? rnd_normal() : 10.0f + rnd_normal();
             }
             if (n > 4 && trial % 5 == 1) { s[0] = -0.0f; s[1] = 0.0f; s[2] = -INFINITY; s[3] = INFINITY; }
             if (n > 10 && trial % 7 == 2) s[n / 2] = NAN;
-            for (int k = 1; k <= n; k += (n > 100 ? 97 : 1)) {
+            for (int k = 1; k <= n; k += (n > 3000 ? 997 : n > 100 ? 97 : 1)) {
                 dsv_topk(a, s, n, k, scratch);
                 dsv_topk_select(b, r, s, n, k, scratch);
                 /* ranked equals dsv_topk's order; b is the same set, ascending */
