@@ -94,6 +94,12 @@ struct dsv_context {
     dsv_bf16 *q_pe;            /* [H][rope] */
     dsv_bf16 *o_lat;           /* [H][kv_lora] */
     dsv_tscratch *ts;          /* [nth] */
+    /* A model split across processes (parallel.c; NULL when it is not). */
+    int par_id;                /* the leader's name for this context */
+    float *par_f;              /* [T][dim] fp32 rows being summed across ranks */
+    float *par_scratch;        /* dsv_comm_sum_scratch(T * dim) */
+    float *par_logits;         /* [DSV_PAR_HEAD_ROWS][vocab part] this rank's logits */
+    int32_t *par_buf;          /* a forward call packed for the followers */
     void *arena;               /* one allocation behind all of the above */
 };
 

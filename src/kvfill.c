@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "context.h"
+#include "parallel.h"
 #include "rng.h"
 #include "util.h"
 
@@ -73,5 +74,6 @@ int dsv_seq_fill_random(dsv_context *ctx, int seq, int n_tokens, uint64_t seed) 
         dsv_par_for(ctx, pages, fill_pages, &a);
     }
     s->len += n_tokens;
+    dsv_par_send_op(ctx, DSV_PAR_FILL, seq, n_tokens, seed, NULL, 0);
     return DSV_OK;
 }

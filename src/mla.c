@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "context.h"
+#include "parallel.h"
 #include "util.h"
 
 struct mla_args {
@@ -45,7 +46,7 @@ static void q_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
 static void q_rope_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     (void)ith; (void)a;
     const dsv_config *c = ctx->c;
-    const int H = c->n_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim;
+    const int H = ctx->m->n_local_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim;
     for (long t = i0; t < i1; t++) {
         const float *cs = ctx->rope_cos + (size_t)ctx->tok_pos[t] * (R / 2);
         const float *sn = ctx->rope_sin + (size_t)ctx->tok_pos[t] * (R / 2);
@@ -88,7 +89,7 @@ static void mha_load(dsv_context *ctx, void *a, long i0, long i1, int ith) {
 static void mha_heads(dsv_context *ctx, void *a, long h0, long h1, int ith) {
     struct mla_args *p = a;
     const dsv_config *c = ctx->c;
-    const int H = c->n_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim, V = c->v_head_dim;
+    const int H = ctx->m->n_local_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim, V = c->v_head_dim;
     const int t = p->row0;
     dsv_kern->mha_attn(ctx->o + (size_t)t * H * V, ctx->q + (size_t)t * H * (N + R), p->n_rows,
                        ctx->sel_pos + (size_t)t * ctx->n_keys_max, ctx->n_keys_max, ctx->n_sel + t, ctx->mha_kvb,
@@ -97,7 +98,7 @@ static void mha_heads(dsv_context *ctx, void *a, long h0, long h1, int ith) {
 
 static void mha_entry(dsv_context *ctx, struct mla_args *p, int e) {
     const dsv_config *c = ctx->c;
-    const int H = c->n_heads, N = c->qk_nope_head_dim, V = c->v_head_dim;
+    const int H = ctx->m->n_local_heads, N = c->qk_nope_head_dim, V = c->v_head_dim;
     p->row0 = ctx->ent_row[e];
     p->n_rows = ctx->ent_len[e];
     p->seq = ctx->ent_seq[e];
@@ -125,7 +126,7 @@ static void mqa_gather(dsv_context *ctx, void *a, long i0, long i1, int ith) {
 static void mqa_heads(dsv_context *ctx, void *a, long h0, long h1, int ith) {
     struct mla_args *p = a;
     const dsv_config *c = ctx->c;
-    const int H = c->n_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim, V = c->v_head_dim;
+    const int H = ctx->m->n_local_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim, V = c->v_head_dim;
     const int C = c->kv_lora_rank, t = p->row0;
     const dsv_linear *wkv_b = &p->ly->wkv_b;
     for (long h = h0; h < h1; h++) {
@@ -147,13 +148,13 @@ static void mqa_token(dsv_context *ctx, struct mla_args *p, int t, int seq) {
     p->n_keys = ctx->n_sel[t];
     ctx->stats.weight_bytes += dsv_linear_bytes(&p->ly->wkv_b); /* absorb_q/absorb_o read all of it */
     dsv_par_for(ctx, p->n_keys, mqa_gather, p);
-    dsv_par_for(ctx, ctx->c->n_heads, mqa_heads, p);
+    dsv_par_for(ctx, ctx->m->n_local_heads, mqa_heads, p);
 }
 
 void dsv_mla_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn) {
     const dsv_config *c = ctx->c;
     const dsv_layer *ly = &ctx->m->layers[il];
-    const int T = ctx->n_tok, H = c->n_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim;
+    const int T = ctx->n_tok, H = ctx->m->n_local_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim;
     const int C = c->kv_lora_rank, Q = c->q_lora_rank;
     struct mla_args a = {.ly = ly, .il = il, .xn = xn};
 
@@ -177,5 +178,5 @@ void dsv_mla_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn
         }
     }
     dsv_phase(ctx, prev);
-    dsv_lin(ctx, out, c->dim, ctx->o, &ly->wo, T);
+    dsv_lin_reduce(ctx, out, c->dim, ctx->o, &ly->wo, T); /* o_proj is row-parallel */
 }

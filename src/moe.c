@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "context.h"
+#include "parallel.h"
 #include "util.h"
 
 struct moe_args {
@@ -104,6 +105,10 @@ static void swiglu_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
 void dsv_mlp_forward(dsv_context *ctx, const dsv_expert *e, int inter, dsv_bf16 *out,
                      const dsv_bf16 *x, int m) {
     struct moe_args a = {.n = inter};
+    if (inter == 0) { /* a rank of a split model holding none of its hidden units */
+        memset(out, 0, (size_t)m * (size_t)ctx->c->dim * sizeof *out);
+        return;
+    }
     dsv_lin(ctx, ctx->ex_h1, inter, x, &e->w1, m);
     dsv_lin(ctx, ctx->ex_h3, inter, x, &e->w3, m);
     dsv_par_for(ctx, m, swiglu_rows, &a);
@@ -145,7 +150,7 @@ static void to_bf16(dsv_context *ctx, void *a, long i0, long i1, int ith) {
 void dsv_moe_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn) {
     const dsv_config *c = ctx->c;
     const dsv_layer *ly = &ctx->m->layers[il];
-    const int T = ctx->n_tok, D = c->dim, E = c->n_routed_experts, K = c->n_activated_experts;
+    const int T = ctx->n_tok, D = c->dim, K = c->n_activated_experts;
     struct moe_args a = {.ly = ly, .x = xn, .out = out};
     int prev = dsv_phase(ctx, DSV_PHASE_MOE);
 
@@ -156,7 +161,7 @@ void dsv_moe_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn
     dsv_dump_i32(ctx, "moe_gate_indices", il, T, K, ctx->gate_i);
 
     memset(ctx->moe_y, 0, (size_t)T * D * sizeof(float));
-    for (int e = 0; e < E; e++) {
+    for (int e = ctx->m->sh.expert0; e < ctx->m->sh.expert1; e++) { /* this rank's experts */
         int n = 0;
         for (int t = 0; t < T; t++)
             for (int k = 0; k < K; k++)
@@ -167,10 +172,11 @@ void dsv_moe_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn
         dsv_mlp_forward(ctx, &ly->experts[e], c->moe_inter_dim, ctx->ex_o, ctx->ex_x, n);
         dsv_par_for(ctx, D, scatter_add, &a);
     }
-    if (c->n_shared_experts > 0) {
-        dsv_mlp_forward(ctx, &ly->shared, c->n_shared_experts * c->moe_inter_dim, ctx->ex_o, xn, T);
+    if (ly->shared.w1.n_out > 0) { /* this rank's hidden units of the shared experts */
+        dsv_mlp_forward(ctx, &ly->shared, ly->shared.w1.n_out, ctx->ex_o, xn, T);
         dsv_par_for(ctx, (long)T * D, add_shared, NULL);
     }
+    dsv_par_sum_f32(ctx, ctx->moe_y, (size_t)T * D);
     dsv_par_for(ctx, (long)T * D, to_bf16, &a);
     dsv_phase(ctx, prev);
 }
