@@ -4,6 +4,7 @@
  * Under mpirun every rank starts here: rank 0 runs the command, the others
  * follow it (dsv_parallel_follow replays its model calls with their part of
  * the weights) and exit with its status. */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -54,7 +55,18 @@ int main(int argc, char **argv) {
         fprintf(stderr, "dsv32: %s\n", dsv_errmsg());
         return 1;
     }
-    int rc = dsv_parallel_rank() == 0 ? run(argc, argv) : dsv_parallel_follow();
+    int rc;
+    if (dsv_parallel_rank() == 0) {
+        rc = run(argc, argv);
+    } else {
+        /* mpirun hands a Ctrl-C or SIGTERM to every rank: the leader stops
+         * cleanly (serve, chat) and then releases the followers, so they
+         * leave that decision to it. */
+        signal(SIGINT, SIG_IGN);
+        signal(SIGTERM, SIG_IGN);
+        dsv_parallel_follow();
+        rc = 0; /* the leader's status is the job's: mpirun reports rank 0 */
+    }
     fflush(stdout);
     dsv_parallel_finalize(rc);
     return rc;
