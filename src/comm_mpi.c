@@ -26,10 +26,13 @@ static MPI_Comm g_comp, g_cmd;        /* the forward pass's collectives; the com
 static int *g_cnt, *g_off, *g_cnt2, *g_off2; /* [size] counts and displacements */
 static MPI_Request *g_req;            /* [size] */
 
-/* Below this many bytes gathered per rank, a sum gathers every rank's whole
- * vector in one collective (latency bound); above, each rank sums one
- * stripe and the stripes are then shared (bandwidth bound). Both add in
- * rank order, so they give the same bits. */
+/* Vectors of at most this many bytes (a decode step's rows) are summed by
+ * gathering every rank's whole vector in one allgather: log2(N) steps, the
+ * fewest latencies, each rank receiving (N-1) vectors. Larger ones (prefill)
+ * go in two steps that move 2(N-1)/N of a vector per rank, a ring
+ * all-reduce's volume: each rank sums one stripe of every rank's copy, then
+ * the summed stripes are shared. Both add in rank order, so they give the
+ * same bits. */
 #define SMALL_SUM_BYTES (64u << 10)
 
 static int launched(void) {
@@ -97,15 +100,15 @@ void dsv_comm_allgather_int(int v, int *all) {
 
 size_t dsv_comm_sum_scratch(size_t n, int size) {
     if (size <= 1) return 0;
-    size_t small = SMALL_SUM_BYTES / sizeof(float);
-    return DSV_MAX(n + (size_t)size, small);
+    const size_t small = SMALL_SUM_BYTES / sizeof(float);
+    return DSV_MAX(n + (size_t)size, (size_t)size * DSV_MIN(n, small));
 }
 
 void dsv_comm_sum_f32(float *x, size_t n, float *scratch) {
     if (g_size == 1 || n == 0) return;
     DSV_ASSERT(n <= INT_MAX / 2);
     const size_t N = (size_t)g_size;
-    if (n * N * sizeof(float) <= SMALL_SUM_BYTES) {
+    if (n * sizeof(float) <= SMALL_SUM_BYTES) {
         /* scratch [N][n]: every rank's vector, summed here in rank order. */
         MPI_Allgather(x, (int)n, MPI_FLOAT, scratch, (int)n, MPI_FLOAT, g_comp);
         for (size_t i = 0; i < n; i++) {

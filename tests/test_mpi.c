@@ -251,6 +251,24 @@ TEST(mpi_greedy_generate_and_chat_match) {
         }
         free(ref);
     }
+    /* A long prompt in one call (sums of many rows take the two-step
+     * path) or in chunks of 4 tokens (one step each): the same text. */
+    char *whole = NULL;
+    for (int batch = 512; batch >= 4; batch /= 128) {
+        snprintf(cmd, sizeof cmd, "%s%s generate -m models/tiny --batch %d -n 8 --temp 0 -t 1 -p 'In the beginning God "
+                 "created the heaven and the earth. And the earth was without form, and void; and darkness was upon "
+                 "the face of the deep. And the Spirit of God moved upon the face of the waters. And God said, Let "
+                 "there be light: and there was light. And God saw the light, that it was good' 2>/dev/null",
+                 launcher(2), bin(), batch);
+        char *out = run_text(cmd);
+        REQUIRE(out);
+        if (!whole) whole = out;
+        else {
+            CHECKF(!strcmp(whole, out), "chunked prefill: '%s' vs one call: '%s'", out, whole);
+            free(out);
+        }
+    }
+    free(whole);
     /* chat: rank 0 reads the conversation from stdin. */
     char *ref = NULL;
     for (int np = 1; np <= 2; np++) {
