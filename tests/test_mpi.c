@@ -14,7 +14,8 @@
  *   mapping the Hugging Face files; a rank that cannot load fails every rank
  *   with its message; a rank killed mid-run ends the job within seconds;
  * - `dsv32 serve` under mpirun answers as one process does.
- * Skipped with a message when the build has no MPI or mpirun is missing.
+ * Skipped with a message when the build has no MPI or mpirun is missing
+ * (failed instead when DSV32_REQUIRE_MPI is set, as CI does).
  * Ranks run one thread each and share the machine's cores (--oversubscribe).
  *
  * Exactness across rank counts: a split sums partial products where one
@@ -45,8 +46,16 @@ static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b
  * needs in a container (running as root; no cross-process memory copies,
  * which ptrace restrictions often forbid). */
 static void need_mpi(void) {
-    if (!dsv_parallel_available()) SKIP("this build has no MPI (make MPI=1 with libopenmpi-dev installed)");
-    if (system("command -v mpirun >/dev/null 2>&1")) SKIP("mpirun not found (apt install openmpi-bin)");
+    /* CI sets DSV32_REQUIRE_MPI: there a missing MPI is a failure. */
+    const int must = getenv("DSV32_REQUIRE_MPI") && *getenv("DSV32_REQUIRE_MPI");
+    if (!dsv_parallel_available()) {
+        REQUIREF(!must, "DSV32_REQUIRE_MPI is set but this build has no MPI");
+        SKIP("this build has no MPI (make MPI=1 with libopenmpi-dev installed)");
+    }
+    if (system("command -v mpirun >/dev/null 2>&1")) {
+        REQUIREF(!must, "DSV32_REQUIRE_MPI is set but mpirun is missing");
+        SKIP("mpirun not found (apt install openmpi-bin)");
+    }
     setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
     setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
     setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1);
