@@ -42,9 +42,10 @@ static void layout(dsv_context *ctx, carver *cv) {
     const size_t C = (size_t)c->kv_lora_rank, Q = (size_t)c->q_lora_rank, D = (size_t)c->dim;
     const size_t Hi = (size_t)c->index_n_heads, E = (size_t)c->n_routed_experts;
     const size_t K = (size_t)c->n_activated_experts, KN = (size_t)ctx->n_keys_max;
-    size_t inter = (size_t)c->inter_dim;
-    if ((size_t)c->moe_inter_dim * (size_t)(c->n_shared_experts > 1 ? c->n_shared_experts : 1) > inter)
-        inter = (size_t)c->moe_inter_dim * (size_t)(c->n_shared_experts > 1 ? c->n_shared_experts : 1);
+    /* The widest hidden layer this rank computes: its part of the dense
+     * MLP and of the shared experts, or a whole routed expert. */
+    const dsv_shard *sh = &ctx->m->sh;
+    size_t inter = (size_t)DSV_MAX(DSV_MAX(sh->inter1 - sh->inter0, sh->shared1 - sh->shared0), c->moe_inter_dim);
     size_t kmax = D;
     if (Q > kmax) kmax = Q;
     if (C > kmax) kmax = C;

@@ -276,9 +276,14 @@ static int load(dsv_model *m, const char *dir, const dsv_model_params *params) {
     /* Embedding rows [vocab0, vocab1). */
     const dsv_st_tensor *t;
     const int split = size > 1, nv = m->sh.vocab1 - m->sh.vocab0;
-    if ((st = find(&L, &t, "model.embed_tokens.weight", FLOATS, 2, presliced ? nv : c->vocab_size, c->dim))) return st;
-    m->embed = (const char *)t->data + (presliced ? 0 : (size_t)m->sh.vocab0 * (size_t)c->dim * dsv_dtype_size(t->dtype));
-    m->embed_dtype = t->dtype;
+    m->embed_dtype = DSV_DT_BF16;
+    if (nv > 0 || !presliced) { /* a shard file holds no empty part */
+        if ((st = find(&L, &t, "model.embed_tokens.weight", FLOATS, 2, presliced ? nv : c->vocab_size, c->dim)))
+            return st;
+        m->embed = (const char *)t->data +
+                   (presliced ? 0 : (size_t)m->sh.vocab0 * (size_t)c->dim * dsv_dtype_size(t->dtype));
+        m->embed_dtype = t->dtype;
+    }
     if ((st = vec(&L, &m->norm, "model.norm.weight", c->dim))) return st;
     if ((st = linear(&L, &m->head, "lm_head", c->vocab_size, c->dim, LIN_F32,
                      split ? rows_of(m->sh.vocab0, m->sh.vocab1) : WHOLE)))

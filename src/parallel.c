@@ -18,6 +18,7 @@
  * outcome (the first failing rank's status and message win), so a missing
  * shard on one machine fails every rank at once with one clear message
  * instead of leaving the others waiting. */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -163,11 +164,12 @@ typedef struct par_cmd {
 } par_cmd;
 _Static_assert(sizeof(par_cmd) == DSV_COMM_CMD, "a command is DSV_COMM_CMD bytes");
 
-static int model_ids, context_ids;
+/* Ids of the objects opened so far (every rank counts the same opens). */
+static atomic_int model_ids, context_ids;
 
 int dsv_par_leading(void) { return dsv_comm_size() > 1 && dsv_comm_rank() == 0; }
-int dsv_par_next_model_id(void) { return model_ids++; }
-int dsv_par_next_context_id(void) { return context_ids++; }
+int dsv_par_next_model_id(void) { return atomic_fetch_add(&model_ids, 1); }
+int dsv_par_next_context_id(void) { return atomic_fetch_add(&context_ids, 1); }
 
 static void send(par_cmd *cmd, const void *payload, size_t bytes) {
     DSV_ASSERT(bytes <= UINT32_MAX);
