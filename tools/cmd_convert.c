@@ -226,8 +226,8 @@ int cmd_convert(int argc, char **argv) {
     if (only >= size) return cli_fail(cmd, "--rank %ld: ranks of a %ld-way split are 0 to %ld", only, size, size - 1);
 
     char rm[PATH_MAX], ro[PATH_MAX];
-    if (mkdir(out_dir, 0777) && errno != EEXIST) return cli_fail(cmd, "%s: cannot create: %s", out_dir, strerror(errno));
     if (!realpath(model, rm)) return cli_fail(cmd, "%s: %s", model, strerror(errno));
+    if (mkdir(out_dir, 0777) && errno != EEXIST) return cli_fail(cmd, "%s: cannot create: %s", out_dir, strerror(errno));
     if (!realpath(out_dir, ro)) return cli_fail(cmd, "%s: %s", out_dir, strerror(errno));
     if (!strcmp(rm, ro)) return cli_fail(cmd, "-o must differ from -m (the shards would hide the checkpoint)");
     /* The source must be a checkpoint, not shards; the output may hold only
