@@ -55,10 +55,8 @@ int dsv_comm_init(int *argc, char ***argv) {
     size_t n = (size_t)g_size;
     g_cnt = malloc(4 * n * sizeof(int));
     g_req = malloc(n * sizeof *g_req);
-    if (!g_cnt || !g_req) {
-        MPI_Abort(MPI_COMM_WORLD, 1);
+    if (!g_cnt || !g_req) /* the caller exits; mpirun then ends the job */
         return dsv_error(DSV_ERR_NOMEM, "out of memory");
-    }
     g_off = g_cnt + n;
     g_cnt2 = g_off + n;
     g_off2 = g_cnt2 + n;

@@ -494,22 +494,39 @@ TEST(mpi_killed_rank_ends_the_job) {
 
 TEST(mpi_serve_answers) {
     need_mpi();
-    static const char *body = "{\"prompt\":\"And it came to pass\",\"max_tokens\":12,\"temperature\":0}";
-    char *text[2] = {NULL, NULL};
+    /* The same long prompt twice: the second request reuses the first's
+     * full KV page from the prefix cache (page references and attach are
+     * replayed on the follower) and must answer the same. */
+    static const char *body =
+        "{\"prompt\":\"In the beginning God created the heaven and the earth. And the earth was without form, and "
+        "void; and darkness was upon the face of the deep. And the Spirit of God moved upon the face of the waters. "
+        "And God said, Let there be light: and there was light. And God saw the light, that it was good: and God "
+        "divided the light from the darkness.\",\"max_tokens\":12,\"temperature\":0}";
+    char *text[2][2] = {{NULL, NULL}, {NULL, NULL}};
     for (int k = 0; k < 2; k++) {
         server s;
         server_start_with(&s, k ? "mpirun --oversubscribe -np 2" : NULL, "models/tiny", "-t 1");
-        http_resp r;
-        REQUIRE(http(s.port, "POST", "/v1/completions", NULL, body, &r) == 0);
-        CHECKF(r.status == 200, "%d ranks: status %d: %s", k + 1, r.status, r.body);
-        cJSON *j = cJSON_Parse(r.body);
-        const cJSON *t = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "text");
-        text[k] = cJSON_IsString(t) ? strdup(t->valuestring) : NULL;
-        cJSON_Delete(j);
-        http_free(&r);
+        for (int q = 0; q < 2; q++) {
+            http_resp r;
+            REQUIRE(http(s.port, "POST", "/v1/completions", NULL, body, &r) == 0);
+            CHECKF(r.status == 200, "%d ranks: status %d: %s", k + 1, r.status, r.body);
+            cJSON *j = cJSON_Parse(r.body);
+            const cJSON *t = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "text");
+            text[k][q] = cJSON_IsString(t) ? strdup(t->valuestring) : NULL;
+            cJSON_Delete(j);
+            http_free(&r);
+        }
+        http_resp m;
+        REQUIRE(http(s.port, "GET", "/metrics", NULL, NULL, &m) == 0);
+        static const char key[] = "\ndsv32_prefix_cache_hits_total ";
+        const char *hits = strstr(m.body, key);
+        CHECKF(hits && atof(hits + sizeof key - 1) >= 1, "%d ranks: no prefix-cache hit: %s", k + 1, m.body);
+        http_free(&m);
         server_stop(&s);
     }
-    CHECKF(text[0] && text[1] && !strcmp(text[0], text[1]), "2 ranks answered %s, one process %s", text[1], text[0]);
-    free(text[0]);
-    free(text[1]);
+    for (int q = 0; q < 2; q++)
+        CHECKF(text[0][q] && text[1][q] && !strcmp(text[0][q], text[1][q]), "request %d: 2 ranks answered '%s', one "
+               "process '%s'", q + 1, text[1][q], text[0][q]);
+    CHECK(text[1][0] && text[1][1] && !strcmp(text[1][0], text[1][1]));
+    for (int k = 0; k < 2; k++) { free(text[k][0]); free(text[k][1]); }
 }
