@@ -20,7 +20,9 @@
  *    value half maps the result back; its cost per token does not grow with
  *    the context, so it serves single tokens and long contexts.
  * Selected positions are visited in ascending order, so a top-k that keeps
- * every position computes bit for bit what dense attention computes. */
+ * every position computes bit for bit what dense attention computes.
+ * In a model split across processes a rank computes its own heads
+ * (n_local_heads) and o_proj sums the ranks' parts (parallel.h). */
 #include <string.h>
 
 #include "context.h"

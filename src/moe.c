@@ -8,7 +8,9 @@
  * MoE.forward: y = Σ_e w_e * Expert_e(x) in fp32, experts added in index
  * order as the reference loops them, plus the shared expert, then bf16.
  * Tokens are grouped by expert, so each expert's weights are read once per
- * call whatever the number of tokens. */
+ * call whatever the number of tokens. In a model split across processes a
+ * rank adds only its experts and its part of the shared experts, and the
+ * ranks' fp32 sums are summed before the bf16 rounding (parallel.h). */
 #include <math.h>
 #include <string.h>
 
