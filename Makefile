@@ -3,6 +3,9 @@
 #   make test       build and run every test; ends with "N passed, N failed"
 #   make asan       the tests under AddressSanitizer + UBSan (in build-asan/)
 #   make CC=clang   any C11 compiler with GNU extensions (gcc, clang)
+#   make MPI=1      with Open MPI (model parallelism across processes: mpirun
+#                   -np N build/dsv32 ...); MPI=0 without; by default on when
+#                   Open MPI's mpicc is installed
 #
 # Kernel files named src/*_<isa>.c are compiled with that ISA's flags; which
 # variant runs is chosen at run time from CPU features, so the binary runs on
@@ -20,6 +23,18 @@ CPPFLAGS += -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -MMD -MP
 LDLIBS  += -lpcre2-8 -lcjson -lmicrohttpd -lpthread -lm
 
 SRC      := $(wildcard src/*.c src/server/*.c)
+
+# The transport between ranks: Open MPI (src/comm_mpi.c) or none
+# (src/comm_local.c). Flags come from Open MPI's wrapper compiler, whichever
+# compiler builds the rest.
+MPI ?= $(if $(shell command -v mpicc 2>/dev/null),1,0)
+ifeq ($(MPI),1)
+MPI_CFLAGS := $(shell mpicc --showme:compile)
+LDLIBS     += $(shell mpicc --showme:link)
+SRC        := $(filter-out src/comm_local.c,$(SRC))
+else
+SRC        := $(filter-out src/comm_mpi.c,$(SRC))
+endif
 TOOL_SRC := $(wildcard tools/*.c)
 TEST_SRC := $(wildcard tests/*.c)
 
@@ -53,14 +68,24 @@ $(BUILD)/%_amx.o: %_amx.c
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(XCFLAGS) $(WARN) -c $< -o $@
+$(BUILD)/src/comm_mpi.o: src/comm_mpi.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(MPI_CFLAGS) $(CFLAGS) $(XCFLAGS) $(WARN) -c $< -o $@
+
+# The library's contents change with MPI=0/1: a stamp per setting makes the
+# archive (and so every binary) rebuild when it flips.
+$(BUILD)/.mpi-$(MPI):
+	@mkdir -p $(dir $@)
+	@rm -f $(BUILD)/.mpi-*
+	@touch $@
 
 # The chat page is embedded with .incbin, which the compiler's dependency
 # files do not see.
 $(BUILD)/src/server/page.o: src/server/chat.html
 
-$(BUILD)/libdsv32.a: $(OBJ)
+$(BUILD)/libdsv32.a: $(OBJ) $(BUILD)/.mpi-$(MPI)
 	@rm -f $@
-	ar rcs $@ $^
+	ar rcs $@ $(filter %.o,$^)
 
 $(BUILD)/dsv32: $(TOOL_OBJ) $(BUILD)/libdsv32.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(BUILD)/libdsv32.a $(LDLIBS)

@@ -220,6 +220,8 @@ enum {
     DSV_PHASE_LINEAR,      /* linear layers outside the MoE: projections, dense MLP, lm head */
     DSV_PHASE_MOE,         /* router and experts, their linear layers included */
     DSV_PHASE_OTHER,       /* embedding, norms, RoPE of MLA, conversions, bookkeeping */
+    DSV_PHASE_COMM,        /* a model split across processes: sums and gathers between ranks, the leader's
+                            * commands (time waiting for slower ranks included) */
     DSV_PHASE_COUNT
 };
 
@@ -239,6 +241,12 @@ typedef struct dsv_context_stats {
     uint64_t moe_flops;           /* the same for the router and experts */
     uint64_t kv_read_bytes;       /* cache bytes of the positions attended and scored, per query */
     uint64_t kv_token_bytes;      /* cache bytes one token takes, all layers (a constant of the layout) */
+    /* A model split across processes: fp32 bytes this rank summed with the
+     * other ranks (the reference's all-reduces: after o_proj, the dense MLP
+     * and the MoE of every layer, and after the embedding) and logits bytes
+     * it gathered to rank 0. */
+    uint64_t comm_sum_bytes, comm_gather_bytes;
+    uint64_t n_comm;              /* sums and gathers */
 } dsv_context_stats;
 
 /* Copies the statistics since the context opened or was last reset. */
@@ -258,6 +266,47 @@ enum { DSV_DUMP_F32 = 0, DSV_DUMP_I32 = 1 };
 typedef void (*dsv_dump_fn)(const char *name, int layer, int dtype, int rows, int cols,
                             const void *data, void *user);
 void dsv_context_set_dump(dsv_context *ctx, dsv_dump_fn fn, void *user);
+
+/* ------------------------------------------------------------------------ */
+/* Model parallelism across processes (tensor and expert parallel, as the
+ * reference's --model-parallel ranks): `mpirun -np N program` starts N
+ * processes of one program; each holds a part of every model it opens and
+ * they compute every forward call together. Only rank 0, the leader, runs
+ * the program's logic: it reads input, prints, serves. The other ranks, the
+ * followers, call dsv_parallel_follow, which replays each model and context
+ * call the leader makes (open, close, dsv_forward, the dsv_seq_* and
+ * dsv_kv_page_* calls that change state) with that rank's part of the
+ * weights, until the leader calls dsv_parallel_finalize. So a program
+ * written for one process runs split unchanged once it calls init,
+ * follow and finalize (tools/main.c does).
+ *
+ * The leader's results are those of the split model: dsv_forward's logits
+ * arrive on the leader only, its dump callbacks run on the leader (every
+ * dumped tensor is whole), its statistics count its own part. A rank that
+ * fails to open a model or a context fails the open on every rank, with the
+ * failing rank's message ("rank R of N: ..."); a rank that dies ends the
+ * whole job (the launcher's default), never leaving one waiting. Models must
+ * be opened after init; contexts of a split model run the best kernel set
+ * every rank has (dsv_kernels_force before opening them). */
+
+/* Joins the launcher's process group when mpirun (or a PMI/PMIx launcher)
+ * started this process and the library was built with MPI; otherwise the
+ * process is a group of one and everything else here is a no-op. Call once,
+ * first, from the main thread. DSV_ERR_UNSUPPORTED when launched as several
+ * ranks by a library built without MPI. */
+int dsv_parallel_init(int *argc, char ***argv);
+/* This process's rank (0: the leader) and the group's size (1: alone). */
+int dsv_parallel_rank(void);
+int dsv_parallel_size(void);
+/* 1 if the library was built with MPI (make MPI=1). */
+int dsv_parallel_available(void);
+/* Followers: replays the leader's calls until it finalizes, then closes
+ * what is still open and returns the status the leader passed to
+ * dsv_parallel_finalize. Returns 0 at once on the leader or when alone. */
+int dsv_parallel_follow(void);
+/* Leaves the group. On the leader, first tells the followers to return
+ * `status` from dsv_parallel_follow. From the thread that called init. */
+void dsv_parallel_finalize(int status);
 
 /* ------------------------------------------------------------------------ */
 /* CPU kernels. The engine runs one kernel set, chosen once from what the CPU

@@ -105,6 +105,12 @@ struct dsv_context {
     dsv_bf16 *mqa_p;           /* [H padded to 16][n_keys_max padded] the weights in bf16 */
     void *mqa_kvp;             /* [dsv_mqa_kvp_bytes(n_keys_max, kv_lora)] latent rows for the values */
     dsv_tscratch *ts;          /* [nth] */
+    /* A model split across processes (parallel.c; NULL when it is not). */
+    int par_id;                /* the leader's name for this context */
+    float *par_f;              /* [T][dim] fp32 rows being summed across ranks */
+    float *par_scratch;        /* dsv_comm_sum_scratch(T * dim) */
+    float *par_logits;         /* [DSV_PAR_HEAD_ROWS][vocab part] this rank's logits */
+    int32_t *par_buf;          /* a forward call packed for the followers */
     void *arena;               /* one allocation behind all of the above */
 };
 

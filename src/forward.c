@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "context.h"
+#include "parallel.h"
 #include "util.h"
 
 dsv_context_params dsv_context_default_params(void) {
@@ -36,14 +37,15 @@ static void *carve(carver *cv, size_t bytes) {
 
 static void layout(dsv_context *ctx, carver *cv) {
     const dsv_config *c = ctx->c;
-    const size_t T = (size_t)ctx->p.n_batch, H = (size_t)c->n_heads;
+    const size_t T = (size_t)ctx->p.n_batch, H = (size_t)ctx->m->n_local_heads;
     const size_t N = (size_t)c->qk_nope_head_dim, R = (size_t)c->qk_rope_head_dim, V = (size_t)c->v_head_dim;
     const size_t C = (size_t)c->kv_lora_rank, Q = (size_t)c->q_lora_rank, D = (size_t)c->dim;
     const size_t Hi = (size_t)c->index_n_heads, E = (size_t)c->n_routed_experts;
     const size_t K = (size_t)c->n_activated_experts, KN = (size_t)ctx->n_keys_max;
-    size_t inter = (size_t)c->inter_dim;
-    if ((size_t)c->moe_inter_dim * (size_t)(c->n_shared_experts > 1 ? c->n_shared_experts : 1) > inter)
-        inter = (size_t)c->moe_inter_dim * (size_t)(c->n_shared_experts > 1 ? c->n_shared_experts : 1);
+    /* The widest hidden layer this rank computes: its part of the dense
+     * MLP and of the shared experts, or a whole routed expert. */
+    const dsv_shard *sh = &ctx->m->sh;
+    size_t inter = (size_t)DSV_MAX(DSV_MAX(sh->inter1 - sh->inter0, sh->shared1 - sh->shared0), c->moe_inter_dim);
     size_t kmax = D;
     if (Q > kmax) kmax = Q;
     if (C > kmax) kmax = C;
@@ -114,6 +116,10 @@ static void layout(dsv_context *ctx, carver *cv) {
     CARVE(cv, ctx->mqa_s, H * KNp);
     CARVE(cv, ctx->mqa_p, ((H + 15) & ~(size_t)15) * KNp);
     ctx->mqa_kvp = carve(cv, dsv_mqa_kvp_bytes((int)KN, (int)C));
+    CARVE(cv, ctx->par_f, dsv_par_sum_floats(ctx));
+    CARVE(cv, ctx->par_scratch, dsv_par_scratch_floats(ctx));
+    CARVE(cv, ctx->par_logits, dsv_par_logit_floats(ctx));
+    CARVE(cv, ctx->par_buf, dsv_par_buf_ints(ctx));
     CARVE(cv, ctx->ts, ctx->nth);
     size_t att = DSV_MAX(dsv_attn_scratch((int)KN, (int)C, (int)R),
                          dsv_mha_scratch(ctx->mha_keys, (int)(N + R), (int)V));
@@ -171,9 +177,47 @@ static void rope_table(dsv_context *ctx) {
         }
 }
 
+/* Sizes and allocates everything (p: checked, with defaults resolved). */
+static int context_init(dsv_context *ctx, dsv_model *m, dsv_context_params p) {
+    const dsv_config *c = &m->cfg;
+    ctx->m = m;
+    ctx->c = c;
+    ctx->nth = p.n_threads;
+    ctx->topk = p.topk ? p.topk : c->index_topk;
+    ctx->max_pages = (p.n_ctx + DSV_PAGE - 1) / DSV_PAGE;
+    p.n_ctx = ctx->max_pages * DSV_PAGE; /* whole pages */
+    if (p.n_pages <= 0) p.n_pages = (int64_t)p.n_seq * ctx->max_pages;
+    ctx->p = p;
+    ctx->n_keys_max = p.attn == DSV_ATTN_DENSE ? p.n_ctx : DSV_MIN(ctx->topk, p.n_ctx);
+    ctx->mha_keys = DSV_MIN(p.mha_max_keys, p.n_ctx);
+
+    carver cv = {0};
+    layout(ctx, &cv);
+    ctx->arena = aligned_alloc(64, (cv.off + 63) & ~(size_t)63);
+    if (!ctx->arena)
+        return dsv_error(DSV_ERR_NOMEM, "context: cannot allocate %.1f MiB of scratch", cv.off / 1048576.0);
+    cv = (carver){ctx->arena, 0};
+    layout(ctx, &cv);
+    rope_table(ctx);
+    int st = dsv_kv_init(&ctx->kv, c->n_layers, c->kv_lora_rank, c->qk_rope_head_dim, 128, p.n_pages);
+    if (!st) st = dsv_pool_init(&ctx->pool, p.n_threads);
+    if (st) return st;
+    for (int i = 0; i < p.n_seq; i++) ctx->seqs[i].len = ctx->seqs[i].n_pages = 0;
+    return DSV_OK;
+}
+
+static void context_free(dsv_context *ctx) {
+    if (!ctx) return;
+    dsv_pool_free(ctx->pool);
+    dsv_kv_free(&ctx->kv);
+    free(ctx->arena);
+    free(ctx);
+}
+
 int dsv_context_open(dsv_context **out, dsv_model *m, const dsv_context_params *params) {
     if (!out || !m) return dsv_error(DSV_ERR_ARG, "dsv_context_open: NULL argument");
-    dsv_context_params p = params ? *params : dsv_context_default_params();
+    const dsv_context_params given = params ? *params : dsv_context_default_params();
+    dsv_context_params p = given;
     const dsv_config *c = &m->cfg;
     if (p.n_ctx <= 0) p.n_ctx = c->max_position_embeddings > 0 && c->max_position_embeddings < 4096
                                     ? c->max_position_embeddings : 4096;
@@ -194,46 +238,29 @@ int dsv_context_open(dsv_context **out, dsv_model *m, const dsv_context_params *
     if (p.n_ctx > (1 << 28) || p.n_batch > (1 << 24) || p.n_seq > (1 << 20) || p.n_threads > 1024)
         return dsv_error(DSV_ERR_ARG, "context parameters out of range");
 
+    /* In a split model every rank opens the context, and all agree on the
+     * outcome and on one kernel set. */
+    const int id = dsv_par_next_context_id();
+    dsv_par_send_context_open(m, id, &given); /* as given: each rank resolves its own thread count */
+    dsv_context *ctx = NULL;
     int st = dsv_kernels_select();
-    if (st) return st;
-
-    dsv_context *ctx = calloc(1, sizeof *ctx);
-    if (!ctx) return dsv_error(DSV_ERR_NOMEM, "out of memory");
-    ctx->m = m;
-    ctx->c = c;
-    ctx->nth = p.n_threads;
-    ctx->topk = p.topk ? p.topk : c->index_topk;
-    ctx->max_pages = (p.n_ctx + DSV_PAGE - 1) / DSV_PAGE;
-    p.n_ctx = ctx->max_pages * DSV_PAGE; /* whole pages */
-    if (p.n_pages <= 0) p.n_pages = (int64_t)p.n_seq * ctx->max_pages;
-    ctx->p = p;
-    ctx->n_keys_max = p.attn == DSV_ATTN_DENSE ? p.n_ctx : DSV_MIN(ctx->topk, p.n_ctx);
-    ctx->mha_keys = DSV_MIN(p.mha_max_keys, p.n_ctx);
-
-    carver cv = {0};
-    layout(ctx, &cv);
-    ctx->arena = aligned_alloc(64, (cv.off + 63) & ~(size_t)63);
-    if (!ctx->arena) {
-        free(ctx);
-        return dsv_error(DSV_ERR_NOMEM, "context: cannot allocate %.1f MiB of scratch", cv.off / 1048576.0);
+    if (!st && !(ctx = calloc(1, sizeof *ctx))) st = dsv_error(DSV_ERR_NOMEM, "out of memory");
+    if (!st) st = context_init(ctx, m, p);
+    st = dsv_par_agree(st);
+    if (!st && m->sh.size > 1) st = dsv_par_agree_kernels();
+    if (st) {
+        context_free(ctx);
+        return st;
     }
-    cv = (carver){ctx->arena, 0};
-    layout(ctx, &cv);
-    rope_table(ctx);
-    st = dsv_kv_init(&ctx->kv, c->n_layers, c->kv_lora_rank, c->qk_rope_head_dim, 128, p.n_pages);
-    if (!st) st = dsv_pool_init(&ctx->pool, p.n_threads);
-    if (st) { dsv_context_close(ctx); return st; }
-    for (int i = 0; i < p.n_seq; i++) ctx->seqs[i].len = ctx->seqs[i].n_pages = 0;
+    ctx->par_id = id;
     *out = ctx;
     return DSV_OK;
 }
 
 void dsv_context_close(dsv_context *ctx) {
     if (!ctx) return;
-    dsv_pool_free(ctx->pool);
-    dsv_kv_free(&ctx->kv);
-    free(ctx->arena);
-    free(ctx);
+    dsv_par_send_context_close(ctx);
+    context_free(ctx);
 }
 
 const dsv_context_params *dsv_context_get_params(const dsv_context *ctx) { return &ctx->p; }
@@ -283,6 +310,7 @@ int dsv_seq_truncate(dsv_context *ctx, int seq, int n) {
     if (n % DSV_PAGE && (st = dsv_kv_unshare(&ctx->kv, s, n))) return st;
     s->len = n;
     dsv_kv_shrink(&ctx->kv, s, n);
+    dsv_par_send_op(ctx, DSV_PAR_TRUNCATE, seq, n, 0, NULL, 0);
     return DSV_OK;
 }
 
@@ -340,8 +368,11 @@ static void embed_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     const int D = ctx->c->dim;
     dsv_linear e = {.dtype = m->embed_dtype, .w = m->embed};
     for (long t = i0; t < i1; t++) {
-        long base = (long)p->tokens[t] * D;
+        /* A split model holds the rows [vocab0, vocab1); others are zeros
+         * here and come from their rank's sum (model.py ParallelEmbedding). */
+        long row = (long)p->tokens[t] - m->sh.vocab0, base = row * D;
         dsv_bf16 *x = ctx->x + t * D;
+        if (row < 0 || p->tokens[t] >= m->sh.vocab1) { memset(x, 0, (size_t)D * 2); continue; }
         if (m->embed_dtype == DSV_DT_BF16) memcpy(x, (const dsv_bf16 *)m->embed + base, (size_t)D * 2);
         else for (int d = 0; d < D; d++) x[d] = dsv_f32_to_bf16(dsv_weight_at(&e, base + d, 1));
     }
@@ -399,6 +430,7 @@ int dsv_forward(dsv_context *ctx, const dsv_batch_entry *en, int n, float *logit
     const int D = c->dim;
     ctx->phase = DSV_PHASE_OTHER;
     ctx->phase_t0 = dsv_now_ns();
+    dsv_par_send_forward(ctx, en, n);
 
     /* Token table; pages for the new positions (cannot fail after validate). */
     int T = 0;
@@ -422,6 +454,7 @@ int dsv_forward(dsv_context *ctx, const dsv_batch_entry *en, int n, float *logit
 
     struct fwd_args a = {.tokens = toks};
     dsv_par_for(ctx, T, embed_rows, &a);
+    dsv_par_sum_bf16(ctx, ctx->x, T);
     ctx->stats.weight_bytes += (uint64_t)T * D * dsv_dtype_size(ctx->m->embed_dtype);
     for (int il = 0; il < c->n_layers; il++) {
         const dsv_layer *ly = &ctx->m->layers[il];
@@ -440,7 +473,10 @@ int dsv_forward(dsv_context *ctx, const dsv_batch_entry *en, int n, float *logit
         }
         dsv_par_for(ctx, T, ffn_norm_rows, &a);
         if (ly->is_moe) dsv_moe_forward(ctx, il, ctx->x, ctx->xn);
-        else dsv_mlp_forward(ctx, &ly->mlp, c->inter_dim, ctx->x, ctx->xn, T);
+        else {
+            dsv_mlp_forward(ctx, &ly->mlp, ly->mlp.w1.n_out, ctx->x, ctx->xn, T);
+            dsv_par_sum_bf16(ctx, ctx->x, T); /* the dense MLP's down_proj is row-parallel */
+        }
     }
 
     /* Logits, in entry order. */
@@ -455,7 +491,7 @@ int dsv_forward(dsv_context *ctx, const dsv_batch_entry *en, int n, float *logit
     if (rows > 0) {
         a.rows = rsel;
         dsv_par_for(ctx, rows, final_rows, &a);
-        dsv_lin_f32(ctx, logits, ctx->xf, &ctx->m->head, rows);
+        dsv_par_head(ctx, logits, rows);
     }
     for (int i = 0; i < n; i++) ctx->seqs[en[i].seq].len += en[i].n_tokens;
     dsv_phase(ctx, DSV_PHASE_OTHER);

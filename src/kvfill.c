@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "context.h"
+#include "parallel.h"
 #include "rng.h"
 #include "util.h"
 
@@ -67,6 +68,9 @@ int dsv_seq_fill_random(dsv_context *ctx, int seq, int n_tokens, uint64_t seed) 
                          n_tokens, ctx->p.n_ctx);
     int st = dsv_kv_reserve(&ctx->kv, s, s->len + n_tokens, ctx->max_pages);
     if (st) return st;
+    /* Followers fill their caches at the same time (the checks above
+     * passed, so theirs pass too). */
+    dsv_par_send_op(ctx, DSV_PAR_FILL, seq, n_tokens, seed, NULL, 0);
     struct fill_args a = {s, s->len, s->len + n_tokens, seed};
     if (n_tokens > 0) {
         long pages = (a.p1 - 1) / DSV_PAGE - a.p0 / DSV_PAGE + 1;

@@ -7,6 +7,7 @@
  * does not do is decide which pages to share or keep; that is the caller's
  * policy (the server's prefix cache). */
 #include "context.h"
+#include "parallel.h"
 #include "util.h"
 
 static int check_seq(const dsv_context *ctx, int seq) {
@@ -50,18 +51,21 @@ int dsv_seq_attach(dsv_context *ctx, int seq, const int32_t *pages, int n_pages)
     }
     s->n_pages = n_pages;
     s->len = n_pages * DSV_PAGE;
+    dsv_par_send_op(ctx, DSV_PAR_ATTACH, seq, n_pages, 0, pages, n_pages);
     return DSV_OK;
 }
 
 int dsv_kv_page_ref(dsv_context *ctx, int32_t page) {
     int st = check_page(ctx, page);
     if (!st) dsv_kv_ref(&ctx->kv, page);
+    if (!st) dsv_par_send_op(ctx, DSV_PAR_PAGE_REF, page, 0, 0, NULL, 0);
     return st;
 }
 
 int dsv_kv_page_unref(dsv_context *ctx, int32_t page) {
     int st = check_page(ctx, page);
     if (!st) dsv_kv_unref(&ctx->kv, page);
+    if (!st) dsv_par_send_op(ctx, DSV_PAR_PAGE_UNREF, page, 0, 0, NULL, 0);
     return st;
 }
 

@@ -20,10 +20,13 @@
  *    value half maps the result back; its cost per token does not grow with
  *    the context, so it serves single tokens and long contexts.
  * Selected positions are visited in ascending order, so a top-k that keeps
- * every position computes bit for bit what dense attention computes. */
+ * every position computes bit for bit what dense attention computes.
+ * In a model split across processes a rank computes its own heads
+ * (n_local_heads) and o_proj sums the ranks' parts (parallel.h). */
 #include <string.h>
 
 #include "context.h"
+#include "parallel.h"
 #include "util.h"
 
 struct mla_args {
@@ -46,7 +49,7 @@ static void q_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
 static void q_rope_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     (void)ith; (void)a;
     const dsv_config *c = ctx->c;
-    const int H = c->n_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim;
+    const int H = ctx->m->n_local_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim;
     for (long t = i0; t < i1; t++) {
         const float *cs = ctx->rope_cos + (size_t)ctx->tok_pos[t] * (R / 2);
         const float *sn = ctx->rope_sin + (size_t)ctx->tok_pos[t] * (R / 2);
@@ -89,7 +92,7 @@ static void mha_load(dsv_context *ctx, void *a, long i0, long i1, int ith) {
 static void mha_heads(dsv_context *ctx, void *a, long h0, long h1, int ith) {
     struct mla_args *p = a;
     const dsv_config *c = ctx->c;
-    const int H = c->n_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim, V = c->v_head_dim;
+    const int H = ctx->m->n_local_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim, V = c->v_head_dim;
     const int t = p->row0;
     dsv_kern->mha_attn(ctx->o + (size_t)t * H * V, ctx->q + (size_t)t * H * (N + R), p->n_rows,
                        ctx->sel_pos + (size_t)t * ctx->n_keys_max, ctx->n_keys_max, ctx->n_sel + t, ctx->mha_kvb,
@@ -98,7 +101,7 @@ static void mha_heads(dsv_context *ctx, void *a, long h0, long h1, int ith) {
 
 static void mha_entry(dsv_context *ctx, struct mla_args *p, int e) {
     const dsv_config *c = ctx->c;
-    const int H = c->n_heads, N = c->qk_nope_head_dim, V = c->v_head_dim;
+    const int H = ctx->m->n_local_heads, N = c->qk_nope_head_dim, V = c->v_head_dim;
     p->row0 = ctx->ent_row[e];
     p->n_rows = ctx->ent_len[e];
     p->seq = ctx->ent_seq[e];
@@ -122,7 +125,7 @@ static void mqa_task(void *arg, int ith, int nth) {
     dsv_context *ctx = p->ctx;
     const dsv_config *c = ctx->c;
     const dsv_kernels *k = dsv_kern;
-    const int H = c->n_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim, V = c->v_head_dim;
+    const int H = ctx->m->n_local_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim, V = c->v_head_dim;
     const int C = c->kv_lora_rank, t = p->row0, n = p->n_keys, np = dsv_mqa_keys_padded(n);
     const dsv_linear *wkv_b = &p->ly->wkv_b;
     dsv_tscratch *ts = &ctx->ts[ith];
@@ -188,7 +191,7 @@ static void mqa_token(dsv_context *ctx, struct mla_args *p, int t, int seq) {
 void dsv_mla_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn) {
     const dsv_config *c = ctx->c;
     const dsv_layer *ly = &ctx->m->layers[il];
-    const int T = ctx->n_tok, H = c->n_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim;
+    const int T = ctx->n_tok, H = ctx->m->n_local_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim;
     const int C = c->kv_lora_rank, Q = c->q_lora_rank;
     struct mla_args a = {.ctx = ctx, .ly = ly, .il = il, .xn = xn};
 
@@ -217,5 +220,5 @@ void dsv_mla_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn
         }
     }
     dsv_phase(ctx, prev);
-    dsv_lin(ctx, out, c->dim, ctx->o, &ly->wo, T);
+    dsv_lin_reduce(ctx, out, c->dim, ctx->o, &ly->wo, T); /* o_proj is row-parallel */
 }

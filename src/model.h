@@ -7,6 +7,7 @@
 
 #include "dsv32.h"
 #include "ops.h"
+#include "parallel.h"
 #include "safetensors.h"
 
 typedef struct dsv_expert {
@@ -35,12 +36,18 @@ typedef struct dsv_layer {
     dsv_expert mlp;             /* dense MLP [inter_dim] */
     dsv_linear gate;            /* mlp.gate [n_experts, dim], used in fp32 */
     const float *gate_bias;     /* e_score_correction_bias [n_experts], or NULL */
-    dsv_expert *experts;        /* [n_routed_experts] */
+    dsv_expert *experts;        /* [n_routed_experts]; a split model holds [expert0, expert1) */
     dsv_expert shared;          /* shared_experts [n_shared*moe_inter]; absent if n_shared = 0 */
 } dsv_layer;
 
+/* In a model split across processes (parallel.h), every matrix below is this
+ * rank's part: shapes in comments are the whole model's, cut as sh says. */
 struct dsv_model {
     dsv_config cfg;
+    dsv_shard sh;               /* this rank's part (everything when not split) */
+    int n_local_heads;          /* sh.head1 - sh.head0: the heads MLA computes here */
+    int par_id;                 /* the leader's name for it, in a split model */
+    int *par_vocab;             /* [2][size]: every rank's first vocabulary row and count */
     dsv_st *st;
     const void *embed;          /* embed_tokens [vocab, dim] */
     dsv_dtype embed_dtype;      /* BF16, F16 or F32 */

@@ -11,11 +11,15 @@
  * call whatever the number of tokens. A call of a few tokens (decoding)
  * runs its experts in waves: the up projections of a wave's experts in one
  * pool run, their down projections in another, each expert's output kept
- * apart so that the weighted sum still adds them in index order. */
+ * apart so that the weighted sum still adds them in index order. In a model
+ * split across processes a rank adds only its experts and its part of the
+ * shared experts, and the ranks' fp32 sums are summed before the bf16
+ * rounding (parallel.h). */
 #include <math.h>
 #include <string.h>
 
 #include "context.h"
+#include "parallel.h"
 #include "util.h"
 
 struct moe_args {
@@ -107,6 +111,10 @@ static void swiglu_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
 void dsv_mlp_forward(dsv_context *ctx, const dsv_expert *e, int inter, dsv_bf16 *out,
                      const dsv_bf16 *x, int m) {
     struct moe_args a = {.n = inter};
+    if (inter == 0) { /* a rank of a split model holding none of its hidden units */
+        memset(out, 0, (size_t)m * (size_t)ctx->c->dim * sizeof *out);
+        return;
+    }
     dsv_lin(ctx, ctx->ex_h1, inter, x, &e->w1, m);
     dsv_lin(ctx, ctx->ex_h3, inter, x, &e->w3, m);
     dsv_par_for(ctx, m, swiglu_rows, &a);
@@ -190,7 +198,8 @@ static void wave(dsv_context *ctx, const dsv_bf16 *xn, const dsv_expert *const *
  * path below, in fewer pool runs. */
 static void moe_small(dsv_context *ctx, int il, const dsv_layer *ly, struct moe_args *a) {
     const dsv_config *c = ctx->c;
-    const int T = ctx->n_tok, D = c->dim, E = c->n_routed_experts, K = c->n_activated_experts;
+    const int T = ctx->n_tok, D = c->dim, K = c->n_activated_experts;
+    const int e0 = ctx->m->sh.expert0, e1 = ctx->m->sh.expert1; /* this rank's experts */
     const dsv_expert *ex[DSV_MOE_WAVE];
     int width[DSV_MOE_WAVE], n_rows[DSV_MOE_WAVE], n = 0;
     to_f32(ctx, (void *)a->x, 0, T, 0);
@@ -199,8 +208,8 @@ static void moe_small(dsv_context *ctx, int il, const dsv_layer *ly, struct moe_
     dsv_dump_f32(ctx, "moe_gate_weights", il, T, K, ctx->gate_w);
     dsv_dump_i32(ctx, "moe_gate_indices", il, T, K, ctx->gate_i);
     memset(ctx->moe_y, 0, (size_t)T * D * sizeof(float));
-    for (int e = 0; e <= E; e++) {
-        if (e < E) {
+    for (int e = e0; e <= e1; e++) {
+        if (e < e1) {
             int r = 0;
             for (int t = 0; t < T; t++)
                 for (int k = 0; k < K; k++)
@@ -213,28 +222,29 @@ static void moe_small(dsv_context *ctx, int il, const dsv_layer *ly, struct moe_
             ex[n] = &ly->experts[e];
             width[n] = c->moe_inter_dim;
             n_rows[n++] = r;
-        } else if (c->n_shared_experts > 0) {
+        } else if (ly->shared.w1.n_out > 0) { /* this rank's hidden units of the shared experts */
             /* weight 1: float(o) * 1 is float(o), the plain add of the reference */
             for (int t = 0; t < T; t++) {
                 ctx->mw_rows[n * DSV_LIN_SMALL + t] = t;
                 ctx->mw_wts[n * DSV_LIN_SMALL + t] = 1.0f;
             }
             ex[n] = &ly->shared;
-            width[n] = c->n_shared_experts * c->moe_inter_dim;
+            width[n] = ly->shared.w1.n_out;
             n_rows[n++] = T;
         }
-        if (n == DSV_MOE_WAVE || (e == E && n > 0)) {
+        if (n == DSV_MOE_WAVE || (e == e1 && n > 0)) {
             wave(ctx, a->x, ex, width, n, n_rows);
             n = 0;
         }
     }
+    dsv_par_sum_f32(ctx, ctx->moe_y, (size_t)T * D);
     for (long i = 0; i < (long)T * D; i++) a->out[i] = dsv_f32_to_bf16(ctx->moe_y[i]);
 }
 
 void dsv_moe_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn) {
     const dsv_config *c = ctx->c;
     const dsv_layer *ly = &ctx->m->layers[il];
-    const int T = ctx->n_tok, D = c->dim, E = c->n_routed_experts, K = c->n_activated_experts;
+    const int T = ctx->n_tok, D = c->dim, K = c->n_activated_experts;
     struct moe_args a = {.ly = ly, .x = xn, .out = out};
     int prev = dsv_phase(ctx, DSV_PHASE_MOE);
     if (T <= DSV_LIN_SMALL) {
@@ -250,7 +260,7 @@ void dsv_moe_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn
     dsv_dump_i32(ctx, "moe_gate_indices", il, T, K, ctx->gate_i);
 
     memset(ctx->moe_y, 0, (size_t)T * D * sizeof(float));
-    for (int e = 0; e < E; e++) {
+    for (int e = ctx->m->sh.expert0; e < ctx->m->sh.expert1; e++) { /* this rank's experts */
         int n = 0;
         for (int t = 0; t < T; t++)
             for (int k = 0; k < K; k++)
@@ -261,10 +271,11 @@ void dsv_moe_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn
         dsv_mlp_forward(ctx, &ly->experts[e], c->moe_inter_dim, ctx->ex_o, ctx->ex_x, n);
         dsv_par_for(ctx, D, scatter_add, &a);
     }
-    if (c->n_shared_experts > 0) {
-        dsv_mlp_forward(ctx, &ly->shared, c->n_shared_experts * c->moe_inter_dim, ctx->ex_o, xn, T);
+    if (ly->shared.w1.n_out > 0) { /* this rank's hidden units of the shared experts */
+        dsv_mlp_forward(ctx, &ly->shared, ly->shared.w1.n_out, ctx->ex_o, xn, T);
         dsv_par_for(ctx, (long)T * D, add_shared, NULL);
     }
+    dsv_par_sum_f32(ctx, ctx->moe_y, (size_t)T * D);
     dsv_par_for(ctx, (long)T * D, to_bf16, &a);
     dsv_phase(ctx, prev);
 }

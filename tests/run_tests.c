@@ -1,6 +1,7 @@
 /* run_tests.c: runs every registered test in its own child process and ends
  * with "N passed, N failed" (plus skips). Arguments are substrings: only tests
- * whose name or file contains one of them run. */
+ * whose name or file contains one of them run. `run_tests --mpi BODY` is the
+ * program a test launches under mpirun (test_mpi.c). */
 #include "test.h"
 
 #include <dirent.h>
@@ -127,6 +128,7 @@ static int selected(const struct test_entry *t, int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "--mpi")) return test_mpi_main(argc - 1, argv + 1);
     int passed = 0, failed = 0, skipped = 0;
     char failed_names[8192] = "";
     setvbuf(stdout, NULL, _IOLBF, 0);

@@ -31,7 +31,9 @@ static double now(void) {
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
-void server_start(server *s, const char *model, const char *args) {
+void server_start(server *s, const char *model, const char *args) { server_start_with(s, NULL, model, args); }
+
+void server_start_with(server *s, const char *launcher, const char *model, const char *args) {
     const char *bin = getenv("DSV32_BIN");
     REQUIREF(bin && *bin, "DSV32_BIN is not set (run through make test)");
     static int n;
@@ -51,7 +53,8 @@ void server_start(server *s, const char *model, const char *args) {
         int log = open(s->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         if (log >= 0) dup2(log, 2);
         char cmd[4096];
-        snprintf(cmd, sizeof cmd, "exec '%s' serve -m '%s' --port 0 %s", bin, model, args ? args : "");
+        snprintf(cmd, sizeof cmd, "exec %s '%s' serve -m '%s' --port 0 %s", launcher ? launcher : "", bin, model,
+                 args ? args : "");
         execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
         _exit(127);
     }

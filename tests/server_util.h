@@ -19,6 +19,8 @@ typedef struct server {
 /* Starts DSV32_BIN serve -m model --port 0 ARGS and waits for it to listen
  * (fails the test if it does not). */
 void server_start(server *s, const char *model, const char *args);
+/* The same, started through a launcher ("mpirun -np 2"; NULL: none). */
+void server_start_with(server *s, const char *launcher, const char *model, const char *args);
 /* SIGTERM and wait; returns its exit status (128 + signal if killed). */
 int server_stop(server *s);
 

@@ -65,5 +65,8 @@ const char *test_tmpdir(void);
 void *test_read_file(const char *path, size_t *len);
 /* Runs a shell command, captures stdout (caller frees) and returns exit status. */
 int test_run(const char *cmd, char **out);
+/* `run_tests --mpi BODY`: what every rank runs when a test starts run_tests
+ * itself under mpirun (test_mpi.c). Returns the exit status. */
+int test_mpi_main(int argc, char **argv);
 
 #endif

@@ -35,7 +35,8 @@ static const char *usage =
     "\n"
     "Prefill throughput and decode latency at each context depth, time split by part,\n"
     "weight and cache bytes per token, next to this machine's read bandwidth and AMX BF16\n"
-    "peak (measured in the same run, with the same threads).\n"
+    "peak (measured in the same run, with the same threads). Under mpirun, a line per\n"
+    "measurement adds the time the split model spent communicating between ranks.\n"
     "\n"
     "  -m DIR             model directory (config.json + *.safetensors; see dsv32 synth)\n"
     "  --depth LIST       context depths, comma-separated (default 0,4096)\n"
@@ -149,6 +150,11 @@ static void report(struct bench *b, const char *phase, int mode, int depth, int 
             s->ns[DSV_PHASE_MOE] * ms, s->ns[DSV_PHASE_OTHER] * ms, wbytes / 1e6, gbs,
             b->mem_gbs > 0 ? 100 * gbs / b->mem_gbs : 0, (unsigned long long)s->kv_token_bytes, kv_read / 1e6, lin_tf,
             (unsigned long long)rss);
+    const int ranks = dsv_parallel_size();
+    if (ranks > 1)
+        fprintf(b->table, "        %d ranks: %.3f ms/tok communicating (%.1f sums and gathers, %.1f KB summed, "
+                "%.1f KB of logits gathered per token)\n", ranks, s->ns[DSV_PHASE_COMM] * ms, (double)s->n_comm * per,
+                (double)s->comm_sum_bytes * per / 1e3, (double)s->comm_gather_bytes * per / 1e3);
     fflush(b->table);
     if (!b->json) return;
     printf("{\"model\":\"%s\",\"dtype\":\"%s\",\"kernels\":\"%s\",\"threads\":%ld,\"phase\":\"%s\",\"mode\":\"%s\","
@@ -165,7 +171,8 @@ static void report(struct bench *b, const char *phase, int mode, int depth, int 
            wbytes > 0 ? b->mem_gbs * 1e9 / wbytes : 0, (unsigned long long)s->kv_token_bytes, kv_read, keys, lin_tf);
     if (b->amx_tflops > 0) printf("%.6g", b->amx_tflops);
     else printf("null");
-    printf(",\"peak_rss_mb\":%llu}\n", (unsigned long long)rss);
+    printf(",\"ranks\":%d,\"comm_ms\":%.6g,\"comm_sum_bytes_per_tok\":%.0f,\"peak_rss_mb\":%llu}\n", ranks,
+           s->ns[DSV_PHASE_COMM] * ms, (double)s->comm_sum_bytes * per, (unsigned long long)rss);
     fflush(stdout);
 }
 

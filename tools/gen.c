@@ -29,7 +29,7 @@ const char gen_opts_help[] =
     "  --top-k K          keep the K most likely tokens, 0 = off (default 0)\n"
     "  --min-p P          drop tokens below P x the top probability, 0 = off (default 0)\n"
     "  --repeat-penalty R penalize tokens already seen, 1 = off (default 1)\n"
-    "  --seed S           random seed (default: a random one, printed with -v)\n"
+    "  --seed S           random seed (default: a different one each run)\n"
     "  --stop STR         stop when STR is generated (repeatable, up to 16)\n"
     "  --ctx N            context size in tokens (default: the model's\n"
     "                     max_position_embeddings, at most 4096)\n"

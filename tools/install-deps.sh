@@ -3,6 +3,8 @@
 # Idempotent and non-interactive; uses sudo when not root.
 set -eu
 PKGS="build-essential clang pkg-config libpcre2-dev libcjson-dev libmicrohttpd-dev zstd"
+# Model parallelism across processes (make MPI=1, mpirun): Open MPI.
+PKGS="$PKGS openmpi-bin libopenmpi-dev"
 # The server's client tests: node and npm (they install the openai client and
 # puppeteer-core from npm) and Chromium for the chat page. A node that came
 # from elsewhere, with its own npm, is kept.

@@ -1,5 +1,10 @@
 /* main.c: the dsv32 command line, a thin client of include/dsv32.h.
- * Each command lives in tools/cmd_<name>.c and is listed in the table below. */
+ * Each command lives in tools/cmd_<name>.c and is listed in the table below.
+ *
+ * Under mpirun every rank starts here: rank 0 runs the command, the others
+ * follow it (dsv_parallel_follow replays its model calls with their part of
+ * the weights) and exit with its status. */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -24,6 +29,7 @@ static const struct command commands[] = {
     {"serve", "OpenAI-compatible HTTP server (continuous batching, prefix cache)", cmd_serve},
     {"synth", "write a random-weight model of any DeepSeek-V3.2 shape", cmd_synth},
     {"bench", "prefill and decode speed at chosen context depths, next to the machine's limits", cmd_bench},
+    {"convert", "per-rank shard files of a model split across processes (mpirun)", cmd_convert},
     {NULL, NULL, NULL},
 };
 
@@ -33,7 +39,7 @@ static void usage(FILE *f) {
         fprintf(f, "  %-12s %s\n", c->name, c->summary);
 }
 
-int main(int argc, char **argv) {
+static int run(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
@@ -42,4 +48,26 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[1], c->name)) return c->run(argc - 1, argv + 1);
     fprintf(stderr, "dsv32: unknown command '%s' (see dsv32 --help)\n", argv[1]);
     return 2;
+}
+
+int main(int argc, char **argv) {
+    if (dsv_parallel_init(&argc, &argv)) {
+        fprintf(stderr, "dsv32: %s\n", dsv_errmsg());
+        return 1;
+    }
+    int rc;
+    if (dsv_parallel_rank() == 0) {
+        rc = run(argc, argv);
+    } else {
+        /* mpirun hands a Ctrl-C or SIGTERM to every rank: the leader stops
+         * cleanly (serve, chat) and then releases the followers, so they
+         * leave that decision to it. */
+        signal(SIGINT, SIG_IGN);
+        signal(SIGTERM, SIG_IGN);
+        dsv_parallel_follow();
+        rc = 0; /* the leader's status is the job's: mpirun reports rank 0 */
+    }
+    fflush(stdout);
+    dsv_parallel_finalize(rc);
+    return rc;
 }
