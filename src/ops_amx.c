@@ -122,14 +122,6 @@ static inline void e4m3x64_bf16(__m512i c, __m512i *a, __m512i *b) {
     *b = _mm512_unpackhi_epi8(lo, hi);
 }
 
-/* 32 e4m3 codes -> bf16 bits in natural order (the indexer's operands). */
-static inline __m512i e4m3x32_bf16(const uint8_t *p) {
-    __m512i a, b;
-    e4m3x64_bf16(_mm512_castsi256_si512(_mm256_loadu_si256((const void *)p)), &a, &b);
-    /* lanes 0-1 of a and b hold codes 0-7, 8-15 and 16-23, 24-31 */
-    return _mm512_permutex2var_epi64(a, _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), b);
-}
-
 /* 32 weights of a non-fp8 row from element i as bf16 bits (the first n if
  * n < 32, zeros after); f16/f32 weights rounded to bf16 as the reference's
  * bf16 Linear holds them. */
