@@ -115,11 +115,13 @@ static void mha_entry(dsv_context *ctx, struct mla_args *p, int e) {
 
 /* Absorbed attention of one token, every thread on it at once, in steps
  * split their own way (a barrier between): (1) heads: absorb the queries;
- * keys, 32 at a time: gather the selected latent rows (dequantized) and
- * lay them out for the values; (2) keys: scores of all heads; (3) heads:
- * softmax; (4) latent columns: the weighted sums; (5) heads: the output
- * absorption. Every element's arithmetic is fixed by its head, key or
- * column alone, so the thread count changes nothing. */
+ * (2) keys, in blocks of MQA_BLOCK: gather the selected latent rows
+ * (dequantized), lay them out for the values and take the scores of all
+ * heads while the block is still in cache; (3) heads: softmax; (4) latent
+ * columns: the weighted sums; (5) heads: the output absorption. Every
+ * element's arithmetic is fixed by its head, key or column alone, so the
+ * thread count and the blocking change nothing. */
+#define MQA_BLOCK 128 /* keys: 128 KB of gathered bf16 rows, within L2 */
 static void mqa_task(void *arg, int ith, int nth) {
     struct mla_args *p = arg;
     dsv_context *ctx = p->ctx;
@@ -139,10 +141,13 @@ static void mqa_task(void *arg, int ith, int nth) {
         k->absorb_q(ctx->q_abs + h * C, qh, wkv_b, (int)h * (N + V), N, ts->acc);
         memcpy(ctx->q_pe + h * R, qh + N, (size_t)R * sizeof(dsv_bf16));
     }
-    if (j0 < j1) {
-        const dsv_seq *s = &ctx->seqs[p->seq];
-        const int32_t *idx = ctx->sel_pos + (size_t)t * ctx->n_keys_max;
-        for (int j = j0; j < j1; j++) {
+    dsv_pool_barrier(ctx->pool);
+
+    const dsv_seq *s = &ctx->seqs[p->seq];
+    const int32_t *idx = ctx->sel_pos + (size_t)t * ctx->n_keys_max;
+    for (int jb = j0; jb < j1; jb += MQA_BLOCK) {
+        const int je = DSV_MIN(jb + MQA_BLOCK, j1);
+        for (int j = jb; j < je; j++) {
             /* the records are scattered over the cache: ask for a few ahead */
             if (j + 4 < j1) {
                 const char *r = (const char *)dsv_kv_latent(&ctx->kv, s, p->il, idx[j + 4]);
@@ -151,13 +156,10 @@ static void mqa_task(void *arg, int ith, int nth) {
             dsv_kv_get_latent(&ctx->kv, dsv_kv_latent(&ctx->kv, s, p->il, idx[j]), ctx->g_lat + (size_t)j * C,
                               ctx->g_pe + (size_t)j * R);
         }
-    }
-    if (k->mqa_pack && j0 < j1) k->mqa_pack(ctx->mqa_kvp, ctx->g_lat, n, C, j0, j1);
-    dsv_pool_barrier(ctx->pool);
-
-    if (j0 < j1)
-        k->mqa_scores(ctx->mqa_s, np, ctx->q_abs, ctx->q_pe, ctx->g_lat, ctx->g_pe, H, C, R, c->softmax_scale, j0, j1,
+        if (k->mqa_pack) k->mqa_pack(ctx->mqa_kvp, ctx->g_lat, n, C, jb, je);
+        k->mqa_scores(ctx->mqa_s, np, ctx->q_abs, ctx->q_pe, ctx->g_lat, ctx->g_pe, H, C, R, c->softmax_scale, jb, je,
                       ts->att);
+    }
     dsv_pool_barrier(ctx->pool);
 
     for (long h = h0; h < h1; h++) {
