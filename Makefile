@@ -102,7 +102,7 @@ asan:
 	    CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	    LDFLAGS="-fsanitize=address,undefined" test
 
-# The standard benchmark set (tools/bench.sh, about 15 minutes on 2 cores):
+# The standard benchmark set (tools/bench.sh, about 3 minutes on 2 cores):
 # prints a table, writes docs/bench.md and docs/bench-decode.png. Not part of
 # test. Token counts and depths: BENCH_* variables, see tools/bench.sh.
 bench: $(BUILD)/dsv32

@@ -16,10 +16,11 @@
 # is installed from Debian's gnuplot-nox when missing).
 #
 # Depth is reached with random cache contents by default (decode timing is
-# real either way): real prefill to 65536 tokens takes hours with the scalar
-# reference kernels. Token counts are sized so the whole set takes about 15
-# minutes on 2 cores with those kernels; with fast kernels, raise them:
-#   make bench BENCH_PREFILL=512 BENCH_DECODE=32 BENCH_FILL=real
+# real either way): real prefill to 65536 tokens takes minutes per model
+# even with the AMX kernels, and hours with the scalar reference ones. With
+# the AMX kernels on 2 cores the whole set takes about 3 minutes; forcing the
+# scalar kernels (DSV32_ISA=generic), lower the token counts, e.g.
+#   DSV32_ISA=generic make bench BENCH_PREFILL=32 BENCH_DECODE=8 BENCH_DENSE_DECODE=4 BENCH_V32_DECODE=3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,10 +28,10 @@ BUILD=${BUILD:-build}
 BIN=$BUILD/dsv32
 MODELS=$BUILD/bench-models
 OUT=$BUILD/bench
-PREFILL=${BENCH_PREFILL:-32}        # tokens prefilled (timed) at each bench-small depth
-DECODE=${BENCH_DECODE:-8}           # tokens decoded (timed) at each bench-small depth
-DENSE_DECODE=${BENCH_DENSE_DECODE:-4}
-V32_DECODE=${BENCH_V32_DECODE:-3}   # dense attention at 131072 costs ~40 s a token when scalar
+PREFILL=${BENCH_PREFILL:-512}       # tokens prefilled (timed) at each bench-small depth
+DECODE=${BENCH_DECODE:-64}          # tokens decoded (timed) at each bench-small depth
+DENSE_DECODE=${BENCH_DENSE_DECODE:-16}
+V32_DECODE=${BENCH_V32_DECODE:-16} # dense attention at 131072: ~0.4 s a token (AMX), ~50 s (scalar)
 FILL=${BENCH_FILL:-random}
 THREADS=${BENCH_THREADS:-}          # empty: every online CPU
 SEED=${BENCH_SEED:-0}
