@@ -91,7 +91,9 @@ first=$(head -n 1 "$OUT/results.jsonl")
 kernels=$(awk "$AWK_GET"'{ print get($0, "kernels"); exit }' <<< "$first")
 threads=$(awk "$AWK_GET"'{ print get($0, "threads"); exit }' <<< "$first")
 cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || echo unknown)
-commit=$(git describe --always --dirty 2>/dev/null || echo unknown)
+# the commit measured; "-dirty" when sources differ from it (not this script's own outputs)
+commit=$(git describe --always 2>/dev/null || echo unknown)
+git diff --quiet HEAD -- . ':!docs/bench.md' ':!docs/bench-decode.png' 2>/dev/null || commit="$commit-dirty"
 
 {
 echo "# Benchmark results"
@@ -134,7 +136,7 @@ echo
 awk "$AWK_GET"'
 function key(m, mode, d) { return m "/" mode "/" d }
 { ph = get($0, "phase"); k = key(get($0, "model"), get($0, "mode"), get($0, "depth"))
-  if (ph == "decode") { tps[k] = get($0, "tok_s"); ms[k] = get($0, "ms_per_tok"); attn[k] = get($0, "attn_ms")
+  if (ph == "decode") { tps[k] = get($0, "tok_s") + 0; ms[k] = get($0, "ms_per_tok") + 0; attn[k] = get($0, "attn_ms") + 0
                         pct[k] = 100 * get($0, "gbs") / get($0, "mem_gbs") }
   if (ph == "prefill" && get($0, "depth") == 0 && get($0, "amx_tflops") != "null")
       lin[get($0, "model")] = 100 * get($0, "linear_tflops") / get($0, "amx_tflops") }
