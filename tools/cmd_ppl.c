@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "commands.h"
@@ -170,6 +171,7 @@ int cmd_ppl(int argc, char **argv) {
     int32_t *win = rc ? NULL : malloc((size_t)ctx * sizeof *win);
     if (!rc && (!logits || !win)) rc = cli_fail(cmd, "out of memory");
 
+    const int progress = isatty(2); /* a window count on a terminal only */
     /* Windows: [BOS] + up to ctx-1 (or ctx without BOS) text tokens. */
     const size_t step = bos >= 0 ? (size_t)ctx - 1 : (size_t)ctx;
     const size_t n_win = bos >= 0 ? (n + step - 1) / step : (n - 1 + step - 2) / (step - 1);
@@ -197,11 +199,11 @@ int cmd_ppl(int argc, char **argv) {
          * is context there and every token but the first is scored once. */
         at += bos >= 0 ? take : take - 1;
         if (bos < 0 && at + 1 >= n) at = n;
-        if (!quiet)
+        if (!quiet && progress)
             fprintf(stderr, "\rppl: window %zu/%zu  ppl %.4f  %.0f tok/s", w + 1, n_win, exp(nll / scored),
                     scored / (dsv_time() - t0));
     }
-    if (!quiet) fputc('\n', stderr);
+    if (!quiet && progress) fputc('\n', stderr);
     if (!rc) {
         double ppl = exp(nll / scored);
         if (quiet) printf("%.4f\n", ppl);
