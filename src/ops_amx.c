@@ -908,6 +908,33 @@ static void mqa_pack(void *kvp, const dsv_bf16 *kv, int n, int C, int j0, int j1
         }
 }
 
+/* O = P·V for up to 4 column tiles of 16 values: P's 16 rows (ldp elements
+ * apart) against value tiles that hold pairs of consecutive keys (vcol: the
+ * first column tile, bt bytes between column tiles, 32 keys a step) into
+ * accumulators 0..ng-1. */
+static inline void pv_tiles(const dsv_bf16 *p, size_t ldp, const uint8_t *vcol, size_t bt, int steps, int ng) {
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    for (int a = 0; a < steps; a++) {
+        const uint8_t *b = vcol + 16 * (size_t)a * 64;
+        _tile_loadd(4, p + 32 * (size_t)a, ldp * 2);
+        _tile_loadd(5, b, 64);
+        _tile_dpbf16ps(0, 4, 5);
+        if (ng > 1) { _tile_loadd(6, b + bt, 64); _tile_dpbf16ps(1, 4, 6); }
+        if (ng > 2) { _tile_loadd(7, b + 2 * bt, 64); _tile_dpbf16ps(2, 4, 7); }
+        if (ng > 3) { _tile_loadd(5, b + 3 * bt, 64); _tile_dpbf16ps(3, 4, 5); }
+    }
+}
+
+/* Accumulator i (0..3) to ct [16][16]. */
+static inline void store_acc(int i, float *ct) {
+    switch (i) {
+    case 0: _tile_stored(0, ct, 64); break;
+    case 1: _tile_stored(1, ct, 64); break;
+    case 2: _tile_stored(2, ct, 64); break;
+    default: _tile_stored(3, ct, 64); break;
+    }
+}
+
 static void mqa_pv(dsv_bf16 *o_lat, const dsv_bf16 *P, int ldp, const dsv_bf16 *kv, const void *kvp, int n, int H, int C,
                    int c0, int c1, float *scratch) {
     if (!mqa_tiled(C, 32)) {
@@ -924,24 +951,10 @@ static void mqa_pv(dsv_bf16 *o_lat, const dsv_bf16 *P, int ldp, const dsv_bf16 *
         const dsv_bf16 *ph = P + (size_t)hb * ldp;
         for (int g = c0 / 16; g < c1 / 16; g += 4) {
             const int ng = c1 / 16 - g < 4 ? c1 / 16 - g : 4;
-            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-            for (int a = 0; a < np / 32; a++) {
-                const uint8_t *b = vp + ((size_t)g * (np / 2) + 16 * (size_t)a) * 64;
-                /* rows past nh read other heads' weights (or padding): their results are not kept */
-                _tile_loadd(4, ph + 32 * (size_t)a, (size_t)ldp * 2);
-                _tile_loadd(5, b, 64);
-                _tile_dpbf16ps(0, 4, 5);
-                if (ng > 1) { _tile_loadd(6, b + bt, 64); _tile_dpbf16ps(1, 4, 6); }
-                if (ng > 2) { _tile_loadd(7, b + 2 * bt, 64); _tile_dpbf16ps(2, 4, 7); }
-                if (ng > 3) { _tile_loadd(5, b + 3 * bt, 64); _tile_dpbf16ps(3, 4, 5); }
-            }
+            /* rows past nh read other heads' weights (or padding): their results are not kept */
+            pv_tiles(ph, (size_t)ldp, vp + (size_t)g * (np / 2) * 64, bt, np / 32, ng);
             for (int i = 0; i < ng; i++) {
-                switch (i) {
-                case 0: _tile_stored(0, ct, 64); break;
-                case 1: _tile_stored(1, ct, 64); break;
-                case 2: _tile_stored(2, ct, 64); break;
-                default: _tile_stored(3, ct, 64); break;
-                }
+                store_acc(i, ct);
                 for (int h = 0; h < nh; h++) bf16x16_store(o_lat + (size_t)(hb + h) * C + 16 * (g + i), _mm512_load_ps(ct + 16 * h));
             }
         }
@@ -1067,24 +1080,9 @@ static void mha_head(dsv_bf16 *o, const dsv_bf16 *q, int T, const int32_t *idx, 
         /* Outputs, 4 column tiles (64 values) at a time. */
         for (int g = 0; g < VT; g += 4) {
             const int ng = VT - g < 4 ? VT - g : 4;
-            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-            for (int a = 0; a < Ebp / 32; a++) {
-                const uint8_t *b = vp + ((size_t)g * (Ep / 2) + 16 * (size_t)a) * 64;
-                const size_t bt = (size_t)(Ep / 2) * 64; /* between column tiles */
-                _tile_loadd(4, P + 32 * (size_t)a, (size_t)Ep * 2);
-                _tile_loadd(5, b, 64);
-                _tile_dpbf16ps(0, 4, 5);
-                if (ng > 1) { _tile_loadd(6, b + bt, 64); _tile_dpbf16ps(1, 4, 6); }
-                if (ng > 2) { _tile_loadd(7, b + 2 * bt, 64); _tile_dpbf16ps(2, 4, 7); }
-                if (ng > 3) { _tile_loadd(5, b + 3 * bt, 64); _tile_dpbf16ps(3, 4, 5); }
-            }
+            pv_tiles(P, (size_t)Ep, vp + (size_t)g * (Ep / 2) * 64, (size_t)(Ep / 2) * 64, Ebp / 32, ng);
             for (int i = 0; i < ng; i++) {
-                switch (i) {
-                case 0: _tile_stored(0, ct, 64); break;
-                case 1: _tile_stored(1, ct, 64); break;
-                case 2: _tile_stored(2, ct, 64); break;
-                default: _tile_stored(3, ct, 64); break;
-                }
+                store_acc(i, ct);
                 for (int t = 0; t < nt; t++)
                     bf16x16_store(o + ((size_t)(t0 + t) * H + h) * V + 16 * (g + i), _mm512_load_ps(ct + 16 * t));
             }
