@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dsv32.h"
+
 int cli_fail(const char *cmd, const char *fmt, ...) {
     va_list ap;
     fprintf(stderr, "dsv32 %s: ", cmd);
@@ -33,6 +35,13 @@ int cli_int(const char *cmd, const char *opt, const char *s, long lo, long hi, l
         return 1;
     }
     *out = v;
+    return 0;
+}
+
+int cli_scale_fmt(const char *cmd, const char *s, int *out) {
+    if (!strcmp(s, "ue8m0")) *out = DSV_SCALE_FMT_UE8M0;
+    else if (!strcmp(s, "none")) *out = DSV_SCALE_FMT_NONE;
+    else return cli_fail(cmd, "--scale-fmt: expected ue8m0 or none, got '%s'", s);
     return 0;
 }
 

@@ -11,6 +11,8 @@ int cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf
 const char *cli_value(const char *cmd, int argc, char **argv, int *i);
 /* Parses a whole decimal integer in [lo, hi]; 0 on success. */
 int cli_int(const char *cmd, const char *opt, const char *s, long lo, long hi, long *out);
+/* Parses a --scale-fmt value ("ue8m0" or "none") into a DSV_SCALE_FMT_*; 0 on success. */
+int cli_scale_fmt(const char *cmd, const char *s, int *out);
 /* Parses "1,2,3" into a malloc'ed array; 0 on success. */
 int cli_ids(const char *cmd, const char *s, int32_t **ids, int *n);
 

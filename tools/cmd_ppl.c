@@ -124,10 +124,7 @@ int cmd_ppl(int argc, char **argv) {
         } else if (!strcmp(a, "-t")) {
             if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1024, &threads)) return 1;
         } else if (!strcmp(a, "--scale-fmt")) {
-            if (!(v = cli_value(cmd, argc, argv, &i))) return 1;
-            if (!strcmp(v, "ue8m0")) scale_fmt = DSV_SCALE_FMT_UE8M0;
-            else if (!strcmp(v, "none")) scale_fmt = DSV_SCALE_FMT_NONE;
-            else return cli_fail(cmd, "--scale-fmt: expected ue8m0 or none, got '%s'", v);
+            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_scale_fmt(cmd, v, &scale_fmt)) return 1;
         } else return cli_fail(cmd, "unknown option '%s' (see dsv32 ppl --help)", a);
     }
     if (!model) return cli_fail(cmd, "missing -m MODEL_DIR (see dsv32 ppl --help)");
