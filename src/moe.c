@@ -20,6 +20,7 @@
 
 #include "context.h"
 #include "parallel.h"
+#include "route.h"
 #include "util.h"
 
 struct moe_args {
@@ -30,18 +31,12 @@ struct moe_args {
     const dsv_bf16 *src;
 };
 
-/* Selection rank: higher first, lower index on ties (torch.topk leaves ties
- * unspecified; this makes ours deterministic). */
-static int better(float a, int ia, float b, int ib) { return a > b || (a == b && ia < ib); }
-
 static void route_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     (void)ith;
     struct moe_args *p = a;
     const dsv_config *c = ctx->c;
-    const int E = c->n_routed_experts, K = c->n_activated_experts, G = c->n_expert_groups;
-    const int per = E / G;
+    const int E = c->n_routed_experts, K = c->n_activated_experts;
     float orig[1024], sc[1024];
-    int gsel[1024];
     DSV_ASSERT(E <= 1024);
     for (long t = i0; t < i1; t++) {
         const float *lg = ctx->gate_logits + t * E;
@@ -54,39 +49,9 @@ static void route_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
             for (int e = 0; e < E; e++) orig[e] = 1.0f / (1.0f + expf(-lg[e]));
         }
         for (int e = 0; e < E; e++) sc[e] = p->ly->gate_bias ? orig[e] + p->ly->gate_bias[e] : orig[e];
-        if (G > 1) {
-            /* Group score: the sum of the group's two best (with a bias), else its best. */
-            float gs[1024];
-            for (int g = 0; g < G; g++) {
-                float b1 = -INFINITY, b2 = -INFINITY;
-                for (int e = g * per; e < (g + 1) * per; e++) {
-                    if (sc[e] > b1) { b2 = b1; b1 = sc[e]; }
-                    else if (sc[e] > b2) b2 = sc[e];
-                }
-                gs[g] = p->ly->gate_bias ? b1 + b2 : b1;
-                gsel[g] = 0;
-            }
-            for (int k = 0; k < c->n_limited_groups; k++) {
-                int best = -1;
-                for (int g = 0; g < G; g++)
-                    if (!gsel[g] && (best < 0 || better(gs[g], g, gs[best], best))) best = g;
-                gsel[best] = 1;
-            }
-            for (int g = 0; g < G; g++)
-                if (!gsel[g])
-                    for (int e = g * per; e < (g + 1) * per; e++) sc[e] = -INFINITY;
-        }
         int32_t *idx = ctx->gate_i + t * K;
         float *w = ctx->gate_w + t * K;
-        for (int k = 0; k < K; k++) {
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                int taken = 0;
-                for (int j = 0; j < k; j++) taken |= idx[j] == e;
-                if (!taken && (best < 0 || better(sc[e], e, sc[best], best))) best = e;
-            }
-            idx[k] = best;
-        }
+        dsv_route_choose(c, sc, p->ly->gate_bias != NULL, idx);
         float sum = 0;
         for (int k = 0; k < K; k++) { w[k] = orig[idx[k]]; sum += w[k]; }
         if (c->score_func == DSV_SCORE_SIGMOID && c->norm_topk_prob)

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "route.h"
 #include "train.h"
 #include "util.h"
 
@@ -174,48 +175,16 @@ float dsv_tr_kl(float *dI, const float *I, const float *p, const uint8_t *allow,
     return (float)kl;
 }
 
-/* Selection rank: higher first, lower index on ties (as moe.c). */
-static int better(float a, int ia, float b, int ib) { return a > b || (a == b && ia < ib); }
-
 void dsv_tr_route_fwd(int32_t *idx, float *w, float *s, const float *logits, const float *bias,
                       const dsv_config *c) {
-    const int E = c->n_routed_experts, K = c->n_activated_experts, G = c->n_expert_groups, per = E / G;
-    float sc[1024], gs[1024];
-    int gsel[1024];
+    const int E = c->n_routed_experts, K = c->n_activated_experts;
+    float sc[1024];
     DSV_ASSERT(E <= 1024);
     for (int e = 0; e < E; e++) {
         s[e] = 1.0f / (1.0f + expf(-logits[e]));
         sc[e] = bias ? s[e] + bias[e] : s[e];
     }
-    if (G > 1) {
-        for (int g = 0; g < G; g++) {
-            float b1 = -INFINITY, b2 = -INFINITY;
-            for (int e = g * per; e < (g + 1) * per; e++) {
-                if (sc[e] > b1) { b2 = b1; b1 = sc[e]; }
-                else if (sc[e] > b2) b2 = sc[e];
-            }
-            gs[g] = bias ? b1 + b2 : b1;
-            gsel[g] = 0;
-        }
-        for (int k = 0; k < c->n_limited_groups; k++) {
-            int best = -1;
-            for (int g = 0; g < G; g++)
-                if (!gsel[g] && (best < 0 || better(gs[g], g, gs[best], best))) best = g;
-            gsel[best] = 1;
-        }
-        for (int g = 0; g < G; g++)
-            if (!gsel[g])
-                for (int e = g * per; e < (g + 1) * per; e++) sc[e] = -INFINITY;
-    }
-    for (int k = 0; k < K; k++) {
-        int best = -1;
-        for (int e = 0; e < E; e++) {
-            int taken = 0;
-            for (int j = 0; j < k; j++) taken |= idx[j] == e;
-            if (!taken && (best < 0 || better(sc[e], e, sc[best], best))) best = e;
-        }
-        idx[k] = best;
-    }
+    dsv_route_choose(c, sc, bias != NULL, idx);
     float sum = 0;
     for (int k = 0; k < K; k++) sum += s[idx[k]];
     for (int k = 0; k < K; k++)
