@@ -17,6 +17,7 @@
 
 #include "context.h"
 #include "parallel.h"
+#include "rope.h"
 #include "util.h"
 
 dsv_context_params dsv_context_default_params(void) {
@@ -143,40 +144,6 @@ static void layout(dsv_context *ctx, carver *cv) {
     }
 }
 
-/* model.py precompute_freqs_cis: θ_i = base^(-2i/d) in fp32, blended with
- * θ_i / factor over YaRN's correction range [low, high]; angles are the fp32
- * product pos * θ'_i. */
-static void rope_table(dsv_context *ctx) {
-    const dsv_config *c = ctx->c;
-    const int R = c->qk_rope_head_dim, half = R / 2;
-    float freq[512];
-    DSV_ASSERT(half <= 512);
-    for (int i = 0; i < half; i++)
-        freq[i] = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)R);
-    if (c->yarn) {
-        double two_pi = 2.0 * M_PI, lb = log((double)c->rope_theta);
-        double lo_d = R * log(c->original_seq_len / (c->beta_fast * two_pi)) / (2 * lb);
-        double hi_d = R * log(c->original_seq_len / (c->beta_slow * two_pi)) / (2 * lb);
-        double low = floor(lo_d), high = ceil(hi_d);
-        if (low < 0) low = 0;
-        if (high > R - 1) high = R - 1;
-        float lo = (float)low, hi = (float)high;
-        if (lo == hi) hi += 0.001f;
-        for (int i = 0; i < half; i++) {
-            float ramp = ((float)i - lo) / (hi - lo);
-            ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
-            float smooth = 1 - ramp;
-            freq[i] = freq[i] / c->rope_factor * (1 - smooth) + freq[i] * smooth;
-        }
-    }
-    for (int p = 0; p < ctx->p.n_ctx; p++)
-        for (int i = 0; i < half; i++) {
-            float phi = (float)p * freq[i];
-            ctx->rope_cos[(size_t)p * half + i] = (float)cos((double)phi);
-            ctx->rope_sin[(size_t)p * half + i] = (float)sin((double)phi);
-        }
-}
-
 /* Sizes and allocates everything (p: checked, with defaults resolved). */
 static int context_init(dsv_context *ctx, dsv_model *m, dsv_context_params p) {
     const dsv_config *c = &m->cfg;
@@ -198,7 +165,7 @@ static int context_init(dsv_context *ctx, dsv_model *m, dsv_context_params p) {
         return dsv_error(DSV_ERR_NOMEM, "context: cannot allocate %.1f MiB of scratch", cv.off / 1048576.0);
     cv = (carver){ctx->arena, 0};
     layout(ctx, &cv);
-    rope_table(ctx);
+    dsv_rope_tables(ctx->c, ctx->p.n_ctx, ctx->rope_cos, ctx->rope_sin);
     int st = dsv_kv_init(&ctx->kv, c->n_layers, c->kv_lora_rank, c->qk_rope_head_dim, 128, p.n_pages);
     if (!st) st = dsv_pool_init(&ctx->pool, p.n_threads);
     if (st) return st;

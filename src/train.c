@@ -29,6 +29,7 @@
 
 #include "numeric.h"
 #include "ops.h"
+#include "rope.h"
 #include "safetensors.h"
 #include "threads.h"
 #include "train.h"
@@ -338,36 +339,6 @@ static int alloc_work(dsv_trainer *t, tr_work *w) {
     return fail ? -1 : 0;
 }
 
-/* model.py precompute_freqs_cis, as forward.c's rope_table. */
-static void rope_table(dsv_trainer *t) {
-    const dsv_config *c = &t->c;
-    const int R = c->qk_rope_head_dim, half = R / 2;
-    float freq[512];
-    DSV_ASSERT(half <= 512);
-    for (int i = 0; i < half; i++) freq[i] = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)R);
-    if (c->yarn) {
-        double two_pi = 2.0 * M_PI, lb = log((double)c->rope_theta);
-        double low = floor(R * log(c->original_seq_len / (c->beta_fast * two_pi)) / (2 * lb));
-        double high = ceil(R * log(c->original_seq_len / (c->beta_slow * two_pi)) / (2 * lb));
-        if (low < 0) low = 0;
-        if (high > R - 1) high = R - 1;
-        float lo = (float)low, hi = (float)high;
-        if (lo == hi) hi += 0.001f;
-        for (int i = 0; i < half; i++) {
-            float ramp = ((float)i - lo) / (hi - lo);
-            ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
-            float smooth = 1 - ramp;
-            freq[i] = freq[i] / c->rope_factor * (1 - smooth) + freq[i] * smooth;
-        }
-    }
-    for (int p = 0; p < t->T; p++)
-        for (int i = 0; i < half; i++) {
-            float phi = (float)p * freq[i];
-            t->rope_cos[(size_t)p * half + i] = (float)cos((double)phi);
-            t->rope_sin[(size_t)p * half + i] = (float)sin((double)phi);
-        }
-}
-
 static int check_config(const dsv_config *c) {
     if (c->score_func != DSV_SCORE_SIGMOID)
         return dsv_error(DSV_ERR_UNSUPPORTED, "training supports the sigmoid router only");
@@ -432,7 +403,7 @@ static int trainer_create(dsv_trainer **out, const char *config_json, const dsv_
             return dsv_error(DSV_ERR_NOMEM, "out of memory for the activations of %d-token sequences", o.seq_len);
         }
     if ((st = dsv_pool_init(&t->pool, t->nth))) { dsv_train_free(t); return st; }
-    rope_table(t);
+    dsv_rope_tables(&t->c, t->T, t->rope_cos, t->rope_sin);
     *out = t;
     return DSV_OK;
 }
