@@ -256,3 +256,14 @@ static const char *fixture(const char *name, int scripted) {
 const char *fixture_random(void) { return fixture("random", 0); }
 const char *fixture_scripted(void) { return fixture("scripted", 1); }
 
+const char fixture_full_config[] =
+    "{\"architectures\": [\"DeepseekV32ForCausalLM\"], \"model_type\": \"deepseek_v32\", \"vocab_size\": 129280,\n"
+    " \"hidden_size\": 7168, \"intermediate_size\": 18432, \"moe_intermediate_size\": 2048,\n"
+    " \"num_hidden_layers\": 61, \"first_k_dense_replace\": 3, \"num_attention_heads\": 128,\n"
+    " \"n_routed_experts\": 256, \"n_shared_experts\": 1, \"num_experts_per_tok\": 8, \"n_group\": 8,\n"
+    " \"topk_group\": 4, \"routed_scaling_factor\": 2.5, \"q_lora_rank\": 1536, \"kv_lora_rank\": 512,\n"
+    " \"qk_nope_head_dim\": 128, \"qk_rope_head_dim\": 64, \"v_head_dim\": 128, \"index_n_heads\": 64,\n"
+    " \"index_head_dim\": 128, \"index_topk\": 2048, \"max_position_embeddings\": 163840,\n"
+    " \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 40, \"original_max_position_embeddings\": 4096},\n"
+    " \"quantization_config\": {\"quant_method\": \"fp8\", \"fmt\": \"e4m3\", \"weight_block_size\": [128, 128],\n"
+    "   \"scale_fmt\": \"ue8m0\"}}\n";

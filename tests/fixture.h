@@ -17,6 +17,9 @@ const char *fixture_random(void);
 const char *fixture_scripted(void);
 /* Writes either fixture into dir (which must exist). */
 void fixture_write(const char *dir, int scripted);
+/* config.json of the real DeepSeek-V3.2-Exp (spec 2.2), for plans of its
+ * shape (shards, synth sizes); never written with weights. */
+extern const char fixture_full_config[];
 /* Token ids of the fixture tokenizer. */
 enum { FX_BOS = 0, FX_EOS = 1, FX_TOOL_CALLS_BEGIN = 768 };
 

@@ -5,25 +5,13 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "fixture.h"
 #include "parallel.h"
 #include "test.h"
 
-/* The real DeepSeek-V3.2-Exp shape (spec 2.2). */
-static const char *full_config =
-    "{\"architectures\": [\"DeepseekV32ForCausalLM\"], \"model_type\": \"deepseek_v32\", \"vocab_size\": 129280,\n"
-    " \"hidden_size\": 7168, \"intermediate_size\": 18432, \"moe_intermediate_size\": 2048,\n"
-    " \"num_hidden_layers\": 61, \"first_k_dense_replace\": 3, \"num_attention_heads\": 128,\n"
-    " \"n_routed_experts\": 256, \"n_shared_experts\": 1, \"num_experts_per_tok\": 8, \"n_group\": 8,\n"
-    " \"topk_group\": 4, \"routed_scaling_factor\": 2.5, \"q_lora_rank\": 1536, \"kv_lora_rank\": 512,\n"
-    " \"qk_nope_head_dim\": 128, \"qk_rope_head_dim\": 64, \"v_head_dim\": 128, \"index_n_heads\": 64,\n"
-    " \"index_head_dim\": 128, \"index_topk\": 2048, \"max_position_embeddings\": 163840,\n"
-    " \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 40, \"original_max_position_embeddings\": 4096},\n"
-    " \"quantization_config\": {\"quant_method\": \"fp8\", \"fmt\": \"e4m3\", \"weight_block_size\": [128, 128],\n"
-    "   \"scale_fmt\": \"ue8m0\"}}\n";
-
 TEST(shard_plan_is_the_references_for_the_real_model) {
     dsv_config c;
-    REQUIREF(dsv_config_parse(&c, full_config, "671B") == DSV_OK, "%s", dsv_errmsg());
+    REQUIREF(dsv_config_parse(&c, fixture_full_config, "671B") == DSV_OK, "%s", dsv_errmsg());
     for (int n = 2; n <= 16; n *= 2)
         for (int r = 0; r < n; r++) {
             dsv_shard s;
@@ -70,7 +58,7 @@ static void check_plans(const dsv_config *c, const char *name) {
 TEST(shard_plan_covers_every_shape) {
     static const char *dirs[] = {"conformance/public_sparse_fp8/hf", "conformance/public_sparse_bf16/hf"};
     dsv_config c;
-    REQUIRE(dsv_config_parse(&c, full_config, "671B") == DSV_OK);
+    REQUIRE(dsv_config_parse(&c, fixture_full_config, "671B") == DSV_OK);
     check_plans(&c, "671B");
     REQUIREF(dsv_config_load(&c, "models/tiny") == DSV_OK, "%s", dsv_errmsg());
     check_plans(&c, "tiny");
