@@ -7,7 +7,7 @@
 #                   -np N build/dsv32 ...); MPI=0 without; by default on when
 #                   Open MPI's mpicc is installed
 #
-# Kernel files named src/*_<isa>.c are compiled with that ISA's flags; which
+# Kernel files named src/*/*_<isa>.c are compiled with that ISA's flags; which
 # variant runs is chosen at run time from CPU features, so the binary runs on
 # any x86-64 (and the generic code everywhere else).
 
@@ -22,18 +22,18 @@ XCFLAGS  = -ffp-contract=off
 CPPFLAGS += -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -MMD -MP
 LDLIBS  += -lpcre2-8 -lcjson -lmicrohttpd -lpthread -lm
 
-SRC      := $(wildcard src/*.c src/server/*.c)
+SRC      := $(wildcard src/*/*.c)
 
-# The transport between ranks: Open MPI (src/comm_mpi.c) or none
-# (src/comm_local.c). Flags come from Open MPI's wrapper compiler, whichever
+# The transport between ranks: Open MPI (src/dist/comm_mpi.c) or none
+# (src/dist/comm_local.c). Flags come from Open MPI's wrapper compiler, whichever
 # compiler builds the rest.
 MPI ?= $(if $(shell command -v mpicc 2>/dev/null),1,0)
 ifeq ($(MPI),1)
 MPI_CFLAGS := $(shell mpicc --showme:compile)
 LDLIBS     += $(shell mpicc --showme:link)
-SRC        := $(filter-out src/comm_local.c,$(SRC))
+SRC        := $(filter-out src/dist/comm_local.c,$(SRC))
 else
-SRC        := $(filter-out src/comm_mpi.c,$(SRC))
+SRC        := $(filter-out src/dist/comm_mpi.c,$(SRC))
 endif
 TOOL_SRC := $(wildcard tools/*.c)
 TEST_SRC := $(wildcard tests/*.c)
@@ -53,7 +53,7 @@ SRC := $(filter-out %_avx2.c %_avx512.c %_amx.c,$(SRC))
 OBJ := $(SRC:%.c=$(BUILD)/%.o)
 endif
 
-.PHONY: all test asan clean bench fuzz
+.PHONY: all test asan clean bench fuzz check-layers
 all: $(BUILD)/libdsv32.a $(BUILD)/dsv32
 
 $(BUILD)/%_avx2.o: %_avx2.c
@@ -68,7 +68,7 @@ $(BUILD)/%_amx.o: %_amx.c
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(XCFLAGS) $(WARN) -c $< -o $@
-$(BUILD)/src/comm_mpi.o: src/comm_mpi.c
+$(BUILD)/src/dist/comm_mpi.o: src/dist/comm_mpi.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(MPI_CFLAGS) $(CFLAGS) $(XCFLAGS) $(WARN) -c $< -o $@
 
@@ -97,6 +97,10 @@ $(BUILD)/run_tests: $(TEST_OBJ) $(BUILD)/libdsv32.a
 test: $(BUILD)/run_tests $(BUILD)/dsv32
 	DSV32_BIN=$(BUILD)/dsv32 $(BUILD)/run_tests $(T)
 
+# The folders of src/ are layers; no file includes a higher one.
+check-layers:
+	tools/check-layers.sh
+
 asan:
 	$(MAKE) BUILD=build-asan OPT="-O1" \
 	    CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
@@ -110,9 +114,9 @@ bench: $(BUILD)/dsv32
 
 # libFuzzer target for the safetensors reader: clang only, not part of `test`
 # (how to run it: tests/fuzz/fuzz_safetensors.c).
-FUZZ_SRC = tests/fuzz/fuzz_safetensors.c src/safetensors.c src/util.c
+FUZZ_SRC = tests/fuzz/fuzz_safetensors.c src/format/safetensors.c src/base/dtype.c src/base/util.c
 fuzz: build-fuzz/fuzz_safetensors
-build-fuzz/fuzz_safetensors: $(FUZZ_SRC) src/safetensors.h src/util.h include/dsv32.h
+build-fuzz/fuzz_safetensors: $(FUZZ_SRC) src/format/safetensors.h src/base/util.h include/dsv32.h
 	@mkdir -p $(dir $@)
 	clang -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -g -O1 -fsanitize=fuzzer,address,undefined $(WARN) \
 	    $(FUZZ_SRC) -o $@ -lcjson -lm

@@ -10,7 +10,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "safetensors.h"
+#include "format/safetensors.h"
 #include "test.h"
 
 /* ---- Tokenizer ------------------------------------------------------------ */

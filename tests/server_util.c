@@ -20,7 +20,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "safetensors.h"
+#include "format/safetensors.h"
 #include "test.h"
 
 /* ---- Server process ------------------------------------------------------- */

@@ -25,10 +25,10 @@
 #include <string.h>
 
 #include "dsv32.h"
-#include "numeric.h"
-#include "ops.h"
+#include "base/numeric.h"
+#include "kernels/ops.h"
 #include "test.h"
-#include "util.h"
+#include "base/util.h"
 
 /* ---- helpers ------------------------------------------------------------- */
 

@@ -6,7 +6,7 @@
 #include <unistd.h>
 
 #include "dsv32.h"
-#include "safetensors.h"
+#include "format/safetensors.h"
 #include "test.h"
 
 #define SRC "conformance/public_sparse_bf16/hf"

@@ -1,5 +1,5 @@
 /* test_numeric.c: bf16 and e4m3 rounding, the ue8m0 scale rule, act_quant. */
-#include "numeric.h"
+#include "base/numeric.h"
 #include "test.h"
 
 /* Independent e4m3 oracle: the nearest of all 126 finite non-negative codes,

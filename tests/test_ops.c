@@ -1,7 +1,7 @@
 /* test_ops.c: the small reference ops pinned by hand: Hadamard, both RoPE
  * layouts, top-k, softmax, norms. */
-#include "numeric.h"
-#include "ops.h"
+#include "base/numeric.h"
+#include "kernels/ops.h"
 #include "test.h"
 
 static void to_bf16(dsv_bf16 *y, const float *x, int n) { for (int i = 0; i < n; i++) y[i] = dsv_f32_to_bf16(x[i]); }

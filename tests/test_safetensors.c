@@ -11,9 +11,9 @@
 
 #include <cjson/cJSON.h>
 
-#include "safetensors.h"
+#include "format/safetensors.h"
 #include "test.h"
-#include "util.h"
+#include "base/util.h"
 
 /* ---- helpers ---- */
 

@@ -5,13 +5,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "context.h"
+#include "model/context.h"
 #include "dsv32.h"
-#include "safetensors.h"
-#include "synth.h"
+#include "format/safetensors.h"
+#include "train/synth.h"
 #include "test.h"
 #include "tiny_model.h"
-#include "util.h"
+#include "base/util.h"
 
 static dsv_context *open_ctx(dsv_model *m, int n_ctx, int attn, int threads) {
     dsv_context_params p = dsv_context_default_params();

@@ -7,9 +7,9 @@
 
 #include "dsv32.h"
 #include "fixture.h"
-#include "numeric.h"
-#include "safetensors.h"
-#include "synth.h"
+#include "base/numeric.h"
+#include "format/safetensors.h"
+#include "train/synth.h"
 #include "test.h"
 #include "tiny_model.h"
 

@@ -10,10 +10,10 @@
 #include <cjson/cJSON.h>
 
 #include "dsv32_tokenizer.h"
-#include "json_str.h"
+#include "text/json_str.h"
 #include "test.h"
-#include "utf8.h"
-#include "util.h"
+#include "base/utf8.h"
+#include "base/util.h"
 
 /* ---- helpers ------------------------------------------------------------- */
 

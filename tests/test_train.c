@@ -5,7 +5,7 @@
 #include "test.h"
 
 #include "dsv32.h"
-#include "train.h"
+#include "train/train.h"
 
 #include <sys/stat.h>
 

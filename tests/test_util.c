@@ -1,6 +1,6 @@
 /* test_util.c: the error-message plumbing. */
 #include "test.h"
-#include "util.h"
+#include "base/util.h"
 
 TEST(error_message_and_prefix) {
     CHECK_EQ_INT(dsv_error(DSV_ERR_MODEL, "tensor %s missing", "x.weight"), DSV_ERR_MODEL);

@@ -46,7 +46,7 @@ mkdir -p "$MODELS" "$OUT" docs
 # synth NAME CONFIG DTYPE: (re)writes $MODELS/NAME unless its stamp matches.
 synth() {
     local dir=$MODELS/$1 stamp
-    stamp="$(sha256sum "$2" src/synth.c src/rng.h | sha256sum | cut -c1-16) $3 $SEED"
+    stamp="$(sha256sum "$2" src/train/synth.c src/base/rng.h | sha256sum | cut -c1-16) $3 $SEED"
     if [ -f "$dir/config.json" ] && [ "$(cat "$dir/.stamp" 2>/dev/null)" = "$stamp" ]; then
         echo "reusing $dir"
         return

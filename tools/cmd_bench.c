@@ -26,9 +26,9 @@
 #include "cli.h"
 #include "commands.h"
 #include "dsv32.h"
-#include "ops.h"
+#include "kernels/ops.h"
 #include "roofline.h"
-#include "util.h"
+#include "base/util.h"
 
 static const char *usage =
     "usage: dsv32 bench -m MODEL_DIR [options]\n"

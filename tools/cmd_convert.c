@@ -25,9 +25,9 @@
 #include "cli.h"
 #include "commands.h"
 #include "dsv32.h"
-#include "parallel.h"
-#include "safetensors.h"
-#include "util.h"
+#include "dist/parallel.h"
+#include "format/safetensors.h"
+#include "base/util.h"
 
 static const char *usage =
     "usage: dsv32 convert -m MODEL_DIR --model-parallel N -o OUT_DIR [options]\n"

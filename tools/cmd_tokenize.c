@@ -15,8 +15,8 @@
 #include "commands.h"
 #include "dsv32_chat.h"
 #include "dsv32_tokenizer.h"
-#include "json_str.h"
-#include "util.h"
+#include "text/json_str.h"
+#include "base/util.h"
 
 #define BENCH_TIME_DEFAULT 1.0
 

@@ -28,8 +28,8 @@
 
 #include "dsv32_chat.h"
 #include "server.h"
-#include "utf8.h"
-#include "util.h"
+#include "base/utf8.h"
+#include "base/util.h"
 
 /* ---- Small writers -------------------------------------------------------- */
 

@@ -41,9 +41,9 @@
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
 
-#include "json_str.h"
+#include "text/json_str.h"
 #include "server.h"
-#include "util.h"
+#include "base/util.h"
 
 enum route_id { R_CHAT, R_COMPLETIONS, R_MODELS, R_MODEL, R_HEALTH, R_METRICS, R_TOKENIZE, R_DETOKENIZE, R_PAGE };
 

@@ -6,7 +6,7 @@
 
 #include <stdint.h>
 
-#include "text.h"
+#include "text/text.h"
 
 typedef struct srv_metrics srv_metrics;
 

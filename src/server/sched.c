@@ -31,7 +31,7 @@
 #include <time.h>
 
 #include "prefix.h"
-#include "util.h"
+#include "base/util.h"
 
 struct slot {
     srv_req *r;             /* NULL when free */

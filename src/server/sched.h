@@ -21,7 +21,7 @@
 #include "dsv32_sampler.h"
 #include "dsv32_tokenizer.h"
 #include "metrics.h"
-#include "text.h"
+#include "text/text.h"
 
 typedef struct srv_sched srv_sched;
 

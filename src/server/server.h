@@ -12,7 +12,7 @@
 #include "dsv32_tokenizer.h"
 #include "metrics.h"
 #include "sched.h"
-#include "text.h"
+#include "text/text.h"
 
 struct dsv_server {
     dsv_server_params p;

@@ -4,7 +4,7 @@
  *   make fuzz
  * which runs
  *   clang -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -g -O1 -fsanitize=fuzzer,address,undefined \
- *       tests/fuzz/fuzz_safetensors.c src/safetensors.c src/util.c -o build-fuzz/fuzz_safetensors -lcjson -lm
+ *       tests/fuzz/fuzz_safetensors.c src/format/safetensors.c src/base/dtype.c src/base/util.c -o build-fuzz/fuzz_safetensors -lcjson -lm
  * Run, starting from the seeds (new finds go to the first folder):
  *   mkdir -p build-fuzz/corpus
  *   build-fuzz/fuzz_safetensors -max_len=4096 build-fuzz/corpus tests/fuzz/seeds
@@ -23,8 +23,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "safetensors.h"
-#include "util.h"
+#include "format/safetensors.h"
+#include "base/util.h"
 
 static char dir[64];
 

@@ -1,0 +1,39 @@
+/* shard.h: which part of the model each rank of a split holds, and the
+ * per-rank shard files of `dsv32 convert --model-parallel N` (the split
+ * itself is described in dist/parallel.h). */
+#ifndef DSV_SHARD_H
+#define DSV_SHARD_H
+
+#include <stddef.h>
+
+#include "dsv32.h"
+
+/* This rank's part of each split dimension, [lo, hi) in the full model. */
+typedef struct dsv_shard {
+    int rank, size;
+    int head0, head1;       /* MLA heads */
+    int inter0, inter1;     /* dense MLP hidden units: gate/up rows, down columns */
+    int shared0, shared1;   /* the shared experts' hidden units (n_shared * moe_inter) */
+    int expert0, expert1;   /* routed experts */
+    int vocab0, vocab1;     /* embedding and lm_head rows */
+} dsv_shard;
+
+/* The part of `rank` of `size` (size 1: everything). */
+void dsv_shard_plan(dsv_shard *sh, const dsv_config *c, int rank, int size);
+
+/* Per-rank shard files (dsv32 convert --model-parallel N): one safetensors
+ * file per rank, "model<r>-mp<N>.safetensors", with Hugging Face tensor
+ * names, each tensor cut to the rank's part, and these metadata keys. */
+#define DSV_SHARD_RANK_KEY "dsv32.rank"
+#define DSV_SHARD_SIZE_KEY "dsv32.model_parallel"
+/* The file name of rank r's shard of an N-way split. */
+void dsv_shard_file_name(char *buf, size_t cap, int rank, int size);
+/* The N of the shard files in dir (`prefer` if it has shards of several
+ * splits), or 0 if it has none. */
+int dsv_shard_split(const char *dir, int prefer);
+/* Looks in dir for the shard of (rank, size): *found = 1 and path set when
+ * it is there; *found = 0 when dir holds no shard files at all (a plain
+ * checkpoint); DSV_ERR_MODEL when it holds shards of another split. */
+int dsv_shard_find(const char *dir, int rank, int size, char *path, size_t cap, int *found);
+
+#endif

@@ -1,0 +1,205 @@
+/* context.h: the state behind a dsv_context (internal). Every buffer the
+ * forward pass touches is allocated once, in dsv_context_open, from the
+ * limits in dsv_context_params. */
+#ifndef DSV_CONTEXT_H
+#define DSV_CONTEXT_H
+
+#include <time.h>
+
+#include "dsv32.h"
+#include "kvcache.h"
+#include "model.h"
+#include "base/threads.h"
+
+/* Tokens of one sequence the indexer scores together in a multi-token call. */
+#define DSV_IDX_CHUNK 8
+
+/* Per-thread scratch. */
+typedef struct dsv_tscratch {
+    float *att;        /* attention kernels [max(dsv_attn_scratch(n_keys_max, C, R), dsv_mha_scratch(...))] */
+    float *scores;     /* indexer scores [DSV_IDX_CHUNK][n_ctx] */
+    int32_t *sel;      /* top-k scratch [dsv_topk_scratch(n_ctx)] */
+    float *acc;        /* absorption accumulator [kv_lora] */
+    void *lin;         /* linear and indexer kernels [DSV_LIN_SCRATCH bytes] */
+} dsv_tscratch;
+
+struct dsv_context {
+    dsv_model *m;
+    const dsv_config *c;
+    dsv_context_params p;
+    dsv_pool *pool;
+    int nth;
+    int topk;                  /* effective index top-k */
+    int n_keys_max;            /* most keys one query attends (topk, or n_ctx when dense) */
+    int mha_keys;              /* MHA scratch rows: min(mha_max_keys, n_ctx) */
+    int max_pages;             /* per sequence */
+
+    dsv_kv kv;
+    dsv_seq *seqs;             /* [n_seq] */
+    float *rope_cos, *rope_sin;/* [n_ctx][rope/2] (YaRN frequencies) */
+
+    dsv_dump_fn dump;
+    void *dump_user;
+
+    /* Statistics: the time since phase_t0 (ns) belongs to `phase`. */
+    dsv_context_stats stats;
+    int phase;
+    uint64_t phase_t0;
+    uint64_t sel_ns[2];        /* indexer scoring / selection time seen by thread 0 */
+
+    /* Per-call token table [n_batch], and the call's entries (each a run of
+     * rows of one sequence) [n_seq]. */
+    int32_t *tok_pos, *tok_seq;
+    int n_tok;
+    int32_t *ent_row, *ent_len, *ent_seq;
+    int n_ent;
+
+    /* Activations, bf16 unless noted ([rows][width]). */
+    dsv_bf16 *x;               /* [T][dim] block output / embeddings */
+    dsv_bf16 *res;             /* [T][dim] residual stream */
+    dsv_bf16 *xn;              /* [T][dim] normalized input of a sub-layer */
+    dsv_bf16 *qa, *qr;         /* [T][q_lora] */
+    dsv_bf16 *q;               /* [T][H][nope+rope] */
+    dsv_bf16 *kvf;             /* [T][kv_lora+rope] */
+    dsv_bf16 *kvn;             /* [T][kv_lora] */
+    dsv_bf16 *o;               /* [T][H][v] */
+    dsv_bf16 *iq;              /* [T][Hi][128] */
+    dsv_bf16 *ik;              /* [T][128] */
+    uint8_t *iq8;              /* [T][Hi][128] e4m3 */
+    float *iqs;                /* [T][Hi] */
+    uint8_t *iqp;              /* [T][iqp_bytes] queries packed for index_score */
+    size_t iqp_bytes;          /* dsv_index_q_bytes(Hi) */
+    float *iw;                 /* [T][Hi] indexer head weights */
+    int32_t *sel;              /* [T][n_keys_max]: chosen positions, by score */
+    int32_t *sel_pos;          /* [T][n_keys_max]: the same, by position */
+    int32_t *n_sel;            /* [T] */
+    float *xf;                 /* [T][max(dim, ...)] fp32 copies for fp32 linears and dumps */
+    float *gate_logits;        /* [T][n_experts] */
+    float *gate_w;             /* [T][n_act] */
+    int32_t *gate_i;           /* [T][n_act] */
+    float *moe_y;              /* [T][dim] fp32 accumulator */
+    int32_t *ex_rows;          /* [T] tokens routed to the current expert */
+    float *ex_wts;             /* [T] */
+    dsv_bf16 *ex_x, *ex_h1, *ex_h3, *ex_o; /* [T][dim], [T][inter], [T][inter], [T][dim] */
+    /* MoE of at most DSV_LIN_SMALL tokens: up to DSV_MOE_WAVE experts at once,
+     * each with its own rows [DSV_MOE_WAVE][DSV_LIN_SMALL]. */
+    dsv_bf16 *mw_x, *mw_o;     /* [wave][rows][dim] */
+    dsv_bf16 *mw_h1, *mw_h3;   /* [wave][rows][expert width] */
+    int32_t *mw_rows;          /* [wave][rows] */
+    float *mw_wts;             /* [wave][rows] */
+    uint8_t *aq;               /* act_quant codes [rows][K_max] */
+    float *as;                 /* act_quant scales [rows][K_max/128] */
+    void *xp;                  /* a linear's packed input [dsv_lin_pack_bytes(rows, K_max)], or
+                                * DSV_LIN_SLOTS inputs of at most DSV_LIN_SMALL rows, xp_slot bytes apart */
+    size_t xp_slot;
+    /* Attention. */
+    dsv_bf16 *mha_lat;         /* [mha_keys][kv_lora] */
+    dsv_bf16 *mha_pe;          /* [mha_keys][rope] */
+    dsv_bf16 *mha_kvb;         /* [mha_keys][H][nope+v] */
+    dsv_bf16 *g_lat;           /* [n_keys_max][kv_lora] gathered latent rows */
+    dsv_bf16 *g_pe;            /* [n_keys_max][rope] */
+    dsv_bf16 *q_abs;           /* [H][kv_lora] */
+    dsv_bf16 *q_pe;            /* [H][rope] */
+    dsv_bf16 *o_lat;           /* [H][kv_lora] */
+    float *mqa_s;              /* [H][n_keys_max padded] scores, then softmax weights */
+    dsv_bf16 *mqa_p;           /* [H padded to 16][n_keys_max padded] the weights in bf16 */
+    void *mqa_kvp;             /* [dsv_mqa_kvp_bytes(n_keys_max, kv_lora)] latent rows for the values */
+    dsv_tscratch *ts;          /* [nth] */
+    /* A model split across processes (parallel.c; NULL when it is not). */
+    int par_id;                /* the leader's name for this context */
+    float *par_f;              /* [T][dim] fp32 rows being summed across ranks */
+    float *par_scratch;        /* dsv_comm_sum_scratch(T * dim) */
+    float *par_logits;         /* [DSV_PAR_HEAD_ROWS][vocab part] this rank's logits */
+    int32_t *par_buf;          /* a forward call packed for the followers */
+    void *arena;               /* one allocation behind all of the above */
+};
+
+/* Statistics (dsv_context_stats): a clock read at each phase boundary. */
+static inline uint64_t dsv_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+/* Charges the time since the last switch to the current phase, makes
+ * `phase` current and returns the one it replaces (to switch back to:
+ * phases nest, each interval is charged once). */
+static inline int dsv_phase(dsv_context *ctx, int phase) {
+    uint64_t t = dsv_now_ns();
+    int prev = ctx->phase;
+    ctx->stats.ns[prev] += t - ctx->phase_t0;
+    ctx->phase_t0 = t;
+    ctx->phase = phase;
+    return prev;
+}
+/* Bytes of a linear layer's weight, block scales included. */
+static inline uint64_t dsv_linear_bytes(const dsv_linear *w) {
+    uint64_t n = (uint64_t)w->n_out * (uint64_t)w->n_in * dsv_dtype_size(w->dtype);
+    if (w->scale) n += 4ull * (uint64_t)((w->n_out + DSV_QBLOCK - 1) / DSV_QBLOCK) * (uint64_t)w->scale_ld;
+    return n;
+}
+/* Every linear layer starts here: counts its bytes and flops, and charges
+ * its time to the linear phase (to the MoE's when called inside it). Returns
+ * the phase to switch back to. */
+static inline int dsv_lin_begin(dsv_context *ctx, const dsv_linear *w, int m) {
+    const int moe = ctx->phase == DSV_PHASE_MOE;
+    const uint64_t flops = 2ull * (uint64_t)m * (uint64_t)w->n_out * (uint64_t)w->n_in;
+    ctx->stats.weight_bytes += dsv_linear_bytes(w);
+    if (moe) ctx->stats.moe_flops += flops;
+    else ctx->stats.linear_flops += flops;
+    return dsv_phase(ctx, moe ? DSV_PHASE_MOE : DSV_PHASE_LINEAR);
+}
+
+/* Linear layers on the context's threads and scratch (linear.c). */
+/* y [m][ldy] bf16 = x [m][n_in] · Wᵀ with the reference's numerics (fp8:
+ * act_quant of x, then fp8_gemm). */
+void dsv_lin(dsv_context *ctx, dsv_bf16 *y, int ldy, const dsv_bf16 *x, const dsv_linear *w, int m);
+/* y [m][n_out] fp32 = x [m][n_in] fp32 · Wᵀ. */
+void dsv_lin_f32(dsv_context *ctx, float *y, const float *x, const dsv_linear *w, int m);
+
+/* Inputs of at most DSV_LIN_SMALL rows (decoding) run a group of linear
+ * layers in one pool run, packed on the caller into DSV_LIN_SLOTS slots
+ * (jobs with the same input share one). */
+#define DSV_LIN_SMALL 16
+#define DSV_LIN_SLOTS 8
+#define DSV_LIN_JOBS 32
+#define DSV_MOE_WAVE DSV_LIN_SLOTS
+/* One layer of a group: bf16 (y, x) as dsv_lin, or fp32 (yf, xf) as
+ * dsv_lin_f32 when xf is set. */
+typedef struct dsv_lin_job {
+    const dsv_linear *w;
+    int m;
+    dsv_bf16 *y;
+    int ldy;
+    const dsv_bf16 *x;
+    float *yf;
+    const float *xf;
+} dsv_lin_job;
+/* Runs independent linear layers (no job reads another's output) as one
+ * unit of work, the same results as one call each. Threads take chunks of
+ * output rows of any job as they come free, so a slower thread does less. */
+void dsv_lin_group(dsv_context *ctx, const dsv_lin_job *jobs, int n);
+
+/* Runs fn over [0, n) split across the pool; on the calling thread alone
+ * when n < min (work too small to be worth waking the others). */
+typedef void (*dsv_range_fn)(dsv_context *ctx, void *arg, long i0, long i1, int ith);
+void dsv_par_for(dsv_context *ctx, long n, dsv_range_fn fn, void *arg);
+void dsv_par_for_min(dsv_context *ctx, long n, long min, dsv_range_fn fn, void *arg);
+
+/* Sub-layers (mla.c, indexer.c, moe.c). Rows are the call's tokens. */
+void dsv_mla_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn);
+/* The indexer's projections, as jobs for MLA's groups: from x_n (wk, and
+ * weights_proj on x_n in fp32, converted here), 2 jobs; from q_r (wq_b). */
+void dsv_indexer_project(dsv_context *ctx, int il, const dsv_bf16 *xn, dsv_lin_job *jobs);
+dsv_lin_job dsv_indexer_project_q(dsv_context *ctx, int il, const dsv_bf16 *qr);
+/* Keys to the cache, queries, scores and selection (after the projections). */
+void dsv_indexer_forward(dsv_context *ctx, int il);
+void dsv_moe_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn);
+void dsv_mlp_forward(dsv_context *ctx, const dsv_expert *e, int inter, dsv_bf16 *out,
+                     const dsv_bf16 *x, int m);
+
+/* Hands a tensor to the dump callback, if one is set. */
+void dsv_dump_f32(dsv_context *ctx, const char *name, int layer, int rows, int cols, const float *d);
+void dsv_dump_i32(dsv_context *ctx, const char *name, int layer, int rows, int cols, const int32_t *d);
+void dsv_dump_bf16(dsv_context *ctx, const char *name, int layer, int rows, int cols, const dsv_bf16 *d);
+
+#endif

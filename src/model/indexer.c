@@ -1,0 +1,209 @@
+/* indexer.c: the lightning indexer of DeepSeek Sparse Attention (model.py
+ * Indexer.forward, fixed version).
+ *
+ * Per token: q = wq_b(qr) as index_n_heads heads of 128, k = LayerNorm(wk(x));
+ * both split [rope | nope] (rope first, the opposite of MLA) with
+ * NON-interleaved RoPE on the rope part, then a 128-point Hadamard transform,
+ * then act_quant to e4m3 (one scale per head for q, one per token for k).
+ * Keys go to the cache. Head weights w = weights_proj(x) in fp32, scaled by
+ * n_heads^-0.5, the query's scale and 128^-0.5. The score of a visible
+ * position s is k_scale[s] * Σ_h w[h] * ReLU(q8[h]·k8[s]), and the top
+ * min(index_topk, visible) positions are kept, ties to the lower position.
+ * Only positions <= the token's own are ever chosen: causality holds by
+ * construction, where the reference masks.
+ *
+ * The projections run with MLA's (dsv_indexer_project*: the layers that
+ * read the same input share a pool run); dsv_indexer_forward does the rest.
+ *
+ * Scoring is fused with selection: a multi-token call scores a few
+ * consecutive tokens of one sequence together (each page of keys is read
+ * once for all of them), then selects each token's positions in O(context)
+ * before the next group, so no [tokens x context] matrix is ever built. */
+#include <math.h>
+#include <string.h>
+
+#include "context.h"
+#include "base/util.h"
+
+struct idx_args {
+    const dsv_layer *ly;
+    int il;
+};
+
+static void qk_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
+    (void)ith;
+    struct idx_args *p = a;
+    const dsv_config *c = ctx->c;
+    const int Hi = c->index_n_heads, R = c->qk_rope_head_dim;
+    /* weights * n_heads^-0.5, then * q_scale * head_dim^-0.5, each an fp32
+     * multiply in the reference's order. */
+    const float c_heads = (float)(1.0 / sqrt((double)Hi)), c_dim = (float)(1.0 / sqrt(128.0));
+    for (long t = i0; t < i1; t++) {
+        const int pos = ctx->tok_pos[t];
+        const float *cs = ctx->rope_cos + (size_t)pos * (R / 2), *sn = ctx->rope_sin + (size_t)pos * (R / 2);
+        for (int h = 0; h < Hi; h++) {
+            dsv_bf16 *qh = ctx->iq + ((size_t)t * Hi + h) * 128;
+            dsv_kern->rope(qh, cs, sn, R / 2, 0);
+            dsv_kern->hadamard128(qh);
+            dsv_kern->act_quant(ctx->iq8 + ((size_t)t * Hi + h) * 128, ctx->iqs + (size_t)t * Hi + h, qh, 128,
+                                c->scale_fmt);
+        }
+        dsv_bf16 *k = ctx->ik + (size_t)t * 128;
+        dsv_layernorm(k, k, p->ly->idx_k_norm_w, p->ly->idx_k_norm_b, 128, c->rms_norm_eps);
+        dsv_kern->rope(k, cs, sn, R / 2, 0);
+        dsv_kern->hadamard128(k);
+        const dsv_seq *s = &ctx->seqs[ctx->tok_seq[t]];
+        dsv_kern->act_quant(dsv_kv_index_keys(&ctx->kv, s, p->il, pos), dsv_kv_index_scales(&ctx->kv, s, p->il, pos),
+                            k, 128, c->scale_fmt);
+        dsv_kern->index_q_pack(ctx->iqp + (size_t)t * ctx->iqp_bytes, ctx->iq8 + (size_t)t * Hi * 128, Hi);
+        float *w = ctx->iw + (size_t)t * Hi;
+        for (int h = 0; h < Hi; h++) w[h] = w[h] * c_heads * ctx->iqs[(size_t)t * Hi + h] * c_dim;
+    }
+}
+
+/* Scores positions [p0, p1) of the nq consecutive tokens t0.. (one
+ * sequence) into out[q * ldo + pos]. */
+static void score_range(dsv_context *ctx, int il, int t0, int nq, int p0, int p1, float *out, int ldo, void *scratch) {
+    const int Hi = ctx->c->index_n_heads;
+    const dsv_seq *s = &ctx->seqs[ctx->tok_seq[t0]];
+    for (int pos = p0; pos < p1;) {
+        int n = DSV_PAGE - pos % DSV_PAGE;
+        if (n > p1 - pos) n = p1 - pos;
+        dsv_kern->index_score(out + pos, ldo, ctx->iqp + (size_t)t0 * ctx->iqp_bytes, ctx->iw + (size_t)t0 * Hi, Hi,
+                              nq, dsv_kv_index_keys(&ctx->kv, s, il, pos), dsv_kv_index_scales(&ctx->kv, s, il, pos),
+                              n, scratch);
+        pos += n;
+    }
+}
+
+/* Chooses token t's positions from its scores [0, pos]. */
+static void select_token(dsv_context *ctx, int t, const float *scores, int32_t *scratch) {
+    const int vis = ctx->tok_pos[t] + 1, k = vis < ctx->topk ? vis : ctx->topk;
+    int32_t *sel = ctx->sel + (size_t)t * ctx->n_keys_max, *sp = ctx->sel_pos + (size_t)t * ctx->n_keys_max;
+    /* The by-score order is only wanted by the dump. */
+    dsv_topk_select(sp, ctx->dump ? sel : NULL, scores, vis, k, scratch);
+    ctx->n_sel[t] = k;
+}
+
+struct sel_args {
+    dsv_context *ctx;
+    int il;
+    int chunk; /* tokens scored together */
+};
+
+/* Thread 0's time in scoring (0) or selecting (1), for the statistics. */
+static void sel_clock(dsv_context *ctx, int ith, int what, uint64_t *t) {
+    if (ith) return;
+    uint64_t now = dsv_now_ns();
+    ctx->sel_ns[what] += now - *t;
+    *t = now;
+}
+
+/* Multi-token calls (T >= threads): groups of up to `chunk` consecutive
+ * tokens of one entry, dealt round-robin since a token's cost grows with
+ * its position. Otherwise each token's pages are split across threads into
+ * a shared row, then one thread selects. Either way a score depends only on
+ * its token and position, so the split never changes a result. */
+static void select_task(void *a, int ith, int nth) {
+    struct sel_args *p = a;
+    dsv_context *ctx = p->ctx;
+    const int T = ctx->n_tok;
+    const int ld = ctx->p.n_ctx;
+    dsv_tscratch *ts = &ctx->ts[ith];
+    uint64_t clk = ith ? 0 : dsv_now_ns();
+    if (T >= nth) {
+        int g = 0;
+        for (int e = 0; e < ctx->n_ent; e++)
+            for (int t0 = ctx->ent_row[e], end = t0 + ctx->ent_len[e]; t0 < end; t0 += p->chunk, g++) {
+                if (g % nth != ith) continue;
+                const int nq = DSV_MIN(p->chunk, end - t0);
+                score_range(ctx, p->il, t0, nq, 0, ctx->tok_pos[t0 + nq - 1] + 1, ts->scores, ld, ts->lin);
+                sel_clock(ctx, ith, 0, &clk);
+                for (int q = 0; q < nq; q++) select_token(ctx, t0 + q, ts->scores + (size_t)q * ld, ts->sel);
+                sel_clock(ctx, ith, 1, &clk);
+            }
+        return;
+    }
+    for (int t = 0; t < T; t++) {
+        long b, e;
+        /* Split on page boundaries so each thread reads whole pages. */
+        long pages = ctx->tok_pos[t] / DSV_PAGE + 1;
+        dsv_split(pages, ith, nth, &b, &e);
+        b *= DSV_PAGE;
+        e = e * DSV_PAGE < ctx->tok_pos[t] + 1 ? e * DSV_PAGE : ctx->tok_pos[t] + 1;
+        if (b < e) score_range(ctx, p->il, t, 1, (int)b, (int)e, ctx->ts[0].scores, ld, ts->lin);
+        dsv_pool_barrier(ctx->pool);
+        sel_clock(ctx, ith, 0, &clk);
+        if (ith == 0) select_token(ctx, t, ctx->ts[0].scores, ctx->ts[0].sel);
+        dsv_pool_barrier(ctx->pool);
+        sel_clock(ctx, ith, 1, &clk);
+    }
+}
+
+static void dense_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
+    (void)a; (void)ith;
+    for (long t = i0; t < i1; t++) {
+        int n = ctx->tok_pos[t] + 1;
+        int32_t *sel = ctx->sel + (size_t)t * ctx->n_keys_max, *sp = ctx->sel_pos + (size_t)t * ctx->n_keys_max;
+        for (int j = 0; j < n; j++) sel[j] = sp[j] = j;
+        ctx->n_sel[t] = n;
+    }
+}
+
+static void to_f32_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
+    (void)ith;
+    const dsv_bf16 *x = a;
+    const int D = ctx->c->dim;
+    for (long i = i0 * D; i < i1 * D; i++) ctx->xf[i] = dsv_bf16_to_f32(x[i]);
+}
+
+void dsv_indexer_project(dsv_context *ctx, int il, const dsv_bf16 *xn, dsv_lin_job *jobs) {
+    const dsv_layer *ly = &ctx->m->layers[il];
+    const int T = ctx->n_tok;
+    /* model.py: weights_proj(x.float()), an fp32 linear. */
+    dsv_par_for(ctx, T, to_f32_rows, (void *)xn);
+    jobs[0] = (dsv_lin_job){.w = &ly->idx_wk, .m = T, .y = ctx->ik, .ldy = 128, .x = xn};
+    jobs[1] = (dsv_lin_job){.w = &ly->idx_wproj, .m = T, .yf = ctx->iw, .ldy = ctx->c->index_n_heads, .xf = ctx->xf};
+}
+
+dsv_lin_job dsv_indexer_project_q(dsv_context *ctx, int il, const dsv_bf16 *qr) {
+    const dsv_layer *ly = &ctx->m->layers[il];
+    return (dsv_lin_job){.w = &ly->idx_wq_b, .m = ctx->n_tok, .y = ctx->iq, .ldy = ctx->c->index_n_heads * 128, .x = qr};
+}
+
+void dsv_indexer_forward(dsv_context *ctx, int il) {
+    const dsv_config *c = ctx->c;
+    const dsv_layer *ly = &ctx->m->layers[il];
+    const int T = ctx->n_tok, Hi = c->index_n_heads;
+    struct idx_args a = {ly, il};
+
+    dsv_dump_f32(ctx, "index_weights", il, T, Hi, ctx->iw);
+    int prev = dsv_phase(ctx, DSV_PHASE_INDEXER);
+    dsv_par_for(ctx, T, qk_rows, &a);
+
+    if (ctx->p.attn == DSV_ATTN_DENSE) {
+        dsv_phase(ctx, DSV_PHASE_TOPK);
+        dsv_par_for(ctx, T, dense_rows, NULL);
+        dsv_phase(ctx, prev);
+        return;
+    }
+    struct sel_args sa = {ctx, il, DSV_MAX(1, DSV_MIN(DSV_IDX_CHUNK, (T + ctx->nth - 1) / ctx->nth))};
+    dsv_phase(ctx, DSV_PHASE_INDEXER);
+    ctx->sel_ns[0] = ctx->sel_ns[1] = 0;
+    dsv_pool_run(ctx->pool, select_task, &sa);
+    /* Scoring and selection interleave inside the task: its wall time is
+     * split in the proportion thread 0 saw. */
+    uint64_t wall = dsv_now_ns() - ctx->phase_t0, seen = ctx->sel_ns[0] + ctx->sel_ns[1];
+    uint64_t topk = seen ? (uint64_t)((double)wall * (double)ctx->sel_ns[1] / (double)seen) : 0;
+    dsv_phase(ctx, prev);
+    ctx->stats.ns[DSV_PHASE_INDEXER] -= topk;
+    ctx->stats.ns[DSV_PHASE_TOPK] += topk;
+    if (ctx->dump) {
+        /* [T][topk] in descending score order, -1 where fewer are visible. */
+        int32_t *d = (int32_t *)ctx->xf;
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < ctx->topk; j++)
+                d[(size_t)t * ctx->topk + j] = j < ctx->n_sel[t] ? ctx->sel[(size_t)t * ctx->n_keys_max + j] : -1;
+        dsv_dump_i32(ctx, "topk", il, T, ctx->topk, d);
+    }
+}

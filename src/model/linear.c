@@ -1,0 +1,203 @@
+/* linear.c: linear layers and parallel loops on the context's thread pool.
+ *
+ * A layer's output columns are split across threads, so each thread streams
+ * its own rows of the weight once for all input rows (at batch 1, decoding
+ * reads every weight byte exactly once). The input rows are first packed in
+ * the kernel set's layout (for fp8 weights: quantized exactly as kernel.py's
+ * act_quant does).
+ *
+ * Two schedules, with the same results (an output element's arithmetic
+ * depends only on its input row and weight row):
+ *  - few input rows (decoding): the caller packs the inputs, then the
+ *    threads take chunks of output rows from a shared counter, across every
+ *    layer of a group (dsv_lin_group) in one pool run. Decoding streams
+ *    weights at memory speed, so a thread that another process slows down
+ *    must not hold the others up at the end of each layer; and grouping the
+ *    layers that read the same input saves a pool run per layer;
+ *  - many rows (prefill): each layer in one pool run, the rows packed by
+ *    all threads, the output columns split evenly (the work is large and
+ *    regular, and each thread keeps its weight rows in cache). */
+#include <stdatomic.h>
+
+#include "context.h"
+#include "base/util.h"
+
+struct par_for_args {
+    dsv_context *ctx;
+    long n;
+    dsv_range_fn fn;
+    void *arg;
+};
+
+static void par_for_task(void *a, int ith, int nth) {
+    struct par_for_args *p = a;
+    long b, e;
+    dsv_split(p->n, ith, nth, &b, &e);
+    if (b < e) p->fn(p->ctx, p->arg, b, e, ith);
+}
+
+void dsv_par_for_min(dsv_context *ctx, long n, long min, dsv_range_fn fn, void *arg) {
+    struct par_for_args p = {ctx, n, fn, arg};
+    if (n <= 0) return;
+    if (n < min || ctx->nth == 1) {
+        fn(ctx, arg, 0, n, 0);
+        return;
+    }
+    dsv_pool_run(ctx->pool, par_for_task, &p);
+}
+
+void dsv_par_for(dsv_context *ctx, long n, dsv_range_fn fn, void *arg) { dsv_par_for_min(ctx, n, 2, fn, arg); }
+
+struct lin_args {
+    dsv_context *ctx;
+    dsv_bf16 *y;
+    int ldy;
+    const dsv_bf16 *x;
+    const dsv_linear *w;
+    int m;
+};
+
+/* Rows and columns are split in multiples of 16 so a kernel's tiles never
+ * straddle threads. */
+static void split16(long n, int ith, int nth, long *b, long *e) {
+    long blocks = (n + 15) / 16, bb, be;
+    dsv_split(blocks, ith, nth, &bb, &be);
+    *b = bb * 16;
+    *e = be * 16 < n ? be * 16 : n;
+}
+
+/* Packs input rows [i0, i1) (for fp8: quantizes them) as the kernel set wants. */
+static void pack_rows(struct lin_args *p, long i0, long i1) {
+    const dsv_kernels *k = dsv_kern;
+    const int K = p->w->n_in;
+    if (p->w->dtype == DSV_DT_F8_E4M3) k->lin_pack_fp8(p->ctx->xp, p->x, p->m, K, (int)i0, (int)i1, p->ctx->c->scale_fmt);
+    else k->lin_pack_bf16(p->ctx->xp, p->x, p->m, K, (int)i0, (int)i1);
+}
+
+/* One pool run per layer (many input rows): each thread packs its share of
+ * the input rows, all wait for the whole packed input, then each computes
+ * its share of the output columns. */
+static void lin_task(void *a, int ith, int nth) {
+    struct lin_args *p = a;
+    const dsv_kernels *k = dsv_kern;
+    const int fp8 = p->w->dtype == DSV_DT_F8_E4M3;
+    const void *xp = p->x;
+    if (fp8 || k->lin_pack_bf16) {
+        long i0, i1;
+        split16(p->m, ith, nth, &i0, &i1);
+        if (i0 < i1) pack_rows(p, i0, i1);
+        dsv_pool_barrier(p->ctx->pool);
+        xp = p->ctx->xp;
+    }
+    long b, e;
+    split16(p->w->n_out, ith, nth, &b, &e);
+    if (b >= e) return;
+    if (fp8) k->linear_fp8(p->y, p->ldy, xp, p->w, p->m, (int)b, (int)e, p->ctx->ts[ith].lin);
+    else k->linear_bf16(p->y, p->ldy, xp, p->w, p->m, (int)b, (int)e, p->ctx->ts[ith].lin);
+}
+
+/* ---- groups: chunks of output rows from a shared counter ------------------ */
+
+struct group_args {
+    dsv_context *ctx;
+    const dsv_lin_job *jobs;
+    int n;
+    const void *xp[DSV_LIN_JOBS]; /* per job: its packed input */
+    int rows[DSV_LIN_JOBS];       /* per job: output rows per chunk */
+    int first[DSV_LIN_JOBS + 1];  /* per job: its first chunk; first[n]: the total */
+    atomic_int next;
+};
+
+/* Output rows per chunk: about 512 KB of weight, in whole passes of 64 rows
+ * (the decoding kernels' step), so a chunk amortizes its start. */
+static int chunk_rows(const dsv_linear *w) {
+    const size_t row = (size_t)w->n_in * dsv_dtype_size(w->dtype);
+    size_t r = ((size_t)512 << 10) / (row ? row : 1) / 64 * 64;
+    return r < 64 ? 64 : r > 4096 ? 4096 : (int)r;
+}
+
+static void group_task(void *a, int ith, int nth) {
+    (void)nth;
+    struct group_args *p = a;
+    const dsv_kernels *k = dsv_kern;
+    void *scr = p->ctx->ts[ith].lin;
+    for (int j = 0;;) {
+        const int c = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
+        if (c >= p->first[p->n]) return;
+        while (c >= p->first[j + 1]) j++; /* chunks are taken in order */
+        const dsv_lin_job *jb = &p->jobs[j];
+        const int r0 = (c - p->first[j]) * p->rows[j], r1 = DSV_MIN(r0 + p->rows[j], jb->w->n_out);
+        if (jb->xf) k->linear_f32(jb->yf, jb->ldy, jb->xf, jb->w, jb->m, r0, r1, scr);
+        else if (jb->w->dtype == DSV_DT_F8_E4M3) k->linear_fp8(jb->y, jb->ldy, p->xp[j], jb->w, jb->m, r0, r1, scr);
+        else k->linear_bf16(jb->y, jb->ldy, p->xp[j], jb->w, jb->m, r0, r1, scr);
+    }
+}
+
+/* Small inputs only (see dsv_lin_group). */
+static void group_run(dsv_context *ctx, const dsv_lin_job *jobs, int n) {
+    const dsv_kernels *k = dsv_kern;
+    struct group_args g = {.ctx = ctx, .jobs = jobs, .n = n};
+    int slots = 0, prev = -1;
+    DSV_ASSERT(n <= DSV_LIN_JOBS);
+    atomic_init(&g.next, 0);
+    for (int j = 0; j < n; j++) {
+        const dsv_lin_job *jb = &jobs[j];
+        const int fp8 = jb->w->dtype == DSV_DT_F8_E4M3;
+        int p = dsv_lin_begin(ctx, jb->w, jb->m);
+        if (j == 0) prev = p;
+        g.rows[j] = chunk_rows(jb->w);
+        g.first[j + 1] = g.first[j] + (jb->w->n_out + g.rows[j] - 1) / g.rows[j];
+        g.xp[j] = jb->x;
+        if (jb->xf || !(fp8 || k->lin_pack_bf16)) continue;
+        /* An input already packed the same way is shared. */
+        int i = 0;
+        while (i < j && !(jobs[i].x == jb->x && !jobs[i].xf && jobs[i].m == jb->m && jobs[i].w->n_in == jb->w->n_in &&
+                          (jobs[i].w->dtype == DSV_DT_F8_E4M3) == fp8))
+            i++;
+        if (i < j) {
+            g.xp[j] = g.xp[i];
+            continue;
+        }
+        DSV_ASSERT(slots < DSV_LIN_SLOTS && jb->m <= DSV_LIN_SMALL);
+        void *xp = (char *)ctx->xp + (size_t)slots++ * ctx->xp_slot;
+        if (fp8) k->lin_pack_fp8(xp, jb->x, jb->m, jb->w->n_in, 0, jb->m, ctx->c->scale_fmt);
+        else k->lin_pack_bf16(xp, jb->x, jb->m, jb->w->n_in, 0, jb->m);
+        g.xp[j] = xp;
+    }
+    if (g.first[n] > 1 && ctx->nth > 1) dsv_pool_run(ctx->pool, group_task, &g);
+    else group_task(&g, 0, 1);
+    dsv_phase(ctx, prev);
+}
+
+void dsv_lin_group(dsv_context *ctx, const dsv_lin_job *jobs, int n) {
+    int small = 1;
+    for (int j = 0; j < n; j++) small &= jobs[j].m <= DSV_LIN_SMALL || jobs[j].xf;
+    if (small) {
+        group_run(ctx, jobs, n);
+        return;
+    }
+    for (int j = 0; j < n; j++) {
+        if (jobs[j].xf) dsv_lin_f32(ctx, jobs[j].yf, jobs[j].xf, jobs[j].w, jobs[j].m);
+        else dsv_lin(ctx, jobs[j].y, jobs[j].ldy, jobs[j].x, jobs[j].w, jobs[j].m);
+    }
+}
+
+void dsv_lin(dsv_context *ctx, dsv_bf16 *y, int ldy, const dsv_bf16 *x, const dsv_linear *w, int m) {
+    struct lin_args a = {.ctx = ctx, .y = y, .ldy = ldy, .x = x, .w = w, .m = m};
+    if (m <= 0) return;
+    if (m <= DSV_LIN_SMALL) {
+        const dsv_lin_job j = {.w = w, .m = m, .y = y, .ldy = ldy, .x = x};
+        group_run(ctx, &j, 1);
+        return;
+    }
+    int prev = dsv_lin_begin(ctx, w, m);
+    dsv_pool_run(ctx->pool, lin_task, &a);
+    dsv_phase(ctx, prev);
+}
+
+void dsv_lin_f32(dsv_context *ctx, float *y, const float *x, const dsv_linear *w, int m) {
+    DSV_ASSERT(w->dtype != DSV_DT_F8_E4M3);
+    if (m <= 0) return;
+    const dsv_lin_job j = {.w = w, .m = m, .yf = y, .ldy = w->n_out, .xf = x};
+    group_run(ctx, &j, 1);
+}

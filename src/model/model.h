@@ -1,0 +1,62 @@
+/* model.h: the weights of a DeepSeek-V3.2 model, borrowed from the mapped
+ * checkpoint (Hugging Face names and layout), with shapes checked against the
+ * config at load. Only the small fp32 vectors (norm weights, biases) are
+ * copied; every matrix stays in the file's dtype where it was mapped. */
+#ifndef DSV_MODEL_H
+#define DSV_MODEL_H
+
+#include "dsv32.h"
+#include "kernels/ops.h"
+#include "dist/parallel.h"
+#include "format/safetensors.h"
+
+typedef struct dsv_expert {
+    dsv_linear w1, w2, w3;      /* gate_proj [inter, dim], down_proj [dim, inter], up_proj [inter, dim] */
+} dsv_expert;
+
+typedef struct dsv_layer {
+    const float *attn_norm;     /* input_layernorm [dim] */
+    const float *ffn_norm;      /* post_attention_layernorm [dim] */
+    /* MLA */
+    dsv_linear wq_a;            /* q_a_proj [q_lora, dim] */
+    const float *q_norm;        /* q_a_layernorm [q_lora] */
+    dsv_linear wq_b;            /* q_b_proj [H*(nope+rope), q_lora]; per head [nope | rope] */
+    dsv_linear wkv_a;           /* kv_a_proj_with_mqa [kv_lora+rope, dim]; [latent | k_pe] */
+    const float *kv_norm;       /* kv_a_layernorm [kv_lora] */
+    dsv_linear wkv_b;           /* kv_b_proj [H*(nope+v), kv_lora]; per head [k_nope | v] */
+    dsv_linear wo;              /* o_proj [dim, H*v] */
+    /* Lightning indexer */
+    dsv_linear idx_wq_b;        /* indexer.wq_b [Hi*128, q_lora]; per head [rope | nope] */
+    dsv_linear idx_wk;          /* indexer.wk [128, dim] */
+    const float *idx_k_norm_w;  /* indexer.k_norm.weight [128] */
+    const float *idx_k_norm_b;  /* indexer.k_norm.bias [128] */
+    dsv_linear idx_wproj;       /* indexer.weights_proj [Hi, dim], used in fp32 */
+    /* FFN: a dense MLP (layer < first_k_dense_replace) or a MoE */
+    int is_moe;
+    dsv_expert mlp;             /* dense MLP [inter_dim] */
+    dsv_linear gate;            /* mlp.gate [n_experts, dim], used in fp32 */
+    const float *gate_bias;     /* e_score_correction_bias [n_experts], or NULL */
+    dsv_expert *experts;        /* [n_routed_experts]; a split model holds [expert0, expert1) */
+    dsv_expert shared;          /* shared_experts [n_shared*moe_inter]; absent if n_shared = 0 */
+} dsv_layer;
+
+/* In a model split across processes (parallel.h), every matrix below is this
+ * rank's part: shapes in comments are the whole model's, cut as sh says. */
+struct dsv_model {
+    dsv_config cfg;
+    dsv_shard sh;               /* this rank's part (everything when not split) */
+    int n_local_heads;          /* sh.head1 - sh.head0: the heads MLA computes here */
+    int par_id;                 /* the leader's name for it, in a split model */
+    int *par_vocab;             /* [2][size]: every rank's first vocabulary row and count */
+    dsv_st *st;
+    const void *embed;          /* embed_tokens [vocab, dim] */
+    dsv_dtype embed_dtype;      /* BF16, F16 or F32 */
+    const float *norm;          /* model.norm [dim] */
+    dsv_linear head;            /* lm_head [vocab, dim], used in fp32 */
+    dsv_layer *layers;          /* [n_layers] */
+    dsv_expert *expert_store;   /* backing array of every layer's experts */
+    float *vecs;                /* backing store of the fp32 vectors */
+    uint64_t weight_bytes;      /* bytes of matrices the forward pass streams */
+};
+
+#endif

@@ -1,0 +1,174 @@
+/* json_str.c: pulls one string member out of a JSON object with its exact
+ * length (see json_str.h). A small recursive-descent reader: members before
+ * the wanted one are skipped structurally, strings are decoded per RFC 8259
+ * (surrogate pairs joined, lone surrogates refused since UTF-8 cannot hold
+ * them). */
+#include "json_str.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/utf8.h"
+#include "base/util.h"
+
+#define MAX_DEPTH 512
+
+struct reader {
+    const char *s;
+    size_t n, i;
+};
+
+static void skip_ws(struct reader *r) {
+    while (r->i < r->n && (r->s[r->i] == ' ' || r->s[r->i] == '\t' || r->s[r->i] == '\n' || r->s[r->i] == '\r'))
+        r->i++;
+}
+
+static int hex4(struct reader *r, unsigned *v) {
+    if (r->n - r->i < 4) return 0;
+    *v = 0;
+    for (int k = 0; k < 4; k++) {
+        char c = r->s[r->i++];
+        unsigned d = c >= '0' && c <= '9' ? (unsigned)(c - '0')
+                   : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10)
+                   : c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10) : 16;
+        if (d == 16) return 0;
+        *v = *v << 4 | d;
+    }
+    return 1;
+}
+
+/* Reads a string starting at its opening quote. With out non-NULL, writes
+ * the decoded bytes there (never more than the quoted source's length). */
+static int read_string(struct reader *r, char *out, size_t *len) {
+    size_t k = 0;
+    if (r->i >= r->n || r->s[r->i] != '"') return dsv_error(DSV_ERR_FORMAT, "expected a string at byte %zu", r->i);
+    r->i++;
+    for (;;) {
+        if (r->i >= r->n) return dsv_error(DSV_ERR_FORMAT, "unterminated string");
+        unsigned char c = (unsigned char)r->s[r->i++];
+        if (c == '"') break;
+        if (c < 0x20) return dsv_error(DSV_ERR_FORMAT, "control character in a string at byte %zu", r->i - 1);
+        if (c != '\\') {
+            if (out) out[k] = (char)c;
+            k++;
+            continue;
+        }
+        if (r->i >= r->n) return dsv_error(DSV_ERR_FORMAT, "unterminated string");
+        char e = r->s[r->i++], ch;
+        switch (e) {
+        case '"': ch = '"'; break;
+        case '\\': ch = '\\'; break;
+        case '/': ch = '/'; break;
+        case 'b': ch = '\b'; break;
+        case 'f': ch = '\f'; break;
+        case 'n': ch = '\n'; break;
+        case 'r': ch = '\r'; break;
+        case 't': ch = '\t'; break;
+        case 'u': {
+            unsigned u, lo;
+            if (!hex4(r, &u)) return dsv_error(DSV_ERR_FORMAT, "bad \\u escape at byte %zu", r->i);
+            if (u >= 0xDC00 && u <= 0xDFFF) return dsv_error(DSV_ERR_FORMAT, "lone surrogate \\u%04X", u);
+            if (u >= 0xD800 && u <= 0xDBFF) {
+                if (r->n - r->i < 6 || r->s[r->i] != '\\' || r->s[r->i + 1] != 'u')
+                    return dsv_error(DSV_ERR_FORMAT, "lone surrogate \\u%04X", u);
+                r->i += 2;
+                if (!hex4(r, &lo) || lo < 0xDC00 || lo > 0xDFFF)
+                    return dsv_error(DSV_ERR_FORMAT, "lone surrogate \\u%04X", u);
+                u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
+            }
+            char buf[4];
+            size_t l = dsv_utf8_encode(u, buf);
+            if (out) memcpy(out + k, buf, l);
+            k += l;
+            continue;
+        }
+        default: return dsv_error(DSV_ERR_FORMAT, "bad escape \\%c at byte %zu", e, r->i - 1);
+        }
+        if (out) out[k] = ch;
+        k++;
+    }
+    *len = k;
+    return DSV_OK;
+}
+
+static int skip_value(struct reader *r, int depth) {
+    size_t len;
+    skip_ws(r);
+    if (r->i >= r->n) return dsv_error(DSV_ERR_FORMAT, "unexpected end of JSON");
+    if (depth > MAX_DEPTH) return dsv_error(DSV_ERR_FORMAT, "JSON nested too deeply");
+    char c = r->s[r->i];
+    if (c == '"') return read_string(r, NULL, &len);
+    if (c == '{' || c == '[') {
+        char close = c == '{' ? '}' : ']';
+        r->i++;
+        skip_ws(r);
+        if (r->i < r->n && r->s[r->i] == close) {
+            r->i++;
+            return DSV_OK;
+        }
+        for (;;) {
+            int rc;
+            if (c == '{') {
+                skip_ws(r);
+                if ((rc = read_string(r, NULL, &len))) return rc;
+                skip_ws(r);
+                if (r->i >= r->n || r->s[r->i++] != ':')
+                    return dsv_error(DSV_ERR_FORMAT, "expected ':' at byte %zu", r->i - 1);
+            }
+            if ((rc = skip_value(r, depth + 1))) return rc;
+            skip_ws(r);
+            if (r->i >= r->n) return dsv_error(DSV_ERR_FORMAT, "unexpected end of JSON");
+            char d = r->s[r->i++];
+            if (d == close) return DSV_OK;
+            if (d != ',') return dsv_error(DSV_ERR_FORMAT, "expected ',' or '%c' at byte %zu", close, r->i - 1);
+        }
+    }
+    /* A number or a literal. */
+    size_t start = r->i;
+    while (r->i < r->n && strchr("+-.0123456789Eaeflnrstu", r->s[r->i]) && r->s[r->i]) r->i++;
+    if (r->i == start) return dsv_error(DSV_ERR_FORMAT, "unexpected '%c' at byte %zu", c, r->i);
+    return DSV_OK;
+}
+
+int dsv_json_get_string(const char *json, size_t len, const char *key, char **out, size_t *out_len) {
+    struct reader r = {json, len, 0};
+    size_t klen = strlen(key), l;
+    /* Decoded strings are never longer than the JSON, so one buffer of its
+     * size holds any member name, and then the value. */
+    char *buf = malloc(len + 1);
+    int rc = DSV_OK;
+    if (!buf) return dsv_error(DSV_ERR_NOMEM, "out of memory");
+    skip_ws(&r);
+    if (r.i >= r.n || r.s[r.i++] != '{') rc = dsv_error(DSV_ERR_FORMAT, "expected a JSON object");
+    skip_ws(&r);
+    if (!rc && r.i < r.n && r.s[r.i] == '}') rc = dsv_error(DSV_ERR_FORMAT, "no member \"%s\"", key);
+    while (!rc) {
+        skip_ws(&r);
+        if ((rc = read_string(&r, buf, &l))) break;
+        int match = l == klen && !memcmp(buf, key, klen);
+        skip_ws(&r);
+        if (r.i >= r.n || r.s[r.i++] != ':') {
+            rc = dsv_error(DSV_ERR_FORMAT, "expected ':' at byte %zu", r.i - 1);
+            break;
+        }
+        if (match) {
+            skip_ws(&r);
+            if (r.i >= r.n || r.s[r.i] != '"') {
+                rc = dsv_error(DSV_ERR_FORMAT, "member \"%s\" is not a string", key);
+                break;
+            }
+            if ((rc = read_string(&r, buf, &l))) break;
+            buf[l] = 0;
+            *out = buf;
+            *out_len = l;
+            return DSV_OK;
+        }
+        if ((rc = skip_value(&r, 1))) break;
+        skip_ws(&r);
+        if (r.i >= r.n) rc = dsv_error(DSV_ERR_FORMAT, "unexpected end of JSON");
+        else if (r.s[r.i] == '}') rc = dsv_error(DSV_ERR_FORMAT, "no member \"%s\"", key);
+        else if (r.s[r.i++] != ',') rc = dsv_error(DSV_ERR_FORMAT, "expected ',' or '}' at byte %zu", r.i - 1);
+    }
+    free(buf);
+    return rc;
+}
