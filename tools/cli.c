@@ -72,3 +72,33 @@ int cli_ids(const char *cmd, const char *s, int32_t **ids, int *n) {
     *n = cnt;
     return 0;
 }
+
+int cli_topk_file(const char *cmd, const char *path, int n_layers, int *layer_topk) {
+    FILE *f = fopen(path, "r");
+    if (!f) return cli_fail(cmd, "--topk-file %s: cannot open (%s)", path, strerror(errno));
+    int n = 0, c, bad = 0;
+    long v = -1; /* the number being read, -1 between numbers */
+    while (!bad) {
+        c = fgetc(f);
+        if (c == '#') {
+            while (c != EOF && c != '\n') c = fgetc(f);
+        }
+        if (c >= '0' && c <= '9') {
+            v = (v < 0 ? 0 : v) * 10 + (c - '0');
+            if (v > (1L << 30)) bad = 1;
+            continue;
+        }
+        if (v >= 0) {
+            if (v < 1 || n >= n_layers || n >= DSV_MAX_TOPK_LAYERS) bad = 1;
+            else layer_topk[n++] = (int)v;
+            v = -1;
+        }
+        if (c == EOF) break;
+        if (c != ' ' && c != '\t' && c != '\n' && c != '\r' && c != ',') bad = 1;
+    }
+    fclose(f);
+    if (bad || n != n_layers)
+        return cli_fail(cmd, "--topk-file %s: expected %d top-k values in [1, 2^30] (one per layer; commas, spaces "
+                        "and # comments allowed)", path, n_layers);
+    return 0;
+}

@@ -16,4 +16,9 @@ int cli_scale_fmt(const char *cmd, const char *s, int *out);
 /* Parses "1,2,3" into a malloc'ed array; 0 on success. */
 int cli_ids(const char *cmd, const char *s, int32_t **ids, int *n);
 
+/* Reads a per-layer top-k file (n_layers integers >= 1, separated by
+ * spaces, commas or newlines; '#' starts a comment, as `dsv32 analyze
+ * --suggest -o` writes it) into layer_topk[0..n_layers); 0 on success. */
+int cli_topk_file(const char *cmd, const char *path, int n_layers, int *layer_topk);
+
 #endif

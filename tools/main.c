@@ -23,6 +23,7 @@ static const struct command commands[] = {
     {"detokenize", "token ids to text", cmd_detokenize},
     {"logits", "conformance: logits (and intermediates) of a fixed token sequence", cmd_logits},
     {"ppl", "perplexity of a text file in windows of the context size", cmd_ppl},
+    {"analyze", "what the indexer's top-k keeps of dense attention on a text, per layer and k", cmd_analyze},
     {"bpe", "train a byte-level BPE tokenizer on a text", cmd_bpe},
     {"train", "train a model: one stage of DeepSeek's DSA recipe", cmd_train},
     {"export", "training checkpoint to a Hugging Face model directory (bf16 or fp8)", cmd_export},
