@@ -338,3 +338,47 @@ TEST(cli_analyze_suggest_keeps_its_bound) {
     CHECK(test_run(cmd, &out) != 0 && out && strstr(out, "--suggest: even top-16"));
     free(out);
 }
+
+TEST(cli_topk_file_on_the_commands) {
+    const char *m = fixture_random(), *txt = text_file();
+    const char *same = tiny_write("same.txt", "# as --topk 4\n4, 4\n"), *mixed = tiny_write("mixed.txt", "24 4");
+    const char *bad[] = {tiny_write("short.txt", "4\n"), tiny_write("zero.txt", "4 0\n"), tiny_write("junk.txt", "4 x\n")};
+    char cmd[4096], *a = NULL, *b = NULL, *c = NULL;
+    /* A list of one k for every layer is --topk k; a mixed one differs. */
+    snprintf(cmd, sizeof cmd, "%s ppl -m %s -f %s --ctx 64 --topk 4 --quiet -t 2", bin(), m, txt);
+    REQUIRE(test_run(cmd, &a) == 0 && a);
+    snprintf(cmd, sizeof cmd, "%s ppl -m %s -f %s --ctx 64 --topk-file %s --quiet -t 2", bin(), m, txt, same);
+    REQUIRE(test_run(cmd, &b) == 0 && b);
+    snprintf(cmd, sizeof cmd, "%s ppl -m %s -f %s --ctx 64 --topk-file %s --quiet -t 2", bin(), m, txt, mixed);
+    REQUIRE(test_run(cmd, &c) == 0 && c);
+    CHECKF(!strcmp(a, b) && strcmp(a, c), "%s %s %s", a, b, c);
+    free(a); free(b); free(c);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids 1,2,3,4,5,6,7,8,9,10 --prefill 4 --topk 4 -t 2 -o /dev/stdout | md5sum", bin(), m);
+    REQUIRE(test_run(cmd, &a) == 0 && a);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids 1,2,3,4,5,6,7,8,9,10 --prefill 4 --topk-file %s -t 2 -o /dev/stdout | md5sum", bin(), m, same);
+    REQUIRE(test_run(cmd, &b) == 0 && b);
+    CHECKF(!strcmp(a, b), "%s vs %s", a, b);
+    free(a); free(b);
+    snprintf(cmd, sizeof cmd, "%s generate -m %s -p 'It is' -n 3 --temp 0 --topk-file %s -t 2 2>/dev/null", bin(), m, mixed);
+    CHECK(test_run(cmd, &a) == 0);
+    free(a);
+    snprintf(cmd, sizeof cmd, "%s bench -m %s --depth 30 --prefill 4 --decode 2 --json --bw-mib 16 --topk-file %s -t 2 "
+             "2>/dev/null", bin(), m, mixed);
+    CHECKF(test_run(cmd, &a) == 0 && a && strstr(a, "\"topk\":24,"), "%s", a);
+    free(a);
+    /* A wrong file is one line naming it, on every command. */
+    const char *cmds[] = {"ppl -m M -f T --ctx 64", "logits -m M --ids 1,2,3 --prefill 3 -o /dev/null", "generate -m M -p x -n 1", "bench -m M --depth 8",
+                          "serve -m M --port 0", "chat -m M"};
+    for (int i = 0; i < 6; i++)
+        for (int j = 0; j < 3; j++) {
+            char args[1024] = "";
+            for (const char *p = cmds[i]; *p; p++) {
+                if (*p == 'M' && (p[1] == ' ' || !p[1])) strcat(args, m);
+                else if (*p == 'T' && (p[1] == ' ' || !p[1])) strcat(args, txt);
+                else strncat(args, p, 1);
+            }
+            snprintf(cmd, sizeof cmd, "%s %s --topk-file %s </dev/null 2>&1", bin(), args, bad[j]);
+            CHECKF(test_run(cmd, &a) != 0 && a && strstr(a, bad[j]) && strstr(a, "--topk-file"), "%s: %s", cmd, a);
+            free(a);
+        }
+}

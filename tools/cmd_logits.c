@@ -25,6 +25,7 @@ static const char *usage =
     "  -o FILE            output file of float32 logits, 1 + n - P rows\n"
     "  --dense            attend to every position (no top-k)\n"
     "  --topk K           keep K positions per query instead of the model's index_topk\n"
+    "  --topk-file FILE   a top-k per layer (from dsv32 analyze --suggest -o)\n"
     "  --scale-fmt F      activation scale format: ue8m0 or none (default: the checkpoint's)\n"
     "  -t N               threads (default: all online CPUs)\n"
     "  --dump DIR         write per-call intermediates to DIR: <i>.l0_attn_out.f32,\n"
@@ -63,7 +64,7 @@ static void on_dump(const char *name, int layer, int dtype, int rows, int cols, 
 }
 
 int cmd_logits(int argc, char **argv) {
-    const char *cmd = "logits", *model = NULL, *ids_s = NULL, *out = NULL, *dump = NULL, *v;
+    const char *cmd = "logits", *model = NULL, *ids_s = NULL, *out = NULL, *dump = NULL, *topk_file = NULL, *v;
     long prefill = -1, topk = 0, threads = 0;
     int dense = 0, scale_fmt = -1;
     for (int i = 1; i < argc; i++) {
@@ -74,6 +75,7 @@ int cmd_logits(int argc, char **argv) {
         else if (!strcmp(a, "--ids")) { if (!(ids_s = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "-o")) { if (!(out = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--dump")) { if (!(dump = cli_value(cmd, argc, argv, &i))) return 1; }
+        else if (!strcmp(a, "--topk-file")) { if (!(topk_file = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--prefill")) {
             if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1L << 30, &prefill)) return 1;
         } else if (!strcmp(a, "--topk")) {
@@ -114,10 +116,11 @@ int cmd_logits(int argc, char **argv) {
     cp.attn = dense ? DSV_ATTN_DENSE : DSV_ATTN_SPARSE;
     cp.topk = (int)topk;
     dsv_context *ctx;
-    if (dsv_context_open(&ctx, m, &cp)) {
+    if ((topk_file && cli_topk_file(cmd, topk_file, c->n_layers, cp.layer_topk)) ||
+        (dsv_context_open(&ctx, m, &cp) && cli_fail(cmd, "%s", dsv_errmsg()))) {
         free(ids);
         dsv_model_close(m);
-        return cli_fail(cmd, "%s", dsv_errmsg());
+        return 1;
     }
     struct dump_state ds = {dump, 0, c->n_dense_layers, 0};
     if (dump) dsv_context_set_dump(ctx, on_dump, &ds);

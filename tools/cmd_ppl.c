@@ -34,6 +34,7 @@ static const char *usage =
     "  --ctx N            window size in tokens (default: max_position_embeddings, at most 4096)\n"
     "  --dense            attend to every position (no top-k)\n"
     "  --topk K           keep K positions per query instead of the model's index_topk\n"
+    "  --topk-file FILE   a top-k per layer (from dsv32 analyze --suggest -o)\n"
     "  --recall           also print, per layer, the indexer's recall: the share of dense\n"
     "                     attention mass inside its top-k (fp32 training forward, full windows)\n"
     "  --scale-fmt F      activation scale format: ue8m0 or none (default: the checkpoint's)\n"
@@ -106,7 +107,7 @@ static int run_recall(const char *cmd, const char *model, const int32_t *ids, si
 }
 
 int cmd_ppl(int argc, char **argv) {
-    const char *cmd = "ppl", *model = NULL, *file = NULL, *v;
+    const char *cmd = "ppl", *model = NULL, *file = NULL, *topk_file = NULL, *v;
     long ctx = 0, topk = 0, threads = 0;
     int dense = 0, recall = 0, quiet = 0, scale_fmt = -1;
     for (int i = 1; i < argc; i++) {
@@ -117,6 +118,7 @@ int cmd_ppl(int argc, char **argv) {
         else if (!strcmp(a, "--quiet")) quiet = 1;
         else if (!strcmp(a, "-m")) { if (!(model = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "-f")) { if (!(file = cli_value(cmd, argc, argv, &i))) return 1; }
+        else if (!strcmp(a, "--topk-file")) { if (!(topk_file = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--ctx")) {
             if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 2, 1L << 20, &ctx)) return 1;
         } else if (!strcmp(a, "--topk")) {
@@ -130,6 +132,7 @@ int cmd_ppl(int argc, char **argv) {
     if (!model) return cli_fail(cmd, "missing -m MODEL_DIR (see dsv32 ppl --help)");
     if (!file) return cli_fail(cmd, "missing -f TEXT");
     if (dense && topk) return cli_fail(cmd, "--dense and --topk exclude each other");
+    if (topk_file && (dense || recall)) return cli_fail(cmd, "--topk-file excludes --dense and --recall");
 
     dsv_tokenizer *tok;
     if (dsv_tokenizer_open(&tok, model)) return cli_fail(cmd, "%s", dsv_errmsg());
@@ -162,6 +165,7 @@ int cmd_ppl(int argc, char **argv) {
     cp.n_threads = (int)threads;
     cp.attn = dense ? DSV_ATTN_DENSE : DSV_ATTN_SPARSE;
     cp.topk = (int)topk;
+    if (!rc && topk_file) rc = cli_topk_file(cmd, topk_file, c->n_layers, cp.layer_topk);
     dsv_context *cx = NULL;
     if (!rc && dsv_context_open(&cx, m, &cp)) rc = cli_fail(cmd, "%s", dsv_errmsg());
     float *logits = rc ? NULL : malloc((size_t)chunk * V * sizeof *logits);
@@ -205,8 +209,9 @@ int cmd_ppl(int argc, char **argv) {
         double ppl = exp(nll / scored);
         if (quiet) printf("%.4f\n", ppl);
         else
-            printf("ppl %.4f  (%ld tokens scored, ctx %ld, %s top-%d)\n", ppl, scored, ctx,
-                   dense ? "dense" : "sparse", dense ? (int)ctx : topk ? (int)topk : c->index_topk);
+            printf("ppl %.4f  (%ld tokens scored, ctx %ld, %s top-%d%s)\n", ppl, scored, ctx,
+                   dense ? "dense" : "sparse", dense ? (int)ctx : topk ? (int)topk : c->index_topk,
+                   topk_file ? " where --topk-file leaves 0" : "");
     }
     free(logits);
     free(win);

@@ -36,6 +36,7 @@ const char gen_opts_help[] =
     "  --batch N          most tokens per forward call, for prefill (default 512)\n"
     "  --dense            attend to every position instead of the indexer's top-k\n"
     "  --topk K           keep K positions per query (default: the model's index_topk)\n"
+    "  --topk-file FILE   a top-k per layer (from dsv32 analyze --suggest -o)\n"
     "  -t N               threads (default: all online CPUs)\n";
 
 int gen_parse_opt(const char *cmd, gen_opts *o, int argc, char **argv, int *i) {
@@ -44,6 +45,7 @@ int gen_parse_opt(const char *cmd, gen_opts *o, int argc, char **argv, int *i) {
     char *end;
     if (!strcmp(a, "--dense")) { o->attn = DSV_ATTN_DENSE; return 1; }
     if (!strcmp(a, "-m")) { if (!(o->model = cli_value(cmd, argc, argv, i))) return -1; return 1; }
+    if (!strcmp(a, "--topk-file")) { if (!(o->topk_file = cli_value(cmd, argc, argv, i))) return -1; return 1; }
     if (!strcmp(a, "--stop")) {
         if (!(v = cli_value(cmd, argc, argv, i))) return -1;
         if (o->n_stops == GEN_MAX_STOPS) { cli_fail(cmd, "at most %d --stop strings", GEN_MAX_STOPS); return -1; }
@@ -113,6 +115,10 @@ int gen_open(gen *g, const char *cmd, const gen_opts *o, int n_seq) {
     cp.n_threads = o->threads;
     cp.attn = o->attn;
     cp.topk = o->topk;
+    if (o->topk_file && cli_topk_file(cmd, o->topk_file, g->c->n_layers, cp.layer_topk)) {
+        gen_close(g);
+        return 1;
+    }
     g->logits = malloc((size_t)n_seq * g->c->vocab_size * sizeof *g->logits);
     if (!g->logits || dsv_context_open(&g->ctx, g->m, &cp)) {
         cli_fail(cmd, "%s", g->logits ? dsv_errmsg() : "out of memory");
