@@ -63,7 +63,9 @@ const int32_t *dsv_gen_banned(const dsv_gen *g, int *n);
 /* The chunking rule: how many prompt tokens to compute next for a sequence
  * at position pos of a prompt of n_prompt tokens, with budget tokens left in
  * this forward call (budget >= 1). 0 means wait for a call with more room:
- * taking what fits would leave one token before M. */
+ * taking what fits would leave one token before M; with budget >= 3 it is
+ * never 0 while prompt tokens are left, so a caller whose calls have room
+ * for 3 tokens always makes progress. */
 int dsv_gen_chunk_len(const dsv_gen *g, int pos, int n_prompt, int budget);
 
 /* ---- Slots ----------------------------------------------------------------- */

@@ -199,7 +199,7 @@ static int run_phase(gen *g, int n, dsv_gen_slot **slots, int prefill, gen_emit 
     }
     double dt = dsv_time() - t0;
     if (prefill) { g->prefill_s += dt; g->prefill_tok += fed; }
-    else g->decode_s += dt;
+    else { g->decode_s += dt; g->decode_fed += fed; }
     free(part);
     free(ent);
     free(who);
@@ -220,6 +220,6 @@ void gen_report(const gen *g) {
     fprintf(stderr, "\nprompt tokens: %ld, prefill: %.1f tok/s, decode: %.1f tok/s (%ld tokens), peak memory: %.0f MiB, "
             "kernels: %s\n",
             g->prefill_tok, g->prefill_s > 0 ? g->prefill_tok / g->prefill_s : 0.0,
-            g->decode_s > 0 ? g->decode_tok / g->decode_s : 0.0, g->decode_tok, ru.ru_maxrss / 1024.0,
+            g->decode_s > 0 ? g->decode_fed / g->decode_s : 0.0, g->decode_tok, ru.ru_maxrss / 1024.0,
             dsv_kernels_name());
 }

@@ -41,7 +41,9 @@ typedef struct gen {
     dsv_gen *rules;           /* chunking, EOS, banned ids: as the server's */
     int n_seq;
     double prefill_s, decode_s;
-    long prefill_tok, decode_tok;
+    long prefill_tok;         /* prompt tokens computed */
+    long decode_tok;          /* tokens generated */
+    long decode_fed;          /* generated tokens fed back (the decode steps' work) */
 } gen;
 
 /* Loads everything (a progress bar on a terminal). Returns 0 or prints an
