@@ -13,6 +13,8 @@
  *  - best: the same for the k positions of largest mass (an ideal indexer);
  *  - recall: the share of the dense top-k (the k positions of largest mass,
  *    a position tied with the k-th counting as in it) that was selected;
+ *  - indexer_kl: the indexer's own training loss, KL(target || softmax of
+ *    its scores), per query;
  *  - per distance bucket (DSV_ANALYZE_BUCKET_EDGES, query position minus
  *    key position): the dense mass in the bucket and the part of it kept.
  * A query that sees at most k positions keeps everything (mass and recall
@@ -58,6 +60,9 @@ typedef struct dsv_analysis_stats {
     double mass_past;                      /* the same over the n_past queries (1 when none) */
     double best;                           /* mean share inside the k positions of largest mass */
     double recall;                         /* mean share of the dense top-k that was selected */
+    double indexer_kl;                     /* mean KL(target || softmax(indexer scores)) over all the
+                                            * visible positions: the indexer's dense warm-up loss
+                                            * (the same for every k of a layer) */
     double bucket_mass[DSV_ANALYZE_BUCKETS]; /* dense mass per distance bucket, summed over queries
                                             * (each query's mass sums to 1) */
     double bucket_kept[DSV_ANALYZE_BUCKETS]; /* the part of it inside the selected sets */

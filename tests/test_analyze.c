@@ -137,6 +137,10 @@ TEST(analysis_oracle_scores_give_recall_one_and_the_best_mass) {
                 REQUIRE(dsv_analysis_get(an, l, i, &s) == DSV_OK);
                 CHECK_EQ_INT(s.n_past, n - ks[i]);
                 CHECKF(s.mass <= s.best + 1e-12, "layer %d k %d: mass %.17g > best %.17g", l, ks[i], s.mass, s.best);
+                /* The indexer's loss: the oracle's scores are the logits whose
+                 * softmax (rounded to bf16) is the target, so KL is ~0. */
+                CHECKF(oracle ? s.indexer_kl >= 0 && s.indexer_kl < 1e-3 : s.indexer_kl > 0.01, "layer %d: KL %g",
+                       l, s.indexer_kl);
                 if (oracle) {
                     CHECKF(s.recall == 1.0, "layer %d k %d: recall %.17g", l, ks[i], s.recall);
                     CHECK_NEAR(s.mass, s.best, 1e-12);

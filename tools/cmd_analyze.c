@@ -495,8 +495,8 @@ int cmd_analyze(int argc, char **argv) {
                 printf("], \"dense_by_distance\": [");
                 for (int b = 0; b < nb; b++)
                     printf("%s%.6f", b ? ", " : "", st.n_queries ? st.bucket_mass[b] / st.n_queries : 0.0);
-                printf("], \"best\": %.6f, \"mass_past_k\": %.6f, \"queries\": %ld, \"queries_past_k\": %ld}\n",
-                       st.best, st.mass_past, st.n_queries, st.n_past);
+                printf("], \"best\": %.6f, \"mass_past_k\": %.6f, \"indexer_kl\": %.6f, \"queries\": %ld, "
+                       "\"queries_past_k\": %ld}\n", st.best, st.mass_past, st.indexer_kl, st.n_queries, st.n_past);
             } else {
                 printf("%-6d %7d %8.4f %8.4f %8.4f %9.4f", l, ks[i], st.mass, st.best, st.recall, st.mass_past);
                 for (int b = 0; b < nb; b++) {
@@ -508,7 +508,14 @@ int cmd_analyze(int argc, char **argv) {
         }
     if (!rc && !json) {
         printf("(best: the k positions of most mass; past k: mass over the queries that see more than k positions;\n"
-               " by distance: the share of the dense mass at that distance that the top-k keeps)\n\n");
+               " by distance: the share of the dense mass at that distance that the top-k keeps)\n");
+        printf("indexer KL(target || softmax(scores)) per query, its warm-up loss:");
+        for (int l = 0; l < c->n_layers; l++) {
+            dsv_analysis_stats st;
+            dsv_analysis_get(an, l, 0, &st);
+            printf(" L%d %.4f", l, st.indexer_kl);
+        }
+        printf("\n\n");
         printf("%-10s %12s %12s\n", "top-k", "KL(dense||k)", "ppl");
         printf("%-10s %12s %12.4f\n", "dense", "0", exp(runs[0].nll / s.scored));
         for (int i = 0; i < n_k; i++)

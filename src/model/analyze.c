@@ -12,6 +12,7 @@
  * very selection sparse attention makes, and the dense top-k with the same
  * function on the weights. Mass is summed in double in position order, so
  * a set that holds every position gives exactly 1. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,7 +21,7 @@
 #include "base/util.h"
 
 typedef struct acc {
-    double mass, mass_past, best, recall;
+    double mass, mass_past, best, recall, kl;
     double bucket_mass[DSV_ANALYZE_BUCKETS], bucket_kept[DSV_ANALYZE_BUCKETS];
     long n, n_past;
 } acc;
@@ -65,6 +66,17 @@ static void analyze_rows(dsv_context *ctx, void *arg, long i0, long i1, int ith)
         if (!(tot > 0)) continue; /* cannot happen with a softmax; never divide by it */
         double bm[DSV_ANALYZE_BUCKETS] = {0};
         for (int j = 0; j < vis; j++) bm[bucket_of(pos - j)] += w[j] / tot;
+        /* The indexer's training loss on this query: KL(target || softmax(scores)). */
+        float mx = sc[0];
+        for (int j = 1; j < vis; j++) mx = sc[j] > mx ? sc[j] : mx;
+        double z = 0, kl = 0;
+        for (int j = 0; j < vis; j++) z += exp((double)sc[j] - mx);
+        const double lz = log(z);
+        for (int j = 0; j < vis; j++)
+            if (w[j] > 0) {
+                const double p = w[j] / tot;
+                kl += p * (log(p) - ((double)sc[j] - mx - lz));
+            }
         for (int ik = 0; ik < a->n_k; ik++) {
             acc *ac = &th->acc[(size_t)la->il * a->n_k + ik];
             const int k = a->ks[ik] < vis ? a->ks[ik] : vis;
@@ -91,6 +103,7 @@ static void analyze_rows(dsv_context *ctx, void *arg, long i0, long i1, int ith)
                 ac->bucket_mass[b] += bm[b];
                 ac->bucket_kept[b] += bk[b];
             }
+            ac->kl += kl;
             ac->n++;
             if (vis > a->ks[ik]) {
                 ac->mass_past += kept / tot;
@@ -178,6 +191,7 @@ int dsv_analysis_get(const dsv_analysis *a, int layer, int ik, dsv_analysis_stat
         s.mass_past += x->mass_past;
         s.best += x->best;
         s.recall += x->recall;
+        s.kl += x->kl;
         for (int b = 0; b < DSV_ANALYZE_BUCKETS; b++) {
             s.bucket_mass[b] += x->bucket_mass[b];
             s.bucket_kept[b] += x->bucket_kept[b];
@@ -191,6 +205,7 @@ int dsv_analysis_get(const dsv_analysis *a, int layer, int ik, dsv_analysis_stat
     out->mass = s.n ? s.mass / s.n : 1;
     out->best = s.n ? s.best / s.n : 1;
     out->recall = s.n ? s.recall / s.n : 1;
+    out->indexer_kl = s.n ? s.kl / s.n : 0;
     out->mass_past = s.n_past ? s.mass_past / s.n_past : 1;
     memcpy(out->bucket_mass, s.bucket_mass, sizeof s.bucket_mass);
     memcpy(out->bucket_kept, s.bucket_kept, sizeof s.bucket_kept);
