@@ -10,7 +10,7 @@
 #include <cjson/cJSON.h>
 
 #include "dsv32_tokenizer.h"
-#include "text/json_str.h"
+#include "dsv32_util.h"
 #include "test.h"
 #include "base/utf8.h"
 #include "base/util.h"

@@ -20,8 +20,8 @@
 #include "commands.h"
 #include "dsv32.h"
 #include "dsv32_tokenizer.h"
-#include "train/train.h"
-#include "base/util.h"
+#include "dsv32_train.h"
+#include "dsv32_util.h"
 
 static const char *usage =
     "usage: dsv32 ppl -m MODEL_DIR -f TEXT [options]\n"

@@ -15,8 +15,8 @@
 #include "commands.h"
 #include "dsv32_chat.h"
 #include "dsv32_tokenizer.h"
-#include "text/json_str.h"
-#include "base/util.h"
+#include "dsv32_util.h"
+#include "dsv32_util.h"
 
 #define BENCH_TIME_DEFAULT 1.0
 
@@ -278,7 +278,7 @@ static int parse_ids(char *s, int32_t **out, size_t *n) {
         errno = 0;
         long v = strtol(p, &end, 10);
         if (end != p + l || l == 0 || errno || v < 0 || v > INT32_MAX) {
-            int rc = dsv_error(DSV_ERR_ARG, "stdin: '%.*s' is not a token id", (int)DSV_MIN(l, 40), p);
+            int rc = dsv_error(DSV_ERR_ARG, "stdin: '%.*s' is not a token id", (int)(l < 40 ? l : 40), p);
             free(ids);
             return rc;
         }

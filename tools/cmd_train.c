@@ -17,8 +17,8 @@
 #include "commands.h"
 #include "dsv32.h"
 #include "dsv32_tokenizer.h"
-#include "train/train.h"
-#include "base/util.h"
+#include "dsv32_train.h"
+#include "dsv32_util.h"
 
 static char *read_all(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");

@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "base/util.h"
+#include "dsv32_util.h"
 
 void gen_default_opts(gen_opts *o) {
     memset(o, 0, sizeof *o);

@@ -41,7 +41,7 @@
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
 
-#include "text/json_str.h"
+#include "dsv32_util.h"
 #include "server.h"
 #include "base/util.h"
 

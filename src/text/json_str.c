@@ -1,9 +1,10 @@
 /* json_str.c: pulls one string member out of a JSON object with its exact
- * length (see json_str.h). A small recursive-descent reader: members before
- * the wanted one are skipped structurally, strings are decoded per RFC 8259
+ * length (dsv_json_get_string, declared in include/dsv32_util.h). A small
+ * recursive-descent reader: members before the wanted one are skipped
+ * structurally, strings are decoded per RFC 8259
  * (surrogate pairs joined, lone surrogates refused since UTF-8 cannot hold
  * them). */
-#include "json_str.h"
+#include "dsv32_util.h"
 
 #include <stdlib.h>
 #include <string.h>

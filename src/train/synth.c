@@ -23,7 +23,7 @@
 #include "base/numeric.h"
 #include "base/rng.h"
 #include "format/safetensors.h"
-#include "synth.h"
+#include "dsv32_synth.h"
 #include "base/util.h"
 
 enum job_kind {
