@@ -20,26 +20,8 @@
 
 #define BENCH_TIME_DEFAULT 1.0
 
-/* Reads all of f into a malloc'd buffer (NUL-terminated, *len bytes). */
-static char *read_all(FILE *f, size_t *len) {
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n - 1, f);
-        if (n < cap - 1) break;
-        char *b = realloc(buf, cap * 2);
-        if (!b) free(buf);
-        buf = b;
-        cap *= 2;
-    }
-    if (!buf || ferror(f)) {
-        free(buf);
-        return NULL;
-    }
-    buf[n] = 0;
-    *len = n;
-    return buf;
-}
+/* Texts are read whole; past 4 GiB the token ids alone would not fit. */
+#define TEXT_MAX_BYTES ((size_t)1 << 32)
 
 static int finish_output(const char *cmd) {
     if (fflush(stdout) != 0 || ferror(stdout)) return cli_fail(cmd, "writing output: %s", strerror(errno));
@@ -91,8 +73,8 @@ static int encode(const dsv_tokenizer *tok, const char *text, size_t len, int32_
 static int tokenize_text(const dsv_tokenizer *tok) {
     size_t len, n, cap = 0;
     int32_t *ids = NULL;
-    char *text = read_all(stdin, &len);
-    if (!text) return cli_fail("tokenize", "reading stdin: %s", strerror(errno));
+    char *text;
+    if (dsv_read_file("-", TEXT_MAX_BYTES, &text, &len)) return cli_fail("tokenize", "%s", dsv_errmsg());
     int rc = encode(tok, text, len, &ids, &cap, &n);
     free(text);
     if (rc == DSV_OK) {
@@ -180,12 +162,9 @@ static int tokenize_chat(const dsv_tokenizer *tok) {
 }
 
 static int tokenize_bench(const dsv_tokenizer *tok, const char *path, double min_time, double load_s) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return cli_fail("tokenize", "%s: %s", path, strerror(errno));
     size_t len, n = 0, cap = 0;
-    char *text = read_all(f, &len);
-    fclose(f);
-    if (!text) return cli_fail("tokenize", "%s: %s", path, strerror(errno));
+    char *text;
+    if (dsv_read_file(path, TEXT_MAX_BYTES, &text, &len)) return cli_fail("tokenize", "%s", dsv_errmsg());
     int32_t *ids = NULL;
     int runs = 0, rc = 0;
     double t0 = dsv_time(), dt;
@@ -321,8 +300,8 @@ int cmd_detokenize(int argc, char **argv) {
         return 2;
     }
     size_t len, n = 0, out_len = 0;
-    char *in = read_all(stdin, &len);
-    if (!in) return cli_fail("detokenize", "reading stdin: %s", strerror(errno));
+    char *in;
+    if (dsv_read_file("-", TEXT_MAX_BYTES, &in, &len)) return cli_fail("detokenize", "%s", dsv_errmsg());
     int32_t *ids = NULL;
     char *out = NULL;
     dsv_tokenizer *tok = NULL;
