@@ -269,24 +269,20 @@ static int run(struct bench *b) {
 int cmd_bench(int argc, char **argv) {
     struct bench b = {.cmd = "bench", .prefill = 512, .decode = 32, .batch = 512, .bw_mib = 1024, .modes = MODE_SPARSE};
     const char *cmd = b.cmd, *v, *depths = "0,4096";
-    int dense = 0, attn_set = 0;
+    int attn_set = 0;
+    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_BATCH | CLI_E_DENSE | CLI_E_TOPK);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        int r = cli_engine_opt(cmd, &e, argc, argv, &i);
+        if (r < 0) return 1;
+        if (r) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(usage, stdout); return 0; }
         else if (!strcmp(a, "--json")) b.json = 1;
-        else if (!strcmp(a, "--dense")) dense = 1;
-        else if (!strcmp(a, "-m")) { if (!(b.model_dir = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--depth")) { if (!(depths = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--prefill")) {
             if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1L << 24, &b.prefill)) return 1;
         } else if (!strcmp(a, "--decode")) {
             if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1L << 24, &b.decode)) return 1;
-        } else if (!strcmp(a, "--topk")) {
-            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1L << 28, &b.topk)) return 1;
-        } else if (!strcmp(a, "-t")) {
-            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 256, &b.threads)) return 1;
-        } else if (!strcmp(a, "--batch")) {
-            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1L << 20, &b.batch)) return 1;
         } else if (!strcmp(a, "--bw-mib")) {
             if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1L << 20, &b.bw_mib)) return 1;
         } else if (!strcmp(a, "--seed")) {
@@ -307,8 +303,14 @@ int cmd_bench(int argc, char **argv) {
             else return cli_fail(cmd, "--attn: expected sparse, dense or both, got '%s'", v);
         } else return cli_fail(cmd, "unknown option '%s' (see dsv32 bench --help)", a);
     }
-    if (!b.model_dir) return cli_fail(cmd, "missing -m MODEL_DIR (see dsv32 bench --help)");
-    if (dense && b.topk) return cli_fail(cmd, "--dense and --topk exclude each other");
+    if (cli_engine_check(cmd, &e)) return 1;
+    /* The roofline probes run one thread per member of a team of at most 256. */
+    if (e.threads > 256) return cli_fail(cmd, "-t: '%d' is not an integer in [1, 256]", e.threads);
+    const int dense = e.dense;
+    b.model_dir = e.model;
+    b.topk = e.topk;
+    if (e.threads) b.threads = e.threads;
+    if (e.n_batch) b.batch = e.n_batch;
     if (dense && attn_set) return cli_fail(cmd, "--dense and --attn exclude each other");
     if (dense) b.modes = MODE_DENSE;
     if (b.topk && !(b.modes & MODE_SPARSE)) return cli_fail(cmd, "--topk needs sparse attention");
