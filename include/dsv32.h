@@ -8,6 +8,22 @@
  *   field at fault. Library code never exits or aborts on bad input.
  * - Objects come in _open/_close or _init/_free pairs; closing NULL is a no-op.
  * - Output pointers are only written on success.
+ *
+ * Lifetimes: a dsv_model must outlive every context opened on it (close the
+ * contexts first); a context keeps a pointer to its model and to nothing
+ * else. A tokenizer (dsv32_tokenizer.h) is independent of both. Pointers the
+ * library hands out (dsv_model_config, dsv_context_get_params,
+ * dsv_seq_pages, dsv_errmsg) live as long as the object they came from, or
+ * as the next change of it where the function says so.
+ *
+ * Threads: a model is read-only once open, and contexts on one model (or on
+ * different ones) may run dsv_forward on different threads at once. One
+ * context is used by one thread at a time: every function taking a
+ * dsv_context, the dsv_seq_* and dsv_kv_* ones included. The kernel choice
+ * is process-wide: dsv_context_open and dsv_kernels_force must not run while
+ * another thread is inside dsv_forward. A split model (dsv_parallel_*) is
+ * driven from one thread. A tokenizer is immutable once open and may be
+ * used by any number of threads. Error messages are per thread.
  */
 #ifndef DSV32_H
 #define DSV32_H
@@ -103,8 +119,9 @@ typedef struct dsv_model_params {
     /* Overrides quantization_config.scale_fmt: -1 = as the checkpoint says,
      * else DSV_SCALE_FMT_NONE or DSV_SCALE_FMT_UE8M0. */
     int scale_fmt;
-    /* Called now and then while tensors are mapped and checked (done <= total
-     * bytes); may be NULL. */
+    /* Called now and then while tensors are mapped and checked, as
+     * progress(done, total, progress_user) with done <= total bytes (one
+     * call per file opened); may be NULL. */
     void (*progress)(uint64_t done, uint64_t total, void *user);
     void *progress_user;
 } dsv_model_params;
@@ -130,7 +147,10 @@ typedef struct dsv_context dsv_context;
 enum { DSV_ATTN_SPARSE = 0, DSV_ATTN_DENSE = 1 };
 
 typedef struct dsv_context_params {
-    int n_ctx;        /* max tokens per sequence (0: min(max_position_embeddings, 4096)) */
+    int n_ctx;        /* max tokens per sequence (0: min(max_position_embeddings, 4096));
+                       * rounded up to a multiple of DSV_PAGE (64): the context
+                       * holds whole KV pages. dsv_context_get_params gives the
+                       * rounded value, which is what dsv_forward enforces. */
     int n_seq;        /* sequences that can hold state at once (default 1) */
     int n_batch;      /* max tokens in one dsv_forward call (default 512) */
     int n_threads;    /* worker threads including the caller (0: the CPUs this process may use) */
@@ -214,8 +234,20 @@ typedef struct dsv_batch_entry {
 
 /* Runs the model over every entry (each sequence at most once per call) and
  * writes float32 logits [rows, vocab_size] for the requested positions, in
- * entry order. Sequences are independent: results do not depend on what else
- * is in the batch. On error nothing changes (no sequence grows). */
+ * entry order; logits must hold dsv_batch_logit_rows(entries, n_entries) *
+ * vocab_size floats (it may be NULL when that is 0). Sequences are
+ * independent: results do not depend on what else is in the batch. The whole
+ * call is checked before anything runs, and on error nothing changes (no
+ * sequence grows). Errors:
+ *   DSV_ERR_ARG   ctx is NULL; n_entries < 0, or > 0 with entries NULL;
+ *                 more entries than the context's n_seq; a sequence out of
+ *                 range or twice in the call; an entry with no tokens or a
+ *                 logits mode not DSV_LOGITS_*; a token id outside
+ *                 [0, vocab_size); more tokens in all than n_batch.
+ *   DSV_ERR_FULL  a sequence would pass n_ctx (as rounded); the KV page
+ *                 pool has too few free pages for the new positions.
+ * Nothing fails once the call has started (the forward pass allocates
+ * nothing). */
 DSV_API int dsv_forward(dsv_context *ctx, const dsv_batch_entry *entries, int n_entries, float *logits);
 /* Rows of logits dsv_forward writes for these entries. */
 DSV_API int dsv_batch_logit_rows(const dsv_batch_entry *entries, int n_entries);
@@ -272,7 +304,10 @@ DSV_API void dsv_context_reset_stats(dsv_context *ctx);
  * selected positions in descending index score, -1 padded), "index_weights"
  * (f32 [tokens, index_n_heads]: raw weights_proj output), "moe_gate_weights"
  * (f32 [tokens, n_activated]), "moe_gate_indices" (i32 [tokens, n_activated]),
- * and more listed in forward.c. The data is valid during the call only.
+ * "attn_norm" (f32 [tokens, dim]: the RMSNorm before attention) and "qr"
+ * (f32 [tokens, q_lora_rank]: the normalized query latent); the last two are
+ * bf16 in the engine, widened and passed in chunks of rows (one callback per
+ * chunk). The data is valid during the call only.
  * Dumping costs time; pass fn = NULL to turn it off. */
 enum { DSV_DUMP_F32 = 0, DSV_DUMP_I32 = 1 };
 typedef void (*dsv_dump_fn)(const char *name, int layer, int dtype, int rows, int cols,
@@ -330,6 +365,10 @@ DSV_API void dsv_parallel_finalize(int status);
 /* The active set's name; makes the choice if no context has made it yet
  * ("generic" if DSV32_ISA names a level this machine lacks). */
 DSV_API const char *dsv_kernels_name(void);
+/* The levels this build knows, lowest first: the name of level i ("generic",
+ * "avx2", "avx512", "amx"), NULL past the last. Whether this machine has a
+ * level: dsv_kernels_force says. */
+DSV_API const char *dsv_kernels_level(int i);
 /* Forces a level by name, or returns to the automatic choice (NULL or "").
  * DSV_ERR_ARG for an unknown name, DSV_ERR_UNSUPPORTED for a level this
  * machine lacks (the active set is then unchanged). Not to be called while
