@@ -106,7 +106,7 @@ $(BUILD)/run_tests: $(TEST_OBJ) $(BUILD)/libdsv32.a
 
 # Tests that drive the command line find the binary through DSV32_BIN.
 test: $(BUILD)/run_tests $(BUILD)/dsv32
-	tools/check-symbols.sh $(OBJ)
+	@tools/check-symbols.sh $(OBJ)
 	DSV32_BIN=$(BUILD)/dsv32 $(BUILD)/run_tests $(T)
 
 # The folders of src/ are layers; no file includes a higher one.

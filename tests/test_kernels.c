@@ -570,6 +570,20 @@ TEST(kernels_force_and_names) {
     CHECK_EQ_INT(dsv_kernels_force(NULL), DSV_OK);
     const char *best = dsv_kernels_name();
     CHECK(!strcmp(best, "generic") || !strcmp(best, "avx2") || !strcmp(best, "avx512") || !strcmp(best, "amx"));
+    /* The level list: generic first, and every name on it is one the lookup
+     * knows (forcing it works or says this machine lacks it, never "unknown");
+     * the best level is on it. */
+    CHECK_STR(dsv_kernels_level(0), "generic");
+    CHECK(dsv_kernels_level(-1) == NULL);
+    int n_levels = 0, best_listed = 0;
+    for (const char *lv; (lv = dsv_kernels_level(n_levels)); n_levels++) {
+        int st = dsv_kernels_force(lv);
+        CHECKF(st == DSV_OK || st == DSV_ERR_UNSUPPORTED, "level %s: status %d (%s)", lv, st, dsv_errmsg());
+        best_listed |= !strcmp(lv, best);
+    }
+    CHECK_EQ_INT(n_levels, 4);
+    CHECK(best_listed);
+    CHECK_EQ_INT(dsv_kernels_force(NULL), DSV_OK);
     /* DSV32_ISA forces a level, and an impossible one is an error, not a crash. */
     setenv("DSV32_ISA", "generic", 1);
     CHECK_EQ_INT(dsv_kernels_select(), DSV_OK);
