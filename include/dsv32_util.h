@@ -55,6 +55,12 @@ DSV_API int dsv_read_stream(FILE *f, const char *name, size_t max_bytes, char **
  * surrogate), or DSV_ERR_NOMEM. */
 DSV_API int dsv_json_get_string(const char *json, size_t len, const char *key, char **out, size_t *out_len);
 
+/* The JSON string literal of s[0..n) (quotes included; \" \\ \n \r \t, other
+ * bytes below 0x20 as \u00XX, the rest as it is), the same the server writes,
+ * as a new malloc'd NUL-terminated string; *out_len (may be NULL) gets its
+ * length. NULL (DSV_ERR_NOMEM recorded) when out of memory. */
+DSV_API char *dsv_json_quote(const char *s, size_t n, size_t *out_len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -115,20 +115,6 @@ static int tokenize_jsonl(const dsv_tokenizer *tok) {
     return finish_output("tokenize");
 }
 
-/* Writes s as a JSON string literal (quotes, escapes, control characters). */
-static void put_json_string(const char *s) {
-    putchar('"');
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') printf("\\%c", *p);
-        else if (*p == '\n') fputs("\\n", stdout);
-        else if (*p == '\r') fputs("\\r", stdout);
-        else if (*p == '\t') fputs("\\t", stdout);
-        else if (*p < 0x20) printf("\\u%04x", *p);
-        else putchar(*p);
-    }
-    putchar('"');
-}
-
 /* One conversation per line: render with the V3.2 template, then encode the
  * rendered text as it stands (it starts with the BOS string itself). */
 static int tokenize_chat(const dsv_tokenizer *tok) {
@@ -145,8 +131,12 @@ static int tokenize_chat(const dsv_tokenizer *tok) {
             dsv_error_prefix(rc, "stdin line %ld", no);
             break;
         }
+        size_t qlen;
+        char *q = dsv_json_quote(text, strlen(text), &qlen);
+        if (!q) { rc = DSV_ERR_NOMEM; break; }
         fputs("{\"text\":", stdout);
-        put_json_string(text);
+        fwrite(q, 1, qlen, stdout);
+        free(q);
         fputs(",\"ids\":[", stdout);
         print_ids(ids, n, ",");
         fputs("]}\n", stdout);

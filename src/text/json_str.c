@@ -11,6 +11,7 @@
 
 #include "base/utf8.h"
 #include "base/util.h"
+#include "text.h"
 
 #define MAX_DEPTH 512
 
@@ -172,4 +173,46 @@ int dsv_json_get_string(const char *json, size_t len, const char *key, char **ou
     }
     free(buf);
     return rc;
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+void dsv_json_str(dsv_buf *b, const char *s, size_t n) {
+    static const char hex[] = "0123456789abcdef";
+    dsv_buf_add(b, "\"", 1);
+    size_t run = 0; /* bytes copied as they are, flushed in one append */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') { run++; continue; }
+        dsv_buf_add(b, s + i - run, run);
+        run = 0;
+        char esc[6] = {'\\', 0};
+        size_t len = 2;
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default:
+            esc[1] = 'u'; esc[2] = '0'; esc[3] = '0'; esc[4] = hex[c >> 4]; esc[5] = hex[c & 15];
+            len = 6;
+        }
+        dsv_buf_add(b, esc, len);
+    }
+    dsv_buf_add(b, s + n - run, run);
+    dsv_buf_add(b, "\"", 1);
+}
+
+char *dsv_json_quote(const char *s, size_t n, size_t *out_len) {
+    dsv_buf b = {0};
+    dsv_json_str(&b, s, n);
+    const size_t len = b.len;
+    char *out = dsv_buf_take(&b);
+    if (!out) {
+        dsv_error(DSV_ERR_NOMEM, "out of memory quoting a JSON string");
+        return NULL;
+    }
+    if (out_len) *out_len = len;
+    return out;
 }
