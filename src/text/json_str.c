@@ -1,9 +1,11 @@
-/* json_str.c: pulls one string member out of a JSON object with its exact
- * length (dsv_json_get_string, declared in include/dsv32_util.h). A small
+/* json_str.c: exact JSON string values, both ways. Reading: pulls one
+ * string member out of a JSON object with its exact length
+ * (dsv_json_get_string, declared in include/dsv32_util.h), a small
  * recursive-descent reader: members before the wanted one are skipped
- * structurally, strings are decoded per RFC 8259
- * (surrogate pairs joined, lone surrogates refused since UTF-8 cannot hold
- * them). */
+ * structurally, strings are decoded per RFC 8259 (surrogate pairs joined,
+ * lone surrogates refused since UTF-8 cannot hold them). Writing: the one
+ * string-literal writer of the server and the commands (dsv_json_str,
+ * dsv_json_quote). */
 #include "dsv32_util.h"
 
 #include <stdlib.h>
