@@ -10,8 +10,10 @@
  * - Output pointers are only written on success.
  *
  * Lifetimes: a dsv_model must outlive every context opened on it (close the
- * contexts first); a context keeps a pointer to its model and to nothing
- * else. A tokenizer (dsv32_tokenizer.h) is independent of both. Pointers the
+ * contexts first). Besides its model, a context holds on to only the dump
+ * callback's user pointer (dsv_context_set_dump), which must stay valid
+ * while the callback is set. A tokenizer (dsv32_tokenizer.h) is independent
+ * of both. Pointers the
  * library hands out (dsv_model_config, dsv_context_get_params,
  * dsv_seq_pages, dsv_errmsg) live as long as the object they came from, or
  * as the next change of it where the function says so.
