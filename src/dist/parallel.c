@@ -129,23 +129,16 @@ int dsv_par_agree(int status) {
     return dsv_error(st, "rank %d of %d: %s", bad, size, msg);
 }
 
-int dsv_par_agree_kernels(void) {
-    static const char *const levels[] = {"generic", "avx2", "avx512", "amx"};
-    const int size = dsv_comm_size(), n_levels = (int)(sizeof levels / sizeof *levels);
-    if (size == 1) return DSV_OK;
-    const char *mine = dsv_kernels_name();
-    int lv = 0;
-    for (int i = 0; i < n_levels; i++)
-        if (!strcmp(mine, levels[i])) lv = i;
+int dsv_par_agree_level(int level) {
+    const int size = dsv_comm_size();
+    if (size == 1) return level;
     int *all = malloc((size_t)size * sizeof *all);
     if (!all) die("out of memory");
-    dsv_comm_allgather_int(lv, all);
-    int lo = lv;
+    dsv_comm_allgather_int(level, all);
+    int lo = level;
     for (int r = 0; r < size; r++) lo = DSV_MIN(lo, all[r]);
     free(all);
-    /* Every rank has the level it reported, so forcing one no higher than
-     * its own cannot fail. */
-    return lo < lv ? dsv_kernels_force(levels[lo]) : DSV_OK;
+    return lo;
 }
 
 /* ---- commands -------------------------------------------------------------- */

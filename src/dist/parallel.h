@@ -84,8 +84,8 @@ size_t dsv_par_buf_ints(const dsv_context *ctx);
 /* Every rank's status of a collective open: DSV_OK when all succeeded,
  * else the first failing rank's status and message ("rank R of N: ..."). */
 int dsv_par_agree(int status);
-/* Contexts of a split model run one kernel set: the best that every rank
- * has (a rank that would pick a better one is forced down to it). */
-int dsv_par_agree_kernels(void);
+/* Contexts of a split model run one kernel set: the lowest of the levels
+ * (DSV_KLEVEL_*) the ranks chose, returned on every rank. */
+int dsv_par_agree_level(int level);
 
 #endif

@@ -27,6 +27,7 @@ struct dsv_context {
     dsv_model *m;
     const dsv_config *c;
     dsv_context_params p;
+    const dsv_kernels *kern;   /* the kernel set this context runs (cpu.c) */
     dsv_pool *pool;
     int nth;
     int topk;                  /* effective index top-k */

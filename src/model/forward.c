@@ -210,11 +210,18 @@ int dsv_context_open(dsv_context **out, dsv_model *m, const dsv_context_params *
     const int id = dsv_par_next_context_id();
     dsv_par_send_context_open(m, id, &given); /* as given: each rank resolves its own thread count */
     dsv_context *ctx = NULL;
-    int st = dsv_kernels_select();
+    const dsv_kernels *kern = NULL;
+    int st = memchr(p.kernels, 0, sizeof p.kernels) ? DSV_OK
+                                                    : dsv_error(DSV_ERR_ARG, "kernel level name is not terminated");
+    if (!st) st = dsv_kernels_choose(&kern, p.kernels);
     if (!st && !(ctx = calloc(1, sizeof *ctx))) st = dsv_error(DSV_ERR_NOMEM, "out of memory");
-    if (!st) st = context_init(ctx, m, p);
+    if (!st) {
+        ctx->kern = kern;
+        st = context_init(ctx, m, p);
+    }
     st = dsv_par_agree(st);
-    if (!st && m->sh.size > 1) st = dsv_par_agree_kernels();
+    /* Every rank has the level it chose, so the lowest is one all have. */
+    if (!st && m->sh.size > 1) ctx->kern = dsv_kernels_at(dsv_par_agree_level(dsv_kernels_level_of(ctx->kern)));
     if (st) {
         context_free(ctx);
         return st;
@@ -231,6 +238,7 @@ void dsv_context_close(dsv_context *ctx) {
 }
 
 const dsv_context_params *dsv_context_get_params(const dsv_context *ctx) { return &ctx->p; }
+const char *dsv_context_kernels(const dsv_context *ctx) { return ctx->kern->name; }
 
 void dsv_context_set_dump(dsv_context *ctx, dsv_dump_fn fn, void *user) {
     ctx->dump = fn;
@@ -353,9 +361,9 @@ static void attn_norm_rows(dsv_context *ctx, void *a, long i0, long i1, int ith)
         if (p->ly == ctx->m->layers) {
             /* Layer 0: x_n = norm(h), residual = h. */
             memcpy(ctx->res + t * D, ctx->x + t * D, (size_t)D * 2);
-            dsv_kern->rmsnorm(ctx->xn + t * D, ctx->x + t * D, p->ly->attn_norm, D, ctx->c->rms_norm_eps);
+            ctx->kern->rmsnorm(ctx->xn + t * D, ctx->x + t * D, p->ly->attn_norm, D, ctx->c->rms_norm_eps);
         } else {
-            dsv_kern->rmsnorm_residual(ctx->xn + t * D, ctx->res + t * D, ctx->x + t * D, p->ly->attn_norm, D,
+            ctx->kern->rmsnorm_residual(ctx->xn + t * D, ctx->res + t * D, ctx->x + t * D, p->ly->attn_norm, D,
                                  ctx->c->rms_norm_eps);
         }
     }
@@ -366,7 +374,7 @@ static void ffn_norm_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) 
     struct fwd_args *p = a;
     const int D = ctx->c->dim;
     for (long t = i0; t < i1; t++)
-        dsv_kern->rmsnorm_residual(ctx->xn + t * D, ctx->res + t * D, ctx->x + t * D, p->ly->ffn_norm, D,
+        ctx->kern->rmsnorm_residual(ctx->xn + t * D, ctx->res + t * D, ctx->x + t * D, p->ly->ffn_norm, D,
                              ctx->c->rms_norm_eps);
 }
 
@@ -379,7 +387,7 @@ static void final_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
         long t = p->rows[i];
         dsv_bf16 *y = ctx->xn + i * D, *r = ctx->ex_x + i * D;
         memcpy(r, ctx->res + t * D, (size_t)D * 2); /* the residual of the last add is not kept */
-        dsv_kern->rmsnorm_residual(y, r, ctx->x + t * D, ctx->m->norm, D, ctx->c->rms_norm_eps);
+        ctx->kern->rmsnorm_residual(y, r, ctx->x + t * D, ctx->m->norm, D, ctx->c->rms_norm_eps);
         for (int d = 0; d < D; d++) ctx->xf[i * D + d] = dsv_bf16_to_f32(y[d]);
     }
 }
