@@ -25,8 +25,9 @@
 #include "cli.h"
 #include "commands.h"
 #include "dsv32.h"
-#include "dist/parallel.h"
+#include "format/shard.h"
 #include "format/safetensors.h"
+#include "base/numeric.h"
 #include "base/util.h"
 
 static const char *usage =

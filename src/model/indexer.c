@@ -161,7 +161,7 @@ void dsv_indexer_project(dsv_context *ctx, int il, const dsv_bf16 *xn, dsv_lin_j
     const dsv_layer *ly = &ctx->m->layers[il];
     const int T = ctx->n_tok;
     /* model.py: weights_proj(x.float()), an fp32 linear. */
-    dsv_par_for(ctx, T, to_f32_rows, (void *)xn);
+    dsv_ctx_for(ctx, T, to_f32_rows, (void *)xn);
     jobs[0] = (dsv_lin_job){.w = &ly->idx_wk, .m = T, .y = ctx->ik, .ldy = 128, .x = xn};
     jobs[1] = (dsv_lin_job){.w = &ly->idx_wproj, .m = T, .yf = ctx->iw, .ldy = ctx->c->index_n_heads, .xf = ctx->xf};
 }
@@ -179,11 +179,11 @@ void dsv_indexer_forward(dsv_context *ctx, int il) {
 
     dsv_dump_f32(ctx, "index_weights", il, T, Hi, ctx->iw);
     int prev = dsv_phase(ctx, DSV_PHASE_INDEXER);
-    dsv_par_for(ctx, T, qk_rows, &a);
+    dsv_ctx_for(ctx, T, qk_rows, &a);
 
     if (ctx->p.attn == DSV_ATTN_DENSE) {
         dsv_phase(ctx, DSV_PHASE_TOPK);
-        dsv_par_for(ctx, T, dense_rows, NULL);
+        dsv_ctx_for(ctx, T, dense_rows, NULL);
         dsv_phase(ctx, prev);
         return;
     }

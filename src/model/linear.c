@@ -1,4 +1,4 @@
-/* linear.c: linear layers and parallel loops on the context's thread pool.
+/* linear.c: linear layers on the context's thread pool.
  *
  * A layer's output columns are split across threads, so each thread streams
  * its own rows of the weight once for all input rows (at batch 1, decoding
@@ -21,32 +21,6 @@
 
 #include "context.h"
 #include "base/util.h"
-
-struct par_for_args {
-    dsv_context *ctx;
-    long n;
-    dsv_range_fn fn;
-    void *arg;
-};
-
-static void par_for_task(void *a, int ith, int nth) {
-    struct par_for_args *p = a;
-    long b, e;
-    dsv_split(p->n, ith, nth, &b, &e);
-    if (b < e) p->fn(p->ctx, p->arg, b, e, ith);
-}
-
-void dsv_par_for_min(dsv_context *ctx, long n, long min, dsv_range_fn fn, void *arg) {
-    struct par_for_args p = {ctx, n, fn, arg};
-    if (n <= 0) return;
-    if (n < min || ctx->nth == 1) {
-        fn(ctx, arg, 0, n, 0);
-        return;
-    }
-    dsv_pool_run(ctx->pool, par_for_task, &p);
-}
-
-void dsv_par_for(dsv_context *ctx, long n, dsv_range_fn fn, void *arg) { dsv_par_for_min(ctx, n, 2, fn, arg); }
 
 struct lin_args {
     dsv_context *ctx;

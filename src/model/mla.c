@@ -22,11 +22,11 @@
  * Selected positions are visited in ascending order, so a top-k that keeps
  * every position computes bit for bit what dense attention computes.
  * In a model split across processes a rank computes its own heads
- * (n_local_heads) and o_proj sums the ranks' parts (parallel.h). */
+ * (n_local_heads) and o_proj sums the ranks' parts (format/shard.h). */
 #include <string.h>
 
 #include "context.h"
-#include "dist/parallel.h"
+#include "coll.h"
 #include "base/util.h"
 
 struct mla_args {
@@ -106,11 +106,11 @@ static void mha_entry(dsv_context *ctx, struct mla_args *p, int e) {
     p->n_rows = ctx->ent_len[e];
     p->seq = ctx->ent_seq[e];
     int E = ctx->tok_pos[p->row0 + p->n_rows - 1] + 1;
-    dsv_par_for(ctx, E, mha_load, p);
+    dsv_ctx_for(ctx, E, mha_load, p);
     /* model.py: kv = self.wkv_b(kv), on the dequantized latent. */
     dsv_lin(ctx, ctx->mha_kvb, H * (N + V), ctx->mha_lat, &p->ly->wkv_b, E);
     p->n_keys = E;
-    dsv_par_for(ctx, H, mha_heads, p);
+    dsv_ctx_for(ctx, H, mha_heads, p);
 }
 
 /* Absorbed attention of one token, every thread on it at once, in steps
@@ -202,13 +202,13 @@ void dsv_mla_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn
                            {.w = &ly->wkv_a, .m = T, .y = ctx->kvf, .ldy = C + R, .x = xn}};
     dsv_indexer_project(ctx, il, xn, jobs + 2);
     dsv_lin_group(ctx, jobs, 4);
-    dsv_par_for(ctx, T, q_rows, &a);
+    dsv_ctx_for(ctx, T, q_rows, &a);
     dsv_dump_bf16(ctx, "qr", il, T, Q, ctx->qr);
     jobs[0] = (dsv_lin_job){.w = &ly->wq_b, .m = T, .y = ctx->q, .ldy = H * (N + R), .x = ctx->qr};
     jobs[1] = dsv_indexer_project_q(ctx, il, ctx->qr);
     dsv_lin_group(ctx, jobs, 2);
-    dsv_par_for(ctx, T, q_rope_rows, &a);
-    dsv_par_for(ctx, T, kv_rows, &a);
+    dsv_ctx_for(ctx, T, q_rope_rows, &a);
+    dsv_ctx_for(ctx, T, kv_rows, &a);
 
     dsv_indexer_forward(ctx, il);
 
