@@ -96,8 +96,8 @@ $(BUILD)/run_tests: $(TEST_OBJ) $(BUILD)/libdsv32.a
 # Tests that drive the command line find the binary through DSV32_BIN. The
 # structure checks run first; a violation fails the tests.
 test: $(BUILD)/run_tests $(BUILD)/dsv32
-	tools/check-layers.sh
-	tools/check-cycles.sh $(OBJ)
+	@tools/check-layers.sh
+	@tools/check-cycles.sh $(OBJ)
 	DSV32_BIN=$(BUILD)/dsv32 $(BUILD)/run_tests $(T)
 
 # The folders of src/ are layers; no file includes a higher one.

@@ -15,7 +15,9 @@
  * the leader, so a refused call is never replayed. The replay is exact
  * because the state it acts on is: every rank starts empty and sees the
  * same calls in the same order, so page ids, sequence lengths and the
- * cache contents (computed from replicated values) agree on every rank. */
+ * cache contents (computed from replicated values) agree on every rank.
+ * The calls that only look (sequence lengths, page tables, reference
+ * counts, pool statistics) are here too, at the end. */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,7 +162,11 @@ static int truncate_apply(void *obj, dsv_op *op) {
     return DSV_OK;
 }
 
-/* Attach: a the sequence, b the page count, data the pages. */
+/* Attach: a the sequence, b the page count, data the pages. Nothing is
+ * computed: a sequence attached to shared pages reads them exactly as if it
+ * had written them itself, which is why a prefix cache on top of this API
+ * gives the same results as recomputing the prefix. Which pages to share
+ * or keep is the caller's policy (the server's prefix cache). */
 static int attach_apply(void *obj, dsv_op *op) {
     dsv_context *ctx = obj;
     const int seq = (int)op->a;
@@ -350,6 +356,32 @@ int dsv_seq_fill_random(dsv_context *ctx, int seq, int n_tokens, uint64_t seed) 
     if (!ctx) return dsv_error(DSV_ERR_ARG, "dsv_seq_fill_random: NULL context");
     dsv_op op = {.a = seq, .b = n_tokens, .c = seed};
     return run(DSV_OP_FILL, ctx, &op);
+}
+
+/* ---- queries (they change nothing, so they are not operations) ----------- */
+
+int dsv_seq_pages(const dsv_context *ctx, int seq, const int32_t **pages, int *n_pages) {
+    int st = check_seq(ctx, seq);
+    if (st) return st;
+    if (!pages || !n_pages) return dsv_error(DSV_ERR_ARG, "dsv_seq_pages: NULL output");
+    const dsv_seq *s = &ctx->seqs[seq];
+    *pages = s->pages;
+    *n_pages = (s->len + DSV_PAGE - 1) / DSV_PAGE;
+    return DSV_OK;
+}
+
+int dsv_kv_page_refs(const dsv_context *ctx, int32_t page) {
+    if (!ctx || page < 0 || page >= ctx->kv.n_pages) return -1;
+    return ctx->kv.refs[page];
+}
+
+void dsv_kv_stats(const dsv_context *ctx, int64_t *used, int64_t *free_pages) {
+    if (used) *used = ctx->kv.n_pages - ctx->kv.n_free;
+    if (free_pages) *free_pages = ctx->kv.n_free;
+}
+
+uint64_t dsv_kv_page_bytes(const dsv_config *cfg) {
+    return dsv_kv_page_size(cfg->n_layers, cfg->kv_lora_rank, cfg->qk_rope_head_dim, 128);
 }
 
 /* ---- the followers ------------------------------------------------------- */
