@@ -60,7 +60,7 @@ endif
 $(OBJ) $(TEST_OBJ): CPPFLAGS += -Isrc
 $(OBJ): XCFLAGS += -fvisibility=hidden
 
-.PHONY: all test asan clean bench fuzz check-layers
+.PHONY: all test asan clean bench fuzz check-layers check-cycles
 all: $(BUILD)/libdsv32.a $(BUILD)/dsv32
 
 # Flags live here, and an object built with other flags (say, before the
@@ -104,14 +104,21 @@ $(BUILD)/dsv32: $(TOOL_OBJ) $(BUILD)/libdsv32.a
 $(BUILD)/run_tests: $(TEST_OBJ) $(BUILD)/libdsv32.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TEST_OBJ) $(BUILD)/libdsv32.a $(LDLIBS)
 
-# Tests that drive the command line find the binary through DSV32_BIN.
+# Tests that drive the command line find the binary through DSV32_BIN. The
+# structure checks run first; a violation fails the tests.
 test: $(BUILD)/run_tests $(BUILD)/dsv32
 	@tools/check-symbols.sh $(OBJ)
+	@tools/check-layers.sh
+	@tools/check-cycles.sh $(OBJ)
 	DSV32_BIN=$(BUILD)/dsv32 $(BUILD)/run_tests $(T)
 
 # The folders of src/ are layers; no file includes a higher one.
 check-layers:
 	tools/check-layers.sh
+
+# No two files of the library call or include each other in a loop.
+check-cycles: $(OBJ)
+	tools/check-cycles.sh $(OBJ)
 
 asan:
 	$(MAKE) BUILD=build-asan OPT="-O1" \
