@@ -49,9 +49,9 @@ enum {
  * be dense and have no other analysis. Allocates its buffers here (two rows
  * of n_ctx floats per batch token, per-thread scratch); the forward pass
  * still allocates nothing. */
-int dsv_analysis_open(dsv_analysis **out, dsv_context *ctx, const int *ks, int n_k, int flags);
+DSV_API int dsv_analysis_open(dsv_analysis **out, dsv_context *ctx, const int *ks, int n_k, int flags);
 /* Detaches and frees; NULL is a no-op. */
-void dsv_analysis_close(dsv_analysis *a);
+DSV_API void dsv_analysis_close(dsv_analysis *a);
 
 typedef struct dsv_analysis_stats {
     long n_queries;                        /* tokens seen in this layer */
@@ -69,8 +69,8 @@ typedef struct dsv_analysis_stats {
 } dsv_analysis_stats;
 
 /* The statistics of layer `layer` at ks[ik] since open or the last reset. */
-int dsv_analysis_get(const dsv_analysis *a, int layer, int ik, dsv_analysis_stats *out);
-void dsv_analysis_reset(dsv_analysis *a);
+DSV_API int dsv_analysis_get(const dsv_analysis *a, int layer, int ik, dsv_analysis_stats *out);
+DSV_API void dsv_analysis_reset(dsv_analysis *a);
 
 #ifdef __cplusplus
 }

@@ -16,7 +16,7 @@
 #include "dsv32.h"
 #include "dsv32_analyze.h"
 #include "fixture.h"
-#include "train/synth.h"
+#include "dsv32_synth.h"
 #include "test.h"
 #include "tiny_model.h"
 

@@ -115,7 +115,7 @@ static void analyze_rows(dsv_context *ctx, void *arg, long i0, long i1, int ith)
 
 static void layer_done(dsv_context *ctx, int il) {
     struct layer_args la = {(dsv_analysis *)ctx->probe, il};
-    dsv_par_for(ctx, ctx->n_tok, analyze_rows, &la);
+    dsv_ctx_for(ctx, ctx->n_tok, analyze_rows, &la);
 }
 
 void dsv_analysis_close(dsv_analysis *a) {
