@@ -29,6 +29,7 @@
 #include "dsv32.h"
 #include "dsv32_analyze.h"
 #include "dsv32_tokenizer.h"
+#include "dsv32_util.h"
 
 static const char *usage =
     "usage: dsv32 analyze -m MODEL_DIR -f TEXT [options]\n"
@@ -52,23 +53,7 @@ static const char *usage =
     "  -h, --help         this help\n";
 
 #define MAX_K 16
-
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap + 1);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap) break;
-        char *nb = realloc(buf, (cap *= 2) + 1);
-        if (!nb) { free(buf); buf = NULL; }
-        else buf = nb;
-    }
-    fclose(f);
-    if (buf) { buf[n] = 0; *len = n; }
-    return buf;
-}
+#define TEXT_MAX_BYTES ((size_t)1 << 32)
 
 /* One configuration run over the text: dense (the reference) or sparse
  * with a top-k per layer. */
@@ -432,9 +417,9 @@ int cmd_analyze(int argc, char **argv) {
     dsv_tokenizer *tok;
     if (dsv_tokenizer_open(&tok, model)) { dsv_model_close(m); return cli_fail(cmd, "%s", dsv_errmsg()); }
     size_t len = 0;
-    char *text = read_all(file, &len);
+    char *text = NULL;
     int rc = 0;
-    if (!text) rc = cli_fail(cmd, "%s: cannot read (%s)", file, strerror(errno));
+    if (dsv_read_file(file, TEXT_MAX_BYTES, &text, &len)) rc = cli_fail(cmd, "%s", dsv_errmsg());
     int32_t *ids = rc ? NULL : malloc((len + 1) * sizeof *ids);
     size_t n = 0;
     if (!rc && !ids) rc = cli_fail(cmd, "out of memory");
