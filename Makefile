@@ -53,7 +53,7 @@ SRC := $(filter-out %_avx2.c %_avx512.c %_amx.c,$(SRC))
 OBJ := $(SRC:%.c=$(BUILD)/%.o)
 endif
 
-.PHONY: all test asan clean bench fuzz check-layers
+.PHONY: all test asan clean bench fuzz fuzz-gguf check-layers
 all: $(BUILD)/libdsv32.a $(BUILD)/dsv32
 
 $(BUILD)/%_avx2.o: %_avx2.c
@@ -120,6 +120,14 @@ build-fuzz/fuzz_safetensors: $(FUZZ_SRC) src/format/safetensors.h src/base/util.
 	@mkdir -p $(dir $@)
 	clang -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -g -O1 -fsanitize=fuzzer,address,undefined $(WARN) \
 	    $(FUZZ_SRC) -o $@ -lcjson -lm
+
+# The same for the GGUF reader (tests/fuzz/fuzz_gguf.c).
+FUZZ_GGUF_SRC = tests/fuzz/fuzz_gguf.c src/format/gguf.c src/base/util.c
+fuzz-gguf: build-fuzz/fuzz_gguf
+build-fuzz/fuzz_gguf: $(FUZZ_GGUF_SRC) src/format/gguf.h src/base/util.h include/dsv32.h
+	@mkdir -p $(dir $@)
+	clang -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -g -O1 -fsanitize=fuzzer,address,undefined $(WARN) \
+	    $(FUZZ_GGUF_SRC) -o $@
 
 clean:
 	rm -rf build build-asan build-fuzz
