@@ -35,6 +35,7 @@
 #include <stdint.h>
 
 #include "dsv32.h"
+#include "kernels/quant.h" /* the ggml type codes and block sizes */
 
 /* GGUF value types (the on-disk codes). */
 enum {
@@ -43,30 +44,6 @@ enum {
     DSV_GGUF_STRING = 8, DSV_GGUF_ARRAY = 9, DSV_GGUF_U64 = 10, DSV_GGUF_I64 = 11,
     DSV_GGUF_F64 = 12, DSV_GGUF_NTYPES
 };
-
-/* ggml tensor types (the on-disk codes; gaps are retired types). */
-typedef enum dsv_ggml_type {
-    DSV_GGML_F32 = 0, DSV_GGML_F16 = 1, DSV_GGML_Q4_0 = 2, DSV_GGML_Q4_1 = 3,
-    DSV_GGML_Q5_0 = 6, DSV_GGML_Q5_1 = 7, DSV_GGML_Q8_0 = 8, DSV_GGML_Q8_1 = 9,
-    DSV_GGML_Q2_K = 10, DSV_GGML_Q3_K = 11, DSV_GGML_Q4_K = 12, DSV_GGML_Q5_K = 13,
-    DSV_GGML_Q6_K = 14, DSV_GGML_Q8_K = 15, DSV_GGML_IQ2_XXS = 16, DSV_GGML_IQ2_XS = 17,
-    DSV_GGML_IQ3_XXS = 18, DSV_GGML_IQ1_S = 19, DSV_GGML_IQ4_NL = 20, DSV_GGML_IQ3_S = 21,
-    DSV_GGML_IQ2_S = 22, DSV_GGML_IQ4_XS = 23, DSV_GGML_I8 = 24, DSV_GGML_I16 = 25,
-    DSV_GGML_I32 = 26, DSV_GGML_I64 = 27, DSV_GGML_F64 = 28, DSV_GGML_IQ1_M = 29,
-    DSV_GGML_BF16 = 30, DSV_GGML_TQ1_0 = 34, DSV_GGML_TQ2_0 = 35, DSV_GGML_MXFP4 = 39,
-    DSV_GGML_NTYPES = 40
-} dsv_ggml_type;
-
-/* Elements per block and bytes per block of a type; both 0 for a code that
- * is not a ggml type. */
-int dsv_ggml_blck(uint32_t type);
-size_t dsv_ggml_bsize(uint32_t type);
-/* llama.cpp's spelling ("Q4_K", "BF16", ...), "?" for an unknown code. */
-const char *dsv_ggml_name(uint32_t type);
-/* Parses llama.cpp's spelling, case-insensitive; -1 if unknown. */
-int dsv_ggml_from_name(const char *name);
-/* Bytes of n elements of type (n a multiple of the block size). */
-size_t dsv_ggml_row_size(uint32_t type, int64_t n);
 
 #define DSV_GGUF_MAX_DIMS 4
 /* ggml's GGML_MAX_NAME: a longer tensor name cannot be loaded by llama.cpp. */

@@ -1,0 +1,76 @@
+/* quant.h: the ggml tensor types (GGUF's weight formats): their codes and
+ * block geometry, and for the types the engine computes with a scalar
+ * reference quantizer, dequantizer and dot product.
+ *
+ * Block layouts are exactly llama.cpp's (ggml-common.h), so a GGUF file
+ * written by either program reads the same in the other:
+ *   Q8_0   32 values: f16 d, i8 q[32]                       x = d*q
+ *   Q4_0   32: f16 d, u8 qs[16] (x[j] low nibble, x[j+16] high)  x = d*(q-8)
+ *   Q4_1   32: f16 d, f16 m, qs[16]                         x = d*q + m
+ *   Q5_0   32: f16 d, u32 qh (bit j: 5th bit of x[j]), qs[16]  x = d*(q-16)
+ *   Q5_1   32: f16 d, f16 m, qh, qs[16]                     x = d*q + m
+ *   IQ4_NL 32: f16 d, qs[16] as Q4_0; x = d*KVALUES[q] (a non-uniform grid)
+ *   Q2_K  256: u8 scales[16] (4-bit scale | 4-bit min per 16), qs[64] (2 bits),
+ *              f16 d, f16 dmin                     x = d*sc*q - dmin*m
+ *   Q3_K  256: hmask[32] (3rd bit), qs[64] (2 bits), scales[12] (16 6-bit
+ *              signed scales, packed), f16 d       x = d*(sc-32)*(q-4)
+ *   Q4_K  256: f16 d, f16 dmin, scales[12] (8 6-bit scales and mins per 32),
+ *              qs[128]                             x = d*sc*q - dmin*m
+ *   Q5_K  256: as Q4_K plus qh[32] (5th bits)
+ *   Q6_K  256: ql[128] (low 4 bits), qh[64] (high 2), i8 scales[16], f16 d
+ *                                                  x = d*sc*(q-32)
+ * The bit orders inside the K-quant blocks (which value a nibble or a pair
+ * of bits belongs to) are spelled out beside each codec in quant.c.
+ *
+ * The quantizers are this project's own (a small search over each
+ * sub-block's scale and a least-squares refit, not llama.cpp's); they write
+ * valid blocks of the same layout, so quality may differ from llama.cpp's
+ * quantizer but any reader decodes them identically. */
+#ifndef DSV_QUANT_H
+#define DSV_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ggml tensor types (the on-disk codes; gaps are retired types). */
+typedef enum dsv_ggml_type {
+    DSV_GGML_F32 = 0, DSV_GGML_F16 = 1, DSV_GGML_Q4_0 = 2, DSV_GGML_Q4_1 = 3,
+    DSV_GGML_Q5_0 = 6, DSV_GGML_Q5_1 = 7, DSV_GGML_Q8_0 = 8, DSV_GGML_Q8_1 = 9,
+    DSV_GGML_Q2_K = 10, DSV_GGML_Q3_K = 11, DSV_GGML_Q4_K = 12, DSV_GGML_Q5_K = 13,
+    DSV_GGML_Q6_K = 14, DSV_GGML_Q8_K = 15, DSV_GGML_IQ2_XXS = 16, DSV_GGML_IQ2_XS = 17,
+    DSV_GGML_IQ3_XXS = 18, DSV_GGML_IQ1_S = 19, DSV_GGML_IQ4_NL = 20, DSV_GGML_IQ3_S = 21,
+    DSV_GGML_IQ2_S = 22, DSV_GGML_IQ4_XS = 23, DSV_GGML_I8 = 24, DSV_GGML_I16 = 25,
+    DSV_GGML_I32 = 26, DSV_GGML_I64 = 27, DSV_GGML_F64 = 28, DSV_GGML_IQ1_M = 29,
+    DSV_GGML_BF16 = 30, DSV_GGML_TQ1_0 = 34, DSV_GGML_TQ2_0 = 35, DSV_GGML_MXFP4 = 39,
+    DSV_GGML_NTYPES = 40
+} dsv_ggml_type;
+
+/* Elements per block and bytes per block of a type; both 0 for a code that
+ * is not a ggml type. */
+int dsv_ggml_blck(uint32_t type);
+size_t dsv_ggml_bsize(uint32_t type);
+/* llama.cpp's spelling ("Q4_K", "BF16", ...), "?" for an unknown code. */
+const char *dsv_ggml_name(uint32_t type);
+/* Parses llama.cpp's spelling, case-insensitive; -1 if unknown. */
+int dsv_ggml_from_name(const char *name);
+/* Bytes of n elements of type (n a multiple of the block size). */
+size_t dsv_ggml_row_size(uint32_t type, int64_t n);
+
+/* 1 for the types the functions below compute with: F32, F16, BF16, Q8_0, Q4_0, Q4_1,
+ * Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K. */
+int dsv_q_supported(uint32_t type);
+
+/* n values (a multiple of the block size) of a supported type to floats. */
+void dsv_q_dequant(uint32_t type, const void *src, float *dst, int64_t n);
+/* n floats to blocks of a supported type (dst: dsv_ggml_row_size bytes).
+ * Deterministic; no allocation. */
+void dsv_q_quant(uint32_t type, const float *src, void *dst, int64_t n);
+/* Σ w[i]*x[i] over n values of a weight row of a supported type: each
+ * block is decoded and its products summed in fp32 in index order, block
+ * sums added in order (the reference the SIMD kernels are tested against). */
+float dsv_q_dot(uint32_t type, const void *w, const float *x, int64_t n);
+
+/* IEEE half from float, round to nearest even (overflow to inf). */
+uint16_t dsv_f32_to_f16(float f);
+
+#endif /* DSV_QUANT_H */
