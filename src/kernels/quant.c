@@ -17,6 +17,7 @@
 #include <strings.h>
 
 #include "base/numeric.h"
+#include "ops.h"
 #include "base/util.h"
 
 /* ---- the type table ---------------------------------------------------- */
@@ -574,4 +575,27 @@ float dsv_q_dot(uint32_t type, const void *w, const float *x, int64_t n) {
         sum += s;
     }
     return sum;
+}
+
+/* ---- linear layers ------------------------------------------------------- */
+
+void dsv_linear_q(uint16_t *y, int ldy, const uint16_t *x, const struct dsv_linear *w, int m, int n0, int n1,
+                  void *scratch) {
+    const int K = w->n_in;
+    const size_t row = dsv_ggml_row_size(w->gtype, w->ld);
+    float *xf = scratch;
+    DSV_ASSERT((size_t)K * sizeof(float) <= DSV_LIN_SCRATCH);
+    for (int i = 0; i < m; i++) {
+        for (int k = 0; k < K; k++) xf[k] = dsv_bf16_to_f32(x[(size_t)i * K + k]);
+        for (int n = n0; n < n1; n++)
+            y[(size_t)i * ldy + n] = dsv_f32_to_bf16(dsv_q_dot(w->gtype, (const char *)w->w + (size_t)n * row, xf, K));
+    }
+}
+
+void dsv_linear_q_f32(float *y, int ldy, const float *x, const struct dsv_linear *w, int m, int n0, int n1) {
+    const int K = w->n_in;
+    const size_t row = dsv_ggml_row_size(w->gtype, w->ld);
+    for (int i = 0; i < m; i++)
+        for (int n = n0; n < n1; n++)
+            y[(size_t)i * ldy + n] = dsv_q_dot(w->gtype, (const char *)w->w + (size_t)n * row, x + (size_t)i * K, K);
 }

@@ -70,6 +70,17 @@ void dsv_q_quant(uint32_t type, const float *src, void *dst, int64_t n);
  * sums added in order (the reference the SIMD kernels are tested against). */
 float dsv_q_dot(uint32_t type, const void *w, const float *x, int64_t n);
 
+/* Linear layers on block-quantized weights (dsv_linear.gtype): output
+ * columns [n0, n1) of every input row, y [m][ldy], as the other linear
+ * kernels (ops.h). Each input row is widened to fp32 (exactly) and each
+ * output is dsv_q_dot of a weight row with it, so an output depends only on
+ * its input row and weight row. dsv_linear_q rounds to bf16 and needs
+ * n_in floats of scratch (at most DSV_LIN_SCRATCH bytes). */
+struct dsv_linear;
+void dsv_linear_q(uint16_t *y, int ldy, const uint16_t *x, const struct dsv_linear *w, int m, int n0, int n1,
+                  void *scratch);
+void dsv_linear_q_f32(float *y, int ldy, const float *x, const struct dsv_linear *w, int m, int n0, int n1);
+
 /* IEEE half from float, round to nearest even (overflow to inf). */
 uint16_t dsv_f32_to_f16(float f);
 
