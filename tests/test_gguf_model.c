@@ -1,0 +1,179 @@
+/* test_gguf_model.c: models from GGUF, end to end through the command line
+ * (`dsv32 quantize`, then `dsv32 logits -m FILE.gguf`):
+ *  - a BF16 GGUF of the public BF16 conformance checkpoint gives the
+ *    safetensors' logits bit for bit, in one file and as a split set;
+ *  - the embedded tiny model quantized at each preset stays within a KL
+ *    bound of its BF16 GGUF (bounds measured on this sequence, with margin);
+ *  - an unsupported type and a wrong architecture are one-line errors. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "test.h"
+
+static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
+
+static void run_ok(const char *cmd) {
+    char *o = NULL;
+    int rc = test_run(cmd, &o);
+    REQUIREF(rc == 0, "%s: %s", cmd, o ? o : "");
+    free(o);
+}
+
+static void quantize(const char *model, const char *out, const char *args) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s %s 2>&1", bin(), model, out, args);
+    run_ok(cmd);
+}
+
+/* The logits of `ids` (prefill P) under model; returns floats, *n of them. */
+static float *logits(const char *model, const char *ids, int prefill, const char *tag, size_t *n) {
+    char cmd[4096], out[1024];
+    snprintf(out, sizeof out, "%s/%s.f32", test_tmpdir(), tag);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids %s --prefill %d -o %s -t 2 2>&1", bin(), model, ids, prefill, out);
+    run_ok(cmd);
+    float *d = test_read_file(out, n);
+    REQUIRE(d);
+    *n /= 4;
+    return d;
+}
+
+static const char *tmp(const char *name) {
+    static char p[4][1024];
+    static int k;
+    k = (k + 1) % 4;
+    snprintf(p[k], sizeof p[k], "%s/%s", test_tmpdir(), name);
+    return p[k];
+}
+
+#define BF16_CKPT "conformance/public_sparse_bf16/hf"
+#define IDS "1,5,77,300,12,9,400,3,2,100,640,7,7,55"
+
+TEST(gguf_bf16_logits_bit_exact) {
+    const char *g = tmp("c.gguf");
+    quantize(test_shared(BF16_CKPT), g, "--type BF16");
+    size_t na, nb;
+    float *a = logits(test_shared(BF16_CKPT), IDS, 9, "st", &na);
+    float *b = logits(g, IDS, 9, "gguf", &nb);
+    REQUIRE(na == nb && na > 0);
+    CHECK(memcmp(a, b, na * 4) == 0);
+    free(b);
+    /* The same as a split set of several files. */
+    quantize(test_shared(BF16_CKPT), tmp("s.gguf"), "--type BF16 --split-max-size 1M");
+    CHECK(access(tmp("s-00001-of-00005.gguf"), R_OK) == 0 && access(tmp("s-00005-of-00005.gguf"), R_OK) == 0);
+    b = logits(tmp("s-00001-of-00005.gguf"), IDS, 9, "split", &nb);
+    REQUIRE(na == nb);
+    CHECK(memcmp(a, b, na * 4) == 0);
+    free(a);
+    free(b);
+}
+
+/* Mean KL(p_base || p_q) and top-1 agreement over rows of V logits. */
+static void kl_top1(const float *base, const float *q, size_t rows, size_t V, double *kl, double *top1) {
+    double sum = 0;
+    int agree = 0;
+    for (size_t r = 0; r < rows; r++) {
+        const float *a = base + r * V, *b = q + r * V;
+        double ma = a[0], mb = b[0], za = 0, zb = 0;
+        size_t ia = 0, ib = 0;
+        for (size_t i = 1; i < V; i++) {
+            if (a[i] > ma) { ma = a[i]; ia = i; }
+            if (b[i] > mb) { mb = b[i]; ib = i; }
+        }
+        for (size_t i = 0; i < V; i++) { za += exp(a[i] - ma); zb += exp(b[i] - mb); }
+        double k = 0;
+        for (size_t i = 0; i < V; i++) {
+            const double lp = a[i] - ma - log(za), lq = b[i] - mb - log(zb);
+            k += exp(lp) * (lp - lq);
+        }
+        sum += k;
+        agree += ia == ib;
+    }
+    *kl = sum / (double)rows;
+    *top1 = (double)agree / (double)rows;
+}
+
+TEST(gguf_tiny_presets_within_kl) {
+    /* 64 ids from a fixed LCG over the tiny vocabulary (4128), BOS first. */
+    char ids[1024];
+    size_t o = (size_t)snprintf(ids, sizeof ids, "0");
+    uint32_t s = 12345;
+    for (int i = 1; i < 64; i++) {
+        s = s * 1103515245u + 12345u;
+        o += (size_t)snprintf(ids + o, sizeof ids - o, ",%u", (s >> 8) % 4128);
+    }
+    quantize("models/tiny", tmp("t-bf16.gguf"), "--type BF16");
+    size_t nb;
+    float *base = logits(tmp("t-bf16.gguf"), ids, 32, "t-bf16", &nb);
+    const size_t V = 4128, rows = nb / V;
+    REQUIRE(rows == 33 && nb % V == 0);
+    /* Measured on this sequence (mean KL, top-1 agreement): Q8_0 0.0053 /
+     * 1.00, Q4_K_M 0.0183 / 0.97, Q2_K 0.0352 / 0.76. Bounds: about 1.5-2x the
+     * KL, top-1 a few rows below. (On this 9M-parameter model quantization
+     * costs far more than on a large one.) */
+    static const struct { const char *preset; double max_kl, min_top1; } cases[] = {
+        {"Q8_0", 0.010, 0.93}, {"Q4_K_M", 0.035, 0.87}, {"Q2_K", 0.065, 0.63},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        char name[64], args[64];
+        snprintf(name, sizeof name, "t-%s.gguf", cases[c].preset);
+        snprintf(args, sizeof args, "--type %s", cases[c].preset);
+        quantize("models/tiny", tmp(name), args);
+        size_t nq;
+        float *q = logits(tmp(name), ids, 32, cases[c].preset, &nq);
+        REQUIRE(nq == nb);
+        double kl, top1;
+        kl_top1(base, q, rows, V, &kl, &top1);
+        fprintf(stderr, "    %-7s mean KL %.5f  top-1 %.3f\n", cases[c].preset, kl, top1);
+        CHECKF(kl <= cases[c].max_kl, "%s: mean KL %.5f > %.5f", cases[c].preset, kl, cases[c].max_kl);
+        CHECKF(top1 >= cases[c].min_top1, "%s: top-1 %.3f < %.3f", cases[c].preset, top1, cases[c].min_top1);
+        CHECK(kl > 0); /* a quantized model that matches exactly was not quantized */
+        free(q);
+    }
+    free(base);
+}
+
+/* Overwrites the first occurrence of `from` in the file with `to` (same
+ * length, or a 4-byte value at an offset from it). */
+static void patch(const char *path, const void *from, size_t n, size_t delta, const void *to, size_t m) {
+    size_t len;
+    uint8_t *b = test_read_file(path, &len);
+    REQUIRE(b);
+    size_t at = 0;
+    while (at + n <= len && memcmp(b + at, from, n)) at++;
+    REQUIRE(at + n <= len && at + delta + m <= len);
+    memcpy(b + at + delta, to, m);
+    FILE *f = fopen(path, "wb");
+    REQUIRE(f && fwrite(b, 1, len, f) == len);
+    fclose(f);
+    free(b);
+}
+
+static void expect_one_line_error(const char *model, const char *needle) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids 1,2 --prefill 1 -o %s 2>&1", bin(), model, tmp("x.f32"));
+    char *o = NULL;
+    int rc = test_run(cmd, &o);
+    CHECKF(rc != 0, "%s opened", model);
+    CHECKF(o && strstr(o, needle), "output '%s' lacks '%s'", o ? o : "", needle);
+    CHECKF(o && strchr(o, '\n') == o + strlen(o) - 1, "not one line: '%s'", o ? o : "");
+    free(o);
+}
+
+TEST(gguf_model_errors) {
+    /* An unsupported type: blk.0.attn_q_a as Q8_0, its type code then made
+     * MXFP4 (same 32-value blocks, fewer bytes: the file stays valid). */
+    const char *g = tmp("u.gguf");
+    quantize(test_shared(BF16_CKPT), g, "--type BF16 --tensor-type 'attn_q_a\\.weight$=Q8_0'");
+    const char name[] = "blk.0.attn_q_a.weight";
+    const uint32_t mxfp4 = 39;
+    patch(g, name, strlen(name), strlen(name) + 4 + 16, &mxfp4, 4); /* after n_dims and two extents */
+    expect_one_line_error(g, "tensor 'blk.0.attn_q_a.weight' has type MXFP4");
+    /* Architectures. */
+    g = tmp("a.gguf");
+    quantize(test_shared(BF16_CKPT), g, "--type BF16");
+    patch(g, "deepseek32", 10, 0, "llama_xyz1", 10);
+    expect_one_line_error(g, "architecture 'llama_xyz1' is not");
+    patch(g, "llama_xyz1", 10, 0, "deepseek2\0", 10);
+    expect_one_line_error(g, "deepseek2");
+}
