@@ -4,12 +4,18 @@
  *    safetensors' logits bit for bit, in one file and as a split set;
  *  - the embedded tiny model quantized at each preset stays within a KL
  *    bound of its BF16 GGUF (bounds measured on this sequence, with margin);
- *  - an unsupported type and a wrong architecture are one-line errors. */
+ *  - an unsupported type and a wrong architecture are one-line errors;
+ *  - the tokenizer read from a GGUF's metadata equals tokenizer.json on
+ *    every golden encoding. */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
+#include "dsv32_tokenizer.h"
 #include "test.h"
+#include "text/json_str.h"
 
 static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
 
@@ -176,4 +182,70 @@ TEST(gguf_model_errors) {
     expect_one_line_error(g, "architecture 'llama_xyz1' is not");
     patch(g, "llama_xyz1", 10, 0, "deepseek2\0", 10);
     expect_one_line_error(g, "deepseek2");
+}
+
+/* The DeepSeek tokenizer written into a GGUF by quantize and read back from
+ * its metadata equals tokenizer.json: every token's piece and flags, the
+ * special ids, and every golden encoding and decoding. */
+TEST(gguf_tokenizer_equals_tokenizer_json) {
+    char cmd[8192];
+    const char *dir = tmp("tokmodel");
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p '%s' && zstd -q -d -f '%s' -o '%s/tokenizer.json' && cp '%s' '%s/' && "
+             "ln -sf \"$(realpath '%s')\"/config.json \"$(realpath '%s')\"/model.safetensors '%s/'",
+             dir, test_shared("tokenizer/tokenizer.json.zst"), dir, test_shared("tokenizer/tokenizer_config.json"), dir,
+             test_shared(BF16_CKPT), test_shared(BF16_CKPT), dir);
+    run_ok(cmd);
+    const char *g = tmp("tok.gguf");
+    quantize(dir, g, "--type BF16");
+    dsv_tokenizer *a, *b;
+    REQUIREF(dsv_tokenizer_open(&a, dir) == DSV_OK, "%s", dsv_errmsg());
+    REQUIREF(dsv_tokenizer_open(&b, g) == DSV_OK, "%s", dsv_errmsg());
+    CHECK_EQ_INT(dsv_tokenizer_n_vocab(a), dsv_tokenizer_n_vocab(b));
+    CHECK_EQ_INT(dsv_tokenizer_bos(a), dsv_tokenizer_bos(b));
+    CHECK_EQ_INT(dsv_tokenizer_eos(a), dsv_tokenizer_eos(b));
+    CHECK_EQ_INT(dsv_tokenizer_add_bos(a), dsv_tokenizer_add_bos(b));
+    int diff = 0;
+    for (int32_t id = 0; id < dsv_tokenizer_n_vocab(a); id++) {
+        size_t la, lb;
+        const char *pa = dsv_token_piece(a, id, &la), *pb = dsv_token_piece(b, id, &lb);
+        if ((!pa) != (!pb) || la != lb || (pa && memcmp(pa, pb, la)) ||
+            dsv_token_is_special(a, id) != dsv_token_is_special(b, id))
+            diff++;
+    }
+    CHECK_EQ_INT(diff, 0);
+    size_t len;
+    char *text = test_read_file(test_shared("tokenizer/golden.jsonl"), &len);
+    REQUIRE(text);
+    int lines = 0, bad = 0;
+    for (char *line = text, *nl; line < text + len; line = nl + 1) {
+        nl = memchr(line, '\n', (size_t)(text + len - line));
+        if (!nl) nl = text + len;
+        cJSON *j = cJSON_ParseWithLength(line, (size_t)(nl - line));
+        if (!j) continue;
+        /* The text through json_str.c, which keeps NUL characters. */
+        char *tx = NULL;
+        size_t n = 0;
+        const cJSON *ids = cJSON_GetObjectItemCaseSensitive(j, "ids");
+        REQUIRE(dsv_json_get_string(line, (size_t)(nl - line), "text", &tx, &n) == DSV_OK && cJSON_IsArray(ids));
+        const size_t cap = n + 1;
+        int32_t *ia = malloc(cap * 4), *ib = malloc(cap * 4);
+        size_t na = 0, nb = 0;
+        CHECK(dsv_tokenize(a, tx, n, ia, cap, &na) == DSV_OK);
+        CHECK(dsv_tokenize(b, tx, n, ib, cap, &nb) == DSV_OK);
+        int same = na == nb && !memcmp(ia, ib, na * 4) && (int)nb == cJSON_GetArraySize(ids);
+        for (size_t k = 0; same && k < nb; k++) same = cJSON_GetArrayItem(ids, (int)k)->valuedouble == ib[k];
+        if (!same && bad < 3) fprintf(stderr, "    golden line %d differs: %.60s\n", lines + 1, tx);
+        bad += !same;
+        lines++;
+        free(tx);
+        free(ia);
+        free(ib);
+        cJSON_Delete(j);
+    }
+    CHECK(lines >= 300);
+    CHECKF(bad == 0, "%d of %d golden encodings differ", bad, lines);
+    free(text);
+    dsv_tokenizer_close(a);
+    dsv_tokenizer_close(b);
 }

@@ -104,6 +104,11 @@ int dsv_gguf_get_str(const dsv_gguf *g, const char *key, const char **s, size_t 
 const char *dsv_gguf_arr_str(const dsv_gguf *g, int i, uint64_t k, size_t *len);
 double dsv_gguf_arr_num(const dsv_gguf *g, int i, uint64_t k);
 
+/* The three Split regexes of DeepSeek-V3's pre-tokenizer, applied in turn
+ * before a ByteLevel step without its own regex: what the GGUF name
+ * tokenizer.ggml.pre = "deepseek-v3" stands for (quantize.c). */
+extern const char *const dsv_deepseek_v3_pretok[3];
+
 /* ---- writer ------------------------------------------------------------ */
 
 /* Writes one GGUF file (version 3, alignment 32): set the metadata, add the

@@ -272,8 +272,6 @@ static void src_row(const src *s, int64_t r, float *out) {
 
 /* ---- metadata ------------------------------------------------------------ */
 
-/* The three Split regexes of DeepSeek-V3's pre-tokenizer (then ByteLevel
- * without its own regex): what tokenizer.ggml.pre = "deepseek-v3" stands for. */
 const char *const dsv_deepseek_v3_pretok[3] = {
     "\\p{N}{1,3}",
     "[\xe4\xb8\x80-\xe9\xbe\xa5\xe3\x81\x80-\xe3\x82\x9f\xe3\x82\xa0-\xe3\x83\xbf]+",
