@@ -577,25 +577,178 @@ float dsv_q_dot(uint32_t type, const void *w, const float *x, int64_t n) {
     return sum;
 }
 
+/* ---- 8-bit activations ---------------------------------------------------- */
+
+size_t dsv_q8_act_bytes(int K) { return (size_t)K + (size_t)K / 32 * 4 + (size_t)K / 16 * 2; }
+
+void dsv_q8_act_quant(void *act, const float *x, int K) {
+    DSV_ASSERT(K % 32 == 0);
+    int8_t *q = act;
+    float *d = (float *)((char *)act + K);
+    int16_t *s = (int16_t *)(d + K / 32);
+    for (int b = 0; b < K / 32; b++) {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[32 * b + j]));
+        d[b] = amax / 127.0f;
+        const float id = amax ? 127.0f / amax : 0;
+        for (int h = 0; h < 2; h++) {
+            int sum = 0;
+            for (int j = 16 * h; j < 16 * h + 16; j++) {
+                q[32 * b + j] = (int8_t)clampi(nearest(x[32 * b + j] * id), -127, 127);
+                sum += q[32 * b + j];
+            }
+            s[2 * b + h] = (int16_t)sum;
+        }
+    }
+}
+
+/* A weight block as integers: levels w[i] and, per 16 values k, a scale
+ * a[k] and an offset b[k] with value = a[k]*w[i] + b[k]. Returns the
+ * values in the block (32 or 256). */
+static int int_decode(uint32_t t, const uint8_t *x, int8_t *w, float *a, float *b) {
+    switch (t) {
+    case DSV_GGML_Q8_0:
+        for (int j = 0; j < 32; j++) w[j] = (int8_t)x[2 + j];
+        a[0] = a[1] = h2f(x);
+        b[0] = b[1] = 0;
+        return 32;
+    case DSV_GGML_Q4_0: case DSV_GGML_Q4_1: case DSV_GGML_IQ4_NL: {
+        const int off = t == DSV_GGML_Q4_1 ? 4 : 2;
+        for (int j = 0; j < 16; j++) {
+            const int lo = x[off + j] & 15, hi = x[off + j] >> 4;
+            w[j] = (int8_t)(t == DSV_GGML_IQ4_NL ? IQ4NL[lo] : t == DSV_GGML_Q4_0 ? lo - 8 : lo);
+            w[j + 16] = (int8_t)(t == DSV_GGML_IQ4_NL ? IQ4NL[hi] : t == DSV_GGML_Q4_0 ? hi - 8 : hi);
+        }
+        a[0] = a[1] = h2f(x);
+        b[0] = b[1] = t == DSV_GGML_Q4_1 ? h2f(x + 2) : 0;
+        return 32;
+    }
+    case DSV_GGML_Q5_0: case DSV_GGML_Q5_1: {
+        const int m = t == DSV_GGML_Q5_1, off = m ? 8 : 6;
+        uint32_t qh;
+        memcpy(&qh, x + (m ? 4 : 2), 4);
+        for (int j = 0; j < 16; j++) {
+            w[j] = (int8_t)(((x[off + j] & 15) | ((qh >> j) & 1) << 4) - (m ? 0 : 16));
+            w[j + 16] = (int8_t)(((x[off + j] >> 4) | ((qh >> (j + 16)) & 1) << 4) - (m ? 0 : 16));
+        }
+        a[0] = a[1] = h2f(x);
+        b[0] = b[1] = m ? h2f(x + 2) : 0;
+        return 32;
+    }
+    }
+    /* K-quants: decode with the float decoder's bit layout, in integers. */
+    const float d = t == DSV_GGML_Q2_K ? h2f(x + 80) : t == DSV_GGML_Q3_K ? h2f(x + 108)
+                  : t == DSV_GGML_Q6_K ? h2f(x + 208) : h2f(x);
+    switch (t) {
+    case DSV_GGML_Q2_K: {
+        const float dmin = h2f(x + 82);
+        for (int i = 0; i < 256; i++)
+            w[i] = (int8_t)((x[16 + 32 * (i / 128) + i % 32] >> (2 * ((i % 128) / 32))) & 3);
+        for (int k = 0; k < 16; k++) { a[k] = d * (float)(x[k] & 15); b[k] = -dmin * (float)(x[k] >> 4); }
+        return 256;
+    }
+    case DSV_GGML_Q3_K:
+        for (int i = 0; i < 256; i++) {
+            const int h = i / 128, j = (i % 128) / 32, l = i % 32;
+            w[i] = (int8_t)((((x[32 + 32 * h + l] >> (2 * j)) & 3) | ((x[l] >> (4 * h + j)) & 1) << 2) - 4);
+        }
+        for (int k = 0; k < 16; k++) { a[k] = d * (float)q3_scale(x + 96, k); b[k] = 0; }
+        return 256;
+    case DSV_GGML_Q4_K: case DSV_GGML_Q5_K: {
+        const float dmin = h2f(x + 2);
+        const int five = t == DSV_GGML_Q5_K;
+        const uint8_t *qs = x + (five ? 48 : 16), *qh = x + 16;
+        for (int c = 0; c < 4; c++)
+            for (int l = 0; l < 32; l++) {
+                int lo = qs[32 * c + l] & 15, hi = qs[32 * c + l] >> 4;
+                if (five) { lo |= ((qh[l] >> (2 * c)) & 1) << 4; hi |= ((qh[l] >> (2 * c + 1)) & 1) << 4; }
+                w[64 * c + l] = (int8_t)lo;
+                w[64 * c + 32 + l] = (int8_t)hi;
+            }
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            k4_scale_min(x + 4, j, &sc, &m);
+            a[2 * j] = a[2 * j + 1] = d * (float)sc;
+            b[2 * j] = b[2 * j + 1] = -dmin * (float)m;
+        }
+        return 256;
+    }
+    default: /* Q6_K */
+        for (int i = 0; i < 256; i++) {
+            const int h = i / 128, k = (i % 128) / 32, l = i % 32;
+            const uint8_t lo = x[64 * h + l + 32 * (k & 1)];
+            w[i] = (int8_t)(((k < 2 ? lo & 15 : lo >> 4) | ((x[128 + 32 * h + l] >> (2 * k)) & 3) << 4) - 32);
+        }
+        for (int k = 0; k < 16; k++) { a[k] = d * (float)(int8_t)x[192 + k]; b[k] = 0; }
+        return 256;
+    }
+}
+
+float dsv_q_vec_dot_ref(uint32_t type, const void *wv, const void *act, int K) {
+    DSV_ASSERT(dsv_q_supported(type) && dsv_ggml_blck(type) > 1 && K % dsv_ggml_blck(type) == 0);
+    const uint8_t *w = wv;
+    const int8_t *q = act;
+    const float *d = (const float *)((const char *)act + K);
+    const int16_t *s = (const int16_t *)(d + K / 32);
+    const int bk = dsv_ggml_blck(type);
+    const size_t bs = dsv_ggml_bsize(type);
+    int8_t lv[256];
+    float a[16], b[16], sum = 0;
+    for (int blk = 0; blk < K / bk; blk++) {
+        int_decode(type, w + (size_t)blk * bs, lv, a, b);
+        float bsum = 0;
+        for (int k = 0; k < bk / 16; k++) {
+            const int i0 = blk * bk + 16 * k;
+            int32_t isum = 0;
+            for (int j = 0; j < 16; j++) isum += (int32_t)lv[16 * k + j] * q[i0 + j];
+            bsum += d[i0 / 32] * (a[k] * (float)isum + b[k] * (float)s[i0 / 16]);
+        }
+        sum += bsum;
+    }
+    return sum;
+}
+
+dsv_q_vec_dot_fn dsv_q_vec_dot_best(void) {
+#if defined(__x86_64__)
+    const char *lv = dsv_kernels_name();
+    if (!strcmp(lv, "avx512") || !strcmp(lv, "amx")) return dsv_q_vec_dot_avx512;
+    if (!strcmp(lv, "avx2")) return dsv_q_vec_dot_avx2;
+#endif
+    return dsv_q_vec_dot_ref;
+}
+
 /* ---- linear layers ------------------------------------------------------- */
+
+/* One input row (already fp32 in xf) against weight rows [n0, n1). */
+static void q_rows(const struct dsv_linear *w, const float *xf, void *act, dsv_q_vec_dot_fn dot, float *yf,
+                   uint16_t *yb, int n0, int n1) {
+    const int K = w->n_in;
+    const size_t row = dsv_ggml_row_size(w->gtype, w->ld);
+    dsv_q8_act_quant(act, xf, K);
+    for (int n = n0; n < n1; n++) {
+        const float v = dot(w->gtype, (const char *)w->w + (size_t)n * row, act, K);
+        if (yf) yf[n] = v;
+        else yb[n] = dsv_f32_to_bf16(v);
+    }
+}
 
 void dsv_linear_q(uint16_t *y, int ldy, const uint16_t *x, const struct dsv_linear *w, int m, int n0, int n1,
                   void *scratch) {
     const int K = w->n_in;
-    const size_t row = dsv_ggml_row_size(w->gtype, w->ld);
     float *xf = scratch;
-    DSV_ASSERT((size_t)K * sizeof(float) <= DSV_LIN_SCRATCH);
+    void *act = xf + K;
+    DSV_ASSERT((size_t)K * 4 + dsv_q8_act_bytes(K) <= DSV_LIN_SCRATCH);
+    const dsv_q_vec_dot_fn dot = dsv_q_vec_dot_best();
     for (int i = 0; i < m; i++) {
         for (int k = 0; k < K; k++) xf[k] = dsv_bf16_to_f32(x[(size_t)i * K + k]);
-        for (int n = n0; n < n1; n++)
-            y[(size_t)i * ldy + n] = dsv_f32_to_bf16(dsv_q_dot(w->gtype, (const char *)w->w + (size_t)n * row, xf, K));
+        q_rows(w, xf, act, dot, NULL, y + (size_t)i * ldy, n0, n1);
     }
 }
 
-void dsv_linear_q_f32(float *y, int ldy, const float *x, const struct dsv_linear *w, int m, int n0, int n1) {
+void dsv_linear_q_f32(float *y, int ldy, const float *x, const struct dsv_linear *w, int m, int n0, int n1,
+                      void *scratch) {
     const int K = w->n_in;
-    const size_t row = dsv_ggml_row_size(w->gtype, w->ld);
-    for (int i = 0; i < m; i++)
-        for (int n = n0; n < n1; n++)
-            y[(size_t)i * ldy + n] = dsv_q_dot(w->gtype, (const char *)w->w + (size_t)n * row, x + (size_t)i * K, K);
+    DSV_ASSERT(dsv_q8_act_bytes(K) <= DSV_LIN_SCRATCH);
+    const dsv_q_vec_dot_fn dot = dsv_q_vec_dot_best();
+    for (int i = 0; i < m; i++) q_rows(w, x + (size_t)i * K, scratch, dot, y + (size_t)i * ldy, NULL, n0, n1);
 }

@@ -70,16 +70,38 @@ void dsv_q_quant(uint32_t type, const float *src, void *dst, int64_t n);
  * sums added in order (the reference the SIMD kernels are tested against). */
 float dsv_q_dot(uint32_t type, const void *w, const float *x, int64_t n);
 
+/* 8-bit activations, as llama.cpp computes quantized linears: a row of K
+ * values (K % 32 == 0) as int8 q[K], then per 32 values the scale d =
+ * amax/127 (float d[K/32]), then per 16 values the sum of their q (int16
+ * s[K/16], for the types with a minimum). dsv_q8_act_bytes(K) bytes. */
+size_t dsv_q8_act_bytes(int K);
+void dsv_q8_act_quant(void *act, const float *x, int K);
+/* Σ w·x of a weight row of a supported block type (not F32/F16/BF16) with
+ * 8-bit activations: per 16 weights, the block's integer levels times the
+ * activations' integers summed exactly in int32, then scaled in fp32 as
+ * the block says (dsv_q_dot's decode, in integers), block sums added in
+ * order. The scalar reference; the _avx512 (VNNI) and _avx2 variants give
+ * the same integer sums and may add the scaled sums in another order. A
+ * variant handles the types it has kernels for and calls the reference for
+ * the rest. */
+float dsv_q_vec_dot_ref(uint32_t type, const void *w, const void *act, int K);
+float dsv_q_vec_dot_avx512(uint32_t type, const void *w, const void *act, int K);
+float dsv_q_vec_dot_avx2(uint32_t type, const void *w, const void *act, int K);
+/* The variant of the running kernel level (DSV32_ISA, CPU features). */
+typedef float (*dsv_q_vec_dot_fn)(uint32_t type, const void *w, const void *act, int K);
+dsv_q_vec_dot_fn dsv_q_vec_dot_best(void);
+
 /* Linear layers on block-quantized weights (dsv_linear.gtype): output
  * columns [n0, n1) of every input row, y [m][ldy], as the other linear
- * kernels (ops.h). Each input row is widened to fp32 (exactly) and each
- * output is dsv_q_dot of a weight row with it, so an output depends only on
- * its input row and weight row. dsv_linear_q rounds to bf16 and needs
- * n_in floats of scratch (at most DSV_LIN_SCRATCH bytes). */
+ * kernels (ops.h). Each input row is quantized to 8-bit activations and
+ * each output is dsv_q_vec_dot of a weight row with it, so an output
+ * depends only on its input row and weight row. scratch: DSV_LIN_SCRATCH
+ * bytes (4K + dsv_q8_act_bytes(K) are used). dsv_linear_q rounds to bf16. */
 struct dsv_linear;
 void dsv_linear_q(uint16_t *y, int ldy, const uint16_t *x, const struct dsv_linear *w, int m, int n0, int n1,
                   void *scratch);
-void dsv_linear_q_f32(float *y, int ldy, const float *x, const struct dsv_linear *w, int m, int n0, int n1);
+void dsv_linear_q_f32(float *y, int ldy, const float *x, const struct dsv_linear *w, int m, int n0, int n1,
+                      void *scratch);
 
 /* IEEE half from float, round to nearest even (overflow to inf). */
 uint16_t dsv_f32_to_f16(float f);

@@ -134,7 +134,7 @@ static void group_task(void *a, int ith, int nth) {
         while (c >= p->first[j + 1]) j++; /* chunks are taken in order */
         const dsv_lin_job *jb = &p->jobs[j];
         const int r0 = (c - p->first[j]) * p->rows[j], r1 = DSV_MIN(r0 + p->rows[j], jb->w->n_out);
-        if (jb->w->gtype && jb->xf) dsv_linear_q_f32(jb->yf, jb->ldy, jb->xf, jb->w, jb->m, r0, r1);
+        if (jb->w->gtype && jb->xf) dsv_linear_q_f32(jb->yf, jb->ldy, jb->xf, jb->w, jb->m, r0, r1, scr);
         else if (jb->w->gtype) dsv_linear_q(jb->y, jb->ldy, jb->x, jb->w, jb->m, r0, r1, scr);
         else if (jb->xf) k->linear_f32(jb->yf, jb->ldy, jb->xf, jb->w, jb->m, r0, r1, scr);
         else if (jb->w->dtype == DSV_DT_F8_E4M3) k->linear_fp8(jb->y, jb->ldy, p->xp[j], jb->w, jb->m, r0, r1, scr);

@@ -1,0 +1,88 @@
+/* quant_avx512.c: AVX-512 VNNI dot products of block-quantized weight rows
+ * with 8-bit activations (quant.h). Q8_0 and Q4_K have kernels; other types
+ * go to the scalar reference.
+ *
+ * The integer sums are exact and equal the reference's; only the order in
+ * which the scaled block sums are added differs (lanes, then a final
+ * reduction), so results match the reference to float rounding.
+ * vpdpbusd multiplies unsigned by signed bytes: a signed weight w times an
+ * activation q is |w| * (q with w's sign), both within range (|w| <= 128,
+ * the activations never -128). */
+#include <immintrin.h>
+#include <string.h>
+
+#include "base/numeric.h"
+#include "quant.h"
+
+static float h2f(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return dsv_f16_to_f32(h); }
+
+/* Σ of 32 signed w times 32 signed q, in 8 int32 lanes. */
+static inline __m256i dot32(__m256i w, __m256i q) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
+}
+
+static float dot_q8_0(const uint8_t *w, const int8_t *q, const float *d, int K) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < K / 32; b++, w += 34) {
+        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 2));
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(q + 32 * b));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32(wv, qv)), _mm256_set1_ps(h2f(w) * d[b]), acc);
+    }
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Q4_K: 8 sub-blocks of 32 with a 6-bit scale and min each; nibbles of
+ * qs[32c + l] are values 64c + l (low) and 64c + 32 + l (high), all >= 0,
+ * so they multiply the signed activations directly. */
+static float dot_q4_k(const uint8_t *w, const int8_t *q, const float *d, const int16_t *s, int K) {
+    float sum = 0;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    for (int blk = 0; blk < K / 256; blk++, w += 144) {
+        const float dd = h2f(w), dmin = h2f(w + 2);
+        const uint8_t *sc = w + 4, *qs = w + 16;
+        const int8_t *qb = q + 256 * blk;
+        const float *db = d + 8 * blk;
+        const int16_t *sb = s + 16 * blk;
+        int scale[8], min[8];
+        for (int j = 0; j < 8; j++) {
+            if (j < 4) { scale[j] = sc[j] & 63; min[j] = sc[j + 4] & 63; }
+            else { scale[j] = (sc[j + 4] & 15) | (sc[j - 4] >> 6) << 4; min[j] = (sc[j + 4] >> 4) | (sc[j] >> 6) << 4; }
+        }
+        float bsum = 0;
+        for (int c = 0; c < 4; c++) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+            const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            const __m256i pl = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo,
+                                                   _mm256_loadu_si256((const __m256i *)(qb + 64 * c)));
+            const __m256i ph = _mm256_dpbusd_epi32(_mm256_setzero_si256(), hi,
+                                                   _mm256_loadu_si256((const __m256i *)(qb + 64 * c + 32)));
+            /* Two 16-value halves per sub-block, as the reference groups them. */
+            int32_t l8[8], h8[8];
+            _mm256_storeu_si256((__m256i *)l8, pl);
+            _mm256_storeu_si256((__m256i *)h8, ph);
+            for (int half = 0; half < 2; half++) {
+                const int jl = 2 * c, jh = 2 * c + 1;
+                const int32_t il = l8[4 * half] + l8[4 * half + 1] + l8[4 * half + 2] + l8[4 * half + 3];
+                const int32_t ih = h8[4 * half] + h8[4 * half + 1] + h8[4 * half + 2] + h8[4 * half + 3];
+                const int kl = 4 * c + half, kh = 4 * c + 2 + half; /* 16-value sub-block indices */
+                bsum += db[kl / 2] * (dd * (float)scale[jl] * (float)il + -dmin * (float)min[jl] * (float)sb[kl]);
+                bsum += db[kh / 2] * (dd * (float)scale[jh] * (float)ih + -dmin * (float)min[jh] * (float)sb[kh]);
+            }
+        }
+        sum += bsum;
+    }
+    return sum;
+}
+
+float dsv_q_vec_dot_avx512(uint32_t type, const void *w, const void *act, int K) {
+    const int8_t *q = act;
+    const float *d = (const float *)((const char *)act + K);
+    switch (type) {
+    case DSV_GGML_Q8_0: return dot_q8_0(w, q, d, K);
+    case DSV_GGML_Q4_K: return dot_q4_k(w, q, d, (const int16_t *)(d + K / 32), K);
+    }
+    return dsv_q_vec_dot_ref(type, w, act, K);
+}
