@@ -39,6 +39,8 @@ typedef struct dsv_quantize_params {
     const char *const *overrides;   /* "REGEX=TYPE" */
     int n_overrides;
     uint64_t split_max_size;        /* bytes of tensor data per file; 0: one file */
+    const char *arch;               /* "deepseek32" (NULL: the default) or "deepseek2":
+                                     * without the indexer (DeepSeek-V3's layout) */
     /* Called after each tensor with counts (may be NULL). */
     void (*progress)(int done, int total, const char *tensor, const char *type, void *user);
     void *progress_user;

@@ -4,6 +4,7 @@
  *    safetensors' logits bit for bit, in one file and as a split set;
  *  - the embedded tiny model quantized at each preset stays within a KL
  *    bound of its BF16 GGUF (bounds measured on this sequence, with margin);
+ *  - arch deepseek2 (no indexer) gives the dense-attention logits bit for bit;
  *  - an unsupported type and a wrong architecture are one-line errors;
  *  - the tokenizer read from a GGUF's metadata equals tokenizer.json on
  *    every golden encoding. */
@@ -180,9 +181,30 @@ TEST(gguf_model_errors) {
     g = tmp("a.gguf");
     quantize(test_shared(BF16_CKPT), g, "--type BF16");
     patch(g, "deepseek32", 10, 0, "llama_xyz1", 10);
-    expect_one_line_error(g, "architecture 'llama_xyz1' is not");
-    patch(g, "llama_xyz1", 10, 0, "deepseek2\0", 10);
-    expect_one_line_error(g, "deepseek2");
+    expect_one_line_error(g, "architecture 'llama_xyz1' is not a DeepSeek model");
+}
+
+/* arch deepseek2 (no indexer) runs as dense MLA: the same logits, bit for
+ * bit, as the checkpoint with every position attended (--dense). */
+TEST(gguf_deepseek2_is_dense_mla) {
+    const char *g = tmp("d2.gguf");
+    quantize(test_shared(BF16_CKPT), g, "--type BF16 --arch deepseek2");
+    char cmd[4096], out[2][1024];
+    const char *models[2] = {test_shared(BF16_CKPT), g};
+    for (int i = 0; i < 2; i++) {
+        snprintf(out[i], sizeof out[i], "%s/d2-%d.f32", test_tmpdir(), i);
+        /* 40 ids: past the checkpoint's index_topk (24), so sparse and
+         * dense attention differ. */
+        snprintf(cmd, sizeof cmd, "%s logits -m %s --ids %s,%s,%s --prefill 30 -o %s -t 2 %s 2>&1", bin(), models[i], IDS,
+                 IDS, "8,9,10,11,12,13,14,15,16,17,18,19", out[i], i == 0 ? "--dense" : "");
+        run_ok(cmd);
+    }
+    size_t na, nb;
+    float *a = test_read_file(out[0], &na), *b = test_read_file(out[1], &nb);
+    REQUIRE(a && b && na == nb && na > 0);
+    CHECK(memcmp(a, b, na) == 0);
+    free(a);
+    free(b);
 }
 
 /* The DeepSeek tokenizer written into a GGUF by quantize and read back from

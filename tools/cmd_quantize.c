@@ -26,6 +26,8 @@ static const char *usage =
     "                         regex RE get type T (repeatable; first match wins)\n"
     "  --split-max-size SIZE  at most SIZE bytes of tensors per file (suffix K, M, G);\n"
     "                         files are named OUT-00001-of-0000N.gguf\n"
+    "  --arch A               deepseek32 (default) or deepseek2: no indexer tensors or\n"
+    "                         keys (DeepSeek-V3's layout; runs as dense MLA)\n"
     "  -h, --help             this help\n"
     "\n"
     "Policy for a quantized T: routed experts' gate/up at T and down one step up;\n"
@@ -70,6 +72,7 @@ int cmd_quantize(int argc, char **argv) {
         else if (!strcmp(a, "-o")) p.out_path = v;
         else if (!strcmp(a, "--type")) p.preset = v;
         else if (!strcmp(a, "--tensor-type")) rules[p.n_overrides++] = v;
+        else if (!strcmp(a, "--arch")) p.arch = v;
         else if (!strcmp(a, "--split-max-size")) {
             if (parse_size(v, &p.split_max_size)) { free(rules); return cli_fail(cmd, "--split-max-size: bad size '%s'", v); }
         } else { free(rules); return cli_fail(cmd, "unknown option %s (see --help)", a); }

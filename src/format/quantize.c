@@ -72,7 +72,7 @@ static int plan_add(qplan *p, int kind, int group, const char *name, const char 
 
 /* Every output tensor of the model, in the order llama.cpp's converter
  * writes them (per layer: norms, attention, indexer, FFN). */
-static int build_plan(qplan *p, const dsv_config *c, const dsv_st *st) {
+static int build_plan(qplan *p, const dsv_config *c, const dsv_st *st, int indexer) {
     char n[96], s[160];
     int rc;
     const int64_t D = c->dim, H = c->n_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim, V = c->v_head_dim;
@@ -94,12 +94,14 @@ static int build_plan(qplan *p, const dsv_config *c, const dsv_st *st) {
         L("attn_v_b.weight", "self_attn.kv_b_proj", K_VB, G_ATTN, C, V, H);
         L("attn_output.weight", "self_attn.o_proj", K_MAT, G_ATTN, H * V, D, 1);
         L("ffn_norm.weight", "post_attention_layernorm.weight", K_VEC, G_NORM, D, 1, 1);
-        L("indexer.k_norm.weight", "self_attn.indexer.k_norm.weight", K_VEC, G_NORM, c->index_head_dim, 1, 1);
-        L("indexer.k_norm.bias", "self_attn.indexer.k_norm.bias", K_VEC, G_NORM, c->index_head_dim, 1, 1);
-        L("indexer.proj.weight", "self_attn.indexer.weights_proj", K_MAT, G_F32, D, c->index_n_heads, 1);
-        L("indexer.attn_k.weight", "self_attn.indexer.wk", K_MAT, G_INDEXER, D, c->index_head_dim, 1);
-        L("indexer.attn_q_b.weight", "self_attn.indexer.wq_b", K_MAT, G_INDEXER, Q,
-          (int64_t)c->index_n_heads * c->index_head_dim, 1);
+        if (indexer) {
+            L("indexer.k_norm.weight", "self_attn.indexer.k_norm.weight", K_VEC, G_NORM, c->index_head_dim, 1, 1);
+            L("indexer.k_norm.bias", "self_attn.indexer.k_norm.bias", K_VEC, G_NORM, c->index_head_dim, 1, 1);
+            L("indexer.proj.weight", "self_attn.indexer.weights_proj", K_MAT, G_F32, D, c->index_n_heads, 1);
+            L("indexer.attn_k.weight", "self_attn.indexer.wk", K_MAT, G_INDEXER, D, c->index_head_dim, 1);
+            L("indexer.attn_q_b.weight", "self_attn.indexer.wq_b", K_MAT, G_INDEXER, Q,
+              (int64_t)c->index_n_heads * c->index_head_dim, 1);
+        }
         if (il < c->n_dense_layers) {
             L("ffn_gate.weight", "mlp.gate_proj", K_MAT, G_DENSE, D, c->inter_dim, 1);
             L("ffn_down.weight", "mlp.down_proj", K_MAT, G_DENSE, c->inter_dim, D, 1);
@@ -413,15 +415,15 @@ static int write_tokenizer(dsv_gguf_writer *w, const char *dir, int vocab_size) 
 }
 
 /* The model keys, as llama.cpp's DeepseekV32 converter names them. */
-static int write_model_kv(dsv_gguf_writer *w, const dsv_config *c, const char *dir, uint32_t ftype) {
+static int write_model_kv(dsv_gguf_writer *w, const dsv_config *c, const char *dir, uint32_t ftype, const char *arch) {
     int st = DSV_OK;
     char k[128];
     const char *base = strrchr(dir, '/');
     base = base && base[1] ? base + 1 : dir;
-#define A(key) (snprintf(k, sizeof k, "deepseek32.%s", key), k)
+#define A(key) (snprintf(k, sizeof k, "%s.%s", arch, key), k)
 #define U(key, v) if (!st) st = dsv_gguf_set_u32(w, A(key), (uint32_t)(v))
 #define F(key, v) if (!st) st = dsv_gguf_set_f32(w, A(key), (float)(v))
-    st = dsv_gguf_set_str(w, "general.architecture", "deepseek32");
+    st = dsv_gguf_set_str(w, "general.architecture", arch);
     if (!st) st = dsv_gguf_set_str(w, "general.type", "model");
     if (!st) st = dsv_gguf_set_str(w, "general.name", base);
     U("block_count", c->n_layers);
@@ -459,9 +461,11 @@ static int write_model_kv(dsv_gguf_writer *w, const dsv_config *c, const char *d
         F("rope.scaling.yarn_beta_fast", c->beta_fast);
         F("rope.scaling.yarn_beta_slow", c->beta_slow);
     }
-    U("attention.indexer.head_count", c->index_n_heads);
-    U("attention.indexer.key_length", c->index_head_dim);
-    U("attention.indexer.top_k", c->index_topk);
+    if (!strcmp(arch, "deepseek32")) {
+        U("attention.indexer.head_count", c->index_n_heads);
+        U("attention.indexer.key_length", c->index_head_dim);
+        U("attention.indexer.top_k", c->index_topk);
+    }
     if (!st) st = dsv_gguf_set_u32(w, "general.quantization_version", 2);
     /* Not a llama.cpp key: the activation scale format (model_gguf.c). */
     if (!st) st = dsv_gguf_set_str(w, "dsv32.scale_fmt", c->scale_fmt == DSV_SCALE_FMT_UE8M0 ? "ue8m0" : "none");
@@ -574,8 +578,13 @@ int dsv_quantize(const dsv_quantize_params *p) {
     dsv_gguf_writer *w = NULL;
     char **paths = NULL;
     int n_files = 1, done_files = 0;
+    const char *arch = p->arch ? p->arch : "deepseek32";
+    if (strcmp(arch, "deepseek32") && strcmp(arch, "deepseek2")) {
+        st = dsv_error(DSV_ERR_ARG, "--arch %s: expected deepseek32 or deepseek2", arch);
+        goto out;
+    }
     if ((st = dsv_config_load(&c, p->model_dir)) || (st = dsv_st_open(&sto, p->model_dir)) ||
-        (st = build_plan(&pl, &c, sto)))
+        (st = build_plan(&pl, &c, sto, !strcmp(arch, "deepseek32"))))
         goto out;
     int64_t maxk = 0;
     for (int i = 0; i < pl.n; i++) {
@@ -618,7 +627,7 @@ int dsv_quantize(const dsv_quantize_params *p) {
     int done = 0;
     for (int f = 0; f < n_files && !st; f++) {
         if ((st = dsv_gguf_writer_init(&w))) break;
-        if (f == 0) st = write_model_kv(w, &c, p->model_dir, file_type(p->preset, base));
+        if (f == 0) st = write_model_kv(w, &c, p->model_dir, file_type(p->preset, base), arch);
         if (!st && n_files > 1) {
             st = dsv_gguf_set_u16(w, "split.no", (uint16_t)f);
             if (!st) st = dsv_gguf_set_u16(w, "split.count", (uint16_t)n_files);

@@ -52,6 +52,7 @@ struct dsv_model {
     dsv_st *st;
     dsv_gguf *gguf;             /* a model opened from GGUF (model_gguf.c) instead of st */
     void *owned;                /* weights built at load (GGUF: wkv_b, a quantized embedding) */
+    int no_indexer;             /* no lightning indexer (GGUF deepseek2): contexts attend densely */
     const void *embed;          /* embed_tokens [vocab, dim] */
     dsv_dtype embed_dtype;      /* BF16, F16 or F32 */
     const float *norm;          /* model.norm [dim] */

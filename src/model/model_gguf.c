@@ -1,6 +1,9 @@
 /* model_gguf.c: opening a DeepSeek model from a GGUF file (or split set) as
  * llama.cpp writes it: arch "deepseek32" (DeepSeek-V3.2 with the lightning
- * indexer).
+ * indexer) or "deepseek2" (DeepSeek-V3/V3.1/R1, or V3.2 converted without
+ * the indexer), which runs as dense MLA: every context of such a model
+ * attends to every position, and its indexer weights are zeros that are
+ * computed with but never used.
  *
  * The metadata becomes a Hugging Face style config (JSON text handed to
  * dsv_config_parse, so both formats pass the same consistency checks);
@@ -23,8 +26,8 @@
  * block-quantized token_embd, expanded to bf16 rows for the embedding lookup.
  * Both are exact for bf16 files.
  *
- * Not here: arch deepseek2 (no indexer: needs a dense-MLA path in the
- * engine), models split across processes, MTP layers (never looked up). */
+ * Not here: models split across processes, MTP layers (never looked up),
+ * DeepSeek-V2-Lite's layout (no q LoRA). */
 #include <stdarg.h>
 #include <string.h>
 
@@ -37,6 +40,8 @@ typedef struct gloader {
     dsv_model *m;
     const char *path;
     float *vec_next, *vec_end;
+    const dsv_bf16 *zeros;      /* no indexer: zero weights [128 * max(dim, q_lora)] */
+    const float *fzeros;        /* and zero vectors [128] */
 } gloader;
 
 static int type_error(const gloader *L, const dsv_gguf_tensor *t) {
@@ -144,6 +149,18 @@ static int expert(gloader *L, dsv_expert *e, int il, const char *sfx, int dim, i
     return linear(L, &e->w3, p, inter, dim);
 }
 
+/* A model without an indexer gets zero indexer weights (one shared buffer):
+ * the engine's indexer steps then run on zeros, their result unused since
+ * such a model's contexts attend densely. */
+static void no_indexer(gloader *L, dsv_layer *ly, const dsv_bf16 *zeros, const float *fzeros) {
+    const dsv_config *c = &L->m->cfg;
+    ly->idx_wq_b = (dsv_linear){.dtype = DSV_DT_BF16, .n_out = c->index_head_dim, .n_in = c->q_lora_rank,
+                                .ld = c->q_lora_rank, .w = zeros};
+    ly->idx_wk = (dsv_linear){.dtype = DSV_DT_BF16, .n_out = c->index_head_dim, .n_in = c->dim, .ld = c->dim, .w = zeros};
+    ly->idx_wproj = (dsv_linear){.dtype = DSV_DT_BF16, .n_out = 1, .n_in = c->dim, .ld = c->dim, .w = zeros};
+    ly->idx_k_norm_w = ly->idx_k_norm_b = fzeros;
+}
+
 static int load_layer(gloader *L, int il, dsv_bf16 *kv_b, float *tmp) {
     const dsv_config *c = &L->m->cfg;
     dsv_layer *ly = &L->m->layers[il];
@@ -166,11 +183,15 @@ static int load_layer(gloader *L, int il, dsv_bf16 *kv_b, float *tmp) {
                              .n_in = c->kv_lora_rank, .ld = c->kv_lora_rank, .w = kv_b};
     L->m->weight_bytes += (uint64_t)ly->wkv_b.n_out * (uint64_t)ly->wkv_b.n_in * 2;
     LIN(wo, "attn_output.weight", dim, H * c->v_head_dim);
-    LIN(idx_wq_b, "indexer.attn_q_b.weight", c->index_n_heads * c->index_head_dim, c->q_lora_rank);
-    LIN(idx_wk, "indexer.attn_k.weight", c->index_head_dim, dim);
-    V(idx_k_norm_w, "indexer.k_norm.weight", c->index_head_dim);
-    V(idx_k_norm_b, "indexer.k_norm.bias", c->index_head_dim);
-    LIN(idx_wproj, "indexer.proj.weight", c->index_n_heads, dim);
+    if (L->m->no_indexer) {
+        no_indexer(L, ly, L->zeros, L->fzeros);
+    } else {
+        LIN(idx_wq_b, "indexer.attn_q_b.weight", c->index_n_heads * c->index_head_dim, c->q_lora_rank);
+        LIN(idx_wk, "indexer.attn_k.weight", c->index_head_dim, dim);
+        V(idx_k_norm_w, "indexer.k_norm.weight", c->index_head_dim);
+        V(idx_k_norm_b, "indexer.k_norm.bias", c->index_head_dim);
+        LIN(idx_wproj, "indexer.proj.weight", c->index_n_heads, dim);
+    }
     ly->is_moe = il >= c->n_dense_layers;
     if (!ly->is_moe) return expert(L, &ly->mlp, il, "", dim, c->inter_dim);
     LIN(gate, "ffn_gate_inp.weight", c->n_routed_experts, dim);
@@ -239,19 +260,17 @@ static void jnum(struct jbuf *j, const dsv_gguf *g, const char *arch, const char
  * without it a deepseek32 file is taken to be DeepSeek-V3.2 (ue8m0). */
 #define SCALE_FMT_KEY "dsv32.scale_fmt"
 
-static int config_from_gguf(dsv_config *c, const dsv_gguf *g, const char *path) {
+static int config_from_gguf(dsv_config *c, const dsv_gguf *g, const char *path, int *no_indexer) {
     const char *s;
     size_t len;
     char arch[32];
     int st = dsv_gguf_get_str(g, "general.architecture", &s, &len);
     if (st) return st;
     snprintf(arch, sizeof arch, "%.*s", (int)DSV_MIN(len, sizeof arch - 1), s);
-    if (!strcmp(arch, "deepseek2"))
-        return dsv_error(DSV_ERR_UNSUPPORTED, "%s: architecture deepseek2 (no lightning indexer, dense MLA) is not "
-                         "supported yet; deepseek32 is", path);
-    if (strcmp(arch, "deepseek32") || len != strlen(arch))
-        return dsv_error(DSV_ERR_MODEL, "%s: architecture '%.*s' is not a DeepSeek-V3.2 model (deepseek32)", path,
-                         (int)DSV_MIN(len, 40), s);
+    if ((strcmp(arch, "deepseek32") && strcmp(arch, "deepseek2")) || len != strlen(arch))
+        return dsv_error(DSV_ERR_MODEL, "%s: architecture '%.*s' is not a DeepSeek model (deepseek32 or deepseek2)",
+                         path, (int)DSV_MIN(len, 40), s);
+    *no_indexer = !strcmp(arch, "deepseek2");
     struct jbuf *j = calloc(1, sizeof *j);
     if (!j) return dsv_error(DSV_ERR_NOMEM, "out of memory");
     jput(j, "{\"architectures\": [\"DeepseekV32ForCausalLM\"], ");
@@ -285,9 +304,13 @@ static int config_from_gguf(dsv_config *c, const dsv_gguf *g, const char *path) 
     jint(j, g, arch, "attention.kv_lora_rank", "kv_lora_rank", 0, 0);
     jint(j, g, arch, "rope.dimension_count", "qk_rope_head_dim", 0, 0);
     jint(j, g, arch, "attention.value_length_mla", "v_head_dim", 0, 0);
-    jint(j, g, arch, "attention.indexer.head_count", "index_n_heads", 0, 0);
-    jint(j, g, arch, "attention.indexer.key_length", "index_head_dim", 0, 0);
-    jint(j, g, arch, "attention.indexer.top_k", "index_topk", 0, 0);
+    if (*no_indexer) /* placeholders the config checks want; the indexer never runs */
+        jput(j, "\"index_n_heads\": 1, \"index_head_dim\": 128, \"index_topk\": 1, ");
+    else {
+        jint(j, g, arch, "attention.indexer.head_count", "index_n_heads", 0, 0);
+        jint(j, g, arch, "attention.indexer.key_length", "index_head_dim", 0, 0);
+        jint(j, g, arch, "attention.indexer.top_k", "index_topk", 0, 0);
+    }
     jint(j, g, arch, "context_length", "max_position_embeddings", 1, 0);
     jnum(j, g, arch, "attention.layer_norm_rms_epsilon", "rms_norm_eps", 0, 0);
     jnum(j, g, arch, "rope.freq_base", "rope_theta", 1, 10000.0f);
@@ -299,8 +322,9 @@ static int config_from_gguf(dsv_config *c, const dsv_gguf *g, const char *path) 
     snprintf(k, sizeof k, "%s.rope.dimension_count", arch);
     if (!j->st) j->st = dsv_gguf_get_int(g, k, 0, kl - 1, &rope);
     if (!j->st) jput(j, "\"qk_nope_head_dim\": %lld, ", (long long)(kl - rope));
-    /* Routing: gating function 1 softmax, 2 sigmoid (llama.cpp's enum). */
-    int64_t gf = 2;
+    /* Routing: gating function 1 softmax, 2 sigmoid (llama.cpp's enum); a
+     * deepseek2 file without the key is DeepSeek-V2 (softmax). */
+    int64_t gf = *no_indexer ? 1 : 2;
     int norm = 0;
     snprintf(k, sizeof k, "%s.expert_gating_func", arch);
     if (!j->st && dsv_gguf_kv_find(g, k) >= 0) j->st = dsv_gguf_get_int(g, k, 1, 2, &gf);
@@ -337,10 +361,11 @@ static int config_from_gguf(dsv_config *c, const dsv_gguf *g, const char *path) 
         j->st = dsv_gguf_get_int(g, "tokenizer.ggml.bos_token_id", 0, 1 << 30, &bos);
     if (!j->st && dsv_gguf_kv_find(g, "tokenizer.ggml.eos_token_id") >= 0)
         j->st = dsv_gguf_get_int(g, "tokenizer.ggml.eos_token_id", 0, 1 << 30, &eos);
-    const char *fmt = "ue8m0";
+    const char *fmt = *no_indexer ? NULL : "ue8m0";
     if (!j->st && dsv_gguf_kv_find(g, SCALE_FMT_KEY) >= 0 && !(j->st = dsv_gguf_get_str(g, SCALE_FMT_KEY, &s, &len))) {
         if (len == 4 && !memcmp(s, "none", 4)) fmt = NULL;
-        else if (!(len == 5 && !memcmp(s, "ue8m0", 5)))
+        else if (len == 5 && !memcmp(s, "ue8m0", 5)) fmt = "ue8m0";
+        else
             j->st = dsv_error(DSV_ERR_MODEL, "%s: %s must be \"none\" or \"ue8m0\"", path, SCALE_FMT_KEY);
     }
     if (!j->st) {
@@ -359,7 +384,7 @@ static int config_from_gguf(dsv_config *c, const dsv_gguf *g, const char *path) 
 int dsv_model_load_gguf(dsv_model *m, const char *path, const dsv_model_params *params) {
     int st;
     if ((st = dsv_gguf_open(&m->gguf, path))) return st;
-    if ((st = config_from_gguf(&m->cfg, m->gguf, path))) return st;
+    if ((st = config_from_gguf(&m->cfg, m->gguf, path, &m->no_indexer))) return st;
     dsv_config *c = &m->cfg;
     if (params->scale_fmt == DSV_SCALE_FMT_NONE || params->scale_fmt == DSV_SCALE_FMT_UE8M0)
         c->scale_fmt = params->scale_fmt;
@@ -374,18 +399,21 @@ int dsv_model_load_gguf(dsv_model *m, const char *path, const dsv_model_params *
     const int emb_q = emb && dsv_q_supported(emb->type) && emb->type != DSV_GGML_F32 && emb->type != DSV_GGML_F16 &&
                       emb->type != DSV_GGML_BF16;
     const size_t emb_n = emb_q ? (size_t)c->vocab_size * (size_t)c->dim : 0;
+    /* No indexer: zeros for its weights (bf16) and vectors (fp32, 64 bf16 slots each). */
+    const size_t zero_n = m->no_indexer ? 128 * (size_t)DSV_MAX(c->dim, c->q_lora_rank) + 128 * 2 : 0;
     m->vecs = malloc(n_vec * sizeof(float));
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     m->expert_store = calloc((size_t)(n_moe > 0 ? n_moe : 1) * (size_t)(c->n_routed_experts > 0 ? c->n_routed_experts : 1),
                              sizeof *m->expert_store);
-    m->owned = malloc(((size_t)c->n_layers * kvb + emb_n) * sizeof(dsv_bf16));
+    m->owned = calloc((size_t)c->n_layers * kvb + emb_n + zero_n, sizeof(dsv_bf16));
     const int tmp_n = c->kv_lora_rank * DSV_MAX(DSV_MAX(c->qk_nope_head_dim, c->v_head_dim), 1);
     float *tmp = malloc((size_t)DSV_MAX(tmp_n, c->dim) * sizeof *tmp);
     if (!m->vecs || !m->layers || !m->expert_store || !m->owned || !tmp) {
         free(tmp);
         return dsv_error(DSV_ERR_NOMEM, "%s: out of memory", path);
     }
-    gloader L = {m, path, m->vecs, m->vecs + n_vec};
+    dsv_bf16 *zeros = (dsv_bf16 *)m->owned + (size_t)c->n_layers * kvb + emb_n;
+    gloader L = {m, path, m->vecs, m->vecs + n_vec, zeros, (const float *)(zeros + zero_n - 256)};
     const dsv_gguf_tensor *t;
     if ((st = find(&L, &t, "token_embd.weight", c->dim, c->vocab_size, 1))) goto out;
     m->embed = t->data;
