@@ -236,7 +236,7 @@ TEST(quant_vec_dot_ref_vs_float) {
 
 /* A SIMD variant against the reference on awkward data: outliers, zero
  * blocks, -128 weights in Q8_0 (written by hand: our encoder never makes them). */
-static void check_variant(dsv_q_vec_dot_fn fn, const char *name, int exact_k) {
+static void check_variant(dsv_q_vec_dot_fn fn, const char *name, int own_q4_k) {
     enum { K = 2048 };
     static float w[K], x[K];
     static uint8_t q[K * 4], act[K * 2];
@@ -254,9 +254,10 @@ static void check_variant(dsv_q_vec_dot_fn fn, const char *name, int exact_k) {
             for (int i = 0; i < K; i++) mag += fabs(w[i] * x[i]) + ad[i / 32];
             const float r = dsv_q_vec_dot_ref(BLOCK_TYPES[t], q, act, K), v = fn(BLOCK_TYPES[t], q, act, K);
             CHECKF(fabs(r - v) <= 1e-5 * mag, "%s %s: %.9g vs reference %.9g", name, dsv_ggml_name(BLOCK_TYPES[t]), v, r);
-            /* Kernels that scale in the reference's order match it exactly. */
+            /* Kernels that scale in the reference's order match it exactly:
+             * all but the dedicated Q8_0 (and, in AVX-512, Q4_K) kernels. */
             const uint32_t ty = BLOCK_TYPES[t];
-            if (exact_k && (ty == DSV_GGML_Q2_K || ty == DSV_GGML_Q3_K || ty == DSV_GGML_Q5_K || ty == DSV_GGML_Q6_K))
+            if (ty != DSV_GGML_Q8_0 && !(own_q4_k && ty == DSV_GGML_Q4_K))
                 CHECKF(r == v, "%s %s: %.9g is not the reference's %.9g", name, dsv_ggml_name(ty), v, r);
         }
     }
@@ -274,7 +275,7 @@ TEST(quant_vec_dot_avx512_matches_ref) {
 TEST(quant_vec_dot_avx2_matches_ref) {
 #if defined(__x86_64__)
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) SKIP("no AVX2");
-    check_variant(dsv_q_vec_dot_avx2, "avx2", 1);
+    check_variant(dsv_q_vec_dot_avx2, "avx2", 0);
 #else
     SKIP("not x86-64");
 #endif

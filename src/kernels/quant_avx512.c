@@ -1,9 +1,9 @@
 /* quant_avx512.c: AVX-512 VNNI dot products of block-quantized weight rows
  * with 8-bit activations (quant.h). Q8_0 and Q4_K have dedicated kernels;
- * Q2_K, Q3_K, Q5_K and Q6_K decode each block's integer levels with vector
- * bit operations, take the sixteen 16-value integer sums with VNNI, and
- * scale them in the reference's order (so they give the reference's result
- * bit for bit); the 32-value legacy types go to the scalar reference.
+ * every other type decodes each block's integer levels with vector bit
+ * operations (quant_levels.h), takes the 16-value integer sums with VNNI,
+ * and scales them in the reference's order, so it gives the reference's
+ * result bit for bit.
  *
  * The integer sums are exact and equal the reference's; in the Q8_0 and
  * Q4_K kernels only the order in which the scaled sums are added differs
@@ -16,8 +16,9 @@
 
 #include "base/numeric.h"
 #include "quant.h"
+#include "quant_levels.h"
 
-static float h2f(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return dsv_f16_to_f32(h); }
+#define h2f q_h2f
 
 /* Σ of 32 signed w times 32 signed q, in 8 int32 lanes. */
 static inline __m256i dot32(__m256i w, __m256i q) {
@@ -80,124 +81,24 @@ static float dot_q4_k(const uint8_t *w, const int8_t *q, const float *d, const i
     return sum;
 }
 
-/* ---- K-quants through integer levels ---------------------------------------- */
-
-/* 32 bytes of b, each shifted right by s (0..7) and masked to m. */
-static inline __m256i bits(__m256i b, int s, int m) {
-    return _mm256_and_si256(_mm256_srlv_epi32(b, _mm256_set1_epi32(s)), _mm256_set1_epi8((char)m));
-}
-
-/* The block's 256 levels as the reference's int_decode gives them. */
-static void levels(uint32_t t, const uint8_t *x, int8_t *w) {
-    switch (t) {
-    case DSV_GGML_Q2_K:
-        for (int h = 0; h < 2; h++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(x + 16 + 32 * h));
-            for (int j = 0; j < 4; j++) _mm256_storeu_si256((__m256i *)(w + 128 * h + 32 * j), bits(q, 2 * j, 3));
-        }
-        return;
-    case DSV_GGML_Q3_K: {
-        const __m256i hm = _mm256_loadu_si256((const __m256i *)x), four = _mm256_set1_epi8(4);
-        for (int h = 0; h < 2; h++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(x + 32 + 32 * h));
-            for (int j = 0; j < 4; j++) {
-                const __m256i v = _mm256_or_si256(bits(q, 2 * j, 3), _mm256_slli_epi16(bits(hm, 4 * h + j, 1), 2));
-                _mm256_storeu_si256((__m256i *)(w + 128 * h + 32 * j), _mm256_sub_epi8(v, four));
-            }
-        }
-        return;
-    }
-    case DSV_GGML_Q5_K: {
-        const __m256i qh = _mm256_loadu_si256((const __m256i *)(x + 16));
-        for (int c = 0; c < 4; c++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(x + 48 + 32 * c));
-            const __m256i lo = _mm256_or_si256(bits(q, 0, 15), _mm256_slli_epi16(bits(qh, 2 * c, 1), 4));
-            const __m256i hi = _mm256_or_si256(bits(q, 4, 15), _mm256_slli_epi16(bits(qh, 2 * c + 1, 1), 4));
-            _mm256_storeu_si256((__m256i *)(w + 64 * c), lo);
-            _mm256_storeu_si256((__m256i *)(w + 64 * c + 32), hi);
-        }
-        return;
-    }
-    default: { /* Q6_K */
-        const __m256i k32 = _mm256_set1_epi8(32);
-        for (int h = 0; h < 2; h++) {
-            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(x + 64 * h));
-            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(x + 64 * h + 32));
-            const __m256i qh = _mm256_loadu_si256((const __m256i *)(x + 128 + 32 * h));
-            for (int k = 0; k < 4; k++) {
-                const __m256i lo = bits(k & 1 ? l1 : l0, k < 2 ? 0 : 4, 15);
-                const __m256i v = _mm256_or_si256(lo, _mm256_slli_epi16(bits(qh, 2 * k, 3), 4));
-                _mm256_storeu_si256((__m256i *)(w + 128 * h + 32 * k), _mm256_sub_epi8(v, k32));
-            }
-        }
-    }
-    }
-}
-
-/* The per-16 scales a[k] and offsets b[k], as the reference computes them. */
-static void scales_k(uint32_t t, const uint8_t *x, float *a, float *b) {
-    switch (t) {
-    case DSV_GGML_Q2_K: {
-        const float d = h2f(x + 80), dmin = h2f(x + 82);
-        for (int k = 0; k < 16; k++) { a[k] = d * (float)(x[k] & 15); b[k] = -dmin * (float)(x[k] >> 4); }
-        return;
-    }
-    case DSV_GGML_Q3_K: {
-        const float d = h2f(x + 108);
-        const uint8_t *s = x + 96;
-        for (int k = 0; k < 16; k++) {
-            const int low = k < 8 ? s[k] & 15 : s[k - 8] >> 4;
-            a[k] = d * (float)((low | ((s[8 + k % 4] >> (2 * (k / 4))) & 3) << 4) - 32);
-            b[k] = 0;
-        }
-        return;
-    }
-    case DSV_GGML_Q5_K: {
-        const float d = h2f(x), dmin = h2f(x + 2);
-        const uint8_t *q = x + 4;
-        for (int j = 0; j < 8; j++) {
-            int sc, m;
-            if (j < 4) { sc = q[j] & 63; m = q[j + 4] & 63; }
-            else { sc = (q[j + 4] & 15) | (q[j - 4] >> 6) << 4; m = (q[j + 4] >> 4) | (q[j] >> 6) << 4; }
-            a[2 * j] = a[2 * j + 1] = d * (float)sc;
-            b[2 * j] = b[2 * j + 1] = -dmin * (float)m;
-        }
-        return;
-    }
-    default: {
-        const float d = h2f(x + 208);
-        for (int k = 0; k < 16; k++) { a[k] = d * (float)(int8_t)x[192 + k]; b[k] = 0; }
-    }
-    }
-}
-
-static float dot_levels(uint32_t t, const uint8_t *w, const int8_t *q, const float *d, const int16_t *s, int K) {
-    const size_t bs = dsv_ggml_bsize(t);
-    int8_t lv[256];
+/* n/16 sums of 16 products of signed levels and activations (n = 32 or 256). */
+static inline void isums512(const int8_t *w, const int8_t *q, int32_t *out, int n) {
     int32_t lanes[16];
-    float a[16], b[16], sum = 0;
-    for (int blk = 0; blk < K / 256; blk++, w += bs) {
-        levels(t, w, lv);
-        scales_k(t, w, a, b);
-        int32_t isum[16];
-        for (int c = 0; c < 4; c++) { /* 64 values: four 16-value sums */
-            const __m512i wv = _mm512_loadu_si512(lv + 64 * c), qv = _mm512_loadu_si512(q + 256 * blk + 64 * c);
-            const __mmask64 neg = _mm512_movepi8_mask(wv);
-            const __m512i aw = _mm512_abs_epi8(wv);
-            const __m512i sq = _mm512_mask_sub_epi8(qv, neg, _mm512_setzero_si512(), qv);
-            _mm512_storeu_si512(lanes, _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, sq));
-            for (int g = 0; g < 4; g++)
-                isum[4 * c + g] = lanes[4 * g] + lanes[4 * g + 1] + lanes[4 * g + 2] + lanes[4 * g + 3];
-        }
-        float bsum = 0;
-        for (int k = 0; k < 16; k++) {
-            const int i0 = blk * 256 + 16 * k;
-            bsum += d[i0 / 32] * (a[k] * (float)isum[k] + b[k] * (float)s[i0 / 16]);
-        }
-        sum += bsum;
+    for (int c = 0; c < n / 64; c++) {
+        const __m512i wv = _mm512_loadu_si512(w + 64 * c), qv = _mm512_loadu_si512(q + 64 * c);
+        const __mmask64 neg = _mm512_movepi8_mask(wv);
+        const __m512i sq = _mm512_mask_sub_epi8(qv, neg, _mm512_setzero_si512(), qv);
+        _mm512_storeu_si512(lanes, _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(wv), sq));
+        for (int g = 0; g < 4; g++) out[4 * c + g] = lanes[4 * g] + lanes[4 * g + 1] + lanes[4 * g + 2] + lanes[4 * g + 3];
     }
-    return sum;
+    if (n == 32) {
+        _mm256_storeu_si256((__m256i *)lanes, dot32(_mm256_loadu_si256((const __m256i *)w),
+                                                     _mm256_loadu_si256((const __m256i *)q)));
+        for (int g = 0; g < 2; g++) out[g] = lanes[4 * g] + lanes[4 * g + 1] + lanes[4 * g + 2] + lanes[4 * g + 3];
+    }
 }
+
+Q_DOT_LEVELS(dot_levels, isums512)
 
 float dsv_q_vec_dot_avx512(uint32_t type, const void *w, const void *act, int K) {
     const int8_t *q = act;
@@ -205,7 +106,8 @@ float dsv_q_vec_dot_avx512(uint32_t type, const void *w, const void *act, int K)
     switch (type) {
     case DSV_GGML_Q8_0: return dot_q8_0(w, q, d, K);
     case DSV_GGML_Q4_K: return dot_q4_k(w, q, d, (const int16_t *)(d + K / 32), K);
-    case DSV_GGML_Q2_K: case DSV_GGML_Q3_K: case DSV_GGML_Q5_K: case DSV_GGML_Q6_K:
+    case DSV_GGML_Q2_K: case DSV_GGML_Q3_K: case DSV_GGML_Q5_K: case DSV_GGML_Q6_K: case DSV_GGML_Q4_0:
+    case DSV_GGML_Q4_1: case DSV_GGML_Q5_0: case DSV_GGML_Q5_1: case DSV_GGML_IQ4_NL:
         return dot_levels(type, w, q, d, (const int16_t *)(d + K / 32), K);
     }
     return dsv_q_vec_dot_ref(type, w, act, K);
