@@ -272,3 +272,4 @@ TEST(gguf_tokenizer_equals_tokenizer_json) {
     dsv_tokenizer_close(a);
     dsv_tokenizer_close(b);
 }
+
