@@ -272,4 +272,3 @@ TEST(gguf_tokenizer_equals_tokenizer_json) {
     dsv_tokenizer_close(a);
     dsv_tokenizer_close(b);
 }
-
