@@ -391,14 +391,24 @@ int dsv_model_load_gguf(dsv_model *m, const char *path, const dsv_model_params *
     dsv_shard_plan(&m->sh, c, 0, 1);
     m->n_local_heads = c->n_heads;
 
-    size_t n_vec = (size_t)c->dim + (size_t)c->n_layers *
-        (2u * c->dim + c->q_lora_rank + c->kv_lora_rank + 2u * c->index_head_dim + c->n_routed_experts);
+    /* Sizes from the metadata (each field below 2^30), bounded in double
+     * before any is computed in size_t: a file cannot ask for more than
+     * 2^40 elements of any of them (the tensors that would back them are
+     * checked only later). */
+    const double dvec = (double)c->dim + (double)c->n_layers * (2.0 * c->dim + c->q_lora_rank + c->kv_lora_rank +
+                                                                 2.0 * c->index_head_dim + c->n_routed_experts);
+    const double dkvb = (double)c->n_heads * (double)(c->qk_nope_head_dim + c->v_head_dim) * (double)c->kv_lora_rank;
+    const double demb = (double)c->vocab_size * (double)c->dim;
+    const double dexp = (double)(c->n_layers + 1) * (double)(c->n_routed_experts + 1);
+    if (dvec > 0x1p40 || dkvb * c->n_layers + demb > 0x1p40 || dexp > 0x1p32)
+        return dsv_error(DSV_ERR_MODEL, "%s: the metadata's shapes are too large", path);
+    const size_t n_vec = (size_t)dvec;
     const int n_moe = c->n_layers - c->n_dense_layers;
-    const size_t kvb = (size_t)c->n_heads * (c->qk_nope_head_dim + c->v_head_dim) * c->kv_lora_rank;
+    const size_t kvb = (size_t)dkvb;
     const dsv_gguf_tensor *emb = dsv_gguf_find(m->gguf, "token_embd.weight");
     const int emb_q = emb && dsv_q_supported(emb->type) && emb->type != DSV_GGML_F32 && emb->type != DSV_GGML_F16 &&
                       emb->type != DSV_GGML_BF16;
-    const size_t emb_n = emb_q ? (size_t)c->vocab_size * (size_t)c->dim : 0;
+    const size_t emb_n = emb_q ? (size_t)demb : 0;
     /* No indexer: zeros for its weights (bf16) and vectors (fp32, 64 bf16 slots each). */
     const size_t zero_n = m->no_indexer ? 128 * (size_t)DSV_MAX(c->dim, c->q_lora_rank) + 128 * 2 : 0;
     m->vecs = malloc(n_vec * sizeof(float));
@@ -406,8 +416,8 @@ int dsv_model_load_gguf(dsv_model *m, const char *path, const dsv_model_params *
     m->expert_store = calloc((size_t)(n_moe > 0 ? n_moe : 1) * (size_t)(c->n_routed_experts > 0 ? c->n_routed_experts : 1),
                              sizeof *m->expert_store);
     m->owned = calloc((size_t)c->n_layers * kvb + emb_n + zero_n, sizeof(dsv_bf16));
-    const int tmp_n = c->kv_lora_rank * DSV_MAX(DSV_MAX(c->qk_nope_head_dim, c->v_head_dim), 1);
-    float *tmp = malloc((size_t)DSV_MAX(tmp_n, c->dim) * sizeof *tmp);
+    const size_t tmp_n = (size_t)c->kv_lora_rank * (size_t)DSV_MAX(c->qk_nope_head_dim, c->v_head_dim);
+    float *tmp = malloc(DSV_MAX(tmp_n, (size_t)c->dim) * sizeof *tmp);
     if (!m->vecs || !m->layers || !m->expert_store || !m->owned || !tmp) {
         free(tmp);
         return dsv_error(DSV_ERR_NOMEM, "%s: out of memory", path);
