@@ -16,7 +16,10 @@
  *    layers that read the same input saves a pool run per layer;
  *  - many rows (prefill): each layer in one pool run, the rows packed by
  *    all threads, the output columns split evenly (the work is large and
- *    regular, and each thread keeps its weight rows in cache). */
+ *    regular, and each thread keeps its weight rows in cache).
+ * Block-quantized weights (a GGUF file's, dsv_linear.gtype) take the same
+ * schedules with kernels/quant.h's kernels, which quantize each input row
+ * to 8 bits themselves instead of using the packed input. */
 #include <stdatomic.h>
 
 #include "context.h"
@@ -160,8 +163,8 @@ static void group_run(dsv_context *ctx, const dsv_lin_job *jobs, int n) {
         if (jb->xf || jb->w->gtype || !(fp8 || k->lin_pack_bf16)) continue;
         /* An input already packed the same way is shared. */
         int i = 0;
-        while (i < j && !(jobs[i].x == jb->x && !jobs[i].xf && !jobs[i].w->gtype && jobs[i].m == jb->m && jobs[i].w->n_in == jb->w->n_in &&
-                          (jobs[i].w->dtype == DSV_DT_F8_E4M3) == fp8))
+        while (i < j && !(jobs[i].x == jb->x && !jobs[i].xf && !jobs[i].w->gtype && jobs[i].m == jb->m &&
+                          jobs[i].w->n_in == jb->w->n_in && (jobs[i].w->dtype == DSV_DT_F8_E4M3) == fp8))
             i++;
         if (i < j) {
             g.xp[j] = g.xp[i];
