@@ -5,6 +5,7 @@
  *  - the embedded tiny model quantized at each preset stays within a KL
  *    bound of its BF16 GGUF (bounds measured on this sequence, with margin);
  *  - arch deepseek2 (no indexer) gives the dense-attention logits bit for bit;
+ *  - quantize's per-tensor policy, fallbacks and --tensor-type rules;
  *  - an unsupported type and a wrong architecture are one-line errors;
  *  - the tokenizer read from a GGUF's metadata equals tokenizer.json on
  *    every golden encoding. */
@@ -16,6 +17,7 @@
 
 #include "dsv32_tokenizer.h"
 #include "test.h"
+#include "format/gguf.h"
 #include "text/json_str.h"
 
 static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
@@ -271,4 +273,40 @@ TEST(gguf_tokenizer_equals_tokenizer_json) {
     free(text);
     dsv_tokenizer_close(a);
     dsv_tokenizer_close(b);
+}
+
+/* quantize's policy (README), read back from the file it wrote. */
+TEST(gguf_quantize_policy) {
+    const char *g = tmp("p.gguf");
+    quantize("models/tiny", g, "--type Q4_K_M --tensor-type 'blk\\.2\\.ffn_up_exps=Q8_0'");
+    dsv_gguf *f;
+    REQUIREF(dsv_gguf_open(&f, g) == DSV_OK, "%s", dsv_errmsg());
+    static const struct { const char *name; uint32_t type; } want[] = {
+        {"token_embd.weight", DSV_GGML_Q5_K},          {"output.weight", DSV_GGML_Q6_K},
+        {"output_norm.weight", DSV_GGML_F32},          {"blk.0.attn_q_a.weight", DSV_GGML_Q6_K},
+        {"blk.0.attn_k_b.weight", DSV_GGML_Q8_0},      /* rows of 64: Q6_K falls back */
+        {"blk.0.attn_v_b.weight", DSV_GGML_Q8_0},      /* rows of kv_lora = 128: the same */
+        {"blk.0.ffn_down.weight", DSV_GGML_Q6_K},
+        {"blk.0.indexer.attn_q_b.weight", DSV_GGML_BF16}, {"blk.0.indexer.proj.weight", DSV_GGML_F32},
+        {"blk.1.ffn_gate_inp.weight", DSV_GGML_F32},   {"blk.1.exp_probs_b.bias", DSV_GGML_F32},
+        {"blk.1.ffn_gate_exps.weight", DSV_GGML_Q4_K}, {"blk.1.ffn_down_exps.weight", DSV_GGML_Q5_K},
+        {"blk.1.ffn_up_shexp.weight", DSV_GGML_Q6_K},  {"blk.2.ffn_up_exps.weight", DSV_GGML_Q8_0},
+        {"blk.3.ffn_up_exps.weight", DSV_GGML_Q4_K},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const dsv_gguf_tensor *t = dsv_gguf_find(f, want[i].name);
+        CHECKF(t && t->type == want[i].type, "%s: %s, expected %s", want[i].name, t ? dsv_ggml_name(t->type) : "missing",
+               dsv_ggml_name(want[i].type));
+    }
+    /* The stacked experts: [in, out, experts]. */
+    const dsv_gguf_tensor *t = dsv_gguf_find(f, "blk.1.ffn_down_exps.weight");
+    CHECK(t && t->ne[0] == 256 && t->ne[1] == 256 && t->ne[2] == 8);
+    const char *s;
+    size_t len;
+    CHECK(dsv_gguf_get_str(f, "general.architecture", &s, &len) == DSV_OK && len == 10 && !memcmp(s, "deepseek32", 10));
+    CHECK(dsv_gguf_get_str(f, "tokenizer.ggml.pre", &s, &len) == DSV_OK && len == 11 && !memcmp(s, "deepseek-v3", 11));
+    int64_t v;
+    CHECK(dsv_gguf_get_int(f, "general.file_type", 0, 100, &v) == DSV_OK && v == 15);
+    CHECK(dsv_gguf_get_int(f, "deepseek32.attention.indexer.top_k", 0, 1 << 20, &v) == DSV_OK && v == 128);
+    dsv_gguf_close(f);
 }
