@@ -184,6 +184,21 @@ TEST(gguf_model_errors) {
     quantize(test_shared(BF16_CKPT), g, "--type BF16");
     patch(g, "deepseek32", 10, 0, "llama_xyz1", 10);
     expect_one_line_error(g, "architecture 'llama_xyz1' is not a DeepSeek model");
+    /* Hostile metadata: shapes far beyond any tensor, or inconsistent. */
+    static const struct { const char *key; uint32_t v; const char *needle; } bad[] = {
+        {"deepseek32.embedding_length", 1u << 30, "expected extents"},
+        {"deepseek32.block_count", 1u << 20, "block_count is 1048576 but tensor 'blk.1048575.attn_norm.weight'"},
+        {"deepseek32.attention.head_count", 1u << 29, "too large"},
+        {"deepseek32.attention.kv_lora_rank", 100, "kv_lora_rank"},
+        {"deepseek32.expert_used_count", 0, "num_experts_per_tok"},
+        {"deepseek32.embedding_length", 1u << 31, "outside"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        g = tmp("h.gguf");
+        quantize(test_shared(BF16_CKPT), g, "--type BF16");
+        patch(g, bad[i].key, strlen(bad[i].key), strlen(bad[i].key) + 4, &bad[i].v, 4); /* after the type code */
+        expect_one_line_error(g, bad[i].needle);
+    }
 }
 
 /* arch deepseek2 (no indexer) runs as dense MLA: the same logits, bit for

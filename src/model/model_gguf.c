@@ -402,6 +402,11 @@ int dsv_model_load_gguf(dsv_model *m, const char *path, const dsv_model_params *
     const double dexp = (double)(c->n_layers + 1) * (double)(c->n_routed_experts + 1);
     if (dvec > 0x1p40 || dkvb * c->n_layers + demb > 0x1p40 || dexp > 0x1p32)
         return dsv_error(DSV_ERR_MODEL, "%s: the metadata's shapes are too large", path);
+    /* The last layer must be in the file before layers are allocated for it. */
+    char last[64];
+    snprintf(last, sizeof last, "blk.%d.attn_norm.weight", c->n_layers - 1);
+    if (!dsv_gguf_find(m->gguf, last))
+        return dsv_error(DSV_ERR_MODEL, "%s: block_count is %d but tensor '%s' is missing", path, c->n_layers, last);
     const size_t n_vec = (size_t)dvec;
     const int n_moe = c->n_layers - c->n_dense_layers;
     const size_t kvb = (size_t)dkvb;
