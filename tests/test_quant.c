@@ -280,3 +280,32 @@ TEST(quant_vec_dot_avx2_matches_ref) {
     SKIP("not x86-64");
 #endif
 }
+
+/* Several activation rows at once give each row's one-row result exactly. */
+static void check_rows(dsv_q_dot_rows_fn rows, dsv_q_vec_dot_fn one, const char *name) {
+    enum { K = 512, R = 5 };
+    static float w[K], x[K];
+    static uint8_t q[K * 4], act[R][K * 2];
+    gauss(w, K, 31);
+    for (int r = 0; r < R; r++) {
+        gauss(x, K, 40 + r);
+        dsv_q8_act_quant(act[r], x, K);
+    }
+    for (int t = 0; t < NB; t++) {
+        float out[R];
+        dsv_q_quant(BLOCK_TYPES[t], w, q, K);
+        rows(BLOCK_TYPES[t], q, act, sizeof act[0], R, K, out);
+        for (int r = 0; r < R; r++)
+            CHECKF(out[r] == one(BLOCK_TYPES[t], q, act[r], K), "%s %s row %d", name, dsv_ggml_name(BLOCK_TYPES[t]), r);
+    }
+}
+
+TEST(quant_dot_rows_match_one_row) {
+    check_rows(dsv_q_dot_rows_ref, dsv_q_vec_dot_ref, "ref");
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        check_rows(dsv_q_dot_rows_avx2, dsv_q_vec_dot_avx2, "avx2");
+    if (!__builtin_cpu_supports("avx512vl") || !__builtin_cpu_supports("avx512vnni")) SKIP("no AVX-512 VNNI (ref and avx2 passed)");
+    check_rows(dsv_q_dot_rows_avx512, dsv_q_vec_dot_avx512, "avx512");
+#endif
+}

@@ -708,47 +708,61 @@ float dsv_q_vec_dot_ref(uint32_t type, const void *wv, const void *act, int K) {
     return sum;
 }
 
-dsv_q_vec_dot_fn dsv_q_vec_dot_best(void) {
+void dsv_q_dot_rows_ref(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
+    for (int r = 0; r < n; r++) out[r] = dsv_q_vec_dot_ref(type, w, (const char *)act + (size_t)r * stride, K);
+}
+
+dsv_q_dot_rows_fn dsv_q_dot_rows_best(void) {
 #if defined(__x86_64__)
     const char *lv = dsv_kernels_name();
-    if (!strcmp(lv, "avx512") || !strcmp(lv, "amx")) return dsv_q_vec_dot_avx512;
-    if (!strcmp(lv, "avx2")) return dsv_q_vec_dot_avx2;
+    if (!strcmp(lv, "avx512") || !strcmp(lv, "amx")) return dsv_q_dot_rows_avx512;
+    if (!strcmp(lv, "avx2")) return dsv_q_dot_rows_avx2;
 #endif
-    return dsv_q_vec_dot_ref;
+    return dsv_q_dot_rows_ref;
 }
 
 /* ---- linear layers ------------------------------------------------------- */
 
-/* One input row (already fp32 in xf) against weight rows [n0, n1). */
-static void q_rows(const struct dsv_linear *w, const float *xf, void *act, dsv_q_vec_dot_fn dot, float *yf,
-                   uint16_t *yb, int n0, int n1) {
+/* Input rows [0, m) against weight rows [n0, n1), a group of up to
+ * DSV_Q_ROWS input rows at a time (as many as the scratch holds): the
+ * group's activations are quantized once, then each weight row is decoded
+ * once for the group. x: bf16 rows (x_bf16) or fp32 rows, K wide. */
+static void q_linear(const struct dsv_linear *w, int m, int n0, int n1, void *scratch, const void *x, int x_bf16,
+                     float *yf, uint16_t *yb, int ldy) {
     const int K = w->n_in;
-    const size_t row = dsv_ggml_row_size(w->gtype, w->ld);
-    dsv_q8_act_quant(act, xf, K);
-    for (int n = n0; n < n1; n++) {
-        const float v = dot(w->gtype, (const char *)w->w + (size_t)n * row, act, K);
-        if (yf) yf[n] = v;
-        else yb[n] = dsv_f32_to_bf16(v);
+    const size_t row = dsv_ggml_row_size(w->gtype, w->ld), ab = (dsv_q8_act_bytes(K) + 63) & ~(size_t)63;
+    float *xf = scratch;
+    uint8_t *act = (uint8_t *)scratch + (((size_t)K * 4 + 63) & ~(size_t)63);
+    const size_t room = DSV_LIN_SCRATCH - (size_t)(act - (uint8_t *)scratch);
+    DSV_ASSERT(ab <= room);
+    const int group = (int)DSV_MIN((size_t)DSV_Q_ROWS, room / ab);
+    const dsv_q_dot_rows_fn dot = dsv_q_dot_rows_best();
+    float out[DSV_Q_ROWS];
+    for (int i0 = 0; i0 < m; i0 += group) {
+        const int g = DSV_MIN(group, m - i0);
+        for (int r = 0; r < g; r++) {
+            const float *src = xf;
+            if (x_bf16)
+                for (int k = 0; k < K; k++) xf[k] = dsv_bf16_to_f32(((const uint16_t *)x)[(size_t)(i0 + r) * K + k]);
+            else src = (const float *)x + (size_t)(i0 + r) * K;
+            dsv_q8_act_quant(act + (size_t)r * ab, src, K);
+        }
+        for (int n = n0; n < n1; n++) {
+            dot(w->gtype, (const char *)w->w + (size_t)n * row, act, ab, g, K, out);
+            for (int r = 0; r < g; r++) {
+                if (yf) yf[(size_t)(i0 + r) * ldy + n] = out[r];
+                else yb[(size_t)(i0 + r) * ldy + n] = dsv_f32_to_bf16(out[r]);
+            }
+        }
     }
 }
 
 void dsv_linear_q(uint16_t *y, int ldy, const uint16_t *x, const struct dsv_linear *w, int m, int n0, int n1,
                   void *scratch) {
-    const int K = w->n_in;
-    float *xf = scratch;
-    void *act = xf + K;
-    DSV_ASSERT((size_t)K * 4 + dsv_q8_act_bytes(K) <= DSV_LIN_SCRATCH);
-    const dsv_q_vec_dot_fn dot = dsv_q_vec_dot_best();
-    for (int i = 0; i < m; i++) {
-        for (int k = 0; k < K; k++) xf[k] = dsv_bf16_to_f32(x[(size_t)i * K + k]);
-        q_rows(w, xf, act, dot, NULL, y + (size_t)i * ldy, n0, n1);
-    }
+    q_linear(w, m, n0, n1, scratch, x, 1, NULL, y, ldy);
 }
 
 void dsv_linear_q_f32(float *y, int ldy, const float *x, const struct dsv_linear *w, int m, int n0, int n1,
                       void *scratch) {
-    const int K = w->n_in;
-    DSV_ASSERT(dsv_q8_act_bytes(K) <= DSV_LIN_SCRATCH);
-    const dsv_q_vec_dot_fn dot = dsv_q_vec_dot_best();
-    for (int i = 0; i < m; i++) q_rows(w, x + (size_t)i * K, scratch, dot, y + (size_t)i * ldy, NULL, n0, n1);
+    q_linear(w, m, n0, n1, scratch, x, 0, y, NULL, ldy);
 }

@@ -87,16 +87,27 @@ void dsv_q8_act_quant(void *act, const float *x, int K);
 float dsv_q_vec_dot_ref(uint32_t type, const void *w, const void *act, int K);
 float dsv_q_vec_dot_avx512(uint32_t type, const void *w, const void *act, int K);
 float dsv_q_vec_dot_avx2(uint32_t type, const void *w, const void *act, int K);
-/* The variant of the running kernel level (DSV32_ISA, CPU features). */
 typedef float (*dsv_q_vec_dot_fn)(uint32_t type, const void *w, const void *act, int K);
-dsv_q_vec_dot_fn dsv_q_vec_dot_best(void);
+/* The same weight row against n <= DSV_Q_ROWS activation rows, stride bytes
+ * apart, into out[n]: each result equal to the one-row call's (a block is
+ * decoded once for all rows, which is what batching saves). */
+#define DSV_Q_ROWS 16
+void dsv_q_dot_rows_ref(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out);
+void dsv_q_dot_rows_avx512(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out);
+void dsv_q_dot_rows_avx2(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out);
+typedef void (*dsv_q_dot_rows_fn)(uint32_t type, const void *w, const void *act, size_t stride, int n, int K,
+                                  float *out);
+/* The variant of the running kernel level (DSV32_ISA, CPU features). */
+dsv_q_dot_rows_fn dsv_q_dot_rows_best(void);
 
 /* Linear layers on block-quantized weights (dsv_linear.gtype): output
  * columns [n0, n1) of every input row, y [m][ldy], as the other linear
  * kernels (ops.h). Each input row is quantized to 8-bit activations and
  * each output is dsv_q_vec_dot of a weight row with it, so an output
- * depends only on its input row and weight row. scratch: DSV_LIN_SCRATCH
- * bytes (4K + dsv_q8_act_bytes(K) are used). dsv_linear_q rounds to bf16. */
+ * depends only on its input row and weight row. Up to DSV_Q_ROWS input rows
+ * are quantized together and share each weight row's decoding. scratch:
+ * DSV_LIN_SCRATCH bytes (4K plus as many activation rows as fit are used).
+ * dsv_linear_q rounds to bf16. */
 struct dsv_linear;
 void dsv_linear_q(uint16_t *y, int ldy, const uint16_t *x, const struct dsv_linear *w, int m, int n0, int n1,
                   void *scratch);

@@ -46,8 +46,19 @@ static inline void isums2(const int8_t *w, const int8_t *q, int32_t *out, int n)
 
 Q_DOT_LEVELS(dot_levels, isums2)
 
+void dsv_q_dot_rows_avx2(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
+    if (type != DSV_GGML_Q8_0) {
+        dot_levels(type, w, act, stride, n, K, out);
+        return;
+    }
+    for (int r = 0; r < n; r++) {
+        const int8_t *q = (const int8_t *)((const char *)act + (size_t)r * stride);
+        out[r] = dot_q8_0(w, q, (const float *)((const char *)q + K), K);
+    }
+}
+
 float dsv_q_vec_dot_avx2(uint32_t type, const void *w, const void *act, int K) {
-    const float *d = (const float *)((const char *)act + K);
-    if (type == DSV_GGML_Q8_0) return dot_q8_0(w, act, d, K);
-    return dot_levels(type, w, act, d, (const int16_t *)(d + K / 32), K);
+    float o;
+    dsv_q_dot_rows_avx2(type, w, act, 0, 1, K, &o);
+    return o;
 }

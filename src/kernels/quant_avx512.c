@@ -100,15 +100,20 @@ static inline void isums512(const int8_t *w, const int8_t *q, int32_t *out, int 
 
 Q_DOT_LEVELS(dot_levels, isums512)
 
-float dsv_q_vec_dot_avx512(uint32_t type, const void *w, const void *act, int K) {
-    const int8_t *q = act;
-    const float *d = (const float *)((const char *)act + K);
-    switch (type) {
-    case DSV_GGML_Q8_0: return dot_q8_0(w, q, d, K);
-    case DSV_GGML_Q4_K: return dot_q4_k(w, q, d, (const int16_t *)(d + K / 32), K);
-    case DSV_GGML_Q2_K: case DSV_GGML_Q3_K: case DSV_GGML_Q5_K: case DSV_GGML_Q6_K: case DSV_GGML_Q4_0:
-    case DSV_GGML_Q4_1: case DSV_GGML_Q5_0: case DSV_GGML_Q5_1: case DSV_GGML_IQ4_NL:
-        return dot_levels(type, w, q, d, (const int16_t *)(d + K / 32), K);
+void dsv_q_dot_rows_avx512(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
+    if (type != DSV_GGML_Q8_0 && type != DSV_GGML_Q4_K) {
+        dot_levels(type, w, act, stride, n, K, out);
+        return;
     }
-    return dsv_q_vec_dot_ref(type, w, act, K);
+    for (int r = 0; r < n; r++) {
+        const int8_t *q = (const int8_t *)((const char *)act + (size_t)r * stride);
+        const float *d = (const float *)((const char *)q + K);
+        out[r] = type == DSV_GGML_Q8_0 ? dot_q8_0(w, q, d, K) : dot_q4_k(w, q, d, (const int16_t *)(d + K / 32), K);
+    }
+}
+
+float dsv_q_vec_dot_avx512(uint32_t type, const void *w, const void *act, int K) {
+    float o;
+    dsv_q_dot_rows_avx512(type, w, act, 0, 1, K, &o);
+    return o;
 }

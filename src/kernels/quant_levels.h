@@ -143,16 +143,18 @@ static inline void q_scales_k(uint32_t t, const uint8_t *x, float *a, float *b) 
     }
 }
 
-/* The sum of a row's blocks from their 16-value integer sums, in the
- * reference's order (dsv_q_vec_dot_ref). isums(w, q, out, n) gives the n/16
- * sums of n levels times n activations. */
+/* A weight row against n activation rows (stride bytes apart): each
+ * block's levels decoded once, then per row the 16-value integer sums
+ * (isums(w, q, out, count): count/16 sums of count products) scaled in the
+ * reference's order (dsv_q_vec_dot_ref), so out[r] is the reference's. */
 #define Q_DOT_LEVELS(name, isums)                                                                 \
-    static float name(uint32_t t, const uint8_t *w, const int8_t *q, const float *d, const int16_t *s, int K) { \
+    static void name(uint32_t t, const uint8_t *w, const uint8_t *act, size_t stride, int n, int K, float *out) { \
         const int bk = dsv_ggml_blck(t);                                                          \
         const size_t bs = dsv_ggml_bsize(t);                                                      \
         int8_t lv[256];                                                                           \
         int32_t is[16];                                                                           \
-        float a[16], b[16], sum = 0;                                                              \
+        float a[16], b[16];                                                                       \
+        for (int r = 0; r < n; r++) out[r] = 0;                                                   \
         for (int blk = 0; blk < K / bk; blk++, w += bs) {                                         \
             if (bk == 32) {                                                                       \
                 q_levels_32(t, w, lv, &a[0], &b[0]);                                              \
@@ -162,15 +164,19 @@ static inline void q_scales_k(uint32_t t, const uint8_t *x, float *a, float *b) 
                 q_levels_k(t, w, lv);                                                             \
                 q_scales_k(t, w, a, b);                                                           \
             }                                                                                     \
-            isums(lv, q + (size_t)blk * bk, is, bk);                                              \
-            float bsum = 0;                                                                       \
-            for (int k = 0; k < bk / 16; k++) {                                                   \
-                const int i0 = blk * bk + 16 * k;                                                 \
-                bsum += d[i0 / 32] * (a[k] * (float)is[k] + b[k] * (float)s[i0 / 16]);           \
+            for (int r = 0; r < n; r++) {                                                         \
+                const int8_t *q = (const int8_t *)(act + (size_t)r * stride);                     \
+                const float *d = (const float *)((const char *)q + K);                            \
+                const int16_t *s = (const int16_t *)(d + K / 32);                                 \
+                isums(lv, q + (size_t)blk * bk, is, bk);                                          \
+                float bsum = 0;                                                                   \
+                for (int k = 0; k < bk / 16; k++) {                                               \
+                    const int i0 = blk * bk + 16 * k;                                             \
+                    bsum += d[i0 / 32] * (a[k] * (float)is[k] + b[k] * (float)s[i0 / 16]);       \
+                }                                                                                 \
+                out[r] += bsum;                                                                   \
             }                                                                                     \
-            sum += bsum;                                                                          \
         }                                                                                         \
-        return sum;                                                                               \
     }
 
 #endif /* DSV_QUANT_LEVELS_H */
