@@ -52,7 +52,7 @@ typedef struct dsv_quantize_params {
 /* Writes the GGUF. Errors: DSV_ERR_ARG (bad preset, rule or type),
  * DSV_ERR_IO, DSV_ERR_FORMAT/CONFIG/MODEL (the input), DSV_ERR_NOMEM. On
  * error no partial output file is left under the output name. */
-int dsv_quantize(const dsv_quantize_params *p);
+DSV_API int dsv_quantize(const dsv_quantize_params *p);
 
 #ifdef __cplusplus
 }

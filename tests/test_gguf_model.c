@@ -18,7 +18,7 @@
 #include "dsv32_tokenizer.h"
 #include "test.h"
 #include "format/gguf.h"
-#include "text/json_str.h"
+#include "dsv32_util.h"
 
 static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
 

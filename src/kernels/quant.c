@@ -14,56 +14,10 @@
 #include <float.h>
 #include <math.h>
 #include <string.h>
-#include <strings.h>
 
 #include "base/numeric.h"
 #include "ops.h"
 #include "base/util.h"
-
-/* ---- the type table ---------------------------------------------------- */
-
-static const struct { const char *name; int blck; int bsize; } ggml_types[DSV_GGML_NTYPES] = {
-    [DSV_GGML_F32] = {"F32", 1, 4},         [DSV_GGML_F16] = {"F16", 1, 2},
-    [DSV_GGML_Q4_0] = {"Q4_0", 32, 18},     [DSV_GGML_Q4_1] = {"Q4_1", 32, 20},
-    [DSV_GGML_Q5_0] = {"Q5_0", 32, 22},     [DSV_GGML_Q5_1] = {"Q5_1", 32, 24},
-    [DSV_GGML_Q8_0] = {"Q8_0", 32, 34},     [DSV_GGML_Q8_1] = {"Q8_1", 32, 36},
-    [DSV_GGML_Q2_K] = {"Q2_K", 256, 84},    [DSV_GGML_Q3_K] = {"Q3_K", 256, 110},
-    [DSV_GGML_Q4_K] = {"Q4_K", 256, 144},   [DSV_GGML_Q5_K] = {"Q5_K", 256, 176},
-    [DSV_GGML_Q6_K] = {"Q6_K", 256, 210},   [DSV_GGML_Q8_K] = {"Q8_K", 256, 292},
-    [DSV_GGML_IQ2_XXS] = {"IQ2_XXS", 256, 66}, [DSV_GGML_IQ2_XS] = {"IQ2_XS", 256, 74},
-    [DSV_GGML_IQ3_XXS] = {"IQ3_XXS", 256, 98}, [DSV_GGML_IQ1_S] = {"IQ1_S", 256, 50},
-    [DSV_GGML_IQ4_NL] = {"IQ4_NL", 32, 18}, [DSV_GGML_IQ3_S] = {"IQ3_S", 256, 110},
-    [DSV_GGML_IQ2_S] = {"IQ2_S", 256, 82},  [DSV_GGML_IQ4_XS] = {"IQ4_XS", 256, 136},
-    [DSV_GGML_I8] = {"I8", 1, 1},           [DSV_GGML_I16] = {"I16", 1, 2},
-    [DSV_GGML_I32] = {"I32", 1, 4},         [DSV_GGML_I64] = {"I64", 1, 8},
-    [DSV_GGML_F64] = {"F64", 1, 8},         [DSV_GGML_IQ1_M] = {"IQ1_M", 256, 56},
-    [DSV_GGML_BF16] = {"BF16", 1, 2},       [DSV_GGML_TQ1_0] = {"TQ1_0", 256, 54},
-    [DSV_GGML_TQ2_0] = {"TQ2_0", 256, 66},  [DSV_GGML_MXFP4] = {"MXFP4", 32, 17},
-};
-
-int dsv_ggml_blck(uint32_t type) { return type < DSV_GGML_NTYPES ? ggml_types[type].blck : 0; }
-size_t dsv_ggml_bsize(uint32_t type) { return type < DSV_GGML_NTYPES ? (size_t)ggml_types[type].bsize : 0; }
-const char *dsv_ggml_name(uint32_t type) {
-    return type < DSV_GGML_NTYPES && ggml_types[type].name ? ggml_types[type].name : "?";
-}
-int dsv_ggml_from_name(const char *name) {
-    for (int t = 0; t < DSV_GGML_NTYPES; t++)
-        if (ggml_types[t].name && !strcasecmp(ggml_types[t].name, name)) return t;
-    return -1;
-}
-size_t dsv_ggml_row_size(uint32_t type, int64_t n) {
-    DSV_ASSERT(dsv_ggml_blck(type) > 0 && n >= 0 && n % dsv_ggml_blck(type) == 0);
-    return (size_t)(n / dsv_ggml_blck(type)) * dsv_ggml_bsize(type);
-}
-
-int dsv_q_supported(uint32_t type) {
-    switch (type) {
-    case DSV_GGML_F32: case DSV_GGML_F16: case DSV_GGML_BF16: case DSV_GGML_Q8_0: case DSV_GGML_Q4_0:
-    case DSV_GGML_Q4_1: case DSV_GGML_Q5_0: case DSV_GGML_Q5_1: case DSV_GGML_IQ4_NL: case DSV_GGML_Q2_K:
-    case DSV_GGML_Q3_K: case DSV_GGML_Q4_K: case DSV_GGML_Q5_K: case DSV_GGML_Q6_K: return 1;
-    }
-    return 0;
-}
 
 /* ---- halves ------------------------------------------------------------- */
 
@@ -712,11 +666,13 @@ void dsv_q_dot_rows_ref(uint32_t type, const void *w, const void *act, size_t st
     for (int r = 0; r < n; r++) out[r] = dsv_q_vec_dot_ref(type, w, (const char *)act + (size_t)r * stride, K);
 }
 
-dsv_q_dot_rows_fn dsv_q_dot_rows_best(void) {
+dsv_q_dot_rows_fn dsv_q_dot_rows_for(int level) {
 #if defined(__x86_64__)
-    const char *lv = dsv_kernels_name();
-    if (!strcmp(lv, "avx512") || !strcmp(lv, "amx")) return dsv_q_dot_rows_avx512;
-    if (!strcmp(lv, "avx2")) return dsv_q_dot_rows_avx2;
+    /* Every AVX-512 level (avx512, amx) has VNNI: cpu.c requires it. */
+    if (level >= DSV_KLEVEL_AVX512) return dsv_q_dot_rows_avx512;
+    if (level == DSV_KLEVEL_AVX2) return dsv_q_dot_rows_avx2;
+#else
+    (void)level;
 #endif
     return dsv_q_dot_rows_ref;
 }
@@ -728,7 +684,7 @@ dsv_q_dot_rows_fn dsv_q_dot_rows_best(void) {
  * group's activations are quantized once, then each weight row is decoded
  * once for the group. x: bf16 rows (x_bf16) or fp32 rows, K wide. */
 static void q_linear(const struct dsv_linear *w, int m, int n0, int n1, void *scratch, const void *x, int x_bf16,
-                     float *yf, uint16_t *yb, int ldy) {
+                     float *yf, uint16_t *yb, int ldy, int level) {
     const int K = w->n_in;
     const size_t row = dsv_ggml_row_size(w->gtype, w->ld), ab = (dsv_q8_act_bytes(K) + 63) & ~(size_t)63;
     float *xf = scratch;
@@ -736,7 +692,7 @@ static void q_linear(const struct dsv_linear *w, int m, int n0, int n1, void *sc
     const size_t room = DSV_LIN_SCRATCH - (size_t)(act - (uint8_t *)scratch);
     DSV_ASSERT(ab <= room);
     const int group = (int)DSV_MIN((size_t)DSV_Q_ROWS, room / ab);
-    const dsv_q_dot_rows_fn dot = dsv_q_dot_rows_best();
+    const dsv_q_dot_rows_fn dot = dsv_q_dot_rows_for(level);
     float out[DSV_Q_ROWS];
     for (int i0 = 0; i0 < m; i0 += group) {
         const int g = DSV_MIN(group, m - i0);
@@ -758,11 +714,11 @@ static void q_linear(const struct dsv_linear *w, int m, int n0, int n1, void *sc
 }
 
 void dsv_linear_q(uint16_t *y, int ldy, const uint16_t *x, const struct dsv_linear *w, int m, int n0, int n1,
-                  void *scratch) {
-    q_linear(w, m, n0, n1, scratch, x, 1, NULL, y, ldy);
+                  void *scratch, int level) {
+    q_linear(w, m, n0, n1, scratch, x, 1, NULL, y, ldy, level);
 }
 
 void dsv_linear_q_f32(float *y, int ldy, const float *x, const struct dsv_linear *w, int m, int n0, int n1,
-                      void *scratch) {
-    q_linear(w, m, n0, n1, scratch, x, 0, y, NULL, ldy);
+                      void *scratch, int level) {
+    q_linear(w, m, n0, n1, scratch, x, 0, y, NULL, ldy, level);
 }

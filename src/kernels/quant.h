@@ -97,8 +97,8 @@ void dsv_q_dot_rows_avx512(uint32_t type, const void *w, const void *act, size_t
 void dsv_q_dot_rows_avx2(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out);
 typedef void (*dsv_q_dot_rows_fn)(uint32_t type, const void *w, const void *act, size_t stride, int n, int K,
                                   float *out);
-/* The variant of the running kernel level (DSV32_ISA, CPU features). */
-dsv_q_dot_rows_fn dsv_q_dot_rows_best(void);
+/* The variant of a kernel level (DSV_KLEVEL_*, ops.h: a context's level). */
+dsv_q_dot_rows_fn dsv_q_dot_rows_for(int level);
 
 /* Linear layers on block-quantized weights (dsv_linear.gtype): output
  * columns [n0, n1) of every input row, y [m][ldy], as the other linear
@@ -107,12 +107,12 @@ dsv_q_dot_rows_fn dsv_q_dot_rows_best(void);
  * depends only on its input row and weight row. Up to DSV_Q_ROWS input rows
  * are quantized together and share each weight row's decoding. scratch:
  * DSV_LIN_SCRATCH bytes (4K plus as many activation rows as fit are used).
- * dsv_linear_q rounds to bf16. */
+ * dsv_linear_q rounds to bf16. level: the context's kernel level. */
 struct dsv_linear;
 void dsv_linear_q(uint16_t *y, int ldy, const uint16_t *x, const struct dsv_linear *w, int m, int n0, int n1,
-                  void *scratch);
+                  void *scratch, int level);
 void dsv_linear_q_f32(float *y, int ldy, const float *x, const struct dsv_linear *w, int m, int n0, int n1,
-                      void *scratch);
+                      void *scratch, int level);
 
 /* IEEE half from float, round to nearest even (overflow to inf). */
 uint16_t dsv_f32_to_f16(float f);

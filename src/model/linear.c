@@ -1,4 +1,4 @@
-/* linear.c: linear layers and parallel loops on the context's thread pool.
+/* linear.c: linear layers on the context's thread pool.
  *
  * A layer's output columns are split across threads, so each thread streams
  * its own rows of the weight once for all input rows (at batch 1, decoding
@@ -25,32 +25,6 @@
 #include "context.h"
 #include "base/util.h"
 
-struct par_for_args {
-    dsv_context *ctx;
-    long n;
-    dsv_range_fn fn;
-    void *arg;
-};
-
-static void par_for_task(void *a, int ith, int nth) {
-    struct par_for_args *p = a;
-    long b, e;
-    dsv_split(p->n, ith, nth, &b, &e);
-    if (b < e) p->fn(p->ctx, p->arg, b, e, ith);
-}
-
-void dsv_par_for_min(dsv_context *ctx, long n, long min, dsv_range_fn fn, void *arg) {
-    struct par_for_args p = {ctx, n, fn, arg};
-    if (n <= 0) return;
-    if (n < min || ctx->nth == 1) {
-        fn(ctx, arg, 0, n, 0);
-        return;
-    }
-    dsv_pool_run(ctx->pool, par_for_task, &p);
-}
-
-void dsv_par_for(dsv_context *ctx, long n, dsv_range_fn fn, void *arg) { dsv_par_for_min(ctx, n, 2, fn, arg); }
-
 struct lin_args {
     dsv_context *ctx;
     dsv_bf16 *y;
@@ -71,7 +45,7 @@ static void split16(long n, int ith, int nth, long *b, long *e) {
 
 /* Packs input rows [i0, i1) (for fp8: quantizes them) as the kernel set wants. */
 static void pack_rows(struct lin_args *p, long i0, long i1) {
-    const dsv_kernels *k = dsv_kern;
+    const dsv_kernels *k = p->ctx->kern;
     const int K = p->w->n_in;
     if (p->w->dtype == DSV_DT_F8_E4M3) k->lin_pack_fp8(p->ctx->xp, p->x, p->m, K, (int)i0, (int)i1, p->ctx->c->scale_fmt);
     else k->lin_pack_bf16(p->ctx->xp, p->x, p->m, K, (int)i0, (int)i1);
@@ -82,14 +56,16 @@ static void pack_rows(struct lin_args *p, long i0, long i1) {
  * its share of the output columns. */
 static void lin_task(void *a, int ith, int nth) {
     struct lin_args *p = a;
-    const dsv_kernels *k = dsv_kern;
+    const dsv_kernels *k = p->ctx->kern;
     const int fp8 = p->w->dtype == DSV_DT_F8_E4M3 && !p->w->gtype;
     const void *xp = p->x;
     if (p->w->gtype) {
         /* Block-quantized weights read the bf16 rows as given. */
         long b, e;
         split16(p->w->n_out, ith, nth, &b, &e);
-        if (b < e) dsv_linear_q(p->y, p->ldy, p->x, p->w, p->m, (int)b, (int)e, p->ctx->ts[ith].lin);
+        if (b < e)
+            dsv_linear_q(p->y, p->ldy, p->x, p->w, p->m, (int)b, (int)e, p->ctx->ts[ith].lin,
+                         dsv_kernels_level_of(k));
         return;
     }
     if (fp8 || k->lin_pack_bf16) {
@@ -129,7 +105,8 @@ static int chunk_rows(const dsv_linear *w) {
 static void group_task(void *a, int ith, int nth) {
     (void)nth;
     struct group_args *p = a;
-    const dsv_kernels *k = dsv_kern;
+    const dsv_kernels *k = p->ctx->kern;
+    const int level = dsv_kernels_level_of(k);
     void *scr = p->ctx->ts[ith].lin;
     for (int j = 0;;) {
         const int c = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
@@ -137,8 +114,8 @@ static void group_task(void *a, int ith, int nth) {
         while (c >= p->first[j + 1]) j++; /* chunks are taken in order */
         const dsv_lin_job *jb = &p->jobs[j];
         const int r0 = (c - p->first[j]) * p->rows[j], r1 = DSV_MIN(r0 + p->rows[j], jb->w->n_out);
-        if (jb->w->gtype && jb->xf) dsv_linear_q_f32(jb->yf, jb->ldy, jb->xf, jb->w, jb->m, r0, r1, scr);
-        else if (jb->w->gtype) dsv_linear_q(jb->y, jb->ldy, jb->x, jb->w, jb->m, r0, r1, scr);
+        if (jb->w->gtype && jb->xf) dsv_linear_q_f32(jb->yf, jb->ldy, jb->xf, jb->w, jb->m, r0, r1, scr, level);
+        else if (jb->w->gtype) dsv_linear_q(jb->y, jb->ldy, jb->x, jb->w, jb->m, r0, r1, scr, level);
         else if (jb->xf) k->linear_f32(jb->yf, jb->ldy, jb->xf, jb->w, jb->m, r0, r1, scr);
         else if (jb->w->dtype == DSV_DT_F8_E4M3) k->linear_fp8(jb->y, jb->ldy, p->xp[j], jb->w, jb->m, r0, r1, scr);
         else k->linear_bf16(jb->y, jb->ldy, p->xp[j], jb->w, jb->m, r0, r1, scr);
@@ -147,7 +124,7 @@ static void group_task(void *a, int ith, int nth) {
 
 /* Small inputs only (see dsv_lin_group). */
 static void group_run(dsv_context *ctx, const dsv_lin_job *jobs, int n) {
-    const dsv_kernels *k = dsv_kern;
+    const dsv_kernels *k = ctx->kern;
     struct group_args g = {.ctx = ctx, .jobs = jobs, .n = n};
     int slots = 0, prev = -1;
     DSV_ASSERT(n <= DSV_LIN_JOBS);

@@ -229,34 +229,9 @@ static int32_t added_find(const dsv_tokenizer *t, const unsigned char *s, size_t
 
 /* ---- loading: JSON checks ------------------------------------------------ */
 
-static int read_file(const char *path, char **buf, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return dsv_error(DSV_ERR_IO, "cannot open: %s", strerror(errno));
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
-    while (b) {
-        n += fread(b + n, 1, cap - n, f);
-        if (n < cap) break;
-        char *nb = realloc(b, cap * 2);
-        if (!nb) {
-            free(b);
-            b = NULL;
-            break;
-        }
-        b = nb;
-        cap *= 2;
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (!b) return dsv_error(DSV_ERR_NOMEM, "out of memory reading the file");
-    if (err) {
-        free(b);
-        return dsv_error(DSV_ERR_IO, "read error");
-    }
-    *buf = b;
-    *len = n;
-    return DSV_OK;
-}
+/* tokenizer.json of DeepSeek-V3.2 is about 8 MB; anything far past that is
+ * not a tokenizer. */
+#define TOKENIZER_MAX_BYTES ((size_t)256 << 20)
 
 static int parse_json(const char *buf, size_t len, cJSON **out) {
     const char *end = buf;
@@ -718,17 +693,17 @@ static int load_config(dsv_tokenizer *t, const char *path) {
     char *buf;
     size_t len;
     cJSON *cfg = NULL;
-    int rc = read_file(path, &buf, &len);
-    if (rc) return rc;
+    int rc = dsv_read_file(path, TOKENIZER_MAX_BYTES, &buf, &len);
+    if (rc) return rc; /* the message names the path */
     rc = parse_json(buf, len, &cfg);
     free(buf);
-    if (rc) return rc;
+    if (rc) return dsv_error_prefix(rc, "%s", path);
     if (!cJSON_IsObject(cfg)) rc = dsv_error(DSV_ERR_FORMAT, "expected a JSON object");
     if (!rc) rc = get_bool(cfg, "add_bos_token", 0, "tokenizer_config", &t->add_bos);
     if (!rc) rc = config_token(t, cfg, "bos_token", &t->bos);
     if (!rc) rc = config_token(t, cfg, "eos_token", &t->eos);
     cJSON_Delete(cfg);
-    return rc;
+    return rc ? dsv_error_prefix(rc, "%s", path) : DSV_OK;
 }
 
 /* Builds the tokenizer from a tokenizer.json document (consumed). */
@@ -769,13 +744,13 @@ static int load_tokenizer_json(dsv_tokenizer *t, const char *path) {
     char *buf;
     size_t len;
     cJSON *j = NULL;
-    int rc = read_file(path, &buf, &len);
-    if (rc) return rc;
+    int rc = dsv_read_file(path, TOKENIZER_MAX_BYTES, &buf, &len);
+    if (rc) return rc; /* the message names the path */
     rc = parse_json(buf, len, &j);
     free(buf);
-    return rc ? rc : load_tokenizer_doc(t, j);
+    if (!rc) rc = load_tokenizer_doc(t, j);
+    return rc ? dsv_error_prefix(rc, "%s", path) : DSV_OK;
 }
-
 /* ---- loading from GGUF metadata ------------------------------------------ */
 
 /* A GGUF string as a C string (NULL for one holding a NUL byte). */
@@ -883,6 +858,8 @@ static int load_gguf(dsv_tokenizer *t, const char *path) {
     if (rc) return rc;
     if (!(rc = gguf_doc(g, &j)) && !(rc = load_tokenizer_doc(t, j))) rc = gguf_specials(t, g);
     dsv_gguf_close(g);
+    /* Every message names the file (the metadata getters' already do). */
+    if (rc && strncmp(dsv_errmsg(), path, strlen(path))) dsv_error_prefix(rc, "%s", path);
     return rc;
 }
 
@@ -915,13 +892,12 @@ int dsv_tokenizer_open(dsv_tokenizer **out, const char *path) {
         snprintf(json, plen + 32, "%s", path);
         snprintf(cfg, plen + 32, "%.*stokenizer_config.json", dir, path);
     }
+    /* Every error below names the file it is about. A GGUF file holds the
+     * whole tokenizer in its metadata (no tokenizer_config.json beside it). */
     const int gguf = plen > 5 && !strcmp(path + plen - 5, ".gguf") && !S_ISDIR(st.st_mode);
-    int rc = !t->mctx ? dsv_error(DSV_ERR_NOMEM, "out of memory") : gguf ? load_gguf(t, path) : load_tokenizer_json(t, json);
-    if (rc) {
-        dsv_error_prefix(rc, "%s", json);
-    } else if (!gguf && (stat(cfg, &st) == 0 || errno != ENOENT)) {
-        if ((rc = load_config(t, cfg))) dsv_error_prefix(rc, "%s", cfg);
-    }
+    int rc = !t->mctx ? dsv_error(DSV_ERR_NOMEM, "%s: out of memory", json)
+           : gguf ? load_gguf(t, path) : load_tokenizer_json(t, json);
+    if (!rc && !gguf && (stat(cfg, &st) == 0 || errno != ENOENT)) rc = load_config(t, cfg);
     free(json);
     free(cfg);
     if (rc) {
