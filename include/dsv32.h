@@ -137,7 +137,9 @@ typedef struct dsv_model_params {
 DSV_API dsv_model_params dsv_model_default_params(void);
 
 /* Opens a Hugging Face model directory: config.json plus model.safetensors or
- * the shards listed in model.safetensors.index.json. Every tensor the config
+ * the shards listed in model.safetensors.index.json; or a GGUF file whose
+ * name ends in .gguf (the first of a split set), arch deepseek32 or deepseek2
+ * (see README, GGUF models). Every tensor the config
  * implies is checked for presence, dtype and shape; no weight is converted or
  * copied. p may be NULL for the defaults. */
 DSV_API int dsv_model_open(dsv_model **out, const char *dir, const dsv_model_params *p);

@@ -31,6 +31,7 @@ static const struct command commands[] = {
     {"synth", "write a random-weight model of any DeepSeek-V3.2 shape", cmd_synth},
     {"bench", "prefill and decode speed at chosen context depths, next to the machine's limits", cmd_bench},
     {"convert", "per-rank shard files of a model split across processes (mpirun)", cmd_convert},
+    {"quantize", "Hugging Face checkpoint to a GGUF file (Q8_0, Q4_K_M, Q2_K, BF16, ...)", cmd_quantize},
     {NULL, NULL, NULL},
 };
 

@@ -148,6 +148,7 @@ static inline int dsv_phase(dsv_context *ctx, int phase) {
 }
 /* Bytes of a linear layer's weight, block scales included. */
 static inline uint64_t dsv_linear_bytes(const dsv_linear *w) {
+    if (w->gtype) return (uint64_t)w->n_out * dsv_ggml_row_size(w->gtype, w->n_in);
     uint64_t n = (uint64_t)w->n_out * (uint64_t)w->n_in * dsv_dtype_size(w->dtype);
     if (w->scale) n += 4ull * (uint64_t)((w->n_out + DSV_QBLOCK - 1) / DSV_QBLOCK) * (uint64_t)w->scale_ld;
     return n;

@@ -167,6 +167,7 @@ static int context_init(dsv_context *ctx, dsv_model *m, dsv_context_params p) {
         const int k = layer_k(&p, c, l);
         if (k > ctx->topk) ctx->topk = k;
     }
+    if (m->no_indexer) p.attn = DSV_ATTN_DENSE; /* a model without an indexer is dense MLA */
     ctx->max_pages = (p.n_ctx + DSV_PAGE - 1) / DSV_PAGE;
     p.n_ctx = ctx->max_pages * DSV_PAGE; /* whole pages */
     if (p.n_pages <= 0) p.n_pages = (int64_t)p.n_seq * ctx->max_pages;
