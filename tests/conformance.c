@@ -1,4 +1,4 @@
-/* conformance.c: the conformance rule of ../shared/conformance/README.md.
+/* conformance.c: the conformance rule of tests/data/conformance/README.md.
  *
  * Teacher forcing: per row, a prefill of its step-0 tokens at position 0, then
  * one call per later step with the recorded token. Layer 0 is judged tightly
@@ -245,21 +245,4 @@ int conf_judge(const char *label, const conf_metrics *m, const conf_limits *lim)
 #undef LE
 #undef GE
     return ok;
-}
-
-void at_each_level(void (*fn)(const char *level)) {
-    static const char *levels[] = {"generic", "avx2", "avx512", "amx"};
-    for (int i = 0; i < 4; i++) {
-        if (dsv_kernels_force(levels[i]) != DSV_OK) {
-            printf("    level %s: not on this machine, skipped\n", levels[i]);
-            continue;
-        }
-        struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
-        fn(levels[i]);
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        printf("    level %-8s %.2fs\n", levels[i], (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
-        fflush(stdout);
-    }
-    dsv_kernels_force(NULL);
 }
