@@ -32,6 +32,11 @@ void dsv_assert_fail(const char *expr, const char *file, int line);
 #define DSV_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define DSV_MAX(a, b) ((a) > (b) ? (a) : (b))
 
+/* Writes "dir/name" (or just dir when name is NULL) into buf[cap]. A path
+ * that does not fit is an error (DSV_ERR_ARG, "...: path too long"), never a
+ * silent truncation that would open another file. Returns DSV_OK. */
+int dsv_path_join(char *buf, size_t cap, const char *dir, const char *name);
+
 /* Monotonic clock in seconds. */
 double dsv_time(void);
 

@@ -393,6 +393,11 @@ int dsv_forward(dsv_context *ctx, const dsv_batch_entry *en, int n, float *logit
     if (!ctx) return dsv_error(DSV_ERR_ARG, "dsv_forward: NULL context");
     int st = validate(ctx, en, n);
     if (st) return st;
+    /* Only the leader gets logits; the other ranks of a split model replay
+     * the call with NULL. */
+    if (!logits && ctx->m->sh.rank == 0 && dsv_batch_logit_rows(en, n) > 0)
+        return dsv_error(DSV_ERR_ARG, "dsv_forward: logits is NULL but %d rows of logits were asked for",
+                         dsv_batch_logit_rows(en, n));
     const dsv_config *c = ctx->c;
     const int D = c->dim;
     ctx->phase = DSV_PHASE_OTHER;
