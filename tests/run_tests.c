@@ -174,7 +174,8 @@ static double now(void) {
 }
 
 /* Tests named fixture_* exist for test_runner.c to run through a second
- * runner; they run only when an argument names them exactly. */
+ * runner; they run only when an argument starts their name (past the
+ * "fixture_" itself), never in a plain `make test`. */
 static int selected(const struct test_entry *t, int argc, char **argv) {
     if (!strncmp(t->name, "fixture_", 8)) {
         for (int i = 1; i < argc; i++)
