@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "base/util.h"
+#include "format/shard.h"
 #include "dsv32.h"
 #include "test.h"
 #include "train/train.h"
@@ -79,6 +80,41 @@ TEST(config_fields_have_upper_bounds) {
      * layers only, so n_shared_experts of 256 x 1M-wide experts is read too. */
     REQUIRE(parse_with("num_attention_heads", "4096", &c) == DSV_OK);
     CHECK_EQ_INT(c.n_heads, 4096);
+}
+
+/* Every field at its upper bound at once (consistently): the config parses
+ * and the split plan's products (heads x head dims, shared experts x expert
+ * width, vocabulary) are exact, at every split size. Under `make asan` any
+ * signed overflow on the way stops the test. */
+TEST(config_at_upper_bounds_plans_exactly) {
+    static const char json[] =
+        "{\"architectures\": [\"DeepseekV32ForCausalLM\"], \"vocab_size\": 16777216, \"hidden_size\": 65536,"
+        " \"intermediate_size\": 1048576, \"moe_intermediate_size\": 1048576, \"num_hidden_layers\": 4096,"
+        " \"first_k_dense_replace\": 1, \"num_attention_heads\": 4096, \"n_routed_experts\": 65536,"
+        " \"n_shared_experts\": 256, \"num_experts_per_tok\": 65536, \"q_lora_rank\": 65536,"
+        " \"kv_lora_rank\": 65536, \"qk_nope_head_dim\": 4096, \"qk_rope_head_dim\": 128, \"v_head_dim\": 4096,"
+        " \"index_n_heads\": 4096, \"index_head_dim\": 128, \"index_topk\": 16777216,"
+        " \"max_position_embeddings\": 16777216, \"eos_token_id\": 16777215,"
+        " \"quantization_config\": {\"quant_method\": \"fp8\", \"weight_block_size\": [128, 128]}}";
+    dsv_config c;
+    REQUIREF(dsv_config_parse(&c, json, "max.json") == DSV_OK, "%s", dsv_errmsg());
+    const long long shared = (long long)c.n_shared_experts * c.moe_inter_dim;
+    for (int size = 1; size <= 16; size++) {
+        dsv_shard prev = {0};
+        for (int r = 0; r < size; r++) {
+            dsv_shard sh;
+            dsv_shard_plan(&sh, &c, r, size);
+            CHECK(sh.head0 == prev.head1 && sh.shared0 == prev.shared1 && sh.vocab0 == prev.vocab1);
+            CHECK(sh.head1 >= sh.head0 && sh.shared1 >= sh.shared0 && sh.inter1 >= sh.inter0);
+            prev = sh;
+        }
+        CHECK_EQ_INT(prev.head1, c.n_heads);
+        CHECK_EQ_INT(prev.shared1, shared);
+        CHECK_EQ_INT(prev.inter1, c.inter_dim);
+        CHECK_EQ_INT(prev.expert1, c.n_routed_experts);
+        CHECK_EQ_INT(prev.vocab1, c.vocab_size);
+    }
+    CHECK(dsv_kv_page_bytes(&c) > 0);
 }
 
 TEST(config_eos_and_floats_range_checked_before_conversion) {
