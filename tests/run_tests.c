@@ -150,22 +150,24 @@ int test_run(const char *cmd, char **out) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
 }
 
-static void rm_rf(const char *path) {
-    DIR *d = opendir(path);
+/* Removes name (relative to the directory fd `at`) and all below it; by
+ * file descriptors, so that trees deeper than any path buffer go too. */
+static void rm_rf_at(int at, const char *name) {
+    if (!unlinkat(at, name, 0)) return;
+    int fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
     if (d) {
         struct dirent *e;
-        while ((e = readdir(d))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-            char sub[1024];
-            snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
-            rm_rf(sub);
-        }
+        while ((e = readdir(d)))
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) rm_rf_at(fd, e->d_name);
         closedir(d);
-        rmdir(path);
-    } else {
-        unlink(path);
+    } else if (fd >= 0) {
+        close(fd);
     }
+    unlinkat(at, name, AT_REMOVEDIR);
 }
+
+static void rm_rf(const char *path) { rm_rf_at(AT_FDCWD, path); }
 
 static double now(void) {
     struct timespec ts;

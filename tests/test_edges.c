@@ -195,3 +195,26 @@ TEST(paths_longer_than_buffers_are_errors) {
         free(d);
     }
 }
+
+/* The same in the commands: `convert` into a directory whose name fits but
+ * whose shard file name would not. */
+TEST(cli_convert_refuses_a_path_too_long) {
+    const char *bin = getenv("DSV32_BIN");
+    if (!bin || !*bin) bin = "build/dsv32";
+    char dir[4200], cmd[8600], *out = NULL;
+    int n = snprintf(dir, sizeof dir, "%s", test_tmpdir());
+    while (n < 4060) {
+        char part[202];
+        memset(part, 'b', 200);
+        part[0] = '/';
+        part[200] = 0;
+        n += snprintf(dir + n, sizeof dir - (size_t)n, "%s", part);
+    }
+    dir[4080] = 0;
+    snprintf(cmd, sizeof cmd, "p='%s'; mkdir -p \"$(dirname \"$p\")\" && %s convert -m models/tiny --model-parallel 1 -o \"$p\" 2>&1",
+             dir, bin);
+    int rc = test_run(cmd, &out);
+    CHECK_EQ_INT(rc, 1);
+    CHECKF(out && strstr(out, "model0-mp1.safetensors: path too long"), "%.200s", out ? out + strlen(out) - 120 : "");
+    free(out);
+}
