@@ -204,9 +204,16 @@ static double timeout_s(void) {
 }
 
 /* The child: its own process group (so a timeout ends everything it
- * started), the kernel level forced, then the test. */
+ * started), stdin from /dev/null, the kernel level forced, then the test. */
 static _Noreturn void child(const struct test_entry *t) {
     setpgid(0, 0);
+    /* Outside the terminal's foreground group a read of the terminal would
+     * stop the test; no test reads the runner's stdin. */
+    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (null >= 0) {
+        dup2(null, STDIN_FILENO);
+        close(null);
+    }
     test_failures = 0;
     if (t->level >= 0) {
         cur_level = levels[t->level];
