@@ -12,6 +12,7 @@
 
 #include "conformance.h"
 #include "dsv32.h"
+#include "kernels/ops.h"
 #include "test.h"
 
 #define MAX_B 4

@@ -22,9 +22,13 @@
 
 #define MAX_TESTS 4096
 
-/* The kernel levels a leveled test runs at, in dsv_kernels_force's names. */
-static const char *const levels[] = {"generic", "avx2", "avx512", "amx"};
-enum { N_LEVELS = 4 };
+/* Kernel levels: those this build knows (dsv_kernels_level), lowest first. */
+enum { MAX_LEVELS = 8 };
+static int n_levels(void) {
+    int n = 0;
+    while (n < MAX_LEVELS && dsv_kernels_level(n)) n++;
+    return n;
+}
 
 struct test_entry { const char *name, *file; test_fn fn; int level; /* -1: none */ };
 static struct test_entry tests[MAX_TESTS];
@@ -43,11 +47,11 @@ static void add(const char *name, const char *file, test_fn fn, int level) {
 void test_register(const char *name, const char *file, test_fn fn) { add(name, file, fn, -1); }
 
 void test_register_levels(const char *name, const char *file, test_fn fn, int first_level) {
-    for (int l = first_level; l < N_LEVELS; l++) {
-        size_t n = strlen(name) + strlen(levels[l]) + 2;
+    for (int l = first_level; l < n_levels(); l++) {
+        size_t n = strlen(name) + strlen(dsv_kernels_level(l)) + 2;
         char *full = malloc(n);
         if (!full) return;
-        snprintf(full, n, "%s@%s", name, levels[l]);
+        snprintf(full, n, "%s@%s", name, dsv_kernels_level(l));
         add(full, file, fn, l);
     }
 }
@@ -216,11 +220,14 @@ static _Noreturn void child(const struct test_entry *t) {
     }
     test_failures = 0;
     if (t->level >= 0) {
-        cur_level = levels[t->level];
+        cur_level = dsv_kernels_level(t->level);
         const char *isa = getenv("DSV32_ISA");
         if (isa && *isa && strcmp(isa, cur_level))
             test_skip("DSV32_ISA=%s selects another kernel level", isa);
-        if (dsv_kernels_force(cur_level) != DSV_OK) test_skip("%s", dsv_errmsg());
+        if (dsv_kernels_supported(cur_level) != DSV_OK) test_skip("%s", dsv_errmsg());
+        /* Contexts opened with default parameters, here and in the commands
+         * the test starts, run DSV32_ISA's level. */
+        setenv("DSV32_ISA", cur_level, 1);
     }
     t->fn();
     fflush(NULL);
@@ -255,8 +262,8 @@ static void append(char *list, size_t cap, const char *name) {
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "--mpi")) return test_mpi_main(argc - 1, argv + 1);
     int passed = 0, failed = 0, skipped = 0;
-    int level_ran[N_LEVELS] = {0}, level_skipped[N_LEVELS] = {0};
-    char level_why[N_LEVELS][256] = {{0}};
+    int level_ran[MAX_LEVELS] = {0}, level_skipped[MAX_LEVELS] = {0};
+    char level_why[MAX_LEVELS][256] = {{0}};
     static char failed_names[8192], skipped_names[8192];
     double limit = timeout_s();
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -316,12 +323,12 @@ int main(int argc, char **argv) {
         printf("%-4s %-48s %7.2fs%s%s\n", res, t->name, dt, why[0] ? "  " : "", why);
     }
     /* Which kernel levels the leveled tests ran at, and why any did not. */
-    char ran[64] = "", notrun[1200] = "";
-    for (int l = 0; l < N_LEVELS; l++) {
-        if (level_ran[l]) append(ran, sizeof ran, levels[l]);
+    char ran[128] = "", notrun[8 * 300] = "";
+    for (int l = 0; l < n_levels(); l++) {
+        if (level_ran[l]) append(ran, sizeof ran, dsv_kernels_level(l));
         else if (level_skipped[l]) {
             size_t k = strlen(notrun);
-            snprintf(notrun + k, sizeof notrun - k, "; %s skipped: %s", levels[l], level_why[l]);
+            snprintf(notrun + k, sizeof notrun - k, "; %s skipped: %.255s", dsv_kernels_level(l), level_why[l]);
         }
     }
     if (ran[0] || notrun[0]) printf("kernel levels run:%s%s\n", ran[0] ? ran : " none", notrun);

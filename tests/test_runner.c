@@ -66,18 +66,17 @@ TEST(runner_counts_skips_and_levels_apart) {
     int rc = rerun("", "fixture_skips fixture_levels", &out);
     CHECK_EQ_INT(rc, 0);
     REQUIRE(out);
-    int have = 0;
-    static const char *levels[] = {"generic", "avx2", "avx512", "amx"};
-    for (int i = 0; i < 4; i++) {
+    int have = 0, n = 0;
+    for (; dsv_kernels_level(n); n++) {
         char line[128];
-        int ok = dsv_kernels_force(levels[i]) == DSV_OK;
+        int ok = dsv_kernels_supported(dsv_kernels_level(n)) == DSV_OK;
         have += ok;
-        snprintf(line, sizeof line, "%s fixture_levels@%s ", ok ? "ok  " : "skip", levels[i]);
+        snprintf(line, sizeof line, "%s fixture_levels@%s ", ok ? "ok  " : "skip", dsv_kernels_level(n));
         CHECKF(strstr(out, line) != NULL, "no line '%s' in:\n%s", line, out);
     }
-    dsv_kernels_force(NULL);
+    CHECK(n >= 1 && have >= 1); /* generic runs everywhere */
     char want[128];
-    snprintf(want, sizeof want, "%d passed, 0 failed, %d skipped", have, 5 - have);
+    snprintf(want, sizeof want, "%d passed, 0 failed, %d skipped", have, n + 1 - have);
     CHECKF(strstr(out, want) != NULL, "no '%s' in:\n%s", want, out);
     CHECKF(strstr(out, "skip fixture_skips") && strstr(out, "nothing to do here"), "%s", out);
     CHECKF(strstr(out, "kernel levels run: generic"), "%s", out);

@@ -12,32 +12,16 @@
 #include <stdlib.h>
 
 #include "dsv32.h"
+#include "dsv32_util.h"
 
-#if defined(__GNUC__)
-#define DSV_PRINTF(a, b) __attribute__((format(printf, a, b)))
-#else
-#define DSV_PRINTF(a, b)
-#endif
-
-/* Records a printf-style message for dsv_errmsg() and returns status. */
-int dsv_error(int status, const char *fmt, ...) DSV_PRINTF(2, 3);
-/* Prefixes the current message with "<prefix>: " (for adding context such as
- * a file name as an error propagates upward). Returns status. */
-int dsv_error_prefix(int status, const char *fmt, ...) DSV_PRINTF(2, 3);
-void dsv_error_clear(void);
+/* dsv_error, dsv_error_prefix, dsv_error_clear, dsv_time, dsv_read_file and
+ * dsv_path_join are declared in include/dsv32_util.h (the commands use them
+ * too). */
 
 void dsv_assert_fail(const char *expr, const char *file, int line);
 #define DSV_ASSERT(x) ((x) ? (void)0 : dsv_assert_fail(#x, __FILE__, __LINE__))
 
 #define DSV_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define DSV_MAX(a, b) ((a) > (b) ? (a) : (b))
-
-/* Writes "dir/name" (or just dir when name is NULL) into buf[cap]. A path
- * that does not fit is an error (DSV_ERR_ARG, "...: path too long"), never a
- * silent truncation that would open another file. Returns DSV_OK. */
-int dsv_path_join(char *buf, size_t cap, const char *dir, const char *name);
-
-/* Monotonic clock in seconds. */
-double dsv_time(void);
 
 #endif
