@@ -146,16 +146,17 @@ FUZZ_CFLAGS  = -O1 -g $(ASAN_FLAGS)
 FUZZ_LDLIBS  = -lpcre2-8 -lcjson -lmicrohttpd -lpthread -lm
 FUZZ_BIN     = $(FUZZ_TARGETS:%=build-fuzz/fuzz_%)
 
-.PHONY: fuzz fuzz-build fuzz-lib
+.PHONY: fuzz fuzz-build fuzz-always
 fuzz: fuzz-build
 	FUZZ_SECONDS=$(FUZZ_SECONDS) tools/fuzz.sh $(FUZZ_TARGETS)
 fuzz-build: $(FUZZ_BIN)
-# The library with coverage instrumentation (no MPI: no parser needs it).
-fuzz-lib:
+# The library with coverage instrumentation (no MPI: no parser needs it),
+# brought up to date by its own make every time; a recipe (not just a
+# prerequisite) so that the targets see its new time and relink.
+ifneq ($(BUILD),build-fuzz)
+build-fuzz/libdsv32.a: fuzz-always
 	$(MAKE) CC=clang BUILD=build-fuzz MPI=0 OPT=-O1 CFLAGS="$(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link" \
 	    build-fuzz/libdsv32.a
-ifneq ($(BUILD),build-fuzz)
-build-fuzz/libdsv32.a: fuzz-lib
 endif
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h build-fuzz/libdsv32.a
 	clang -std=c11 -D_GNU_SOURCE -Iinclude -Isrc $(FUZZ_CFLAGS) -fsanitize=fuzzer $(WARN) $< build-fuzz/libdsv32.a -o $@ $(FUZZ_LDLIBS)

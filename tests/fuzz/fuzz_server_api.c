@@ -24,7 +24,6 @@ static void init(void) {
     S.model_id = "tiny";
     S.max_total = 256;
     S.bos = dsv_tokenizer_bos(S.tok) >= 0 ? dsv_tokenizer_bos(S.tok) : cfg.bos_id;
-    S.eos = dsv_tokenizer_eos(S.tok) >= 0 ? dsv_tokenizer_eos(S.tok) : cfg.eos_id;
 }
 
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
