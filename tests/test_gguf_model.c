@@ -186,9 +186,13 @@ TEST(gguf_model_errors) {
     expect_one_line_error(g, "architecture 'llama_xyz1' is not a DeepSeek model");
     /* Hostile metadata: shapes far beyond any tensor, or inconsistent. */
     static const struct { const char *key; uint32_t v; const char *needle; } bad[] = {
-        {"deepseek32.embedding_length", 1u << 30, "expected extents"},
-        {"deepseek32.block_count", 1u << 20, "block_count is 1048576 but tensor 'blk.1048575.attn_norm.weight'"},
-        {"deepseek32.attention.head_count", 1u << 29, "too large"},
+        /* Within config.json's bounds but not the tensors' shapes: the GGUF
+         * checks speak; past those bounds the config check names the field. */
+        {"deepseek32.embedding_length", 1u << 12, "expected extents"},
+        {"deepseek32.embedding_length", 1u << 30, "'hidden_size' = 1073741824 is out of the supported range"},
+        {"deepseek32.block_count", 1u << 11, "block_count is 2048 but tensor 'blk.2047.attn_norm.weight'"},
+        {"deepseek32.block_count", 1u << 20, "'num_hidden_layers' = 1048576 is out of the supported range"},
+        {"deepseek32.attention.head_count", 1u << 29, "'num_attention_heads' = 536870912 is out of the supported range"},
         {"deepseek32.attention.kv_lora_rank", 100, "kv_lora_rank"},
         {"deepseek32.expert_used_count", 0, "num_experts_per_tok"},
         {"deepseek32.embedding_length", 1u << 31, "outside"},

@@ -42,7 +42,11 @@ struct dump_state {
 
 static void write_file(struct dump_state *d, const char *suffix, const void *data, size_t bytes) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/%d.%s", d->dir, d->call, suffix);
+    /* A name cut short would write another file: a failure instead. */
+    if (snprintf(path, sizeof path, "%s/%d.%s", d->dir, d->call, suffix) >= (int)sizeof path) {
+        d->failed = 1;
+        return;
+    }
     FILE *f = fopen(path, "wb");
     if (!f || fwrite(data, 1, bytes, f) != bytes) d->failed = 1;
     if (f && fclose(f)) d->failed = 1;

@@ -1,9 +1,7 @@
 /* fuzz_gguf.c: libFuzzer target for the GGUF reader (src/format/gguf.c).
  *
- * Build (clang only; not part of `make test`):  make fuzz-gguf
- * Run:  mkdir -p build-fuzz/gguf-corpus
- *       build-fuzz/fuzz_gguf -max_len=4096 build-fuzz/gguf-corpus tests/fuzz/seeds-gguf
- * (seeds-gguf/small.gguf: a string key, a string array, general.alignment,
+ * Built and run by `make fuzz` (target gguf); seeds in tests/fuzz/seeds/gguf/
+ * (small.gguf: a string key, a string array, general.alignment,
  * a Q8_0 and an F32 tensor). The input is opened in memory from a buffer
  * of exactly its size, so ASAN catches any read past it; whatever opens
  * must keep the reader's promises, checked below, and anything else must
