@@ -133,18 +133,13 @@ static int tokenize_jsonl(const dsv_tokenizer *tok) {
     return finish_output("tokenize");
 }
 
-/* Writes s as a JSON string literal (quotes, escapes, control characters). */
+/* Writes s as a JSON string literal, valid UTF-8 whatever the bytes (the
+ * library's one writer). */
 static void put_json_string(const char *s) {
-    putchar('"');
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') printf("\\%c", *p);
-        else if (*p == '\n') fputs("\\n", stdout);
-        else if (*p == '\r') fputs("\\r", stdout);
-        else if (*p == '\t') fputs("\\t", stdout);
-        else if (*p < 0x20) printf("\\u%04x", *p);
-        else putchar(*p);
-    }
-    putchar('"');
+    dsv_buf b = {0};
+    dsv_json_put_str(&b, s, strlen(s));
+    if (b.data) fwrite(b.data, 1, b.len, stdout);
+    dsv_buf_free(&b);
 }
 
 /* One conversation per line: render with the V3.2 template, then encode the

@@ -1,6 +1,7 @@
 /* util.c: the thread-local error message and assertion failure handler. */
 #include "util.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <string.h>
 #include <time.h>
@@ -61,4 +62,11 @@ double dsv_time(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int dsv_whole_in_range(double v, int64_t lo, int64_t hi, int64_t *out) {
+    /* NaN fails every comparison; +-inf fails the range. */
+    if (!(v >= (double)lo && v <= (double)hi) || v != floor(v)) return 0;
+    *out = (int64_t)v;
+    return 1;
 }
