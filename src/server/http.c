@@ -120,7 +120,7 @@ struct conn {
     int counted;             /* holds one of S->active */
     int http11;              /* may be sent a 1xx answer */
     int early;               /* answered before the body was read */
-    int eof, probed;         /* the client sent EOF; a 102 went out to test it */
+    int eof;                 /* the client sent EOF (a half-close, or gone) */
     struct srv_sock *sock;
     size_t length;           /* Content-Length (0: none) */
     double t0;
@@ -399,7 +399,7 @@ static enum MHD_Result generate_whole(dsv_server *S, struct MHD_Connection *c, s
     for (;;) {
         srv_req_poll(S->sched, g->req, &seen, &text, &toks, 0.1, &st);
         if (st.finish) break;
-        if (client_gone(fd, &k->eof, k->http11 && !k->probed ? (k->probed = 1) : 0)) {
+        if (client_gone(fd, &k->eof, k->http11)) {
             /* Nobody to answer: cancel, and let MHD close the connection. */
             srv_req_release(S->sched, g->req);
             dsv_buf_free(&text);
