@@ -865,12 +865,11 @@ int dsv_server_open(dsv_server **out, const dsv_server_params *params) {
         const dsv_context_params *cp = dsv_context_get_params(S->ctx);
         S->n_ctx = cp->n_ctx;
         S->bos = dsv_tokenizer_bos(S->tok) >= 0 ? dsv_tokenizer_bos(S->tok) : S->cfg->bos_id;
-        S->eos = dsv_tokenizer_eos(S->tok) >= 0 ? dsv_tokenizer_eos(S->tok) : S->cfg->eos_id;
         if (srv_metrics_init(&S->metrics)) st = dsv_error(DSV_ERR_NOMEM, "out of memory");
     }
     if (!st) {
         srv_sched_params sp = {.n_batch = p.n_batch, .max_queue = p.max_queue};
-        st = srv_sched_init(&S->sched, S->ctx, S->cfg, S->tok, S->eos, S->metrics, &sp);
+        st = srv_sched_init(&S->sched, S->ctx, S->cfg, S->tok, S->metrics, &sp);
     }
     if (!st) {
         S->max_total = srv_sched_max_tokens(S->sched);

@@ -28,7 +28,7 @@ struct dsv_server {
     int port;
     int n_ctx;                   /* tokens per request */
     int max_total;               /* prompt + answer a request can ever get */
-    int32_t bos, eos;
+    int32_t bos;
     time_t created;
     atomic_uint_fast64_t next_id;
     atomic_int stopping;
