@@ -18,7 +18,9 @@
 #include <cjson/cJSON.h>
 
 #include "base/utf8.h"
+#include "base/util.h"
 #include "dsv32_chat.h"
+#include "text/json_str.h"
 #include "server_util.h"
 #include "test.h"
 
@@ -112,6 +114,67 @@ static int health(int port) {
     int ok = http(port, "GET", "/health", NULL, NULL, &r) == 0 && r.status == 200;
     http_free(&r);
     return ok;
+}
+
+/* ---- The library pieces --------------------------------------------------- */
+
+struct found {
+    char paths[4][64];
+    int names[4], n;
+};
+
+static int collect(void *user, const char *path, int is_name) {
+    struct found *f = user;
+    if (f->n < 4) {
+        snprintf(f->paths[f->n], sizeof f->paths[f->n], "%s", path);
+        f->names[f->n++] = is_name;
+    }
+    return 0;
+}
+
+TEST(json_writer_and_checked_numbers) {
+    /* Every byte sequence comes out as valid UTF-8 JSON. */
+    static const struct { const char *in; size_t n; const char *out; } cases[] = {
+        {"caf\xc3\xa9", 5, "\"caf\xc3\xa9\""},
+        {"\xc3", 1, "\"\xef\xbf\xbd\""},                       /* cut character */
+        {"a\xff" "b", 3, "\"a\xef\xbf\xbd" "b\""},                /* never a lead byte */
+        {"\xed\xa0\x80", 3, "\"\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\""}, /* a surrogate */
+        {"\xc0\xaf", 2, "\"\xef\xbf\xbd\xef\xbf\xbd\""},            /* overlong '/' */
+        {"q\"\\\n\x01\0z", 7, "\"q\\\"\\\\\\n\\u0001\\u0000z\""},
+        {"\xf0\x9f\x98\x80", 4, "\"\xf0\x9f\x98\x80\""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        dsv_buf b = {0};
+        dsv_json_put_str(&b, cases[i].in, cases[i].n);
+        CHECKF(b.data && !strcmp(b.data, cases[i].out), "case %zu: %s", i, b.data ? b.data : "(null)");
+        CHECK(b.data && utf8_ok(b.data, b.len));
+        dsv_buf_free(&b);
+    }
+    /* Cuts fall between characters. */
+    CHECK_EQ_INT(dsv_utf8_cut("\xc3\xa9\xc3\xa9", 4, 3), 2);
+    CHECK_EQ_INT(dsv_utf8_cut("\xc3\xa9\xc3\xa9", 4, 2), 2);
+    CHECK_EQ_INT(dsv_utf8_cut("a\xf0\x9f\x98\x80", 5, 4), 1);
+    CHECK_EQ_INT(dsv_utf8_cut("abc", 3, 5), 3);
+    /* Whole numbers in range, checked on the double. */
+    int64_t v = 7;
+    CHECK(dsv_whole_in_range(2147483647.0, 0, INT32_MAX, &v) && v == INT32_MAX);
+    CHECK(!dsv_whole_in_range(2147483648.0, 0, INT32_MAX, &v));
+    CHECK(!dsv_whole_in_range(-1.0, 0, INT32_MAX, &v));
+    CHECK(!dsv_whole_in_range(1e20, INT32_MIN, INT32_MAX, &v));
+    CHECK(!dsv_whole_in_range(INFINITY, INT32_MIN, INT32_MAX, &v));
+    CHECK(!dsv_whole_in_range(NAN, INT32_MIN, INT32_MAX, &v));
+    CHECK(!dsv_whole_in_range(1.5, 0, 10, &v));
+    CHECK(dsv_whole_in_range(-0.0, 0, 10, &v) && v == 0);
+    /* Strings holding NUL, found with their paths. */
+    static const char json[] = "{\"a\":[\"x\",{\"b\\u0000\":\"y\\u0000\"}],\"c\":\"\\\\u0000\"}";
+    struct found f = {0};
+    CHECK_EQ_INT(dsv_json_nul_strings(json, sizeof json - 1, collect, &f), 0);
+    CHECK_EQ_INT(f.n, 2);
+    CHECK_STR(f.paths[0], "a[1].b"); /* the name itself stops at its NUL */
+    CHECK_STR(f.paths[1], "a[1].b");
+    CHECK(f.names[0] == 1 && f.names[1] == 0);
+    static const char nested[] = "[[{\"x\":\"[[[[\\\"\"}]]";
+    CHECK_EQ_INT(dsv_json_depth(nested, sizeof nested - 1), 3);
 }
 
 /* ---- Numbers -------------------------------------------------------------- */

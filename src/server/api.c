@@ -63,7 +63,10 @@ int srv_fail(srv_error *e, int status, const char *type, const char *code, const
     e->status = status;
     e->type = type;
     e->code = code;
-    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
+    size_t pn = param ? strlen(param) : 0;
+    pn = dsv_utf8_cut(param ? param : "", pn, sizeof e->param - 1);
+    memcpy(e->param, param ? param : "", pn);
+    e->param[pn] = 0;
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(e->message, sizeof e->message, fmt, ap);
