@@ -718,7 +718,8 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         S->socks = x;
         pthread_mutex_unlock(&S->conn_mu);
     } else if (*socket_context) {
-        /* Under the lock: the watchdog never touches a closed descriptor. */
+        /* Under the lock, and libmicrohttpd notifies before it closes the
+         * socket: the watchdog never shuts down a descriptor reused since. */
         struct srv_sock *x = *socket_context;
         pthread_mutex_lock(&S->conn_mu);
         if (x->prev) x->prev->next = x->next;
