@@ -563,3 +563,33 @@ TEST(server_body_budget_and_admission) {
     CHECK(health(s.port));
     CHECK_EQ_INT(server_stop(&s), 0);
 }
+
+TEST(server_body_deadline_and_discard_bound) {
+    /* A body that trickles a byte at a time is cut at --body-timeout; a
+     * body announced beyond --discard-max is not worth reading: its 413
+     * goes out at once and the connection closes. */
+    server s;
+    server_start(&s, fixture_random(), "-t 1 --max-body 64K --discard-max 1M --body-timeout 2");
+    int fd = dial_from("127.0.0.4", s.port);
+    REQUIRE(fd >= 0);
+    const char *head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       "Content-Length: 1000\r\n\r\n";
+    REQUIRE(send_all(fd, head, strlen(head)) == 0);
+    int cut = 0;
+    for (int i = 0; i < 1000 && !cut; i++) {
+        if (send(fd, " ", 1, MSG_NOSIGNAL) != 1) cut = 1;
+        else cut = closed_within(fd, 0.25);
+        if (i % 20 == 0) CHECK(health(s.port));
+    }
+    CHECKF(cut, "a body trickling a byte at a time was never cut");
+    close(fd);
+    const char *big = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      "Content-Length: 4000000\r\n\r\n";
+    http_resp r;
+    CHECK(http_raw(s.port, big, strlen(big), &r) == 0 && r.status == 413);
+    char conn[32];
+    CHECK(http_header(&r, "Connection", conn, sizeof conn) && !strcmp(conn, "close"));
+    http_free(&r);
+    CHECK(health(s.port));
+    CHECK_EQ_INT(server_stop(&s), 0);
+}
