@@ -19,7 +19,9 @@
 //
 //   node tests/server/soak.js BIN MODEL_DIR
 // Environment: SOAK_CLIENTS (default 16), SOAK_ROUNDS (2), SOAK_TASKS (8),
-// SOAK_SEED (1); SOAK_LONG=1 sets 32 clients, 8 rounds, 16 tasks unless given.
+// SOAK_SEED (1); SOAK_LONG=1 sets 32 clients, 8 rounds, 16 tasks unless given;
+// SOAK_TIMEOUT (seconds, default 600): a run still going then has hung, and
+// fails.
 "use strict";
 const { spawn } = require("node:child_process");
 const fs = require("node:fs");
@@ -201,6 +203,12 @@ function rss(pid) {
 
 async function main() {
   const { srv, port, exited, log } = await start();
+  const limit = +(process.env.SOAK_TIMEOUT || 600);
+  setTimeout(() => {
+    console.error(`soak: FAIL: still running after ${limit} s (a request hung)\nserver log:\n${log()}`);
+    srv.kill("SIGKILL");
+    process.exit(1);
+  }, limit * 1000).unref();
   const base = `http://127.0.0.1:${port}`;
   try {
     const expect = [];
@@ -253,7 +261,7 @@ async function main() {
                 `${(rssAfter[1] / 1024).toFixed(1)} MiB (${(growth * 100).toFixed(2)}%)` +
                 (ROUNDS > 2 ? `, after round ${ROUNDS} ${(rssAfter[ROUNDS - 1] / 1024).toFixed(1)} MiB ` +
                               `(${(last * 100).toFixed(2)}% over round 2)` : ""));
-    if (long && (Math.abs(growth) > 0.05 || last > 0.05)) fail("the server's RSS grew by more than 5% between rounds");
+    if (long && (growth > 0.05 || last > 0.05)) fail("the server's RSS grew by more than 5% between rounds");
   } catch (e) {
     if (!process.exitCode) console.error("soak: FAIL:", e.cause || e);
     process.exitCode = 1;
