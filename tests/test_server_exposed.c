@@ -468,6 +468,8 @@ TEST(server_idle_and_trickling_connections) {
     }
     CHECKF(open_left == 0, "%d idle connections were left open past the header deadline", open_left);
     CHECK(health(s.port));
+    CHECK(metric(s.port, "dsv32_connections_cut_total") >= 17); /* 16 idle + the trickle */
+    CHECK_EQ_INT(metric(s.port, "dsv32_connections_open"), 1);   /* this request's */
     CHECK_EQ_INT(server_stop(&s), 0);
 }
 
@@ -540,6 +542,7 @@ TEST(server_body_budget_and_admission) {
     CHECK_EQ_INT(st, 503);
     CHECK(http_header(&r, "Retry-After", retry, sizeof retry) && atoi(retry) >= 1);
     http_free(&r);
+    CHECK_EQ_INT(metric(s.port, "dsv32_request_body_bytes"), 60000);
     close(slow);
     /* Once it is gone the budget is back. */
     end = now() + 30;
@@ -549,6 +552,7 @@ TEST(server_body_budget_and_admission) {
     }
     CHECK_EQ_INT(st, 200);
     http_free(&r);
+    CHECK_EQ_INT(metric(s.port, "dsv32_request_body_bytes"), 0);
 
     /* A full queue is 429 before the body is even parsed: invalid JSON gets
      * 429, not 400, while the one slot is busy. */

@@ -252,6 +252,10 @@ static enum MHD_Result route_models(dsv_server *S, struct MHD_Connection *c, str
 static enum MHD_Result route_metrics(dsv_server *S, struct MHD_Connection *c, struct conn *k) {
     srv_gauges g;
     srv_sched_gauges(S->sched, &g);
+    pthread_mutex_lock(&S->conn_mu);
+    g.connections = S->n_socks;
+    pthread_mutex_unlock(&S->conn_mu);
+    g.body_bytes = (int64_t)atomic_load(&S->body_bytes);
     dsv_buf b = {0};
     srv_metrics_render(S->metrics, &g, &b);
     enum MHD_Result rc = reply(S, c, k, b.failed ? 500 : 200, "text/plain; version=0.0.4", b.data ? b.data : "",
@@ -716,6 +720,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         x->next = S->socks;
         if (S->socks) S->socks->prev = x;
         S->socks = x;
+        S->n_socks++;
         pthread_mutex_unlock(&S->conn_mu);
     } else if (*socket_context) {
         /* Under the lock, and libmicrohttpd notifies before it closes the
@@ -725,6 +730,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         if (x->prev) x->prev->next = x->next;
         else S->socks = x->next;
         if (x->next) x->next->prev = x->prev;
+        S->n_socks--;
         pthread_mutex_unlock(&S->conn_mu);
         free(x);
         *socket_context = NULL;
@@ -742,6 +748,7 @@ static void *watchdog_main(void *arg) {
             if (x->cut || x->limit <= 0 || now - x->since <= x->limit || x->fd < 0) continue;
             shutdown(x->fd, SHUT_RDWR);
             x->cut = 1;
+            srv_metrics_cut(S->metrics);
             if (S->p.verbose) fprintf(stderr, "dsv32 serve: a connection missed its deadline; closed\n");
         }
         struct timespec ts;

@@ -39,6 +39,7 @@ struct dsv_server {
     pthread_mutex_t conn_mu;
     pthread_cond_t conn_cv;
     struct srv_sock *socks;
+    int64_t n_socks;
     pthread_t watchdog;
     int watchdog_started, watchdog_stop;
 };

@@ -10,8 +10,8 @@
 //     "data: [DONE]", and its text equals the non-streamed answer to the same
 //     seeded request (greedy and seeded sampling alike);
 //   - bad requests got a 4xx error object, the big body its 413;
-//   - afterwards /metrics shows no KV page in use and nothing running or
-//     queued.
+//   - afterwards /metrics shows no KV page in use, nothing running or
+//     queued, and no request body held.
 // Then the server's RSS after the second round is compared with the one
 // after the first: printed, and failed beyond 5% when SOAK_LONG=1 (the long
 // run), where a slow leak has rounds enough to show. SIGTERM must end the
@@ -186,14 +186,16 @@ async function metric(base, name) {
 
 async function settled(base) {
   for (let i = 0; i < 300; i++) {
-    const [used, running, waiting] = await Promise.all(
-      ["dsv32_kv_pages_used", "dsv32_requests_running", "dsv32_requests_waiting"].map((n) => metric(base, n)));
-    if (used === 0 && running === 0 && waiting === 0) return { used, running, waiting };
+    const [used, running, waiting, bodies] = await Promise.all(
+      ["dsv32_kv_pages_used", "dsv32_requests_running", "dsv32_requests_waiting", "dsv32_request_body_bytes"]
+        .map((n) => metric(base, n)));
+    if (used === 0 && running === 0 && waiting === 0 && bodies === 0) return { used, running, waiting };
     await new Promise((r) => setTimeout(r, 100));
   }
-  const [used, running, waiting] = await Promise.all(
-    ["dsv32_kv_pages_used", "dsv32_requests_running", "dsv32_requests_waiting"].map((n) => metric(base, n)));
-  fail(`after the round: ${used} KV pages in use, ${running} running, ${waiting} waiting`);
+  const [used, running, waiting, bodies] = await Promise.all(
+    ["dsv32_kv_pages_used", "dsv32_requests_running", "dsv32_requests_waiting", "dsv32_request_body_bytes"]
+      .map((n) => metric(base, n)));
+  fail(`after the round: ${used} KV pages in use, ${running} running, ${waiting} waiting, ${bodies} body bytes held`);
 }
 
 function rss(pid) {
