@@ -88,7 +88,7 @@ typedef struct dsv_chat_opts {
  * Returns DSV_ERR_ARG for a bad role, a call without a name, a negative
  * count, or tool parameters that are not valid JSON; the message names the
  * field, e.g. "msgs[2].tool_calls[0].name: missing". */
-int dsv_chat_render(const dsv_chat_msg *msgs, int n_msgs, const dsv_chat_opts *opts,
+DSV_API int dsv_chat_render(const dsv_chat_msg *msgs, int n_msgs, const dsv_chat_opts *opts,
                     char **out_text);
 
 /* Renders an OpenAI-style request given as the JSON text json[0..len):
@@ -108,7 +108,7 @@ int dsv_chat_render(const dsv_chat_msg *msgs, int n_msgs, const dsv_chat_opts *o
  * Errors: DSV_ERR_ARG for invalid JSON or a field of the wrong type or value,
  * with the path in the message ("messages[2].role: expected a string");
  * DSV_ERR_UNSUPPORTED for non-text content parts (images, audio). */
-int dsv_chat_render_json(const char *json, size_t len, int thinking, int add_generation_prompt,
+DSV_API int dsv_chat_render_json(const char *json, size_t len, int thinking, int add_generation_prompt,
                          char **out_text);
 
 /* ---- Parsing model output ------------------------------------------------ */
@@ -152,10 +152,10 @@ typedef struct dsv_chat_result {
  *  - Tool markup inside the reasoning is reasoning text.
  * On success fills *out (the caller frees it with dsv_chat_result_free()).
  * Returns DSV_ERR_ARG for NULL text or out, DSV_ERR_NOMEM. */
-int dsv_chat_parse(const char *text, size_t len, int thinking, dsv_chat_result *out);
+DSV_API int dsv_chat_parse(const char *text, size_t len, int thinking, dsv_chat_result *out);
 
 /* Frees the members of r and zeroes it; NULL and a zeroed struct are no-ops. */
-void dsv_chat_result_free(dsv_chat_result *r);
+DSV_API void dsv_chat_result_free(dsv_chat_result *r);
 
 /* ---- Streaming parser ---------------------------------------------------- */
 
@@ -188,26 +188,26 @@ typedef struct dsv_chat_stream dsv_chat_stream;
 
 /* A parser for one generation, fed text as it is detokenized. thinking is as
  * for dsv_chat_parse. *out is freed with dsv_chat_stream_free(). */
-int dsv_chat_stream_init(dsv_chat_stream **out, int thinking);
-void dsv_chat_stream_free(dsv_chat_stream *s);
+DSV_API int dsv_chat_stream_init(dsv_chat_stream **out, int thinking);
+DSV_API void dsv_chat_stream_free(dsv_chat_stream *s);
 
 /* Feeds the next len bytes of output (any split: a marker or a UTF-8
  * character may straddle two calls). Calls fn (if not NULL) for every event
  * that is now certain, in output order. Text that could still become a marker
  * is held back until a later call decides it. Returns DSV_OK, DSV_ERR_NOMEM,
  * or DSV_ERR_ARG if the stream is already finished. */
-int dsv_chat_stream_feed(dsv_chat_stream *s, const char *text, size_t len,
+DSV_API int dsv_chat_stream_feed(dsv_chat_stream *s, const char *text, size_t len,
                          dsv_chat_event_fn fn, void *user);
 
 /* Ends the output: flushes held-back text and closes an unfinished call
  * (TOOL_END with complete = 0). Afterwards the accumulated result equals
  * dsv_chat_parse() of the concatenated input. Returns DSV_OK or
  * DSV_ERR_NOMEM; a second call does nothing. */
-int dsv_chat_stream_finish(dsv_chat_stream *s, dsv_chat_event_fn fn, void *user);
+DSV_API int dsv_chat_stream_finish(dsv_chat_stream *s, dsv_chat_event_fn fn, void *user);
 
 /* The result, once dsv_chat_stream_finish() has succeeded; NULL before.
  * Owned by s; valid until dsv_chat_stream_free(). */
-const dsv_chat_result *dsv_chat_stream_result(const dsv_chat_stream *s);
+DSV_API const dsv_chat_result *dsv_chat_stream_result(const dsv_chat_stream *s);
 
 #ifdef __cplusplus
 }

@@ -52,11 +52,11 @@ typedef struct dsv_gen dsv_gen;
 /* The shared rules for sequences of ctx (its n_ctx and mha_max_keys), whose
  * model has configuration cfg, with tokenizer tok. EOS is the tokenizer's
  * eos_token, else the config's eos_token_id. Returns DSV_ERR_NOMEM. */
-int dsv_gen_open(dsv_gen **out, const dsv_context *ctx, const dsv_config *cfg, const dsv_tokenizer *tok);
-void dsv_gen_close(dsv_gen *g);
+DSV_API int dsv_gen_open(dsv_gen **out, const dsv_context *ctx, const dsv_config *cfg, const dsv_tokenizer *tok);
+DSV_API void dsv_gen_close(dsv_gen *g);
 
 /* The id that ends every generation. */
-int32_t dsv_gen_eos(const dsv_gen *g);
+DSV_API int32_t dsv_gen_eos(const dsv_gen *g);
 /* The ids never sampled (no text), ascending; *n of them. */
 const int32_t *dsv_gen_banned(const dsv_gen *g, int *n);
 
@@ -66,7 +66,7 @@ const int32_t *dsv_gen_banned(const dsv_gen *g, int *n);
  * taking what fits would leave one token before M; with budget >= 3 it is
  * never 0 while prompt tokens are left, so a caller whose calls have room
  * for 3 tokens always makes progress. */
-int dsv_gen_chunk_len(const dsv_gen *g, int pos, int n_prompt, int budget);
+DSV_API int dsv_gen_chunk_len(const dsv_gen *g, int pos, int n_prompt, int budget);
 
 /* ---- Slots ----------------------------------------------------------------- */
 
@@ -90,7 +90,7 @@ typedef struct dsv_gen_slot_params {
     int skip_special;
 } dsv_gen_slot_params;
 
-dsv_gen_slot_params dsv_gen_slot_default_params(void);
+DSV_API dsv_gen_slot_params dsv_gen_slot_default_params(void);
 
 typedef struct dsv_gen_slot dsv_gen_slot;
 
@@ -101,22 +101,22 @@ typedef struct dsv_gen_slot dsv_gen_slot;
  * repetition penalty. Returns DSV_ERR_ARG for bad sizes, ids outside the
  * vocabulary or bad sampling parameters (the message names them), an empty
  * stop string, DSV_ERR_NOMEM. */
-int dsv_gen_slot_init(dsv_gen_slot **out, const dsv_gen *g, int seq, const int32_t *prompt, int n_prompt, int n_past,
+DSV_API int dsv_gen_slot_init(dsv_gen_slot **out, const dsv_gen *g, int seq, const int32_t *prompt, int n_prompt, int n_past,
                       const dsv_gen_slot_params *p);
 /* NULL is a no-op. */
-void dsv_gen_slot_free(dsv_gen_slot *s);
+DSV_API void dsv_gen_slot_free(dsv_gen_slot *s);
 
 /* Its next batch entry, within budget tokens: one token when decoding, else
  * the next prompt chunk by the chunking rule, asking for logits on the last
  * one. Returns the number of tokens (e filled; e->tokens points into the
  * slot, valid until the next call on it), or 0 when there is nothing to do
  * now (finished, or the chunk must wait for more room). */
-int dsv_gen_slot_next(dsv_gen_slot *s, int budget, dsv_batch_entry *e);
+DSV_API int dsv_gen_slot_next(dsv_gen_slot *s, int budget, dsv_batch_entry *e);
 
 /* The forward call computed the n tokens of its last entry: the position
  * advances. After the whole prompt with max_tokens 0 the slot ends
  * (DSV_GEN_LENGTH). Returns DSV_ERR_ARG when n is not what the slot asked. */
-int dsv_gen_slot_fed(dsv_gen_slot *s, int n);
+DSV_API int dsv_gen_slot_fed(dsv_gen_slot *s, int n);
 
 /* What one sampled token gave. */
 typedef struct dsv_gen_token {
@@ -133,20 +133,20 @@ typedef struct dsv_gen_token {
  * the sequence ends without a stop string. The token is fed by the next
  * entry unless the sequence ended. On failure the slot ends (DSV_GEN_ERROR)
  * and the status is returned. */
-int dsv_gen_slot_accept(dsv_gen_slot *s, const float *logits, dsv_gen_token *out);
+DSV_API int dsv_gen_slot_accept(dsv_gen_slot *s, const float *logits, dsv_gen_token *out);
 
-int dsv_gen_slot_finish(const dsv_gen_slot *s); /* enum dsv_gen_finish */
-int dsv_gen_slot_decoding(const dsv_gen_slot *s); /* 1 once the prompt is computed */
-int dsv_gen_slot_seq(const dsv_gen_slot *s);
-int dsv_gen_slot_n_past(const dsv_gen_slot *s);  /* tokens in its sequence */
-int dsv_gen_slot_n_gen(const dsv_gen_slot *s);   /* tokens sampled (a final EOS counts) */
+DSV_API int dsv_gen_slot_finish(const dsv_gen_slot *s); /* enum dsv_gen_finish */
+DSV_API int dsv_gen_slot_decoding(const dsv_gen_slot *s); /* 1 once the prompt is computed */
+DSV_API int dsv_gen_slot_seq(const dsv_gen_slot *s);
+DSV_API int dsv_gen_slot_n_past(const dsv_gen_slot *s);  /* tokens in its sequence */
+DSV_API int dsv_gen_slot_n_gen(const dsv_gen_slot *s);   /* tokens sampled (a final EOS counts) */
 
 /* One forward call's entries for slots[0..n) (NULL entries are skipped):
  * first one token for every decoding slot, then prompt chunks in slot order
  * while the budget lasts; a prompt that must wait stops the later ones, so
  * no prompt overtakes an older one. ent and who need room for n entries;
  * who[k] is the index in slots of entry k. Returns the entry count. */
-int dsv_gen_batch(dsv_gen_slot *const *slots, int n, int budget, dsv_batch_entry *ent, int *who);
+DSV_API int dsv_gen_batch(dsv_gen_slot *const *slots, int n, int budget, dsv_batch_entry *ent, int *who);
 
 #ifdef __cplusplus
 }

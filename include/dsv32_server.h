@@ -56,19 +56,19 @@ typedef struct dsv_server_params {
  * limit 8 MiB, bodies in flight 64 MiB, 256 MiB or 30 s dropped for an
  * early error, 1024 connections, 64 per client address, 30 s idle, 10 s for
  * headers, 60 s for a body. */
-dsv_server_params dsv_server_default_params(void);
+DSV_API dsv_server_params dsv_server_default_params(void);
 
 typedef struct dsv_server dsv_server;
 
 /* Loads, binds and starts serving in background threads. Errors:
  * DSV_ERR_ARG (bad parameter), the model's and tokenizer's load errors,
  * DSV_ERR_IO (cannot bind), DSV_ERR_NOMEM. */
-int dsv_server_open(dsv_server **out, const dsv_server_params *p);
+DSV_API int dsv_server_open(dsv_server **out, const dsv_server_params *p);
 /* The port it listens on (the one chosen when params.port was 0). */
-int dsv_server_port(const dsv_server *s);
+DSV_API int dsv_server_port(const dsv_server *s);
 /* Stops accepting, ends in-flight requests, waits for their connections,
  * frees everything. NULL is a no-op. */
-void dsv_server_close(dsv_server *s);
+DSV_API void dsv_server_close(dsv_server *s);
 
 #ifdef __cplusplus
 }

@@ -11,6 +11,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "dsv32_util.h"
 #include "gen.h"
 
 static void usage(void) {
@@ -50,19 +51,13 @@ static void emit_buf(void *user, int32_t id, const char *text, size_t len) {
     b->p[b->n] = 0;
 }
 
+/* Texts are read whole; past 4 GiB the token ids alone would not fit. */
+#define TEXT_MAX_BYTES ((size_t)1 << 32)
+
 /* Splits the file's text at blank lines ("\n\n"), trimming each prompt. */
 int read_prompt_file(const char *cmd, const char *path, char ***out, int *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return cli_fail(cmd, "%s: cannot open", path);
-    size_t cap = 1 << 16, len = 0, r;
-    char *text = malloc(cap);
-    while (text && (r = fread(text + len, 1, cap - len - 1, f)) > 0) {
-        len += r;
-        if (cap - len < 2) { char *t = realloc(text, cap *= 2); if (!t) { free(text); text = NULL; } else text = t; }
-    }
-    fclose(f);
-    if (!text) return cli_fail(cmd, "%s: out of memory", path);
-    text[len] = 0;
+    char *text;
+    if (dsv_read_file(path, TEXT_MAX_BYTES, &text, NULL)) return cli_fail(cmd, "%s", dsv_errmsg());
     char **v = NULL;
     int cnt = 0;
     char *p = text;

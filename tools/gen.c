@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "base/util.h"
+#include "dsv32_util.h"
 
 void gen_default_opts(gen_opts *o) {
     memset(o, 0, sizeof *o);
@@ -46,8 +46,22 @@ int gen_parse_opt(const char *cmd, gen_opts *o, int argc, char **argv, int *i) {
     const char *a = argv[*i], *v;
     long n;
     char *end;
-    if (!strcmp(a, "--dense")) { o->attn = DSV_ATTN_DENSE; return 1; }
-    if (!strcmp(a, "-m")) { if (!(o->model = cli_value(cmd, argc, argv, i))) return -1; return 1; }
+    /* The engine options: the shared parser, one option at a time. */
+    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_CTX | CLI_E_BATCH | CLI_E_DENSE | CLI_E_TOPK);
+    int r = cli_engine_opt(cmd, &e, argc, argv, i);
+    if (r > 0) {
+        if (e.n_ctx && e.n_ctx < 16) { cli_fail(cmd, "--ctx: '%d' is not an integer in [16, %d]", e.n_ctx, 1 << 24); return -1; }
+        /* The chunking rule (dsv32_gen.h) needs room for two prompt tokens
+         * and the switch to decoding in one call. */
+        if (e.n_batch && e.n_batch < 3) { cli_fail(cmd, "--batch: '%d' is not an integer in [3, %d]", e.n_batch, 1 << 20); return -1; }
+        if (e.model) o->model = e.model;
+        if (e.threads) o->threads = e.threads;
+        if (e.n_ctx) o->n_ctx = e.n_ctx;
+        if (e.n_batch) o->n_batch = e.n_batch;
+        if (e.dense) o->attn = DSV_ATTN_DENSE;
+        if (e.topk) o->topk = e.topk;
+    }
+    if (r) return r;
     if (!strcmp(a, "--stop")) {
         if (!(v = cli_value(cmd, argc, argv, i))) return -1;
         if (o->n_stops == GEN_MAX_STOPS) { cli_fail(cmd, "at most %d --stop strings", GEN_MAX_STOPS); return -1; }
@@ -55,8 +69,7 @@ int gen_parse_opt(const char *cmd, gen_opts *o, int argc, char **argv, int *i) {
         return 1;
     }
     struct { const char *name; int *dst; long lo, hi; } ints[] = {
-        {"-n", &o->n_predict, 0, 1 << 24}, {"--ctx", &o->n_ctx, 16, 1 << 24}, {"--batch", &o->n_batch, 3, 1 << 20},
-        {"--topk", &o->topk, 1, 1 << 24}, {"-t", &o->threads, 1, 1024}, {"--top-k", &o->sp.top_k, 0, 1 << 30}};
+        {"-n", &o->n_predict, 0, 1 << 24}, {"--top-k", &o->sp.top_k, 0, 1 << 30}};
     for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)
         if (!strcmp(a, ints[k].name)) {
             if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, ints[k].lo, ints[k].hi, &n)) return -1;

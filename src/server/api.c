@@ -28,7 +28,7 @@
 
 #include "dsv32_chat.h"
 #include "server.h"
-#include "text/json_str.h"
+#include "dsv32_util.h"
 #include "base/utf8.h"
 #include "base/util.h"
 
@@ -55,7 +55,7 @@ void srv_addf(dsv_buf *b, const char *fmt, ...) {
 }
 
 static void json_cstr(dsv_buf *b, const char *s) {
-    if (s) dsv_json_put_str(b, s, strlen(s));
+    if (s) dsv_json_str(b, s, strlen(s));
     else dsv_buf_adds(b, "null");
 }
 
@@ -463,7 +463,7 @@ static void tool_call_head(dsv_buf *out, const srv_gen *g, int index, const char
 static void token_text(dsv_server *S, int32_t id, dsv_buf *out) {
     size_t n = 0;
     const char *p = dsv_token_piece(S->tok, id, &n);
-    dsv_json_put_str(out, p ? p : "", p ? n : 0);
+    dsv_json_str(out, p ? p : "", p ? n : 0);
 }
 
 static void token_bytes(dsv_server *S, int32_t id, dsv_buf *out) {
@@ -557,7 +557,7 @@ static void gather(void *user, const dsv_chat_event *ev) {
 }
 
 static void json_buf_or_null(dsv_buf *out, const dsv_buf *b) {
-    if (b->len) dsv_json_put_str(out, b->data, b->len);
+    if (b->len) dsv_json_str(out, b->data, b->len);
     else dsv_buf_adds(out, "null");
 }
 
@@ -566,7 +566,7 @@ void srv_api_response(dsv_server *S, const srv_gen *g, const char *text, size_t 
     if (!g->chat) {
         head(S, g, "text_completion", out);
         dsv_buf_adds(out, ",\"choices\":[{\"index\":0,\"text\":");
-        dsv_json_put_str(out, text, len);
+        dsv_json_str(out, text, len);
         choice_logprobs(S, g, toks, out);
         srv_addf(out, ",\"finish_reason\":\"%s\"}],\"usage\":", finish_reason(st, 0));
         usage(out, n_prompt, st);
@@ -590,7 +590,7 @@ void srv_api_response(dsv_server *S, const srv_gen *g, const char *text, size_t 
             if (i) dsv_buf_adds(out, ",");
             tool_call_head(out, g, i, r.calls[i].name);
             dsv_buf_adds(out, ",\"arguments\":");
-            dsv_json_put_str(out, r.calls[i].args.data ? r.calls[i].args.data : "", r.calls[i].args.len);
+            dsv_json_str(out, r.calls[i].args.data ? r.calls[i].args.data : "", r.calls[i].args.len);
             dsv_buf_adds(out, "}}");
         }
         dsv_buf_adds(out, "]");
@@ -656,7 +656,7 @@ static void delta_text(srv_sse *x, const char *field, const char *text, size_t l
     if (!len) return;
     chunk_open(x, x->out);
     srv_addf(x->out, "\"delta\":{\"%s\":", field);
-    dsv_json_put_str(x->out, text, len);
+    dsv_json_str(x->out, text, len);
     dsv_buf_adds(x->out, "}");
     chunk_close(x->out, NULL);
 }
@@ -678,7 +678,7 @@ static void on_event(void *user, const dsv_chat_event *ev) {
         if (!ev->len) break;
         chunk_open(x, x->out);
         srv_addf(x->out, "\"delta\":{\"tool_calls\":[{\"index\":%d,\"function\":{\"arguments\":", ev->index);
-        dsv_json_put_str(x->out, ev->text, ev->len);
+        dsv_json_str(x->out, ev->text, ev->len);
         dsv_buf_adds(x->out, "}}]}");
         chunk_close(x->out, NULL);
         break;
@@ -698,7 +698,7 @@ void srv_sse_text(srv_sse *x, const char *text, size_t len, dsv_buf *out) {
     if (!x->g->chat) {
         chunk_open(x, out);
         dsv_buf_adds(out, "\"text\":");
-        dsv_json_put_str(out, text, len);
+        dsv_json_str(out, text, len);
         chunk_close(out, NULL);
         return;
     }

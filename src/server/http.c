@@ -67,7 +67,7 @@
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
 
-#include "text/json_str.h"
+#include "dsv32_util.h"
 #include "server.h"
 #include "base/util.h"
 
@@ -226,7 +226,7 @@ static int authorized(dsv_server *S, struct MHD_Connection *c) {
 
 static void model_object(dsv_server *S, dsv_buf *b) {
     dsv_buf_adds(b, "{\"id\":");
-    dsv_json_put_str(b, S->model_id, strlen(S->model_id));
+    dsv_json_str(b, S->model_id, strlen(S->model_id));
     srv_addf(b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"dsv32\",\"max_model_len\":%d}",
              (long long)S->created, S->n_ctx);
 }
@@ -309,7 +309,7 @@ static enum MHD_Result route_tokenize(dsv_server *S, struct MHD_Connection *c, s
             size_t pl = 0;
             const char *p = dsv_token_piece(S->tok, ids[i], &pl);
             srv_addf(&b, "{\"id\":%d,\"piece\":", (int)ids[i]);
-            dsv_json_put_str(&b, p ? p : "", pl);
+            dsv_json_str(&b, p ? p : "", pl);
             dsv_buf_adds(&b, "}");
         }
         dsv_buf_adds(&b, "]}");
@@ -347,7 +347,7 @@ static enum MHD_Result route_detokenize(dsv_server *S, struct MHD_Connection *c,
         char *text = malloc(len + 1);
         if (text && dsv_detokenize(S->tok, ids, (size_t)n, 0, text, len + 1, &len) == DSV_OK) {
             dsv_buf_adds(&b, "{\"content\":");
-            dsv_json_put_str(&b, text, len);
+            dsv_json_str(&b, text, len);
             dsv_buf_adds(&b, "}");
         } else {
             b.failed = 1;

@@ -107,7 +107,7 @@ void srv_sse_tokens(srv_sse *x, const srv_tok *t, int n, dsv_buf *out);
  * asked for, then [DONE]. */
 void srv_sse_end(srv_sse *x, const srv_status *st, int n_prompt, dsv_buf *out);
 
-/* printf into a buffer. */
+/* printf into a buffer. (JSON string literals: dsv_json_str, text/text.h.) */
 void srv_addf(dsv_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* The chat page (page.c). */

@@ -1,9 +1,13 @@
-/* json_str.c: JSON strings in and out (see json_str.h). Reading is a small
- * recursive-descent reader: members before the wanted one are skipped
- * structurally, strings are decoded per RFC 8259 (surrogate pairs joined,
- * lone surrogates refused since UTF-8 cannot hold them). Writing validates
- * UTF-8 as it copies, so no caller has to. */
-#include "json_str.h"
+/* json_str.c: JSON strings, both ways. Reading: pulls one string member
+ * out of a JSON object with its exact length (dsv_json_get_string, declared
+ * in include/dsv32_util.h), a small recursive-descent reader: members before
+ * the wanted one are skipped structurally, strings are decoded per RFC 8259
+ * (surrogate pairs joined, lone surrogates refused since UTF-8 cannot hold
+ * them); the same reader finds strings holding NUL (dsv_json_nul_strings).
+ * Writing: the one string-literal writer of the server and the commands
+ * (dsv_json_str, dsv_json_quote), which validates UTF-8 as it copies, so no
+ * caller has to. */
+#include "dsv32_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +15,7 @@
 
 #include "base/utf8.h"
 #include "base/util.h"
+#include "text.h"
 
 #define MAX_DEPTH 512
 
@@ -281,7 +286,7 @@ size_t dsv_json_depth(const char *json, size_t len) {
 
 /* ---- Writing -------------------------------------------------------------- */
 
-void dsv_json_put_str(dsv_buf *b, const char *s, size_t n) {
+void dsv_json_str(dsv_buf *b, const char *s, size_t n) {
     static const char hex[] = "0123456789abcdef";
     dsv_buf_add(b, "\"", 1);
     size_t run = 0; /* bytes copied as they are, flushed in one append */
@@ -324,4 +329,17 @@ void dsv_json_put_str(dsv_buf *b, const char *s, size_t n) {
     }
     dsv_buf_add(b, s + n - run, run);
     dsv_buf_add(b, "\"", 1);
+}
+
+char *dsv_json_quote(const char *s, size_t n, size_t *out_len) {
+    dsv_buf b = {0};
+    dsv_json_str(&b, s, n);
+    const size_t len = b.len;
+    char *out = dsv_buf_take(&b);
+    if (!out) {
+        dsv_error(DSV_ERR_NOMEM, "out of memory quoting a JSON string");
+        return NULL;
+    }
+    if (out_len) *out_len = len;
+    return out;
 }
