@@ -13,8 +13,9 @@
 //   - afterwards /metrics shows no KV page in use, nothing running or
 //     queued, and no request body held.
 // Then the server's RSS after the second round is compared with the one
-// after the first: printed, and failed beyond 5% when SOAK_LONG=1 (the long
-// run), where a slow leak has rounds enough to show. SIGTERM must end the
+// after the first (printed), and in the long run (SOAK_LONG=1), where a slow
+// leak has rounds enough to show, the lowest RSS of the later rounds must be
+// within 5% of the highest of the first two. SIGTERM must end the
 // server with status 0. Every loop is bounded; nothing leaves loopback.
 //
 //   node tests/server/soak.js BIN MODEL_DIR
@@ -263,7 +264,15 @@ async function main() {
                 `${(rssAfter[1] / 1024).toFixed(1)} MiB (${(growth * 100).toFixed(2)}%)` +
                 (ROUNDS > 2 ? `, after round ${ROUNDS} ${(rssAfter[ROUNDS - 1] / 1024).toFixed(1)} MiB ` +
                               `(${(last * 100).toFixed(2)}% over round 2)` : ""));
-    if (long && (growth > 0.05 || last > 0.05)) fail("the server's RSS grew by more than 5% between rounds");
+    // A leak grows every round; with a thread per connection RSS also swings
+    // by several percent between identical rounds (malloc arenas, cached
+    // thread stacks), so the long run asserts the trend: the lowest RSS of
+    // the later half of the rounds within 5% of the highest of the first two.
+    const early = Math.max(rssAfter[0], rssAfter[1]);
+    const late = Math.min(...rssAfter.slice(Math.floor(ROUNDS / 2)));
+    console.log(`soak: lowest RSS of rounds ${Math.floor(ROUNDS / 2) + 1}-${ROUNDS} ${(late / 1024).toFixed(1)} MiB, ` +
+                `highest of rounds 1-2 ${(early / 1024).toFixed(1)} MiB (${((late / early - 1) * 100).toFixed(2)}%)`);
+    if (long && late > early * 1.05) fail("the server's RSS kept growing from round to round (a leak)");
   } catch (e) {
     if (!process.exitCode) console.error("soak: FAIL:", e.cause || e);
     process.exitCode = 1;
