@@ -164,7 +164,8 @@ static void report(struct bench *b, const char *phase, int mode, int depth, int 
            "\"moe_ms\":%.6g,\"other_ms\":%.6g,\"weight_bytes_per_tok\":%.0f,\"gbs\":%.6g,\"mem_gbs\":%.6g,"
            "\"bound_tok_s\":%.6g,\"kv_bytes_per_tok\":%llu,\"kv_read_bytes_per_tok\":%.0f,\"keys_per_tok\":%.6g,"
            "\"linear_tflops\":%.6g,\"amx_tflops\":",
-           name ? name : "null", b->c->fp8 ? "fp8" : "bf16", dsv_context_kernels(b->ctx[mode == MODE_DENSE]), b->threads, phase,
+           name ? name : "null", b->c->fp8 ? "fp8" : "bf16", dsv_context_kernels(b->ctx[mode == MODE_DENSE]),
+           b->threads, phase,
            mode_name(mode),
            mode == MODE_DENSE ? 0 : b->topk ? (int)b->topk : b->c->index_topk, b->fill_random ? "random" : "real",
            depth, n, secs, n / secs, 1e3 * secs * per, attn_ms, s->ns[DSV_PHASE_INDEXER] * ms,

@@ -90,6 +90,7 @@ int cmd_serve(int argc, char **argv) {
         long n;
         int64_t size;
 #define VALUE() do { if (!(v = cli_value(CMD, argc, argv, &i))) return 2; } while (0)
+#define SIZE() do { VALUE(); if (parse_size(a, v, &size)) return 2; } while (0)
 #define INT(lo, hi, dst) do { VALUE(); if (cli_int(CMD, a, v, lo, hi, &n)) return 2; dst = (int)n; } while (0)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VALUE(); p.model_dir = v; }
@@ -102,8 +103,8 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) INT(1, 1024, p.n_threads);
         else if (!strcmp(a, "--kv-memory")) { VALUE(); if (parse_size(a, v, &size)) return 2; p.kv_bytes = size; }
         else if (!strcmp(a, "--max-body")) { VALUE(); if (parse_size(a, v, &size)) return 2; p.max_body = (size_t)size; }
-        else if (!strcmp(a, "--body-budget")) { VALUE(); if (parse_size(a, v, &size)) return 2; p.body_budget = (size_t)size; }
-        else if (!strcmp(a, "--discard-max")) { VALUE(); if (parse_size(a, v, &size)) return 2; p.discard_max = (size_t)size; }
+        else if (!strcmp(a, "--body-budget")) { SIZE(); p.body_budget = (size_t)size; }
+        else if (!strcmp(a, "--discard-max")) { SIZE(); p.discard_max = (size_t)size; }
         else if (!strcmp(a, "--discard-timeout")) INT(1, 86400, p.discard_timeout);
         else if (!strcmp(a, "--max-conns")) INT(1, 65536, p.conn_limit);
         else if (!strcmp(a, "--max-conns-per-client")) INT(1, 65536, p.conn_per_client);
@@ -115,6 +116,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) p.verbose = 1;
         else { cli_fail(CMD, "unknown option '%s' (see dsv32 serve --help)", a); return 2; }
 #undef INT
+#undef SIZE
 #undef VALUE
     }
     if (!p.model_dir) {

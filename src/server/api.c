@@ -186,7 +186,8 @@ static int parse_sampling(dsv_server *S, const cJSON *root, srv_req *r, int *max
         get_num(root, "presence_penalty", -2, 2, &pres, e) || get_num(root, "frequency_penalty", -2, 2, &freq, e) ||
         get_num(root, "repetition_penalty", 1e-3, 1e3, &rep, e) ||
         get_int(root, "seed", -seed_max, seed_max, &seed, e) ||
-        get_int(root, "max_tokens", 1, 1000000000, &mt, e) || get_int(root, "max_completion_tokens", 1, 1000000000, &mct, e))
+        get_int(root, "max_tokens", 1, 1000000000, &mt, e) ||
+        get_int(root, "max_completion_tokens", 1, 1000000000, &mct, e))
         return -1;
     sp->temperature = (float)t;
     sp->top_p = (float)top_p;

@@ -884,8 +884,10 @@ int dsv_server_open(dsv_server **out, const dsv_server_params *params) {
         st = start_daemon(S);
     }
     if (!st) {
-        if (pthread_create(&S->watchdog, NULL, watchdog_main, S)) st = dsv_error(DSV_ERR_NOMEM, "cannot start a thread");
-        else S->watchdog_started = 1;
+        if (pthread_create(&S->watchdog, NULL, watchdog_main, S))
+            st = dsv_error(DSV_ERR_NOMEM, "cannot start the connection watchdog thread");
+        else
+            S->watchdog_started = 1;
     }
     if (st) {
         dsv_server_close(S);
