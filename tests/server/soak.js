@@ -270,8 +270,9 @@ async function main() {
     // the later half of the rounds within 5% of the highest of the first two.
     const early = Math.max(rssAfter[0], rssAfter[1]);
     const late = Math.min(...rssAfter.slice(Math.floor(ROUNDS / 2)));
-    console.log(`soak: lowest RSS of rounds ${Math.floor(ROUNDS / 2) + 1}-${ROUNDS} ${(late / 1024).toFixed(1)} MiB, ` +
-                `highest of rounds 1-2 ${(early / 1024).toFixed(1)} MiB (${((late / early - 1) * 100).toFixed(2)}%)`);
+    if (ROUNDS >= 4)
+      console.log(`soak: lowest RSS of rounds ${Math.floor(ROUNDS / 2) + 1}-${ROUNDS} ${(late / 1024).toFixed(1)} MiB, ` +
+                  `highest of rounds 1-2 ${(early / 1024).toFixed(1)} MiB (${((late / early - 1) * 100).toFixed(2)}%)`);
     if (long && late > early * 1.05) fail("the server's RSS kept growing from round to round (a leak)");
   } catch (e) {
     if (!process.exitCode) console.error("soak: FAIL:", e.cause || e);
