@@ -24,6 +24,8 @@
 #include <string.h>
 
 #include "text.h"
+#include "dsml.h"
+#include "pyjson.h"
 #include "base/util.h"
 
 /* The marker strings (spec §1). Fullwidth bar U+FF5C and U+2581 '▁'. */
@@ -68,14 +70,17 @@ static size_t utf8_decode(const unsigned char *s, size_t n, unsigned *cp) {
     return len;
 }
 
-static void pyjson_string(dsv_buf *b, const char *s) {
+/* json.dumps of a string; ascii = ensure_ascii. With ensure_ascii=False
+ * Python escapes only '"', '\\' and control characters, and writes every
+ * other byte as it is. */
+static void pyjson_string(dsv_buf *b, const char *s, size_t n, int ascii) {
     const unsigned char *p = (const unsigned char *)s;
-    size_t n = strlen(s);
     char tmp[16];
     dsv_buf_add(b, "\"", 1);
     for (size_t i = 0; i < n;) {
         unsigned cp;
-        i += utf8_decode(p + i, n - i, &cp);
+        if (ascii) i += utf8_decode(p + i, n - i, &cp);
+        else cp = p[i++];
         switch (cp) {
         case '"': dsv_buf_add(b, "\\\"", 2); continue;
         case '\\': dsv_buf_add(b, "\\\\", 2); continue;
@@ -84,6 +89,16 @@ static void pyjson_string(dsv_buf *b, const char *s) {
         case '\t': dsv_buf_add(b, "\\t", 2); continue;
         case '\b': dsv_buf_add(b, "\\b", 2); continue;
         case '\f': dsv_buf_add(b, "\\f", 2); continue;
+        }
+        if (!ascii) {
+            if (cp < 0x20) {
+                snprintf(tmp, sizeof tmp, "\\u%04x", cp);
+                dsv_buf_adds(b, tmp);
+            } else {
+                char c = (char)cp;
+                dsv_buf_add(b, &c, 1);
+            }
+            continue;
         }
         /* Python escapes everything outside ' '..'~' (DEL too), lowercase hex,
          * astral code points as a surrogate pair. */
@@ -140,11 +155,11 @@ static void pyjson_float(dsv_buf *b, double d) {
     }
 }
 
-static void pyjson_dump(dsv_buf *b, const cJSON *v) {
+static void pyjson_dump(dsv_buf *b, const cJSON *v, int ascii) {
     if (cJSON_IsNull(v)) dsv_buf_adds(b, "null");
     else if (cJSON_IsTrue(v)) dsv_buf_adds(b, "true");
     else if (cJSON_IsFalse(v)) dsv_buf_adds(b, "false");
-    else if (cJSON_IsString(v)) pyjson_string(b, v->valuestring);
+    else if (cJSON_IsString(v)) pyjson_string(b, v->valuestring, strlen(v->valuestring), ascii);
     else if (cJSON_IsNumber(v)) {
         double d = v->valuedouble;
         /* cJSON keeps no int/float distinction. Integral values below 1e16
@@ -163,12 +178,15 @@ static void pyjson_dump(dsv_buf *b, const cJSON *v) {
         dsv_buf_add(b, obj ? "{" : "[", 1);
         for (const cJSON *c = v->child; c; c = c->next) {
             if (c != v->child) dsv_buf_add(b, ", ", 2);
-            if (obj) { pyjson_string(b, c->string); dsv_buf_add(b, ": ", 2); }
-            pyjson_dump(b, c);
+            if (obj) { pyjson_string(b, c->string, strlen(c->string), ascii); dsv_buf_add(b, ": ", 2); }
+            pyjson_dump(b, c, ascii);
         }
         dsv_buf_add(b, obj ? "}" : "]", 1);
     }
 }
+
+void dsv_pyjson_dump(dsv_buf *b, const cJSON *v, int ensure_ascii) { pyjson_dump(b, v, ensure_ascii); }
+void dsv_pyjson_string(dsv_buf *b, const char *s, size_t n, int ensure_ascii) { pyjson_string(b, s, n, ensure_ascii); }
 
 /* --- The tool block (spec §2.3, render_chat.py's tool_block()). */
 
@@ -189,7 +207,7 @@ static void tool_entry(dsv_buf *b, const char *name, const char *desc, const cJS
     dsv_buf_adds(b, "\nDescription: ");
     dsv_buf_adds(b, desc);
     dsv_buf_adds(b, "\n\nParameters: ");
-    if (params) pyjson_dump(b, params);
+    if (params) pyjson_dump(b, params, 1);
     else dsv_buf_adds(b, "{}");
     dsv_buf_adds(b, "\n\n");
 }
@@ -447,7 +465,7 @@ static int json_tool_calls(const cJSON *tc, int i, struct jconv *cv, dsv_chat_ms
             /* A JSON value instead of the JSON text: serialize it like the
              * json.dumps output the model was trained on. */
             dsv_buf b = {0};
-            pyjson_dump(&b, args);
+            pyjson_dump(&b, args, 1);
             if (!(c->arguments = own(cv, &b))) return dsv_error(DSV_ERR_NOMEM, "chat: out of memory");
         } else {
             c->arguments = NULL;
@@ -745,6 +763,7 @@ struct dsv_chat_stream {
     dsv_chat_result result; /* filled by finish */
     dsv_chat_event_fn fn;   /* the callback of the current feed/finish */
     void *user;
+    dsv_dsml_stream *dsml;  /* set: a V3.2 (DSML) stream, which does all the work */
 };
 
 static void emit(dsv_chat_stream *s, dsv_chat_event_kind kind, const char *p, size_t n) {
@@ -863,8 +882,21 @@ int dsv_chat_stream_init(dsv_chat_stream **out, int thinking) {
     return DSV_OK;
 }
 
+/* The DSML stream behind the same handle (chat_format.c's table calls it). */
+int dsv_chat_stream_init_dsml(dsv_chat_stream **out, int thinking);
+int dsv_chat_stream_init_dsml(dsv_chat_stream **out, int thinking) {
+    if (!out) return dsv_error(DSV_ERR_ARG, "dsv_chat_stream_init: out is NULL");
+    dsv_chat_stream *s = calloc(1, sizeof *s);
+    if (!s) return dsv_error(DSV_ERR_NOMEM, "chat: out of memory");
+    int rc = dsv_dsml_stream_new(&s->dsml, thinking);
+    if (rc) { free(s); return rc; }
+    *out = s;
+    return DSV_OK;
+}
+
 void dsv_chat_stream_free(dsv_chat_stream *s) {
     if (!s) return;
+    dsv_dsml_stream_free(s->dsml);
     dsv_buf_free(&s->pend);
     dsv_buf_free(&s->name);
     dsv_buf_free(&s->args);
@@ -885,6 +917,7 @@ static int stream_failed(const dsv_chat_stream *s) {
 int dsv_chat_stream_feed(dsv_chat_stream *s, const char *text, size_t len,
                          dsv_chat_event_fn fn, void *user) {
     if (!s || (!text && len)) return dsv_error(DSV_ERR_ARG, "dsv_chat_stream_feed: NULL argument");
+    if (s->dsml) return dsv_dsml_stream_feed(s->dsml, text, len, fn, user);
     if (s->finished) return dsv_error(DSV_ERR_ARG, "dsv_chat_stream_feed: the stream is finished");
     s->fn = fn;
     s->user = user;
@@ -895,6 +928,7 @@ int dsv_chat_stream_feed(dsv_chat_stream *s, const char *text, size_t len,
 
 int dsv_chat_stream_finish(dsv_chat_stream *s, dsv_chat_event_fn fn, void *user) {
     if (!s) return dsv_error(DSV_ERR_ARG, "dsv_chat_stream_finish: NULL stream");
+    if (s->dsml) return dsv_dsml_stream_finish(s->dsml, fn, user);
     if (s->finished) return DSV_OK;
     s->fn = fn;
     s->user = user;
@@ -907,5 +941,6 @@ int dsv_chat_stream_finish(dsv_chat_stream *s, dsv_chat_event_fn fn, void *user)
 }
 
 const dsv_chat_result *dsv_chat_stream_result(const dsv_chat_stream *s) {
+    if (s && s->dsml) return dsv_dsml_stream_result(s->dsml);
     return s && s->finished ? &s->result : NULL;
 }
