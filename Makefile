@@ -121,6 +121,16 @@ build-fuzz/fuzz_safetensors: $(FUZZ_SRC) src/format/safetensors.h src/base/util.
 	clang -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -g -O1 -fsanitize=fuzzer,address,undefined $(WARN) \
 	    $(FUZZ_SRC) -o $@ -lcjson -lm
 
+# libFuzzer target for the DeepSeek-V3.2 (DSML) output parser (how to run it:
+# tests/fuzz/fuzz_dsml.c).
+FUZZ_DSML_SRC = tests/fuzz/fuzz_dsml.c src/text/dsml.c src/text/chat.c src/text/chat_format.c src/text/text.c \
+    src/base/util.c src/base/utf8.c
+fuzz: build-fuzz/fuzz_dsml
+build-fuzz/fuzz_dsml: $(FUZZ_DSML_SRC) src/text/dsml.h src/text/text.h include/dsv32_chat.h
+	@mkdir -p $(dir $@)
+	clang -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -g -O1 -fsanitize=fuzzer,address,undefined $(WARN) \
+	    $(FUZZ_DSML_SRC) -o $@ -lcjson -lm
+
 clean:
 	rm -rf build build-asan build-fuzz
 
