@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "dsv32_chat.h"
 #include "dsv32_sampler.h"
 #include "dsv32_tokenizer.h"
 #include "test.h"
@@ -138,7 +139,8 @@ static void random_walks(const dsv_tokenizer *tok, int n_walks, int check_slow, 
         REQUIRE(!schemas[k] || schema);
         for (int w = 0; w < n_walks; w++) {
             dsv_grammar *g = NULL;
-            dsv_grammar_json_opts o = {.schema = schema, .eos = eos, .until = until};
+            dsv_grammar_branch br = {.schema = schema};
+            dsv_grammar_json_opts o = {.branches = &br, .n_branches = 1, .eos = eos, .until = until};
             REQUIREF(dsv_grammar_json(&g, vi, &o) == DSV_OK, "%s", dsv_errmsg());
             const dsv_token_constraint *c = dsv_grammar_constraint(g);
             char text[16384];
@@ -286,7 +288,8 @@ TEST(grammar_mask_cost_real_vocab) {
         cJSON *schema = schemas[k] ? cJSON_Parse(schemas[k]) : NULL;
         for (int w = 0; w < 3; w++) {
             dsv_grammar *g = NULL;
-            dsv_grammar_json_opts o = {.schema = schema, .eos = eos};
+            dsv_grammar_branch br = {.schema = schema};
+            dsv_grammar_json_opts o = {.branches = &br, .n_branches = 1, .eos = eos};
             REQUIRE(dsv_grammar_json(&g, vi, &o) == DSV_OK);
             const dsv_token_constraint *c = dsv_grammar_constraint(g);
             for (int step = 0; step < 400; step++) {
@@ -315,6 +318,86 @@ TEST(grammar_mask_cost_real_vocab) {
     printf("    vocabulary %d tokens: index built in %.0f ms; mask %.3f ms mean, %.3f ms worst over %ld steps\n",
            (int)V, build_ms, total / (double)masks, worst, masks);
     free(m);
+    free(slow);
+    dsv_vocab_index_free(vi);
+    dsv_tokenizer_close(tok);
+}
+
+/* Forced tool calls: one branch a tool, in both formats' markup. Random
+ * walks end with EOS; the text parses, with that format's parser, into one
+ * call to one of the tools whose arguments validate; the mask equals the
+ * reference all along. */
+TEST(grammar_tool_call_walks) {
+    dsv_tokenizer *tok = open_tiny();
+    dsv_vocab_index *vi = NULL;
+    REQUIRE(dsv_vocab_index_build(&vi, tok) == DSV_OK);
+    int32_t V = dsv_tokenizer_n_vocab(tok), eos = dsv_tokenizer_eos(tok);
+    size_t words = ((size_t)V + 31) / 32;
+    uint32_t *fast = calloc(words, 4), *slow = calloc(words, 4);
+    cJSON *s0 = cJSON_Parse(schemas[0]);
+    cJSON *s1 = cJSON_Parse("{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\",\"minLength\":1,\"maxLength\":8},"
+                            "\"days\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":7}},\"required\":[\"city\"]}");
+    REQUIRE(fast && slow && s0 && s1);
+    const char *names[2] = {"person", "weather"};
+    const cJSON *sch[2] = {s0, s1};
+    rng = 11;
+    for (int dsml = 0; dsml <= 1; dsml++) {
+        const dsv_chat_format *f = dsv_chat_format_find(dsml ? "deepseek-v3.2" : "deepseek-v3.2-exp");
+        char pre[2][256], suf[256];
+        dsv_grammar_branch br[2];
+        for (int b = 0; b < 2; b++) {
+            if (dsml)
+                snprintf(pre[b], sizeof pre[b], "\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"%s\">\n", names[b]);
+            else
+                snprintf(pre[b], sizeof pre[b], "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>%s<｜tool▁sep｜>", names[b]);
+            snprintf(suf, sizeof suf, "%s", dsml ? "\n</｜DSML｜invoke>\n</｜DSML｜function_calls>"
+                                                 : "<｜tool▁call▁end｜><｜tool▁calls▁end｜>");
+            br[b] = (dsv_grammar_branch){.prefix = pre[b], .suffix = suf, .schema = sch[b], .dsml = dsml};
+        }
+        for (int w = 0; w < 12; w++) {
+            dsv_grammar *g = NULL;
+            dsv_grammar_json_opts o = {.branches = br, .n_branches = 2, .eos = eos};
+            REQUIREF(dsv_grammar_json(&g, vi, &o) == DSV_OK, "%s", dsv_errmsg());
+            const dsv_token_constraint *c = dsv_grammar_constraint(g);
+            char text[8192];
+            size_t n = 0;
+            int ended = 0;
+            for (int steps = 0; steps < 2000 && !ended; steps++) {
+                memset(fast, 0, words * 4);
+                memset(slow, 0, words * 4);
+                REQUIRE(c->allowed(c->user, fast) == DSV_OK);
+                if (w < 3) {
+                    REQUIRE(dsv_grammar_allowed_slow(g, slow) == DSV_OK);
+                    REQUIREF(!memcmp(fast, slow, words * 4), "dsml %d walk %d step %d: mask differs after \"%.*s\"",
+                             dsml, w, steps, (int)n, text);
+                }
+                int32_t id = pick(fast, V);
+                REQUIRE(c->accept(c->user, id) == DSV_OK);
+                if (id == eos) { ended = 1; break; }
+                size_t len;
+                const char *p = dsv_token_piece(tok, id, &len);
+                REQUIRE(n + len < sizeof text);
+                memcpy(text + n, p, len);
+                n += len;
+            }
+            text[n] = 0;
+            REQUIREF(ended, "dsml %d walk %d: no EOS: %.300s", dsml, w, text);
+            dsv_chat_result r;
+            REQUIRE(dsv_chat_format_parse(f, text, n, 0, &r) == DSV_OK);
+            REQUIREF(r.n_tool_calls == 1 && !r.content, "dsml %d walk %d: %d calls, content \"%s\" from %s", dsml, w,
+                     r.n_tool_calls, r.content ? r.content : "", text);
+            int b = !strcmp(r.tool_calls[0].name, names[1]);
+            CHECK(b || !strcmp(r.tool_calls[0].name, names[0]));
+            cJSON *args = cJSON_Parse(r.tool_calls[0].arguments);
+            CHECKF(args && validate(args, sch[b]), "dsml %d walk %d: arguments %s", dsml, w, r.tool_calls[0].arguments);
+            cJSON_Delete(args);
+            dsv_chat_result_free(&r);
+            dsv_grammar_free(g);
+        }
+    }
+    cJSON_Delete(s0);
+    cJSON_Delete(s1);
+    free(fast);
     free(slow);
     dsv_vocab_index_free(vi);
     dsv_tokenizer_close(tok);

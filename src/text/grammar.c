@@ -193,6 +193,7 @@ int dsv_vocab_index_build(dsv_vocab_index **out, const dsv_tokenizer *tok) {
 #define MAX_DEPTH 24       /* frames in one stack */
 #define MAX_ALT 32         /* alternatives at once */
 #define ANY_DEPTH 8        /* nesting of free-form values */
+#define MAX_BRANCH 16      /* ways an answer may start (tools to choose from) */
 
 enum { N_ANY, N_OBJECT, N_ARRAY, N_STRING, N_INTEGER, N_NUMBER, N_BOOL, N_NULL, N_LITERALS, N_ANYOF };
 
@@ -217,6 +218,10 @@ struct node {
     int n_lit;
     struct node **alt;
     int n_alt;
+    /* N_OBJECT as DSML parameters: each property's opening tag, and whether
+     * its value is written raw (string="true"). */
+    char **dsml_open;
+    int *raw;
 };
 
 static void node_free(struct node *n) {
@@ -230,6 +235,9 @@ static void node_free(struct node *n) {
     free(n->lit);
     for (int i = 0; i < n->n_alt; i++) node_free(n->alt[i]);
     free(n->alt);
+    for (int i = 0; n->dsml_open && i < n->n_props; i++) free(n->dsml_open[i]);
+    free(n->dsml_open);
+    free(n->raw);
     free(n);
 }
 
@@ -418,7 +426,9 @@ int dsv_grammar_check_schema(const cJSON *schema) {
 
 /* --- The automaton. */
 
-enum { F_VALUE, F_OBJ, F_ARR, F_STR, F_NUM, F_LIT, F_UNTIL };
+enum { F_VALUE, F_OBJ, F_ARR, F_STR, F_NUM, F_LIT, F_UNTIL, F_DSML, F_RAW };
+
+#define PARAM_CLOSE "</｜DSML｜parameter>"
 /* F_OBJ phases */
 enum { O_FIRST, O_KEY, O_COLON, O_VALUE, O_AFTER, O_NEXT };
 /* F_ARR phases */
@@ -676,6 +686,55 @@ static int step_set_one(struct set *out, struct stack *s, int c) {
         s->depth--;
         return step_set_one(out, s, c);
     }
+    case F_RAW: {
+        /* A string parameter written raw: any text but '<' (which starts
+         * the closing tag), whole UTF-8 characters, counted. */
+        int max = t->n ? t->n->max_len : STR_CAP, min = t->n ? t->n->min_len : 0;
+        if (t->k) {
+            if (c < t->lo || c > t->hi) return 0;
+            t->k--;
+            t->lo = 0x80;
+            t->hi = 0xBF;
+        } else if (c == '<') {
+            if (t->i < min) return 0;
+            s->depth--;
+            return step_set_one(out, s, c);
+        } else if ((c < 0x20 && c != '\n' && c != '\t') || t->i >= max) {
+            return 0;
+        } else {
+            if (c >= 0x80) {
+                int k = c >= 0xC2 && c < 0xE0 ? 1 : c >= 0xE0 && c < 0xF0 ? 2 : c >= 0xF0 && c <= 0xF4 ? 3 : 0;
+                if (!k) return 0;
+                t->k = k;
+                t->lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+                t->hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+            }
+            t->i++;
+        }
+        fork_into(out, s);
+        break;
+    }
+    case F_DSML: {
+        /* The next parameter (none required skipped), or the end. */
+        const struct node *n = t->n;
+        int first = !t->flag, from = t->i;
+        for (int p = from; p < n->n_props; p++) {
+            struct stack d;
+            d.depth = s->depth;
+            memcpy(d.f, s->f, (size_t)s->depth * sizeof *s->f);
+            d.f[d.depth - 1].i = p + 1;
+            d.f[d.depth - 1].flag = 1;
+            int ok = push(&d, (struct frame){.kind = F_LIT, .lit = PARAM_CLOSE}) &&
+                     push(&d, n->raw[p] ? (struct frame){.kind = F_RAW, .n = n->prop[p]}
+                                        : (struct frame){.kind = F_VALUE, .n = n->prop[p]}) &&
+                     push(&d, (struct frame){.kind = F_LIT, .lit = n->dsml_open[p]}) &&
+                     (first || push(&d, (struct frame){.kind = F_LIT, .lit = "\n"}));
+            if (ok) step_set_one(out, &d, c);
+            if (n->required[p]) return out->n > before;
+        }
+        s->depth--;
+        return step_set_one(out, s, c) || out->n > before;
+    }
     case F_VALUE: {
         int ad = s->depth > 1 ? any_depth_of(&s->f[s->depth - 2]) : 0;
         const struct node *n = t->n;
@@ -796,8 +855,9 @@ struct dsv_grammar {
     int n_ids, pos;
     /* G_JSON */
     const dsv_vocab_index *vi;
-    struct node *root;
-    char *texts[3];         /* until, prefix, suffix (owned copies) */
+    struct branch { struct node *root; char *prefix, *suffix; } br[MAX_BRANCH];
+    int n_br;
+    char *until;
     struct set cur, tmp;    /* the state; scratch for the next one */
     struct stack **levels;  /* the walk's scratch: a set per trie depth, on demand */
     int n_levels;
@@ -809,8 +869,8 @@ const dsv_token_constraint *dsv_grammar_constraint(dsv_grammar *g) { return &g->
 void dsv_grammar_free(dsv_grammar *g) {
     if (!g) return;
     free(g->ids);
-    node_free(g->root);
-    for (int i = 0; i < 3; i++) free(g->texts[i]);
+    for (int i = 0; i < g->n_br; i++) { node_free(g->br[i].root); free(g->br[i].prefix); free(g->br[i].suffix); }
+    free(g->until);
     free(g->cur.s);
     free(g->tmp.s);
     for (int i = 0; i < g->n_levels; i++) free(g->levels[i]);
@@ -990,41 +1050,70 @@ int dsv_grammar_allowed_slow(dsv_grammar *g, uint32_t *allowed) {
     return DSV_OK;
 }
 
+/* The DSML form of an object schema: each property's opening tag. */
+static int dsml_prepare(struct node *n, const char *path) {
+    if (n->kind != N_OBJECT)
+        return dsv_error(DSV_ERR_UNSUPPORTED, "%s: a tool's parameters must be an object schema", path);
+    n->dsml_open = calloc((size_t)n->n_props + 1, sizeof *n->dsml_open);
+    n->raw = calloc((size_t)n->n_props + 1, sizeof *n->raw);
+    if (!n->dsml_open || !n->raw) return dsv_error(DSV_ERR_NOMEM, "grammar: out of memory");
+    for (int p = 0; p < n->n_props; p++) {
+        n->raw[p] = n->prop[p]->kind == N_STRING;
+        /* key[p] is the JSON-quoted name; the tag has it between quotes. */
+        const char *k = n->key[p];
+        size_t kl = strlen(k);
+        char *tag = malloc(kl + 64);
+        if (!tag) return dsv_error(DSV_ERR_NOMEM, "grammar: out of memory");
+        snprintf(tag, kl + 64, "<｜DSML｜parameter name=%.*s string=\"%s\">", (int)kl, k, n->raw[p] ? "true" : "false");
+        n->dsml_open[p] = tag;
+    }
+    return DSV_OK;
+}
+
 int dsv_grammar_json(dsv_grammar **out, const dsv_vocab_index *vi, const dsv_grammar_json_opts *o) {
-    if (!out || !vi || !o || o->eos < 0) return dsv_error(DSV_ERR_ARG, "dsv_grammar_json: bad argument");
+    if (!out || !vi || !o || o->eos < 0 || o->n_branches < 1 || o->n_branches > MAX_BRANCH || !o->branches)
+        return dsv_error(DSV_ERR_ARG, "dsv_grammar_json: bad argument");
     dsv_grammar *g = calloc(1, sizeof *g);
     if (!g) return dsv_error(DSV_ERR_NOMEM, "grammar: out of memory");
     g->type = G_JSON;
     g->vi = vi;
     g->eos = o->eos;
-    int rc = DSV_OK;
-    if (o->schema) {
-        rc = compile(o->schema, "schema", 0, &g->root);
-    } else if (!(g->root = calloc(1, sizeof *g->root))) {
-        rc = dsv_error(DSV_ERR_NOMEM, "grammar: out of memory");
-    } else {
-        g->root->kind = N_OBJECT;
-        g->root->free_form = 1;
-    }
-    const char *src[3] = {o->until, o->prefix, o->suffix};
-    for (int i = 0; !rc && i < 3; i++)
-        if (src[i] && *src[i] && !(g->texts[i] = strdup(src[i]))) rc = dsv_error(DSV_ERR_NOMEM, "grammar: out of memory");
-    if (!rc && g->texts[0] && strlen(g->texts[0]) >= 64) rc = dsv_error(DSV_ERR_ARG, "grammar: marker too long");
     g->cur.s = malloc(MAX_ALT * sizeof *g->cur.s);
     g->tmp.s = malloc(MAX_ALT * sizeof *g->tmp.s);
-    if (!rc && (!g->cur.s || !g->tmp.s)) rc = dsv_error(DSV_ERR_NOMEM, "grammar: out of memory");
+    int rc = !g->cur.s || !g->tmp.s ? dsv_error(DSV_ERR_NOMEM, "grammar: out of memory") : DSV_OK;
+    if (!rc && o->until && (strlen(o->until) >= 64 || !*o->until)) rc = dsv_error(DSV_ERR_ARG, "grammar: bad marker");
+    if (!rc && o->until && !(g->until = strdup(o->until))) rc = dsv_error(DSV_ERR_NOMEM, "grammar: out of memory");
+    for (int b = 0; !rc && b < o->n_branches; b++) {
+        const dsv_grammar_branch *br = &o->branches[b];
+        struct branch *gb = &g->br[g->n_br++];
+        char path[32];
+        snprintf(path, sizeof path, o->n_branches > 1 ? "schema[%d]" : "schema", b);
+        if (br->schema) {
+            rc = compile(br->schema, path, 0, &gb->root);
+        } else if (!(gb->root = calloc(1, sizeof *gb->root))) {
+            rc = dsv_error(DSV_ERR_NOMEM, "grammar: out of memory");
+        } else {
+            gb->root->kind = N_OBJECT;
+            gb->root->free_form = 1;
+        }
+        if (!rc && br->dsml) rc = dsml_prepare(gb->root, path);
+        if (!rc && br->prefix && *br->prefix && !(gb->prefix = strdup(br->prefix)))
+            rc = dsv_error(DSV_ERR_NOMEM, "grammar: out of memory");
+        if (!rc && br->suffix && *br->suffix && !(gb->suffix = strdup(br->suffix)))
+            rc = dsv_error(DSV_ERR_NOMEM, "grammar: out of memory");
+        if (rc) break;
+        /* Its stack, bottom up: suffix, value, prefix, free text. */
+        struct stack *s = &g->cur.s[g->cur.n++];
+        s->depth = 0;
+        if (gb->suffix) push(s, (struct frame){.kind = F_LIT, .lit = gb->suffix});
+        push(s, (struct frame){.kind = br->dsml ? F_DSML : F_VALUE, .n = gb->root});
+        if (gb->prefix) push(s, (struct frame){.kind = F_LIT, .lit = gb->prefix});
+        if (g->until) push(s, (struct frame){.kind = F_UNTIL, .lit = g->until});
+    }
     if (rc) {
         dsv_grammar_free(g);
         return rc;
     }
-    /* The stack, bottom up: suffix, value, prefix, free text. */
-    struct stack *s = &g->cur.s[0];
-    s->depth = 0;
-    if (g->texts[2]) push(s, (struct frame){.kind = F_LIT, .lit = g->texts[2]});
-    push(s, (struct frame){.kind = F_VALUE, .n = g->root});
-    if (g->texts[1]) push(s, (struct frame){.kind = F_LIT, .lit = g->texts[1]});
-    if (g->texts[0]) push(s, (struct frame){.kind = F_UNTIL, .lit = g->texts[0]});
-    g->cur.n = 1;
     g->c = (dsv_token_constraint){json_allowed, json_accept, g};
     *out = g;
     return DSV_OK;

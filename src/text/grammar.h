@@ -41,11 +41,21 @@ int dsv_grammar_forced(dsv_grammar **out, const int32_t *ids, int n, int32_t eos
 int dsv_vocab_index_build(dsv_vocab_index **out, const dsv_tokenizer *tok);
 void dsv_vocab_index_free(dsv_vocab_index *vi);
 
+/* One way the answer may go: prefix, then a value, then suffix. */
+typedef struct dsv_grammar_branch {
+    const char *prefix;   /* NULL: none; forced text before the value */
+    const char *suffix;   /* NULL: none; forced text after it */
+    const cJSON *schema;  /* NULL: any JSON object */
+    /* The value is the DSML parameters of an object schema (V3.2 tool
+     * calls: properties in order, string properties raw, others JSON), not
+     * JSON. */
+    int dsml;
+} dsv_grammar_branch;
+
 typedef struct dsv_grammar_json_opts {
-    const cJSON *schema;  /* NULL: any JSON object (response_format json_object) */
+    const dsv_grammar_branch *branches; /* one of them (at most 16) */
+    int n_branches;
     const char *until;    /* NULL, or free text is allowed up to and including this marker first */
-    const char *prefix;   /* NULL, or this text is forced before the value */
-    const char *suffix;   /* NULL, or this text is forced after the value */
     int32_t eos;          /* the token allowed at the end */
 } dsv_grammar_json_opts;
 
@@ -60,8 +70,9 @@ typedef struct dsv_grammar_json_opts {
  * annotations title, description, default, examples, $schema, strict. */
 int dsv_grammar_check_schema(const cJSON *schema);
 
-/* A JSON answer (see dsv_grammar_json_opts) over vi's vocabulary; vi must
- * outlive g. Errors as dsv_grammar_check_schema, DSV_ERR_NOMEM. */
+/* A structured answer (see dsv_grammar_json_opts) over vi's vocabulary; vi
+ * must outlive g. Errors as dsv_grammar_check_schema (a DSML branch's schema
+ * must be an object with properties, or have none), DSV_ERR_NOMEM. */
 int dsv_grammar_json(dsv_grammar **out, const dsv_vocab_index *vi, const dsv_grammar_json_opts *o);
 
 /* The reference for the mask: every token tried on its own, bytes through
