@@ -93,9 +93,16 @@ $(BUILD)/dsv32: $(TOOL_OBJ) $(BUILD)/libdsv32.a
 $(BUILD)/run_tests: $(TEST_OBJ) $(BUILD)/libdsv32.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TEST_OBJ) $(BUILD)/libdsv32.a $(LDLIBS)
 
-# Tests that drive the command line find the binary through DSV32_BIN.
-test: $(BUILD)/run_tests $(BUILD)/dsv32
-	DSV32_BIN=$(BUILD)/dsv32 $(BUILD)/run_tests $(T)
+# The test build of the binary: build/dsv32 plus tests/hooks/ (a server hook
+# that makes a chat request get a chosen completion). Never installed.
+HOOK_OBJ = $(BUILD)/tests/hooks/forced_completion.o
+$(BUILD)/dsv32-test: $(TOOL_OBJ) $(HOOK_OBJ) $(BUILD)/libdsv32.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(HOOK_OBJ) $(BUILD)/libdsv32.a $(LDLIBS)
+
+# Tests that drive the command line find the binary through DSV32_BIN (and
+# the test build through DSV32_TEST_BIN).
+test: $(BUILD)/run_tests $(BUILD)/dsv32 $(BUILD)/dsv32-test
+	DSV32_BIN=$(BUILD)/dsv32 DSV32_TEST_BIN=$(BUILD)/dsv32-test $(BUILD)/run_tests $(T)
 
 # The folders of src/ are layers; no file includes a higher one.
 check-layers:
@@ -134,7 +141,7 @@ build-fuzz/fuzz_dsml: $(FUZZ_DSML_SRC) src/text/dsml.h src/text/text.h include/d
 clean:
 	rm -rf build build-asan build-fuzz
 
--include $(OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+-include $(OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(HOOK_OBJ:.o=.d)
 
 # The embedded tiny model (models/tiny), end to end: corpus from Debian's
 # bible-kjv (installed with apt when missing), BPE, the three training stages,

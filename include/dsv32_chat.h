@@ -263,6 +263,13 @@ int dsv_chat_format_parse(const dsv_chat_format *f, const char *text, size_t len
  * together once its invoke has parsed, and until then its bytes are held. */
 int dsv_chat_format_stream_init(const dsv_chat_format *f, dsv_chat_stream **out, int thinking);
 
+/* The markup of an answer that is one call to the tool `name` in format f,
+ * around its arguments: what constrained decoding forces for tool_choice
+ * "required" or a named function. *prefix and *suffix are malloc'd (the
+ * caller frees them); *dsml is 1 when the arguments are DSML parameters
+ * (deepseek-v3.2), 0 when they are a JSON object (deepseek-v3.2-exp). */
+int dsv_chat_format_call_markup(const dsv_chat_format *f, const char *name, char **prefix, char **suffix, int *dsml);
+
 #ifdef __cplusplus
 }
 #endif

@@ -38,6 +38,13 @@ typedef struct dsv_server_params {
     size_t max_body;        /* largest request body before 413 */
     const char *api_key;    /* NULL: no authentication */
     int verbose;            /* log the set-up and each request on stderr */
+    /* The chat format (a name from dsv_chat_format_list()); NULL: detected
+     * from the model directory (dsv_chat_format_detect). */
+    const char *chat_format;
+    /* The thinking mode of a chat request that does not choose one (with
+     * "thinking" or chat_template_kwargs.thinking); 1 for V3.2-Speciale,
+     * which only thinks. Default 0 */
+    int thinking_default;
 } dsv_server_params;
 
 /* The defaults: 127.0.0.1:8080, 4 parallel, n_batch 512, queue 64, body

@@ -98,6 +98,7 @@ void srv_req_free(srv_req *r) {
     if (!r) return;
     free(r->prompt);
     free(r->bias);
+    if (r->constraint_free) r->constraint_free(r->constraint_owner);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->stop);
     dsv_buf_free(&r->text);

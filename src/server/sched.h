@@ -62,6 +62,10 @@ typedef struct srv_req {
     int n_stop;
     int logprobs;                   /* -1: none; else alternatives per token (<= SRV_TOP_MAX) */
     double t_submit;                /* dsv_time() when it arrived */
+    /* Constrained decoding: sampling.constraint points into this object,
+     * freed with the request by constraint_free. */
+    void *constraint_owner;
+    void (*constraint_free)(void *);
 
     /* Output: written by the scheduler under its lock; read it with
      * srv_req_poll. */

@@ -62,6 +62,26 @@ int dsv_chat_format_stream_init(const dsv_chat_format *f, dsv_chat_stream **out,
     return f && f->dsml ? dsv_chat_stream_init_dsml(out, thinking) : dsv_chat_stream_init(out, thinking);
 }
 
+int dsv_chat_format_call_markup(const dsv_chat_format *f, const char *name, char **prefix, char **suffix, int *dsml) {
+    if (!name || !prefix || !suffix || !dsml) return dsv_error(DSV_ERR_ARG, "dsv_chat_format_call_markup: NULL argument");
+    if (!f) f = &formats[0];
+    const char *pre_a = f->dsml ? "\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"" : "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>";
+    const char *pre_b = f->dsml ? "\">\n" : "<｜tool▁sep｜>";
+    const char *suf = f->dsml ? "\n</｜DSML｜invoke>\n</｜DSML｜function_calls>" : "<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
+    size_t n = strlen(pre_a) + strlen(name) + strlen(pre_b) + 1;
+    char *p = malloc(n), *s = strdup(suf);
+    if (!p || !s) {
+        free(p);
+        free(s);
+        return dsv_error(DSV_ERR_NOMEM, "chat: out of memory");
+    }
+    snprintf(p, n, "%s%s%s", pre_a, name, pre_b);
+    *prefix = p;
+    *suffix = s;
+    *dsml = f->dsml;
+    return DSV_OK;
+}
+
 /* dir/name parsed, or NULL when the file does not exist (*rc = DSV_OK) or
  * is unreadable or not JSON (*rc set, naming the file). */
 static cJSON *read_json(const char *dir, const char *name, int *rc) {

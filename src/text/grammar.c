@@ -193,6 +193,8 @@ int dsv_vocab_index_build(dsv_vocab_index **out, const dsv_tokenizer *tok) {
 #define MAX_DEPTH 24       /* frames in one stack */
 #define MAX_ALT 32         /* alternatives at once */
 #define ANY_DEPTH 8        /* nesting of free-form values */
+#define ANY_MEMBERS 16     /* members of a free-form object */
+#define ANY_ITEMS 32       /* items of a free-form array */
 #define MAX_BRANCH 16      /* ways an answer may start (tools to choose from) */
 
 enum { N_ANY, N_OBJECT, N_ARRAY, N_STRING, N_INTEGER, N_NUMBER, N_BOOL, N_NULL, N_LITERALS, N_ANYOF };
@@ -570,7 +572,7 @@ static void start_value(struct set *out, const struct stack *s, const struct nod
         if (!num_feasible(n, f.flag, f.m, f.j, 0, f.phase)) return;
         break;
     default: { /* N_ANY: by the first byte */
-        static const struct node obj = {.kind = N_OBJECT, .free_form = 1}, arr = {.kind = N_ARRAY, .max_items = -1},
+        static const struct node obj = {.kind = N_OBJECT, .free_form = 1}, arr = {.kind = N_ARRAY, .max_items = ANY_ITEMS},
                                  str = {.kind = N_STRING, .max_len = STR_CAP}, num = {.kind = N_NUMBER},
                                  boo = {.kind = N_BOOL}, nul = {.kind = N_NULL};
         const struct node *t = c == '{' ? &obj : c == '[' ? &arr : c == '"' ? &str
@@ -794,10 +796,8 @@ static int step_set_one(struct set *out, struct stack *s, int c) {
         }
         case O_AFTER:
             if (c == ',') {
-                if (!free_form) {
-                    t->i++;
-                    if (t->i >= n->n_props) return 0;
-                }
+                t->i++;
+                if (free_form ? t->i >= ANY_MEMBERS : t->i >= n->n_props) return 0;
                 t->phase = O_NEXT;
                 fork_into(out, s);
             } else if (c == '}') {
