@@ -284,11 +284,16 @@ TEST(grammar_mask_cost_real_vocab) {
     double total = 0, worst = 0;
     long masks = 0;
     rng = 3;
-    for (size_t k = 0; k < sizeof schemas / sizeof schemas[0]; k++) {
-        cJSON *schema = schemas[k] ? cJSON_Parse(schemas[k]) : NULL;
+    /* The JSON schemas, then the first as a V3.2 tool call (DSML, its
+     * string parameter written raw). */
+    for (size_t k = 0; k <= sizeof schemas / sizeof schemas[0]; k++) {
+        int dsml = k == sizeof schemas / sizeof schemas[0];
+        cJSON *schema = dsml ? cJSON_Parse(schemas[0]) : schemas[k] ? cJSON_Parse(schemas[k]) : NULL;
         for (int w = 0; w < 3; w++) {
             dsv_grammar *g = NULL;
-            dsv_grammar_branch br = {.schema = schema};
+            dsv_grammar_branch br = {.schema = schema, .dsml = dsml,
+                                     .prefix = dsml ? "\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"f\">\n" : NULL,
+                                     .suffix = dsml ? "\n</｜DSML｜invoke>\n</｜DSML｜function_calls>" : NULL};
             dsv_grammar_json_opts o = {.branches = &br, .n_branches = 1, .eos = eos};
             REQUIRE(dsv_grammar_json(&g, vi, &o) == DSV_OK);
             const dsv_token_constraint *c = dsv_grammar_constraint(g);

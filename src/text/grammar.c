@@ -50,17 +50,21 @@ struct dsv_vocab_index {
     struct trie all;       /* every token */
     struct trie special;   /* tokens that are not plain in a string */
     struct trie has_lt;    /* tokens with a '<' (the free-text walk) */
+    struct trie raw_special; /* tokens that are not plain in a raw parameter */
     uint32_t *plain_upto;  /* [(MAX_PLAIN_CHARS + 1) * words]: plain tokens of 1..k characters */
+    uint32_t *raw_upto;    /* the same for raw parameters */
     uint32_t *no_lt;       /* [words] tokens without '<' */
 };
 
-/* The number of characters if p[0..n) is plain string content (no quote,
- * backslash or control byte; whole, valid UTF-8 characters), else -1. */
-static int plain_chars(const unsigned char *p, size_t n) {
+/* The number of characters if p[0..n) is plain content (whole, valid UTF-8
+ * characters) of a JSON string (raw = 0: no quote, backslash or control
+ * byte) or of a raw DSML string parameter (raw = 1: no '<', no control byte
+ * but newline and tab), else -1. */
+static int plain_chars(const unsigned char *p, size_t n, int raw) {
     int chars = 0;
     for (size_t i = 0; i < n;) {
         unsigned c = p[i];
-        if (c == '"' || c == '\\' || c < 0x20) return -1;
+        if (raw ? c == '<' || (c < 0x20 && c != '\n' && c != '\t') : c == '"' || c == '\\' || c < 0x20) return -1;
         size_t k = c < 0x80 ? 1 : c >= 0xC2 && c < 0xE0 ? 2 : c >= 0xE0 && c < 0xF0 ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
         if (!k || i + k > n) return -1;
         for (size_t j = 1; j < k; j++)
@@ -140,15 +144,20 @@ static int trie_build(dsv_vocab_index *vi, struct trie *t, int (*keep)(const dsv
 
 static int keep_all(const dsv_vocab_index *vi, int32_t id) { (void)vi; (void)id; return 1; }
 static int keep_special(const dsv_vocab_index *vi, int32_t id) {
-    int c = plain_chars((const unsigned char *)vi->piece[id], vi->len[id]);
+    int c = plain_chars((const unsigned char *)vi->piece[id], vi->len[id], 0);
+    return c < 1 || c > MAX_PLAIN_CHARS;
+}
+static int keep_raw_special(const dsv_vocab_index *vi, int32_t id) {
+    int c = plain_chars((const unsigned char *)vi->piece[id], vi->len[id], 1);
     return c < 1 || c > MAX_PLAIN_CHARS;
 }
 static int keep_lt(const dsv_vocab_index *vi, int32_t id) { return memchr(vi->piece[id], '<', vi->len[id]) != NULL; }
 
 void dsv_vocab_index_free(dsv_vocab_index *vi) {
     if (!vi) return;
-    struct trie *ts[3] = {&vi->all, &vi->special, &vi->has_lt};
-    for (int i = 0; i < 3; i++) { free(ts[i]->node); free(ts[i]->ids); }
+    struct trie *ts[4] = {&vi->all, &vi->special, &vi->has_lt, &vi->raw_special};
+    for (int i = 0; i < 4; i++) { free(ts[i]->node); free(ts[i]->ids); }
+    free(vi->raw_upto);
     free(vi->piece);
     free(vi->len);
     free(vi->plain_upto);
@@ -165,17 +174,20 @@ int dsv_vocab_index_build(dsv_vocab_index **out, const dsv_tokenizer *tok) {
     vi->piece = calloc((size_t)vi->n_vocab, sizeof *vi->piece);
     vi->len = calloc((size_t)vi->n_vocab, sizeof *vi->len);
     vi->plain_upto = calloc((MAX_PLAIN_CHARS + 1) * vi->words, sizeof *vi->plain_upto);
+    vi->raw_upto = calloc((MAX_PLAIN_CHARS + 1) * vi->words, sizeof *vi->raw_upto);
     vi->no_lt = calloc(vi->words, sizeof *vi->no_lt);
-    int ok = vi->piece && vi->len && vi->plain_upto && vi->no_lt;
+    int ok = vi->piece && vi->len && vi->plain_upto && vi->raw_upto && vi->no_lt;
     for (int32_t id = 0; ok && id < vi->n_vocab; id++) {
         vi->piece[id] = dsv_token_piece(tok, id, &vi->len[id]);
         if (!vi->piece[id] || !vi->len[id]) continue;
-        int c = plain_chars((const unsigned char *)vi->piece[id], vi->len[id]);
+        int c = plain_chars((const unsigned char *)vi->piece[id], vi->len[id], 0);
         for (int k = c; c >= 1 && k <= MAX_PLAIN_CHARS; k++) vi->plain_upto[(size_t)k * vi->words + id / 32] |= 1u << (id % 32);
+        c = plain_chars((const unsigned char *)vi->piece[id], vi->len[id], 1);
+        for (int k = c; c >= 1 && k <= MAX_PLAIN_CHARS; k++) vi->raw_upto[(size_t)k * vi->words + id / 32] |= 1u << (id % 32);
         if (!memchr(vi->piece[id], '<', vi->len[id])) vi->no_lt[id / 32] |= 1u << (id % 32);
     }
     if (!ok || trie_build(vi, &vi->all, keep_all) || trie_build(vi, &vi->special, keep_special) ||
-        trie_build(vi, &vi->has_lt, keep_lt)) {
+        trie_build(vi, &vi->has_lt, keep_lt) || trie_build(vi, &vi->raw_special, keep_raw_special)) {
         dsv_vocab_index_free(vi);
         return dsv_error(DSV_ERR_NOMEM, "grammar: out of memory indexing a vocabulary of %d", (int)vi->n_vocab);
     }
@@ -992,16 +1004,17 @@ static int json_allowed(void *user, uint32_t *allowed) {
     const struct trie *t = &vi->all;
     if (g->cur.n == 1 && g->cur.s[0].depth) {
         const struct frame *f = &g->cur.s[0].f[g->cur.s[0].depth - 1];
-        if (f->kind == F_STR && !f->k && !f->j) {
+        if ((f->kind == F_STR && !f->k && !f->j) || (f->kind == F_RAW && !f->k)) {
             /* Inside a string: plain tokens by the characters left. */
-            int max = f->flag ? KEY_CAP : f->n ? f->n->max_len : STR_CAP;
+            int raw = f->kind == F_RAW;
+            int max = !raw && f->flag ? KEY_CAP : f->n ? f->n->max_len : STR_CAP;
             int left = max - f->i;
             if (left > MAX_PLAIN_CHARS) left = MAX_PLAIN_CHARS;
             if (left > 0) {
-                const uint32_t *b = vi->plain_upto + (size_t)left * vi->words;
+                const uint32_t *b = (raw ? vi->raw_upto : vi->plain_upto) + (size_t)left * vi->words;
                 for (size_t w = 0; w < vi->words; w++) allowed[w] |= b[w];
             }
-            t = &vi->special;
+            t = raw ? &vi->raw_special : &vi->special;
         } else if (f->kind == F_UNTIL && f->i == 0 && f->lit[0] == '<') {
             for (size_t w = 0; w < vi->words; w++) allowed[w] |= vi->no_lt[w];
             t = &vi->has_lt;

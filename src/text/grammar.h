@@ -9,12 +9,17 @@
  *    up to a marker (reasoning up to "</think>") and between a literal prefix
  *    and suffix (a tool call's markup around its arguments).
  *
+ * Caps that keep every answer finite: 16 whitespace bytes in a row, 512
+ * characters in a string without maxLength (64 in a free-form key), 15
+ * integer and 6 fraction digits (no exponent), free-form objects of 16
+ * members and arrays of 32 items, nested 8 deep.
+ *
  * The JSON matcher works on bytes. A vocabulary index (dsv_vocab_index,
  * built once per tokenizer) holds every token's bytes in a trie, plus the
  * set of tokens that are "plain" inside a JSON string (no quote, backslash,
- * control byte, and whole UTF-8 characters) by character count, so the mask
- * for a step costs a trie walk over the tokens that can change the state
- * and a bitset copy for the rest. */
+ * control byte, and whole UTF-8 characters) or a raw DSML parameter, by
+ * character count, so the mask for a step costs a trie walk over the tokens
+ * that can change the state and a bitset copy for the rest. */
 #ifndef DSV_GRAMMAR_H
 #define DSV_GRAMMAR_H
 
