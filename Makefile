@@ -19,7 +19,7 @@ WARN     = -Wall -Wextra -Werror
 # No contraction of a*b+c into fma: the scalar reference must round exactly as
 # written, the same under gcc and clang. SIMD kernels use fma explicitly.
 XCFLAGS  = -ffp-contract=off
-CPPFLAGS += -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -MMD -MP
+CPPFLAGS += -std=c11 -D_GNU_SOURCE -Iinclude -MMD -MP
 LDLIBS  += -lpcre2-8 -lcjson -lmicrohttpd -lpthread -lm
 
 SRC      := $(wildcard src/*/*.c)
@@ -53,8 +53,19 @@ SRC := $(filter-out %_avx2.c %_avx512.c %_amx.c,$(SRC))
 OBJ := $(SRC:%.c=$(BUILD)/%.o)
 endif
 
+# The public headers are the only door: the commands see include/ alone;
+# the library and the tests see src/ too. The library exports only what
+# include/ marks DSV_API (every such name starts with dsv_; `make test` runs
+# tools/check-symbols.sh over its objects).
+$(OBJ) $(TEST_OBJ): CPPFLAGS += -Isrc
+$(OBJ): XCFLAGS += -fvisibility=hidden
+
 .PHONY: all test asan clean bench fuzz check-layers
 all: $(BUILD)/libdsv32.a $(BUILD)/dsv32
+
+# Flags live here, and an object built with other flags (say, before the
+# library was hidden) must not survive an edit of them.
+$(OBJ) $(TOOL_OBJ) $(TEST_OBJ): Makefile
 
 $(BUILD)/%_avx2.o: %_avx2.c
 	@mkdir -p $(dir $@)
@@ -102,6 +113,7 @@ $(BUILD)/dsv32-test: $(TOOL_OBJ) $(HOOK_OBJ) $(BUILD)/libdsv32.a
 # Tests that drive the command line find the binary through DSV32_BIN (and
 # the test build through DSV32_TEST_BIN).
 test: $(BUILD)/run_tests $(BUILD)/dsv32 $(BUILD)/dsv32-test
+	@tools/check-symbols.sh $(OBJ)
 	DSV32_BIN=$(BUILD)/dsv32 DSV32_TEST_BIN=$(BUILD)/dsv32-test $(BUILD)/run_tests $(T)
 
 # The folders of src/ are layers; no file includes a higher one.

@@ -8,6 +8,24 @@
  *   field at fault. Library code never exits or aborts on bad input.
  * - Objects come in _open/_close or _init/_free pairs; closing NULL is a no-op.
  * - Output pointers are only written on success.
+ *
+ * Lifetimes: a dsv_model must outlive every context opened on it (close the
+ * contexts first). Besides its model, a context holds on to only the dump
+ * callback's user pointer (dsv_context_set_dump), which must stay valid
+ * while the callback is set. A tokenizer (dsv32_tokenizer.h) is independent
+ * of both. Pointers the
+ * library hands out (dsv_model_config, dsv_context_get_params,
+ * dsv_seq_pages, dsv_errmsg) live as long as the object they came from, or
+ * as the next change of it where the function says so.
+ *
+ * Threads: a model is read-only once open, and contexts on one model (or on
+ * different ones) may run dsv_forward on different threads at once. One
+ * context is used by one thread at a time: every function taking a
+ * dsv_context, the dsv_seq_* and dsv_kv_* ones included. The kernel choice
+ * is process-wide: dsv_context_open and dsv_kernels_force must not run while
+ * another thread is inside dsv_forward. A split model (dsv_parallel_*) is
+ * driven from one thread. A tokenizer is immutable once open and may be
+ * used by any number of threads. Error messages are per thread.
  */
 #ifndef DSV32_H
 #define DSV32_H
@@ -17,6 +35,18 @@
 
 #ifdef __cplusplus
 extern "C" {
+#endif
+
+/* DSV_API marks what the library exports. It is compiled with
+ * -fvisibility=hidden, so a function without the mark stays inside it (tests
+ * that link the archive still reach every function), and every exported
+ * symbol starts with dsv_ (tests/check-symbols.sh). */
+#ifndef DSV_API
+#if defined(__GNUC__)
+#define DSV_API __attribute__((visibility("default")))
+#else
+#define DSV_API
+#endif
 #endif
 
 typedef enum dsv_status {
@@ -32,9 +62,9 @@ typedef enum dsv_status {
 } dsv_status;
 
 /* The reason for the last failure on this thread ("" if none). */
-const char *dsv_errmsg(void);
+DSV_API const char *dsv_errmsg(void);
 /* A short name for a status code ("ok", "i/o error", ...). */
-const char *dsv_status_str(int status);
+DSV_API const char *dsv_status_str(int status);
 
 /* ------------------------------------------------------------------------ */
 /* Model configuration: the Hugging Face config.json of a DeepSeek-V3.2 model,
@@ -78,9 +108,9 @@ typedef struct dsv_config {
 /* Parses a Hugging Face config.json (a path to the file or to its directory).
  * Every field the model needs must be present and consistent; the error names
  * the field. Unknown architectures are rejected. */
-int dsv_config_load(dsv_config *cfg, const char *path);
+DSV_API int dsv_config_load(dsv_config *cfg, const char *path);
 /* The same from JSON text; `name` is used in error messages. */
-int dsv_config_parse(dsv_config *cfg, const char *json, const char *name);
+DSV_API int dsv_config_parse(dsv_config *cfg, const char *json, const char *name);
 
 /* ------------------------------------------------------------------------ */
 /* Model: the weights of a model directory, memory-mapped and validated. */
@@ -91,23 +121,24 @@ typedef struct dsv_model_params {
     /* Overrides quantization_config.scale_fmt: -1 = as the checkpoint says,
      * else DSV_SCALE_FMT_NONE or DSV_SCALE_FMT_UE8M0. */
     int scale_fmt;
-    /* Called now and then while tensors are mapped and checked (done <= total
-     * bytes); may be NULL. */
+    /* Called now and then while tensors are mapped and checked, as
+     * progress(done, total, progress_user) with done <= total bytes (one
+     * call per file opened); may be NULL. */
     void (*progress)(uint64_t done, uint64_t total, void *user);
     void *progress_user;
 } dsv_model_params;
 
-dsv_model_params dsv_model_default_params(void);
+DSV_API dsv_model_params dsv_model_default_params(void);
 
 /* Opens a Hugging Face model directory: config.json plus model.safetensors or
  * the shards listed in model.safetensors.index.json. Every tensor the config
  * implies is checked for presence, dtype and shape; no weight is converted or
  * copied. p may be NULL for the defaults. */
-int dsv_model_open(dsv_model **out, const char *dir, const dsv_model_params *p);
-void dsv_model_close(dsv_model *m);
-const dsv_config *dsv_model_config(const dsv_model *m);
+DSV_API int dsv_model_open(dsv_model **out, const char *dir, const dsv_model_params *p);
+DSV_API void dsv_model_close(dsv_model *m);
+DSV_API const dsv_config *dsv_model_config(const dsv_model *m);
 /* Total bytes of the weights the forward pass reads. */
-uint64_t dsv_model_weight_bytes(const dsv_model *m);
+DSV_API uint64_t dsv_model_weight_bytes(const dsv_model *m);
 
 /* ------------------------------------------------------------------------ */
 /* Context: KV cache, scratch memory and threads for running a model. All
@@ -118,7 +149,10 @@ typedef struct dsv_context dsv_context;
 enum { DSV_ATTN_SPARSE = 0, DSV_ATTN_DENSE = 1 };
 
 typedef struct dsv_context_params {
-    int n_ctx;        /* max tokens per sequence (0: min(max_position_embeddings, 4096)) */
+    int n_ctx;        /* max tokens per sequence (0: min(max_position_embeddings, 4096));
+                       * rounded up to a multiple of DSV_PAGE (64): the context
+                       * holds whole KV pages. dsv_context_get_params gives the
+                       * rounded value, which is what dsv_forward enforces. */
     int n_seq;        /* sequences that can hold state at once (default 1) */
     int n_batch;      /* max tokens in one dsv_forward call (default 512) */
     int n_threads;    /* worker threads including the caller (0: the CPUs this process may use) */
@@ -134,19 +168,19 @@ typedef struct dsv_context_params {
 
 #define DSV_PAGE 64
 
-dsv_context_params dsv_context_default_params(void);
-int dsv_context_open(dsv_context **out, dsv_model *m, const dsv_context_params *p);
-void dsv_context_close(dsv_context *ctx);
-const dsv_context_params *dsv_context_get_params(const dsv_context *ctx);
+DSV_API dsv_context_params dsv_context_default_params(void);
+DSV_API int dsv_context_open(dsv_context **out, dsv_model *m, const dsv_context_params *p);
+DSV_API void dsv_context_close(dsv_context *ctx);
+DSV_API const dsv_context_params *dsv_context_get_params(const dsv_context *ctx);
 
 /* Number of tokens sequence `seq` holds (its next position). */
-int dsv_seq_len(const dsv_context *ctx, int seq);
+DSV_API int dsv_seq_len(const dsv_context *ctx, int seq);
 /* Forgets a sequence: length 0, its KV pages returned to the pool. */
-int dsv_seq_reset(dsv_context *ctx, int seq);
+DSV_API int dsv_seq_reset(dsv_context *ctx, int seq);
 /* Keeps the first n tokens of a sequence (n <= length). If the page that
  * the next token goes into is shared, the sequence first gets its own copy
  * of it (DSV_ERR_FULL, nothing changed, when the pool has no page for it). */
-int dsv_seq_truncate(dsv_context *ctx, int seq, int n);
+DSV_API int dsv_seq_truncate(dsv_context *ctx, int seq, int n);
 
 /* Appends n_tokens positions of random but valid cache contents to a
  * sequence, in every layer, as a prefill would have written them: latent
@@ -156,7 +190,7 @@ int dsv_seq_truncate(dsv_context *ctx, int seq, int n);
  * that prefill (what it outputs is meaningless). The contents depend only on
  * the seed and the positions, not on the thread count. All or nothing:
  * DSV_ERR_FULL if the sequence or the page pool cannot take n_tokens more. */
-int dsv_seq_fill_random(dsv_context *ctx, int seq, int n_tokens, uint64_t seed);
+DSV_API int dsv_seq_fill_random(dsv_context *ctx, int seq, int n_tokens, uint64_t seed);
 
 /* Prefix sharing. The KV cache is a pool of pages of DSV_PAGE positions
  * (every layer's latent and indexer keys). A page's contents depend on every
@@ -169,25 +203,25 @@ int dsv_seq_fill_random(dsv_context *ctx, int seq, int n_tokens, uint64_t seed);
 
 /* The page ids of a sequence in position order (ceil(length / DSV_PAGE) of
  * them). The array is valid until the sequence changes. */
-int dsv_seq_pages(const dsv_context *ctx, int seq, const int32_t **pages, int *n_pages);
+DSV_API int dsv_seq_pages(const dsv_context *ctx, int seq, const int32_t **pages, int *n_pages);
 /* Starts an empty sequence on n_pages full pages, taking a reference on
  * each: its length becomes n_pages * DSV_PAGE, and the next token goes into
  * a page of its own. Every page must be in use (referenced). Computing on
  * from there gives bit for bit what the same chunks computed from scratch
  * give. DSV_ERR_ARG if the sequence is not empty, a page is free or out of
  * range, or n_pages exceeds the context size. */
-int dsv_seq_attach(dsv_context *ctx, int seq, const int32_t *pages, int n_pages);
+DSV_API int dsv_seq_attach(dsv_context *ctx, int seq, const int32_t *pages, int n_pages);
 /* Takes / drops a reference on a page in use (DSV_ERR_ARG for a free page
  * or an id out of range). */
-int dsv_kv_page_ref(dsv_context *ctx, int32_t page);
-int dsv_kv_page_unref(dsv_context *ctx, int32_t page);
+DSV_API int dsv_kv_page_ref(dsv_context *ctx, int32_t page);
+DSV_API int dsv_kv_page_unref(dsv_context *ctx, int32_t page);
 /* References on a page (0 when free); -1 for an id out of range. */
-int dsv_kv_page_refs(const dsv_context *ctx, int32_t page);
+DSV_API int dsv_kv_page_refs(const dsv_context *ctx, int32_t page);
 /* Pages in the pool: in use (referenced) and free; either may be NULL. */
-void dsv_kv_stats(const dsv_context *ctx, int64_t *used, int64_t *free_pages);
+DSV_API void dsv_kv_stats(const dsv_context *ctx, int64_t *used, int64_t *free_pages);
 /* Bytes of one KV page for this configuration (what a KV memory budget is
  * divided by to get dsv_context_params.n_pages). */
-uint64_t dsv_kv_page_bytes(const dsv_config *cfg);
+DSV_API uint64_t dsv_kv_page_bytes(const dsv_config *cfg);
 
 enum { DSV_LOGITS_NONE = 0, DSV_LOGITS_LAST = 1, DSV_LOGITS_ALL = 2 };
 
@@ -202,11 +236,23 @@ typedef struct dsv_batch_entry {
 
 /* Runs the model over every entry (each sequence at most once per call) and
  * writes float32 logits [rows, vocab_size] for the requested positions, in
- * entry order. Sequences are independent: results do not depend on what else
- * is in the batch. On error nothing changes (no sequence grows). */
-int dsv_forward(dsv_context *ctx, const dsv_batch_entry *entries, int n_entries, float *logits);
+ * entry order; logits must hold dsv_batch_logit_rows(entries, n_entries) *
+ * vocab_size floats (it may be NULL when that is 0). Sequences are
+ * independent: results do not depend on what else is in the batch. The whole
+ * call is checked before anything runs, and on error nothing changes (no
+ * sequence grows). Errors:
+ *   DSV_ERR_ARG   ctx is NULL; n_entries < 0, or > 0 with entries NULL;
+ *                 more entries than the context's n_seq; a sequence out of
+ *                 range or twice in the call; an entry with no tokens or a
+ *                 logits mode not DSV_LOGITS_*; a token id outside
+ *                 [0, vocab_size); more tokens in all than n_batch.
+ *   DSV_ERR_FULL  a sequence would pass n_ctx (as rounded); the KV page
+ *                 pool has too few free pages for the new positions.
+ * Nothing fails once the call has started (the forward pass allocates
+ * nothing). */
+DSV_API int dsv_forward(dsv_context *ctx, const dsv_batch_entry *entries, int n_entries, float *logits);
 /* Rows of logits dsv_forward writes for these entries. */
-int dsv_batch_logit_rows(const dsv_batch_entry *entries, int n_entries);
+DSV_API int dsv_batch_logit_rows(const dsv_batch_entry *entries, int n_entries);
 
 /* Statistics: where a context's dsv_forward calls spend their time and what
  * they read, accumulated until reset. Time is wall clock, read at phase
@@ -250,8 +296,8 @@ typedef struct dsv_context_stats {
 } dsv_context_stats;
 
 /* Copies the statistics since the context opened or was last reset. */
-void dsv_context_get_stats(const dsv_context *ctx, dsv_context_stats *out);
-void dsv_context_reset_stats(dsv_context *ctx);
+DSV_API void dsv_context_get_stats(const dsv_context *ctx, dsv_context_stats *out);
+DSV_API void dsv_context_reset_stats(dsv_context *ctx);
 
 /* Named intermediates ("dumps"), as llama.cpp's cb_eval: during dsv_forward
  * the callback receives tensors by name and layer for the tokens of the call,
@@ -260,12 +306,15 @@ void dsv_context_reset_stats(dsv_context *ctx);
  * selected positions in descending index score, -1 padded), "index_weights"
  * (f32 [tokens, index_n_heads]: raw weights_proj output), "moe_gate_weights"
  * (f32 [tokens, n_activated]), "moe_gate_indices" (i32 [tokens, n_activated]),
- * and more listed in forward.c. The data is valid during the call only.
+ * "attn_norm" (f32 [tokens, dim]: the RMSNorm before attention) and "qr"
+ * (f32 [tokens, q_lora_rank]: the normalized query latent); the last two are
+ * bf16 in the engine, widened and passed in chunks of rows (one callback per
+ * chunk). The data is valid during the call only.
  * Dumping costs time; pass fn = NULL to turn it off. */
 enum { DSV_DUMP_F32 = 0, DSV_DUMP_I32 = 1 };
 typedef void (*dsv_dump_fn)(const char *name, int layer, int dtype, int rows, int cols,
                             const void *data, void *user);
-void dsv_context_set_dump(dsv_context *ctx, dsv_dump_fn fn, void *user);
+DSV_API void dsv_context_set_dump(dsv_context *ctx, dsv_dump_fn fn, void *user);
 
 /* ------------------------------------------------------------------------ */
 /* Model parallelism across processes (tensor and expert parallel, as the
@@ -294,19 +343,19 @@ void dsv_context_set_dump(dsv_context *ctx, dsv_dump_fn fn, void *user);
  * process is a group of one and everything else here is a no-op. Call once,
  * first, from the main thread. DSV_ERR_UNSUPPORTED when launched as several
  * ranks by a library built without MPI. */
-int dsv_parallel_init(int *argc, char ***argv);
+DSV_API int dsv_parallel_init(int *argc, char ***argv);
 /* This process's rank (0: the leader) and the group's size (1: alone). */
-int dsv_parallel_rank(void);
-int dsv_parallel_size(void);
+DSV_API int dsv_parallel_rank(void);
+DSV_API int dsv_parallel_size(void);
 /* 1 if the library was built with MPI (make MPI=1). */
-int dsv_parallel_available(void);
+DSV_API int dsv_parallel_available(void);
 /* Followers: replays the leader's calls until it finalizes, then closes
  * what is still open and returns the status the leader passed to
  * dsv_parallel_finalize. Returns 0 at once on the leader or when alone. */
-int dsv_parallel_follow(void);
+DSV_API int dsv_parallel_follow(void);
 /* Leaves the group. On the leader, first tells the followers to return
  * `status` from dsv_parallel_follow. From the thread that called init. */
-void dsv_parallel_finalize(int status);
+DSV_API void dsv_parallel_finalize(int status);
 
 /* ------------------------------------------------------------------------ */
 /* CPU kernels. The engine runs one kernel set, chosen once from what the CPU
@@ -317,12 +366,16 @@ void dsv_parallel_finalize(int status);
 
 /* The active set's name; makes the choice if no context has made it yet
  * ("generic" if DSV32_ISA names a level this machine lacks). */
-const char *dsv_kernels_name(void);
+DSV_API const char *dsv_kernels_name(void);
+/* The levels this build knows, lowest first: the name of level i ("generic",
+ * "avx2", "avx512", "amx"), NULL past the last. Whether this machine has a
+ * level: dsv_kernels_force says. */
+DSV_API const char *dsv_kernels_level(int i);
 /* Forces a level by name, or returns to the automatic choice (NULL or "").
  * DSV_ERR_ARG for an unknown name, DSV_ERR_UNSUPPORTED for a level this
  * machine lacks (the active set is then unchanged). Not to be called while
  * a forward call runs. */
-int dsv_kernels_force(const char *level);
+DSV_API int dsv_kernels_force(const char *level);
 
 #ifdef __cplusplus
 }

@@ -93,7 +93,7 @@ typedef struct dsv_chat_opts {
  * Returns DSV_ERR_ARG for a bad role, a call without a name, a negative
  * count, or tool parameters that are not valid JSON; the message names the
  * field, e.g. "msgs[2].tool_calls[0].name: missing". */
-int dsv_chat_render(const dsv_chat_msg *msgs, int n_msgs, const dsv_chat_opts *opts,
+DSV_API int dsv_chat_render(const dsv_chat_msg *msgs, int n_msgs, const dsv_chat_opts *opts,
                     char **out_text);
 
 /* Renders an OpenAI-style request given as the JSON text json[0..len):
@@ -113,7 +113,7 @@ int dsv_chat_render(const dsv_chat_msg *msgs, int n_msgs, const dsv_chat_opts *o
  * Errors: DSV_ERR_ARG for invalid JSON or a field of the wrong type or value,
  * with the path in the message ("messages[2].role: expected a string");
  * DSV_ERR_UNSUPPORTED for non-text content parts (images, audio). */
-int dsv_chat_render_json(const char *json, size_t len, int thinking, int add_generation_prompt,
+DSV_API int dsv_chat_render_json(const char *json, size_t len, int thinking, int add_generation_prompt,
                          char **out_text);
 
 /* ---- Parsing model output ------------------------------------------------ */
@@ -157,10 +157,10 @@ typedef struct dsv_chat_result {
  *  - Tool markup inside the reasoning is reasoning text.
  * On success fills *out (the caller frees it with dsv_chat_result_free()).
  * Returns DSV_ERR_ARG for NULL text or out, DSV_ERR_NOMEM. */
-int dsv_chat_parse(const char *text, size_t len, int thinking, dsv_chat_result *out);
+DSV_API int dsv_chat_parse(const char *text, size_t len, int thinking, dsv_chat_result *out);
 
 /* Frees the members of r and zeroes it; NULL and a zeroed struct are no-ops. */
-void dsv_chat_result_free(dsv_chat_result *r);
+DSV_API void dsv_chat_result_free(dsv_chat_result *r);
 
 /* ---- Streaming parser ---------------------------------------------------- */
 
@@ -193,26 +193,26 @@ typedef struct dsv_chat_stream dsv_chat_stream;
 
 /* A parser for one generation, fed text as it is detokenized. thinking is as
  * for dsv_chat_parse. *out is freed with dsv_chat_stream_free(). */
-int dsv_chat_stream_init(dsv_chat_stream **out, int thinking);
-void dsv_chat_stream_free(dsv_chat_stream *s);
+DSV_API int dsv_chat_stream_init(dsv_chat_stream **out, int thinking);
+DSV_API void dsv_chat_stream_free(dsv_chat_stream *s);
 
 /* Feeds the next len bytes of output (any split: a marker or a UTF-8
  * character may straddle two calls). Calls fn (if not NULL) for every event
  * that is now certain, in output order. Text that could still become a marker
  * is held back until a later call decides it. Returns DSV_OK, DSV_ERR_NOMEM,
  * or DSV_ERR_ARG if the stream is already finished. */
-int dsv_chat_stream_feed(dsv_chat_stream *s, const char *text, size_t len,
+DSV_API int dsv_chat_stream_feed(dsv_chat_stream *s, const char *text, size_t len,
                          dsv_chat_event_fn fn, void *user);
 
 /* Ends the output: flushes held-back text and closes an unfinished call
  * (TOOL_END with complete = 0). Afterwards the accumulated result equals
  * dsv_chat_parse() of the concatenated input. Returns DSV_OK or
  * DSV_ERR_NOMEM; a second call does nothing. */
-int dsv_chat_stream_finish(dsv_chat_stream *s, dsv_chat_event_fn fn, void *user);
+DSV_API int dsv_chat_stream_finish(dsv_chat_stream *s, dsv_chat_event_fn fn, void *user);
 
 /* The result, once dsv_chat_stream_finish() has succeeded; NULL before.
  * Owned by s; valid until dsv_chat_stream_free(). */
-const dsv_chat_result *dsv_chat_stream_result(const dsv_chat_stream *s);
+DSV_API const dsv_chat_result *dsv_chat_stream_result(const dsv_chat_stream *s);
 
 /* ---- The format table ---------------------------------------------------- */
 
@@ -222,10 +222,10 @@ typedef struct dsv_chat_format dsv_chat_format;
 
 /* The format called name ("deepseek-v3.2-exp" or "deepseek-v3.2"), or NULL
  * with an error message that lists the known names. */
-const dsv_chat_format *dsv_chat_format_find(const char *name);
-const char *dsv_chat_format_name(const dsv_chat_format *f);
+DSV_API const dsv_chat_format *dsv_chat_format_find(const char *name);
+DSV_API const char *dsv_chat_format_name(const dsv_chat_format *f);
 /* "deepseek-v3.2-exp, deepseek-v3.2": for usage texts and errors. */
-const char *dsv_chat_format_list(void);
+DSV_API const char *dsv_chat_format_list(void);
 
 /* The format of a model directory (or of the directory holding a
  * tokenizer.json path): a "chat_template" in tokenizer_config.json means
@@ -233,7 +233,7 @@ const char *dsv_chat_format_list(void);
  * means deepseek-v3.2. Anything else (no config at all, another model type)
  * is deepseek-v3.2-exp, today's behaviour. Fails only on a file that exists
  * but is not valid JSON (DSV_ERR_FORMAT, naming the file). */
-int dsv_chat_format_detect(const char *model_path, const dsv_chat_format **out);
+DSV_API int dsv_chat_format_detect(const char *model_path, const dsv_chat_format **out);
 
 /* dsv_chat_render_json in format f. For deepseek-v3.2 the request may also
  * carry "thinking_mode": "chat"|"thinking" and "response_format"; messages
@@ -243,7 +243,7 @@ int dsv_chat_format_detect(const char *model_path, const dsv_chat_format **out);
  * an assistant's "reasoning_content" (or "reasoning") is rendered when it
  * follows the last user message in thinking mode; add_generation_prompt is
  * ignored (a user turn always ends with the assistant prefix). */
-int dsv_chat_format_render_json(const dsv_chat_format *f, const char *json, size_t len, int thinking,
+DSV_API int dsv_chat_format_render_json(const dsv_chat_format *f, const char *json, size_t len, int thinking,
                                 int add_generation_prompt, char **out_text);
 
 /* dsv_chat_parse in format f. For deepseek-v3.2: reasoning runs to the
@@ -255,20 +255,20 @@ int dsv_chat_format_render_json(const dsv_chat_format *f, const char *json, size
  * broken invoke, a bad attribute, a value that is not JSON, a duplicate
  * parameter) is content, byte for byte, and so is anything after the EOS
  * string. Calls are always complete (complete = 1). */
-int dsv_chat_format_parse(const dsv_chat_format *f, const char *text, size_t len, int thinking,
+DSV_API int dsv_chat_format_parse(const dsv_chat_format *f, const char *text, size_t len, int thinking,
                           dsv_chat_result *out);
 
 /* dsv_chat_stream_init in format f. The events are the same for both
  * formats; for deepseek-v3.2 a call's TOOL_BEGIN, TOOL_ARGS and TOOL_END come
  * together once its invoke has parsed, and until then its bytes are held. */
-int dsv_chat_format_stream_init(const dsv_chat_format *f, dsv_chat_stream **out, int thinking);
+DSV_API int dsv_chat_format_stream_init(const dsv_chat_format *f, dsv_chat_stream **out, int thinking);
 
 /* The markup of an answer that is one call to the tool `name` in format f,
  * around its arguments: what constrained decoding forces for tool_choice
  * "required" or a named function. *prefix and *suffix are malloc'd (the
  * caller frees them); *dsml is 1 when the arguments are DSML parameters
  * (deepseek-v3.2), 0 when they are a JSON object (deepseek-v3.2-exp). */
-int dsv_chat_format_call_markup(const dsv_chat_format *f, const char *name, char **prefix, char **suffix, int *dsml);
+DSV_API int dsv_chat_format_call_markup(const dsv_chat_format *f, const char *name, char **prefix, char **suffix, int *dsml);
 
 #ifdef __cplusplus
 }

@@ -85,37 +85,37 @@ typedef struct dsv_sampler_params {
 } dsv_sampler_params;
 
 /* The defaults listed above: sampling from the model's own distribution. */
-dsv_sampler_params dsv_sampler_default_params(void);
+DSV_API dsv_sampler_params dsv_sampler_default_params(void);
 
 typedef struct dsv_sampler dsv_sampler;
 
 /* Creates a sampler for logits of n_vocab entries. params may be NULL
  * (defaults). Returns DSV_ERR_ARG for an out-of-range parameter or bias id
  * (the message names it), DSV_ERR_NOMEM. Free with dsv_sampler_free(). */
-int dsv_sampler_init(dsv_sampler **out, int32_t n_vocab, const dsv_sampler_params *params);
-void dsv_sampler_free(dsv_sampler *s);
+DSV_API int dsv_sampler_init(dsv_sampler **out, int32_t n_vocab, const dsv_sampler_params *params);
+DSV_API void dsv_sampler_free(dsv_sampler *s);
 
 /* The seed in use: params.seed, or the one drawn for DSV_SEED_RANDOM (so a
  * random run can be replayed). */
-uint64_t dsv_sampler_seed(const dsv_sampler *s);
+DSV_API uint64_t dsv_sampler_seed(const dsv_sampler *s);
 
 /* Forgets the token history and restarts the random stream from the seed:
  * the sampler then behaves exactly as a new one. */
-void dsv_sampler_reset(dsv_sampler *s);
+DSV_API void dsv_sampler_reset(dsv_sampler *s);
 
 /* Records prompt tokens: they count for the repetition penalty only. */
-int dsv_sampler_accept_prompt(dsv_sampler *s, const int32_t *ids, size_t n);
+DSV_API int dsv_sampler_accept_prompt(dsv_sampler *s, const int32_t *ids, size_t n);
 /* Records a generated token (every penalty counts it). Sampling does not
  * record the token it returns: call this for each token actually kept.
  * Returns DSV_ERR_ARG for an id outside [0, n_vocab). */
-int dsv_sampler_accept(dsv_sampler *s, int32_t id);
+DSV_API int dsv_sampler_accept(dsv_sampler *s, int32_t id);
 
 /* Chooses the next token from logits[0..n_vocab) (not modified) through the
  * whole chain. Does not allocate. Returns DSV_ERR_ARG if no token is left
  * (every logit -INFINITY or NaN after bias and penalties); NaN logits are
  * treated as -INFINITY. If any logit is +INFINITY, the choice is among those
  * tokens only, uniformly. */
-int dsv_sampler_sample(dsv_sampler *s, const float *logits, int32_t *out_id);
+DSV_API int dsv_sampler_sample(dsv_sampler *s, const float *logits, int32_t *out_id);
 
 /* One candidate of the final distribution. */
 typedef struct dsv_token_prob {
@@ -130,7 +130,7 @@ typedef struct dsv_token_prob {
  * descending logit order (ties: lower id first) when top_k > 0 or top_p < 1,
  * else in id order; greedy gives one candidate with p = 1. Same errors as
  * dsv_sampler_sample(). */
-int dsv_sampler_dist(dsv_sampler *s, const float *logits, const dsv_token_prob **cands, int32_t *n_cands);
+DSV_API int dsv_sampler_dist(dsv_sampler *s, const float *logits, const dsv_token_prob **cands, int32_t *n_cands);
 
 /* ---- Stop conditions ----------------------------------------------------- */
 
@@ -139,12 +139,12 @@ typedef struct dsv_stop dsv_stop;
 /* A matcher for stop strings (n_strings non-empty strings, copied) and stop
  * token ids (copied; e.g. EOS, id 1 for DeepSeek). Either list may be empty.
  * Returns DSV_ERR_ARG for an empty or NULL string, DSV_ERR_NOMEM. */
-int dsv_stop_init(dsv_stop **out, const char *const *strings, int n_strings,
+DSV_API int dsv_stop_init(dsv_stop **out, const char *const *strings, int n_strings,
                   const int32_t *token_ids, int n_token_ids);
-void dsv_stop_free(dsv_stop *s);
+DSV_API void dsv_stop_free(dsv_stop *s);
 
 /* 1 if id is one of the stop token ids, else 0. */
-int dsv_stop_is_token(const dsv_stop *s, int32_t id);
+DSV_API int dsv_stop_is_token(const dsv_stop *s, int32_t id);
 
 /* Feeds the next piece of detokenized text. *emit and *emit_len receive the text
  * that is now safe to show (it can no longer be part of a stop string); it
@@ -156,17 +156,17 @@ int dsv_stop_is_token(const dsv_stop *s, int32_t id);
  * of pieces. When several could match, the one that ends first wins (then
  * the one that starts first), which is also the first a byte-by-byte feed
  * would see. Returns DSV_ERR_ARG for NULL pointers, DSV_ERR_NOMEM. */
-int dsv_stop_feed(dsv_stop *s, const char *text, size_t len, const char **emit, size_t *emit_len);
+DSV_API int dsv_stop_feed(dsv_stop *s, const char *text, size_t len, const char **emit, size_t *emit_len);
 
 /* Generation ended without a stop string (EOS, length): hands out the
  * held-back text, to be shown. Nothing after a match. Pointer as above. */
-void dsv_stop_flush(dsv_stop *s, const char **emit, size_t *emit_len);
+DSV_API void dsv_stop_flush(dsv_stop *s, const char **emit, size_t *emit_len);
 
 /* Index of the stop string that matched, or -1. */
-int dsv_stop_matched(const dsv_stop *s);
+DSV_API int dsv_stop_matched(const dsv_stop *s);
 
 /* Forgets held text and any match, for a new generation. */
-void dsv_stop_reset(dsv_stop *s);
+DSV_API void dsv_stop_reset(dsv_stop *s);
 
 #ifdef __cplusplus
 }

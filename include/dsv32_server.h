@@ -49,19 +49,19 @@ typedef struct dsv_server_params {
 
 /* The defaults: 127.0.0.1:8080, 4 parallel, n_batch 512, queue 64, body
  * limit 8 MiB. */
-dsv_server_params dsv_server_default_params(void);
+DSV_API dsv_server_params dsv_server_default_params(void);
 
 typedef struct dsv_server dsv_server;
 
 /* Loads, binds and starts serving in background threads. Errors:
  * DSV_ERR_ARG (bad parameter), the model's and tokenizer's load errors,
  * DSV_ERR_IO (cannot bind), DSV_ERR_NOMEM. */
-int dsv_server_open(dsv_server **out, const dsv_server_params *p);
+DSV_API int dsv_server_open(dsv_server **out, const dsv_server_params *p);
 /* The port it listens on (the one chosen when params.port was 0). */
-int dsv_server_port(const dsv_server *s);
+DSV_API int dsv_server_port(const dsv_server *s);
 /* Stops accepting, ends in-flight requests, waits for their connections,
  * frees everything. NULL is a no-op. */
-void dsv_server_close(dsv_server *s);
+DSV_API void dsv_server_close(dsv_server *s);
 
 #ifdef __cplusplus
 }

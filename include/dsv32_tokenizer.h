@@ -55,22 +55,22 @@ typedef struct dsv_tokenizer dsv_tokenizer;
  * unknown token, a bad regex), DSV_ERR_UNSUPPORTED (a feature listed above as
  * refused), DSV_ERR_CONFIG (a bos/eos token that is not a token) or
  * DSV_ERR_NOMEM. The message starts with the file's path. */
-int dsv_tokenizer_open(dsv_tokenizer **out, const char *path);
+DSV_API int dsv_tokenizer_open(dsv_tokenizer **out, const char *path);
 
 /* Frees the tokenizer. NULL is a no-op. */
-void dsv_tokenizer_close(dsv_tokenizer *tok);
+DSV_API void dsv_tokenizer_close(dsv_tokenizer *tok);
 
 /* One more than the highest token id (BPE vocabulary and added tokens). Ids
  * below it may still have no token (gaps); dsv_token_piece tells. */
-int32_t dsv_tokenizer_n_vocab(const dsv_tokenizer *tok);
+DSV_API int32_t dsv_tokenizer_n_vocab(const dsv_tokenizer *tok);
 
 /* The BOS and EOS ids from tokenizer_config.json, or -1 when not given. */
-int32_t dsv_tokenizer_bos(const dsv_tokenizer *tok);
-int32_t dsv_tokenizer_eos(const dsv_tokenizer *tok);
+DSV_API int32_t dsv_tokenizer_bos(const dsv_tokenizer *tok);
+DSV_API int32_t dsv_tokenizer_eos(const dsv_tokenizer *tok);
 
 /* 1 when tokenizer_config.json says add_bos_token: true, else 0. This API
  * never adds BOS itself; a caller that encodes a raw prompt consults this. */
-int dsv_tokenizer_add_bos(const dsv_tokenizer *tok);
+DSV_API int dsv_tokenizer_add_bos(const dsv_tokenizer *tok);
 
 /* Encodes text[0..len) (any bytes; NUL is an ordinary character) into ids.
  * Added tokens (such as "<｜User｜>" or "<think>") are matched first, whole
@@ -81,7 +81,7 @@ int dsv_tokenizer_add_bos(const dsv_tokenizer *tok);
  * small, with *n_ids set to the number needed and ids[0..cap) holding the
  * first cap ids (ids may be NULL when cap is 0, to ask for the count);
  * DSV_ERR_ARG for NULL arguments or len >= 2^31 - 1; DSV_ERR_NOMEM. */
-int dsv_tokenize(const dsv_tokenizer *tok, const char *text, size_t len,
+DSV_API int dsv_tokenize(const dsv_tokenizer *tok, const char *text, size_t len,
                  int32_t *ids, size_t cap, size_t *n_ids);
 
 /* Splits text[0..len) into the pieces that BPE encodes separately, as
@@ -89,23 +89,23 @@ int dsv_tokenize(const dsv_tokenizer *tok, const char *text, size_t len,
  * own), for inspection and tests. Pieces are contiguous: ends[i] is the byte
  * offset where piece i ends. Capacity and return values as dsv_tokenize
  * (cap >= len suffices). */
-int dsv_pretokenize(const dsv_tokenizer *tok, const char *text, size_t len,
+DSV_API int dsv_pretokenize(const dsv_tokenizer *tok, const char *text, size_t len,
                     size_t *ends, size_t cap, size_t *n_pieces);
 
 /* The bytes of token id, not NUL-terminated, with their count in *len (len
  * may be NULL): the byte-level decoding of a BPE token, or the content of an
  * added token. Returns NULL (and *len = 0) when no token has this id. The
  * bytes live as long as the tokenizer. */
-const char *dsv_token_piece(const dsv_tokenizer *tok, int32_t id, size_t *len);
+DSV_API const char *dsv_token_piece(const dsv_tokenizer *tok, int32_t id, size_t *len);
 
 /* The id of the token whose text is exactly str: an added token's content
  * (e.g. "<｜end▁of▁sentence｜>"), else the BPE token whose bytes are str
  * (e.g. " the"). Returns -1 when there is none. */
-int32_t dsv_token_id(const dsv_tokenizer *tok, const char *str);
+DSV_API int32_t dsv_token_id(const dsv_tokenizer *tok, const char *str);
 
 /* 1 when id is an added token marked "special": true (BOS, EOS, padding and
  * placeholders here; not "<think>" or the chat markers), else 0. */
-int dsv_token_is_special(const dsv_tokenizer *tok, int32_t id);
+DSV_API int dsv_token_is_special(const dsv_tokenizer *tok, int32_t id);
 
 /* Decodes ids[0..n) to the concatenation of their pieces, byte-exact (it may
  * therefore be ill-formed UTF-8 where the ids split a character; the
@@ -115,7 +115,7 @@ int dsv_token_is_special(const dsv_tokenizer *tok, int32_t id);
  * DSV_ERR_FULL when cap is too small, with *len = the size needed (out may be
  * NULL when cap is 0); DSV_ERR_ARG for NULL arguments or an id with no
  * token. */
-int dsv_detokenize(const dsv_tokenizer *tok, const int32_t *ids, size_t n,
+DSV_API int dsv_detokenize(const dsv_tokenizer *tok, const int32_t *ids, size_t n,
                    int skip_special, char *out, size_t cap, size_t *len);
 
 /* Streaming decoder: text for one token at a time, always well-formed UTF-8.
@@ -137,20 +137,20 @@ typedef struct dsv_detok {
 } dsv_detok;
 
 /* Starts a stream. skip_special as in dsv_detokenize. */
-void dsv_detok_init(dsv_detok *d, const dsv_tokenizer *tok, int skip_special);
+DSV_API void dsv_detok_init(dsv_detok *d, const dsv_tokenizer *tok, int skip_special);
 
 /* The most bytes one dsv_detok_push or dsv_detok_flush can write. */
-size_t dsv_detok_bound(const dsv_tokenizer *tok);
+DSV_API size_t dsv_detok_bound(const dsv_tokenizer *tok);
 
 /* Adds token id and writes the text that is now complete to out (possibly
  * nothing). Returns DSV_OK with *len bytes in out; DSV_ERR_FULL when cap is
  * too small, with *len = the size needed and the stream unchanged;
  * DSV_ERR_ARG for an id with no token (the stream is unchanged). */
-int dsv_detok_push(dsv_detok *d, int32_t id, char *out, size_t cap, size_t *len);
+DSV_API int dsv_detok_push(dsv_detok *d, int32_t id, char *out, size_t cap, size_t *len);
 
 /* Ends the stream: writes U+FFFD if a character was left incomplete, and
  * resets the stream for reuse. Returns as dsv_detok_push. */
-int dsv_detok_flush(dsv_detok *d, char *out, size_t cap, size_t *len);
+DSV_API int dsv_detok_flush(dsv_detok *d, char *out, size_t cap, size_t *len);
 
 #ifdef __cplusplus
 }

@@ -248,8 +248,10 @@ int conf_judge(const char *label, const conf_metrics *m, const conf_limits *lim)
 }
 
 void at_each_level(void (*fn)(const char *level)) {
-    static const char *levels[] = {"generic", "avx2", "avx512", "amx"};
-    for (int i = 0; i < 4; i++) {
+    const char *levels[8];
+    int n = 0;
+    while (n < 8 && (levels[n] = dsv_kernels_level(n))) n++;
+    for (int i = 0; i < n; i++) {
         if (dsv_kernels_force(levels[i]) != DSV_OK) {
             printf("    level %s: not on this machine, skipped\n", levels[i]);
             continue;

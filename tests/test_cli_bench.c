@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "train/synth.h"
+#include "dsv32_synth.h"
 #include "test.h"
 #include "tiny_model.h"
 

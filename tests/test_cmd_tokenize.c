@@ -147,7 +147,7 @@ TEST(cmd_tokenize_errors) {
         {"tokenize -m BAD", "x", 1, "dsv32 tokenize: BAD/tokenizer.json: invalid JSON"},
         {"tokenize -m DIR --jsonl", "{\"text\":\"a\"}\n{\"txt\":1}\n", 1, "dsv32 tokenize: stdin line 2: no member"},
         {"tokenize -m DIR --jsonl", "not json\n", 1, "dsv32 tokenize: stdin line 1: expected a JSON object"},
-        {"tokenize -m DIR --bench /nonexistent", "", 1, "dsv32 tokenize: /nonexistent: No such file"},
+        {"tokenize -m DIR --bench /nonexistent", "", 1, "dsv32 tokenize: /nonexistent: cannot open (No such file"},
         {"detokenize", "1", 2, "dsv32 detokenize: -m MODEL is required"},
         {"detokenize -m DIR", "1, two", 1, "dsv32 detokenize: stdin: 'two' is not a token id"},
         {"detokenize -m DIR", "1 -3", 1, "dsv32 detokenize: stdin: '-3' is not a token id"},

@@ -74,11 +74,13 @@ static double nmse_bf16(const dsv_bf16 *a, const dsv_bf16 *r, size_t n) {
 
 /* The fast sets this machine runs (the generic set is the reference). */
 static int fast_sets(const dsv_kernels **out) {
-    static const char *names[] = {"avx2", "avx512", "amx"};
     int n = 0;
-    for (int i = 0; i < 3; i++) {
-        if (dsv_kernels_force(names[i]) == DSV_OK) out[n++] = dsv_kern;
-        else printf("    %s: not on this machine, skipped\n", names[i]);
+    /* Every level above generic (level 0); the tables here hold three. */
+    for (int i = 1; dsv_kernels_level(i); i++) {
+        const char *name = dsv_kernels_level(i);
+        if (i > 3) { printf("    %s: a level this test does not know yet, skipped\n", name); continue; }
+        if (dsv_kernels_force(name) == DSV_OK) out[n++] = dsv_kern;
+        else printf("    %s: not on this machine, skipped\n", name);
     }
     dsv_kernels_force(NULL);
     return n;
@@ -568,6 +570,20 @@ TEST(kernels_force_and_names) {
     CHECK_EQ_INT(dsv_kernels_force(NULL), DSV_OK);
     const char *best = dsv_kernels_name();
     CHECK(!strcmp(best, "generic") || !strcmp(best, "avx2") || !strcmp(best, "avx512") || !strcmp(best, "amx"));
+    /* The level list: generic first, and every name on it is one the lookup
+     * knows (forcing it works or says this machine lacks it, never "unknown");
+     * the best level is on it. */
+    CHECK_STR(dsv_kernels_level(0), "generic");
+    CHECK(dsv_kernels_level(-1) == NULL);
+    int n_levels = 0, best_listed = 0;
+    for (const char *lv; (lv = dsv_kernels_level(n_levels)); n_levels++) {
+        int st = dsv_kernels_force(lv);
+        CHECKF(st == DSV_OK || st == DSV_ERR_UNSUPPORTED, "level %s: status %d (%s)", lv, st, dsv_errmsg());
+        best_listed |= !strcmp(lv, best);
+    }
+    CHECK_EQ_INT(n_levels, 4);
+    CHECK(best_listed);
+    CHECK_EQ_INT(dsv_kernels_force(NULL), DSV_OK);
     /* DSV32_ISA forces a level, and an impossible one is an error, not a crash. */
     setenv("DSV32_ISA", "generic", 1);
     CHECK_EQ_INT(dsv_kernels_select(), DSV_OK);

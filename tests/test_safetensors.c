@@ -527,7 +527,7 @@ struct progress_log {
     uint64_t last_done, last_total;
 };
 
-static void on_progress(void *user, uint64_t done, uint64_t total) {
+static void on_progress(uint64_t done, uint64_t total, void *user) {
     struct progress_log *l = user;
     if (done < l->last_done || done > total) l->monotonic = 0;
     l->calls++;

@@ -8,7 +8,7 @@
 #include "model/context.h"
 #include "dsv32.h"
 #include "format/safetensors.h"
-#include "train/synth.h"
+#include "dsv32_synth.h"
 #include "test.h"
 #include "tiny_model.h"
 #include "base/util.h"

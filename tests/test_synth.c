@@ -9,7 +9,7 @@
 #include "fixture.h"
 #include "base/numeric.h"
 #include "format/safetensors.h"
-#include "train/synth.h"
+#include "dsv32_synth.h"
 #include "test.h"
 #include "tiny_model.h"
 

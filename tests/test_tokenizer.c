@@ -10,7 +10,7 @@
 #include <cjson/cJSON.h>
 
 #include "dsv32_tokenizer.h"
-#include "text/json_str.h"
+#include "dsv32_util.h"
 #include "test.h"
 #include "base/utf8.h"
 #include "base/util.h"
@@ -782,4 +782,28 @@ TEST(tokenizer_config_file) {
         CHECK_EQ_INT(dsv_tokenizer_add_bos(t), cases[i].add_bos);
         dsv_tokenizer_close(t);
     }
+}
+
+TEST(json_quote_escapes_and_round_trips) {
+    /* Quote, backslash, the short escapes, other control bytes (NUL among
+     * them) as \u00XX, UTF-8 as it is. */
+    static const char in[] = "a\"b\\c\nd\re\tf\x01g\x1f\0h\xc3\xa9";
+    const size_t n = sizeof in - 1;
+    size_t len = 0;
+    char *q = dsv_json_quote(in, n, &len);
+    REQUIRE(q != NULL);
+    static const char want[] = "\"a\\\"b\\\\c\\nd\\re\\tf\\u0001g\\u001f\\u0000h\xc3\xa9\"";
+    CHECK(len == strlen(want));
+    CHECK_STR(q, want);
+    /* Read back through the exact reader, embedded NUL and all. */
+    char obj[256], *back = NULL;
+    size_t back_len = 0;
+    snprintf(obj, sizeof obj, "{\"k\":%s}", q);
+    CHECK_EQ_INT(dsv_json_get_string(obj, strlen(obj), "k", &back, &back_len), DSV_OK);
+    CHECK(back && back_len == n && memcmp(back, in, n) == 0);
+    free(back);
+    free(q);
+    q = dsv_json_quote("", 0, NULL);
+    CHECK(q && !strcmp(q, "\"\""));
+    free(q);
 }

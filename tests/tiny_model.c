@@ -2,7 +2,7 @@
 #include "tiny_model.h"
 
 #include "dsv32.h"
-#include "train/synth.h"
+#include "dsv32_synth.h"
 #include "test.h"
 
 const char *tiny_config =

@@ -1,4 +1,5 @@
-/* cli.c: argument helpers shared by the commands. */
+/* cli.c: argument helpers shared by the commands, and the one parser of the
+ * engine options (-m, -t, --ctx, --batch, --dense, --topk, --scale-fmt). */
 #include "cli.h"
 
 #include <errno.h>
@@ -70,5 +71,37 @@ int cli_ids(const char *cmd, const char *s, int32_t **ids, int *n) {
     if (!cnt) { free(v); return cli_fail(cmd, "--ids: no token ids given"); }
     *ids = v;
     *n = cnt;
+    return 0;
+}
+
+cli_engine cli_engine_init(unsigned which) {
+    return (cli_engine){.which = which, .scale_fmt = -1};
+}
+
+int cli_engine_opt(const char *cmd, cli_engine *e, int argc, char **argv, int *i) {
+    const char *a = argv[*i], *v;
+    if ((e->which & CLI_E_DENSE) && !strcmp(a, "--dense")) { e->dense = 1; return 1; }
+    if ((e->which & CLI_E_MODEL) && !strcmp(a, "-m")) return (e->model = cli_value(cmd, argc, argv, i)) ? 1 : -1;
+    if ((e->which & CLI_E_SCALE_FMT) && !strcmp(a, "--scale-fmt"))
+        return (v = cli_value(cmd, argc, argv, i)) && !cli_scale_fmt(cmd, v, &e->scale_fmt) ? 1 : -1;
+    const struct { unsigned bit; const char *name; int *dst; long lo, hi; } ints[] = {
+        {CLI_E_THREADS, "-t", &e->threads, 1, 1024},
+        {CLI_E_CTX, "--ctx", &e->n_ctx, 1, 1L << 24},
+        {CLI_E_BATCH, "--batch", &e->n_batch, 1, 1L << 20},
+        {CLI_E_TOPK, "--topk", &e->topk, 1, 1L << 30},
+    };
+    for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++) {
+        if (!(e->which & ints[k].bit) || strcmp(a, ints[k].name)) continue;
+        long n;
+        if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, ints[k].lo, ints[k].hi, &n)) return -1;
+        *ints[k].dst = (int)n;
+        return 1;
+    }
+    return 0;
+}
+
+int cli_engine_check(const char *cmd, const cli_engine *e) {
+    if ((e->which & CLI_E_MODEL) && !e->model) return cli_fail(cmd, "missing -m MODEL_DIR (see dsv32 %s --help)", cmd);
+    if (e->dense && e->topk) return cli_fail(cmd, "--dense and --topk exclude each other");
     return 0;
 }

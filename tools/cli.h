@@ -16,4 +16,35 @@ int cli_scale_fmt(const char *cmd, const char *s, int *out);
 /* Parses "1,2,3" into a malloc'ed array; 0 on success. */
 int cli_ids(const char *cmd, const char *s, int32_t **ids, int *n);
 
+/* The engine options several commands share, parsed in one place so that
+ * their names, ranges and messages agree. Each command names the ones it
+ * takes (CLI_E_* bits); a command with a narrower range checks it after. */
+enum {
+    CLI_E_MODEL = 1 << 0,     /* -m DIR */
+    CLI_E_THREADS = 1 << 1,   /* -t N, 1 to 1024 */
+    CLI_E_CTX = 1 << 2,       /* --ctx N, 1 to 2^24 */
+    CLI_E_BATCH = 1 << 3,     /* --batch N, 1 to 2^20 */
+    CLI_E_DENSE = 1 << 4,     /* --dense */
+    CLI_E_TOPK = 1 << 5,      /* --topk K, 1 to 2^30 */
+    CLI_E_SCALE_FMT = 1 << 6, /* --scale-fmt ue8m0|none */
+};
+typedef struct cli_engine {
+    unsigned which;           /* CLI_E_* this command takes */
+    const char *model;        /* NULL: not given */
+    int threads;              /* 0: all online CPUs */
+    int n_ctx;                /* 0: the model's default */
+    int n_batch;              /* 0: the command's default */
+    int dense;
+    int topk;                 /* 0: the model's index_topk */
+    int scale_fmt;            /* -1: as the checkpoint says, else DSV_SCALE_FMT_* */
+} cli_engine;
+/* All unset, taking the options in `which`. */
+cli_engine cli_engine_init(unsigned which);
+/* If argv[*i] is one of e->which, parses it (and its value, advancing *i):
+ * returns 1; 0 if it is not one of them; -1 on a bad value (error printed). */
+int cli_engine_opt(const char *cmd, cli_engine *e, int argc, char **argv, int *i);
+/* After the options: -m given (when taken), --dense and --topk not both.
+ * 0, or 1 with the error printed. */
+int cli_engine_check(const char *cmd, const cli_engine *e);
+
 #endif

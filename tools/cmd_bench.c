@@ -26,9 +26,8 @@
 #include "cli.h"
 #include "commands.h"
 #include "dsv32.h"
-#include "kernels/ops.h"
 #include "roofline.h"
-#include "base/util.h"
+#include "dsv32_util.h"
 
 static const char *usage =
     "usage: dsv32 bench -m MODEL_DIR [options]\n"
@@ -163,7 +162,7 @@ static void report(struct bench *b, const char *phase, int mode, int depth, int 
            "\"moe_ms\":%.6g,\"other_ms\":%.6g,\"weight_bytes_per_tok\":%.0f,\"gbs\":%.6g,\"mem_gbs\":%.6g,"
            "\"bound_tok_s\":%.6g,\"kv_bytes_per_tok\":%llu,\"kv_read_bytes_per_tok\":%.0f,\"keys_per_tok\":%.6g,"
            "\"linear_tflops\":%.6g,\"amx_tflops\":",
-           b->name, b->c->fp8 ? "fp8" : "bf16", dsv_kern->name, b->threads, phase, mode_name(mode),
+           b->name, b->c->fp8 ? "fp8" : "bf16", dsv_kernels_name(), b->threads, phase, mode_name(mode),
            mode == MODE_DENSE ? 0 : b->topk ? (int)b->topk : b->c->index_topk, b->fill_random ? "random" : "real",
            depth, n, secs, n / secs, 1e3 * secs * per, attn_ms, s->ns[DSV_PHASE_INDEXER] * ms,
            s->ns[DSV_PHASE_TOPK] * ms, s->ns[DSV_PHASE_ATTN] * ms, s->ns[DSV_PHASE_LINEAR] * ms,
@@ -253,7 +252,7 @@ static int run(struct bench *b) {
     b->mem_gbs = roofline_read_gbs((int)b->threads, (size_t)b->bw_mib, 5);
     b->amx_tflops = roofline_amx_bf16_tflops((int)b->threads, 3, &b->amx_why);
     fprintf(b->table, "model: %s (%s, %d layers, %.2f GB of weights), kernels %s, %ld threads, fill %s\n", b->name,
-            b->c->fp8 ? "fp8" : "bf16", b->c->n_layers, dsv_model_weight_bytes(b->m) / 1e9, dsv_kern->name,
+            b->c->fp8 ? "fp8" : "bf16", b->c->n_layers, dsv_model_weight_bytes(b->m) / 1e9, dsv_kernels_name(),
             b->threads, b->fill_random ? "random" : "real");
     fprintf(b->table, "machine: read bandwidth %.2f GB/s (%ld MiB buffer); ", b->mem_gbs, b->bw_mib);
     if (b->amx_tflops > 0) fprintf(b->table, "AMX BF16 peak %.3f TFLOPS\n", b->amx_tflops);
@@ -270,24 +269,20 @@ static int run(struct bench *b) {
 int cmd_bench(int argc, char **argv) {
     struct bench b = {.cmd = "bench", .prefill = 512, .decode = 32, .batch = 512, .bw_mib = 1024, .modes = MODE_SPARSE};
     const char *cmd = b.cmd, *v, *depths = "0,4096";
-    int dense = 0, attn_set = 0;
+    int attn_set = 0;
+    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_BATCH | CLI_E_DENSE | CLI_E_TOPK);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        int r = cli_engine_opt(cmd, &e, argc, argv, &i);
+        if (r < 0) return 1;
+        if (r) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(usage, stdout); return 0; }
         else if (!strcmp(a, "--json")) b.json = 1;
-        else if (!strcmp(a, "--dense")) dense = 1;
-        else if (!strcmp(a, "-m")) { if (!(b.model_dir = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--depth")) { if (!(depths = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--prefill")) {
             if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1L << 24, &b.prefill)) return 1;
         } else if (!strcmp(a, "--decode")) {
             if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1L << 24, &b.decode)) return 1;
-        } else if (!strcmp(a, "--topk")) {
-            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1L << 28, &b.topk)) return 1;
-        } else if (!strcmp(a, "-t")) {
-            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 256, &b.threads)) return 1;
-        } else if (!strcmp(a, "--batch")) {
-            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1L << 20, &b.batch)) return 1;
         } else if (!strcmp(a, "--bw-mib")) {
             if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1L << 20, &b.bw_mib)) return 1;
         } else if (!strcmp(a, "--seed")) {
@@ -308,8 +303,14 @@ int cmd_bench(int argc, char **argv) {
             else return cli_fail(cmd, "--attn: expected sparse, dense or both, got '%s'", v);
         } else return cli_fail(cmd, "unknown option '%s' (see dsv32 bench --help)", a);
     }
-    if (!b.model_dir) return cli_fail(cmd, "missing -m MODEL_DIR (see dsv32 bench --help)");
-    if (dense && b.topk) return cli_fail(cmd, "--dense and --topk exclude each other");
+    if (cli_engine_check(cmd, &e)) return 1;
+    /* The roofline probes run one thread per member of a team of at most 256. */
+    if (e.threads > 256) return cli_fail(cmd, "-t: '%d' is not an integer in [1, 256]", e.threads);
+    const int dense = e.dense;
+    b.model_dir = e.model;
+    b.topk = e.topk;
+    if (e.threads) b.threads = e.threads;
+    if (e.n_batch) b.batch = e.n_batch;
     if (dense && attn_set) return cli_fail(cmd, "--dense and --attn exclude each other");
     if (dense) b.modes = MODE_DENSE;
     if (b.topk && !(b.modes & MODE_SPARSE)) return cli_fail(cmd, "--topk needs sparse attention");

@@ -43,6 +43,8 @@ static const dsv_chat_format *chat_fmt;
 struct printer {
     int tty, in_reasoning;
     dsv_chat_stream *ps;
+    int32_t *cached;          /* tokens of the conversation, as fed */
+    int n_cached, cap;
 };
 
 static void end_reasoning(struct printer *p) {
@@ -72,14 +74,16 @@ static void on_event(void *user, const dsv_chat_event *ev) {
     fflush(stdout);
 }
 
-static void emit_parser(void *user, const char *text, size_t len) {
+static void emit_parser(void *user, int32_t id, const char *text, size_t len) {
     struct printer *p = user;
-    dsv_chat_stream_feed(p->ps, text, len, on_event, p);
+    if (p->n_cached < p->cap) p->cached[p->n_cached++] = id;
+    if (len) dsv_chat_stream_feed(p->ps, text, len, on_event, p);
 }
 
 struct buf { char *p; size_t n; };
-static void emit_buf(void *user, const char *text, size_t len) {
+static void emit_buf(void *user, int32_t id, const char *text, size_t len) {
     struct buf *b = user;
+    (void)id;
     char *q = realloc(b->p, b->n + len + 1);
     if (!q) return;
     memcpy(q + b->n, text, len);
@@ -122,11 +126,12 @@ static int interactive(gen *g, const char *system, int think) {
     const int tty_in = isatty(0);
     struct printer pr = {.tty = isatty(1)};
     cJSON *msgs = new_conversation(system);
-    int32_t *cached = malloc((size_t)g->o.n_ctx * sizeof *cached);
-    int n_cached = 0, rc = 0;
+    pr.cap = g->o.n_ctx;
+    pr.cached = malloc((size_t)pr.cap * sizeof *pr.cached);
+    int rc = pr.cached ? 0 : cli_fail(g->cmd, "out of memory");
     char *line = NULL;
     size_t cap = 0;
-    for (;;) {
+    while (!rc) {
         if (tty_in) { fputs("> ", stdout); fflush(stdout); }
         ssize_t got = getline(&line, &cap, stdin);
         if (got < 0) break;
@@ -136,7 +141,7 @@ static int interactive(gen *g, const char *system, int think) {
             cJSON_Delete(msgs);
             msgs = new_conversation(system);
             dsv_seq_reset(g->ctx, 0);
-            n_cached = 0;
+            pr.n_cached = 0;
             printf("(conversation cleared)\n");
             continue;
         }
@@ -157,60 +162,55 @@ static int interactive(gen *g, const char *system, int think) {
             if (n + g->o.n_predict > g->o.n_ctx) { free(ids); rc = cli_fail(g->cmd, "message too long for the context (--ctx %d)", g->o.n_ctx); break; }
         }
         int keep = 0;
-        while (keep < n_cached && keep < n - 1 && cached[keep] == ids[keep]) keep++;
+        while (keep < pr.n_cached && keep < n - 1 && pr.cached[keep] == ids[keep]) keep++;
         dsv_seq_truncate(g->ctx, 0, keep);
-        memcpy(cached + keep, ids + keep, (size_t)(n - keep) * sizeof *ids);
-        n_cached = n;
-        int seq = 0, rest = n - keep;
-        int32_t *restp = ids + keep;
-        gen_stream st;
-        if ((rc = gen_stream_init(g, &st, ids, n)) || (rc = gen_feed(g, 1, &seq, &restp, &rest, 1))) { free(ids); break; }
+        memcpy(pr.cached, ids, (size_t)n * sizeof *ids);
+        pr.n_cached = n;
+        dsv_gen_slot *slot = NULL;
+        rc = gen_slot(g, &slot, 0, ids, n, keep);
         free(ids);
-        if (dsv_chat_format_stream_init(chat_fmt, &pr.ps, think)) { rc = cli_fail(g->cmd, "%s", dsv_errmsg()); gen_stream_free(&st); break; }
-        for (;;) {
-            int32_t id = gen_stream_next(g, &st, 0, emit_parser, &pr);
-            if (id < 0) break;
-            int one = 1;
-            int32_t *idp = &id;
-            cached[n_cached++] = id;
-            if ((rc = gen_feed(g, 1, &seq, &idp, &one, 0))) break;
+        if (!rc && dsv_chat_format_stream_init(chat_fmt, &pr.ps, think)) rc = cli_fail(g->cmd, "%s", dsv_errmsg());
+        if (!rc) {
+            void *user = &pr;
+            rc = gen_run(g, 1, &slot, emit_parser, &user);
+            dsv_chat_stream_finish(pr.ps, on_event, &pr);
+            end_reasoning(&pr);
+            const dsv_chat_result *res = dsv_chat_stream_result(pr.ps);
+            add_message(msgs, "assistant", res ? res->content : "", res ? res->reasoning : NULL);
         }
-        dsv_chat_stream_finish(pr.ps, on_event, &pr);
-        end_reasoning(&pr);
-        const dsv_chat_result *res = dsv_chat_stream_result(pr.ps);
-        add_message(msgs, "assistant", res ? res->content : "", res ? res->reasoning : NULL);
+        /* The token that ended the answer was never fed: the cache holds
+         * what the sequence holds. */
+        pr.n_cached = dsv_seq_len(g->ctx, 0);
         dsv_chat_stream_free(pr.ps);
         pr.ps = NULL;
-        gen_stream_free(&st);
+        dsv_gen_slot_free(slot);
         printf("\n");
         fflush(stdout);
-        if (rc) break;
     }
     free(line);
-    free(cached);
+    free(pr.cached);
     cJSON_Delete(msgs);
     return rc;
 }
 
 static int batch(gen *g, char **prompts, int n, const char *system, int think) {
-    int rc = 0, *lens = calloc((size_t)n, sizeof(int)), *seqs = calloc((size_t)n, sizeof(int));
+    int rc = 0;
     int32_t **ids = calloc((size_t)n, sizeof *ids);
-    gen_stream *st = calloc((size_t)n, sizeof *st);
+    dsv_gen_slot **slots = calloc((size_t)n, sizeof *slots);
     struct buf *outs = calloc((size_t)n, sizeof *outs);
+    void **users = calloc((size_t)n, sizeof *users);
+    if (!ids || !slots || !outs || !users) rc = cli_fail(g->cmd, "out of memory");
     for (int i = 0; !rc && i < n; i++) {
         cJSON *msgs = new_conversation(system);
         add_message(msgs, "user", prompts[i], NULL);
-        seqs[i] = i;
-        rc = render(g, msgs, think, &ids[i], &lens[i]);
+        int len;
+        rc = render(g, msgs, think, &ids[i], &len);
         cJSON_Delete(msgs);
-        if (!rc && lens[i] + g->o.n_predict > g->o.n_ctx) rc = cli_fail(g->cmd, "prompt %d is too long for the context", i + 1);
-        if (!rc) rc = gen_stream_init(g, &st[i], ids[i], lens[i]);
+        if (!rc && len + g->o.n_predict > g->o.n_ctx) rc = cli_fail(g->cmd, "prompt %d is too long for the context", i + 1);
+        if (!rc) rc = gen_slot(g, &slots[i], i, ids[i], len, 0);
+        users[i] = &outs[i];
     }
-    if (!rc) rc = gen_feed(g, n, seqs, ids, lens, 1);
-    void **users = calloc((size_t)n, sizeof *users);
-    for (int i = 0; users && i < n; i++) users[i] = &outs[i];
-    if (!rc) rc = gen_decode(g, n, st, emit_buf, users);
-    free(users);
+    if (!rc) rc = gen_run(g, n, slots, emit_buf, users);
     for (int i = 0; !rc && i < n; i++) {
         dsv_chat_result r;
         const char *text = outs[i].p ? outs[i].p : "";
@@ -223,8 +223,12 @@ static int batch(gen *g, char **prompts, int n, const char *system, int think) {
             printf("Answer: %s\n\n", text);
         }
     }
-    for (int i = 0; i < n; i++) { free(ids[i]); free(outs[i].p); gen_stream_free(&st[i]); }
-    free(lens); free(seqs); free(ids); free(st); free(outs);
+    for (int i = 0; i < n; i++) {
+        if (ids) free(ids[i]);
+        if (outs) free(outs[i].p);
+        if (slots) dsv_gen_slot_free(slots[i]);
+    }
+    free(ids); free(slots); free(outs); free(users);
     return rc;
 }
 

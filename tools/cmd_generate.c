@@ -11,6 +11,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "dsv32_util.h"
 #include "gen.h"
 
 static void usage(void) {
@@ -27,15 +28,17 @@ static void usage(void) {
            gen_opts_help);
 }
 
-static void emit_stdout(void *user, const char *text, size_t len) {
+static void emit_stdout(void *user, int32_t id, const char *text, size_t len) {
     (void)user;
+    (void)id;
     fwrite(text, 1, len, stdout);
     fflush(stdout);
 }
 
 struct buf { char *p; size_t n, cap; };
-static void emit_buf(void *user, const char *text, size_t len) {
+static void emit_buf(void *user, int32_t id, const char *text, size_t len) {
     struct buf *b = user;
+    (void)id;
     if (b->n + len + 1 > b->cap) {
         size_t cap = (b->n + len + 1) * 2;
         char *p = realloc(b->p, cap);
@@ -48,19 +51,13 @@ static void emit_buf(void *user, const char *text, size_t len) {
     b->p[b->n] = 0;
 }
 
+/* Texts are read whole; past 4 GiB the token ids alone would not fit. */
+#define TEXT_MAX_BYTES ((size_t)1 << 32)
+
 /* Splits the file's text at blank lines ("\n\n"), trimming each prompt. */
 int read_prompt_file(const char *cmd, const char *path, char ***out, int *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return cli_fail(cmd, "%s: cannot open", path);
-    size_t cap = 1 << 16, len = 0, r;
-    char *text = malloc(cap);
-    while (text && (r = fread(text + len, 1, cap - len - 1, f)) > 0) {
-        len += r;
-        if (cap - len < 2) { char *t = realloc(text, cap *= 2); if (!t) { free(text); text = NULL; } else text = t; }
-    }
-    fclose(f);
-    if (!text) return cli_fail(cmd, "%s: out of memory", path);
-    text[len] = 0;
+    char *text;
+    if (dsv_read_file(path, TEXT_MAX_BYTES, &text, NULL)) return cli_fail(cmd, "%s", dsv_errmsg());
     char **v = NULL;
     int cnt = 0;
     char *p = text;
@@ -110,37 +107,40 @@ int cmd_generate(int argc, char **argv) {
     gen g;
     int rc = gen_open(&g, cmd, &o, n);
     int32_t **ids = calloc((size_t)n, sizeof *ids);
-    int *lens = calloc((size_t)n, sizeof *lens), *seqs = calloc((size_t)n, sizeof *seqs);
-    gen_stream *st = calloc((size_t)n, sizeof *st);
+    dsv_gen_slot **slots = calloc((size_t)n, sizeof *slots);
     struct buf *outs = calloc((size_t)n, sizeof *outs);
+    if (!rc && (!ids || !slots || !outs)) rc = cli_fail(cmd, "out of memory");
     for (int i = 0; !rc && i < n; i++) {
-        seqs[i] = i;
         int32_t *t;
-        int nt;
+        int nt, len;
         if ((rc = gen_encode(&g, prompts[i], &t, &nt))) break;
         int bos = dsv_tokenizer_add_bos(g.tok);
-        ids[i] = malloc((size_t)(nt + 1) * sizeof **ids);
+        if (!(ids[i] = malloc((size_t)(nt + 1) * sizeof **ids))) { free(t); rc = cli_fail(cmd, "out of memory"); break; }
         if (bos) ids[i][0] = dsv_tokenizer_bos(g.tok) >= 0 ? dsv_tokenizer_bos(g.tok) : g.c->bos_id;
         memcpy(ids[i] + bos, t, (size_t)nt * sizeof *t);
-        lens[i] = nt + bos;
+        len = nt + bos;
         free(t);
-        if (lens[i] == 0) rc = cli_fail(cmd, "prompt %d is empty", i + 1);
-        else if (lens[i] + o.n_predict > g.o.n_ctx)
-            rc = cli_fail(cmd, "prompt %d (%d tokens) plus -n %d exceeds the context (--ctx %d)", i + 1, lens[i], o.n_predict, g.o.n_ctx);
-        else rc = gen_stream_init(&g, &st[i], ids[i], lens[i]);
+        if (len == 0) rc = cli_fail(cmd, "prompt %d is empty", i + 1);
+        else if (len + o.n_predict > g.o.n_ctx)
+            rc = cli_fail(cmd, "prompt %d (%d tokens) plus -n %d exceeds the context (--ctx %d)", i + 1, len, o.n_predict, g.o.n_ctx);
+        else rc = gen_slot(&g, &slots[i], i, ids[i], len, 0);
     }
-    if (!rc) rc = gen_feed(&g, n, seqs, ids, lens, 1);
     void **users = calloc((size_t)n, sizeof *users);
     for (int i = 0; users && i < n; i++) users[i] = &outs[i];
-    if (!rc) rc = gen_decode(&g, n, st, input ? emit_buf : emit_stdout, input ? users : NULL);
+    if (!rc) rc = gen_run(&g, n, slots, input ? emit_buf : emit_stdout, input ? users : NULL);
     free(users);
     if (!rc && input)
         for (int i = 0; i < n; i++) printf("Prompt: %s\nCompletion: %s\n\n", prompts[i], outs[i].p ? outs[i].p : "");
     if (!rc && !input) putchar('\n');
     fflush(stdout);
     if (!rc) gen_report(&g);
-    for (int i = 0; i < n; i++) { free(ids[i]); free(prompts[i]); free(outs[i].p); gen_stream_free(&st[i]); }
-    free(ids); free(lens); free(seqs); free(st); free(outs); free(prompts);
+    for (int i = 0; i < n; i++) {
+        free(prompts[i]);
+        if (ids) free(ids[i]);
+        if (outs) free(outs[i].p);
+        if (slots) dsv_gen_slot_free(slots[i]);
+    }
+    free(ids); free(slots); free(outs); free(prompts);
     if (g.m) gen_close(&g);
     return rc;
 }

@@ -63,32 +63,26 @@ static void on_dump(const char *name, int layer, int dtype, int rows, int cols, 
 }
 
 int cmd_logits(int argc, char **argv) {
-    const char *cmd = "logits", *model = NULL, *ids_s = NULL, *out = NULL, *dump = NULL, *v;
-    long prefill = -1, topk = 0, threads = 0;
-    int dense = 0, scale_fmt = -1;
+    const char *cmd = "logits", *ids_s = NULL, *out = NULL, *dump = NULL, *v;
+    long prefill = -1;
+    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_DENSE | CLI_E_TOPK | CLI_E_SCALE_FMT);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        int r = cli_engine_opt(cmd, &e, argc, argv, &i);
+        if (r < 0) return 1;
+        if (r) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(usage, stdout); return 0; }
-        else if (!strcmp(a, "--dense")) dense = 1;
-        else if (!strcmp(a, "-m")) { if (!(model = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--ids")) { if (!(ids_s = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "-o")) { if (!(out = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--dump")) { if (!(dump = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--prefill")) {
             if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1L << 30, &prefill)) return 1;
-        } else if (!strcmp(a, "--topk")) {
-            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1L << 30, &topk)) return 1;
-        } else if (!strcmp(a, "-t")) {
-            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1024, &threads)) return 1;
-        } else if (!strcmp(a, "--scale-fmt")) {
-            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_scale_fmt(cmd, v, &scale_fmt)) return 1;
         } else return cli_fail(cmd, "unknown option '%s' (see dsv32 logits --help)", a);
     }
-    if (!model) return cli_fail(cmd, "missing -m MODEL_DIR (see dsv32 logits --help)");
+    if (cli_engine_check(cmd, &e)) return 1;
     if (!ids_s) return cli_fail(cmd, "missing --ids");
     if (prefill < 0) return cli_fail(cmd, "missing --prefill");
     if (!out) return cli_fail(cmd, "missing -o OUT");
-    if (dense && topk) return cli_fail(cmd, "--dense and --topk exclude each other");
 
     int32_t *ids;
     int n;
@@ -96,9 +90,9 @@ int cmd_logits(int argc, char **argv) {
     if (prefill > n) { free(ids); return cli_fail(cmd, "--prefill %ld exceeds the %d ids given", prefill, n); }
 
     dsv_model_params mp = dsv_model_default_params();
-    mp.scale_fmt = scale_fmt;
+    mp.scale_fmt = e.scale_fmt;
     dsv_model *m;
-    if (dsv_model_open(&m, model, &mp)) { free(ids); return cli_fail(cmd, "%s", dsv_errmsg()); }
+    if (dsv_model_open(&m, e.model, &mp)) { free(ids); return cli_fail(cmd, "%s", dsv_errmsg()); }
     const dsv_config *c = dsv_model_config(m);
     for (int i = 0; i < n; i++)
         if (ids[i] >= c->vocab_size) {
@@ -110,9 +104,9 @@ int cmd_logits(int argc, char **argv) {
     dsv_context_params cp = dsv_context_default_params();
     cp.n_ctx = n;
     cp.n_batch = (int)prefill;
-    cp.n_threads = (int)threads;
-    cp.attn = dense ? DSV_ATTN_DENSE : DSV_ATTN_SPARSE;
-    cp.topk = (int)topk;
+    cp.n_threads = e.threads;
+    cp.attn = e.dense ? DSV_ATTN_DENSE : DSV_ATTN_SPARSE;
+    cp.topk = e.topk;
     dsv_context *ctx;
     if (dsv_context_open(&ctx, m, &cp)) {
         free(ids);

@@ -20,8 +20,8 @@
 #include "commands.h"
 #include "dsv32.h"
 #include "dsv32_tokenizer.h"
-#include "train/train.h"
-#include "base/util.h"
+#include "dsv32_train.h"
+#include "dsv32_util.h"
 
 static const char *usage =
     "usage: dsv32 ppl -m MODEL_DIR -f TEXT [options]\n"
@@ -41,22 +41,8 @@ static const char *usage =
     "  --quiet            print only the perplexity\n"
     "  -h, --help         this help\n";
 
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap + 1);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap) break;
-        char *nb = realloc(buf, (cap *= 2) + 1);
-        if (!nb) { free(buf); buf = NULL; }
-        else buf = nb;
-    }
-    fclose(f);
-    if (buf) { buf[n] = 0; *len = n; }
-    return buf;
-}
+/* Texts are read whole; past 4 GiB the token ids alone would not fit. */
+#define TEXT_MAX_BYTES ((size_t)1 << 32)
 
 /* log p(target) from one row of logits. */
 static double log_prob(const float *lg, int n, int target) {
@@ -106,36 +92,36 @@ static int run_recall(const char *cmd, const char *model, const int32_t *ids, si
 }
 
 int cmd_ppl(int argc, char **argv) {
-    const char *cmd = "ppl", *model = NULL, *file = NULL, *v;
-    long ctx = 0, topk = 0, threads = 0;
-    int dense = 0, recall = 0, quiet = 0, scale_fmt = -1;
+    const char *cmd = "ppl", *file = NULL;
+    int recall = 0, quiet = 0;
+    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_CTX | CLI_E_DENSE | CLI_E_TOPK | CLI_E_SCALE_FMT);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        int r = cli_engine_opt(cmd, &e, argc, argv, &i);
+        if (r < 0) return 1;
+        if (r) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(usage, stdout); return 0; }
-        else if (!strcmp(a, "--dense")) dense = 1;
         else if (!strcmp(a, "--recall")) recall = 1;
         else if (!strcmp(a, "--quiet")) quiet = 1;
-        else if (!strcmp(a, "-m")) { if (!(model = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "-f")) { if (!(file = cli_value(cmd, argc, argv, &i))) return 1; }
-        else if (!strcmp(a, "--ctx")) {
-            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 2, 1L << 20, &ctx)) return 1;
-        } else if (!strcmp(a, "--topk")) {
-            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1L << 30, &topk)) return 1;
-        } else if (!strcmp(a, "-t")) {
-            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1024, &threads)) return 1;
-        } else if (!strcmp(a, "--scale-fmt")) {
-            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_scale_fmt(cmd, v, &scale_fmt)) return 1;
-        } else return cli_fail(cmd, "unknown option '%s' (see dsv32 ppl --help)", a);
+        else return cli_fail(cmd, "unknown option '%s' (see dsv32 ppl --help)", a);
     }
-    if (!model) return cli_fail(cmd, "missing -m MODEL_DIR (see dsv32 ppl --help)");
+    if (cli_engine_check(cmd, &e)) return 1;
     if (!file) return cli_fail(cmd, "missing -f TEXT");
-    if (dense && topk) return cli_fail(cmd, "--dense and --topk exclude each other");
+    /* A window scores tokens after the first, so it needs two. */
+    if (e.n_ctx == 1) return cli_fail(cmd, "--ctx: '1' is not an integer in [2, %d]", 1 << 24);
+    const char *model = e.model;
+    long ctx = e.n_ctx, topk = e.topk, threads = e.threads;
+    int dense = e.dense, scale_fmt = e.scale_fmt;
 
     dsv_tokenizer *tok;
     if (dsv_tokenizer_open(&tok, model)) return cli_fail(cmd, "%s", dsv_errmsg());
     size_t len;
-    char *text = read_all(file, &len);
-    if (!text) { dsv_tokenizer_close(tok); return cli_fail(cmd, "%s: cannot read (%s)", file, strerror(errno)); }
+    char *text;
+    if (dsv_read_file(file, TEXT_MAX_BYTES, &text, &len)) {
+        dsv_tokenizer_close(tok);
+        return cli_fail(cmd, "%s", dsv_errmsg());
+    }
     int32_t *ids = malloc((len + 1) * sizeof *ids);
     size_t n = 0;
     int rc = 0;

@@ -12,8 +12,8 @@
 #include "cli.h"
 #include "commands.h"
 #include "dsv32.h"
-#include "train/synth.h"
-#include "base/util.h"
+#include "dsv32_synth.h"
+#include "dsv32_util.h"
 
 static const char *usage =
     "usage: dsv32 synth -c CONFIG.json -o DIR [options]\n"

@@ -16,31 +16,12 @@
 #include "commands.h"
 #include "dsv32_chat.h"
 #include "dsv32_tokenizer.h"
-#include "text/json_str.h"
-#include "base/util.h"
+#include "dsv32_util.h"
 
 #define BENCH_TIME_DEFAULT 1.0
 
-/* Reads all of f into a malloc'd buffer (NUL-terminated, *len bytes). */
-static char *read_all(FILE *f, size_t *len) {
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n - 1, f);
-        if (n < cap - 1) break;
-        char *b = realloc(buf, cap * 2);
-        if (!b) free(buf);
-        buf = b;
-        cap *= 2;
-    }
-    if (!buf || ferror(f)) {
-        free(buf);
-        return NULL;
-    }
-    buf[n] = 0;
-    *len = n;
-    return buf;
-}
+/* Texts are read whole; past 4 GiB the token ids alone would not fit. */
+#define TEXT_MAX_BYTES ((size_t)1 << 32)
 
 static int finish_output(const char *cmd) {
     if (fflush(stdout) != 0 || ferror(stdout)) return cli_fail(cmd, "writing output: %s", strerror(errno));
@@ -95,8 +76,8 @@ static int encode(const dsv_tokenizer *tok, const char *text, size_t len, int32_
 static int tokenize_text(const dsv_tokenizer *tok) {
     size_t len, n, cap = 0;
     int32_t *ids = NULL;
-    char *text = read_all(stdin, &len);
-    if (!text) return cli_fail("tokenize", "reading stdin: %s", strerror(errno));
+    char *text;
+    if (dsv_read_file("-", TEXT_MAX_BYTES, &text, &len)) return cli_fail("tokenize", "%s", dsv_errmsg());
     int rc = encode(tok, text, len, &ids, &cap, &n);
     free(text);
     if (rc == DSV_OK) {
@@ -137,20 +118,6 @@ static int tokenize_jsonl(const dsv_tokenizer *tok) {
     return finish_output("tokenize");
 }
 
-/* Writes s as a JSON string literal (quotes, escapes, control characters). */
-static void put_json_string(const char *s) {
-    putchar('"');
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') printf("\\%c", *p);
-        else if (*p == '\n') fputs("\\n", stdout);
-        else if (*p == '\r') fputs("\\r", stdout);
-        else if (*p == '\t') fputs("\\t", stdout);
-        else if (*p < 0x20) printf("\\u%04x", *p);
-        else putchar(*p);
-    }
-    putchar('"');
-}
-
 /* The thinking default of a --chat line: "thinking_mode" (the V3.2
  * encoder's own switch) when present; the format reads "thinking" itself. */
 static int line_thinking(const char *line, size_t len) {
@@ -177,8 +144,12 @@ static int tokenize_chat(const dsv_tokenizer *tok, const dsv_chat_format *fmt) {
             dsv_error_prefix(rc, "stdin line %ld", no);
             break;
         }
+        size_t qlen;
+        char *q = dsv_json_quote(text, strlen(text), &qlen);
+        if (!q) { rc = DSV_ERR_NOMEM; break; }
         fputs("{\"text\":", stdout);
-        put_json_string(text);
+        fwrite(q, 1, qlen, stdout);
+        free(q);
         fputs(",\"ids\":[", stdout);
         print_ids(ids, n, ",");
         fputs("]}\n", stdout);
@@ -194,12 +165,9 @@ static int tokenize_chat(const dsv_tokenizer *tok, const dsv_chat_format *fmt) {
 }
 
 static int tokenize_bench(const dsv_tokenizer *tok, const char *path, double min_time, double load_s) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return cli_fail("tokenize", "%s: %s", path, strerror(errno));
     size_t len, n = 0, cap = 0;
-    char *text = read_all(f, &len);
-    fclose(f);
-    if (!text) return cli_fail("tokenize", "%s: %s", path, strerror(errno));
+    char *text;
+    if (dsv_read_file(path, TEXT_MAX_BYTES, &text, &len)) return cli_fail("tokenize", "%s", dsv_errmsg());
     int32_t *ids = NULL;
     int runs = 0, rc = 0;
     double t0 = dsv_time(), dt;
@@ -301,7 +269,7 @@ static int parse_ids(char *s, int32_t **out, size_t *n) {
         errno = 0;
         long v = strtol(p, &end, 10);
         if (end != p + l || l == 0 || errno || v < 0 || v > INT32_MAX) {
-            int rc = dsv_error(DSV_ERR_ARG, "stdin: '%.*s' is not a token id", (int)DSV_MIN(l, 40), p);
+            int rc = dsv_error(DSV_ERR_ARG, "stdin: '%.*s' is not a token id", (int)(l < 40 ? l : 40), p);
             free(ids);
             return rc;
         }
@@ -344,8 +312,8 @@ int cmd_detokenize(int argc, char **argv) {
         return 2;
     }
     size_t len, n = 0, out_len = 0;
-    char *in = read_all(stdin, &len);
-    if (!in) return cli_fail("detokenize", "reading stdin: %s", strerror(errno));
+    char *in;
+    if (dsv_read_file("-", TEXT_MAX_BYTES, &in, &len)) return cli_fail("detokenize", "%s", dsv_errmsg());
     int32_t *ids = NULL;
     char *out = NULL;
     dsv_tokenizer *tok = NULL;

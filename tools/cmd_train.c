@@ -17,34 +17,19 @@
 #include "commands.h"
 #include "dsv32.h"
 #include "dsv32_tokenizer.h"
-#include "train/train.h"
-#include "base/util.h"
+#include "dsv32_train.h"
+#include "dsv32_util.h"
 
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap + 1);
-    while (buf) {
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (n < cap) break;
-        char *nb = realloc(buf, (cap *= 2) + 1);
-        if (!nb) { free(buf); buf = NULL; }
-        else buf = nb;
-    }
-    fclose(f);
-    if (buf) { buf[n] = 0; *len = n; }
-    return buf;
-}
+/* Texts are read whole; past 4 GiB the token ids alone would not fit. */
+#define TEXT_MAX_BYTES ((size_t)1 << 32)
 
 /* Token ids of a text file and, for each token, whether a line starts there. */
 typedef struct corpus { int32_t *ids; uint8_t *line_start; size_t n; } corpus;
 
 static int load_corpus(const char *cmd, const dsv_tokenizer *tok, const char *path, corpus *c) {
     size_t len;
-    char *text = read_all(path, &len);
-    if (!text) return cli_fail(cmd, "%s: cannot read (%s)", path, strerror(errno));
+    char *text;
+    if (dsv_read_file(path, TEXT_MAX_BYTES, &text, &len)) return cli_fail(cmd, "%s", dsv_errmsg());
     c->ids = malloc((len + 1) * sizeof *c->ids);
     c->line_start = malloc(len + 1);
     if (!c->ids || !c->line_start) { free(text); return cli_fail(cmd, "out of memory"); }
@@ -228,8 +213,8 @@ int cmd_train(int argc, char **argv) {
         int st;
         if (config) {
             size_t len;
-            char *json = read_all(config, &len);
-            if (!json) rc = cli_fail(cmd, "%s: cannot read (%s)", config, strerror(errno));
+            char *json = NULL;
+            if (dsv_read_file(config, TEXT_MAX_BYTES, &json, &len)) rc = cli_fail(cmd, "%s", dsv_errmsg());
             st = json ? dsv_train_new(&t, json, &o) : 0;
             free(json);
         } else {
@@ -303,8 +288,8 @@ static int copy_file(const char *cmd, const char *from_dir, const char *to_dir, 
     snprintf(a, sizeof a, "%s/%s", from_dir, name);
     snprintf(b, sizeof b, "%s/%s", to_dir, name);
     size_t len;
-    char *data = read_all(a, &len);
-    if (!data) return cli_fail(cmd, "%s: cannot read (%s)", a, strerror(errno));
+    char *data;
+    if (dsv_read_file(a, TEXT_MAX_BYTES, &data, &len)) return cli_fail(cmd, "%s", dsv_errmsg());
     FILE *f = fopen(b, "wb");
     int bad = !f || fwrite(data, 1, len, f) != len;
     if (f && fclose(f)) bad = 1;
@@ -366,8 +351,8 @@ int cmd_bpe(int argc, char **argv) {
     }
     if (!in || !out) return cli_fail(cmd, "missing -f TEXT or -o DIR (see dsv32 bpe --help)");
     size_t len;
-    char *text = read_all(in, &len);
-    if (!text) return cli_fail(cmd, "%s: cannot read (%s)", in, strerror(errno));
+    char *text;
+    if (dsv_read_file(in, TEXT_MAX_BYTES, &text, &len)) return cli_fail(cmd, "%s", dsv_errmsg());
     if (mkdir(out, 0777) && errno != EEXIST) { free(text); return cli_fail(cmd, "%s: cannot create (%s)", out, strerror(errno)); }
     int n = 0;
     double t0 = dsv_time();

@@ -1,4 +1,7 @@
-/* gen.c: generation shared by `dsv32 generate` and `dsv32 chat`. */
+/* gen.c: generation shared by `dsv32 generate` and `dsv32 chat`: options,
+ * loading, and the loop over the library's generation slots. The rules of
+ * generation themselves (chunks, sampling, EOS, stop strings, text) are the
+ * library's (src/gen/gen.c), the same the server uses. */
 #include "gen.h"
 
 #include <stdio.h>
@@ -8,7 +11,7 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "base/util.h"
+#include "dsv32_util.h"
 
 void gen_default_opts(gen_opts *o) {
     memset(o, 0, sizeof *o);
@@ -33,7 +36,8 @@ const char gen_opts_help[] =
     "  --stop STR         stop when STR is generated (repeatable, up to 16)\n"
     "  --ctx N            context size in tokens (default: the model's\n"
     "                     max_position_embeddings, at most 4096)\n"
-    "  --batch N          most tokens per forward call, for prefill (default 512)\n"
+    "  --batch N          most tokens per forward call, for prefill, at least 3\n"
+    "                     (default 512)\n"
     "  --dense            attend to every position instead of the indexer's top-k\n"
     "  --topk K           keep K positions per query (default: the model's index_topk)\n"
     "  -t N               threads (default: all online CPUs)\n";
@@ -42,8 +46,22 @@ int gen_parse_opt(const char *cmd, gen_opts *o, int argc, char **argv, int *i) {
     const char *a = argv[*i], *v;
     long n;
     char *end;
-    if (!strcmp(a, "--dense")) { o->attn = DSV_ATTN_DENSE; return 1; }
-    if (!strcmp(a, "-m")) { if (!(o->model = cli_value(cmd, argc, argv, i))) return -1; return 1; }
+    /* The engine options: the shared parser, one option at a time. */
+    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_CTX | CLI_E_BATCH | CLI_E_DENSE | CLI_E_TOPK);
+    int r = cli_engine_opt(cmd, &e, argc, argv, i);
+    if (r > 0) {
+        if (e.n_ctx && e.n_ctx < 16) { cli_fail(cmd, "--ctx: '%d' is not an integer in [16, %d]", e.n_ctx, 1 << 24); return -1; }
+        /* The chunking rule (dsv32_gen.h) needs room for two prompt tokens
+         * and the switch to decoding in one call. */
+        if (e.n_batch && e.n_batch < 3) { cli_fail(cmd, "--batch: '%d' is not an integer in [3, %d]", e.n_batch, 1 << 20); return -1; }
+        if (e.model) o->model = e.model;
+        if (e.threads) o->threads = e.threads;
+        if (e.n_ctx) o->n_ctx = e.n_ctx;
+        if (e.n_batch) o->n_batch = e.n_batch;
+        if (e.dense) o->attn = DSV_ATTN_DENSE;
+        if (e.topk) o->topk = e.topk;
+    }
+    if (r) return r;
     if (!strcmp(a, "--stop")) {
         if (!(v = cli_value(cmd, argc, argv, i))) return -1;
         if (o->n_stops == GEN_MAX_STOPS) { cli_fail(cmd, "at most %d --stop strings", GEN_MAX_STOPS); return -1; }
@@ -51,8 +69,7 @@ int gen_parse_opt(const char *cmd, gen_opts *o, int argc, char **argv, int *i) {
         return 1;
     }
     struct { const char *name; int *dst; long lo, hi; } ints[] = {
-        {"-n", &o->n_predict, 0, 1 << 24}, {"--ctx", &o->n_ctx, 16, 1 << 24}, {"--batch", &o->n_batch, 1, 1 << 20},
-        {"--topk", &o->topk, 1, 1 << 24}, {"-t", &o->threads, 1, 1024}, {"--top-k", &o->sp.top_k, 0, 1 << 30}};
+        {"-n", &o->n_predict, 0, 1 << 24}, {"--top-k", &o->sp.top_k, 0, 1 << 30}};
     for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)
         if (!strcmp(a, ints[k].name)) {
             if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, ints[k].lo, ints[k].hi, &n)) return -1;
@@ -113,60 +130,22 @@ int gen_open(gen *g, const char *cmd, const gen_opts *o, int n_seq) {
     cp.n_threads = o->threads;
     cp.attn = o->attn;
     cp.topk = o->topk;
-    g->logits = malloc((size_t)n_seq * g->c->vocab_size * sizeof *g->logits);
-    if (!g->logits || dsv_context_open(&g->ctx, g->m, &cp)) {
-        cli_fail(cmd, "%s", g->logits ? dsv_errmsg() : "out of memory");
+    if (dsv_context_open(&g->ctx, g->m, &cp) || dsv_gen_open(&g->rules, g->ctx, g->c, g->tok)) {
+        cli_fail(cmd, "%s", dsv_errmsg());
         gen_close(g);
         return 1;
     }
     g->o.n_batch = dsv_context_get_params(g->ctx)->n_batch;
     g->o.n_ctx = dsv_context_get_params(g->ctx)->n_ctx;
-    int32_t eos = dsv_tokenizer_eos(g->tok);
-    g->eos = eos >= 0 ? eos : g->c->eos_id;
     return 0;
 }
 
 void gen_close(gen *g) {
+    dsv_gen_close(g->rules);
     dsv_context_close(g->ctx);
     dsv_tokenizer_close(g->tok);
     dsv_model_close(g->m);
-    free(g->logits);
     memset(g, 0, sizeof *g);
-}
-
-int gen_feed(gen *g, int n, const int *seqs, int32_t *const *toks, const int *n_toks, int prefill) {
-    const int V = g->c->vocab_size;
-    int done[256] = {0};
-    dsv_batch_entry en[256];
-    float *out = malloc((size_t)n * V * sizeof *out);
-    if (n > 256 || !out) { free(out); return cli_fail(g->cmd, "too many sequences"); }
-    double t0 = dsv_time();
-    long fed = 0;
-    for (;;) {
-        int ne = 0, budget = g->o.n_batch, idx[256];
-        for (int i = 0; i < n && budget > 0; i++) {
-            int left = n_toks[i] - done[i];
-            if (left <= 0) continue;
-            int take = left < budget ? left : budget;
-            en[ne] = (dsv_batch_entry){seqs[i], take, toks[i] + done[i],
-                                       take == left ? DSV_LOGITS_LAST : DSV_LOGITS_NONE};
-            idx[ne++] = i;
-            budget -= take;
-        }
-        if (!ne) break;
-        if (dsv_forward(g->ctx, en, ne, out)) { free(out); return cli_fail(g->cmd, "%s", dsv_errmsg()); }
-        for (int k = 0, row = 0; k < ne; k++) {
-            int i = idx[k];
-            done[i] += en[k].n_tokens;
-            fed += en[k].n_tokens;
-            if (en[k].logits == DSV_LOGITS_LAST) memcpy(g->logits + (size_t)seqs[i] * V, out + (size_t)row++ * V, (size_t)V * sizeof *out);
-        }
-    }
-    free(out);
-    double dt = dsv_time() - t0;
-    if (prefill) { g->prefill_s += dt; g->prefill_tok += fed; }
-    else { g->decode_s += dt; g->decode_tok += fed; }
-    return 0;
 }
 
 int gen_encode(gen *g, const char *text, int32_t **ids, int *n) {
@@ -181,85 +160,71 @@ int gen_encode(gen *g, const char *text, int32_t **ids, int *n) {
     return 0;
 }
 
-int gen_stream_init(gen *g, gen_stream *s, const int32_t *prompt, int n_prompt) {
-    memset(s, 0, sizeof *s);
-    if (dsv_sampler_init(&s->smp, g->c->vocab_size, &g->o.sp) ||
-        dsv_stop_init(&s->stop, g->o.stops, g->o.n_stops, NULL, 0) ||
-        !(s->piece = malloc(dsv_detok_bound(g->tok)))) {
-        gen_stream_free(s);
-        return cli_fail(g->cmd, "%s", dsv_errmsg());
-    }
-    dsv_sampler_accept_prompt(s->smp, prompt, (size_t)n_prompt);
-    dsv_detok_init(&s->dt, g->tok, 0);
+int gen_slot(gen *g, dsv_gen_slot **s, int seq, const int32_t *prompt, int n_prompt, int n_past) {
+    dsv_gen_slot_params p = dsv_gen_slot_default_params();
+    p.sampling = g->o.sp;
+    p.stop = g->o.stops;
+    p.n_stop = g->o.n_stops;
+    p.max_tokens = g->o.n_predict; /* skip_special as the server: the same text */
+    if (dsv_gen_slot_init(s, g->rules, seq, prompt, n_prompt, n_past, &p)) return cli_fail(g->cmd, "%s", dsv_errmsg());
     return 0;
 }
 
-void gen_stream_free(gen_stream *s) {
-    dsv_sampler_free(s->smp);
-    dsv_stop_free(s->stop);
-    free(s->piece);
-    memset(s, 0, sizeof *s);
-}
-
-static void finish(gen *g, gen_stream *s, const char *why, void (*emit)(void *, const char *, size_t), void *user) {
-    size_t len;
-    const char *e;
-    s->done = 1;
-    s->why = why;
-    if (!dsv_detok_flush(&s->dt, s->piece, dsv_detok_bound(g->tok), &len) && len && !dsv_stop_matched(s->stop)) {
-        if (dsv_stop_feed(s->stop, s->piece, len, &e, &len) >= 0 && len) emit(user, e, len);
-    }
-    if (!dsv_stop_matched(s->stop)) {
-        dsv_stop_flush(s->stop, &e, &len);
-        if (len) emit(user, e, len);
+const char *gen_finish_name(int finish) {
+    switch (finish) {
+    case DSV_GEN_EOS: return "eos";
+    case DSV_GEN_STOP: return "stop";
+    case DSV_GEN_LENGTH: return "length";
+    case DSV_GEN_ERROR: return "error";
+    default: return "running";
     }
 }
 
-int32_t gen_stream_next(gen *g, gen_stream *s, int seq, void (*emit)(void *, const char *, size_t), void *user) {
-    int32_t id;
-    if (s->done) return -1;
-    if (s->n_gen >= g->o.n_predict) { finish(g, s, "length", emit, user); return -1; }
-    if (dsv_sampler_sample(s->smp, g->logits + (size_t)seq * g->c->vocab_size, &id)) {
-        cli_fail(g->cmd, "%s", dsv_errmsg());
-        finish(g, s, "error", emit, user);
-        return -1;
-    }
-    dsv_sampler_accept(s->smp, id);
-    s->n_gen++;
-    if (id == g->eos) { finish(g, s, "eos", emit, user); return -1; }
-    size_t len = 0;
-    const char *e;
-    /* Ids past the tokenizer's vocabulary (padding rows of the embedding)
-     * have no text. */
-    if (dsv_detok_push(&s->dt, id, s->piece, dsv_detok_bound(g->tok), &len) == DSV_OK && len) {
-        int matched = dsv_stop_feed(s->stop, s->piece, len, &e, &len);
-        if (len) emit(user, e, len);
-        if (matched > 0) { s->done = 1; s->why = "stop"; return -1; }
-    }
-    return id;
-}
-
-int gen_decode(gen *g, int n, gen_stream *st, void (*emit)(void *, const char *, size_t), void **users) {
-    int32_t *next = malloc((size_t)n * sizeof *next), **one = malloc((size_t)n * sizeof *one);
-    int *seqs = malloc((size_t)n * sizeof *seqs), *ones = malloc((size_t)n * sizeof *ones), rc = 0;
-    if (!next || !one || !seqs || !ones) rc = cli_fail(g->cmd, "out of memory");
+/* One phase: forward calls until no slot has an entry (prefill: only the
+ * slots still in their prompt take part). */
+static int run_phase(gen *g, int n, dsv_gen_slot **slots, int prefill, gen_emit emit, void **users) {
+    const int V = g->c->vocab_size;
+    dsv_gen_slot **part = malloc((size_t)n * sizeof *part);
+    dsv_batch_entry *ent = malloc((size_t)n * sizeof *ent);
+    int *who = malloc((size_t)n * sizeof *who), rc = 0;
+    float *logits = malloc((size_t)n * V * sizeof *logits);
+    if (!part || !ent || !who || !logits) rc = cli_fail(g->cmd, "out of memory");
+    double t0 = dsv_time();
+    long fed = 0;
     while (!rc) {
-        int live = 0;
-        for (int i = 0; i < n; i++) {
-            seqs[i] = i;
-            next[i] = gen_stream_next(g, &st[i], i, emit, users ? users[i] : NULL);
-            one[i] = &next[i];
-            ones[i] = next[i] >= 0;
-            live += ones[i];
+        for (int i = 0; i < n; i++) part[i] = prefill && dsv_gen_slot_decoding(slots[i]) ? NULL : slots[i];
+        int ne = dsv_gen_batch(part, n, g->o.n_batch, ent, who);
+        if (!ne) break;
+        if (dsv_forward(g->ctx, ent, ne, logits)) { rc = cli_fail(g->cmd, "%s", dsv_errmsg()); break; }
+        for (int k = 0, row = 0; !rc && k < ne; k++) {
+            dsv_gen_slot *s = slots[who[k]];
+            dsv_gen_token t;
+            fed += ent[k].n_tokens;
+            if (dsv_gen_slot_fed(s, ent[k].n_tokens)) rc = cli_fail(g->cmd, "%s", dsv_errmsg());
+            else if (ent[k].logits == DSV_LOGITS_LAST) {
+                if (dsv_gen_slot_accept(s, logits + (size_t)row++ * V, &t)) rc = cli_fail(g->cmd, "%s", dsv_errmsg());
+                else {
+                    if (!prefill) g->decode_tok++;
+                    if (emit) emit(users ? users[who[k]] : NULL, t.id, t.text, t.len);
+                }
+            }
         }
-        if (!live) break;
-        rc = gen_feed(g, n, seqs, one, ones, 0);
     }
-    free(next);
-    free(one);
-    free(seqs);
-    free(ones);
+    double dt = dsv_time() - t0;
+    if (prefill) { g->prefill_s += dt; g->prefill_tok += fed; }
+    else { g->decode_s += dt; g->decode_fed += fed; }
+    free(part);
+    free(ent);
+    free(who);
+    free(logits);
     return rc;
+}
+
+int gen_run(gen *g, int n, dsv_gen_slot **slots, gen_emit emit, void **users) {
+    int rc = run_phase(g, n, slots, 1, emit, users);
+    /* The first tokens were sampled from the prompts' logits. */
+    for (int i = 0; !rc && i < n; i++) g->decode_tok += dsv_gen_slot_n_gen(slots[i]);
+    return rc ? rc : run_phase(g, n, slots, 0, emit, users);
 }
 
 void gen_report(const gen *g) {
@@ -268,6 +233,6 @@ void gen_report(const gen *g) {
     fprintf(stderr, "\nprompt tokens: %ld, prefill: %.1f tok/s, decode: %.1f tok/s (%ld tokens), peak memory: %.0f MiB, "
             "kernels: %s\n",
             g->prefill_tok, g->prefill_s > 0 ? g->prefill_tok / g->prefill_s : 0.0,
-            g->decode_s > 0 ? g->decode_tok / g->decode_s : 0.0, g->decode_tok, ru.ru_maxrss / 1024.0,
+            g->decode_s > 0 ? g->decode_fed / g->decode_s : 0.0, g->decode_tok, ru.ru_maxrss / 1024.0,
             dsv_kernels_name());
 }

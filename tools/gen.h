@@ -1,12 +1,14 @@
 /* gen.h: text generation for the generate and chat commands: a model, a
- * tokenizer and a context, feeding prompts in chunks and decoding several
- * sequences together (one forward call per step for all of them). */
+ * tokenizer and a context, and the loop that drives the library's
+ * generation slots (include/dsv32_gen.h), one forward call per step for all
+ * sequences, with the server's rules for chunks, EOS and banned ids. */
 #ifndef DSV_GEN_H
 #define DSV_GEN_H
 
 #include <stdint.h>
 
 #include "dsv32.h"
+#include "dsv32_gen.h"
 #include "dsv32_sampler.h"
 #include "dsv32_tokenizer.h"
 
@@ -36,10 +38,12 @@ typedef struct gen {
     dsv_context *ctx;
     dsv_tokenizer *tok;
     const dsv_config *c;
-    int n_seq, eos;
-    float *logits;            /* [n_seq][vocab]: last logits of each sequence */
+    dsv_gen *rules;           /* chunking, EOS, banned ids: as the server's */
+    int n_seq;
     double prefill_s, decode_s;
-    long prefill_tok, decode_tok;
+    long prefill_tok;         /* prompt tokens computed */
+    long decode_tok;          /* tokens generated */
+    long decode_fed;          /* generated tokens fed back (the decode steps' work) */
 } gen;
 
 /* Loads everything (a progress bar on a terminal). Returns 0 or prints an
@@ -47,37 +51,30 @@ typedef struct gen {
 int gen_open(gen *g, const char *cmd, const gen_opts *o, int n_seq);
 void gen_close(gen *g);
 
-/* Appends tokens to sequences (all at once, in chunks of the batch size),
- * leaving each sequence's last logits in g->logits. n_toks[i] may be 0. */
-int gen_feed(gen *g, int n, const int *seqs, int32_t *const *toks, const int *n_toks, int prefill);
-
 /* Encodes text (no BOS) into a malloc'ed array. */
 int gen_encode(gen *g, const char *text, int32_t **ids, int *n);
 
-/* One sequence's decoding state: sampler, stop strings, streaming text. */
-typedef struct gen_stream {
-    dsv_sampler *smp;
-    dsv_stop *stop;
-    dsv_detok dt;
-    char *piece;              /* detok buffer */
-    int n_gen, done;
-    const char *why;          /* "eos", "stop", "length" */
-} gen_stream;
+/* A slot of the library's generation module (include/dsv32_gen.h) for
+ * sequence seq, with the command's sampling, stop strings and -n; the first
+ * n_past prompt tokens are already in the sequence. Special tokens (BOS,
+ * padding) have no text, as in the server's answers. Returns 0 or prints an
+ * error and returns 1. */
+int gen_slot(gen *g, dsv_gen_slot **s, int seq, const int32_t *prompt, int n_prompt, int n_past);
 
-int gen_stream_init(gen *g, gen_stream *s, const int32_t *prompt, int n_prompt);
-void gen_stream_free(gen_stream *s);
-/* Samples the next token of sequence seq from g->logits. Text that is final
- * goes to emit(user, text, len). Returns the token (to feed) or -1 when the
- * sequence ended (s->done set). */
-int32_t gen_stream_next(gen *g, gen_stream *s, int seq, void (*emit)(void *, const char *, size_t), void *user);
+/* What a finished slot's reason is called in messages: "eos", "stop", ... */
+const char *gen_finish_name(int finish);
+
+/* Text (and the token it came from) of one sequence, as it is generated. */
+typedef void (*gen_emit)(void *user, int32_t id, const char *text, size_t len);
+
+/* Runs slots[0..n) to their end: first every prompt (forward calls of at
+ * most --batch tokens, cut by the module's chunking rule), then one token
+ * per live sequence per call. Text goes to emit(users[i], ...) (users may be
+ * NULL). */
+int gen_run(gen *g, int n, dsv_gen_slot **slots, gen_emit emit, void **users);
 
 /* Reads prompts separated by blank lines (trimmed, empty ones skipped). */
 int read_prompt_file(const char *cmd, const char *path, char ***out, int *n);
-
-/* Decodes streams st[0..n) (sequence i is stream i, its prompt already fed)
- * until all are done: each step samples one token per live sequence and
- * feeds them all in one call. Text goes to emit(users[i], ...). */
-int gen_decode(gen *g, int n, gen_stream *st, void (*emit)(void *, const char *, size_t), void **users);
 
 /* "prompt tokens, prefill tok/s, decode tok/s, peak memory" on stderr. */
 void gen_report(const gen *g);

@@ -5,7 +5,8 @@
  * their work by (ith, nth), as ggml does. Inside a task, dsv_pool_barrier()
  * lets a multi-phase kernel synchronize without returning to the caller.
  * Idle workers spin briefly (calls come back to back in a forward pass) and
- * then sleep on a condition variable, so an idle engine costs no CPU. */
+ * then sleep in the kernel (a futex on Linux, a condition variable
+ * elsewhere; threads.c), so an idle engine costs no CPU. */
 #ifndef DSV_THREADS_H
 #define DSV_THREADS_H
 

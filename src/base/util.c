@@ -1,6 +1,8 @@
-/* util.c: the thread-local error message and assertion failure handler. */
+/* util.c: the thread-local error message, the assertion failure handler, the
+ * clock and the one whole-file reader. */
 #include "util.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <string.h>
 #include <time.h>
@@ -61,4 +63,46 @@ double dsv_time(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int dsv_read_stream(FILE *f, const char *name, size_t max_bytes, char **out, size_t *len) {
+    /* Grown by doubling rather than sized by fseek/ftell, so pipes and
+     * standard input read the same way as files. */
+    size_t cap = 1 << 16, n = 0;
+    char *b = malloc(cap + 1);
+    if (!b) return dsv_error(DSV_ERR_NOMEM, "%s: out of memory", name);
+    for (;;) {
+        n += fread(b + n, 1, cap - n, f);
+        if (max_bytes && n > max_bytes) {
+            free(b);
+            return dsv_error(DSV_ERR_FORMAT, "%s: larger than %zu bytes", name, max_bytes);
+        }
+        if (n < cap) break;
+        char *nb = cap <= ((size_t)-1 - 1) / 2 ? realloc(b, cap * 2 + 1) : NULL;
+        if (!nb) {
+            free(b);
+            return dsv_error(DSV_ERR_NOMEM, "%s: out of memory", name);
+        }
+        b = nb;
+        cap *= 2;
+    }
+    if (ferror(f)) {
+        int e = errno;
+        free(b);
+        return dsv_error(DSV_ERR_IO, "%s: read error (%s)", name, strerror(e));
+    }
+    b[n] = 0;
+    *out = b;
+    if (len) *len = n;
+    return DSV_OK;
+}
+
+int dsv_read_file(const char *path, size_t max_bytes, char **out, size_t *len) {
+    if (!path || !out) return dsv_error(DSV_ERR_ARG, "dsv_read_file: NULL argument");
+    if (!strcmp(path, "-")) return dsv_read_stream(stdin, "standard input", max_bytes, out, len);
+    FILE *f = fopen(path, "rb");
+    if (!f) return dsv_error(DSV_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
+    int st = dsv_read_stream(f, path, max_bytes, out, len);
+    fclose(f);
+    return st;
 }

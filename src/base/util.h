@@ -12,27 +12,15 @@
 #include <stdlib.h>
 
 #include "dsv32.h"
+#include "dsv32_util.h"
 
-#if defined(__GNUC__)
-#define DSV_PRINTF(a, b) __attribute__((format(printf, a, b)))
-#else
-#define DSV_PRINTF(a, b)
-#endif
-
-/* Records a printf-style message for dsv_errmsg() and returns status. */
-int dsv_error(int status, const char *fmt, ...) DSV_PRINTF(2, 3);
-/* Prefixes the current message with "<prefix>: " (for adding context such as
- * a file name as an error propagates upward). Returns status. */
-int dsv_error_prefix(int status, const char *fmt, ...) DSV_PRINTF(2, 3);
-void dsv_error_clear(void);
+/* dsv_error, dsv_error_prefix, dsv_error_clear, dsv_time and dsv_read_file
+ * are declared in include/dsv32_util.h (the commands use them too). */
 
 void dsv_assert_fail(const char *expr, const char *file, int line);
 #define DSV_ASSERT(x) ((x) ? (void)0 : dsv_assert_fail(#x, __FILE__, __LINE__))
 
 #define DSV_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define DSV_MAX(a, b) ((a) > (b) ? (a) : (b))
-
-/* Monotonic clock in seconds. */
-double dsv_time(void);
 
 #endif

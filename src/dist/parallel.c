@@ -130,13 +130,12 @@ int dsv_par_agree(int status) {
 }
 
 int dsv_par_agree_kernels(void) {
-    static const char *const levels[] = {"generic", "avx2", "avx512", "amx"};
-    const int size = dsv_comm_size(), n_levels = (int)(sizeof levels / sizeof *levels);
+    const int size = dsv_comm_size();
     if (size == 1) return DSV_OK;
     const char *mine = dsv_kernels_name();
     int lv = 0;
-    for (int i = 0; i < n_levels; i++)
-        if (!strcmp(mine, levels[i])) lv = i;
+    for (int i = 0; dsv_kernels_level(i); i++)
+        if (!strcmp(mine, dsv_kernels_level(i))) lv = i;
     int *all = malloc((size_t)size * sizeof *all);
     if (!all) die("out of memory");
     dsv_comm_allgather_int(lv, all);
@@ -145,7 +144,7 @@ int dsv_par_agree_kernels(void) {
     free(all);
     /* Every rank has the level it reported, so forcing one no higher than
      * its own cannot fail. */
-    return lo < lv ? dsv_kernels_force(levels[lo]) : DSV_OK;
+    return lo < lv ? dsv_kernels_force(dsv_kernels_level(lo)) : DSV_OK;
 }
 
 /* ---- commands -------------------------------------------------------------- */

@@ -276,26 +276,18 @@ fail:
     return r.status ? r.status : DSV_ERR_CONFIG;
 }
 
+/* A config.json is a few KB; a file far past that is not one. */
+#define CONFIG_MAX_BYTES ((size_t)64 << 20)
+
 int dsv_config_load(dsv_config *cfg, const char *path) {
     char buf[4096];
     size_t n = strlen(path);
     if (n >= 5 && !strcmp(path + n - 5, ".json")) snprintf(buf, sizeof buf, "%s", path);
     else snprintf(buf, sizeof buf, "%s/config.json", path);
-    FILE *f = fopen(buf, "rb");
-    if (!f) return dsv_error(DSV_ERR_IO, "%s: cannot open", buf);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    if (len < 0 || len > (64 << 20)) {
-        fclose(f);
-        return dsv_error(DSV_ERR_FORMAT, "%s: not a config file (size %ld)", buf, len);
-    }
-    char *text = malloc((size_t)len + 1);
-    if (!text) { fclose(f); return dsv_error(DSV_ERR_NOMEM, "%s: out of memory", buf); }
-    size_t got = fread(text, 1, (size_t)len, f);
-    fclose(f);
-    text[got] = 0;
-    int st = dsv_config_parse(cfg, text, buf);
+    char *text;
+    int st = dsv_read_file(buf, CONFIG_MAX_BYTES, &text, NULL);
+    if (st) return st;
+    st = dsv_config_parse(cfg, text, buf);
     free(text);
     return st;
 }

@@ -702,7 +702,7 @@ static int open_files(dsv_st *st, const char *dir, const char *const *names, int
         if ((rc = parse_file(st, st->n_files - 1))) goto out;
         done += f->size;
         if (params && params->progress)
-            params->progress(params->progress_user, done, total > done ? total : done);
+            params->progress(done, total > done ? total : done, params->progress_user);
     }
 out:
     for (int i = 0; i < n; i++) free(paths[i]);

@@ -50,8 +50,10 @@ typedef struct dsv_st dsv_st;
 
 /* Called after each file is opened and validated, with the sizes of the
  * files done so far and of all of them (bytes on disk, tensor data included
- * though it is not read), for a progress bar over many shards. */
-typedef void (*dsv_st_progress_fn)(void *user, uint64_t done, uint64_t total);
+ * though it is not read), for a progress bar over many shards. The
+ * argument order is dsv_model_params.progress's, so the loader hands that
+ * callback straight through. */
+typedef void (*dsv_st_progress_fn)(uint64_t done, uint64_t total, void *user);
 
 typedef struct dsv_st_open_params {
     dsv_st_progress_fn progress;    /* NULL: none */

@@ -73,6 +73,8 @@ static void detect(void) { top_level = LV_GENERIC; }
 static const dsv_kernels *const sets[LV_COUNT] = {&dsv_kernels_ref};
 #endif
 
+/* The one list of level names, lowest first (dsv_kernels_level hands it
+ * out: the split model's agreement and the tests iterate it). */
 static const char *const level_names[] = {"generic", "avx2", "avx512", "amx"};
 static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
 static const dsv_kernels *forced; /* dsv_kernels_force */
@@ -93,6 +95,10 @@ static const dsv_kernels *lookup(const char *name, int *status) {
     }
     *status = dsv_error(DSV_ERR_ARG, "unknown kernel level '%s' (generic, avx2, avx512 or amx)", name);
     return NULL;
+}
+
+const char *dsv_kernels_level(int i) {
+    return i >= 0 && i < (int)(sizeof level_names / sizeof *level_names) ? level_names[i] : NULL;
 }
 
 int dsv_kernels_select(void) {

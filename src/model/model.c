@@ -221,11 +221,6 @@ dsv_model_params dsv_model_default_params(void) {
     return p;
 }
 
-static void relay_progress(void *user, uint64_t done, uint64_t total) {
-    const dsv_model_params *p = user;
-    p->progress(done, total, p->progress_user);
-}
-
 /* Loads this rank's part: the whole model in a group of one. */
 static int load(dsv_model *m, const char *dir, const dsv_model_params *params) {
     int st = dsv_config_load(&m->cfg, dir);
@@ -252,8 +247,7 @@ static int load(dsv_model *m, const char *dir, const dsv_model_params *params) {
     char path[4096];
     int presliced = 0;
     if ((st = dsv_shard_find(dir, rank, size, path, sizeof path, &presliced))) return st;
-    dsv_st_open_params sp = {0};
-    if (params->progress) { sp.progress = relay_progress; sp.progress_user = (void *)params; }
+    dsv_st_open_params sp = {params->progress, params->progress_user};
     if ((st = dsv_st_open_ex(&m->st, presliced ? path : dir, &sp))) return st;
     if (presliced) {
         const char *r = dsv_st_metadata(m->st, 0, DSV_SHARD_RANK_KEY), *n = dsv_st_metadata(m->st, 0, DSV_SHARD_SIZE_KEY);

@@ -53,35 +53,8 @@ void srv_addf(dsv_buf *b, const char *fmt, ...) {
     free(big);
 }
 
-void srv_json_str(dsv_buf *b, const char *s, size_t n) {
-    static const char hex[] = "0123456789abcdef";
-    dsv_buf_add(b, "\"", 1);
-    size_t run = 0; /* bytes copied as they are, flushed in one append */
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') { run++; continue; }
-        dsv_buf_add(b, s + i - run, run);
-        run = 0;
-        char esc[6] = {'\\', 0};
-        size_t len = 2;
-        switch (c) {
-        case '"': esc[1] = '"'; break;
-        case '\\': esc[1] = '\\'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
-        default:
-            esc[1] = 'u'; esc[2] = '0'; esc[3] = '0'; esc[4] = hex[c >> 4]; esc[5] = hex[c & 15];
-            len = 6;
-        }
-        dsv_buf_add(b, esc, len);
-    }
-    dsv_buf_add(b, s + n - run, run);
-    dsv_buf_add(b, "\"", 1);
-}
-
 static void json_cstr(dsv_buf *b, const char *s) {
-    if (s) srv_json_str(b, s, strlen(s));
+    if (s) dsv_json_str(b, s, strlen(s));
     else dsv_buf_adds(b, "null");
 }
 
@@ -356,7 +329,7 @@ static int structured_install(dsv_server *S, const cJSON *root, const cJSON *too
         size_t len = strlen(forced), n = 0;
         int32_t *ids = malloc((len + 1) * sizeof *ids);
         int st = !ids ? dsv_error(DSV_ERR_NOMEM, "out of memory") : dsv_tokenize(S->tok, forced, len, ids, len + 1, &n);
-        if (!st) st = dsv_grammar_forced(&g, ids, (int)n, S->eos);
+        if (!st) st = dsv_grammar_forced(&g, ids, (int)n, dsv_gen_eos(srv_sched_gen(S->sched)));
         free(ids);
         if (st) return srv_fail(e, 500, "server_error", NULL, NULL, "%s", dsv_errmsg());
     } else if (so->json || so->call) {
@@ -368,7 +341,7 @@ static int structured_install(dsv_server *S, const cJSON *root, const cJSON *too
         int failed = n_br < 0;
         if (!failed) {
             dsv_grammar_json_opts o = {.branches = br, .n_branches = n_br, .until = thinking ? "</think>" : NULL,
-                                       .eos = S->eos};
+                                       .eos = dsv_gen_eos(srv_sched_gen(S->sched))};
             if (dsv_grammar_json(&g, S->vi, &o)) {
                 BAD(e, so->json ? "response_format" : "tools", "%s", dsv_errmsg());
                 failed = 1;
@@ -557,7 +530,7 @@ static void token_text(dsv_server *S, int32_t id, dsv_buf *out) {
         else dsv_buf_add(&clean, "\xEF\xBF\xBD", 3);
         i += k ? k : 1;
     }
-    srv_json_str(out, clean.data ? clean.data : "", clean.len);
+    dsv_json_str(out, clean.data ? clean.data : "", clean.len);
     if (clean.failed) out->failed = 1;
     dsv_buf_free(&clean);
 }
@@ -653,7 +626,7 @@ static void gather(void *user, const dsv_chat_event *ev) {
 }
 
 static void json_buf_or_null(dsv_buf *out, const dsv_buf *b) {
-    if (b->len) srv_json_str(out, b->data, b->len);
+    if (b->len) dsv_json_str(out, b->data, b->len);
     else dsv_buf_adds(out, "null");
 }
 
@@ -662,7 +635,7 @@ void srv_api_response(dsv_server *S, const srv_gen *g, const char *text, size_t 
     if (!g->chat) {
         head(S, g, "text_completion", out);
         dsv_buf_adds(out, ",\"choices\":[{\"index\":0,\"text\":");
-        srv_json_str(out, text, len);
+        dsv_json_str(out, text, len);
         choice_logprobs(S, g, toks, out);
         srv_addf(out, ",\"finish_reason\":\"%s\"}],\"usage\":", finish_reason(st, 0));
         usage(out, n_prompt, st);
@@ -686,7 +659,7 @@ void srv_api_response(dsv_server *S, const srv_gen *g, const char *text, size_t 
             if (i) dsv_buf_adds(out, ",");
             tool_call_head(out, g, i, r.calls[i].name);
             dsv_buf_adds(out, ",\"arguments\":");
-            srv_json_str(out, r.calls[i].args.data ? r.calls[i].args.data : "", r.calls[i].args.len);
+            dsv_json_str(out, r.calls[i].args.data ? r.calls[i].args.data : "", r.calls[i].args.len);
             dsv_buf_adds(out, "}}");
         }
         dsv_buf_adds(out, "]");
@@ -752,7 +725,7 @@ static void delta_text(srv_sse *x, const char *field, const char *text, size_t l
     if (!len) return;
     chunk_open(x, x->out);
     srv_addf(x->out, "\"delta\":{\"%s\":", field);
-    srv_json_str(x->out, text, len);
+    dsv_json_str(x->out, text, len);
     dsv_buf_adds(x->out, "}");
     chunk_close(x->out, NULL);
 }
@@ -774,7 +747,7 @@ static void on_event(void *user, const dsv_chat_event *ev) {
         if (!ev->len) break;
         chunk_open(x, x->out);
         srv_addf(x->out, "\"delta\":{\"tool_calls\":[{\"index\":%d,\"function\":{\"arguments\":", ev->index);
-        srv_json_str(x->out, ev->text, ev->len);
+        dsv_json_str(x->out, ev->text, ev->len);
         dsv_buf_adds(x->out, "}}]}");
         chunk_close(x->out, NULL);
         break;
@@ -794,7 +767,7 @@ void srv_sse_text(srv_sse *x, const char *text, size_t len, dsv_buf *out) {
     if (!x->g->chat) {
         chunk_open(x, out);
         dsv_buf_adds(out, "\"text\":");
-        srv_json_str(out, text, len);
+        dsv_json_str(out, text, len);
         chunk_close(out, NULL);
         return;
     }

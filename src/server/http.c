@@ -41,7 +41,7 @@
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
 
-#include "text/json_str.h"
+#include "dsv32_util.h"
 #include "server.h"
 #include "base/util.h"
 
@@ -168,7 +168,7 @@ static int authorized(dsv_server *S, struct MHD_Connection *c) {
 
 static void model_object(dsv_server *S, dsv_buf *b) {
     dsv_buf_adds(b, "{\"id\":");
-    srv_json_str(b, S->model_id, strlen(S->model_id));
+    dsv_json_str(b, S->model_id, strlen(S->model_id));
     srv_addf(b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"dsv32\",\"max_model_len\":%d}",
              (long long)S->created, S->n_ctx);
 }
@@ -246,7 +246,7 @@ static enum MHD_Result route_tokenize(dsv_server *S, struct MHD_Connection *c, s
             size_t pl = 0;
             const char *p = dsv_token_piece(S->tok, ids[i], &pl);
             srv_addf(&b, "{\"id\":%d,\"piece\":", (int)ids[i]);
-            srv_json_str(&b, p ? p : "", pl);
+            dsv_json_str(&b, p ? p : "", pl);
             dsv_buf_adds(&b, "}");
         }
         dsv_buf_adds(&b, "]}");
@@ -281,7 +281,7 @@ static enum MHD_Result route_detokenize(dsv_server *S, struct MHD_Connection *c,
         char *text = malloc(len + 1);
         if (text && dsv_detokenize(S->tok, ids, (size_t)n, 0, text, len + 1, &len) == DSV_OK) {
             dsv_buf_adds(&b, "{\"content\":");
-            srv_json_str(&b, text, len);
+            dsv_json_str(&b, text, len);
             dsv_buf_adds(&b, "}");
         } else {
             b.failed = 1;
@@ -643,12 +643,11 @@ int dsv_server_open(dsv_server **out, const dsv_server_params *params) {
         const dsv_context_params *cp = dsv_context_get_params(S->ctx);
         S->n_ctx = cp->n_ctx;
         S->bos = dsv_tokenizer_bos(S->tok) >= 0 ? dsv_tokenizer_bos(S->tok) : S->cfg->bos_id;
-        S->eos = dsv_tokenizer_eos(S->tok) >= 0 ? dsv_tokenizer_eos(S->tok) : S->cfg->eos_id;
         if (srv_metrics_init(&S->metrics)) st = dsv_error(DSV_ERR_NOMEM, "out of memory");
     }
     if (!st) {
         srv_sched_params sp = {.n_batch = p.n_batch, .max_queue = p.max_queue};
-        st = srv_sched_init(&S->sched, S->ctx, S->cfg, S->tok, S->eos, S->metrics, &sp);
+        st = srv_sched_init(&S->sched, S->ctx, S->cfg, S->tok, S->metrics, &sp);
     }
     if (!st) {
         S->max_total = srv_sched_max_tokens(S->sched);

@@ -1,11 +1,13 @@
 /* page.c: the chat page served at GET / (chat.html: one file with its CSS
  * and JS), embedded in the binary by the assembler's .incbin so that the
  * page stays an ordinary HTML file to edit. The Makefile rebuilds this
- * object when chat.html changes. */
+ * object when chat.html changes. The symbols are hidden as -fvisibility=hidden
+ * would make them: the page is the server's, not part of the API. */
 #include <stddef.h>
 
 __asm__(".section .rodata\n"
         ".global srv_page_html\n"
+        ".hidden srv_page_html\n"
         ".type srv_page_html, @object\n"
         "srv_page_html:\n"
         ".incbin \"src/server/chat.html\"\n"
@@ -13,6 +15,7 @@ __asm__(".section .rodata\n"
         ".byte 0\n"
         ".balign 8\n"
         ".global srv_page_html_len\n"
+        ".hidden srv_page_html_len\n"
         ".type srv_page_html_len, @object\n"
         "srv_page_html_len:\n"
         ".quad 1b - srv_page_html\n"

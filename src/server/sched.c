@@ -2,8 +2,10 @@
  *
  * A step: reap cancelled requests, admit queued ones, build one batch
  * (a token for each generating request, then prompt chunks), run
- * dsv_forward without holding the lock, sample, detokenize and match stop
- * strings, then publish the new text under the lock.
+ * dsv_forward without holding the lock, hand each request's generation slot
+ * its logits (include/dsv32_gen.h: sampling, EOS, stop strings and text are
+ * the generation module's, the same as the CLI's), then publish the new
+ * text under the lock.
  *
  * KV pages. A request is admitted only when the pool can cover its worst
  * case, ceil((prompt + max_tokens - 1) / 64) pages less those it reuses
@@ -12,14 +14,11 @@
  * So a running request never runs out of pages and never needs to be
  * preempted, and one that cannot get them waits in the queue.
  *
- * Exactness of the prefix cache. A prompt token's numbers depend on how it
- * was computed: a multi-token call over positions below mha_keys uses the
- * non-absorbed maths, a single token or a position beyond uses the absorbed
- * one (forward.c). To make that a function of the position alone, prompt
- * chunks below mha_keys never end past it and never leave a single token
- * before it; and a cache hit reuses at most the pages that leave two prompt
- * tokens to compute. Then every cached page holds what a miss would compute,
- * and an answer with a hit is bit for bit the answer without. Only pages
+ * Exactness of the prefix cache. The generation module's chunking rule
+ * makes a prompt token's numbers a function of its position alone (see
+ * include/dsv32_gen.h); and a cache hit reuses at most the pages that leave
+ * two prompt tokens to compute. Then every cached page holds what a miss
+ * would compute, and an answer with a hit is bit for bit the answer without. Only pages
  * made entirely of prompt tokens are cached: generated tokens are decoded
  * one at a time, with the other maths. */
 #include "sched.h"
@@ -35,16 +34,10 @@
 
 struct slot {
     srv_req *r;             /* NULL when free */
-    dsv_sampler *sampler;
-    dsv_stop *stop;
-    dsv_detok detok;
-    int n_past;             /* tokens in the sequence */
-    int n_gen;
+    dsv_gen_slot *gen;      /* sampler, stop strings, text, position */
     int n_attached;         /* pages from the prefix cache */
     int need_pages;         /* pages it may take from the pool in all */
     int n_inserted;         /* prompt pages given to the prefix cache */
-    int32_t next;           /* token to feed when decoding */
-    int decoding;
     int finish;
     char error[256];
     dsv_buf out;            /* text of this step, published under the lock */
@@ -57,20 +50,17 @@ struct srv_sched {
     const dsv_tokenizer *tok;
     srv_metrics *metrics;
     srv_prefix *prefix;
-    int n_slots, n_batch, n_ctx, mha_keys, vocab, max_queue;
-    int32_t eos;
+    dsv_gen *gen;           /* the rules of generation */
+    int n_slots, n_batch, n_ctx, vocab, max_queue;
     int64_t n_pages;
     struct slot *slots;
     int *run;               /* running slots, in admission order */
     int n_run;
     dsv_batch_entry *ent;   /* [n_slots] */
-    int *ent_slot;
+    int *ent_slot;          /* [n_slots]: the slot of each entry */
+    dsv_gen_slot **order;   /* [n_slots]: running slots' generation, in admission order */
     float *logits;          /* [n_slots][vocab] */
     int32_t *attach;        /* [pages per sequence] */
-    dsv_logit_bias *banned; /* ids the tokenizer has no text for: never sampled */
-    int n_banned;
-    char *piece;            /* [detok bound] */
-    size_t piece_cap;
 
     pthread_t thread;
     int started;
@@ -168,29 +158,16 @@ static void slot_fail(struct slot *sl, const char *what) {
 /* Starts r in slot i on the k cached pages already attached to it. */
 static void slot_start(srv_sched *s, int i, srv_req *r, int k, int need) {
     struct slot *sl = &s->slots[i];
-    *sl = (struct slot){.r = r, .n_attached = k, .need_pages = need, .n_past = k * DSV_PAGE,
-                        .t_last = r->t_submit};
+    *sl = (struct slot){.r = r, .n_attached = k, .need_pages = need, .t_last = r->t_submit};
     r->queued = 0;
     r->n_cached = k * DSV_PAGE;
     s->run[s->n_run++] = i;
-    dsv_detok_init(&sl->detok, s->tok, 1);
-    /* The request's logit bias, then the ban on ids without text. */
-    dsv_sampler_params sp = r->sampling;
-    dsv_logit_bias *bias = malloc(((size_t)sp.n_logit_bias + (size_t)s->n_banned + 1) * sizeof *bias);
-    if (bias) {
-        if (sp.n_logit_bias) memcpy(bias, sp.logit_bias, (size_t)sp.n_logit_bias * sizeof *bias);
-        memcpy(bias + sp.n_logit_bias, s->banned, (size_t)s->n_banned * sizeof *bias);
-        sp.logit_bias = bias;
-        sp.n_logit_bias += s->n_banned;
-    }
-    if (!bias) {
-        sl->finish = SRV_FIN_ERROR;
-        snprintf(sl->error, sizeof sl->error, "out of memory");
-    } else if (dsv_sampler_init(&sl->sampler, s->vocab, &sp)) slot_fail(sl, "sampler");
-    else if (dsv_sampler_accept_prompt(sl->sampler, r->prompt, (size_t)r->n_prompt)) slot_fail(sl, "sampler");
-    else if (dsv_stop_init(&sl->stop, (const char *const *)r->stop, r->n_stop, &s->eos, s->eos >= 0))
-        slot_fail(sl, "stop strings");
-    free(bias); /* the sampler keeps a copy */
+    dsv_gen_slot_params p = dsv_gen_slot_default_params();
+    p.sampling = r->sampling;
+    p.stop = (const char *const *)r->stop;
+    p.n_stop = r->n_stop;
+    p.max_tokens = r->max_tokens;
+    if (dsv_gen_slot_init(&sl->gen, s->gen, i, r->prompt, r->n_prompt, k * DSV_PAGE, &p)) slot_fail(sl, "generation");
     srv_metrics_prompt(s->metrics, r->n_prompt, r->n_cached);
 }
 
@@ -199,8 +176,8 @@ static void slot_start(srv_sched *s, int i, srv_req *r, int k, int need) {
 static void slot_end(srv_sched *s, int i) {
     struct slot *sl = &s->slots[i];
     dsv_seq_reset(s->ctx, i);
-    dsv_sampler_free(sl->sampler);
-    dsv_stop_free(sl->stop);
+    dsv_gen_slot_free(sl->gen);
+    sl->gen = NULL;
     dsv_buf_free(&sl->out);
     free(sl->toks.v);
     req_drop(sl->r);
@@ -245,62 +222,16 @@ static void reap(srv_sched *s) {
 
 /* ---- A step --------------------------------------------------------------- */
 
-/* Prompt tokens to compute for a request at position p (see the file
- * comment for the rules below mha_keys); 0 to wait for a bigger budget. */
-static int chunk_len(const srv_sched *s, int p, int n_prompt, int budget) {
-    int M = s->mha_keys;
-    int end = p < M && n_prompt > M ? M : n_prompt;
-    int left = end - p, len = DSV_MIN(left, budget);
-    if (len == left || p >= M) return len;
-    if (left - len == 1) len--; /* never leave one token before M */
-    return len >= 2 ? len : 0;
-}
-
+/* One batch: a token for each generating request, then prompt chunks,
+ * oldest request first (the generation module's rule). */
 static int build_batch(srv_sched *s) {
-    int n = 0, budget = s->n_batch;
     for (int j = 0; j < s->n_run; j++) {
-        int i = s->run[j];
-        struct slot *sl = &s->slots[i];
-        if (sl->finish || !sl->decoding) continue;
-        s->ent[n] = (dsv_batch_entry){.seq = i, .n_tokens = 1, .tokens = &sl->next, .logits = DSV_LOGITS_LAST};
-        s->ent_slot[n++] = i;
-        budget--;
+        struct slot *sl = &s->slots[s->run[j]];
+        s->order[j] = sl->finish ? NULL : sl->gen;
     }
-    for (int j = 0; j < s->n_run && budget > 0; j++) {
-        int i = s->run[j];
-        struct slot *sl = &s->slots[i];
-        if (sl->finish || sl->decoding) continue;
-        int len = chunk_len(s, sl->n_past, sl->r->n_prompt, budget);
-        if (!len) break; /* keep prompt order: no later prompt overtakes */
-        int last = sl->n_past + len == sl->r->n_prompt;
-        s->ent[n] = (dsv_batch_entry){.seq = i, .n_tokens = len, .tokens = sl->r->prompt + sl->n_past,
-                                      .logits = last ? DSV_LOGITS_LAST : DSV_LOGITS_NONE};
-        s->ent_slot[n++] = i;
-        budget -= len;
-    }
+    int n = dsv_gen_batch(s->order, s->n_run, s->n_batch, s->ent, s->ent_slot);
+    for (int e = 0; e < n; e++) s->ent_slot[e] = s->run[s->ent_slot[e]];
     return n;
-}
-
-/* Passes detokenized text through the stop matcher into the slot's output. */
-static void emit(struct slot *sl, const char *text, size_t len) {
-    const char *safe;
-    size_t n;
-    int matched = dsv_stop_feed(sl->stop, text, len, &safe, &n);
-    if (matched < 0) { slot_fail(sl, "stop strings"); return; }
-    dsv_buf_add(&sl->out, safe, n);
-    if (matched) sl->finish = SRV_FIN_STOP;
-}
-
-/* Generation ends without a stop string: hands out the held-back text. */
-static void flush(srv_sched *s, struct slot *sl, int finish) {
-    size_t n = 0;
-    if (dsv_detok_flush(&sl->detok, s->piece, s->piece_cap, &n) == DSV_OK && n) emit(sl, s->piece, n);
-    if (!sl->finish) {
-        const char *rest;
-        dsv_stop_flush(sl->stop, &rest, &n);
-        dsv_buf_add(&sl->out, rest, n);
-        sl->finish = finish;
-    }
 }
 
 /* The model's log-probabilities (log-softmax of the raw logits, before any
@@ -326,41 +257,31 @@ static void logprobs(const srv_sched *s, const float *logits, int32_t x, int k, 
 }
 
 static void accept_token(srv_sched *s, struct slot *sl, const float *logits) {
-    int32_t x;
-    if (dsv_sampler_sample(sl->sampler, logits, &x) || dsv_sampler_accept(sl->sampler, x)) {
-        slot_fail(sl, "sampling");
+    dsv_gen_token t;
+    if (dsv_gen_slot_accept(sl->gen, logits, &t)) {
+        slot_fail(sl, "generation");
         return;
     }
     if (sl->r->logprobs >= 0) {
-        srv_tok t;
-        logprobs(s, logits, x, sl->r->logprobs, &t);
-        if (srv_toks_add(&sl->toks, &t, 1)) {
+        srv_tok lp;
+        logprobs(s, logits, t.id, sl->r->logprobs, &lp);
+        if (srv_toks_add(&sl->toks, &lp, 1)) {
             sl->finish = SRV_FIN_ERROR;
             snprintf(sl->error, sizeof sl->error, "out of memory");
             return;
         }
     }
-    double t = dsv_time();
-    if (sl->n_gen++ == 0) srv_metrics_ttft(s->metrics, t - sl->r->t_submit);
-    else srv_metrics_itl(s->metrics, t - sl->t_last);
-    sl->t_last = t;
-    if (dsv_stop_is_token(sl->stop, x)) {
-        flush(s, sl, SRV_FIN_STOP);
+    double now = dsv_time();
+    if (dsv_gen_slot_n_gen(sl->gen) == 1) srv_metrics_ttft(s->metrics, now - sl->r->t_submit);
+    else srv_metrics_itl(s->metrics, now - sl->t_last);
+    sl->t_last = now;
+    if (dsv_buf_add(&sl->out, t.text, t.len)) {
+        sl->finish = SRV_FIN_ERROR;
+        snprintf(sl->error, sizeof sl->error, "out of memory");
         return;
     }
-    size_t n = 0;
-    if (dsv_detok_push(&sl->detok, x, s->piece, s->piece_cap, &n)) {
-        slot_fail(sl, "detokenizer");
-        return;
-    }
-    if (n) emit(sl, s->piece, n);
-    if (sl->finish) return;
-    if (sl->n_gen >= sl->r->max_tokens) {
-        flush(s, sl, SRV_FIN_LENGTH);
-        return;
-    }
-    sl->next = x;
-    sl->decoding = 1;
+    if (t.finish == DSV_GEN_EOS || t.finish == DSV_GEN_STOP) sl->finish = SRV_FIN_STOP;
+    else if (t.finish == DSV_GEN_LENGTH) sl->finish = SRV_FIN_LENGTH;
 }
 
 /* Runs one batch and turns its logits into tokens and text. */
@@ -370,9 +291,9 @@ static void step(srv_sched *s, int n) {
     for (int e = 0; e < n; e++) {
         struct slot *sl = &s->slots[s->ent_slot[e]];
         if (st) { slot_fail(sl, "forward"); continue; }
-        sl->n_past += s->ent[e].n_tokens;
+        if (dsv_gen_slot_fed(sl->gen, s->ent[e].n_tokens)) { slot_fail(sl, "generation"); continue; }
         /* Prompt pages now complete go to the prefix cache. */
-        int full = DSV_MIN(sl->n_past, sl->r->n_prompt) / DSV_PAGE;
+        int full = DSV_MIN(dsv_gen_slot_n_past(sl->gen), sl->r->n_prompt) / DSV_PAGE;
         if (full > sl->n_inserted) {
             const int32_t *pages;
             int np;
@@ -394,7 +315,8 @@ static void publish(srv_sched *s) {
         int i = s->run[j];
         struct slot *sl = &s->slots[i];
         srv_req *r = sl->r;
-        if (!sl->out.len && !sl->finish && r->n_gen == sl->n_gen) continue;
+        int n_gen = sl->gen ? dsv_gen_slot_n_gen(sl->gen) : 0;
+        if (!sl->out.len && !sl->finish && r->n_gen == n_gen) continue;
         dsv_buf_add(&r->text, sl->out.data ? sl->out.data : "", sl->out.len);
         dsv_buf_clear(&sl->out);
         if (sl->toks.n && srv_toks_add(&r->toks, sl->toks.v, sl->toks.n)) {
@@ -402,7 +324,7 @@ static void publish(srv_sched *s) {
             snprintf(sl->error, sizeof sl->error, "out of memory");
         }
         sl->toks.n = 0;
-        r->n_gen = sl->n_gen;
+        r->n_gen = n_gen;
         if (sl->finish) {
             r->finish = sl->finish;
             memcpy(r->error, sl->error, sizeof r->error);
@@ -463,24 +385,21 @@ static void *sched_main(void *arg) {
 /* ---- Public --------------------------------------------------------------- */
 
 int srv_sched_init(srv_sched **out, dsv_context *ctx, const dsv_config *cfg, const dsv_tokenizer *tok,
-                   int32_t eos, srv_metrics *metrics, const srv_sched_params *p) {
+                   srv_metrics *metrics, const srv_sched_params *p) {
     const dsv_context_params *cp = dsv_context_get_params(ctx);
     srv_sched *s = calloc(1, sizeof *s);
     if (!s) return dsv_error(DSV_ERR_NOMEM, "scheduler: out of memory");
     s->ctx = ctx;
     s->tok = tok;
-    s->eos = eos;
     s->metrics = metrics;
     s->n_slots = cp->n_seq;
     s->n_ctx = cp->n_ctx;
     s->n_batch = DSV_MIN(p->n_batch, cp->n_batch);
-    s->mha_keys = DSV_MIN(cp->mha_max_keys, cp->n_ctx);
     s->max_queue = p->max_queue;
     s->vocab = cfg->vocab_size;
     int64_t used, nfree;
     dsv_kv_stats(ctx, &used, &nfree);
     s->n_pages = used + nfree;
-    s->piece_cap = dsv_detok_bound(tok);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->wake, NULL);
     int st = DSV_OK;
@@ -492,22 +411,14 @@ int srv_sched_init(srv_sched **out, dsv_context *ctx, const dsv_config *cfg, con
         s->run = calloc((size_t)s->n_slots, sizeof *s->run);
         s->ent = calloc((size_t)s->n_slots, sizeof *s->ent);
         s->ent_slot = calloc((size_t)s->n_slots, sizeof *s->ent_slot);
+        s->order = calloc((size_t)s->n_slots, sizeof *s->order);
         s->logits = malloc((size_t)s->n_slots * (size_t)s->vocab * sizeof *s->logits);
         s->attach = malloc((size_t)(s->n_ctx / DSV_PAGE + 1) * sizeof *s->attach);
-        s->piece = malloc(s->piece_cap);
-        if (!s->slots || !s->run || !s->ent || !s->ent_slot || !s->logits || !s->attach || !s->piece)
+        if (!s->slots || !s->run || !s->ent || !s->ent_slot || !s->order || !s->logits || !s->attach)
             st = dsv_error(DSV_ERR_NOMEM, "scheduler: out of memory");
     }
     if (!st) st = srv_prefix_init(&s->prefix, ctx);
-    /* A model's vocabulary may be larger than its tokenizer's (DeepSeek's
-     * head has 129280 rows for 128815 tokens): ids with no text are banned,
-     * so every generated token has text to stream. */
-    for (int32_t id = 0; !st && id < s->vocab; id++) {
-        if (dsv_token_piece(tok, id, NULL)) continue;
-        dsv_logit_bias *b = realloc(s->banned, ((size_t)s->n_banned + 1) * sizeof *b);
-        if (!b) st = dsv_error(DSV_ERR_NOMEM, "scheduler: out of memory");
-        else (s->banned = b)[s->n_banned++] = (dsv_logit_bias){id, -INFINITY};
-    }
+    if (!st) st = dsv_gen_open(&s->gen, ctx, cfg, tok);
     if (!st) {
         publish_gauges(s);
         if (pthread_create(&s->thread, NULL, sched_main, s))
@@ -543,10 +454,10 @@ void srv_sched_free(srv_sched *s) {
     free(s->run);
     free(s->ent);
     free(s->ent_slot);
+    free(s->order);
     free(s->logits);
     free(s->attach);
-    free(s->banned);
-    free(s->piece);
+    dsv_gen_close(s->gen);
     free(s);
 }
 
@@ -618,6 +529,8 @@ void srv_sched_gauges(srv_sched *s, srv_gauges *g) {
     *g = s->gauges;
     pthread_mutex_unlock(&s->mu);
 }
+
+const dsv_gen *srv_sched_gen(const srv_sched *s) { return s->gen; }
 
 int srv_sched_max_tokens(const srv_sched *s) {
     int64_t pool = s->n_pages * DSV_PAGE;

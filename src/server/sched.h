@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "dsv32.h"
+#include "dsv32_gen.h"
 #include "dsv32_sampler.h"
 #include "dsv32_tokenizer.h"
 #include "metrics.h"
@@ -96,9 +97,10 @@ typedef struct srv_sched_params {
 } srv_sched_params;
 
 /* Starts the scheduler thread over ctx (its n_seq slots and page pool) for
- * a model of configuration cfg; eos (or -1) ends every generation. */
+ * a model of configuration cfg; generation follows include/dsv32_gen.h
+ * (EOS, banned ids, prompt chunks), as in the CLI. */
 int srv_sched_init(srv_sched **out, dsv_context *ctx, const dsv_config *cfg, const dsv_tokenizer *tok,
-                   int32_t eos, srv_metrics *metrics, const srv_sched_params *p);
+                   srv_metrics *metrics, const srv_sched_params *p);
 /* Ends every queued and running request (SRV_FIN_ABORT), refuses new ones
  * and joins the thread. Requests stay readable until released. */
 void srv_sched_stop(srv_sched *s);
@@ -133,5 +135,8 @@ void srv_sched_gauges(srv_sched *s, srv_gauges *g);
 
 /* Largest prompt + generation a request can ever get pages for. */
 int srv_sched_max_tokens(const srv_sched *s);
+/* The rules of generation the scheduler follows (its EOS id, for a
+ * request's constraint). */
+const dsv_gen *srv_sched_gen(const srv_sched *s);
 
 #endif

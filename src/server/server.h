@@ -31,7 +31,7 @@ struct dsv_server {
     int port;
     int n_ctx;                   /* tokens per request */
     int max_total;               /* prompt + answer a request can ever get */
-    int32_t bos, eos;
+    int32_t bos;
     time_t created;
     atomic_uint_fast64_t next_id;
     atomic_int stopping;
@@ -87,9 +87,7 @@ void srv_sse_tokens(srv_sse *x, const srv_tok *t, int n, dsv_buf *out);
  * asked for, then [DONE]. */
 void srv_sse_end(srv_sse *x, const srv_status *st, int n_prompt, dsv_buf *out);
 
-/* Appends s[0..n) as a JSON string literal. */
-void srv_json_str(dsv_buf *b, const char *s, size_t n);
-/* printf into a buffer. */
+/* printf into a buffer. (JSON string literals: dsv_json_str, text/text.h.) */
 void srv_addf(dsv_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* The chat page (page.c). */

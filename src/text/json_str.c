@@ -1,15 +1,19 @@
-/* json_str.c: pulls one string member out of a JSON object with its exact
- * length (see json_str.h). A small recursive-descent reader: members before
- * the wanted one are skipped structurally, strings are decoded per RFC 8259
- * (surrogate pairs joined, lone surrogates refused since UTF-8 cannot hold
- * them). */
-#include "json_str.h"
+/* json_str.c: exact JSON string values, both ways. Reading: pulls one
+ * string member out of a JSON object with its exact length
+ * (dsv_json_get_string, declared in include/dsv32_util.h), a small
+ * recursive-descent reader: members before the wanted one are skipped
+ * structurally, strings are decoded per RFC 8259 (surrogate pairs joined,
+ * lone surrogates refused since UTF-8 cannot hold them). Writing: the one
+ * string-literal writer of the server and the commands (dsv_json_str,
+ * dsv_json_quote). */
+#include "dsv32_util.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include "base/utf8.h"
 #include "base/util.h"
+#include "text.h"
 
 #define MAX_DEPTH 512
 
@@ -171,4 +175,46 @@ int dsv_json_get_string(const char *json, size_t len, const char *key, char **ou
     }
     free(buf);
     return rc;
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+void dsv_json_str(dsv_buf *b, const char *s, size_t n) {
+    static const char hex[] = "0123456789abcdef";
+    dsv_buf_add(b, "\"", 1);
+    size_t run = 0; /* bytes copied as they are, flushed in one append */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') { run++; continue; }
+        dsv_buf_add(b, s + i - run, run);
+        run = 0;
+        char esc[6] = {'\\', 0};
+        size_t len = 2;
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default:
+            esc[1] = 'u'; esc[2] = '0'; esc[3] = '0'; esc[4] = hex[c >> 4]; esc[5] = hex[c & 15];
+            len = 6;
+        }
+        dsv_buf_add(b, esc, len);
+    }
+    dsv_buf_add(b, s + n - run, run);
+    dsv_buf_add(b, "\"", 1);
+}
+
+char *dsv_json_quote(const char *s, size_t n, size_t *out_len) {
+    dsv_buf b = {0};
+    dsv_json_str(&b, s, n);
+    const size_t len = b.len;
+    char *out = dsv_buf_take(&b);
+    if (!out) {
+        dsv_error(DSV_ERR_NOMEM, "out of memory quoting a JSON string");
+        return NULL;
+    }
+    if (out_len) *out_len = len;
+    return out;
 }

@@ -34,6 +34,11 @@ void dsv_buf_clear(dsv_buf *b);
 char *dsv_buf_take(dsv_buf *b);
 void dsv_buf_free(dsv_buf *b);
 
+/* Appends s[0..n) as a JSON string literal: quotes, \" \\ \n \r \t, other
+ * bytes below 0x20 as \u00XX, everything else (UTF-8 included) as it is
+ * (json_str.c; dsv_json_quote in dsv32_util.h is the same for the commands). */
+void dsv_json_str(dsv_buf *b, const char *s, size_t n);
+
 /* First occurrence of needle (nlen > 0) in hay[0..hlen), or NULL. */
 const char *dsv_memfind(const char *hay, size_t hlen, const char *needle, size_t nlen);
 

@@ -228,34 +228,9 @@ static int32_t added_find(const dsv_tokenizer *t, const unsigned char *s, size_t
 
 /* ---- loading: JSON checks ------------------------------------------------ */
 
-static int read_file(const char *path, char **buf, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return dsv_error(DSV_ERR_IO, "cannot open: %s", strerror(errno));
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
-    while (b) {
-        n += fread(b + n, 1, cap - n, f);
-        if (n < cap) break;
-        char *nb = realloc(b, cap * 2);
-        if (!nb) {
-            free(b);
-            b = NULL;
-            break;
-        }
-        b = nb;
-        cap *= 2;
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (!b) return dsv_error(DSV_ERR_NOMEM, "out of memory reading the file");
-    if (err) {
-        free(b);
-        return dsv_error(DSV_ERR_IO, "read error");
-    }
-    *buf = b;
-    *len = n;
-    return DSV_OK;
-}
+/* tokenizer.json of DeepSeek-V3.2 is about 8 MB; anything far past that is
+ * not a tokenizer. */
+#define TOKENIZER_MAX_BYTES ((size_t)256 << 20)
 
 static int parse_json(const char *buf, size_t len, cJSON **out) {
     const char *end = buf;
@@ -717,28 +692,28 @@ static int load_config(dsv_tokenizer *t, const char *path) {
     char *buf;
     size_t len;
     cJSON *cfg = NULL;
-    int rc = read_file(path, &buf, &len);
-    if (rc) return rc;
+    int rc = dsv_read_file(path, TOKENIZER_MAX_BYTES, &buf, &len);
+    if (rc) return rc; /* the message names the path */
     rc = parse_json(buf, len, &cfg);
     free(buf);
-    if (rc) return rc;
+    if (rc) return dsv_error_prefix(rc, "%s", path);
     if (!cJSON_IsObject(cfg)) rc = dsv_error(DSV_ERR_FORMAT, "expected a JSON object");
     if (!rc) rc = get_bool(cfg, "add_bos_token", 0, "tokenizer_config", &t->add_bos);
     if (!rc) rc = config_token(t, cfg, "bos_token", &t->bos);
     if (!rc) rc = config_token(t, cfg, "eos_token", &t->eos);
     cJSON_Delete(cfg);
-    return rc;
+    return rc ? dsv_error_prefix(rc, "%s", path) : DSV_OK;
 }
 
 static int load_tokenizer_json(dsv_tokenizer *t, const char *path) {
     char *buf;
     size_t len;
     cJSON *j = NULL;
-    int rc = read_file(path, &buf, &len);
-    if (rc) return rc;
+    int rc = dsv_read_file(path, TOKENIZER_MAX_BYTES, &buf, &len);
+    if (rc) return rc; /* the message names the path */
     rc = parse_json(buf, len, &j);
     free(buf);
-    if (rc) return rc;
+    if (rc) return dsv_error_prefix(rc, "%s", path);
     static const char *const keys[] = {"version", "truncation", "padding", "added_tokens", "normalizer",
                                        "pre_tokenizer", "post_processor", "decoder", "model", NULL};
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(j, "model");
@@ -767,7 +742,7 @@ static int load_tokenizer_json(dsv_tokenizer *t, const char *path) {
     if (!rc) rc = build_vocab(t, cJSON_GetObjectItemCaseSensitive(model, "vocab"), cJSON_IsArray(added) ? added : NULL);
     if (!rc) rc = build_merges(t, cJSON_GetObjectItemCaseSensitive(model, "merges"));
     cJSON_Delete(j);
-    return rc;
+    return rc ? dsv_error_prefix(rc, "%s", path) : DSV_OK;
 }
 
 int dsv_tokenizer_open(dsv_tokenizer **out, const char *path) {
@@ -799,12 +774,9 @@ int dsv_tokenizer_open(dsv_tokenizer **out, const char *path) {
         snprintf(json, plen + 32, "%s", path);
         snprintf(cfg, plen + 32, "%.*stokenizer_config.json", dir, path);
     }
-    int rc = t->mctx ? load_tokenizer_json(t, json) : dsv_error(DSV_ERR_NOMEM, "out of memory");
-    if (rc) {
-        dsv_error_prefix(rc, "%s", json);
-    } else if (stat(cfg, &st) == 0 || errno != ENOENT) {
-        if ((rc = load_config(t, cfg))) dsv_error_prefix(rc, "%s", cfg);
-    }
+    /* Every error below names the file it is about. */
+    int rc = t->mctx ? load_tokenizer_json(t, json) : dsv_error(DSV_ERR_NOMEM, "%s: out of memory", json);
+    if (!rc && (stat(cfg, &st) == 0 || errno != ENOENT)) rc = load_config(t, cfg);
     free(json);
     free(cfg);
     if (rc) {

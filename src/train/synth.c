@@ -23,7 +23,7 @@
 #include "base/numeric.h"
 #include "base/rng.h"
 #include "format/safetensors.h"
-#include "synth.h"
+#include "dsv32_synth.h"
 #include "base/util.h"
 
 enum job_kind {
@@ -208,24 +208,6 @@ static int check_fp8_shape(const dsv_config *c, const char *path) {
     return DSV_OK;
 }
 
-static int read_text(const char *path, char **out) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return dsv_error(DSV_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
-    int st = DSV_OK;
-    long len = -1;
-    if (!fseek(f, 0, SEEK_END)) len = ftell(f);
-    if (len < 0 || len > (64 << 20) || fseek(f, 0, SEEK_SET)) {
-        st = dsv_error(DSV_ERR_FORMAT, "%s: not a config file", path);
-    } else if (!(*out = malloc((size_t)len + 1))) {
-        st = dsv_error(DSV_ERR_NOMEM, "%s: out of memory", path);
-    } else {
-        size_t got = fread(*out, 1, (size_t)len, f);
-        (*out)[got] = 0;
-    }
-    fclose(f);
-    return st;
-}
-
 /* The config to write: fp8 gets the real checkpoint's quantization_config
  * (kept as given if the input has one), bf16 loses it; no MTP layers. */
 static int edit_config(plan *pl, const char *text, const char *path, int want_fp8) {
@@ -258,7 +240,8 @@ static int prepare(plan *pl, const char *path, const dsv_synth_params *p) {
     if (p->dtype < DSV_SYNTH_AS_CONFIG || p->dtype > DSV_SYNTH_BF16)
         return dsv_error(DSV_ERR_ARG, "synth: unknown dtype %d", p->dtype);
     char *text = NULL;
-    int st = read_text(path, &text);
+    /* A config.json is a few KB; a file far past that is not one. */
+    int st = dsv_read_file(path, (size_t)64 << 20, &text, NULL);
     if (st) return st;
     st = dsv_config_parse(&pl->c, text, path);
     int fp8 = p->dtype == DSV_SYNTH_FP8 || (p->dtype == DSV_SYNTH_AS_CONFIG && pl->c.fp8);

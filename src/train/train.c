@@ -1106,19 +1106,6 @@ static int read_tensor(const dsv_st *f, const char *name, float *dst, int rows, 
     return DSV_OK;
 }
 
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) { free(s); s = NULL; }
-    if (s) s[n] = 0;
-    fclose(f);
-    return s;
-}
-
 int dsv_train_load(dsv_trainer **out, const char *path, const dsv_train_opts *opts, int resume) {
     if (!out || !path) return dsv_error(DSV_ERR_ARG, "dsv_train_load: NULL argument");
     dsv_st *f;
@@ -1133,7 +1120,7 @@ int dsv_train_load(dsv_trainer **out, const char *path, const dsv_train_opts *op
     } else {
         char p[4096];
         snprintf(p, sizeof p, "%s/config.json", path);
-        cfg = read_text(p);
+        if (dsv_read_file(p, (size_t)64 << 20, &cfg, NULL)) cfg = NULL;
     }
     if (!cfg) {
         dsv_st_close(f);

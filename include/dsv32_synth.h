@@ -1,4 +1,4 @@
-/* synth.h: random-weight models of any DeepSeek-V3.2 shape (`dsv32 synth`).
+/* dsv32_synth.h: random-weight models of any DeepSeek-V3.2 shape (`dsv32 synth`).
  *
  * From a Hugging Face config.json, writes a model directory that
  * dsv_model_open accepts: config.json and model.safetensors, or shards
@@ -18,10 +18,12 @@
  *
  * Data is generated and streamed one tensor (large ones one 128-row band) at
  * a time: memory stays small whatever the model's size. */
-#ifndef DSV_SYNTH_H
-#define DSV_SYNTH_H
+#ifndef DSV32_SYNTH_H
+#define DSV32_SYNTH_H
 
 #include <stdint.h>
+
+#include "dsv32.h"
 
 enum {
     DSV_SYNTH_AS_CONFIG = 0, /* fp8 if the config has a quantization_config */
@@ -50,11 +52,11 @@ typedef struct dsv_synth_info {
     int fp8;
 } dsv_synth_info;
 
-dsv_synth_params dsv_synth_default_params(void);
+DSV_API dsv_synth_params dsv_synth_default_params(void);
 
 /* What dsv_synth would write, without writing anything (for sizing). The
  * config is read and checked as dsv_synth does. */
-int dsv_synth_plan(const char *config_path, const dsv_synth_params *p, dsv_synth_info *info);
+DSV_API int dsv_synth_plan(const char *config_path, const dsv_synth_params *p, dsv_synth_info *info);
 
 /* Writes the model directory `dir` (created if missing; files of an earlier
  * model there are replaced). Fails before writing tensors if the config is
@@ -62,6 +64,6 @@ int dsv_synth_plan(const char *config_path, const dsv_synth_params *p, dsv_synth
  * must be a multiple of 128), or the disk lacks the space. Files appear
  * complete or not at all (the safetensors writer's temporary files). info may
  * be NULL. */
-int dsv_synth(const char *config_path, const char *dir, const dsv_synth_params *p, dsv_synth_info *info);
+DSV_API int dsv_synth(const char *config_path, const char *dir, const dsv_synth_params *p, dsv_synth_info *info);
 
 #endif
