@@ -1,9 +1,11 @@
 /* test_dsml_server.c: `dsv32 serve` in the DeepSeek-V3.2 (DSML) chat format
  * with the official `openai` npm client (tests/server/dsml_client.js): tool
- * calls streamed and not, malformed markup, structured output. Runs the
+ * calls streamed and not, malformed markup, structured output; and
+ * structured output in the V3.2-Exp format over plain HTTP. Runs the
  * test build (DSV32_TEST_BIN, build/dsv32-test), whose hook lets a request
  * choose the model's answer; skipped, saying why, without node and npm or
  * the openai package (installed as tests/test_server_clients.c does). */
+#include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -61,5 +63,52 @@ TEST(dsml_server_no_hook_in_shipped_binary) {
     CHECK_EQ_INT(post(s.port, "/v1/chat/completions", body, &r), 200);
     CHECK(r.body && !strstr(r.body, "FORCED-TEXT"));
     http_free(&r);
+    CHECK_EQ_INT(server_stop(&s), 0);
+}
+
+/* Structured output in the V3.2-Exp format too (models/tiny ships its
+ * template, so it is detected): json_schema answers parse and end with
+ * "stop"; tool_choice "required" gives a call in the Exp markup whose
+ * arguments parse. No hook needed: the model answers under the constraint. */
+TEST(dsml_server_structured_exp_format) {
+    server s;
+    server_start(&s, "models/tiny", "-t 1 --ctx 2048");
+    char body[2048];
+    http_resp r;
+    for (int seed = 1; seed <= 5; seed++) {
+        snprintf(body, sizeof body,
+                 "{\"messages\":[{\"role\":\"user\",\"content\":\"A person.\"}],\"seed\":%d,\"max_tokens\":300,"
+                 "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"p\",\"schema\":{\"type\":\"object\","
+                 "\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":8},\"n\":{\"type\":\"integer\",\"minimum\":1,"
+                 "\"maximum\":9}},\"required\":[\"name\",\"n\"]}}}}", seed);
+        REQUIRE(post(s.port, "/v1/chat/completions", body, &r) == 200);
+        whole_result w;
+        REQUIRE(whole_parse(r.body, &w) == 0);
+        CHECKF(!strcmp(w.finish, "stop"), "seed %d: finish %s", seed, w.finish);
+        cJSON *v = w.content ? cJSON_Parse(w.content) : NULL;
+        const cJSON *n = cJSON_GetObjectItemCaseSensitive(v, "n");
+        CHECKF(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(v, "name")) && cJSON_IsNumber(n) && n->valuedouble >= 1 &&
+                   n->valuedouble <= 9, "seed %d: %s", seed, w.content ? w.content : "(null)");
+        cJSON_Delete(v);
+        whole_free(&w);
+        http_free(&r);
+    }
+    for (int seed = 1; seed <= 3; seed++) {
+        snprintf(body, sizeof body,
+                 "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather?\"}],\"seed\":%d,\"max_tokens\":300,"
+                 "\"tool_choice\":\"required\",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"weather\","
+                 "\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\",\"maxLength\":10}},"
+                 "\"required\":[\"city\"]}}}]}", seed);
+        REQUIRE(post(s.port, "/v1/chat/completions", body, &r) == 200);
+        whole_result w;
+        REQUIRE(whole_parse(r.body, &w) == 0);
+        CHECKF(!strcmp(w.finish, "tool_calls"), "seed %d: finish %s", seed, w.finish);
+        CHECK(w.tool_name && !strcmp(w.tool_name, "weather"));
+        cJSON *v = w.tool_args ? cJSON_Parse(w.tool_args) : NULL;
+        CHECKF(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(v, "city")), "seed %d: %s", seed, w.tool_args ? w.tool_args : "");
+        cJSON_Delete(v);
+        whole_free(&w);
+        http_free(&r);
+    }
     CHECK_EQ_INT(server_stop(&s), 0);
 }
