@@ -259,8 +259,9 @@ DSV_API int dsv_chat_format_parse(const dsv_chat_format *f, const char *text, si
                           dsv_chat_result *out);
 
 /* dsv_chat_stream_init in format f. The events are the same for both
- * formats; for deepseek-v3.2 a call's TOOL_BEGIN, TOOL_ARGS and TOOL_END come
- * together once its invoke has parsed, and until then its bytes are held. */
+ * formats; for deepseek-v3.2 a call's TOOL_BEGIN, TOOL_ARGS (one piece a
+ * parameter) and TOOL_END come together once its invoke has parsed, and
+ * until then its bytes are held. */
 DSV_API int dsv_chat_format_stream_init(const dsv_chat_format *f, dsv_chat_stream **out, int thinking);
 
 /* The markup of an answer that is one call to the tool `name` in format f,

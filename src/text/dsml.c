@@ -519,6 +519,7 @@ struct invoke {
     size_t name_at, name_len;
     dsv_buf args;
     size_t keys[64][2]; /* parameter names seen, to refuse duplicates */
+    size_t cut[64];     /* where each parameter starts in args (the stream's pieces) */
     int n_keys;
 };
 
@@ -568,6 +569,7 @@ static int parse_invoke(struct cur *c, struct invoke *iv) {
         if (iv->n_keys == (int)(sizeof iv->keys / sizeof iv->keys[0])) return P_BAD;
         iv->keys[iv->n_keys][0] = key_at;
         iv->keys[iv->n_keys][1] = key_len;
+        iv->cut[iv->n_keys] = iv->args.len;
         if (iv->n_keys++) dsv_buf_add(&iv->args, ", ", 2);
         dsv_pyjson_string(&iv->args, c->p + key_at, key_len, 0);
         dsv_buf_add(&iv->args, ": ", 2);
@@ -630,11 +632,18 @@ static void commit_call(dsv_dsml_stream *s, const char *name, size_t nlen) {
     if (s->fn) {
         dsv_chat_event ev = {.kind = DSV_CHAT_EV_TOOL_BEGIN, .index = s->n_calls, .name = c->name};
         s->fn(s->user, &ev);
+        /* The arguments in pieces, one a parameter (the last with the
+         * closing brace), as other servers stream them. */
         ev.kind = DSV_CHAT_EV_TOOL_ARGS;
+        for (int k = 0; k < s->iv.n_keys || k == 0; k++) {
+            size_t from = k ? s->iv.cut[k] : 0, to = k + 1 < s->iv.n_keys ? s->iv.cut[k + 1] : a->len;
+            ev.text = c->arguments + from;
+            ev.len = to - from;
+            s->fn(s->user, &ev);
+        }
+        ev.kind = DSV_CHAT_EV_TOOL_END;
         ev.text = c->arguments;
         ev.len = a->len;
-        s->fn(s->user, &ev);
-        ev.kind = DSV_CHAT_EV_TOOL_END;
         ev.complete = 1;
         s->fn(s->user, &ev);
     }
