@@ -370,6 +370,13 @@ static int chat_prompt(dsv_server *S, const cJSON *root, srv_gen *g, srv_error *
     int thinking = S->p.thinking_default;
     const cJSON *kw = cJSON_GetObjectItemCaseSensitive(root, "chat_template_kwargs");
     if (get_bool(root, "thinking", &thinking, e)) return -1;
+    /* DeepSeek's encoder's own switch, accepted as well. */
+    const cJSON *mode = cJSON_GetObjectItemCaseSensitive(root, "thinking_mode");
+    if (!absent(mode)) {
+        if (!cJSON_IsString(mode) || (strcmp(mode->valuestring, "chat") && strcmp(mode->valuestring, "thinking")))
+            return BAD(e, "thinking_mode", "'thinking_mode' must be \"chat\" or \"thinking\"");
+        thinking = !strcmp(mode->valuestring, "thinking");
+    }
     if (!absent(kw)) {
         if (!cJSON_IsObject(kw)) return BAD(e, "chat_template_kwargs", "'chat_template_kwargs' must be an object");
         const cJSON *th = cJSON_GetObjectItemCaseSensitive(kw, "thinking");

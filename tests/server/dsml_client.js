@@ -135,6 +135,12 @@ async function main() {
   assert.equal(bs.content, bad);
   assert.equal(bs.finish, "stop");
 
+  // DeepSeek's own "thinking_mode" switch works like chat_template_kwargs.
+  const tm = await whole({ model, messages, temperature: 0, thinking_mode: "thinking",
+                           dsv32_test_completion: "Hmm.</think>Hi." });
+  assert.equal(tm.reasoning, "Hmm.");
+  assert.equal(tm.content, "Hi.");
+
   // The round trip: the call and its result go back, with the reasoning.
   const back = [...messages,
     { role: "assistant", content: tw.content, reasoning_content: tw.reasoning,
