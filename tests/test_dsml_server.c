@@ -112,3 +112,33 @@ TEST(dsml_server_structured_exp_format) {
     }
     CHECK_EQ_INT(server_stop(&s), 0);
 }
+
+/* serve --think (V3.2-Speciale): a request that does not choose is in
+ * thinking mode (its answer's reasoning comes apart); one that says
+ * thinking false is not. */
+TEST(dsml_server_think_default) {
+    const char *tb = getenv("DSV32_TEST_BIN");
+    if (!tb || !*tb) SKIP("DSV32_TEST_BIN is not set (run through make test)");
+    setenv("DSV32_BIN", tb, 1);
+    server s;
+    server_start(&s, "models/tiny", "-t 1 --chat-format deepseek-v3.2 --think");
+    static const struct { const char *extra, *reasoning, *content; } cases[] = {
+        {"", "R.", "A."},
+        {",\"chat_template_kwargs\":{\"thinking\":false}", NULL, "R.</think>A."},
+    };
+    for (int i = 0; i < 2; i++) {
+        char body[512];
+        snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":50,"
+                 "\"dsv32_test_completion\":\"R.</think>A.\"%s}", cases[i].extra);
+        http_resp r;
+        REQUIRE(post(s.port, "/v1/chat/completions", body, &r) == 200);
+        whole_result w;
+        REQUIRE(whole_parse(r.body, &w) == 0);
+        CHECKF(cases[i].reasoning ? w.reasoning && !strcmp(w.reasoning, cases[i].reasoning) : !w.reasoning || !*w.reasoning,
+               "case %d: reasoning %s", i, w.reasoning ? w.reasoning : "(null)");
+        CHECKF(w.content && !strcmp(w.content, cases[i].content), "case %d: content %s", i, w.content ? w.content : "(null)");
+        whole_free(&w);
+        http_free(&r);
+    }
+    CHECK_EQ_INT(server_stop(&s), 0);
+}
