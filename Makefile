@@ -60,7 +60,7 @@ endif
 $(OBJ) $(TEST_OBJ): CPPFLAGS += -Isrc
 $(OBJ): XCFLAGS += -fvisibility=hidden
 
-.PHONY: all test asan clean bench fuzz check-layers
+.PHONY: all test asan clean bench fuzz check-layers check-cycles
 all: $(BUILD)/libdsv32.a $(BUILD)/dsv32
 
 # Flags live here, and an object built with other flags (say, before the
@@ -111,14 +111,21 @@ $(BUILD)/dsv32-test: $(TOOL_OBJ) $(HOOK_OBJ) $(BUILD)/libdsv32.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(HOOK_OBJ) $(BUILD)/libdsv32.a $(LDLIBS)
 
 # Tests that drive the command line find the binary through DSV32_BIN (and
-# the test build through DSV32_TEST_BIN).
+# the test build through DSV32_TEST_BIN). The structure checks run first; a
+# violation fails the tests.
 test: $(BUILD)/run_tests $(BUILD)/dsv32 $(BUILD)/dsv32-test
 	@tools/check-symbols.sh $(OBJ)
+	@tools/check-layers.sh
+	@tools/check-cycles.sh $(OBJ)
 	DSV32_BIN=$(BUILD)/dsv32 DSV32_TEST_BIN=$(BUILD)/dsv32-test $(BUILD)/run_tests $(T)
 
 # The folders of src/ are layers; no file includes a higher one.
 check-layers:
 	tools/check-layers.sh
+
+# No two files of the library call or include each other in a loop.
+check-cycles: $(OBJ)
+	tools/check-cycles.sh $(OBJ)
 
 asan:
 	$(MAKE) BUILD=build-asan OPT="-O1" \
@@ -143,6 +150,7 @@ build-fuzz/fuzz_safetensors: $(FUZZ_SRC) src/format/safetensors.h src/base/util.
 # libFuzzer target for the DeepSeek-V3.2 (DSML) output parser (how to run it:
 # tests/fuzz/fuzz_dsml.c).
 FUZZ_DSML_SRC = tests/fuzz/fuzz_dsml.c src/text/dsml.c src/text/chat.c src/text/chat_format.c src/text/text.c \
+    src/text/pyjson.c src/text/chat_result.c \
     src/base/util.c src/base/utf8.c
 fuzz: build-fuzz/fuzz_dsml
 build-fuzz/fuzz_dsml: $(FUZZ_DSML_SRC) src/text/dsml.h src/text/text.h include/dsv32_chat.h

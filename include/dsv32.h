@@ -21,9 +21,9 @@
  * Threads: a model is read-only once open, and contexts on one model (or on
  * different ones) may run dsv_forward on different threads at once. One
  * context is used by one thread at a time: every function taking a
- * dsv_context, the dsv_seq_* and dsv_kv_* ones included. The kernel choice
- * is process-wide: dsv_context_open and dsv_kernels_force must not run while
- * another thread is inside dsv_forward. A split model (dsv_parallel_*) is
+ * dsv_context, the dsv_seq_* and dsv_kv_* ones included. Each context
+ * holds its own kernel set, so contexts of different levels may run at once.
+ * A split model (dsv_parallel_*) is
  * driven from one thread. A tokenizer is immutable once open and may be
  * used by any number of threads. Error messages are per thread.
  */
@@ -164,6 +164,11 @@ typedef struct dsv_context_params {
      * the absorbed (MQA) maths of decoding, whose cost does not grow with the
      * context (0: 4096). */
     int mha_max_keys;
+    /* The kernel level this context runs ("generic", "avx2", "avx512" or
+     * "amx"; "": DSV32_ISA when set, else the best this machine supports).
+     * Each context has its own: contexts of different levels may run at
+     * once in one process. */
+    char kernels[16];
 } dsv_context_params;
 
 #define DSV_PAGE 64
@@ -172,6 +177,8 @@ DSV_API dsv_context_params dsv_context_default_params(void);
 DSV_API int dsv_context_open(dsv_context **out, dsv_model *m, const dsv_context_params *p);
 DSV_API void dsv_context_close(dsv_context *ctx);
 DSV_API const dsv_context_params *dsv_context_get_params(const dsv_context *ctx);
+/* The kernel level the context runs (see dsv_context_params.kernels). */
+DSV_API const char *dsv_context_kernels(const dsv_context *ctx);
 
 /* Number of tokens sequence `seq` holds (its next position). */
 DSV_API int dsv_seq_len(const dsv_context *ctx, int seq);
@@ -335,8 +342,9 @@ DSV_API void dsv_context_set_dump(dsv_context *ctx, dsv_dump_fn fn, void *user);
  * fails to open a model or a context fails the open on every rank, with the
  * failing rank's message ("rank R of N: ..."); a rank that dies ends the
  * whole job (the launcher's default), never leaving one waiting. Models must
- * be opened after init; contexts of a split model run the best kernel set
- * every rank has (dsv_kernels_force before opening them). */
+ * be opened after init; a context of a split model runs the lowest of the
+ * kernel levels its ranks chose (a level named in its parameters must exist
+ * on every rank). */
 
 /* Joins the launcher's process group when mpirun (or a PMI/PMIx launcher)
  * started this process and the library was built with MPI; otherwise the
@@ -358,24 +366,23 @@ DSV_API int dsv_parallel_follow(void);
 DSV_API void dsv_parallel_finalize(int status);
 
 /* ------------------------------------------------------------------------ */
-/* CPU kernels. The engine runs one kernel set, chosen once from what the CPU
- * and OS support: "amx" (AMX tiles with AVX-512), "avx512", "avx2", or
- * "generic" (plain C, the reference the others are tested against). The
- * environment variable DSV32_ISA forces a level; every level computes the
- * same model within small rounding differences. */
+/* CPU kernels. Each context runs one kernel set, chosen when it opens from
+ * what the CPU and OS support: "amx" (AMX tiles with AVX-512), "avx512",
+ * "avx2", or "generic" (plain C, the reference the others are tested
+ * against). dsv_context_params.kernels or the environment variable
+ * DSV32_ISA names a level; every level computes the same model within
+ * small rounding differences. */
 
-/* The active set's name; makes the choice if no context has made it yet
- * ("generic" if DSV32_ISA names a level this machine lacks). */
+/* The level a context opened now with kernels "" would run ("generic" if
+ * DSV32_ISA names a level this machine lacks). Changes nothing. */
 DSV_API const char *dsv_kernels_name(void);
 /* The levels this build knows, lowest first: the name of level i ("generic",
  * "avx2", "avx512", "amx"), NULL past the last. Whether this machine has a
- * level: dsv_kernels_force says. */
+ * level: dsv_kernels_supported says. */
 DSV_API const char *dsv_kernels_level(int i);
-/* Forces a level by name, or returns to the automatic choice (NULL or "").
- * DSV_ERR_ARG for an unknown name, DSV_ERR_UNSUPPORTED for a level this
- * machine lacks (the active set is then unchanged). Not to be called while
- * a forward call runs. */
-DSV_API int dsv_kernels_force(const char *level);
+/* DSV_OK if this machine runs the level called `level`; DSV_ERR_ARG for an
+ * unknown name, DSV_ERR_UNSUPPORTED for a level this machine lacks. */
+DSV_API int dsv_kernels_supported(const char *level);
 
 #ifdef __cplusplus
 }

@@ -12,6 +12,7 @@
 
 #include "conformance.h"
 #include "dsv32.h"
+#include "kernels/ops.h"
 #include "test.h"
 
 #define MAX_B 4
@@ -248,20 +249,24 @@ int conf_judge(const char *label, const conf_metrics *m, const conf_limits *lim)
 }
 
 void at_each_level(void (*fn)(const char *level)) {
-    const char *levels[8];
-    int n = 0;
-    while (n < 8 && (levels[n] = dsv_kernels_level(n))) n++;
-    for (int i = 0; i < n; i++) {
-        if (dsv_kernels_force(levels[i]) != DSV_OK) {
-            printf("    level %s: not on this machine, skipped\n", levels[i]);
+    /* Contexts opened with default parameters run DSV32_ISA's level: set it
+     * for each run, and put back what the caller had. */
+    char *saved = getenv("DSV32_ISA") ? strdup(getenv("DSV32_ISA")) : NULL;
+    for (int i = 0; i < DSV_KLEVEL_COUNT; i++) {
+        const char *level = dsv_kernels_level_name(i);
+        if (dsv_kernels_supported(level) != DSV_OK) {
+            printf("    level %s: not on this machine, skipped\n", level);
             continue;
         }
+        setenv("DSV32_ISA", level, 1);
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        fn(levels[i]);
+        fn(level);
         clock_gettime(CLOCK_MONOTONIC, &t1);
-        printf("    level %-8s %.2fs\n", levels[i], (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
+        printf("    level %-8s %.2fs\n", level, (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
         fflush(stdout);
     }
-    dsv_kernels_force(NULL);
+    if (saved) setenv("DSV32_ISA", saved, 1);
+    else unsetenv("DSV32_ISA");
+    free(saved);
 }

@@ -21,10 +21,10 @@ conf_limits conf_limits_for(const char *config);
 /* Checks every metric against the limits, reporting failures; returns 1 if all pass. */
 int conf_judge(const char *label, const conf_metrics *m, const conf_limits *lim);
 
-/* Runs fn once per kernel level this machine has ("generic", "avx2",
- * "avx512", "amx"), with that level forced; after each run prints the
- * level's name and time (failures show just above it), and names the
- * levels the machine lacks. */
+/* Runs fn once per kernel level this machine has (cpu.c's list), with
+ * DSV32_ISA set to it so that the contexts fn opens run it (and put back
+ * afterwards); after each run prints the level's name and time (failures
+ * show just above it), and names the levels the machine lacks. */
 void at_each_level(void (*fn)(const char *level));
 
 #endif

@@ -3,11 +3,14 @@
  * row's arithmetic depends on the other rows of a call, on how the work is
  * split across threads, or on the order in which selected positions were
  * ranked. */
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "conformance.h"
 #include "dsv32.h"
+#include "kernels/ops.h"
 #include "test.h"
 
 static dsv_model *open_model(const char *config) {
@@ -230,5 +233,79 @@ TEST(forward_rejects_bad_calls_without_side_effects) {
     CHECK_EQ_INT(dsv_seq_len(x, 0), 11);
     dsv_context_close(x);
     free(lg);
+    dsv_model_close(m);
+}
+
+/* Two contexts of different kernel levels on one model, run at once from
+ * two threads: each keeps its own level (no process-wide kernel choice)
+ * and gives the logits of a context of that level run alone. */
+struct level_run {
+    dsv_context *ctx;
+    const int32_t *t;
+    float *logits;
+    int vocab;
+    int status;
+};
+static void *level_run(void *arg) {
+    struct level_run *r = arg;
+    /* Several calls, so that the two threads' forward passes overlap. */
+    const int chunk = N / 4;
+    for (int pos = 0; pos < N && !r->status; pos += chunk) {
+        dsv_batch_entry e = {.seq = 0, .n_tokens = chunk, .tokens = r->t + pos, .logits = DSV_LOGITS_ALL};
+        r->status = dsv_forward(r->ctx, &e, 1, r->logits + (size_t)pos * r->vocab);
+    }
+    return NULL;
+}
+static dsv_context *open_level(dsv_model *m, const char *level) {
+    dsv_context_params p = dsv_context_default_params();
+    p.n_ctx = N;
+    p.n_batch = N;
+    p.n_threads = 2;
+    snprintf(p.kernels, sizeof p.kernels, "%s", level);
+    dsv_context *ctx = NULL;
+    REQUIREF(dsv_context_open(&ctx, m, &p) == DSV_OK, "%s", dsv_errmsg());
+    return ctx;
+}
+TEST(contexts_of_two_levels_run_at_once) {
+    /* generic and the best level this machine has, whatever DSV32_ISA says. */
+    const char *lv[2] = {dsv_kernels_level_name(DSV_KLEVEL_GENERIC), dsv_kernels_level_name(dsv_kernels_top())};
+    if (dsv_kernels_top() == DSV_KLEVEL_GENERIC) SKIP("this machine has only the generic kernels");
+    dsv_model *m = open_model("public_sparse_fp8");
+    const int V = dsv_model_config(m)->vocab_size;
+    int32_t t[N];
+    make_tokens(t, N, V, 11);
+    float *alone[2], *together[2];
+    for (int k = 0; k < 2; k++) {
+        alone[k] = malloc(sizeof(float) * N * V);
+        together[k] = malloc(sizeof(float) * N * V);
+        REQUIRE(alone[k] && together[k]);
+        dsv_context *ctx = open_level(m, lv[k]);
+        CHECK_STR(dsv_context_kernels(ctx), lv[k]);
+        struct level_run r = {.ctx = ctx, .t = t, .logits = alone[k], .vocab = V};
+        level_run(&r);
+        CHECK_EQ_INT(r.status, DSV_OK);
+        dsv_context_close(ctx);
+    }
+    /* The levels really compute differently here, so a context that ran the
+     * other's kernels would be seen. */
+    CHECK(!same(alone[0], alone[1], (size_t)N * V));
+
+    dsv_context *ctx[2] = {open_level(m, lv[0]), open_level(m, lv[1])};
+    struct level_run r[2];
+    pthread_t th[2];
+    for (int k = 0; k < 2; k++) {
+        r[k] = (struct level_run){.ctx = ctx[k], .t = t, .logits = together[k], .vocab = V};
+        REQUIRE(pthread_create(&th[k], NULL, level_run, &r[k]) == 0);
+    }
+    for (int k = 0; k < 2; k++) pthread_join(th[k], NULL);
+    for (int k = 0; k < 2; k++) {
+        CHECKF(r[k].status == DSV_OK, "%s: %s", lv[k], dsv_errmsg());
+        CHECK_STR(dsv_context_kernels(ctx[k]), lv[k]);
+        CHECKF(same(alone[k], together[k], (size_t)N * V), "level %s: logits differ when run beside the other",
+               lv[k]);
+        dsv_context_close(ctx[k]);
+        free(alone[k]);
+        free(together[k]);
+    }
     dsv_model_close(m);
 }

@@ -75,14 +75,10 @@ static double nmse_bf16(const dsv_bf16 *a, const dsv_bf16 *r, size_t n) {
 /* The fast sets this machine runs (the generic set is the reference). */
 static int fast_sets(const dsv_kernels **out) {
     int n = 0;
-    /* Every level above generic (level 0); the tables here hold three. */
-    for (int i = 1; dsv_kernels_level(i); i++) {
-        const char *name = dsv_kernels_level(i);
-        if (i > 3) { printf("    %s: a level this test does not know yet, skipped\n", name); continue; }
-        if (dsv_kernels_force(name) == DSV_OK) out[n++] = dsv_kern;
-        else printf("    %s: not on this machine, skipped\n", name);
+    for (int lv = DSV_KLEVEL_AVX2; lv < DSV_KLEVEL_COUNT; lv++) {
+        if (dsv_kernels_at(lv)) out[n++] = dsv_kernels_at(lv);
+        else printf("    %s: not on this machine, skipped\n", dsv_kernels_level_name(lv));
     }
-    dsv_kernels_force(NULL);
     return n;
 }
 
@@ -561,35 +557,49 @@ TEST(kernels_row_ops) {
     }
 }
 
-TEST(kernels_force_and_names) {
-    CHECK_EQ_INT(dsv_kernels_force("generic"), DSV_OK);
-    CHECK_STR(dsv_kernels_name(), "generic");
-    CHECK_EQ_INT(dsv_kernels_force("sse9"), DSV_ERR_ARG);
-    CHECK(strstr(dsv_errmsg(), "sse9") != NULL);
-    CHECK_STR(dsv_kernels_name(), "generic"); /* unchanged by the failure */
-    CHECK_EQ_INT(dsv_kernels_force(NULL), DSV_OK);
-    const char *best = dsv_kernels_name();
-    CHECK(!strcmp(best, "generic") || !strcmp(best, "avx2") || !strcmp(best, "avx512") || !strcmp(best, "amx"));
-    /* The level list: generic first, and every name on it is one the lookup
-     * knows (forcing it works or says this machine lacks it, never "unknown");
-     * the best level is on it. */
-    CHECK_STR(dsv_kernels_level(0), "generic");
-    CHECK(dsv_kernels_level(-1) == NULL);
-    int n_levels = 0, best_listed = 0;
-    for (const char *lv; (lv = dsv_kernels_level(n_levels)); n_levels++) {
-        int st = dsv_kernels_force(lv);
-        CHECKF(st == DSV_OK || st == DSV_ERR_UNSUPPORTED, "level %s: status %d (%s)", lv, st, dsv_errmsg());
-        best_listed |= !strcmp(lv, best);
+TEST(kernels_levels_and_names) {
+    /* The one list of names, both ways. */
+    for (int lv = 0; lv < DSV_KLEVEL_COUNT; lv++) {
+        CHECK_EQ_INT(dsv_kernels_level_parse(dsv_kernels_level_name(lv)), lv);
+        if (dsv_kernels_at(lv)) CHECK_STR(dsv_kernels_at(lv)->name, dsv_kernels_level_name(lv));
+        if (dsv_kernels_at(lv)) CHECK_EQ_INT(dsv_kernels_level_of(dsv_kernels_at(lv)), lv);
+        CHECK_EQ_INT(dsv_kernels_at(lv) != NULL, lv <= dsv_kernels_top());
     }
-    CHECK_EQ_INT(n_levels, 4);
-    CHECK(best_listed);
-    CHECK_EQ_INT(dsv_kernels_force(NULL), DSV_OK);
-    /* DSV32_ISA forces a level, and an impossible one is an error, not a crash. */
-    setenv("DSV32_ISA", "generic", 1);
-    CHECK_EQ_INT(dsv_kernels_select(), DSV_OK);
-    CHECK_STR(dsv_kernels_name(), "generic");
-    setenv("DSV32_ISA", "bogus", 1);
-    CHECK_EQ_INT(dsv_kernels_select(), DSV_ERR_ARG);
-    CHECK(strstr(dsv_errmsg(), "DSV32_ISA") != NULL);
+    CHECK(dsv_kernels_level_name(DSV_KLEVEL_COUNT) == NULL);
+    CHECK_EQ_INT(dsv_kernels_level_parse("sse9"), -1);
+    CHECK_EQ_INT(dsv_kernels_level_parse(NULL), -1);
+    CHECK(dsv_kernels_at(DSV_KLEVEL_GENERIC) == &dsv_kernels_ref);
+
+    /* A named level wins over DSV32_ISA; "" falls back to it, then to the best. */
+    char *saved = getenv("DSV32_ISA") ? strdup(getenv("DSV32_ISA")) : NULL;
+    const dsv_kernels *k = NULL;
     unsetenv("DSV32_ISA");
+    CHECK_EQ_INT(dsv_kernels_choose(&k, NULL), DSV_OK);
+    CHECK(k == dsv_kernels_at(dsv_kernels_top()));
+    CHECK_STR(dsv_kernels_name(), k->name);
+    CHECK_EQ_INT(dsv_kernels_env_level(), -1);
+    setenv("DSV32_ISA", "generic", 1);
+    CHECK_EQ_INT(dsv_kernels_choose(&k, ""), DSV_OK);
+    CHECK(k == &dsv_kernels_ref);
+    CHECK_STR(dsv_kernels_name(), "generic");
+    CHECK_EQ_INT(dsv_kernels_env_level(), DSV_KLEVEL_GENERIC);
+    CHECK_EQ_INT(dsv_kernels_choose(&k, dsv_kernels_level_name(dsv_kernels_top())), DSV_OK);
+    CHECK(k == dsv_kernels_at(dsv_kernels_top()));
+    /* Unknown names are errors that say where the name came from, not crashes. */
+    CHECK_EQ_INT(dsv_kernels_choose(&k, "sse9"), DSV_ERR_ARG);
+    CHECK(strstr(dsv_errmsg(), "sse9") != NULL);
+    CHECK_EQ_INT(dsv_kernels_supported("sse9"), DSV_ERR_ARG);
+    CHECK_EQ_INT(dsv_kernels_supported("generic"), DSV_OK);
+    setenv("DSV32_ISA", "bogus", 1);
+    CHECK_EQ_INT(dsv_kernels_choose(&k, NULL), DSV_ERR_ARG);
+    CHECK(strstr(dsv_errmsg(), "DSV32_ISA") != NULL);
+    CHECK_STR(dsv_kernels_name(), "generic");
+    CHECK_EQ_INT(dsv_kernels_env_level(), -1);
+    if (dsv_kernels_top() < DSV_KLEVEL_AMX) {
+        CHECK_EQ_INT(dsv_kernels_supported("amx"), DSV_ERR_UNSUPPORTED);
+        CHECK_EQ_INT(dsv_kernels_choose(&k, "amx"), DSV_ERR_UNSUPPORTED);
+    }
+    if (saved) setenv("DSV32_ISA", saved, 1);
+    else unsetenv("DSV32_ISA");
+    free(saved);
 }

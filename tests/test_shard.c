@@ -6,7 +6,7 @@
 #include <sys/stat.h>
 
 #include "fixture.h"
-#include "dist/parallel.h"
+#include "format/shard.h"
 #include "test.h"
 
 TEST(shard_plan_is_the_references_for_the_real_model) {

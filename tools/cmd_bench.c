@@ -162,7 +162,8 @@ static void report(struct bench *b, const char *phase, int mode, int depth, int 
            "\"moe_ms\":%.6g,\"other_ms\":%.6g,\"weight_bytes_per_tok\":%.0f,\"gbs\":%.6g,\"mem_gbs\":%.6g,"
            "\"bound_tok_s\":%.6g,\"kv_bytes_per_tok\":%llu,\"kv_read_bytes_per_tok\":%.0f,\"keys_per_tok\":%.6g,"
            "\"linear_tflops\":%.6g,\"amx_tflops\":",
-           b->name, b->c->fp8 ? "fp8" : "bf16", dsv_kernels_name(), b->threads, phase, mode_name(mode),
+           b->name, b->c->fp8 ? "fp8" : "bf16", dsv_context_kernels(b->ctx[mode == MODE_DENSE]), b->threads, phase,
+           mode_name(mode),
            mode == MODE_DENSE ? 0 : b->topk ? (int)b->topk : b->c->index_topk, b->fill_random ? "random" : "real",
            depth, n, secs, n / secs, 1e3 * secs * per, attn_ms, s->ns[DSV_PHASE_INDEXER] * ms,
            s->ns[DSV_PHASE_TOPK] * ms, s->ns[DSV_PHASE_ATTN] * ms, s->ns[DSV_PHASE_LINEAR] * ms,
@@ -252,7 +253,8 @@ static int run(struct bench *b) {
     b->mem_gbs = roofline_read_gbs((int)b->threads, (size_t)b->bw_mib, 5);
     b->amx_tflops = roofline_amx_bf16_tflops((int)b->threads, 3, &b->amx_why);
     fprintf(b->table, "model: %s (%s, %d layers, %.2f GB of weights), kernels %s, %ld threads, fill %s\n", b->name,
-            b->c->fp8 ? "fp8" : "bf16", b->c->n_layers, dsv_model_weight_bytes(b->m) / 1e9, dsv_kernels_name(),
+            b->c->fp8 ? "fp8" : "bf16", b->c->n_layers, dsv_model_weight_bytes(b->m) / 1e9,
+            dsv_context_kernels(b->ctx[b->ctx[0] ? 0 : 1]),
             b->threads, b->fill_random ? "random" : "real");
     fprintf(b->table, "machine: read bandwidth %.2f GB/s (%ld MiB buffer); ", b->mem_gbs, b->bw_mib);
     if (b->amx_tflops > 0) fprintf(b->table, "AMX BF16 peak %.3f TFLOPS\n", b->amx_tflops);

@@ -1,4 +1,4 @@
-/* shard.c: which part of the model each rank holds (see parallel.h), and
+/* shard.c: which part of the model each rank holds (see shard.h), and
  * where a rank finds its shard file written by `dsv32 convert`.
  *
  * Every split dimension is cut into granules that a rank holds whole, and

@@ -1,6 +1,31 @@
 /* shard.h: which part of the model each rank of a split holds, and the
- * per-rank shard files of `dsv32 convert --model-parallel N` (the split
- * itself is described in dist/parallel.h). */
+ * per-rank shard files of `dsv32 convert --model-parallel N`.
+ *
+ * The split is the reference's (convert.py, model.py with world_size > 1):
+ *   - MLA heads: q_b_proj and kv_b_proj by rows (whole heads), o_proj by
+ *     columns; each rank attends with its own heads and keeps the whole
+ *     latent cache (MQA: one latent row serves every head);
+ *   - the lightning indexer, q_a/kv_a projections, norms and the router are
+ *     replicated: every rank computes them from the same bits, so every rank
+ *     selects the same positions and the same experts;
+ *   - routed experts by expert index (expert parallelism);
+ *   - the dense MLP and the shared experts: gate/up by rows, down by columns;
+ *   - embedding and lm_head by vocabulary rows.
+ * Sums where the reference all-reduces (model/coll.c): after o_proj and the dense MLP's
+ * down_proj (each rank's bf16 output widened, summed in fp32, rounded to
+ * bf16: RowParallelLinear), after the MoE (each rank's fp32 sum of its
+ * experts and its slice of the shared expert, summed, then bf16), and after
+ * the embedding (rows of other ranks' vocabulary are zero); the logits are
+ * gathered on rank 0. Every sum adds the ranks in rank order, so every rank
+ * holds the same bits afterwards (comm.h).
+ *
+ * Where a size does not divide by the number of ranks, or where an even
+ * split would cut an fp8 weight inside a 128x128 scale block, the split
+ * moves to the nearest boundary the block layout allows (heads in groups
+ * whose rows and columns start at multiples of 128; hidden units in blocks
+ * of 128), as evenly as it can; a rank may then hold nothing of a part and
+ * contributes zeros to its sum. For the real model at 2 to 16 ranks this is
+ * exactly the reference's split. */
 #ifndef DSV_SHARD_H
 #define DSV_SHARD_H
 

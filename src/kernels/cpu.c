@@ -1,4 +1,6 @@
-/* cpu.c: which kernel set runs (dispatch).
+/* cpu.c: which kernel sets this machine can run, and the one a context
+ * runs (dispatch). Nothing here is global state beyond the CPU's features,
+ * detected once: each context holds its own table (ctx->kern).
  *
  * A level is usable when the CPU has every instruction its file is compiled
  * for (the Makefile's ISA flags) and the OS saves the registers it uses
@@ -19,7 +21,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-enum { LV_GENERIC, LV_AVX2, LV_AVX512, LV_AMX, LV_COUNT };
+enum { LV_GENERIC = DSV_KLEVEL_GENERIC, LV_AVX2, LV_AVX512, LV_AMX, LV_COUNT };
 
 static unsigned long long xgetbv0(void) {
     unsigned lo, hi;
@@ -67,68 +69,91 @@ static void detect(void) {
 static const dsv_kernels *const sets[LV_COUNT] = {&dsv_kernels_ref, &dsv_kernels_avx2, &dsv_kernels_avx512,
                                                   &dsv_kernels_amx};
 #else
-enum { LV_GENERIC, LV_COUNT };
+enum { LV_GENERIC = DSV_KLEVEL_GENERIC, LV_COUNT };
 static int top_level;
 static void detect(void) { top_level = LV_GENERIC; }
 static const dsv_kernels *const sets[LV_COUNT] = {&dsv_kernels_ref};
 #endif
 
-/* The one list of level names, lowest first (dsv_kernels_level hands it
- * out: the split model's agreement and the tests iterate it). */
-static const char *const level_names[] = {"generic", "avx2", "avx512", "amx"};
+/* The one list of level names, in the order of the levels (cpu.c is the
+ * only place that parses them: DSV32_ISA, dsv_context_params.kernels,
+ * the split model's agreement on a level). */
+static const char *const level_names[DSV_KLEVEL_COUNT] = {"generic", "avx2", "avx512", "amx"};
 static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
-static const dsv_kernels *forced; /* dsv_kernels_force */
 
-const dsv_kernels *dsv_kern = &dsv_kernels_ref;
+const char *dsv_kernels_level_name(int level) {
+    return level >= 0 && level < DSV_KLEVEL_COUNT ? level_names[level] : NULL;
+}
 
-/* The set called `name`, or NULL with the error recorded. */
-static const dsv_kernels *lookup(const char *name, int *status) {
+int dsv_kernels_level_parse(const char *name) {
+    for (int i = 0; name && i < DSV_KLEVEL_COUNT; i++)
+        if (!strcmp(name, level_names[i])) return i;
+    return -1;
+}
+
+int dsv_kernels_top(void) {
     pthread_once(&detect_once, detect);
-    for (int i = 0; i < (int)(sizeof level_names / sizeof *level_names); i++) {
-        if (strcmp(name, level_names[i])) continue;
-        if (i > top_level) {
-            *status = dsv_error(DSV_ERR_UNSUPPORTED, "kernel level '%s' is not supported by this %s (best: '%s')",
-                                name, i < LV_COUNT ? "CPU or OS" : "build", level_names[top_level]);
-            return NULL;
+    return top_level;
+}
+
+const dsv_kernels *dsv_kernels_at(int level) {
+    return level >= 0 && level <= dsv_kernels_top() && level < LV_COUNT ? sets[level] : NULL;
+}
+
+int dsv_kernels_level_of(const dsv_kernels *k) {
+    for (int i = 0; i < LV_COUNT; i++)
+        if (sets[i] == k) return i;
+    return -1;
+}
+
+/* The level called `name`, or -1 with the error recorded in *status. */
+static int lookup(const char *name, int *status) {
+    const int lv = dsv_kernels_level_parse(name), top = dsv_kernels_top();
+    if (lv < 0) {
+        *status = dsv_error(DSV_ERR_ARG, "unknown kernel level '%s' (generic, avx2, avx512 or amx)", name);
+        return -1;
+    }
+    if (lv > top) {
+        *status = dsv_error(DSV_ERR_UNSUPPORTED, "kernel level '%s' is not supported by this %s (best: '%s')",
+                            name, lv < LV_COUNT ? "CPU or OS" : "build", level_names[top]);
+        return -1;
+    }
+    return lv;
+}
+
+int dsv_kernels_choose(const dsv_kernels **out, const char *name) {
+    int lv, st = DSV_OK;
+    if (name && *name) {
+        if ((lv = lookup(name, &st)) < 0) return st;
+    } else {
+        const char *env = getenv("DSV32_ISA");
+        if (env && *env) {
+            if ((lv = lookup(env, &st)) < 0) return dsv_error_prefix(st, "DSV32_ISA");
+        } else {
+            lv = dsv_kernels_top();
         }
-        return sets[i];
     }
-    *status = dsv_error(DSV_ERR_ARG, "unknown kernel level '%s' (generic, avx2, avx512 or amx)", name);
-    return NULL;
+    *out = sets[lv];
+    return DSV_OK;
 }
 
-const char *dsv_kernels_level(int i) {
-    return i >= 0 && i < (int)(sizeof level_names / sizeof *level_names) ? level_names[i] : NULL;
-}
-
-int dsv_kernels_select(void) {
-    pthread_once(&detect_once, detect);
-    if (forced) { dsv_kern = forced; return DSV_OK; }
+int dsv_kernels_env_level(void) {
     const char *env = getenv("DSV32_ISA");
-    if (env && *env) {
-        int st = DSV_OK;
-        const dsv_kernels *k = lookup(env, &st);
-        if (!k) return dsv_error_prefix(st, "DSV32_ISA");
-        dsv_kern = k;
-        return DSV_OK;
-    }
-    dsv_kern = sets[top_level];
-    return DSV_OK;
+    return env && *env ? dsv_kernels_level_parse(env) : -1;
 }
 
-int dsv_kernels_force(const char *level) {
-    if (!level || !*level) {
-        forced = NULL;
-        return dsv_kernels_select();
-    }
+/* ---- the public API ------------------------------------------------------ */
+
+const char *dsv_kernels_level(int i) { return dsv_kernels_level_name(i); }
+
+int dsv_kernels_supported(const char *level) {
     int st = DSV_OK;
-    const dsv_kernels *k = lookup(level, &st);
-    if (!k) return st;
-    forced = dsv_kern = k;
-    return DSV_OK;
+    if (!level) return dsv_error(DSV_ERR_ARG, "no kernel level named");
+    return lookup(level, &st) < 0 ? st : DSV_OK;
 }
 
 const char *dsv_kernels_name(void) {
-    if (dsv_kernels_select()) dsv_kern = &dsv_kernels_ref;
-    return dsv_kern->name;
+    const dsv_kernels *k = &dsv_kernels_ref;
+    (void)dsv_kernels_choose(&k, NULL);
+    return k->name;
 }

@@ -2,8 +2,10 @@
  *
  * Every kernel here has a scalar reference in ops_ref.c: the oracle that the
  * SIMD/AMX variants (ops_<isa>.c, same signatures) are tested against, and
- * the code that runs where no variant applies. dsv_kern points at the set
- * cpu.c chooses once from CPU features (DSV32_ISA forces a level).
+ * the code that runs where no variant applies. Each context holds the set
+ * it runs (ctx->kern), chosen by cpu.c at dsv_context_open from CPU features
+ * (DSV32_ISA or dsv_context_params.kernels name a level); code without a
+ * context is handed the table.
  *
  * Conventions (ggml style): output first, then inputs, then sizes; a kernel
  * covers one slice [n0, n1) or one (ith, nth) share of the work and never
@@ -191,8 +193,6 @@ extern const dsv_kernels dsv_kernels_ref;
 #if defined(__x86_64__)
 extern const dsv_kernels dsv_kernels_avx2, dsv_kernels_avx512, dsv_kernels_amx;
 #endif
-/* The active set (dsv_kernels_ref until dsv_kernels_select runs). */
-extern const dsv_kernels *dsv_kern;
 
 /* wkv_b's element (r, c) as the reference's bf16 weight_dequant gives it. */
 static inline float dsv_wkvb_at(const dsv_linear *w, int r, int c) {
@@ -204,7 +204,7 @@ static inline float dsv_wkvb_at(const dsv_linear *w, int r, int c) {
 
 /* ---- small shared ops (ops_ref.c) --------------------------------------------
  * The reference versions; the forward pass calls the row ops through the
- * table (dsv_kern->rmsnorm, ...). */
+ * table (ctx->kern->rmsnorm, ...). */
 
 /* Softmax as torch computes it on a bf16 tensor: fp32 inside, bf16 out.
  * In place over n scores (already bf16 values); returns nothing. */
@@ -246,9 +246,26 @@ void dsv_topk(int32_t *idx, const float *scores, int n, int k, int32_t *scratch)
 static inline size_t dsv_topk_scratch(int n) { return 2 * (size_t)n + 8192; }
 void dsv_topk_select(int32_t *pos, int32_t *ranked, const float *scores, int n, int k, int32_t *scratch);
 
-/* Picks the kernel set once (cpu.c): DSV32_ISA when it is set, else the
- * best the CPU and OS support. Returns DSV_ERR_UNSUPPORTED, with a message,
- * when DSV32_ISA names an unknown level or one this machine lacks. */
-int dsv_kernels_select(void);
+/* Kernel levels (cpu.c), lowest first; a level's set runs on any CPU that
+ * runs a higher one. */
+enum { DSV_KLEVEL_GENERIC, DSV_KLEVEL_AVX2, DSV_KLEVEL_AVX512, DSV_KLEVEL_AMX, DSV_KLEVEL_COUNT };
+/* "generic", "avx2", "avx512", "amx"; NULL out of range. */
+const char *dsv_kernels_level_name(int level);
+/* The level called `name`, or -1. */
+int dsv_kernels_level_parse(const char *name);
+/* The best level this CPU, OS and build support (detected once). */
+int dsv_kernels_top(void);
+/* The set of a level, or NULL when this machine lacks it. */
+const dsv_kernels *dsv_kernels_at(int level);
+/* The level of a set (-1 for a table that is none of the sets). */
+int dsv_kernels_level_of(const dsv_kernels *k);
+/* The set a context runs: the level `name` when it is not NULL or "", else
+ * DSV32_ISA when it is set, else the best this machine supports. Errors:
+ * DSV_ERR_ARG (unknown name), DSV_ERR_UNSUPPORTED (a level this machine
+ * lacks); the message names DSV32_ISA when the name came from it. */
+int dsv_kernels_choose(const dsv_kernels **out, const char *name);
+/* DSV32_ISA's level, or -1 when it is unset or names no level (for code
+ * that picks its own kernels, like training's GEMM). */
+int dsv_kernels_env_level(void);
 
 #endif

@@ -27,6 +27,7 @@ struct dsv_context {
     dsv_model *m;
     const dsv_config *c;
     dsv_context_params p;
+    const dsv_kernels *kern;   /* the kernel set this context runs (cpu.c) */
     dsv_pool *pool;
     int nth;
     int topk;                  /* effective index top-k */
@@ -105,12 +106,12 @@ struct dsv_context {
     dsv_bf16 *mqa_p;           /* [H padded to 16][n_keys_max padded] the weights in bf16 */
     void *mqa_kvp;             /* [dsv_mqa_kvp_bytes(n_keys_max, kv_lora)] latent rows for the values */
     dsv_tscratch *ts;          /* [nth] */
-    /* A model split across processes (parallel.c; NULL when it is not). */
+    /* A model split across processes (coll.c, context.c; NULL when it is not). */
     int par_id;                /* the leader's name for this context */
-    float *par_f;              /* [T][dim] fp32 rows being summed across ranks */
-    float *par_scratch;        /* dsv_comm_sum_scratch(T * dim) */
-    float *par_logits;         /* [DSV_PAR_HEAD_ROWS][vocab part] this rank's logits */
-    int32_t *par_buf;          /* a forward call packed for the followers */
+    float *coll_f;             /* [T][dim] fp32 rows being summed across ranks */
+    float *coll_scratch;       /* the collectives' sum_scratch(T * dim) */
+    float *coll_logits;        /* [DSV_HEAD_ROWS][vocab part] this rank's logits */
+    int32_t *op_buf;           /* a forward call packed for the followers */
     void *arena;               /* one allocation behind all of the above */
 };
 
@@ -179,11 +180,33 @@ typedef struct dsv_lin_job {
  * output rows of any job as they come free, so a slower thread does less. */
 void dsv_lin_group(dsv_context *ctx, const dsv_lin_job *jobs, int n);
 
-/* Runs fn over [0, n) split across the pool; on the calling thread alone
- * when n < min (work too small to be worth waking the others). */
+/* Runs fn over [0, n) split across the context's thread pool (work.c); on
+ * the calling thread alone when n < min (work too small to be worth waking
+ * the others). */
 typedef void (*dsv_range_fn)(dsv_context *ctx, void *arg, long i0, long i1, int ith);
-void dsv_par_for(dsv_context *ctx, long n, dsv_range_fn fn, void *arg);
-void dsv_par_for_min(dsv_context *ctx, long n, long min, dsv_range_fn fn, void *arg);
+void dsv_ctx_for(dsv_context *ctx, long n, dsv_range_fn fn, void *arg);
+void dsv_ctx_for_min(dsv_context *ctx, long n, long min, dsv_range_fn fn, void *arg);
+
+/* A context's memory and its forward pass (forward.c), below the public
+ * calls of context.c, which mirror them on the followers of a split model.
+ * dsv_ctx_create resolves the defaults of `given` (each rank its own thread
+ * count), allocates, and in a split model agrees with the other ranks on
+ * the outcome and the kernel level. */
+int dsv_ctx_create(dsv_context **out, dsv_model *m, const dsv_context_params *given);
+void dsv_ctx_destroy(dsv_context *ctx);
+/* Checks a forward call completely before anything changes. */
+int dsv_forward_check(dsv_context *ctx, const dsv_batch_entry *en, int n);
+/* Starts a call's clock (its time until the first phase is "other"). */
+void dsv_forward_start(dsv_context *ctx);
+/* Runs a checked call (logits may be NULL on a follower). */
+int dsv_forward_run(dsv_context *ctx, const dsv_batch_entry *en, int n, float *logits);
+/* Random cache contents (kvfill.c): the checks, which also reserve the
+ * pages, then the fill of checked arguments. */
+int dsv_kv_fill_check(dsv_context *ctx, int seq, int n_tokens);
+void dsv_kv_fill(dsv_context *ctx, int seq, int n_tokens, uint64_t seed);
+/* The model's weights (model.c), below dsv_model_open/close (context.c). */
+int dsv_model_load(dsv_model **out, const char *dir, const dsv_model_params *params);
+void dsv_model_free(dsv_model *m);
 
 /* Sub-layers (mla.c, indexer.c, moe.c). Rows are the call's tokens. */
 void dsv_mla_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn);

@@ -1,12 +1,13 @@
-/* forward.c: contexts and the forward pass (model.py Transformer.forward).
+/* forward.c: a context's memory, and the forward pass (model.py
+ * Transformer.forward). The public calls that reach these are in context.c.
  *
  * embed -> for each layer: (x_n, residual) = attn_norm(x, residual);
  * x = MLA(x_n); (x_n, residual) = ffn_norm(x, residual); x = FFN(x_n) ->
  * final norm (fused with the last residual add) -> fp32 head on the rows
  * that want logits. The residual stream is bf16, re-rounded after each add.
  *
- * Every buffer is carved out of one arena in dsv_context_open; dsv_forward
- * allocates nothing. A call takes several sequences at once (each a run of
+ * Every buffer is carved out of one arena in dsv_ctx_create; the forward
+ * pass allocates nothing. A call takes several sequences at once (each a run of
  * new tokens at that sequence's next positions): the dense parts see all
  * rows together, attention runs per sequence, and no row's result depends
  * on the other rows. */
@@ -16,7 +17,7 @@
 #include <unistd.h>
 
 #include "context.h"
-#include "dist/parallel.h"
+#include "coll.h"
 #include "rope.h"
 #include "base/util.h"
 
@@ -117,10 +118,11 @@ static void layout(dsv_context *ctx, carver *cv) {
     CARVE(cv, ctx->mqa_s, H * KNp);
     CARVE(cv, ctx->mqa_p, ((H + 15) & ~(size_t)15) * KNp);
     ctx->mqa_kvp = carve(cv, dsv_mqa_kvp_bytes((int)KN, (int)C));
-    CARVE(cv, ctx->par_f, dsv_par_sum_floats(ctx));
-    CARVE(cv, ctx->par_scratch, dsv_par_scratch_floats(ctx));
-    CARVE(cv, ctx->par_logits, dsv_par_logit_floats(ctx));
-    CARVE(cv, ctx->par_buf, dsv_par_buf_ints(ctx));
+    CARVE(cv, ctx->coll_f, dsv_coll_sum_floats(ctx));
+    CARVE(cv, ctx->coll_scratch, dsv_coll_scratch_floats(ctx));
+    CARVE(cv, ctx->coll_logits, dsv_coll_logit_floats(ctx));
+    /* A forward call packed for the followers (context.c). */
+    CARVE(cv, ctx->op_buf, ctx->m->sh.size > 1 ? 1 + 3 * (size_t)ctx->p.n_seq + (size_t)ctx->p.n_batch : 0);
     CARVE(cv, ctx->ts, ctx->nth);
     size_t att = DSV_MAX(dsv_attn_scratch((int)KN, (int)C, (int)R),
                          dsv_mha_scratch(ctx->mha_keys, (int)(N + R), (int)V));
@@ -181,10 +183,8 @@ static void context_free(dsv_context *ctx) {
     free(ctx);
 }
 
-int dsv_context_open(dsv_context **out, dsv_model *m, const dsv_context_params *params) {
-    if (!out || !m) return dsv_error(DSV_ERR_ARG, "dsv_context_open: NULL argument");
-    const dsv_context_params given = params ? *params : dsv_context_default_params();
-    dsv_context_params p = given;
+int dsv_ctx_create(dsv_context **out, dsv_model *m, const dsv_context_params *given) {
+    dsv_context_params p = *given;
     const dsv_config *c = &m->cfg;
     if (p.n_ctx <= 0) p.n_ctx = c->max_position_embeddings > 0 && c->max_position_embeddings < 4096
                                     ? c->max_position_embeddings : 4096;
@@ -207,77 +207,32 @@ int dsv_context_open(dsv_context **out, dsv_model *m, const dsv_context_params *
 
     /* In a split model every rank opens the context, and all agree on the
      * outcome and on one kernel set. */
-    const int id = dsv_par_next_context_id();
-    dsv_par_send_context_open(m, id, &given); /* as given: each rank resolves its own thread count */
     dsv_context *ctx = NULL;
-    int st = dsv_kernels_select();
+    const dsv_kernels *kern = NULL;
+    int st = memchr(p.kernels, 0, sizeof p.kernels) ? DSV_OK
+                                                    : dsv_error(DSV_ERR_ARG, "kernel level name is not terminated");
+    if (!st) st = dsv_kernels_choose(&kern, p.kernels);
     if (!st && !(ctx = calloc(1, sizeof *ctx))) st = dsv_error(DSV_ERR_NOMEM, "out of memory");
-    if (!st) st = context_init(ctx, m, p);
-    st = dsv_par_agree(st);
-    if (!st && m->sh.size > 1) st = dsv_par_agree_kernels();
+    if (!st) {
+        ctx->kern = kern;
+        st = context_init(ctx, m, p);
+    }
+    st = m->coll->agree(st);
+    /* Every rank has the level it chose, so the lowest is one all have. */
+    if (!st && m->sh.size > 1) ctx->kern = dsv_kernels_at(m->coll->agree_min(dsv_kernels_level_of(ctx->kern)));
     if (st) {
-        context_free(ctx);
+        dsv_ctx_destroy(ctx);
         return st;
     }
-    ctx->par_id = id;
     *out = ctx;
     return DSV_OK;
 }
 
-void dsv_context_close(dsv_context *ctx) {
-    if (!ctx) return;
-    dsv_par_send_context_close(ctx);
-    context_free(ctx);
-}
-
-const dsv_context_params *dsv_context_get_params(const dsv_context *ctx) { return &ctx->p; }
-
-void dsv_context_set_dump(dsv_context *ctx, dsv_dump_fn fn, void *user) {
-    ctx->dump = fn;
-    ctx->dump_user = user;
-}
-
-void dsv_dump_f32(dsv_context *ctx, const char *name, int layer, int rows, int cols, const float *d) {
-    if (ctx->dump) ctx->dump(name, layer, DSV_DUMP_F32, rows, cols, d, ctx->dump_user);
-}
-void dsv_dump_i32(dsv_context *ctx, const char *name, int layer, int rows, int cols, const int32_t *d) {
-    if (ctx->dump) ctx->dump(name, layer, DSV_DUMP_I32, rows, cols, d, ctx->dump_user);
-}
-void dsv_dump_bf16(dsv_context *ctx, const char *name, int layer, int rows, int cols, const dsv_bf16 *d) {
-    if (!ctx->dump) return;
-    /* Widened through the fp32 scratch, at most its capacity at a time. */
-    const int cap = (int)((size_t)ctx->p.n_batch * ctx->c->dim / (size_t)cols);
-    for (int r0 = 0; r0 < rows;) {
-        int n = rows - r0 < cap ? rows - r0 : cap;
-        for (int i = 0; i < n * cols; i++) ctx->moe_y[i] = dsv_bf16_to_f32(d[(size_t)r0 * cols + i]);
-        ctx->dump(name, layer, DSV_DUMP_F32, n, cols, ctx->moe_y, ctx->dump_user);
-        r0 += n;
-    }
-}
+void dsv_ctx_destroy(dsv_context *ctx) { context_free(ctx); }
 
 static int check_seq(const dsv_context *ctx, int seq) {
     if (seq < 0 || seq >= ctx->p.n_seq)
         return dsv_error(DSV_ERR_ARG, "sequence %d out of range [0, %d)", seq, ctx->p.n_seq);
-    return DSV_OK;
-}
-
-int dsv_seq_len(const dsv_context *ctx, int seq) {
-    return check_seq(ctx, seq) ? -1 : ctx->seqs[seq].len;
-}
-
-int dsv_seq_reset(dsv_context *ctx, int seq) { return dsv_seq_truncate(ctx, seq, 0); }
-
-int dsv_seq_truncate(dsv_context *ctx, int seq, int n) {
-    int st = check_seq(ctx, seq);
-    if (st) return st;
-    dsv_seq *s = &ctx->seqs[seq];
-    if (n < 0 || n > s->len) return dsv_error(DSV_ERR_ARG, "cannot truncate a sequence of %d tokens to %d", s->len, n);
-    /* The next append writes into the page holding position n: it must not
-     * be a page that other sequences (or prefix-cache references) share. */
-    if (n % DSV_PAGE && (st = dsv_kv_unshare(&ctx->kv, s, n))) return st;
-    s->len = n;
-    dsv_kv_shrink(&ctx->kv, s, n);
-    dsv_par_send_op(ctx, DSV_PAR_TRUNCATE, seq, n, 0, NULL, 0);
     return DSV_OK;
 }
 
@@ -288,8 +243,7 @@ int dsv_batch_logit_rows(const dsv_batch_entry *entries, int n_entries) {
     return rows;
 }
 
-/* Checks a call completely before anything changes. */
-static int validate(dsv_context *ctx, const dsv_batch_entry *en, int n) {
+int dsv_forward_check(dsv_context *ctx, const dsv_batch_entry *en, int n) {
     const dsv_config *c = ctx->c;
     if (n < 0 || (n > 0 && !en)) return dsv_error(DSV_ERR_ARG, "dsv_forward: bad entry list");
     if (n > ctx->p.n_seq) return dsv_error(DSV_ERR_ARG, "dsv_forward: %d entries for %d sequences", n, ctx->p.n_seq);
@@ -353,9 +307,9 @@ static void attn_norm_rows(dsv_context *ctx, void *a, long i0, long i1, int ith)
         if (p->ly == ctx->m->layers) {
             /* Layer 0: x_n = norm(h), residual = h. */
             memcpy(ctx->res + t * D, ctx->x + t * D, (size_t)D * 2);
-            dsv_kern->rmsnorm(ctx->xn + t * D, ctx->x + t * D, p->ly->attn_norm, D, ctx->c->rms_norm_eps);
+            ctx->kern->rmsnorm(ctx->xn + t * D, ctx->x + t * D, p->ly->attn_norm, D, ctx->c->rms_norm_eps);
         } else {
-            dsv_kern->rmsnorm_residual(ctx->xn + t * D, ctx->res + t * D, ctx->x + t * D, p->ly->attn_norm, D,
+            ctx->kern->rmsnorm_residual(ctx->xn + t * D, ctx->res + t * D, ctx->x + t * D, p->ly->attn_norm, D,
                                  ctx->c->rms_norm_eps);
         }
     }
@@ -366,7 +320,7 @@ static void ffn_norm_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) 
     struct fwd_args *p = a;
     const int D = ctx->c->dim;
     for (long t = i0; t < i1; t++)
-        dsv_kern->rmsnorm_residual(ctx->xn + t * D, ctx->res + t * D, ctx->x + t * D, p->ly->ffn_norm, D,
+        ctx->kern->rmsnorm_residual(ctx->xn + t * D, ctx->res + t * D, ctx->x + t * D, p->ly->ffn_norm, D,
                              ctx->c->rms_norm_eps);
 }
 
@@ -379,7 +333,7 @@ static void final_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
         long t = p->rows[i];
         dsv_bf16 *y = ctx->xn + i * D, *r = ctx->ex_x + i * D;
         memcpy(r, ctx->res + t * D, (size_t)D * 2); /* the residual of the last add is not kept */
-        dsv_kern->rmsnorm_residual(y, r, ctx->x + t * D, ctx->m->norm, D, ctx->c->rms_norm_eps);
+        ctx->kern->rmsnorm_residual(y, r, ctx->x + t * D, ctx->m->norm, D, ctx->c->rms_norm_eps);
         for (int d = 0; d < D; d++) ctx->xf[i * D + d] = dsv_bf16_to_f32(y[d]);
     }
 }
@@ -389,15 +343,15 @@ static void attn_out_f32(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     for (long i = i0; i < i1; i++) ctx->xf[i] = dsv_bf16_to_f32(ctx->x[i]);
 }
 
-int dsv_forward(dsv_context *ctx, const dsv_batch_entry *en, int n, float *logits) {
-    if (!ctx) return dsv_error(DSV_ERR_ARG, "dsv_forward: NULL context");
-    int st = validate(ctx, en, n);
-    if (st) return st;
-    const dsv_config *c = ctx->c;
-    const int D = c->dim;
+void dsv_forward_start(dsv_context *ctx) {
     ctx->phase = DSV_PHASE_OTHER;
     ctx->phase_t0 = dsv_now_ns();
-    dsv_par_send_forward(ctx, en, n);
+}
+
+int dsv_forward_run(dsv_context *ctx, const dsv_batch_entry *en, int n, float *logits) {
+    const dsv_config *c = ctx->c;
+    const int D = c->dim;
+    int st;
 
     /* Token table; pages for the new positions (cannot fail after validate). */
     int T = 0;
@@ -420,13 +374,13 @@ int dsv_forward(dsv_context *ctx, const dsv_batch_entry *en, int n, float *logit
     if (T == 0) return DSV_OK;
 
     struct fwd_args a = {.tokens = toks};
-    dsv_par_for(ctx, T, embed_rows, &a);
-    dsv_par_sum_bf16(ctx, ctx->x, T);
+    dsv_ctx_for(ctx, T, embed_rows, &a);
+    dsv_ctx_sum_bf16(ctx, ctx->x, T);
     ctx->stats.weight_bytes += (uint64_t)T * D * dsv_dtype_size(ctx->m->embed_dtype);
     for (int il = 0; il < c->n_layers; il++) {
         const dsv_layer *ly = &ctx->m->layers[il];
         a.ly = ly;
-        dsv_par_for(ctx, T, attn_norm_rows, &a);
+        dsv_ctx_for(ctx, T, attn_norm_rows, &a);
         dsv_dump_bf16(ctx, "attn_norm", il, T, D, ctx->xn);
         dsv_mla_forward(ctx, il, ctx->x, ctx->xn);
         for (int t = 0; t < T; t++) {
@@ -435,14 +389,14 @@ int dsv_forward(dsv_context *ctx, const dsv_batch_entry *en, int n, float *logit
             if (ctx->p.attn == DSV_ATTN_SPARSE) ctx->stats.n_index_keys += (uint64_t)ctx->tok_pos[t] + 1;
         }
         if (ctx->dump) {
-            dsv_par_for(ctx, (long)T * D, attn_out_f32, NULL);
+            dsv_ctx_for(ctx, (long)T * D, attn_out_f32, NULL);
             dsv_dump_f32(ctx, "attn_out", il, T, D, ctx->xf);
         }
-        dsv_par_for(ctx, T, ffn_norm_rows, &a);
+        dsv_ctx_for(ctx, T, ffn_norm_rows, &a);
         if (ly->is_moe) dsv_moe_forward(ctx, il, ctx->x, ctx->xn);
         else {
             dsv_mlp_forward(ctx, &ly->mlp, ly->mlp.w1.n_out, ctx->x, ctx->xn, T);
-            dsv_par_sum_bf16(ctx, ctx->x, T); /* the dense MLP's down_proj is row-parallel */
+            dsv_ctx_sum_bf16(ctx, ctx->x, T); /* the dense MLP's down_proj is row-parallel */
         }
     }
 
@@ -457,8 +411,8 @@ int dsv_forward(dsv_context *ctx, const dsv_batch_entry *en, int n, float *logit
     }
     if (rows > 0) {
         a.rows = rsel;
-        dsv_par_for(ctx, rows, final_rows, &a);
-        dsv_par_head(ctx, logits, rows);
+        dsv_ctx_for(ctx, rows, final_rows, &a);
+        dsv_ctx_head(ctx, logits, rows);
     }
     for (int i = 0; i < n; i++) ctx->seqs[en[i].seq].len += en[i].n_tokens;
     dsv_phase(ctx, DSV_PHASE_OTHER);

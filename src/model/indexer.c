@@ -43,19 +43,19 @@ static void qk_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
         const float *cs = ctx->rope_cos + (size_t)pos * (R / 2), *sn = ctx->rope_sin + (size_t)pos * (R / 2);
         for (int h = 0; h < Hi; h++) {
             dsv_bf16 *qh = ctx->iq + ((size_t)t * Hi + h) * 128;
-            dsv_kern->rope(qh, cs, sn, R / 2, 0);
-            dsv_kern->hadamard128(qh);
-            dsv_kern->act_quant(ctx->iq8 + ((size_t)t * Hi + h) * 128, ctx->iqs + (size_t)t * Hi + h, qh, 128,
+            ctx->kern->rope(qh, cs, sn, R / 2, 0);
+            ctx->kern->hadamard128(qh);
+            ctx->kern->act_quant(ctx->iq8 + ((size_t)t * Hi + h) * 128, ctx->iqs + (size_t)t * Hi + h, qh, 128,
                                 c->scale_fmt);
         }
         dsv_bf16 *k = ctx->ik + (size_t)t * 128;
         dsv_layernorm(k, k, p->ly->idx_k_norm_w, p->ly->idx_k_norm_b, 128, c->rms_norm_eps);
-        dsv_kern->rope(k, cs, sn, R / 2, 0);
-        dsv_kern->hadamard128(k);
+        ctx->kern->rope(k, cs, sn, R / 2, 0);
+        ctx->kern->hadamard128(k);
         const dsv_seq *s = &ctx->seqs[ctx->tok_seq[t]];
-        dsv_kern->act_quant(dsv_kv_index_keys(&ctx->kv, s, p->il, pos), dsv_kv_index_scales(&ctx->kv, s, p->il, pos),
+        ctx->kern->act_quant(dsv_kv_index_keys(&ctx->kv, s, p->il, pos), dsv_kv_index_scales(&ctx->kv, s, p->il, pos),
                             k, 128, c->scale_fmt);
-        dsv_kern->index_q_pack(ctx->iqp + (size_t)t * ctx->iqp_bytes, ctx->iq8 + (size_t)t * Hi * 128, Hi);
+        ctx->kern->index_q_pack(ctx->iqp + (size_t)t * ctx->iqp_bytes, ctx->iq8 + (size_t)t * Hi * 128, Hi);
         float *w = ctx->iw + (size_t)t * Hi;
         for (int h = 0; h < Hi; h++) w[h] = w[h] * c_heads * ctx->iqs[(size_t)t * Hi + h] * c_dim;
     }
@@ -69,7 +69,7 @@ static void score_range(dsv_context *ctx, int il, int t0, int nq, int p0, int p1
     for (int pos = p0; pos < p1;) {
         int n = DSV_PAGE - pos % DSV_PAGE;
         if (n > p1 - pos) n = p1 - pos;
-        dsv_kern->index_score(out + pos, ldo, ctx->iqp + (size_t)t0 * ctx->iqp_bytes, ctx->iw + (size_t)t0 * Hi, Hi,
+        ctx->kern->index_score(out + pos, ldo, ctx->iqp + (size_t)t0 * ctx->iqp_bytes, ctx->iw + (size_t)t0 * Hi, Hi,
                               nq, dsv_kv_index_keys(&ctx->kv, s, il, pos), dsv_kv_index_scales(&ctx->kv, s, il, pos),
                               n, scratch);
         pos += n;
@@ -161,7 +161,7 @@ void dsv_indexer_project(dsv_context *ctx, int il, const dsv_bf16 *xn, dsv_lin_j
     const dsv_layer *ly = &ctx->m->layers[il];
     const int T = ctx->n_tok;
     /* model.py: weights_proj(x.float()), an fp32 linear. */
-    dsv_par_for(ctx, T, to_f32_rows, (void *)xn);
+    dsv_ctx_for(ctx, T, to_f32_rows, (void *)xn);
     jobs[0] = (dsv_lin_job){.w = &ly->idx_wk, .m = T, .y = ctx->ik, .ldy = 128, .x = xn};
     jobs[1] = (dsv_lin_job){.w = &ly->idx_wproj, .m = T, .yf = ctx->iw, .ldy = ctx->c->index_n_heads, .xf = ctx->xf};
 }
@@ -179,11 +179,11 @@ void dsv_indexer_forward(dsv_context *ctx, int il) {
 
     dsv_dump_f32(ctx, "index_weights", il, T, Hi, ctx->iw);
     int prev = dsv_phase(ctx, DSV_PHASE_INDEXER);
-    dsv_par_for(ctx, T, qk_rows, &a);
+    dsv_ctx_for(ctx, T, qk_rows, &a);
 
     if (ctx->p.attn == DSV_ATTN_DENSE) {
         dsv_phase(ctx, DSV_PHASE_TOPK);
-        dsv_par_for(ctx, T, dense_rows, NULL);
+        dsv_ctx_for(ctx, T, dense_rows, NULL);
         dsv_phase(ctx, prev);
         return;
     }

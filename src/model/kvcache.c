@@ -116,8 +116,9 @@ void dsv_kv_put_latent(const dsv_kv *kv, uint8_t *rec, const uint8_t *codes, con
     memcpy(rec + kv->kv_lora + 4 * (kv->kv_lora / DSV_QBLOCK), k_pe, 2 * (size_t)kv->rope);
 }
 
-void dsv_kv_get_latent(const dsv_kv *kv, const uint8_t *rec, dsv_bf16 *latent, dsv_bf16 *k_pe) {
+void dsv_kv_get_latent(const dsv_kernels *k, const dsv_kv *kv, const uint8_t *rec, dsv_bf16 *latent,
+                       dsv_bf16 *k_pe) {
     /* model.py: (kv_fp8.float() * kv_scale).to(bf16) */
-    dsv_kern->dequant(latent, rec, (const float *)(rec + kv->kv_lora), kv->kv_lora);
+    k->dequant(latent, rec, (const float *)(rec + kv->kv_lora), kv->kv_lora);
     if (k_pe) memcpy(k_pe, rec + kv->kv_lora + 4 * (kv->kv_lora / DSV_QBLOCK), 2 * (size_t)kv->rope);
 }

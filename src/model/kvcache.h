@@ -79,7 +79,10 @@ static inline float *dsv_kv_index_scales(const dsv_kv *kv, const dsv_seq *s, int
 /* Writes a token's latent (act_quant codes and scales) and k_pe. */
 void dsv_kv_put_latent(const dsv_kv *kv, uint8_t *rec, const uint8_t *codes, const float *scales,
                        const dsv_bf16 *k_pe);
-/* Reads a token's latent back as the reference's bf16 values, and its k_pe. */
-void dsv_kv_get_latent(const dsv_kv *kv, const uint8_t *rec, dsv_bf16 *latent, dsv_bf16 *k_pe);
+/* Reads a token's latent back as the reference's bf16 values, and its k_pe,
+ * with the dequant kernel of the set k (the calling context's). */
+struct dsv_kernels;
+void dsv_kv_get_latent(const struct dsv_kernels *k, const dsv_kv *kv, const uint8_t *rec, dsv_bf16 *latent,
+                       dsv_bf16 *k_pe);
 
 #endif

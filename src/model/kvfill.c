@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include "context.h"
-#include "dist/parallel.h"
 #include "base/rng.h"
 #include "base/util.h"
 
@@ -57,8 +56,7 @@ static void fill_pages(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     }
 }
 
-int dsv_seq_fill_random(dsv_context *ctx, int seq, int n_tokens, uint64_t seed) {
-    if (!ctx) return dsv_error(DSV_ERR_ARG, "dsv_seq_fill_random: NULL context");
+int dsv_kv_fill_check(dsv_context *ctx, int seq, int n_tokens) {
     if (seq < 0 || seq >= ctx->p.n_seq)
         return dsv_error(DSV_ERR_ARG, "sequence %d out of range [0, %d)", seq, ctx->p.n_seq);
     if (n_tokens < 0) return dsv_error(DSV_ERR_ARG, "dsv_seq_fill_random: %d tokens", n_tokens);
@@ -66,16 +64,16 @@ int dsv_seq_fill_random(dsv_context *ctx, int seq, int n_tokens, uint64_t seed) 
     if ((long)s->len + n_tokens > ctx->p.n_ctx)
         return dsv_error(DSV_ERR_FULL, "sequence %d: %d + %d tokens exceed the context size %d", seq, s->len,
                          n_tokens, ctx->p.n_ctx);
-    int st = dsv_kv_reserve(&ctx->kv, s, s->len + n_tokens, ctx->max_pages);
-    if (st) return st;
-    /* Followers fill their caches at the same time (the checks above
-     * passed, so theirs pass too). */
-    dsv_par_send_op(ctx, DSV_PAR_FILL, seq, n_tokens, seed, NULL, 0);
+    /* Reserving twice is harmless: the second finds the pages there. */
+    return dsv_kv_reserve(&ctx->kv, s, s->len + n_tokens, ctx->max_pages);
+}
+
+void dsv_kv_fill(dsv_context *ctx, int seq, int n_tokens, uint64_t seed) {
+    dsv_seq *s = &ctx->seqs[seq];
     struct fill_args a = {s, s->len, s->len + n_tokens, seed};
     if (n_tokens > 0) {
         long pages = (a.p1 - 1) / DSV_PAGE - a.p0 / DSV_PAGE + 1;
-        dsv_par_for(ctx, pages, fill_pages, &a);
+        dsv_ctx_for(ctx, pages, fill_pages, &a);
     }
     s->len += n_tokens;
-    return DSV_OK;
 }

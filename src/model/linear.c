@@ -1,4 +1,4 @@
-/* linear.c: linear layers and parallel loops on the context's thread pool.
+/* linear.c: linear layers on the context's thread pool.
  *
  * A layer's output columns are split across threads, so each thread streams
  * its own rows of the weight once for all input rows (at batch 1, decoding
@@ -22,32 +22,6 @@
 #include "context.h"
 #include "base/util.h"
 
-struct par_for_args {
-    dsv_context *ctx;
-    long n;
-    dsv_range_fn fn;
-    void *arg;
-};
-
-static void par_for_task(void *a, int ith, int nth) {
-    struct par_for_args *p = a;
-    long b, e;
-    dsv_split(p->n, ith, nth, &b, &e);
-    if (b < e) p->fn(p->ctx, p->arg, b, e, ith);
-}
-
-void dsv_par_for_min(dsv_context *ctx, long n, long min, dsv_range_fn fn, void *arg) {
-    struct par_for_args p = {ctx, n, fn, arg};
-    if (n <= 0) return;
-    if (n < min || ctx->nth == 1) {
-        fn(ctx, arg, 0, n, 0);
-        return;
-    }
-    dsv_pool_run(ctx->pool, par_for_task, &p);
-}
-
-void dsv_par_for(dsv_context *ctx, long n, dsv_range_fn fn, void *arg) { dsv_par_for_min(ctx, n, 2, fn, arg); }
-
 struct lin_args {
     dsv_context *ctx;
     dsv_bf16 *y;
@@ -68,7 +42,7 @@ static void split16(long n, int ith, int nth, long *b, long *e) {
 
 /* Packs input rows [i0, i1) (for fp8: quantizes them) as the kernel set wants. */
 static void pack_rows(struct lin_args *p, long i0, long i1) {
-    const dsv_kernels *k = dsv_kern;
+    const dsv_kernels *k = p->ctx->kern;
     const int K = p->w->n_in;
     if (p->w->dtype == DSV_DT_F8_E4M3) k->lin_pack_fp8(p->ctx->xp, p->x, p->m, K, (int)i0, (int)i1, p->ctx->c->scale_fmt);
     else k->lin_pack_bf16(p->ctx->xp, p->x, p->m, K, (int)i0, (int)i1);
@@ -79,7 +53,7 @@ static void pack_rows(struct lin_args *p, long i0, long i1) {
  * its share of the output columns. */
 static void lin_task(void *a, int ith, int nth) {
     struct lin_args *p = a;
-    const dsv_kernels *k = dsv_kern;
+    const dsv_kernels *k = p->ctx->kern;
     const int fp8 = p->w->dtype == DSV_DT_F8_E4M3;
     const void *xp = p->x;
     if (fp8 || k->lin_pack_bf16) {
@@ -119,7 +93,7 @@ static int chunk_rows(const dsv_linear *w) {
 static void group_task(void *a, int ith, int nth) {
     (void)nth;
     struct group_args *p = a;
-    const dsv_kernels *k = dsv_kern;
+    const dsv_kernels *k = p->ctx->kern;
     void *scr = p->ctx->ts[ith].lin;
     for (int j = 0;;) {
         const int c = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
@@ -135,7 +109,7 @@ static void group_task(void *a, int ith, int nth) {
 
 /* Small inputs only (see dsv_lin_group). */
 static void group_run(dsv_context *ctx, const dsv_lin_job *jobs, int n) {
-    const dsv_kernels *k = dsv_kern;
+    const dsv_kernels *k = ctx->kern;
     struct group_args g = {.ctx = ctx, .jobs = jobs, .n = n};
     int slots = 0, prev = -1;
     DSV_ASSERT(n <= DSV_LIN_JOBS);

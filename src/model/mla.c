@@ -22,11 +22,11 @@
  * Selected positions are visited in ascending order, so a top-k that keeps
  * every position computes bit for bit what dense attention computes.
  * In a model split across processes a rank computes its own heads
- * (n_local_heads) and o_proj sums the ranks' parts (parallel.h). */
+ * (n_local_heads) and o_proj sums the ranks' parts (format/shard.h). */
 #include <string.h>
 
 #include "context.h"
-#include "dist/parallel.h"
+#include "coll.h"
 #include "base/util.h"
 
 struct mla_args {
@@ -43,7 +43,7 @@ static void q_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     const dsv_config *c = ctx->c;
     const int Q = c->q_lora_rank;
     for (long t = i0; t < i1; t++)
-        dsv_kern->rmsnorm(ctx->qr + t * Q, ctx->qa + t * Q, p->ly->q_norm, Q, c->rms_norm_eps);
+        ctx->kern->rmsnorm(ctx->qr + t * Q, ctx->qa + t * Q, p->ly->q_norm, Q, c->rms_norm_eps);
 }
 
 static void q_rope_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
@@ -53,7 +53,7 @@ static void q_rope_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     for (long t = i0; t < i1; t++) {
         const float *cs = ctx->rope_cos + (size_t)ctx->tok_pos[t] * (R / 2);
         const float *sn = ctx->rope_sin + (size_t)ctx->tok_pos[t] * (R / 2);
-        for (int h = 0; h < H; h++) dsv_kern->rope(ctx->q + ((size_t)t * H + h) * (N + R) + N, cs, sn, R / 2, 1);
+        for (int h = 0; h < H; h++) ctx->kern->rope(ctx->q + ((size_t)t * H + h) * (N + R) + N, cs, sn, R / 2, 1);
     }
 }
 
@@ -66,11 +66,11 @@ static void kv_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     for (long t = i0; t < i1; t++) {
         dsv_bf16 *kvf = ctx->kvf + t * (C + R), *kvn = ctx->kvn + t * C;
         const int pos = ctx->tok_pos[t];
-        dsv_kern->rmsnorm(kvn, kvf, p->ly->kv_norm, C, c->rms_norm_eps);
-        dsv_kern->rope(kvf + C, ctx->rope_cos + (size_t)pos * (R / 2), ctx->rope_sin + (size_t)pos * (R / 2), R / 2, 1);
+        ctx->kern->rmsnorm(kvn, kvf, p->ly->kv_norm, C, c->rms_norm_eps);
+        ctx->kern->rope(kvf + C, ctx->rope_cos + (size_t)pos * (R / 2), ctx->rope_sin + (size_t)pos * (R / 2), R / 2, 1);
         uint8_t *codes = ctx->aq + t * C;
         float *scales = ctx->as + t * (C / DSV_QBLOCK);
-        dsv_kern->act_quant(codes, scales, kvn, C, c->scale_fmt);
+        ctx->kern->act_quant(codes, scales, kvn, C, c->scale_fmt);
         const dsv_seq *s = &ctx->seqs[ctx->tok_seq[t]];
         dsv_kv_put_latent(&ctx->kv, dsv_kv_latent(&ctx->kv, s, p->il, pos), codes, scales, kvf + C);
     }
@@ -84,7 +84,7 @@ static void mha_load(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     const int C = c->kv_lora_rank, R = c->qk_rope_head_dim;
     const dsv_seq *s = &ctx->seqs[p->seq];
     for (long j = i0; j < i1; j++)
-        dsv_kv_get_latent(&ctx->kv, dsv_kv_latent(&ctx->kv, s, p->il, (int)j), ctx->mha_lat + j * C,
+        dsv_kv_get_latent(ctx->kern, &ctx->kv, dsv_kv_latent(&ctx->kv, s, p->il, (int)j), ctx->mha_lat + j * C,
                           ctx->mha_pe + j * R);
 }
 
@@ -94,7 +94,7 @@ static void mha_heads(dsv_context *ctx, void *a, long h0, long h1, int ith) {
     const dsv_config *c = ctx->c;
     const int H = ctx->m->n_local_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim, V = c->v_head_dim;
     const int t = p->row0;
-    dsv_kern->mha_attn(ctx->o + (size_t)t * H * V, ctx->q + (size_t)t * H * (N + R), p->n_rows,
+    ctx->kern->mha_attn(ctx->o + (size_t)t * H * V, ctx->q + (size_t)t * H * (N + R), p->n_rows,
                        ctx->sel_pos + (size_t)t * ctx->n_keys_max, ctx->n_keys_max, ctx->n_sel + t, ctx->mha_kvb,
                        ctx->mha_pe, p->n_keys, H, N, R, V, c->softmax_scale, (int)h0, (int)h1, ctx->ts[ith].att);
 }
@@ -106,11 +106,11 @@ static void mha_entry(dsv_context *ctx, struct mla_args *p, int e) {
     p->n_rows = ctx->ent_len[e];
     p->seq = ctx->ent_seq[e];
     int E = ctx->tok_pos[p->row0 + p->n_rows - 1] + 1;
-    dsv_par_for(ctx, E, mha_load, p);
+    dsv_ctx_for(ctx, E, mha_load, p);
     /* model.py: kv = self.wkv_b(kv), on the dequantized latent. */
     dsv_lin(ctx, ctx->mha_kvb, H * (N + V), ctx->mha_lat, &p->ly->wkv_b, E);
     p->n_keys = E;
-    dsv_par_for(ctx, H, mha_heads, p);
+    dsv_ctx_for(ctx, H, mha_heads, p);
 }
 
 /* Absorbed attention of one token, every thread on it at once, in steps
@@ -126,7 +126,7 @@ static void mqa_task(void *arg, int ith, int nth) {
     struct mla_args *p = arg;
     dsv_context *ctx = p->ctx;
     const dsv_config *c = ctx->c;
-    const dsv_kernels *k = dsv_kern;
+    const dsv_kernels *k = ctx->kern;
     const int H = ctx->m->n_local_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim, V = c->v_head_dim;
     const int C = c->kv_lora_rank, t = p->row0, n = p->n_keys, np = dsv_mqa_keys_padded(n);
     const dsv_linear *wkv_b = &p->ly->wkv_b;
@@ -153,7 +153,7 @@ static void mqa_task(void *arg, int ith, int nth) {
                 const char *r = (const char *)dsv_kv_latent(&ctx->kv, s, p->il, idx[j + 4]);
                 for (size_t o = 0; o < ctx->kv.lat_bytes; o += 64) __builtin_prefetch(r + o);
             }
-            dsv_kv_get_latent(&ctx->kv, dsv_kv_latent(&ctx->kv, s, p->il, idx[j]), ctx->g_lat + (size_t)j * C,
+            dsv_kv_get_latent(ctx->kern, &ctx->kv, dsv_kv_latent(&ctx->kv, s, p->il, idx[j]), ctx->g_lat + (size_t)j * C,
                               ctx->g_pe + (size_t)j * R);
         }
         if (k->mqa_pack) k->mqa_pack(ctx->mqa_kvp, ctx->g_lat, n, C, jb, je);
@@ -202,13 +202,13 @@ void dsv_mla_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn
                            {.w = &ly->wkv_a, .m = T, .y = ctx->kvf, .ldy = C + R, .x = xn}};
     dsv_indexer_project(ctx, il, xn, jobs + 2);
     dsv_lin_group(ctx, jobs, 4);
-    dsv_par_for(ctx, T, q_rows, &a);
+    dsv_ctx_for(ctx, T, q_rows, &a);
     dsv_dump_bf16(ctx, "qr", il, T, Q, ctx->qr);
     jobs[0] = (dsv_lin_job){.w = &ly->wq_b, .m = T, .y = ctx->q, .ldy = H * (N + R), .x = ctx->qr};
     jobs[1] = dsv_indexer_project_q(ctx, il, ctx->qr);
     dsv_lin_group(ctx, jobs, 2);
-    dsv_par_for(ctx, T, q_rope_rows, &a);
-    dsv_par_for(ctx, T, kv_rows, &a);
+    dsv_ctx_for(ctx, T, q_rope_rows, &a);
+    dsv_ctx_for(ctx, T, kv_rows, &a);
 
     dsv_indexer_forward(ctx, il);
 

@@ -7,7 +7,7 @@
  * fp32 and must not be fp8. MTP layers (index >= num_hidden_layers) are
  * never looked up. Nothing is converted at load except the small vectors.
  *
- * A model split across processes (parallel.h) maps only this rank's part of
+ * A model split across processes (format/shard.h) maps only this rank's part of
  * each split matrix: from a Hugging Face checkpoint, a cut of the full
  * tensor (rows: the pointer and the scale pointer move; columns: they move
  * and the row stride ld keeps the full width), or from this rank's shard
@@ -17,7 +17,6 @@
 #include <math.h>
 #include <string.h>
 
-#include "dist/comm.h"
 #include "model.h"
 #include "base/util.h"
 
@@ -228,7 +227,7 @@ static int load(dsv_model *m, const char *dir, const dsv_model_params *params) {
     dsv_config *c = &m->cfg;
     if (params->scale_fmt == DSV_SCALE_FMT_NONE || params->scale_fmt == DSV_SCALE_FMT_UE8M0)
         c->scale_fmt = params->scale_fmt;
-    const int rank = dsv_comm_rank(), size = dsv_comm_size();
+    const int rank = m->coll->rank, size = m->coll->size;
     dsv_shard_plan(&m->sh, c, rank, size);
     m->n_local_heads = m->sh.head1 - m->sh.head0;
     if (size > 1) {
@@ -297,31 +296,20 @@ static void model_free(dsv_model *m) {
     free(m);
 }
 
-int dsv_model_open(dsv_model **out, const char *dir, const dsv_model_params *params) {
-    dsv_model_params defaults = dsv_model_default_params();
-    if (!params) params = &defaults;
-    if (!out || !dir) return dsv_error(DSV_ERR_ARG, "dsv_model_open: NULL argument");
-    /* In a group of several, every rank loads its part and all agree on
-     * the outcome, so a rank that cannot load fails every rank. */
-    const int id = dsv_par_next_model_id();
-    dsv_par_send_model_open(dir, params, id);
+int dsv_model_load(dsv_model **out, const char *dir, const dsv_model_params *params) {
     dsv_model *m = calloc(1, sizeof *m);
-    int st = m ? load(m, dir, params) : dsv_error(DSV_ERR_NOMEM, "out of memory");
-    st = dsv_par_agree(st);
+    if (!m) return dsv_error(DSV_ERR_NOMEM, "out of memory");
+    m->coll = dsv_coll_get();
+    int st = load(m, dir, params);
     if (st) {
         model_free(m);
         return st;
     }
-    m->par_id = id;
     *out = m;
     return DSV_OK;
 }
 
-void dsv_model_close(dsv_model *m) {
-    if (!m) return;
-    dsv_par_send_model_close(m);
-    model_free(m);
-}
+void dsv_model_free(dsv_model *m) { model_free(m); }
 
 const dsv_config *dsv_model_config(const dsv_model *m) { return &m->cfg; }
 uint64_t dsv_model_weight_bytes(const dsv_model *m) { return m->weight_bytes; }

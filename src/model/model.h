@@ -7,7 +7,8 @@
 
 #include "dsv32.h"
 #include "kernels/ops.h"
-#include "dist/parallel.h"
+#include "coll.h"
+#include "format/shard.h"
 #include "format/safetensors.h"
 
 typedef struct dsv_expert {
@@ -40,13 +41,14 @@ typedef struct dsv_layer {
     dsv_expert shared;          /* shared_experts [n_shared*moe_inter]; absent if n_shared = 0 */
 } dsv_layer;
 
-/* In a model split across processes (parallel.h), every matrix below is this
+/* In a model split across processes (format/shard.h), every matrix below is this
  * rank's part: shapes in comments are the whole model's, cut as sh says. */
 struct dsv_model {
     dsv_config cfg;
     dsv_shard sh;               /* this rank's part (everything when not split) */
     int n_local_heads;          /* sh.head1 - sh.head0: the heads MLA computes here */
     int par_id;                 /* the leader's name for it, in a split model */
+    const dsv_coll *coll;       /* the collectives it was opened with (coll.h) */
     int *par_vocab;             /* [2][size]: every rank's first vocabulary row and count */
     dsv_st *st;
     const void *embed;          /* embed_tokens [vocab, dim] */

@@ -14,12 +14,12 @@
  * apart so that the weighted sum still adds them in index order. In a model
  * split across processes a rank adds only its experts and its part of the
  * shared experts, and the ranks' fp32 sums are summed before the bf16
- * rounding (parallel.h). */
+ * rounding (format/shard.h). */
 #include <math.h>
 #include <string.h>
 
 #include "context.h"
-#include "dist/parallel.h"
+#include "coll.h"
 #include "route.h"
 #include "base/util.h"
 
@@ -70,7 +70,7 @@ static void to_f32(dsv_context *ctx, void *a, long i0, long i1, int ith) {
 static void swiglu_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     (void)ctx; (void)ith;
     struct moe_args *p = a;
-    dsv_kern->swiglu(ctx->ex_h1 + i0 * p->n, ctx->ex_h1 + i0 * p->n, ctx->ex_h3 + i0 * p->n, (int)((i1 - i0) * p->n));
+    ctx->kern->swiglu(ctx->ex_h1 + i0 * p->n, ctx->ex_h1 + i0 * p->n, ctx->ex_h3 + i0 * p->n, (int)((i1 - i0) * p->n));
 }
 
 void dsv_mlp_forward(dsv_context *ctx, const dsv_expert *e, int inter, dsv_bf16 *out,
@@ -82,7 +82,7 @@ void dsv_mlp_forward(dsv_context *ctx, const dsv_expert *e, int inter, dsv_bf16 
     }
     dsv_lin(ctx, ctx->ex_h1, inter, x, &e->w1, m);
     dsv_lin(ctx, ctx->ex_h3, inter, x, &e->w3, m);
-    dsv_par_for(ctx, m, swiglu_rows, &a);
+    dsv_ctx_for(ctx, m, swiglu_rows, &a);
     dsv_lin(ctx, out, ctx->c->dim, ctx->ex_h1, &e->w2, m);
 }
 
@@ -102,14 +102,14 @@ static void scatter_add(dsv_context *ctx, void *a, long d0, long d1, int ith) {
     for (int i = 0; i < p->n; i++) {
         float *y = ctx->moe_y + (size_t)ctx->ex_rows[i] * D;
         const dsv_bf16 *o = ctx->ex_o + (size_t)i * D;
-        dsv_kern->axpy_bf16(y + d0, o + d0, ctx->ex_wts[i], (int)(d1 - d0));
+        ctx->kern->axpy_bf16(y + d0, o + d0, ctx->ex_wts[i], (int)(d1 - d0));
     }
 }
 
 static void add_shared(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     (void)ith; (void)a;
     /* weight 1: float(o) * 1 is float(o), so this is the plain add */
-    dsv_kern->axpy_bf16(ctx->moe_y + i0, ctx->ex_o + i0, 1.0f, (int)(i1 - i0));
+    ctx->kern->axpy_bf16(ctx->moe_y + i0, ctx->ex_o + i0, 1.0f, (int)(i1 - i0));
 }
 
 static void to_bf16(dsv_context *ctx, void *a, long i0, long i1, int ith) {
@@ -124,7 +124,7 @@ static void wave_sum(dsv_context *ctx, int n_exp, const int *n_rows) {
     for (int e = 0; e < n_exp; e++)
         for (int i = 0; i < n_rows[e]; i++) {
             const int k = e * DSV_LIN_SMALL + i;
-            dsv_kern->axpy_bf16(ctx->moe_y + (size_t)ctx->mw_rows[k] * D, ctx->mw_o + (size_t)k * D, ctx->mw_wts[k], D);
+            ctx->kern->axpy_bf16(ctx->moe_y + (size_t)ctx->mw_rows[k] * D, ctx->mw_o + (size_t)k * D, ctx->mw_wts[k], D);
         }
 }
 
@@ -151,7 +151,7 @@ static void wave(dsv_context *ctx, const dsv_bf16 *xn, const dsv_expert *const *
     dsv_lin_group(ctx, jobs, 2 * n);
     for (int e = 0; e < n; e++) {
         dsv_bf16 *h1 = ctx->mw_h1 + (size_t)e * DSV_LIN_SMALL * ew, *h3 = ctx->mw_h3 + (size_t)e * DSV_LIN_SMALL * ew;
-        dsv_kern->swiglu(h1, h1, h3, n_rows[e] * width[e]);
+        ctx->kern->swiglu(h1, h1, h3, n_rows[e] * width[e]);
         jobs[e] = (dsv_lin_job){.w = &ex[e]->w2, .m = n_rows[e], .y = ctx->mw_o + (size_t)e * DSV_LIN_SMALL * D,
                                 .ldy = D, .x = h1};
     }
@@ -202,7 +202,7 @@ static void moe_small(dsv_context *ctx, int il, const dsv_layer *ly, struct moe_
             n = 0;
         }
     }
-    dsv_par_sum_f32(ctx, ctx->moe_y, (size_t)T * D);
+    dsv_ctx_sum_f32(ctx, ctx->moe_y, (size_t)T * D);
     for (long i = 0; i < (long)T * D; i++) a->out[i] = dsv_f32_to_bf16(ctx->moe_y[i]);
 }
 
@@ -218,9 +218,9 @@ void dsv_moe_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn
         return;
     }
 
-    dsv_par_for(ctx, T, to_f32, (void *)xn);
+    dsv_ctx_for(ctx, T, to_f32, (void *)xn);
     dsv_lin_f32(ctx, ctx->gate_logits, ctx->xf, &ly->gate, T);
-    dsv_par_for(ctx, T, route_rows, &a);
+    dsv_ctx_for(ctx, T, route_rows, &a);
     dsv_dump_f32(ctx, "moe_gate_weights", il, T, K, ctx->gate_w);
     dsv_dump_i32(ctx, "moe_gate_indices", il, T, K, ctx->gate_i);
 
@@ -232,15 +232,15 @@ void dsv_moe_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn
                 if (ctx->gate_i[t * K + k] == e) { ctx->ex_rows[n] = t; ctx->ex_wts[n] = ctx->gate_w[t * K + k]; n++; }
         if (!n) continue;
         a.n = n;
-        dsv_par_for(ctx, n, gather_rows, &a);
+        dsv_ctx_for(ctx, n, gather_rows, &a);
         dsv_mlp_forward(ctx, &ly->experts[e], c->moe_inter_dim, ctx->ex_o, ctx->ex_x, n);
-        dsv_par_for(ctx, D, scatter_add, &a);
+        dsv_ctx_for(ctx, D, scatter_add, &a);
     }
     if (ly->shared.w1.n_out > 0) { /* this rank's hidden units of the shared experts */
         dsv_mlp_forward(ctx, &ly->shared, ly->shared.w1.n_out, ctx->ex_o, xn, T);
-        dsv_par_for(ctx, (long)T * D, add_shared, NULL);
+        dsv_ctx_for(ctx, (long)T * D, add_shared, NULL);
     }
-    dsv_par_sum_f32(ctx, ctx->moe_y, (size_t)T * D);
-    dsv_par_for(ctx, (long)T * D, to_bf16, &a);
+    dsv_ctx_sum_f32(ctx, ctx->moe_y, (size_t)T * D);
+    dsv_ctx_for(ctx, (long)T * D, to_bf16, &a);
     dsv_phase(ctx, prev);
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "train.h"
+#include "kernels/ops.h"
 
 void dsv_tr_gemm_ref(float *C, long ldc, const float *A, long asi, long ask, const float *B, long bsk,
                      long bsj, int M, int N, int K, int accumulate) {
@@ -33,11 +34,8 @@ static dsv_tr_gemm_fn chosen;
 dsv_tr_gemm_fn dsv_tr_gemm_select(void) {
     if (chosen) return chosen;
     dsv_tr_gemm_fn f = dsv_tr_gemm_ref;
-    const char *isa = getenv("DSV32_ISA");
 #if defined(__x86_64__)
-    if (!(isa && !strcmp(isa, "generic")) && __builtin_cpu_supports("avx512f")) f = dsv_tr_gemm_avx512;
-#else
-    (void)isa;
+    if (dsv_kernels_env_level() != DSV_KLEVEL_GENERIC && __builtin_cpu_supports("avx512f")) f = dsv_tr_gemm_avx512;
 #endif
     chosen = f;
     return f;
