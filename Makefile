@@ -60,7 +60,7 @@ endif
 $(OBJ) $(TEST_OBJ): CPPFLAGS += -Isrc
 $(OBJ): XCFLAGS += -fvisibility=hidden
 
-.PHONY: all test asan clean bench fuzz check-layers check-cycles
+.PHONY: all test asan clean bench fuzz fuzz-gguf check-layers check-cycles
 all: $(BUILD)/libdsv32.a $(BUILD)/dsv32
 
 # Flags live here, and an object built with other flags (say, before the
@@ -157,6 +157,13 @@ build-fuzz/fuzz_dsml: $(FUZZ_DSML_SRC) src/text/dsml.h src/text/text.h include/d
 	@mkdir -p $(dir $@)
 	clang -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -g -O1 -fsanitize=fuzzer,address,undefined $(WARN) \
 	    $(FUZZ_DSML_SRC) -o $@ -lcjson -lm
+# The same for the GGUF reader (tests/fuzz/fuzz_gguf.c).
+FUZZ_GGUF_SRC = tests/fuzz/fuzz_gguf.c src/format/gguf.c src/kernels/qtypes.c src/base/util.c
+fuzz-gguf: build-fuzz/fuzz_gguf
+build-fuzz/fuzz_gguf: $(FUZZ_GGUF_SRC) src/format/gguf.h src/base/util.h include/dsv32.h
+	@mkdir -p $(dir $@)
+	clang -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -g -O1 -fsanitize=fuzzer,address,undefined $(WARN) \
+	    $(FUZZ_GGUF_SRC) -o $@
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -45,6 +45,9 @@ typedef struct dsv_server_params {
      * "thinking" or chat_template_kwargs.thinking); 1 for V3.2-Speciale,
      * which only thinks. Default 0 */
     int thinking_default;
+    /* A top-k per layer (dsv_context_params.layer_topk; all 0: the model's,
+     * its config's dsa_topk_per_layer included). */
+    int layer_topk[DSV_MAX_TOPK_LAYERS];
 } dsv_server_params;
 
 /* The defaults: 127.0.0.1:8080, 4 parallel, n_batch 512, queue 64, body

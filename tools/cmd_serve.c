@@ -48,6 +48,7 @@ static void usage(FILE *f) {
             "                        (default: detected from the model directory)\n"
             "      --think           chat requests that do not say think by default; for\n"
             "                        V3.2-Speciale, which only thinks (default: off)\n"
+            "      --topk-file FILE  a top-k per layer (from dsv32 analyze --suggest -o)\n"
             "  -t, --threads N       compute threads (default: every core)\n"
             "  -v, --verbose         log the set-up and every request on stderr (default: off)\n"
             "  -h, --help            show this help\n",
@@ -73,6 +74,7 @@ static int parse_size(const char *opt, const char *s, int64_t *out) {
 
 int cmd_serve(int argc, char **argv) {
     dsv_server_params p = dsv_server_default_params();
+    const char *topk_file = NULL;
     p.api_key = getenv("DSV32_API_KEY");
     if (p.api_key && !p.api_key[0]) p.api_key = NULL;
     for (int i = 1; i < argc; i++) {
@@ -100,6 +102,7 @@ int cmd_serve(int argc, char **argv) {
             p.chat_format = v;
         }
         else if (!strcmp(a, "--think")) p.thinking_default = 1;
+        else if (!strcmp(a, "--topk-file")) { VALUE(); topk_file = v; }
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) p.verbose = 1;
         else { cli_fail(CMD, "unknown option '%s' (see dsv32 serve --help)", a); return 2; }
 #undef INT
@@ -110,6 +113,11 @@ int cmd_serve(int argc, char **argv) {
         return 2;
     }
     if (p.n_batch < p.n_parallel + 2) p.n_batch = p.n_parallel + 2;
+    if (topk_file) {
+        dsv_config c;
+        if (dsv_config_load(&c, p.model_dir)) return cli_fail(CMD, "%s", dsv_errmsg());
+        if (cli_topk_file(CMD, topk_file, c.n_layers, p.layer_topk)) return 1;
+    }
 
     sigset_t stop;
     sigemptyset(&stop);

@@ -123,6 +123,24 @@ int dsv_config_parse(dsv_config *cfg, const char *json, const char *name) {
     REQ("index_n_heads", index_n_heads);
     REQ("index_head_dim", index_head_dim);
     REQ("index_topk", index_topk);
+    {
+        /* A top-k per layer (written by `dsv32 analyze --suggest`). */
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(root, "dsa_topk_per_layer");
+        if (e && !cJSON_IsNull(e)) {
+            CHECK(cJSON_IsArray(e), "%s: field 'dsa_topk_per_layer' must be a list of integers", name);
+            const int n = cJSON_GetArraySize(e);
+            CHECK(n == c.n_layers && n <= DSV_MAX_TOPK_LAYERS,
+                  "%s: field 'dsa_topk_per_layer' has %d values for %d layers (at most %d supported)", name, n,
+                  c.n_layers, DSV_MAX_TOPK_LAYERS);
+            for (int i = 0; i < n; i++) {
+                const cJSON *v = cJSON_GetArrayItem(e, i);
+                CHECK(cJSON_IsNumber(v) && v->valuedouble == floor(v->valuedouble) && v->valuedouble >= 1 &&
+                          v->valuedouble <= (double)(1 << 30),
+                      "%s: field 'dsa_topk_per_layer' value %d must be an integer in [1, 2^30]", name, i);
+                c.index_topk_layer[i] = (int)v->valuedouble;
+            }
+        }
+    }
     OPT("max_position_embeddings", max_position_embeddings, 0);
     OPT("num_nextn_predict_layers", n_mtp_layers, 0);
     OPT("bos_token_id", bos_id, 0);
