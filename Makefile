@@ -105,13 +105,20 @@ $(BUILD)/dsv32: $(TOOL_OBJ) $(BUILD)/libdsv32.a
 $(BUILD)/run_tests: $(TEST_OBJ) $(BUILD)/libdsv32.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TEST_OBJ) $(BUILD)/libdsv32.a $(LDLIBS)
 
-# Tests that drive the command line find the binary through DSV32_BIN. The
-# structure checks run first; a violation fails the tests.
-test: $(BUILD)/run_tests $(BUILD)/dsv32
+# The test build of the binary: build/dsv32 plus tests/hooks/ (a server hook
+# that makes a chat request get a chosen completion). Never installed.
+HOOK_OBJ = $(BUILD)/tests/hooks/forced_completion.o
+$(BUILD)/dsv32-test: $(TOOL_OBJ) $(HOOK_OBJ) $(BUILD)/libdsv32.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(HOOK_OBJ) $(BUILD)/libdsv32.a $(LDLIBS)
+
+# Tests that drive the command line find the binary through DSV32_BIN (and
+# the test build through DSV32_TEST_BIN). The structure checks run first; a
+# violation fails the tests.
+test: $(BUILD)/run_tests $(BUILD)/dsv32 $(BUILD)/dsv32-test
 	@tools/check-symbols.sh $(OBJ)
 	@tools/check-layers.sh
 	@tools/check-cycles.sh $(OBJ)
-	DSV32_BIN=$(BUILD)/dsv32 $(BUILD)/run_tests $(T)
+	DSV32_BIN=$(BUILD)/dsv32 DSV32_TEST_BIN=$(BUILD)/dsv32-test $(BUILD)/run_tests $(T)
 
 # The soak and fault test of the server (tests/server/soak.js): concurrent
 # streaming clients on the embedded model, disconnects, bad requests, a 64 MB
@@ -147,7 +154,7 @@ bench: $(BUILD)/dsv32
 # that once crashed it tests/data/fuzz/NAME/ (replayed first). To add one,
 # write the file and add NAME here. `make fuzz` runs each for FUZZ_SECONDS
 # under ASan+UBSan (tools/fuzz.sh); `make fuzz-build` only builds them.
-FUZZ_TARGETS = safetensors config tokenizer chat_render chat_parse server_api gguf
+FUZZ_TARGETS = safetensors config tokenizer chat_render chat_parse server_api gguf dsml
 FUZZ_SECONDS ?= 30
 FUZZ_CFLAGS  = -O1 -g $(ASAN_FLAGS)
 FUZZ_LDLIBS  = -lpcre2-8 -lcjson -lmicrohttpd -lpthread -lm
@@ -171,7 +178,7 @@ build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h build-fuzz/libdsv32.a
 clean:
 	rm -rf build build-asan build-fuzz
 
--include $(OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+-include $(OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(HOOK_OBJ:.o=.d)
 
 # The embedded tiny model (models/tiny), end to end: corpus from Debian's
 # bible-kjv (installed with apt when missing), BPE, the three training stages,

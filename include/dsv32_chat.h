@@ -1,6 +1,11 @@
-/* dsv32_chat.h: the DeepSeek-V3.2-Exp chat format. Renders a conversation to
- * the prompt string the model expects, and parses what the model generates
- * back into reasoning, content and tool calls (one-shot or streaming).
+/* dsv32_chat.h: the chat formats. Renders a conversation to the prompt string
+ * the model expects, and parses what the model generates back into reasoning,
+ * content and tool calls (one-shot or streaming).
+ *
+ * Two formats, in a table (dsv_chat_format_*, at the end of this file):
+ * "deepseek-v3.2-exp" (the V3.1-style template of V3.2-Exp; the dsv_chat_*
+ * functions without a format argument are this one) and "deepseek-v3.2" (the
+ * DSML format of DeepSeek-V3.2 and V3.2-Speciale, shared/tokenizer/v32/).
  *
  * The format is specified in shared/spec/chat-format.md; the Jinja template in
  * tokenizer_config.json is the ground truth and the renderer reproduces it byte
@@ -208,6 +213,63 @@ DSV_API int dsv_chat_stream_finish(dsv_chat_stream *s, dsv_chat_event_fn fn, voi
 /* The result, once dsv_chat_stream_finish() has succeeded; NULL before.
  * Owned by s; valid until dsv_chat_stream_free(). */
 DSV_API const dsv_chat_result *dsv_chat_stream_result(const dsv_chat_stream *s);
+
+/* ---- The format table ---------------------------------------------------- */
+
+/* One chat format: its name and its render, parse and stream-parse. A NULL
+ * format in the functions below means deepseek-v3.2-exp. */
+typedef struct dsv_chat_format dsv_chat_format;
+
+/* The format called name ("deepseek-v3.2-exp" or "deepseek-v3.2"), or NULL
+ * with an error message that lists the known names. */
+DSV_API const dsv_chat_format *dsv_chat_format_find(const char *name);
+DSV_API const char *dsv_chat_format_name(const dsv_chat_format *f);
+/* "deepseek-v3.2-exp, deepseek-v3.2": for usage texts and errors. */
+DSV_API const char *dsv_chat_format_list(void);
+
+/* The format of a model directory (or of the directory holding a
+ * tokenizer.json path): a "chat_template" in tokenizer_config.json means
+ * deepseek-v3.2-exp; none, with "model_type": "deepseek_v32" in config.json,
+ * means deepseek-v3.2. Anything else (no config at all, another model type)
+ * is deepseek-v3.2-exp, today's behaviour. Fails only on a file that exists
+ * but is not valid JSON (DSV_ERR_FORMAT, naming the file). */
+DSV_API int dsv_chat_format_detect(const char *model_path, const dsv_chat_format **out);
+
+/* dsv_chat_render_json in format f. For deepseek-v3.2 the request may also
+ * carry "thinking_mode": "chat"|"thinking" and "response_format"; messages
+ * may have the role "developer", and "tools" / "response_format" inside a
+ * system or developer message; request-level tools and response_format
+ * attach to the first system message (or to a new empty one at index 0);
+ * an assistant's "reasoning_content" (or "reasoning") is rendered when it
+ * follows the last user message in thinking mode; add_generation_prompt is
+ * ignored (a user turn always ends with the assistant prefix). */
+DSV_API int dsv_chat_format_render_json(const dsv_chat_format *f, const char *json, size_t len, int thinking,
+                                int add_generation_prompt, char **out_text);
+
+/* dsv_chat_parse in format f. For deepseek-v3.2: reasoning runs to the
+ * first "</think>" (thinking mode); content runs to the EOS string or to
+ * "\n\n<｜DSML｜function_calls>"; a block of invokes follows, each a call
+ * once it has parsed up to its "</｜DSML｜invoke>" (arguments: a JSON object
+ * text as json.dumps(ensure_ascii=False) writes it; string="true" values as
+ * strings, the others parsed as JSON). Markup that does not parse (a cut or
+ * broken invoke, a bad attribute, a value that is not JSON, a duplicate
+ * parameter) is content, byte for byte, and so is anything after the EOS
+ * string. Calls are always complete (complete = 1). */
+DSV_API int dsv_chat_format_parse(const dsv_chat_format *f, const char *text, size_t len, int thinking,
+                          dsv_chat_result *out);
+
+/* dsv_chat_stream_init in format f. The events are the same for both
+ * formats; for deepseek-v3.2 a call's TOOL_BEGIN, TOOL_ARGS (one piece a
+ * parameter) and TOOL_END come together once its invoke has parsed, and
+ * until then its bytes are held. */
+DSV_API int dsv_chat_format_stream_init(const dsv_chat_format *f, dsv_chat_stream **out, int thinking);
+
+/* The markup of an answer that is one call to the tool `name` in format f,
+ * around its arguments: what constrained decoding forces for tool_choice
+ * "required" or a named function. *prefix and *suffix are malloc'd (the
+ * caller frees them); *dsml is 1 when the arguments are DSML parameters
+ * (deepseek-v3.2), 0 when they are a JSON object (deepseek-v3.2-exp). */
+DSV_API int dsv_chat_format_call_markup(const dsv_chat_format *f, const char *name, char **prefix, char **suffix, int *dsml);
 
 #ifdef __cplusplus
 }

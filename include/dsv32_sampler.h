@@ -44,6 +44,21 @@ typedef struct dsv_logit_bias {
     float bias; /* added to the logit; -INFINITY bans the token, +INFINITY forces it */
 } dsv_logit_bias;
 
+/* A constraint on the tokens that may come next (structured output: a JSON
+ * or JSON-Schema matcher, a forced tool call). The sampler asks it before
+ * step 1 of every draw and tells it every token kept, so whichever loop owns
+ * the sampler applies it without knowing about it. */
+typedef struct dsv_token_constraint {
+    /* Sets bit id (allowed[id / 32] >> (id % 32) & 1) for every token that
+     * may come next; allowed has (n_vocab + 31) / 32 words, zeroed by the
+     * sampler. Returns DSV_OK, or an error status (with dsv_error). */
+    int (*allowed)(void *user, uint32_t *allowed);
+    /* The token kept (dsv_sampler_accept). DSV_OK, or an error status when
+     * the constraint cannot take it. */
+    int (*accept)(void *user, int32_t id);
+    void *user;
+} dsv_token_constraint;
+
 typedef struct dsv_sampler_params {
     float temperature;        /* >= 0; 0 = greedy. Default 1 */
     int32_t top_k;            /* >= 0; 0 = off. Default 0 */
@@ -63,6 +78,10 @@ typedef struct dsv_sampler_params {
     const dsv_logit_bias *logit_bias; /* copied by init; repeated ids add up */
     int32_t n_logit_bias;
     uint64_t seed; /* Default DSV_SEED_RANDOM */
+    /* Borrowed, must outlive the sampler; NULL = none. Tokens it does not
+     * allow are banned before the bias (a +INFINITY bias cannot bring one
+     * back). Default NULL */
+    const dsv_token_constraint *constraint;
 } dsv_sampler_params;
 
 /* The defaults listed above: sampling from the model's own distribution. */

@@ -50,6 +50,13 @@ typedef struct dsv_server_params {
     const char *api_key;    /* NULL: no authentication; else every endpoint but /health and the
                                chat page needs "Authorization: Bearer KEY" */
     int verbose;            /* log the set-up and each request on stderr */
+    /* The chat format (a name from dsv_chat_format_list()); NULL: detected
+     * from the model directory (dsv_chat_format_detect). */
+    const char *chat_format;
+    /* The thinking mode of a chat request that does not choose one (with
+     * "thinking" or chat_template_kwargs.thinking); 1 for V3.2-Speciale,
+     * which only thinks. Default 0 */
+    int thinking_default;
     /* A top-k per layer (dsv_context_params.layer_topk; all 0: the model's,
      * its config's dsa_topk_per_layer included). */
     int layer_topk[DSV_MAX_TOPK_LAYERS];

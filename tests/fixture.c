@@ -135,7 +135,10 @@ static void write_tokenizer(const char *dir, const struct vocab *v) {
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     f = fopen(path, "w");
     REQUIRE(f);
-    fprintf(f, "{\"add_bos_token\":true,\"bos_token\":\"%s\",\"eos_token\":\"%s\"}\n", specials[0], specials[1]);
+    /* A chat_template marks a V3.2-Exp model (dsv_chat_format_detect); the
+     * fixtures speak its format (their vocabulary has its tool markers). */
+    fprintf(f, "{\"add_bos_token\":true,\"bos_token\":\"%s\",\"eos_token\":\"%s\",\"chat_template\":\"%s\"}\n",
+            specials[0], specials[1], "(the DeepSeek-V3.2-Exp template)");
     REQUIRE(fclose(f) == 0);
 }
 

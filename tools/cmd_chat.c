@@ -29,13 +29,19 @@ static void usage(void) {
            "conversation, /exit (or end of input) quits.\n"
            "\n"
            "  --system TEXT      system prompt (default: none)\n"
-           "  --think            thinking mode: the model reasons first (shown dimmed)\n"
+           "  --think            thinking mode: the model reasons first (shown dimmed);\n"
+           "                     V3.2-Speciale only thinks: run it with --think\n"
+           "  --chat-format F    the chat format: %s\n"
+           "                     (default: detected from the model directory)\n"
            "  --input-file F     answer the prompts of F (separated by blank lines) as one\n"
            "                     batch of single-turn chats, printed in input order\n"
            "%s"
            "  -h, --help         this help\n",
-           gen_opts_help);
+           dsv_chat_format_list(), gen_opts_help);
 }
+
+/* The chat format of this run (detected, or --chat-format). */
+static const dsv_chat_format *chat_fmt;
 
 struct printer {
     int tty, in_reasoning;
@@ -92,7 +98,7 @@ static void emit_buf(void *user, int32_t id, const char *text, size_t len) {
 /* Renders messages and encodes the prompt (the template writes BOS itself). */
 static int render(gen *g, cJSON *msgs, int think, int32_t **ids, int *n) {
     char *json = cJSON_PrintUnformatted(msgs), *text = NULL;
-    int rc = !json || dsv_chat_render_json(json, strlen(json), think, 1, &text);
+    int rc = !json || dsv_chat_format_render_json(chat_fmt, json, strlen(json), think, 1, &text);
     if (rc) cli_fail(g->cmd, "%s", json ? dsv_errmsg() : "out of memory");
     else rc = gen_encode(g, text, ids, n);
     free(json);
@@ -180,7 +186,7 @@ static int interactive(gen *g, const char *system, int think) {
         dsv_gen_slot *slot = NULL;
         rc = gen_slot(g, &slot, 0, ids, n, keep);
         free(ids);
-        if (!rc && dsv_chat_stream_init(&pr.ps, think)) rc = cli_fail(g->cmd, "%s", dsv_errmsg());
+        if (!rc && dsv_chat_format_stream_init(chat_fmt, &pr.ps, think)) rc = cli_fail(g->cmd, "%s", dsv_errmsg());
         if (!rc) {
             void *user = &pr;
             rc = gen_run(g, 1, &slot, emit_parser, &user);
@@ -226,7 +232,7 @@ static int batch(gen *g, char **prompts, int n, const char *system, int think) {
         dsv_chat_result r;
         const char *text = outs[i].p ? outs[i].p : "";
         printf("Prompt: %s\n", prompts[i]);
-        if (dsv_chat_parse(text, strlen(text), think, &r) == DSV_OK) {
+        if (dsv_chat_format_parse(chat_fmt, text, strlen(text), think, &r) == DSV_OK) {
             if (r.reasoning && *r.reasoning) printf("Reasoning: %s\n", r.reasoning);
             printf("Answer: %s\n\n", r.content ? r.content : "");
             dsv_chat_result_free(&r);
@@ -244,7 +250,7 @@ static int batch(gen *g, char **prompts, int n, const char *system, int think) {
 }
 
 int cmd_chat(int argc, char **argv) {
-    const char *cmd = "chat", *system = NULL, *input = NULL;
+    const char *cmd = "chat", *system = NULL, *input = NULL, *fmt_name = NULL;
     int think = 0;
     gen_opts o;
     gen_default_opts(&o);
@@ -257,8 +263,14 @@ int cmd_chat(int argc, char **argv) {
         if (!strcmp(a, "--think")) think = 1;
         else if (!strcmp(a, "--system")) { if (!(system = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--input-file")) { if (!(input = cli_value(cmd, argc, argv, &i))) return 1; }
+        else if (!strcmp(a, "--chat-format")) {
+            if (!(fmt_name = cli_value(cmd, argc, argv, &i))) return 1;
+            if (!dsv_chat_format_find(fmt_name)) { cli_fail(cmd, "%s", dsv_errmsg()); return 2; }
+        }
         else return cli_fail(cmd, "unknown option '%s' (see dsv32 chat --help)", a);
     }
+    if (fmt_name) chat_fmt = dsv_chat_format_find(fmt_name);
+    else if (o.model && dsv_chat_format_detect(o.model, &chat_fmt)) return cli_fail(cmd, "%s", dsv_errmsg());
     char **prompts = NULL;
     int n = 1;
     if (input && read_prompt_file(cmd, input, &prompts, &n)) return 1;

@@ -13,6 +13,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "dsv32_chat.h"
 #include "dsv32_server.h"
 
 static const char *CMD = "serve";
@@ -57,12 +58,17 @@ static void usage(FILE *f) {
             "                        /health and the chat page (default: $DSV32_API_KEY if set,\n"
             "                        else none)\n"
             "      --alias NAME      model id in the API (default: the directory's name)\n"
+            "      --chat-format F   the chat format: %s\n"
+            "                        (default: detected from the model directory)\n"
+            "      --think           chat requests that do not say think by default; for\n"
+            "                        V3.2-Speciale, which only thinks (default: off)\n"
             "      --topk-file FILE  a top-k per layer (from dsv32 analyze --suggest -o)\n"
             "  -t, --threads N       compute threads (default: every core)\n"
             "  -v, --verbose         log the set-up and every request on stderr (default: off)\n"
             "  -h, --help            show this help\n",
             d.host, d.port, d.n_parallel, d.n_batch, d.max_queue, d.max_body >> 20, d.discard_max >> 20,
-            d.discard_timeout, d.conn_limit, d.conn_per_client, d.idle_timeout, d.header_timeout, d.body_timeout);
+            d.discard_timeout, d.conn_limit, d.conn_per_client, d.idle_timeout, d.header_timeout, d.body_timeout,
+            dsv_chat_format_list());
 }
 
 /* "123", "64K", "512M", "2G" (powers of 1024). */
@@ -115,6 +121,12 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--body-timeout")) INT(1, 86400, p.body_timeout);
         else if (!strcmp(a, "--api-key")) { VALUE(); p.api_key = v; }
         else if (!strcmp(a, "--alias")) { VALUE(); p.alias = v; }
+        else if (!strcmp(a, "--chat-format")) {
+            VALUE();
+            if (!dsv_chat_format_find(v)) { cli_fail(CMD, "%s", dsv_errmsg()); return 2; }
+            p.chat_format = v;
+        }
+        else if (!strcmp(a, "--think")) p.thinking_default = 1;
         else if (!strcmp(a, "--topk-file")) { VALUE(); topk_file = v; }
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) p.verbose = 1;
         else { cli_fail(CMD, "unknown option '%s' (see dsv32 serve --help)", a); return 2; }

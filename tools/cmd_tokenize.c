@@ -6,6 +6,7 @@
  * Errors are one line on stderr, "dsv32 <command>: <reason>", and exit status
  * 1 (2 for bad usage). Output is flushed and checked, so a full disk or a
  * closed pipe is an error too. */
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +16,6 @@
 #include "commands.h"
 #include "dsv32_chat.h"
 #include "dsv32_tokenizer.h"
-#include "dsv32_util.h"
 #include "dsv32_util.h"
 
 #define BENCH_TIME_DEFAULT 1.0
@@ -47,14 +47,17 @@ static void tokenize_usage(FILE *f) {
             "                       write {\"ids\":[...]} per line (default: off; read all of\n"
             "                       stdin as one text and write its ids comma-separated)\n"
             "      --chat           read one JSON object per line {\"messages\":[...],\n"
-            "                       \"thinking\":bool, \"add_generation_prompt\":bool, \"tools\":[...]}\n"
+            "                       \"thinking\":bool (or \"thinking_mode\":\"chat\"|\"thinking\"),\n"
+            "                       \"add_generation_prompt\":bool, \"tools\":[...]}\n"
             "                       and write {\"text\":\"<rendered prompt>\",\"ids\":[...]} per line;\n"
-            "                       the V3.2 chat template renders BOS itself (default: off)\n"
+            "                       the chat format renders BOS itself (default: off)\n"
+            "      --chat-format F  the chat format for --chat: %s\n"
+            "                       (default: detected from the model directory)\n"
             "      --bench FILE     encode FILE repeatedly and print MB/s and tokens/s\n"
             "                       (default: off)\n"
             "      --bench-time S   measure for at least S seconds (default: %g)\n"
             "  -h, --help           show this help\n",
-            BENCH_TIME_DEFAULT);
+            dsv_chat_format_list(), BENCH_TIME_DEFAULT);
 }
 
 /* Encodes text into *ids, growing it as needed (dsv_tokenize never needs
@@ -115,9 +118,19 @@ static int tokenize_jsonl(const dsv_tokenizer *tok) {
     return finish_output("tokenize");
 }
 
-/* One conversation per line: render with the V3.2 template, then encode the
+/* The thinking default of a --chat line: "thinking_mode" (the V3.2
+ * encoder's own switch) when present; the format reads "thinking" itself. */
+static int line_thinking(const char *line, size_t len) {
+    cJSON *root = cJSON_ParseWithLength(line, len);
+    const cJSON *mode = cJSON_GetObjectItemCaseSensitive(root, "thinking_mode");
+    int thinking = cJSON_IsString(mode) && !strcmp(mode->valuestring, "thinking");
+    cJSON_Delete(root);
+    return thinking;
+}
+
+/* One conversation per line: render in the chat format, then encode the
  * rendered text as it stands (it starts with the BOS string itself). */
-static int tokenize_chat(const dsv_tokenizer *tok) {
+static int tokenize_chat(const dsv_tokenizer *tok, const dsv_chat_format *fmt) {
     char *line = NULL, *text = NULL;
     size_t line_cap = 0, cap = 0, n;
     int32_t *ids = NULL;
@@ -125,7 +138,7 @@ static int tokenize_chat(const dsv_tokenizer *tok) {
     ssize_t got;
     for (long no = 1; rc == 0 && (got = getline(&line, &line_cap, stdin)) >= 0; no++) {
         if (strspn(line, " \t\r\n") == (size_t)got) continue;
-        rc = dsv_chat_render_json(line, (size_t)got, 0, 1, &text);
+        rc = dsv_chat_format_render_json(fmt, line, (size_t)got, line_thinking(line, (size_t)got), 1, &text);
         if (rc == DSV_OK) rc = encode(tok, text, strlen(text), &ids, &cap, &n);
         if (rc) {
             dsv_error_prefix(rc, "stdin line %ld", no);
@@ -174,7 +187,7 @@ static int tokenize_bench(const dsv_tokenizer *tok, const char *path, double min
 }
 
 int cmd_tokenize(int argc, char **argv) {
-    const char *model = NULL, *bench = NULL;
+    const char *model = NULL, *bench = NULL, *fmt_name = NULL;
     enum tokenize_mode mode = MODE_TEXT;
     double bench_time = BENCH_TIME_DEFAULT;
     for (int i = 1; i < argc; i++) {
@@ -188,6 +201,12 @@ int cmd_tokenize(int argc, char **argv) {
             mode = MODE_JSONL;
         } else if (!strcmp(a, "--chat")) {
             mode = MODE_CHAT;
+        } else if (!strcmp(a, "--chat-format") && i + 1 < argc) {
+            fmt_name = argv[++i];
+            if (!dsv_chat_format_find(fmt_name)) {
+                cli_fail("tokenize", "%s", dsv_errmsg());
+                return 2;
+            }
         } else if (!strcmp(a, "--bench") && i + 1 < argc) {
             mode = MODE_BENCH;
             bench = argv[++i];
@@ -207,6 +226,9 @@ int cmd_tokenize(int argc, char **argv) {
         cli_fail("tokenize", "-m MODEL is required (see dsv32 tokenize --help)");
         return 2;
     }
+    const dsv_chat_format *fmt = fmt_name ? dsv_chat_format_find(fmt_name) : NULL;
+    if (mode == MODE_CHAT && !fmt && dsv_chat_format_detect(model, &fmt))
+        return cli_fail("tokenize", "%s", dsv_errmsg());
     dsv_tokenizer *tok;
     double t0 = dsv_time();
     if (dsv_tokenizer_open(&tok, model)) return cli_fail("tokenize", "%s", dsv_errmsg());
@@ -214,7 +236,7 @@ int cmd_tokenize(int argc, char **argv) {
     int rc;
     switch (mode) {
     case MODE_JSONL: rc = tokenize_jsonl(tok); break;
-    case MODE_CHAT: rc = tokenize_chat(tok); break;
+    case MODE_CHAT: rc = tokenize_chat(tok, fmt); break;
     case MODE_BENCH: rc = tokenize_bench(tok, bench, bench_time, load_s); break;
     default: rc = tokenize_text(tok); break;
     }

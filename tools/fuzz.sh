@@ -4,7 +4,8 @@
 #   1. replays every input in tests/data/fuzz/NAME/ (inputs that once crashed
 #      the target; each must pass now),
 #   2. fuzzes for FUZZ_SECONDS (default 30) from the seeds in
-#      tests/fuzz/seeds/NAME/, keeping the corpus in build-fuzz/corpus/NAME/.
+#      tests/fuzz/seeds/NAME/ (with the dictionary tests/fuzz/seeds/NAME.dict
+#      when there is one), keeping the corpus in build-fuzz/corpus/NAME/.
 # A crash is saved as build-fuzz/crash/NAME-crash-<hash>: fix the bug, then
 # copy the input into tests/data/fuzz/NAME/ so it is replayed from then on.
 # Prints one line per target (executions, coverage, result); exits 1 if any
@@ -28,7 +29,10 @@ for t in "$@"; do
         fi
     fi
     mkdir -p "build-fuzz/corpus/$t"
-    "$bin" -max_total_time="$SECONDS_EACH" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
+    dict=""
+    [ -f "tests/fuzz/seeds/$t.dict" ] && dict="-dict=tests/fuzz/seeds/$t.dict"
+    # shellcheck disable=SC2086
+    "$bin" $dict -max_total_time="$SECONDS_EACH" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="build-fuzz/crash/$t-" "build-fuzz/corpus/$t" "tests/fuzz/seeds/$t" > "$log" 2>&1
     rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

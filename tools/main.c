@@ -21,6 +21,7 @@ static const struct command commands[] = {
     {"chat", "chat in the terminal (the V3.2 chat format)", cmd_chat},
     {"tokenize", "text to token ids", cmd_tokenize},
     {"detokenize", "token ids to text", cmd_detokenize},
+    {"parse", "model output to reasoning, content and tool calls (the chat format's parser)", cmd_parse},
     {"logits", "conformance: logits (and intermediates) of a fixed token sequence", cmd_logits},
     {"ppl", "perplexity of a text file in windows of the context size", cmd_ppl},
     {"analyze", "what the indexer's top-k keeps of dense attention on a text, per layer and k", cmd_analyze},

@@ -249,30 +249,153 @@ static int tokenize(dsv_server *S, const char *text, size_t len, int add_bos, sr
     return 0;
 }
 
+/* ---- Structured output ---------------------------------------------------- */
+
+/* What a chat request asks to constrain: a JSON answer (response_format
+ * json_object or json_schema) or a call (tool_choice "required" or named). */
+struct structured {
+    const cJSON *rf;      /* the response_format to render (NULL: text) */
+    const cJSON *schema;  /* json_schema's schema; NULL with json: any object */
+    int json;             /* 1: the answer is JSON */
+    int call;             /* 1: the answer is a call */
+    const char *name;     /* call: the named function (NULL: any of the tools) */
+};
+
+/* Test builds only: the answer a chat request must get (tests/hooks/
+ * forced_completion.c defines it for build/dsv32-test; the shipped binary
+ * has no definition, so the weak reference is NULL and nothing happens). */
+extern const char *srv_test_forced_completion(const cJSON *request) __attribute__((weak));
+
+static int structured_parse(const cJSON *root, const cJSON **tools, struct structured *so, srv_error *e) {
+    const cJSON *choice = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
+    if (!absent(choice)) {
+        if (cJSON_IsString(choice) && !strcmp(choice->valuestring, "none")) {
+            *tools = NULL;
+        } else if (cJSON_IsString(choice) && !strcmp(choice->valuestring, "required")) {
+            so->call = 1;
+        } else if (cJSON_IsObject(choice)) {
+            const cJSON *fn = cJSON_GetObjectItemCaseSensitive(choice, "function");
+            const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
+            if (!cJSON_IsString(name))
+                return BAD(e, "tool_choice", "'tool_choice' must be \"none\", \"auto\", \"required\" or "
+                                             "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+            so->call = 1;
+            so->name = name->valuestring;
+        } else if (!cJSON_IsString(choice) || strcmp(choice->valuestring, "auto")) {
+            return BAD(e, "tool_choice", "'tool_choice' must be \"none\", \"auto\", \"required\" or a named function");
+        }
+        if (so->call && (!cJSON_IsArray(*tools) || !(*tools)->child))
+            return BAD(e, "tool_choice", "tool_choice \"%s\" needs 'tools'", so->name ? so->name : "required");
+    }
+    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
+    if (absent(rf)) return 0;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(rf, "type");
+    if (!cJSON_IsObject(rf) || !cJSON_IsString(type))
+        return BAD(e, "response_format", "'response_format' must be an object with a 'type'");
+    if (!strcmp(type->valuestring, "text")) return 0;
+    if (!strcmp(type->valuestring, "json_object")) {
+        so->json = 1;
+    } else if (!strcmp(type->valuestring, "json_schema")) {
+        const cJSON *js = cJSON_GetObjectItemCaseSensitive(rf, "json_schema");
+        so->schema = cJSON_GetObjectItemCaseSensitive(js, "schema");
+        if (!cJSON_IsObject(so->schema))
+            return BAD(e, "response_format", "'response_format.json_schema.schema' must be an object");
+        if (dsv_grammar_check_schema(so->schema)) return BAD(e, "response_format", "response_format: %s", dsv_errmsg());
+        so->json = 1;
+    } else {
+        return BAD(e, "response_format", "'response_format.type' must be \"text\", \"json_object\" or \"json_schema\"");
+    }
+    if (so->call) return BAD(e, "response_format", "a JSON response_format cannot be combined with a forced tool call");
+    so->rf = rf;
+    return 0;
+}
+
+static void grammar_free(void *g) { dsv_grammar_free(g); }
+
+/* The branches of a forced call: one per allowed tool. Returns the count,
+ * or -1 with e filled. owned[] gets the markup strings to free. */
+static int call_branches(dsv_server *S, const cJSON *tools, const char *only, dsv_grammar_branch *br, char **owned,
+                         int *n_owned, srv_error *e) {
+    int n = 0, k = 0;
+    for (const cJSON *t = tools->child; t; t = t->next, k++) {
+        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(t, "function");
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
+        const cJSON *params = cJSON_GetObjectItemCaseSensitive(fn, "parameters");
+        if (!cJSON_IsString(name)) return BAD(e, "tools", "tools[%d].function.name: expected a string", k);
+        if (only && strcmp(only, name->valuestring)) continue;
+        if (n == 16) return BAD(e, "tool_choice", "tool_choice \"required\" supports at most 16 tools");
+        char *pre, *suf;
+        int dsml;
+        if (dsv_chat_format_call_markup(S->fmt, name->valuestring, &pre, &suf, &dsml))
+            return srv_fail(e, 500, "server_error", NULL, NULL, "%s", dsv_errmsg());
+        owned[(*n_owned)++] = pre;
+        owned[(*n_owned)++] = suf;
+        br[n++] = (dsv_grammar_branch){.prefix = pre, .suffix = suf, .schema = cJSON_IsObject(params) ? params : NULL,
+                                       .dsml = dsml};
+    }
+    if (!n) return BAD(e, "tool_choice", "tool_choice names \"%s\", which is not in 'tools'", only ? only : "");
+    return n;
+}
+
+/* Puts the constraint on the request: a forced completion (test builds),
+ * a JSON answer or a call. In thinking mode the reasoning is free up to
+ * "</think>". Returns 0, or -1 with e filled. */
+static int structured_install(dsv_server *S, const cJSON *root, const cJSON *tools, const struct structured *so,
+                              int thinking, srv_req *r, srv_error *e) {
+    dsv_grammar *g = NULL;
+    const char *forced = srv_test_forced_completion ? srv_test_forced_completion(root) : NULL;
+    if (forced) {
+        size_t len = strlen(forced), n = 0;
+        int32_t *ids = malloc((len + 1) * sizeof *ids);
+        int st = !ids ? dsv_error(DSV_ERR_NOMEM, "out of memory") : dsv_tokenize(S->tok, forced, len, ids, len + 1, &n);
+        if (!st) st = dsv_grammar_forced(&g, ids, (int)n, dsv_gen_eos(srv_sched_gen(S->sched)));
+        free(ids);
+        if (st) return srv_fail(e, 500, "server_error", NULL, NULL, "%s", dsv_errmsg());
+    } else if (so->json || so->call) {
+        dsv_grammar_branch br[16];
+        char *owned[32];
+        int n_br = 1, n_owned = 0;
+        if (so->json) br[0] = (dsv_grammar_branch){.schema = so->schema};
+        else n_br = call_branches(S, tools, so->name, br, owned, &n_owned, e);
+        int failed = n_br < 0;
+        if (!failed) {
+            dsv_grammar_json_opts o = {.branches = br, .n_branches = n_br, .until = thinking ? "</think>" : NULL,
+                                       .eos = dsv_gen_eos(srv_sched_gen(S->sched))};
+            if (dsv_grammar_json(&g, S->vi, &o)) {
+                BAD(e, so->json ? "response_format" : "tools", "%s", dsv_errmsg());
+                failed = 1;
+            }
+        }
+        for (int i = 0; i < n_owned; i++) free(owned[i]);
+        if (failed) return -1;
+    } else {
+        return 0;
+    }
+    r->constraint_owner = g;
+    r->constraint_free = grammar_free;
+    r->sampling.constraint = dsv_grammar_constraint(g);
+    return 0;
+}
+
 /* Chat: messages (+ tools) rendered to the prompt text, then tokenized. */
 static int chat_prompt(dsv_server *S, const cJSON *root, srv_gen *g, srv_error *e) {
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
     if (!cJSON_IsArray(msgs)) return BAD(e, "messages", "'messages' must be an array of messages");
     if (!msgs->child) return BAD(e, "messages", "'messages' must not be empty");
     const cJSON *tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
-    const cJSON *choice = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
-    if (!absent(choice)) {
-        if (!cJSON_IsString(choice) && !cJSON_IsObject(choice))
-            return BAD(e, "tool_choice", "'tool_choice' must be a string or an object");
-        if (cJSON_IsString(choice) && !strcmp(choice->valuestring, "none")) tools = NULL;
-        else if (!cJSON_IsString(choice) || strcmp(choice->valuestring, "auto"))
-            return BAD(e, "tool_choice", "only tool_choice \"auto\" and \"none\" are supported "
-                                         "(decoding is not constrained to force a call)");
-    }
-    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
-    if (!absent(rf)) {
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(rf, "type");
-        if (!cJSON_IsObject(rf) || !cJSON_IsString(type) || strcmp(type->valuestring, "text"))
-            return BAD(e, "response_format", "only response_format {\"type\": \"text\"} is supported");
-    }
-    int thinking = 0;
+    struct structured so = {0};
+    if (structured_parse(root, &tools, &so, e)) return -1;
+    const cJSON *rf = so.rf;
+    int thinking = S->p.thinking_default;
     const cJSON *kw = cJSON_GetObjectItemCaseSensitive(root, "chat_template_kwargs");
     if (get_bool(root, "thinking", &thinking, e)) return -1;
+    /* DeepSeek's encoder's own switch, accepted as well. */
+    const cJSON *mode = cJSON_GetObjectItemCaseSensitive(root, "thinking_mode");
+    if (!absent(mode)) {
+        if (!cJSON_IsString(mode) || (strcmp(mode->valuestring, "chat") && strcmp(mode->valuestring, "thinking")))
+            return BAD(e, "thinking_mode", "'thinking_mode' must be \"chat\" or \"thinking\"");
+        thinking = !strcmp(mode->valuestring, "thinking");
+    }
     if (!absent(kw)) {
         if (!cJSON_IsObject(kw)) return BAD(e, "chat_template_kwargs", "'chat_template_kwargs' must be an object");
         const cJSON *th = cJSON_GetObjectItemCaseSensitive(kw, "thinking");
@@ -286,12 +409,15 @@ static int chat_prompt(dsv_server *S, const cJSON *root, srv_gen *g, srv_error *
     cJSON *req = cJSON_CreateObject();
     char *json = NULL, *text = NULL;
     int rc = -1;
+    /* The response format is part of the prompt in the V3.2 format (the Exp
+     * template ignores it). */
     if (req && cJSON_AddItemReferenceToObject(req, "messages", (cJSON *)msgs) &&
-        (!tools || cJSON_AddItemReferenceToObject(req, "tools", (cJSON *)tools)))
+        (!tools || cJSON_AddItemReferenceToObject(req, "tools", (cJSON *)tools)) &&
+        (!rf || cJSON_AddItemReferenceToObject(req, "response_format", (cJSON *)rf)))
         json = cJSON_PrintUnformatted(req);
     if (!json) {
         rc = srv_fail(e, 500, "server_error", NULL, NULL, "out of memory");
-    } else if (dsv_chat_render_json(json, strlen(json), thinking, 1, &text)) {
+    } else if (dsv_chat_format_render_json(S->fmt, json, strlen(json), thinking, 1, &text)) {
         const char *msg = dsv_errmsg();
         char param[64];
         size_t k = strcspn(msg, ":[. ");
@@ -300,6 +426,7 @@ static int chat_prompt(dsv_server *S, const cJSON *root, srv_gen *g, srv_error *
     } else {
         rc = tokenize(S, text, strlen(text), 0, g->req, e);
     }
+    if (!rc) rc = structured_install(S, root, tools, &so, thinking, g->req, e);
     free(text);
     free(json);
     cJSON_Delete(req);
@@ -576,7 +703,7 @@ void srv_api_response(dsv_server *S, const srv_gen *g, const char *text, size_t 
     }
     struct gathered r = {0};
     dsv_chat_stream *parser = NULL;
-    if (dsv_chat_stream_init(&parser, g->thinking) || dsv_chat_stream_feed(parser, text, len, gather, &r) ||
+    if (dsv_chat_format_stream_init(S->fmt, &parser, g->thinking) || dsv_chat_stream_feed(parser, text, len, gather, &r) ||
         dsv_chat_stream_finish(parser, gather, &r))
         r.failed = 1;
     dsv_chat_stream_free(parser);
@@ -627,7 +754,7 @@ int srv_sse_init(srv_sse **out, dsv_server *S, const srv_gen *g) {
     if (!x) return DSV_ERR_NOMEM;
     x->S = S;
     x->g = g;
-    if (g->chat && dsv_chat_stream_init(&x->parser, g->thinking)) {
+    if (g->chat && dsv_chat_format_stream_init(S->fmt, &x->parser, g->thinking)) {
         free(x);
         return DSV_ERR_NOMEM;
     }

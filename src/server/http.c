@@ -849,6 +849,9 @@ int dsv_server_open(dsv_server **out, const dsv_server_params *params) {
     if (!(S->model_id = p.alias ? strdup(p.alias) : model_name(p.model_dir))) st = dsv_error(DSV_ERR_NOMEM, "out of memory");
     if (!st) st = dsv_model_open(&S->model, p.model_dir, NULL);
     if (!st) st = dsv_tokenizer_open(&S->tok, p.model_dir);
+    if (!st && p.chat_format && !(S->fmt = dsv_chat_format_find(p.chat_format))) st = DSV_ERR_ARG;
+    if (!st && !p.chat_format) st = dsv_chat_format_detect(p.model_dir, &S->fmt);
+    if (!st) st = dsv_vocab_index_build(&S->vi, S->tok);
     if (!st) {
         S->cfg = dsv_model_config(S->model);
         if (dsv_tokenizer_n_vocab(S->tok) > S->cfg->vocab_size)
@@ -933,6 +936,7 @@ void dsv_server_close(dsv_server *S) {
     srv_metrics_free(S->metrics);
     dsv_context_close(S->ctx);
     dsv_tokenizer_close(S->tok);
+    dsv_vocab_index_free(S->vi);
     dsv_model_close(S->model);
     free(S->model_id);
     free(S);

@@ -89,6 +89,7 @@ void srv_req_free(srv_req *r) {
     if (!r) return;
     free(r->prompt);
     free(r->bias);
+    if (r->constraint_free) r->constraint_free(r->constraint_owner);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->stop);
     dsv_buf_free(&r->text);
@@ -538,6 +539,8 @@ void srv_sched_gauges(srv_sched *s, srv_gauges *g) {
     *g = s->gauges;
     pthread_mutex_unlock(&s->mu);
 }
+
+const dsv_gen *srv_sched_gen(const srv_sched *s) { return s->gen; }
 
 int srv_sched_max_tokens(const srv_sched *s) {
     int64_t pool = s->n_pages * DSV_PAGE;

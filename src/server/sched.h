@@ -64,6 +64,10 @@ typedef struct srv_req {
     int logprobs;                   /* -1: none; else alternatives per token (<= SRV_TOP_MAX) */
     double t_submit;                /* dsv_time() when it arrived */
     int reserved;                   /* holds a place from srv_sched_reserve */
+    /* Constrained decoding: sampling.constraint points into this object,
+     * freed with the request by constraint_free. */
+    void *constraint_owner;
+    void (*constraint_free)(void *);
 
     /* Output: written by the scheduler under its lock; read it with
      * srv_req_poll. */
@@ -140,5 +144,8 @@ void srv_sched_gauges(srv_sched *s, srv_gauges *g);
 
 /* Largest prompt + generation a request can ever get pages for. */
 int srv_sched_max_tokens(const srv_sched *s);
+/* The rules of generation the scheduler follows (its EOS id, for a
+ * request's constraint). */
+const dsv_gen *srv_sched_gen(const srv_sched *s);
 
 #endif

@@ -9,10 +9,12 @@
 #include <time.h>
 
 #include "dsv32.h"
+#include "dsv32_chat.h"
 #include "dsv32_server.h"
 #include "dsv32_tokenizer.h"
 #include "metrics.h"
 #include "sched.h"
+#include "text/grammar.h"
 #include "text/text.h"
 
 struct dsv_server {
@@ -22,6 +24,8 @@ struct dsv_server {
     const dsv_config *cfg;
     dsv_context *ctx;
     dsv_tokenizer *tok;
+    const dsv_chat_format *fmt;  /* the chat format: prompts and answers */
+    dsv_vocab_index *vi;  /* the vocabulary for constrained decoding */
     srv_metrics *metrics;
     srv_sched *sched;
     struct MHD_Daemon *daemon;

@@ -7,8 +7,8 @@
  *     only marks the first call, which a loop index does here), so that every
  *     quirk of the template comes out the same. The tool block that the
  *     template leaves to the caller is built by tools_block(), a port of
- *     render_chat.py's tool_block(), with pyjson_*() standing in for Python's
- *     json.dumps.
+ *     render_chat.py's tool_block(), with dsv_pyjson_*() (pyjson.c) standing
+ *     in for Python's json.dumps.
  *  2. JSON front end: an OpenAI request -> dsv_chat_msg[] -> render().
  *  3. parse: generated text -> reasoning, content, tool calls; one-shot
  *     (dsv_chat_parse, a direct walk) and streaming (dsv_chat_stream_*, a
@@ -24,6 +24,8 @@
 #include <string.h>
 
 #include "text.h"
+#include "dsml.h"
+#include "pyjson.h"
 #include "base/util.h"
 
 /* The marker strings (spec §1). Fullwidth bar U+FF5C and U+2581 '▁'. */
@@ -45,134 +47,6 @@
 
 /* ==== 1. Rendering ======================================================== */
 
-/* --- json.dumps emulation (default arguments: ensure_ascii=True,
- * separators (", ", ": "), keys in the given order). */
-
-/* Decodes one UTF-8 character at s[0..n); returns its length and stores the
- * code point, or returns 1 and stores U+FFFD for an invalid byte. */
-static size_t utf8_decode(const unsigned char *s, size_t n, unsigned *cp) {
-    unsigned c = s[0];
-    size_t len = c < 0x80 ? 1 : c >= 0xC2 && c < 0xE0 ? 2 : c >= 0xE0 && c < 0xF0 ? 3
-               : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
-    if (len == 1) { *cp = c; return 1; }
-    if (len == 0 || len > n) { *cp = 0xFFFD; return 1; }
-    unsigned v = c & (0x7F >> len);
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) { *cp = 0xFFFD; return 1; }
-        v = v << 6 | (s[i] & 0x3F);
-    }
-    /* Reject overlong forms, surrogates and values past U+10FFFF. */
-    static const unsigned min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
-    if (v < min_cp[len] || (v >= 0xD800 && v < 0xE000) || v > 0x10FFFF) { *cp = 0xFFFD; return 1; }
-    *cp = v;
-    return len;
-}
-
-static void pyjson_string(dsv_buf *b, const char *s) {
-    const unsigned char *p = (const unsigned char *)s;
-    size_t n = strlen(s);
-    char tmp[16];
-    dsv_buf_add(b, "\"", 1);
-    for (size_t i = 0; i < n;) {
-        unsigned cp;
-        i += utf8_decode(p + i, n - i, &cp);
-        switch (cp) {
-        case '"': dsv_buf_add(b, "\\\"", 2); continue;
-        case '\\': dsv_buf_add(b, "\\\\", 2); continue;
-        case '\n': dsv_buf_add(b, "\\n", 2); continue;
-        case '\r': dsv_buf_add(b, "\\r", 2); continue;
-        case '\t': dsv_buf_add(b, "\\t", 2); continue;
-        case '\b': dsv_buf_add(b, "\\b", 2); continue;
-        case '\f': dsv_buf_add(b, "\\f", 2); continue;
-        }
-        /* Python escapes everything outside ' '..'~' (DEL too), lowercase hex,
-         * astral code points as a surrogate pair. */
-        if (cp >= 0x20 && cp <= 0x7E) {
-            char c = (char)cp;
-            dsv_buf_add(b, &c, 1);
-        } else if (cp < 0x10000) {
-            snprintf(tmp, sizeof tmp, "\\u%04x", cp);
-            dsv_buf_adds(b, tmp);
-        } else {
-            unsigned v = cp - 0x10000;
-            snprintf(tmp, sizeof tmp, "\\u%04x\\u%04x", 0xD800 + (v >> 10), 0xDC00 + (v & 0x3FF));
-            dsv_buf_adds(b, tmp);
-        }
-    }
-    dsv_buf_add(b, "\"", 1);
-}
-
-/* Python's repr(float): the shortest digits that read back to d, in fixed
- * notation when the decimal exponent is in [-4, 16), else as 1.5e+300. */
-static void pyjson_float(dsv_buf *b, double d) {
-    char tmp[64], digits[32];
-    int prec = 1;
-    /* json.dumps writes these as JavaScript does (1e400 reads as inf). */
-    if (isnan(d)) { dsv_buf_adds(b, "NaN"); return; }
-    if (isinf(d)) { dsv_buf_adds(b, d < 0 ? "-Infinity" : "Infinity"); return; }
-    for (; prec <= 17; prec++) {
-        snprintf(tmp, sizeof tmp, "%.*e", prec - 1, d);
-        if (strtod(tmp, NULL) == d) break;
-    }
-    /* tmp is "[-]D[.DDD]e[+-]XX": gather the digits and the exponent. */
-    const char *p = tmp;
-    if (*p == '-') { dsv_buf_add(b, "-", 1); p++; }
-    int nd = 0;
-    for (; *p && *p != 'e'; p++)
-        if (*p != '.') digits[nd++] = *p;
-    while (nd > 1 && digits[nd - 1] == '0') nd--;
-    digits[nd] = 0;
-    int exp10 = atoi(p + 1);
-    if (exp10 < -4 || exp10 >= 16) {
-        dsv_buf_add(b, digits, 1);
-        if (nd > 1) { dsv_buf_add(b, ".", 1); dsv_buf_add(b, digits + 1, (size_t)nd - 1); }
-        snprintf(tmp, sizeof tmp, "e%c%02d", exp10 < 0 ? '-' : '+', abs(exp10));
-        dsv_buf_adds(b, tmp);
-    } else if (exp10 < 0) {
-        dsv_buf_add(b, "0.", 2);
-        for (int i = 0; i < -exp10 - 1; i++) dsv_buf_add(b, "0", 1);
-        dsv_buf_add(b, digits, (size_t)nd);
-    } else if (exp10 + 1 < nd) {
-        dsv_buf_add(b, digits, (size_t)exp10 + 1);
-        dsv_buf_add(b, ".", 1);
-        dsv_buf_add(b, digits + exp10 + 1, (size_t)(nd - exp10 - 1));
-    } else {
-        dsv_buf_add(b, digits, (size_t)nd);
-        for (int i = nd; i < exp10 + 1; i++) dsv_buf_add(b, "0", 1);
-        dsv_buf_add(b, ".0", 2);
-    }
-}
-
-static void pyjson_dump(dsv_buf *b, const cJSON *v) {
-    if (cJSON_IsNull(v)) dsv_buf_adds(b, "null");
-    else if (cJSON_IsTrue(v)) dsv_buf_adds(b, "true");
-    else if (cJSON_IsFalse(v)) dsv_buf_adds(b, "false");
-    else if (cJSON_IsString(v)) pyjson_string(b, v->valuestring);
-    else if (cJSON_IsNumber(v)) {
-        double d = v->valuedouble;
-        /* cJSON keeps no int/float distinction. Integral values below 1e16
-         * print as Python ints (schemas say "minimum": 1, rarely 1.0);
-         * the rest as Python floats. */
-        if (d == 0) dsv_buf_adds(b, "0");
-        else if (d == floor(d) && fabs(d) < 1e16) {
-            char tmp[32];
-            snprintf(tmp, sizeof tmp, "%.0f", d);
-            dsv_buf_adds(b, tmp);
-        } else {
-            pyjson_float(b, d);
-        }
-    } else if (cJSON_IsArray(v) || cJSON_IsObject(v)) {
-        int obj = cJSON_IsObject(v);
-        dsv_buf_add(b, obj ? "{" : "[", 1);
-        for (const cJSON *c = v->child; c; c = c->next) {
-            if (c != v->child) dsv_buf_add(b, ", ", 2);
-            if (obj) { pyjson_string(b, c->string); dsv_buf_add(b, ": ", 2); }
-            pyjson_dump(b, c);
-        }
-        dsv_buf_add(b, obj ? "}" : "]", 1);
-    }
-}
-
 /* --- The tool block (spec §2.3, render_chat.py's tool_block()). */
 
 static const char tools_head[] = "## Tools\nYou have access to the following tools:\n\n";
@@ -192,7 +66,7 @@ static void tool_entry(dsv_buf *b, const char *name, const char *desc, const cJS
     dsv_buf_adds(b, "\nDescription: ");
     dsv_buf_adds(b, desc);
     dsv_buf_adds(b, "\n\nParameters: ");
-    if (params) pyjson_dump(b, params);
+    if (params) dsv_pyjson_dump(b, params, 1);
     else dsv_buf_adds(b, "{}");
     dsv_buf_adds(b, "\n\n");
 }
@@ -450,7 +324,7 @@ static int json_tool_calls(const cJSON *tc, int i, struct jconv *cv, dsv_chat_ms
             /* A JSON value instead of the JSON text: serialize it like the
              * json.dumps output the model was trained on. */
             dsv_buf b = {0};
-            pyjson_dump(&b, args);
+            dsv_pyjson_dump(&b, args, 1);
             if (!(c->arguments = own(cv, &b))) return dsv_error(DSV_ERR_NOMEM, "chat: out of memory");
         } else {
             c->arguments = NULL;
@@ -634,17 +508,6 @@ static int acc_finish(struct acc *a, dsv_chat_result *out) {
     return DSV_OK;
 }
 
-void dsv_chat_result_free(dsv_chat_result *r) {
-    if (!r) return;
-    for (int i = 0; i < r->n_tool_calls; i++) {
-        free(r->tool_calls[i].name);
-        free(r->tool_calls[i].arguments);
-    }
-    free(r->tool_calls);
-    free(r->reasoning);
-    free(r->content);
-    *r = (dsv_chat_result){0};
-}
 
 /* The markers each parser state looks for. */
 enum { M_END_THINK, M_CALLS_BEGIN, M_CALLS_END, M_CALL_BEGIN, M_CALL_END, M_SEP, M_COUNT };
@@ -748,6 +611,7 @@ struct dsv_chat_stream {
     dsv_chat_result result; /* filled by finish */
     dsv_chat_event_fn fn;   /* the callback of the current feed/finish */
     void *user;
+    dsv_dsml_stream *dsml;  /* set: a V3.2 (DSML) stream, which does all the work */
 };
 
 static void emit(dsv_chat_stream *s, dsv_chat_event_kind kind, const char *p, size_t n) {
@@ -866,8 +730,21 @@ int dsv_chat_stream_init(dsv_chat_stream **out, int thinking) {
     return DSV_OK;
 }
 
+/* The DSML stream behind the same handle (chat_format.c's table calls it). */
+int dsv_chat_stream_init_dsml(dsv_chat_stream **out, int thinking);
+int dsv_chat_stream_init_dsml(dsv_chat_stream **out, int thinking) {
+    if (!out) return dsv_error(DSV_ERR_ARG, "dsv_chat_stream_init: out is NULL");
+    dsv_chat_stream *s = calloc(1, sizeof *s);
+    if (!s) return dsv_error(DSV_ERR_NOMEM, "chat: out of memory");
+    int rc = dsv_dsml_stream_new(&s->dsml, thinking);
+    if (rc) { free(s); return rc; }
+    *out = s;
+    return DSV_OK;
+}
+
 void dsv_chat_stream_free(dsv_chat_stream *s) {
     if (!s) return;
+    dsv_dsml_stream_free(s->dsml);
     dsv_buf_free(&s->pend);
     dsv_buf_free(&s->name);
     dsv_buf_free(&s->args);
@@ -888,6 +765,7 @@ static int stream_failed(const dsv_chat_stream *s) {
 int dsv_chat_stream_feed(dsv_chat_stream *s, const char *text, size_t len,
                          dsv_chat_event_fn fn, void *user) {
     if (!s || (!text && len)) return dsv_error(DSV_ERR_ARG, "dsv_chat_stream_feed: NULL argument");
+    if (s->dsml) return dsv_dsml_stream_feed(s->dsml, text, len, fn, user);
     if (s->finished) return dsv_error(DSV_ERR_ARG, "dsv_chat_stream_feed: the stream is finished");
     s->fn = fn;
     s->user = user;
@@ -898,6 +776,7 @@ int dsv_chat_stream_feed(dsv_chat_stream *s, const char *text, size_t len,
 
 int dsv_chat_stream_finish(dsv_chat_stream *s, dsv_chat_event_fn fn, void *user) {
     if (!s) return dsv_error(DSV_ERR_ARG, "dsv_chat_stream_finish: NULL stream");
+    if (s->dsml) return dsv_dsml_stream_finish(s->dsml, fn, user);
     if (s->finished) return DSV_OK;
     s->fn = fn;
     s->user = user;
@@ -910,5 +789,6 @@ int dsv_chat_stream_finish(dsv_chat_stream *s, dsv_chat_event_fn fn, void *user)
 }
 
 const dsv_chat_result *dsv_chat_stream_result(const dsv_chat_stream *s) {
+    if (s && s->dsml) return dsv_dsml_stream_result(s->dsml);
     return s && s->finished ? &s->result : NULL;
 }

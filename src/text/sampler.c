@@ -78,6 +78,7 @@ struct dsv_sampler {
     int32_t *ring;          /* [p.repetition_last_n] that window, when it is bounded */
     int32_t ring_len, ring_pos;
     int32_t *gen_count;     /* [n_vocab] generated occurrences; NULL when presence/frequency are off */
+    uint32_t *allowed;      /* [(n_vocab + 31) / 32] the constraint's bits; NULL without one */
 };
 
 dsv_sampler_params dsv_sampler_default_params(void) {
@@ -135,8 +136,9 @@ int dsv_sampler_init(dsv_sampler **out, int32_t n_vocab, const dsv_sampler_param
     s->ring = rep && p.repetition_last_n > 0 ? malloc((size_t)p.repetition_last_n * sizeof *s->ring) : NULL;
     s->gen_count = gen ? calloc((size_t)n_vocab, sizeof *s->gen_count) : NULL;
     s->bias = p.n_logit_bias ? malloc((size_t)p.n_logit_bias * sizeof *s->bias) : NULL;
+    s->allowed = p.constraint ? malloc(((size_t)n_vocab + 31) / 32 * sizeof *s->allowed) : NULL;
     if (!s->cand || (rep && !s->rep_count) || (rep && p.repetition_last_n > 0 && !s->ring) ||
-        (gen && !s->gen_count) || (p.n_logit_bias && !s->bias)) {
+        (gen && !s->gen_count) || (p.n_logit_bias && !s->bias) || (p.constraint && !s->allowed)) {
         dsv_sampler_free(s);
         return dsv_error(DSV_ERR_NOMEM, "sampler: out of memory for a vocabulary of %d", (int)n_vocab);
     }
@@ -156,6 +158,7 @@ void dsv_sampler_free(dsv_sampler *s) {
     free(s->ring);
     free(s->gen_count);
     free(s->bias);
+    free(s->allowed);
     free(s);
 }
 
@@ -197,6 +200,10 @@ int dsv_sampler_accept(dsv_sampler *s, int32_t id) {
     if (!s) return dsv_error(DSV_ERR_ARG, "sampler: NULL sampler");
     if (id < 0 || id >= s->n_vocab)
         return dsv_error(DSV_ERR_ARG, "sampler: token id %d is outside [0, %d)", (int)id, (int)s->n_vocab);
+    if (s->p.constraint) {
+        int rc = s->p.constraint->accept(s->p.constraint->user, id);
+        if (rc) return rc;
+    }
     if (s->gen_count) s->gen_count[id]++;
     rep_push(s, id);
     return DSV_OK;
@@ -269,6 +276,14 @@ int dsv_sampler_dist(dsv_sampler *s, const float *logits, const dsv_token_prob *
 
     /* 1-2. Bias and penalties, addressed by id while c[i].id == i. */
     for (size_t i = 0; i < V; i++) c[i] = (dsv_token_prob){(int32_t)i, logits[i], 0};
+    if (p->constraint) {
+        /* 0. The constraint: what it does not allow is banned outright. */
+        memset(s->allowed, 0, (V + 31) / 32 * sizeof *s->allowed);
+        int rc = p->constraint->allowed(p->constraint->user, s->allowed);
+        if (rc) return rc;
+        for (size_t i = 0; i < V; i++)
+            if (!(s->allowed[i / 32] >> (i % 32) & 1)) c[i].logit = -INFINITY;
+    }
     for (int32_t i = 0; i < p->n_logit_bias; i++) c[s->bias[i].id].logit += s->bias[i].bias;
     if (s->rep_count) {
         float rp = p->repetition_penalty;
