@@ -60,7 +60,7 @@ endif
 $(OBJ) $(TEST_OBJ): CPPFLAGS += -Isrc
 $(OBJ): XCFLAGS += -fvisibility=hidden
 
-.PHONY: all test asan clean bench fuzz check-layers check-cycles
+.PHONY: all test asan clean bench fuzz check-layers check-cycles kbench
 all: $(BUILD)/libdsv32.a $(BUILD)/dsv32
 
 # Flags live here, and an object built with other flags (say, before the
@@ -130,6 +130,12 @@ asan:
 # test. Token counts and depths: BENCH_* variables, see tools/bench.sh.
 bench: $(BUILD)/dsv32
 	BUILD=$(BUILD) tools/bench.sh
+
+# Single-kernel timings, levels alternated in one process (tools/kbench/kbench.c;
+# `build/kbench --help`). Not part of test.
+kbench: $(BUILD)/kbench
+$(BUILD)/kbench: tools/kbench/kbench.c $(BUILD)/libdsv32.a
+	$(CC) $(CPPFLAGS) -Isrc $(CFLAGS) $(XCFLAGS) $(WARN) $(LDFLAGS) -o $@ $< $(BUILD)/libdsv32.a $(LDLIBS)
 
 # libFuzzer target for the safetensors reader: clang only, not part of `test`
 # (how to run it: tests/fuzz/fuzz_safetensors.c).
