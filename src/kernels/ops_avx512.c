@@ -13,10 +13,11 @@
  * widen weight rows on the fly, a register tile of 4 weight rows by 3-4
  * input rows at a time. fp8 layers are the exception: their inputs and
  * weights are e4m3 values, exact in bf16 and never subnormal there, so they
- * run on AVX512_BF16's pair dot product (exactly as fp32 FMA would, see
- * fp8_row), one weight row at a time so the weights stream sequentially,
+ * run on AVX512_BF16's pair dot product (exact products, nothing flushed:
+ * see fp8_row), one weight row at a time so the weights stream sequentially,
  * and promote each 128-wide block's partial sums by the block's scales
- * (fp8_gemm's two-level accumulation, lane by lane). Attention processes 8
+ * (fp8_gemm's two-level accumulation, lane by lane). The indexer's e4m3
+ * queries and keys take the same dot product. Attention processes 8
  * heads per pass over the keys, so each key row is read once per 8 heads;
  * the absorptions stream wkv_b once. Elsewhere AVX512_BF16 is not used: its
  * conversions and dot product flush subnormals, which bf16 activations may
@@ -291,21 +292,32 @@ static void linear_fp8(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w
 
 /* ---- indexer ------------------------------------------------------------- */
 
-/* Packed query: fp32 q[d][h] (head-minor, heads padded to 16 with zeros). */
+/* The indexer runs on AVX512_BF16's pair dot product, as the fp8 linears
+ * do and for the same reason it is exact: queries and keys are e4m3 values
+ * (normal in bf16; NaN codes stay NaN), their products are exact fp32
+ * multiples of 2^-18 and so is every partial sum: no subnormal to flush.
+ * Per head, the 128 products are summed in 64 pairs (d = 2p, 2p+1) into one
+ * lane, pairs in order; a score depends only on its query and key.
+ *
+ * Packed query: bf16 pairs q[p][h][2] = (q8[h][2p], q8[h][2p+1]) (heads
+ * padded to 16 with zeros), so one vector holds one pair of 16 heads and a
+ * key's pair is one broadcast dword. */
 static inline int heads_padded(int n_heads) { return (n_heads + 15) & ~15; }
 
 void dsv_avx512_index_q_pack(void *qp, const uint8_t *q8, int n_heads) {
     const int hp = heads_padded(n_heads);
-    float *q = qp;
-    for (int d = 0; d < 128; d++)
-        for (int h = 0; h < hp; h++) q[d * hp + h] = h < n_heads ? dsv_e4m3_to_f32(q8[h * 128 + d]) : 0.0f;
+    dsv_bf16 *q = qp;
+    for (int p = 0; p < 64; p++)
+        for (int h = 0; h < hp; h++)
+            for (int e = 0; e < 2; e++)
+                q[((size_t)p * hp + h) * 2 + e] =
+                    h < n_heads ? dsv_f32_to_bf16(dsv_e4m3_to_f32(q8[h * 128 + 2 * p + e])) : (dsv_bf16)0;
 }
 
-/* Scores of `nk` (<= 4) keys kf [nk][128] (fp32) for one query: heads in
- * lanes, 64 at a time, each head's dot summed over d in order; then the
- * ReLU-weighted head sum and the key scale. */
-static inline __attribute__((always_inline)) void score_keys(float *out, const float *q, const float *w, int n_heads,
-                                                             const float *kf, const float *ks, int nk) {
+/* Scores of `nk` (<= 4) keys kb [nk][128] (bf16) for one query: heads in
+ * lanes, 64 at a time; then the ReLU-weighted head sum and the key scale. */
+static inline __attribute__((always_inline)) void score_keys(float *out, const dsv_bf16 *q, const float *w, int n_heads,
+                                                             const dsv_bf16 *kb, const float *ks, int nk) {
     const int hp = heads_padded(n_heads);
     __m512 sum[4];
     UNROLL for (int j = 0; j < 4; j++) sum[j] = _mm512_setzero_ps();
@@ -313,13 +325,17 @@ static inline __attribute__((always_inline)) void score_keys(float *out, const f
         const int ng = (hp - h0) / 16 < 4 ? (hp - h0) / 16 : 4;
         __m512 acc[4][4];
         UNROLL for (int j = 0; j < 4; j++) UNROLL for (int g = 0; g < 4; g++) acc[j][g] = _mm512_setzero_ps();
-        for (int d = 0; d < 128; d++) {
-            __m512 qv[4];
-            UNROLL for (int g = 0; g < 4; g++) qv[g] = g < ng ? _mm512_loadu_ps(q + d * hp + h0 + 16 * g) : _mm512_setzero_ps();
+        for (int p = 0; p < 64; p++) {
+            __m512i qv[4];
+            UNROLL for (int g = 0; g < 4; g++)
+                qv[g] = g < ng ? _mm512_loadu_si512((const void *)(q + ((size_t)p * hp + h0 + 16 * g) * 2))
+                               : _mm512_setzero_si512();
             UNROLL for (int j = 0; j < 4; j++) {
                 if (j >= nk) continue;
-                const __m512 kd = _mm512_set1_ps(kf[j * 128 + d]);
-                UNROLL for (int g = 0; g < 4; g++) if (g < ng) acc[j][g] = _mm512_fmadd_ps(qv[g], kd, acc[j][g]);
+                int pair;
+                memcpy(&pair, kb + j * 128 + 2 * p, 4);
+                const __m512i kd = _mm512_set1_epi32(pair);
+                UNROLL for (int g = 0; g < 4; g++) if (g < ng) acc[j][g] = dot_bf16(acc[j][g], qv[g], kd);
             }
         }
         UNROLL for (int g = 0; g < 4; g++) {
@@ -335,17 +351,25 @@ static inline __attribute__((always_inline)) void score_keys(float *out, const f
 
 void dsv_avx512_index_score(float *out, int ldo, const void *qp, const float *w, int n_heads, int nq,
                             const uint8_t *k8, const float *ks, int n, void *scratch) {
-    float *kf = scratch; /* up to 64 keys, widened once for every query: [64][128] */
+    dsv_bf16 *kb = scratch; /* up to 64 keys, widened once for every query: [64][128] */
+    const __m512i sub = e4m3_sub_table();
     for (int j0 = 0; j0 < n; j0 += 64) {
         const int nk = n - j0 < 64 ? n - j0 : 64;
-        for (int j = 0; j < nk * 128; j += 16) _mm512_storeu_ps(kf + j, e4m3x16_load_nan(k8 + (size_t)j0 * 128 + j));
+        for (int j = 0; j < nk * 128; j += 32) {
+            const uint8_t *c = k8 + (size_t)j0 * 128 + j;
+            const __mmask32 nan =
+                _mm256_cmpeq_epi8_mask(_mm256_and_si256(_mm256_loadu_si256((const void *)c), _mm256_set1_epi8(0x7f)),
+                                       _mm256_set1_epi8(0x7f));
+            _mm512_storeu_si512((void *)(kb + j),
+                                _mm512_mask_mov_epi16(e4m3x32_bf16(c, sub), nan, _mm512_set1_epi16(0x7fc0)));
+        }
         for (int t = 0; t < nq; t++) {
-            const float *q = (const float *)((const char *)qp + (size_t)t * dsv_index_q_bytes(n_heads));
+            const dsv_bf16 *q = (const dsv_bf16 *)((const char *)qp + (size_t)t * dsv_index_q_bytes(n_heads));
             const float *wt = w + (size_t)t * n_heads;
             float *o = out + (size_t)t * ldo + j0;
             int j = 0;
-            for (; j + 4 <= nk; j += 4) score_keys(o + j, q, wt, n_heads, kf + j * 128, ks + j0 + j, 4);
-            for (; j < nk; j++) score_keys(o + j, q, wt, n_heads, kf + j * 128, ks + j0 + j, 1);
+            for (; j + 4 <= nk; j += 4) score_keys(o + j, q, wt, n_heads, kb + j * 128, ks + j0 + j, 4);
+            for (; j < nk; j++) score_keys(o + j, q, wt, n_heads, kb + j * 128, ks + j0 + j, 1);
         }
     }
 }
