@@ -104,7 +104,8 @@ int main(int argc, char **argv) {
     }
 
     /* Weights: nmat matrices of N x K, cycled through so each call misses the caches. */
-    const size_t esz = fp8 || index ? 1 : 2, wbytes = (size_t)N * K * esz;
+    /* index: the keys [N][128] stand for the matrix */
+    const size_t esz = fp8 || index ? 1 : 2, wbytes = (size_t)N * (index ? 128 : K) * esz;
     const int nmat = (int)(((size_t)mb << 20) / wbytes) < 1 ? 1 : (int)(((size_t)mb << 20) / wbytes);
     uint8_t *wmem = aligned_alloc(64, (wbytes * nmat + 63) & ~(size_t)63);
     const int sld = K / 128;
@@ -131,8 +132,9 @@ int main(int argc, char **argv) {
 
     double *t = calloc((size_t)ns * rounds, sizeof(double));
     int cur = 0;
-    printf("kbench %s m=%d n=%d K=%d, %d matrices (%zu MB), %d rounds\n", kern, m, N, K, nmat,
-           wbytes * nmat >> 20, rounds);
+    if (index) printf("kbench index: 64 heads, one query, %d keys, %d rounds\n", N, rounds);
+    else printf("kbench %s m=%d n=%d K=%d, %d matrices (%zu MB), %d rounds\n", kern, m, N, K, nmat,
+                wbytes * nmat >> 20, rounds);
     for (int r = -1; r < rounds; r++) { /* round -1: warm-up (page faults) */
         for (int s = 0; s < ns; s++) {
             const dsv_kernels *k = sets[s];
