@@ -296,7 +296,9 @@ static void linear_f32(float *y, int ldy, const float *x, const dsv_linear *w, i
 
 /* One tile of fp8_gemm: weight rows n..n+nr of one 128-row scale block,
  * input rows i..i+mr (nr * mr <= 4). Per 128-wide block, lane-wise sums of
- * products blk, promoted as tot += blk * (xs * ws). Weights are read as
+ * products blk (the even and the odd 8-wide steps in two chains, so one
+ * weight row alone is not bound by the FMA latency, then added), promoted
+ * as tot += blk * (xs * ws). Weights are read as
  * value * 2^-8 and the promotion multiplies the 2^8 back (powers of two:
  * no rounding changes). */
 static inline __attribute__((always_inline)) void fp8_tile(dsv_bf16 *y, int ldy, const float *x, const float *xs,
@@ -307,21 +309,23 @@ static inline __attribute__((always_inline)) void fp8_tile(dsv_bf16 *y, int ldy,
     __m256 tot[4][2];
     UNROLL for (int r = 0; r < 4; r++) tot[r][0] = tot[r][1] = _mm256_setzero_ps();
     for (int kb = 0; kb < nb; kb++) {
-        __m256 blk[4][2];
-        UNROLL for (int r = 0; r < 4; r++) blk[r][0] = blk[r][1] = _mm256_setzero_ps();
-        for (int k = kb * DSV_QBLOCK; k < (kb + 1) * DSV_QBLOCK; k += 8) {
+        __m256 blk[2][4][2]; /* even and odd 8-wide steps: two dependency chains */
+        UNROLL for (int e = 0; e < 2; e++) UNROLL for (int r = 0; r < 4; r++) blk[e][r][0] = blk[e][r][1] = _mm256_setzero_ps();
+        for (int k = kb * DSV_QBLOCK; k < (kb + 1) * DSV_QBLOCK; k += 16) {
             if (k % 64 == 0) prefetch_next(w, n + nr, nr, (size_t)K, (size_t)k);
-            UNROLL for (int r = 0; r < 4; r++) {
+            UNROLL for (int e = 0; e < 2; e++) UNROLL for (int r = 0; r < 4; r++) {
                 if (r >= nr) continue;
-                const __m256 wv = e4m3x8_scaled(W + (size_t)r * w->ld + k);
+                const __m256 wv = e4m3x8_scaled(W + (size_t)r * w->ld + k + 8 * e);
                 UNROLL for (int c = 0; c < 2; c++)
-                    if (c < mr) blk[r][c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (size_t)(i + c) * K + k), blk[r][c]);
+                    if (c < mr)
+                        blk[e][r][c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (size_t)(i + c) * K + k + 8 * e), blk[e][r][c]);
             }
         }
         UNROLL for (int c = 0; c < 2; c++) {
             if (c >= mr) continue;
             const __m256 t = _mm256_set1_ps(xs[(size_t)(i + c) * nb + kb] * ws[kb] * 256.0f);
-            UNROLL for (int r = 0; r < 4; r++) if (r < nr) tot[r][c] = _mm256_fmadd_ps(blk[r][c], t, tot[r][c]);
+            UNROLL for (int r = 0; r < 4; r++)
+                if (r < nr) tot[r][c] = _mm256_fmadd_ps(_mm256_add_ps(blk[0][r][c], blk[1][r][c]), t, tot[r][c]);
         }
     }
     UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 2; c++)
