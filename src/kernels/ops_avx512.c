@@ -142,24 +142,19 @@ static inline __attribute__((always_inline)) void dense_tile(void *y, int ldy, i
 }
 
 /* Tiles of 4 weight rows by 4 input rows; the same per-element arithmetic
- * in the narrower edge tiles. One or two input rows (decoding) take one
- * weight row at a time instead: a sequential stream, as fp8_row reads, at
- * ~1.4x the bandwidth of 4 interleaved rows (tools/kbench); from 3 rows on
- * the 4x4 tile's reuse of each loaded input wins. Blocks of 64 weight rows stay in L2 while
- * every input row passes over them, 4 at a time (those in L1). */
+ * in the narrower edge tiles. Blocks of 64 weight rows stay in L2 while
+ * every input row passes over them, 4 at a time (those in L1). One or two
+ * input rows (decoding) take one weight row at a time instead: a
+ * sequential stream, as fp8_row reads, at ~1.4x the bandwidth of 4
+ * interleaved rows (tools/kbench); from 3 rows on, the 4x4 tile's reuse of
+ * each loaded input wins. */
 static inline __attribute__((always_inline)) void dense(void *y, int ldy, int out_bf16, const float *x, int ldx,
                                                         const dsv_linear *w, dsv_dtype dt, int as_bf16, int m, int n0,
                                                         int n1) {
-    if (m <= 2) { /* decoding: one weight row at a time (see fp8_row), the same per-element arithmetic */
-        for (int nb = n0; nb < n1; nb += 64) {
-            const int ne = n1 - nb < 64 ? n1 : nb + 64;
-            for (int i = 0; i < m; i += 4)
-                for (int n = nb; n < ne; n++) {
-                    if (m - i >= 4) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, i, 1, 4);
-                    else if (m - i == 3) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, i, 1, 3);
-                    else if (m - i == 2) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, i, 1, 2);
-                    else dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, i, 1, 1);
-                }
+    if (m <= 2) {
+        for (int n = n0; n < n1; n++) {
+            if (m == 2) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, 0, 1, 2);
+            else dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, 0, 1, 1);
         }
         return;
     }
@@ -202,8 +197,8 @@ void dsv_avx512_linear_f32(float *y, int ldy, const float *x, const dsv_linear *
 }
 
 /* 32 e4m3 weight codes -> their values as 32 bf16 (exact), in order. A
- * normal code s.eeee.mmm is the bf16 s.(eeee+120).mmm0000, built with
- * shifts and one add; the 8 subnormal magnitudes (eeee = 0: mmm * 2^-9,
+ * normal code s.eeee.mmm is the bf16 s.(eeee+120).mmm0000, built with a
+ * shift, a mask and an add; the 8 subnormal magnitudes (eeee = 0: mmm * 2^-9,
  * normal in bf16) come from a table `sub` indexed by the code's low bits.
  * 0x7f/0xff read as +-480, as e4m3x16_scaled does (weights hold no NaN). */
 static inline __attribute__((always_inline)) __m512i e4m3x32_bf16(const uint8_t *p, __m512i sub) {
