@@ -14,6 +14,18 @@
 /* Tokens of one sequence the indexer scores together in a multi-token call. */
 #define DSV_IDX_CHUNK 8
 
+/* An analysis attached to a context (analyze.c). On a dense context it
+ * makes the indexer score every visible position anyway, makes attention
+ * take the absorbed (per-token) path and leave each token's weights summed
+ * over heads, and calls layer_done after each layer's attention; the
+ * forward pass is otherwise unchanged. */
+typedef struct dsv_probe {
+    float *scores;             /* [n_batch][n_ctx] the indexer's scores of the call's tokens */
+    float *attn;               /* [n_batch][n_ctx] attention weights summed over this rank's heads */
+    int oracle;                /* tests: scores replaced by the attention logits summed over heads */
+    void (*layer_done)(dsv_context *ctx, int il);
+} dsv_probe;
+
 /* Per-thread scratch. */
 typedef struct dsv_tscratch {
     float *att;        /* attention kernels [max(dsv_attn_scratch(n_keys_max, C, R), dsv_mha_scratch(...))] */
@@ -30,7 +42,8 @@ struct dsv_context {
     const dsv_kernels *kern;   /* the kernel set this context runs (cpu.c) */
     dsv_pool *pool;
     int nth;
-    int topk;                  /* effective index top-k */
+    int topk;                  /* effective index top-k: the largest of layer_topk */
+    int *layer_topk;           /* [n_layers] each layer's top-k (dsv_context_params.layer_topk) */
     int n_keys_max;            /* most keys one query attends (topk, or n_ctx when dense) */
     int mha_keys;              /* MHA scratch rows: min(mha_max_keys, n_ctx) */
     int max_pages;             /* per sequence */
@@ -41,6 +54,7 @@ struct dsv_context {
 
     dsv_dump_fn dump;
     void *dump_user;
+    dsv_probe *probe;          /* NULL unless an analysis is attached */
 
     /* Statistics: the time since phase_t0 (ns) belongs to `phase`. */
     dsv_context_stats stats;
@@ -134,6 +148,7 @@ static inline int dsv_phase(dsv_context *ctx, int phase) {
 }
 /* Bytes of a linear layer's weight, block scales included. */
 static inline uint64_t dsv_linear_bytes(const dsv_linear *w) {
+    if (w->gtype) return (uint64_t)w->n_out * dsv_ggml_row_size(w->gtype, w->n_in);
     uint64_t n = (uint64_t)w->n_out * (uint64_t)w->n_in * dsv_dtype_size(w->dtype);
     if (w->scale) n += 4ull * (uint64_t)((w->n_out + DSV_QBLOCK - 1) / DSV_QBLOCK) * (uint64_t)w->scale_ld;
     return n;
