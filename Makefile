@@ -61,7 +61,7 @@ endif
 $(OBJ) $(TEST_OBJ): CPPFLAGS += -Isrc
 $(OBJ): XCFLAGS += -fvisibility=hidden
 
-.PHONY: all test asan clean bench check-layers check-cycles soak
+.PHONY: all test asan clean bench check-layers check-cycles soak kbench
 all: $(BUILD)/libdsv32.a $(BUILD)/dsv32
 
 # Flags live here, and an object built with other flags (say, before the
@@ -148,6 +148,12 @@ asan:
 # test. Token counts and depths: BENCH_* variables, see tools/bench.sh.
 bench: $(BUILD)/dsv32
 	BUILD=$(BUILD) tools/bench.sh
+
+# Single-kernel timings, levels alternated in one process (tools/kbench/kbench.c;
+# `build/kbench --help`). Not part of test.
+kbench: $(BUILD)/kbench
+$(BUILD)/kbench: tools/kbench/kbench.c $(BUILD)/libdsv32.a
+	$(CC) $(CPPFLAGS) -Isrc $(CFLAGS) $(XCFLAGS) $(WARN) $(LDFLAGS) -o $@ $< $(BUILD)/libdsv32.a $(LDLIBS)
 
 # libFuzzer targets (clang), one per parser of outside input: the target
 # NAME is tests/fuzz/fuzz_NAME.c, its seeds tests/fuzz/seeds/NAME/, inputs

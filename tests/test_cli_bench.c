@@ -21,7 +21,7 @@ TEST(cli_bench_json_lines) {
     const char *dir = tiny_synth("m", tiny_write("config.json", tiny_config), DSV_SYNTH_FP8, 1, 0);
     char cmd[4096];
     char *out = NULL;
-    snprintf(cmd, sizeof cmd, "%s bench -m %s --depth 0,100 --prefill 6 --decode 2 --fill random --attn both "
+    snprintf(cmd, sizeof cmd, "%s bench -m %s --depth 0,100 --prefill 6 --decode 5 --fill random --attn both "
              "--json --bw-mib 16 -t 2 2>/dev/null", bin(), dir);
     REQUIRE(test_run(cmd, &out) == 0 && out);
     /* 2 depths x 2 modes x (prefill, decode), and nothing else on stdout. */
@@ -34,6 +34,14 @@ TEST(cli_bench_json_lines) {
                           "\"mem_gbs\":", "\"kv_bytes_per_tok\":656,", "\"peak_rss_mb\":", "\"amx_tflops\":",
                           "\"linear_tflops\":", "\"fill\":\"random\""};
     for (int i = 0; i < 11; i++) CHECKF(count_lines(out, keys[i]) == 8, "%s: %d lines", keys[i], count_lines(out, keys[i]));
+    /* Latency percentiles on the decode lines only, in order p50 <= p90 <= p99 <= max. */
+    const char *pk[] = {"\"p50_ms\":", "\"p90_ms\":", "\"p99_ms\":", "\"max_ms\":"};
+    for (int i = 0; i < 4; i++) CHECKF(count_lines(out, pk[i]) == 4, "%s: %d lines", pk[i], count_lines(out, pk[i]));
+    for (const char *l = strstr(out, "\"p50_ms\":"); l; l = strstr(l + 1, "\"p50_ms\":")) {
+        double p[4];
+        CHECK(sscanf(l, "\"p50_ms\":%lf,\"p90_ms\":%lf,\"p99_ms\":%lf,\"max_ms\":%lf", &p[0], &p[1], &p[2], &p[3]) == 4);
+        CHECKF(p[0] > 0 && p[0] <= p[1] && p[1] <= p[2] && p[2] <= p[3], "%g %g %g %g", p[0], p[1], p[2], p[3]);
+    }
     free(out);
 
     /* Real fill in small chunks, dense attention; the table on stdout. */
@@ -51,13 +59,13 @@ TEST(cli_bench_help_and_errors) {
     snprintf(cmd, sizeof cmd, "%s bench --help", bin());
     CHECK_EQ_INT(test_run(cmd, &out), 0);
     const char *opts[] = {"-m DIR", "--depth", "--prefill", "--decode", "--fill", "--dense", "--topk", "--attn",
-                          "-t N", "--batch N", "--seed", "--bw-mib", "--json"};
-    for (int i = 0; i < 13; i++) CHECKF(out && strstr(out, opts[i]), "help lacks %s", opts[i]);
+                          "-t N", "--batch N", "--seed", "--bw-mib", "--json", "--warmup"};
+    for (int i = 0; i < 14; i++) CHECKF(out && strstr(out, opts[i]), "help lacks %s", opts[i]);
     free(out);
     const char *dir = tiny_synth("m", tiny_write("config.json", tiny_config), DSV_SYNTH_BF16, 1, 0);
     const char *bad[] = {"--fill bogus", "--depth 1,x", "--depth -4", "--dense --topk 4", "--attn both --dense",
-                         "--prefill 0 --decode 0", "--bogus", "-t 0"};
-    for (int i = 0; i < 8; i++) {
+                         "--prefill 0 --decode 0", "--bogus", "-t 0", "--warmup -1"};
+    for (int i = 0; i < 9; i++) {
         snprintf(cmd, sizeof cmd, "%s bench -m %s --bw-mib 16 %s 2>&1", bin(), dir, bad[i]);
         CHECKF(test_run(cmd, &out) != 0, "'%s' succeeded", bad[i]);
         CHECKF(out && strstr(out, "dsv32 bench: ") && strchr(out, '\n') == out + strlen(out) - 1, "'%s': %s", bad[i],

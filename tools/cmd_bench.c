@@ -6,7 +6,11 @@
  * random cache contents (--fill random: a 128K depth in seconds; decode
  * timing is real either way); then time --prefill tokens appended at that
  * depth, cut the sequence back to the depth, and time --decode tokens one at
- * a time (greedy, logits of each). Each measurement reports the engine's own
+ * a time (greedy, logits of each) after --warmup untimed ones (cut back
+ * again), so the timed tokens find the weights mapped and the caches warm
+ * at that depth. Decode rows add the per-token latency percentiles (p50,
+ * p90, p99, max: nearest rank over the timed tokens), the jitter a mean
+ * hides. Each measurement reports the engine's own
  * statistics (dsv_context_get_stats): time per part, weight bytes streamed
  * per token and the GB/s that makes, cache bytes, linear-layer TFLOPS. The
  * read bandwidth and the AMX BF16 peak are measured at start with the same
@@ -41,6 +45,7 @@ static const char *usage =
     "  --depth LIST       context depths, comma-separated (default 0,4096)\n"
     "  --prefill N        tokens prefilled at each depth, timed; 0 skips (default 512)\n"
     "  --decode N         tokens decoded one by one at each depth, timed; 0 skips (default 32)\n"
+    "  --warmup N         untimed tokens decoded before them at each depth (default 2)\n"
     "  --fill MODE        how each depth is reached: real (prefill in --batch chunks) or random\n"
     "                     (random cache contents; decode timing stays real) (default real)\n"
     "  --dense            attend to every position: the same attention kernel, no top-k\n"
@@ -60,7 +65,8 @@ struct bench {
     const char *cmd, *model_dir, *name, *topk_file;
     int layer_topk[DSV_MAX_TOPK_LAYERS];
     int *depths, n_depths;
-    long prefill, decode, topk, threads, batch, bw_mib;
+    long prefill, decode, warmup, topk, threads, batch, bw_mib;
+    double *lat;               /* per-token decode seconds [decode] */
     unsigned long long seed;
     int fill_random, modes, json;
     dsv_model *m;
@@ -124,16 +130,27 @@ static int prefill(struct bench *b, dsv_context *ctx, const int32_t *t, int n, i
     return 0;
 }
 
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Nearest-rank percentile p (0-100] of n sorted values. */
+static double percentile(const double *v, int n, double p) {
+    int r = (int)(p / 100.0 * n + 0.999999);
+    return v[r < 1 ? 0 : r > n ? n - 1 : r - 1];
+}
+
 static const char *mode_name(int mode) { return mode == MODE_DENSE ? "dense" : "sparse"; }
 
 static void print_header(struct bench *b) {
     fprintf(b->table,
-            "%-7s %-6s %7s %4s %8s %9s | %8s %7s %8s %9s %9s %8s | %8s %6s %4s | %8s %8s %6s | %7s\n",
+            "%-7s %-6s %7s %4s %8s %9s | %8s %7s %8s %9s %9s %8s | %8s %6s %4s | %8s %8s %6s | %7s | %7s %7s %7s %7s\n",
             "phase", "mode", "depth", "tok", "tok/s", "ms/tok", "indexer", "top-k", "attn", "linear", "moe",
-            "other", "wMB/tok", "GB/s", "%bw", "KV B/tok", "KV rd MB", "linTF", "peak MB");
+            "other", "wMB/tok", "GB/s", "%bw", "KV B/tok", "KV rd MB", "linTF", "peak MB", "p50 ms", "p90 ms",
+            "p99 ms", "max ms");
 }
 
-/* One measurement: stats over `n` tokens that took `secs`. */
 /* The most positions a layer keeps (per-layer lists, then --topk, then the model's). */
 static int largest_topk(const struct bench *b) {
     int k = 0;
@@ -145,8 +162,18 @@ static int largest_topk(const struct bench *b) {
     return k;
 }
 
+/* One measurement: stats over `n` tokens that took `secs`; lat: the
+ * tokens' own times (decode), NULL for a prefill. */
 static void report(struct bench *b, const char *phase, int mode, int depth, int n, double secs,
-                   const dsv_context_stats *s) {
+                   const dsv_context_stats *s, double *lat) {
+    double pct[4] = {0, 0, 0, 0}; /* p50, p90, p99, max in ms */
+    if (lat) {
+        qsort(lat, (size_t)n, sizeof *lat, cmp_double);
+        pct[0] = 1e3 * percentile(lat, n, 50);
+        pct[1] = 1e3 * percentile(lat, n, 90);
+        pct[2] = 1e3 * percentile(lat, n, 99);
+        pct[3] = 1e3 * lat[n - 1];
+    }
     const double per = 1.0 / n, ms = 1e-6 * per;
     const double wbytes = (double)s->weight_bytes * per;
     const double gbs = wbytes / (secs * per) / 1e9;
@@ -156,12 +183,14 @@ static void report(struct bench *b, const char *phase, int mode, int depth, int 
     const double keys = (double)s->n_keys * per / b->c->n_layers;
     const uint64_t rss = peak_rss_mb();
     fprintf(b->table,
-            "%-7s %-6s %7d %4d %8.3f %9.2f | %8.2f %7.2f %8.2f %9.2f %9.2f %8.2f | %8.1f %6.2f %3.0f%% | %8llu %8.2f %6.3f | %7llu\n",
+            "%-7s %-6s %7d %4d %8.3f %9.2f | %8.2f %7.2f %8.2f %9.2f %9.2f %8.2f | %8.1f %6.2f %3.0f%% | %8llu %8.2f %6.3f | %7llu",
             phase, mode_name(mode), depth, n, n / secs, 1e3 * secs * per, s->ns[DSV_PHASE_INDEXER] * ms,
             s->ns[DSV_PHASE_TOPK] * ms, s->ns[DSV_PHASE_ATTN] * ms, s->ns[DSV_PHASE_LINEAR] * ms,
             s->ns[DSV_PHASE_MOE] * ms, s->ns[DSV_PHASE_OTHER] * ms, wbytes / 1e6, gbs,
             b->mem_gbs > 0 ? 100 * gbs / b->mem_gbs : 0, (unsigned long long)s->kv_token_bytes, kv_read / 1e6, lin_tf,
             (unsigned long long)rss);
+    if (lat) fprintf(b->table, " | %7.2f %7.2f %7.2f %7.2f\n", pct[0], pct[1], pct[2], pct[3]);
+    else fprintf(b->table, " | %7s %7s %7s %7s\n", "-", "-", "-", "-");
     const int ranks = dsv_parallel_size();
     if (ranks > 1)
         fprintf(b->table, "        %d ranks: %.3f ms/tok communicating (%.1f sums and gathers, %.1f KB summed, "
@@ -187,8 +216,10 @@ static void report(struct bench *b, const char *phase, int mode, int depth, int 
            wbytes > 0 ? b->mem_gbs * 1e9 / wbytes : 0, (unsigned long long)s->kv_token_bytes, kv_read, keys, lin_tf);
     if (b->amx_tflops > 0) printf("%.6g", b->amx_tflops);
     else printf("null");
-    printf(",\"ranks\":%d,\"comm_ms\":%.6g,\"comm_sum_bytes_per_tok\":%.0f,\"peak_rss_mb\":%llu}\n", ranks,
+    printf(",\"ranks\":%d,\"comm_ms\":%.6g,\"comm_sum_bytes_per_tok\":%.0f,\"peak_rss_mb\":%llu", ranks,
            s->ns[DSV_PHASE_COMM] * ms, (double)s->comm_sum_bytes * per, (unsigned long long)rss);
+    if (lat) printf(",\"p50_ms\":%.6g,\"p90_ms\":%.6g,\"p99_ms\":%.6g,\"max_ms\":%.6g}\n", pct[0], pct[1], pct[2], pct[3]);
+    else printf("}\n");
     fflush(stdout);
     free(name);
 }
@@ -220,21 +251,29 @@ static int measure(struct bench *b, int mode, int depth) {
         if (prefill(b, ctx, t, (int)b->prefill, 1)) return 1;
         double secs = dsv_time() - t0;
         dsv_context_get_stats(ctx, &s);
-        report(b, "prefill", mode, depth, (int)b->prefill, secs, &s);
+        report(b, "prefill", mode, depth, (int)b->prefill, secs, &s, NULL);
         if (dsv_seq_truncate(ctx, 0, depth)) return 1;
     }
     if (b->decode > 0) {
         int32_t tok = (int32_t)(b->seed % (uint64_t)b->c->vocab_size);
+        for (long k = 0; k < b->warmup; k++) { /* untimed, then cut back to the depth */
+            dsv_batch_entry e = {0, 1, &tok, DSV_LOGITS_LAST};
+            if (dsv_forward(ctx, &e, 1, b->logits)) return 1;
+        }
+        if (b->warmup > 0 && dsv_seq_truncate(ctx, 0, depth)) return 1;
         dsv_context_reset_stats(ctx);
-        double t0 = dsv_time();
+        double t0 = dsv_time(), tk = t0;
         for (long k = 0; k < b->decode; k++) {
             dsv_batch_entry e = {0, 1, &tok, DSV_LOGITS_LAST};
             if (dsv_forward(ctx, &e, 1, b->logits)) return 1;
             tok = argmax(b->logits, b->c->vocab_size);
+            const double t1 = dsv_time();
+            b->lat[k] = t1 - tk;
+            tk = t1;
         }
         double secs = dsv_time() - t0;
         dsv_context_get_stats(ctx, &s);
-        report(b, "decode", mode, depth, (int)b->decode, secs, &s);
+        report(b, "decode", mode, depth, (int)b->decode, secs, &s, b->lat);
     }
     return 0;
 }
@@ -245,12 +284,13 @@ static int run(struct bench *b) {
     b->c = dsv_model_config(b->m);
     int max_depth = 0;
     for (int i = 0; i < b->n_depths; i++) max_depth = b->depths[i] > max_depth ? b->depths[i] : max_depth;
-    long extra = b->prefill > b->decode ? b->prefill : b->decode;
+    long extra = b->prefill > b->decode + b->warmup ? b->prefill : b->decode + b->warmup;
     if ((long)max_depth + extra + 1 > (1L << 28)) return cli_fail(cmd, "depth + tokens too large");
     long n_tok = b->fill_random ? b->prefill : (max_depth > b->prefill ? max_depth : b->prefill);
     b->logits = malloc((size_t)b->c->vocab_size * sizeof *b->logits);
     b->toks = malloc((size_t)(n_tok > 1 ? n_tok : 1) * sizeof *b->toks);
-    if (!b->logits || !b->toks) return cli_fail(cmd, "out of memory");
+    b->lat = malloc((size_t)(b->decode > 0 ? b->decode : 1) * sizeof *b->lat);
+    if (!b->logits || !b->toks || !b->lat) return cli_fail(cmd, "out of memory");
 
     dsv_context_params cp = dsv_context_default_params();
     cp.n_ctx = max_depth + (int)extra + 1;
@@ -288,7 +328,7 @@ static int run(struct bench *b) {
 }
 
 int cmd_bench(int argc, char **argv) {
-    struct bench b = {.cmd = "bench", .prefill = 512, .decode = 32, .batch = 512, .bw_mib = 1024, .modes = MODE_SPARSE};
+    struct bench b = {.cmd = "bench", .prefill = 512, .decode = 32, .warmup = 2, .batch = 512, .bw_mib = 1024, .modes = MODE_SPARSE};
     const char *cmd = b.cmd, *v, *depths = "0,4096";
     int attn_set = 0;
     cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_BATCH | CLI_E_DENSE | CLI_E_TOPK | CLI_E_TOPK_FILE);
@@ -304,6 +344,8 @@ int cmd_bench(int argc, char **argv) {
             if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1L << 24, &b.prefill)) return 1;
         } else if (!strcmp(a, "--decode")) {
             if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1L << 24, &b.decode)) return 1;
+        } else if (!strcmp(a, "--warmup")) {
+            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1L << 20, &b.warmup)) return 1;
         } else if (!strcmp(a, "--bw-mib")) {
             if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1L << 20, &b.bw_mib)) return 1;
         } else if (!strcmp(a, "--seed")) {
@@ -350,5 +392,6 @@ int cmd_bench(int argc, char **argv) {
     free(b.depths);
     free(b.logits);
     free(b.toks);
+    free(b.lat);
     return rc;
 }

@@ -54,10 +54,10 @@ static inline float dsv_weight_at(const dsv_linear *w, long i, int as_bf16) {
 }
 
 /* Packed activations of a linear layer: each kernel set lays out the input
- * rows of one call its own way (AMX: transposed bf16 tiles; AVX: fp32 rows;
- * generic: as given), once per call, in the form its inner loop reads. The
- * size covers the largest layout of any set, so a context works whichever
- * set runs. */
+ * rows of one call its own way (AMX: transposed bf16 tiles; AVX: fp32 rows,
+ * bf16 rows for AVX-512's fp8 layers; generic: as given), once per call, in
+ * the form its inner loop reads. The size covers the largest layout of any
+ * set, so a context works whichever set runs. */
 static inline size_t dsv_lin_pack_bytes(int m, int K) {
     size_t mp = ((size_t)m + 15) & ~(size_t)15, kp = ((size_t)K + 31) & ~(size_t)31;
     return mp * kp * 4 + mp * ((size_t)K / DSV_QBLOCK + 1) * 4 + 128;

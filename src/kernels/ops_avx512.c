@@ -11,12 +11,18 @@
  *
  * Linear layers keep their inputs as fp32 rows (packed once per call) and
  * widen weight rows on the fly, a register tile of 4 weight rows by 3-4
- * input rows at a time; fp8 layers promote each 128-wide block's partial
- * sums by the block's scales (fp8_gemm's two-level accumulation, lane by
- * lane). Attention processes 8 heads per pass over the keys, so each key
- * row is read once per 8 heads; the absorptions stream wkv_b once.
- * AVX512_BF16's dot product is not used: on current Xeons it issues at half
- * the rate of fp32 FMA, and its conversions flush denormals. */
+ * input rows at a time. fp8 layers are the exception: their inputs and
+ * weights are e4m3 values, exact in bf16 and never subnormal there, so they
+ * run on AVX512_BF16's pair dot product (exact products, nothing flushed:
+ * see fp8_row), one weight row at a time so the weights stream sequentially,
+ * and promote each 128-wide block's partial sums by the block's scales
+ * (fp8_gemm's two-level accumulation, lane by lane). The indexer's e4m3
+ * queries and keys take the same dot product. Attention processes 8
+ * heads per pass over the keys, so each key row is read once per 8 heads;
+ * the absorptions stream wkv_b once. Elsewhere AVX512_BF16 is not used: its
+ * conversions and dot product flush subnormals, which bf16 activations may
+ * hold.
+ */
 #include <math.h>
 #include <string.h>
 
@@ -43,22 +49,23 @@ void dsv_avx512_dequant(dsv_bf16 *y, const uint8_t *q, const float *s, int n) {
 
 /* ---- linear layers ------------------------------------------------------- */
 
-/* Packed input: fp32 rows [m][K]; for fp8 layers the e4m3 values (unscaled)
+/* Packed input of bf16 layers: fp32 rows [m][K]. Of fp8 layers: the e4m3
+ * values (unscaled) as bf16 rows [m][K] (exact: e4m3 has 3 mantissa bits),
  * then the scales [m][K/128] from the next 64-byte boundary. */
 static float *pack_scales(void *xp, int m, int K) {
-    return (float *)((char *)xp + (((size_t)m * K * 4 + 63) & ~(size_t)63));
+    return (float *)((char *)xp + (((size_t)m * K * 2 + 63) & ~(size_t)63));
 }
 
 static void lin_pack_fp8(void *xp, const dsv_bf16 *x, int m, int K, int i0, int i1, int scale_fmt) {
     float *xs = pack_scales(xp, m, K);
     for (int i = i0; i < i1; i++) {
-        float *xf = (float *)xp + (size_t)i * K;
+        dsv_bf16 *xb = (dsv_bf16 *)xp + (size_t)i * K;
         for (int g = 0; g < K / DSV_QBLOCK; g++) {
             __m512 v[8];
             uint8_t q[DSV_QBLOCK];
             for (int j = 0; j < 8; j++) v[j] = bf16x16_load(x + (size_t)i * K + g * DSV_QBLOCK + 16 * j);
             xs[(size_t)i * (K / DSV_QBLOCK) + g] = act_quant_group(q, v, scale_fmt);
-            for (int j = 0; j < 8; j++) _mm512_storeu_ps(xf + g * DSV_QBLOCK + 16 * j, e4m3x16_load_nan(q + 16 * j));
+            for (int j = 0; j < 8; j++) bf16x16_store(xb + g * DSV_QBLOCK + 16 * j, e4m3x16_load_nan(q + 16 * j));
         }
     }
 }
@@ -136,10 +143,21 @@ static inline __attribute__((always_inline)) void dense_tile(void *y, int ldy, i
 
 /* Tiles of 4 weight rows by 4 input rows; the same per-element arithmetic
  * in the narrower edge tiles. Blocks of 64 weight rows stay in L2 while
- * every input row passes over them, 4 at a time (those in L1). */
+ * every input row passes over them, 4 at a time (those in L1). One or two
+ * input rows (decoding) take one weight row at a time instead: a
+ * sequential stream, as fp8_row reads, at ~1.4x the bandwidth of 4
+ * interleaved rows (tools/kbench); from 3 rows on, the 4x4 tile's reuse of
+ * each loaded input wins. */
 static inline __attribute__((always_inline)) void dense(void *y, int ldy, int out_bf16, const float *x, int ldx,
                                                         const dsv_linear *w, dsv_dtype dt, int as_bf16, int m, int n0,
                                                         int n1) {
+    if (m <= 2) {
+        for (int n = n0; n < n1; n++) {
+            if (m == 2) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, 0, 1, 2);
+            else dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, 0, 1, 1);
+        }
+        return;
+    }
     for (int nb = n0; nb < n1; nb += 64) {
         const int ne = n1 - nb < 64 ? n1 : nb + 64;
         for (int i = 0; i < m; i += 4) {
@@ -178,62 +196,90 @@ void dsv_avx512_linear_f32(float *y, int ldy, const float *x, const dsv_linear *
     }
 }
 
-/* One tile of fp8_gemm: weight rows n..n+nr (one 128-row scale block, as n
- * is a multiple of 4), input rows i..i+mr. Per 128-wide block, lane-wise
- * partial sums blk (8 FMAs per lane), promoted into the total as
- * tot += blk * (xs * ws); one reduction at the end. The weights are read
- * as value * 2^-8 (e4m3x16_scaled) and the 2^8 is put back by the
- * promotion: blk and (xs * ws) * 2^8 are the reference's values scaled by
- * powers of two, so every rounding is unchanged. */
-static inline __attribute__((always_inline)) void fp8_tile(dsv_bf16 *y, int ldy, const float *x, const float *xs,
-                                                           const dsv_linear *w, int n, int i, int nr, int mr) {
+/* 32 e4m3 weight codes -> their values as 32 bf16 (exact), in order. A
+ * normal code s.eeee.mmm is the bf16 s.(eeee+120).mmm0000, built with a
+ * shift, a mask and an add; the 8 subnormal magnitudes (eeee = 0: mmm * 2^-9,
+ * normal in bf16) come from a table `sub` indexed by the code's low bits.
+ * 0x7f/0xff read as +-480, as e4m3x16_scaled does (weights hold no NaN). */
+static inline __attribute__((always_inline)) __m512i e4m3x32_bf16(const uint8_t *p, __m512i sub) {
+    const __m512i c = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const void *)p)); /* sign-extended */
+    __m512i v = _mm512_add_epi16(_mm512_and_si512(_mm512_slli_epi16(c, 4), _mm512_set1_epi16(0x07f0)),
+                                 _mm512_set1_epi16(120 << 7));
+    v = _mm512_mask_permutexvar_epi16(v, _mm512_testn_epi16_mask(c, _mm512_set1_epi16(0x78)), c, sub);
+    return _mm512_ternarylogic_epi32(v, c, _mm512_set1_epi16((short)0x8000), 0xf8); /* v | (c & sign) */
+}
+/* The table e4m3x32_bf16 reads: entry i < 8 holds bf16(i * 2^-9). */
+static inline __m512i e4m3_sub_table(void) {
+    const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)),
+                                   _mm512_set1_ps(1.0f / 512));
+    return _mm512_castsi256_si512(_mm512_cvtepi32_epi16(f32x16_bf16_bits(f)));
+}
+
+static inline __m512 dot_bf16(__m512 acc, __m512i a, __m512i b) {
+    return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b);
+}
+
+/* One weight row n of fp8_gemm against input rows i..i+mr (mr <= 4). Per
+ * 128-wide block, the four 32-wide steps' pair dot products (AVX512_BF16:
+ * each lane adds the products of two adjacent inputs) land in four
+ * accumulators, summed as (s0 + s1) + (s2 + s3), and the block sum is
+ * promoted into the total as tot += blk * (xs * ws); one reduction at the
+ * end. The weight row is widened once for all mr inputs.
+ *
+ * One row at a time: the weights are then read as one sequential stream,
+ * which the hardware prefetchers follow across rows; tiles that read 4
+ * rows side by side (4 short streams, restarted every tile) measured half
+ * the bandwidth on an AMD EPYC (tools/kbench). The four accumulators keep
+ * the dot products' latency off the critical path.
+ *
+ * Exact as fp32 FMA would be: weights and inputs are e4m3 values, exact in
+ * bf16 and never bf16 subnormals (the smallest, 2^-9, is normal), so the
+ * dot product's flush of subnormal inputs never applies; the products are
+ * exact in fp32 and multiples of 2^-18, and so is every partial sum and its
+ * rounding, so no sum is an fp32 subnormal that would be flushed either.
+ * The order of additions is fixed by the element's own rows alone: batching
+ * and column splits give the same bits. */
+static inline __attribute__((always_inline)) void fp8_row(dsv_bf16 *y, int ldy, const dsv_bf16 *x, const float *xs,
+                                                          const dsv_linear *w, int n, int i, int mr, __m512i sub) {
     const int K = w->n_in, nb = K / DSV_QBLOCK;
     const uint8_t *W = (const uint8_t *)w->w + (size_t)n * w->ld;
     const float *ws = w->scale + (size_t)(n / DSV_QBLOCK) * w->scale_ld;
-    __m512 tot[4][3];
-    UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 3; c++) tot[r][c] = _mm512_setzero_ps();
+    __m512 tot[4];
+    UNROLL for (int c = 0; c < 4; c++) tot[c] = _mm512_setzero_ps();
     for (int kb = 0; kb < nb; kb++) {
-        __m512 blk[4][3];
-        UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 3; c++) blk[r][c] = _mm512_setzero_ps();
-        for (int k = kb * DSV_QBLOCK; k < (kb + 1) * DSV_QBLOCK; k += 16) {
-            if (k % 64 == 0) prefetch_next(w, n + nr, nr, (size_t)K, (size_t)k);
-            __m512 wv[4];
-            UNROLL for (int r = 0; r < 4; r++) wv[r] = r < nr ? e4m3x16_scaled(W + (size_t)r * w->ld + k) : _mm512_setzero_ps();
-            UNROLL for (int c = 0; c < 3; c++) {
-                if (c >= mr) continue;
-                const __m512 xv = _mm512_loadu_ps(x + (size_t)(i + c) * K + k);
-                UNROLL for (int r = 0; r < 4; r++) if (r < nr) blk[r][c] = _mm512_fmadd_ps(wv[r], xv, blk[r][c]);
-            }
-        }
-        UNROLL for (int c = 0; c < 3; c++) {
+        const int k0 = kb * DSV_QBLOCK;
+        __m512i wv[4];
+        UNROLL for (int j = 0; j < 4; j++) wv[j] = e4m3x32_bf16(W + k0 + 32 * j, sub);
+        UNROLL for (int c = 0; c < 4; c++) {
             if (c >= mr) continue;
-            const __m512 t = _mm512_set1_ps(xs[(size_t)(i + c) * nb + kb] * ws[kb] * 256.0f);
-            UNROLL for (int r = 0; r < 4; r++) if (r < nr) tot[r][c] = _mm512_fmadd_ps(blk[r][c], t, tot[r][c]);
+            const dsv_bf16 *xr = x + (size_t)(i + c) * K + k0;
+            __m512 s[4];
+            UNROLL for (int j = 0; j < 4; j++)
+                s[j] = dot_bf16(_mm512_setzero_ps(), wv[j], _mm512_loadu_si512((const void *)(xr + 32 * j)));
+            const __m512 blk = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3]));
+            tot[c] = _mm512_fmadd_ps(blk, _mm512_set1_ps(xs[(size_t)(i + c) * nb + kb] * ws[kb]), tot[c]);
         }
     }
-    UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 3; c++) {
-        if (r >= nr || c >= mr) continue;
-        y[(size_t)(i + c) * ldy + n + r] = dsv_f32_to_bf16(_mm512_reduce_add_ps(tot[r][c]));
-    }
+    UNROLL for (int c = 0; c < 4; c++)
+        if (c < mr) y[(size_t)(i + c) * ldy + n] = dsv_f32_to_bf16(_mm512_reduce_add_ps(tot[c]));
 }
 
-/* Blocks of 64 weight rows (in L2) against every input row, 3 at a time. */
+/* Blocks of 64 weight rows (in L2) against every input row, 4 at a time. */
 static void linear_fp8(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
                        void *scratch) {
     (void)scratch;
-    const float *x = xp, *xs = pack_scales((void *)xp, m, w->n_in);
+    const dsv_bf16 *x = xp;
+    const float *xs = pack_scales((void *)xp, m, w->n_in);
+    const __m512i sub = e4m3_sub_table();
     for (int nb = n0; nb < n1; nb += 64) {
         const int ne = n1 - nb < 64 ? n1 : nb + 64;
-        for (int i = 0; i < m; i += 3) {
-            const int mr = m - i < 3 ? m - i : 3;
-            int n = nb;
-            for (; n + 4 <= ne && n % 4 == 0; n += 4) {
-                if (mr == 3) fp8_tile(y, ldy, x, xs, w, n, i, 4, 3);
-                else for (int r = i; r < m; r++) fp8_tile(y, ldy, x, xs, w, n, r, 4, 1);
-            }
-            for (; n < ne; n++) {
-                if (mr == 3) fp8_tile(y, ldy, x, xs, w, n, i, 1, 3);
-                else for (int r = i; r < m; r++) fp8_tile(y, ldy, x, xs, w, n, r, 1, 1);
+        for (int i = 0; i < m; i += 4) {
+            const int mr = m - i;
+            for (int n = nb; n < ne; n++) {
+                if (mr >= 4) fp8_row(y, ldy, x, xs, w, n, i, 4, sub);
+                else if (mr == 3) fp8_row(y, ldy, x, xs, w, n, i, 3, sub);
+                else if (mr == 2) fp8_row(y, ldy, x, xs, w, n, i, 2, sub);
+                else fp8_row(y, ldy, x, xs, w, n, i, 1, sub);
             }
         }
     }
@@ -241,21 +287,32 @@ static void linear_fp8(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w
 
 /* ---- indexer ------------------------------------------------------------- */
 
-/* Packed query: fp32 q[d][h] (head-minor, heads padded to 16 with zeros). */
+/* The indexer runs on AVX512_BF16's pair dot product, as the fp8 linears
+ * do and for the same reason it is exact: queries and keys are e4m3 values
+ * (normal in bf16; NaN codes stay NaN), their products are exact fp32
+ * multiples of 2^-18 and so is every partial sum: no subnormal to flush.
+ * Per head, the 128 products are summed in 64 pairs (d = 2p, 2p+1) into one
+ * lane, pairs in order; a score depends only on its query and key.
+ *
+ * Packed query: bf16 pairs q[p][h][2] = (q8[h][2p], q8[h][2p+1]) (heads
+ * padded to 16 with zeros), so one vector holds one pair of 16 heads and a
+ * key's pair is one broadcast dword. */
 static inline int heads_padded(int n_heads) { return (n_heads + 15) & ~15; }
 
 void dsv_avx512_index_q_pack(void *qp, const uint8_t *q8, int n_heads) {
     const int hp = heads_padded(n_heads);
-    float *q = qp;
-    for (int d = 0; d < 128; d++)
-        for (int h = 0; h < hp; h++) q[d * hp + h] = h < n_heads ? dsv_e4m3_to_f32(q8[h * 128 + d]) : 0.0f;
+    dsv_bf16 *q = qp;
+    for (int p = 0; p < 64; p++)
+        for (int h = 0; h < hp; h++)
+            for (int e = 0; e < 2; e++)
+                q[((size_t)p * hp + h) * 2 + e] =
+                    h < n_heads ? dsv_f32_to_bf16(dsv_e4m3_to_f32(q8[h * 128 + 2 * p + e])) : (dsv_bf16)0;
 }
 
-/* Scores of `nk` (<= 4) keys kf [nk][128] (fp32) for one query: heads in
- * lanes, 64 at a time, each head's dot summed over d in order; then the
- * ReLU-weighted head sum and the key scale. */
-static inline __attribute__((always_inline)) void score_keys(float *out, const float *q, const float *w, int n_heads,
-                                                             const float *kf, const float *ks, int nk) {
+/* Scores of `nk` (<= 4) keys kb [nk][128] (bf16) for one query: heads in
+ * lanes, 64 at a time; then the ReLU-weighted head sum and the key scale. */
+static inline __attribute__((always_inline)) void score_keys(float *out, const dsv_bf16 *q, const float *w, int n_heads,
+                                                             const dsv_bf16 *kb, const float *ks, int nk) {
     const int hp = heads_padded(n_heads);
     __m512 sum[4];
     UNROLL for (int j = 0; j < 4; j++) sum[j] = _mm512_setzero_ps();
@@ -263,13 +320,17 @@ static inline __attribute__((always_inline)) void score_keys(float *out, const f
         const int ng = (hp - h0) / 16 < 4 ? (hp - h0) / 16 : 4;
         __m512 acc[4][4];
         UNROLL for (int j = 0; j < 4; j++) UNROLL for (int g = 0; g < 4; g++) acc[j][g] = _mm512_setzero_ps();
-        for (int d = 0; d < 128; d++) {
-            __m512 qv[4];
-            UNROLL for (int g = 0; g < 4; g++) qv[g] = g < ng ? _mm512_loadu_ps(q + d * hp + h0 + 16 * g) : _mm512_setzero_ps();
+        for (int p = 0; p < 64; p++) {
+            __m512i qv[4];
+            UNROLL for (int g = 0; g < 4; g++)
+                qv[g] = g < ng ? _mm512_loadu_si512((const void *)(q + ((size_t)p * hp + h0 + 16 * g) * 2))
+                               : _mm512_setzero_si512();
             UNROLL for (int j = 0; j < 4; j++) {
                 if (j >= nk) continue;
-                const __m512 kd = _mm512_set1_ps(kf[j * 128 + d]);
-                UNROLL for (int g = 0; g < 4; g++) if (g < ng) acc[j][g] = _mm512_fmadd_ps(qv[g], kd, acc[j][g]);
+                int pair;
+                memcpy(&pair, kb + j * 128 + 2 * p, 4);
+                const __m512i kd = _mm512_set1_epi32(pair);
+                UNROLL for (int g = 0; g < 4; g++) if (g < ng) acc[j][g] = dot_bf16(acc[j][g], qv[g], kd);
             }
         }
         UNROLL for (int g = 0; g < 4; g++) {
@@ -285,17 +346,25 @@ static inline __attribute__((always_inline)) void score_keys(float *out, const f
 
 void dsv_avx512_index_score(float *out, int ldo, const void *qp, const float *w, int n_heads, int nq,
                             const uint8_t *k8, const float *ks, int n, void *scratch) {
-    float *kf = scratch; /* up to 64 keys, widened once for every query: [64][128] */
+    dsv_bf16 *kb = scratch; /* up to 64 keys, widened once for every query: [64][128] */
+    const __m512i sub = e4m3_sub_table();
     for (int j0 = 0; j0 < n; j0 += 64) {
         const int nk = n - j0 < 64 ? n - j0 : 64;
-        for (int j = 0; j < nk * 128; j += 16) _mm512_storeu_ps(kf + j, e4m3x16_load_nan(k8 + (size_t)j0 * 128 + j));
+        for (int j = 0; j < nk * 128; j += 32) {
+            const uint8_t *c = k8 + (size_t)j0 * 128 + j;
+            const __mmask32 nan =
+                _mm256_cmpeq_epi8_mask(_mm256_and_si256(_mm256_loadu_si256((const void *)c), _mm256_set1_epi8(0x7f)),
+                                       _mm256_set1_epi8(0x7f));
+            _mm512_storeu_si512((void *)(kb + j),
+                                _mm512_mask_mov_epi16(e4m3x32_bf16(c, sub), nan, _mm512_set1_epi16(0x7fc0)));
+        }
         for (int t = 0; t < nq; t++) {
-            const float *q = (const float *)((const char *)qp + (size_t)t * dsv_index_q_bytes(n_heads));
+            const dsv_bf16 *q = (const dsv_bf16 *)((const char *)qp + (size_t)t * dsv_index_q_bytes(n_heads));
             const float *wt = w + (size_t)t * n_heads;
             float *o = out + (size_t)t * ldo + j0;
             int j = 0;
-            for (; j + 4 <= nk; j += 4) score_keys(o + j, q, wt, n_heads, kf + j * 128, ks + j0 + j, 4);
-            for (; j < nk; j++) score_keys(o + j, q, wt, n_heads, kf + j * 128, ks + j0 + j, 1);
+            for (; j + 4 <= nk; j += 4) score_keys(o + j, q, wt, n_heads, kb + j * 128, ks + j0 + j, 4);
+            for (; j < nk; j++) score_keys(o + j, q, wt, n_heads, kb + j * 128, ks + j0 + j, 1);
         }
     }
 }
