@@ -14,6 +14,18 @@
 /* Tokens of one sequence the indexer scores together in a multi-token call. */
 #define DSV_IDX_CHUNK 8
 
+/* A probe attached to a context by a caller inside the library (indexer
+ * adaptation, train/adapt.c). On a dense context it makes attention take
+ * the absorbed (per-token) path and leave each token's weights summed over
+ * heads in attn, and calls layer_done after each layer's attention; the
+ * forward pass is otherwise unchanged. */
+typedef struct dsv_probe {
+    float *scores;             /* [n_batch][n_ctx] reserved for analyses of the indexer's scores */
+    float *attn;               /* [n_batch][n_ctx] attention weights summed over this rank's heads */
+    int oracle;                /* reserved (0) */
+    void (*layer_done)(dsv_context *ctx, int il);
+} dsv_probe;
+
 /* Per-thread scratch. */
 typedef struct dsv_tscratch {
     float *att;        /* attention kernels [max(dsv_attn_scratch(n_keys_max, C, R), dsv_mha_scratch(...))] */
@@ -41,6 +53,7 @@ struct dsv_context {
 
     dsv_dump_fn dump;
     void *dump_user;
+    dsv_probe *probe;          /* NULL unless a probe is attached */
 
     /* Statistics: the time since phase_t0 (ns) belongs to `phase`. */
     dsv_context_stats stats;

@@ -121,6 +121,16 @@ static void mha_entry(dsv_context *ctx, struct mla_args *p, int e) {
  * columns: the weighted sums; (5) heads: the output absorption. Every
  * element's arithmetic is fixed by its head, key or column alone, so the
  * thread count and the blocking change nothing. */
+/* A probe's row: keys [j0, j1) of S [H][lds] summed over heads (in
+ * double, head order), at their positions idx[j]. */
+static void probe_sum_heads(float *row, const float *S, int lds, int H, const int32_t *idx, int j0, int j1) {
+    for (int j = j0; j < j1; j++) {
+        double s = 0;
+        for (int h = 0; h < H; h++) s += S[(size_t)h * lds + j];
+        row[idx[j]] = (float)s;
+    }
+}
+
 #define MQA_BLOCK 128 /* keys: 128 KB of gathered bf16 rows, within L2 */
 static void mqa_task(void *arg, int ith, int nth) {
     struct mla_args *p = arg;
@@ -170,6 +180,8 @@ static void mqa_task(void *arg, int ith, int nth) {
         memset(pr + n, 0, (size_t)(np - n) * sizeof(dsv_bf16));
     }
     dsv_pool_barrier(ctx->pool);
+    /* The weights stay in mqa_s (mqa_pv reads the bf16 copy). */
+    if (ctx->probe) probe_sum_heads(ctx->probe->attn + (size_t)t * ctx->p.n_ctx, ctx->mqa_s, np, H, idx, j0, j1);
 
     long g0, g1;
     dsv_split((C + 15) / 16, ith, nth, &g0, &g1);
@@ -215,12 +227,14 @@ void dsv_mla_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn
     int prev = dsv_phase(ctx, DSV_PHASE_ATTN);
     for (int e = 0; e < ctx->n_ent; e++) {
         int S = ctx->ent_len[e], last = ctx->tok_pos[ctx->ent_row[e] + S - 1];
-        if (S > 1 && last + 1 <= ctx->mha_keys) {
+        /* A probe reads each token's weights from the absorbed path. */
+        if (S > 1 && last + 1 <= ctx->mha_keys && !ctx->probe) {
             mha_entry(ctx, &a, e);
         } else {
             for (int i = 0; i < S; i++) mqa_token(ctx, &a, ctx->ent_row[e] + i, ctx->ent_seq[e]);
         }
     }
     dsv_phase(ctx, prev);
+    if (ctx->probe) ctx->probe->layer_done(ctx, il);
     dsv_lin_reduce(ctx, out, c->dim, ctx->o, &ly->wo, T); /* o_proj is row-parallel */
 }
