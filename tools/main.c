@@ -30,6 +30,7 @@ static const struct command commands[] = {
     {"synth", "write a random-weight model of any DeepSeek-V3.2 shape", cmd_synth},
     {"bench", "prefill and decode speed at chosen context depths, next to the machine's limits", cmd_bench},
     {"convert", "per-rank shard files of a model split across processes (mpirun)", cmd_convert},
+    {"adapt", "adapt the lightning indexer to a text (indexer warm-up, main model frozen)", cmd_adapt},
     {NULL, NULL, NULL},
 };
 
