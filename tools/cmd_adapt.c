@@ -30,6 +30,7 @@
 
 static const char *adapt_usage =
     "usage: dsv32 adapt -m MODEL -f TEXT -o OUT [options]\n"
+    "       dsv32 adapt -m MODEL -f TEXT [--val FILE] --measure [--topk K] [--ctx N]\n"
     "\n"
     "Adapts the lightning indexer of MODEL (a Hugging Face directory) to TEXT: DeepSeek's\n"
     "indexer warm-up (KL between the indexer's distribution and the main model's attention\n"
@@ -58,6 +59,7 @@ static const char *adapt_usage =
     "                     end (default: OUT.state)\n"
     "  --save-every N     default 0 (only on Ctrl-C and at the end)\n"
     "  --resume FILE      continue from a resume state (same model, text and options)\n"
+    "  --measure          only measure KL and mass kept on -f (and --val); no -o, no training\n"
     "  --threads N        engine threads (default: all online CPUs)\n"
     "  -h, --help         this help\n"
     "\n"
@@ -113,12 +115,14 @@ int cmd_adapt(int argc, char **argv) {
     dsv_adapt_opts o = dsv_adapt_default_opts();
     long steps = o.steps, ctx = o.ctx, batch = o.batch, warmup = -1, topk = 0, seed = 1234, threads = 0;
     long save_every = 0, eval_windows = 16;
+    int measure_only = 0;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         long *iv = NULL, lo = 0, hi = 1L << 30;
         float *fv = NULL;
         const char **sv = NULL;
         if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) { fputs(adapt_usage, stdout); return 0; }
+        else if (!strcmp(arg, "--measure")) { measure_only = 1; continue; }
         else if (!strcmp(arg, "-m")) sv = &model;
         else if (!strcmp(arg, "-f")) sv = &text;
         else if (!strcmp(arg, "-o")) sv = &out;
@@ -144,7 +148,9 @@ int cmd_adapt(int argc, char **argv) {
         else if (iv) { if (cli_int(cmd, arg, v, lo, hi, iv)) return 1; }
         else if (parse_float(cmd, arg, v, fv)) return 1;
     }
-    if (!model || !text || !out) return cli_fail(cmd, "missing -m MODEL, -f TEXT or -o OUT (see dsv32 adapt --help)");
+    if (!model || !text || (!out && !measure_only))
+        return cli_fail(cmd, "missing -m MODEL, -f TEXT or -o OUT (see dsv32 adapt --help)");
+    if (measure_only) out = "";
     if (strcmp(stage, "dense") && strcmp(stage, "sparse"))
         return cli_fail(cmd, "--stage: '%s' is neither dense nor sparse", stage);
     o.stage = strcmp(stage, "sparse") ? DSV_ADAPT_DENSE : DSV_ADAPT_SPARSE;
@@ -155,6 +161,10 @@ int cmd_adapt(int argc, char **argv) {
     o.topk = (int)topk;
     o.seed = (uint64_t)seed;
     o.n_threads = (int)threads;
+    /* Refused before any work (the library refuses it too, at the end). */
+    char r_model[4096], r_out[4096];
+    if (!measure_only && realpath(model, r_model) && realpath(out, r_out) && !strcmp(r_model, r_out))
+        return cli_fail(cmd, "%s: the output must not be the model's own directory", out);
     char state_buf[4096];
     if (!state) {
         snprintf(state_buf, sizeof state_buf, "%s.state", out);
@@ -177,12 +187,31 @@ int cmd_adapt(int argc, char **argv) {
     dsv_adapt_stats tr0 = {0}, va0 = {0}, tr1 = {0}, va1 = {0};
     if (!rc) {
         const dsv_config *c = dsv_adapt_config(a);
-        fprintf(stderr, "adapt: %s stage, %ld steps x %ld x %ld tokens, %ld indexer parameters over %d layers; "
-                "text %zu tokens%s\n", stage, steps, batch, ctx, dsv_adapt_n_params(a), c->n_layers, tn,
-                val ? "" : "; no --val");
-        fprintf(stderr, "adapt: measuring before\n");
+        if (!measure_only)
+            fprintf(stderr, "adapt: %s stage, %ld steps x %ld x %ld tokens, %ld indexer parameters over %d layers; "
+                    "text %zu tokens%s\n", stage, steps, batch, ctx, dsv_adapt_n_params(a), c->n_layers, tn,
+                    val ? "" : "; no --val");
+        fprintf(stderr, "adapt: measuring%s\n", measure_only ? "" : " before");
         rc = measure(cmd, a, tids, tn, (int)eval_windows, &tr0);
         if (!rc && val) rc = measure(cmd, a, vids, vn, (int)eval_windows, &va0);
+    }
+    if (!rc && measure_only) {
+        printf("indexer KL (mean per query and layer) and attention mass kept at k=%d, %ld-token windows\n",
+               o.topk ? o.topk : dsv_adapt_config(a)->index_topk, ctx);
+        printf("%-10s %9s %7s\n", "text", "KL", "mass");
+        printf("%-10s %9.4f", "train", tr0.kl);
+        print_mass(tr0.mass);
+        printf("\n");
+        if (val) {
+            printf("%-10s %9.4f", "held-out", va0.kl);
+            print_mass(va0.mass);
+            printf("\n");
+        }
+        dsv_adapt_free(a);
+        free(buf);
+        free(tids);
+        free(vids);
+        return 0;
     }
     struct sigaction sa = {0}, old_sa;
     sa.sa_handler = on_sigint;
