@@ -14,6 +14,7 @@
 #include "dsv32_tokenizer.h"
 #include "base/numeric.h"
 #include "format/safetensors.h"
+#include "train/adapt.h"
 #include "test.h"
 
 #define MODEL "models/tiny"
@@ -241,6 +242,56 @@ TEST(adapt_fp8_round_trip) {
     dsv_st_close(s1);
     dsv_adapt_free(a);
     dsv_adapt_free(b);
+}
+
+/* The indexer's backward (the trainer's, on the engine's inputs): the
+ * gradient of the warm-up loss matches central differences, for the
+ * largest gradient entry of every trained tensor of every layer. */
+TEST(adapt_gradient_matches_finite_differences) {
+    size_t n;
+    int32_t *ids = readme_ids(0, 12000, &n);
+    dsv_adapt_opts o = opts(0);
+    dsv_adapter *a;
+    REQUIRE(dsv_adapt_open(&a, MODEL, &o) == DSV_OK);
+    int32_t win[CTX];
+    REQUIRE(dsv_adapt_sample(a, ids, n, 0, win) == DSV_OK);
+    double loss;
+    const float *g0;
+    REQUIREF(dsv_adapt_loss_grad(a, win, &loss, &g0) == DSV_OK, "%s", dsv_errmsg());
+    const long total = dsv_adapt_n_params(a);
+    float *g = malloc(sizeof *g * (size_t)total);
+    REQUIRE(g);
+    memcpy(g, g0, sizeof *g * (size_t)total);
+    long off = 0;
+    int checked = 0;
+    for (int i = 0;; i++) {
+        long nt;
+        const char *name;
+        float *p = dsv_adapt_tensor(a, i, &nt, &name);
+        if (!p) break;
+        long j = 0;
+        for (long k = 1; k < nt; k++)
+            if (fabsf(g[off + k]) > fabsf(g[off + j])) j = k;
+        const float keep = p[j], h = 1e-3f;
+        double lp, lm;
+        const float *unused;
+        p[j] = keep + h;
+        REQUIRE(dsv_adapt_loss_grad(a, win, &lp, &unused) == DSV_OK);
+        p[j] = keep - h;
+        REQUIRE(dsv_adapt_loss_grad(a, win, &lm, &unused) == DSV_OK);
+        p[j] = keep;
+        /* the step the float parameters actually took */
+        const double fd = (lp - lm) / ((double)(keep + h) - (double)(keep - h));
+        const double an = g[off + j];
+        CHECKF(fabs(fd - an) <= 0.03 * fabs(an) + 1e-7, "%s[%ld]: analytic %.6g, numeric %.6g", name, j, an, fd);
+        CHECK(an != 0);
+        checked++;
+        off += nt;
+    }
+    CHECK_EQ_INT(checked, 5 * dsv_adapt_config(a)->n_layers);
+    free(g);
+    dsv_adapt_free(a);
+    free(ids);
 }
 
 /* Resuming from a saved state continues the run exactly: 2 + 2 steps give

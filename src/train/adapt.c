@@ -24,7 +24,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "dsv32_adapt.h"
+#include "adapt.h"
 #include "base/util.h"
 #include "format/safetensors.h"
 #include "model/context.h"
@@ -553,6 +553,20 @@ int dsv_adapt_step(dsv_adapter *a, const int32_t *windows, dsv_adapt_stats *st) 
         st->lr = lr;
         st->tokens = (long)a->o.batch * a->T;
     }
+    return DSV_OK;
+}
+
+int dsv_adapt_loss_grad(dsv_adapter *a, const int32_t *window, double *loss, const float **grad) {
+    if (!a || !window || !loss || !grad || a->o.batch != 1)
+        return dsv_error(DSV_ERR_ARG, "dsv_adapt_loss_grad: bad argument (batch must be 1)");
+    memset(a->g, 0, (size_t)a->n * sizeof *a->g);
+    sums_reset(a);
+    a->mode = MODE_TRAIN;
+    a->kl_layer = NULL;
+    int st = run_window(a, window);
+    if (st) return st;
+    *loss = a->kl_sum / ((double)a->T * a->L);
+    *grad = a->g;
     return DSV_OK;
 }
 
