@@ -58,7 +58,7 @@ static void eval_text(dsv_adapter *a, const int32_t *ids, size_t n, int max_w, d
 }
 
 static void train(dsv_adapter *a, const int32_t *ids, size_t n, int steps) {
-    int32_t *buf = malloc(sizeof *buf * CTX);
+    int32_t *buf = malloc(sizeof *buf * CTX * 4); /* batch <= 4 */
     REQUIRE(buf);
     for (int s = 0; s < steps; s++) {
         int step = dsv_adapt_step_no(a);
@@ -102,14 +102,18 @@ static const char *adapted(const char *sub, int steps, dsv_adapter **keep) {
 TEST(adapt_lowers_kl_on_reloaded_checkpoint) {
     size_t nt, nv;
     int32_t *tr = readme_ids(0, 12000, &nt), *va = readme_ids(12000, 24000, &nv);
-    dsv_adapt_opts o = opts(30);
+    /* 40 steps of 2 windows: on this text the KL falls by 35-40% whatever
+     * the seed (1, 2, 3, 7 tried), so a 20% bound holds as the README's
+     * wording changes. */
+    dsv_adapt_opts o = opts(40);
+    o.batch = 2;
     dsv_adapter *a;
     REQUIREF(dsv_adapt_open(&a, MODEL, &o) == DSV_OK, "%s", dsv_errmsg());
     dsv_adapt_stats t0, v0, t1, v1;
-    eval_text(a, tr, nt, 8, &t0);
-    eval_text(a, va, nv, 8, &v0);
-    train(a, tr, nt, 30);
-    CHECK_EQ_INT(dsv_adapt_step_no(a), 30);
+    eval_text(a, tr, nt, 12, &t0);
+    eval_text(a, va, nv, 12, &v0);
+    train(a, tr, nt, 40);
+    CHECK_EQ_INT(dsv_adapt_step_no(a), 40);
     char out[1024];
     snprintf(out, sizeof out, "%s/out", test_tmpdir());
     REQUIREF(dsv_adapt_write(a, out) == DSV_OK, "%s", dsv_errmsg());
@@ -117,13 +121,13 @@ TEST(adapt_lowers_kl_on_reloaded_checkpoint) {
 
     dsv_adapter *b;
     REQUIREF(dsv_adapt_open(&b, out, &o) == DSV_OK, "%s", dsv_errmsg());
-    eval_text(b, tr, nt, 8, &t1);
-    eval_text(b, va, nv, 8, &v1);
+    eval_text(b, tr, nt, 12, &t1);
+    eval_text(b, va, nv, 12, &v1);
     dsv_adapt_free(b);
     fprintf(stderr, "train KL %.4f -> %.4f, held-out KL %.4f -> %.4f\n", t0.kl, t1.kl, v0.kl, v1.kl);
     CHECK(t0.kl > 0 && v0.kl > 0);
-    CHECKF(t1.kl < 0.9 * t0.kl, "train KL %.5f -> %.5f", t0.kl, t1.kl);
-    CHECKF(v1.kl < 0.9 * v0.kl, "held-out KL %.5f -> %.5f", v0.kl, v1.kl);
+    CHECKF(t1.kl < 0.8 * t0.kl, "train KL %.5f -> %.5f", t0.kl, t1.kl);
+    CHECKF(v1.kl < 0.8 * v0.kl, "held-out KL %.5f -> %.5f", v0.kl, v1.kl);
 
     /* Everything but the indexer: the same bytes; every other file copied. */
     char p0[1200], p1[1200];

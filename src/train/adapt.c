@@ -380,7 +380,7 @@ void dsv_adapt_free(dsv_adapter *a) {
     dsv_model_close(a->m);
     void *bufs[] = {a->t, a->p, a->g, a->am, a->av, a->xn, a->qr, a->iq, a->ikr, a->ikl, a->ik, a->imu, a->irs,
                     a->iw, a->S, a->I, a->pt, a->dI, a->diq, a->dik, a->dikl, a->diw, a->mask, a->sel, a->sel_tmp,
-                    a->probe.attn};
+                    a->probe.attn, a->probe.scores};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     free(a);
 }
@@ -463,6 +463,9 @@ int dsv_adapt_open(dsv_adapter **out, const char *model_dir, const dsv_adapt_opt
     a->sel = xcalloc(T * sizeof(int32_t), &fail);
     a->sel_tmp = xcalloc(T * sizeof(int32_t), &fail);
     a->probe.attn = xcalloc(T * n_ctx * F, &fail);
+    /* A probe on a dense context may also be handed the engine's own
+     * indexer scores of every visible position: room for them. */
+    a->probe.scores = xcalloc(T * n_ctx * F, &fail);
     if (fail) { dsv_adapt_free(a); return dsv_error(DSV_ERR_NOMEM, "adapt: out of memory"); }
     for (long i = 0; i < (long)a->L * T_N && !st; i++) st = read_f32(&a->t[i], a->p + a->t[i].off);
     if (st) { dsv_adapt_free(a); return st; }
