@@ -94,12 +94,18 @@ static int load_ids(const char *cmd, const dsv_tokenizer *tok, const char *path,
 }
 
 /* KL and mass kept on the first max_w windows of a text. */
-static int measure(const char *cmd, dsv_adapter *a, const int32_t *ids, size_t n, int max_w, dsv_adapt_stats *st) {
+/* Layers whose KL the summary lists. */
+#define MAX_LAYERS_SHOWN 256
+
+/* KL (per layer too, into kl_layer when not NULL) and mass kept on the
+ * first max_w windows of a text. */
+static int measure(const char *cmd, dsv_adapter *a, const int32_t *ids, size_t n, int max_w, dsv_adapt_stats *st,
+                   double *kl_layer) {
     int32_t *win;
     int nw;
     if (dsv_adapt_windows(a, ids, n, &win, &nw)) return cli_fail(cmd, "%s", dsv_errmsg());
     if (nw > max_w) nw = max_w;
-    int rc = dsv_adapt_eval(a, win, nw, st, NULL) ? cli_fail(cmd, "%s", dsv_errmsg()) : 0;
+    int rc = dsv_adapt_eval(a, win, nw, st, kl_layer) ? cli_fail(cmd, "%s", dsv_errmsg()) : 0;
     free(win);
     return rc;
 }
@@ -185,6 +191,8 @@ int cmd_adapt(int argc, char **argv) {
     if (!rc && !(buf = malloc((size_t)batch * ctx * sizeof *buf))) rc = cli_fail(cmd, "out of memory");
 
     dsv_adapt_stats tr0 = {0}, va0 = {0}, tr1 = {0}, va1 = {0};
+    double kl0[MAX_LAYERS_SHOWN] = {0}, kl1[MAX_LAYERS_SHOWN] = {0};
+    int n_layers = 0;
     if (!rc) {
         const dsv_config *c = dsv_adapt_config(a);
         if (!measure_only)
@@ -192,8 +200,9 @@ int cmd_adapt(int argc, char **argv) {
                     "text %zu tokens%s\n", stage, steps, batch, ctx, dsv_adapt_n_params(a), c->n_layers, tn,
                     val ? "" : "; no --val");
         fprintf(stderr, "adapt: measuring%s\n", measure_only ? "" : " before");
-        rc = measure(cmd, a, tids, tn, (int)eval_windows, &tr0);
-        if (!rc && val) rc = measure(cmd, a, vids, vn, (int)eval_windows, &va0);
+        n_layers = c->n_layers <= MAX_LAYERS_SHOWN ? c->n_layers : 0;
+        rc = measure(cmd, a, tids, tn, (int)eval_windows, &tr0, val || !n_layers ? NULL : kl0);
+        if (!rc && val) rc = measure(cmd, a, vids, vn, (int)eval_windows, &va0, n_layers ? kl0 : NULL);
     }
     if (!rc && measure_only) {
         printf("indexer KL (mean per query and layer) and attention mass kept at k=%d, %ld-token windows\n",
@@ -205,6 +214,11 @@ int cmd_adapt(int argc, char **argv) {
         if (val) {
             printf("%-10s %9.4f", "held-out", va0.kl);
             print_mass(va0.mass);
+            printf("\n");
+        }
+        if (n_layers) {
+            printf("KL per layer (%s):", val ? "held-out" : "train");
+            for (int l = 0; l < n_layers; l++) printf(" %.4f", kl0[l]);
             printf("\n");
         }
         dsv_adapt_free(a);
@@ -258,8 +272,8 @@ int cmd_adapt(int argc, char **argv) {
     if (!rc) {
         fprintf(stderr, "adapt: measuring %s\n", out);
         if (dsv_adapt_open(&b, out, &o)) rc = cli_fail(cmd, "%s", dsv_errmsg());
-        if (!rc) rc = measure(cmd, b, tids, tn, (int)eval_windows, &tr1);
-        if (!rc && val) rc = measure(cmd, b, vids, vn, (int)eval_windows, &va1);
+        if (!rc) rc = measure(cmd, b, tids, tn, (int)eval_windows, &tr1, val || !n_layers ? NULL : kl1);
+        if (!rc && val) rc = measure(cmd, b, vids, vn, (int)eval_windows, &va1, n_layers ? kl1 : NULL);
     }
     if (!rc) {
         struct rusage ru;
@@ -274,6 +288,13 @@ int cmd_adapt(int argc, char **argv) {
             printf("%-10s %9.4f %9.4f", "held-out", va0.kl, va1.kl);
             print_mass(va0.mass);
             print_mass(va1.mass);
+            printf("\n");
+        }
+        if (n_layers) {
+            printf("KL per layer (%s), before:", val ? "held-out" : "train");
+            for (int l = 0; l < n_layers; l++) printf(" %.4f", kl0[l]);
+            printf("\nKL per layer (%s), after: ", val ? "held-out" : "train");
+            for (int l = 0; l < n_layers; l++) printf(" %.4f", kl1[l]);
             printf("\n");
         }
         if (tok_done > 0)
