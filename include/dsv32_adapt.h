@@ -10,9 +10,13 @@
  * the main model's dense attention summed over heads and L1-normalized, and
  * the loss is KL(p_t || softmax(I_t)) with I_t the indexer's scores, over
  * every visible position (warm-up) or over the indexer's own top-k (sparse
- * stage, p renormalized on that set). The indexer is computed in fp32 from
- * the engine's inputs to it (x_n, q_r); the engine's fp8 rounding of the
- * indexer's q and k is not simulated.
+ * stage, p renormalized on that set). DeepSeek's sparse stage takes p from
+ * the main model running sparse; here the main model runs dense (the engine
+ * selects with the checkpoint's indexer, not the one being trained), so p
+ * is the dense heads' sum restricted to the set, which differs from the sum
+ * of per-head sparse softmaxes by each head's normalizer. The indexer is
+ * computed in fp32 from the engine's inputs to it (x_n, q_r); the engine's
+ * fp8 rounding of the indexer's q and k is not simulated.
  *
  * Thread-safety: an adapter is used by one thread at a time (its context
  * runs its own worker threads). */
