@@ -15,8 +15,10 @@
  * selects with the checkpoint's indexer, not the one being trained), so p
  * is the dense heads' sum restricted to the set, which differs from the sum
  * of per-head sparse softmaxes by each head's normalizer. The indexer is
- * computed in fp32 from the engine's inputs to it (x_n, q_r); the engine's
- * fp8 rounding of the indexer's q and k is not simulated.
+ * computed in fp32 from the engine's inputs to it (x_n, q_r). Training does
+ * not simulate the engine's rounding of the indexer's q and k (bf16, then
+ * fp8 e4m3 with one scale per head or key); the measures (dsv_adapt_eval)
+ * do.
  *
  * Thread-safety: an adapter is used by one thread at a time (its context
  * runs its own worker threads). */
@@ -84,7 +86,8 @@ DSV_API int dsv_adapt_sample(const dsv_adapter *a, const int32_t *ids, size_t n_
 DSV_API int dsv_adapt_step(dsv_adapter *a, const int32_t *windows, dsv_adapt_stats *st);
 /* The warm-up KL (every visible position, whatever the stage) and the
  * mass kept at opts->topk, without training, on n_windows windows of ctx
- * ids. per_layer_kl (may be NULL) gets n_layers means. */
+ * ids, with the indexer's q and k rounded as the engine rounds them.
+ * per_layer_kl (may be NULL) gets n_layers means. */
 DSV_API int dsv_adapt_eval(dsv_adapter *a, const int32_t *windows, int n_windows, dsv_adapt_stats *st,
                            double *per_layer_kl);
 /* Consecutive windows (BOS + ctx-1 ids each) covering ids; *out is

@@ -25,6 +25,7 @@
 #include <cjson/cJSON.h>
 
 #include "adapt.h"
+#include "base/numeric.h"
 #include "base/util.h"
 #include "format/safetensors.h"
 #include "model/context.h"
@@ -97,7 +98,20 @@ static void lin_dw(float *dW, const float *dy, long ldy, const float *x, long ld
     dsv_tr_gemm(dW, K, dy, 1, ldy, x, ldx, 1, N, K, M, 1);
 }
 
-/* Scores I[i][s] (s <= i) of layer l from the captured x_n and q_r. */
+/* A 128-value indexer query head or key rounded as the engine rounds it
+ * before scoring: to bf16, then act_quant to e4m3 with one scale (the
+ * checkpoint's scale format); the score's product of the two dequantized
+ * vectors is what the engine's fp8 dot product times both scales gives. */
+static void engine_round(float *x, int scale_fmt) {
+    uint8_t q[128];
+    float s;
+    for (int i = 0; i < 128; i++) x[i] = dsv_round_bf16(x[i]);
+    dsv_act_quant(q, &s, x, 128, scale_fmt);
+    for (int i = 0; i < 128; i++) x[i] = dsv_e4m3_to_f32(q[i]) * s;
+}
+
+/* Scores I[i][s] (s <= i) of layer l from the captured x_n and q_r; when
+ * measuring, with q and k rounded as the engine rounds them. */
 static void indexer_fwd(dsv_adapter *a, int l) {
     const dsv_config *c = a->c;
     const ad_tensor *y = a->t + (long)l * T_N;
@@ -114,6 +128,7 @@ static void indexer_fwd(dsv_adapter *a, int l) {
             float *q = a->iq + ((long)i * Hi + h) * Di;
             dsv_tr_rope(q, cs, sn, R2, 0, 0);
             dsv_tr_hadamard(q, Di);
+            if (a->mode == MODE_EVAL) engine_round(q, c->scale_fmt);
         }
         float *k = a->ik + (long)i * Di;
         dsv_tr_layernorm_fwd(a->ikl + (long)i * Di, &a->imu[i], &a->irs[i], a->ikr + (long)i * Di, P + y[T_KNW].off,
@@ -121,6 +136,7 @@ static void indexer_fwd(dsv_adapter *a, int l) {
         memcpy(k, a->ikl + (long)i * Di, (size_t)Di * sizeof *k);
         dsv_tr_rope(k, cs, sn, R2, 0, 0);
         dsv_tr_hadamard(k, Di);
+        if (a->mode == MODE_EVAL) engine_round(k, c->scale_fmt);
         for (int h = 0; h < Hi; h++) a->iw[(long)i * Hi + h] *= wscale;
     }
     for (int h = 0; h < Hi; h++) {
