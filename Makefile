@@ -1,7 +1,8 @@
 # dsv32: plain Makefile.
 #   make            build/libdsv32.a and build/dsv32
 #   make test       build and run every test; ends with "N passed, N failed"
-#   make asan       the tests under AddressSanitizer + UBSan (in build-asan/)
+#   make asan       the tests under AddressSanitizer + UBSan, clang (in build-asan/)
+#   make fuzz       every libFuzzer target for FUZZ_SECONDS (in build-fuzz/)
 #   make CC=clang   any C11 compiler with GNU extensions (gcc, clang)
 #   make MPI=1      with Open MPI (model parallelism across processes: mpirun
 #                   -np N build/dsv32 ...); MPI=0 without; by default on when
@@ -60,7 +61,7 @@ endif
 $(OBJ) $(TEST_OBJ): CPPFLAGS += -Isrc
 $(OBJ): XCFLAGS += -fvisibility=hidden
 
-.PHONY: all test asan clean bench fuzz check-layers check-cycles
+.PHONY: all test asan clean bench check-layers check-cycles
 all: $(BUILD)/libdsv32.a $(BUILD)/dsv32
 
 # Flags live here, and an object built with other flags (say, before the
@@ -120,9 +121,12 @@ check-layers:
 check-cycles: $(OBJ)
 	tools/check-cycles.sh $(OBJ)
 
+# The whole suite under AddressSanitizer and UBSan, built with clang: gcc's
+# UBSan misses float-to-int casts of out-of-range doubles. Any finding stops
+# the test that hit it (-fno-sanitize-recover).
+ASAN_FLAGS = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 asan:
-	$(MAKE) BUILD=build-asan OPT="-O1" \
-	    CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	$(MAKE) CC=clang BUILD=build-asan OPT="-O1" CFLAGS="-O1 -g $(ASAN_FLAGS)" \
 	    LDFLAGS="-fsanitize=address,undefined" test
 
 # The standard benchmark set (tools/bench.sh, about 3 minutes on 2 cores):
@@ -131,14 +135,31 @@ asan:
 bench: $(BUILD)/dsv32
 	BUILD=$(BUILD) tools/bench.sh
 
-# libFuzzer target for the safetensors reader: clang only, not part of `test`
-# (how to run it: tests/fuzz/fuzz_safetensors.c).
-FUZZ_SRC = tests/fuzz/fuzz_safetensors.c src/format/safetensors.c src/base/dtype.c src/base/util.c
-fuzz: build-fuzz/fuzz_safetensors
-build-fuzz/fuzz_safetensors: $(FUZZ_SRC) src/format/safetensors.h src/base/util.h include/dsv32.h
-	@mkdir -p $(dir $@)
-	clang -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -g -O1 -fsanitize=fuzzer,address,undefined $(WARN) \
-	    $(FUZZ_SRC) -o $@ -lcjson -lm
+# libFuzzer targets (clang), one per parser of outside input: the target
+# NAME is tests/fuzz/fuzz_NAME.c, its seeds tests/fuzz/seeds/NAME/, inputs
+# that once crashed it tests/data/fuzz/NAME/ (replayed first). To add one,
+# write the file and add NAME here. `make fuzz` runs each for FUZZ_SECONDS
+# under ASan+UBSan (tools/fuzz.sh); `make fuzz-build` only builds them.
+FUZZ_TARGETS = safetensors config tokenizer chat_render chat_parse server_api gguf
+FUZZ_SECONDS ?= 30
+FUZZ_CFLAGS  = -O1 -g $(ASAN_FLAGS)
+FUZZ_LDLIBS  = -lpcre2-8 -lcjson -lmicrohttpd -lpthread -lm
+FUZZ_BIN     = $(FUZZ_TARGETS:%=build-fuzz/fuzz_%)
+
+.PHONY: fuzz fuzz-build fuzz-always
+fuzz: fuzz-build
+	FUZZ_SECONDS=$(FUZZ_SECONDS) tools/fuzz.sh $(FUZZ_TARGETS)
+fuzz-build: $(FUZZ_BIN)
+# The library with coverage instrumentation (no MPI: no parser needs it),
+# brought up to date by its own make every time; a recipe (not just a
+# prerequisite) so that the targets see its new time and relink.
+ifneq ($(BUILD),build-fuzz)
+build-fuzz/libdsv32.a: fuzz-always
+	$(MAKE) CC=clang BUILD=build-fuzz MPI=0 OPT=-O1 CFLAGS="$(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link" \
+	    build-fuzz/libdsv32.a
+endif
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h build-fuzz/libdsv32.a
+	clang -std=c11 -D_GNU_SOURCE -Iinclude -Isrc $(FUZZ_CFLAGS) -fsanitize=fuzzer $(WARN) $< build-fuzz/libdsv32.a -o $@ $(FUZZ_LDLIBS)
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -71,6 +71,8 @@ DSV_API const char *dsv_status_str(int status);
  * with the reference's names (model.py ModelArgs) in comments. */
 
 enum { DSV_SCORE_SIGMOID = 0, DSV_SCORE_SOFTMAX = 1 };
+/* Layers a per-layer top-k list can name (config and context parameters). */
+#define DSV_MAX_TOPK_LAYERS 256
 enum { DSV_SCALE_FMT_NONE = 0, DSV_SCALE_FMT_UE8M0 = 1 };
 
 typedef struct dsv_config {
@@ -90,6 +92,10 @@ typedef struct dsv_config {
     int q_lora_rank, kv_lora_rank;
     int qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
     int index_n_heads, index_head_dim, index_topk;
+    /* dsa_topk_per_layer (optional, a list of num_hidden_layers values, e.g.
+     * from `dsv32 analyze --suggest`): layer l keeps index_topk_layer[l]
+     * positions; 0 where the config has no list (index_topk). */
+    int index_topk_layer[DSV_MAX_TOPK_LAYERS];
     float rms_norm_eps;
     float rope_theta;
     int yarn;                /* YaRN active (rope_scaling yarn and max_position_embeddings > original) */
@@ -131,7 +137,9 @@ typedef struct dsv_model_params {
 DSV_API dsv_model_params dsv_model_default_params(void);
 
 /* Opens a Hugging Face model directory: config.json plus model.safetensors or
- * the shards listed in model.safetensors.index.json. Every tensor the config
+ * the shards listed in model.safetensors.index.json; or a GGUF file whose
+ * name ends in .gguf (the first of a split set), arch deepseek32 or deepseek2
+ * (see README, GGUF models). Every tensor the config
  * implies is checked for presence, dtype and shape; no weight is converted or
  * copied. p may be NULL for the defaults. */
 DSV_API int dsv_model_open(dsv_model **out, const char *dir, const dsv_model_params *p);
@@ -159,6 +167,10 @@ typedef struct dsv_context_params {
     int64_t n_pages;  /* KV pages of DSV_PAGE tokens (0: n_seq * ceil(n_ctx / DSV_PAGE)) */
     int attn;         /* DSV_ATTN_SPARSE (the model's top-k) or DSV_ATTN_DENSE (every position) */
     int topk;         /* override index_topk (0: the config's) */
+    /* Per-layer top-k: layer l keeps layer_topk[l] positions where it is > 0,
+     * else topk, else the config's dsa_topk_per_layer, else index_topk.
+     * Entries past num_hidden_layers must be 0. */
+    int layer_topk[DSV_MAX_TOPK_LAYERS];
     /* A multi-token call whose sequence spans at most this many positions
      * uses the reference's non-absorbed (MHA) prefill maths; longer ones use
      * the absorbed (MQA) maths of decoding, whose cost does not grow with the

@@ -38,6 +38,9 @@ typedef struct dsv_server_params {
     size_t max_body;        /* largest request body before 413 */
     const char *api_key;    /* NULL: no authentication */
     int verbose;            /* log the set-up and each request on stderr */
+    /* A top-k per layer (dsv_context_params.layer_topk; all 0: the model's,
+     * its config's dsa_topk_per_layer included). */
+    int layer_topk[DSV_MAX_TOPK_LAYERS];
 } dsv_server_params;
 
 /* The defaults: 127.0.0.1:8080, 4 parallel, n_batch 512, queue 64, body

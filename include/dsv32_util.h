@@ -40,6 +40,10 @@ DSV_API double dsv_time(void);
  * read error), DSV_ERR_FORMAT (larger than max_bytes), DSV_ERR_NOMEM.
  * *out is written only on success. */
 DSV_API int dsv_read_file(const char *path, size_t max_bytes, char **out, size_t *len);
+/* Writes "dir/name" (or just dir when name is NULL) into buf[cap]. A path
+ * that does not fit is an error (DSV_ERR_ARG, "...: path too long"), never a
+ * silent truncation that would open another file. Returns DSV_OK. */
+DSV_API int dsv_path_join(char *buf, size_t cap, const char *dir, const char *name);
 /* The same from an open stream (read to its end, not closed); name is for
  * the error messages. */
 DSV_API int dsv_read_stream(FILE *f, const char *name, size_t max_bytes, char **out, size_t *len);

@@ -1,4 +1,4 @@
-/* conformance.c: the conformance rule of ../shared/conformance/README.md.
+/* conformance.c: the conformance rule of tests/data/conformance/README.md.
  *
  * Teacher forcing: per row, a prefill of its step-0 tokens at position 0, then
  * one call per later step with the recorded token. Layer 0 is judged tightly
@@ -246,27 +246,4 @@ int conf_judge(const char *label, const conf_metrics *m, const conf_limits *lim)
 #undef LE
 #undef GE
     return ok;
-}
-
-void at_each_level(void (*fn)(const char *level)) {
-    /* Contexts opened with default parameters run DSV32_ISA's level: set it
-     * for each run, and put back what the caller had. */
-    char *saved = getenv("DSV32_ISA") ? strdup(getenv("DSV32_ISA")) : NULL;
-    for (int i = 0; i < DSV_KLEVEL_COUNT; i++) {
-        const char *level = dsv_kernels_level_name(i);
-        if (dsv_kernels_supported(level) != DSV_OK) {
-            printf("    level %s: not on this machine, skipped\n", level);
-            continue;
-        }
-        setenv("DSV32_ISA", level, 1);
-        struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
-        fn(level);
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        printf("    level %-8s %.2fs\n", level, (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
-        fflush(stdout);
-    }
-    if (saved) setenv("DSV32_ISA", saved, 1);
-    else unsetenv("DSV32_ISA");
-    free(saved);
 }

@@ -1,4 +1,4 @@
-/* conformance.h: runs a case of ../shared/conformance through the library and
+/* conformance.h: runs a case of tests/data/conformance through the library and
  * judges it by the rule of its README (shared by the conformance tests and the
  * kernel-level runs at every ISA). */
 #ifndef DSV_TEST_CONFORMANCE_H
@@ -20,11 +20,5 @@ int conf_run(const char *config, const char *case_name, int n_threads, conf_metr
 conf_limits conf_limits_for(const char *config);
 /* Checks every metric against the limits, reporting failures; returns 1 if all pass. */
 int conf_judge(const char *label, const conf_metrics *m, const conf_limits *lim);
-
-/* Runs fn once per kernel level this machine has (cpu.c's list), with
- * DSV32_ISA set to it so that the contexts fn opens run it (and put back
- * afterwards); after each run prints the level's name and time (failures
- * show just above it), and names the levels the machine lacks. */
-void at_each_level(void (*fn)(const char *level));
 
 #endif

@@ -24,6 +24,22 @@ void test_register(const char *name, const char *file, test_fn fn);
     }                                                                           \
     static void test_##name(void)
 
+/* A test that runs once per kernel level (generic, avx2, avx512, amx), each
+ * its own entry "name@level" in the runner, with that level forced
+ * (test_level() names it); a level this CPU lacks is counted as a skip. */
+void test_register_levels(const char *name, const char *file, test_fn fn, int first_level);
+const char *test_level(void);
+#define TEST_LEVELS_FROM(name, first)                                           \
+    static void test_##name(void);                                              \
+    __attribute__((constructor)) static void test_reg_##name(void) {            \
+        test_register_levels(#name, __FILE__, test_##name, first);              \
+    }                                                                           \
+    static void test_##name(void)
+#define TEST_LEVELS(name) TEST_LEVELS_FROM(name, 0)
+/* The fast levels only (avx2, avx512, amx): tests that compare the forced
+ * level against the scalar reference, which generic would compare to itself. */
+#define TEST_FAST_LEVELS(name) TEST_LEVELS_FROM(name, 1)
+
 extern int test_failures;
 void test_fail(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -53,11 +69,18 @@ _Noreturn void test_abort(void);
              test_fail(__FILE__, __LINE__, "|%s - %s| <= %g: %.9g vs %.9g",     \
                        #a, #b, (double)(tol), a_, b_); } while (0)
 #define SKIP(...) test_skip(__VA_ARGS__)
+/* A skip, unless the environment variable `var` is set (CI sets
+ * DSV32_REQUIRE_MPI, DSV32_REQUIRE_NODE, DSV32_REQUIRE_CHROMIUM): then the
+ * same reason is a failure. */
+_Noreturn void test_skip_unless_required(const char *var, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+#define SKIP_UNLESS_REQUIRED(var, ...) test_skip_unless_required(var, __VA_ARGS__)
 
 /* Helpers shared by tests. */
-/* The shared fixtures folder: $DSV32_SHARED, else ../shared. */
+/* The fixtures folder, tests/data (conformance/, tokenizer/, ... laid out as
+ * the project's shared reference data); $DSV32_SHARED overrides it. */
 const char *test_shared_dir(void);
-/* shared path joined with rel; returns a static buffer rotated among 8 slots. */
+/* The fixtures folder joined with rel; returns a static buffer rotated among 8 slots. */
 const char *test_shared(const char *rel);
 /* A fresh, empty temporary directory for this test (removed by the runner). */
 const char *test_tmpdir(void);

@@ -1,5 +1,5 @@
 /* test_chat.c: the chat format. Rendering against the golden prompts made by
- * the Jinja template (shared/tokenizer/chat-golden.jsonl, chat-cases.json and
+ * the Jinja template (tests/data/tokenizer/chat-golden.jsonl, chat-cases.json and
  * tests/data/chat-extra.jsonl), the JSON front end's error paths, and the
  * output parser: fixed cases plus one-shot == streaming over every split. */
 #include <cjson/cJSON.h>
@@ -10,7 +10,7 @@
 /* Calls fn(case object, golden text) for each line of a JSONL golden file. */
 static int for_each_golden(const char *path, void (*fn)(const cJSON *c, const char *json, void *u), void *u) {
     char *data = test_read_file(path, NULL);
-    if (!data) SKIP("missing %s", path);
+    REQUIREF(data, "missing fixture %s", path);
     int n = 0;
     for (char *line = data, *nl; *line; line = nl + 1) {
         nl = strchr(line, '\n');
@@ -74,7 +74,7 @@ static int check_cases(const char *cases_path, const char *golden_path, int *n_t
     cJSON *golden = cJSON_CreateArray();
     for_each_golden(golden_path, collect_line, golden);
     char *cases = test_read_file(cases_path, NULL);
-    if (!cases) SKIP("missing %s", cases_path);
+    REQUIREF(cases, "missing fixture %s", cases_path);
     cJSON *arr = cJSON_Parse(cases);
     REQUIRE(cJSON_IsArray(arr));
     int n = 0;

@@ -1,5 +1,5 @@
 /* test_forward.c: invariants of the forward pass on a conformance model, at
- * every kernel level the machine has. Each holds bit for bit, because no
+ * every kernel level (one runner entry per level; those the CPU lacks skip). Each holds bit for bit, because no
  * row's arithmetic depends on the other rows of a call, on how the work is
  * split across threads, or on the order in which selected positions were
  * ranked. */
@@ -83,7 +83,7 @@ static void topk_covering_context_equals_dense_at(const char *level) {
     free(b);
     dsv_model_close(m);
 }
-TEST(topk_covering_context_equals_dense) { at_each_level(topk_covering_context_equals_dense_at); }
+TEST_LEVELS(topk_covering_context_equals_dense) { topk_covering_context_equals_dense_at(test_level()); }
 
 static void chunked_prefill_equals_one_call_at(const char *level) {
     (void)level;
@@ -119,7 +119,7 @@ static void chunked_prefill_equals_one_call_at(const char *level) {
     free(b);
     dsv_model_close(m);
 }
-TEST(chunked_prefill_equals_one_call) { at_each_level(chunked_prefill_equals_one_call_at); }
+TEST_LEVELS(chunked_prefill_equals_one_call) { chunked_prefill_equals_one_call_at(test_level()); }
 
 static void batch_equals_each_sequence_alone_at(const char *level) {
     (void)level;
@@ -158,7 +158,7 @@ static void batch_equals_each_sequence_alone_at(const char *level) {
     free(both);
     dsv_model_close(m);
 }
-TEST(batch_equals_each_sequence_alone) { at_each_level(batch_equals_each_sequence_alone_at); }
+TEST_LEVELS(batch_equals_each_sequence_alone) { batch_equals_each_sequence_alone_at(test_level()); }
 
 static void threads_do_not_change_results_at(const char *level) {
     (void)level;
@@ -179,7 +179,7 @@ static void threads_do_not_change_results_at(const char *level) {
     free(b);
     dsv_model_close(m);
 }
-TEST(threads_do_not_change_results) { at_each_level(threads_do_not_change_results_at); }
+TEST_LEVELS(threads_do_not_change_results) { threads_do_not_change_results_at(test_level()); }
 
 static void truncate_and_refeed_at(const char *level) {
     (void)level;
@@ -202,7 +202,7 @@ static void truncate_and_refeed_at(const char *level) {
     free(b);
     dsv_model_close(m);
 }
-TEST(truncate_and_refeed) { at_each_level(truncate_and_refeed_at); }
+TEST_LEVELS(truncate_and_refeed) { truncate_and_refeed_at(test_level()); }
 
 TEST(forward_rejects_bad_calls_without_side_effects) {
     dsv_model *m = open_model("public_sparse_bf16");

@@ -1,6 +1,6 @@
 /* test_kernels.c: every fast kernel set against the scalar reference
- * (ops_ref.c), on random inputs of awkward sizes, at every level this
- * machine has (levels it lacks are reported, not failed).
+ * (ops_ref.c), on random inputs of awkward sizes: one runner entry per fast
+ * level (avx2, avx512, amx), and a level this CPU lacks is a skip.
  *
  * Tolerances, as normalized mean squared error NMSE = Σ(a-r)² / Σr²:
  * - act_quant, dequant: exact (bit for bit): every set implements the same
@@ -72,14 +72,18 @@ static double nmse_bf16(const dsv_bf16 *a, const dsv_bf16 *r, size_t n) {
     return den > 0 ? num / den : num;
 }
 
-/* The fast sets this machine runs (the generic set is the reference). */
+/* The fast set under test: the level of this runner entry
+ * (TEST_FAST_LEVELS; one the CPU lacks was skipped before the test ran);
+ * the generic set is the reference. */
 static int fast_sets(const dsv_kernels **out) {
-    int n = 0;
-    for (int lv = DSV_KLEVEL_AVX2; lv < DSV_KLEVEL_COUNT; lv++) {
-        if (dsv_kernels_at(lv)) out[n++] = dsv_kernels_at(lv);
-        else printf("    %s: not on this machine, skipped\n", dsv_kernels_level_name(lv));
-    }
-    return n;
+    for (int lv = 0; lv < DSV_KLEVEL_COUNT; lv++)
+        if (!strcmp(dsv_kernels_level_name(lv), test_level())) {
+            out[0] = dsv_kernels_at(lv);
+            REQUIREF(out[0], "kernel level %s: no set", test_level());
+            return 1;
+        }
+    REQUIREF(0, "unknown kernel level %s", test_level());
+    return 0;
 }
 
 /* The worst NMSE seen per set in the current test, printed at its end. */
@@ -106,7 +110,7 @@ static void *scratch_lin(void) {
 
 /* ---- act_quant, dequant ---------------------------------------------------- */
 
-TEST(kernels_act_quant_and_dequant_exact) {
+TEST_FAST_LEVELS(kernels_act_quant_and_dequant_exact) {
     const dsv_kernels *sets[3];
     int ns = fast_sets(sets);
     enum { N = 128 * 6 };
@@ -235,7 +239,7 @@ static void check_linear(const dsv_kernels **sets, int ns, dsv_dtype dt, int M, 
     free_weight(&t);
 }
 
-TEST(kernels_linear_fp8) {
+TEST_FAST_LEVELS(kernels_linear_fp8) {
     const dsv_kernels *sets[3];
     int ns = fast_sets(sets);
     /* 1-16 rows: the decoding kernel, whose tiles are m columns wide; above: the others. */
@@ -247,7 +251,7 @@ TEST(kernels_linear_fp8) {
     report("linear_fp8");
 }
 
-TEST(kernels_linear_bf16) {
+TEST_FAST_LEVELS(kernels_linear_bf16) {
     const dsv_kernels *sets[3];
     int ns = fast_sets(sets);
     static const int Ms[] = {1, 2, 3, 17, 33}, Ns[] = {16, 40, 130}, Ks[] = {16, 100, 256, 576};
@@ -259,7 +263,7 @@ TEST(kernels_linear_bf16) {
     report("linear_bf16");
 }
 
-TEST(kernels_linear_f32) {
+TEST_FAST_LEVELS(kernels_linear_f32) {
     const dsv_kernels *sets[3];
     int ns = fast_sets(sets);
     static const int Ms[] = {1, 3, 17}, Ns[] = {8, 40, 130}, Ks[] = {16, 100, 256};
@@ -291,7 +295,7 @@ TEST(kernels_linear_f32) {
 
 /* ---- indexer --------------------------------------------------------------- */
 
-TEST(kernels_index_score) {
+TEST_FAST_LEVELS(kernels_index_score) {
     const dsv_kernels *sets[3];
     int ns = fast_sets(sets);
     static const int Hs[] = {8, 64, 20}, Ns[] = {1, 5, 16, 64, 100}, NQ = 5;
@@ -390,7 +394,7 @@ static void run_mqa(const dsv_kernels *k, dsv_bf16 *o, const dsv_bf16 *qa, const
     }
 }
 
-TEST(kernels_mqa_attn) {
+TEST_FAST_LEVELS(kernels_mqa_attn) {
     const dsv_kernels *sets[3];
     int ns = fast_sets(sets);
     static const struct { int H, C, R, n; } cs[] = {{16, 512, 64, 1}, {16, 512, 64, 77}, {6, 256, 32, 40},
@@ -424,7 +428,7 @@ TEST(kernels_mqa_attn) {
     report("mqa_attn");
 }
 
-TEST(kernels_mha_attn) {
+TEST_FAST_LEVELS(kernels_mha_attn) {
     const dsv_kernels *sets[3];
     int ns = fast_sets(sets);
     /* T queries of one sequence at positions E-T..E-1: causal (every
@@ -467,7 +471,7 @@ TEST(kernels_mha_attn) {
     report("mha_attn");
 }
 
-TEST(kernels_absorb) {
+TEST_FAST_LEVELS(kernels_absorb) {
     const dsv_kernels *sets[3];
     int ns = fast_sets(sets);
     /* pow2: power-of-two block scales (ue8m0 checkpoints), which fast
@@ -510,7 +514,7 @@ TEST(kernels_absorb) {
  * double sums of squares (NMSE 1e-10: at most a rare one-ulp flip);
  * SwiGLU's exp is within 2 ulp of expf (NMSE 1e-5, bf16 outputs); the
  * MoE's axpy is exact. */
-TEST(kernels_row_ops) {
+TEST_FAST_LEVELS(kernels_row_ops) {
     const dsv_kernels *sets[3];
     int ns = fast_sets(sets);
     enum { N = 1000 };

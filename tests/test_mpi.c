@@ -1,7 +1,7 @@
 /* test_mpi.c: one model split across processes (mpirun), against the single
  * process.
  *
- * - conformance: every case of ../shared/conformance judged by its README's
+ * - conformance: every case of tests/data/conformance judged by its README's
  *   rule at 2 and 4 ranks (run_tests itself under mpirun: rank 0 runs the
  *   cases, the others follow);
  * - the logits of 2, 3 and 4 ranks (3: uneven splits, a rank without heads)

@@ -124,7 +124,7 @@ static const char *bf16_dir(void) { return test_shared("conformance/public_spars
 static void require_fixture(const char *dir) {
     char p[1100];
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
-    if (!file_exists(p)) SKIP("%s not present", p);
+    REQUIREF(file_exists(p), "missing fixture %s", p);
 }
 
 /* ---- dtypes ---- */

@@ -1,7 +1,7 @@
 /* test_tokenizer.c: the byte-level BPE tokenizer.
  *
  * Against the real DeepSeek-V3.2-Exp tokenizer (decompressed from
- * shared/tokenizer at test time): every golden encoding and decoding, the
+ * tests/data/tokenizer at test time): every golden encoding and decoding, the
  * chat goldens, round trips over varied and broken text, streaming decoding,
  * special tokens and near misses. Against small generated tokenizer.json
  * files: BPE merge order, ignore_merges, and a clear error for each kind of
@@ -408,7 +408,7 @@ TEST(tokenizer_broken_utf8_pieces) {
 }
 
 /* PCRE2's \s (with UCP) is pinned here for the three code points where
- * regex engines disagree (see shared/tokenizer/README.md). The pre-tokenizer's
+ * regex engines disagree (see tests/data/tokenizer/README.md). The pre-tokenizer's
  * last alternatives, \s+(?!\S)|\s+, keep a whitespace run together, and
  * `\s*[\r\n]+` joins it to a following newline. */
 TEST(tokenizer_whitespace_pcre2) {

@@ -74,6 +74,36 @@ int cli_ids(const char *cmd, const char *s, int32_t **ids, int *n) {
     return 0;
 }
 
+int cli_topk_file(const char *cmd, const char *path, int n_layers, int *layer_topk) {
+    FILE *f = fopen(path, "r");
+    if (!f) return cli_fail(cmd, "--topk-file %s: cannot open (%s)", path, strerror(errno));
+    int n = 0, c, bad = 0;
+    long v = -1; /* the number being read, -1 between numbers */
+    while (!bad) {
+        c = fgetc(f);
+        if (c == '#') {
+            while (c != EOF && c != '\n') c = fgetc(f);
+        }
+        if (c >= '0' && c <= '9') {
+            v = (v < 0 ? 0 : v) * 10 + (c - '0');
+            if (v > (1L << 30)) bad = 1;
+            continue;
+        }
+        if (v >= 0) {
+            if (v < 1 || n >= n_layers || n >= DSV_MAX_TOPK_LAYERS) bad = 1;
+            else layer_topk[n++] = (int)v;
+            v = -1;
+        }
+        if (c == EOF) break;
+        if (c != ' ' && c != '\t' && c != '\n' && c != '\r' && c != ',') bad = 1;
+    }
+    fclose(f);
+    if (bad || n != n_layers)
+        return cli_fail(cmd, "--topk-file %s: expected %d top-k values in [1, 2^30] (one per layer; commas, spaces "
+                        "and # comments allowed)", path, n_layers);
+    return 0;
+}
+
 cli_engine cli_engine_init(unsigned which) {
     return (cli_engine){.which = which, .scale_fmt = -1};
 }
@@ -82,6 +112,8 @@ int cli_engine_opt(const char *cmd, cli_engine *e, int argc, char **argv, int *i
     const char *a = argv[*i], *v;
     if ((e->which & CLI_E_DENSE) && !strcmp(a, "--dense")) { e->dense = 1; return 1; }
     if ((e->which & CLI_E_MODEL) && !strcmp(a, "-m")) return (e->model = cli_value(cmd, argc, argv, i)) ? 1 : -1;
+    if ((e->which & CLI_E_TOPK_FILE) && !strcmp(a, "--topk-file"))
+        return (e->topk_file = cli_value(cmd, argc, argv, i)) ? 1 : -1;
     if ((e->which & CLI_E_SCALE_FMT) && !strcmp(a, "--scale-fmt"))
         return (v = cli_value(cmd, argc, argv, i)) && !cli_scale_fmt(cmd, v, &e->scale_fmt) ? 1 : -1;
     const struct { unsigned bit; const char *name; int *dst; long lo, hi; } ints[] = {
@@ -103,5 +135,6 @@ int cli_engine_opt(const char *cmd, cli_engine *e, int argc, char **argv, int *i
 int cli_engine_check(const char *cmd, const cli_engine *e) {
     if ((e->which & CLI_E_MODEL) && !e->model) return cli_fail(cmd, "missing -m MODEL_DIR (see dsv32 %s --help)", cmd);
     if (e->dense && e->topk) return cli_fail(cmd, "--dense and --topk exclude each other");
+    if (e->dense && e->topk_file) return cli_fail(cmd, "--dense and --topk-file exclude each other");
     return 0;
 }

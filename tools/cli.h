@@ -16,6 +16,11 @@ int cli_scale_fmt(const char *cmd, const char *s, int *out);
 /* Parses "1,2,3" into a malloc'ed array; 0 on success. */
 int cli_ids(const char *cmd, const char *s, int32_t **ids, int *n);
 
+/* Reads a per-layer top-k file (n_layers integers >= 1, separated by
+ * spaces, commas or newlines; '#' starts a comment, as `dsv32 analyze
+ * --suggest -o` writes it) into layer_topk[0..n_layers); 0 on success. */
+int cli_topk_file(const char *cmd, const char *path, int n_layers, int *layer_topk);
+
 /* The engine options several commands share, parsed in one place so that
  * their names, ranges and messages agree. Each command names the ones it
  * takes (CLI_E_* bits); a command with a narrower range checks it after. */
@@ -27,6 +32,7 @@ enum {
     CLI_E_DENSE = 1 << 4,     /* --dense */
     CLI_E_TOPK = 1 << 5,      /* --topk K, 1 to 2^30 */
     CLI_E_SCALE_FMT = 1 << 6, /* --scale-fmt ue8m0|none */
+    CLI_E_TOPK_FILE = 1 << 7, /* --topk-file FILE (read with cli_topk_file once the model is open) */
 };
 typedef struct cli_engine {
     unsigned which;           /* CLI_E_* this command takes */
@@ -36,6 +42,7 @@ typedef struct cli_engine {
     int n_batch;              /* 0: the command's default */
     int dense;
     int topk;                 /* 0: the model's index_topk */
+    const char *topk_file;    /* NULL: not given */
     int scale_fmt;            /* -1: as the checkpoint says, else DSV_SCALE_FMT_* */
 } cli_engine;
 /* All unset, taking the options in `which`. */

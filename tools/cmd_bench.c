@@ -45,6 +45,7 @@ static const char *usage =
     "                     (random cache contents; decode timing stays real) (default real)\n"
     "  --dense            attend to every position: the same attention kernel, no top-k\n"
     "  --topk K           keep K positions per query (default: the model's index_topk)\n"
+    "  --topk-file FILE   a top-k per layer (from dsv32 analyze --suggest -o); \"topk\" reports the largest\n"
     "  --attn MODE        sparse, dense or both, alternating per depth (default sparse)\n"
     "  -t N               threads (default: all online CPUs)\n"
     "  --batch N          tokens per forward call when prefilling (default 512)\n"
@@ -56,7 +57,8 @@ static const char *usage =
 enum { MODE_SPARSE = 1, MODE_DENSE = 2 };
 
 struct bench {
-    const char *cmd, *model_dir, *name;
+    const char *cmd, *model_dir, *name, *topk_file;
+    int layer_topk[DSV_MAX_TOPK_LAYERS];
     int *depths, n_depths;
     long prefill, decode, topk, threads, batch, bw_mib;
     unsigned long long seed;
@@ -132,6 +134,17 @@ static void print_header(struct bench *b) {
 }
 
 /* One measurement: stats over `n` tokens that took `secs`. */
+/* The most positions a layer keeps (per-layer lists, then --topk, then the model's). */
+static int largest_topk(const struct bench *b) {
+    int k = 0;
+    for (int l = 0; l < b->c->n_layers && l < DSV_MAX_TOPK_LAYERS; l++) {
+        int kl = b->layer_topk[l] ? b->layer_topk[l] : b->topk ? (int)b->topk
+                 : b->c->index_topk_layer[l] ? b->c->index_topk_layer[l] : b->c->index_topk;
+        if (kl > k) k = kl;
+    }
+    return k;
+}
+
 static void report(struct bench *b, const char *phase, int mode, int depth, int n, double secs,
                    const dsv_context_stats *s) {
     const double per = 1.0 / n, ms = 1e-6 * per;
@@ -164,7 +177,7 @@ static void report(struct bench *b, const char *phase, int mode, int depth, int 
            "\"linear_tflops\":%.6g,\"amx_tflops\":",
            b->name, b->c->fp8 ? "fp8" : "bf16", dsv_context_kernels(b->ctx[mode == MODE_DENSE]), b->threads, phase,
            mode_name(mode),
-           mode == MODE_DENSE ? 0 : b->topk ? (int)b->topk : b->c->index_topk, b->fill_random ? "random" : "real",
+           mode == MODE_DENSE ? 0 : largest_topk(b), b->fill_random ? "random" : "real",
            depth, n, secs, n / secs, 1e3 * secs * per, attn_ms, s->ns[DSV_PHASE_INDEXER] * ms,
            s->ns[DSV_PHASE_TOPK] * ms, s->ns[DSV_PHASE_ATTN] * ms, s->ns[DSV_PHASE_LINEAR] * ms,
            s->ns[DSV_PHASE_MOE] * ms, s->ns[DSV_PHASE_OTHER] * ms, wbytes, gbs, b->mem_gbs,
@@ -243,6 +256,8 @@ static int run(struct bench *b) {
                                       : b->batch);
     cp.n_threads = (int)b->threads;
     cp.topk = (int)b->topk;
+    if (b->topk_file && cli_topk_file(cmd, b->topk_file, b->c->n_layers, b->layer_topk)) return 1;
+    memcpy(cp.layer_topk, b->layer_topk, sizeof cp.layer_topk);
     for (int k = 0; k < 2; k++) {
         if (!(b->modes & (k ? MODE_DENSE : MODE_SPARSE))) continue;
         cp.attn = k ? DSV_ATTN_DENSE : DSV_ATTN_SPARSE;
@@ -272,7 +287,7 @@ int cmd_bench(int argc, char **argv) {
     struct bench b = {.cmd = "bench", .prefill = 512, .decode = 32, .batch = 512, .bw_mib = 1024, .modes = MODE_SPARSE};
     const char *cmd = b.cmd, *v, *depths = "0,4096";
     int attn_set = 0;
-    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_BATCH | CLI_E_DENSE | CLI_E_TOPK);
+    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_BATCH | CLI_E_DENSE | CLI_E_TOPK | CLI_E_TOPK_FILE);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r = cli_engine_opt(cmd, &e, argc, argv, &i);
@@ -311,6 +326,7 @@ int cmd_bench(int argc, char **argv) {
     const int dense = e.dense;
     b.model_dir = e.model;
     b.topk = e.topk;
+    b.topk_file = e.topk_file;
     if (e.threads) b.threads = e.threads;
     if (e.n_batch) b.batch = e.n_batch;
     if (dense && attn_set) return cli_fail(cmd, "--dense and --attn exclude each other");

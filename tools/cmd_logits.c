@@ -25,6 +25,7 @@ static const char *usage =
     "  -o FILE            output file of float32 logits, 1 + n - P rows\n"
     "  --dense            attend to every position (no top-k)\n"
     "  --topk K           keep K positions per query instead of the model's index_topk\n"
+    "  --topk-file FILE   a top-k per layer (from dsv32 analyze --suggest -o)\n"
     "  --scale-fmt F      activation scale format: ue8m0 or none (default: the checkpoint's)\n"
     "  -t N               threads (default: all online CPUs)\n"
     "  --dump DIR         write per-call intermediates to DIR: <i>.l0_attn_out.f32,\n"
@@ -41,7 +42,11 @@ struct dump_state {
 
 static void write_file(struct dump_state *d, const char *suffix, const void *data, size_t bytes) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/%d.%s", d->dir, d->call, suffix);
+    /* A name cut short would write another file: a failure instead. */
+    if (snprintf(path, sizeof path, "%s/%d.%s", d->dir, d->call, suffix) >= (int)sizeof path) {
+        d->failed = 1;
+        return;
+    }
     FILE *f = fopen(path, "wb");
     if (!f || fwrite(data, 1, bytes, f) != bytes) d->failed = 1;
     if (f && fclose(f)) d->failed = 1;
@@ -65,7 +70,8 @@ static void on_dump(const char *name, int layer, int dtype, int rows, int cols, 
 int cmd_logits(int argc, char **argv) {
     const char *cmd = "logits", *ids_s = NULL, *out = NULL, *dump = NULL, *v;
     long prefill = -1;
-    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_DENSE | CLI_E_TOPK | CLI_E_SCALE_FMT);
+    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_DENSE | CLI_E_TOPK | CLI_E_SCALE_FMT |
+                                   CLI_E_TOPK_FILE);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r = cli_engine_opt(cmd, &e, argc, argv, &i);
@@ -108,10 +114,11 @@ int cmd_logits(int argc, char **argv) {
     cp.attn = e.dense ? DSV_ATTN_DENSE : DSV_ATTN_SPARSE;
     cp.topk = e.topk;
     dsv_context *ctx;
-    if (dsv_context_open(&ctx, m, &cp)) {
+    if ((e.topk_file && cli_topk_file(cmd, e.topk_file, c->n_layers, cp.layer_topk)) ||
+        (dsv_context_open(&ctx, m, &cp) && cli_fail(cmd, "%s", dsv_errmsg()))) {
         free(ids);
         dsv_model_close(m);
-        return cli_fail(cmd, "%s", dsv_errmsg());
+        return 1;
     }
     struct dump_state ds = {dump, 0, c->n_dense_layers, 0};
     if (dump) dsv_context_set_dump(ctx, on_dump, &ds);

@@ -8,7 +8,11 @@
  * --recall measures the lightning indexer with the fp32 training forward on
  * the same weights: per layer, the share of dense attention mass (heads
  * summed, L1-normalized per query) inside the top-k the indexer selects,
- * over the queries that see more than k positions (full windows only). */
+ * over the queries that see more than k positions (full windows only).
+ * --kl-base MODEL2 runs a second model (the unquantized one, say) on the
+ * same windows and reports what llama.cpp's perplexity tool reports against
+ * its base: mean KL(base || model) per position, top-1 agreement and the
+ * perplexity ratio. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -34,10 +38,14 @@ static const char *usage =
     "  --ctx N            window size in tokens (default: max_position_embeddings, at most 4096)\n"
     "  --dense            attend to every position (no top-k)\n"
     "  --topk K           keep K positions per query instead of the model's index_topk\n"
+    "  --topk-file FILE   a top-k per layer (from dsv32 analyze --suggest -o)\n"
     "  --recall           also print, per layer, the indexer's recall: the share of dense\n"
     "                     attention mass inside its top-k (fp32 training forward, full windows)\n"
     "  --scale-fmt F      activation scale format: ue8m0 or none (default: the checkpoint's)\n"
     "  -t N               threads (default: all online CPUs)\n"
+    "  --kl-base MODEL2   also run MODEL2 (e.g. the unquantized model) on the same windows\n"
+    "                     and print mean KL(MODEL2 || MODEL), top-1 agreement and the\n"
+    "                     perplexity ratio\n"
     "  --quiet            print only the perplexity\n"
     "  -h, --help         this help\n";
 
@@ -51,6 +59,26 @@ static double log_prob(const float *lg, int n, int target) {
     double s = 0;
     for (int i = 0; i < n; i++) s += exp((double)(lg[i] - mx));
     return (double)(lg[target] - mx) - log(s);
+}
+
+/* KL(p_a || p_b) of two rows of logits, and whether their argmaxes agree. */
+static double kl_row(const float *a, const float *b, int n, int *agree) {
+    float ma = -INFINITY, mb = -INFINITY;
+    int ia = 0, ib = 0;
+    for (int i = 0; i < n; i++) {
+        if (a[i] > ma) { ma = a[i]; ia = i; }
+        if (b[i] > mb) { mb = b[i]; ib = i; }
+    }
+    double za = 0, zb = 0;
+    for (int i = 0; i < n; i++) { za += exp((double)(a[i] - ma)); zb += exp((double)(b[i] - mb)); }
+    const double la = log(za), lb = log(zb);
+    double kl = 0;
+    for (int i = 0; i < n; i++) {
+        const double pa = (double)(a[i] - ma) - la, pb = (double)(b[i] - mb) - lb;
+        kl += exp(pa) * (pa - pb);
+    }
+    *agree = ia == ib;
+    return kl;
 }
 
 static int run_recall(const char *cmd, const char *model, const int32_t *ids, size_t n, int ctx, int bos, int topk,
@@ -92,9 +120,10 @@ static int run_recall(const char *cmd, const char *model, const int32_t *ids, si
 }
 
 int cmd_ppl(int argc, char **argv) {
-    const char *cmd = "ppl", *file = NULL;
+    const char *cmd = "ppl", *file = NULL, *base = NULL;
     int recall = 0, quiet = 0;
-    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_CTX | CLI_E_DENSE | CLI_E_TOPK | CLI_E_SCALE_FMT);
+    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_CTX | CLI_E_DENSE | CLI_E_TOPK | CLI_E_SCALE_FMT |
+                                   CLI_E_TOPK_FILE);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r = cli_engine_opt(cmd, &e, argc, argv, &i);
@@ -104,13 +133,15 @@ int cmd_ppl(int argc, char **argv) {
         else if (!strcmp(a, "--recall")) recall = 1;
         else if (!strcmp(a, "--quiet")) quiet = 1;
         else if (!strcmp(a, "-f")) { if (!(file = cli_value(cmd, argc, argv, &i))) return 1; }
+        else if (!strcmp(a, "--kl-base")) { if (!(base = cli_value(cmd, argc, argv, &i))) return 1; }
         else return cli_fail(cmd, "unknown option '%s' (see dsv32 ppl --help)", a);
     }
     if (cli_engine_check(cmd, &e)) return 1;
     if (!file) return cli_fail(cmd, "missing -f TEXT");
     /* A window scores tokens after the first, so it needs two. */
     if (e.n_ctx == 1) return cli_fail(cmd, "--ctx: '1' is not an integer in [2, %d]", 1 << 24);
-    const char *model = e.model;
+    if (e.topk_file && recall) return cli_fail(cmd, "--topk-file and --recall exclude each other");
+    const char *model = e.model, *topk_file = e.topk_file;
     long ctx = e.n_ctx, topk = e.topk, threads = e.threads;
     int dense = e.dense, scale_fmt = e.scale_fmt;
 
@@ -148,8 +179,21 @@ int cmd_ppl(int argc, char **argv) {
     cp.n_threads = (int)threads;
     cp.attn = dense ? DSV_ATTN_DENSE : DSV_ATTN_SPARSE;
     cp.topk = (int)topk;
+    if (!rc && topk_file) rc = cli_topk_file(cmd, topk_file, c->n_layers, cp.layer_topk);
     dsv_context *cx = NULL;
     if (!rc && dsv_context_open(&cx, m, &cp)) rc = cli_fail(cmd, "%s", dsv_errmsg());
+    dsv_model *mb = NULL;
+    dsv_context *cxb = NULL;
+    if (!rc && base) {
+        if (dsv_model_open(&mb, base, &mp)) rc = cli_fail(cmd, "--kl-base: %s", dsv_errmsg());
+        else if (dsv_model_config(mb)->vocab_size != V)
+            rc = cli_fail(cmd, "--kl-base: %s has a vocabulary of %d, not %d", base, dsv_model_config(mb)->vocab_size, V);
+        else if (dsv_context_open(&cxb, mb, &cp)) rc = cli_fail(cmd, "--kl-base: %s", dsv_errmsg());
+    }
+    float *lbase = rc || !base ? NULL : malloc((size_t)chunk * V * sizeof *lbase);
+    if (!rc && base && !lbase) rc = cli_fail(cmd, "out of memory");
+    double kl = 0, nll_base = 0;
+    long agree = 0;
     float *logits = rc ? NULL : malloc((size_t)chunk * V * sizeof *logits);
     int32_t *win = rc ? NULL : malloc((size_t)ctx * sizeof *win);
     if (!rc && (!logits || !win)) rc = cli_fail(cmd, "out of memory");
@@ -169,12 +213,20 @@ int cmd_ppl(int argc, char **argv) {
         int wl = k + (int)take;
         if (wl < 2) break;
         dsv_seq_reset(cx, 0);
+        if (cxb) dsv_seq_reset(cxb, 0);
         for (int p = 0; p < wl && !rc; p += chunk) {
             int cl = wl - p < chunk ? wl - p : chunk;
             dsv_batch_entry e = {.seq = 0, .n_tokens = cl, .tokens = win + p, .logits = DSV_LOGITS_ALL};
             if (dsv_forward(cx, &e, 1, logits)) { rc = cli_fail(cmd, "%s", dsv_errmsg()); break; }
+            if (cxb && dsv_forward(cxb, &e, 1, lbase)) { rc = cli_fail(cmd, "--kl-base: %s", dsv_errmsg()); break; }
             for (int j = 0; j < cl && p + j + 1 < wl; j++) {
                 nll -= log_prob(logits + (size_t)j * V, V, win[p + j + 1]);
+                if (cxb) {
+                    int ag;
+                    kl += kl_row(lbase + (size_t)j * V, logits + (size_t)j * V, V, &ag);
+                    agree += ag;
+                    nll_base -= log_prob(lbase + (size_t)j * V, V, win[p + j + 1]);
+                }
                 scored++;
             }
         }
@@ -191,9 +243,16 @@ int cmd_ppl(int argc, char **argv) {
         double ppl = exp(nll / scored);
         if (quiet) printf("%.4f\n", ppl);
         else
-            printf("ppl %.4f  (%ld tokens scored, ctx %ld, %s top-%d)\n", ppl, scored, ctx,
-                   dense ? "dense" : "sparse", dense ? (int)ctx : topk ? (int)topk : c->index_topk);
+            printf("ppl %.4f  (%ld tokens scored, ctx %ld, %s top-%d%s)\n", ppl, scored, ctx,
+                   dense ? "dense" : "sparse", dense ? (int)ctx : topk ? (int)topk : c->index_topk,
+                   topk_file ? " where --topk-file leaves 0" : "");
+        if (base)
+            printf("kl-base: mean KL %.6f  top-1 agreement %.4f  ppl %.4f vs base %.4f (ratio %.4f)\n", kl / scored,
+                   (double)agree / scored, ppl, exp(nll_base / scored), ppl / exp(nll_base / scored));
     }
+    free(lbase);
+    dsv_context_close(cxb);
+    dsv_model_close(mb);
     free(logits);
     free(win);
     dsv_context_close(cx);

@@ -43,6 +43,7 @@ static void usage(FILE *f) {
             "      --api-key KEY     require \"Authorization: Bearer KEY\" on every /v1 request\n"
             "                        (default: $DSV32_API_KEY if set, else none)\n"
             "      --alias NAME      model id in the API (default: the directory's name)\n"
+            "      --topk-file FILE  a top-k per layer (from dsv32 analyze --suggest -o)\n"
             "  -t, --threads N       compute threads (default: every core)\n"
             "  -v, --verbose         log the set-up and every request on stderr (default: off)\n"
             "  -h, --help            show this help\n",
@@ -68,6 +69,7 @@ static int parse_size(const char *opt, const char *s, int64_t *out) {
 
 int cmd_serve(int argc, char **argv) {
     dsv_server_params p = dsv_server_default_params();
+    const char *topk_file = NULL;
     p.api_key = getenv("DSV32_API_KEY");
     if (p.api_key && !p.api_key[0]) p.api_key = NULL;
     for (int i = 1; i < argc; i++) {
@@ -89,6 +91,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--max-body")) { VALUE(); if (parse_size(a, v, &size)) return 2; p.max_body = (size_t)size; }
         else if (!strcmp(a, "--api-key")) { VALUE(); p.api_key = v; }
         else if (!strcmp(a, "--alias")) { VALUE(); p.alias = v; }
+        else if (!strcmp(a, "--topk-file")) { VALUE(); topk_file = v; }
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) p.verbose = 1;
         else { cli_fail(CMD, "unknown option '%s' (see dsv32 serve --help)", a); return 2; }
 #undef INT
@@ -99,6 +102,11 @@ int cmd_serve(int argc, char **argv) {
         return 2;
     }
     if (p.n_batch < p.n_parallel + 2) p.n_batch = p.n_parallel + 2;
+    if (topk_file) {
+        dsv_config c;
+        if (dsv_config_load(&c, p.model_dir)) return cli_fail(CMD, "%s", dsv_errmsg());
+        if (cli_topk_file(CMD, topk_file, c.n_layers, p.layer_topk)) return 1;
+    }
 
     sigset_t stop;
     sigemptyset(&stop);

@@ -285,8 +285,8 @@ static const char *export_usage =
 
 static int copy_file(const char *cmd, const char *from_dir, const char *to_dir, const char *name) {
     char a[4096], b[4096];
-    snprintf(a, sizeof a, "%s/%s", from_dir, name);
-    snprintf(b, sizeof b, "%s/%s", to_dir, name);
+    if (dsv_path_join(a, sizeof a, from_dir, name) || dsv_path_join(b, sizeof b, to_dir, name))
+        return cli_fail(cmd, "%s", dsv_errmsg());
     size_t len;
     char *data;
     if (dsv_read_file(a, TEXT_MAX_BYTES, &data, &len)) return cli_fail(cmd, "%s", dsv_errmsg());

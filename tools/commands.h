@@ -17,6 +17,8 @@ int cmd_serve(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_analyze(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
 int cmd_adapt(int argc, char **argv);
 
 #endif

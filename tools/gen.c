@@ -40,6 +40,7 @@ const char gen_opts_help[] =
     "                     (default 512)\n"
     "  --dense            attend to every position instead of the indexer's top-k\n"
     "  --topk K           keep K positions per query (default: the model's index_topk)\n"
+    "  --topk-file FILE   a top-k per layer (from dsv32 analyze --suggest -o)\n"
     "  -t N               threads (default: all online CPUs)\n";
 
 int gen_parse_opt(const char *cmd, gen_opts *o, int argc, char **argv, int *i) {
@@ -47,7 +48,8 @@ int gen_parse_opt(const char *cmd, gen_opts *o, int argc, char **argv, int *i) {
     long n;
     char *end;
     /* The engine options: the shared parser, one option at a time. */
-    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_CTX | CLI_E_BATCH | CLI_E_DENSE | CLI_E_TOPK);
+    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_CTX | CLI_E_BATCH | CLI_E_DENSE | CLI_E_TOPK |
+                                   CLI_E_TOPK_FILE);
     int r = cli_engine_opt(cmd, &e, argc, argv, i);
     if (r > 0) {
         if (e.n_ctx && e.n_ctx < 16) { cli_fail(cmd, "--ctx: '%d' is not an integer in [16, %d]", e.n_ctx, 1 << 24); return -1; }
@@ -60,6 +62,7 @@ int gen_parse_opt(const char *cmd, gen_opts *o, int argc, char **argv, int *i) {
         if (e.n_batch) o->n_batch = e.n_batch;
         if (e.dense) o->attn = DSV_ATTN_DENSE;
         if (e.topk) o->topk = e.topk;
+        if (e.topk_file) o->topk_file = e.topk_file;
     }
     if (r) return r;
     if (!strcmp(a, "--stop")) {
@@ -130,6 +133,10 @@ int gen_open(gen *g, const char *cmd, const gen_opts *o, int n_seq) {
     cp.n_threads = o->threads;
     cp.attn = o->attn;
     cp.topk = o->topk;
+    if (o->topk_file && cli_topk_file(cmd, o->topk_file, g->c->n_layers, cp.layer_topk)) {
+        gen_close(g);
+        return 1;
+    }
     if (dsv_context_open(&g->ctx, g->m, &cp) || dsv_gen_open(&g->rules, g->ctx, g->c, g->tok)) {
         cli_fail(cmd, "%s", dsv_errmsg());
         gen_close(g);

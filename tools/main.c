@@ -23,6 +23,7 @@ static const struct command commands[] = {
     {"detokenize", "token ids to text", cmd_detokenize},
     {"logits", "conformance: logits (and intermediates) of a fixed token sequence", cmd_logits},
     {"ppl", "perplexity of a text file in windows of the context size", cmd_ppl},
+    {"analyze", "what the indexer's top-k keeps of dense attention on a text, per layer and k", cmd_analyze},
     {"bpe", "train a byte-level BPE tokenizer on a text", cmd_bpe},
     {"train", "train a model: one stage of DeepSeek's DSA recipe", cmd_train},
     {"export", "training checkpoint to a Hugging Face model directory (bf16 or fp8)", cmd_export},
@@ -30,6 +31,7 @@ static const struct command commands[] = {
     {"synth", "write a random-weight model of any DeepSeek-V3.2 shape", cmd_synth},
     {"bench", "prefill and decode speed at chosen context depths, next to the machine's limits", cmd_bench},
     {"convert", "per-rank shard files of a model split across processes (mpirun)", cmd_convert},
+    {"quantize", "Hugging Face checkpoint to a GGUF file (Q8_0, Q4_K_M, Q2_K, BF16, ...)", cmd_quantize},
     {"adapt", "adapt the lightning indexer to a text (indexer warm-up, main model frozen)", cmd_adapt},
     {NULL, NULL, NULL},
 };

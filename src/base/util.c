@@ -34,6 +34,16 @@ int dsv_error(int status, const char *fmt, ...) {
     return status;
 }
 
+int dsv_path_join(char *buf, size_t cap, const char *dir, const char *name) {
+    int n = name ? snprintf(buf, cap, "%s/%s", dir, name) : snprintf(buf, cap, "%s", dir);
+    if (n < 0 || (size_t)n >= cap) {
+        if (cap) buf[0] = 0;
+        return dsv_error(DSV_ERR_ARG, "%.200s%s%s: path too long (%d bytes, at most %zu)", dir, name ? "/" : "",
+                         name ? name : "", n, cap ? cap - 1 : 0);
+    }
+    return DSV_OK;
+}
+
 int dsv_error_prefix(int status, const char *fmt, ...) {
     char prefix[512], old[sizeof err_buf];
     va_list ap;

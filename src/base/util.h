@@ -14,8 +14,9 @@
 #include "dsv32.h"
 #include "dsv32_util.h"
 
-/* dsv_error, dsv_error_prefix, dsv_error_clear, dsv_time and dsv_read_file
- * are declared in include/dsv32_util.h (the commands use them too). */
+/* dsv_error, dsv_error_prefix, dsv_error_clear, dsv_time, dsv_read_file and
+ * dsv_path_join are declared in include/dsv32_util.h (the commands use them
+ * too). */
 
 void dsv_assert_fail(const char *expr, const char *file, int line);
 #define DSV_ASSERT(x) ((x) ? (void)0 : dsv_assert_fail(#x, __FILE__, __LINE__))

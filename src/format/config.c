@@ -5,6 +5,7 @@
  * needs is required (no silent defaults for shapes); optional fields take the
  * reference's defaults. Every error names the field. */
 #include <cjson/cJSON.h>
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -16,8 +17,11 @@ typedef struct {
     int status;
 } cfg_reader;
 
-/* Reads an integer field; required fields missing give an error. */
-static int get_int(cfg_reader *r, const char *key, int *out, int required, int def) {
+/* Reads an integer field in [0, max]; required fields missing give an error.
+ * The range is checked on the double, before the conversion, and the upper
+ * bounds (far above any DeepSeek model, below where a product of two fields
+ * could leave an int) keep the size arithmetic of model.c and shard.c exact. */
+static int get_int(cfg_reader *r, const char *key, int *out, int required, int def, int max) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->root, key);
     if (!v || cJSON_IsNull(v)) {
         if (required) {
@@ -32,10 +36,17 @@ static int get_int(cfg_reader *r, const char *key, int *out, int required, int d
         r->status = dsv_error(DSV_ERR_CONFIG, "%s: field '%s' must be an integer", r->name, key);
         return -1;
     }
+    if (v->valuedouble < 0 || v->valuedouble > max) {
+        r->status = dsv_error(DSV_ERR_CONFIG, "%s: field '%s' = %.0f is out of the supported range [0, %d]",
+                              r->name, key, v->valuedouble, max);
+        return -1;
+    }
     *out = (int)v->valuedouble;
     return 0;
 }
 
+/* Reads a number field (a float; |x| <= FLT_MAX, so the conversion is
+ * defined). */
 static int get_num(cfg_reader *r, const cJSON *obj, const char *key, float *out, int required,
                    float def, const char *ctx) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
@@ -49,6 +60,11 @@ static int get_num(cfg_reader *r, const cJSON *obj, const char *key, float *out,
     }
     if (!cJSON_IsNumber(v)) {
         r->status = dsv_error(DSV_ERR_CONFIG, "%s: field '%s%s' must be a number", r->name, ctx, key);
+        return -1;
+    }
+    if (!(fabs(v->valuedouble) <= FLT_MAX)) {
+        r->status = dsv_error(DSV_ERR_CONFIG, "%s: field '%s%s' = %g is out of range", r->name, ctx, key,
+                              v->valuedouble);
         return -1;
     }
     *out = (float)v->valuedouble;
@@ -83,8 +99,8 @@ static int check_arch(cfg_reader *r) {
     return 0;
 }
 
-#define REQ(key, field) if (get_int(&r, key, &c.field, 1, 0)) goto fail
-#define OPT(key, field, def) if (get_int(&r, key, &c.field, 0, def)) goto fail
+#define REQ(key, field, max) if (get_int(&r, key, &c.field, 1, 0, max)) goto fail
+#define OPT(key, field, def, max) if (get_int(&r, key, &c.field, 0, def, max)) goto fail
 #define CHECK(cond, ...) do { if (!(cond)) { r.status = dsv_error(DSV_ERR_CONFIG, __VA_ARGS__); goto fail; } } while (0)
 
 int dsv_config_parse(dsv_config *cfg, const char *json, const char *name) {
@@ -103,41 +119,68 @@ int dsv_config_parse(dsv_config *cfg, const char *json, const char *name) {
     cfg_reader r = {root, name, 0};
     if (check_arch(&r)) goto fail;
 
-    REQ("vocab_size", vocab_size);
-    REQ("hidden_size", dim);
-    REQ("intermediate_size", inter_dim);
-    REQ("moe_intermediate_size", moe_inter_dim);
-    REQ("num_hidden_layers", n_layers);
-    REQ("first_k_dense_replace", n_dense_layers);
-    REQ("num_attention_heads", n_heads);
-    REQ("n_routed_experts", n_routed_experts);
-    REQ("n_shared_experts", n_shared_experts);
-    REQ("num_experts_per_tok", n_activated_experts);
-    OPT("n_group", n_expert_groups, 1);
-    OPT("topk_group", n_limited_groups, 1);
-    REQ("q_lora_rank", q_lora_rank);
-    REQ("kv_lora_rank", kv_lora_rank);
-    REQ("qk_nope_head_dim", qk_nope_head_dim);
-    REQ("qk_rope_head_dim", qk_rope_head_dim);
-    REQ("v_head_dim", v_head_dim);
-    REQ("index_n_heads", index_n_heads);
-    REQ("index_head_dim", index_head_dim);
-    REQ("index_topk", index_topk);
-    OPT("max_position_embeddings", max_position_embeddings, 0);
-    OPT("num_nextn_predict_layers", n_mtp_layers, 0);
-    OPT("bos_token_id", bos_id, 0);
+    /* Upper bounds: DeepSeek-V3.2 has vocab 129280, hidden 7168, dense MLP
+     * 18432, expert 2048, 61 layers, 128 heads, 256 experts (8 active, 1
+     * shared), q/kv LoRA 1536/512, head dims 128/64/128, indexer 64 x 128,
+     * top-2048, 163840 positions. The products model.c and shard.c form in
+     * int (heads x head dim, shared experts x expert width, indexer heads x
+     * 128) stay below 2^31 with these. */
+    REQ("vocab_size", vocab_size, 1 << 24);
+    REQ("hidden_size", dim, 1 << 16);
+    REQ("intermediate_size", inter_dim, 1 << 20);
+    REQ("moe_intermediate_size", moe_inter_dim, 1 << 20);
+    REQ("num_hidden_layers", n_layers, 1 << 12);
+    REQ("first_k_dense_replace", n_dense_layers, 1 << 12);
+    REQ("num_attention_heads", n_heads, 1 << 12);
+    REQ("n_routed_experts", n_routed_experts, 1 << 16);
+    REQ("n_shared_experts", n_shared_experts, 1 << 8);
+    REQ("num_experts_per_tok", n_activated_experts, 1 << 16);
+    OPT("n_group", n_expert_groups, 1, 1 << 16);
+    OPT("topk_group", n_limited_groups, 1, 1 << 16);
+    REQ("q_lora_rank", q_lora_rank, 1 << 16);
+    REQ("kv_lora_rank", kv_lora_rank, 1 << 16);
+    REQ("qk_nope_head_dim", qk_nope_head_dim, 1 << 12);
+    REQ("qk_rope_head_dim", qk_rope_head_dim, 1 << 12);
+    REQ("v_head_dim", v_head_dim, 1 << 12);
+    REQ("index_n_heads", index_n_heads, 1 << 12);
+    REQ("index_head_dim", index_head_dim, 1 << 12);
+    REQ("index_topk", index_topk, 1 << 24);
+    {
+        /* A top-k per layer (written by `dsv32 analyze --suggest`). */
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(root, "dsa_topk_per_layer");
+        if (e && !cJSON_IsNull(e)) {
+            CHECK(cJSON_IsArray(e), "%s: field 'dsa_topk_per_layer' must be a list of integers", name);
+            const int n = cJSON_GetArraySize(e);
+            CHECK(n == c.n_layers && n <= DSV_MAX_TOPK_LAYERS,
+                  "%s: field 'dsa_topk_per_layer' has %d values for %d layers (at most %d supported)", name, n,
+                  c.n_layers, DSV_MAX_TOPK_LAYERS);
+            for (int i = 0; i < n; i++) {
+                const cJSON *v = cJSON_GetArrayItem(e, i);
+                CHECK(cJSON_IsNumber(v) && v->valuedouble == floor(v->valuedouble) && v->valuedouble >= 1 &&
+                          v->valuedouble <= (double)(1 << 30),
+                      "%s: field 'dsa_topk_per_layer' value %d must be an integer in [1, 2^30]", name, i);
+                c.index_topk_layer[i] = (int)v->valuedouble;
+            }
+        }
+    }
+    OPT("max_position_embeddings", max_position_embeddings, 0, 1 << 24);
+    OPT("num_nextn_predict_layers", n_mtp_layers, 0, 1 << 12);
+    OPT("bos_token_id", bos_id, 0, 1 << 24);
     {
         /* eos_token_id may be a list; the first entry is the end of turn. */
         const cJSON *e = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
         if (cJSON_IsArray(e) && cJSON_GetArraySize(e) > 0) e = cJSON_GetArrayItem(e, 0);
         c.eos_id = 1;
         if (e && !cJSON_IsNull(e)) {
-            CHECK(cJSON_IsNumber(e), "%s: field 'eos_token_id' must be an integer", name);
+            /* Range first: converting 1e20 to int is undefined. */
+            CHECK(cJSON_IsNumber(e) && e->valuedouble == floor(e->valuedouble) && e->valuedouble >= 0 &&
+                      e->valuedouble < (1 << 24),
+                  "%s: field 'eos_token_id' must be an integer in [0, %d)", name, 1 << 24);
             c.eos_id = (int)e->valuedouble;
         }
     }
     int moe_freq;
-    if (get_int(&r, "moe_layer_freq", &moe_freq, 0, 1)) goto fail;
+    if (get_int(&r, "moe_layer_freq", &moe_freq, 0, 1, 1 << 12)) goto fail;
     CHECK(moe_freq == 1, "%s: field 'moe_layer_freq' = %d is not supported (every layer after "
           "first_k_dense_replace is MoE in DeepSeek-V3.2)", name, moe_freq);
     if (get_num(&r, root, "rms_norm_eps", &c.rms_norm_eps, 0, 1e-6f, "")) goto fail;
@@ -172,6 +215,8 @@ int dsv_config_parse(dsv_config *cfg, const char *json, const char *name) {
         if (get_num(&r, rs, "factor", &c.rope_factor, 1, 0, "rope_scaling.")) goto fail;
         float orig;
         if (get_num(&r, rs, "original_max_position_embeddings", &orig, 1, 0, "rope_scaling.")) goto fail;
+        CHECK(orig >= 0 && orig <= (1 << 24) && orig == floorf(orig), "%s: field "
+              "'rope_scaling.original_max_position_embeddings' must be an integer in [0, %d]", name, 1 << 24);
         c.original_seq_len = (int)orig;
         if (get_num(&r, rs, "beta_fast", &c.beta_fast, 0, 32, "rope_scaling.")) goto fail;
         if (get_num(&r, rs, "beta_slow", &c.beta_slow, 0, 1, "rope_scaling.")) goto fail;
@@ -282,10 +327,10 @@ fail:
 int dsv_config_load(dsv_config *cfg, const char *path) {
     char buf[4096];
     size_t n = strlen(path);
-    if (n >= 5 && !strcmp(path + n - 5, ".json")) snprintf(buf, sizeof buf, "%s", path);
-    else snprintf(buf, sizeof buf, "%s/config.json", path);
+    int st = dsv_path_join(buf, sizeof buf, path, n >= 5 && !strcmp(path + n - 5, ".json") ? NULL : "config.json");
+    if (st) return st;
     char *text;
-    int st = dsv_read_file(buf, CONFIG_MAX_BYTES, &text, NULL);
+    st = dsv_read_file(buf, CONFIG_MAX_BYTES, &text, NULL);
     if (st) return st;
     st = dsv_config_parse(cfg, text, buf);
     free(text);

@@ -107,7 +107,10 @@ static int write_rank(const char *out_dir, const dsv_st *st, const dsv_config *c
     }
     char name[64], path[PATH_MAX], rs[16], ns[16];
     dsv_shard_file_name(name, sizeof name, rank, size);
-    snprintf(path, sizeof path, "%s/%s", out_dir, name);
+    if ((rc = dsv_path_join(path, sizeof path, out_dir, name))) {
+        free(cuts);
+        return rc;
+    }
     snprintf(rs, sizeof rs, "%d", rank);
     snprintf(ns, sizeof ns, "%d", size);
     dsv_st_writer *w = NULL;
@@ -175,8 +178,9 @@ static int copy_small_files(const char *dir, const char *out_dir) {
         if (e->d_name[0] == '.' || (strcmp(e->d_name, "config.json") && !strstr(e->d_name, "token"))) continue;
         char src[PATH_MAX], dst[PATH_MAX];
         struct stat sb;
-        snprintf(src, sizeof src, "%s/%s", dir, e->d_name);
-        snprintf(dst, sizeof dst, "%s/%s", out_dir, e->d_name);
+        if ((rc = dsv_path_join(src, sizeof src, dir, e->d_name)) ||
+            (rc = dsv_path_join(dst, sizeof dst, out_dir, e->d_name)))
+            break;
         if (stat(src, &sb) == 0 && S_ISREG(sb.st_mode)) rc = copy_file(src, dst);
     }
     closedir(d);

@@ -84,7 +84,8 @@ int dsv_shard_find(const char *dir, int rank, int size, char *path, size_t cap, 
     struct stat sb;
     *found = 0;
     dsv_shard_file_name(name, sizeof name, rank, size);
-    snprintf(path, cap, "%s/%s", dir, name);
+    int st = dsv_path_join(path, cap, dir, name);
+    if (st) return st;
     if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode)) {
         *found = 1;
         return DSV_OK;

@@ -33,6 +33,9 @@ typedef struct dsv_linear {
     const void *w;
     const float *scale;
     int scale_ld;          /* ceil(n_in / 128) */
+    uint32_t gtype;        /* nonzero: rows are blocks of this ggml type
+                            * (kernels/quant.h; from a GGUF file), ld elements
+                            * apart, and dtype is not used */
 } dsv_linear;
 
 /* One weight element as the reference computes with it. fp8: the e4m3 code's

@@ -314,6 +314,11 @@ const char *dsv_context_kernels(const dsv_context *ctx) { return ctx->kern->name
 
 int dsv_forward(dsv_context *ctx, const dsv_batch_entry *en, int n, float *logits) {
     if (!ctx) return dsv_error(DSV_ERR_ARG, "dsv_forward: NULL context");
+    /* Only the caller's own call lands here (a split model's other ranks
+     * replay it without logits through forward_apply). */
+    if (!logits && n > 0 && en && dsv_batch_logit_rows(en, n) > 0)
+        return dsv_error(DSV_ERR_ARG, "dsv_forward: logits is NULL but %d rows of logits were asked for",
+                         dsv_batch_logit_rows(en, n));
     fwd_call f = {en, n, logits};
     dsv_op op = {.local = &f};
     return run(DSV_OP_FORWARD, ctx, &op);

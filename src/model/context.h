@@ -14,15 +14,16 @@
 /* Tokens of one sequence the indexer scores together in a multi-token call. */
 #define DSV_IDX_CHUNK 8
 
-/* A probe attached to a context by a caller inside the library (indexer
- * adaptation, train/adapt.c). On a dense context it makes attention take
- * the absorbed (per-token) path and leave each token's weights summed over
- * heads in attn, and calls layer_done after each layer's attention; the
+/* An analysis or an indexer adaptation attached to a context (analyze.c,
+ * train/adapt.c). On a dense context it
+ * makes the indexer score every visible position anyway, makes attention
+ * take the absorbed (per-token) path and leave each token's weights summed
+ * over heads, and calls layer_done after each layer's attention; the
  * forward pass is otherwise unchanged. */
 typedef struct dsv_probe {
-    float *scores;             /* [n_batch][n_ctx] reserved for analyses of the indexer's scores */
+    float *scores;             /* [n_batch][n_ctx] the indexer's scores of the call's tokens */
     float *attn;               /* [n_batch][n_ctx] attention weights summed over this rank's heads */
-    int oracle;                /* reserved (0) */
+    int oracle;                /* tests: scores replaced by the attention logits summed over heads */
     void (*layer_done)(dsv_context *ctx, int il);
 } dsv_probe;
 
@@ -42,7 +43,8 @@ struct dsv_context {
     const dsv_kernels *kern;   /* the kernel set this context runs (cpu.c) */
     dsv_pool *pool;
     int nth;
-    int topk;                  /* effective index top-k */
+    int topk;                  /* effective index top-k: the largest of layer_topk */
+    int *layer_topk;           /* [n_layers] each layer's top-k (dsv_context_params.layer_topk) */
     int n_keys_max;            /* most keys one query attends (topk, or n_ctx when dense) */
     int mha_keys;              /* MHA scratch rows: min(mha_max_keys, n_ctx) */
     int max_pages;             /* per sequence */
@@ -53,7 +55,7 @@ struct dsv_context {
 
     dsv_dump_fn dump;
     void *dump_user;
-    dsv_probe *probe;          /* NULL unless a probe is attached */
+    dsv_probe *probe;          /* NULL unless an analysis is attached */
 
     /* Statistics: the time since phase_t0 (ns) belongs to `phase`. */
     dsv_context_stats stats;
@@ -147,6 +149,7 @@ static inline int dsv_phase(dsv_context *ctx, int phase) {
 }
 /* Bytes of a linear layer's weight, block scales included. */
 static inline uint64_t dsv_linear_bytes(const dsv_linear *w) {
+    if (w->gtype) return (uint64_t)w->n_out * dsv_ggml_row_size(w->gtype, w->n_in);
     uint64_t n = (uint64_t)w->n_out * (uint64_t)w->n_in * dsv_dtype_size(w->dtype);
     if (w->scale) n += 4ull * (uint64_t)((w->n_out + DSV_QBLOCK - 1) / DSV_QBLOCK) * (uint64_t)w->scale_ld;
     return n;

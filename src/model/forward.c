@@ -59,6 +59,7 @@ static void layout(dsv_context *ctx, carver *cv) {
     if ((size_t)ctx->topk > xfw) xfw = (size_t)ctx->topk;
     if (Hi > xfw) xfw = Hi;
 
+    CARVE(cv, ctx->layer_topk, c->n_layers);
     CARVE(cv, ctx->tok_pos, T);
     CARVE(cv, ctx->tok_seq, T);
     CARVE(cv, ctx->ent_row, ctx->p.n_seq);
@@ -146,13 +147,27 @@ static void layout(dsv_context *ctx, carver *cv) {
     }
 }
 
+/* Layer l's top-k: the context's per-layer value, its uniform override,
+ * the config's per-layer list, the config's index_topk, in that order. */
+static int layer_k(const dsv_context_params *p, const dsv_config *c, int l) {
+    if (l < DSV_MAX_TOPK_LAYERS && p->layer_topk[l] > 0) return p->layer_topk[l];
+    if (p->topk > 0) return p->topk;
+    if (l < DSV_MAX_TOPK_LAYERS && c->index_topk_layer[l] > 0) return c->index_topk_layer[l];
+    return c->index_topk;
+}
+
 /* Sizes and allocates everything (p: checked, with defaults resolved). */
 static int context_init(dsv_context *ctx, dsv_model *m, dsv_context_params p) {
     const dsv_config *c = &m->cfg;
     ctx->m = m;
     ctx->c = c;
     ctx->nth = p.n_threads;
-    ctx->topk = p.topk ? p.topk : c->index_topk;
+    ctx->topk = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        const int k = layer_k(&p, c, l);
+        if (k > ctx->topk) ctx->topk = k;
+    }
+    if (m->no_indexer) p.attn = DSV_ATTN_DENSE; /* a model without an indexer is dense MLA */
     ctx->max_pages = (p.n_ctx + DSV_PAGE - 1) / DSV_PAGE;
     p.n_ctx = ctx->max_pages * DSV_PAGE; /* whole pages */
     if (p.n_pages <= 0) p.n_pages = (int64_t)p.n_seq * ctx->max_pages;
@@ -168,6 +183,7 @@ static int context_init(dsv_context *ctx, dsv_model *m, dsv_context_params p) {
     cv = (carver){ctx->arena, 0};
     layout(ctx, &cv);
     dsv_rope_tables(ctx->c, ctx->p.n_ctx, ctx->rope_cos, ctx->rope_sin);
+    for (int l = 0; l < c->n_layers; l++) ctx->layer_topk[l] = layer_k(&p, c, l);
     int st = dsv_kv_init(&ctx->kv, c->n_layers, c->kv_lora_rank, c->qk_rope_head_dim, 128, p.n_pages);
     if (!st) st = dsv_pool_init(&ctx->pool, p.n_threads);
     if (st) return st;
@@ -200,6 +216,10 @@ int dsv_ctx_create(dsv_context **out, dsv_model *m, const dsv_context_params *gi
     }
     if (p.mha_max_keys <= 0) p.mha_max_keys = 4096;
     if (p.topk < 0) return dsv_error(DSV_ERR_ARG, "top-k must be >= 0 (0: the model's %d)", c->index_topk);
+    for (int l = 0; l < DSV_MAX_TOPK_LAYERS; l++)
+        if (p.layer_topk[l] < 0 || p.layer_topk[l] > (1 << 30) || (l >= c->n_layers && p.layer_topk[l]))
+            return dsv_error(DSV_ERR_ARG, "layer_topk[%d] = %d: must be in [0, 2^30], and 0 past the %d layers", l,
+                             p.layer_topk[l], c->n_layers);
     if (p.attn != DSV_ATTN_SPARSE && p.attn != DSV_ATTN_DENSE)
         return dsv_error(DSV_ERR_ARG, "attention mode must be DSV_ATTN_SPARSE or DSV_ATTN_DENSE");
     if (p.n_ctx > (1 << 28) || p.n_batch > (1 << 24) || p.n_seq > (1 << 20) || p.n_threads > 1024)

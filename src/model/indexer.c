@@ -77,8 +77,8 @@ static void score_range(dsv_context *ctx, int il, int t0, int nq, int p0, int p1
 }
 
 /* Chooses token t's positions from its scores [0, pos]. */
-static void select_token(dsv_context *ctx, int t, const float *scores, int32_t *scratch) {
-    const int vis = ctx->tok_pos[t] + 1, k = vis < ctx->topk ? vis : ctx->topk;
+static void select_token(dsv_context *ctx, int il, int t, const float *scores, int32_t *scratch) {
+    const int vis = ctx->tok_pos[t] + 1, k = vis < ctx->layer_topk[il] ? vis : ctx->layer_topk[il];
     int32_t *sel = ctx->sel + (size_t)t * ctx->n_keys_max, *sp = ctx->sel_pos + (size_t)t * ctx->n_keys_max;
     /* The by-score order is only wanted by the dump. */
     dsv_topk_select(sp, ctx->dump ? sel : NULL, scores, vis, k, scratch);
@@ -119,7 +119,7 @@ static void select_task(void *a, int ith, int nth) {
                 const int nq = DSV_MIN(p->chunk, end - t0);
                 score_range(ctx, p->il, t0, nq, 0, ctx->tok_pos[t0 + nq - 1] + 1, ts->scores, ld, ts->lin);
                 sel_clock(ctx, ith, 0, &clk);
-                for (int q = 0; q < nq; q++) select_token(ctx, t0 + q, ts->scores + (size_t)q * ld, ts->sel);
+                for (int q = 0; q < nq; q++) select_token(ctx, p->il, t0 + q, ts->scores + (size_t)q * ld, ts->sel);
                 sel_clock(ctx, ith, 1, &clk);
             }
         return;
@@ -134,10 +134,27 @@ static void select_task(void *a, int ith, int nth) {
         if (b < e) score_range(ctx, p->il, t, 1, (int)b, (int)e, ctx->ts[0].scores, ld, ts->lin);
         dsv_pool_barrier(ctx->pool);
         sel_clock(ctx, ith, 0, &clk);
-        if (ith == 0) select_token(ctx, t, ctx->ts[0].scores, ctx->ts[0].sel);
+        if (ith == 0) select_token(ctx, p->il, t, ctx->ts[0].scores, ctx->ts[0].sel);
         dsv_pool_barrier(ctx->pool);
         sel_clock(ctx, ith, 1, &clk);
     }
+}
+
+/* Dense mode with an analysis attached: every token's scores over all its
+ * visible positions, kept in the probe's rows (groups of consecutive tokens
+ * of one entry, dealt round-robin as in select_task). */
+static void probe_score_task(void *a, int ith, int nth) {
+    struct sel_args *p = a;
+    dsv_context *ctx = p->ctx;
+    const int ld = ctx->p.n_ctx;
+    int g = 0;
+    for (int e = 0; e < ctx->n_ent; e++)
+        for (int t0 = ctx->ent_row[e], end = t0 + ctx->ent_len[e]; t0 < end; t0 += p->chunk, g++) {
+            if (g % nth != ith) continue;
+            const int nq = DSV_MIN(p->chunk, end - t0);
+            score_range(ctx, p->il, t0, nq, 0, ctx->tok_pos[t0 + nq - 1] + 1, ctx->probe->scores + (size_t)t0 * ld,
+                        ld, ctx->ts[ith].lin);
+        }
 }
 
 static void dense_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
@@ -182,6 +199,10 @@ void dsv_indexer_forward(dsv_context *ctx, int il) {
     dsv_ctx_for(ctx, T, qk_rows, &a);
 
     if (ctx->p.attn == DSV_ATTN_DENSE) {
+        if (ctx->probe && !ctx->probe->oracle) {
+            struct sel_args sa = {ctx, il, DSV_IDX_CHUNK};
+            dsv_pool_run(ctx->pool, probe_score_task, &sa);
+        }
         dsv_phase(ctx, DSV_PHASE_TOPK);
         dsv_ctx_for(ctx, T, dense_rows, NULL);
         dsv_phase(ctx, prev);

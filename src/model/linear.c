@@ -16,7 +16,10 @@
  *    layers that read the same input saves a pool run per layer;
  *  - many rows (prefill): each layer in one pool run, the rows packed by
  *    all threads, the output columns split evenly (the work is large and
- *    regular, and each thread keeps its weight rows in cache). */
+ *    regular, and each thread keeps its weight rows in cache).
+ * Block-quantized weights (a GGUF file's, dsv_linear.gtype) take the same
+ * schedules with kernels/quant.h's kernels, which quantize each input row
+ * to 8 bits themselves instead of using the packed input. */
 #include <stdatomic.h>
 
 #include "context.h"
@@ -54,8 +57,17 @@ static void pack_rows(struct lin_args *p, long i0, long i1) {
 static void lin_task(void *a, int ith, int nth) {
     struct lin_args *p = a;
     const dsv_kernels *k = p->ctx->kern;
-    const int fp8 = p->w->dtype == DSV_DT_F8_E4M3;
+    const int fp8 = p->w->dtype == DSV_DT_F8_E4M3 && !p->w->gtype;
     const void *xp = p->x;
+    if (p->w->gtype) {
+        /* Block-quantized weights read the bf16 rows as given. */
+        long b, e;
+        split16(p->w->n_out, ith, nth, &b, &e);
+        if (b < e)
+            dsv_linear_q(p->y, p->ldy, p->x, p->w, p->m, (int)b, (int)e, p->ctx->ts[ith].lin,
+                         dsv_kernels_level_of(k));
+        return;
+    }
     if (fp8 || k->lin_pack_bf16) {
         long i0, i1;
         split16(p->m, ith, nth, &i0, &i1);
@@ -85,7 +97,7 @@ struct group_args {
 /* Output rows per chunk: about 512 KB of weight, in whole passes of 64 rows
  * (the decoding kernels' step), so a chunk amortizes its start. */
 static int chunk_rows(const dsv_linear *w) {
-    const size_t row = (size_t)w->n_in * dsv_dtype_size(w->dtype);
+    const size_t row = w->gtype ? dsv_ggml_row_size(w->gtype, w->n_in) : (size_t)w->n_in * dsv_dtype_size(w->dtype);
     size_t r = ((size_t)512 << 10) / (row ? row : 1) / 64 * 64;
     return r < 64 ? 64 : r > 4096 ? 4096 : (int)r;
 }
@@ -94,6 +106,7 @@ static void group_task(void *a, int ith, int nth) {
     (void)nth;
     struct group_args *p = a;
     const dsv_kernels *k = p->ctx->kern;
+    const int level = dsv_kernels_level_of(k);
     void *scr = p->ctx->ts[ith].lin;
     for (int j = 0;;) {
         const int c = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
@@ -101,7 +114,9 @@ static void group_task(void *a, int ith, int nth) {
         while (c >= p->first[j + 1]) j++; /* chunks are taken in order */
         const dsv_lin_job *jb = &p->jobs[j];
         const int r0 = (c - p->first[j]) * p->rows[j], r1 = DSV_MIN(r0 + p->rows[j], jb->w->n_out);
-        if (jb->xf) k->linear_f32(jb->yf, jb->ldy, jb->xf, jb->w, jb->m, r0, r1, scr);
+        if (jb->w->gtype && jb->xf) dsv_linear_q_f32(jb->yf, jb->ldy, jb->xf, jb->w, jb->m, r0, r1, scr, level);
+        else if (jb->w->gtype) dsv_linear_q(jb->y, jb->ldy, jb->x, jb->w, jb->m, r0, r1, scr, level);
+        else if (jb->xf) k->linear_f32(jb->yf, jb->ldy, jb->xf, jb->w, jb->m, r0, r1, scr);
         else if (jb->w->dtype == DSV_DT_F8_E4M3) k->linear_fp8(jb->y, jb->ldy, p->xp[j], jb->w, jb->m, r0, r1, scr);
         else k->linear_bf16(jb->y, jb->ldy, p->xp[j], jb->w, jb->m, r0, r1, scr);
     }
@@ -122,11 +137,11 @@ static void group_run(dsv_context *ctx, const dsv_lin_job *jobs, int n) {
         g.rows[j] = chunk_rows(jb->w);
         g.first[j + 1] = g.first[j] + (jb->w->n_out + g.rows[j] - 1) / g.rows[j];
         g.xp[j] = jb->x;
-        if (jb->xf || !(fp8 || k->lin_pack_bf16)) continue;
+        if (jb->xf || jb->w->gtype || !(fp8 || k->lin_pack_bf16)) continue;
         /* An input already packed the same way is shared. */
         int i = 0;
-        while (i < j && !(jobs[i].x == jb->x && !jobs[i].xf && jobs[i].m == jb->m && jobs[i].w->n_in == jb->w->n_in &&
-                          (jobs[i].w->dtype == DSV_DT_F8_E4M3) == fp8))
+        while (i < j && !(jobs[i].x == jb->x && !jobs[i].xf && !jobs[i].w->gtype && jobs[i].m == jb->m &&
+                          jobs[i].w->n_in == jb->w->n_in && (jobs[i].w->dtype == DSV_DT_F8_E4M3) == fp8))
             i++;
         if (i < j) {
             g.xp[j] = g.xp[i];

@@ -121,8 +121,8 @@ static void mha_entry(dsv_context *ctx, struct mla_args *p, int e) {
  * columns: the weighted sums; (5) heads: the output absorption. Every
  * element's arithmetic is fixed by its head, key or column alone, so the
  * thread count and the blocking change nothing. */
-/* A probe's row: keys [j0, j1) of S [H][lds] summed over heads (in
- * double, head order), at their positions idx[j]. */
+/* An attached analysis's row: keys [j0, j1) of S [H][lds] summed over
+ * heads (in double, head order), at their positions idx[j]. */
 static void probe_sum_heads(float *row, const float *S, int lds, int H, const int32_t *idx, int j0, int j1) {
     for (int j = j0; j < j1; j++) {
         double s = 0;
@@ -171,17 +171,24 @@ static void mqa_task(void *arg, int ith, int nth) {
                       ts->att);
     }
     dsv_pool_barrier(ctx->pool);
+    dsv_probe *pr = ctx->probe;
+    if (pr && pr->oracle) {
+        /* Tests: the positions' logits summed over heads stand in for the
+         * indexer's scores (taken before the softmax overwrites them). */
+        probe_sum_heads(pr->scores + (size_t)t * ctx->p.n_ctx, ctx->mqa_s, np, H, idx, j0, j1);
+        dsv_pool_barrier(ctx->pool);
+    }
 
     for (long h = h0; h < h1; h++) {
         float *sr = ctx->mqa_s + (size_t)h * np;
-        dsv_bf16 *pr = ctx->mqa_p + (size_t)h * np;
+        dsv_bf16 *pb = ctx->mqa_p + (size_t)h * np;
         k->softmax_bf16(sr, n);
-        for (int j = 0; j < n; j++) pr[j] = (dsv_bf16)(dsv_f32_bits(sr[j]) >> 16); /* bf16 values */
-        memset(pr + n, 0, (size_t)(np - n) * sizeof(dsv_bf16));
+        for (int j = 0; j < n; j++) pb[j] = (dsv_bf16)(dsv_f32_bits(sr[j]) >> 16); /* bf16 values */
+        memset(pb + n, 0, (size_t)(np - n) * sizeof(dsv_bf16));
     }
     dsv_pool_barrier(ctx->pool);
     /* The weights stay in mqa_s (mqa_pv reads the bf16 copy). */
-    if (ctx->probe) probe_sum_heads(ctx->probe->attn + (size_t)t * ctx->p.n_ctx, ctx->mqa_s, np, H, idx, j0, j1);
+    if (pr) probe_sum_heads(pr->attn + (size_t)t * ctx->p.n_ctx, ctx->mqa_s, np, H, idx, j0, j1);
 
     long g0, g1;
     dsv_split((C + 15) / 16, ith, nth, &g0, &g1);
@@ -227,7 +234,7 @@ void dsv_mla_forward(dsv_context *ctx, int il, dsv_bf16 *out, const dsv_bf16 *xn
     int prev = dsv_phase(ctx, DSV_PHASE_ATTN);
     for (int e = 0; e < ctx->n_ent; e++) {
         int S = ctx->ent_len[e], last = ctx->tok_pos[ctx->ent_row[e] + S - 1];
-        /* A probe reads each token's weights from the absorbed path. */
+        /* An analysis reads each token's weights from the absorbed path. */
         if (S > 1 && last + 1 <= ctx->mha_keys && !ctx->probe) {
             mha_entry(ctx, &a, e);
         } else {

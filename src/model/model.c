@@ -222,6 +222,13 @@ dsv_model_params dsv_model_default_params(void) {
 
 /* Loads this rank's part: the whole model in a group of one. */
 static int load(dsv_model *m, const char *dir, const dsv_model_params *params) {
+    const size_t n = strlen(dir);
+    if (n > 5 && !strcmp(dir + n - 5, ".gguf")) {
+        if (m->coll->size > 1)
+            return dsv_error(DSV_ERR_UNSUPPORTED, "%s: a GGUF model runs in one process, not split across %d",
+                             dir, m->coll->size);
+        return dsv_model_load_gguf(m, dir, params);
+    }
     int st = dsv_config_load(&m->cfg, dir);
     if (st) return st;
     dsv_config *c = &m->cfg;
@@ -289,6 +296,8 @@ static int load(dsv_model *m, const char *dir, const dsv_model_params *params) {
 static void model_free(dsv_model *m) {
     if (!m) return;
     dsv_st_close(m->st);
+    dsv_gguf_close(m->gguf);
+    free(m->owned);
     free(m->vecs);
     free(m->layers);
     free(m->expert_store);

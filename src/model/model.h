@@ -10,6 +10,7 @@
 #include "coll.h"
 #include "format/shard.h"
 #include "format/safetensors.h"
+#include "format/gguf.h"
 
 typedef struct dsv_expert {
     dsv_linear w1, w2, w3;      /* gate_proj [inter, dim], down_proj [dim, inter], up_proj [inter, dim] */
@@ -51,6 +52,9 @@ struct dsv_model {
     const dsv_coll *coll;       /* the collectives it was opened with (coll.h) */
     int *par_vocab;             /* [2][size]: every rank's first vocabulary row and count */
     dsv_st *st;
+    dsv_gguf *gguf;             /* a model opened from GGUF (model_gguf.c) instead of st */
+    void *owned;                /* weights built at load (GGUF: wkv_b, a quantized embedding) */
+    int no_indexer;             /* no lightning indexer (GGUF deepseek2): contexts attend densely */
     const void *embed;          /* embed_tokens [vocab, dim] */
     dsv_dtype embed_dtype;      /* BF16, F16 or F32 */
     const float *norm;          /* model.norm [dim] */
@@ -60,5 +64,9 @@ struct dsv_model {
     float *vecs;                /* backing store of the fp32 vectors */
     uint64_t weight_bytes;      /* bytes of matrices the forward pass streams */
 };
+
+/* Loads a GGUF file or split set into m (model_gguf.c); the caller frees m
+ * on failure as after a failed safetensors load. */
+int dsv_model_load_gguf(dsv_model *m, const char *path, const dsv_model_params *params);
 
 #endif

@@ -628,6 +628,7 @@ int dsv_server_open(dsv_server **out, const dsv_server_params *params) {
         cp.n_seq = p.n_parallel;
         cp.n_batch = p.n_batch;
         cp.n_threads = p.n_threads;
+        memcpy(cp.layer_topk, p.layer_topk, sizeof cp.layer_topk);
         if (p.kv_bytes) {
             cp.n_pages = p.kv_bytes / (int64_t)dsv_kv_page_bytes(S->cfg);
             if (cp.n_pages < 1)

@@ -30,6 +30,7 @@
 #include "dsv32_tokenizer.h"
 #include "base/utf8.h"
 #include "base/util.h"
+#include "format/gguf.h"
 
 /* Token flags. */
 enum { TF_PRESENT = 1, TF_ADDED = 2, TF_SPECIAL = 4 };
@@ -705,15 +706,9 @@ static int load_config(dsv_tokenizer *t, const char *path) {
     return rc ? dsv_error_prefix(rc, "%s", path) : DSV_OK;
 }
 
-static int load_tokenizer_json(dsv_tokenizer *t, const char *path) {
-    char *buf;
-    size_t len;
-    cJSON *j = NULL;
-    int rc = dsv_read_file(path, TOKENIZER_MAX_BYTES, &buf, &len);
-    if (rc) return rc; /* the message names the path */
-    rc = parse_json(buf, len, &j);
-    free(buf);
-    if (rc) return dsv_error_prefix(rc, "%s", path);
+/* Builds the tokenizer from a tokenizer.json document (consumed). */
+static int load_tokenizer_doc(dsv_tokenizer *t, cJSON *j) {
+    int rc = DSV_OK;
     static const char *const keys[] = {"version", "truncation", "padding", "added_tokens", "normalizer",
                                        "pre_tokenizer", "post_processor", "decoder", "model", NULL};
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(j, "model");
@@ -742,7 +737,130 @@ static int load_tokenizer_json(dsv_tokenizer *t, const char *path) {
     if (!rc) rc = build_vocab(t, cJSON_GetObjectItemCaseSensitive(model, "vocab"), cJSON_IsArray(added) ? added : NULL);
     if (!rc) rc = build_merges(t, cJSON_GetObjectItemCaseSensitive(model, "merges"));
     cJSON_Delete(j);
+    return rc;
+}
+
+static int load_tokenizer_json(dsv_tokenizer *t, const char *path) {
+    char *buf;
+    size_t len;
+    cJSON *j = NULL;
+    int rc = dsv_read_file(path, TOKENIZER_MAX_BYTES, &buf, &len);
+    if (rc) return rc; /* the message names the path */
+    rc = parse_json(buf, len, &j);
+    free(buf);
+    if (!rc) rc = load_tokenizer_doc(t, j);
     return rc ? dsv_error_prefix(rc, "%s", path) : DSV_OK;
+}
+/* ---- loading from GGUF metadata ------------------------------------------ */
+
+/* A GGUF string as a C string (NULL for one holding a NUL byte). */
+static char *gguf_cstr(const char *s, size_t n) {
+    return memchr(s, 0, n) ? NULL : strndup(s, n);
+}
+
+/* The tokenizer.json document that llama.cpp's converter turned into
+ * tokenizer.ggml.* (model gpt2, pre-tokenizer deepseek-v3): tokens of type
+ * NORMAL (1), UNKNOWN (2) and BYTE (6) form model.vocab under their
+ * byte-level spelling; CONTROL (3) and USER_DEFINED (4) tokens are the added
+ * tokens, special when CONTROL; UNUSED (5) ones ([PAD<id>] fillers) are gaps,
+ * as they were before conversion; merges are "a b" as in tokenizer.json. */
+static int gguf_doc(const dsv_gguf *g, cJSON **out) {
+    const char *s;
+    size_t n;
+    int rc = dsv_gguf_get_str(g, "tokenizer.ggml.model", &s, &n);
+    if (rc) return rc;
+    if (n != 4 || memcmp(s, "gpt2", 4))
+        return dsv_error(DSV_ERR_UNSUPPORTED, "tokenizer.ggml.model '%.*s' is not supported (gpt2 is)", (int)DSV_MIN(n, 40), s);
+    if ((rc = dsv_gguf_get_str(g, "tokenizer.ggml.pre", &s, &n))) return rc;
+    if (n != 11 || memcmp(s, "deepseek-v3", 11))
+        return dsv_error(DSV_ERR_UNSUPPORTED, "tokenizer.ggml.pre '%.*s' is not supported (deepseek-v3 is)", (int)DSV_MIN(n, 40), s);
+    const int tk = dsv_gguf_kv_find(g, "tokenizer.ggml.tokens"), ty = dsv_gguf_kv_find(g, "tokenizer.ggml.token_type");
+    const int mg = dsv_gguf_kv_find(g, "tokenizer.ggml.merges");
+    if (tk < 0 || mg < 0 || dsv_gguf_kv_type(g, tk) != DSV_GGUF_ARRAY || dsv_gguf_arr_type(g, tk) != DSV_GGUF_STRING ||
+        dsv_gguf_kv_type(g, mg) != DSV_GGUF_ARRAY || dsv_gguf_arr_type(g, mg) != DSV_GGUF_STRING)
+        return dsv_error(DSV_ERR_FORMAT, "tokenizer.ggml.tokens and tokenizer.ggml.merges must be string arrays");
+    const uint64_t n_tok = dsv_gguf_arr_n(g, tk);
+    if (n_tok > MAX_TOKEN_ID) return dsv_error(DSV_ERR_FORMAT, "tokenizer.ggml.tokens: %llu tokens is too many", (unsigned long long)n_tok);
+    if (ty >= 0 && (dsv_gguf_kv_type(g, ty) != DSV_GGUF_ARRAY || dsv_gguf_arr_n(g, ty) != n_tok ||
+                    dsv_gguf_arr_type(g, ty) == DSV_GGUF_STRING))
+        return dsv_error(DSV_ERR_FORMAT, "tokenizer.ggml.token_type must be a number per token");
+    cJSON *j = cJSON_CreateObject(), *model = cJSON_AddObjectToObject(j, "model");
+    cJSON *vocab = cJSON_AddObjectToObject(model, "vocab"), *merges = cJSON_AddArrayToObject(model, "merges");
+    cJSON *added = cJSON_AddArrayToObject(j, "added_tokens");
+    cJSON *pre = cJSON_AddObjectToObject(j, "pre_tokenizer"), *dec = cJSON_AddObjectToObject(j, "decoder");
+    cJSON *list = pre ? cJSON_AddArrayToObject(pre, "pretokenizers") : NULL;
+    rc = j && model && vocab && merges && added && dec && list && cJSON_AddStringToObject(model, "type", "BPE") &&
+         cJSON_AddStringToObject(pre, "type", "Sequence") && cJSON_AddStringToObject(dec, "type", "ByteLevel")
+         ? DSV_OK : DSV_ERR_NOMEM;
+    for (int i = 0; !rc && i < 4; i++) {
+        cJSON *p = cJSON_CreateObject();
+        cJSON_AddItemToArray(list, p);
+        if (i == 3) {
+            cJSON_AddStringToObject(p, "type", "ByteLevel");
+            cJSON_AddBoolToObject(p, "add_prefix_space", 0);
+            cJSON_AddBoolToObject(p, "use_regex", 0);
+        } else {
+            cJSON_AddStringToObject(p, "type", "Split");
+            cJSON_AddStringToObject(cJSON_AddObjectToObject(p, "pattern"), "Regex", dsv_deepseek_v3_pretok[i]);
+            cJSON_AddStringToObject(p, "behavior", "Isolated");
+            cJSON_AddBoolToObject(p, "invert", 0);
+        }
+    }
+    for (uint64_t i = 0; !rc && i < n_tok; i++) {
+        const char *ts = dsv_gguf_arr_str(g, tk, i, &n);
+        const double type = ty >= 0 ? dsv_gguf_arr_num(g, ty, i) : 1;
+        char *c = gguf_cstr(ts, n);
+        if (!c) { rc = dsv_error(DSV_ERR_FORMAT, "tokenizer.ggml.tokens[%llu] holds a NUL byte", (unsigned long long)i); break; }
+        if (type == 3 || type == 4) {
+            cJSON *a = cJSON_CreateObject();
+            cJSON_AddItemToArray(added, a);
+            cJSON_AddNumberToObject(a, "id", (double)i);
+            cJSON_AddStringToObject(a, "content", c);
+            cJSON_AddBoolToObject(a, "special", type == 3);
+        } else if (type != 5) {
+            cJSON_AddItemToObject(vocab, c, cJSON_CreateNumber((double)i));
+        }
+        free(c);
+    }
+    for (uint64_t i = 0; !rc && i < dsv_gguf_arr_n(g, mg); i++) {
+        const char *ms = dsv_gguf_arr_str(g, mg, i, &n);
+        char *c = gguf_cstr(ms, n);
+        if (!c) { rc = dsv_error(DSV_ERR_FORMAT, "tokenizer.ggml.merges[%llu] holds a NUL byte", (unsigned long long)i); break; }
+        cJSON_AddItemToArray(merges, cJSON_CreateString(c));
+        free(c);
+    }
+    if (rc == DSV_ERR_NOMEM) rc = dsv_error(DSV_ERR_NOMEM, "out of memory");
+    if (rc) { cJSON_Delete(j); return rc; }
+    *out = j;
+    return DSV_OK;
+}
+
+/* BOS/EOS ids and add_bos from the metadata, each optional. */
+static int gguf_specials(dsv_tokenizer *t, const dsv_gguf *g) {
+    static const char *const keys[2] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"};
+    int32_t *ids[2] = {&t->bos, &t->eos};
+    for (int k = 0; k < 2; k++) {
+        int64_t v;
+        if (dsv_gguf_kv_find(g, keys[k]) < 0) continue;
+        int rc = dsv_gguf_get_int(g, keys[k], 0, t->n_vocab - 1, &v);
+        if (rc) return rc;
+        *ids[k] = (int32_t)v;
+    }
+    if (dsv_gguf_kv_find(g, "tokenizer.ggml.add_bos_token") >= 0)
+        return dsv_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &t->add_bos);
+    return DSV_OK;
+}
+
+static int load_gguf(dsv_tokenizer *t, const char *path) {
+    dsv_gguf *g;
+    cJSON *j = NULL;
+    int rc = dsv_gguf_open(&g, path);
+    if (rc) return rc;
+    if (!(rc = gguf_doc(g, &j)) && !(rc = load_tokenizer_doc(t, j))) rc = gguf_specials(t, g);
+    dsv_gguf_close(g);
+    /* Every message names the file (the metadata getters' already do). */
+    if (rc && strncmp(dsv_errmsg(), path, strlen(path))) dsv_error_prefix(rc, "%s", path);
+    return rc;
 }
 
 int dsv_tokenizer_open(dsv_tokenizer **out, const char *path) {
@@ -774,9 +892,12 @@ int dsv_tokenizer_open(dsv_tokenizer **out, const char *path) {
         snprintf(json, plen + 32, "%s", path);
         snprintf(cfg, plen + 32, "%.*stokenizer_config.json", dir, path);
     }
-    /* Every error below names the file it is about. */
-    int rc = t->mctx ? load_tokenizer_json(t, json) : dsv_error(DSV_ERR_NOMEM, "%s: out of memory", json);
-    if (!rc && (stat(cfg, &st) == 0 || errno != ENOENT)) rc = load_config(t, cfg);
+    /* Every error below names the file it is about. A GGUF file holds the
+     * whole tokenizer in its metadata (no tokenizer_config.json beside it). */
+    const int gguf = plen > 5 && !strcmp(path + plen - 5, ".gguf") && !S_ISDIR(st.st_mode);
+    int rc = !t->mctx ? dsv_error(DSV_ERR_NOMEM, "%s: out of memory", json)
+           : gguf ? load_gguf(t, path) : load_tokenizer_json(t, json);
+    if (!rc && !gguf && (stat(cfg, &st) == 0 || errno != ENOENT)) rc = load_config(t, cfg);
     free(json);
     free(cfg);
     if (rc) {

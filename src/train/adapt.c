@@ -425,6 +425,11 @@ int dsv_adapt_open(dsv_adapter **out, const char *model_dir, const dsv_adapt_opt
     snprintf(a->dir, sizeof a->dir, "%s", model_dir);
     int st = dsv_model_open(&a->m, model_dir, NULL);
     if (st) { free(a); return st; }
+    if (!a->m->st) {
+        dsv_adapt_free(a);
+        return dsv_error(DSV_ERR_UNSUPPORTED, "%s: adapt reads and writes Hugging Face directories; GGUF input is "
+                         "not supported yet", model_dir);
+    }
     a->c = dsv_model_config(a->m);
     const dsv_config *c = a->c;
     if (o.ctx > c->max_position_embeddings) {

@@ -268,6 +268,8 @@ int dsv_bpe_train(const char *dir, const char *text, size_t len, int vocab_size,
     if (vocab_size < base) return dsv_error(DSV_ERR_ARG, "vocabulary size %d is below %d (specials and bytes)", vocab_size, base);
     if (len >= (size_t)1 << 31) return dsv_error(DSV_ERR_ARG, "text too large (%zu bytes)", len);
     char path[4096];
+    /* The longer name first: both fit, or nothing is written. */
+    if (dsv_path_join(path, sizeof path, dir, "tokenizer_config.json")) return DSV_ERR_ARG;
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     uint8_t **bytes = calloc((size_t)vocab_size, sizeof *bytes);
     int *tlen = calloc((size_t)vocab_size, sizeof *tlen);

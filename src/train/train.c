@@ -1119,7 +1119,10 @@ int dsv_train_load(dsv_trainer **out, const char *path, const dsv_train_opts *op
         cfg = c ? strdup(c) : NULL;
     } else {
         char p[4096];
-        snprintf(p, sizeof p, "%s/config.json", path);
+        if (dsv_path_join(p, sizeof p, path, "config.json")) {
+            dsv_st_close(f);
+            return DSV_ERR_ARG;
+        }
         if (dsv_read_file(p, (size_t)64 << 20, &cfg, NULL)) cfg = NULL;
     }
     if (!cfg) {
@@ -1193,6 +1196,9 @@ static void quant_fp8(uint8_t *q, float *scale, const float *W, int rows, int co
 
 int dsv_train_export(dsv_trainer *t, const char *dir, int fp8) {
     char path[4096];
+    /* The longer of the two names written: both fit, or neither is tried. */
+    int st = dsv_path_join(path, sizeof path, dir, "model.safetensors");
+    if (st) return st;
     cJSON *cfg = cJSON_Parse(t->config_json);
     if (!cfg) return dsv_error(DSV_ERR_FORMAT, "export: the stored config is not JSON");
     cJSON_DeleteItemFromObjectCaseSensitive(cfg, "quantization_config");
@@ -1214,7 +1220,7 @@ int dsv_train_export(dsv_trainer *t, const char *dir, int fp8) {
     snprintf(path, sizeof path, "%s/config.json", dir);
     size_t tl = strlen(text);
     char *text_nl = malloc(tl + 2);
-    int st = DSV_ERR_NOMEM;
+    st = DSV_ERR_NOMEM;
     if (text_nl) {
         memcpy(text_nl, text, tl);
         memcpy(text_nl + tl, "\n", 2);

@@ -1,14 +1,6 @@
-/* fuzz_safetensors.c: libFuzzer target for the safetensors reader.
- *
- * Build (clang only; kept out of `make test` by living in this subfolder):
- *   make fuzz
- * which runs
- *   clang -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -g -O1 -fsanitize=fuzzer,address,undefined \
- *       tests/fuzz/fuzz_safetensors.c src/format/safetensors.c src/base/dtype.c src/base/util.c -o build-fuzz/fuzz_safetensors -lcjson -lm
- * Run, starting from the seeds (new finds go to the first folder):
- *   mkdir -p build-fuzz/corpus
- *   build-fuzz/fuzz_safetensors -max_len=4096 build-fuzz/corpus tests/fuzz/seeds
- * Replay one crashing input: build-fuzz/fuzz_safetensors crash-<hash>
+/* fuzz_safetensors.c: libFuzzer target for the safetensors reader (make
+ * fuzz; by hand: build-fuzz/fuzz_safetensors -max_len=4096 CORPUS
+ * tests/fuzz/seeds/safetensors).
  *
  * Input layout: byte 0 picks the surface, the rest is the payload.
  *   even: a safetensors image, opened in memory (dsv_st_open_memory) from a
@@ -18,22 +10,15 @@
  *         directory.
  * Whatever opens must keep the reader's promises, checked below; anything
  * else must fail with a status and a message. */
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <unistd.h>
 
-#include "format/safetensors.h"
 #include "base/util.h"
+#include "format/safetensors.h"
+#include "fuzz.h"
 
 static char dir[64];
 
-static void check(int ok, const char *what) {
-    if (!ok) {
-        fprintf(stderr, "fuzz_safetensors: broken promise: %s\n", what);
-        abort();
-    }
-}
+#define check fuzz_check
 
 /* Every tensor lies in its file, is sized by its shape and is found by name;
  * touching its first and last byte lets ASAN check the bounds. */
@@ -88,8 +73,6 @@ static void make_shards(void) {
     write_shard("b.safetensors", b, 1);
 }
 
-int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size);
-
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
     if (size < 1) return 0;
     dsv_st *st = NULL;
@@ -113,6 +96,6 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
         rc = dsv_st_open(&st, dir);
         if (rc == DSV_OK) { check_opened(st); dsv_st_close(st); }
     }
-    check(rc == DSV_OK || (rc < 0 && dsv_errmsg()[0]), "a failure has a status and a message");
+    fuzz_check_status(rc);
     return 0;
 }

@@ -1,0 +1,454 @@
+/* model_gguf.c: opening a DeepSeek model from a GGUF file (or split set) as
+ * llama.cpp writes it: arch "deepseek32" (DeepSeek-V3.2 with the lightning
+ * indexer) or "deepseek2" (DeepSeek-V3/V3.1/R1, or V3.2 converted without
+ * the indexer), which runs as dense MLA: every context of such a model
+ * attends to every position, and its indexer weights are zeros that are
+ * computed with but never used.
+ *
+ * The metadata becomes a Hugging Face style config (JSON text handed to
+ * dsv_config_parse, so both formats pass the same consistency checks);
+ * tensors are found by llama.cpp's names and mapped in place:
+ *   token_embd [vocab, dim]           -> embed          output -> head
+ *   blk.N.attn_q_a / attn_q_b         -> wq_a / wq_b    attn_kv_a_mqa -> wkv_a
+ *   blk.N.attn_k_b [H, kv_lora, nope] + attn_v_b [H, v, kv_lora]
+ *                                     -> wkv_b [H*(nope+v), kv_lora] (built)
+ *   blk.N.attn_output -> wo; indexer.attn_q_b / attn_k / proj / k_norm
+ *   blk.N.ffn_{gate,down,up}          -> the dense MLP
+ *   blk.N.ffn_{gate,down,up}_exps [E, out, in] -> expert e's slice
+ *   blk.N.ffn_{gate,down,up}_shexp, ffn_gate_inp, exp_probs_b.bias
+ * A GGUF extent list is the reverse of a row-major shape (ne[0] = columns).
+ * F32/F16/BF16 matrices become dsv_linear of that dtype, exactly as from
+ * safetensors; block-quantized ones keep their blocks (dsv_linear.gtype) and
+ * run through the quantized linear kernels. Two things are converted at
+ * load into memory the model owns: wkv_b, rebuilt in bf16 from llama.cpp's
+ * split and transposed attn_k_b/attn_v_b (or an old file's attn_kv_b) because
+ * the absorbed attention reads it in the Hugging Face layout; and a
+ * block-quantized token_embd, expanded to bf16 rows for the embedding lookup.
+ * Both are exact for bf16 files.
+ *
+ * Not here: models split across processes, MTP layers (never looked up),
+ * DeepSeek-V2-Lite's layout (no q LoRA). */
+#include <stdarg.h>
+#include <string.h>
+
+#include "model.h"
+#include "format/gguf.h"
+#include "kernels/quant.h"
+#include "base/util.h"
+
+typedef struct gloader {
+    dsv_model *m;
+    const char *path;
+    float *vec_next, *vec_end;
+    const dsv_bf16 *zeros;      /* no indexer: zero weights [128 * max(dim, q_lora)] */
+    const float *fzeros;        /* and zero vectors [128] */
+} gloader;
+
+static int type_error(const gloader *L, const dsv_gguf_tensor *t) {
+    return dsv_error(DSV_ERR_UNSUPPORTED,
+                     "%s: tensor '%s' has type %s, which dsv32 cannot compute with (supported: F32 F16 BF16 Q8_0 "
+                     "Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL Q2_K Q3_K Q4_K Q5_K Q6_K)",
+                     L->path, t->name, dsv_ggml_name(t->type));
+}
+
+/* Finds a tensor and checks its extents (ne[0] first; unused ones 1). */
+static int find(gloader *L, const dsv_gguf_tensor **out, const char *name, int64_t e0, int64_t e1, int64_t e2) {
+    const dsv_gguf_tensor *t = dsv_gguf_find(L->m->gguf, name);
+    if (!t) return dsv_error(DSV_ERR_MODEL, "%s: tensor '%s' is missing", L->path, name);
+    if (!dsv_q_supported(t->type)) return type_error(L, t);
+    if (t->ne[0] != e0 || t->ne[1] != e1 || t->ne[2] != e2 || t->ne[3] != 1)
+        return dsv_error(DSV_ERR_MODEL, "%s: tensor '%s': expected extents [%lld, %lld, %lld], actual [%lld, %lld, %lld, %lld] (%s)",
+                         L->path, name, (long long)e0, (long long)e1, (long long)e2, (long long)t->ne[0],
+                         (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3], dsv_ggml_name(t->type));
+    *out = t;
+    return DSV_OK;
+}
+
+/* A small vector, decoded to fp32 into the model's vector store. */
+static int vec(gloader *L, const float **out, const char *name, int64_t n) {
+    const dsv_gguf_tensor *t;
+    int st = find(L, &t, name, n, 1, 1);
+    if (st) return st;
+    DSV_ASSERT(L->vec_next + n <= L->vec_end);
+    dsv_q_dequant(t->type, t->data, L->vec_next, n);
+    *out = L->vec_next;
+    L->vec_next += n;
+    return DSV_OK;
+}
+
+/* Points a dsv_linear at rows of a tensor: [n_out, n_in] starting at row0 of
+ * a tensor whose rows are n_in long. */
+static void set_linear(gloader *L, dsv_linear *out, const dsv_gguf_tensor *t, int n_out, int n_in, int64_t row0) {
+    memset(out, 0, sizeof *out);
+    const size_t row = dsv_ggml_row_size(t->type, n_in);
+    out->n_out = n_out;
+    out->n_in = out->ld = n_in;
+    out->w = (const char *)t->data + (size_t)row0 * row;
+    switch (t->type) {
+    case DSV_GGML_F32: out->dtype = DSV_DT_F32; break;
+    case DSV_GGML_F16: out->dtype = DSV_DT_F16; break;
+    case DSV_GGML_BF16: out->dtype = DSV_DT_BF16; break;
+    default: out->dtype = DSV_DT_BF16; out->gtype = t->type; break; /* dtype unused with gtype */
+    }
+    L->m->weight_bytes += (uint64_t)n_out * row;
+}
+
+static int linear(gloader *L, dsv_linear *out, const char *name, int n_out, int n_in) {
+    const dsv_gguf_tensor *t;
+    int st = find(L, &t, name, n_in, n_out, 1);
+    if (st) return st;
+    set_linear(L, out, t, n_out, n_in, 0);
+    return DSV_OK;
+}
+
+/* wkv_b [H*(nope+v), kv_lora] in bf16, per head [k_nope rows | v rows], from
+ * attn_k_b (per head [kv_lora][nope]: the key half transposed) and attn_v_b
+ * (per head [v][kv_lora]), or from an unsplit attn_kv_b. tmp: scratch of
+ * kv_lora * max(nope, v) floats. */
+static int build_kv_b(gloader *L, int il, dsv_bf16 *dst, float *tmp) {
+    const dsv_config *c = &L->m->cfg;
+    const int H = c->n_heads, N = c->qk_nope_head_dim, V = c->v_head_dim, C = c->kv_lora_rank;
+    char n1[96], n2[96];
+    const dsv_gguf_tensor *kb, *vb;
+    snprintf(n1, sizeof n1, "blk.%d.attn_kv_b.weight", il);
+    if (dsv_gguf_find(L->m->gguf, n1)) {
+        int st = find(L, &kb, n1, C, (int64_t)H * (N + V), 1);
+        if (st) return st;
+        const size_t row = dsv_ggml_row_size(kb->type, C);
+        for (int r = 0; r < H * (N + V); r++) {
+            dsv_q_dequant(kb->type, (const char *)kb->data + (size_t)r * row, tmp, C);
+            for (int k = 0; k < C; k++) dst[(size_t)r * C + k] = dsv_f32_to_bf16(tmp[k]);
+        }
+        return DSV_OK;
+    }
+    snprintf(n1, sizeof n1, "blk.%d.attn_k_b.weight", il);
+    snprintf(n2, sizeof n2, "blk.%d.attn_v_b.weight", il);
+    int st = find(L, &kb, n1, N, C, H);
+    if (!st) st = find(L, &vb, n2, C, V, H);
+    if (st) return st;
+    const size_t kh = dsv_ggml_row_size(kb->type, N) * (size_t)C, vh = dsv_ggml_row_size(vb->type, C) * (size_t)V;
+    for (int h = 0; h < H; h++) {
+        dsv_bf16 *o = dst + (size_t)h * (N + V) * C;
+        dsv_q_dequant(kb->type, (const char *)kb->data + (size_t)h * kh, tmp, (int64_t)C * N); /* [C][N] */
+        for (int r = 0; r < N; r++)
+            for (int k = 0; k < C; k++) o[(size_t)r * C + k] = dsv_f32_to_bf16(tmp[(size_t)k * N + r]);
+        dsv_q_dequant(vb->type, (const char *)vb->data + (size_t)h * vh, tmp, (int64_t)V * C); /* [V][C] */
+        for (size_t i = 0; i < (size_t)V * C; i++) o[(size_t)N * C + i] = dsv_f32_to_bf16(tmp[i]);
+    }
+    return DSV_OK;
+}
+
+static int expert(gloader *L, dsv_expert *e, int il, const char *sfx, int dim, int inter) {
+    char p[96];
+    int st;
+    snprintf(p, sizeof p, "blk.%d.ffn_gate%s.weight", il, sfx);
+    if ((st = linear(L, &e->w1, p, inter, dim))) return st;
+    snprintf(p, sizeof p, "blk.%d.ffn_down%s.weight", il, sfx);
+    if ((st = linear(L, &e->w2, p, dim, inter))) return st;
+    snprintf(p, sizeof p, "blk.%d.ffn_up%s.weight", il, sfx);
+    return linear(L, &e->w3, p, inter, dim);
+}
+
+/* A model without an indexer gets zero indexer weights (one shared buffer):
+ * the engine's indexer steps then run on zeros, their result unused since
+ * such a model's contexts attend densely. */
+static void no_indexer(gloader *L, dsv_layer *ly, const dsv_bf16 *zeros, const float *fzeros) {
+    const dsv_config *c = &L->m->cfg;
+    ly->idx_wq_b = (dsv_linear){.dtype = DSV_DT_BF16, .n_out = c->index_head_dim, .n_in = c->q_lora_rank,
+                                .ld = c->q_lora_rank, .w = zeros};
+    ly->idx_wk = (dsv_linear){.dtype = DSV_DT_BF16, .n_out = c->index_head_dim, .n_in = c->dim, .ld = c->dim, .w = zeros};
+    ly->idx_wproj = (dsv_linear){.dtype = DSV_DT_BF16, .n_out = 1, .n_in = c->dim, .ld = c->dim, .w = zeros};
+    ly->idx_k_norm_w = ly->idx_k_norm_b = fzeros;
+}
+
+static int load_layer(gloader *L, int il, dsv_bf16 *kv_b, float *tmp) {
+    const dsv_config *c = &L->m->cfg;
+    dsv_layer *ly = &L->m->layers[il];
+    const int H = c->n_heads, dim = c->dim, QH = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    char p[96];
+    int st;
+#define V(field, sfx, n) do { snprintf(p, sizeof p, "blk.%d.%s", il, sfx); \
+        if ((st = vec(L, &ly->field, p, n))) return st; } while (0)
+#define LIN(field, sfx, no, ni) do { snprintf(p, sizeof p, "blk.%d.%s", il, sfx); \
+        if ((st = linear(L, &ly->field, p, no, ni))) return st; } while (0)
+    V(attn_norm, "attn_norm.weight", dim);
+    V(ffn_norm, "ffn_norm.weight", dim);
+    LIN(wq_a, "attn_q_a.weight", c->q_lora_rank, dim);
+    V(q_norm, "attn_q_a_norm.weight", c->q_lora_rank);
+    LIN(wq_b, "attn_q_b.weight", H * QH, c->q_lora_rank);
+    LIN(wkv_a, "attn_kv_a_mqa.weight", c->kv_lora_rank + c->qk_rope_head_dim, dim);
+    V(kv_norm, "attn_kv_a_norm.weight", c->kv_lora_rank);
+    if ((st = build_kv_b(L, il, kv_b, tmp))) return st;
+    ly->wkv_b = (dsv_linear){.dtype = DSV_DT_BF16, .n_out = H * (c->qk_nope_head_dim + c->v_head_dim),
+                             .n_in = c->kv_lora_rank, .ld = c->kv_lora_rank, .w = kv_b};
+    L->m->weight_bytes += (uint64_t)ly->wkv_b.n_out * (uint64_t)ly->wkv_b.n_in * 2;
+    LIN(wo, "attn_output.weight", dim, H * c->v_head_dim);
+    if (L->m->no_indexer) {
+        no_indexer(L, ly, L->zeros, L->fzeros);
+    } else {
+        LIN(idx_wq_b, "indexer.attn_q_b.weight", c->index_n_heads * c->index_head_dim, c->q_lora_rank);
+        LIN(idx_wk, "indexer.attn_k.weight", c->index_head_dim, dim);
+        V(idx_k_norm_w, "indexer.k_norm.weight", c->index_head_dim);
+        V(idx_k_norm_b, "indexer.k_norm.bias", c->index_head_dim);
+        LIN(idx_wproj, "indexer.proj.weight", c->index_n_heads, dim);
+    }
+    ly->is_moe = il >= c->n_dense_layers;
+    if (!ly->is_moe) return expert(L, &ly->mlp, il, "", dim, c->inter_dim);
+    LIN(gate, "ffn_gate_inp.weight", c->n_routed_experts, dim);
+    snprintf(p, sizeof p, "blk.%d.exp_probs_b.bias", il);
+    ly->gate_bias = NULL;
+    if (dsv_gguf_find(L->m->gguf, p)) V(gate_bias, "exp_probs_b.bias", c->n_routed_experts);
+    ly->experts = L->m->expert_store + (size_t)(il - c->n_dense_layers) * c->n_routed_experts;
+    static const char *const parts[3] = {"gate", "down", "up"};
+    for (int k = 0; k < 3; k++) {
+        const dsv_gguf_tensor *t;
+        const int n_out = k == 1 ? dim : c->moe_inter_dim, n_in = k == 1 ? c->moe_inter_dim : dim;
+        snprintf(p, sizeof p, "blk.%d.ffn_%s_exps.weight", il, parts[k]);
+        if ((st = find(L, &t, p, n_in, n_out, c->n_routed_experts))) return st;
+        for (int e = 0; e < c->n_routed_experts; e++) {
+            dsv_expert *x = &ly->experts[e];
+            set_linear(L, k == 0 ? &x->w1 : k == 1 ? &x->w2 : &x->w3, t, n_out, n_in, (int64_t)e * n_out);
+        }
+    }
+    if (c->n_shared_experts > 0)
+        return expert(L, &ly->shared, il, "_shexp", dim, c->n_shared_experts * c->moe_inter_dim);
+    return DSV_OK;
+#undef V
+#undef LIN
+}
+
+/* ---- metadata -> config ---------------------------------------------------- */
+
+struct jbuf { char s[4096]; size_t n; int st; };
+
+static void jput(struct jbuf *j, const char *fmt, ...) DSV_PRINTF(2, 3);
+static void jput(struct jbuf *j, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(j->s + j->n, sizeof j->s - j->n, fmt, ap);
+    va_end(ap);
+    DSV_ASSERT(k >= 0 && (size_t)k < sizeof j->s - j->n);
+    j->n += (size_t)k;
+}
+
+/* "<field>": <integer key>, from arch-prefixed key (required unless def is
+ * given: have_def). The range keeps every value an int. */
+static void jint(struct jbuf *j, const dsv_gguf *g, const char *arch, const char *key, const char *field,
+                 int have_def, int64_t def) {
+    char k[128];
+    int64_t v = def;
+    snprintf(k, sizeof k, "%s.%s", arch, key);
+    if (j->st) return;
+    if (dsv_gguf_kv_find(g, k) >= 0 || !have_def) j->st = dsv_gguf_get_int(g, k, 0, 1 << 30, &v);
+    if (!j->st) jput(j, "\"%s\": %lld, ", field, (long long)v);
+}
+
+static void jnum(struct jbuf *j, const dsv_gguf *g, const char *arch, const char *key, const char *field,
+                 int have_def, float def) {
+    char k[128];
+    float v = def;
+    snprintf(k, sizeof k, "%s.%s", arch, key);
+    if (j->st) return;
+    if (dsv_gguf_kv_find(g, k) >= 0 || !have_def) j->st = dsv_gguf_get_f32(g, k, &v);
+    if (!j->st && !(v == v && v > -1e30f && v < 1e30f))
+        j->st = dsv_error(DSV_ERR_MODEL, "metadata key \"%s\" is not a finite number", k);
+    if (!j->st) jput(j, "\"%s\": %.9g, ", field, (double)v);
+}
+
+/* The scale format of activation quantization (the indexer and the cached
+ * latent), which GGUF has no key for: dsv32 quantize writes dsv32.scale_fmt;
+ * without it a deepseek32 file is taken to be DeepSeek-V3.2 (ue8m0). */
+#define SCALE_FMT_KEY "dsv32.scale_fmt"
+
+static int config_from_gguf(dsv_config *c, const dsv_gguf *g, const char *path, int *no_indexer) {
+    const char *s;
+    size_t len;
+    char arch[32];
+    int st = dsv_gguf_get_str(g, "general.architecture", &s, &len);
+    if (st) return st;
+    snprintf(arch, sizeof arch, "%.*s", (int)DSV_MIN(len, sizeof arch - 1), s);
+    if ((strcmp(arch, "deepseek32") && strcmp(arch, "deepseek2")) || len != strlen(arch))
+        return dsv_error(DSV_ERR_MODEL, "%s: architecture '%.*s' is not a DeepSeek model (deepseek32 or deepseek2)",
+                         path, (int)DSV_MIN(len, 40), s);
+    *no_indexer = !strcmp(arch, "deepseek2");
+    struct jbuf *j = calloc(1, sizeof *j);
+    if (!j) return dsv_error(DSV_ERR_NOMEM, "out of memory");
+    jput(j, "{\"architectures\": [\"DeepseekV32ForCausalLM\"], ");
+    int64_t n_layers = 0, n_mtp = 0;
+    char k[128];
+    snprintf(k, sizeof k, "%s.block_count", arch);
+    if (!(j->st = dsv_gguf_get_int(g, k, 1, 1 << 20, &n_layers))) {
+        snprintf(k, sizeof k, "%s.nextn_predict_layers", arch);
+        if (dsv_gguf_kv_find(g, k) >= 0) j->st = dsv_gguf_get_int(g, k, 0, n_layers - 1, &n_mtp);
+        jput(j, "\"num_hidden_layers\": %lld, \"num_nextn_predict_layers\": %lld, ", (long long)(n_layers - n_mtp),
+             (long long)n_mtp);
+    }
+    /* The vocabulary: vocab_size, else the token list's length. */
+    snprintf(k, sizeof k, "%s.vocab_size", arch);
+    int tok = dsv_gguf_kv_find(g, "tokenizer.ggml.tokens");
+    if (!j->st && dsv_gguf_kv_find(g, k) < 0 && tok >= 0 && dsv_gguf_kv_type(g, tok) == DSV_GGUF_ARRAY) {
+        if (dsv_gguf_arr_n(g, tok) > (1u << 30)) j->st = dsv_error(DSV_ERR_MODEL, "tokenizer.ggml.tokens is too long");
+        else jput(j, "\"vocab_size\": %llu, ", (unsigned long long)dsv_gguf_arr_n(g, tok));
+    } else jint(j, g, arch, "vocab_size", "vocab_size", 0, 0);
+    jint(j, g, arch, "embedding_length", "hidden_size", 0, 0);
+    jint(j, g, arch, "feed_forward_length", "intermediate_size", 0, 0);
+    jint(j, g, arch, "expert_feed_forward_length", "moe_intermediate_size", 0, 0);
+    jint(j, g, arch, "leading_dense_block_count", "first_k_dense_replace", 0, 0);
+    jint(j, g, arch, "attention.head_count", "num_attention_heads", 0, 0);
+    jint(j, g, arch, "expert_count", "n_routed_experts", 0, 0);
+    jint(j, g, arch, "expert_shared_count", "n_shared_experts", 1, 0);
+    jint(j, g, arch, "expert_used_count", "num_experts_per_tok", 0, 0);
+    jint(j, g, arch, "expert_group_count", "n_group", 1, 1);
+    jint(j, g, arch, "expert_group_used_count", "topk_group", 1, 1);
+    jint(j, g, arch, "attention.q_lora_rank", "q_lora_rank", 0, 0);
+    jint(j, g, arch, "attention.kv_lora_rank", "kv_lora_rank", 0, 0);
+    jint(j, g, arch, "rope.dimension_count", "qk_rope_head_dim", 0, 0);
+    jint(j, g, arch, "attention.value_length_mla", "v_head_dim", 0, 0);
+    if (*no_indexer) /* placeholders the config checks want; the indexer never runs */
+        jput(j, "\"index_n_heads\": 1, \"index_head_dim\": 128, \"index_topk\": 1, ");
+    else {
+        jint(j, g, arch, "attention.indexer.head_count", "index_n_heads", 0, 0);
+        jint(j, g, arch, "attention.indexer.key_length", "index_head_dim", 0, 0);
+        jint(j, g, arch, "attention.indexer.top_k", "index_topk", 0, 0);
+    }
+    jint(j, g, arch, "context_length", "max_position_embeddings", 1, 0);
+    jnum(j, g, arch, "attention.layer_norm_rms_epsilon", "rms_norm_eps", 0, 0);
+    jnum(j, g, arch, "rope.freq_base", "rope_theta", 1, 10000.0f);
+    jnum(j, g, arch, "expert_weights_scale", "routed_scaling_factor", 1, 1.0f);
+    /* The key length (nope + rope) gives qk_nope_head_dim. */
+    int64_t kl = 0, rope = 0;
+    snprintf(k, sizeof k, "%s.attention.key_length_mla", arch);
+    if (!j->st) j->st = dsv_gguf_get_int(g, k, 1, 1 << 20, &kl);
+    snprintf(k, sizeof k, "%s.rope.dimension_count", arch);
+    if (!j->st) j->st = dsv_gguf_get_int(g, k, 0, kl - 1, &rope);
+    if (!j->st) jput(j, "\"qk_nope_head_dim\": %lld, ", (long long)(kl - rope));
+    /* Routing: gating function 1 softmax, 2 sigmoid (llama.cpp's enum); a
+     * deepseek2 file without the key is DeepSeek-V2 (softmax). */
+    int64_t gf = *no_indexer ? 1 : 2;
+    int norm = 0;
+    snprintf(k, sizeof k, "%s.expert_gating_func", arch);
+    if (!j->st && dsv_gguf_kv_find(g, k) >= 0) j->st = dsv_gguf_get_int(g, k, 1, 2, &gf);
+    snprintf(k, sizeof k, "%s.expert_weights_norm", arch);
+    if (!j->st && dsv_gguf_kv_find(g, k) >= 0) j->st = dsv_gguf_get_bool(g, k, &norm);
+    if (!j->st) jput(j, "\"scoring_func\": \"%s\", \"norm_topk_prob\": %s, ", gf == 1 ? "softmax" : "sigmoid",
+                     norm ? "true" : "false");
+    /* YaRN. */
+    snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
+    if (!j->st && dsv_gguf_kv_find(g, k) >= 0 && !(j->st = dsv_gguf_get_str(g, k, &s, &len)) &&
+        len == 4 && !memcmp(s, "yarn", 4)) {
+        float f = 0, lm = 0;
+        int64_t orig = 0;
+        snprintf(k, sizeof k, "%s.rope.scaling.factor", arch);
+        if (!(j->st = dsv_gguf_get_f32(g, k, &f))) {
+            snprintf(k, sizeof k, "%s.rope.scaling.original_context_length", arch);
+            j->st = dsv_gguf_get_int(g, k, 1, 1 << 30, &orig);
+        }
+        /* llama.cpp's converter writes yarn_log_multiplier = 0.1 * mscale_all_dim. */
+        snprintf(k, sizeof k, "%s.rope.scaling.yarn_log_multiplier", arch);
+        if (!j->st && dsv_gguf_kv_find(g, k) >= 0) j->st = dsv_gguf_get_f32(g, k, &lm);
+        else lm = 0.1f;
+        if (!j->st && !(f >= 1 && f < 1e6f && lm >= 0 && lm < 100))
+            j->st = dsv_error(DSV_ERR_MODEL, "%s: rope scaling factor %g or yarn_log_multiplier %g out of range", path,
+                              (double)f, (double)lm);
+        if (!j->st)
+            jput(j, "\"rope_scaling\": {\"type\": \"yarn\", \"factor\": %.9g, \"original_max_position_embeddings\": %lld, "
+                    "\"mscale\": %.9g, \"mscale_all_dim\": %.9g}, ", (double)f, (long long)orig, (double)(lm * 10),
+                 (double)(lm * 10));
+    }
+    /* Special tokens. */
+    int64_t bos = 0, eos = 1;
+    if (!j->st && dsv_gguf_kv_find(g, "tokenizer.ggml.bos_token_id") >= 0)
+        j->st = dsv_gguf_get_int(g, "tokenizer.ggml.bos_token_id", 0, 1 << 30, &bos);
+    if (!j->st && dsv_gguf_kv_find(g, "tokenizer.ggml.eos_token_id") >= 0)
+        j->st = dsv_gguf_get_int(g, "tokenizer.ggml.eos_token_id", 0, 1 << 30, &eos);
+    const char *fmt = *no_indexer ? NULL : "ue8m0";
+    if (!j->st && dsv_gguf_kv_find(g, SCALE_FMT_KEY) >= 0 && !(j->st = dsv_gguf_get_str(g, SCALE_FMT_KEY, &s, &len))) {
+        if (len == 4 && !memcmp(s, "none", 4)) fmt = NULL;
+        else if (len == 5 && !memcmp(s, "ue8m0", 5)) fmt = "ue8m0";
+        else
+            j->st = dsv_error(DSV_ERR_MODEL, "%s: %s must be \"none\" or \"ue8m0\"", path, SCALE_FMT_KEY);
+    }
+    if (!j->st) {
+        jput(j, "\"bos_token_id\": %lld, \"eos_token_id\": %lld", (long long)bos, (long long)eos);
+        /* The activation scale format rides on quantization_config; the
+         * weights themselves are not fp8, which load() records after. */
+        if (fmt) jput(j, ", \"quantization_config\": {\"quant_method\": \"fp8\", \"scale_fmt\": \"ue8m0\"}");
+        jput(j, "}");
+        st = dsv_config_parse(c, j->s, path);
+        c->fp8 = 0;
+    } else st = dsv_error_prefix(j->st, "%s", path);
+    free(j);
+    return st;
+}
+
+int dsv_model_load_gguf(dsv_model *m, const char *path, const dsv_model_params *params) {
+    int st;
+    if ((st = dsv_gguf_open(&m->gguf, path))) return st;
+    if ((st = config_from_gguf(&m->cfg, m->gguf, path, &m->no_indexer))) return st;
+    dsv_config *c = &m->cfg;
+    if (params->scale_fmt == DSV_SCALE_FMT_NONE || params->scale_fmt == DSV_SCALE_FMT_UE8M0)
+        c->scale_fmt = params->scale_fmt;
+    dsv_shard_plan(&m->sh, c, 0, 1);
+    m->n_local_heads = c->n_heads;
+
+    /* Sizes from the metadata (each field below 2^30), bounded in double
+     * before any is computed in size_t: a file cannot ask for more than
+     * 2^40 elements of any of them (the tensors that would back them are
+     * checked only later). */
+    const double dvec = (double)c->dim + (double)c->n_layers * (2.0 * c->dim + c->q_lora_rank + c->kv_lora_rank +
+                                                                 2.0 * c->index_head_dim + c->n_routed_experts);
+    const double dkvb = (double)c->n_heads * (double)(c->qk_nope_head_dim + c->v_head_dim) * (double)c->kv_lora_rank;
+    const double demb = (double)c->vocab_size * (double)c->dim;
+    const double dexp = (double)(c->n_layers + 1) * (double)(c->n_routed_experts + 1);
+    if (dvec > 0x1p40 || dkvb * c->n_layers + demb > 0x1p40 || dexp > 0x1p32)
+        return dsv_error(DSV_ERR_MODEL, "%s: the metadata's shapes are too large", path);
+    /* The last layer must be in the file before layers are allocated for it. */
+    char last[64];
+    snprintf(last, sizeof last, "blk.%d.attn_norm.weight", c->n_layers - 1);
+    if (!dsv_gguf_find(m->gguf, last))
+        return dsv_error(DSV_ERR_MODEL, "%s: block_count is %d but tensor '%s' is missing", path, c->n_layers, last);
+    const size_t n_vec = (size_t)dvec;
+    const int n_moe = c->n_layers - c->n_dense_layers;
+    const size_t kvb = (size_t)dkvb;
+    const dsv_gguf_tensor *emb = dsv_gguf_find(m->gguf, "token_embd.weight");
+    const int emb_q = emb && dsv_q_supported(emb->type) && emb->type != DSV_GGML_F32 && emb->type != DSV_GGML_F16 &&
+                      emb->type != DSV_GGML_BF16;
+    const size_t emb_n = emb_q ? (size_t)demb : 0;
+    /* No indexer: zeros for its weights (bf16) and vectors (fp32, 64 bf16 slots each). */
+    const size_t zero_n = m->no_indexer ? 128 * (size_t)DSV_MAX(c->dim, c->q_lora_rank) + 128 * 2 : 0;
+    m->vecs = malloc(n_vec * sizeof(float));
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    m->expert_store = calloc((size_t)(n_moe > 0 ? n_moe : 1) * (size_t)(c->n_routed_experts > 0 ? c->n_routed_experts : 1),
+                             sizeof *m->expert_store);
+    m->owned = calloc((size_t)c->n_layers * kvb + emb_n + zero_n, sizeof(dsv_bf16));
+    const size_t tmp_n = (size_t)c->kv_lora_rank * (size_t)DSV_MAX(c->qk_nope_head_dim, c->v_head_dim);
+    float *tmp = malloc(DSV_MAX(tmp_n, (size_t)c->dim) * sizeof *tmp);
+    if (!m->vecs || !m->layers || !m->expert_store || !m->owned || !tmp) {
+        free(tmp);
+        return dsv_error(DSV_ERR_NOMEM, "%s: out of memory", path);
+    }
+    dsv_bf16 *zeros = (dsv_bf16 *)m->owned + (size_t)c->n_layers * kvb + emb_n;
+    gloader L = {m, path, m->vecs, m->vecs + n_vec, zeros, (const float *)(zeros + zero_n - 256)};
+    const dsv_gguf_tensor *t;
+    if ((st = find(&L, &t, "token_embd.weight", c->dim, c->vocab_size, 1))) goto out;
+    m->embed = t->data;
+    m->embed_dtype = t->type == DSV_GGML_F32 ? DSV_DT_F32 : t->type == DSV_GGML_F16 ? DSV_DT_F16 : DSV_DT_BF16;
+    if (emb_q) {
+        /* Expanded to bf16 rows for the lookup, rounded as the embedding
+         * of a bf16 model is. */
+        dsv_bf16 *e = (dsv_bf16 *)m->owned + (size_t)c->n_layers * kvb;
+        const size_t row = dsv_ggml_row_size(t->type, c->dim);
+        for (int v = 0; v < c->vocab_size; v++) {
+            dsv_q_dequant(t->type, (const char *)t->data + (size_t)v * row, tmp, c->dim);
+            for (int d = 0; d < c->dim; d++) e[(size_t)v * c->dim + d] = dsv_f32_to_bf16(tmp[d]);
+        }
+        m->embed = e;
+    }
+    if ((st = vec(&L, &m->norm, "output_norm.weight", c->dim))) goto out;
+    if ((st = linear(&L, &m->head, "output.weight", c->vocab_size, c->dim))) goto out;
+    for (int il = 0; il < c->n_layers; il++)
+        if ((st = load_layer(&L, il, (dsv_bf16 *)m->owned + (size_t)il * kvb, tmp))) goto out;
+out:
+    free(tmp);
+    return st;
+}

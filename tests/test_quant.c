@@ -1,0 +1,311 @@
+/* test_quant.c: the ggml weight types' scalar codecs (src/kernels/quant.c).
+ *
+ * Hand-made blocks whose values were worked out on paper from the layouts in
+ * quant.h (which match llama.cpp's ggml-common.h): they pin every bit
+ * position a decoder reads, so a decoder that swaps two nibbles or scales
+ * fails here rather than producing a subtly wrong model. Then quantize ->
+ * dequantize round trips on Gaussian data with a per-type NMSE bound
+ * (measured, with about 30% margin), the dot product against a double-
+ * precision sum, and the half-precision encoder on every code. */
+#include "test.h"
+
+#include "base/numeric.h"
+#include "kernels/quant.h"
+
+static void put16(uint8_t *p, uint16_t h) { memcpy(p, &h, 2); }
+
+static float dq_at(uint32_t type, const uint8_t *b, int i) {
+    float y[256];
+    dsv_q_dequant(type, b, y, dsv_ggml_blck(type));
+    return y[i];
+}
+
+TEST(quant_hand_blocks_32) {
+    uint8_t b[34];
+    memset(b, 0, sizeof b); /* Q8_0: d = 0.5 */
+    put16(b, 0x3800);
+    b[2 + 0] = 5;
+    b[2 + 31] = 0x80;
+    CHECK(dq_at(DSV_GGML_Q8_0, b, 0) == 2.5f && dq_at(DSV_GGML_Q8_0, b, 31) == -64.0f);
+
+    memset(b, 0, sizeof b); /* Q4_0: d = 2; byte 0 holds values 0 (low) and 16 (high) */
+    put16(b, 0x4000);
+    b[2] = 0x1F;
+    CHECK(dq_at(DSV_GGML_Q4_0, b, 0) == 14.0f && dq_at(DSV_GGML_Q4_0, b, 16) == -14.0f);
+    CHECK(dq_at(DSV_GGML_Q4_0, b, 1) == -16.0f);
+
+    memset(b, 0, sizeof b); /* Q4_1: d = 0.5, m = -1 */
+    put16(b, 0x3800);
+    put16(b + 2, 0xBC00);
+    b[4 + 1] = 0xA3;
+    CHECK(dq_at(DSV_GGML_Q4_1, b, 1) == 0.5f && dq_at(DSV_GGML_Q4_1, b, 17) == 4.0f);
+
+    memset(b, 0, sizeof b); /* Q5_0: d = 1, 5th bits of values 2 and 18 set */
+    put16(b, 0x3C00);
+    uint32_t qh = 1u << 2 | 1u << 18;
+    memcpy(b + 2, &qh, 4);
+    b[6 + 2] = 0x35;
+    CHECK(dq_at(DSV_GGML_Q5_0, b, 2) == 5.0f && dq_at(DSV_GGML_Q5_0, b, 18) == 3.0f);
+    CHECK(dq_at(DSV_GGML_Q5_0, b, 0) == -16.0f);
+
+    memset(b, 0, sizeof b); /* Q5_1: d = 2, m = 1, 5th bit of value 31 */
+    put16(b, 0x4000);
+    put16(b + 2, 0x3C00);
+    qh = 1u << 31;
+    memcpy(b + 4, &qh, 4);
+    b[8 + 15] = 0xF0;
+    CHECK(dq_at(DSV_GGML_Q5_1, b, 15) == 1.0f && dq_at(DSV_GGML_Q5_1, b, 31) == 63.0f);
+
+    memset(b, 0, sizeof b); /* IQ4_NL: d = 0.5; grid points 15 (113) and 8 (1) */
+    put16(b, 0x3800);
+    b[2] = 0x8F;
+    CHECK(dq_at(DSV_GGML_IQ4_NL, b, 0) == 56.5f && dq_at(DSV_GGML_IQ4_NL, b, 16) == 0.5f);
+    CHECK(dq_at(DSV_GGML_IQ4_NL, b, 1) == -63.5f);
+}
+
+TEST(quant_hand_blocks_k) {
+    uint8_t b[210];
+    /* Q2_K: d = 1, dmin = 0.5; sub-block 5 scale 3 min 2; value 81 = 2 */
+    memset(b, 0, sizeof b);
+    put16(b + 80, 0x3C00);
+    put16(b + 82, 0x3800);
+    b[5] = 0x23;
+    b[16 + 17] = 0x20; /* value 81: half 0, pair 2, l 17 */
+    b[9] = 0x11;
+    b[16 + 32 + 17] = 3; /* value 145: half 1, pair 0, l 17 */
+    CHECK(dq_at(DSV_GGML_Q2_K, b, 81) == 5.0f);
+    CHECK(dq_at(DSV_GGML_Q2_K, b, 145) == 2.5f);
+    CHECK(dq_at(DSV_GGML_Q2_K, b, 80) == -1.0f);
+
+    /* Q3_K: d = 1; scale 10 = 5 (stored 37: low nibble in byte 2's high
+     * nibble, top bits 2 at bits 4-5 of byte 10); value 165 = 7 - 4 */
+    memset(b, 0, sizeof b);
+    put16(b + 108, 0x3C00);
+    b[96 + 2] = 0x50;
+    b[96 + 10] = 0x20;
+    b[32 + 32 + 5] = 0x0C; /* value 165: half 1, pair 1, l 5 */
+    b[5] = 0x20;           /* its 3rd bit: hmask[5] bit 4*1 + 1 */
+    CHECK(dq_at(DSV_GGML_Q3_K, b, 165) == 15.0f);
+    CHECK(dq_at(DSV_GGML_Q3_K, b, 160) == -20.0f);
+    CHECK(dq_at(DSV_GGML_Q3_K, b, 0) == 128.0f); /* scale 0 - 32, value 0 - 4 */
+
+    /* Q4_K: d = dmin = 1; pair 0 (5, 2); pair 5 (23, 35) from byte 9 and
+     * the top bits of bytes 1 and 5 */
+    memset(b, 0, sizeof b);
+    put16(b, 0x3C00);
+    put16(b + 2, 0x3C00);
+    b[4 + 0] = 0x05;
+    b[4 + 4] = 0x02;
+    b[4 + 9] = 0x37;
+    b[4 + 1] = 0x40;
+    b[4 + 5] = 0x80;
+    b[16 + 3] = 0x04;
+    b[16 + 64 + 10] = 0x90; /* value 170: chunk 2, high nibble, l 10 */
+    CHECK(dq_at(DSV_GGML_Q4_K, b, 3) == 18.0f);
+    CHECK(dq_at(DSV_GGML_Q4_K, b, 170) == 172.0f);
+    CHECK(dq_at(DSV_GGML_Q4_K, b, 138) == 0.0f);
+    CHECK(dq_at(DSV_GGML_Q4_K, b, 35) == 0.0f);
+
+    /* Q5_K: d = 1, dmin = 0; pair 3 scale 10; value 100 = 7 + 16 */
+    memset(b, 0, sizeof b);
+    put16(b, 0x3C00);
+    b[4 + 3] = 10;
+    b[48 + 32 + 4] = 0x70;
+    b[16 + 4] = 0x08; /* qh[4] bit 2*1 + 1 */
+    CHECK(dq_at(DSV_GGML_Q5_K, b, 100) == 230.0f);
+    CHECK(dq_at(DSV_GGML_Q5_K, b, 68) == 0.0f);
+
+    /* Q6_K: d = 0.5; scales[13] = -3; value 210 = (11 | 2 << 4) - 32 */
+    memset(b, 0, sizeof b);
+    put16(b + 208, 0x3800);
+    b[192 + 13] = 0xFD;
+    b[64 + 18] = 0xB0;
+    b[128 + 32 + 18] = 0x20;
+    CHECK(dq_at(DSV_GGML_Q6_K, b, 210) == -16.5f);
+    CHECK(dq_at(DSV_GGML_Q6_K, b, 146) == 0.0f); /* scale 0 */
+}
+
+/* Gaussian values from a fixed LCG (Box-Muller). */
+static void gauss(float *x, int n, uint64_t seed) {
+    for (int i = 0; i < n; i += 2) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        double u1 = ((seed >> 11) + 1.0) / 9007199254740993.0;
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        double u2 = (seed >> 11) / 9007199254740992.0;
+        double r = sqrt(-2 * log(u1));
+        x[i] = (float)(r * cos(6.283185307179586 * u2));
+        if (i + 1 < n) x[i + 1] = (float)(r * sin(6.283185307179586 * u2));
+    }
+}
+
+TEST(quant_round_trip_nmse) {
+    /* Bounds: the measured NMSE of this encoder on this data, +30%. */
+    static const struct { uint32_t t; double bound; } cases[] = {
+        {DSV_GGML_F32, 0},           {DSV_GGML_F16, 1e-7},        {DSV_GGML_BF16, 1e-5},
+        {DSV_GGML_Q8_0, 7e-5},          {DSV_GGML_Q6_K, 7e-4},          {DSV_GGML_Q5_1, 2.1e-3},
+        {DSV_GGML_Q5_0, 4.4e-3},          {DSV_GGML_Q5_K, 2.3e-3},          {DSV_GGML_Q4_1, 8.6e-3},
+        {DSV_GGML_Q4_0, 1.7e-2},          {DSV_GGML_IQ4_NL, 1.2e-2},        {DSV_GGML_Q4_K, 9.1e-3},
+        {DSV_GGML_Q3_K, 4e-2},          {DSV_GGML_Q2_K, 0.112},
+    };
+    enum { N = 8192 };
+    static float x[N], y[N];
+    static uint8_t q[N * 4];
+    gauss(x, N, 7);
+    for (int i = 0; i < N; i += 97) x[i] *= 6; /* outliers, as weights have */
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const uint32_t t = cases[c].t;
+        dsv_q_quant(t, x, q, N);
+        dsv_q_dequant(t, q, y, N);
+        double e = 0, s = 0;
+        for (int i = 0; i < N; i++) { e += (double)(y[i] - x[i]) * (y[i] - x[i]); s += (double)x[i] * x[i]; }
+        fprintf(stderr, "    %-7s nmse %.3g\n", dsv_ggml_name(t), e / s);
+        CHECKF(e / s <= cases[c].bound, "%s: nmse %.3g > %.3g", dsv_ggml_name(t), e / s, cases[c].bound);
+    }
+}
+
+TEST(quant_dot_matches_dequant) {
+    enum { N = 1024 };
+    static float w[N], x[N], y[N];
+    static uint8_t q[N * 4];
+    gauss(w, N, 3);
+    gauss(x, N, 4);
+    const uint32_t types[] = {DSV_GGML_F32, DSV_GGML_F16, DSV_GGML_BF16, DSV_GGML_Q8_0, DSV_GGML_Q4_0,
+                              DSV_GGML_Q4_1, DSV_GGML_Q5_0, DSV_GGML_Q5_1, DSV_GGML_IQ4_NL, DSV_GGML_Q2_K,
+                              DSV_GGML_Q3_K, DSV_GGML_Q4_K, DSV_GGML_Q5_K, DSV_GGML_Q6_K};
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        dsv_q_quant(types[k], w, q, N);
+        dsv_q_dequant(types[k], q, y, N);
+        double ref = 0, mag = 0;
+        for (int i = 0; i < N; i++) { ref += (double)y[i] * x[i]; mag += fabs((double)y[i] * x[i]); }
+        const float d = dsv_q_dot(types[k], q, x, N);
+        CHECKF(fabs(d - ref) <= 1e-6 * mag, "%s: dot %.9g vs %.9g", dsv_ggml_name(types[k]), d, ref);
+    }
+    CHECK(!dsv_q_supported(DSV_GGML_IQ2_XXS) && !dsv_q_supported(DSV_GGML_Q8_K) && !dsv_q_supported(4));
+}
+
+TEST(quant_f16_encoder_every_code) {
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) continue; /* NaN */
+        if (dsv_f32_to_f16(dsv_f16_to_f32((uint16_t)h)) != h) bad++;
+    }
+    CHECK_EQ_INT(bad, 0);
+    /* Ties go to even; past the largest half (65504) the midpoint rounds to inf. */
+    CHECK_EQ_INT(dsv_f32_to_f16(1.0f + 1.0f / 2048), 0x3C00);
+    CHECK_EQ_INT(dsv_f32_to_f16(1.0f + 3.0f / 2048), 0x3C02);
+    CHECK_EQ_INT(dsv_f32_to_f16(65519.0f), 0x7BFF);
+    CHECK_EQ_INT(dsv_f32_to_f16(65520.0f), 0x7C00);
+    CHECK_EQ_INT(dsv_f32_to_f16(-1e-8f), 0x8000);
+    CHECK_EQ_INT(dsv_f32_to_f16(3e-8f), 0x0001); /* 2^-24 = 5.96e-8: 3e-8 rounds up */
+}
+
+static const uint32_t BLOCK_TYPES[] = {DSV_GGML_Q8_0, DSV_GGML_Q4_0, DSV_GGML_Q4_1, DSV_GGML_Q5_0, DSV_GGML_Q5_1,
+                                       DSV_GGML_IQ4_NL, DSV_GGML_Q2_K, DSV_GGML_Q3_K, DSV_GGML_Q4_K, DSV_GGML_Q5_K,
+                                       DSV_GGML_Q6_K};
+enum { NB = sizeof BLOCK_TYPES / sizeof BLOCK_TYPES[0] };
+
+/* The 8-bit-activation dot (integers, then scales) against the float dot
+ * of the same weights: they differ only by the activations' rounding,
+ * at most half a step (amax/254) per value. */
+TEST(quant_vec_dot_ref_vs_float) {
+    enum { K = 1024 };
+    static float w[K], x[K], y[K];
+    static uint8_t q[K * 4], act[K * 2];
+    gauss(w, K, 11);
+    gauss(x, K, 12);
+    dsv_q8_act_quant(act, x, K);
+    /* The activations decode to within half a step of x. */
+    const int8_t *aq = (const int8_t *)act;
+    const float *ad = (const float *)(act + K);
+    const int16_t *as = (const int16_t *)(ad + K / 32);
+    for (int i = 0; i < K; i++) CHECK(fabsf(aq[i] * ad[i / 32] - x[i]) <= 0.5001f * ad[i / 32]);
+    for (int k = 0; k < K / 16; k++) {
+        int s = 0;
+        for (int j = 0; j < 16; j++) s += aq[16 * k + j];
+        CHECK_EQ_INT(as[k], s);
+    }
+    for (int t = 0; t < NB; t++) {
+        dsv_q_quant(BLOCK_TYPES[t], w, q, K);
+        dsv_q_dequant(BLOCK_TYPES[t], q, y, K);
+        double bound = 0;
+        for (int i = 0; i < K; i++) bound += fabs(y[i]) * 0.5001 * ad[i / 32];
+        const double f = dsv_q_dot(BLOCK_TYPES[t], q, x, K), r = dsv_q_vec_dot_ref(BLOCK_TYPES[t], q, act, K);
+        CHECKF(fabs(f - r) <= bound + 1e-4, "%s: %.6g vs %.6g (bound %.3g)", dsv_ggml_name(BLOCK_TYPES[t]), r, f, bound);
+    }
+}
+
+/* A SIMD variant against the reference on awkward data: outliers, zero
+ * blocks, -128 weights in Q8_0 (written by hand: our encoder never makes them). */
+static void check_variant(dsv_q_vec_dot_fn fn, const char *name, int own_q4_k) {
+    enum { K = 2048 };
+    static float w[K], x[K];
+    static uint8_t q[K * 4], act[K * 2];
+    for (int seed = 0; seed < 4; seed++) {
+        gauss(w, K, 100 + seed);
+        gauss(x, K, 200 + seed);
+        for (int i = 0; i < K; i += 61) w[i] *= 20;
+        for (int i = 256; i < 288; i++) x[i] = 0;
+        dsv_q8_act_quant(act, x, K);
+        for (int t = 0; t < NB; t++) {
+            dsv_q_quant(BLOCK_TYPES[t], w, q, K);
+            if (BLOCK_TYPES[t] == DSV_GGML_Q8_0) q[2 + 5] = 0x80;
+            double mag = 0;
+            const float *ad = (const float *)(act + K);
+            for (int i = 0; i < K; i++) mag += fabs(w[i] * x[i]) + ad[i / 32];
+            const float r = dsv_q_vec_dot_ref(BLOCK_TYPES[t], q, act, K), v = fn(BLOCK_TYPES[t], q, act, K);
+            CHECKF(fabs(r - v) <= 1e-5 * mag, "%s %s: %.9g vs reference %.9g", name, dsv_ggml_name(BLOCK_TYPES[t]), v, r);
+            /* Kernels that scale in the reference's order match it exactly:
+             * all but the dedicated Q8_0 (and, in AVX-512, Q4_K) kernels. */
+            const uint32_t ty = BLOCK_TYPES[t];
+            if (ty != DSV_GGML_Q8_0 && !(own_q4_k && ty == DSV_GGML_Q4_K))
+                CHECKF(r == v, "%s %s: %.9g is not the reference's %.9g", name, dsv_ggml_name(ty), v, r);
+        }
+    }
+}
+
+TEST(quant_vec_dot_avx512_matches_ref) {
+#if defined(__x86_64__)
+    if (!__builtin_cpu_supports("avx512vl") || !__builtin_cpu_supports("avx512vnni")) SKIP("no AVX-512 VNNI");
+    check_variant(dsv_q_vec_dot_avx512, "avx512", 1);
+#else
+    SKIP("not x86-64");
+#endif
+}
+
+TEST(quant_vec_dot_avx2_matches_ref) {
+#if defined(__x86_64__)
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) SKIP("no AVX2");
+    check_variant(dsv_q_vec_dot_avx2, "avx2", 0);
+#else
+    SKIP("not x86-64");
+#endif
+}
+
+/* Several activation rows at once give each row's one-row result exactly. */
+static void check_rows(dsv_q_dot_rows_fn rows, dsv_q_vec_dot_fn one, const char *name) {
+    enum { K = 512, R = 5 };
+    static float w[K], x[K];
+    static uint8_t q[K * 4], act[R][K * 2];
+    gauss(w, K, 31);
+    for (int r = 0; r < R; r++) {
+        gauss(x, K, 40 + r);
+        dsv_q8_act_quant(act[r], x, K);
+    }
+    for (int t = 0; t < NB; t++) {
+        float out[R];
+        dsv_q_quant(BLOCK_TYPES[t], w, q, K);
+        rows(BLOCK_TYPES[t], q, act, sizeof act[0], R, K, out);
+        for (int r = 0; r < R; r++)
+            CHECKF(out[r] == one(BLOCK_TYPES[t], q, act[r], K), "%s %s row %d", name, dsv_ggml_name(BLOCK_TYPES[t]), r);
+    }
+}
+
+TEST(quant_dot_rows_match_one_row) {
+    check_rows(dsv_q_dot_rows_ref, dsv_q_vec_dot_ref, "ref");
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        check_rows(dsv_q_dot_rows_avx2, dsv_q_vec_dot_avx2, "avx2");
+    if (!__builtin_cpu_supports("avx512vl") || !__builtin_cpu_supports("avx512vnni")) SKIP("no AVX-512 VNNI (ref and avx2 passed)");
+    check_rows(dsv_q_dot_rows_avx512, dsv_q_vec_dot_avx512, "avx512");
+#endif
+}
