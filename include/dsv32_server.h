@@ -6,7 +6,8 @@
  * listening. Endpoints: POST /v1/chat/completions, POST /v1/completions,
  * GET /v1/models, GET /health, GET /metrics, POST /tokenize,
  * POST /detokenize, and GET / (a chat page). The contract of each lives in
- * src/server/http.c; the README lists them with examples.
+ * src/server/http.c; the README lists them with examples, and its Security
+ * section what is exposed and which limits hold.
  *
  * The server never exits or aborts on a request: every failure is an HTTP
  * error with an OpenAI-style error object. dsv_server_close ends in-flight
@@ -36,7 +37,18 @@ typedef struct dsv_server_params {
     int n_threads;          /* compute threads (0: every core) */
     int max_queue;          /* requests waiting for a slot before 429 */
     size_t max_body;        /* largest request body before 413 */
-    const char *api_key;    /* NULL: no authentication */
+    size_t body_budget;     /* bytes of request bodies held at once before 503 (0: 8 x max_body) */
+    size_t discard_max;     /* body bytes read and dropped so that an early error (413, 401, ...)
+                               reaches a client still sending; past it the connection is closed */
+    int discard_timeout;    /* seconds spent reading a body to drop it */
+    int conn_limit;         /* open connections (each holds a thread) */
+    int conn_per_client;    /* open connections from one address */
+    int idle_timeout;       /* seconds a connection may stay silent (or not read its answer) */
+    int header_timeout;     /* seconds from connecting, or the end of the last answer, to the
+                               end of the request's headers */
+    int body_timeout;       /* seconds from the headers to the end of the body */
+    const char *api_key;    /* NULL: no authentication; else every endpoint but /health and the
+                               chat page needs "Authorization: Bearer KEY" */
     int verbose;            /* log the set-up and each request on stderr */
     /* A top-k per layer (dsv_context_params.layer_topk; all 0: the model's,
      * its config's dsa_topk_per_layer included). */
@@ -44,7 +56,9 @@ typedef struct dsv_server_params {
 } dsv_server_params;
 
 /* The defaults: 127.0.0.1:8080, 4 parallel, n_batch 512, queue 64, body
- * limit 8 MiB. */
+ * limit 8 MiB, bodies in flight 64 MiB, 256 MiB or 30 s dropped for an
+ * early error, 1024 connections, 64 per client address, 30 s idle, 10 s for
+ * headers, 60 s for a body. */
 DSV_API dsv_server_params dsv_server_default_params(void);
 
 typedef struct dsv_server dsv_server;

@@ -60,7 +60,9 @@ DSV_API int dsv_read_stream(FILE *f, const char *name, size_t max_bytes, char **
 DSV_API int dsv_json_get_string(const char *json, size_t len, const char *key, char **out, size_t *out_len);
 
 /* The JSON string literal of s[0..n) (quotes included; \" \\ \n \r \t, other
- * bytes below 0x20 as \u00XX, the rest as it is), the same the server writes,
+ * bytes below 0x20 as \u00XX, bytes that begin no well-formed UTF-8
+ * character as U+FFFD, the rest as it is: always valid UTF-8 JSON), the
+ * same the server writes,
  * as a new malloc'd NUL-terminated string; *out_len (may be NULL) gets its
  * length. NULL (DSV_ERR_NOMEM recorded) when out of memory. */
 DSV_API char *dsv_json_quote(const char *s, size_t n, size_t *out_len);

@@ -499,17 +499,18 @@ TEST(server_bad_input) {
     check_error(s.port, "POST", "/detokenize", "{\"tokens\":[99999]}", 400, "tokens");
     check_error(s.port, "POST", "/detokenize", "{\"tokens\":\"1\"}", 400, "tokens");
 
-    /* Bodies over the limit: announced (refused before the body is sent),
-     * and chunked (read, dropped, refused). */
+    /* Bodies over the limit: announced to a client that waits for "100
+     * Continue" (refused before the body is sent), and chunked (read,
+     * dropped, refused; test_server_exposed.c sends announced ones whole). */
     const char *big = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      "Content-Length: 100000000\r\n\r\n";
+                      "Expect: 100-continue\r\nContent-Length: 100000000\r\n\r\n";
     CHECK(http_raw(s.port, big, strlen(big), &r) == 0 && r.status == 413);
     CHECK(r.body && strstr(r.body, "request_too_large"));
     http_free(&r);
     size_t cap = 200000, n = 0;
     char *chunked = malloc(cap);
     n += (size_t)sprintf(chunked, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                                  "Transfer-Encoding: chunked\r\n\r\n");
+                                  "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
     for (int i = 0; i < 20; i++) {
         n += (size_t)sprintf(chunked + n, "1000\r\n");
         memset(chunked + n, ' ', 4096);
@@ -640,7 +641,10 @@ TEST(server_command_line) {
     snprintf(cmd, sizeof cmd, "%s serve --help", bin);
     CHECK_EQ_INT(test_run(cmd, &out), 0);
     static const char *const opts[] = {"--model", "--host", "--port", "--parallel", "--ctx", "--kv-memory", "--batch",
-                                       "--queue", "--max-body", "--api-key", "--alias", "--threads", "--verbose"};
+                                       "--queue", "--max-body", "--api-key", "--alias", "--threads", "--verbose",
+                                       "--body-budget", "--discard-max", "--discard-timeout", "--max-conns",
+                                       "--max-conns-per-client", "--idle-timeout", "--header-timeout",
+                                       "--body-timeout"};
     for (size_t i = 0; i < sizeof opts / sizeof *opts; i++) CHECKF(out && strstr(out, opts[i]), "--help lacks %s", opts[i]);
     CHECK(out && strstr(out, "(default: 127.0.0.1)") && strstr(out, "(default: 8080)"));
     free(out);

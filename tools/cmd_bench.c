@@ -169,13 +169,16 @@ static void report(struct bench *b, const char *phase, int mode, int depth, int 
                 (double)s->comm_sum_bytes * per / 1e3, (double)s->comm_gather_bytes * per / 1e3);
     fflush(b->table);
     if (!b->json) return;
-    printf("{\"model\":\"%s\",\"dtype\":\"%s\",\"kernels\":\"%s\",\"threads\":%ld,\"phase\":\"%s\",\"mode\":\"%s\","
+    /* The model's name is a path: through the JSON string writer. */
+    char *name = dsv_json_quote(b->name, strlen(b->name), NULL);
+    printf("{\"model\":%s,\"dtype\":\"%s\",\"kernels\":\"%s\",\"threads\":%ld,\"phase\":\"%s\",\"mode\":\"%s\","
            "\"topk\":%d,\"fill\":\"%s\",\"depth\":%d,\"tokens\":%d,\"seconds\":%.6g,\"tok_s\":%.6g,\"ms_per_tok\":%.6g,"
            "\"attn_ms\":%.6g,\"indexer_ms\":%.6g,\"topk_ms\":%.6g,\"attention_ms\":%.6g,\"linear_ms\":%.6g,"
            "\"moe_ms\":%.6g,\"other_ms\":%.6g,\"weight_bytes_per_tok\":%.0f,\"gbs\":%.6g,\"mem_gbs\":%.6g,"
            "\"bound_tok_s\":%.6g,\"kv_bytes_per_tok\":%llu,\"kv_read_bytes_per_tok\":%.0f,\"keys_per_tok\":%.6g,"
            "\"linear_tflops\":%.6g,\"amx_tflops\":",
-           b->name, b->c->fp8 ? "fp8" : "bf16", dsv_context_kernels(b->ctx[mode == MODE_DENSE]), b->threads, phase,
+           name ? name : "null", b->c->fp8 ? "fp8" : "bf16", dsv_context_kernels(b->ctx[mode == MODE_DENSE]),
+           b->threads, phase,
            mode_name(mode),
            mode == MODE_DENSE ? 0 : largest_topk(b), b->fill_random ? "random" : "real",
            depth, n, secs, n / secs, 1e3 * secs * per, attn_ms, s->ns[DSV_PHASE_INDEXER] * ms,
@@ -187,6 +190,7 @@ static void report(struct bench *b, const char *phase, int mode, int depth, int 
     printf(",\"ranks\":%d,\"comm_ms\":%.6g,\"comm_sum_bytes_per_tok\":%.0f,\"peak_rss_mb\":%llu}\n", ranks,
            s->ns[DSV_PHASE_COMM] * ms, (double)s->comm_sum_bytes * per, (unsigned long long)rss);
     fflush(stdout);
+    free(name);
 }
 
 /* Resets the sequence and brings it to `depth` tokens. */

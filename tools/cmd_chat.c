@@ -7,7 +7,10 @@
  * grow). The answer streams; reasoning is shown apart (dimmed on a terminal).
  * /exit quits and /clear starts over, as in the reference generate.py.
  * --input-file runs prompts (separated by blank lines) as one batch of
- * single-turn chats, like the reference's batch mode. */
+ * single-turn chats, like the reference's batch mode. Ctrl-C (SIGINT) on a
+ * terminal first resets its text attributes (an answer cut inside the
+ * dimmed reasoning would leave the shell dimmed), then ends as SIGINT does. */
+#include <signal.h>
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -116,9 +119,23 @@ static void add_message(cJSON *msgs, const char *role, const char *content, cons
     cJSON_AddItemToArray(msgs, m);
 }
 
+/* Async-signal-safe: write(2) the reset, then die of the signal as usual. */
+static void on_sigint(int sig) {
+    static const char reset[] = "\033[0m\n";
+    ssize_t w = write(1, reset, sizeof reset - 1);
+    (void)w;
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 static int interactive(gen *g, const char *system, int think) {
     const int tty_in = isatty(0);
     struct printer pr = {.tty = isatty(1)};
+    if (pr.tty) {
+        struct sigaction sa = {.sa_handler = on_sigint};
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, NULL);
+    }
     cJSON *msgs = new_conversation(system);
     pr.cap = g->o.n_ctx;
     pr.cached = malloc((size_t)pr.cap * sizeof *pr.cached);

@@ -40,14 +40,29 @@ static void usage(FILE *f) {
             "                        (default: %d)\n"
             "      --queue N         requests waiting for a slot before answering 429 (default: %d)\n"
             "      --max-body SIZE   largest request body before answering 413 (default: %zuM)\n"
-            "      --api-key KEY     require \"Authorization: Bearer KEY\" on every /v1 request\n"
-            "                        (default: $DSV32_API_KEY if set, else none)\n"
+            "      --body-budget SIZE  request bodies held at once, all clients together, before\n"
+            "                        answering 503 (default: 8 x --max-body)\n"
+            "      --discard-max SIZE  body bytes read and dropped so that an early error (413,\n"
+            "                        401, 415) reaches a client still sending; past it the\n"
+            "                        connection is closed (default: %zuM)\n"
+            "      --discard-timeout S  seconds spent dropping such a body (default: %d)\n"
+            "      --max-conns N     open connections, each holding a thread (default: %d)\n"
+            "      --max-conns-per-client N  open connections from one address (default: %d)\n"
+            "      --idle-timeout S  seconds a connection may stay silent or leave its answer\n"
+            "                        unread (default: %d)\n"
+            "      --header-timeout S  seconds from connecting (or the last answer) to the end of\n"
+            "                        the request's headers, however slowly they trickle (default: %d)\n"
+            "      --body-timeout S  seconds from the headers to the end of the body (default: %d)\n"
+            "      --api-key KEY     require \"Authorization: Bearer KEY\" on every endpoint but\n"
+            "                        /health and the chat page (default: $DSV32_API_KEY if set,\n"
+            "                        else none)\n"
             "      --alias NAME      model id in the API (default: the directory's name)\n"
             "      --topk-file FILE  a top-k per layer (from dsv32 analyze --suggest -o)\n"
             "  -t, --threads N       compute threads (default: every core)\n"
             "  -v, --verbose         log the set-up and every request on stderr (default: off)\n"
             "  -h, --help            show this help\n",
-            d.host, d.port, d.n_parallel, d.n_batch, d.max_queue, d.max_body >> 20);
+            d.host, d.port, d.n_parallel, d.n_batch, d.max_queue, d.max_body >> 20, d.discard_max >> 20,
+            d.discard_timeout, d.conn_limit, d.conn_per_client, d.idle_timeout, d.header_timeout, d.body_timeout);
 }
 
 /* "123", "64K", "512M", "2G" (powers of 1024). */
@@ -77,6 +92,7 @@ int cmd_serve(int argc, char **argv) {
         long n;
         int64_t size;
 #define VALUE() do { if (!(v = cli_value(CMD, argc, argv, &i))) return 2; } while (0)
+#define SIZE() do { VALUE(); if (parse_size(a, v, &size)) return 2; } while (0)
 #define INT(lo, hi, dst) do { VALUE(); if (cli_int(CMD, a, v, lo, hi, &n)) return 2; dst = (int)n; } while (0)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VALUE(); p.model_dir = v; }
@@ -89,12 +105,21 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) INT(1, 1024, p.n_threads);
         else if (!strcmp(a, "--kv-memory")) { VALUE(); if (parse_size(a, v, &size)) return 2; p.kv_bytes = size; }
         else if (!strcmp(a, "--max-body")) { VALUE(); if (parse_size(a, v, &size)) return 2; p.max_body = (size_t)size; }
+        else if (!strcmp(a, "--body-budget")) { SIZE(); p.body_budget = (size_t)size; }
+        else if (!strcmp(a, "--discard-max")) { SIZE(); p.discard_max = (size_t)size; }
+        else if (!strcmp(a, "--discard-timeout")) INT(1, 86400, p.discard_timeout);
+        else if (!strcmp(a, "--max-conns")) INT(1, 65536, p.conn_limit);
+        else if (!strcmp(a, "--max-conns-per-client")) INT(1, 65536, p.conn_per_client);
+        else if (!strcmp(a, "--idle-timeout")) INT(1, 86400, p.idle_timeout);
+        else if (!strcmp(a, "--header-timeout")) INT(1, 86400, p.header_timeout);
+        else if (!strcmp(a, "--body-timeout")) INT(1, 86400, p.body_timeout);
         else if (!strcmp(a, "--api-key")) { VALUE(); p.api_key = v; }
         else if (!strcmp(a, "--alias")) { VALUE(); p.alias = v; }
         else if (!strcmp(a, "--topk-file")) { VALUE(); topk_file = v; }
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) p.verbose = 1;
         else { cli_fail(CMD, "unknown option '%s' (see dsv32 serve --help)", a); return 2; }
 #undef INT
+#undef SIZE
 #undef VALUE
     }
     if (!p.model_dir) {

@@ -5,9 +5,14 @@
  * Training data: the text is encoded with the model's tokenizer; each
  * sequence is BOS followed by ctx-1 tokens starting at a random line start,
  * with targets shifted by one. Sampling depends only on (seed, step), so a
- * resumed run sees the data the uninterrupted one would have. */
+ * resumed run sees the data the uninterrupted one would have.
+ *
+ * SIGINT (Ctrl-C) ends training after the step in progress, with a
+ * checkpoint of that step written to -o (exit status 130); a second SIGINT
+ * kills at once. */
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,6 +149,14 @@ static void eval_valid(dsv_trainer *t, const int32_t *win, int n_win, int batch,
     out->tokens = tok;
 }
 
+static volatile sig_atomic_t interrupted;
+
+/* The first SIGINT asks for a checkpoint; the next one is the default. */
+static void on_sigint(int sig) {
+    interrupted = 1;
+    signal(sig, SIG_DFL);
+}
+
 int cmd_train(int argc, char **argv) {
     const char *cmd = "train", *config = NULL, *init = NULL, *resume = NULL, *text = NULL, *tokdir = NULL;
     const char *out = NULL, *valid = NULL, *v;
@@ -238,6 +251,9 @@ int cmd_train(int argc, char **argv) {
                 dsv_train_n_params(t, 1), tc.n, n_win);
     }
     double t0 = dsv_time(), tok_done = 0;
+    struct sigaction sa = {.sa_handler = on_sigint}, old_sa;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_sa);
     for (int s = t ? dsv_train_step_no(t) : 0; !rc && s < steps; s = dsv_train_step_no(t)) {
         sample_batch(buf, &tc, (int)batch, (int)ctx, bos, (uint64_t)seed, s);
         dsv_train_stats st;
@@ -256,9 +272,15 @@ int cmd_train(int argc, char **argv) {
             fprintf(stderr, "eval  %5d  valid loss %.4f  ppl %.2f  kl %.4f  (%ld tokens)\n", s + 1, ev.lm_loss,
                     exp(ev.lm_loss), ev.kl, ev.tokens);
         }
-        if ((save_every > 0 && (s + 1) % save_every == 0) || last)
+        if ((save_every > 0 && (s + 1) % save_every == 0) || last || interrupted)
             if (dsv_train_save(t, out)) rc = cli_fail(cmd, "%s", dsv_errmsg());
+        if (!rc && interrupted && !last) {
+            fprintf(stderr, "train: interrupted after step %d; checkpoint written to %s (continue with --resume %s)\n",
+                    s + 1, out, out);
+            rc = 130;
+        }
     }
+    sigaction(SIGINT, &old_sa, NULL);
     if (!rc && t && dsv_train_step_no(t) >= steps && steps == 0 && dsv_train_save(t, out))
         rc = cli_fail(cmd, "%s", dsv_errmsg());
     free(buf);

@@ -86,3 +86,12 @@ size_t dsv_utf8_encode(uint32_t cp, char out[4]) {
     out[3] = (char)(0x80 | (cp & 0x3F));
     return 4;
 }
+
+size_t dsv_utf8_cut(const char *s, size_t n, size_t max) {
+    if (n <= max) return n;
+    /* s[max] is the first byte dropped: back off over continuation bytes
+     * (at most three) so that no character is split. */
+    size_t k = max;
+    while (k > 0 && max - k < 3 && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
+    return ((unsigned char)s[k] & 0xC0) == 0x80 ? max : k;
+}

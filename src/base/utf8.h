@@ -16,6 +16,10 @@ size_t dsv_utf8_valid_prefix(const char *s, size_t n);
  * sets *cp, or returns 0 if s does not begin with one. */
 size_t dsv_utf8_decode(const char *s, size_t n, uint32_t *cp);
 
+/* The longest prefix of s[0..n) of at most max bytes that does not end
+ * inside a character: where a string must be cut to fit, cut here. */
+size_t dsv_utf8_cut(const char *s, size_t n, size_t max);
+
 /* Writes the UTF-8 form of cp (at most U+10FFFF) to out; returns its length. */
 size_t dsv_utf8_encode(uint32_t cp, char out[4]);
 

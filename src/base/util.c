@@ -3,6 +3,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <string.h>
 #include <time.h>
@@ -115,4 +116,11 @@ int dsv_read_file(const char *path, size_t max_bytes, char **out, size_t *len) {
     int st = dsv_read_stream(f, path, max_bytes, out, len);
     fclose(f);
     return st;
+}
+
+int dsv_whole_in_range(double v, int64_t lo, int64_t hi, int64_t *out) {
+    /* NaN fails every comparison; +-inf fails the range. */
+    if (!(v >= (double)lo && v <= (double)hi) || v != floor(v)) return 0;
+    *out = (int64_t)v;
+    return 1;
 }

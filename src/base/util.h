@@ -24,4 +24,11 @@ void dsv_assert_fail(const char *expr, const char *file, int line);
 #define DSV_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define DSV_MAX(a, b) ((a) > (b) ? (a) : (b))
 
+/* A number read from a file or a request as a whole number in [lo, hi]:
+ * 1 and *out set when v is finite, integral and in range, else 0. The range
+ * is checked on the double before any conversion (casting an out-of-range
+ * double to an integer is undefined behaviour); lo and hi must be exactly
+ * representable (|x| <= 2^53). */
+int dsv_whole_in_range(double v, int64_t lo, int64_t hi, int64_t *out);
+
 #endif

@@ -28,6 +28,7 @@
 
 #include "dsv32_chat.h"
 #include "server.h"
+#include "dsv32_util.h"
 #include "base/utf8.h"
 #include "base/util.h"
 
@@ -62,11 +63,16 @@ int srv_fail(srv_error *e, int status, const char *type, const char *code, const
     e->status = status;
     e->type = type;
     e->code = code;
-    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
+    size_t pn = param ? strlen(param) : 0;
+    pn = dsv_utf8_cut(param ? param : "", pn, sizeof e->param - 1);
+    memcpy(e->param, param ? param : "", pn);
+    e->param[pn] = 0;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    int n = vsnprintf(e->message, sizeof e->message, fmt, ap);
     va_end(ap);
+    /* A message echoing client bytes may be cut: never inside a character. */
+    if (n >= (int)sizeof e->message) e->message[dsv_utf8_cut(e->message, (size_t)n, sizeof e->message - 1)] = 0;
     return -1;
 }
 
@@ -104,13 +110,20 @@ static int get_num(const cJSON *root, const char *key, double lo, double hi, dou
     return 0;
 }
 
-/* An optional whole number in [lo, hi]. */
-static int get_int(const cJSON *root, const char *key, double lo, double hi, double *out, srv_error *e) {
+int srv_json_int(const cJSON *v, int64_t lo, int64_t hi, int64_t *out) {
+    return cJSON_IsNumber(v) && dsv_whole_in_range(v->valuedouble, lo, hi, out);
+}
+
+/* An optional whole number in [lo, hi]; *out is left alone when absent. */
+static int get_int(const cJSON *root, const char *key, int64_t lo, int64_t hi, int64_t *out, srv_error *e) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
     if (absent(v)) return 0;
     if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
         return BAD(e, key, "'%s' must be an integer", key);
-    return get_num(root, key, lo, hi, out, e);
+    if (!srv_json_int(v, lo, hi, out))
+        return BAD(e, key, "'%s' must be between %lld and %lld (got %g)", key, (long long)lo, (long long)hi,
+                   v->valuedouble);
+    return 0;
 }
 
 static int get_bool(const cJSON *root, const char *key, int *out, srv_error *e) {
@@ -144,12 +157,15 @@ static int parse_logit_bias(const cJSON *root, srv_req *r, int vocab, srv_error 
     if (absent(v)) return 0;
     if (!cJSON_IsObject(v)) return BAD(e, "logit_bias", "'logit_bias' must be an object of token id -> bias");
     int n = cJSON_GetArraySize(v);
+    if (n > SRV_MAX_BIAS) return BAD(e, "logit_bias", "'logit_bias' holds at most %d tokens", SRV_MAX_BIAS);
     r->bias = calloc((size_t)n + 1, sizeof *r->bias);
     if (!r->bias) return srv_fail(e, 500, "server_error", NULL, NULL, "out of memory");
     for (const cJSON *it = v->child; it; it = it->next) {
-        char *end;
-        long id = strtol(it->string, &end, 10);
-        if (!it->string[0] || *end || id < 0 || id >= vocab)
+        /* Strictly decimal digits: no sign, space or anything after (strtol
+         * would take " 5" and "+5"; a NUL never reaches here). */
+        size_t nd = strspn(it->string, "0123456789");
+        long id = nd && nd <= 9 && !it->string[nd] ? strtol(it->string, NULL, 10) : -1;
+        if (id < 0 || id >= vocab)
             return BAD(e, "logit_bias", "logit_bias: '%s' is not a token id in [0, %d)", it->string, vocab);
         if (!cJSON_IsNumber(it) || !(it->valuedouble >= -100 && it->valuedouble <= 100))
             return BAD(e, "logit_bias", "logit_bias[%s] must be a number between -100 and 100", it->string);
@@ -162,14 +178,16 @@ static int parse_logit_bias(const cJSON *root, srv_req *r, int vocab, srv_error 
 /* Sampling, stopping and length fields shared by both endpoints. */
 static int parse_sampling(dsv_server *S, const cJSON *root, srv_req *r, int *max_tokens, srv_error *e) {
     dsv_sampler_params *sp = &r->sampling;
-    double t = sp->temperature, top_p = sp->top_p, min_p = sp->min_p, top_k = 0, pres = 0, freq = 0, rep = 1;
-    double seed = NAN, mt = -1, mct = -1;
+    double t = sp->temperature, top_p = sp->top_p, min_p = sp->min_p, pres = 0, freq = 0, rep = 1;
+    int64_t top_k = 0, mt = -1, mct = -1, seed = 0;
+    const int64_t seed_max = (int64_t)1 << 53; /* what a double holds exactly */
     if (get_num(root, "temperature", 0, 2, &t, e) || get_num(root, "top_p", 0, 1, &top_p, e) ||
-        get_num(root, "min_p", 0, 1, &min_p, e) || get_int(root, "top_k", -1, 1e9, &top_k, e) ||
+        get_num(root, "min_p", 0, 1, &min_p, e) || get_int(root, "top_k", -1, 1000000000, &top_k, e) ||
         get_num(root, "presence_penalty", -2, 2, &pres, e) || get_num(root, "frequency_penalty", -2, 2, &freq, e) ||
         get_num(root, "repetition_penalty", 1e-3, 1e3, &rep, e) ||
-        get_int(root, "seed", -9007199254740992.0, 9007199254740992.0, &seed, e) ||
-        get_int(root, "max_tokens", 1, 1e9, &mt, e) || get_int(root, "max_completion_tokens", 1, 1e9, &mct, e))
+        get_int(root, "seed", -seed_max, seed_max, &seed, e) ||
+        get_int(root, "max_tokens", 1, 1000000000, &mt, e) ||
+        get_int(root, "max_completion_tokens", 1, 1000000000, &mct, e))
         return -1;
     sp->temperature = (float)t;
     sp->top_p = (float)top_p;
@@ -178,12 +196,13 @@ static int parse_sampling(dsv_server *S, const cJSON *root, srv_req *r, int *max
     sp->presence_penalty = (float)pres;
     sp->frequency_penalty = (float)freq;
     sp->repetition_penalty = (float)rep;
-    if (!isnan(seed)) sp->seed = (uint64_t)(int64_t)seed; /* absent: a fresh random seed */
+    if (!absent(cJSON_GetObjectItemCaseSensitive(root, "seed")))
+        sp->seed = (uint64_t)seed; /* absent: a fresh random seed */
     *max_tokens = mct > 0 ? (int)mct : mt > 0 ? (int)mt : -1;
     if (parse_stop(root, r, e) || parse_logit_bias(root, r, S->cfg->vocab_size, e)) return -1;
     /* Known features this server does not offer are refused, not ignored. */
-    double n = 1;
-    if (get_int(root, "n", 1, 1e9, &n, e)) return -1;
+    int64_t n = 1;
+    if (get_int(root, "n", 1, 1000000000, &n, e)) return -1;
     if (n != 1) return BAD(e, "n", "only n = 1 is supported");
     return 0;
 }
@@ -194,13 +213,13 @@ static int parse_logprobs(const cJSON *root, int chat, srv_req *r, srv_error *e)
     r->logprobs = -1;
     if (chat) {
         int on = 0;
-        double top = 0;
+        int64_t top = 0;
         if (get_bool(root, "logprobs", &on, e) || get_int(root, "top_logprobs", 0, SRV_TOP_MAX, &top, e)) return -1;
         if (top > 0 && !on) return BAD(e, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
         if (on) r->logprobs = (int)top;
         return 0;
     }
-    double n = -1;
+    int64_t n = -1;
     if (get_int(root, "logprobs", 0, 5, &n, e)) return -1;
     r->logprobs = (int)n;
     return 0;
@@ -288,16 +307,27 @@ static int chat_prompt(dsv_server *S, const cJSON *root, srv_gen *g, srv_error *
 }
 
 /* Completions: a string, or token ids; one prompt only. */
-static int completion_prompt(dsv_server *S, const cJSON *root, srv_gen *g, srv_error *e) {
+static int completion_prompt(dsv_server *S, const cJSON *root, const char *body, size_t len, srv_gen *g,
+                             srv_error *e) {
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
     if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && (cJSON_IsString(p->child) || cJSON_IsArray(p->child)))
         p = p->child; /* ["text"] or [[ids]]: a batch of one */
     int echo = 0;
-    double best_of = 1;
-    if (get_bool(root, "echo", &echo, e) || get_int(root, "best_of", 1, 1e9, &best_of, e)) return -1;
+    int64_t best_of = 1;
+    if (get_bool(root, "echo", &echo, e) || get_int(root, "best_of", 1, 1000000000, &best_of, e)) return -1;
     if (echo) return BAD(e, "echo", "'echo' is not supported");
     if (best_of != 1) return BAD(e, "best_of", "only best_of = 1 is supported");
     if (!absent(cJSON_GetObjectItemCaseSensitive(root, "suffix"))) return BAD(e, "suffix", "'suffix' is not supported");
+    if (cJSON_IsString(p) && p == cJSON_GetObjectItemCaseSensitive(root, "prompt")) {
+        /* The exact string: cJSON's ends at an escaped NUL. */
+        char *text = NULL;
+        size_t n = 0;
+        if (dsv_json_get_string(body, len, "prompt", &text, &n))
+            return BAD(e, "prompt", "'prompt': %s", dsv_errmsg());
+        int rc = tokenize(S, text, n, dsv_tokenizer_add_bos(S->tok) && S->bos >= 0, g->req, e);
+        free(text);
+        return rc;
+    }
     if (cJSON_IsString(p))
         return tokenize(S, p->valuestring, strlen(p->valuestring), dsv_tokenizer_add_bos(S->tok) && S->bos >= 0,
                         g->req, e);
@@ -305,22 +335,55 @@ static int completion_prompt(dsv_server *S, const cJSON *root, srv_gen *g, srv_e
         return BAD(e, "prompt", "'prompt' must be a string or an array of token ids (one prompt per request)");
     int n = cJSON_GetArraySize(p), i = 0;
     srv_req *r = g->req;
+    /* Counted before anything is allocated for them. */
+    if (n >= S->max_total)
+        return srv_fail(e, 400, "invalid_request_error", "context_length_exceeded", "prompt",
+                        "This model's maximum context length is %d tokens, but the prompt has %d tokens", S->max_total,
+                        n);
     if (!(r->prompt = malloc(((size_t)n + 1) * sizeof *r->prompt)))
         return srv_fail(e, 500, "server_error", NULL, NULL, "out of memory");
     for (const cJSON *t = p->child; t; t = t->next, i++) {
-        if (!cJSON_IsNumber(t) || t->valuedouble != floor(t->valuedouble) || t->valuedouble < 0 ||
-            t->valuedouble >= S->cfg->vocab_size)
+        int64_t id;
+        if (!srv_json_int(t, 0, S->cfg->vocab_size - 1, &id))
             return BAD(e, "prompt", "prompt[%d] is not a token id in [0, %d)", i, S->cfg->vocab_size);
-        r->prompt[i] = (int32_t)t->valuedouble;
+        r->prompt[i] = (int32_t)id;
     }
     r->n_prompt = n;
     return 0;
+}
+
+struct nul_check {
+    const char *allowed; /* the one path whose string may hold NUL, or NULL */
+    srv_error *e;
+};
+
+static int refuse_nul(void *user, const char *path, int is_name) {
+    struct nul_check *c = user;
+    if (!is_name && c->allowed && !strcmp(path, c->allowed)) return 0;
+    char param[64];
+    snprintf(param, sizeof param, "%.*s", (int)strcspn(path, ".["), path);
+    BAD(c->e, param, "%s'%s' holds a NUL character (\\u0000), which it cannot", is_name ? "the name " : "", path);
+    return 1;
+}
+
+int srv_check_json(const char *body, size_t len, const char *allowed, srv_error *e) {
+    size_t depth = dsv_json_depth(body, len);
+    if (depth > SRV_MAX_DEPTH)
+        return BAD(e, NULL, "the body is nested %zu levels deep; the limit is %d", depth, SRV_MAX_DEPTH);
+    struct nul_check c = {allowed, e};
+    int rc = dsv_json_nul_strings(body, len, refuse_nul, &c);
+    if (rc == 1) return -1;
+    if (rc == DSV_ERR_NOMEM) return srv_fail(e, 500, "server_error", NULL, NULL, "out of memory");
+    return 0; /* malformed JSON: cJSON says so next */
 }
 
 int srv_api_parse(dsv_server *S, int chat, const char *body, size_t len, srv_gen *g, srv_error *e) {
     memset(g, 0, sizeof *g);
     g->chat = chat;
     g->id = atomic_fetch_add(&S->next_id, 1);
+    /* Strings end at NUL in cJSON: where that would change what the request
+     * says, it is refused; a completion prompt is read exactly. */
+    if (srv_check_json(body, len, chat ? NULL : "prompt", e)) return -1;
     cJSON *root = cJSON_ParseWithLength(body, len);
     if (!root) return BAD(e, NULL, "the body is not valid JSON");
     int rc = -1, max_tokens = -1;
@@ -346,7 +409,7 @@ int srv_api_parse(dsv_server *S, int chat, const char *body, size_t len, srv_gen
         parse_logprobs(root, chat, g->req, e))
         goto done;
     g->logprobs = g->req->logprobs;
-    if (chat ? chat_prompt(S, root, g, e) : completion_prompt(S, root, g, e)) goto done;
+    if (chat ? chat_prompt(S, root, g, e) : completion_prompt(S, root, body, len, g, e)) goto done;
     srv_req *r = g->req;
     if (r->n_prompt == 0) {
         rc = BAD(e, chat ? "messages" : "prompt", "the prompt is empty");
@@ -396,23 +459,12 @@ static void tool_call_head(dsv_buf *out, const srv_gen *g, int index, const char
     json_cstr(out, name);
 }
 
-/* A token's text as a JSON string: its bytes, with U+FFFD for any byte that
- * does not begin a well-formed character (a token may hold part of one);
- * the exact bytes go in "bytes". */
+/* A token's text as a JSON string: a token may hold part of a character,
+ * which the writer shows as U+FFFD; the exact bytes go in "bytes". */
 static void token_text(dsv_server *S, int32_t id, dsv_buf *out) {
     size_t n = 0;
     const char *p = dsv_token_piece(S->tok, id, &n);
-    dsv_buf clean = {0};
-    for (size_t i = 0; i < n;) {
-        uint32_t cp;
-        size_t k = dsv_utf8_decode(p + i, n - i, &cp);
-        if (k) dsv_buf_add(&clean, p + i, k);
-        else dsv_buf_add(&clean, "\xEF\xBF\xBD", 3);
-        i += k ? k : 1;
-    }
-    dsv_json_str(out, clean.data ? clean.data : "", clean.len);
-    if (clean.failed) out->failed = 1;
-    dsv_buf_free(&clean);
+    dsv_json_str(out, p ? p : "", p ? n : 0);
 }
 
 static void token_bytes(dsv_server *S, int32_t id, dsv_buf *out) {

@@ -21,9 +21,32 @@
  *                               -> {"tokens": [ids or {"id", "piece"}]}
  *   POST /detokenize            {"tokens": [ids]} -> {"content": str}
  *   GET  /                      the chat page
- * With an API key, every /v1 route needs "Authorization: Bearer KEY" (401).
- * A body over max_body is 413 (at once when Content-Length says so); a full
- * queue is 429 with Retry-After. Every error body is an OpenAI error object.
+ * With an API key, every route but /health and the page needs
+ * "Authorization: Bearer KEY" (401). POST bodies must be application/json
+ * (415): a web page cannot send that cross-origin without a preflight, which
+ * this server never grants. Every error body is an OpenAI error object.
+ *
+ * Exposure (dsv_server_params has the numbers):
+ * - An error known from the headers (401, 404, 413, 415, ...) is answered
+ *   after the body has been read and dropped, so that a client still
+ *   sending sees it (one that gets a reset while sending reports a broken
+ *   pipe instead); past discard_max bytes or discard_timeout seconds the
+ *   connection is closed. A client that asked "Expect: 100-continue" is
+ *   answered at once (it sends nothing more).
+ * - Bodies in flight hold at most body_budget bytes together: past it, 503
+ *   with Retry-After. A body is freed once parsed.
+ * - A generation request takes its place in the queue (429 when full)
+ *   before its JSON is parsed, rendered or tokenized.
+ * - Connections: at most conn_limit, conn_per_client from one address; a
+ *   watchdog cuts those whose headers are not in within header_timeout or
+ *   whose body is not in within body_timeout (a byte at a time does not
+ *   extend them); libmicrohttpd closes those silent for idle_timeout.
+ * - A read EOF is not taken for a hang-up: a client may half-close
+ *   (shutdown(SHUT_WR)) after its request and wait for the answer. While a
+ *   non-streamed answer is being generated, an EOF is answered with
+ *   "HTTP/1.1 102 Processing" (HTTP/1.1 clients skip 1xx responses), which a
+ *   closed socket answers with a reset: that, and a reset on a stream's
+ *   writes, is a client gone, and its request is cancelled.
  *
  * Shutdown (dsv_server_close): stop accepting, abort every request in the
  * scheduler (streams end with an error event and [DONE], waiting requests
@@ -34,8 +57,11 @@
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -72,15 +98,31 @@ static const struct route *find_route(const char *url) {
     return NULL;
 }
 
+/* An open connection (MHD's socket context), for the watchdog. The phase
+ * says which deadline applies: from `since`, `limit` seconds (0: none). */
+struct srv_sock {
+    int fd;
+    double since, limit;
+    int cut;                 /* shut down by the watchdog */
+    struct srv_sock *prev, *next;
+};
+
 /* One request on a connection (MHD's con_cls). */
 struct conn {
     const struct route *route;
     const char *endpoint;    /* metrics label */
     srv_error err;           /* decided before the body: err.status != 0 */
     dsv_buf body;
+    size_t held;             /* bytes of S->body_bytes this body holds */
+    size_t dropped;          /* body bytes read and dropped */
     int too_large;
     int status;              /* the status sent (for the log) */
     int counted;             /* holds one of S->active */
+    int http11;              /* may be sent a 1xx answer */
+    int early;               /* answered before the body was read */
+    int eof;                 /* the client sent EOF (a half-close, or gone) */
+    struct srv_sock *sock;
+    size_t length;           /* Content-Length (0: none) */
     double t0;
 };
 
@@ -96,17 +138,31 @@ struct stream {
     size_t seen;
     srv_toks toks;           /* tokens so far (logprobs) */
     int ended;
+    int eof;                 /* the client sent EOF (maybe a half-close) */
 };
 
 /* ---- Helpers -------------------------------------------------------------- */
 
-static int client_gone(int fd) {
+/* 1 when the client is gone: its socket was reset or shut both ways. An
+ * EOF alone (*eof set) may be a half-close; with probe, the first one is
+ * answered with a 102, which a closed socket answers with a reset (see the
+ * top of the file). */
+static int client_gone(int fd, int *eof, int probe) {
     struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
     if (fd < 0 || poll(&p, 1, 0) <= 0) return 0;
     if (p.revents & (POLLHUP | POLLERR | POLLNVAL)) return 1;
+    if (*eof) return 0;
     char c;
     ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    if (n < 0) return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+    if (n > 0) return 0;
+    *eof = 1;
+    if (probe) {
+        static const char processing[] = "HTTP/1.1 102 Processing\r\n\r\n";
+        if (send(fd, processing, sizeof processing - 1, MSG_NOSIGNAL | MSG_DONTWAIT) != sizeof processing - 1)
+            return 1;
+    }
+    return 0;
 }
 
 static int connection_fd(struct MHD_Connection *c) {
@@ -125,9 +181,11 @@ static enum MHD_Result reply(dsv_server *S, struct MHD_Connection *c, struct con
     struct MHD_Response *res = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
     if (!res) return MHD_NO;
     MHD_add_response_header(res, MHD_HTTP_HEADER_CONTENT_TYPE, type);
-    if (status == 429) MHD_add_response_header(res, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (status == 429 || status == 503) MHD_add_response_header(res, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 401) MHD_add_response_header(res, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     if (status == 405) MHD_add_response_header(res, MHD_HTTP_HEADER_ALLOW, k->route->method);
+    /* Answered before its body: the connection cannot carry another request. */
+    if (k->early) MHD_add_response_header(res, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result rc = MHD_queue_response(c, (unsigned)status, res);
     MHD_destroy_response(res);
     k->status = status;
@@ -194,6 +252,10 @@ static enum MHD_Result route_models(dsv_server *S, struct MHD_Connection *c, str
 static enum MHD_Result route_metrics(dsv_server *S, struct MHD_Connection *c, struct conn *k) {
     srv_gauges g;
     srv_sched_gauges(S->sched, &g);
+    pthread_mutex_lock(&S->conn_mu);
+    g.connections = S->n_socks;
+    pthread_mutex_unlock(&S->conn_mu);
+    g.body_bytes = (int64_t)atomic_load(&S->body_bytes);
     dsv_buf b = {0};
     srv_metrics_render(S->metrics, &g, &b);
     enum MHD_Result rc = reply(S, c, k, b.failed ? 500 : 200, "text/plain; version=0.0.4", b.data ? b.data : "",
@@ -204,6 +266,7 @@ static enum MHD_Result route_metrics(dsv_server *S, struct MHD_Connection *c, st
 
 static enum MHD_Result route_tokenize(dsv_server *S, struct MHD_Connection *c, struct conn *k) {
     srv_error e = {0};
+    if (srv_check_json(k->body.data ? k->body.data : "", k->body.len, "content", &e)) return reply_error(S, c, k, &e);
     cJSON *root = cJSON_ParseWithLength(k->body.data ? k->body.data : "", k->body.len);
     const cJSON *content = cJSON_GetObjectItemCaseSensitive(root, "content");
     const cJSON *add = cJSON_GetObjectItemCaseSensitive(root, "add_special");
@@ -258,21 +321,24 @@ static enum MHD_Result route_tokenize(dsv_server *S, struct MHD_Connection *c, s
 
 static enum MHD_Result route_detokenize(dsv_server *S, struct MHD_Connection *c, struct conn *k) {
     srv_error e = {0};
+    if (srv_check_json(k->body.data ? k->body.data : "", k->body.len, NULL, &e)) return reply_error(S, c, k, &e);
     cJSON *root = cJSON_ParseWithLength(k->body.data ? k->body.data : "", k->body.len);
     const cJSON *toks = cJSON_GetObjectItemCaseSensitive(root, "tokens");
     int n = cJSON_GetArraySize(toks), i = 0;
-    int32_t *ids = malloc(((size_t)n + 1) * sizeof *ids);
+    int32_t *ids = NULL;
     if (!cJSON_IsObject(root)) srv_fail(&e, 400, "invalid_request_error", NULL, NULL, "the body must be a JSON object");
     else if (!cJSON_IsArray(toks))
         srv_fail(&e, 400, "invalid_request_error", NULL, "tokens", "'tokens' must be an array of token ids");
-    else if (!ids)
+    else if (n > SRV_MAX_IDS)
+        srv_fail(&e, 400, "invalid_request_error", NULL, "tokens", "'tokens' holds at most %d ids", SRV_MAX_IDS);
+    else if (!(ids = malloc(((size_t)n + 1) * sizeof *ids)))
         srv_fail(&e, 500, "server_error", NULL, NULL, "out of memory");
     for (const cJSON *t = toks ? toks->child : NULL; !e.status && t; t = t->next, i++) {
-        if (!cJSON_IsNumber(t) || t->valuedouble != (int32_t)t->valuedouble ||
-            !dsv_token_piece(S->tok, (int32_t)t->valuedouble, NULL))
+        int64_t id;
+        if (!srv_json_int(t, 0, INT32_MAX, &id) || !dsv_token_piece(S->tok, (int32_t)id, NULL))
             srv_fail(&e, 400, "invalid_request_error", NULL, "tokens", "tokens[%d] is not a token id", i);
         else
-            ids[i] = (int32_t)t->valuedouble;
+            ids[i] = (int32_t)id;
     }
     cJSON_Delete(root);
     dsv_buf b = {0};
@@ -296,6 +362,13 @@ static enum MHD_Result route_detokenize(dsv_server *S, struct MHD_Connection *c,
 }
 
 /* ---- Generation ----------------------------------------------------------- */
+
+/* Frees the body and its share of the budget (once parsed it is not needed). */
+static void body_release(dsv_server *S, struct conn *k) {
+    dsv_buf_free(&k->body);
+    atomic_fetch_sub(&S->body_bytes, k->held);
+    k->held = 0;
+}
 
 /* Submits g's request; on failure answers the client and returns 0. */
 static int submit(dsv_server *S, struct MHD_Connection *c, struct conn *k, srv_gen *g, enum MHD_Result *rc) {
@@ -322,6 +395,7 @@ static enum MHD_Result generate_whole(dsv_server *S, struct MHD_Connection *c, s
     enum MHD_Result rc = MHD_NO;
     if (!submit(S, c, k, g, &rc)) return rc;
     int fd = connection_fd(c), n_prompt = g->req->n_prompt;
+    body_release(S, k);
     dsv_buf text = {0};
     srv_toks toks = {0};
     size_t seen = 0;
@@ -329,7 +403,7 @@ static enum MHD_Result generate_whole(dsv_server *S, struct MHD_Connection *c, s
     for (;;) {
         srv_req_poll(S->sched, g->req, &seen, &text, &toks, 0.1, &st);
         if (st.finish) break;
-        if (client_gone(fd)) {
+        if (client_gone(fd, &k->eof, k->http11)) {
             /* Nobody to answer: cancel, and let MHD close the connection. */
             srv_req_release(S->sched, g->req);
             dsv_buf_free(&text);
@@ -389,13 +463,14 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
             srv_sse_text(x->sse, x->text.data, x->text.len, &x->out);
             dsv_buf_clear(&x->text);
         }
-        srv_sse_tokens(x->sse, x->toks.v + sent, x->toks.n - sent, &x->out);
+        /* Without logprobs no tokens are gathered (toks.v stays NULL). */
+        if (x->toks.n > sent) srv_sse_tokens(x->sse, x->toks.v + sent, x->toks.n - sent, &x->out);
         if (st.finish) {
             srv_sse_end(x->sse, &st, n_prompt, &x->out);
             srv_req_release(x->S->sched, x->gen.req);
             x->gen.req = NULL;
             x->ended = 1;
-        } else if (!x->out.len && client_gone(x->fd)) {
+        } else if (!x->out.len && client_gone(x->fd, &x->eof, 0)) {
             return MHD_CONTENT_READER_END_WITH_ERROR; /* stream_free cancels the request */
         }
     }
@@ -411,6 +486,7 @@ static enum MHD_Result generate_stream(dsv_server *S, struct MHD_Connection *c, 
     }
     if (!x || srv_sse_init(&x->sse, S, &x->gen)) {
         free(x);
+        if (g->req->reserved) srv_sched_unreserve(S->sched);
         srv_req_free(g->req);
         srv_error e;
         srv_fail(&e, 500, "server_error", NULL, NULL, "out of memory");
@@ -421,6 +497,7 @@ static enum MHD_Result generate_stream(dsv_server *S, struct MHD_Connection *c, 
         free(x);
         return rc;
     }
+    body_release(S, k);
     srv_sse_begin(x->sse, &x->out);
     struct MHD_Response *res = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_read, x,
                                                                  stream_free);
@@ -440,12 +517,54 @@ static enum MHD_Result generate_stream(dsv_server *S, struct MHD_Connection *c, 
 static enum MHD_Result route_generate(dsv_server *S, struct MHD_Connection *c, struct conn *k) {
     srv_gen g;
     srv_error e;
-    if (srv_api_parse(S, k->route->id == R_CHAT, k->body.data ? k->body.data : "", k->body.len, &g, &e))
+    /* A place in the queue first: a full server parses nothing. */
+    int st = srv_sched_reserve(S->sched);
+    if (st == DSV_ERR_FULL)
+        srv_fail(&e, 429, "rate_limit_error", "queue_full", NULL, "the server is busy: %d requests are waiting",
+                 S->p.max_queue);
+    else if (st)
+        srv_fail(&e, 503, "server_error", NULL, NULL, "the server is shutting down");
+    if (st) return reply_error(S, c, k, &e);
+    if (srv_api_parse(S, k->route->id == R_CHAT, k->body.data ? k->body.data : "", k->body.len, &g, &e)) {
+        srv_sched_unreserve(S->sched);
         return reply_error(S, c, k, &e);
+    }
+    g.req->reserved = 1;
     return g.stream ? generate_stream(S, c, k, &g) : generate_whole(S, c, k, &g);
 }
 
 /* ---- The access handler --------------------------------------------------- */
+
+/* "application/json", any case, parameters allowed. */
+static int is_json(const char *type) {
+    static const char json[] = "application/json";
+    if (!type) return 0;
+    type += strspn(type, " \t");
+    if (strncasecmp(type, json, sizeof json - 1)) return 0;
+    type += sizeof json - 1;
+    type += strspn(type, " \t");
+    return !*type || *type == ';';
+}
+
+/* Takes n more bytes from the body budget; 0 when it has not that many. */
+static int hold(dsv_server *S, struct conn *k, size_t n) {
+    size_t before = atomic_fetch_add(&S->body_bytes, n);
+    if (before + n > S->p.body_budget || before + n < before) {
+        atomic_fetch_sub(&S->body_bytes, n);
+        return 0;
+    }
+    k->held += n;
+    return 1;
+}
+
+/* Sets the connection's deadline: `limit` seconds from now (0: none). */
+static void sock_deadline(dsv_server *S, struct srv_sock *x, double limit) {
+    if (!x) return;
+    pthread_mutex_lock(&S->conn_mu);
+    x->since = dsv_time();
+    x->limit = limit;
+    pthread_mutex_unlock(&S->conn_mu);
+}
 
 /* Decides the errors known from the request line and headers alone. */
 static void check_headers(dsv_server *S, struct MHD_Connection *c, struct conn *k, const char *url,
@@ -464,49 +583,85 @@ static void check_headers(dsv_server *S, struct MHD_Connection *c, struct conn *
                  k->route->method);
         return;
     }
-    if (S->p.api_key && !strncmp(url, "/v1", 3) && !authorized(S, c)) {
+    /* The page holds no data (its API calls carry the key); a health check
+     * must work without one. */
+    if (S->p.api_key && k->route->id != R_HEALTH && k->route->id != R_PAGE && !authorized(S, c)) {
         srv_fail(&k->err, 401, "authentication_error", "invalid_api_key", NULL,
                  "a valid API key is needed: send \"Authorization: Bearer KEY\"");
         return;
     }
-    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl && strtoull(cl, NULL, 10) > S->p.max_body)
+    if (!strcmp(m, "POST") &&
+        !is_json(MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE))) {
+        srv_fail(&k->err, 415, "invalid_request_error", "unsupported_media_type", NULL,
+                 "the body must be JSON, sent with \"Content-Type: application/json\"");
+        return;
+    }
+    if (k->length > S->p.max_body) {
         srv_fail(&k->err, 413, "invalid_request_error", "request_too_large", NULL,
                  "the body is larger than the limit of %zu bytes", S->p.max_body);
+        return;
+    }
+    /* The body's bytes, from the budget, while it is read and parsed. */
+    if (k->length && !hold(S, k, k->length))
+        srv_fail(&k->err, 503, "server_error", "server_busy", NULL,
+                 "the server holds too many request bodies; retry shortly");
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size, void **con_cls) {
-    (void)version;
     dsv_server *S = cls;
     struct conn *k = *con_cls;
     if (!k) {
         if (!(k = calloc(1, sizeof *k))) return MHD_NO;
         *con_cls = k;
         k->t0 = dsv_time();
+        k->http11 = version && !strcmp(version, MHD_HTTP_VERSION_1_1);
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        k->sock = ci ? ci->socket_context : NULL;
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        k->length = cl ? strtoull(cl, NULL, 10) : 0;
         check_headers(S, c, k, url, method);
-        /* A body too large to read is refused before it is sent. */
-        if (k->err.status == 413) {
+        /* The body is dropped to deliver an early error, unless the client
+         * waits for "100 Continue" (it sends nothing more) or announces more
+         * than is worth reading. */
+        const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+        if (k->err.status && ((expect && !strcasecmp(expect, "100-continue")) || k->length > S->p.discard_max)) {
+            k->early = 1;
             enum MHD_Result rc = reply_error(S, c, k, &k->err);
             log_request(S, k, method, url);
             return rc;
         }
+        sock_deadline(S, k->sock, k->err.status ? S->p.discard_timeout : S->p.body_timeout);
         return MHD_YES;
     }
     if (*upload_size) {
-        /* Bodies of refused requests are read and dropped, so the answer
-         * reaches a client that is still sending. */
-        if (!k->err.status && !k->too_large) {
-            if (k->body.len + *upload_size > S->p.max_body) {
-                k->too_large = 1;
-                dsv_buf_free(&k->body);
-            } else {
-                dsv_buf_add(&k->body, upload, *upload_size);
-            }
-        }
+        size_t n = *upload_size;
         *upload_size = 0;
+        if (k->err.status || k->too_large) {
+            /* Read and dropped, so the answer reaches a client that is
+             * still sending; bounded. */
+            k->dropped += n;
+            if (k->dropped > S->p.discard_max || dsv_time() - k->t0 > S->p.discard_timeout) return MHD_NO;
+            return MHD_YES;
+        }
+        if (k->body.len + n > S->p.max_body) {
+            k->too_large = 1;
+            body_release(S, k);
+            sock_deadline(S, k->sock, S->p.discard_timeout);
+            return MHD_YES;
+        }
+        /* A body without Content-Length takes from the budget as it comes. */
+        if (k->body.len + n > k->held && !hold(S, k, k->body.len + n - k->held)) {
+            srv_fail(&k->err, 503, "server_error", "server_busy", NULL,
+                     "the server holds too many request bodies; retry shortly");
+            body_release(S, k);
+            sock_deadline(S, k->sock, S->p.discard_timeout);
+            return MHD_YES;
+        }
+        dsv_buf_add(&k->body, upload, n);
         return MHD_YES;
     }
+    sock_deadline(S, k->sock, 0); /* the request is in: answering has no deadline */
     if (!k->err.status && k->too_large)
         srv_fail(&k->err, 413, "invalid_request_error", "request_too_large", NULL,
                  "the body is larger than the limit of %zu bytes", S->p.max_body);
@@ -544,9 +699,69 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     struct conn *k = *con_cls;
     if (!k) return;
     if (k->counted) atomic_fetch_sub(&S->active, 1);
-    dsv_buf_free(&k->body);
+    body_release(S, k);
+    sock_deadline(S, k->sock, S->p.header_timeout); /* for the next request on it */
     free(k);
     *con_cls = NULL;
+}
+
+/* Connections come and go in the watchdog's list. */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+    dsv_server *S = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        struct srv_sock *x = calloc(1, sizeof *x);
+        *socket_context = x;
+        if (!x) return; /* no deadline for it; the idle timeout still holds */
+        x->fd = connection_fd(c);
+        x->since = dsv_time();
+        x->limit = S->p.header_timeout;
+        pthread_mutex_lock(&S->conn_mu);
+        x->next = S->socks;
+        if (S->socks) S->socks->prev = x;
+        S->socks = x;
+        S->n_socks++;
+        pthread_mutex_unlock(&S->conn_mu);
+    } else if (*socket_context) {
+        /* Under the lock, and libmicrohttpd notifies before it closes the
+         * socket: the watchdog never shuts down a descriptor reused since. */
+        struct srv_sock *x = *socket_context;
+        pthread_mutex_lock(&S->conn_mu);
+        if (x->prev) x->prev->next = x->next;
+        else S->socks = x->next;
+        if (x->next) x->next->prev = x->prev;
+        S->n_socks--;
+        pthread_mutex_unlock(&S->conn_mu);
+        free(x);
+        *socket_context = NULL;
+    }
+}
+
+/* Cuts connections past their deadline: shutting the socket down makes
+ * libmicrohttpd's own thread see the end and close it. */
+static void *watchdog_main(void *arg) {
+    dsv_server *S = arg;
+    pthread_mutex_lock(&S->conn_mu);
+    while (!S->watchdog_stop) {
+        double now = dsv_time();
+        for (struct srv_sock *x = S->socks; x; x = x->next) {
+            if (x->cut || x->limit <= 0 || now - x->since <= x->limit || x->fd < 0) continue;
+            shutdown(x->fd, SHUT_RDWR);
+            x->cut = 1;
+            srv_metrics_cut(S->metrics);
+            if (S->p.verbose) fprintf(stderr, "dsv32 serve: a connection missed its deadline; closed\n");
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += 250000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&S->conn_cv, &S->conn_mu, &ts);
+    }
+    pthread_mutex_unlock(&S->conn_mu);
+    return NULL;
 }
 
 /* ---- Public --------------------------------------------------------------- */
@@ -554,7 +769,10 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
 dsv_server_params dsv_server_default_params(void) {
     return (dsv_server_params){
         .host = "127.0.0.1", .port = 8080, .n_parallel = 4, .n_batch = 512,
-        .max_queue = 64, .max_body = 8u << 20,
+        .max_queue = 64, .max_body = 8u << 20, .body_budget = 64u << 20,
+        .discard_max = 256u << 20, .discard_timeout = 30,
+        .conn_limit = 1024, .conn_per_client = 64,
+        .idle_timeout = 30, .header_timeout = 10, .body_timeout = 60,
     };
 }
 
@@ -584,8 +802,10 @@ static int start_daemon(dsv_server *S) {
     S->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, S,
                                  MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, S,
-                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
-                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024,
+                                 MHD_OPTION_NOTIFY_CONNECTION, on_connection, S,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)S->p.idle_timeout,
+                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)S->p.conn_limit,
+                                 MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)S->p.conn_per_client,
                                  MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!S->daemon) return dsv_error(DSV_ERR_IO, "cannot listen on %s port %d", S->p.host, S->p.port);
@@ -606,11 +826,24 @@ int dsv_server_open(dsv_server **out, const dsv_server_params *params) {
         return dsv_error(DSV_ERR_ARG, "--batch %d is too small for --parallel %d (at least %d)", p.n_batch,
                          p.n_parallel, p.n_parallel + 2);
     if (p.api_key && !p.api_key[0]) return dsv_error(DSV_ERR_ARG, "--api-key must not be empty");
+    if (!p.body_budget) p.body_budget = p.max_body <= SIZE_MAX / 8 ? 8 * p.max_body : SIZE_MAX;
+    if (p.body_budget < p.max_body)
+        return dsv_error(DSV_ERR_ARG, "--body-budget %zu is less than --max-body %zu", p.body_budget, p.max_body);
+    if (p.conn_limit < 1 || p.conn_limit > 65536 || p.conn_per_client < 1)
+        return dsv_error(DSV_ERR_ARG, "--max-conns must be in [1, 65536] and --max-conns-per-client at least 1");
+    if (p.idle_timeout < 1 || p.header_timeout < 1 || p.body_timeout < 1 || p.discard_timeout < 1)
+        return dsv_error(DSV_ERR_ARG, "timeouts must be at least 1 second");
 
     dsv_server *S = calloc(1, sizeof *S);
     if (!S) return dsv_error(DSV_ERR_NOMEM, "out of memory");
     S->p = p;
     S->created = time(NULL);
+    pthread_mutex_init(&S->conn_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&S->conn_cv, &ca);
+    pthread_condattr_destroy(&ca);
     atomic_init(&S->next_id, 1);
     int st = DSV_OK;
     if (!(S->model_id = p.alias ? strdup(p.alias) : model_name(p.model_dir))) st = dsv_error(DSV_ERR_NOMEM, "out of memory");
@@ -651,6 +884,12 @@ int dsv_server_open(dsv_server **out, const dsv_server_params *params) {
         S->max_total = srv_sched_max_tokens(S->sched);
         st = start_daemon(S);
     }
+    if (!st) {
+        if (pthread_create(&S->watchdog, NULL, watchdog_main, S))
+            st = dsv_error(DSV_ERR_NOMEM, "cannot start the connection watchdog thread");
+        else
+            S->watchdog_started = 1;
+    }
     if (st) {
         dsv_server_close(S);
         return st;
@@ -681,6 +920,15 @@ void dsv_server_close(dsv_server *S) {
      * does not read is cut off by the daemon's stop). */
     for (int i = 0; i < 500 && atomic_load(&S->active) > 0; i++) usleep(10000);
     if (S->daemon) MHD_stop_daemon(S->daemon);
+    if (S->watchdog_started) {
+        pthread_mutex_lock(&S->conn_mu);
+        S->watchdog_stop = 1;
+        pthread_cond_signal(&S->conn_cv);
+        pthread_mutex_unlock(&S->conn_mu);
+        pthread_join(S->watchdog, NULL);
+    }
+    pthread_mutex_destroy(&S->conn_mu);
+    pthread_cond_destroy(&S->conn_cv);
     srv_sched_free(S->sched);
     srv_metrics_free(S->metrics);
     dsv_context_close(S->ctx);

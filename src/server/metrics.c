@@ -29,6 +29,7 @@ struct srv_metrics {
     struct { const char *endpoint; int status; uint64_t n; } req[MAX_PAIRS];
     int n_req;
     uint64_t prompt_tokens, prompt_cached, prefix_queries, prefix_hits, generated;
+    uint64_t cut;
     histogram ttft, itl;
 };
 
@@ -72,6 +73,12 @@ void srv_metrics_prompt(srv_metrics *m, int64_t tokens, int64_t cached) {
     m->prompt_cached += (uint64_t)cached;
     m->prefix_queries++;
     m->prefix_hits += cached > 0;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void srv_metrics_cut(srv_metrics *m) {
+    pthread_mutex_lock(&m->mu);
+    m->cut++;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -139,6 +146,9 @@ void srv_metrics_render(srv_metrics *m, const srv_gauges *g, dsv_buf *out) {
            (double)m->prefix_hits);
     scalar(out, "dsv32_prefix_cache_hit_tokens_total", "counter", "Prompt tokens taken from the prefix cache.",
            (double)m->prompt_cached);
+    scalar(out, "dsv32_connections_cut_total", "counter",
+           "Connections closed for missing the header or body deadline (--header-timeout, --body-timeout).",
+           (double)m->cut);
     render_histogram(out, &m->ttft);
     render_histogram(out, &m->itl);
     pthread_mutex_unlock(&m->mu);
@@ -151,4 +161,7 @@ void srv_metrics_render(srv_metrics *m, const srv_gauges *g, dsv_buf *out) {
     scalar(out, "dsv32_kv_pages_free", "gauge", "KV pages free.", (double)g->kv_free);
     scalar(out, "dsv32_kv_pages_total", "gauge", "KV pages in the pool (--kv-memory).", (double)g->kv_total);
     scalar(out, "dsv32_prefix_cache_entries", "gauge", "Pages the prefix cache indexes.", (double)g->prefix_entries);
+    scalar(out, "dsv32_connections_open", "gauge", "Open HTTP connections (--max-conns).", (double)g->connections);
+    scalar(out, "dsv32_request_body_bytes", "gauge", "Bytes of request bodies held (--body-budget).",
+           (double)g->body_bytes);
 }

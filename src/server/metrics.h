@@ -17,6 +17,9 @@ typedef struct srv_gauges {
     int64_t kv_cached;          /* pages held only by the prefix cache (evictable) */
     int64_t kv_free, kv_total;
     int64_t prefix_entries;
+    /* The HTTP side's, filled in by it: */
+    int64_t connections;        /* open connections */
+    int64_t body_bytes;         /* request body bytes held (the body budget's use) */
 } srv_gauges;
 
 int srv_metrics_init(srv_metrics **out);
@@ -28,6 +31,9 @@ void srv_metrics_request(srv_metrics *m, const char *endpoint, int status);
  * cache supplied), or generated tokens. */
 void srv_metrics_prompt(srv_metrics *m, int64_t tokens, int64_t cached);
 void srv_metrics_generated(srv_metrics *m, int64_t tokens);
+/* A connection closed by the watchdog for missing its header or body
+ * deadline. */
+void srv_metrics_cut(srv_metrics *m);
 /* Latencies in seconds: time to first token, time between two tokens. */
 void srv_metrics_ttft(srv_metrics *m, double s);
 void srv_metrics_itl(srv_metrics *m, double s);

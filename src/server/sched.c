@@ -68,6 +68,7 @@ struct srv_sched {
     pthread_cond_t wake;
     srv_req *q_head, *q_tail;
     int n_queued;
+    int n_reserved;         /* places promised by srv_sched_reserve, not yet submitted */
     int stopping;
     srv_gauges gauges;
 };
@@ -460,12 +461,21 @@ void srv_sched_free(srv_sched *s) {
     free(s);
 }
 
+/* max_queue counts requests waiting beyond the free slots; places reserved
+ * for requests being parsed count as waiting. Under s->mu. */
+static int queue_full(const srv_sched *s) {
+    return s->n_queued + s->n_reserved >= s->max_queue + (s->n_slots - s->n_run);
+}
+
 int srv_sched_submit(srv_sched *s, srv_req *r) {
     pthread_mutex_lock(&s->mu);
-    int st = DSV_OK;
+    int st = DSV_OK, had_place = r->reserved;
+    if (r->reserved) {
+        s->n_reserved--;
+        r->reserved = 0;
+    }
     if (s->stopping) st = DSV_ERR_UNSUPPORTED;
-    /* max_queue counts requests waiting beyond the free slots. */
-    else if (s->n_queued >= s->max_queue + (s->n_slots - s->n_run)) st = DSV_ERR_FULL;
+    else if (!had_place && queue_full(s)) st = DSV_ERR_FULL;
     if (!st) {
         r->owners = 2;
         r->queued = 1;
@@ -532,4 +542,18 @@ void srv_sched_gauges(srv_sched *s, srv_gauges *g) {
 int srv_sched_max_tokens(const srv_sched *s) {
     int64_t pool = s->n_pages * DSV_PAGE;
     return pool < s->n_ctx ? (int)pool : s->n_ctx;
+}
+
+int srv_sched_reserve(srv_sched *s) {
+    pthread_mutex_lock(&s->mu);
+    int st = s->stopping ? DSV_ERR_UNSUPPORTED : queue_full(s) ? DSV_ERR_FULL : DSV_OK;
+    if (!st) s->n_reserved++;
+    pthread_mutex_unlock(&s->mu);
+    return st;
+}
+
+void srv_sched_unreserve(srv_sched *s) {
+    pthread_mutex_lock(&s->mu);
+    s->n_reserved--;
+    pthread_mutex_unlock(&s->mu);
 }

@@ -63,6 +63,7 @@ typedef struct srv_req {
     int n_stop;
     int logprobs;                   /* -1: none; else alternatives per token (<= SRV_TOP_MAX) */
     double t_submit;                /* dsv_time() when it arrived */
+    int reserved;                   /* holds a place from srv_sched_reserve */
 
     /* Output: written by the scheduler under its lock; read it with
      * srv_req_poll. */
@@ -106,6 +107,14 @@ void srv_sched_free(srv_sched *s);
 /* Queues r; the caller keeps a share. DSV_ERR_FULL when the queue is full,
  * DSV_ERR_UNSUPPORTED when the server is stopping (r is then not taken). */
 int srv_sched_submit(srv_sched *s, srv_req *r);
+
+/* Admission before any parsing: promises a place in the queue to a request
+ * not yet parsed, so that a full server spends nothing on it. DSV_OK,
+ * DSV_ERR_FULL or DSV_ERR_UNSUPPORTED (stopping). The place is taken by
+ * srv_sched_submit of a request with `reserved` set, or handed back with
+ * srv_sched_unreserve. */
+int srv_sched_reserve(srv_sched *s);
+void srv_sched_unreserve(srv_sched *s);
 
 /* The state of a request as the HTTP side sees it. */
 typedef struct srv_status {

@@ -3,6 +3,7 @@
 #ifndef DSV_SERVER_SERVER_H
 #define DSV_SERVER_SERVER_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
@@ -32,6 +33,15 @@ struct dsv_server {
     atomic_uint_fast64_t next_id;
     atomic_int stopping;
     atomic_int active;           /* generation requests being answered */
+    atomic_size_t body_bytes;    /* request body bytes held (p.body_budget) */
+    /* Open connections, for the watchdog that enforces the header and body
+     * deadlines (libmicrohttpd's own timeout restarts at every byte). */
+    pthread_mutex_t conn_mu;
+    pthread_cond_t conn_cv;
+    struct srv_sock *socks;
+    int64_t n_socks;
+    pthread_t watchdog;
+    int watchdog_started, watchdog_stop;
 };
 
 /* An error answer: HTTP status and the OpenAI error object's fields. */
@@ -58,6 +68,20 @@ typedef struct srv_gen {
     uint64_t id;
     srv_req *req;                /* prompt, sampling, stop, max_tokens */
 } srv_gen;
+
+/* Bounds on request JSON: nesting depth, and entries of logit_bias. */
+enum { SRV_MAX_DEPTH = 64, SRV_MAX_BIAS = 1024, SRV_MAX_IDS = 1 << 20 };
+
+/* A JSON number that is a whole number in [lo, hi] (checked on the double,
+ * before any conversion): 1 and *out set, else 0. Every integer of a
+ * request is read through this. */
+struct cJSON;
+int srv_json_int(const struct cJSON *v, int64_t lo, int64_t hi, int64_t *out);
+
+/* Checks a request body before it is parsed: nesting no deeper than
+ * SRV_MAX_DEPTH, and no string holding NUL (cJSON would cut it there)
+ * except the one at path `allowed` (NULL: none). 0, or -1 with e filled. */
+int srv_check_json(const char *body, size_t len, const char *allowed, srv_error *e);
 
 /* Parses and tokenizes a generation request body. On success g->req is a
  * new request ready to submit; on failure e says why. */

@@ -107,6 +107,9 @@ static void pyjson_string(dsv_buf *b, const char *s) {
 static void pyjson_float(dsv_buf *b, double d) {
     char tmp[64], digits[32];
     int prec = 1;
+    /* json.dumps writes these as JavaScript does (1e400 reads as inf). */
+    if (isnan(d)) { dsv_buf_adds(b, "NaN"); return; }
+    if (isinf(d)) { dsv_buf_adds(b, d < 0 ? "-Infinity" : "Infinity"); return; }
     for (; prec <= 17; prec++) {
         snprintf(tmp, sizeof tmp, "%.*e", prec - 1, d);
         if (strtod(tmp, NULL) == d) break;

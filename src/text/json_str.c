@@ -1,13 +1,15 @@
-/* json_str.c: exact JSON string values, both ways. Reading: pulls one
- * string member out of a JSON object with its exact length
- * (dsv_json_get_string, declared in include/dsv32_util.h), a small
- * recursive-descent reader: members before the wanted one are skipped
- * structurally, strings are decoded per RFC 8259 (surrogate pairs joined,
- * lone surrogates refused since UTF-8 cannot hold them). Writing: the one
- * string-literal writer of the server and the commands (dsv_json_str,
- * dsv_json_quote). */
+/* json_str.c: JSON strings, both ways. Reading: pulls one string member
+ * out of a JSON object with its exact length (dsv_json_get_string, declared
+ * in include/dsv32_util.h), a small recursive-descent reader: members before
+ * the wanted one are skipped structurally, strings are decoded per RFC 8259
+ * (surrogate pairs joined, lone surrogates refused since UTF-8 cannot hold
+ * them); the same reader finds strings holding NUL (dsv_json_nul_strings).
+ * Writing: the one string-literal writer of the server and the commands
+ * (dsv_json_str, dsv_json_quote), which validates UTF-8 as it copies, so no
+ * caller has to. */
 #include "dsv32_util.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -177,17 +179,140 @@ int dsv_json_get_string(const char *json, size_t len, const char *key, char **ou
     return rc;
 }
 
-/* ---- writing ------------------------------------------------------------ */
+/* ---- Strings holding NUL -------------------------------------------------- */
+
+struct nul_walk {
+    struct reader r;
+    char path[256];
+    int (*fn)(void *user, const char *path, int is_name);
+    void *user;
+    char *buf; /* decoded strings (never longer than the JSON) */
+};
+
+/* Reads a string, and reports it when it holds a NUL. */
+static int nul_string(struct nul_walk *w, size_t at, int is_name, size_t *len) {
+    int rc = read_string(&w->r, w->buf, len);
+    if (rc) return rc;
+    if (memchr(w->buf, 0, *len)) {
+        w->path[at < sizeof w->path ? at : sizeof w->path - 1] = 0;
+        return w->fn(w->user, w->path, is_name);
+    }
+    return 0;
+}
+
+/* Appends to the path at `at` (cut short when it does not fit; only a
+ * message needs it). */
+static size_t path_add(struct nul_walk *w, size_t at, const char *fmt, const char *s, size_t n, long i) {
+    if (at >= sizeof w->path - 1) return at;
+    int k = s ? snprintf(w->path + at, sizeof w->path - at, fmt, (int)DSV_MIN(n, 64), s)
+              : snprintf(w->path + at, sizeof w->path - at, fmt, i);
+    return k < 0 ? at : DSV_MIN(at + (size_t)k, sizeof w->path - 1);
+}
+
+static int nul_value(struct nul_walk *w, size_t at, int depth) {
+    struct reader *r = &w->r;
+    size_t len;
+    int rc;
+    skip_ws(r);
+    if (r->i >= r->n) return dsv_error(DSV_ERR_FORMAT, "unexpected end of JSON");
+    if (depth > MAX_DEPTH) return dsv_error(DSV_ERR_FORMAT, "JSON nested too deeply");
+    char c = r->s[r->i];
+    if (c == '"') return nul_string(w, at, 0, &len);
+    if (c != '{' && c != '[') return skip_value(r, depth);
+    char close = c == '{' ? '}' : ']';
+    r->i++;
+    skip_ws(r);
+    if (r->i < r->n && r->s[r->i] == close) {
+        r->i++;
+        return 0;
+    }
+    for (long i = 0;; i++) {
+        size_t sub;
+        if (c == '{') {
+            skip_ws(r);
+            size_t start = r->i;
+            if ((rc = read_string(r, w->buf, &len))) return rc;
+            sub = path_add(w, at, at ? ".%.*s" : "%.*s", w->buf, len, 0);
+            if (memchr(w->buf, 0, len)) {
+                r->i = start;
+                if ((rc = nul_string(w, sub, 1, &len))) return rc;
+            }
+            skip_ws(r);
+            if (r->i >= r->n || r->s[r->i++] != ':')
+                return dsv_error(DSV_ERR_FORMAT, "expected ':' at byte %zu", r->i - 1);
+        } else {
+            sub = path_add(w, at, "[%ld]", NULL, 0, i);
+        }
+        if ((rc = nul_value(w, sub, depth + 1))) return rc;
+        skip_ws(r);
+        if (r->i >= r->n) return dsv_error(DSV_ERR_FORMAT, "unexpected end of JSON");
+        char d = r->s[r->i++];
+        if (d == close) return 0;
+        if (d != ',') return dsv_error(DSV_ERR_FORMAT, "expected ',' or '%c' at byte %zu", close, r->i - 1);
+    }
+}
+
+int dsv_json_nul_strings(const char *json, size_t len, int (*fn)(void *user, const char *path, int is_name),
+                         void *user) {
+    /* Without an escaped NUL there is nothing to find. */
+    int any = 0;
+    for (size_t i = 0; i + 6 <= len && !any; i++) any = !memcmp(json + i, "\\u0000", 6);
+    if (!any) return 0;
+    struct nul_walk w = {.r = {json, len, 0}, .fn = fn, .user = user};
+    if (!(w.buf = malloc(len + 1))) return dsv_error(DSV_ERR_NOMEM, "out of memory");
+    int rc = nul_value(&w, 0, 1);
+    free(w.buf);
+    return rc;
+}
+
+size_t dsv_json_depth(const char *json, size_t len) {
+    size_t depth = 0, max = 0;
+    int in_string = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = json[i];
+        if (in_string) {
+            if (c == '\\') i++;
+            else if (c == '"') in_string = 0;
+        } else if (c == '"') {
+            in_string = 1;
+        } else if (c == '[' || c == '{') {
+            if (++depth > max) max = depth;
+        } else if ((c == ']' || c == '}') && depth) {
+            depth--;
+        }
+    }
+    return max;
+}
+
+/* ---- Writing -------------------------------------------------------------- */
 
 void dsv_json_str(dsv_buf *b, const char *s, size_t n) {
     static const char hex[] = "0123456789abcdef";
     dsv_buf_add(b, "\"", 1);
     size_t run = 0; /* bytes copied as they are, flushed in one append */
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n;) {
         unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') { run++; continue; }
+        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+            run++;
+            i++;
+            continue;
+        }
+        if (c >= 0x80) {
+            uint32_t cp;
+            size_t k = dsv_utf8_decode(s + i, n - i, &cp);
+            if (k) {
+                run += k;
+                i += k;
+                continue;
+            }
+        }
         dsv_buf_add(b, s + i - run, run);
         run = 0;
+        i++;
+        if (c >= 0x80) {
+            dsv_buf_add(b, "\xEF\xBF\xBD", 3); /* U+FFFD for a byte that begins no character */
+            continue;
+        }
         char esc[6] = {'\\', 0};
         size_t len = 2;
         switch (c) {

@@ -34,10 +34,27 @@ void dsv_buf_clear(dsv_buf *b);
 char *dsv_buf_take(dsv_buf *b);
 void dsv_buf_free(dsv_buf *b);
 
-/* Appends s[0..n) as a JSON string literal: quotes, \" \\ \n \r \t, other
- * bytes below 0x20 as \u00XX, everything else (UTF-8 included) as it is
- * (json_str.c; dsv_json_quote in dsv32_util.h is the same for the commands). */
+/* Appends s[0..n) as a JSON string literal, the one writer of every JSON
+ * string the server and the commands write (json_str.c; dsv_json_quote in
+ * dsv32_util.h is the same for the commands): quotes, \" \\ \n \r \t, other
+ * bytes below 0x20 as \u00XX, every byte that does not begin a well-formed
+ * UTF-8 character as U+FFFD, everything else as it is. The output is always
+ * valid UTF-8 JSON, whatever the bytes. */
 void dsv_json_str(dsv_buf *b, const char *s, size_t n);
+
+/* Calls fn for every string in json[0..len) (member name or value) whose
+ * decoded value holds a NUL byte, with its path ("messages[0].role"; a
+ * member name's path ends in the name itself, up to its NUL) and whether it
+ * is a member name; stops at the first nonzero return of fn and returns it.
+ * Returns 0 when no call stopped it, or DSV_ERR_FORMAT for malformed JSON
+ * (nested deeper than 512 levels included). cJSON ends strings at NUL, so a
+ * parser uses this where a cut string would change the meaning. */
+int dsv_json_nul_strings(const char *json, size_t len, int (*fn)(void *user, const char *path, int is_name),
+                         void *user);
+
+/* The deepest nesting of arrays and objects in json[0..len) (brackets inside
+ * strings do not count), found in one pass before any parser recurses. */
+size_t dsv_json_depth(const char *json, size_t len);
 
 /* First occurrence of needle (nlen > 0) in hay[0..hlen), or NULL. */
 const char *dsv_memfind(const char *hay, size_t hlen, const char *needle, size_t nlen);
