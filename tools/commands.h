@@ -20,5 +20,6 @@ int cmd_bench(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_analyze(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+int cmd_adapt(int argc, char **argv);
 
 #endif

@@ -33,6 +33,7 @@ static const struct command commands[] = {
     {"bench", "prefill and decode speed at chosen context depths, next to the machine's limits", cmd_bench},
     {"convert", "per-rank shard files of a model split across processes (mpirun)", cmd_convert},
     {"quantize", "Hugging Face checkpoint to a GGUF file (Q8_0, Q4_K_M, Q2_K, BF16, ...)", cmd_quantize},
+    {"adapt", "adapt the lightning indexer to a text (indexer warm-up, main model frozen)", cmd_adapt},
     {NULL, NULL, NULL},
 };
 

@@ -14,7 +14,8 @@
 /* Tokens of one sequence the indexer scores together in a multi-token call. */
 #define DSV_IDX_CHUNK 8
 
-/* An analysis attached to a context (analyze.c). On a dense context it
+/* An analysis or an indexer adaptation attached to a context (analyze.c,
+ * train/adapt.c). On a dense context it
  * makes the indexer score every visible position anyway, makes attention
  * take the absorbed (per-token) path and leave each token's weights summed
  * over heads, and calls layer_done after each layer's attention; the
