@@ -149,10 +149,10 @@ asan:
 bench: $(BUILD)/dsv32
 	BUILD=$(BUILD) tools/bench.sh
 
-# Single-kernel timings, levels alternated in one process (tools/kbench/kbench.c;
+# Single-kernel timings, levels alternated in one process (bench/kbench.c;
 # `build/kbench --help`). Not part of test.
 kbench: $(BUILD)/kbench
-$(BUILD)/kbench: tools/kbench/kbench.c $(BUILD)/libdsv32.a
+$(BUILD)/kbench: bench/kbench.c $(BUILD)/libdsv32.a
 	$(CC) $(CPPFLAGS) -Isrc $(CFLAGS) $(XCFLAGS) $(WARN) $(LDFLAGS) -o $@ $< $(BUILD)/libdsv32.a $(LDLIBS)
 
 # libFuzzer targets (clang), one per parser of outside input: the target
