@@ -18,7 +18,7 @@ struct command {
 
 static const struct command commands[] = {
     {"generate", "complete a prompt (or a file of prompts, as one batch)", cmd_generate},
-    {"chat", "chat in the terminal (the V3.2 chat format)", cmd_chat},
+    {"chat", "chat in the terminal (the model's chat format: detected, or --chat-format)", cmd_chat},
     {"tokenize", "text to token ids", cmd_tokenize},
     {"detokenize", "token ids to text", cmd_detokenize},
     {"parse", "model output to reasoning, content and tool calls (the chat format's parser)", cmd_parse},
