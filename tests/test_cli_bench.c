@@ -58,8 +58,8 @@ TEST(cli_bench_help_and_errors) {
     char *out = NULL;
     snprintf(cmd, sizeof cmd, "%s bench --help", bin());
     CHECK_EQ_INT(test_run(cmd, &out), 0);
-    const char *opts[] = {"-m DIR", "--depth", "--prefill", "--decode", "--fill", "--dense", "--topk", "--attn",
-                          "-t N", "--batch N", "--seed", "--bw-mib", "--json", "--warmup"};
+    const char *opts[] = {"-m, --model DIR", "--depth", "--prefill", "--decode", "--fill", "--dense", "--topk", "--attn",
+                          "-t, --threads N", "--batch N", "--seed", "--bw-mib", "--json", "--warmup"};
     for (int i = 0; i < 14; i++) CHECKF(out && strstr(out, opts[i]), "help lacks %s", opts[i]);
     free(out);
     const char *dir = tiny_synth("m", tiny_write("config.json", tiny_config), DSV_SYNTH_BF16, 1, 0);

@@ -673,6 +673,55 @@ TEST(server_command_line) {
     CHECK_EQ_INT(server_stop(&s), 0);
 }
 
+/* The engine options of serve go through the parser generate uses: a bad
+ * value gets a message of the same form (after "dsv32 <command>: "; only
+ * the lowest --ctx differs, 16 for generate), and serve keeps its
+ * usage-error status 2 where generate has 1. The long names --model and
+ * --threads reach the engine in both. */
+static int message_is(const char *out, const char *cmd, const char *want) {
+    char line[512];
+    snprintf(line, sizeof line, "dsv32 %s: %s\n", cmd, want);
+    return out && !strcmp(out, line);
+}
+
+TEST(server_engine_options_as_generate) {
+    const char *bin = getenv("DSV32_BIN");
+    REQUIRE(bin);
+    static const struct { const char *args, *serve, *generate; } bad[] = {
+        {"--ctx 0", "--ctx: '0' is not an integer in [1, 16777216]", "--ctx: '0' is not an integer in [16, 16777216]"},
+        {"--ctx 12x", "--ctx: '12x' is not an integer in [1, 16777216]",
+         "--ctx: '12x' is not an integer in [16, 16777216]"},
+        {"--ctx 16777217", "--ctx: '16777217' is not an integer in [1, 16777216]",
+         "--ctx: '16777217' is not an integer in [16, 16777216]"},
+        {"--batch 2", "--batch: '2' is not an integer in [3, 1048576]", NULL},
+        {"--batch 1048577", "--batch: '1048577' is not an integer in [3, 1048576]", NULL},
+        {"--batch -5", "--batch: '-5' is not an integer in [3, 1048576]", NULL},
+        {"--threads 0", "--threads: '0' is not an integer in [1, 1024]", NULL},
+        {"--batch", "option --batch needs a value", NULL},
+    };
+    char cmd[2048], *out = NULL;
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(cmd, sizeof cmd, "%s serve -m x %s 2>&1", bin, bad[i].args);
+        int rc = test_run(cmd, &out);
+        CHECKF(rc == 2 && message_is(out, "serve", bad[i].serve), "serve %s -> %d: '%s'", bad[i].args, rc,
+               out ? out : "");
+        free(out);
+        snprintf(cmd, sizeof cmd, "%s generate -m x -p hi %s 2>&1", bin, bad[i].args);
+        rc = test_run(cmd, &out);
+        const char *want = bad[i].generate ? bad[i].generate : bad[i].serve;
+        CHECKF(rc == 1 && message_is(out, "generate", want), "generate %s -> %d: '%s'", bad[i].args, rc,
+               out ? out : "");
+        free(out);
+    }
+    /* The long names: the model directory is what fails, after the options. */
+    snprintf(cmd, sizeof cmd, "%s serve --model /nonexistent --threads 1 --ctx 64 --batch 8 --port 0 2>&1", bin);
+    CHECKF(test_run(cmd, &out) == 1 && out && strstr(out, "/nonexistent"), "%s", out ? out : "");
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s generate --model /nonexistent --threads 1 -p hi 2>&1", bin);
+    CHECKF(test_run(cmd, &out) == 1 && out && strstr(out, "/nonexistent"), "%s", out ? out : "");
+    free(out);
+}
+
 TEST(server_survives_mutated_requests) {
     /* Valid requests with bytes changed, dropped, doubled or cut: every one
      * gets an answer (never a dropped connection or a 5xx), and the server

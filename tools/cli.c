@@ -1,5 +1,6 @@
 /* cli.c: argument helpers shared by the commands, and the one parser of the
- * engine options (-m, -t, --ctx, --batch, --dense, --topk, --scale-fmt). */
+ * engine options (-m/--model, -t/--threads, --ctx, --batch, --dense, --topk,
+ * --topk-file, --scale-fmt). */
 #include "cli.h"
 
 #include <errno.h>
@@ -105,25 +106,28 @@ int cli_topk_file(const char *cmd, const char *path, int n_layers, int *layer_to
 }
 
 cli_engine cli_engine_init(unsigned which) {
-    return (cli_engine){.which = which, .scale_fmt = -1};
+    return (cli_engine){.which = which, .scale_fmt = -1, .ctx_min = 1, .batch_min = 1};
 }
 
 int cli_engine_opt(const char *cmd, cli_engine *e, int argc, char **argv, int *i) {
     const char *a = argv[*i], *v;
     if ((e->which & CLI_E_DENSE) && !strcmp(a, "--dense")) { e->dense = 1; return 1; }
-    if ((e->which & CLI_E_MODEL) && !strcmp(a, "-m")) return (e->model = cli_value(cmd, argc, argv, i)) ? 1 : -1;
+    if ((e->which & CLI_E_MODEL) && (!strcmp(a, "-m") || !strcmp(a, "--model")))
+        return (e->model = cli_value(cmd, argc, argv, i)) ? 1 : -1;
     if ((e->which & CLI_E_TOPK_FILE) && !strcmp(a, "--topk-file"))
         return (e->topk_file = cli_value(cmd, argc, argv, i)) ? 1 : -1;
     if ((e->which & CLI_E_SCALE_FMT) && !strcmp(a, "--scale-fmt"))
         return (v = cli_value(cmd, argc, argv, i)) && !cli_scale_fmt(cmd, v, &e->scale_fmt) ? 1 : -1;
-    const struct { unsigned bit; const char *name; int *dst; long lo, hi; } ints[] = {
-        {CLI_E_THREADS, "-t", &e->threads, 1, 1024},
-        {CLI_E_CTX, "--ctx", &e->n_ctx, 1, 1L << 24},
-        {CLI_E_BATCH, "--batch", &e->n_batch, 1, 1L << 20},
-        {CLI_E_TOPK, "--topk", &e->topk, 1, 1L << 30},
+    /* alias: the long name of a short option, NULL if none. */
+    const struct { unsigned bit; const char *name, *alias; int *dst; long lo, hi; } ints[] = {
+        {CLI_E_THREADS, "-t", "--threads", &e->threads, 1, 1024},
+        {CLI_E_CTX, "--ctx", NULL, &e->n_ctx, e->ctx_min, 1L << 24},
+        {CLI_E_BATCH, "--batch", NULL, &e->n_batch, e->batch_min, 1L << 20},
+        {CLI_E_TOPK, "--topk", NULL, &e->topk, 1, 1L << 30},
     };
     for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++) {
-        if (!(e->which & ints[k].bit) || strcmp(a, ints[k].name)) continue;
+        if (!(e->which & ints[k].bit) || (strcmp(a, ints[k].name) && (!ints[k].alias || strcmp(a, ints[k].alias))))
+            continue;
         long n;
         if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, ints[k].lo, ints[k].hi, &n)) return -1;
         *ints[k].dst = (int)n;

@@ -23,12 +23,12 @@ int cli_topk_file(const char *cmd, const char *path, int n_layers, int *layer_to
 
 /* The engine options several commands share, parsed in one place so that
  * their names, ranges and messages agree. Each command names the ones it
- * takes (CLI_E_* bits); a command with a narrower range checks it after. */
+ * takes (CLI_E_* bits) and may raise the lower bound of --ctx and --batch. */
 enum {
-    CLI_E_MODEL = 1 << 0,     /* -m DIR */
-    CLI_E_THREADS = 1 << 1,   /* -t N, 1 to 1024 */
-    CLI_E_CTX = 1 << 2,       /* --ctx N, 1 to 2^24 */
-    CLI_E_BATCH = 1 << 3,     /* --batch N, 1 to 2^20 */
+    CLI_E_MODEL = 1 << 0,     /* -m, --model DIR */
+    CLI_E_THREADS = 1 << 1,   /* -t, --threads N, 1 to 1024 */
+    CLI_E_CTX = 1 << 2,       /* --ctx N, ctx_min to 2^24 */
+    CLI_E_BATCH = 1 << 3,     /* --batch N, batch_min to 2^20 */
     CLI_E_DENSE = 1 << 4,     /* --dense */
     CLI_E_TOPK = 1 << 5,      /* --topk K, 1 to 2^30 */
     CLI_E_SCALE_FMT = 1 << 6, /* --scale-fmt ue8m0|none */
@@ -44,8 +44,11 @@ typedef struct cli_engine {
     int topk;                 /* 0: the model's index_topk */
     const char *topk_file;    /* NULL: not given */
     int scale_fmt;            /* -1: as the checkpoint says, else DSV_SCALE_FMT_* */
+    /* The lowest --ctx and --batch the command takes (1 unless it says
+     * more), checked here so that the message is cli_int's everywhere. */
+    int ctx_min, batch_min;
 } cli_engine;
-/* All unset, taking the options in `which`. */
+/* All unset, taking the options in `which`, with ctx_min = batch_min = 1. */
 cli_engine cli_engine_init(unsigned which);
 /* If argv[*i] is one of e->which, parses it (and its value, advancing *i):
  * returns 1; 0 if it is not one of them; -1 on a bad value (error printed). */

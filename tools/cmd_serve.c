@@ -90,7 +90,11 @@ static int parse_size(const char *opt, const char *s, int64_t *out) {
 
 int cmd_serve(int argc, char **argv) {
     dsv_server_params p = dsv_server_default_params();
-    const char *topk_file = NULL;
+    /* The engine options come from the parser the other commands share, so
+     * names, ranges and messages agree; a bad one is a usage error (2) here
+     * as every other bad option of serve is. */
+    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_CTX | CLI_E_BATCH | CLI_E_TOPK_FILE);
+    e.batch_min = 3; /* as generate: two prompt tokens and the switch to decoding in one step */
     p.api_key = getenv("DSV32_API_KEY");
     if (p.api_key && !p.api_key[0]) p.api_key = NULL;
     for (int i = 1; i < argc; i++) {
@@ -100,15 +104,14 @@ int cmd_serve(int argc, char **argv) {
 #define VALUE() do { if (!(v = cli_value(CMD, argc, argv, &i))) return 2; } while (0)
 #define SIZE() do { VALUE(); if (parse_size(a, v, &size)) return 2; } while (0)
 #define INT(lo, hi, dst) do { VALUE(); if (cli_int(CMD, a, v, lo, hi, &n)) return 2; dst = (int)n; } while (0)
+        int r = cli_engine_opt(CMD, &e, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
-        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VALUE(); p.model_dir = v; }
         else if (!strcmp(a, "--host")) { VALUE(); p.host = v; }
         else if (!strcmp(a, "--port")) INT(0, 65535, p.port);
         else if (!strcmp(a, "--parallel")) INT(1, 1024, p.n_parallel);
-        else if (!strcmp(a, "--ctx")) INT(1, 1 << 24, p.n_ctx);
-        else if (!strcmp(a, "--batch")) INT(3, 1 << 20, p.n_batch);
         else if (!strcmp(a, "--queue")) INT(0, 1 << 20, p.max_queue);
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) INT(1, 1024, p.n_threads);
         else if (!strcmp(a, "--kv-memory")) { VALUE(); if (parse_size(a, v, &size)) return 2; p.kv_bytes = size; }
         else if (!strcmp(a, "--max-body")) { VALUE(); if (parse_size(a, v, &size)) return 2; p.max_body = (size_t)size; }
         else if (!strcmp(a, "--body-budget")) { SIZE(); p.body_budget = (size_t)size; }
@@ -127,22 +130,25 @@ int cmd_serve(int argc, char **argv) {
             p.chat_format = v;
         }
         else if (!strcmp(a, "--think")) p.thinking_default = 1;
-        else if (!strcmp(a, "--topk-file")) { VALUE(); topk_file = v; }
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) p.verbose = 1;
         else { cli_fail(CMD, "unknown option '%s' (see dsv32 serve --help)", a); return 2; }
 #undef INT
 #undef SIZE
 #undef VALUE
     }
-    if (!p.model_dir) {
+    if (!e.model) {
         usage(stderr);
         return 2;
     }
+    p.model_dir = e.model;
+    if (e.threads) p.n_threads = e.threads;
+    if (e.n_ctx) p.n_ctx = e.n_ctx;
+    if (e.n_batch) p.n_batch = e.n_batch;
     if (p.n_batch < p.n_parallel + 2) p.n_batch = p.n_parallel + 2;
-    if (topk_file) {
+    if (e.topk_file) {
         dsv_config c;
         if (dsv_config_load(&c, p.model_dir)) return cli_fail(CMD, "%s", dsv_errmsg());
-        if (cli_topk_file(CMD, topk_file, c.n_layers, p.layer_topk)) return 1;
+        if (cli_topk_file(CMD, e.topk_file, c.n_layers, p.layer_topk)) return 1;
     }
 
     sigset_t stop;

@@ -25,7 +25,7 @@ void gen_default_opts(gen_opts *o) {
 }
 
 const char gen_opts_help[] =
-    "  -m DIR             model directory (config.json, *.safetensors, tokenizer.json)\n"
+    "  -m, --model DIR    model directory (config.json, *.safetensors, tokenizer.json)\n"
     "  -n N               most tokens to generate per answer (default 200)\n"
     "  --temp T           temperature, 0 = greedy (default 0.6)\n"
     "  --top-p P          nucleus sampling, 1 = off (default 1)\n"
@@ -41,7 +41,7 @@ const char gen_opts_help[] =
     "  --dense            attend to every position instead of the indexer's top-k\n"
     "  --topk K           keep K positions per query (default: the model's index_topk)\n"
     "  --topk-file FILE   a top-k per layer (from dsv32 analyze --suggest -o)\n"
-    "  -t N               threads (default: all online CPUs)\n";
+    "  -t, --threads N    threads (default: all online CPUs)\n";
 
 int gen_parse_opt(const char *cmd, gen_opts *o, int argc, char **argv, int *i) {
     const char *a = argv[*i], *v;
@@ -50,12 +50,12 @@ int gen_parse_opt(const char *cmd, gen_opts *o, int argc, char **argv, int *i) {
     /* The engine options: the shared parser, one option at a time. */
     cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_CTX | CLI_E_BATCH | CLI_E_DENSE | CLI_E_TOPK |
                                    CLI_E_TOPK_FILE);
+    e.ctx_min = 16;
+    /* The chunking rule (dsv32_gen.h) needs room for two prompt tokens and
+     * the switch to decoding in one call. */
+    e.batch_min = 3;
     int r = cli_engine_opt(cmd, &e, argc, argv, i);
     if (r > 0) {
-        if (e.n_ctx && e.n_ctx < 16) { cli_fail(cmd, "--ctx: '%d' is not an integer in [16, %d]", e.n_ctx, 1 << 24); return -1; }
-        /* The chunking rule (dsv32_gen.h) needs room for two prompt tokens
-         * and the switch to decoding in one call. */
-        if (e.n_batch && e.n_batch < 3) { cli_fail(cmd, "--batch: '%d' is not an integer in [3, %d]", e.n_batch, 1 << 20); return -1; }
         if (e.model) o->model = e.model;
         if (e.threads) o->threads = e.threads;
         if (e.n_ctx) o->n_ctx = e.n_ctx;
