@@ -160,7 +160,7 @@ $(BUILD)/kbench: bench/kbench.c $(BUILD)/libdsv32.a
 # that once crashed it tests/data/fuzz/NAME/ (replayed first). To add one,
 # write the file and add NAME here. `make fuzz` runs each for FUZZ_SECONDS
 # under ASan+UBSan (tools/fuzz.sh); `make fuzz-build` only builds them.
-FUZZ_TARGETS = safetensors config tokenizer chat_render chat_parse server_api gguf dsml
+FUZZ_TARGETS = safetensors config tokenizer chat_render chat_parse server_api gguf dsml server_tokenize
 FUZZ_SECONDS ?= 30
 FUZZ_CFLAGS  = -O1 -g $(ASAN_FLAGS)
 FUZZ_LDLIBS  = -lpcre2-8 -lcjson -lmicrohttpd -lpthread -lm

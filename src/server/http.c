@@ -18,7 +18,7 @@
  *   GET  /health                {"status":"ok"} (503 while stopping)
  *   GET  /metrics               Prometheus text
  *   POST /tokenize              {"content": str, "add_special": bool, "with_pieces": bool}
- *                               -> {"tokens": [ids or {"id", "piece"}]}
+ *                               -> {"tokens": [ids or {"id", "piece"}]} (bodies: tokapi.c)
  *   POST /detokenize            {"tokens": [ids]} -> {"content": str}
  *   GET  /                      the chat page
  * With an API key, every route but /health and the page needs
@@ -266,35 +266,14 @@ static enum MHD_Result route_metrics(dsv_server *S, struct MHD_Connection *c, st
 
 static enum MHD_Result route_tokenize(dsv_server *S, struct MHD_Connection *c, struct conn *k) {
     srv_error e = {0};
-    if (srv_check_json(k->body.data ? k->body.data : "", k->body.len, "content", &e)) return reply_error(S, c, k, &e);
-    cJSON *root = cJSON_ParseWithLength(k->body.data ? k->body.data : "", k->body.len);
-    const cJSON *content = cJSON_GetObjectItemCaseSensitive(root, "content");
-    const cJSON *add = cJSON_GetObjectItemCaseSensitive(root, "add_special");
-    const cJSON *pieces = cJSON_GetObjectItemCaseSensitive(root, "with_pieces");
-    char *text = NULL;
-    size_t len = 0;
-    if (!cJSON_IsObject(root))
-        srv_fail(&e, 400, "invalid_request_error", NULL, NULL, "the body must be a JSON object");
-    else if (!cJSON_IsString(content))
-        srv_fail(&e, 400, "invalid_request_error", NULL, "content", "'content' must be a string");
-    else if (add && !cJSON_IsBool(add))
-        srv_fail(&e, 400, "invalid_request_error", NULL, "add_special", "'add_special' must be a boolean");
-    else if (pieces && !cJSON_IsBool(pieces))
-        srv_fail(&e, 400, "invalid_request_error", NULL, "with_pieces", "'with_pieces' must be a boolean");
-    /* The exact string: cJSON's would end at an escaped NUL. */
-    else if (dsv_json_get_string(k->body.data, k->body.len, "content", &text, &len))
-        srv_fail(&e, 400, "invalid_request_error", NULL, "content", "'content': %s", dsv_errmsg());
-    int bos = cJSON_IsTrue(add) && dsv_tokenizer_add_bos(S->tok) && S->bos >= 0;
-    int with_pieces = cJSON_IsTrue(pieces);
-    cJSON_Delete(root);
-    if (e.status) {
-        free(text);
-        return reply_error(S, c, k, &e);
-    }
+    srv_tokenize_req q;
+    if (srv_tokenize_parse(k->body.data, k->body.len, &q, &e)) return reply_error(S, c, k, &e);
+    int bos = q.add_special && dsv_tokenizer_add_bos(S->tok) && S->bos >= 0;
+    size_t len = q.len;
     int32_t *ids = malloc((len + 2) * sizeof *ids);
     size_t n = 0;
     dsv_buf b = {0};
-    if (!ids || dsv_tokenize(S->tok, text, len, ids + bos, len + 1, &n)) {
+    if (!ids || dsv_tokenize(S->tok, q.text, len, ids + bos, len + 1, &n)) {
         b.failed = 1;
     } else {
         if (bos) ids[0] = S->bos;
@@ -302,7 +281,7 @@ static enum MHD_Result route_tokenize(dsv_server *S, struct MHD_Connection *c, s
         dsv_buf_adds(&b, "{\"tokens\":[");
         for (size_t i = 0; i < n; i++) {
             if (i) dsv_buf_adds(&b, ",");
-            if (!with_pieces) {
+            if (!q.with_pieces) {
                 srv_addf(&b, "%d", (int)ids[i]);
                 continue;
             }
@@ -315,37 +294,19 @@ static enum MHD_Result route_tokenize(dsv_server *S, struct MHD_Connection *c, s
         dsv_buf_adds(&b, "]}");
     }
     free(ids);
-    free(text);
+    srv_tokenize_req_free(&q);
     return reply_json(S, c, k, 200, &b);
 }
 
 static enum MHD_Result route_detokenize(dsv_server *S, struct MHD_Connection *c, struct conn *k) {
     srv_error e = {0};
-    if (srv_check_json(k->body.data ? k->body.data : "", k->body.len, NULL, &e)) return reply_error(S, c, k, &e);
-    cJSON *root = cJSON_ParseWithLength(k->body.data ? k->body.data : "", k->body.len);
-    const cJSON *toks = cJSON_GetObjectItemCaseSensitive(root, "tokens");
-    int n = cJSON_GetArraySize(toks), i = 0;
-    int32_t *ids = NULL;
-    if (!cJSON_IsObject(root)) srv_fail(&e, 400, "invalid_request_error", NULL, NULL, "the body must be a JSON object");
-    else if (!cJSON_IsArray(toks))
-        srv_fail(&e, 400, "invalid_request_error", NULL, "tokens", "'tokens' must be an array of token ids");
-    else if (n > SRV_MAX_IDS)
-        srv_fail(&e, 400, "invalid_request_error", NULL, "tokens", "'tokens' holds at most %d ids", SRV_MAX_IDS);
-    else if (!(ids = malloc(((size_t)n + 1) * sizeof *ids)))
-        srv_fail(&e, 500, "server_error", NULL, NULL, "out of memory");
-    for (const cJSON *t = toks ? toks->child : NULL; !e.status && t; t = t->next, i++) {
-        int64_t id;
-        if (!srv_json_int(t, 0, INT32_MAX, &id) || !dsv_token_piece(S->tok, (int32_t)id, NULL))
-            srv_fail(&e, 400, "invalid_request_error", NULL, "tokens", "tokens[%d] is not a token id", i);
-        else
-            ids[i] = (int32_t)id;
-    }
-    cJSON_Delete(root);
+    srv_detokenize_req q;
+    if (srv_detokenize_parse(S->tok, k->body.data, k->body.len, &q, &e)) return reply_error(S, c, k, &e);
     dsv_buf b = {0};
     size_t len = 0;
-    if (!e.status && dsv_detokenize(S->tok, ids, (size_t)n, 0, NULL, 0, &len) == DSV_ERR_FULL) {
+    if (dsv_detokenize(S->tok, q.ids, q.n, 0, NULL, 0, &len) == DSV_ERR_FULL) {
         char *text = malloc(len + 1);
-        if (text && dsv_detokenize(S->tok, ids, (size_t)n, 0, text, len + 1, &len) == DSV_OK) {
+        if (text && dsv_detokenize(S->tok, q.ids, q.n, 0, text, len + 1, &len) == DSV_OK) {
             dsv_buf_adds(&b, "{\"content\":");
             dsv_json_str(&b, text, len);
             dsv_buf_adds(&b, "}");
@@ -353,11 +314,10 @@ static enum MHD_Result route_detokenize(dsv_server *S, struct MHD_Connection *c,
             b.failed = 1;
         }
         free(text);
-    } else if (!e.status) {
+    } else {
         dsv_buf_adds(&b, "{\"content\":\"\"}");
     }
-    free(ids);
-    if (e.status) return reply_error(S, c, k, &e);
+    srv_detokenize_req_free(&q);
     return reply_json(S, c, k, 200, &b);
 }
 

@@ -91,6 +91,33 @@ int srv_check_json(const char *body, size_t len, const char *allowed, srv_error 
  * new request ready to submit; on failure e says why. */
 int srv_api_parse(dsv_server *S, int chat, const char *body, size_t len, srv_gen *g, srv_error *e);
 
+/* The body of POST /tokenize: {"content": str, "add_special": bool,
+ * "with_pieces": bool}. content is read exactly (NUL included); text is
+ * malloc'd, NUL-terminated. */
+typedef struct srv_tokenize_req {
+    char *text;
+    size_t len;
+    int add_special, with_pieces;
+} srv_tokenize_req;
+
+/* Parses a /tokenize body (no I/O). 0 and *r filled (free it with
+ * srv_tokenize_req_free), or -1 with e filled and *r empty. */
+int srv_tokenize_parse(const char *body, size_t len, srv_tokenize_req *r, srv_error *e);
+void srv_tokenize_req_free(srv_tokenize_req *r);
+
+/* The body of POST /detokenize: {"tokens": [ids]}, at most SRV_MAX_IDS ids,
+ * each one that tok has a piece for. */
+typedef struct srv_detokenize_req {
+    int32_t *ids;
+    size_t n;
+} srv_detokenize_req;
+
+/* Parses a /detokenize body (no I/O). 0 and *r filled (free it with
+ * srv_detokenize_req_free), or -1 with e filled and *r empty. */
+int srv_detokenize_parse(const dsv_tokenizer *tok, const char *body, size_t len, srv_detokenize_req *r,
+                         srv_error *e);
+void srv_detokenize_req_free(srv_detokenize_req *r);
+
 /* The whole answer of a non-streamed request (toks: its tokens, for
  * logprobs). */
 void srv_api_response(dsv_server *S, const srv_gen *g, const char *text, size_t len, const srv_toks *toks,
