@@ -74,6 +74,8 @@ enum { DSV_SCORE_SIGMOID = 0, DSV_SCORE_SOFTMAX = 1 };
 /* Layers a per-layer top-k list can name (config and context parameters). */
 #define DSV_MAX_TOPK_LAYERS 256
 enum { DSV_SCALE_FMT_NONE = 0, DSV_SCALE_FMT_UE8M0 = 1 };
+/* dsv_model_params.act_quant. */
+enum { DSV_ACT_QUANT_NONE = 0, DSV_ACT_QUANT_FP8 = 1 };
 
 typedef struct dsv_config {
     int vocab_size;
@@ -127,6 +129,13 @@ typedef struct dsv_model_params {
     /* Overrides quantization_config.scale_fmt: -1 = as the checkpoint says,
      * else DSV_SCALE_FMT_NONE or DSV_SCALE_FMT_UE8M0. */
     int scale_fmt;
+    /* GGUF models only: whether the linears that were fp8 in the original
+     * checkpoint quantize their inputs as the reference's act_quant does
+     * (e4m3 per 128 values) before multiplying by their float (BF16, F16,
+     * F32) weights. -1 = as the file's dsv32.act_quant key says (none when
+     * absent), else DSV_ACT_QUANT_NONE or DSV_ACT_QUANT_FP8. Block-quantized
+     * weights are not affected (their inputs are quantized to 8 bits anyway). */
+    int act_quant;
     /* Called now and then while tensors are mapped and checked, as
      * progress(done, total, progress_user) with done <= total bytes (one
      * call per file opened); may be NULL. */

@@ -60,6 +60,11 @@ static double median(double *v, int n) {
 static int contains(const int32_t *v, int n, int x) { for (int i = 0; i < n; i++) if (v[i] == x) return 1; return 0; }
 
 int conf_run(const char *config, const char *case_name, int n_threads, conf_metrics *out, int max_rows) {
+    return conf_run_model(config, NULL, -1, case_name, n_threads, out, max_rows);
+}
+
+int conf_run_model(const char *config, const char *model, int act_quant, const char *case_name, int n_threads,
+                   conf_metrics *out, int max_rows) {
     char path[1024];
     snprintf(path, sizeof path, "conformance/%s/manifest.json", config);
     char *text = test_read_file(test_shared(path), NULL);
@@ -73,7 +78,9 @@ int conf_run(const char *config, const char *case_name, int n_threads, conf_metr
 
     snprintf(path, sizeof path, "conformance/%s/hf", config);
     dsv_model *m;
-    if (dsv_model_open(&m, test_shared(path), NULL)) {
+    dsv_model_params mp = dsv_model_default_params();
+    mp.act_quant = act_quant;
+    if (dsv_model_open(&m, model ? model : test_shared(path), &mp)) {
         fprintf(stderr, "    %s\n", dsv_errmsg());
         cJSON_Delete(man);
         return -1;

@@ -17,6 +17,10 @@ typedef struct conf_limits {
  * fills one conf_metrics per row (up to max_rows) and returns the row count,
  * or -1 with a message printed. n_threads: 0 for the default. */
 int conf_run(const char *config, const char *case_name, int n_threads, conf_metrics *rows, int max_rows);
+/* The same with another model of that config (a GGUF file written from its
+ * checkpoint, say) opened with dsv_model_params.act_quant = act_quant. */
+int conf_run_model(const char *config, const char *model, int act_quant, const char *case_name, int n_threads,
+                   conf_metrics *rows, int max_rows);
 conf_limits conf_limits_for(const char *config);
 /* Checks every metric against the limits, reporting failures; returns 1 if all pass. */
 int conf_judge(const char *label, const conf_metrics *m, const conf_limits *lim);

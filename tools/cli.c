@@ -106,7 +106,7 @@ int cli_topk_file(const char *cmd, const char *path, int n_layers, int *layer_to
 }
 
 cli_engine cli_engine_init(unsigned which) {
-    return (cli_engine){.which = which, .scale_fmt = -1, .ctx_min = 1, .batch_min = 1};
+    return (cli_engine){.which = which, .scale_fmt = -1, .act_quant = -1, .ctx_min = 1, .batch_min = 1};
 }
 
 int cli_engine_opt(const char *cmd, cli_engine *e, int argc, char **argv, int *i) {
@@ -118,6 +118,16 @@ int cli_engine_opt(const char *cmd, cli_engine *e, int argc, char **argv, int *i
         return (e->topk_file = cli_value(cmd, argc, argv, i)) ? 1 : -1;
     if ((e->which & CLI_E_SCALE_FMT) && !strcmp(a, "--scale-fmt"))
         return (v = cli_value(cmd, argc, argv, i)) && !cli_scale_fmt(cmd, v, &e->scale_fmt) ? 1 : -1;
+    if ((e->which & CLI_E_ACT_QUANT) && !strcmp(a, "--act-quant")) {
+        if (!(v = cli_value(cmd, argc, argv, i))) return -1;
+        if (!strcmp(v, "fp8")) e->act_quant = DSV_ACT_QUANT_FP8;
+        else if (!strcmp(v, "none")) e->act_quant = DSV_ACT_QUANT_NONE;
+        else {
+            cli_fail(cmd, "--act-quant: expected fp8 or none, got '%s'", v);
+            return -1;
+        }
+        return 1;
+    }
     /* alias: the long name of a short option, NULL if none. */
     const struct { unsigned bit; const char *name, *alias; int *dst; long lo, hi; } ints[] = {
         {CLI_E_THREADS, "-t", "--threads", &e->threads, 1, 1024},

@@ -33,6 +33,7 @@ enum {
     CLI_E_TOPK = 1 << 5,      /* --topk K, 1 to 2^30 */
     CLI_E_SCALE_FMT = 1 << 6, /* --scale-fmt ue8m0|none */
     CLI_E_TOPK_FILE = 1 << 7, /* --topk-file FILE (read with cli_topk_file once the model is open) */
+    CLI_E_ACT_QUANT = 1 << 8, /* --act-quant fp8|none (GGUF models) */
 };
 typedef struct cli_engine {
     unsigned which;           /* CLI_E_* this command takes */
@@ -44,6 +45,7 @@ typedef struct cli_engine {
     int topk;                 /* 0: the model's index_topk */
     const char *topk_file;    /* NULL: not given */
     int scale_fmt;            /* -1: as the checkpoint says, else DSV_SCALE_FMT_* */
+    int act_quant;            /* -1: as the GGUF file says, else DSV_ACT_QUANT_* */
     /* The lowest --ctx and --batch the command takes (1 unless it says
      * more), checked here so that the message is cli_int's everywhere. */
     int ctx_min, batch_min;

@@ -27,6 +27,8 @@ static const char *usage =
     "  --topk K           keep K positions per query instead of the model's index_topk\n"
     "  --topk-file FILE   a top-k per layer (from dsv32 analyze --suggest -o)\n"
     "  --scale-fmt F      activation scale format: ue8m0 or none (default: the checkpoint's)\n"
+    "  --act-quant Q      GGUF: fp8 or none: quantize the inputs of the linears that were fp8 in the checkpoint\n"
+    "                     as the reference does (default: what the file says, else none)\n"
     "  -t, --threads N    threads (default: all online CPUs)\n"
     "  --dump DIR         write per-call intermediates to DIR: <i>.l0_attn_out.f32,\n"
     "                     <i>.l0_topk.i32, <i>.l0_index_weights.f32 (layer 0),\n"
@@ -70,7 +72,7 @@ static void on_dump(const char *name, int layer, int dtype, int rows, int cols, 
 int cmd_logits(int argc, char **argv) {
     const char *cmd = "logits", *ids_s = NULL, *out = NULL, *dump = NULL, *v;
     long prefill = -1;
-    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_DENSE | CLI_E_TOPK | CLI_E_SCALE_FMT |
+    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_DENSE | CLI_E_TOPK | CLI_E_SCALE_FMT | CLI_E_ACT_QUANT |
                                    CLI_E_TOPK_FILE);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -97,6 +99,7 @@ int cmd_logits(int argc, char **argv) {
 
     dsv_model_params mp = dsv_model_default_params();
     mp.scale_fmt = e.scale_fmt;
+    mp.act_quant = e.act_quant;
     dsv_model *m;
     if (dsv_model_open(&m, e.model, &mp)) { free(ids); return cli_fail(cmd, "%s", dsv_errmsg()); }
     const dsv_config *c = dsv_model_config(m);

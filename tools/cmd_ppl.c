@@ -42,6 +42,8 @@ static const char *usage =
     "  --recall           also print, per layer, the indexer's recall: the share of dense\n"
     "                     attention mass inside its top-k (fp32 training forward, full windows)\n"
     "  --scale-fmt F      activation scale format: ue8m0 or none (default: the checkpoint's)\n"
+    "  --act-quant Q      GGUF: fp8 or none: quantize the inputs of the linears that were fp8 in the checkpoint\n"
+    "                     as the reference does (default: what the file says, else none)\n"
     "  -t, --threads N    threads (default: all online CPUs)\n"
     "  --kl-base MODEL2   also run MODEL2 (e.g. the unquantized model) on the same windows\n"
     "                     and print mean KL(MODEL2 || MODEL), top-1 agreement and the\n"
@@ -122,7 +124,7 @@ static int run_recall(const char *cmd, const char *model, const int32_t *ids, si
 int cmd_ppl(int argc, char **argv) {
     const char *cmd = "ppl", *file = NULL, *base = NULL;
     int recall = 0, quiet = 0;
-    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_CTX | CLI_E_DENSE | CLI_E_TOPK | CLI_E_SCALE_FMT |
+    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_CTX | CLI_E_DENSE | CLI_E_TOPK | CLI_E_SCALE_FMT | CLI_E_ACT_QUANT |
                                    CLI_E_TOPK_FILE);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -166,6 +168,7 @@ int cmd_ppl(int argc, char **argv) {
 
     dsv_model_params mp = dsv_model_default_params();
     mp.scale_fmt = scale_fmt;
+    mp.act_quant = e.act_quant;
     dsv_model *m;
     if (dsv_model_open(&m, model, &mp)) { free(ids); return cli_fail(cmd, "%s", dsv_errmsg()); }
     const dsv_config *c = dsv_model_config(m);

@@ -20,6 +20,7 @@ void gen_default_opts(gen_opts *o) {
     o->attn = DSV_ATTN_SPARSE;
     o->n_predict = 200;
     o->scale_fmt = -1;
+    o->act_quant = -1;
     o->sp = dsv_sampler_default_params();
     o->sp.temperature = 0.6f;
 }
@@ -38,6 +39,8 @@ const char gen_opts_help[] =
     "                     max_position_embeddings, at most 4096)\n"
     "  --batch N          most tokens per forward call, for prefill, at least 3\n"
     "                     (default 512)\n"
+    "  --act-quant Q      GGUF: fp8 or none: quantize the inputs of the linears that were fp8 in the checkpoint\n"
+    "                     as the reference does (default: what the file says, else none)\n"
     "  --dense            attend to every position instead of the indexer's top-k\n"
     "  --topk K           keep K positions per query (default: the model's index_topk)\n"
     "  --topk-file FILE   a top-k per layer (from dsv32 analyze --suggest -o)\n"
@@ -49,7 +52,7 @@ int gen_parse_opt(const char *cmd, gen_opts *o, int argc, char **argv, int *i) {
     char *end;
     /* The engine options: the shared parser, one option at a time. */
     cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_CTX | CLI_E_BATCH | CLI_E_DENSE | CLI_E_TOPK |
-                                   CLI_E_TOPK_FILE);
+                                   CLI_E_TOPK_FILE | CLI_E_ACT_QUANT);
     e.ctx_min = 16;
     /* The chunking rule (dsv32_gen.h) needs room for two prompt tokens and
      * the switch to decoding in one call. */
@@ -63,6 +66,7 @@ int gen_parse_opt(const char *cmd, gen_opts *o, int argc, char **argv, int *i) {
         if (e.dense) o->attn = DSV_ATTN_DENSE;
         if (e.topk) o->topk = e.topk;
         if (e.topk_file) o->topk_file = e.topk_file;
+        if (e.act_quant >= 0) o->act_quant = e.act_quant;
     }
     if (r) return r;
     if (!strcmp(a, "--stop")) {
@@ -118,6 +122,7 @@ int gen_open(gen *g, const char *cmd, const gen_opts *o, int n_seq) {
     if (!o->model) return cli_fail(cmd, "missing -m MODEL_DIR (see dsv32 %s --help)", cmd);
     dsv_model_params mp = dsv_model_default_params();
     mp.scale_fmt = o->scale_fmt;
+    mp.act_quant = o->act_quant;
     if (isatty(2)) { mp.progress = progress; mp.progress_user = (void *)o->model; }
     if (dsv_model_open(&g->m, o->model, &mp)) return cli_fail(cmd, "%s", dsv_errmsg());
     g->c = dsv_model_config(g->m);

@@ -16,7 +16,7 @@
 
 typedef struct gen_opts {
     const char *model;
-    int threads, n_ctx, n_batch, attn, topk, n_predict, scale_fmt;
+    int threads, n_ctx, n_batch, attn, topk, n_predict, scale_fmt, act_quant;
     const char *topk_file;    /* --topk-file: a top-k per layer */
     dsv_sampler_params sp;
     const char *stops[GEN_MAX_STOPS];

@@ -469,6 +469,10 @@ static int write_model_kv(dsv_gguf_writer *w, const dsv_config *c, const char *d
     if (!st) st = dsv_gguf_set_u32(w, "general.quantization_version", 2);
     /* Not a llama.cpp key: the activation scale format (model_gguf.c). */
     if (!st) st = dsv_gguf_set_str(w, "dsv32.scale_fmt", c->scale_fmt == DSV_SCALE_FMT_UE8M0 ? "ue8m0" : "none");
+    /* Nor this: an FP8 checkpoint's linears quantize their inputs to e4m3
+     * (act_quant), which no GGUF weight type expresses; the engine does so
+     * again for the float weights of those linears (model_gguf.c). */
+    if (!st) st = dsv_gguf_set_str(w, "dsv32.act_quant", c->fp8 ? "fp8_e4m3" : "none");
 #undef A
 #undef U
 #undef F

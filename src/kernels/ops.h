@@ -36,6 +36,9 @@ typedef struct dsv_linear {
     uint32_t gtype;        /* nonzero: rows are blocks of this ggml type
                             * (kernels/quant.h; from a GGUF file), ld elements
                             * apart, and dtype is not used */
+    int act_fp8;           /* nonzero (float dtypes only): the weight was fp8
+                            * in its checkpoint, so the layer quantizes its
+                            * input as act_quant does (linear_fp8x) */
 } dsv_linear;
 
 /* One weight element as the reference computes with it. fp8: the e4m3 code's
@@ -108,6 +111,17 @@ typedef struct dsv_kernels {
     void (*lin_pack_fp8)(void *xp, const dsv_bf16 *x, int m, int K, int i0, int i1, int scale_fmt);
     void (*linear_fp8)(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
                        void *scratch);
+    /* fp8_gemm's arithmetic with float weights (a GGUF model whose linears
+     * were fp8 in its checkpoint: dsv_linear.act_fp8): the input rows are
+     * packed by lin_pack_fp8x exactly as act_quant quantizes them, and
+     * y[i][n] = bf16(Σ_kb blk_kb * xs[i][kb]), blk_kb the fp32 sum over the
+     * 128-wide block of e4m3(x) * w (w as stored: bf16, f16 or f32, not
+     * rounded). For weights that are e4m3 * a power-of-two block scale (a
+     * ue8m0 checkpoint written as BF16 or F32) this is linear_fp8's result:
+     * the scale moves through every product and sum exactly. */
+    void (*lin_pack_fp8x)(void *xp, const dsv_bf16 *x, int m, int K, int i0, int i1, int scale_fmt);
+    void (*linear_fp8x)(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
+                        void *scratch);
     /* F.linear in bf16 (weights that are not fp8, used as bf16): y = bf16(Σ
      * x·w) with fp32 accumulation. lin_pack_bf16 may be NULL: linear_bf16
      * then reads x [m][K] as given. */

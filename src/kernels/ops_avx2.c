@@ -587,12 +587,42 @@ static void absorb_o(dsv_bf16 *o, const dsv_bf16 *o_lat, const dsv_linear *wkv_b
     }
 }
 
+/* ---- fp8_gemm with float weights (dsv_linear.act_fp8) ----------------------
+ * The input is packed by lin_pack_fp8 (e4m3 values as fp32, and scales);
+ * per weight row and input row, each 128-wide block is summed with FMAs in
+ * two chains of 8 lanes (weights as stored, widened exactly), then promoted
+ * as tot += blk * xs; one reduction at the end. */
+static void linear_fp8x(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
+                        void *scratch) {
+    (void)scratch;
+    const int K = w->n_in, nb = K / DSV_QBLOCK;
+    const float *x = xp, *xs = pack_scales((void *)xp, m, K);
+    for (int n = n0; n < n1; n++) {
+        const size_t r0 = (size_t)n * w->ld;
+        for (int i = 0; i < m; i++) {
+            const float *xr = x + (size_t)i * K;
+            __m256 tot = _mm256_setzero_ps();
+            for (int kb = 0; kb < nb; kb++) {
+                __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+                for (int k = kb * DSV_QBLOCK; k < (kb + 1) * DSV_QBLOCK; k += 16) {
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(xr + k), w_load(w->w, w->dtype, r0 + k, 8, 0), a);
+                    b = _mm256_fmadd_ps(_mm256_loadu_ps(xr + k + 8), w_load(w->w, w->dtype, r0 + k + 8, 8, 0), b);
+                }
+                tot = _mm256_fmadd_ps(_mm256_add_ps(a, b), _mm256_set1_ps(xs[(size_t)i * nb + kb]), tot);
+            }
+            y[(size_t)i * ldy + n] = dsv_f32_to_bf16(hsum8(tot));
+        }
+    }
+}
+
 const dsv_kernels dsv_kernels_avx2 = {
     .name = "avx2",
     .act_quant = act_quant,
     .dequant = dequant,
     .lin_pack_fp8 = lin_pack_fp8,
     .linear_fp8 = linear_fp8,
+    .lin_pack_fp8x = lin_pack_fp8,
+    .linear_fp8x = linear_fp8x,
     .lin_pack_bf16 = lin_pack_bf16,
     .linear_bf16 = linear_bf16,
     .linear_f32 = linear_f32,

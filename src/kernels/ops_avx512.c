@@ -751,12 +751,108 @@ void dsv_avx512_absorb_o(dsv_bf16 *o, const dsv_bf16 *o_lat, const dsv_linear *w
     }
 }
 
+/* ---- fp8_gemm with float weights (dsv_linear.act_fp8) ----------------------
+ * The input is packed by lin_pack_fp8 (e4m3 values as bf16, and scales).
+ * BF16 weights take fp8_row's arithmetic with the weight row loaded as it
+ * is: the same pair dot products, the same block sums, promoted as tot +=
+ * blk * xs. For weights that are e4m3 * a power of two (a ue8m0 checkpoint
+ * written as BF16) every product and partial sum is fp8_row's times that
+ * power, so the result is linear_fp8's bit for bit. F16/F32 weights are
+ * widened to fp32 and summed with FMAs per block (lane l sums k = l mod 16,
+ * two chains), promoted the same way. */
+static inline __attribute__((always_inline)) void fp8x_row_bf16(dsv_bf16 *y, int ldy, const dsv_bf16 *x,
+                                                                const float *xs, const dsv_linear *w, int n, int i,
+                                                                int mr) {
+    const int K = w->n_in, nb = K / DSV_QBLOCK;
+    const dsv_bf16 *W = (const dsv_bf16 *)w->w + (size_t)n * w->ld;
+    __m512 tot[4];
+    UNROLL for (int c = 0; c < 4; c++) tot[c] = _mm512_setzero_ps();
+    for (int kb = 0; kb < nb; kb++) {
+        const int k0 = kb * DSV_QBLOCK;
+        __m512i wv[4];
+        UNROLL for (int j = 0; j < 4; j++) wv[j] = _mm512_loadu_si512((const void *)(W + k0 + 32 * j));
+        UNROLL for (int c = 0; c < 4; c++) {
+            if (c >= mr) continue;
+            const dsv_bf16 *xr = x + (size_t)(i + c) * K + k0;
+            __m512 s[4];
+            UNROLL for (int j = 0; j < 4; j++)
+                s[j] = dot_bf16(_mm512_setzero_ps(), wv[j], _mm512_loadu_si512((const void *)(xr + 32 * j)));
+            const __m512 blk = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3]));
+            tot[c] = _mm512_fmadd_ps(blk, _mm512_set1_ps(xs[(size_t)(i + c) * nb + kb]), tot[c]);
+        }
+    }
+    UNROLL for (int c = 0; c < 4; c++)
+        if (c < mr) y[(size_t)(i + c) * ldy + n] = dsv_f32_to_bf16(_mm512_reduce_add_ps(tot[c]));
+}
+
+static inline __attribute__((always_inline)) void fp8x_row_wide(dsv_bf16 *y, int ldy, const dsv_bf16 *x,
+                                                                const float *xs, const dsv_linear *w, dsv_dtype dt,
+                                                                int n, int i, int mr) {
+    const int K = w->n_in, nb = K / DSV_QBLOCK;
+    const size_t r0 = (size_t)n * w->ld;
+    __m512 tot[4];
+    UNROLL for (int c = 0; c < 4; c++) tot[c] = _mm512_setzero_ps();
+    for (int kb = 0; kb < nb; kb++) {
+        const int k0 = kb * DSV_QBLOCK;
+        __m512 wv[8];
+        UNROLL for (int j = 0; j < 8; j++) wv[j] = w_load(w->w, dt, r0 + k0 + 16 * j, 16, 0);
+        UNROLL for (int c = 0; c < 4; c++) {
+            if (c >= mr) continue;
+            const dsv_bf16 *xr = x + (size_t)(i + c) * K + k0;
+            __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps();
+            UNROLL for (int j = 0; j < 8; j += 2) {
+                a = _mm512_fmadd_ps(bf16x16_load(xr + 16 * j), wv[j], a);
+                b = _mm512_fmadd_ps(bf16x16_load(xr + 16 * j + 16), wv[j + 1], b);
+            }
+            tot[c] = _mm512_fmadd_ps(_mm512_add_ps(a, b), _mm512_set1_ps(xs[(size_t)(i + c) * nb + kb]), tot[c]);
+        }
+    }
+    UNROLL for (int c = 0; c < 4; c++)
+        if (c < mr) y[(size_t)(i + c) * ldy + n] = dsv_f32_to_bf16(_mm512_reduce_add_ps(tot[c]));
+}
+
+static inline __attribute__((always_inline)) void fp8x_row(dsv_bf16 *y, int ldy, const dsv_bf16 *x, const float *xs,
+                                                           const dsv_linear *w, int n, int i, int mr) {
+    switch (w->dtype) {
+    case DSV_DT_BF16: fp8x_row_bf16(y, ldy, x, xs, w, n, i, mr); break;
+    case DSV_DT_F16: fp8x_row_wide(y, ldy, x, xs, w, DSV_DT_F16, n, i, mr); break;
+    default: fp8x_row_wide(y, ldy, x, xs, w, DSV_DT_F32, n, i, mr); break;
+    }
+}
+
+void dsv_avx512_lin_pack_fp8x(void *xp, const dsv_bf16 *x, int m, int K, int i0, int i1, int scale_fmt) {
+    lin_pack_fp8(xp, x, m, K, i0, i1, scale_fmt);
+}
+
+/* linear_fp8's schedule: blocks of 64 weight rows against every input row,
+ * 4 at a time. */
+void dsv_avx512_linear_fp8x(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
+                            void *scratch) {
+    (void)scratch;
+    const dsv_bf16 *x = xp;
+    const float *xs = pack_scales((void *)xp, m, w->n_in);
+    for (int nb = n0; nb < n1; nb += 64) {
+        const int ne = n1 - nb < 64 ? n1 : nb + 64;
+        for (int i = 0; i < m; i += 4) {
+            const int mr = m - i;
+            for (int n = nb; n < ne; n++) {
+                if (mr >= 4) fp8x_row(y, ldy, x, xs, w, n, i, 4);
+                else if (mr == 3) fp8x_row(y, ldy, x, xs, w, n, i, 3);
+                else if (mr == 2) fp8x_row(y, ldy, x, xs, w, n, i, 2);
+                else fp8x_row(y, ldy, x, xs, w, n, i, 1);
+            }
+        }
+    }
+}
+
 const dsv_kernels dsv_kernels_avx512 = {
     .name = "avx512",
     .act_quant = dsv_avx512_act_quant,
     .dequant = dsv_avx512_dequant,
     .lin_pack_fp8 = lin_pack_fp8,
     .linear_fp8 = linear_fp8,
+    .lin_pack_fp8x = dsv_avx512_lin_pack_fp8x,
+    .linear_fp8x = dsv_avx512_linear_fp8x,
     .lin_pack_bf16 = lin_pack_bf16,
     .linear_bf16 = linear_bf16,
     .linear_f32 = dsv_avx512_linear_f32,

@@ -139,6 +139,10 @@ void dsv_avx512_act_quant(uint8_t *q, float *s, const dsv_bf16 *x, int n, int sc
 void dsv_avx512_dequant(dsv_bf16 *y, const uint8_t *q, const float *s, int n);
 void dsv_avx512_linear_f32(float *y, int ldy, const float *x, const dsv_linear *w, int m, int n0, int n1,
                            void *scratch);
+/* fp8_gemm with float weights (dsv_kernels.lin_pack_fp8x / linear_fp8x). */
+void dsv_avx512_lin_pack_fp8x(void *xp, const dsv_bf16 *x, int m, int K, int i0, int i1, int scale_fmt);
+void dsv_avx512_linear_fp8x(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
+                            void *scratch);
 void dsv_avx512_index_q_pack(void *qp, const uint8_t *q8, int n_heads);
 void dsv_avx512_index_score(float *out, int ldo, const void *qp, const float *w, int n_heads, int nq,
                             const uint8_t *k8, const float *ks, int n, void *scratch);

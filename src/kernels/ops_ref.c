@@ -55,6 +55,28 @@ static void linear_fp8_ref(dsv_bf16 *y, int ldy, const void *xp, const dsv_linea
     }
 }
 
+/* fp8_gemm with float weights: linear_fp8_ref's loops, the weight read as
+ * stored and the block sum scaled by the activation's scale alone. */
+static void linear_fp8x_ref(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
+                            void *scratch) {
+    (void)scratch;
+    const int K = w->n_in, nb = K / DSV_QBLOCK;
+    const uint8_t *xq = xp;
+    const float *xs = ref_scales(xp, m, K);
+    for (int n = n0; n < n1; n++)
+        for (int i = 0; i < m; i++) {
+            const uint8_t *xr = xq + (size_t)i * K;
+            float acc = 0;
+            for (int b = 0; b < nb; b++) {
+                float blk = 0;
+                for (int k = b * DSV_QBLOCK; k < (b + 1) * DSV_QBLOCK; k++)
+                    blk += dsv_e4m3_to_f32(xr[k]) * dsv_weight_at(w, (long)n * w->ld + k, 0);
+                acc += blk * xs[(size_t)i * nb + b];
+            }
+            y[(size_t)i * ldy + n] = dsv_f32_to_bf16(acc);
+        }
+}
+
 static void linear_bf16_ref(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
                             void *scratch) {
     (void)scratch;
@@ -201,6 +223,8 @@ const dsv_kernels dsv_kernels_ref = {
     .dequant = dequant_ref,
     .lin_pack_fp8 = lin_pack_fp8_ref,
     .linear_fp8 = linear_fp8_ref,
+    .lin_pack_fp8x = lin_pack_fp8_ref,
+    .linear_fp8x = linear_fp8x_ref,
     .lin_pack_bf16 = NULL,
     .linear_bf16 = linear_bf16_ref,
     .linear_f32 = linear_f32_ref,

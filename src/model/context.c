@@ -281,7 +281,7 @@ int dsv_model_open(dsv_model **out, const char *dir, const dsv_model_params *par
     if (!out || !dir) return dsv_error(DSV_ERR_ARG, "dsv_model_open: NULL argument");
     /* In a group of several, every rank loads its part and all agree on
      * the outcome, so a rank that cannot load fails every rank. */
-    dsv_op op = {.a = params->scale_fmt, .c = (uint64_t)atomic_fetch_add(&model_ids, 1), .data = dir,
+    dsv_op op = {.a = params->scale_fmt, .b = params->act_quant, .c = (uint64_t)atomic_fetch_add(&model_ids, 1), .data = dir,
                  .bytes = strlen(dir) + 1, .local = (void *)params};
     int st = run(DSV_OP_MODEL_OPEN, NULL, &op);
     if (!st) *out = op.local;
@@ -417,6 +417,7 @@ static int model_open_unpack(dsv_replay *r, void *obj, dsv_op *op) {
     if (!op->bytes || ((const char *)op->data)[op->bytes - 1]) return dsv_error(DSV_ERR_ARG, "model open: bad directory");
     r->mp = dsv_model_default_params();
     r->mp.scale_fmt = (int)op->a;
+    r->mp.act_quant = op->b == DSV_ACT_QUANT_NONE || op->b == DSV_ACT_QUANT_FP8 ? (int)op->b : -1;
     op->local = &r->mp;
     return DSV_OK;
 }

@@ -19,7 +19,9 @@
  *    regular, and each thread keeps its weight rows in cache).
  * Block-quantized weights (a GGUF file's, dsv_linear.gtype) take the same
  * schedules with kernels/quant.h's kernels, which quantize each input row
- * to 8 bits themselves instead of using the packed input. */
+ * to 8 bits themselves instead of using the packed input. Float weights of
+ * a GGUF linear that was fp8 in its checkpoint (dsv_linear.act_fp8) are
+ * packed as fp8 inputs are and run fp8_gemm's arithmetic (linear_fp8x). */
 #include <stdatomic.h>
 
 #include "context.h"
@@ -43,11 +45,21 @@ static void split16(long n, int ith, int nth, long *b, long *e) {
     *e = be * 16 < n ? be * 16 : n;
 }
 
+/* How a layer's input is packed: float weights (bf16 rows), fp8 weights
+ * (act_quant), or float weights of an FP8-born GGUF linear (act_quant,
+ * dsv_linear.act_fp8, for linear_fp8x). */
+enum { PACK_BF16, PACK_FP8, PACK_FP8X };
+static int pack_kind(const dsv_linear *w) {
+    if (w->dtype == DSV_DT_F8_E4M3) return PACK_FP8;
+    return w->act_fp8 ? PACK_FP8X : PACK_BF16;
+}
+
 /* Packs input rows [i0, i1) (for fp8: quantizes them) as the kernel set wants. */
 static void pack_rows(struct lin_args *p, long i0, long i1) {
     const dsv_kernels *k = p->ctx->kern;
-    const int K = p->w->n_in;
-    if (p->w->dtype == DSV_DT_F8_E4M3) k->lin_pack_fp8(p->ctx->xp, p->x, p->m, K, (int)i0, (int)i1, p->ctx->c->scale_fmt);
+    const int K = p->w->n_in, kind = pack_kind(p->w);
+    if (kind == PACK_FP8) k->lin_pack_fp8(p->ctx->xp, p->x, p->m, K, (int)i0, (int)i1, p->ctx->c->scale_fmt);
+    else if (kind == PACK_FP8X) k->lin_pack_fp8x(p->ctx->xp, p->x, p->m, K, (int)i0, (int)i1, p->ctx->c->scale_fmt);
     else k->lin_pack_bf16(p->ctx->xp, p->x, p->m, K, (int)i0, (int)i1);
 }
 
@@ -57,7 +69,7 @@ static void pack_rows(struct lin_args *p, long i0, long i1) {
 static void lin_task(void *a, int ith, int nth) {
     struct lin_args *p = a;
     const dsv_kernels *k = p->ctx->kern;
-    const int fp8 = p->w->dtype == DSV_DT_F8_E4M3 && !p->w->gtype;
+    const int kind = p->w->gtype ? PACK_BF16 : pack_kind(p->w);
     const void *xp = p->x;
     if (p->w->gtype) {
         /* Block-quantized weights read the bf16 rows as given. */
@@ -68,7 +80,7 @@ static void lin_task(void *a, int ith, int nth) {
                          dsv_kernels_level_of(k));
         return;
     }
-    if (fp8 || k->lin_pack_bf16) {
+    if (kind != PACK_BF16 || k->lin_pack_bf16) {
         long i0, i1;
         split16(p->m, ith, nth, &i0, &i1);
         if (i0 < i1) pack_rows(p, i0, i1);
@@ -78,7 +90,8 @@ static void lin_task(void *a, int ith, int nth) {
     long b, e;
     split16(p->w->n_out, ith, nth, &b, &e);
     if (b >= e) return;
-    if (fp8) k->linear_fp8(p->y, p->ldy, xp, p->w, p->m, (int)b, (int)e, p->ctx->ts[ith].lin);
+    if (kind == PACK_FP8) k->linear_fp8(p->y, p->ldy, xp, p->w, p->m, (int)b, (int)e, p->ctx->ts[ith].lin);
+    else if (kind == PACK_FP8X) k->linear_fp8x(p->y, p->ldy, xp, p->w, p->m, (int)b, (int)e, p->ctx->ts[ith].lin);
     else k->linear_bf16(p->y, p->ldy, xp, p->w, p->m, (int)b, (int)e, p->ctx->ts[ith].lin);
 }
 
@@ -118,6 +131,7 @@ static void group_task(void *a, int ith, int nth) {
         else if (jb->w->gtype) dsv_linear_q(jb->y, jb->ldy, jb->x, jb->w, jb->m, r0, r1, scr, level);
         else if (jb->xf) k->linear_f32(jb->yf, jb->ldy, jb->xf, jb->w, jb->m, r0, r1, scr);
         else if (jb->w->dtype == DSV_DT_F8_E4M3) k->linear_fp8(jb->y, jb->ldy, p->xp[j], jb->w, jb->m, r0, r1, scr);
+        else if (jb->w->act_fp8) k->linear_fp8x(jb->y, jb->ldy, p->xp[j], jb->w, jb->m, r0, r1, scr);
         else k->linear_bf16(jb->y, jb->ldy, p->xp[j], jb->w, jb->m, r0, r1, scr);
     }
 }
@@ -131,17 +145,17 @@ static void group_run(dsv_context *ctx, const dsv_lin_job *jobs, int n) {
     atomic_init(&g.next, 0);
     for (int j = 0; j < n; j++) {
         const dsv_lin_job *jb = &jobs[j];
-        const int fp8 = jb->w->dtype == DSV_DT_F8_E4M3;
+        const int kind = pack_kind(jb->w);
         int p = dsv_lin_begin(ctx, jb->w, jb->m);
         if (j == 0) prev = p;
         g.rows[j] = chunk_rows(jb->w);
         g.first[j + 1] = g.first[j] + (jb->w->n_out + g.rows[j] - 1) / g.rows[j];
         g.xp[j] = jb->x;
-        if (jb->xf || jb->w->gtype || !(fp8 || k->lin_pack_bf16)) continue;
+        if (jb->xf || jb->w->gtype || !(kind != PACK_BF16 || k->lin_pack_bf16)) continue;
         /* An input already packed the same way is shared. */
         int i = 0;
         while (i < j && !(jobs[i].x == jb->x && !jobs[i].xf && !jobs[i].w->gtype && jobs[i].m == jb->m &&
-                          jobs[i].w->n_in == jb->w->n_in && (jobs[i].w->dtype == DSV_DT_F8_E4M3) == fp8))
+                          jobs[i].w->n_in == jb->w->n_in && pack_kind(jobs[i].w) == kind))
             i++;
         if (i < j) {
             g.xp[j] = g.xp[i];
@@ -149,7 +163,8 @@ static void group_run(dsv_context *ctx, const dsv_lin_job *jobs, int n) {
         }
         DSV_ASSERT(slots < DSV_LIN_SLOTS && jb->m <= DSV_LIN_SMALL);
         void *xp = (char *)ctx->xp + (size_t)slots++ * ctx->xp_slot;
-        if (fp8) k->lin_pack_fp8(xp, jb->x, jb->m, jb->w->n_in, 0, jb->m, ctx->c->scale_fmt);
+        if (kind == PACK_FP8) k->lin_pack_fp8(xp, jb->x, jb->m, jb->w->n_in, 0, jb->m, ctx->c->scale_fmt);
+        else if (kind == PACK_FP8X) k->lin_pack_fp8x(xp, jb->x, jb->m, jb->w->n_in, 0, jb->m, ctx->c->scale_fmt);
         else k->lin_pack_bf16(xp, jb->x, jb->m, jb->w->n_in, 0, jb->m);
         g.xp[j] = xp;
     }
@@ -185,7 +200,7 @@ void dsv_lin(dsv_context *ctx, dsv_bf16 *y, int ldy, const dsv_bf16 *x, const ds
 }
 
 void dsv_lin_f32(dsv_context *ctx, float *y, const float *x, const dsv_linear *w, int m) {
-    DSV_ASSERT(w->dtype != DSV_DT_F8_E4M3);
+    DSV_ASSERT(w->dtype != DSV_DT_F8_E4M3 && !w->act_fp8);
     if (m <= 0) return;
     const dsv_lin_job j = {.w = w, .m = m, .yf = y, .ldy = w->n_out, .xf = x};
     group_run(ctx, &j, 1);

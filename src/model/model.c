@@ -216,7 +216,7 @@ static int load_layer(loader *L, int il) {
 }
 
 dsv_model_params dsv_model_default_params(void) {
-    dsv_model_params p = {.scale_fmt = -1};
+    dsv_model_params p = {.scale_fmt = -1, .act_quant = -1};
     return p;
 }
 

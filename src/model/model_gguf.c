@@ -26,6 +26,12 @@
  * block-quantized token_embd, expanded to bf16 rows for the embedding lookup.
  * Both are exact for bf16 files.
  *
+ * A file written from an FP8 checkpoint says so (dsv32.act_quant): its
+ * linears that were fp8 then quantize their inputs as the reference's
+ * act_quant does and run fp8_gemm's arithmetic on the float weights
+ * (dsv_linear.act_fp8, kernels linear_fp8x), which with BF16 weights of a
+ * ue8m0 checkpoint gives the safetensors model's results.
+ *
  * Not here: models split across processes, MTP layers (never looked up),
  * DeepSeek-V2-Lite's layout (no q LoRA). */
 #include <stdarg.h>
@@ -381,6 +387,64 @@ static int config_from_gguf(dsv_config *c, const dsv_gguf *g, const char *path, 
     return st;
 }
 
+/* Whether the linears that were fp8 in the checkpoint quantize their inputs
+ * (dsv_linear.act_fp8): dsv32 quantize writes dsv32.act_quant = "fp8_e4m3"
+ * for an FP8 checkpoint ("none" otherwise); llama.cpp's converter, which
+ * dequantizes FP8 weights, writes nothing (then: none). */
+#define ACT_QUANT_KEY "dsv32.act_quant"
+
+static int act_quant_of(const dsv_gguf *g, const char *path, int *fp8) {
+    const char *s;
+    size_t len;
+    *fp8 = 0;
+    if (dsv_gguf_kv_find(g, ACT_QUANT_KEY) < 0) return DSV_OK;
+    int st = dsv_gguf_get_str(g, ACT_QUANT_KEY, &s, &len);
+    if (st) return st;
+    if (len == 8 && !memcmp(s, "fp8_e4m3", 8)) *fp8 = 1;
+    else if (!(len == 4 && !memcmp(s, "none", 4)))
+        return dsv_error(DSV_ERR_MODEL, "%s: %s must be \"fp8_e4m3\" or \"none\"", path, ACT_QUANT_KEY);
+    return DSV_OK;
+}
+
+/* Marks a float linear as fp8-born (block-quantized ones are left as they
+ * are). fp8_gemm works on whole 128-wide blocks of the input. */
+static int mark_fp8(const char *path, dsv_linear *w, int il, const char *what) {
+    if (w->gtype) return DSV_OK;
+    if (w->n_in % DSV_QBLOCK)
+        return dsv_error(DSV_ERR_MODEL, "%s: fp8 activations: layer %d's %s has %d inputs, not a multiple of %d", path,
+                         il, what, w->n_in, DSV_QBLOCK);
+    w->act_fp8 = 1;
+    return DSV_OK;
+}
+
+/* The linears a safetensors FP8 checkpoint holds in F8_E4M3 (model.c's
+ * LIN_QUANT layers): attention, wkv_b (the prefill path's Linear), the
+ * indexer's wq_b and wk, and every MLP and expert. Not: the embedding, the
+ * head, the router and the indexer's weights_proj. */
+static int mark_fp8_layers(dsv_model *m, const char *path) {
+    const dsv_config *c = &m->cfg;
+    int st = DSV_OK;
+    for (int il = 0; il < c->n_layers && !st; il++) {
+        dsv_layer *ly = &m->layers[il];
+        struct { dsv_linear *w; const char *what; } l[] = {
+            {&ly->wq_a, "attn_q_a"}, {&ly->wq_b, "attn_q_b"}, {&ly->wkv_a, "attn_kv_a_mqa"},
+            {&ly->wkv_b, "attn_k_b/attn_v_b"}, {&ly->wo, "attn_output"},
+            {m->no_indexer ? NULL : &ly->idx_wq_b, "indexer.attn_q_b"}, {m->no_indexer ? NULL : &ly->idx_wk, "indexer.attn_k"},
+        };
+        for (size_t k = 0; k < sizeof l / sizeof l[0] && !st; k++)
+            if (l[k].w) st = mark_fp8(path, l[k].w, il, l[k].what);
+        /* The dense MLP, or the routed experts then the shared ones. */
+        const int n_e = ly->is_moe ? c->n_routed_experts + (c->n_shared_experts > 0) : 1;
+        for (int x = 0; x < n_e && !st; x++) {
+            dsv_expert *ex = !ly->is_moe ? &ly->mlp : x < c->n_routed_experts ? &ly->experts[x] : &ly->shared;
+            st = mark_fp8(path, &ex->w1, il, "ffn_gate");
+            if (!st) st = mark_fp8(path, &ex->w2, il, "ffn_down");
+            if (!st) st = mark_fp8(path, &ex->w3, il, "ffn_up");
+        }
+    }
+    return st;
+}
+
 int dsv_model_load_gguf(dsv_model *m, const char *path, const dsv_model_params *params) {
     int st;
     if ((st = dsv_gguf_open(&m->gguf, path))) return st;
@@ -448,6 +512,11 @@ int dsv_model_load_gguf(dsv_model *m, const char *path, const dsv_model_params *
     if ((st = linear(&L, &m->head, "output.weight", c->vocab_size, c->dim))) goto out;
     for (int il = 0; il < c->n_layers; il++)
         if ((st = load_layer(&L, il, (dsv_bf16 *)m->owned + (size_t)il * kvb, tmp))) goto out;
+    int fp8;
+    if ((st = act_quant_of(m->gguf, path, &fp8))) goto out;
+    if (params->act_quant == DSV_ACT_QUANT_NONE || params->act_quant == DSV_ACT_QUANT_FP8)
+        fp8 = params->act_quant == DSV_ACT_QUANT_FP8;
+    if (fp8) st = mark_fp8_layers(m, path);
 out:
     free(tmp);
     return st;
