@@ -121,9 +121,7 @@ static void chunked_prefill_equals_one_call_at(const char *level) {
 }
 TEST_LEVELS(chunked_prefill_equals_one_call) { chunked_prefill_equals_one_call_at(test_level()); }
 
-static void batch_equals_each_sequence_alone_at(const char *level) {
-    (void)level;
-    dsv_model *m = open_model("public_sparse_bf16");
+static void batch_equals_each_sequence_alone_on(dsv_model *m) {
     const int V = dsv_model_config(m)->vocab_size;
     enum { A = 70, B = 45, STEPS = 6 };
     int32_t ta[A + STEPS], tb[B + STEPS];
@@ -158,7 +156,23 @@ static void batch_equals_each_sequence_alone_at(const char *level) {
     free(both);
     dsv_model_close(m);
 }
-TEST_LEVELS(batch_equals_each_sequence_alone) { batch_equals_each_sequence_alone_at(test_level()); }
+TEST_LEVELS(batch_equals_each_sequence_alone) { batch_equals_each_sequence_alone_on(open_model("public_sparse_bf16")); }
+
+/* The same for a BF16 GGUF of the FP8 checkpoint, whose fp8-born linears
+ * quantize their inputs (linear_fp8x). */
+TEST_LEVELS(batch_equals_each_sequence_alone_gguf_fp8) {
+    char path[1024], cmd[4096], *out = NULL;
+    const char *bin = getenv("DSV32_BIN") ? getenv("DSV32_BIN") : "build/dsv32";
+    snprintf(path, sizeof path, "%s/fp8.gguf", test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s --type BF16 2>&1", bin,
+             test_shared("conformance/public_sparse_fp8/hf"), path);
+    int rc = test_run(cmd, &out);
+    REQUIREF(rc == 0, "%s: %s", cmd, out ? out : "");
+    free(out);
+    dsv_model *m = NULL;
+    REQUIREF(dsv_model_open(&m, path, NULL) == DSV_OK, "%s", dsv_errmsg());
+    batch_equals_each_sequence_alone_on(m);
+}
 
 static void threads_do_not_change_results_at(const char *level) {
     (void)level;

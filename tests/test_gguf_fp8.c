@@ -130,6 +130,12 @@ TEST(gguf_fp8_act_quant_metadata_and_off) {
     }
     CHECKF(failed > 0, "every case passes with --act-quant none: the rule cannot tell the mode is off");
 
+    /* The option's value is checked. */
+    char *o = NULL;
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids 1,2 --act-quant fp16 -o %s/x.f32 2>&1", bin(), g, test_tmpdir());
+    CHECK(test_run(cmd, &o) != 0 && o && strstr(o, "--act-quant: expected fp8 or none, got 'fp16'"));
+    free(o);
+
     /* And an unknown value of the key is a clear error. */
     size_t n;
     unsigned char *d = test_read_file(g, &n);
@@ -139,9 +145,9 @@ TEST(gguf_fp8_act_quant_metadata_and_off) {
     memcpy(p, "fp8_e5m2", 8);
     char bad[1024];
     snprintf(bad, sizeof bad, "%s/bad.gguf", test_tmpdir());
-    FILE *o = fopen(bad, "wb");
-    REQUIRE(o && fwrite(d, 1, n, o) == n);
-    fclose(o);
+    FILE *fo = fopen(bad, "wb");
+    REQUIRE(fo && fwrite(d, 1, n, fo) == n);
+    fclose(fo);
     free(d);
     dsv_model *m = NULL;
     CHECK(dsv_model_open(&m, bad, NULL) != DSV_OK);

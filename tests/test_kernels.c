@@ -7,7 +7,7 @@
  *   rounding, and the KV cache and top-k depend on it.
  * - absorb_q: exact on the avx2/avx512 sets (the same per-element multiply
  *   and add in the same order); tolerance 1e-5 otherwise.
- * - linear_fp8, linear_bf16, absorb_o: 1e-5. Products are exact in fp32 in
+ * - linear_fp8, linear_fp8x, linear_bf16, absorb_o: 1e-5. Products are exact in fp32 in
  *   every set; only the fp32 summation order differs (lane-wise partials,
  *   AMX's internal adder), which moves an fp32 sum by ~1e-7 relative, so a
  *   bf16 output moves by at most one ulp (2^-8 relative, 1.5e-5 squared)
@@ -197,7 +197,11 @@ static void free_weight(test_weight *t) { free(t->data); free(t->scale); }
 static void run_linear(const dsv_kernels *k, dsv_bf16 *y, int ldy, const dsv_bf16 *x, const test_weight *t, int m,
                        int n0, int n1, void *xp, int scale_fmt) {
     const int K = t->w.n_in, half = m / 32 * 16; /* packed in two pieces split at a multiple of 16, as linear.c does */
-    if (t->w.dtype == DSV_DT_F8_E4M3) {
+    if (t->w.act_fp8) {
+        if (half) k->lin_pack_fp8x(xp, x, m, K, 0, half, scale_fmt);
+        k->lin_pack_fp8x(xp, x, m, K, half, m, scale_fmt);
+        k->linear_fp8x(y, ldy, xp, &t->w, m, n0, n1, scratch_lin());
+    } else if (t->w.dtype == DSV_DT_F8_E4M3) {
         if (half) k->lin_pack_fp8(xp, x, m, K, 0, half, scale_fmt);
         k->lin_pack_fp8(xp, x, m, K, half, m, scale_fmt);
         k->linear_fp8(y, ldy, xp, &t->w, m, n0, n1, scratch_lin());
@@ -210,13 +214,15 @@ static void run_linear(const dsv_kernels *k, dsv_bf16 *y, int ldy, const dsv_bf1
     }
 }
 
-static void check_linear(const dsv_kernels **sets, int ns, dsv_dtype dt, int M, int N, int K) {
+/* act_fp8: float weights of an fp8-born linear (linear_fp8x). */
+static void check_linear_act(const dsv_kernels **sets, int ns, dsv_dtype dt, int act_fp8, int M, int N, int K) {
     test_weight t = make_weight(dt, N, K);
+    t.w.act_fp8 = act_fp8;
     dsv_bf16 *x = malloc((size_t)M * K * 2), *y0 = malloc((size_t)M * N * 2), *y1 = malloc((size_t)M * N * 2);
     dsv_bf16 *y2 = malloc((size_t)M * N * 2);
     void *xp = alloc64(dsv_lin_pack_bytes(M, K));
     fill_bf16(x, (size_t)M * K, 1.0f);
-    for (int fmt = 0; fmt < (dt == DSV_DT_F8_E4M3 ? 2 : 1); fmt++) {
+    for (int fmt = 0; fmt < (dt == DSV_DT_F8_E4M3 || act_fp8 ? 2 : 1); fmt++) {
         run_linear(&dsv_kernels_ref, y0, N, x, &t, M, 0, N, xp, fmt);
         for (int s = 0; s < ns; s++) {
             memset(y1, 0xff, (size_t)M * N * 2);
@@ -238,6 +244,9 @@ static void check_linear(const dsv_kernels **sets, int ns, dsv_dtype dt, int M, 
     free(x); free(y0); free(y1); free(y2); free(xp);
     free_weight(&t);
 }
+static void check_linear(const dsv_kernels **sets, int ns, dsv_dtype dt, int M, int N, int K) {
+    check_linear_act(sets, ns, dt, 0, M, N, K);
+}
 
 TEST_FAST_LEVELS(kernels_linear_fp8) {
     const dsv_kernels *sets[3];
@@ -249,6 +258,70 @@ TEST_FAST_LEVELS(kernels_linear_fp8) {
             for (int c = 0; c < 2; c++) check_linear(sets, ns, DSV_DT_F8_E4M3, Ms[a], Ns[b], Ks[c]);
     check_linear(sets, ns, DSV_DT_F8_E4M3, 33, 48, 1024);
     report("linear_fp8");
+}
+
+/* linear_fp8x (fp8_gemm on float weights) against the reference, same
+ * tolerance and invariances as linear_fp8. */
+TEST_FAST_LEVELS(kernels_linear_fp8x) {
+    const dsv_kernels *sets[3];
+    int ns = fast_sets(sets);
+    static const int Ms[] = {1, 2, 3, 4, 5, 17, 40}, Ns[] = {16, 40, 130}, Ks[] = {128, 384};
+    static const dsv_dtype dts[] = {DSV_DT_BF16, DSV_DT_F16, DSV_DT_F32};
+    for (int d = 0; d < 3; d++)
+        for (int a = 0; a < 7; a++)
+            for (int b = 0; b < 3; b++)
+                for (int c = 0; c < 2; c++) check_linear_act(sets, ns, dts[d], 1, Ms[a], Ns[b], Ks[c]);
+    report("linear_fp8x");
+}
+
+/* With weights that are e4m3 codes times power-of-two block scales (a ue8m0
+ * checkpoint written as BF16 or F32), a set's linear_fp8x gives its own
+ * linear_fp8's bits: the scale moves through every product and sum
+ * exactly. This is why a BF16 GGUF of such a checkpoint reproduces the
+ * safetensors model. Checked for BF16 weights in every set with its own
+ * linear_fp8x, F32 in generic and avx2 (avx512 sums F32 weights with FMAs,
+ * not its fp8 kernel's pair dot products). The amx set runs avx512's
+ * linear_fp8x, so it is compared with avx512's linear_fp8. */
+TEST_LEVELS(kernels_linear_fp8x_equals_fp8) {
+    const dsv_kernels *k = NULL;
+    for (int lv = 0; lv < DSV_KLEVEL_COUNT; lv++)
+        if (!strcmp(dsv_kernels_level_name(lv), test_level())) k = dsv_kernels_at(lv);
+    REQUIRE(k);
+    const int amx = !strcmp(k->name, "amx"), wide_fma = amx || !strcmp(k->name, "avx512");
+    const dsv_kernels *kf = amx ? dsv_kernels_at(DSV_KLEVEL_AVX512) : k;
+    REQUIRE(kf);
+    static const int Ms[] = {1, 2, 5, 17}, Ns[] = {16, 130}, Ks[] = {128, 384};
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 2; b++)
+            for (int c = 0; c < 2; c++) {
+                const int M = Ms[a], N = Ns[b], K = Ks[c];
+                test_weight f = make_weight(DSV_DT_F8_E4M3, N, K);
+                const size_t ns = (size_t)((N + 127) / 128) * f.w.scale_ld, n = (size_t)N * f.w.ld;
+                for (size_t i = 0; i < ns; i++) f.scale[i] = ldexpf(1.0f, -6 - (int)(rnd_u32() % 6));
+                dsv_bf16 *wb = malloc(n * 2);
+                float *wf = malloc(n * 4);
+                for (size_t i = 0; i < n; i++) {
+                    const size_t r = i / (size_t)f.w.ld, col = i % (size_t)f.w.ld;
+                    wf[i] = dsv_e4m3_to_f32(((const uint8_t *)f.data)[i]) * f.scale[(r / 128) * f.w.scale_ld + col / 128];
+                    wb[i] = dsv_f32_to_bf16(wf[i]);
+                    REQUIRE(dsv_bf16_to_f32(wb[i]) == wf[i] || wf[i] != wf[i]);
+                }
+                test_weight tb = {f.w, NULL, NULL}, tf = {f.w, NULL, NULL};
+                tb.w.dtype = DSV_DT_BF16, tb.w.w = wb, tb.w.scale = NULL, tb.w.act_fp8 = 1;
+                tf.w.dtype = DSV_DT_F32, tf.w.w = wf, tf.w.scale = NULL, tf.w.act_fp8 = 1;
+                dsv_bf16 *x = malloc((size_t)M * K * 2), *y0 = malloc((size_t)M * N * 2), *y1 = malloc((size_t)M * N * 2);
+                void *xp = alloc64(dsv_lin_pack_bytes(M, K));
+                fill_bf16(x, (size_t)M * K, 1.0f);
+                run_linear(kf, y0, N, x, &f, M, 0, N, xp, DSV_SCALE_FMT_UE8M0);
+                run_linear(k, y1, N, x, &tb, M, 0, N, xp, DSV_SCALE_FMT_UE8M0);
+                CHECKF(!memcmp(y0, y1, (size_t)M * N * 2), "%s BF16 M=%d N=%d K=%d: linear_fp8x != linear_fp8", k->name, M, N, K);
+                if (!wide_fma) {
+                    run_linear(k, y1, N, x, &tf, M, 0, N, xp, DSV_SCALE_FMT_UE8M0);
+                    CHECKF(!memcmp(y0, y1, (size_t)M * N * 2), "%s F32 M=%d N=%d K=%d: linear_fp8x != linear_fp8", k->name, M, N, K);
+                }
+                free(x); free(y0); free(y1); free(xp); free(wb); free(wf);
+                free_weight(&f);
+            }
 }
 
 TEST_FAST_LEVELS(kernels_linear_bf16) {
