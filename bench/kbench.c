@@ -45,7 +45,7 @@ static void usage(void) {
     printf("usage: kbench [options] LEVEL...\n"
            "  Times one kernel at each kernel LEVEL (generic, avx2, avx512, amx), the\n"
            "  levels alternated round by round.\n"
-           "  -k KERNEL   fp8 | bf16 | index (default fp8)\n"
+           "  -k KERNEL   fp8 | bf16 | fp8x (bf16 weights, fp8 activations) | index (default fp8)\n"
            "  -m M        input rows (default 1)\n"
            "  -n N        output rows of one weight matrix (default 512)\n"
            "  -K K        inputs (default 2048)\n"
@@ -97,8 +97,8 @@ int main(int argc, char **argv) {
         usage();
         return 2;
     }
-    const int index = !strcmp(kern, "index"), fp8 = !strcmp(kern, "fp8");
-    if (!index && !fp8 && strcmp(kern, "bf16")) {
+    const int index = !strcmp(kern, "index"), fp8 = !strcmp(kern, "fp8"), fp8x = !strcmp(kern, "fp8x");
+    if (!index && !fp8 && !fp8x && strcmp(kern, "bf16")) {
         usage();
         return 2;
     }
@@ -142,10 +142,13 @@ int main(int argc, char **argv) {
             for (int j = 0; j < nmat; j++, cur = (cur + 1) % nmat) {
                 const uint8_t *wp = wmem + (size_t)cur * wbytes;
                 dsv_linear w = {.dtype = fp8 ? DSV_DT_F8_E4M3 : DSV_DT_BF16, .n_out = N, .n_in = K, .ld = K,
-                                .w = wp, .scale = scale, .scale_ld = sld};
+                                .w = wp, .scale = scale, .scale_ld = sld, .act_fp8 = fp8x};
                 if (index) {
                     k->index_q_pack(qp, q8, 64);
                     k->index_score(out, N, qp, hw, 64, 1, wp, ks, N, scr);
+                } else if (fp8x) {
+                    k->lin_pack_fp8x(xp, x, m, K, 0, m, 0);
+                    k->linear_fp8x((dsv_bf16 *)y, N, xp, &w, m, 0, N, scr);
                 } else if (fp8) {
                     k->lin_pack_fp8(xp, x, m, K, 0, m, 0);
                     k->linear_fp8((dsv_bf16 *)y, N, xp, &w, m, 0, N, scr);

@@ -52,6 +52,8 @@ static const char *usage =
     "  --topk K           keep K positions per query (default: the model's index_topk)\n"
     "  --topk-file FILE   a top-k per layer (from dsv32 analyze --suggest -o); \"topk\" reports the largest\n"
     "  --attn MODE        sparse, dense or both, alternating per depth (default sparse)\n"
+    "  --act-quant Q      GGUF: fp8 or none: quantize the inputs of the linears that were fp8 in the checkpoint\n"
+    "                     (default: what the file says, else none)\n"
     "  -t, --threads N    threads (default: all online CPUs)\n"
     "  --batch N          tokens per forward call when prefilling (default 512)\n"
     "  --seed S           seed of the tokens and of random cache contents (default 0)\n"
@@ -66,6 +68,7 @@ struct bench {
     int layer_topk[DSV_MAX_TOPK_LAYERS];
     int *depths, n_depths;
     long prefill, decode, warmup, topk, threads, batch, bw_mib;
+    int act_quant;             /* dsv_model_params.act_quant */
     double *lat;               /* per-token decode seconds [decode] */
     unsigned long long seed;
     int fill_random, modes, json;
@@ -280,7 +283,9 @@ static int measure(struct bench *b, int mode, int depth) {
 
 static int run(struct bench *b) {
     const char *cmd = b->cmd;
-    if (dsv_model_open(&b->m, b->model_dir, NULL)) return cli_fail(cmd, "%s", dsv_errmsg());
+    dsv_model_params mp = dsv_model_default_params();
+    mp.act_quant = b->act_quant;
+    if (dsv_model_open(&b->m, b->model_dir, &mp)) return cli_fail(cmd, "%s", dsv_errmsg());
     b->c = dsv_model_config(b->m);
     int max_depth = 0;
     for (int i = 0; i < b->n_depths; i++) max_depth = b->depths[i] > max_depth ? b->depths[i] : max_depth;
@@ -331,7 +336,8 @@ int cmd_bench(int argc, char **argv) {
     struct bench b = {.cmd = "bench", .prefill = 512, .decode = 32, .warmup = 2, .batch = 512, .bw_mib = 1024, .modes = MODE_SPARSE};
     const char *cmd = b.cmd, *v, *depths = "0,4096";
     int attn_set = 0;
-    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_BATCH | CLI_E_DENSE | CLI_E_TOPK | CLI_E_TOPK_FILE);
+    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_BATCH | CLI_E_DENSE | CLI_E_TOPK | CLI_E_TOPK_FILE |
+                                   CLI_E_ACT_QUANT);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r = cli_engine_opt(cmd, &e, argc, argv, &i);
@@ -373,6 +379,7 @@ int cmd_bench(int argc, char **argv) {
     b.model_dir = e.model;
     b.topk = e.topk;
     b.topk_file = e.topk_file;
+    b.act_quant = e.act_quant;
     if (e.threads) b.threads = e.threads;
     if (e.n_batch) b.batch = e.n_batch;
     if (dense && attn_set) return cli_fail(cmd, "--dense and --attn exclude each other");

@@ -591,26 +591,48 @@ static void absorb_o(dsv_bf16 *o, const dsv_bf16 *o_lat, const dsv_linear *wkv_b
  * The input is packed by lin_pack_fp8 (e4m3 values as fp32, and scales);
  * per weight row and input row, each 128-wide block is summed with FMAs in
  * two chains of 8 lanes (weights as stored, widened exactly), then promoted
- * as tot += blk * xs; one reduction at the end. */
+ * as tot += blk * xs; one reduction at the end. Up to 4 input rows share
+ * each weight load; a row's arithmetic is the same however many do. */
+static inline __attribute__((always_inline)) void fp8x_row(dsv_bf16 *y, int ldy, const float *x, const float *xs,
+                                                           const dsv_linear *w, int n, int i, int mr) {
+    const int K = w->n_in, nb = K / DSV_QBLOCK;
+    const size_t r0 = (size_t)n * w->ld;
+    __m256 tot[4];
+    UNROLL for (int c = 0; c < 4; c++) tot[c] = _mm256_setzero_ps();
+    for (int kb = 0; kb < nb; kb++) {
+        __m256 a[4], b[4];
+        UNROLL for (int c = 0; c < 4; c++) a[c] = b[c] = _mm256_setzero_ps();
+        for (int k = kb * DSV_QBLOCK; k < (kb + 1) * DSV_QBLOCK; k += 16) {
+            const __m256 w0 = w_load(w->w, w->dtype, r0 + k, 8, 0), w1 = w_load(w->w, w->dtype, r0 + k + 8, 8, 0);
+            UNROLL for (int c = 0; c < 4; c++) {
+                if (c >= mr) continue;
+                const float *xr = x + (size_t)(i + c) * K + k;
+                a[c] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), w0, a[c]);
+                b[c] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), w1, b[c]);
+            }
+        }
+        UNROLL for (int c = 0; c < 4; c++)
+            if (c < mr)
+                tot[c] = _mm256_fmadd_ps(_mm256_add_ps(a[c], b[c]), _mm256_set1_ps(xs[(size_t)(i + c) * nb + kb]), tot[c]);
+    }
+    UNROLL for (int c = 0; c < 4; c++)
+        if (c < mr) y[(size_t)(i + c) * ldy + n] = dsv_f32_to_bf16(hsum8(tot[c]));
+}
+
 static void linear_fp8x(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
                         void *scratch) {
     (void)scratch;
-    const int K = w->n_in, nb = K / DSV_QBLOCK;
-    const float *x = xp, *xs = pack_scales((void *)xp, m, K);
-    for (int n = n0; n < n1; n++) {
-        const size_t r0 = (size_t)n * w->ld;
-        for (int i = 0; i < m; i++) {
-            const float *xr = x + (size_t)i * K;
-            __m256 tot = _mm256_setzero_ps();
-            for (int kb = 0; kb < nb; kb++) {
-                __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
-                for (int k = kb * DSV_QBLOCK; k < (kb + 1) * DSV_QBLOCK; k += 16) {
-                    a = _mm256_fmadd_ps(_mm256_loadu_ps(xr + k), w_load(w->w, w->dtype, r0 + k, 8, 0), a);
-                    b = _mm256_fmadd_ps(_mm256_loadu_ps(xr + k + 8), w_load(w->w, w->dtype, r0 + k + 8, 8, 0), b);
-                }
-                tot = _mm256_fmadd_ps(_mm256_add_ps(a, b), _mm256_set1_ps(xs[(size_t)i * nb + kb]), tot);
+    const float *x = xp, *xs = pack_scales((void *)xp, m, w->n_in);
+    for (int nb = n0; nb < n1; nb += 64) {
+        const int ne = n1 - nb < 64 ? n1 : nb + 64;
+        for (int i = 0; i < m; i += 4) {
+            const int mr = m - i;
+            for (int n = nb; n < ne; n++) {
+                if (mr >= 4) fp8x_row(y, ldy, x, xs, w, n, i, 4);
+                else if (mr == 3) fp8x_row(y, ldy, x, xs, w, n, i, 3);
+                else if (mr == 2) fp8x_row(y, ldy, x, xs, w, n, i, 2);
+                else fp8x_row(y, ldy, x, xs, w, n, i, 1);
             }
-            y[(size_t)i * ldy + n] = dsv_f32_to_bf16(hsum8(tot));
         }
     }
 }
