@@ -5,8 +5,8 @@
  * values (act_quant) before fp8_gemm; a BF16 or F32 weight does not say so,
  * so quantize records it (dsv32.act_quant) and the engine does it again for
  * those linears (dsv_linear.act_fp8, linear_fp8x):
- *  - the conformance rule holds for the BF16 and the F32 file, every case,
- *    at every kernel level;
+ *  - the conformance rule holds for the BF16, F32 and F16 files, every
+ *    case, at every kernel level;
  *  - with BF16 weights (exactly e4m3 * a power-of-two scale) the logits are
  *    the safetensors model's bit for bit at every level, prefill and decode;
  *  - the metadata round-trips, and `--act-quant none` (the model without
@@ -62,6 +62,7 @@ static void judge_file(const char *model, const char *type) {
 
 TEST_LEVELS(gguf_fp8_bf16_conformance) { judge_file(gguf("BF16"), "BF16"); }
 TEST_LEVELS(gguf_fp8_f32_conformance) { judge_file(gguf("F32"), "F32"); }
+TEST_LEVELS(gguf_fp8_f16_conformance) { judge_file(gguf("F16"), "F16"); }
 
 /* Logits of a prefill of 40 ids and 6 decoded ones at the runner's level. */
 static float *logits(const char *model, const char *tag, const char *extra, size_t *n) {
