@@ -662,6 +662,29 @@ float dsv_q_vec_dot_ref(uint32_t type, const void *wv, const void *act, int K) {
     return sum;
 }
 
+double dsv_q_dot_mag(uint32_t type, const void *wv, const void *act, int K) {
+    DSV_ASSERT(dsv_q_supported(type) && dsv_ggml_blck(type) > 1 && K % dsv_ggml_blck(type) == 0);
+    const uint8_t *w = wv;
+    const int8_t *q = act;
+    const float *d = (const float *)((const char *)act + K);
+    const int16_t *s = (const int16_t *)(d + K / 32);
+    const int bk = dsv_ggml_blck(type);
+    const size_t bs = dsv_ggml_bsize(type);
+    int8_t lv[256];
+    float a[16], b[16];
+    double mag = 0;
+    for (int blk = 0; blk < K / bk; blk++) {
+        int_decode(type, w + (size_t)blk * bs, lv, a, b);
+        for (int k = 0; k < bk / 16; k++) {
+            const int i0 = blk * bk + 16 * k;
+            double m = 0;
+            for (int j = 0; j < 16; j++) m += fabs((double)lv[16 * k + j] * q[i0 + j]);
+            mag += fabs((double)d[i0 / 32]) * (fabs((double)a[k]) * m + fabs((double)b[k] * s[i0 / 16]));
+        }
+    }
+    return mag;
+}
+
 void dsv_q_dot_rows_ref(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
     for (int r = 0; r < n; r++) out[r] = dsv_q_vec_dot_ref(type, w, (const char *)act + (size_t)r * stride, K);
 }

@@ -81,13 +81,24 @@ void dsv_q8_act_quant(void *act, const float *x, int K);
  * activations' integers summed exactly in int32, then scaled in fp32 as
  * the block says (dsv_q_dot's decode, in integers), block sums added in
  * order. The scalar reference; the _avx512 (VNNI) and _avx2 variants give
- * the same integer sums and may add the scaled sums in another order. A
+ * the same integer sums and may add the scaled sums in another order (each
+ * variant's file documents its order; results still depend only on the
+ * weight row and the activation row, never on the batch around them). A
  * variant handles the types it has kernels for and calls the reference for
  * the rest. */
 float dsv_q_vec_dot_ref(uint32_t type, const void *w, const void *act, int K);
 float dsv_q_vec_dot_avx512(uint32_t type, const void *w, const void *act, int K);
 float dsv_q_vec_dot_avx2(uint32_t type, const void *w, const void *act, int K);
 typedef float (*dsv_q_vec_dot_fn)(uint32_t type, const void *w, const void *act, int K);
+/* The scale of the rounding error of any order of adding the scaled sums:
+ * Σ over 16-value groups k of |d_k| * (|a_k| * Σ_i |w_i * q_i| + |b_k * s_k|)
+ * in double (dsv_q_vec_dot_ref's terms, each product's magnitude before any
+ * cancellation). A sum of these terms computed with p roundings on each
+ * term's path (multiplications and additions, any order) is within
+ * γ_p = p*u/(1-p*u) (u = 2^-24) times this of the exact value (Higham,
+ * Accuracy and Stability of Numerical Algorithms, 2nd ed., §3.1, §4.2),
+ * so two such orders differ by at most γ_p1 + γ_p2 times it. For tests. */
+double dsv_q_dot_mag(uint32_t type, const void *w, const void *act, int K);
 /* The same weight row against n <= DSV_Q_ROWS activation rows, stride bytes
  * apart, into out[n]: each result equal to the one-row call's (a block is
  * decoded once for all rows, which is what batching saves). */
