@@ -368,3 +368,40 @@ TEST_LEVELS(quant_linear_rows_and_batches) {
         }
     }
 }
+
+/* The levels' activation quantizers write the reference's bytes, from fp32
+ * and from bf16 rows: Gaussian values, a zero block, ties (a block whose
+ * amax is 127, so x * 127/amax is x: halves round to even), huge and tiny
+ * scales, and NaN and infinity (which the reference turns into 0 levels). */
+TEST_LEVELS(quant_act_quant_matches_ref) {
+    const dsv_q8_act_quant_fn aq = dsv_q8_act_quant_for(level_now());
+    enum { K = 1024 };
+    static float x[K];
+    static uint16_t xb[K];
+    static uint8_t ref[K * 2], got[K * 2];
+    gauss(x, K, 90);
+    for (int i = 32; i < 64; i++) x[i] = 0;
+    for (int i = 64; i < 96; i++) x[i] = i == 64 ? 127.0f : (float)(i - 80) + 0.5f;
+    for (int i = 96; i < 128; i++) x[i] *= 1e30f;
+    for (int i = 128; i < 160; i++) x[i] *= 1e-30f;
+    x[200] = NAN;
+    x[300] = INFINITY;
+    x[301] = -3;
+    const size_t n = dsv_q8_act_bytes(K);
+    for (int bf = 0; bf < 2; bf++) {
+        const void *src = x;
+        if (bf) {
+            for (int i = 0; i < K; i++) xb[i] = dsv_f32_to_bf16(x[i]);
+            for (int i = 0; i < K; i++) x[i] = dsv_bf16_to_f32(xb[i]);
+            src = xb;
+        }
+        dsv_q8_act_quant(ref, x, K);
+        memset(got, 0x55, sizeof got);
+        aq(got, src, bf, K);
+        int diff = -1;
+        for (size_t i = 0; i < n && diff < 0; i++)
+            if (ref[i] != got[i]) diff = (int)i;
+        CHECKF(diff < 0, "%s %s: byte %d differs (%d vs reference %d)", test_level(), bf ? "bf16" : "fp32", diff,
+               diff < 0 ? 0 : got[diff], diff < 0 ? 0 : ref[diff]);
+    }
+}

@@ -76,6 +76,14 @@ float dsv_q_dot(uint32_t type, const void *w, const float *x, int64_t n);
  * s[K/16], for the types with a minimum). dsv_q8_act_bytes(K) bytes. */
 size_t dsv_q8_act_bytes(int K);
 void dsv_q8_act_quant(void *act, const float *x, int K);
+/* The same bytes from fp32 or (x_bf16) bf16 rows, per kernel level:
+ * _for(level) gives the level's variant (vector loops with the reference's
+ * arithmetic). */
+typedef void (*dsv_q8_act_quant_fn)(void *act, const void *x, int x_bf16, int K);
+void dsv_q8_act_quant_ref(void *act, const void *x, int x_bf16, int K);
+void dsv_q8_act_quant_avx512(void *act, const void *x, int x_bf16, int K);
+void dsv_q8_act_quant_avx2(void *act, const void *x, int x_bf16, int K);
+dsv_q8_act_quant_fn dsv_q8_act_quant_for(int level);
 /* Σ w·x of a weight row of a supported block type (not F32/F16/BF16) with
  * 8-bit activations: per 16 weights, the block's integer levels times the
  * activations' integers summed exactly in int32, then scaled in fp32 as
@@ -117,7 +125,7 @@ dsv_q_dot_rows_fn dsv_q_dot_rows_for(int level);
  * each output is dsv_q_vec_dot of a weight row with it, so an output
  * depends only on its input row and weight row. Up to DSV_Q_ROWS input rows
  * are quantized together and share each weight row's decoding. scratch:
- * DSV_LIN_SCRATCH bytes (4K plus as many activation rows as fit are used).
+ * DSV_LIN_SCRATCH bytes (as many activation rows as fit are used).
  * dsv_linear_q rounds to bf16. level: the context's kernel level. */
 struct dsv_linear;
 void dsv_linear_q(uint16_t *y, int ldy, const uint16_t *x, const struct dsv_linear *w, int m, int n0, int n1,

@@ -229,6 +229,40 @@ INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
     for (int r = 0; r < nr; r++) out[r] = hsum16(acc[r]);
 }
 
+/* ---- 8-bit activations -------------------------------------------------------- */
+
+/* dsv_q8_act_quant's bytes, 32 values per step: the max of |x| is exact in
+ * any order, x * (127/amax) is one rounding as in the reference, and the
+ * conversion rounds to nearest even as lrintf does; a NaN product gives 0
+ * as the reference's (int)lrintf does on this architecture. */
+void dsv_q8_act_quant_avx512(void *act, const void *x, int x_bf16, int K) {
+    int8_t *q = act;
+    float *d = (float *)((char *)act + K);
+    int16_t *s = (int16_t *)(d + K / 32);
+    const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
+    for (int b = 0; b < K / 32; b++) {
+        __m512 v[2];
+        for (int h = 0; h < 2; h++) {
+            if (x_bf16) {
+                const __m256i raw = _mm256_loadu_si256((const __m256i *)((const uint16_t *)x + 32 * b + 16 * h));
+                v[h] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+            } else v[h] = _mm512_loadu_ps((const float *)x + 32 * b + 16 * h);
+        }
+        /* max(|x|, acc) keeps acc where x is NaN, as fmaxf does */
+        const __m512 m = _mm512_max_ps(_mm512_abs_ps(v[1]), _mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_setzero_ps()));
+        const float amax = _mm512_reduce_max_ps(m);
+        d[b] = amax / 127.0f;
+        const __m512 id = _mm512_set1_ps(amax ? 127.0f / amax : 0);
+        for (int h = 0; h < 2; h++) {
+            const __m512 p = _mm512_mul_ps(v[h], id);
+            __m512i iv = _mm512_maskz_cvtps_epi32(_mm512_cmp_ps_mask(p, p, _CMP_ORD_Q), p);
+            iv = _mm512_max_epi32(_mm512_min_epi32(iv, lim), nlim);
+            _mm_storeu_si128((__m128i *)(q + 32 * b + 16 * h), _mm512_cvtepi32_epi8(iv));
+            s[2 * b + h] = (int16_t)_mm512_reduce_add_epi32(iv);
+        }
+    }
+}
+
 /* ---- the other types: levels in memory, the reference's order -------------- */
 
 /* n/16 sums of 16 products of signed levels and activations (n = 32 or 256). */
