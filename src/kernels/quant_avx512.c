@@ -1,8 +1,8 @@
 /* quant_avx512.c: AVX-512 VNNI dot products of block-quantized weight rows
  * with 8-bit activations (quant.h).
  *
- * Q8_0, Q4_K and Q6_K (the types of llama.cpp's Q8_0 and Q4_K_M files)
- * have streaming kernels: a block's levels are decoded in registers
+ * Q8_0, Q4_K, Q5_K and Q6_K (the types of llama.cpp's and dsv32's Q8_0
+ * and Q4_K_M files) have streaming kernels: a block's levels are decoded in registers
  * (nibbles and high bits shifted and masked in place), multiplied by the
  * activations with vpdpbusd (unsigned by signed bytes: Q4_K's levels are
  * unsigned already; a signed level w times an activation q is taken as
@@ -16,9 +16,11 @@
  * Order of the float arithmetic (quant.h allows it to differ from the
  * reference's; the integer sums are exact):
  *   per sub-block: S = (weight scale * sub-block scale) * activation scale;
- *   per lane: acc += float(lane sum) * S, blocks in order, one lane chain
- *   per position (16 lanes, 8 for Q8_0); then the lanes are added as a
- *   tree (hsum below). Q4_K's minimum term, (dmin * m) * (activation
+ *   per lane: acc += float(lane sum) * S (fused), blocks in order, one lane
+ *   chain per position (8 lanes for Q8_0; for the K-quants two sets of 16,
+ *   the even and odd 64-value quarters of each block, added lane by lane at
+ *   the end, so two chains overlap); then the lanes are added as a tree
+ *   (hsum below). Q4_K's and Q5_K's minimum term, (dmin * m) * (activation
  *   scale * 32-value activation sum), goes into a second accumulator of 8
  *   lanes (one per sub-block position), reduced the same way and
  *   subtracted at the end.
@@ -107,7 +109,7 @@ INLINE void q8_0_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
     for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]);
 }
 
-/* ---- Q4_K: 144-byte blocks of 256 -------------------------------------------- */
+/* ---- Q4_K, Q5_K: 144- and 176-byte blocks of 256 ------------------------------ */
 
 /* The 8 6-bit scales and mins of a Q4_K/Q5_K block (quant.c, k4_scale_min)
  * as bytes: words a, b, c are scale bytes 0-3, 4-7, 8-11; scales 0-3 are
@@ -127,12 +129,12 @@ static inline __m256 u8x8_ps(uint64_t v) { return _mm256_cvtepi32_ps(_mm256_cvte
  * 64c + 32 + l (sub-block 2c + 1). One 512-bit register holds both, in
  * value order, so it meets 64 consecutive activations; lanes 0-7 belong to
  * sub-block 2c, lanes 8-15 to 2c + 1. */
-INLINE void q4_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
-    __m512 acc[4];
+INLINE void q45_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out, int five) {
+    __m512 acc[4][2];
     __m256 accm[4];
     struct arow a[4];
     for (int r = 0; r < nr; r++) {
-        acc[r] = _mm512_setzero_ps();
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
         accm[r] = _mm256_setzero_ps();
         a[r] = arow_at(act, stride, r, K);
     }
@@ -142,16 +144,22 @@ INLINE void q4_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
     __m512i idx[4];
     for (int c = 0; c < 4; c++)
         idx[c] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * c)), _mm256_set1_epi32(2 * c + 1), 1);
-    for (int blk = 0; blk < K / 256; blk++, w += 144) {
+    for (int blk = 0; blk < K / 256; blk++, w += five ? 176 : 144) {
         const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(w))); /* d, dmin */
         uint64_t sc, mn;
         k4_unpack(w + 4, &sc, &mn);
         const __m256 scf = _mm256_mul_ps(_mm256_broadcastss_ps(dm), u8x8_ps(sc));
         const __m256 mnf = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), u8x8_ps(mn));
         __m512i wz[4];
+        const __m512i qh = five ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 16))) : m4;
         for (int c = 0; c < 4; c++) {
-            const __m512i raw = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 16 + 32 * c)));
+            const __m512i raw = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + (five ? 48 : 16) + 32 * c)));
             wz[c] = _mm512_and_si512(_mm512_srlv_epi16(raw, shift), m4);
+            if (five) { /* Q5_K: the 5th bit of value 64c + l is bit 2c of qh[l], of 64c + 32 + l bit 2c + 1 */
+                const __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << 2 * c)),
+                                                       _mm256_set1_epi8((char)(1 << (2 * c + 1))), 1);
+                wz[c] = _mm512_mask_add_epi8(wz[c], _mm512_test_epi8_mask(qh, bit), wz[c], _mm512_set1_epi8(16));
+            }
         }
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
@@ -161,13 +169,20 @@ INLINE void q4_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
 #pragma GCC unroll 4
             for (int c = 0; c < 4; c++) {
                 const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wz[c], _mm512_loadu_si512(q + 64 * c));
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[c], S), acc[r]);
+                acc[r][c & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[c], S), acc[r][c & 1]);
             }
             const __m256i s32 = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(a[r].s + 16 * blk)), ones);
             accm[r] = _mm256_fmadd_ps(mnf, _mm256_mul_ps(da, _mm256_cvtepi32_ps(s32)), accm[r]);
         }
     }
-    for (int r = 0; r < nr; r++) out[r] = hsum16(acc[r]) - hsum8(accm[r]);
+    for (int r = 0; r < nr; r++) out[r] = hsum16(_mm512_add_ps(acc[r][0], acc[r][1])) - hsum8(accm[r]);
+}
+
+INLINE void q4_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q45_k_rows(w, act, stride, nr, K, out, 0);
+}
+INLINE void q5_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q45_k_rows(w, act, stride, nr, K, out, 1);
 }
 
 /* ---- Q6_K: 210-byte blocks of 256 -------------------------------------------- */
@@ -179,10 +194,10 @@ INLINE void q4_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
  * to bits 4-5 by a per-half count. Register i then holds values 64i..64i+63
  * in order; lanes 4j..4j+3 are 16-value sub-block 4i + j. */
 INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
-    __m512 acc[4];
+    __m512 acc[4][2];
     struct arow a[4];
     for (int r = 0; r < nr; r++) {
-        acc[r] = _mm512_setzero_ps();
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
         a[r] = arow_at(act, stride, r, K);
     }
     const __m512i left01 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
@@ -222,11 +237,11 @@ INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
                 const __m512i qv = _mm512_loadu_si512(q + 64 * i);
                 const __m512i sq = _mm512_mask_sub_epi8(qv, neg[i], _mm512_setzero_si512(), qv);
                 const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw[i], sq);
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[i], S), acc[r]);
+                acc[r][i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[i], S), acc[r][i & 1]);
             }
         }
     }
-    for (int r = 0; r < nr; r++) out[r] = hsum16(acc[r]);
+    for (int r = 0; r < nr; r++) out[r] = hsum16(_mm512_add_ps(acc[r][0], acc[r][1]));
 }
 
 /* ---- 8-bit activations -------------------------------------------------------- */
@@ -302,6 +317,7 @@ void dsv_q_dot_rows_avx512(uint32_t type, const void *w, const void *act, size_t
     switch (type) {
     case DSV_GGML_Q8_0: ROWS_BY_4(q8_0_rows) return;
     case DSV_GGML_Q4_K: ROWS_BY_4(q4_k_rows) return;
+    case DSV_GGML_Q5_K: ROWS_BY_4(q5_k_rows) return;
     case DSV_GGML_Q6_K: ROWS_BY_4(q6_k_rows) return;
     default: dot_levels(type, w, act, stride, n, K, out);
     }
