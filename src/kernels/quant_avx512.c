@@ -36,33 +36,8 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-static inline uint16_t ld16(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return h; }
-static inline uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-
-/* Lane sums: 8 lanes as ((0+4)+(2+6)) + ((1+5)+(3+7)); 16 lanes first add
- * lane i and i+8. */
-static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 static inline float hsum16(__m512 v) {
     return hsum8(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
-}
-
-/* One activation row: int8 q[K], float d[K/32], int16 s[K/16]. */
-struct arow {
-    const int8_t *q;
-    const float *d;
-    const int16_t *s;
-};
-static inline struct arow arow_at(const uint8_t *act, size_t stride, int r, int K) {
-    struct arow a;
-    a.q = (const int8_t *)(act + (size_t)r * stride);
-    a.d = (const float *)((const char *)a.q + K);
-    a.s = (const int16_t *)(a.d + K / 32);
-    return a;
 }
 
 /* ---- Q8_0: 34-byte blocks, f16 d then 32 int8 ------------------------------ */
@@ -110,20 +85,6 @@ INLINE void q8_0_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
 }
 
 /* ---- Q4_K, Q5_K: 144- and 176-byte blocks of 256 ------------------------------ */
-
-/* The 8 6-bit scales and mins of a Q4_K/Q5_K block (quant.c, k4_scale_min)
- * as bytes: words a, b, c are scale bytes 0-3, 4-7, 8-11; scales 0-3 are
- * a's low 6 bits, 4-7 c's low nibbles with a's top 2 bits above them; the
- * mins likewise from b and c's high nibbles. */
-static inline void k4_unpack(const uint8_t *sc, uint64_t *scales, uint64_t *mins) {
-    const uint32_t a = ld32(sc), b = ld32(sc + 4), c = ld32(sc + 8);
-    const uint32_t s_lo = a & 0x3f3f3f3fu, s_hi = (c & 0x0f0f0f0fu) | ((a >> 2) & 0x30303030u);
-    const uint32_t m_lo = b & 0x3f3f3f3fu, m_hi = ((c >> 4) & 0x0f0f0f0fu) | ((b >> 2) & 0x30303030u);
-    *scales = (uint64_t)s_hi << 32 | s_lo;
-    *mins = (uint64_t)m_hi << 32 | m_lo;
-}
-
-static inline __m256 u8x8_ps(uint64_t v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)v))); }
 
 /* Nibbles of qs[32c + l]: low = value 64c + l (sub-block 2c), high = value
  * 64c + 32 + l (sub-block 2c + 1). One 512-bit register holds both, in

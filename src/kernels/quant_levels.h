@@ -1,6 +1,8 @@
-/* quant_levels.h: the integer levels of a weight block with vector bit
- * operations (AVX2 instructions), shared by quant_avx2.c and quant_avx512.c
- * and compiled with each file's flags. Each function gives exactly what the
+/* quant_levels.h: what quant_avx2.c and quant_avx512.c share, compiled
+ * with each file's flags (AVX2 instructions only): small helpers of the
+ * streaming kernels (activation rows, Q4_K/Q5_K scale unpacking, lane
+ * sums), and the integer levels of a weight block with vector bit
+ * operations for the types without a streaming kernel. Each function gives exactly what the
  * scalar reference's int_decode (quant.c) gives: levels w[i] and, per 16
  * values, the scale a[k] and offset b[k] (value = a[k]*w[i] + b[k]). A
  * kernel then takes the 16-value integer sums with its own instructions and
@@ -16,6 +18,50 @@
 #include "quant.h"
 
 static inline float q_h2f(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return dsv_f16_to_f32(h); }
+
+/* ---- helpers of the streaming kernels (quant_avx2.c, quant_avx512.c) ---- */
+
+static inline uint16_t ld16(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return h; }
+static inline uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
+/* Lane sums: 8 lanes as ((0+4)+(2+6)) + ((1+5)+(3+7)) (hsum16 in
+ * quant_avx512.c first adds lanes i and i+8). */
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* One activation row: int8 q[K], float d[K/32], int16 s[K/16]. */
+struct arow {
+    const int8_t *q;
+    const float *d;
+    const int16_t *s;
+};
+static inline struct arow arow_at(const uint8_t *act, size_t stride, int r, int K) {
+    struct arow a;
+    a.q = (const int8_t *)(act + (size_t)r * stride);
+    a.d = (const float *)((const char *)a.q + K);
+    a.s = (const int16_t *)(a.d + K / 32);
+    return a;
+}
+
+/* The 8 6-bit scales and mins of a Q4_K/Q5_K block (quant.c, k4_scale_min)
+ * as bytes: words a, b, c are scale bytes 0-3, 4-7, 8-11; scales 0-3 are
+ * a's low 6 bits, 4-7 c's low nibbles with a's top 2 bits above them; the
+ * mins likewise from b and c's high nibbles. */
+static inline void k4_unpack(const uint8_t *sc, uint64_t *scales, uint64_t *mins) {
+    const uint32_t a = ld32(sc), b = ld32(sc + 4), c = ld32(sc + 8);
+    const uint32_t s_lo = a & 0x3f3f3f3fu, s_hi = (c & 0x0f0f0f0fu) | ((a >> 2) & 0x30303030u);
+    const uint32_t m_lo = b & 0x3f3f3f3fu, m_hi = ((c >> 4) & 0x0f0f0f0fu) | ((b >> 2) & 0x30303030u);
+    *scales = (uint64_t)s_hi << 32 | s_lo;
+    *mins = (uint64_t)m_hi << 32 | m_lo;
+}
+
+static inline __m256 u8x8_ps(uint64_t v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)v))); }
+
+/* ---- levels to memory (the other types) ---- */
 
 /* 32 bytes of b, each shifted right by s and masked to m; s + the width of
  * m stays within 8 bits, so nothing leaks in from the next byte. */
