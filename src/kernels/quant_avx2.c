@@ -1,18 +1,18 @@
 /* quant_avx2.c: AVX2 dot products of block-quantized weight rows with 8-bit
  * activations (quant.h), for CPUs without AVX-512.
  *
- * Q8_0, Q4_K and Q6_K stream as in quant_avx512.c (levels decoded in
+ * Q8_0, Q4_K, Q5_K and Q6_K stream as in quant_avx512.c (levels decoded in
  * registers, up to 4 activation rows per weight pass, the same code per
  * row whatever the batch), with vpmaddubsw (unsigned by signed bytes, pairs
  * summed to int16) and vpmaddwd by ones for the 4-value int32 lane sums.
- * The int16 pairs never saturate: unsigned levels are at most 15 (Q4_K),
+ * The int16 pairs never saturate: unsigned levels are at most 31 (Q5_K),
  * signed levels go in as |w| <= 128 (Q8_0: 2 * 128 * 127 < 32768) or
  * |w| <= 32 (Q6_K) with the activation taking w's sign.
  * Order of the float arithmetic: per sub-block S = (weight scale *
  * sub-block scale) * activation scale; per lane acc += float(lane sum) * S
- * (fused), blocks in order, in 8 lanes (Q8_0: one set; Q4_K and Q6_K: two,
+ * (fused), blocks in order, in 8 lanes (Q8_0: one set; the K-quants: two,
  * for the even and odd 32-value pieces of a block, added lane by lane at
- * the end); then the lanes as hsum8 adds them; Q4_K's minimum term
+ * the end); then the lanes as hsum8 adds them; Q4_K's and Q5_K's minimum term
  * (dmin * m) * (activation scale * 32-value activation sum) in a third
  * set, subtracted at the end.
  * Every other type decodes its integer levels with quant_levels.h and
@@ -72,8 +72,9 @@ INLINE void q8_0_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
 }
 
 /* Q4_K: the low nibbles of qs[32c..] are sub-block 2c, the high ones
- * 2c + 1 (quant_avx512.c). */
-INLINE void q4_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+ * 2c + 1 (quant_avx512.c). Q5_K: the same, and the 5th bits of qh[l]
+ * (bit 2c for the low nibble, 2c + 1 for the high) added as 16. */
+INLINE void q45_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out, int five) {
     __m256 acc[4][2], accm[4];
     struct arow a[4];
     for (int r = 0; r < nr; r++) {
@@ -81,17 +82,24 @@ INLINE void q4_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
         a[r] = arow_at(act, stride, r, K);
     }
     const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    for (int blk = 0; blk < K / 256; blk++, w += 144) {
+    for (int blk = 0; blk < K / 256; blk++, w += five ? 176 : 144) {
         const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(w)));
         uint64_t sc, mn;
         k4_unpack(w + 4, &sc, &mn);
         const __m256 scf = _mm256_mul_ps(_mm256_broadcastss_ps(dm), u8x8_ps(sc));
         const __m256 mnf = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), u8x8_ps(mn));
         __m256i lo[4], hi[4];
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(w + 16));
         for (int c = 0; c < 4; c++) {
-            const __m256i raw = _mm256_loadu_si256((const __m256i *)(w + 16 + 32 * c));
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(w + (five ? 48 : 16) + 32 * c));
             lo[c] = _mm256_and_si256(raw, m4);
             hi[c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            if (five) {
+                const __m256i bl = _mm256_set1_epi8((char)(1 << 2 * c)), bh = _mm256_set1_epi8((char)(1 << (2 * c + 1)));
+                const __m256i k16 = _mm256_set1_epi8(16);
+                lo[c] = _mm256_or_si256(lo[c], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bl), bl), k16));
+                hi[c] = _mm256_or_si256(hi[c], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bh), bh), k16));
+            }
         }
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
@@ -112,6 +120,13 @@ INLINE void q4_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
         }
     }
     for (int r = 0; r < nr; r++) out[r] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1])) - hsum8(accm[r]);
+}
+
+INLINE void q4_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q45_k_rows(w, act, stride, nr, K, out, 0);
+}
+INLINE void q5_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q45_k_rows(w, act, stride, nr, K, out, 1);
 }
 
 /* Q6_K (layout in quant_avx512.c): register i = 4h + k holds values
@@ -237,6 +252,7 @@ void dsv_q_dot_rows_avx2(uint32_t type, const void *w, const void *act, size_t s
     switch (type) {
     case DSV_GGML_Q8_0: ROWS_BY_4(q8_0_rows) return;
     case DSV_GGML_Q4_K: ROWS_BY_4(q4_k_rows) return;
+    case DSV_GGML_Q5_K: ROWS_BY_4(q5_k_rows) return;
     case DSV_GGML_Q6_K: ROWS_BY_4(q6_k_rows) return;
     default: dot_levels(type, w, act, stride, n, K, out);
     }
