@@ -255,19 +255,21 @@ static double gamma_for(int K) {
  * reference's (then bit for bit). */
 static int own_order(int level, uint32_t t) {
     if (level == DSV_KLEVEL_GENERIC) return 0;
+    if (level >= DSV_KLEVEL_AVX512 && dsv_ggml_blck(t) == 32) return 1; /* Q4_0 ... IQ4_NL */
     return t == DSV_GGML_Q8_0 || t == DSV_GGML_Q4_K || t == DSV_GGML_Q5_K || t == DSV_GGML_Q6_K;
 }
 
 /* A level's row kernel against the reference on awkward data: outliers,
  * zero blocks, -128 weights in Q8_0 (written by hand: our encoder never
- * makes them), at K = 128 (32-value types only), 256, 1152 and 2048. */
+ * makes them), at K = 96, 128, 1120 (32-value types only: blocks left over
+ * after groups of 4), 256, 1152 and 2048. */
 TEST_LEVELS(quant_vec_dot_matches_ref) {
     const int level = level_now();
     const dsv_q_dot_rows_fn rows = dsv_q_dot_rows_for(level);
     enum { KMAX = 2048 };
     static float w[KMAX], x[KMAX];
     static uint8_t q[KMAX * 4], act[KMAX * 2];
-    static const int Ks[] = {128, 256, 1152, 2048};
+    static const int Ks[] = {96, 128, 256, 1120, 1152, 2048};
     int exact = 0, bounded = 0;
     double worst = 0;
     for (int seed = 0; seed < 4; seed++)

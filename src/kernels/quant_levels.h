@@ -81,8 +81,9 @@ static inline __m256i q_bit5(const uint8_t *qhp) {
     return _mm256_and_si256(on, _mm256_set1_epi8(16));
 }
 
-/* A 32-value block (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL): 32 levels, a and b. */
-static inline void q_levels_32(uint32_t t, const uint8_t *x, int8_t *w, float *a, float *b) {
+/* A 32-value block's levels (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) in a register:
+ * signed for Q4_0, Q5_0 and IQ4_NL, unsigned (0..31) for Q4_1 and Q5_1. */
+static inline __m256i q_levels_32v(uint32_t t, const uint8_t *x) {
     const int off = t == DSV_GGML_Q4_1 ? 4 : t == DSV_GGML_Q5_0 ? 6 : t == DSV_GGML_Q5_1 ? 8 : 2;
     const __m128i raw = _mm_loadu_si128((const __m128i *)(x + off)), m4 = _mm_set1_epi8(15);
     __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
@@ -96,7 +97,12 @@ static inline void q_levels_32(uint32_t t, const uint8_t *x, int8_t *w, float *a
     case DSV_GGML_Q5_0: v = _mm256_sub_epi8(_mm256_or_si256(v, q_bit5(x + 2)), _mm256_set1_epi8(16)); break;
     case DSV_GGML_Q5_1: v = _mm256_or_si256(v, q_bit5(x + 4)); break;
     }
-    _mm256_storeu_si256((__m256i *)w, v);
+    return v;
+}
+
+/* The same to memory, with the scale a and offset b. */
+static inline void q_levels_32(uint32_t t, const uint8_t *x, int8_t *w, float *a, float *b) {
+    _mm256_storeu_si256((__m256i *)w, q_levels_32v(t, x));
     *a = q_h2f(x);
     *b = t == DSV_GGML_Q4_1 || t == DSV_GGML_Q5_1 ? q_h2f(x + 2) : 0;
 }
