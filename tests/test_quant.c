@@ -255,8 +255,7 @@ static double gamma_for(int K) {
  * reference's (then bit for bit). */
 static int own_order(int level, uint32_t t) {
     if (level == DSV_KLEVEL_GENERIC) return 0;
-    if (level >= DSV_KLEVEL_AVX512 && dsv_ggml_blck(t) == 32) return 1; /* Q4_0 ... IQ4_NL */
-    return t == DSV_GGML_Q8_0 || t == DSV_GGML_Q4_K || t == DSV_GGML_Q5_K || t == DSV_GGML_Q6_K;
+    return t != DSV_GGML_Q2_K && t != DSV_GGML_Q3_K;
 }
 
 /* A level's row kernel against the reference on awkward data: outliers,

@@ -1,21 +1,21 @@
 /* quant_avx2.c: AVX2 dot products of block-quantized weight rows with 8-bit
  * activations (quant.h), for CPUs without AVX-512.
  *
- * Q8_0, Q4_K, Q5_K and Q6_K stream as in quant_avx512.c (levels decoded in
+ * Every type but Q2_K and Q3_K streams as in quant_avx512.c (levels decoded in
  * registers, up to 4 activation rows per weight pass, the same code per
  * row whatever the batch), with vpmaddubsw (unsigned by signed bytes, pairs
  * summed to int16) and vpmaddwd by ones for the 4-value int32 lane sums.
- * The int16 pairs never saturate: unsigned levels are at most 31 (Q5_K),
- * signed levels go in as |w| <= 128 (Q8_0: 2 * 128 * 127 < 32768) or
- * |w| <= 32 (Q6_K) with the activation taking w's sign.
+ * The int16 pairs never saturate: unsigned levels are at most 31 (Q5_K,
+ * Q5_1), signed levels go in as |w| <= 128 (Q8_0: 2 * 128 * 127 < 32768)
+ * with the activation taking w's sign.
  * Order of the float arithmetic: per sub-block S = (weight scale *
  * sub-block scale) * activation scale; per lane acc += float(lane sum) * S
  * (fused), blocks in order, in 8 lanes (Q8_0: one set; the K-quants: two,
  * for the even and odd 32-value pieces of a block, added lane by lane at
  * the end); then the lanes as hsum8 adds them; Q4_K's and Q5_K's minimum term
  * (dmin * m) * (activation scale * 32-value activation sum) in a third
- * set, subtracted at the end.
- * Every other type decodes its integer levels with quant_levels.h and
+ * set, subtracted at the end; Q4_1's and Q5_1's (plus) in 4 lanes.
+ * Q2_K and Q3_K decode its integer levels with quant_levels.h and
  * scales the 16-value integer sums in the reference's order, bit for bit. */
 #include <immintrin.h>
 #include <string.h>
@@ -70,6 +70,81 @@ INLINE void q8_0_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
     }
     for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]);
 }
+
+/* ---- Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL: 32-value blocks -------------------------- */
+
+/* As in quant_avx512.c: the levels decoded in a register, Q4_1's and
+ * Q5_1's minimum term in a 4-lane accumulator added after the main one's
+ * lanes. Signed levels go in as |w| <= 127 (IQ4_NL's grid), unsigned ones
+ * are at most 31: the int16 pairs do not saturate. */
+INLINE void b32_rows(uint32_t t, const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    const size_t bs = dsv_ggml_bsize(t);
+    const int has_min = t == DSV_GGML_Q4_1 || t == DSV_GGML_Q5_1;
+    __m256 acc[4];
+    __m128 accm[4];
+    struct arow a[4];
+    for (int r = 0; r < nr; r++) {
+        acc[r] = _mm256_setzero_ps();
+        accm[r] = _mm_setzero_ps();
+        a[r] = arow_at(act, stride, r, K);
+    }
+    const __m128i ones = _mm_set1_epi16(1);
+    const int nb = K / 32;
+    for (int b = 0; b < nb; b++) {
+        const int four = b % 4 == 0 && b + 4 <= nb;
+        const int n4 = four ? 4 : 1; /* blocks in this step: 4, or 1 at the tail */
+        const uint8_t *x = w + (size_t)b * bs;
+        __m128 wd, wm = _mm_setzero_ps();
+        if (four) {
+            wd = _mm_cvtph_ps(_mm_setr_epi16((short)ld16(x), (short)ld16(x + bs), (short)ld16(x + 2 * bs),
+                                             (short)ld16(x + 3 * bs), 0, 0, 0, 0));
+            if (has_min)
+                wm = _mm_cvtph_ps(_mm_setr_epi16((short)ld16(x + 2), (short)ld16(x + bs + 2), (short)ld16(x + 2 * bs + 2),
+                                                 (short)ld16(x + 3 * bs + 2), 0, 0, 0, 0));
+        } else {
+            wd = _mm_set_ss(dsv_f16_to_f32(ld16(x)));
+            if (has_min) wm = _mm_set_ss(dsv_f16_to_f32(ld16(x + 2)));
+        }
+        float s[4][4];
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const __m128 da = four ? _mm_loadu_ps(a[r].d + b) : _mm_set_ss(a[r].d[b]);
+            _mm_storeu_ps(s[r], _mm_mul_ps(wd, da));
+            if (has_min) {
+                const __m128i s16 = four ? _mm_loadu_si128((const __m128i *)(a[r].s + 2 * b))
+                                         : _mm_cvtsi32_si128((int)ld32((const uint8_t *)(a[r].s + 2 * b)));
+                const __m128 sum = _mm_cvtepi32_ps(_mm_madd_epi16(s16, ones));
+                accm[r] = _mm_fmadd_ps(wm, _mm_mul_ps(da, sum), accm[r]);
+            }
+        }
+        for (int j = 0; j < n4; j++) {
+            const __m256i v = q_levels_32v(t, x + (size_t)j * bs);
+            const __m256i av = has_min ? v : _mm256_sign_epi8(v, v);
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                const __m256i qv = _mm256_loadu_si256((const __m256i *)(a[r].q + 32 * (b + j)));
+                const __m256i p = dot_u8s8(av, has_min ? qv : _mm256_sign_epi8(qv, v));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[r][j]), acc[r]);
+            }
+        }
+        b += n4 - 1;
+    }
+    for (int r = 0; r < nr; r++) {
+        __m128 m = _mm_add_ps(accm[r], _mm_movehl_ps(accm[r], accm[r]));
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        out[r] = hsum8(acc[r]) + _mm_cvtss_f32(m);
+    }
+}
+
+#define B32_ROWS(T, name)                                                                           \
+    INLINE void name(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) { \
+        b32_rows(T, w, act, stride, nr, K, out);                                                    \
+    }
+B32_ROWS(DSV_GGML_Q4_0, q4_0_rows)
+B32_ROWS(DSV_GGML_Q4_1, q4_1_rows)
+B32_ROWS(DSV_GGML_Q5_0, q5_0_rows)
+B32_ROWS(DSV_GGML_Q5_1, q5_1_rows)
+B32_ROWS(DSV_GGML_IQ4_NL, iq4_nl_rows)
 
 /* Q4_K: the low nibbles of qs[32c..] are sub-block 2c, the high ones
  * 2c + 1 (quant_avx512.c). Q5_K: the same, and the 5th bits of qh[l]
@@ -251,6 +326,11 @@ Q_DOT_LEVELS(dot_levels, isums2)
 void dsv_q_dot_rows_avx2(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
     switch (type) {
     case DSV_GGML_Q8_0: ROWS_BY_4(q8_0_rows) return;
+    case DSV_GGML_Q4_0: ROWS_BY_4(q4_0_rows) return;
+    case DSV_GGML_Q4_1: ROWS_BY_4(q4_1_rows) return;
+    case DSV_GGML_Q5_0: ROWS_BY_4(q5_0_rows) return;
+    case DSV_GGML_Q5_1: ROWS_BY_4(q5_1_rows) return;
+    case DSV_GGML_IQ4_NL: ROWS_BY_4(iq4_nl_rows) return;
     case DSV_GGML_Q4_K: ROWS_BY_4(q4_k_rows) return;
     case DSV_GGML_Q5_K: ROWS_BY_4(q5_k_rows) return;
     case DSV_GGML_Q6_K: ROWS_BY_4(q6_k_rows) return;

@@ -1,8 +1,10 @@
 /* quant_avx512.c: AVX-512 VNNI dot products of block-quantized weight rows
  * with 8-bit activations (quant.h).
  *
- * Q8_0, Q4_K, Q5_K and Q6_K (the types of llama.cpp's and dsv32's Q8_0
- * and Q4_K_M files) have streaming kernels: a block's levels are decoded in registers
+ * Every type but Q2_K and Q3_K has a streaming kernel (Q8_0, Q4_K, Q5_K and
+ * Q6_K are the types of llama.cpp's and dsv32's Q8_0 and Q4_K_M files; the
+ * 32-value types are what 128-wide rows fall back to): a block's levels are
+ * decoded in registers
  * (nibbles and high bits shifted and masked in place), multiplied by the
  * activations with vpdpbusd (unsigned by signed bytes: Q4_K's levels are
  * unsigned already; a signed level w times an activation q is taken as
@@ -23,8 +25,9 @@
  *   (hsum below). Q4_K's and Q5_K's minimum term, (dmin * m) * (activation
  *   scale * 32-value activation sum), goes into a second accumulator of 8
  *   lanes (one per sub-block position), reduced the same way and
- *   subtracted at the end.
- * Every other type decodes its integer levels to memory (quant_levels.h),
+ *   subtracted at the end. The 32-value types other than Q8_0 go as Q8_0;
+ *   Q4_1's and Q5_1's minimum term in 4 lanes (b32_rows).
+ * Q2_K and Q3_K decode its integer levels to memory (quant_levels.h),
  * takes the 16-value sums with VNNI and scales them in the reference's
  * order, bit for bit. */
 #include <immintrin.h>
