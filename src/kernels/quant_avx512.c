@@ -169,9 +169,9 @@ B32_ROWS(DSV_GGML_IQ4_NL, iq4_nl_rows)
  * value order, so it meets 64 consecutive activations; lanes 0-7 belong to
  * sub-block 2c, lanes 8-15 to 2c + 1. */
 INLINE void q45_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out, int five) {
-    __m512 acc[4][2];
-    __m256 accm[4];
-    struct arow a[4];
+    __m512 acc[8][2];
+    __m256 accm[8];
+    struct arow a[8];
     for (int r = 0; r < nr; r++) {
         acc[r][0] = acc[r][1] = _mm512_setzero_ps();
         accm[r] = _mm256_setzero_ps();
@@ -200,7 +200,7 @@ INLINE void q45_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int 
                 wz[c] = _mm512_mask_add_epi8(wz[c], _mm512_test_epi8_mask(qh, bit), wz[c], _mm512_set1_epi8(16));
             }
         }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int r = 0; r < nr; r++) {
             const __m256 da = _mm256_loadu_ps(a[r].d + 8 * blk);
             const __m512 S = _mm512_castps256_ps512(_mm256_mul_ps(scf, da));
@@ -233,8 +233,8 @@ INLINE void q5_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
  * to bits 4-5 by a per-half count. Register i then holds values 64i..64i+63
  * in order; lanes 4j..4j+3 are 16-value sub-block 4i + j. */
 INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
-    __m512 acc[4][2];
-    struct arow a[4];
+    __m512 acc[8][2];
+    struct arow a[8];
     for (int r = 0; r < nr; r++) {
         acc[r][0] = acc[r][1] = _mm512_setzero_ps();
         a[r] = arow_at(act, stride, r, K);
@@ -266,7 +266,7 @@ INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
         const float d = dsv_f16_to_f32(ld16(w + 208));
         const __m512 scf = _mm512_mul_ps(_mm512_set1_ps(d),
             _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + 192)))));
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int r = 0; r < nr; r++) {
             const __m512 da = _mm512_permutexvar_ps(idx_half, _mm512_castps256_ps512(_mm256_loadu_ps(a[r].d + 8 * blk)));
             const __m512 S = _mm512_mul_ps(scf, da);
@@ -339,8 +339,23 @@ static inline void isums512(const int8_t *w, const int8_t *q, int32_t *out, int 
 
 Q_DOT_LEVELS(dot_levels, isums512)
 
-/* A weight row against n activation rows, 4 at a time (the same code per
+/* A weight row against n activation rows, 8 at a time for the K-quants
+ * (their decoding is dearer), 4 for the 32-value types (the same code per
  * row whatever the group, see above). */
+#define ROWS_BY_8(fn)                                                                               \
+    for (int r0 = 0; r0 < n; r0 += 8) {                                                             \
+        const uint8_t *ar = (const uint8_t *)act + (size_t)r0 * stride;                              \
+        switch (n - r0 < 8 ? n - r0 : 8) {                                                          \
+        case 1: fn(w, ar, stride, 1, K, out + r0); break;                                           \
+        case 2: fn(w, ar, stride, 2, K, out + r0); break;                                           \
+        case 3: fn(w, ar, stride, 3, K, out + r0); break;                                           \
+        case 4: fn(w, ar, stride, 4, K, out + r0); break;                                           \
+        case 5: fn(w, ar, stride, 5, K, out + r0); break;                                           \
+        case 6: fn(w, ar, stride, 6, K, out + r0); break;                                           \
+        case 7: fn(w, ar, stride, 7, K, out + r0); break;                                           \
+        default: fn(w, ar, stride, 8, K, out + r0); break;                                          \
+        }                                                                                           \
+    }
 #define ROWS_BY_4(fn)                                                                               \
     for (int r0 = 0; r0 < n; r0 += 4) {                                                             \
         const uint8_t *ar = (const uint8_t *)act + (size_t)r0 * stride;                              \
@@ -360,9 +375,9 @@ void dsv_q_dot_rows_avx512(uint32_t type, const void *w, const void *act, size_t
     case DSV_GGML_Q5_0: ROWS_BY_4(q5_0_rows) return;
     case DSV_GGML_Q5_1: ROWS_BY_4(q5_1_rows) return;
     case DSV_GGML_IQ4_NL: ROWS_BY_4(iq4_nl_rows) return;
-    case DSV_GGML_Q4_K: ROWS_BY_4(q4_k_rows) return;
-    case DSV_GGML_Q5_K: ROWS_BY_4(q5_k_rows) return;
-    case DSV_GGML_Q6_K: ROWS_BY_4(q6_k_rows) return;
+    case DSV_GGML_Q4_K: ROWS_BY_8(q4_k_rows) return;
+    case DSV_GGML_Q5_K: ROWS_BY_8(q5_k_rows) return;
+    case DSV_GGML_Q6_K: ROWS_BY_8(q6_k_rows) return;
     default: dot_levels(type, w, act, stride, n, K, out);
     }
 }
