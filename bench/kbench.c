@@ -18,6 +18,7 @@
 
 #include "base/numeric.h"
 #include "kernels/ops.h"
+#include "kernels/quant.h"
 
 /* This thread's CPU time: on a machine whose cores other processes share,
  * wall time mostly measures how long the scheduler kept the thread off a
@@ -45,7 +46,9 @@ static void usage(void) {
     printf("usage: kbench [options] LEVEL...\n"
            "  Times one kernel at each kernel LEVEL (generic, avx2, avx512, amx), the\n"
            "  levels alternated round by round.\n"
-           "  -k KERNEL   fp8 | bf16 | fp8x (bf16 weights, fp8 activations) | index (default fp8)\n"
+           "  -k KERNEL   fp8 | bf16 | fp8x (bf16 weights, fp8 activations) | index, or a\n"
+           "              block type (q8_0, q4_k, q6_k, ...: dsv_linear_q, 8-bit activations\n"
+           "              quantized in the call) (default fp8)\n"
            "  -m M        input rows (default 1)\n"
            "  -n N        output rows of one weight matrix (default 512)\n"
            "  -K K        inputs (default 2048)\n"
@@ -98,14 +101,17 @@ int main(int argc, char **argv) {
         return 2;
     }
     const int index = !strcmp(kern, "index"), fp8 = !strcmp(kern, "fp8"), fp8x = !strcmp(kern, "fp8x");
-    if (!index && !fp8 && !fp8x && strcmp(kern, "bf16")) {
+    const int gt = index || fp8 || fp8x || !strcmp(kern, "bf16") ? 0 : dsv_ggml_from_name(kern);
+    if (gt < 0 || (gt > 0 && (!dsv_q_supported((uint32_t)gt) || dsv_ggml_blck((uint32_t)gt) < 32 ||
+                              K % dsv_ggml_blck((uint32_t)gt)))) {
         usage();
         return 2;
     }
 
     /* Weights: nmat matrices of N x K, cycled through so each call misses the caches. */
     /* index: the keys [N][128] stand for the matrix */
-    const size_t esz = fp8 || index ? 1 : 2, wbytes = (size_t)N * (index ? 128 : K) * esz;
+    const size_t esz = fp8 || index ? 1 : 2;
+    const size_t wbytes = gt ? (size_t)N * dsv_ggml_row_size((uint32_t)gt, K) : (size_t)N * (index ? 128 : K) * esz;
     const int nmat = (int)(((size_t)mb << 20) / wbytes) < 1 ? 1 : (int)(((size_t)mb << 20) / wbytes);
     uint8_t *wmem = aligned_alloc(64, (wbytes * nmat + 63) & ~(size_t)63);
     const int sld = K / 128;
@@ -116,6 +122,14 @@ int main(int argc, char **argv) {
         if (esz == 1) c = (c & 0x7f) == 0x7f ? 0x3f : c;
         else if (i % 2) c = (uint8_t)(0x3c + (c & 3)) | (c & 0x80); /* bf16 high byte: |v| in [2^-7, 2) */
         wmem[i] = c;
+    }
+    if (gt) { /* valid blocks (random bytes would give NaN scales): one matrix quantized, then copied */
+        float *wf = malloc(sizeof(float) * (size_t)N * K);
+        if (!wf) return 1;
+        for (size_t i = 0; i < (size_t)N * K; i++) wf[i] = (float)((int)(rnd() % 2001) - 1000) / 1000.0f;
+        dsv_q_quant((uint32_t)gt, wf, wmem, (int64_t)N * K);
+        for (int j = 1; j < nmat; j++) memcpy(wmem + (size_t)j * wbytes, wmem, wbytes);
+        free(wf);
     }
     for (int i = 0; i < (N + 127) / 128 * sld; i++) scale[i] = 1.0f / 256;
     dsv_bf16 *x = malloc((size_t)m * K * 2), *y = malloc((size_t)m * N * 4 + 64);
@@ -143,7 +157,10 @@ int main(int argc, char **argv) {
                 const uint8_t *wp = wmem + (size_t)cur * wbytes;
                 dsv_linear w = {.dtype = fp8 ? DSV_DT_F8_E4M3 : DSV_DT_BF16, .n_out = N, .n_in = K, .ld = K,
                                 .w = wp, .scale = scale, .scale_ld = sld, .act_fp8 = fp8x};
-                if (index) {
+                if (gt) {
+                    w.gtype = (uint32_t)gt;
+                    dsv_linear_q((dsv_bf16 *)y, N, x, &w, m, 0, N, scr, dsv_kernels_level_of(k));
+                } else if (index) {
                     k->index_q_pack(qp, q8, 64);
                     k->index_score(out, N, qp, hw, 64, 1, wp, ks, N, scr);
                 } else if (fp8x) {

@@ -556,6 +556,37 @@ void dsv_q8_act_quant(void *act, const float *x, int K) {
     }
 }
 
+void dsv_q8_act_quant_ref(void *act, const void *x, int x_bf16, int K) {
+    if (!x_bf16) {
+        dsv_q8_act_quant(act, x, K);
+        return;
+    }
+    float xf[256]; /* 32-value blocks are independent: convert a few at a time */
+    for (int k0 = 0; k0 < K; k0 += 256) {
+        const int n = DSV_MIN(256, K - k0);
+        for (int k = 0; k < n; k++) xf[k] = dsv_bf16_to_f32(((const uint16_t *)x)[k0 + k]);
+        /* the output of this slice, as if the row were n values long */
+        uint8_t part[256 + 256 / 32 * 4 + 256 / 16 * 2];
+        dsv_q8_act_quant(part, xf, n);
+        int8_t *q = act;
+        float *d = (float *)((char *)act + K);
+        int16_t *s = (int16_t *)(d + K / 32);
+        memcpy(q + k0, part, (size_t)n);
+        memcpy(d + k0 / 32, part + n, (size_t)n / 32 * 4);
+        memcpy(s + k0 / 16, part + n + n / 32 * 4, (size_t)n / 16 * 2);
+    }
+}
+
+dsv_q8_act_quant_fn dsv_q8_act_quant_for(int level) {
+#if defined(__x86_64__)
+    if (level >= DSV_KLEVEL_AVX512) return dsv_q8_act_quant_avx512;
+    if (level == DSV_KLEVEL_AVX2) return dsv_q8_act_quant_avx2;
+#else
+    (void)level;
+#endif
+    return dsv_q8_act_quant_ref;
+}
+
 /* A weight block as integers: levels w[i] and, per 16 values k, a scale
  * a[k] and an offset b[k] with value = a[k]*w[i] + b[k]. Returns the
  * values in the block (32 or 256). */
@@ -662,6 +693,29 @@ float dsv_q_vec_dot_ref(uint32_t type, const void *wv, const void *act, int K) {
     return sum;
 }
 
+double dsv_q_dot_mag(uint32_t type, const void *wv, const void *act, int K) {
+    DSV_ASSERT(dsv_q_supported(type) && dsv_ggml_blck(type) > 1 && K % dsv_ggml_blck(type) == 0);
+    const uint8_t *w = wv;
+    const int8_t *q = act;
+    const float *d = (const float *)((const char *)act + K);
+    const int16_t *s = (const int16_t *)(d + K / 32);
+    const int bk = dsv_ggml_blck(type);
+    const size_t bs = dsv_ggml_bsize(type);
+    int8_t lv[256];
+    float a[16], b[16];
+    double mag = 0;
+    for (int blk = 0; blk < K / bk; blk++) {
+        int_decode(type, w + (size_t)blk * bs, lv, a, b);
+        for (int k = 0; k < bk / 16; k++) {
+            const int i0 = blk * bk + 16 * k;
+            double m = 0;
+            for (int j = 0; j < 16; j++) m += fabs((double)lv[16 * k + j] * q[i0 + j]);
+            mag += fabs((double)d[i0 / 32]) * (fabs((double)a[k]) * m + fabs((double)b[k] * s[i0 / 16]));
+        }
+    }
+    return mag;
+}
+
 void dsv_q_dot_rows_ref(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
     for (int r = 0; r < n; r++) out[r] = dsv_q_vec_dot_ref(type, w, (const char *)act + (size_t)r * stride, K);
 }
@@ -687,22 +741,17 @@ static void q_linear(const struct dsv_linear *w, int m, int n0, int n1, void *sc
                      float *yf, uint16_t *yb, int ldy, int level) {
     const int K = w->n_in;
     const size_t row = dsv_ggml_row_size(w->gtype, w->ld), ab = (dsv_q8_act_bytes(K) + 63) & ~(size_t)63;
-    float *xf = scratch;
-    uint8_t *act = (uint8_t *)scratch + (((size_t)K * 4 + 63) & ~(size_t)63);
-    const size_t room = DSV_LIN_SCRATCH - (size_t)(act - (uint8_t *)scratch);
+    uint8_t *act = scratch;
+    const size_t room = DSV_LIN_SCRATCH;
     DSV_ASSERT(ab <= room);
     const int group = (int)DSV_MIN((size_t)DSV_Q_ROWS, room / ab);
     const dsv_q_dot_rows_fn dot = dsv_q_dot_rows_for(level);
+    const dsv_q8_act_quant_fn aq = dsv_q8_act_quant_for(level);
     float out[DSV_Q_ROWS];
     for (int i0 = 0; i0 < m; i0 += group) {
         const int g = DSV_MIN(group, m - i0);
-        for (int r = 0; r < g; r++) {
-            const float *src = xf;
-            if (x_bf16)
-                for (int k = 0; k < K; k++) xf[k] = dsv_bf16_to_f32(((const uint16_t *)x)[(size_t)(i0 + r) * K + k]);
-            else src = (const float *)x + (size_t)(i0 + r) * K;
-            dsv_q8_act_quant(act + (size_t)r * ab, src, K);
-        }
+        for (int r = 0; r < g; r++)
+            aq(act + (size_t)r * ab, (const char *)x + (size_t)(i0 + r) * K * (x_bf16 ? 2 : 4), x_bf16, K);
         for (int n = n0; n < n1; n++) {
             dot(w->gtype, (const char *)w->w + (size_t)n * row, act, ab, g, K, out);
             for (int r = 0; r < g; r++) {

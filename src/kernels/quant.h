@@ -76,18 +76,37 @@ float dsv_q_dot(uint32_t type, const void *w, const float *x, int64_t n);
  * s[K/16], for the types with a minimum). dsv_q8_act_bytes(K) bytes. */
 size_t dsv_q8_act_bytes(int K);
 void dsv_q8_act_quant(void *act, const float *x, int K);
+/* The same bytes from fp32 or (x_bf16) bf16 rows, per kernel level:
+ * _for(level) gives the level's variant (vector loops with the reference's
+ * arithmetic). */
+typedef void (*dsv_q8_act_quant_fn)(void *act, const void *x, int x_bf16, int K);
+void dsv_q8_act_quant_ref(void *act, const void *x, int x_bf16, int K);
+void dsv_q8_act_quant_avx512(void *act, const void *x, int x_bf16, int K);
+void dsv_q8_act_quant_avx2(void *act, const void *x, int x_bf16, int K);
+dsv_q8_act_quant_fn dsv_q8_act_quant_for(int level);
 /* Σ w·x of a weight row of a supported block type (not F32/F16/BF16) with
  * 8-bit activations: per 16 weights, the block's integer levels times the
  * activations' integers summed exactly in int32, then scaled in fp32 as
  * the block says (dsv_q_dot's decode, in integers), block sums added in
  * order. The scalar reference; the _avx512 (VNNI) and _avx2 variants give
- * the same integer sums and may add the scaled sums in another order. A
+ * the same integer sums and may add the scaled sums in another order (each
+ * variant's file documents its order; results still depend only on the
+ * weight row and the activation row, never on the batch around them). A
  * variant handles the types it has kernels for and calls the reference for
  * the rest. */
 float dsv_q_vec_dot_ref(uint32_t type, const void *w, const void *act, int K);
 float dsv_q_vec_dot_avx512(uint32_t type, const void *w, const void *act, int K);
 float dsv_q_vec_dot_avx2(uint32_t type, const void *w, const void *act, int K);
 typedef float (*dsv_q_vec_dot_fn)(uint32_t type, const void *w, const void *act, int K);
+/* The scale of the rounding error of any order of adding the scaled sums:
+ * Σ over 16-value groups k of |d_k| * (|a_k| * Σ_i |w_i * q_i| + |b_k * s_k|)
+ * in double (dsv_q_vec_dot_ref's terms, each product's magnitude before any
+ * cancellation). A sum of these terms computed with p roundings on each
+ * term's path (multiplications and additions, any order) is within
+ * γ_p = p*u/(1-p*u) (u = 2^-24) times this of the exact value (Higham,
+ * Accuracy and Stability of Numerical Algorithms, 2nd ed., §3.1, §4.2),
+ * so two such orders differ by at most γ_p1 + γ_p2 times it. For tests. */
+double dsv_q_dot_mag(uint32_t type, const void *w, const void *act, int K);
 /* The same weight row against n <= DSV_Q_ROWS activation rows, stride bytes
  * apart, into out[n]: each result equal to the one-row call's (a block is
  * decoded once for all rows, which is what batching saves). */
@@ -106,7 +125,7 @@ dsv_q_dot_rows_fn dsv_q_dot_rows_for(int level);
  * each output is dsv_q_vec_dot of a weight row with it, so an output
  * depends only on its input row and weight row. Up to DSV_Q_ROWS input rows
  * are quantized together and share each weight row's decoding. scratch:
- * DSV_LIN_SCRATCH bytes (4K plus as many activation rows as fit are used).
+ * DSV_LIN_SCRATCH bytes (as many activation rows as fit are used).
  * dsv_linear_q rounds to bf16. level: the context's kernel level. */
 struct dsv_linear;
 void dsv_linear_q(uint16_t *y, int ldy, const uint16_t *x, const struct dsv_linear *w, int m, int n0, int n1,

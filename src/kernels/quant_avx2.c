@@ -1,10 +1,22 @@
 /* quant_avx2.c: AVX2 dot products of block-quantized weight rows with 8-bit
- * activations (quant.h), for CPUs without AVX-512. Q8_0 has its own kernel
- * (only the order of its scaled block sums differs from the reference);
- * every other type decodes its integer levels with quant_levels.h and
- * scales the 16-value integer sums in the reference's order, bit for bit.
- * The integer sums are exact: pairs of byte products fit int16
- * (2 * 128 * 127). */
+ * activations (quant.h), for CPUs without AVX-512.
+ *
+ * Every type but Q2_K and Q3_K streams as in quant_avx512.c (levels decoded in
+ * registers, up to 4 activation rows per weight pass, the same code per
+ * row whatever the batch), with vpmaddubsw (unsigned by signed bytes, pairs
+ * summed to int16) and vpmaddwd by ones for the 4-value int32 lane sums.
+ * The int16 pairs never saturate: unsigned levels are at most 31 (Q5_K,
+ * Q5_1), signed levels go in as |w| <= 128 (Q8_0: 2 * 128 * 127 < 32768)
+ * with the activation taking w's sign.
+ * Order of the float arithmetic: per sub-block S = (weight scale *
+ * sub-block scale) * activation scale; per lane acc += float(lane sum) * S
+ * (fused), blocks in order, in 8 lanes (Q8_0: one set; the K-quants: two,
+ * for the even and odd 32-value pieces of a block, added lane by lane at
+ * the end); then the lanes as hsum8 adds them; Q4_K's and Q5_K's minimum term
+ * (dmin * m) * (activation scale * 32-value activation sum) in a third
+ * set, subtracted at the end; Q4_1's and Q5_1's (plus) in 4 lanes.
+ * Q2_K and Q3_K decode its integer levels with quant_levels.h and
+ * scales the 16-value integer sums in the reference's order, bit for bit. */
 #include <immintrin.h>
 #include <string.h>
 
@@ -12,22 +24,275 @@
 #include "quant.h"
 #include "quant_levels.h"
 
-#define h2f q_h2f
+#define INLINE static inline __attribute__((always_inline))
 
-static float dot_q8_0(const uint8_t *w, const int8_t *q, const float *d, int K) {
-    __m256 acc = _mm256_setzero_ps();
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int b = 0; b < K / 32; b++, w += 34) {
-        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 2));
-        const __m256i qv = _mm256_loadu_si256((const __m256i *)(q + 32 * b));
-        const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(qv, wv));
-        const __m256i p32 = _mm256_madd_epi16(p16, ones);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(h2f(w) * d[b]), acc);
+/* Σ of 4 products per int32 lane: unsigned u times signed q. */
+static inline __m256i dot_u8s8(__m256i u, __m256i q) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), _mm256_set1_epi16(1));
+}
+
+INLINE void q8_0_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    __m256 acc[4];
+    struct arow a[4];
+    for (int r = 0; r < nr; r++) {
+        acc[r] = _mm256_setzero_ps();
+        a[r] = arow_at(act, stride, r, K);
     }
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+    const int nb = K / 32;
+    int b = 0;
+    for (; b + 4 <= nb; b += 4, w += 4 * 34) {
+        const __m128 wd = _mm_cvtph_ps(_mm_setr_epi16((short)ld16(w), (short)ld16(w + 34), (short)ld16(w + 68),
+                                                      (short)ld16(w + 102), 0, 0, 0, 0));
+        float s[4][4];
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) _mm_storeu_ps(s[r], _mm_mul_ps(wd, _mm_loadu_ps(a[r].d + b)));
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 34 * j + 2));
+            const __m256i aw = _mm256_sign_epi8(wv, wv);
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                const __m256i qv = _mm256_loadu_si256((const __m256i *)(a[r].q + 32 * (b + j)));
+                const __m256i p = dot_u8s8(aw, _mm256_sign_epi8(qv, wv));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[r][j]), acc[r]);
+            }
+        }
+    }
+    for (; b < nb; b++, w += 34) { /* K not a multiple of 128 */
+        const float wd = dsv_f16_to_f32(ld16(w));
+        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 2));
+        const __m256i aw = _mm256_sign_epi8(wv, wv);
+        for (int r = 0; r < nr; r++) {
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)(a[r].q + 32 * b));
+            const __m256i p = dot_u8s8(aw, _mm256_sign_epi8(qv, wv));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd * a[r].d[b]), acc[r]);
+        }
+    }
+    for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]);
+}
+
+/* ---- Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL: 32-value blocks -------------------------- */
+
+/* As in quant_avx512.c: the levels decoded in a register, Q4_1's and
+ * Q5_1's minimum term in a 4-lane accumulator added after the main one's
+ * lanes. Signed levels go in as |w| <= 127 (IQ4_NL's grid), unsigned ones
+ * are at most 31: the int16 pairs do not saturate. */
+INLINE void b32_rows(uint32_t t, const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    const size_t bs = dsv_ggml_bsize(t);
+    const int has_min = t == DSV_GGML_Q4_1 || t == DSV_GGML_Q5_1;
+    __m256 acc[4];
+    __m128 accm[4];
+    struct arow a[4];
+    for (int r = 0; r < nr; r++) {
+        acc[r] = _mm256_setzero_ps();
+        accm[r] = _mm_setzero_ps();
+        a[r] = arow_at(act, stride, r, K);
+    }
+    const __m128i ones = _mm_set1_epi16(1);
+    const int nb = K / 32;
+    for (int b = 0; b < nb; b++) {
+        const int four = b % 4 == 0 && b + 4 <= nb;
+        const int n4 = four ? 4 : 1; /* blocks in this step: 4, or 1 at the tail */
+        const uint8_t *x = w + (size_t)b * bs;
+        __m128 wd, wm = _mm_setzero_ps();
+        if (four) {
+            wd = _mm_cvtph_ps(_mm_setr_epi16((short)ld16(x), (short)ld16(x + bs), (short)ld16(x + 2 * bs),
+                                             (short)ld16(x + 3 * bs), 0, 0, 0, 0));
+            if (has_min)
+                wm = _mm_cvtph_ps(_mm_setr_epi16((short)ld16(x + 2), (short)ld16(x + bs + 2), (short)ld16(x + 2 * bs + 2),
+                                                 (short)ld16(x + 3 * bs + 2), 0, 0, 0, 0));
+        } else {
+            wd = _mm_set_ss(dsv_f16_to_f32(ld16(x)));
+            if (has_min) wm = _mm_set_ss(dsv_f16_to_f32(ld16(x + 2)));
+        }
+        float s[4][4];
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const __m128 da = four ? _mm_loadu_ps(a[r].d + b) : _mm_set_ss(a[r].d[b]);
+            _mm_storeu_ps(s[r], _mm_mul_ps(wd, da));
+            if (has_min) {
+                const __m128i s16 = four ? _mm_loadu_si128((const __m128i *)(a[r].s + 2 * b))
+                                         : _mm_cvtsi32_si128((int)ld32((const uint8_t *)(a[r].s + 2 * b)));
+                const __m128 sum = _mm_cvtepi32_ps(_mm_madd_epi16(s16, ones));
+                accm[r] = _mm_fmadd_ps(wm, _mm_mul_ps(da, sum), accm[r]);
+            }
+        }
+        for (int j = 0; j < n4; j++) {
+            const __m256i v = q_levels_32v(t, x + (size_t)j * bs);
+            const __m256i av = has_min ? v : _mm256_sign_epi8(v, v);
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                const __m256i qv = _mm256_loadu_si256((const __m256i *)(a[r].q + 32 * (b + j)));
+                const __m256i p = dot_u8s8(av, has_min ? qv : _mm256_sign_epi8(qv, v));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[r][j]), acc[r]);
+            }
+        }
+        b += n4 - 1;
+    }
+    for (int r = 0; r < nr; r++) {
+        __m128 m = _mm_add_ps(accm[r], _mm_movehl_ps(accm[r], accm[r]));
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        out[r] = hsum8(acc[r]) + _mm_cvtss_f32(m);
+    }
+}
+
+#define B32_ROWS(T, name)                                                                           \
+    INLINE void name(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) { \
+        b32_rows(T, w, act, stride, nr, K, out);                                                    \
+    }
+B32_ROWS(DSV_GGML_Q4_0, q4_0_rows)
+B32_ROWS(DSV_GGML_Q4_1, q4_1_rows)
+B32_ROWS(DSV_GGML_Q5_0, q5_0_rows)
+B32_ROWS(DSV_GGML_Q5_1, q5_1_rows)
+B32_ROWS(DSV_GGML_IQ4_NL, iq4_nl_rows)
+
+/* Q4_K: the low nibbles of qs[32c..] are sub-block 2c, the high ones
+ * 2c + 1 (quant_avx512.c). Q5_K: the same, and the 5th bits of qh[l]
+ * (bit 2c for the low nibble, 2c + 1 for the high) added as 16. */
+INLINE void q45_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out, int five) {
+    __m256 acc[4][2], accm[4];
+    struct arow a[4];
+    for (int r = 0; r < nr; r++) {
+        acc[r][0] = acc[r][1] = accm[r] = _mm256_setzero_ps();
+        a[r] = arow_at(act, stride, r, K);
+    }
+    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    for (int blk = 0; blk < K / 256; blk++, w += five ? 176 : 144) {
+        const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(w)));
+        uint64_t sc, mn;
+        k4_unpack(w + 4, &sc, &mn);
+        const __m256 scf = _mm256_mul_ps(_mm256_broadcastss_ps(dm), u8x8_ps(sc));
+        const __m256 mnf = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), u8x8_ps(mn));
+        __m256i lo[4], hi[4];
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(w + 16));
+        for (int c = 0; c < 4; c++) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(w + (five ? 48 : 16) + 32 * c));
+            lo[c] = _mm256_and_si256(raw, m4);
+            hi[c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            if (five) {
+                const __m256i bl = _mm256_set1_epi8((char)(1 << 2 * c)), bh = _mm256_set1_epi8((char)(1 << (2 * c + 1)));
+                const __m256i k16 = _mm256_set1_epi8(16);
+                lo[c] = _mm256_or_si256(lo[c], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bl), bl), k16));
+                hi[c] = _mm256_or_si256(hi[c], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bh), bh), k16));
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const __m256 da = _mm256_loadu_ps(a[r].d + 8 * blk);
+            const __m256 S = _mm256_mul_ps(scf, da);
+            const int8_t *q = a[r].q + 256 * blk;
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                const __m256i pl = dot_u8s8(lo[c], _mm256_loadu_si256((const __m256i *)(q + 64 * c)));
+                const __m256i ph = dot_u8s8(hi[c], _mm256_loadu_si256((const __m256i *)(q + 64 * c + 32)));
+                acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pl), _mm256_permutevar8x32_ps(S, _mm256_set1_epi32(2 * c)),
+                                            acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ph),
+                                            _mm256_permutevar8x32_ps(S, _mm256_set1_epi32(2 * c + 1)), acc[r][1]);
+            }
+            const __m256i s32 = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(a[r].s + 16 * blk)), ones);
+            accm[r] = _mm256_fmadd_ps(mnf, _mm256_mul_ps(da, _mm256_cvtepi32_ps(s32)), accm[r]);
+        }
+    }
+    for (int r = 0; r < nr; r++) out[r] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1])) - hsum8(accm[r]);
+}
+
+INLINE void q4_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q45_k_rows(w, act, stride, nr, K, out, 0);
+}
+INLINE void q5_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q45_k_rows(w, act, stride, nr, K, out, 1);
+}
+
+/* Q6_K (layout in quant_avx512.c): register i = 4h + k holds values
+ * 32i..32i+31, lanes 0-3 sub-block 2i, lanes 4-7 sub-block 2i + 1. */
+INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    __m256 acc[4][2];
+    struct arow a[4];
+    for (int r = 0; r < nr; r++) {
+        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        a[r] = arow_at(act, stride, r, K);
+    }
+    const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30), k32 = _mm256_set1_epi8(32);
+    const __m256i idx_lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), idx_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+    for (int blk = 0; blk < K / 256; blk++, w += 210) {
+        __m256i sw[8], aw[8];
+        for (int h = 0; h < 2; h++) {
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(w + 64 * h));
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(w + 64 * h + 32));
+            const __m256i hb = _mm256_loadu_si256((const __m256i *)(w + 128 + 32 * h));
+            __m256i u[4];
+            u[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
+            u[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
+            u[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30));
+            u[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                   _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
+            for (int k = 0; k < 4; k++) {
+                sw[4 * h + k] = _mm256_sub_epi8(u[k], k32);
+                aw[4 * h + k] = _mm256_sign_epi8(sw[4 * h + k], sw[4 * h + k]);
+            }
+        }
+        const __m256 d = _mm256_set1_ps(dsv_f16_to_f32(ld16(w + 208)));
+        const __m128i sc = _mm_loadu_si128((const __m128i *)(w + 192));
+        const __m256 scf_lo = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)));
+        const __m256 scf_hi = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8))));
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const __m256 da = _mm256_loadu_ps(a[r].d + 8 * blk);
+            const __m256 S[2] = {_mm256_mul_ps(scf_lo, _mm256_permutevar8x32_ps(da, idx_lo)),
+                                 _mm256_mul_ps(scf_hi, _mm256_permutevar8x32_ps(da, idx_hi))};
+            const int8_t *q = a[r].q + 256 * blk;
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
+                const __m256i qv = _mm256_loadu_si256((const __m256i *)(q + 32 * i));
+                const __m256i p = dot_u8s8(aw[i], _mm256_sign_epi8(qv, sw[i]));
+                const __m256i idx = _mm256_setr_epi32(2 * (i & 3), 2 * (i & 3), 2 * (i & 3), 2 * (i & 3),
+                                                      2 * (i & 3) + 1, 2 * (i & 3) + 1, 2 * (i & 3) + 1, 2 * (i & 3) + 1);
+                acc[r][i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_permutevar8x32_ps(S[i >> 2], idx),
+                                                acc[r][i & 1]);
+            }
+        }
+    }
+    for (int r = 0; r < nr; r++) out[r] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1]));
+}
+
+/* dsv_q8_act_quant's bytes (see quant_avx512.c), 8 values per vector. */
+void dsv_q8_act_quant_avx2(void *act, const void *x, int x_bf16, int K) {
+    int8_t *q = act;
+    float *d = (float *)((char *)act + K);
+    int16_t *s = (int16_t *)(d + K / 32);
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i lim = _mm256_set1_epi32(127), nlim = _mm256_set1_epi32(-127);
+    for (int b = 0; b < K / 32; b++) {
+        __m256 v[4], m = _mm256_setzero_ps();
+        for (int j = 0; j < 4; j++) {
+            if (x_bf16) {
+                const __m128i raw = _mm_loadu_si128((const __m128i *)((const uint16_t *)x + 32 * b + 8 * j));
+                v[j] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+            } else v[j] = _mm256_loadu_ps((const float *)x + 32 * b + 8 * j);
+            m = _mm256_max_ps(_mm256_and_ps(v[j], absm), m); /* keeps m where x is NaN */
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        d[b] = amax / 127.0f;
+        const __m256 id = _mm256_set1_ps(amax ? 127.0f / amax : 0);
+        int32_t lanes[32];
+        for (int j = 0; j < 4; j++) {
+            const __m256 p = _mm256_mul_ps(v[j], id);
+            __m256i iv = _mm256_and_si256(_mm256_cvtps_epi32(p), _mm256_castps_si256(_mm256_cmp_ps(p, p, _CMP_ORD_Q)));
+            iv = _mm256_max_epi32(_mm256_min_epi32(iv, lim), nlim);
+            _mm256_storeu_si256((__m256i *)(lanes + 8 * j), iv);
+        }
+        for (int h = 0; h < 2; h++) {
+            int sum = 0;
+            for (int j = 16 * h; j < 16 * h + 16; j++) {
+                q[32 * b + j] = (int8_t)lanes[j];
+                sum += lanes[j];
+            }
+            s[2 * b + h] = (int16_t)sum;
+        }
+    }
 }
 
 /* n/16 sums of 16 products of signed levels and activations. */
@@ -46,14 +311,30 @@ static inline void isums2(const int8_t *w, const int8_t *q, int32_t *out, int n)
 
 Q_DOT_LEVELS(dot_levels, isums2)
 
-void dsv_q_dot_rows_avx2(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
-    if (type != DSV_GGML_Q8_0) {
-        dot_levels(type, w, act, stride, n, K, out);
-        return;
+/* A weight row against n activation rows, 4 at a time. */
+#define ROWS_BY_4(fn)                                                                               \
+    for (int r0 = 0; r0 < n; r0 += 4) {                                                             \
+        const uint8_t *ar = (const uint8_t *)act + (size_t)r0 * stride;                              \
+        switch (n - r0 < 4 ? n - r0 : 4) {                                                          \
+        case 1: fn(w, ar, stride, 1, K, out + r0); break;                                           \
+        case 2: fn(w, ar, stride, 2, K, out + r0); break;                                           \
+        case 3: fn(w, ar, stride, 3, K, out + r0); break;                                           \
+        default: fn(w, ar, stride, 4, K, out + r0); break;                                          \
+        }                                                                                           \
     }
-    for (int r = 0; r < n; r++) {
-        const int8_t *q = (const int8_t *)((const char *)act + (size_t)r * stride);
-        out[r] = dot_q8_0(w, q, (const float *)((const char *)q + K), K);
+
+void dsv_q_dot_rows_avx2(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
+    switch (type) {
+    case DSV_GGML_Q8_0: ROWS_BY_4(q8_0_rows) return;
+    case DSV_GGML_Q4_0: ROWS_BY_4(q4_0_rows) return;
+    case DSV_GGML_Q4_1: ROWS_BY_4(q4_1_rows) return;
+    case DSV_GGML_Q5_0: ROWS_BY_4(q5_0_rows) return;
+    case DSV_GGML_Q5_1: ROWS_BY_4(q5_1_rows) return;
+    case DSV_GGML_IQ4_NL: ROWS_BY_4(iq4_nl_rows) return;
+    case DSV_GGML_Q4_K: ROWS_BY_4(q4_k_rows) return;
+    case DSV_GGML_Q5_K: ROWS_BY_4(q5_k_rows) return;
+    case DSV_GGML_Q6_K: ROWS_BY_4(q6_k_rows) return;
+    default: dot_levels(type, w, act, stride, n, K, out);
     }
 }
 

@@ -1,16 +1,35 @@
 /* quant_avx512.c: AVX-512 VNNI dot products of block-quantized weight rows
- * with 8-bit activations (quant.h). Q8_0 and Q4_K have dedicated kernels;
- * every other type decodes each block's integer levels with vector bit
- * operations (quant_levels.h), takes the 16-value integer sums with VNNI,
- * and scales them in the reference's order, so it gives the reference's
- * result bit for bit.
+ * with 8-bit activations (quant.h).
  *
- * The integer sums are exact and equal the reference's; in the Q8_0 and
- * Q4_K kernels only the order in which the scaled sums are added differs
- * (lanes, then a final reduction), so results match to float rounding.
- * vpdpbusd multiplies unsigned by signed bytes: a signed weight w times an
- * activation q is |w| * (q with w's sign), both within range (|w| <= 128,
- * the activations never -128). */
+ * Every type but Q2_K and Q3_K has a streaming kernel (Q8_0, Q4_K, Q5_K and
+ * Q6_K are the types of llama.cpp's and dsv32's Q8_0 and Q4_K_M files; the
+ * 32-value types are what 128-wide rows fall back to): a block's levels are
+ * decoded in registers
+ * (nibbles and high bits shifted and masked in place), multiplied by the
+ * activations with vpdpbusd (unsigned by signed bytes: Q4_K's levels are
+ * unsigned already; a signed level w times an activation q is taken as
+ * |w| * (q with w's sign), both in range since |w| <= 128 and q > -128),
+ * and each 32-bit lane's integer sum (4 products) is converted to float and
+ * added into a vector accumulator with the scale of its sub-block. A
+ * block's levels are decoded once for up to 4 activation rows; each row
+ * runs exactly the same operations whatever the number of rows, so results
+ * do not depend on the batch.
+ *
+ * Order of the float arithmetic (quant.h allows it to differ from the
+ * reference's; the integer sums are exact):
+ *   per sub-block: S = (weight scale * sub-block scale) * activation scale;
+ *   per lane: acc += float(lane sum) * S (fused), blocks in order, one lane
+ *   chain per position (8 lanes for Q8_0; for the K-quants two sets of 16,
+ *   the even and odd 64-value quarters of each block, added lane by lane at
+ *   the end, so two chains overlap); then the lanes are added as a tree
+ *   (hsum below). Q4_K's and Q5_K's minimum term, (dmin * m) * (activation
+ *   scale * 32-value activation sum), goes into a second accumulator of 8
+ *   lanes (one per sub-block position), reduced the same way and
+ *   subtracted at the end. The 32-value types other than Q8_0 go as Q8_0;
+ *   Q4_1's and Q5_1's minimum term in 4 lanes (b32_rows).
+ * Q2_K and Q3_K decode its integer levels to memory (quant_levels.h),
+ * takes the 16-value sums with VNNI and scales them in the reference's
+ * order, bit for bit. */
 #include <immintrin.h>
 #include <string.h>
 
@@ -18,68 +37,287 @@
 #include "quant.h"
 #include "quant_levels.h"
 
-#define h2f q_h2f
+#define INLINE static inline __attribute__((always_inline))
 
-/* Σ of 32 signed w times 32 signed q, in 8 int32 lanes. */
-static inline __m256i dot32(__m256i w, __m256i q) {
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
+static inline float hsum16(__m512 v) {
+    return hsum8(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
 }
 
-static float dot_q8_0(const uint8_t *w, const int8_t *q, const float *d, int K) {
-    __m256 acc = _mm256_setzero_ps();
-    for (int b = 0; b < K / 32; b++, w += 34) {
-        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 2));
-        const __m256i qv = _mm256_loadu_si256((const __m256i *)(q + 32 * b));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32(wv, qv)), _mm256_set1_ps(h2f(w) * d[b]), acc);
+/* ---- Q8_0: 34-byte blocks, f16 d then 32 int8 ------------------------------ */
+
+/* Blocks four at a time: their four scales are converted together (F16C)
+ * and multiplied by the activations' four scales in one vector. */
+INLINE void q8_0_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    __m256 acc[4];
+    struct arow a[4];
+    for (int r = 0; r < nr; r++) {
+        acc[r] = _mm256_setzero_ps();
+        a[r] = arow_at(act, stride, r, K);
     }
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-/* Q4_K: 8 sub-blocks of 32 with a 6-bit scale and min each; nibbles of
- * qs[32c + l] are values 64c + l (low) and 64c + 32 + l (high), all >= 0,
- * so they multiply the signed activations directly. */
-static float dot_q4_k(const uint8_t *w, const int8_t *q, const float *d, const int16_t *s, int K) {
-    float sum = 0;
-    const __m256i m4 = _mm256_set1_epi8(15);
-    for (int blk = 0; blk < K / 256; blk++, w += 144) {
-        const float dd = h2f(w), dmin = h2f(w + 2);
-        const uint8_t *sc = w + 4, *qs = w + 16;
-        const int8_t *qb = q + 256 * blk;
-        const float *db = d + 8 * blk;
-        const int16_t *sb = s + 16 * blk;
-        int scale[8], min[8];
-        for (int j = 0; j < 8; j++) {
-            if (j < 4) { scale[j] = sc[j] & 63; min[j] = sc[j + 4] & 63; }
-            else { scale[j] = (sc[j + 4] & 15) | (sc[j - 4] >> 6) << 4; min[j] = (sc[j + 4] >> 4) | (sc[j] >> 6) << 4; }
-        }
-        float bsum = 0;
-        for (int c = 0; c < 4; c++) {
-            const __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-            const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-            const __m256i pl = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo,
-                                                   _mm256_loadu_si256((const __m256i *)(qb + 64 * c)));
-            const __m256i ph = _mm256_dpbusd_epi32(_mm256_setzero_si256(), hi,
-                                                   _mm256_loadu_si256((const __m256i *)(qb + 64 * c + 32)));
-            /* Two 16-value halves per sub-block, as the reference groups them. */
-            int32_t l8[8], h8[8];
-            _mm256_storeu_si256((__m256i *)l8, pl);
-            _mm256_storeu_si256((__m256i *)h8, ph);
-            for (int half = 0; half < 2; half++) {
-                const int jl = 2 * c, jh = 2 * c + 1;
-                const int32_t il = l8[4 * half] + l8[4 * half + 1] + l8[4 * half + 2] + l8[4 * half + 3];
-                const int32_t ih = h8[4 * half] + h8[4 * half + 1] + h8[4 * half + 2] + h8[4 * half + 3];
-                const int kl = 4 * c + half, kh = 4 * c + 2 + half; /* 16-value sub-block indices */
-                bsum += db[kl / 2] * (dd * (float)scale[jl] * (float)il + -dmin * (float)min[jl] * (float)sb[kl]);
-                bsum += db[kh / 2] * (dd * (float)scale[jh] * (float)ih + -dmin * (float)min[jh] * (float)sb[kh]);
+    const int nb = K / 32;
+    int b = 0;
+    for (; b + 4 <= nb; b += 4, w += 4 * 34) {
+        const __m128 wd = _mm_cvtph_ps(_mm_setr_epi16((short)ld16(w), (short)ld16(w + 34), (short)ld16(w + 68),
+                                                      (short)ld16(w + 102), 0, 0, 0, 0));
+        float s[4][4];
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) _mm_storeu_ps(s[r], _mm_mul_ps(wd, _mm_loadu_ps(a[r].d + b)));
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 34 * j + 2));
+            const __m256i aw = _mm256_sign_epi8(wv, wv);
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                const __m256i qv = _mm256_loadu_si256((const __m256i *)(a[r].q + 32 * (b + j)));
+                const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, _mm256_sign_epi8(qv, wv));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[r][j]), acc[r]);
             }
         }
-        sum += bsum;
     }
-    return sum;
+    for (; b < nb; b++, w += 34) { /* K not a multiple of 128 */
+        const float wd = dsv_f16_to_f32(ld16(w));
+        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 2));
+        const __m256i aw = _mm256_sign_epi8(wv, wv);
+        for (int r = 0; r < nr; r++) {
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)(a[r].q + 32 * b));
+            const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, _mm256_sign_epi8(qv, wv));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd * a[r].d[b]), acc[r]);
+        }
+    }
+    for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]);
 }
+
+/* ---- Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL: 32-value blocks -------------------------- */
+
+/* As Q8_0, with the levels decoded in a register (quant_levels.h); Q4_1's
+ * and Q5_1's levels are unsigned and their minimum term, m * (activation
+ * scale * 32-value activation sum), goes into a 4-lane accumulator (block
+ * b % 4 in lane b % 4), added after the lanes of the main one. */
+INLINE void b32_rows(uint32_t t, const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    const size_t bs = dsv_ggml_bsize(t);
+    const int has_min = t == DSV_GGML_Q4_1 || t == DSV_GGML_Q5_1;
+    __m256 acc[4];
+    __m128 accm[4];
+    struct arow a[4];
+    for (int r = 0; r < nr; r++) {
+        acc[r] = _mm256_setzero_ps();
+        accm[r] = _mm_setzero_ps();
+        a[r] = arow_at(act, stride, r, K);
+    }
+    const __m128i ones = _mm_set1_epi16(1);
+    const int nb = K / 32;
+    for (int b = 0; b < nb; b++) {
+        const int four = b % 4 == 0 && b + 4 <= nb;
+        const int n4 = four ? 4 : 1; /* blocks in this step: 4, or 1 at the tail */
+        const uint8_t *x = w + (size_t)b * bs;
+        __m128 wd, wm = _mm_setzero_ps();
+        if (four) {
+            wd = _mm_cvtph_ps(_mm_setr_epi16((short)ld16(x), (short)ld16(x + bs), (short)ld16(x + 2 * bs),
+                                             (short)ld16(x + 3 * bs), 0, 0, 0, 0));
+            if (has_min)
+                wm = _mm_cvtph_ps(_mm_setr_epi16((short)ld16(x + 2), (short)ld16(x + bs + 2), (short)ld16(x + 2 * bs + 2),
+                                                 (short)ld16(x + 3 * bs + 2), 0, 0, 0, 0));
+        } else {
+            wd = _mm_set_ss(dsv_f16_to_f32(ld16(x)));
+            if (has_min) wm = _mm_set_ss(dsv_f16_to_f32(ld16(x + 2)));
+        }
+        float s[4][4];
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const __m128 da = four ? _mm_loadu_ps(a[r].d + b) : _mm_set_ss(a[r].d[b]);
+            _mm_storeu_ps(s[r], _mm_mul_ps(wd, da));
+            if (has_min) {
+                const __m128i s16 = four ? _mm_loadu_si128((const __m128i *)(a[r].s + 2 * b))
+                                         : _mm_cvtsi32_si128((int)ld32((const uint8_t *)(a[r].s + 2 * b)));
+                const __m128 sum = _mm_cvtepi32_ps(_mm_madd_epi16(s16, ones));
+                accm[r] = _mm_fmadd_ps(wm, _mm_mul_ps(da, sum), accm[r]);
+            }
+        }
+        for (int j = 0; j < n4; j++) {
+            const __m256i v = q_levels_32v(t, x + (size_t)j * bs);
+            const __m256i av = has_min ? v : _mm256_sign_epi8(v, v);
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                const __m256i qv = _mm256_loadu_si256((const __m256i *)(a[r].q + 32 * (b + j)));
+                const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), av, has_min ? qv : _mm256_sign_epi8(qv, v));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[r][j]), acc[r]);
+            }
+        }
+        b += n4 - 1;
+    }
+    for (int r = 0; r < nr; r++) {
+        __m128 m = _mm_add_ps(accm[r], _mm_movehl_ps(accm[r], accm[r]));
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        out[r] = hsum8(acc[r]) + _mm_cvtss_f32(m);
+    }
+}
+
+#define B32_ROWS(T, name)                                                                           \
+    INLINE void name(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) { \
+        b32_rows(T, w, act, stride, nr, K, out);                                                    \
+    }
+B32_ROWS(DSV_GGML_Q4_0, q4_0_rows)
+B32_ROWS(DSV_GGML_Q4_1, q4_1_rows)
+B32_ROWS(DSV_GGML_Q5_0, q5_0_rows)
+B32_ROWS(DSV_GGML_Q5_1, q5_1_rows)
+B32_ROWS(DSV_GGML_IQ4_NL, iq4_nl_rows)
+
+/* ---- Q4_K, Q5_K: 144- and 176-byte blocks of 256 ------------------------------ */
+
+/* Nibbles of qs[32c + l]: low = value 64c + l (sub-block 2c), high = value
+ * 64c + 32 + l (sub-block 2c + 1). One 512-bit register holds both, in
+ * value order, so it meets 64 consecutive activations; lanes 0-7 belong to
+ * sub-block 2c, lanes 8-15 to 2c + 1. */
+INLINE void q45_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out, int five) {
+    __m512 acc[8][2];
+    __m256 accm[8];
+    struct arow a[8];
+    for (int r = 0; r < nr; r++) {
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        accm[r] = _mm256_setzero_ps();
+        a[r] = arow_at(act, stride, r, K);
+    }
+    const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+    const __m512i m4 = _mm512_set1_epi8(15);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m512i idx[4];
+    for (int c = 0; c < 4; c++)
+        idx[c] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * c)), _mm256_set1_epi32(2 * c + 1), 1);
+    for (int blk = 0; blk < K / 256; blk++, w += five ? 176 : 144) {
+        const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(w))); /* d, dmin */
+        uint64_t sc, mn;
+        k4_unpack(w + 4, &sc, &mn);
+        const __m256 scf = _mm256_mul_ps(_mm256_broadcastss_ps(dm), u8x8_ps(sc));
+        const __m256 mnf = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), u8x8_ps(mn));
+        __m512i wz[4];
+        const __m512i qh = five ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 16))) : m4;
+        for (int c = 0; c < 4; c++) {
+            const __m512i raw = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + (five ? 48 : 16) + 32 * c)));
+            wz[c] = _mm512_and_si512(_mm512_srlv_epi16(raw, shift), m4);
+            if (five) { /* Q5_K: the 5th bit of value 64c + l is bit 2c of qh[l], of 64c + 32 + l bit 2c + 1 */
+                const __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << 2 * c)),
+                                                       _mm256_set1_epi8((char)(1 << (2 * c + 1))), 1);
+                wz[c] = _mm512_mask_add_epi8(wz[c], _mm512_test_epi8_mask(qh, bit), wz[c], _mm512_set1_epi8(16));
+            }
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++) {
+            const __m256 da = _mm256_loadu_ps(a[r].d + 8 * blk);
+            const __m512 S = _mm512_castps256_ps512(_mm256_mul_ps(scf, da));
+            const int8_t *q = a[r].q + 256 * blk;
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wz[c], _mm512_loadu_si512(q + 64 * c));
+                acc[r][c & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[c], S), acc[r][c & 1]);
+            }
+            const __m256i s32 = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(a[r].s + 16 * blk)), ones);
+            accm[r] = _mm256_fmadd_ps(mnf, _mm256_mul_ps(da, _mm256_cvtepi32_ps(s32)), accm[r]);
+        }
+    }
+    for (int r = 0; r < nr; r++) out[r] = hsum16(_mm512_add_ps(acc[r][0], acc[r][1])) - hsum8(accm[r]);
+}
+
+INLINE void q4_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q45_k_rows(w, act, stride, nr, K, out, 0);
+}
+INLINE void q5_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q45_k_rows(w, act, stride, nr, K, out, 1);
+}
+
+/* ---- Q6_K: 210-byte blocks of 256 -------------------------------------------- */
+
+/* Value 128h + 32k + l: low 4 bits in ql[64h + 32(k&1) + l] (low nibble
+ * for k < 2, high for k >= 2), high 2 bits at bits 2k of qh[32h + l]. The
+ * 64 bytes ql[64h..] give k = 0, 1 (low nibbles) and k = 2, 3 (high); the
+ * 32 bytes qh[32h..], copied to both halves, give the high bits, shifted
+ * to bits 4-5 by a per-half count. Register i then holds values 64i..64i+63
+ * in order; lanes 4j..4j+3 are 16-value sub-block 4i + j. */
+INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    __m512 acc[8][2];
+    struct arow a[8];
+    for (int r = 0; r < nr; r++) {
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        a[r] = arow_at(act, stride, r, K);
+    }
+    const __m512i left01 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+    const __m512i right23 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30), k32 = _mm512_set1_epi8(32);
+    /* idx_half: d[k/2] for k = 0..15; idx[i]: sub-block 4i + lane/4 */
+    const __m512i idx_half = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    __m512i idx[4];
+    for (int i = 0; i < 4; i++)
+        idx[i] = _mm512_add_epi32(_mm512_set1_epi32(4 * i),
+                                  _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
+    for (int blk = 0; blk < K / 256; blk++, w += 210) {
+        __m512i aw[4];
+        __mmask64 neg[4];
+        for (int h = 0; h < 2; h++) {
+            const __m512i l = _mm512_loadu_si512(w + 64 * h);
+            const __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 128 + 32 * h)));
+            const __m512i u01 = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(hb, left01), m30));
+            const __m512i u23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                                _mm512_and_si512(_mm512_srlv_epi16(hb, right23), m30));
+            const __m512i w01 = _mm512_sub_epi8(u01, k32), w23 = _mm512_sub_epi8(u23, k32);
+            aw[2 * h] = _mm512_abs_epi8(w01);
+            neg[2 * h] = _mm512_movepi8_mask(w01);
+            aw[2 * h + 1] = _mm512_abs_epi8(w23);
+            neg[2 * h + 1] = _mm512_movepi8_mask(w23);
+        }
+        const float d = dsv_f16_to_f32(ld16(w + 208));
+        const __m512 scf = _mm512_mul_ps(_mm512_set1_ps(d),
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + 192)))));
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++) {
+            const __m512 da = _mm512_permutexvar_ps(idx_half, _mm512_castps256_ps512(_mm256_loadu_ps(a[r].d + 8 * blk)));
+            const __m512 S = _mm512_mul_ps(scf, da);
+            const int8_t *q = a[r].q + 256 * blk;
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) {
+                const __m512i qv = _mm512_loadu_si512(q + 64 * i);
+                const __m512i sq = _mm512_mask_sub_epi8(qv, neg[i], _mm512_setzero_si512(), qv);
+                const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw[i], sq);
+                acc[r][i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[i], S), acc[r][i & 1]);
+            }
+        }
+    }
+    for (int r = 0; r < nr; r++) out[r] = hsum16(_mm512_add_ps(acc[r][0], acc[r][1]));
+}
+
+/* ---- 8-bit activations -------------------------------------------------------- */
+
+/* dsv_q8_act_quant's bytes, 32 values per step: the max of |x| is exact in
+ * any order, x * (127/amax) is one rounding as in the reference, and the
+ * conversion rounds to nearest even as lrintf does; a NaN product gives 0
+ * as the reference's (int)lrintf does on this architecture. */
+void dsv_q8_act_quant_avx512(void *act, const void *x, int x_bf16, int K) {
+    int8_t *q = act;
+    float *d = (float *)((char *)act + K);
+    int16_t *s = (int16_t *)(d + K / 32);
+    const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
+    for (int b = 0; b < K / 32; b++) {
+        __m512 v[2];
+        for (int h = 0; h < 2; h++) {
+            if (x_bf16) {
+                const __m256i raw = _mm256_loadu_si256((const __m256i *)((const uint16_t *)x + 32 * b + 16 * h));
+                v[h] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+            } else v[h] = _mm512_loadu_ps((const float *)x + 32 * b + 16 * h);
+        }
+        /* max(|x|, acc) keeps acc where x is NaN, as fmaxf does */
+        const __m512 m = _mm512_max_ps(_mm512_abs_ps(v[1]), _mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_setzero_ps()));
+        const float amax = _mm512_reduce_max_ps(m);
+        d[b] = amax / 127.0f;
+        const __m512 id = _mm512_set1_ps(amax ? 127.0f / amax : 0);
+        for (int h = 0; h < 2; h++) {
+            const __m512 p = _mm512_mul_ps(v[h], id);
+            __m512i iv = _mm512_maskz_cvtps_epi32(_mm512_cmp_ps_mask(p, p, _CMP_ORD_Q), p);
+            iv = _mm512_max_epi32(_mm512_min_epi32(iv, lim), nlim);
+            _mm_storeu_si128((__m128i *)(q + 32 * b + 16 * h), _mm512_cvtepi32_epi8(iv));
+            s[2 * b + h] = (int16_t)_mm512_reduce_add_epi32(iv);
+        }
+    }
+}
+
+/* ---- the other types: levels in memory, the reference's order -------------- */
 
 /* n/16 sums of 16 products of signed levels and activations (n = 32 or 256). */
 static inline void isums512(const int8_t *w, const int8_t *q, int32_t *out, int n) {
@@ -92,23 +330,55 @@ static inline void isums512(const int8_t *w, const int8_t *q, int32_t *out, int 
         for (int g = 0; g < 4; g++) out[4 * c + g] = lanes[4 * g] + lanes[4 * g + 1] + lanes[4 * g + 2] + lanes[4 * g + 3];
     }
     if (n == 32) {
-        _mm256_storeu_si256((__m256i *)lanes, dot32(_mm256_loadu_si256((const __m256i *)w),
-                                                     _mm256_loadu_si256((const __m256i *)q)));
+        const __m256i wv = _mm256_loadu_si256((const __m256i *)w), qv = _mm256_loadu_si256((const __m256i *)q);
+        _mm256_storeu_si256((__m256i *)lanes, _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv),
+                                                                  _mm256_sign_epi8(qv, wv)));
         for (int g = 0; g < 2; g++) out[g] = lanes[4 * g] + lanes[4 * g + 1] + lanes[4 * g + 2] + lanes[4 * g + 3];
     }
 }
 
 Q_DOT_LEVELS(dot_levels, isums512)
 
-void dsv_q_dot_rows_avx512(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
-    if (type != DSV_GGML_Q8_0 && type != DSV_GGML_Q4_K) {
-        dot_levels(type, w, act, stride, n, K, out);
-        return;
+/* A weight row against n activation rows, 8 at a time for the K-quants
+ * (their decoding is dearer), 4 for the 32-value types (the same code per
+ * row whatever the group, see above). */
+#define ROWS_BY_8(fn)                                                                               \
+    for (int r0 = 0; r0 < n; r0 += 8) {                                                             \
+        const uint8_t *ar = (const uint8_t *)act + (size_t)r0 * stride;                              \
+        switch (n - r0 < 8 ? n - r0 : 8) {                                                          \
+        case 1: fn(w, ar, stride, 1, K, out + r0); break;                                           \
+        case 2: fn(w, ar, stride, 2, K, out + r0); break;                                           \
+        case 3: fn(w, ar, stride, 3, K, out + r0); break;                                           \
+        case 4: fn(w, ar, stride, 4, K, out + r0); break;                                           \
+        case 5: fn(w, ar, stride, 5, K, out + r0); break;                                           \
+        case 6: fn(w, ar, stride, 6, K, out + r0); break;                                           \
+        case 7: fn(w, ar, stride, 7, K, out + r0); break;                                           \
+        default: fn(w, ar, stride, 8, K, out + r0); break;                                          \
+        }                                                                                           \
     }
-    for (int r = 0; r < n; r++) {
-        const int8_t *q = (const int8_t *)((const char *)act + (size_t)r * stride);
-        const float *d = (const float *)((const char *)q + K);
-        out[r] = type == DSV_GGML_Q8_0 ? dot_q8_0(w, q, d, K) : dot_q4_k(w, q, d, (const int16_t *)(d + K / 32), K);
+#define ROWS_BY_4(fn)                                                                               \
+    for (int r0 = 0; r0 < n; r0 += 4) {                                                             \
+        const uint8_t *ar = (const uint8_t *)act + (size_t)r0 * stride;                              \
+        switch (n - r0 < 4 ? n - r0 : 4) {                                                          \
+        case 1: fn(w, ar, stride, 1, K, out + r0); break;                                           \
+        case 2: fn(w, ar, stride, 2, K, out + r0); break;                                           \
+        case 3: fn(w, ar, stride, 3, K, out + r0); break;                                           \
+        default: fn(w, ar, stride, 4, K, out + r0); break;                                          \
+        }                                                                                           \
+    }
+
+void dsv_q_dot_rows_avx512(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
+    switch (type) {
+    case DSV_GGML_Q8_0: ROWS_BY_4(q8_0_rows) return;
+    case DSV_GGML_Q4_0: ROWS_BY_4(q4_0_rows) return;
+    case DSV_GGML_Q4_1: ROWS_BY_4(q4_1_rows) return;
+    case DSV_GGML_Q5_0: ROWS_BY_4(q5_0_rows) return;
+    case DSV_GGML_Q5_1: ROWS_BY_4(q5_1_rows) return;
+    case DSV_GGML_IQ4_NL: ROWS_BY_4(iq4_nl_rows) return;
+    case DSV_GGML_Q4_K: ROWS_BY_8(q4_k_rows) return;
+    case DSV_GGML_Q5_K: ROWS_BY_8(q5_k_rows) return;
+    case DSV_GGML_Q6_K: ROWS_BY_8(q6_k_rows) return;
+    default: dot_levels(type, w, act, stride, n, K, out);
     }
 }
 

@@ -1,6 +1,8 @@
-/* quant_levels.h: the integer levels of a weight block with vector bit
- * operations (AVX2 instructions), shared by quant_avx2.c and quant_avx512.c
- * and compiled with each file's flags. Each function gives exactly what the
+/* quant_levels.h: what quant_avx2.c and quant_avx512.c share, compiled
+ * with each file's flags (AVX2 instructions only): small helpers of the
+ * streaming kernels (activation rows, Q4_K/Q5_K scale unpacking, lane
+ * sums), and the integer levels of a weight block with vector bit
+ * operations for the types without a streaming kernel. Each function gives exactly what the
  * scalar reference's int_decode (quant.c) gives: levels w[i] and, per 16
  * values, the scale a[k] and offset b[k] (value = a[k]*w[i] + b[k]). A
  * kernel then takes the 16-value integer sums with its own instructions and
@@ -16,6 +18,50 @@
 #include "quant.h"
 
 static inline float q_h2f(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return dsv_f16_to_f32(h); }
+
+/* ---- helpers of the streaming kernels (quant_avx2.c, quant_avx512.c) ---- */
+
+static inline uint16_t ld16(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return h; }
+static inline uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
+/* Lane sums: 8 lanes as ((0+4)+(2+6)) + ((1+5)+(3+7)) (hsum16 in
+ * quant_avx512.c first adds lanes i and i+8). */
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* One activation row: int8 q[K], float d[K/32], int16 s[K/16]. */
+struct arow {
+    const int8_t *q;
+    const float *d;
+    const int16_t *s;
+};
+static inline struct arow arow_at(const uint8_t *act, size_t stride, int r, int K) {
+    struct arow a;
+    a.q = (const int8_t *)(act + (size_t)r * stride);
+    a.d = (const float *)((const char *)a.q + K);
+    a.s = (const int16_t *)(a.d + K / 32);
+    return a;
+}
+
+/* The 8 6-bit scales and mins of a Q4_K/Q5_K block (quant.c, k4_scale_min)
+ * as bytes: words a, b, c are scale bytes 0-3, 4-7, 8-11; scales 0-3 are
+ * a's low 6 bits, 4-7 c's low nibbles with a's top 2 bits above them; the
+ * mins likewise from b and c's high nibbles. */
+static inline void k4_unpack(const uint8_t *sc, uint64_t *scales, uint64_t *mins) {
+    const uint32_t a = ld32(sc), b = ld32(sc + 4), c = ld32(sc + 8);
+    const uint32_t s_lo = a & 0x3f3f3f3fu, s_hi = (c & 0x0f0f0f0fu) | ((a >> 2) & 0x30303030u);
+    const uint32_t m_lo = b & 0x3f3f3f3fu, m_hi = ((c >> 4) & 0x0f0f0f0fu) | ((b >> 2) & 0x30303030u);
+    *scales = (uint64_t)s_hi << 32 | s_lo;
+    *mins = (uint64_t)m_hi << 32 | m_lo;
+}
+
+static inline __m256 u8x8_ps(uint64_t v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)v))); }
+
+/* ---- levels to memory (the other types) ---- */
 
 /* 32 bytes of b, each shifted right by s and masked to m; s + the width of
  * m stays within 8 bits, so nothing leaks in from the next byte. */
@@ -35,8 +81,9 @@ static inline __m256i q_bit5(const uint8_t *qhp) {
     return _mm256_and_si256(on, _mm256_set1_epi8(16));
 }
 
-/* A 32-value block (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL): 32 levels, a and b. */
-static inline void q_levels_32(uint32_t t, const uint8_t *x, int8_t *w, float *a, float *b) {
+/* A 32-value block's levels (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) in a register:
+ * signed for Q4_0, Q5_0 and IQ4_NL, unsigned (0..31) for Q4_1 and Q5_1. */
+static inline __m256i q_levels_32v(uint32_t t, const uint8_t *x) {
     const int off = t == DSV_GGML_Q4_1 ? 4 : t == DSV_GGML_Q5_0 ? 6 : t == DSV_GGML_Q5_1 ? 8 : 2;
     const __m128i raw = _mm_loadu_si128((const __m128i *)(x + off)), m4 = _mm_set1_epi8(15);
     __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
@@ -50,7 +97,12 @@ static inline void q_levels_32(uint32_t t, const uint8_t *x, int8_t *w, float *a
     case DSV_GGML_Q5_0: v = _mm256_sub_epi8(_mm256_or_si256(v, q_bit5(x + 2)), _mm256_set1_epi8(16)); break;
     case DSV_GGML_Q5_1: v = _mm256_or_si256(v, q_bit5(x + 4)); break;
     }
-    _mm256_storeu_si256((__m256i *)w, v);
+    return v;
+}
+
+/* The same to memory, with the scale a and offset b. */
+static inline void q_levels_32(uint32_t t, const uint8_t *x, int8_t *w, float *a, float *b) {
+    _mm256_storeu_si256((__m256i *)w, q_levels_32v(t, x));
     *a = q_h2f(x);
     *b = t == DSV_GGML_Q4_1 || t == DSV_GGML_Q5_1 ? q_h2f(x + 2) : 0;
 }
