@@ -1,4 +1,5 @@
-/* kbench.c: single-kernel timings of the decoding linears and the indexer,
+/* kbench.c: single-kernel timings of the decoding linears, the indexer, its
+ * top-k and the sparse attention over the gathered rows,
  * for tuning on a machine shared with other work (`make kbench`).
  *
  * Whole-model benchmarks (dsv32 bench) mix every kernel with the thread
@@ -41,17 +42,70 @@ static uint32_t rnd(void) {
     return rng;
 }
 
+/* topk and mqa: rounds of `reps` calls on data that stays in the caches
+ * (what decoding reads there: one token's scores, the gathered rows). */
+static int bench_attn(const dsv_kernels **sets, const char **names, int ns, int n, int rounds, int mqa) {
+    enum { H = 16, C = 512, R = 64, KSEL = 2048 };
+    const int np = dsv_mqa_keys_padded(n), reps = mqa ? 4 : 32;
+    float *sc = malloc(sizeof(float) * (size_t)n), *S = aligned_alloc(64, sizeof(float) * (size_t)H * np);
+    int32_t *pos = malloc(sizeof(int32_t) * KSEL), *tscr = malloc(sizeof(int32_t) * dsv_topk_scratch(n));
+    dsv_bf16 *kv = aligned_alloc(64, (size_t)np * (C + R) * 2 + 64), *pe = kv + (size_t)np * C;
+    dsv_bf16 *qa = malloc((size_t)H * (C + R) * 2), *qr = qa + (size_t)H * C, *P = aligned_alloc(64, (size_t)H * np * 2);
+    dsv_bf16 *o = malloc((size_t)H * C * 2);
+    void *kvp = aligned_alloc(64, (dsv_mqa_kvp_bytes(n, C) + 63) & ~(size_t)63);
+    float *scr = aligned_alloc(64, (dsv_attn_scratch(n, C, R) * 4 + 63) & ~(size_t)63);
+    double *t = calloc((size_t)ns * rounds, sizeof(double));
+    if (!sc || !S || !pos || !tscr || !kv || !qa || !P || !o || !kvp || !scr || !t) return 1;
+    for (int i = 0; i < n; i++) sc[i] = (float)(rnd() % 100000) * 1e-3f;
+    for (size_t i = 0; i < (size_t)np * (C + R); i++) kv[i] = dsv_f32_to_bf16((float)((int)(rnd() % 2001) - 1000) * 1e-3f);
+    for (int i = 0; i < H * (C + R); i++) qa[i] = dsv_f32_to_bf16((float)((int)(rnd() % 2001) - 1000) * 1e-3f);
+    printf("kbench %s: %d keys, %d rounds of %d calls\n", mqa ? "mqa (16 heads, 512 + 64)" : "topk 2048", n, rounds, reps);
+    for (int r = -1; r < rounds; r++)
+        for (int s = 0; s < ns; s++) {
+            const dsv_kernels *k = sets[s];
+            const double t0 = now();
+            for (int i = 0; i < reps; i++) {
+                if (!mqa) {
+                    dsv_topk_select(pos, NULL, sc, n, n < KSEL ? n : KSEL, tscr);
+                    continue;
+                }
+                if (k->mqa_pack) k->mqa_pack(kvp, kv, n, C, 0, n);
+                k->mqa_scores(S, np, qa, qr, kv, pe, H, C, R, 0.07f, 0, n, scr);
+                for (int h = 0; h < H; h++) {
+                    float *sr = S + (size_t)h * np;
+                    k->softmax_bf16(sr, n);
+                    for (int j = 0; j < np; j++) P[(size_t)h * np + j] = j < n ? (dsv_bf16)(dsv_f32_bits(sr[j]) >> 16) : 0;
+                }
+                k->mqa_pv(o, P, np, kv, kvp, n, H, C, 0, C, scr);
+            }
+            if (r >= 0) t[(size_t)s * rounds + r] = now() - t0;
+        }
+    double base = 0;
+    for (int s = 0; s < ns; s++) {
+        double *v = t + (size_t)s * rounds;
+        qsort(v, (size_t)rounds, sizeof(double), cmp_double);
+        if (!s) base = v[rounds / 2];
+        printf("%-8s median %8.2f us/call  best %8.2f us/call  x%.3f\n", names[s], v[rounds / 2] / reps * 1e6,
+               v[0] / reps * 1e6, base / v[rounds / 2]);
+    }
+    free(sc); free(S); free(pos); free(tscr); free(kv); free(qa); free(P); free(o); free(kvp); free(scr); free(t);
+    return 0;
+}
+
 static void usage(void) {
     printf("usage: kbench [options] LEVEL...\n"
            "  Times one kernel at each kernel LEVEL (generic, avx2, avx512, amx), the\n"
            "  levels alternated round by round.\n"
-           "  -k KERNEL   fp8 | bf16 | index (default fp8)\n"
+           "  -k KERNEL   fp8 | bf16 | index | topk | mqa (default fp8)\n"
            "  -m M        input rows (default 1)\n"
            "  -n N        output rows of one weight matrix (default 512)\n"
            "  -K K        inputs (default 2048)\n"
            "  -r ROUNDS   rounds (default 15)\n"
            "  -b MB       weight memory cycled through per round (default 256)\n"
-           "  index: -n is the number of keys, heads 64, one query.\n");
+           "  index: -n is the number of keys, heads 64, one query.\n"
+           "  topk: dsv_topk_select of 2048 among -n scores (the level does not matter).\n"
+           "  mqa: one token's absorbed attention over -n gathered rows, 16 heads, latent\n"
+           "       512 + rope 64: mqa_scores, softmax, mqa_pv (keys/us).\n");
 }
 
 int main(int argc, char **argv) {
@@ -98,6 +152,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     const int index = !strcmp(kern, "index"), fp8 = !strcmp(kern, "fp8");
+    const int topk = !strcmp(kern, "topk"), mqa = !strcmp(kern, "mqa");
+    if (topk || mqa) return bench_attn(sets, names, ns, N, rounds, mqa);
     if (!index && !fp8 && strcmp(kern, "bf16")) {
         usage();
         return 2;
