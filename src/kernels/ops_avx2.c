@@ -362,28 +362,36 @@ static void index_q_pack(void *qp, const uint8_t *q8, int n_heads) {
         for (int h = 0; h < hp; h++) q[d * hp + h] = h < n_heads ? dsv_e4m3_to_f32(q8[h * 128 + d]) : 0.0f;
 }
 
-/* One key kf [128] (fp32) against one packed query: each head's dot over d
- * in order (8 heads a vector, 64 at a time), ReLU, weights, head sum. */
-static float score_key(const float *q, const float *w, int n_heads, const float *kf, float ks) {
+/* nk (1 or 2) keys kf [nk][128] (fp32) against one packed query: each
+ * head's dot over d in order (8 heads a vector, 32 at a time: the two keys'
+ * 8 accumulators keep both FMA pipes busy, and each query load serves both
+ * keys), ReLU, weights, head sum in head order. */
+static inline __attribute__((always_inline)) void score_keys(float *out, const float *q, const float *w, int n_heads,
+                                                             const float *kf, const float *ks, int nk) {
     const int hp = heads_padded(n_heads);
-    __m256 sum = _mm256_setzero_ps();
-    for (int h0 = 0; h0 < hp; h0 += 64) {
-        const int ng = (hp - h0) / 8 < 8 ? (hp - h0) / 8 : 8;
-        __m256 acc[8];
-        UNROLL for (int g = 0; g < 8; g++) acc[g] = _mm256_setzero_ps();
+    __m256 sum[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int h0 = 0; h0 < hp; h0 += 32) {
+        const int ng = (hp - h0) / 8 < 4 ? (hp - h0) / 8 : 4;
+        __m256 acc[2][4];
+        UNROLL for (int u = 0; u < 2; u++) UNROLL for (int g = 0; g < 4; g++) acc[u][g] = _mm256_setzero_ps();
         for (int d = 0; d < 128; d++) {
-            const __m256 kd = _mm256_set1_ps(kf[d]);
-            UNROLL for (int g = 0; g < 8; g++)
-                if (g < ng) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + d * hp + h0 + 8 * g), kd, acc[g]);
+            const __m256 k0 = _mm256_broadcast_ss(kf + d), k1 = _mm256_broadcast_ss(kf + (nk > 1 ? 128 : 0) + d);
+            UNROLL for (int g = 0; g < 4; g++) {
+                if (g >= ng) continue;
+                const __m256 qv = _mm256_loadu_ps(q + d * hp + h0 + 8 * g);
+                acc[0][g] = _mm256_fmadd_ps(qv, k0, acc[0][g]);
+                if (nk > 1) acc[1][g] = _mm256_fmadd_ps(qv, k1, acc[1][g]);
+            }
         }
-        UNROLL for (int g = 0; g < 8; g++) {
+        UNROLL for (int g = 0; g < 4; g++) {
             if (g >= ng) continue;
             const int hb = h0 + 8 * g;
             const __m256 wv = f32x8_load_n(w + hb, n_heads - hb < 0 ? 0 : n_heads - hb);
-            sum = _mm256_fmadd_ps(_mm256_max_ps(acc[g], _mm256_setzero_ps()), wv, sum);
+            UNROLL for (int u = 0; u < 2; u++)
+                if (u < nk) sum[u] = _mm256_fmadd_ps(_mm256_max_ps(acc[u][g], _mm256_setzero_ps()), wv, sum[u]);
         }
     }
-    return hsum8(sum) * ks;
+    for (int u = 0; u < nk; u++) out[u] = hsum8(sum[u]) * ks[u];
 }
 
 static void index_score(float *out, int ldo, const void *qp, const float *w, int n_heads, int nq, const uint8_t *k8,
@@ -394,8 +402,10 @@ static void index_score(float *out, int ldo, const void *qp, const float *w, int
         for (int j = 0; j < nk * 128; j += 8) _mm256_storeu_ps(kf + j, e4m3x8_load_nan(k8 + (size_t)j0 * 128 + j));
         for (int t = 0; t < nq; t++) {
             const float *q = (const float *)((const char *)qp + (size_t)t * dsv_index_q_bytes(n_heads));
-            for (int j = 0; j < nk; j++)
-                out[(size_t)t * ldo + j0 + j] = score_key(q, w + (size_t)t * n_heads, n_heads, kf + j * 128, ks[j0 + j]);
+            float *o = out + (size_t)t * ldo + j0;
+            int j = 0;
+            for (; j + 2 <= nk; j += 2) score_keys(o + j, q, w + (size_t)t * n_heads, n_heads, kf + j * 128, ks + j0 + j, 2);
+            if (j < nk) score_keys(o + j, q, w + (size_t)t * n_heads, n_heads, kf + j * 128, ks + j0 + j, 1);
         }
     }
 }
