@@ -69,14 +69,6 @@ static void score_range(dsv_context *ctx, int il, int t0, int nq, int p0, int p1
     for (int pos = p0; pos < p1;) {
         int n = DSV_PAGE - pos % DSV_PAGE;
         if (n > p1 - pos) n = p1 - pos;
-        /* Pages lie apart in the cache, so the hardware prefetchers stop at
-         * each page's end: ask for the next page's keys (8 KB) while this
-         * one is scored (64 keys take microseconds). */
-        if (pos + n < p1) {
-            const char *nk = (const char *)dsv_kv_index_keys(&ctx->kv, s, il, pos + n);
-            const int nn = DSV_MIN(DSV_PAGE, p1 - pos - n);
-            for (int o = 0; o < nn * ctx->kv.idx_dim; o += 64) __builtin_prefetch(nk + o);
-        }
         ctx->kern->index_score(out + pos, ldo, ctx->iqp + (size_t)t0 * ctx->iqp_bytes, ctx->iw + (size_t)t0 * Hi, Hi,
                               nq, dsv_kv_index_keys(&ctx->kv, s, il, pos), dsv_kv_index_scales(&ctx->kv, s, il, pos),
                               n, scratch);
