@@ -368,20 +368,45 @@ static inline __attribute__((always_inline)) void score_keys(float *out, const d
     UNROLL for (int j = 0; j < 4; j++) if (j < nk) out[j] = _mm512_reduce_add_ps(sum[j]) * ks[j];
 }
 
+/* Keys [j, j+nk) widened to bf16 into kb (NaN codes stay NaN). */
+static inline void widen_keys(dsv_bf16 *kb, const uint8_t *k8, int nk, __m512i sub) {
+    for (int j = 0; j < nk * 128; j += 32) {
+        const uint8_t *c = k8 + j;
+        const __mmask32 nan =
+            _mm256_cmpeq_epi8_mask(_mm256_and_si256(_mm256_loadu_si256((const void *)c), _mm256_set1_epi8(0x7f)),
+                                   _mm256_set1_epi8(0x7f));
+        _mm512_storeu_si512((void *)(kb + j), _mm512_mask_mov_epi16(e4m3x32_bf16(c, sub), nan, _mm512_set1_epi16(0x7fc0)));
+    }
+}
+
+/* Several queries (prefill): 64 keys widened once, then every query over
+ * them (a query stays in L1 for the 64). One query (decode): 4 keys at a
+ * time widened just before they are scored, with the keys 16 ahead
+ * prefetched, so that a page's keys arrive while earlier ones are scored
+ * instead of in one stall at its start. Either way each key's arithmetic is
+ * the same. */
 void dsv_avx512_index_score(float *out, int ldo, const void *qp, const float *w, int n_heads, int nq,
                             const uint8_t *k8, const float *ks, int n, void *scratch) {
     dsv_bf16 *kb = scratch; /* up to 64 keys, widened once for every query: [64][128] */
     const __m512i sub = e4m3_sub_table();
+    if (nq == 1) {
+        const dsv_bf16 *q = qp;
+        int j = 0;
+        for (; j + 4 <= n; j += 4) {
+            for (int f = (j + 16) * 128; f < (j + 20) * 128 && f < n * 128; f += 64)
+                _mm_prefetch((const char *)k8 + f, _MM_HINT_T0);
+            widen_keys(kb, k8 + (size_t)j * 128, 4, sub);
+            score_keys(out + j, q, w, n_heads, kb, ks + j, 4);
+        }
+        for (; j < n; j++) {
+            widen_keys(kb, k8 + (size_t)j * 128, 1, sub);
+            score_keys(out + j, q, w, n_heads, kb, ks + j, 1);
+        }
+        return;
+    }
     for (int j0 = 0; j0 < n; j0 += 64) {
         const int nk = n - j0 < 64 ? n - j0 : 64;
-        for (int j = 0; j < nk * 128; j += 32) {
-            const uint8_t *c = k8 + (size_t)j0 * 128 + j;
-            const __mmask32 nan =
-                _mm256_cmpeq_epi8_mask(_mm256_and_si256(_mm256_loadu_si256((const void *)c), _mm256_set1_epi8(0x7f)),
-                                       _mm256_set1_epi8(0x7f));
-            _mm512_storeu_si512((void *)(kb + j),
-                                _mm512_mask_mov_epi16(e4m3x32_bf16(c, sub), nan, _mm512_set1_epi16(0x7fc0)));
-        }
+        widen_keys(kb, k8 + (size_t)j0 * 128, nk, sub);
         for (int t = 0; t < nq; t++) {
             const dsv_bf16 *q = (const dsv_bf16 *)((const char *)qp + (size_t)t * dsv_index_q_bytes(n_heads));
             const float *wt = w + (size_t)t * n_heads;
