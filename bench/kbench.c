@@ -1,4 +1,5 @@
-/* kbench.c: single-kernel timings of the decoding linears and the indexer,
+/* kbench.c: single-kernel timings of the decoding linears, the indexer, its
+ * top-k and the sparse attention over the gathered rows,
  * for tuning on a machine shared with other work (`make kbench`).
  *
  * Whole-model benchmarks (dsv32 bench) mix every kernel with the thread
@@ -34,6 +35,11 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+static int cmp_i32(const void *a, const void *b) {
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
 static uint32_t rng = 12345;
 static uint32_t rnd(void) {
     rng ^= rng << 13;
@@ -42,19 +48,130 @@ static uint32_t rnd(void) {
     return rng;
 }
 
+/* topk and mqa: rounds of `reps` calls on data that stays in the caches
+ * (what decoding reads there: one token's scores, the gathered rows). */
+static int bench_attn(const dsv_kernels **sets, const char **names, int ns, int n, int rounds, int mqa) {
+    enum { H = 16, C = 512, R = 64, KSEL = 2048 };
+    const int np = dsv_mqa_keys_padded(n), reps = mqa ? 4 : 32;
+    float *sc = malloc(sizeof(float) * (size_t)n), *S = aligned_alloc(64, sizeof(float) * (size_t)H * np);
+    int32_t *pos = malloc(sizeof(int32_t) * KSEL), *tscr = malloc(sizeof(int32_t) * dsv_topk_scratch(n));
+    dsv_bf16 *kv = aligned_alloc(64, (size_t)np * (C + R) * 2 + 64), *pe = kv + (size_t)np * C;
+    dsv_bf16 *qa = malloc((size_t)H * (C + R) * 2), *qr = qa + (size_t)H * C, *P = aligned_alloc(64, (size_t)H * np * 2);
+    dsv_bf16 *o = malloc((size_t)H * C * 2);
+    void *kvp = aligned_alloc(64, (dsv_mqa_kvp_bytes(n, C) + 63) & ~(size_t)63);
+    float *scr = aligned_alloc(64, (dsv_attn_scratch(n, C, R) * 4 + 63) & ~(size_t)63);
+    double *t = calloc((size_t)ns * rounds, sizeof(double));
+    if (!sc || !S || !pos || !tscr || !kv || !qa || !P || !o || !kvp || !scr || !t) return 1;
+    for (int i = 0; i < n; i++) sc[i] = (float)(rnd() % 100000) * 1e-3f;
+    for (size_t i = 0; i < (size_t)np * (C + R); i++) kv[i] = dsv_f32_to_bf16((float)((int)(rnd() % 2001) - 1000) * 1e-3f);
+    for (int i = 0; i < H * (C + R); i++) qa[i] = dsv_f32_to_bf16((float)((int)(rnd() % 2001) - 1000) * 1e-3f);
+    printf("kbench %s: %d keys, %d rounds of %d calls\n", mqa ? "mqa (16 heads, 512 + 64)" : "topk 2048", n, rounds, reps);
+    for (int r = -1; r < rounds; r++)
+        for (int s = 0; s < ns; s++) {
+            const dsv_kernels *k = sets[s];
+            const double t0 = now();
+            for (int i = 0; i < reps; i++) {
+                if (!mqa) {
+                    dsv_topk_select(pos, NULL, sc, n, n < KSEL ? n : KSEL, tscr);
+                    continue;
+                }
+                if (k->mqa_pack) k->mqa_pack(kvp, kv, n, C, 0, n);
+                k->mqa_scores(S, np, qa, qr, kv, pe, H, C, R, 0.07f, 0, n, scr);
+                for (int h = 0; h < H; h++) {
+                    float *sr = S + (size_t)h * np;
+                    k->softmax_bf16(sr, n);
+                    for (int j = 0; j < np; j++) P[(size_t)h * np + j] = j < n ? (dsv_bf16)(dsv_f32_bits(sr[j]) >> 16) : 0;
+                }
+                k->mqa_pv(o, P, np, kv, kvp, n, H, C, 0, C, scr);
+            }
+            if (r >= 0) t[(size_t)s * rounds + r] = now() - t0;
+        }
+    double base = 0;
+    for (int s = 0; s < ns; s++) {
+        double *v = t + (size_t)s * rounds;
+        qsort(v, (size_t)rounds, sizeof(double), cmp_double);
+        if (!s) base = v[rounds / 2];
+        printf("%-8s median %8.2f us/call  best %8.2f us/call  x%.3f\n", names[s], v[rounds / 2] / reps * 1e6,
+               v[0] / reps * 1e6, base / v[rounds / 2]);
+    }
+    free(sc); free(S); free(pos); free(tscr); free(kv); free(qa); free(P); free(o); free(kvp); free(scr); free(t);
+    return 0;
+}
+
+/* gather: what mla.c does per layer before the scores, on records spread as
+ * the cache spreads them (pages of 64 records of several layers). */
+static int bench_gather(const dsv_kernels **sets, const char **names, int ns, int n, int dist, int rounds) {
+    enum { C = 512, R = 64, REC = C + 4 * (C / 128) + 2 * R, NSEL = 2048, LAYERS = 6 };
+    const size_t layer = (size_t)64 * (REC + 132), page = layer * LAYERS;
+    const int pages = (n + 63) / 64, nsel = n < NSEL ? n : NSEL;
+    uint8_t *mem = aligned_alloc(64, page * pages);
+    int32_t *idx = malloc(sizeof(int32_t) * (size_t)n);
+    dsv_bf16 *lat = aligned_alloc(64, (size_t)NSEL * C * 2), *pe = aligned_alloc(64, (size_t)NSEL * R * 2);
+    double *t = calloc((size_t)ns * rounds, sizeof(double));
+    if (!mem || !idx || !lat || !pe || !t) return 1;
+    for (size_t i = 0; i < page * pages; i++) mem[i] = (uint8_t)(rnd() & 0x77);
+    for (int p = 0; p < pages; p++)
+        for (int l = 0; l < LAYERS; l++)
+            for (int r = 0; r < 64; r++) {
+                float one = 1.0f / 64;
+                for (int g = 0; g < C / 128; g++) memcpy(mem + p * page + l * layer + (size_t)r * REC + C + 4 * g, &one, 4);
+            }
+    /* nsel distinct positions of n, ascending (a partial Fisher-Yates, then a sort) */
+    for (int i = 0; i < n; i++) idx[i] = i;
+    for (int i = 0; i < nsel; i++) {
+        const int j = i + (int)(rnd() % (uint32_t)(n - i)), x = idx[i];
+        idx[i] = idx[j];
+        idx[j] = x;
+    }
+    qsort(idx, (size_t)nsel, sizeof *idx, cmp_i32);
+    printf("kbench gather: %d of %d positions, 6 layers, prefetch %d rows ahead, %d rounds\n", nsel, n, dist, rounds);
+    for (int r = -1; r < rounds; r++)
+        for (int s = 0; s < ns; s++) {
+            const double t0 = now();
+            for (int l = 0; l < LAYERS; l++) {
+                const uint8_t *base = mem + l * layer;
+#define REC_AT(j) (base + (size_t)(idx[j] / 64) * page + (size_t)(idx[j] % 64) * REC)
+                for (int j = 0; j < nsel; j++) {
+                    if (dist && j + dist < nsel)
+                        for (int o = 0; o < REC; o += 64) __builtin_prefetch(REC_AT(j + dist) + o);
+                    sets[s]->dequant(lat + (size_t)j * C, REC_AT(j), (const float *)(const void *)(REC_AT(j) + C), C);
+                    memcpy(pe + (size_t)j * R, REC_AT(j) + C + 4 * (C / 128), 2 * R);
+                }
+#undef REC_AT
+            }
+            if (r >= 0) t[(size_t)s * rounds + r] = now() - t0;
+        }
+    double base = 0;
+    for (int s = 0; s < ns; s++) {
+        double *v = t + (size_t)s * rounds;
+        qsort(v, (size_t)rounds, sizeof(double), cmp_double);
+        if (!s) base = v[rounds / 2];
+        printf("%-8s median %8.2f us per layer  best %8.2f  x%.3f\n", names[s], v[rounds / 2] / LAYERS * 1e6,
+               v[0] / LAYERS * 1e6, base / v[rounds / 2]);
+    }
+    free(mem); free(idx); free(lat); free(pe); free(t);
+    return 0;
+}
+
 static void usage(void) {
     printf("usage: kbench [options] LEVEL...\n"
            "  Times one kernel at each kernel LEVEL (generic, avx2, avx512, amx), the\n"
            "  levels alternated round by round.\n"
-           "  -k KERNEL   fp8 | bf16 | fp8x (bf16 weights, fp8 activations) | index, or a\n"
-           "              block type (q8_0, q4_k, q6_k, ...: dsv_linear_q, 8-bit activations\n"
-           "              quantized in the call) (default fp8)\n"
+           "  -k KERNEL   fp8 | bf16 | fp8x (bf16 weights, fp8 activations) | index | topk |\n"
+           "              mqa | gather, or a block type (q8_0, q4_k, q6_k, ...: dsv_linear_q,\n"
+           "              8-bit activations quantized in the call) (default fp8)\n"
            "  -m M        input rows (default 1)\n"
            "  -n N        output rows of one weight matrix (default 512)\n"
            "  -K K        inputs (default 2048)\n"
            "  -r ROUNDS   rounds (default 15)\n"
            "  -b MB       weight memory cycled through per round (default 256)\n"
-           "  index: -n is the number of keys, heads 64, one query.\n");
+           "  index: -n is the number of keys, heads 64, one query.\n"
+           "  topk: dsv_topk_select of 2048 among -n scores (the level does not matter).\n"
+           "  mqa: one token's absorbed attention over -n gathered rows, 16 heads, latent\n"
+           "       512 + rope 64: mqa_scores, softmax, mqa_pv (keys/us).\n"
+           "  gather: the dequantization of 2048 latent records (656 bytes: 512 codes, 4\n"
+           "       scales, 64 rope bf16) at sorted random positions among -n per layer of\n"
+           "       6 layers of KV cache, prefetching the record -m rows ahead.\n");
 }
 
 int main(int argc, char **argv) {
@@ -96,11 +213,15 @@ int main(int argc, char **argv) {
         names[ns] = s;
         sets[ns++] = k;
     }
+    if (ns && rounds <= 1000 && !strcmp(kern, "gather")) return bench_gather(sets, names, ns, N, m, rounds);
     if (!ns || m > 16 || K % 128 || rounds > 1000) {
         usage();
         return 2;
     }
     const int index = !strcmp(kern, "index"), fp8 = !strcmp(kern, "fp8"), fp8x = !strcmp(kern, "fp8x");
+    const int topk = !strcmp(kern, "topk"), mqa = !strcmp(kern, "mqa");
+    if (topk || mqa) return bench_attn(sets, names, ns, N, rounds, mqa);
+
     const int gt = index || fp8 || fp8x || !strcmp(kern, "bf16") ? 0 : dsv_ggml_from_name(kern);
     if (gt < 0 || (gt > 0 && (!dsv_q_supported((uint32_t)gt) || dsv_ggml_blck((uint32_t)gt) < 32 ||
                               K % dsv_ggml_blck((uint32_t)gt)))) {

@@ -173,9 +173,43 @@ static void act_quant(uint8_t *q, float *s, const dsv_bf16 *x, int n, int scale_
     }
 }
 
+/* The sparse attention's gather runs this on every selected latent row, so
+ * the usual block takes a shorter path: no NaN code among its 128 and a
+ * scale in [2^-116, 2^100], so that every product is a finite normal fp32
+ * (|v| in [2^-9, 448]) and the rounding to bf16 needs no NaN case. The 2^8
+ * that the fp16 route leaves out is folded into the scale (a power of two:
+ * the same real product, the same rounding). Other blocks take the generic
+ * path; both give dsv_f32_to_bf16(e4m3 * s) exactly. */
+static inline __m256i round_bf16_finite(__m256 v) {
+    const __m256i u = _mm256_castps_si256(v);
+    return _mm256_srli_epi32(
+        _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(_mm256_srli_epi32(u, 16),
+                                                                                       _mm256_set1_epi32(1)))),
+        16);
+}
 static void dequant(dsv_bf16 *y, const uint8_t *q, const float *s, int n) {
-    for (int i = 0; i < n; i += 8)
-        bf16x8_store_n(y + i, _mm256_mul_ps(e4m3x8_load_nan(q + i), _mm256_set1_ps(s[i / DSV_QBLOCK])), 8);
+    for (int b = 0; b < n; b += DSV_QBLOCK) {
+        const float sb = s[b / DSV_QBLOCK];
+        __m256i nan = _mm256_setzero_si256();
+        for (int i = b; i < b + DSV_QBLOCK; i += 32) {
+            const __m256i c = _mm256_and_si256(_mm256_loadu_si256((const void *)(q + i)), _mm256_set1_epi8(0x7f));
+            nan = _mm256_or_si256(nan, _mm256_cmpeq_epi8(c, _mm256_set1_epi8(0x7f)));
+        }
+        if (_mm256_testz_si256(nan, nan) && sb >= 0x1p-116f && sb <= 0x1p100f) {
+            const __m256 s256 = _mm256_set1_ps(sb * 256.0f);
+            for (int i = b; i < b + DSV_QBLOCK; i += 16) {
+                /* 16 codes as fp16 (e4m3x8_scaled's bit moves, 16 lanes at once) */
+                const __m256i t = _mm256_cvtepu8_epi16(_mm_loadu_si128((const void *)(q + i)));
+                const __m256i h = _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(t, 8), 1), _mm256_set1_epi16((short)0xbfff));
+                const __m256i lo = round_bf16_finite(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), s256));
+                const __m256i hi = round_bf16_finite(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), s256));
+                _mm256_storeu_si256((void *)(y + i), _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xd8));
+            }
+            continue;
+        }
+        for (int i = b; i < b + DSV_QBLOCK; i += 8)
+            bf16x8_store_n(y + i, _mm256_mul_ps(e4m3x8_load_nan(q + i), _mm256_set1_ps(sb)), 8);
+    }
 }
 
 /* ---- linear layers ---------------------------------------------------------
@@ -362,28 +396,36 @@ static void index_q_pack(void *qp, const uint8_t *q8, int n_heads) {
         for (int h = 0; h < hp; h++) q[d * hp + h] = h < n_heads ? dsv_e4m3_to_f32(q8[h * 128 + d]) : 0.0f;
 }
 
-/* One key kf [128] (fp32) against one packed query: each head's dot over d
- * in order (8 heads a vector, 64 at a time), ReLU, weights, head sum. */
-static float score_key(const float *q, const float *w, int n_heads, const float *kf, float ks) {
+/* nk (1 or 2) keys kf [nk][128] (fp32) against one packed query: each
+ * head's dot over d in order (8 heads a vector, 32 at a time: the two keys'
+ * 8 accumulators keep both FMA pipes busy, and each query load serves both
+ * keys), ReLU, weights, head sum in head order. */
+static inline __attribute__((always_inline)) void score_keys(float *out, const float *q, const float *w, int n_heads,
+                                                             const float *kf, const float *ks, int nk) {
     const int hp = heads_padded(n_heads);
-    __m256 sum = _mm256_setzero_ps();
-    for (int h0 = 0; h0 < hp; h0 += 64) {
-        const int ng = (hp - h0) / 8 < 8 ? (hp - h0) / 8 : 8;
-        __m256 acc[8];
-        UNROLL for (int g = 0; g < 8; g++) acc[g] = _mm256_setzero_ps();
+    __m256 sum[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int h0 = 0; h0 < hp; h0 += 32) {
+        const int ng = (hp - h0) / 8 < 4 ? (hp - h0) / 8 : 4;
+        __m256 acc[2][4];
+        UNROLL for (int u = 0; u < 2; u++) UNROLL for (int g = 0; g < 4; g++) acc[u][g] = _mm256_setzero_ps();
         for (int d = 0; d < 128; d++) {
-            const __m256 kd = _mm256_set1_ps(kf[d]);
-            UNROLL for (int g = 0; g < 8; g++)
-                if (g < ng) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + d * hp + h0 + 8 * g), kd, acc[g]);
+            const __m256 k0 = _mm256_broadcast_ss(kf + d), k1 = _mm256_broadcast_ss(kf + (nk > 1 ? 128 : 0) + d);
+            UNROLL for (int g = 0; g < 4; g++) {
+                if (g >= ng) continue;
+                const __m256 qv = _mm256_loadu_ps(q + d * hp + h0 + 8 * g);
+                acc[0][g] = _mm256_fmadd_ps(qv, k0, acc[0][g]);
+                if (nk > 1) acc[1][g] = _mm256_fmadd_ps(qv, k1, acc[1][g]);
+            }
         }
-        UNROLL for (int g = 0; g < 8; g++) {
+        UNROLL for (int g = 0; g < 4; g++) {
             if (g >= ng) continue;
             const int hb = h0 + 8 * g;
             const __m256 wv = f32x8_load_n(w + hb, n_heads - hb < 0 ? 0 : n_heads - hb);
-            sum = _mm256_fmadd_ps(_mm256_max_ps(acc[g], _mm256_setzero_ps()), wv, sum);
+            UNROLL for (int u = 0; u < 2; u++)
+                if (u < nk) sum[u] = _mm256_fmadd_ps(_mm256_max_ps(acc[u][g], _mm256_setzero_ps()), wv, sum[u]);
         }
     }
-    return hsum8(sum) * ks;
+    for (int u = 0; u < nk; u++) out[u] = hsum8(sum[u]) * ks[u];
 }
 
 static void index_score(float *out, int ldo, const void *qp, const float *w, int n_heads, int nq, const uint8_t *k8,
@@ -394,8 +436,10 @@ static void index_score(float *out, int ldo, const void *qp, const float *w, int
         for (int j = 0; j < nk * 128; j += 8) _mm256_storeu_ps(kf + j, e4m3x8_load_nan(k8 + (size_t)j0 * 128 + j));
         for (int t = 0; t < nq; t++) {
             const float *q = (const float *)((const char *)qp + (size_t)t * dsv_index_q_bytes(n_heads));
-            for (int j = 0; j < nk; j++)
-                out[(size_t)t * ldo + j0 + j] = score_key(q, w + (size_t)t * n_heads, n_heads, kf + j * 128, ks[j0 + j]);
+            float *o = out + (size_t)t * ldo + j0;
+            int j = 0;
+            for (; j + 2 <= nk; j += 2) score_keys(o + j, q, w + (size_t)t * n_heads, n_heads, kf + j * 128, ks + j0 + j, 2);
+            if (j < nk) score_keys(o + j, q, w + (size_t)t * n_heads, n_heads, kf + j * 128, ks + j0 + j, 1);
         }
     }
 }
@@ -434,20 +478,6 @@ static void widen(float *y, const dsv_bf16 *x, int n) {
     for (; i < n; i++) y[i] = dsv_bf16_to_f32(x[i]);
 }
 
-/* Dots of up to 4 fp32 rows q [4][ldq] with one bf16 row k over len values. */
-static inline __attribute__((always_inline)) void dots4(float *out, const float *q, int ldq, int nh, const dsv_bf16 *k,
-                                                        int len) {
-    __m256 acc[4];
-    UNROLL for (int h = 0; h < 4; h++) acc[h] = _mm256_setzero_ps();
-    for (int c = 0; c < len; c += 8) {
-        const int l = len - c < 8 ? len - c : 8;
-        const __m256 kv = bf16x8_load_n(k + c, l);
-        UNROLL for (int h = 0; h < 4; h++)
-            if (h < nh) acc[h] = _mm256_fmadd_ps(f32x8_load_n(q + (size_t)h * ldq + c, l), kv, acc[h]);
-    }
-    UNROLL for (int h = 0; h < 4; h++) if (h < nh) out[h] = hsum8(acc[h]);
-}
-
 /* o[h][c] = bf16(Σ_j p[h][j] * v_j[c]) for up to 4 heads, 16 columns at a
  * time, keys in order; v_j = base + j*ld, or base + idx[j]*idx_ld. */
 static void weighted_rows4(dsv_bf16 *o, int ldo, const float *p, int ldp, int nh, const dsv_bf16 *base, size_t ld,
@@ -473,35 +503,120 @@ static void weighted_rows4(dsv_bf16 *o, int ldo, const float *p, int ldp, int nh
     }
 }
 
-/* Scratch: q [4][C], qpe [4][R]. */
+/* The 8 sums of acc[0..7] as one vector (lane h: acc[h]'s lanes added in
+ * a fixed tree). */
+static inline __m256 hsum8x8(const __m256 *acc) {
+    const __m256 t0 = _mm256_hadd_ps(acc[0], acc[1]), t1 = _mm256_hadd_ps(acc[2], acc[3]);
+    const __m256 t2 = _mm256_hadd_ps(acc[4], acc[5]), t3 = _mm256_hadd_ps(acc[6], acc[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/* Dots of 8 fp32 rows q [8][ldq] (zero past len, rounded up to 8) with one
+ * bf16 row k of len values: each key's 8 columns are widened once for the 8
+ * heads, whose 8 accumulators keep both FMA pipes busy. */
+static inline __attribute__((always_inline)) __m256 dots8(const float *q, int ldq, const dsv_bf16 *k, int len) {
+    __m256 acc[8];
+    UNROLL for (int h = 0; h < 8; h++) acc[h] = _mm256_setzero_ps();
+    int c = 0;
+    for (; c + 8 <= len; c += 8) {
+        const __m256 kv = bf16x8_load(k + c);
+        UNROLL for (int h = 0; h < 8; h++) acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (size_t)h * ldq + c), kv, acc[h]);
+    }
+    if (c < len) {
+        const __m256 kv = bf16x8_load_n(k + c, len - c);
+        UNROLL for (int h = 0; h < 8; h++) acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (size_t)h * ldq + c), kv, acc[h]);
+    }
+    return hsum8x8(acc);
+}
+
+/* 8 heads at a time, one key after another (the key's row stays in L1 for
+ * all 8). Scratch: q [8][C8], qpe [8][R8] widened, rows padded with zeros
+ * to a multiple of 8, heads past H zero. */
 static void mqa_scores(float *S, int lds, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
                        const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, float *scratch) {
-    float *qf = scratch, *qr = qf + 4 * (size_t)C;
-    for (int hb = 0; hb < H; hb += 4) {
-        const int nh = H - hb < 4 ? H - hb : 4;
+    const int C8 = (C + 7) & ~7, R8 = (R + 7) & ~7;
+    float *qf = scratch, *qr = qf + 8 * (size_t)C8;
+    const __m256 sc = _mm256_set1_ps(scale);
+    for (int hb = 0; hb < H; hb += 8) {
+        const int nh = H - hb < 8 ? H - hb : 8;
+        memset(qf, 0, sizeof(float) * 8 * (size_t)(C8 + R8));
         for (int h = 0; h < nh; h++) {
-            widen(qf + (size_t)h * C, q_abs + (size_t)(hb + h) * C, C);
-            widen(qr + (size_t)h * R, q_pe + (size_t)(hb + h) * R, R);
+            widen(qf + (size_t)h * C8, q_abs + (size_t)(hb + h) * C, C);
+            widen(qr + (size_t)h * R8, q_pe + (size_t)(hb + h) * R, R);
         }
         for (int j = j0; j < j1; j++) {
-            float a[4], b[4];
-            dots4(a, qf, C, nh, kv + (size_t)j * C, C);
-            dots4(b, qr, R, nh, pe + (size_t)j * R, R);
-            for (int h = 0; h < nh; h++)
-                S[(size_t)(hb + h) * lds + j] =
-                    dsv_round_bf16(dsv_round_bf16(dsv_round_bf16(a[h]) + dsv_round_bf16(b[h])) * scale);
+            const __m256 a = dots8(qf, C8, kv + (size_t)j * C, C), b = dots8(qr, R8, pe + (size_t)j * R, R);
+            /* (einsum(q_abs, kv) + einsum(q_pe, pe)) * scale, each a bf16 tensor. */
+            const __m256 v = _mm256_add_ps(f32x8_round_bf16(a), f32x8_round_bf16(b));
+            float t[8];
+            _mm256_storeu_ps(t, f32x8_round_bf16(_mm256_mul_ps(f32x8_round_bf16(v), sc)));
+            for (int h = 0; h < nh; h++) S[(size_t)(hb + h) * lds + j] = t[h];
         }
     }
 }
 
-/* Scratch: the weights of 4 heads widened [4][n]. */
+/* Weighted sums of 4 heads over 16 columns: 8 accumulators, keys in order.
+ * acc [4][16] holds the sums between key blocks. */
+static inline __attribute__((always_inline)) void pv_block(float *acc, const float *pw, int n, const dsv_bf16 *kv, int C,
+                                                           int c, int l, int j0, int j1, int nh) {
+    __m256 o[4][2];
+    UNROLL for (int h = 0; h < 4; h++) {
+        o[h][0] = _mm256_loadu_ps(acc + h * 16);
+        o[h][1] = _mm256_loadu_ps(acc + h * 16 + 8);
+    }
+    for (int j = j0; j < j1; j++) {
+        const dsv_bf16 *v = kv + (size_t)j * C + c;
+        const __m256 v0 = l >= 8 ? bf16x8_load(v) : bf16x8_load_n(v, l);
+        const __m256 v1 = l >= 16 ? bf16x8_load(v + 8) : l > 8 ? bf16x8_load_n(v + 8, l - 8) : _mm256_setzero_ps();
+        UNROLL for (int h = 0; h < 4; h++) {
+            if (h >= nh) continue;
+            const __m256 pj = _mm256_broadcast_ss(pw + (size_t)h * n + j);
+            o[h][0] = _mm256_fmadd_ps(pj, v0, o[h][0]);
+            o[h][1] = _mm256_fmadd_ps(pj, v1, o[h][1]);
+        }
+    }
+    UNROLL for (int h = 0; h < 4; h++) {
+        _mm256_storeu_ps(acc + h * 16, o[h][0]);
+        _mm256_storeu_ps(acc + h * 16 + 8, o[h][1]);
+    }
+}
+
+/* Passes of up to 16 heads; in each, keys in blocks of PV_KEYS (their rows
+ * stay in L2 across the column blocks and the 4-head groups), each element's
+ * keys added in order. Scratch: the weights of 4 heads widened [4][n], then
+ * the pass's sums, [4][16] per group and column block of [c0, c1). */
+#define PV_KEYS 256
 static void mqa_pv(dsv_bf16 *o_lat, const dsv_bf16 *P, int ldp, const dsv_bf16 *kv, const void *kvp, int n, int H, int C,
                    int c0, int c1, float *scratch) {
     (void)kvp;
-    for (int hb = 0; hb < H; hb += 4) {
-        const int nh = H - hb < 4 ? H - hb : 4;
-        for (int h = 0; h < nh; h++) widen(scratch + (size_t)h * n, P + (size_t)(hb + h) * ldp, n);
-        weighted_rows4(o_lat + (size_t)hb * C + c0, C, scratch, n, nh, kv + c0, (size_t)C, NULL, 0, n, c1 - c0);
+    const int nb = (c1 - c0 + 15) / 16;
+    float *pw = scratch, *acc = pw + 4 * (size_t)n;
+    for (int hp = 0; hp < H; hp += 16) {
+        const int ng = ((H - hp < 16 ? H - hp : 16) + 3) / 4;
+        memset(acc, 0, sizeof(float) * 64 * (size_t)ng * nb);
+        for (int jb = 0; jb < n; jb += PV_KEYS) {
+            const int je = n - jb < PV_KEYS ? n : jb + PV_KEYS;
+            for (int g = 0; g < ng; g++) {
+                const int hb = hp + 4 * g, nh = H - hb < 4 ? H - hb : 4;
+                for (int h = 0; h < nh; h++) widen(pw + (size_t)h * n + jb, P + (size_t)(hb + h) * ldp + jb, je - jb);
+                for (int b = 0; b < nb; b++) {
+                    float *a = acc + ((size_t)g * nb + b) * 64;
+                    const int c = c0 + 16 * b, l = c1 - c < 16 ? c1 - c : 16;
+                    if (nh == 4) pv_block(a, pw, n, kv, C, c, l, jb, je, 4);
+                    else pv_block(a, pw, n, kv, C, c, l, jb, je, nh);
+                }
+            }
+        }
+        for (int g = 0; g < ng; g++)
+            for (int h = 0; h < 4 && hp + 4 * g + h < H; h++)
+                for (int b = 0; b < nb; b++) {
+                    const int c = c0 + 16 * b, l = c1 - c < 16 ? c1 - c : 16;
+                    const float *a = acc + ((size_t)g * nb + b) * 64 + h * 16;
+                    dsv_bf16 *o = o_lat + (size_t)(hp + 4 * g + h) * C + c;
+                    bf16x8_store_n(o, _mm256_loadu_ps(a), l < 8 ? l : 8);
+                    if (l > 8) bf16x8_store_n(o + 8, _mm256_loadu_ps(a + 8), l - 8);
+                }
     }
 }
 

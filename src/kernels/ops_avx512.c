@@ -42,9 +42,33 @@ void dsv_avx512_act_quant(uint8_t *q, float *s, const dsv_bf16 *x, int n, int sc
     }
 }
 
+/* The sparse attention's gather runs this on every selected latent row, so
+ * the usual case takes a shorter path: for a block scale in [2^-116, 2^100]
+ * no product of an e4m3 value (|v| in [2^-9, 448]) and the scale is an fp32
+ * subnormal or overflows, and then AVX512_BF16's two-vector conversion
+ * (round to nearest even; it flushes only subnormal inputs) gives exactly
+ * dsv_f32_to_bf16. The 2^8 that e4m3x16_scaled leaves out is folded into
+ * the scale (a power of two: the same real product, the same rounding);
+ * NaN codes become the quiet NaN the reference gives. Other scales take the
+ * generic path. */
 void dsv_avx512_dequant(dsv_bf16 *y, const uint8_t *q, const float *s, int n) {
-    for (int i = 0; i < n; i += 16)
-        bf16x16_store(y + i, _mm512_mul_ps(e4m3x16_load_nan(q + i), _mm512_set1_ps(s[i / DSV_QBLOCK])));
+    for (int b = 0; b < n; b += DSV_QBLOCK) {
+        const float sb = s[b / DSV_QBLOCK];
+        if (sb >= 0x1p-116f && sb <= 0x1p100f) {
+            const __m512 s256 = _mm512_set1_ps(sb * 256.0f);
+            for (int i = b; i < b + DSV_QBLOCK; i += 32) {
+                const __m512 lo = _mm512_mul_ps(e4m3x16_scaled(q + i), s256);
+                const __m512 hi = _mm512_mul_ps(e4m3x16_scaled(q + i + 16), s256);
+                const __m256i c = _mm256_loadu_si256((const void *)(q + i));
+                const __mmask32 nan = _mm256_cmpeq_epi8_mask(_mm256_and_si256(c, _mm256_set1_epi8(0x7f)), _mm256_set1_epi8(0x7f));
+                const __m512i r = _mm512_mask_mov_epi16((__m512i)_mm512_cvtne2ps_pbh(hi, lo), nan, _mm512_set1_epi16(0x7fc0));
+                _mm512_storeu_si512((void *)(y + i), r);
+            }
+            continue;
+        }
+        for (int i = b; i < b + DSV_QBLOCK; i += 16)
+            bf16x16_store(y + i, _mm512_mul_ps(e4m3x16_load_nan(q + i), _mm512_set1_ps(sb)));
+    }
 }
 
 /* ---- linear layers ------------------------------------------------------- */
@@ -344,20 +368,45 @@ static inline __attribute__((always_inline)) void score_keys(float *out, const d
     UNROLL for (int j = 0; j < 4; j++) if (j < nk) out[j] = _mm512_reduce_add_ps(sum[j]) * ks[j];
 }
 
+/* Keys [j, j+nk) widened to bf16 into kb (NaN codes stay NaN). */
+static inline void widen_keys(dsv_bf16 *kb, const uint8_t *k8, int nk, __m512i sub) {
+    for (int j = 0; j < nk * 128; j += 32) {
+        const uint8_t *c = k8 + j;
+        const __mmask32 nan =
+            _mm256_cmpeq_epi8_mask(_mm256_and_si256(_mm256_loadu_si256((const void *)c), _mm256_set1_epi8(0x7f)),
+                                   _mm256_set1_epi8(0x7f));
+        _mm512_storeu_si512((void *)(kb + j), _mm512_mask_mov_epi16(e4m3x32_bf16(c, sub), nan, _mm512_set1_epi16(0x7fc0)));
+    }
+}
+
+/* Several queries (prefill): 64 keys widened once, then every query over
+ * them (a query stays in L1 for the 64). One query (decode): 4 keys at a
+ * time widened just before they are scored, with the keys 16 ahead
+ * prefetched, so that a page's keys arrive while earlier ones are scored
+ * instead of in one stall at its start. Either way each key's arithmetic is
+ * the same. */
 void dsv_avx512_index_score(float *out, int ldo, const void *qp, const float *w, int n_heads, int nq,
                             const uint8_t *k8, const float *ks, int n, void *scratch) {
     dsv_bf16 *kb = scratch; /* up to 64 keys, widened once for every query: [64][128] */
     const __m512i sub = e4m3_sub_table();
+    if (nq == 1) {
+        const dsv_bf16 *q = qp;
+        int j = 0;
+        for (; j + 4 <= n; j += 4) {
+            for (int f = (j + 16) * 128; f < (j + 20) * 128 && f < n * 128; f += 64)
+                _mm_prefetch((const char *)k8 + f, _MM_HINT_T0);
+            widen_keys(kb, k8 + (size_t)j * 128, 4, sub);
+            score_keys(out + j, q, w, n_heads, kb, ks + j, 4);
+        }
+        for (; j < n; j++) {
+            widen_keys(kb, k8 + (size_t)j * 128, 1, sub);
+            score_keys(out + j, q, w, n_heads, kb, ks + j, 1);
+        }
+        return;
+    }
     for (int j0 = 0; j0 < n; j0 += 64) {
         const int nk = n - j0 < 64 ? n - j0 : 64;
-        for (int j = 0; j < nk * 128; j += 32) {
-            const uint8_t *c = k8 + (size_t)j0 * 128 + j;
-            const __mmask32 nan =
-                _mm256_cmpeq_epi8_mask(_mm256_and_si256(_mm256_loadu_si256((const void *)c), _mm256_set1_epi8(0x7f)),
-                                       _mm256_set1_epi8(0x7f));
-            _mm512_storeu_si512((void *)(kb + j),
-                                _mm512_mask_mov_epi16(e4m3x32_bf16(c, sub), nan, _mm512_set1_epi16(0x7fc0)));
-        }
+        widen_keys(kb, k8 + (size_t)j0 * 128, nk, sub);
         for (int t = 0; t < nq; t++) {
             const dsv_bf16 *q = (const dsv_bf16 *)((const char *)qp + (size_t)t * dsv_index_q_bytes(n_heads));
             const float *wt = w + (size_t)t * n_heads;
@@ -400,21 +449,6 @@ static void widen(float *y, const dsv_bf16 *x, int n) {
     if (i < n) _mm512_mask_storeu_ps(y + i, tail_mask(n - i), bf16x16_load_n(x + i, n - i));
 }
 
-/* dot products of up to 8 fp32 rows q [8][ldq] with one bf16 row k, each
- * summed lane-wise over `len` values, then reduced. */
-static inline __attribute__((always_inline)) void dots8(float *out, const float *q, int ldq, int nh, const dsv_bf16 *k,
-                                                        int len) {
-    __m512 acc[8];
-    UNROLL for (int h = 0; h < 8; h++) acc[h] = _mm512_setzero_ps();
-    for (int c = 0; c < len; c += 16) {
-        const int l = len - c < 16 ? len - c : 16;
-        const __m512 kv = l == 16 ? bf16x16_load(k + c) : bf16x16_load_n(k + c, l);
-        UNROLL for (int h = 0; h < 8; h++)
-            if (h < nh) acc[h] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail_mask(l), q + (size_t)h * ldq + c), kv, acc[h]);
-    }
-    UNROLL for (int h = 0; h < 8; h++) if (h < nh) out[h] = _mm512_reduce_add_ps(acc[h]);
-}
-
 /* o[h][c] = bf16(Σ_j p[h][j] * v_j[c]) for up to 8 heads, 32 columns at a
  * time, keys in order; v_j = base + j*ld (or rows at idx). */
 static inline __attribute__((always_inline)) void weighted_rows8(dsv_bf16 *o, int ldo, const float *p, int ldp, int nh,
@@ -443,36 +477,140 @@ static inline __attribute__((always_inline)) void weighted_rows8(dsv_bf16 *o, in
     }
 }
 
-/* Scratch: q [8][C], qpe [8][R]. */
+/* Absorbed attention runs on AVX512_BF16's pair dot product, with the
+ * heads in the lanes (16 at a time), as the indexer does: a score or output
+ * element is one lane's sum, so nothing is reduced across lanes, and a key
+ * row read from the cache serves all 16 heads. Products of two bf16 values
+ * are exact in fp32; the instruction adds them in pairs (flushing bf16
+ * subnormal inputs, values below 2^-126 that contribute nothing visible
+ * after the bf16 roundings of the scores and outputs). Each element's order
+ * of additions is fixed by its head and the keys alone, not by [j0, j1),
+ * [c0, c1) or which thread runs them.
+ *
+ * Scores: the queries of 16 heads packed as dword pairs qp[p][h] = (q[h][2p],
+ * q[h][2p+1]), one key's pair broadcast; 8 keys at a time share each query
+ * load. Needs C and R even (the config checks both). */
+static inline __attribute__((always_inline)) void mqa_score_keys(float *S, int lds, const int32_t *qa, const int32_t *qr,
+                                                                 const dsv_bf16 *kv, const dsv_bf16 *pe, int C, int R,
+                                                                 __m512 scale, int nh, int j, int nk) {
+    __m512 a[8], b[8];
+    UNROLL for (int u = 0; u < 8; u++) a[u] = b[u] = _mm512_setzero_ps();
+    for (int p = 0; p < C / 2; p++) {
+        const __m512i q = _mm512_load_si512((const void *)(qa + (size_t)p * 16));
+        UNROLL for (int u = 0; u < 8; u++) {
+            if (u >= nk) continue;
+            int32_t pair;
+            memcpy(&pair, kv + (size_t)(j + u) * C + 2 * p, 4);
+            a[u] = dot_bf16(a[u], q, _mm512_set1_epi32(pair));
+        }
+    }
+    for (int p = 0; p < R / 2; p++) {
+        const __m512i q = _mm512_load_si512((const void *)(qr + (size_t)p * 16));
+        UNROLL for (int u = 0; u < 8; u++) {
+            if (u >= nk) continue;
+            int32_t pair;
+            memcpy(&pair, pe + (size_t)(j + u) * R + 2 * p, 4);
+            b[u] = dot_bf16(b[u], q, _mm512_set1_epi32(pair));
+        }
+    }
+    float t[8][16];
+    UNROLL for (int u = 0; u < 8; u++) {
+        if (u >= nk) continue;
+        /* (einsum(q_abs, kv) + einsum(q_pe, pe)) * scale, each a bf16 tensor. */
+        const __m512 v = _mm512_add_ps(f32x16_round_bf16(a[u]), f32x16_round_bf16(b[u]));
+        _mm512_storeu_ps(t[u], f32x16_round_bf16(_mm512_mul_ps(f32x16_round_bf16(v), scale)));
+    }
+    for (int h = 0; h < nh; h++)
+        for (int u = 0; u < nk; u++) S[(size_t)h * lds + j + u] = t[u][h];
+}
+
+/* Packs `len` (even) bf16 values of nh (<= 16) rows q [nh][len] as dword
+ * pairs qp[p][16], heads past nh zero. */
+static void mqa_q_pairs(int32_t *qp, const dsv_bf16 *q, int nh, int len) {
+    const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(len / 2));
+    for (int p = 0; p < len / 2; p++)
+        _mm512_store_si512((void *)(qp + (size_t)p * 16),
+                           _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), tail_mask(nh), rows,
+                                                       (const int *)(const void *)q + p, 4));
+}
+
+/* Scratch: the packed queries of 16 heads, (C + R) / 2 * 16 dwords. */
 void dsv_avx512_mqa_scores(float *S, int lds, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
                            const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, float *scratch) {
-    float *qf = scratch, *qr = qf + 8 * (size_t)C;
-    for (int hb = 0; hb < H; hb += 8) {
-        const int nh = H - hb < 8 ? H - hb : 8;
-        for (int h = 0; h < nh; h++) {
-            widen(qf + (size_t)h * C, q_abs + (size_t)(hb + h) * C, C);
-            widen(qr + (size_t)h * R, q_pe + (size_t)(hb + h) * R, R);
-        }
-        for (int j = j0; j < j1; j++) {
-            float a[8], b[8];
-            dots8(a, qf, C, nh, kv + (size_t)j * C, C);
-            dots8(b, qr, R, nh, pe + (size_t)j * R, R);
-            /* (einsum(q_abs, kv) + einsum(q_pe, pe)) * scale, each a bf16 tensor. */
-            for (int h = 0; h < nh; h++)
-                S[(size_t)(hb + h) * lds + j] =
-                    dsv_round_bf16(dsv_round_bf16(dsv_round_bf16(a[h]) + dsv_round_bf16(b[h])) * scale);
-        }
+    int32_t *qa = (int32_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63), *qr = qa + (size_t)C / 2 * 16;
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int hb = 0; hb < H; hb += 16) {
+        const int nh = H - hb < 16 ? H - hb : 16;
+        mqa_q_pairs(qa, q_abs + (size_t)hb * C, nh, C);
+        mqa_q_pairs(qr, q_pe + (size_t)hb * R, nh, R);
+        float *Sh = S + (size_t)hb * lds;
+        int j = j0;
+        for (; j + 8 <= j1; j += 8) mqa_score_keys(Sh, lds, qa, qr, kv, pe, C, R, sc, nh, j, 8);
+        if (j < j1) mqa_score_keys(Sh, lds, qa, qr, kv, pe, C, R, sc, nh, j, j1 - j);
     }
 }
 
-/* Scratch: the weights of 8 heads widened [8][n]. */
+/* Weighted sums: keys in pairs (j, j+1) interleaved per column by one
+ * permute (16 columns of both rows in one vector), each head's two weights
+ * one broadcast dword. The weights of 16 heads are first laid out by pair,
+ * pw[j/2][h] = (P[h][j], P[h][j+1]), so one pointer reaches every head's.
+ * Columns in blocks of 16, keys in blocks of MQA_PV_KEYS (their rows stay
+ * in L2 across the column blocks), the fp32 sums of 16 heads kept in
+ * scratch between key blocks. */
+#define MQA_PV_KEYS 256
+static inline __attribute__((always_inline)) void mqa_pv_block(float *acc, const int32_t *pw, const dsv_bf16 *kv, int C,
+                                                               int c, int l, int j0, int j1, int n, int nh) {
+    const __m512i perm = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                          37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __mmask16 cm = tail_mask(l);
+    __m512 o[16];
+    UNROLL for (int h = 0; h < 16; h++) o[h] = h < nh ? _mm512_load_ps(acc + h * 16) : _mm512_setzero_ps();
+    for (int j = j0; j < j1; j += 2) {
+        const __m256i r0 = _mm256_maskz_loadu_epi16(cm, kv + (size_t)j * C + c);
+        const __m256i r1 = j + 1 < n ? _mm256_maskz_loadu_epi16(cm, kv + (size_t)(j + 1) * C + c) : _mm256_setzero_si256();
+        const __m512i v = _mm512_permutex2var_epi16(_mm512_castsi256_si512(r0), perm, _mm512_castsi256_si512(r1));
+        const int32_t *w = pw + (size_t)j * 8;
+        UNROLL for (int h = 0; h < 16; h++)
+            if (h < nh) o[h] = dot_bf16(o[h], v, _mm512_set1_epi32(w[h]));
+    }
+    UNROLL for (int h = 0; h < 16; h++) if (h < nh) _mm512_store_ps(acc + h * 16, o[h]);
+}
+
+/* Scratch: the paired weights (dsv_mqa_keys_padded(n) / 2 x 16 dwords),
+ * then 16 heads' sums of the columns [c0, c1) (16 x 16 floats per column
+ * block). P's padding (zeros from n to ldp) makes an odd n's last pair
+ * whole; its missing row reads as zeros. */
 void dsv_avx512_mqa_pv(dsv_bf16 *o_lat, const dsv_bf16 *P, int ldp, const dsv_bf16 *kv, const void *kvp, int n, int H,
                        int C, int c0, int c1, float *scratch) {
     (void)kvp;
-    for (int hb = 0; hb < H; hb += 8) {
-        const int nh = H - hb < 8 ? H - hb : 8;
-        for (int h = 0; h < nh; h++) widen(scratch + (size_t)h * n, P + (size_t)(hb + h) * ldp, n);
-        weighted_rows8(o_lat + (size_t)hb * C + c0, C, scratch, n, nh, kv + c0, (size_t)C, NULL, 0, n, c1 - c0);
+    const int np = dsv_mqa_keys_padded(n), nb = (c1 - c0 + 15) / 16;
+    int32_t *pw = (int32_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    float *acc = (float *)(pw + (size_t)np * 8);
+    for (int hb = 0; hb < H; hb += 16) {
+        const int nh = H - hb < 16 ? H - hb : 16;
+        for (int h = 0; h < 16; h++) {
+            const dsv_bf16 *ph = P + (size_t)(hb + h) * ldp;
+            for (int j = 0; j < np; j += 2) {
+                int32_t pair = 0;
+                if (h < nh) memcpy(&pair, ph + j, 4);
+                pw[(size_t)j * 8 + h] = pair;
+            }
+        }
+        memset(acc, 0, (size_t)nb * 256 * sizeof(float));
+        for (int jb = 0; jb < n; jb += MQA_PV_KEYS) {
+            const int je = n - jb < MQA_PV_KEYS ? n : jb + MQA_PV_KEYS;
+            for (int b = 0; b < nb; b++) {
+                const int c = c0 + 16 * b, l = c1 - c < 16 ? c1 - c : 16;
+                if (nh == 16) mqa_pv_block(acc + b * 256, pw, kv, C, c, l, jb, je, n, 16);
+                else mqa_pv_block(acc + b * 256, pw, kv, C, c, l, jb, je, n, nh);
+            }
+        }
+        for (int h = 0; h < nh; h++)
+            for (int b = 0; b < nb; b++) {
+                const int c = c0 + 16 * b, l = c1 - c < 16 ? c1 - c : 16;
+                bf16x16_store_n(o_lat + (size_t)(hb + h) * C + c, _mm512_load_ps(acc + b * 256 + h * 16), l);
+            }
     }
 }
 
