@@ -11,9 +11,9 @@
  * at that depth. Before any of it, every weight page is read once
  * (dsv_model_touch; --no-touch skips it): the untimed tokens reach only the
  * experts they route to, and the first timed figures must not include
- * reading a model from disk or mapping it. Decode rows add the per-token latency percentiles (p50,
- * p90, p99, max: nearest rank over the timed tokens), the jitter a mean
- * hides. Each measurement reports the engine's own
+ * reading a model from disk or mapping it. Decode rows add the per-token
+ * latency percentiles (p50, p90, p99, max: nearest rank over the timed
+ * tokens), the jitter a mean hides. Each measurement reports the engine's own
  * statistics (dsv_context_get_stats): time per part, weight bytes streamed
  * per token and the GB/s that makes, cache bytes, linear-layer TFLOPS. The
  * read bandwidth and the AMX BF16 peak are measured at start with the same
