@@ -24,7 +24,11 @@ TEST(serve_bench_itl_json) {
     if (test_run("command -v node", NULL) != 0)
         SKIP_UNLESS_REQUIRED("DSV32_REQUIRE_NODE", "node is not installed (tools/install-deps.sh installs it)");
     server s;
-    server_start(&s, "models/tiny", "-t 1 --parallel 2");
+    /* The scalar kernels make a token take milliseconds (the tiny model's
+     * are well under one with SIMD): a client that falls behind reads
+     * several chunks at once, and with sub-millisecond tokens on a busy
+     * machine every gap of a level can come out 0. */
+    server_start_with(&s, "env DSV32_ISA=generic", "models/tiny", "-t 1 --parallel 2");
     char cmd[2048], *out = NULL;
     snprintf(cmd, sizeof cmd, "timeout 300 node tools/serve_bench.mjs http://127.0.0.1:%d --clients 1,2 --requests 2 "
              "--prompt-tokens 12 --max-tokens 10 --json 2>/dev/null", s.port);
