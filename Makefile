@@ -145,7 +145,11 @@ asan:
 
 # The standard benchmark set (tools/bench.sh, about 3 minutes on 2 cores):
 # prints a table, writes docs/bench.md and docs/bench-decode.png. Not part of
-# test. Token counts and depths: BENCH_* variables, see tools/bench.sh.
+# test. Token counts and depths: BENCH_* variables, see tools/bench.sh. With
+# LLAMA_BENCH=/path/to/llama-bench and LLAMA_GGUF_BF16=, LLAMA_GGUF_Q8_0= or
+# LLAMA_GGUF_Q4_K_M= (GGUF files of the bench-small shape) it also times
+# llama.cpp beside dsv32 on the same files (LLAMA_* variables; BENCH_STANDARD=0
+# runs only that comparison).
 bench: $(BUILD)/dsv32
 	BUILD=$(BUILD) tools/bench.sh
 

@@ -156,6 +156,21 @@ DSV_API void dsv_model_close(dsv_model *m);
 DSV_API const dsv_config *dsv_model_config(const dsv_model *m);
 /* Total bytes of the weights the forward pass reads. */
 DSV_API uint64_t dsv_model_weight_bytes(const dsv_model *m);
+/* What the weights are, for reports. label: "bf16" or "fp8" for safetensors;
+ * for a GGUF "gguf " and llama.cpp's name of its general.file_type ("gguf
+ * Q4_K_M", "gguf Q8_0", "gguf BF16"), or without that key the type holding
+ * the most matrix bytes. mix: each matrix type's share of the matrix bytes,
+ * largest first ("Q4_K 58%, Q6_K 21%, BF16 12%, F32 9%"; safetensors dtypes
+ * by their names, fp8 scales counted with F8_E4M3). Either may be NULL;
+ * both are cut to their capacity. In a split model: this process's part. */
+DSV_API void dsv_model_weight_types(const dsv_model *m, char *label, size_t label_cap, char *mix, size_t mix_cap);
+/* Reads one byte of every page of the weights (matrices, scales, embedding),
+ * so that a measurement after it reads none of them from disk and takes no
+ * page fault on them. progress(done, total, user) is called about ten times
+ * a second and once at the end (may be NULL). Returns the bytes covered.
+ * In a split model: this process's part. */
+DSV_API uint64_t dsv_model_touch(const dsv_model *m, void (*progress)(uint64_t done, uint64_t total, void *user),
+                                 void *user);
 
 /* ------------------------------------------------------------------------ */
 /* Context: KV cache, scratch memory and threads for running a model. All

@@ -8,9 +8,12 @@
  * depth, cut the sequence back to the depth, and time --decode tokens one at
  * a time (greedy, logits of each) after --warmup untimed ones (cut back
  * again), so the timed tokens find the weights mapped and the caches warm
- * at that depth. Decode rows add the per-token latency percentiles (p50,
- * p90, p99, max: nearest rank over the timed tokens), the jitter a mean
- * hides. Each measurement reports the engine's own
+ * at that depth. Before any of it, every weight page is read once
+ * (dsv_model_touch; --no-touch skips it): the untimed tokens reach only the
+ * experts they route to, and the first timed figures must not include
+ * reading a model from disk or mapping it. Decode rows add the per-token
+ * latency percentiles (p50, p90, p99, max: nearest rank over the timed
+ * tokens), the jitter a mean hides. Each measurement reports the engine's own
  * statistics (dsv_context_get_stats): time per part, weight bytes streamed
  * per token and the GB/s that makes, cache bytes, linear-layer TFLOPS. The
  * read bandwidth and the AMX BF16 peak are measured at start with the same
@@ -58,6 +61,8 @@ static const char *usage =
     "  --batch N          tokens per forward call when prefilling (default 512)\n"
     "  --seed S           seed of the tokens and of random cache contents (default 0)\n"
     "  --bw-mib N         buffer of the read-bandwidth probe, larger than the caches (default 1024)\n"
+    "  --no-touch         skip reading every weight page before timing (the first figures may then\n"
+    "                     include reading the model from disk and mapping it)\n"
     "  --json             one JSON object per measurement on stdout (the table goes to stderr)\n"
     "  -h, --help         this help\n";
 
@@ -80,7 +85,8 @@ struct bench {
     FILE *table;
     double mem_gbs, amx_tflops;
     const char *amx_why;
-    int warm;
+    int warm, no_touch;
+    char wlabel[64], wmix[256];  /* dsv_model_weight_types: "gguf Q4_K_M", "Q4_K 58%, ..." */
 };
 
 static int parse_depths(struct bench *b, const char *list) {
@@ -203,13 +209,13 @@ static void report(struct bench *b, const char *phase, int mode, int depth, int 
     if (!b->json) return;
     /* The model's name is a path: through the JSON string writer. */
     char *name = dsv_json_quote(b->name, strlen(b->name), NULL);
-    printf("{\"model\":%s,\"dtype\":\"%s\",\"kernels\":\"%s\",\"threads\":%ld,\"phase\":\"%s\",\"mode\":\"%s\","
+    printf("{\"model\":%s,\"dtype\":\"%s\",\"weight_types\":\"%s\",\"kernels\":\"%s\",\"threads\":%ld,\"phase\":\"%s\",\"mode\":\"%s\","
            "\"topk\":%d,\"fill\":\"%s\",\"depth\":%d,\"tokens\":%d,\"seconds\":%.6g,\"tok_s\":%.6g,\"ms_per_tok\":%.6g,"
            "\"attn_ms\":%.6g,\"indexer_ms\":%.6g,\"topk_ms\":%.6g,\"attention_ms\":%.6g,\"linear_ms\":%.6g,"
            "\"moe_ms\":%.6g,\"other_ms\":%.6g,\"weight_bytes_per_tok\":%.0f,\"gbs\":%.6g,\"mem_gbs\":%.6g,"
            "\"bound_tok_s\":%.6g,\"kv_bytes_per_tok\":%llu,\"kv_read_bytes_per_tok\":%.0f,\"keys_per_tok\":%.6g,"
            "\"linear_tflops\":%.6g,\"amx_tflops\":",
-           name ? name : "null", b->c->fp8 ? "fp8" : "bf16", dsv_context_kernels(b->ctx[mode == MODE_DENSE]),
+           name ? name : "null", b->wlabel, b->wmix, dsv_context_kernels(b->ctx[mode == MODE_DENSE]),
            b->threads, phase,
            mode_name(mode),
            mode == MODE_DENSE ? 0 : largest_topk(b), b->fill_random ? "random" : "real",
@@ -281,12 +287,19 @@ static int measure(struct bench *b, int mode, int depth) {
     return 0;
 }
 
+/* Progress of dsv_model_touch on a terminal. */
+static void touch_progress(uint64_t done, uint64_t total, void *user) {
+    (void)user;
+    if (isatty(2)) fprintf(stderr, "\rreading weights into memory: %.2f of %.2f GB", done / 1e9, total / 1e9);
+}
+
 static int run(struct bench *b) {
     const char *cmd = b->cmd;
     dsv_model_params mp = dsv_model_default_params();
     mp.act_quant = b->act_quant;
     if (dsv_model_open(&b->m, b->model_dir, &mp)) return cli_fail(cmd, "%s", dsv_errmsg());
     b->c = dsv_model_config(b->m);
+    dsv_model_weight_types(b->m, b->wlabel, sizeof b->wlabel, b->wmix, sizeof b->wmix);
     int max_depth = 0;
     for (int i = 0; i < b->n_depths; i++) max_depth = b->depths[i] > max_depth ? b->depths[i] : max_depth;
     long extra = b->prefill > b->decode + b->warmup ? b->prefill : b->decode + b->warmup;
@@ -314,10 +327,20 @@ static int run(struct bench *b) {
         b->threads = dsv_context_get_params(b->ctx[k])->n_threads;
     }
 
+    /* Every weight page read before timing: from disk if the page cache
+     * lost it (a model just written or copied may not be in it), and into
+     * this process's page tables. The untimed tokens below reach only the
+     * experts they route to. */
+    if (!b->no_touch) {
+        double t0 = dsv_time();
+        uint64_t n = dsv_model_touch(b->m, touch_progress, NULL);
+        if (isatty(2)) fputc('\n', stderr);
+        fprintf(b->table, "weights: %.2f GB read into memory in %.2f s before timing\n", n / 1e9, dsv_time() - t0);
+    }
     b->mem_gbs = roofline_read_gbs((int)b->threads, (size_t)b->bw_mib, 5);
     b->amx_tflops = roofline_amx_bf16_tflops((int)b->threads, 3, &b->amx_why);
-    fprintf(b->table, "model: %s (%s, %d layers, %.2f GB of weights), kernels %s, %ld threads, fill %s\n", b->name,
-            b->c->fp8 ? "fp8" : "bf16", b->c->n_layers, dsv_model_weight_bytes(b->m) / 1e9,
+    fprintf(b->table, "model: %s (%s: %s; %d layers, %.2f GB of weights), kernels %s, %ld threads, fill %s\n", b->name,
+            b->wlabel, b->wmix, b->c->n_layers, dsv_model_weight_bytes(b->m) / 1e9,
             dsv_context_kernels(b->ctx[b->ctx[0] ? 0 : 1]),
             b->threads, b->fill_random ? "random" : "real");
     fprintf(b->table, "machine: read bandwidth %.2f GB/s (%ld MiB buffer); ", b->mem_gbs, b->bw_mib);
@@ -345,6 +368,7 @@ int cmd_bench(int argc, char **argv) {
         if (r) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(usage, stdout); return 0; }
         else if (!strcmp(a, "--json")) b.json = 1;
+        else if (!strcmp(a, "--no-touch")) b.no_touch = 1;
         else if (!strcmp(a, "--depth")) { if (!(depths = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--prefill")) {
             if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 0, 1L << 24, &b.prefill)) return 1;
