@@ -179,6 +179,21 @@ TEST(gguf_model_errors) {
     const uint32_t mxfp4 = 39;
     patch(g, name, strlen(name), strlen(name) + 4 + 16, &mxfp4, 4); /* after n_dims and two extents */
     expect_one_line_error(g, "tensor 'blk.0.attn_q_a.weight' has type MXFP4");
+    /* The IQ families of the common low-bit files: IQ2_XXS (256-value blocks
+     * of 66 bytes, fewer than Q8_0's 272) on the same rows of 256, and
+     * IQ1_S (50 bytes) on layer 1's stacked routed experts (3 extents):
+     * made Q8_0, then patched, as above. */
+    g = tmp("iq2.gguf");
+    quantize(test_shared(BF16_CKPT), g, "--type BF16 --tensor-type 'attn_q_a\\.weight$=Q8_0'");
+    const uint32_t iq2_xxs = 16;
+    patch(g, name, strlen(name), strlen(name) + 4 + 16, &iq2_xxs, 4);
+    expect_one_line_error(g, "tensor 'blk.0.attn_q_a.weight' has type IQ2_XXS, which dsv32 cannot compute with");
+    g = tmp("iq1.gguf");
+    quantize(test_shared(BF16_CKPT), g, "--type BF16 --tensor-type 'ffn_gate_exps=Q8_0'");
+    const char exps[] = "blk.1.ffn_gate_exps.weight";
+    const uint32_t iq1_s = 19;
+    patch(g, exps, strlen(exps), strlen(exps) + 4 + 24, &iq1_s, 4);
+    expect_one_line_error(g, "tensor 'blk.1.ffn_gate_exps.weight' has type IQ1_S, which dsv32 cannot compute with");
     /* Architectures. */
     g = tmp("a.gguf");
     quantize(test_shared(BF16_CKPT), g, "--type BF16");
