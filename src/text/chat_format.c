@@ -163,14 +163,14 @@ static int detect_gguf(const char *path, const dsv_chat_format **out, char *note
     if (st) return st;
     const char *arch = "", *tmpl = NULL;
     size_t arch_len = 0, tmpl_len = 0;
+    const dsv_chat_format *f;
     if (dsv_gguf_kv_find(g, "general.architecture") >= 0 &&
         (st = dsv_gguf_get_str(g, "general.architecture", &arch, &arch_len)))
         goto done;
     if (dsv_gguf_kv_find(g, "tokenizer.chat_template") >= 0 &&
         (st = dsv_gguf_get_str(g, "tokenizer.chat_template", &tmpl, &tmpl_len)))
         goto done;
-    const dsv_chat_format *f = dsv_chat_format_match_template(tmpl, tmpl_len);
-    if (f) {
+    if ((f = dsv_chat_format_match_template(tmpl, tmpl_len))) {
         *out = f;
         goto done;
     }
