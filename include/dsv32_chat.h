@@ -5,7 +5,8 @@
  * Two formats, in a table (dsv_chat_format_*, at the end of this file):
  * "deepseek-v3.2-exp" (the V3.1-style template of V3.2-Exp; the dsv_chat_*
  * functions without a format argument are this one) and "deepseek-v3.2" (the
- * DSML format of DeepSeek-V3.2 and V3.2-Speciale, shared/tokenizer/v32/).
+ * DSML format of DeepSeek-V3.2 and V3.2-Speciale, shared/tokenizer/v32/);
+ * "deepseek-v3.1" is the Exp format under DeepSeek-V3.1's name.
  *
  * The format is specified in shared/spec/chat-format.md; the Jinja template in
  * tokenizer_config.json is the ground truth and the renderer reproduces it byte
@@ -220,11 +221,13 @@ DSV_API const dsv_chat_result *dsv_chat_stream_result(const dsv_chat_stream *s);
  * format in the functions below means deepseek-v3.2-exp. */
 typedef struct dsv_chat_format dsv_chat_format;
 
-/* The format called name ("deepseek-v3.2-exp" or "deepseek-v3.2"), or NULL
- * with an error message that lists the known names. */
+/* The format called name ("deepseek-v3.2-exp", "deepseek-v3.2" or
+ * "deepseek-v3.1", the V3.1 name of the Exp format), or NULL with an error
+ * message that lists the known names. */
 DSV_API const dsv_chat_format *dsv_chat_format_find(const char *name);
 DSV_API const char *dsv_chat_format_name(const dsv_chat_format *f);
-/* "deepseek-v3.2-exp, deepseek-v3.2": for usage texts and errors. */
+/* "deepseek-v3.2-exp, deepseek-v3.2, deepseek-v3.1": for usage texts and
+ * errors. */
 DSV_API const char *dsv_chat_format_list(void);
 
 /* The format of a model directory (or of the directory holding a
@@ -234,6 +237,27 @@ DSV_API const char *dsv_chat_format_list(void);
  * is deepseek-v3.2-exp, today's behaviour. Fails only on a file that exists
  * but is not valid JSON (DSV_ERR_FORMAT, naming the file). */
 DSV_API int dsv_chat_format_detect(const char *model_path, const dsv_chat_format **out);
+
+/* dsv_chat_format_detect, and for a GGUF file (a path ending in ".gguf"
+ * that is not a directory): its tokenizer.chat_template is matched by
+ * dsv_chat_format_match_template; without one, or with one not recognized,
+ * general.architecture decides: deepseek32 is deepseek-v3.2, deepseek2
+ * (V3/V3.1/R1 and V3.2 without its indexer) deepseek-v3.1. In that last case,
+ * a template that was there but not recognized, note[0..note_cap) (may be
+ * NULL) gets one line naming the file and the format chosen, for the caller
+ * to print as a warning; otherwise note is "". Another architecture with no
+ * recognized template is DSV_ERR_MODEL; a file the GGUF reader refuses is its
+ * error (naming the file). */
+DSV_API int dsv_chat_format_detect_note(const char *model_path, const dsv_chat_format **out, char *note,
+                                        size_t note_cap);
+
+/* The format a Jinja chat template (len bytes) is written for, recognized
+ * by markers (output strings only that format writes), or NULL:
+ * "｜DSML｜" anywhere is deepseek-v3.2; "<｜Assistant｜></think>" with
+ * "<｜tool▁sep｜>" and without "<｜tool▁outputs▁begin｜>" (R1's and V3's
+ * tool-output wrapper) is deepseek-v3.2-exp (V3.1, V3.1-Terminus, V3.2-Exp).
+ * Anything else (V3, R1, other models) is NULL. */
+DSV_API const dsv_chat_format *dsv_chat_format_match_template(const char *tmpl, size_t len);
 
 /* dsv_chat_render_json in format f. For deepseek-v3.2 the request may also
  * carry "thinking_mode": "chat"|"thinking" and "response_format"; messages

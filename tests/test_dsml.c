@@ -580,7 +580,7 @@ TEST(chat_format_table) {
     CHECK_STR(dsv_chat_format_name(v32()), "deepseek-v3.2");
     CHECK_STR(dsv_chat_format_name(NULL), "deepseek-v3.2-exp");
     CHECK(dsv_chat_format_find("chatml") == NULL);
-    CHECK_STR(dsv_errmsg(), "unknown chat format \"chatml\" (known: deepseek-v3.2-exp, deepseek-v3.2)");
+    CHECK_STR(dsv_errmsg(), "unknown chat format \"chatml\" (known: deepseek-v3.2-exp, deepseek-v3.2, deepseek-v3.1)");
 
     const dsv_chat_format *f = NULL;
     const char *dir = test_tmpdir();
@@ -696,7 +696,7 @@ TEST(dsml_cmd_tokenize_chat) {
     char *out = NULL;
     snprintf(cmd, sizeof cmd, "%s tokenize -m %s --chat --chat-format chatml 2>&1 </dev/null", b, dir);
     CHECK(test_run(cmd, &out) == 2);
-    CHECK_STR(out, "dsv32 tokenize: unknown chat format \"chatml\" (known: deepseek-v3.2-exp, deepseek-v3.2)\n");
+    CHECK_STR(out, "dsv32 tokenize: unknown chat format \"chatml\" (known: deepseek-v3.2-exp, deepseek-v3.2, deepseek-v3.1)\n");
     free(out);
 }
 

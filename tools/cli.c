@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "dsv32.h"
+#include "dsv32_chat.h"
 
 int cli_fail(const char *cmd, const char *fmt, ...) {
     va_list ap;
@@ -151,4 +152,14 @@ int cli_engine_check(const char *cmd, const cli_engine *e) {
     if (e->dense && e->topk) return cli_fail(cmd, "--dense and --topk exclude each other");
     if (e->dense && e->topk_file) return cli_fail(cmd, "--dense and --topk-file exclude each other");
     return 0;
+}
+
+const dsv_chat_format *cli_chat_format(const char *cmd, const char *name, const char *model) {
+    const dsv_chat_format *f = NULL;
+    char note[1024];
+    if (name) f = dsv_chat_format_find(name);
+    else if (dsv_chat_format_detect_note(model, &f, note, sizeof note)) f = NULL;
+    else if (note[0]) fprintf(stderr, "dsv32 %s: warning: %s\n", cmd, note);
+    if (!f) cli_fail(cmd, "%s", dsv_errmsg());
+    return f;
 }

@@ -21,6 +21,14 @@ int cli_ids(const char *cmd, const char *s, int32_t **ids, int *n);
  * --suggest -o` writes it) into layer_topk[0..n_layers); 0 on success. */
 int cli_topk_file(const char *cmd, const char *path, int n_layers, int *layer_topk);
 
+/* The chat format of a run: the one called name (--chat-format) when given,
+ * else the model's (dsv_chat_format_detect_note: a directory's files or a
+ * GGUF's template and architecture), with its note printed as
+ * "dsv32 <cmd>: warning: ..." when detection had to guess. NULL (the error
+ * printed) when neither works. */
+struct dsv_chat_format;
+const struct dsv_chat_format *cli_chat_format(const char *cmd, const char *name, const char *model);
+
 /* The engine options several commands share, parsed in one place so that
  * their names, ranges and messages agree. Each command names the ones it
  * takes (CLI_E_* bits) and may raise the lower bound of --ctx and --batch. */

@@ -32,7 +32,8 @@ static void usage(void) {
            "  --think            thinking mode: the model reasons first (shown dimmed);\n"
            "                     V3.2-Speciale only thinks: run it with --think\n"
            "  --chat-format F    the chat format: %s\n"
-           "                     (default: detected from the model directory)\n"
+           "                     (default: detected from the model directory, or from a\n"
+           "                     GGUF's tokenizer.chat_template and architecture)\n"
            "  --input-file F     answer the prompts of F (separated by blank lines) as one\n"
            "                     batch of single-turn chats, printed in input order\n"
            "%s"
@@ -269,8 +270,7 @@ int cmd_chat(int argc, char **argv) {
         }
         else return cli_fail(cmd, "unknown option '%s' (see dsv32 chat --help)", a);
     }
-    if (fmt_name) chat_fmt = dsv_chat_format_find(fmt_name);
-    else if (o.model && dsv_chat_format_detect(o.model, &chat_fmt)) return cli_fail(cmd, "%s", dsv_errmsg());
+    if ((fmt_name || o.model) && !(chat_fmt = cli_chat_format(cmd, fmt_name, o.model))) return 1;
     char **prompts = NULL;
     int n = 1;
     if (input && read_prompt_file(cmd, input, &prompts, &n)) return 1;

@@ -20,8 +20,8 @@ static void parse_usage(FILE *f) {
             "{\"reasoning_content\", \"content\", \"tool_calls\": [{\"name\", \"arguments\"}]}\n"
             "with arguments as a JSON object. Markup that does not parse is content.\n"
             "\n"
-            "  -m, --model PATH     model directory, for the chat format (required unless\n"
-            "                       --chat-format is given)\n"
+            "  -m, --model PATH     model directory or GGUF file, for the chat format\n"
+            "                       (required unless --chat-format is given)\n"
             "      --chat-format F  %s (default: detected from the model)\n"
             "  -h, --help           show this help\n",
             dsv_chat_format_list());
@@ -100,8 +100,8 @@ int cmd_parse(int argc, char **argv) {
     } else if (!model) {
         cli_fail("parse", "-m MODEL or --chat-format is required (see dsv32 parse --help)");
         return 2;
-    } else if (dsv_chat_format_detect(model, &fmt)) {
-        return cli_fail("parse", "%s", dsv_errmsg());
+    } else if (!(fmt = cli_chat_format("parse", NULL, model))) {
+        return 1;
     }
     char *line = NULL;
     size_t cap = 0;

@@ -12,9 +12,15 @@
  * --kl-base MODEL2 runs a second model (the unquantized one, say) on the
  * same windows and reports what llama.cpp's perplexity tool reports against
  * its base: mean KL(base || model) per position, top-1 agreement and the
- * perplexity ratio. */
+ * perplexity ratio.
+ * --random-ids N scores N token ids drawn uniformly from the vocabulary
+ * (splitmix64 from --seed) instead of a text: for random-weight models
+ * (dsv32 synth), which have no tokenizer and no text they predict, where
+ * --kl-base still measures how far a quantized file strays from its base. */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,13 +34,17 @@
 #include "dsv32_util.h"
 
 static const char *usage =
-    "usage: dsv32 ppl -m MODEL_DIR -f TEXT [options]\n"
+    "usage: dsv32 ppl -m MODEL_DIR (-f TEXT | --random-ids N) [options]\n"
     "\n"
     "Prints the perplexity of a text file under the model, in consecutive windows of --ctx\n"
     "tokens (each a fresh sequence starting with BOS when the tokenizer adds one).\n"
     "\n"
     "  -m, --model DIR    model directory (config.json, *.safetensors, tokenizer.json)\n"
     "  -f FILE            text to score\n"
+    "  --random-ids N     score N token ids drawn uniformly from the model's vocabulary\n"
+    "                     instead of a text (no tokenizer needed, no BOS; for random-\n"
+    "                     weight models, e.g. with --kl-base); same --seed, same ids\n"
+    "  --seed S           seed of --random-ids (default: 0)\n"
     "  --ctx N            window size in tokens (default: max_position_embeddings, at most 4096)\n"
     "  --dense            attend to every position (no top-k)\n"
     "  --topk K           keep K positions per query instead of the model's index_topk\n"
@@ -83,6 +93,19 @@ static double kl_row(const float *a, const float *b, int n, int *agree) {
     return kl;
 }
 
+/* n ids uniform in [0, V): splitmix64, the top bits reduced by a multiply
+ * (no modulo bias worth the name at V < 2^32). */
+static void random_ids(int32_t *ids, size_t n, int V, uint64_t seed) {
+    uint64_t x = seed;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t z = (x += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        ids[i] = (int32_t)(((z >> 32) * (uint64_t)V) >> 32);
+    }
+}
+
 static int run_recall(const char *cmd, const char *model, const int32_t *ids, size_t n, int ctx, int bos, int topk,
                       int threads, int quiet) {
     dsv_train_opts o = dsv_train_default_opts();
@@ -124,6 +147,7 @@ static int run_recall(const char *cmd, const char *model, const int32_t *ids, si
 int cmd_ppl(int argc, char **argv) {
     const char *cmd = "ppl", *file = NULL, *base = NULL;
     int recall = 0, quiet = 0;
+    long n_random = 0, seed = 0;
     cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_CTX | CLI_E_DENSE | CLI_E_TOPK | CLI_E_SCALE_FMT | CLI_E_ACT_QUANT |
                                    CLI_E_TOPK_FILE);
     for (int i = 1; i < argc; i++) {
@@ -136,10 +160,16 @@ int cmd_ppl(int argc, char **argv) {
         else if (!strcmp(a, "--quiet")) quiet = 1;
         else if (!strcmp(a, "-f")) { if (!(file = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--kl-base")) { if (!(base = cli_value(cmd, argc, argv, &i))) return 1; }
+        else if (!strcmp(a, "--random-ids") || !strcmp(a, "--seed")) {
+            const char *v = cli_value(cmd, argc, argv, &i);
+            int rid = !strcmp(a, "--random-ids");
+            if (!v || cli_int(cmd, a, v, rid ? 2 : 0, rid ? 1L << 30 : LONG_MAX, rid ? &n_random : &seed)) return 1;
+        }
         else return cli_fail(cmd, "unknown option '%s' (see dsv32 ppl --help)", a);
     }
     if (cli_engine_check(cmd, &e)) return 1;
-    if (!file) return cli_fail(cmd, "missing -f TEXT");
+    if (!file && !n_random) return cli_fail(cmd, "missing -f TEXT or --random-ids N");
+    if (file && n_random) return cli_fail(cmd, "-f and --random-ids exclude each other");
     /* A window scores tokens after the first, so it needs two. */
     if (e.n_ctx == 1) return cli_fail(cmd, "--ctx: '1' is not an integer in [2, %d]", 1 << 24);
     if (e.topk_file && recall) return cli_fail(cmd, "--topk-file and --recall exclude each other");
@@ -147,24 +177,27 @@ int cmd_ppl(int argc, char **argv) {
     long ctx = e.n_ctx, topk = e.topk, threads = e.threads;
     int dense = e.dense, scale_fmt = e.scale_fmt;
 
-    dsv_tokenizer *tok;
-    if (dsv_tokenizer_open(&tok, model)) return cli_fail(cmd, "%s", dsv_errmsg());
-    size_t len;
-    char *text;
-    if (dsv_read_file(file, TEXT_MAX_BYTES, &text, &len)) {
-        dsv_tokenizer_close(tok);
-        return cli_fail(cmd, "%s", dsv_errmsg());
-    }
-    int32_t *ids = malloc((len + 1) * sizeof *ids);
+    int32_t *ids = NULL;
     size_t n = 0;
-    int rc = 0;
-    if (!ids) rc = cli_fail(cmd, "out of memory");
-    else if (dsv_tokenize(tok, text, len, ids, len + 1, &n)) rc = cli_fail(cmd, "%s: %s", file, dsv_errmsg());
-    int bos = dsv_tokenizer_add_bos(tok) ? dsv_tokenizer_bos(tok) : -1;
-    dsv_tokenizer_close(tok);
-    free(text);
-    if (!rc && n < 2) rc = cli_fail(cmd, "%s: fewer than 2 tokens", file);
-    if (rc) { free(ids); return rc; }
+    int rc = 0, bos = -1;
+    if (file) {
+        dsv_tokenizer *tok;
+        if (dsv_tokenizer_open(&tok, model)) return cli_fail(cmd, "%s", dsv_errmsg());
+        size_t len;
+        char *text;
+        if (dsv_read_file(file, TEXT_MAX_BYTES, &text, &len)) {
+            dsv_tokenizer_close(tok);
+            return cli_fail(cmd, "%s", dsv_errmsg());
+        }
+        ids = malloc((len + 1) * sizeof *ids);
+        if (!ids) rc = cli_fail(cmd, "out of memory");
+        else if (dsv_tokenize(tok, text, len, ids, len + 1, &n)) rc = cli_fail(cmd, "%s: %s", file, dsv_errmsg());
+        bos = dsv_tokenizer_add_bos(tok) ? dsv_tokenizer_bos(tok) : -1;
+        dsv_tokenizer_close(tok);
+        free(text);
+        if (!rc && n < 2) rc = cli_fail(cmd, "%s: fewer than 2 tokens", file);
+        if (rc) { free(ids); return rc; }
+    }
 
     dsv_model_params mp = dsv_model_default_params();
     mp.scale_fmt = scale_fmt;
@@ -172,6 +205,14 @@ int cmd_ppl(int argc, char **argv) {
     dsv_model *m;
     if (dsv_model_open(&m, model, &mp)) { free(ids); return cli_fail(cmd, "%s", dsv_errmsg()); }
     const dsv_config *c = dsv_model_config(m);
+    if (n_random) {
+        n = (size_t)n_random;
+        if (!(ids = malloc(n * sizeof *ids))) {
+            dsv_model_close(m);
+            return cli_fail(cmd, "out of memory");
+        }
+        random_ids(ids, n, c->vocab_size, (uint64_t)seed);
+    }
     if (!ctx) ctx = c->max_position_embeddings > 0 && c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096;
     for (size_t i = 0; i < n && !rc; i++)
         if (ids[i] >= c->vocab_size) rc = cli_fail(cmd, "token id %d exceeds the model's vocabulary (%d)", ids[i], c->vocab_size);

@@ -59,7 +59,8 @@ static void usage(FILE *f) {
             "                        else none)\n"
             "      --alias NAME      model id in the API (default: the directory's name)\n"
             "      --chat-format F   the chat format: %s\n"
-            "                        (default: detected from the model directory)\n"
+            "                        (default: detected from the model directory, or from a\n"
+            "                        GGUF's tokenizer.chat_template and architecture)\n"
             "      --think           chat requests that do not say think by default; for\n"
             "                        V3.2-Speciale, which only thinks (default: off)\n"
             "      --topk-file FILE  a top-k per layer (from dsv32 analyze --suggest -o)\n"
@@ -141,6 +142,11 @@ int cmd_serve(int argc, char **argv) {
         return 2;
     }
     p.model_dir = e.model;
+    /* Detected here rather than left to the server, so that a guess is a
+     * warning on the terminal that started it. */
+    const dsv_chat_format *fmt = cli_chat_format(CMD, p.chat_format, p.model_dir);
+    if (!fmt) return 1;
+    p.chat_format = dsv_chat_format_name(fmt);
     if (e.threads) p.n_threads = e.threads;
     if (e.n_ctx) p.n_ctx = e.n_ctx;
     if (e.n_batch) p.n_batch = e.n_batch;

@@ -52,7 +52,8 @@ static void tokenize_usage(FILE *f) {
             "                       and write {\"text\":\"<rendered prompt>\",\"ids\":[...]} per line;\n"
             "                       the chat format renders BOS itself (default: off)\n"
             "      --chat-format F  the chat format for --chat: %s\n"
-            "                       (default: detected from the model directory)\n"
+            "                       (default: detected from the model directory, or from a\n"
+            "                       GGUF's tokenizer.chat_template and architecture)\n"
             "      --bench FILE     encode FILE repeatedly and print MB/s and tokens/s\n"
             "                       (default: off)\n"
             "      --bench-time S   measure for at least S seconds (default: %g)\n"
@@ -226,9 +227,8 @@ int cmd_tokenize(int argc, char **argv) {
         cli_fail("tokenize", "-m MODEL is required (see dsv32 tokenize --help)");
         return 2;
     }
-    const dsv_chat_format *fmt = fmt_name ? dsv_chat_format_find(fmt_name) : NULL;
-    if (mode == MODE_CHAT && !fmt && dsv_chat_format_detect(model, &fmt))
-        return cli_fail("tokenize", "%s", dsv_errmsg());
+    const dsv_chat_format *fmt = NULL;
+    if (mode == MODE_CHAT && !(fmt = cli_chat_format("tokenize", fmt_name, model))) return 1;
     dsv_tokenizer *tok;
     double t0 = dsv_time();
     if (dsv_tokenizer_open(&tok, model)) return cli_fail("tokenize", "%s", dsv_errmsg());
