@@ -1,5 +1,6 @@
-/* kbench.c: single-kernel timings of the decoding linears and the indexer,
- * for tuning on a machine shared with other work (`make kbench`).
+/* kbench.c: single-kernel timings of the linears (decoding and prefill)
+ * and the indexer, for tuning on a machine shared with other work
+ * (`make kbench`).
  *
  * Whole-model benchmarks (dsv32 bench) mix every kernel with the thread
  * pool and the other processes on the machine; this tool times one kernel
@@ -9,7 +10,10 @@
  * burst of load from elsewhere hits every level alike. It reports the median
  * and the best round of each level as GB/s of weight read (linears) or keys
  * per microsecond (indexer) of the thread's CPU time, and the ratio of
- * medians to the first level.
+ * medians to the first level. Linears with more than 16 input rows
+ * (prefill: -m 64, 512) are compute-bound: their lines add GFLOPS per
+ * CPU-second (2 m N K per call), to read against the unit's peak
+ * (`dsv32 bench` measures it).
  * Not a test: nothing here checks a result (tests/test_kernels.c does). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,7 +50,7 @@ static void usage(void) {
            "  Times one kernel at each kernel LEVEL (generic, avx2, avx512, amx), the\n"
            "  levels alternated round by round.\n"
            "  -k KERNEL   fp8 | bf16 | index (default fp8)\n"
-           "  -m M        input rows (default 1)\n"
+           "  -m M        input rows (default 1; above 16, GFLOPS are reported too)\n"
            "  -n N        output rows of one weight matrix (default 512)\n"
            "  -K K        inputs (default 2048)\n"
            "  -r ROUNDS   rounds (default 15)\n"
@@ -93,7 +97,7 @@ int main(int argc, char **argv) {
         names[ns] = s;
         sets[ns++] = k;
     }
-    if (!ns || m > 16 || K % 128 || rounds > 1000) {
+    if (!ns || m > 4096 || K % 128 || rounds > 1000) {
         usage();
         return 2;
     }
@@ -170,9 +174,14 @@ int main(int argc, char **argv) {
         if (index)
             printf("%-8s median %8.2f keys/us  best %8.2f keys/us  x%.3f\n", names[s], (double)N * nmat / med * 1e-6,
                    (double)N * nmat / best * 1e-6, base / med);
-        else
+        else if (m <= 16)
             printf("%-8s median %7.2f GB/s  best %7.2f GB/s  x%.3f\n", names[s], (double)wbytes * nmat / med * 1e-9,
                    (double)wbytes * nmat / best * 1e-9, base / med);
+        else {
+            const double flop = 2.0 * m * N * K * nmat;
+            printf("%-8s median %7.2f GFLOPS  best %7.2f GFLOPS  x%.3f\n", names[s], flop / med * 1e-9,
+                   flop / best * 1e-9, base / med);
+        }
     }
     free(t); free(wmem); free(scale); free(x); free(y); free(xp); free(scr); free(ks); free(out); free(qp);
     return 0;
