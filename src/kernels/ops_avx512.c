@@ -467,6 +467,21 @@ static inline __attribute__((always_inline)) void fp8_tile(dsv_bf16 *y, int ldy,
     }
 }
 
+/* fp8_tile with constant shapes (each one compiled on its own, so the
+ * accumulators of the full tile stay in registers). */
+static inline __attribute__((always_inline)) void fp8_tiles(dsv_bf16 *y, int ldy, const dsv_bf16 *x, const float *xs,
+                                                            const dsv_bf16 *wb, const float *ws, int K, int n, int i,
+                                                            int nr, int mr) {
+    switch (mr) {
+    case 6: fp8_tile(y, ldy, x, xs, wb, ws, K, n, i, nr, 6); break;
+    case 5: fp8_tile(y, ldy, x, xs, wb, ws, K, n, i, nr, 5); break;
+    case 4: fp8_tile(y, ldy, x, xs, wb, ws, K, n, i, nr, 4); break;
+    case 3: fp8_tile(y, ldy, x, xs, wb, ws, K, n, i, nr, 3); break;
+    case 2: fp8_tile(y, ldy, x, xs, wb, ws, K, n, i, nr, 2); break;
+    default: fp8_tile(y, ldy, x, xs, wb, ws, K, n, i, nr, 1); break;
+    }
+}
+
 /* Many input rows: groups of weight rows within one 128-row scale block,
  * widened once to bf16 in the thread's scratch (at most 64 rows, 256 KB at
  * K = 2048: in L2), then every input row passes over them in 2 x 6 tiles. */
@@ -488,13 +503,8 @@ static void fp8_prefill(dsv_bf16 *y, int ldy, const dsv_bf16 *x, const float *xs
             const int mr = m - i < F8_MR ? m - i : F8_MR;
             for (int n = nb; n < ne; n += F8_NR) {
                 const dsv_bf16 *wt = wb + (size_t)(n - nb) * K;
-                const int nr = ne - n < F8_NR ? ne - n : F8_NR;
-                if (mr == 6) fp8_tile(y, ldy, x, xs, wt, ws, K, n, i, nr, 6);
-                else if (mr == 5) fp8_tile(y, ldy, x, xs, wt, ws, K, n, i, nr, 5);
-                else if (mr == 4) fp8_tile(y, ldy, x, xs, wt, ws, K, n, i, nr, 4);
-                else if (mr == 3) fp8_tile(y, ldy, x, xs, wt, ws, K, n, i, nr, 3);
-                else if (mr == 2) fp8_tile(y, ldy, x, xs, wt, ws, K, n, i, nr, 2);
-                else fp8_tile(y, ldy, x, xs, wt, ws, K, n, i, nr, 1);
+                if (ne - n >= F8_NR) fp8_tiles(y, ldy, x, xs, wt, ws, K, n, i, F8_NR, mr);
+                else fp8_tiles(y, ldy, x, xs, wt, ws, K, n, i, 1, mr);
             }
         }
         nb = ne;
