@@ -10,7 +10,11 @@
  * burst of load from elsewhere hits every level alike. It reports the median
  * and the best round of each level as GB/s of weight read (linears) or keys
  * per microsecond (indexer) of the thread's CPU time, and the ratio of
- * medians to the first level.
+ * medians to the first level. Linears with more than 16 input rows
+ * (prefill: -m 64, 512) are compute-bound: their lines give GFLOPS per
+ * CPU-second (2 m N K per call), to read against the unit's peak on one
+ * core in the same units (-k peak: the levels' units on register operands,
+ * as tools/roofline.c probes them, timed in thread CPU time).
  * Not a test: nothing here checks a result (tests/test_kernels.c does). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -153,14 +157,46 @@ static int bench_gather(const dsv_kernels **sets, const char **names, int ns, in
     return 0;
 }
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define PEAK_ITERS 20000000L
+#define UNROLL12 _Pragma("GCC unroll 12")
+static volatile float peak_sink;
+/* GFLOPS per CPU-second of one core: 12 independent chains of the unit's
+ * instruction on register operands. */
+__attribute__((target("avx2,fma"))) static double peak_avx2_fma(void) {
+    __m256 a[12];
+    const __m256 c = _mm256_set1_ps(1e-4f);
+    UNROLL12 for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps((float)i);
+    const double t0 = now();
+    for (long it = 0; it < PEAK_ITERS; it++) UNROLL12 for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], c, c);
+    const double t = now() - t0;
+    for (int i = 0; i < 12; i++) peak_sink += a[i][0];
+    return (double)PEAK_ITERS * 12 * 16 / t * 1e-9;
+}
+__attribute__((target("avx512f,avx512bf16"))) static double peak_avx512_bf16(void) {
+    __m512 a[12];
+    const __m512i x = _mm512_set1_epi16(0x3a83);
+    UNROLL12 for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
+    const double t0 = now();
+    for (long it = 0; it < PEAK_ITERS; it++)
+        UNROLL12 for (int i = 0; i < 12; i++) a[i] = _mm512_dpbf16_ps(a[i], (__m512bh)x, (__m512bh)x);
+    const double t = now() - t0;
+    for (int i = 0; i < 12; i++) peak_sink += a[i][0];
+    return (double)PEAK_ITERS * 12 * 64 / t * 1e-9;
+}
+#endif
+
 static void usage(void) {
     printf("usage: kbench [options] LEVEL...\n"
            "  Times one kernel at each kernel LEVEL (generic, avx2, avx512, amx), the\n"
            "  levels alternated round by round.\n"
            "  -k KERNEL   fp8 | bf16 | fp8x (bf16 weights, fp8 activations) | index | topk |\n"
            "              mqa | gather, or a block type (q8_0, q4_k, q6_k, ...: dsv_linear_q,\n"
-           "              8-bit activations quantized in the call) (default fp8)\n"
-           "  -m M        input rows (default 1)\n"
+           "              8-bit activations quantized in the call), or peak: one core's\n"
+           "              GFLOPS per CPU-second of the unit each LEVEL's linears run on\n"
+           "              (default fp8)\n"
+           "  -m M        input rows (default 1; above 16, GFLOPS are reported too)\n"
            "  -n N        output rows of one weight matrix (default 512)\n"
            "  -K K        inputs (default 2048)\n"
            "  -r ROUNDS   rounds (default 15)\n"
@@ -214,9 +250,26 @@ int main(int argc, char **argv) {
         sets[ns++] = k;
     }
     if (ns && rounds <= 1000 && !strcmp(kern, "gather")) return bench_gather(sets, names, ns, N, m, rounds);
-    if (!ns || m > 16 || K % 128 || rounds > 1000) {
+    if (!ns || m > 4096 || K % 128 || rounds > 1000) {
         usage();
         return 2;
+    }
+    if (!strcmp(kern, "peak")) {
+        for (int s = 0; s < ns; s++) {
+            const int lv = dsv_kernels_level_of(sets[s]);
+#if defined(__x86_64__)
+            if (lv == dsv_kernels_level_parse("avx2")) {
+                printf("%-8s AVX2 FMA peak %7.2f GFLOPS per CPU-second\n", names[s], peak_avx2_fma());
+                continue;
+            }
+            if (lv == dsv_kernels_level_parse("avx512")) {
+                printf("%-8s AVX512_BF16 peak %7.2f GFLOPS per CPU-second\n", names[s], peak_avx512_bf16());
+                continue;
+            }
+#endif
+            printf("%-8s no vector peak probe for this level\n", names[s]);
+        }
+        return 0;
     }
     const int index = !strcmp(kern, "index"), fp8 = !strcmp(kern, "fp8"), fp8x = !strcmp(kern, "fp8x");
     const int topk = !strcmp(kern, "topk"), mqa = !strcmp(kern, "mqa");
@@ -311,9 +364,14 @@ int main(int argc, char **argv) {
         if (index)
             printf("%-8s median %8.2f keys/us  best %8.2f keys/us  x%.3f\n", names[s], (double)N * nmat / med * 1e-6,
                    (double)N * nmat / best * 1e-6, base / med);
-        else
+        else if (m <= 16)
             printf("%-8s median %7.2f GB/s  best %7.2f GB/s  x%.3f\n", names[s], (double)wbytes * nmat / med * 1e-9,
                    (double)wbytes * nmat / best * 1e-9, base / med);
+        else {
+            const double flop = 2.0 * m * N * K * nmat;
+            printf("%-8s median %7.2f GFLOPS  best %7.2f GFLOPS  x%.3f\n", names[s], flop / med * 1e-9,
+                   flop / best * 1e-9, base / med);
+        }
     }
     free(t); free(wmem); free(scale); free(x); free(y); free(xp); free(scr); free(ks); free(out); free(qp);
     return 0;

@@ -42,13 +42,23 @@ TEST(cli_bench_json_lines) {
         CHECK(sscanf(l, "\"p50_ms\":%lf,\"p90_ms\":%lf,\"p99_ms\":%lf,\"max_ms\":%lf", &p[0], &p[1], &p[2], &p[3]) == 4);
         CHECKF(p[0] > 0 && p[0] <= p[1] && p[1] <= p[2] && p[2] <= p[3], "%g %g %g %g", p[0], p[1], p[2], p[3]);
     }
+    /* The compute peak of the context's kernel level: a positive number
+     * wherever the level runs on a vector or tile unit (every level but
+     * generic), and each unit's own peak, null where the CPU lacks it. */
+    for (const char *l = strstr(out, "\"kernels\":\""); l; l = strstr(l + 1, "\"kernels\":\"")) {
+        const char *pk = strstr(l, "\"peak_tflops\":"), *all = strstr(l, "\"peaks\":{\"avx2_fma\":");
+        REQUIRE(pk && all);
+        double v = 0;
+        if (strncmp(l, "\"kernels\":\"generic\"", 19))
+            CHECKF(sscanf(pk, "\"peak_tflops\":%lf", &v) == 1 && v > 0, "%.80s", pk);
+    }
     free(out);
 
     /* Real fill in small chunks, dense attention; the table on stdout. */
     snprintf(cmd, sizeof cmd, "%s bench -m %s --depth 40 --fill real --batch 16 --prefill 4 --decode 1 --dense "
              "--bw-mib 16 2>&1", bin(), dir);
     REQUIRE(test_run(cmd, &out) == 0 && out);
-    CHECKF(strstr(out, "read bandwidth") && strstr(out, "AMX BF16") && strstr(out, "prefill dense") && strstr(out, "decode  dense"),
+    CHECKF(strstr(out, "read bandwidth") && strstr(out, "AMX BF16") && strstr(out, "compute peaks") && strstr(out, "prefill dense") && strstr(out, "decode  dense"),
            "%s", out);
     free(out);
 }

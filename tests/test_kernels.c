@@ -339,6 +339,28 @@ TEST_FAST_LEVELS(kernels_linear_bf16) {
     report("linear_bf16");
 }
 
+/* The prefill tiles (more than 4 input rows): every row count modulo the
+ * tile heights (6 on avx512), odd output counts that leave edge tiles,
+ * K tails (bf16: not a multiple of 32), and K long enough that the fp8
+ * path widens fewer weight rows at a time than a 128-row scale block
+ * holds (groups that end inside a block). */
+TEST_FAST_LEVELS(kernels_linear_prefill_tiles) {
+    const dsv_kernels *sets[3];
+    int ns = fast_sets(sets);
+    static const int Ms[] = {5, 6, 7, 11, 12, 13, 25}, Ns[] = {7, 33, 131};
+    for (int a = 0; a < 7; a++)
+        for (int b = 0; b < 3; b++) {
+            check_linear(sets, ns, DSV_DT_BF16, Ms[a], Ns[b], 33);
+            check_linear(sets, ns, DSV_DT_BF16, Ms[a], Ns[b], 608);
+            check_linear(sets, ns, DSV_DT_F8_E4M3, Ms[a], Ns[b], 256);
+        }
+    check_linear(sets, ns, DSV_DT_BF16, 19, 45, 4000);
+    check_linear(sets, ns, DSV_DT_F8_E4M3, 19, 150, 7168);
+    check_linear(sets, ns, DSV_DT_F16, 13, 9, 70);
+    check_linear(sets, ns, DSV_DT_F32, 13, 9, 70);
+    report("linear prefill tiles");
+}
+
 TEST_FAST_LEVELS(kernels_linear_f32) {
     const dsv_kernels *sets[3];
     int ns = fast_sets(sets);

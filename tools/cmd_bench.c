@@ -16,8 +16,11 @@
  * tokens), the jitter a mean hides. Each measurement reports the engine's own
  * statistics (dsv_context_get_stats): time per part, weight bytes streamed
  * per token and the GB/s that makes, cache bytes, linear-layer TFLOPS. The
- * read bandwidth and the AMX BF16 peak are measured at start with the same
- * thread count, so every figure sits next to its roofline in one run.
+ * read bandwidth and the compute peak of every unit present (AVX2 FMA,
+ * AVX-512 FMA, AVX512_BF16, AVX512_VNNI, AMX BF16) are measured at start
+ * with the same thread count, so every figure sits next to its roofline in
+ * one run; linTF stands next to the peak of the unit the context's kernel
+ * level runs its linears on (pkTF, %pk).
  *
  * Output: a table (stdout; stderr with --json), and with --json one JSON
  * object per measurement on stdout. Both modes of --attn both share one
@@ -40,8 +43,10 @@ static const char *usage =
     "usage: dsv32 bench -m MODEL_DIR [options]\n"
     "\n"
     "Prefill throughput and decode latency at each context depth, time split by part,\n"
-    "weight and cache bytes per token, next to this machine's read bandwidth and AMX BF16\n"
-    "peak (measured in the same run, with the same threads). Under mpirun, a line per\n"
+    "weight and cache bytes per token, next to this machine's read bandwidth and the compute\n"
+    "peak of each vector unit (AVX2 FMA, AVX-512 FMA and BF16, VNNI int8, AMX BF16; measured\n"
+    "in the same run, with the same threads). pkTF is the peak of the unit the kernel level\n"
+    "runs its linears on, %pk the linear layers' TFLOPS over it. Under mpirun, a line per\n"
     "measurement adds the time the split model spent communicating between ranks.\n"
     "\n"
     "  -m, --model DIR    model directory (config.json + *.safetensors; see dsv32 synth)\n"
@@ -85,6 +90,8 @@ struct bench {
     FILE *table;
     double mem_gbs, amx_tflops;
     const char *amx_why;
+    double peak[ROOFLINE_UNITS]; /* roofline_unit_tflops, 0 where absent */
+    double level_peak[2];        /* per context (sparse, dense): its level's unit */
     int warm, no_touch;
     char wlabel[64], wmix[256];  /* dsv_model_weight_types: "gguf Q4_K_M", "Q4_K 58%, ..." */
 };
@@ -154,9 +161,9 @@ static const char *mode_name(int mode) { return mode == MODE_DENSE ? "dense" : "
 
 static void print_header(struct bench *b) {
     fprintf(b->table,
-            "%-7s %-6s %7s %4s %8s %9s | %8s %7s %8s %9s %9s %8s | %8s %6s %4s | %8s %8s %6s | %7s | %7s %7s %7s %7s\n",
+            "%-7s %-6s %7s %4s %8s %9s | %8s %7s %8s %9s %9s %8s | %8s %6s %4s | %8s %8s %6s %6s %4s | %7s | %7s %7s %7s %7s\n",
             "phase", "mode", "depth", "tok", "tok/s", "ms/tok", "indexer", "top-k", "attn", "linear", "moe",
-            "other", "wMB/tok", "GB/s", "%bw", "KV B/tok", "KV rd MB", "linTF", "peak MB", "p50 ms", "p90 ms",
+            "other", "wMB/tok", "GB/s", "%bw", "KV B/tok", "KV rd MB", "linTF", "pkTF", "%pk", "peak MB", "p50 ms", "p90 ms",
             "p99 ms", "max ms");
 }
 
@@ -191,13 +198,15 @@ static void report(struct bench *b, const char *phase, int mode, int depth, int 
     const double kv_read = (double)s->kv_read_bytes * per;
     const double keys = (double)s->n_keys * per / b->c->n_layers;
     const uint64_t rss = peak_rss_mb();
+    const double pk = b->level_peak[mode == MODE_DENSE];
     fprintf(b->table,
-            "%-7s %-6s %7d %4d %8.3f %9.2f | %8.2f %7.2f %8.2f %9.2f %9.2f %8.2f | %8.1f %6.2f %3.0f%% | %8llu %8.2f %6.3f | %7llu",
+            "%-7s %-6s %7d %4d %8.3f %9.2f | %8.2f %7.2f %8.2f %9.2f %9.2f %8.2f | %8.1f %6.2f %3.0f%% | %8llu %8.2f %6.3f "
+            "%6.3f %3.0f%% | %7llu",
             phase, mode_name(mode), depth, n, n / secs, 1e3 * secs * per, s->ns[DSV_PHASE_INDEXER] * ms,
             s->ns[DSV_PHASE_TOPK] * ms, s->ns[DSV_PHASE_ATTN] * ms, s->ns[DSV_PHASE_LINEAR] * ms,
             s->ns[DSV_PHASE_MOE] * ms, s->ns[DSV_PHASE_OTHER] * ms, wbytes / 1e6, gbs,
             b->mem_gbs > 0 ? 100 * gbs / b->mem_gbs : 0, (unsigned long long)s->kv_token_bytes, kv_read / 1e6, lin_tf,
-            (unsigned long long)rss);
+            pk, pk > 0 ? 100 * lin_tf / pk : 0, (unsigned long long)rss);
     if (lat) fprintf(b->table, " | %7.2f %7.2f %7.2f %7.2f\n", pct[0], pct[1], pct[2], pct[3]);
     else fprintf(b->table, " | %7s %7s %7s %7s\n", "-", "-", "-", "-");
     const int ranks = dsv_parallel_size();
@@ -225,12 +234,34 @@ static void report(struct bench *b, const char *phase, int mode, int depth, int 
            wbytes > 0 ? b->mem_gbs * 1e9 / wbytes : 0, (unsigned long long)s->kv_token_bytes, kv_read, keys, lin_tf);
     if (b->amx_tflops > 0) printf("%.6g", b->amx_tflops);
     else printf("null");
+    /* The level's peak, and each unit's (null where the CPU lacks it). */
+    static const char *const unit_keys[ROOFLINE_UNITS] = {"avx2_fma", "avx512_fma", "avx512_bf16", "avx512_vnni_int8",
+                                                          "amx_bf16"};
+    if (pk > 0) printf(",\"peak_tflops\":%.6g,\"pct_peak\":%.6g", pk, 100 * lin_tf / pk);
+    else printf(",\"peak_tflops\":null,\"pct_peak\":null");
+    printf(",\"peaks\":{");
+    for (int u = 0; u < ROOFLINE_UNITS; u++) {
+        printf("%s\"%s\":", u ? "," : "", unit_keys[u]);
+        if (b->peak[u] > 0) printf("%.6g", b->peak[u]);
+        else printf("null");
+    }
+    printf("}");
     printf(",\"ranks\":%d,\"comm_ms\":%.6g,\"comm_sum_bytes_per_tok\":%.0f,\"peak_rss_mb\":%llu", ranks,
            s->ns[DSV_PHASE_COMM] * ms, (double)s->comm_sum_bytes * per, (unsigned long long)rss);
     if (lat) printf(",\"p50_ms\":%.6g,\"p90_ms\":%.6g,\"p99_ms\":%.6g,\"max_ms\":%.6g}\n", pct[0], pct[1], pct[2], pct[3]);
     else printf("}\n");
     fflush(stdout);
     free(name);
+}
+
+/* The peak of the unit a kernel level runs its bf16 and fp8 linears on:
+ * AMX tiles, AVX512_BF16's pair dot product, AVX2's fp32 FMA; none for the
+ * scalar reference. */
+static double level_peak(const struct bench *b, const char *level) {
+    if (!strcmp(level, "amx")) return b->peak[ROOFLINE_AMX_BF16];
+    if (!strcmp(level, "avx512")) return b->peak[ROOFLINE_AVX512_BF16];
+    if (!strcmp(level, "avx2")) return b->peak[ROOFLINE_AVX2_FMA];
+    return 0;
 }
 
 /* Resets the sequence and brings it to `depth` tokens. */
@@ -339,6 +370,11 @@ static int run(struct bench *b) {
     }
     b->mem_gbs = roofline_read_gbs((int)b->threads, (size_t)b->bw_mib, 5);
     b->amx_tflops = roofline_amx_bf16_tflops((int)b->threads, 3, &b->amx_why);
+    for (int u = 0; u < ROOFLINE_UNITS; u++) {
+        const char *why;
+        b->peak[u] = u == ROOFLINE_AMX_BF16 ? b->amx_tflops : roofline_unit_tflops(u, (int)b->threads, 5, &why);
+    }
+    for (int k = 0; k < 2; k++) b->level_peak[k] = b->ctx[k] ? level_peak(b, dsv_context_kernels(b->ctx[k])) : 0;
     fprintf(b->table, "model: %s (%s: %s; %d layers, %.2f GB of weights), kernels %s, %ld threads, fill %s\n", b->name,
             b->wlabel, b->wmix, b->c->n_layers, dsv_model_weight_bytes(b->m) / 1e9,
             dsv_context_kernels(b->ctx[b->ctx[0] ? 0 : 1]),
@@ -346,7 +382,14 @@ static int run(struct bench *b) {
     fprintf(b->table, "machine: read bandwidth %.2f GB/s (%ld MiB buffer); ", b->mem_gbs, b->bw_mib);
     if (b->amx_tflops > 0) fprintf(b->table, "AMX BF16 peak %.3f TFLOPS\n", b->amx_tflops);
     else fprintf(b->table, "AMX BF16 peak unavailable: %s\n", b->amx_why);
-    fprintf(b->table, "(times in ms per token; %%bw: weight GB/s over read bandwidth; linTF: linear-layer TFLOPS)\n");
+    fprintf(b->table, "compute peaks (TFLOPS; int8: TOPS):");
+    static const char *const unit_names[ROOFLINE_UNITS] = {"AVX2 FMA", "AVX-512 FMA", "AVX512_BF16", "AVX512_VNNI int8",
+                                                           "AMX BF16"};
+    for (int u = 0; u < ROOFLINE_UNITS; u++)
+        if (b->peak[u] > 0) fprintf(b->table, " %s %.3f", unit_names[u], b->peak[u]);
+    fprintf(b->table, "\n");
+    fprintf(b->table, "(times in ms per token; %%bw: weight GB/s over read bandwidth; linTF: linear-layer TFLOPS; pkTF: the "
+            "peak of the unit this kernel level's linears run on; %%pk: linTF over pkTF)\n");
     print_header(b);
     for (int i = 0; i < b->n_depths; i++)
         for (int k = 0; k < 2; k++)

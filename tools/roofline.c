@@ -1,11 +1,16 @@
-/* roofline.c: memory read bandwidth and AMX BF16 peak probes (roofline.h).
+/* roofline.c: memory read bandwidth and compute peak probes (roofline.h).
  *
- * Both run the same work on every thread at once, started together by a
+ * All run the same work on every thread at once, started together by a
  * barrier, and time the slowest: that is what a data-parallel kernel on
  * those threads would see. The read loop sums 16-byte vectors into eight
- * independent accumulators, which outruns DRAM several times over. The AMX loop keeps four accumulator tiles
- * busy from four operand tiles that never leave the registers (2x2
- * blocking, as fast GEMM kernels do), so it measures the tile unit alone. */
+ * independent accumulators, which outruns DRAM several times over. The AMX
+ * loop keeps four accumulator tiles busy from four operand tiles that never
+ * leave the registers (2x2 blocking, as fast GEMM kernels do), so it
+ * measures the tile unit alone. The vector probes (FMA, VDPBF16PS,
+ * VPDPBUSD) run 12 independent accumulator chains on register operands:
+ * more chains than latency x throughput on current cores, so the pipes, not
+ * a dependency, set the pace. Each probe function carries its own target
+ * attribute and runs only after CPUID and XCR0 say the CPU and OS have it. */
 #include "roofline.h"
 
 #include <pthread.h>
@@ -209,7 +214,116 @@ double roofline_amx_bf16_tflops(int n_threads, int reps, const char **why) {
     /* Each TDPBF16PS: 16 x 16 outputs, 32-deep dot products, 2 flops each. */
     return (double)n_threads * 4.0 * AMX_ITERS * 16 * 16 * 32 * 2 / median(times, reps) / 1e12;
 }
+/* ---- vector unit peaks --------------------------------------------------- */
+
+#define VEC_ITERS 2000000L
+#define VEC_CHAINS 12
+/* Fully unrolled, so the accumulators live in registers. */
+#define UNROLL _Pragma("GCC unroll 16")
+
+static unsigned long long xgetbv0(void) {
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((unsigned long long)hi << 32) | lo;
+}
+
+/* Whether the CPU and the OS (XCR0) offer a unit: the same tests as the
+ * kernel dispatch (src/kernels/cpu.c) makes for the level that uses it. */
+static int have_unit(enum roofline_unit u) {
+    unsigned a, b, c, d, b7 = 0, c7 = 0, d7 = 0, a71 = 0, t;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    const int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
+    if (!osxsave || !avx || (xgetbv0() & 0x6) != 0x6 || !__get_cpuid_count(7, 0, &t, &b7, &c7, &d7)) return 0;
+    if (t >= 1) __get_cpuid_count(7, 1, &a71, &t, &t, &t);
+    const int avx2 = (b7 >> 5) & 1, f = (b7 >> 16) & 1, zmm = (xgetbv0() & 0xe0) == 0xe0;
+    switch (u) {
+    case ROOFLINE_AVX2_FMA: return avx2 && fma;
+    case ROOFLINE_AVX512_FMA: return f && zmm;
+    case ROOFLINE_AVX512_BF16: return f && zmm && ((a71 >> 5) & 1);
+    case ROOFLINE_AVX512_VNNI: return f && zmm && ((c7 >> 11) & 1);
+    default: return 0;
+    }
+}
+
+/* The accumulators end in a volatile sink, so no loop is dead code. */
+static volatile float vec_sink_f;
+static volatile int vec_sink_i;
+
+__attribute__((target("avx2,fma"))) static void avx2_fma_loop(void *a, int ith, int nth) {
+    (void)a; (void)ith; (void)nth;
+    __m256 acc[VEC_CHAINS];
+    const __m256 x = _mm256_set1_ps(1e-3f), y = _mm256_set1_ps(1e-4f);
+    for (int i = 0; i < VEC_CHAINS; i++) acc[i] = _mm256_set1_ps((float)i);
+    for (long it = 0; it < VEC_ITERS; it++)
+        UNROLL for (int i = 0; i < VEC_CHAINS; i++) acc[i] = _mm256_fmadd_ps(x, y, acc[i]);
+    __m256 s = acc[0];
+    for (int i = 1; i < VEC_CHAINS; i++) s = _mm256_add_ps(s, acc[i]);
+    vec_sink_f = _mm256_cvtss_f32(s);
+}
+
+__attribute__((target("avx512f"))) static void avx512_fma_loop(void *a, int ith, int nth) {
+    (void)a; (void)ith; (void)nth;
+    __m512 acc[VEC_CHAINS];
+    const __m512 x = _mm512_set1_ps(1e-3f), y = _mm512_set1_ps(1e-4f);
+    for (int i = 0; i < VEC_CHAINS; i++) acc[i] = _mm512_set1_ps((float)i);
+    for (long it = 0; it < VEC_ITERS; it++)
+        UNROLL for (int i = 0; i < VEC_CHAINS; i++) acc[i] = _mm512_fmadd_ps(x, y, acc[i]);
+    __m512 s = acc[0];
+    for (int i = 1; i < VEC_CHAINS; i++) s = _mm512_add_ps(s, acc[i]);
+    vec_sink_f = _mm512_reduce_add_ps(s);
+}
+
+__attribute__((target("avx512f,avx512bf16"))) static void avx512_bf16_loop(void *a, int ith, int nth) {
+    (void)a; (void)ith; (void)nth;
+    __m512 acc[VEC_CHAINS];
+    const __m512i x = _mm512_set1_epi16(0x3a83); /* bf16 ~1e-3: products stay normal */
+    for (int i = 0; i < VEC_CHAINS; i++) acc[i] = _mm512_set1_ps((float)i);
+    for (long it = 0; it < VEC_ITERS; it++)
+        UNROLL for (int i = 0; i < VEC_CHAINS; i++) acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)x, (__m512bh)x);
+    __m512 s = acc[0];
+    for (int i = 1; i < VEC_CHAINS; i++) s = _mm512_add_ps(s, acc[i]);
+    vec_sink_f = _mm512_reduce_add_ps(s);
+}
+
+__attribute__((target("avx512f,avx512vnni"))) static void avx512_vnni_loop(void *a, int ith, int nth) {
+    (void)a; (void)ith; (void)nth;
+    __m512i acc[VEC_CHAINS];
+    const __m512i x = _mm512_set1_epi8(3);
+    for (int i = 0; i < VEC_CHAINS; i++) acc[i] = _mm512_set1_epi32(i);
+    for (long it = 0; it < VEC_ITERS; it++)
+        UNROLL for (int i = 0; i < VEC_CHAINS; i++) acc[i] = _mm512_dpbusd_epi32(acc[i], x, x);
+    __m512i s = acc[0];
+    for (int i = 1; i < VEC_CHAINS; i++) s = _mm512_add_epi32(s, acc[i]);
+    vec_sink_i = _mm512_reduce_add_epi32(s);
+}
+
+double roofline_unit_tflops(enum roofline_unit u, int n_threads, int reps, const char **why) {
+    /* operations per instruction: lanes x products per lane x 2 (multiply, add) */
+    static const struct { void (*fn)(void *, int, int); double ops; const char *what; } units[] = {
+        [ROOFLINE_AVX2_FMA] = {avx2_fma_loop, 8 * 2, "AVX2 and FMA"},
+        [ROOFLINE_AVX512_FMA] = {avx512_fma_loop, 16 * 2, "AVX-512"},
+        [ROOFLINE_AVX512_BF16] = {avx512_bf16_loop, 16 * 2 * 2, "AVX512_BF16"},
+        [ROOFLINE_AVX512_VNNI] = {avx512_vnni_loop, 16 * 4 * 2, "AVX512_VNNI"},
+    };
+    double times[64];
+    if (u == ROOFLINE_AMX_BF16) return roofline_amx_bf16_tflops(n_threads, reps, why);
+    if ((int)u < 0 || u >= ROOFLINE_UNITS) { *why = "unknown unit"; return 0; }
+    if (reps < 1 || reps > 64) { *why = "bad repetition count"; return 0; }
+    if (!have_unit(u)) { *why = units[u].what; return 0; }
+    if (run_team(n_threads, reps, units[u].fn, NULL, times)) { *why = "cannot start threads"; return 0; }
+    /* The best run: other work on the machine only ever slows a run down. */
+    double best = times[0];
+    for (int r = 1; r < reps; r++) best = times[r] < best ? times[r] : best;
+    return (double)n_threads * VEC_ITERS * VEC_CHAINS * units[u].ops / best / 1e12;
+}
 #else
+double roofline_unit_tflops(enum roofline_unit u, int n_threads, int reps, const char **why) {
+    (void)n_threads; (void)reps;
+    if (u == ROOFLINE_AMX_BF16) return roofline_amx_bf16_tflops(n_threads, reps, why);
+    *why = "x86-64 only";
+    return 0;
+}
+
 double roofline_amx_bf16_tflops(int n_threads, int reps, const char **why) {
     (void)n_threads; (void)reps;
     *why = "AMX exists on x86-64 only";

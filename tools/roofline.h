@@ -1,7 +1,7 @@
 /* roofline.h: this machine's limits, measured in the same run as a benchmark
  * (shared machines drift, so a figure measured yesterday is no roofline):
- * memory read bandwidth and the AMX BF16 tile peak, with a given number of
- * threads. */
+ * memory read bandwidth and the compute peak of each vector or tile unit a
+ * kernel level runs on, with a given number of threads. */
 #ifndef DSV_ROOFLINE_H
 #define DSV_ROOFLINE_H
 
@@ -18,5 +18,24 @@ double roofline_read_gbs(int n_threads, size_t mib, int reps);
  * of `reps` runs. Returns 0 and sets *why when the CPU or the kernel offers
  * no AMX. */
 double roofline_amx_bf16_tflops(int n_threads, int reps, const char **why);
+
+/* The units behind the kernel levels: avx2 runs on AVX2 FMA, avx512 on
+ * AVX512_BF16 (fp8 and bf16 linears) and AVX-512 FMA (fp32 linears),
+ * VNNI for int8 (quantized GGUF weights), amx on the AMX tiles. */
+enum roofline_unit {
+    ROOFLINE_AVX2_FMA,    /* VFMADD ymm: 8 fp32 lanes, 2 flops each */
+    ROOFLINE_AVX512_FMA,  /* VFMADD zmm: 16 fp32 lanes */
+    ROOFLINE_AVX512_BF16, /* VDPBF16PS zmm: 32 bf16 products, 2 flops each */
+    ROOFLINE_AVX512_VNNI, /* VPDPBUSD zmm: 64 int8 products, 2 ops each (TOPS) */
+    ROOFLINE_AMX_BF16,    /* TDPBF16PS (roofline_amx_bf16_tflops) */
+    ROOFLINE_UNITS
+};
+
+/* Tera-operations per second of n_threads threads each issuing one unit's
+ * instruction on register operands in independent chains (no memory
+ * traffic), from the fastest of `reps` runs (a peak: load from elsewhere
+ * only slows a run). Returns 0 and sets *why (the missing
+ * feature) when the CPU or the OS lacks the unit. */
+double roofline_unit_tflops(enum roofline_unit u, int n_threads, int reps, const char **why);
 
 #endif

@@ -5,13 +5,15 @@
  * exactly to fp32, products are exact in fp32, and only the order of the
  * fp32 additions differs from ops_ref.c: lane-wise partial sums, then one
  * fixed reduction tree. An element's order depends only on its own row and
- * weight row; the tile shapes (4 weight rows x 1 input row, 2 x 2, 1 x 1)
- * only share loads, so batching and thread splits never change a result.
- * With 16 vector registers the tiles are small; weight rows are widened
- * again for each pair of input rows, which makes large batches slower than
- * on AVX-512. A single input row (decoding) takes one weight row at a
+ * weight row; the tile shapes (4 weight rows x 1 input row, 2 x 2, 3 x 3,
+ * and their edges) only share loads, so batching and thread splits never
+ * change a result. With 16 vector registers the tiles are small (fp8 tiles
+ * stay at 2 x 2: each element holds three accumulators), which makes large
+ * batches slower than on AVX-512. A single input row (decoding) takes one weight row at a
  * time: one sequential stream, which the hardware prefetchers follow
- * (fp8 m=1: 1.8x the bandwidth of 4 interleaved rows, tools/kbench). e4m3 codes widen through
+ * (fp8 m=1: 1.8x the bandwidth of 4 interleaved rows, tools/kbench).
+ * Prefill (more than 2 rows) of bf16, f16 and f32 weights runs 3 x 3 tiles
+ * over blocks of weight rows kept in L2. e4m3 codes widen through
  * F16C (the code's bits are an fp16 of value * 2^-8), so no floating-point
  * operation ever sees a subnormal (a microcode assist on Intel cores).
  * The row ops (norms, RoPE, Hadamard, SwiGLU) are the reference's. */
@@ -265,25 +267,39 @@ static inline void prefetch_next(const dsv_linear *w, int n, int nr, size_t row,
 }
 
 /* One tile of an F.linear: weight rows n..n+nr (nr <= 4), input rows
- * i..i+mr (mr <= 2, nr * mr <= 4), accumulators over the whole K. */
+ * i..i+mr (mr <= 4, nr * mr <= 9), accumulators over the
+ * whole K (lane l sums k = l mod 8 in order), then hsum8. */
 static inline __attribute__((always_inline)) void dense_tile(void *y, int ldy, int out_bf16, const float *x, int ldx,
                                                              const dsv_linear *w, dsv_dtype dt, int as_bf16, int n,
                                                              int i, int nr, int mr) {
     const int K = w->n_in;
     const size_t esz = dt == DSV_DT_F32 ? 4 : 2, row = (size_t)w->ld * esz;
-    __m256 acc[4][2];
-    UNROLL for (int r = 0; r < 4; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    __m256 acc[4][4];
+    UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 4; c++) acc[r][c] = _mm256_setzero_ps();
     for (int k = 0; k < K; k += 8) {
         const int len = K - k < 8 ? K - k : 8;
         if ((k * esz) % 64 == 0) prefetch_next(w, n + nr, nr, row, k * esz);
-        UNROLL for (int c = 0; c < 2; c++) {
+        if (mr <= 2) { /* decoding shapes: each weight vector widened per input row */
+            UNROLL for (int c = 0; c < 2; c++) {
+                if (c >= mr) continue;
+                const __m256 xv = f32x8_load_n(x + (size_t)(i + c) * ldx + k, len);
+                UNROLL for (int r = 0; r < 4; r++)
+                    if (r < nr)
+                        acc[r][c] = _mm256_fmadd_ps(w_load(w->w, dt, (size_t)(n + r) * w->ld + k, len, as_bf16), xv, acc[r][c]);
+            }
+            continue;
+        }
+        /* prefill tiles: each weight vector widened once for mr input rows */
+        __m256 wv[4];
+        UNROLL for (int r = 0; r < 4; r++)
+            wv[r] = r < nr ? w_load(w->w, dt, (size_t)(n + r) * w->ld + k, len, as_bf16) : _mm256_setzero_ps();
+        UNROLL for (int c = 0; c < 4; c++) {
             if (c >= mr) continue;
             const __m256 xv = f32x8_load_n(x + (size_t)(i + c) * ldx + k, len);
-            UNROLL for (int r = 0; r < 4; r++)
-                if (r < nr) acc[r][c] = _mm256_fmadd_ps(w_load(w->w, dt, (size_t)(n + r) * w->ld + k, len, as_bf16), xv, acc[r][c]);
+            UNROLL for (int r = 0; r < 4; r++) if (r < nr) acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
         }
     }
-    UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 2; c++) {
+    UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 4; c++) {
         if (r >= nr || c >= mr) continue;
         const float v = hsum8(acc[r][c]);
         if (out_bf16) ((dsv_bf16 *)y)[(size_t)(i + c) * ldy + n + r] = dsv_f32_to_bf16(v);
@@ -291,9 +307,40 @@ static inline __attribute__((always_inline)) void dense_tile(void *y, int ldy, i
     }
 }
 
+/* Input rows [i, i+mr) (mr <= 3) against weight rows [nb, ne), 3 at a time. */
+static inline __attribute__((always_inline)) void dense_rows(void *y, int ldy, int out_bf16, const float *x, int ldx,
+                                                             const dsv_linear *w, dsv_dtype dt, int as_bf16, int nb,
+                                                             int ne, int i, int mr) {
+    int n = nb;
+    for (; n + 3 <= ne; n += 3) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, i, 3, mr);
+    for (; n < ne; n++) dense_tile(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, n, i, 1, mr);
+}
+
+/* One or two input rows (decoding): tiles of 4 x 1 and 2 x 2. More
+ * (prefill): blocks of weight rows that stay in L2 (about 256 KB) while
+ * every input row passes over them in 3 x 3 tiles, each weight vector
+ * widened once for 3 input rows (9 accumulators: with 16 registers, 3 x 4
+ * spilled accumulators to the stack and ran at 0.6x, tools/kbench). Every
+ * shape runs the same per-element sequence. */
 static inline __attribute__((always_inline)) void dense(void *y, int ldy, int out_bf16, const float *x, int ldx,
                                                         const dsv_linear *w, dsv_dtype dt, int as_bf16, int m, int n0,
                                                         int n1) {
+    if (m > 2) {
+        const size_t row = (size_t)w->n_in * (dt == DSV_DT_F32 ? 4 : 2);
+        int nblk = (int)(((size_t)256 << 10) / row) / 3 * 3;
+        nblk = nblk < 3 ? 3 : nblk;
+        for (int nb = n0; nb < n1; nb += nblk) {
+            const int ne = n1 - nb < nblk ? n1 : nb + nblk;
+            for (int i = 0; i < m; i += 3) {
+                switch (m - i < 3 ? m - i : 3) {
+                case 3: dense_rows(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, nb, ne, i, 3); break;
+                case 2: dense_rows(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, nb, ne, i, 2); break;
+                default: dense_rows(y, ldy, out_bf16, x, ldx, w, dt, as_bf16, nb, ne, i, 1); break;
+                }
+            }
+        }
+        return;
+    }
     int n = n0;
     for (; n + 4 <= n1; n += 4) {
         if (m == 1) {

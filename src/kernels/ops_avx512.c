@@ -1,27 +1,36 @@
-/* ops_avx512.c: the AVX-512 kernel set (F, BW, DQ, VL).
+/* ops_avx512.c: the AVX-512 kernel set (F, BW, DQ, VL, BF16).
  *
- * Dot products run on fp32 FMA over 16 lanes: bf16 and e4m3 operands widen
- * exactly to fp32 (ops_avx512.h), and a product of two such values is exact
- * in fp32, so every product is the reference's; only the order of the fp32
- * additions differs from ops_ref.c (lane-wise partial sums, then one fixed
- * reduction tree). That order depends only on the element's own row and
- * weight row, never on how many rows a call carries or on the block the
- * kernel happens to process it in: remainder paths run the same per-element
+ * Dot products run on fp32 FMA over 16 lanes, or on AVX512_BF16's pair dot
+ * product (VDPBF16PS) where both operands are bf16: bf16 and e4m3 operands
+ * widen exactly, and a product of two such values is exact in fp32, so
+ * every product is the reference's; only the order of the fp32 additions
+ * differs from ops_ref.c (lane-wise partial sums, then one fixed reduction
+ * tree, hsum_tree). That order depends only on the element's own row and
+ * weight row, never on how many rows a call carries or on the tile the
+ * kernel happens to process it in: edge tiles run the same per-element
  * sequence, so batch and thread splits give identical bits.
  *
- * Linear layers keep their inputs as fp32 rows (packed once per call) and
- * widen weight rows on the fly, a register tile of 4 weight rows by 3-4
- * input rows at a time. fp8 layers are the exception: their inputs and
- * weights are e4m3 values, exact in bf16 and never subnormal there, so they
- * run on AVX512_BF16's pair dot product (exact products, nothing flushed:
- * see fp8_row), one weight row at a time so the weights stream sequentially,
- * and promote each 128-wide block's partial sums by the block's scales
- * (fp8_gemm's two-level accumulation, lane by lane). The indexer's e4m3
- * queries and keys take the same dot product. Attention processes 8
- * heads per pass over the keys, so each key row is read once per 8 heads;
- * the absorptions stream wkv_b once. Elsewhere AVX512_BF16 is not used: its
- * conversions and dot product flush subnormals, which bf16 activations may
- * hold.
+ * Linear layers: bf16 and fp8 weights run on VDPBF16PS. bf16 layers read
+ * their inputs as given (bf16 rows, zero-padded to 32) and their weights in
+ * place; fp8 layers widen weights and quantized inputs to bf16 (exact: e4m3
+ * has 3 mantissa bits) and promote each 128-wide block's sum by the
+ * block's scales (fp8_gemm's two-level accumulation, lane by lane). One or
+ * two input rows (up to 4 for fp8: decoding) take one weight row at a time,
+ * a sequential stream; more rows (prefill) run register tiles that reuse
+ * each loaded weight vector over 6 input rows (bf16: 4 x 6, fp8: 2 x 6 from
+ * weight rows widened once into the thread's scratch), over blocks of
+ * weight rows that stay in L2. The fp32 linears (router, indexer weights,
+ * lm head: fp32 inputs) keep fp32 FMA, 4 x 4 tiles.
+ *
+ * Subnormals: VDPBF16PS treats subnormal inputs and partial sums as zero.
+ * fp8 operands are never subnormal in bf16 (see fp8_row); bf16 layers lose
+ * products and partial sums below 2^-126 in magnitude, as the AMX tiles do
+ * (their TDPBF16PS has the same rule), which moves an output only when it
+ * is itself that small. The indexer's e4m3 queries and keys take the same
+ * dot product. Attention processes 8 heads per pass over the keys, so each
+ * key row is read once per 8 heads; the absorptions stream wkv_b once.
+ * Elsewhere AVX512_BF16 is not used: its conversions flush subnormals,
+ * which bf16 activations may hold.
  */
 #include <math.h>
 #include <string.h>
@@ -73,7 +82,7 @@ void dsv_avx512_dequant(dsv_bf16 *y, const uint8_t *q, const float *s, int n) {
 
 /* ---- linear layers ------------------------------------------------------- */
 
-/* Packed input of bf16 layers: fp32 rows [m][K]. Of fp8 layers: the e4m3
+/* Packed input of bf16 layers: bf16 rows (lin_pack_bf16). Of fp8 layers: the e4m3
  * values (unscaled) as bf16 rows [m][K] (exact: e4m3 has 3 mantissa bits),
  * then the scales [m][K/128] from the next 64-byte boundary. */
 static float *pack_scales(void *xp, int m, int K) {
@@ -94,14 +103,17 @@ static void lin_pack_fp8(void *xp, const dsv_bf16 *x, int m, int K, int i0, int 
     }
 }
 
+/* bf16 layers: the rows as given, each zero-padded to a multiple of 32
+ * (kpad32), so every step of the pair dot product reads whole vectors. */
+static inline int kpad32(int K) { return (K + 31) & ~31; }
+
 static void lin_pack_bf16(void *xp, const dsv_bf16 *x, int m, int K, int i0, int i1) {
     (void)m;
+    const int Kp = kpad32(K);
     for (int i = i0; i < i1; i++) {
-        float *xf = (float *)xp + (size_t)i * K;
-        const dsv_bf16 *xr = x + (size_t)i * K;
-        int k = 0;
-        for (; k + 16 <= K; k += 16) _mm512_storeu_ps(xf + k, bf16x16_load(xr + k));
-        if (k < K) _mm512_mask_storeu_ps(xf + k, tail_mask(K - k), bf16x16_load_n(xr + k, K - k));
+        dsv_bf16 *d = (dsv_bf16 *)xp + (size_t)i * Kp;
+        memcpy(d, x + (size_t)i * K, (size_t)K * sizeof *d);
+        memset(d + K, 0, (size_t)(Kp - K) * sizeof *d);
     }
 }
 
@@ -165,7 +177,7 @@ static inline __attribute__((always_inline)) void dense_tile(void *y, int ldy, i
     }
 }
 
-/* Tiles of 4 weight rows by 4 input rows; the same per-element arithmetic
+/* The fp32 linears (linear_f32): tiles of 4 weight rows by 4 input rows; the same per-element arithmetic
  * in the narrower edge tiles. Blocks of 64 weight rows stay in L2 while
  * every input row passes over them, 4 at a time (those in L1). One or two
  * input rows (decoding) take one weight row at a time instead: a
@@ -199,14 +211,154 @@ static inline __attribute__((always_inline)) void dense(void *y, int ldy, int ou
     }
 }
 
+/* The sum of a vector's 16 lanes in one fixed tree: lanes j and j+8, then
+ * j and j+4, j and j+2, j and j+1. reduce16 computes the same tree for 16
+ * vectors at once; a linear's outputs go through one or the other
+ * depending on the tile they fall in, so the two must agree bit for bit
+ * (fp32 addition is commutative, and each pairs the same partial sums). */
+static inline float hsum_tree(__m512 v) {
+    const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
+}
+/* hsum_tree of v[0..16): lane 4k+p of the result holds the sum of v[4p+k]. */
+static inline __attribute__((always_inline)) __m512 reduce16(const __m512 v[16]) {
+    __m512 h[8], q[4], e[2];
+    UNROLL for (int i = 0; i < 8; i++) /* j + j+8: lanes 0-7 of v[2i], 8-15 of v[2i+1] */
+        h[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));
+    UNROLL for (int i = 0; i < 4; i++) /* j + j+4: 128-bit lane l of v[4i+l] */
+        q[i] = _mm512_add_ps(_mm512_shuffle_f32x4(h[2 * i], h[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(h[2 * i], h[2 * i + 1], 0xdd));
+    UNROLL for (int i = 0; i < 2; i++) /* j + j+2 */
+        e[i] = _mm512_add_ps(_mm512_shuffle_ps(q[2 * i], q[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(q[2 * i], q[2 * i + 1], 0xee));
+    /* j + j+1 */
+    return _mm512_add_ps(_mm512_shuffle_ps(e[0], e[1], 0x88), _mm512_shuffle_ps(e[0], e[1], 0xdd));
+}
+
+/* 32 weights from element index i as bf16 pairs; the first n only when
+ * n < 32 (zeros after). f16 and f32 weights are rounded to bf16, as the
+ * reference runs every non-fp8 Linear in bf16. */
+static inline __attribute__((always_inline)) __m512i w_load32(const void *w, dsv_dtype dt, size_t i, int n) {
+    if (dt == DSV_DT_BF16)
+        return n >= 32 ? _mm512_loadu_si512((const dsv_bf16 *)w + i)
+                       : _mm512_maskz_loadu_epi16(((__mmask32)1 << n) - 1, (const dsv_bf16 *)w + i);
+    const __m512 lo = w_load(w, dt, i, n < 16 ? n : 16, 0);
+    const __m512 hi = n > 16 ? w_load(w, dt, i + 16, n - 16, 0) : _mm512_setzero_ps();
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(f32x16_bf16_bits(lo))),
+                              _mm512_cvtepi32_epi16(f32x16_bf16_bits(hi)), 1);
+}
+
+/* Rows of the bf16 register tile: 4 weight rows by up to 6 input rows,
+ * 24 accumulators (of 32 registers) besides the 4 weight vectors and one
+ * input vector; each 32-wide step loads 10 vectors for 24 dot products. */
+#define BF_NR 4
+#define BF_MR 6
+
+/* One step of k (len <= 32 values) of a bf16 tile. */
+static inline __attribute__((always_inline)) void bf16_step(__m512 acc[BF_NR][BF_MR], const dsv_bf16 *x, int Kp,
+                                                            const dsv_linear *w, dsv_dtype dt, int n, int i, int nr,
+                                                            int mr, int k, int len) {
+    __m512i wv[BF_NR];
+    UNROLL for (int r = 0; r < BF_NR; r++)
+        wv[r] = r < nr ? w_load32(w->w, dt, (size_t)(n + r) * w->ld + k, len) : _mm512_setzero_si512();
+    UNROLL for (int c = 0; c < BF_MR; c++) {
+        if (c >= mr) continue;
+        const __m512i xv = _mm512_loadu_si512((const void *)(x + (size_t)(i + c) * Kp + k));
+        UNROLL for (int r = 0; r < BF_NR; r++)
+            if (r < nr) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)wv[r], (__m512bh)xv);
+    }
+}
+
+/* One tile of a bf16 F.linear: weight rows n..n+nr, input rows i..i+mr.
+ * Per output element: one accumulator over the whole K, each lane adding
+ * the pair products of k = 32t + 2l, 32t + 2l + 1 (VDPBF16PS) in order of
+ * t, then hsum_tree (or reduce16, the same tree), then one rounding to
+ * bf16. Nothing in that sequence depends on nr, mr or the tile's place. */
+static inline __attribute__((always_inline)) void bf16_tile(dsv_bf16 *y, int ldy, const dsv_bf16 *x, int Kp,
+                                                            const dsv_linear *w, dsv_dtype dt, int n, int i, int nr,
+                                                            int mr) {
+    const int K = w->n_in;
+    const size_t esz = dt == DSV_DT_F32 ? 4 : 2, row = (size_t)w->ld * esz;
+    __m512 acc[BF_NR][BF_MR];
+    UNROLL for (int r = 0; r < BF_NR; r++) UNROLL for (int c = 0; c < BF_MR; c++) acc[r][c] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        prefetch_next(w, n + nr, nr, row, (size_t)k * esz);
+        bf16_step(acc, x, Kp, w, dt, n, i, nr, mr, k, 32);
+    }
+    if (k < K) bf16_step(acc, x, Kp, w, dt, n, i, nr, mr, k, K - k);
+    if (nr == 1) {
+        UNROLL for (int c = 0; c < BF_MR; c++)
+            if (c < mr) y[(size_t)(i + c) * ldy + n] = dsv_f32_to_bf16(hsum_tree(acc[0][c]));
+        return;
+    }
+    /* Groups of 4 input rows: v[4c + r] = acc[r][c], so lane 4r + c of the
+     * reduction is element (c, r). */
+    UNROLL for (int c0 = 0; c0 < BF_MR; c0 += 4) {
+        if (c0 >= mr) continue;
+        __m512 v[16];
+        UNROLL for (int c = 0; c < 4; c++) UNROLL for (int r = 0; r < 4; r++)
+            v[4 * c + r] = c0 + c < BF_MR ? acc[r][c0 + c < BF_MR ? c0 + c : 0] : _mm512_setzero_ps();
+        float out[16];
+        _mm512_storeu_ps(out, reduce16(v));
+        UNROLL for (int c = 0; c < 4; c++) UNROLL for (int r = 0; r < 4; r++)
+            if (c0 + c < mr && r < nr) y[(size_t)(i + c0 + c) * ldy + n + r] = dsv_f32_to_bf16(out[4 * r + c]);
+    }
+}
+
+/* Input rows [i, i+mr) against weight rows [nb, ne) in tiles of 4. */
+static inline __attribute__((always_inline)) void bf16_rows(dsv_bf16 *y, int ldy, const dsv_bf16 *x, int Kp,
+                                                            const dsv_linear *w, dsv_dtype dt, int nb, int ne, int i,
+                                                            int mr) {
+    int n = nb;
+    for (; n + BF_NR <= ne; n += BF_NR) bf16_tile(y, ldy, x, Kp, w, dt, n, i, BF_NR, mr);
+    for (; n < ne; n++) bf16_tile(y, ldy, x, Kp, w, dt, n, i, 1, mr);
+}
+
+/* One or two input rows (decoding) take one weight row at a time: a
+ * sequential stream, which the hardware prefetchers follow (tools/kbench).
+ * More rows: blocks of weight rows that stay in L2 (about 256 KB) while
+ * every input row passes over them, 6 at a time (in L1 for K <= 2048),
+ * in 4 x 6 tiles. */
+static inline __attribute__((always_inline)) void bf16_linear(dsv_bf16 *y, int ldy, const dsv_bf16 *x,
+                                                              const dsv_linear *w, dsv_dtype dt, int m, int n0,
+                                                              int n1) {
+    const int Kp = kpad32(w->n_in);
+    if (m <= 2) {
+        for (int n = n0; n < n1; n++) {
+            if (m == 2) bf16_tile(y, ldy, x, Kp, w, dt, n, 0, 1, 2);
+            else bf16_tile(y, ldy, x, Kp, w, dt, n, 0, 1, 1);
+        }
+        return;
+    }
+    const size_t row = (size_t)Kp * (dt == DSV_DT_F32 ? 4 : 2);
+    int nblk = (int)(((size_t)256 << 10) / row) / BF_NR * BF_NR;
+    nblk = nblk < BF_NR ? BF_NR : nblk;
+    for (int nb = n0; nb < n1; nb += nblk) {
+        const int ne = n1 - nb < nblk ? n1 : nb + nblk;
+        for (int i = 0; i < m; i += BF_MR) {
+            switch (m - i < BF_MR ? m - i : BF_MR) {
+            case 6: bf16_rows(y, ldy, x, Kp, w, dt, nb, ne, i, 6); break;
+            case 5: bf16_rows(y, ldy, x, Kp, w, dt, nb, ne, i, 5); break;
+            case 4: bf16_rows(y, ldy, x, Kp, w, dt, nb, ne, i, 4); break;
+            case 3: bf16_rows(y, ldy, x, Kp, w, dt, nb, ne, i, 3); break;
+            case 2: bf16_rows(y, ldy, x, Kp, w, dt, nb, ne, i, 2); break;
+            default: bf16_rows(y, ldy, x, Kp, w, dt, nb, ne, i, 1); break;
+            }
+        }
+    }
+}
+
 static void linear_bf16(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
                         void *scratch) {
     (void)scratch;
-    const float *x = xp;
     switch (w->dtype) {
-    case DSV_DT_BF16: dense(y, ldy, 1, x, w->n_in, w, DSV_DT_BF16, 0, m, n0, n1); break;
-    case DSV_DT_F16: dense(y, ldy, 1, x, w->n_in, w, DSV_DT_F16, 1, m, n0, n1); break;
-    default: dense(y, ldy, 1, x, w->n_in, w, DSV_DT_F32, 1, m, n0, n1); break;
+    case DSV_DT_BF16: bf16_linear(y, ldy, xp, w, DSV_DT_BF16, m, n0, n1); break;
+    case DSV_DT_F16: bf16_linear(y, ldy, xp, w, DSV_DT_F16, m, n0, n1); break;
+    default: bf16_linear(y, ldy, xp, w, DSV_DT_F32, m, n0, n1); break;
     }
 }
 
@@ -245,16 +397,17 @@ static inline __m512 dot_bf16(__m512 acc, __m512i a, __m512i b) {
 
 /* One weight row n of fp8_gemm against input rows i..i+mr (mr <= 4). Per
  * 128-wide block, the four 32-wide steps' pair dot products (AVX512_BF16:
- * each lane adds the products of two adjacent inputs) land in four
- * accumulators, summed as (s0 + s1) + (s2 + s3), and the block sum is
- * promoted into the total as tot += blk * (xs * ws); one reduction at the
- * end. The weight row is widened once for all mr inputs.
+ * each lane adds the products of two adjacent inputs) chain into one
+ * accumulator started at zero, and the block sum is promoted into the
+ * total as tot += blk * (xs * ws); one hsum_tree at the end. The weight row
+ * is widened once for all mr inputs.
  *
  * One row at a time: the weights are then read as one sequential stream,
  * which the hardware prefetchers follow across rows; tiles that read 4
  * rows side by side (4 short streams, restarted every tile) measured half
- * the bandwidth on an AMD EPYC (tools/kbench). The four accumulators keep
- * the dot products' latency off the critical path.
+ * the bandwidth on an AMD EPYC (tools/kbench). The blocks' chains are
+ * independent of each other (only the promotion links them), so the core
+ * overlaps the dot products' latency across blocks.
  *
  * Exact as fp32 FMA would be: weights and inputs are e4m3 values, exact in
  * bf16 and never bf16 subnormals (the smallest, 2^-9, is normal), so the
@@ -262,7 +415,7 @@ static inline __m512 dot_bf16(__m512 acc, __m512i a, __m512i b) {
  * exact in fp32 and multiples of 2^-18, and so is every partial sum and its
  * rounding, so no sum is an fp32 subnormal that would be flushed either.
  * The order of additions is fixed by the element's own rows alone: batching
- * and column splits give the same bits. */
+ * and column splits give the same bits (fp8_tile runs the same sequence). */
 static inline __attribute__((always_inline)) void fp8_row(dsv_bf16 *y, int ldy, const dsv_bf16 *x, const float *xs,
                                                           const dsv_linear *w, int n, int i, int mr, __m512i sub) {
     const int K = w->n_in, nb = K / DSV_QBLOCK;
@@ -277,24 +430,122 @@ static inline __attribute__((always_inline)) void fp8_row(dsv_bf16 *y, int ldy, 
         UNROLL for (int c = 0; c < 4; c++) {
             if (c >= mr) continue;
             const dsv_bf16 *xr = x + (size_t)(i + c) * K + k0;
-            __m512 s[4];
-            UNROLL for (int j = 0; j < 4; j++)
-                s[j] = dot_bf16(_mm512_setzero_ps(), wv[j], _mm512_loadu_si512((const void *)(xr + 32 * j)));
-            const __m512 blk = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3]));
+            __m512 blk = _mm512_setzero_ps();
+            UNROLL for (int j = 0; j < 4; j++) blk = dot_bf16(blk, wv[j], _mm512_loadu_si512((const void *)(xr + 32 * j)));
             tot[c] = _mm512_fmadd_ps(blk, _mm512_set1_ps(xs[(size_t)(i + c) * nb + kb] * ws[kb]), tot[c]);
         }
     }
     UNROLL for (int c = 0; c < 4; c++)
-        if (c < mr) y[(size_t)(i + c) * ldy + n] = dsv_f32_to_bf16(_mm512_reduce_add_ps(tot[c]));
+        if (c < mr) y[(size_t)(i + c) * ldy + n] = dsv_f32_to_bf16(hsum_tree(tot[c]));
 }
 
-/* Blocks of 64 weight rows (in L2) against every input row, 4 at a time. */
+/* The fp8 prefill tile: 2 weight rows (widened to bf16 in the scratch
+ * buffer wb, rows K apart) by up to 6 input rows, in the order of fp8_row
+ * for every element: per 128-wide block the four 32-wide pair dot products
+ * chained from zero, promoted as tot += blk * (xs * ws); one hsum_tree (as
+ * reduce16) at the end. The rows of a tile lie in one 128-row scale block,
+ * so ws is theirs. 2 x 12 accumulators (blk, tot) of 32 registers; each
+ * 32-wide step loads 8 vectors for 12 dot products. */
+#define F8_NR 2
+#define F8_MR 6
+static inline __attribute__((always_inline)) void fp8_tile(dsv_bf16 *y, int ldy, const dsv_bf16 *x, const float *xs,
+                                                           const dsv_bf16 *wb, const float *ws, int K, int n, int i,
+                                                           int nr, int mr) {
+    const int nb = K / DSV_QBLOCK;
+    __m512 tot[F8_NR][F8_MR];
+    UNROLL for (int r = 0; r < F8_NR; r++) UNROLL for (int c = 0; c < F8_MR; c++) tot[r][c] = _mm512_setzero_ps();
+    for (int kb = 0; kb < nb; kb++) {
+        const int k0 = kb * DSV_QBLOCK;
+        __m512 blk[F8_NR][F8_MR];
+        UNROLL for (int r = 0; r < F8_NR; r++) UNROLL for (int c = 0; c < F8_MR; c++) blk[r][c] = _mm512_setzero_ps();
+        UNROLL for (int j = 0; j < 4; j++) {
+            __m512i wv[F8_NR];
+            UNROLL for (int r = 0; r < F8_NR; r++)
+                wv[r] = r < nr ? _mm512_loadu_si512((const void *)(wb + (size_t)r * K + k0 + 32 * j)) : _mm512_setzero_si512();
+            UNROLL for (int c = 0; c < F8_MR; c++) {
+                if (c >= mr) continue;
+                const __m512i xv = _mm512_loadu_si512((const void *)(x + (size_t)(i + c) * K + k0 + 32 * j));
+                UNROLL for (int r = 0; r < F8_NR; r++)
+                    if (r < nr) blk[r][c] = dot_bf16(blk[r][c], wv[r], xv);
+            }
+        }
+        UNROLL for (int c = 0; c < F8_MR; c++) {
+            if (c >= mr) continue;
+            const __m512 sc = _mm512_set1_ps(xs[(size_t)(i + c) * nb + kb] * ws[kb]);
+            UNROLL for (int r = 0; r < F8_NR; r++)
+                if (r < nr) tot[r][c] = _mm512_fmadd_ps(blk[r][c], sc, tot[r][c]);
+        }
+    }
+    /* Groups of 4 input rows: v[4c + r] = tot[r][c], lane 4r + c of the
+     * reduction is element (c, r). */
+    UNROLL for (int c0 = 0; c0 < F8_MR; c0 += 4) {
+        if (c0 >= mr) continue;
+        __m512 v[16];
+        UNROLL for (int c = 0; c < 4; c++) UNROLL for (int r = 0; r < 4; r++)
+            v[4 * c + r] = c0 + c < F8_MR && r < F8_NR ? tot[r < F8_NR ? r : 0][c0 + c < F8_MR ? c0 + c : 0]
+                                                       : _mm512_setzero_ps();
+        float out[16];
+        _mm512_storeu_ps(out, reduce16(v));
+        UNROLL for (int c = 0; c < 4; c++) UNROLL for (int r = 0; r < F8_NR; r++)
+            if (c0 + c < mr && r < nr) y[(size_t)(i + c0 + c) * ldy + n + r] = dsv_f32_to_bf16(out[4 * r + c]);
+    }
+}
+
+/* fp8_tile with constant shapes (each one compiled on its own, so the
+ * accumulators of the full tile stay in registers). */
+static inline __attribute__((always_inline)) void fp8_tiles(dsv_bf16 *y, int ldy, const dsv_bf16 *x, const float *xs,
+                                                            const dsv_bf16 *wb, const float *ws, int K, int n, int i,
+                                                            int nr, int mr) {
+    switch (mr) {
+    case 6: fp8_tile(y, ldy, x, xs, wb, ws, K, n, i, nr, 6); break;
+    case 5: fp8_tile(y, ldy, x, xs, wb, ws, K, n, i, nr, 5); break;
+    case 4: fp8_tile(y, ldy, x, xs, wb, ws, K, n, i, nr, 4); break;
+    case 3: fp8_tile(y, ldy, x, xs, wb, ws, K, n, i, nr, 3); break;
+    case 2: fp8_tile(y, ldy, x, xs, wb, ws, K, n, i, nr, 2); break;
+    default: fp8_tile(y, ldy, x, xs, wb, ws, K, n, i, nr, 1); break;
+    }
+}
+
+/* Many input rows: groups of weight rows within one 128-row scale block,
+ * widened once to bf16 in the thread's scratch (at most 64 rows, 256 KB at
+ * K = 2048: in L2), then every input row passes over them in 2 x 6 tiles. */
+static void fp8_prefill(dsv_bf16 *y, int ldy, const dsv_bf16 *x, const float *xs, const dsv_linear *w, int m, int n0,
+                        int n1, dsv_bf16 *wb, __m512i sub) {
+    const int K = w->n_in;
+    int g = (int)(DSV_LIN_SCRATCH / ((size_t)K * sizeof(dsv_bf16)));
+    g = g > 64 ? 64 : g < 1 ? 1 : g;
+    for (int nb = n0; nb < n1;) {
+        int ne = (nb / DSV_QBLOCK + 1) * DSV_QBLOCK;
+        ne = ne > n1 ? n1 : ne > nb + g ? nb + g : ne;
+        for (int r = 0; r < ne - nb; r++) {
+            const uint8_t *W = (const uint8_t *)w->w + (size_t)(nb + r) * w->ld;
+            for (int k = 0; k < K; k += 32)
+                _mm512_storeu_si512((void *)(wb + (size_t)r * K + k), e4m3x32_bf16(W + k, sub));
+        }
+        const float *ws = w->scale + (size_t)(nb / DSV_QBLOCK) * w->scale_ld;
+        for (int i = 0; i < m; i += F8_MR) {
+            const int mr = m - i < F8_MR ? m - i : F8_MR;
+            for (int n = nb; n < ne; n += F8_NR) {
+                const dsv_bf16 *wt = wb + (size_t)(n - nb) * K;
+                if (ne - n >= F8_NR) fp8_tiles(y, ldy, x, xs, wt, ws, K, n, i, F8_NR, mr);
+                else fp8_tiles(y, ldy, x, xs, wt, ws, K, n, i, 1, mr);
+            }
+        }
+        nb = ne;
+    }
+}
+
+/* Up to 4 input rows (decoding): blocks of 64 weight rows (in L2) against
+ * every input row, widened as they stream by; more: fp8_prefill. */
 static void linear_fp8(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
                        void *scratch) {
-    (void)scratch;
     const dsv_bf16 *x = xp;
     const float *xs = pack_scales((void *)xp, m, w->n_in);
     const __m512i sub = e4m3_sub_table();
+    if (m > 4) {
+        fp8_prefill(y, ldy, x, xs, w, m, n0, n1, scratch, sub);
+        return;
+    }
     for (int nb = n0; nb < n1; nb += 64) {
         const int ne = n1 - nb < 64 ? n1 : nb + 64;
         for (int i = 0; i < m; i += 4) {
@@ -892,8 +1143,8 @@ void dsv_avx512_absorb_o(dsv_bf16 *o, const dsv_bf16 *o_lat, const dsv_linear *w
 /* ---- fp8_gemm with float weights (dsv_linear.act_fp8) ----------------------
  * The input is packed by lin_pack_fp8 (e4m3 values as bf16, and scales).
  * BF16 weights take fp8_row's arithmetic with the weight row loaded as it
- * is: the same pair dot products, the same block sums, promoted as tot +=
- * blk * xs. For weights that are e4m3 * a power of two (a ue8m0 checkpoint
+ * is: the same pair dot products chained from zero per block, promoted as
+ * tot += blk * xs, the same hsum_tree at the end. For weights that are e4m3 * a power of two (a ue8m0 checkpoint
  * written as BF16) every product and partial sum is fp8_row's times that
  * power, so the result is linear_fp8's bit for bit. F16/F32 weights are
  * widened to fp32 and summed with FMAs per block (lane l sums k = l mod 16,
@@ -912,15 +1163,13 @@ static inline __attribute__((always_inline)) void fp8x_row_bf16(dsv_bf16 *y, int
         UNROLL for (int c = 0; c < 4; c++) {
             if (c >= mr) continue;
             const dsv_bf16 *xr = x + (size_t)(i + c) * K + k0;
-            __m512 s[4];
-            UNROLL for (int j = 0; j < 4; j++)
-                s[j] = dot_bf16(_mm512_setzero_ps(), wv[j], _mm512_loadu_si512((const void *)(xr + 32 * j)));
-            const __m512 blk = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3]));
+            __m512 blk = _mm512_setzero_ps();
+            UNROLL for (int j = 0; j < 4; j++) blk = dot_bf16(blk, wv[j], _mm512_loadu_si512((const void *)(xr + 32 * j)));
             tot[c] = _mm512_fmadd_ps(blk, _mm512_set1_ps(xs[(size_t)(i + c) * nb + kb]), tot[c]);
         }
     }
     UNROLL for (int c = 0; c < 4; c++)
-        if (c < mr) y[(size_t)(i + c) * ldy + n] = dsv_f32_to_bf16(_mm512_reduce_add_ps(tot[c]));
+        if (c < mr) y[(size_t)(i + c) * ldy + n] = dsv_f32_to_bf16(hsum_tree(tot[c]));
 }
 
 static inline __attribute__((always_inline)) void fp8x_row_wide(dsv_bf16 *y, int ldy, const dsv_bf16 *x,
