@@ -26,7 +26,8 @@ extern "C" {
 #endif
 
 typedef struct dsv_server_params {
-    const char *model_dir;  /* required: config.json, weights, tokenizer.json */
+    const char *model_dir;  /* required: a model directory (config.json, weights,
+                               tokenizer.json) or a .gguf file (dsv_model_open) */
     const char *alias;      /* model id in the API (NULL: the directory's name) */
     const char *host;       /* address or host name to bind (NULL: "127.0.0.1") */
     int port;               /* TCP port (0: any free port; see dsv_server_port) */
@@ -51,7 +52,7 @@ typedef struct dsv_server_params {
                                chat page needs "Authorization: Bearer KEY" */
     int verbose;            /* log the set-up and each request on stderr */
     /* The chat format (a name from dsv_chat_format_list()); NULL: detected
-     * from the model directory (dsv_chat_format_detect). */
+     * from the model directory or GGUF file (dsv_chat_format_detect). */
     const char *chat_format;
     /* The thinking mode of a chat request that does not choose one (with
      * "thinking" or chat_template_kwargs.thinking); 1 for V3.2-Speciale,
@@ -60,6 +61,9 @@ typedef struct dsv_server_params {
     /* A top-k per layer (dsv_context_params.layer_topk; all 0: the model's,
      * its config's dsa_topk_per_layer included). */
     int layer_topk[DSV_MAX_TOPK_LAYERS];
+    /* dsv_model_params.scale_fmt and .act_quant of the model the server
+     * loads (-1: as the checkpoint or file says, the defaults). */
+    int scale_fmt, act_quant;
 } dsv_server_params;
 
 /* The defaults: 127.0.0.1:8080, 4 parallel, n_batch 512, queue 64, body

@@ -19,6 +19,7 @@
 #include "conformance.h"
 #include "dsv32.h"
 #include "format/gguf.h"
+#include "server_util.h"
 #include "test.h"
 
 #define FP8_CONFIG "public_sparse_fp8"
@@ -154,4 +155,37 @@ TEST(gguf_fp8_act_quant_metadata_and_off) {
     CHECK(dsv_model_open(&m, bad, NULL) != DSV_OK);
     CHECKF(strstr(dsv_errmsg(), "dsv32.act_quant") != NULL, "error: %s", dsv_errmsg());
     dsv_model_close(m);
+}
+
+/* serve takes --act-quant too: the embedded model (FP8) as a BF16 GGUF
+ * answers with the file's mode by default, the same with --act-quant fp8,
+ * and otherwise with --act-quant none (the logprobs of a greedy completion
+ * tell the modes apart). */
+static char *serve_logprobs(const char *model, const char *args) {
+    server s;
+    server_start(&s, model, args);
+    http_resp r;
+    const int st = post(s.port, "/v1/completions",
+                        "{\"prompt\":\"In the beginning\",\"max_tokens\":8,\"temperature\":0,\"logprobs\":1}", &r);
+    whole_result w;
+    CHECKF(st == 200 && !whole_parse(r.body, &w), "status %d: %s", st, r.body ? r.body : "");
+    char *lp = st == 200 && w.logprobs ? strdup(w.logprobs) : NULL;
+    if (st == 200) whole_free(&w);
+    http_free(&r);
+    CHECK(server_stop(&s) == 0);
+    REQUIRE(lp && *lp);
+    return lp;
+}
+
+TEST(gguf_fp8_serve_act_quant) {
+    char path[1024], cmd[4096];
+    snprintf(path, sizeof path, "%s/tiny-bf16.gguf", test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s quantize -m models/tiny -o %s --type BF16 2>&1", bin(), path);
+    run_ok(cmd);
+    char *dflt = serve_logprobs(path, "");
+    char *fp8 = serve_logprobs(path, "--act-quant fp8");
+    char *none = serve_logprobs(path, "--act-quant none");
+    CHECKF(!strcmp(dflt, fp8), "default and --act-quant fp8 differ:\n  %s\n  %s", dflt, fp8);
+    CHECKF(strcmp(none, fp8), "--act-quant none answers as fp8 does: %s", none);
+    free(dflt); free(fp8); free(none);
 }

@@ -26,8 +26,8 @@ static void usage(FILE *f) {
             "POST /v1/completions, GET /v1/models, GET /health, GET /metrics, POST /tokenize,\n"
             "POST /detokenize, and a chat page at GET /. SIGINT or SIGTERM stops it cleanly.\n"
             "\n"
-            "  -m, --model DIR       model directory: config.json, weights and tokenizer.json\n"
-            "                        (required)\n"
+            "  -m, --model DIR       model directory (config.json, weights and tokenizer.json)\n"
+            "                        or a .gguf file (required)\n"
             "      --host ADDR       address or host name to listen on; beyond loopback the\n"
             "                        server is open to the network (default: %s)\n"
             "      --port N          TCP port; 0 picks a free one (default: %d)\n"
@@ -64,6 +64,10 @@ static void usage(FILE *f) {
             "      --think           chat requests that do not say think by default; for\n"
             "                        V3.2-Speciale, which only thinks (default: off)\n"
             "      --topk-file FILE  a top-k per layer (from dsv32 analyze --suggest -o)\n"
+            "      --scale-fmt F     activation scale format: ue8m0 or none (default: the\n"
+            "                        checkpoint's)\n"
+            "      --act-quant Q     GGUF: fp8 or none: quantize the inputs of the linears that\n"
+            "                        were fp8 in the checkpoint (default: as the file says)\n"
             "  -t, --threads N       compute threads (default: every core)\n"
             "  -v, --verbose         log the set-up and every request on stderr (default: off)\n"
             "  -h, --help            show this help\n",
@@ -94,7 +98,8 @@ int cmd_serve(int argc, char **argv) {
     /* The engine options come from the parser the other commands share, so
      * names, ranges and messages agree; a bad one is a usage error (2) here
      * as every other bad option of serve is. */
-    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_CTX | CLI_E_BATCH | CLI_E_TOPK_FILE);
+    cli_engine e = cli_engine_init(CLI_E_MODEL | CLI_E_THREADS | CLI_E_CTX | CLI_E_BATCH | CLI_E_TOPK_FILE |
+                                   CLI_E_SCALE_FMT | CLI_E_ACT_QUANT);
     e.batch_min = 3; /* as generate: two prompt tokens and the switch to decoding in one step */
     p.api_key = getenv("DSV32_API_KEY");
     if (p.api_key && !p.api_key[0]) p.api_key = NULL;
@@ -150,6 +155,8 @@ int cmd_serve(int argc, char **argv) {
     if (e.threads) p.n_threads = e.threads;
     if (e.n_ctx) p.n_ctx = e.n_ctx;
     if (e.n_batch) p.n_batch = e.n_batch;
+    p.scale_fmt = e.scale_fmt;
+    p.act_quant = e.act_quant;
     if (p.n_batch < p.n_parallel + 2) p.n_batch = p.n_parallel + 2;
     if (e.topk_file) {
         dsv_config c;

@@ -733,6 +733,7 @@ dsv_server_params dsv_server_default_params(void) {
         .discard_max = 256u << 20, .discard_timeout = 30,
         .conn_limit = 1024, .conn_per_client = 64,
         .idle_timeout = 30, .header_timeout = 10, .body_timeout = 60,
+        .scale_fmt = -1, .act_quant = -1,
     };
 }
 
@@ -807,7 +808,12 @@ int dsv_server_open(dsv_server **out, const dsv_server_params *params) {
     atomic_init(&S->next_id, 1);
     int st = DSV_OK;
     if (!(S->model_id = p.alias ? strdup(p.alias) : model_name(p.model_dir))) st = dsv_error(DSV_ERR_NOMEM, "out of memory");
-    if (!st) st = dsv_model_open(&S->model, p.model_dir, NULL);
+    if (!st) {
+        dsv_model_params mp = dsv_model_default_params();
+        mp.scale_fmt = p.scale_fmt;
+        mp.act_quant = p.act_quant;
+        st = dsv_model_open(&S->model, p.model_dir, &mp);
+    }
     if (!st) st = dsv_tokenizer_open(&S->tok, p.model_dir);
     if (!st && p.chat_format && !(S->fmt = dsv_chat_format_find(p.chat_format))) st = DSV_ERR_ARG;
     if (!st && !p.chat_format) st = dsv_chat_format_detect(p.model_dir, &S->fmt);
