@@ -237,8 +237,10 @@ INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
         const __m256 mnf[2] = {_mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_srli_epi32(sm_lo, 4))),
                                _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_srli_epi32(sm_hi, 4)))};
         __m256i wz[8];
+#pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
             const __m256i raw = _mm256_loadu_si256((const __m256i *)(w + 16 + 32 * h));
+#pragma GCC unroll 4
             for (int j = 0; j < 4; j++) wz[4 * h + j] = _mm256_and_si256(_mm256_srli_epi16(raw, 2 * j), m3);
         }
 #pragma GCC unroll 4
@@ -277,8 +279,10 @@ INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
     for (int blk = 0; blk < K / 256; blk++, w += 110) {
         const __m256i hm = _mm256_loadu_si256((const __m256i *)w);
         __m256i sw[8], aw[8];
+#pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
             const __m256i raw = _mm256_loadu_si256((const __m256i *)(w + 32 + 32 * h));
+#pragma GCC unroll 4
             for (int j = 0; j < 4; j++) {
                 const __m256i bit = _mm256_set1_epi8((char)(1 << (4 * h + j)));
                 const __m256i clear = _mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), _mm256_setzero_si256());

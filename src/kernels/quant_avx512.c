@@ -240,10 +240,15 @@ static inline void k16_idx(__m512i *idx_half, __m512i idx[4]) {
                                   _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
 }
 
-/* The 2-bit fields of qs[32h..] for register 2h + i' (above). */
-INLINE __m512i q23_low2(const uint8_t *qs, int h, int ip) {
+/* The shift counts of register 2h + i' (above): 4i' and 4i' + 2. */
+static inline void q23_shifts(__m512i shift[2]) {
+    for (int ip = 0; ip < 2; ip++)
+        shift[ip] = _mm512_inserti64x4(_mm512_set1_epi16((short)(4 * ip)), _mm256_set1_epi16((short)(4 * ip + 2)), 1);
+}
+
+/* The 2-bit fields of qs[32h..] for register 2h + i'. */
+INLINE __m512i q23_low2(const uint8_t *qs, int h, __m512i shift) {
     const __m512i raw = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * h)));
-    const __m512i shift = _mm512_inserti64x4(_mm512_set1_epi16((short)(4 * ip)), _mm256_set1_epi16((short)(4 * ip + 2)), 1);
     return _mm512_and_si512(_mm512_srlv_epi16(raw, shift), _mm512_set1_epi8(3));
 }
 
@@ -259,6 +264,8 @@ INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
     }
     __m512i idx_half, idx[4];
     k16_idx(&idx_half, idx);
+    __m512i shift[2];
+    q23_shifts(shift);
     for (int blk = 0; blk < K / 256; blk++, w += 84) {
         const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(w + 80))); /* d, dmin */
         const __m512i sm = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)w));
@@ -267,7 +274,8 @@ INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
         const __m512 mnf = _mm512_mul_ps(_mm512_broadcastss_ps(_mm_movehdup_ps(dm)),
                                          _mm512_cvtepi32_ps(_mm512_srli_epi32(sm, 4)));
         __m512i wz[4];
-        for (int i = 0; i < 4; i++) wz[i] = q23_low2(w + 16, i >> 1, i & 1);
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) wz[i] = q23_low2(w + 16, i >> 1, shift[i & 1]);
 #pragma GCC unroll 8
         for (int r = 0; r < nr; r++) {
             const __m512 da = _mm512_permutexvar_ps(idx_half, _mm512_castps256_ps512(_mm256_loadu_ps(a[r].d + 8 * blk)));
@@ -299,15 +307,20 @@ INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
     __m512i idx_half, idx[4];
     k16_idx(&idx_half, idx);
     const __m512i four = _mm512_set1_epi8(4);
+    __m512i shift[2], sel[4];
+    q23_shifts(shift);
+    for (int i = 0; i < 4; i++) {
+        const int bit = 4 * (i >> 1) + 2 * (i & 1);
+        sel[i] = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << bit)), _mm256_set1_epi8((char)(1 << (bit + 1))), 1);
+    }
     for (int blk = 0; blk < K / 256; blk++, w += 110) {
         const __m512i hm = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)w));
         __m512i aw[4];
         __mmask64 neg[4];
+#pragma GCC unroll 4
         for (int i = 0; i < 4; i++) {
-            const int bit = 4 * (i >> 1) + 2 * (i & 1);
-            const __m512i sel = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << bit)), _mm256_set1_epi8((char)(1 << (bit + 1))), 1);
-            const __m512i low = q23_low2(w + 32, i >> 1, i & 1);
-            const __m512i v = _mm512_mask_sub_epi8(low, _mm512_testn_epi8_mask(hm, sel), low, four);
+            const __m512i low = q23_low2(w + 32, i >> 1, shift[i & 1]);
+            const __m512i v = _mm512_mask_sub_epi8(low, _mm512_testn_epi8_mask(hm, sel[i]), low, four);
             aw[i] = _mm512_abs_epi8(v);
             neg[i] = _mm512_movepi8_mask(v);
         }
