@@ -291,7 +291,7 @@ INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
                 aw[4 * h + j] = _mm256_sign_epi8(v, v);
             }
         }
-        const __m256 d = _mm256_set1_ps(dsv_f16_to_f32(ld16(w + 108)));
+        const __m256 d = _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(ld16(w + 108))));
         const __m128i sc = k3_scales(w + 96);
         const __m256i k32 = _mm256_set1_epi32(32);
         const __m256 scf[2] = {_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(sc), k32))),

@@ -324,9 +324,9 @@ INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
             aw[i] = _mm512_abs_epi8(v);
             neg[i] = _mm512_movepi8_mask(v);
         }
-        const float d = dsv_f16_to_f32(ld16(w + 108));
+        const __m512 d = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(ld16(w + 108))));
         const __m512i sc = _mm512_sub_epi32(_mm512_cvtepu8_epi32(k3_scales(w + 96)), _mm512_set1_epi32(32));
-        const __m512 scf = _mm512_mul_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sc));
+        const __m512 scf = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
 #pragma GCC unroll 8
         for (int r = 0; r < nr; r++) {
             const __m512 da = _mm512_permutexvar_ps(idx_half, _mm512_castps256_ps512(_mm256_loadu_ps(a[r].d + 8 * blk)));
