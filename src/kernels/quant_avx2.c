@@ -166,6 +166,7 @@ INLINE void q45_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int 
         const __m256 mnf = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), u8x8_ps(mn));
         __m256i lo[4], hi[4];
         const __m256i qh = _mm256_loadu_si256((const __m256i *)(w + 16));
+#pragma GCC unroll 4
         for (int c = 0; c < 4; c++) {
             const __m256i raw = _mm256_loadu_si256((const __m256i *)(w + (five ? 48 : 16) + 32 * c));
             lo[c] = _mm256_and_si256(raw, m4);
@@ -326,6 +327,7 @@ INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
     const __m256i idx_lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), idx_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
     for (int blk = 0; blk < K / 256; blk++, w += 210) {
         __m256i sw[8], aw[8];
+#pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
             const __m256i l0 = _mm256_loadu_si256((const __m256i *)(w + 64 * h));
             const __m256i l1 = _mm256_loadu_si256((const __m256i *)(w + 64 * h + 32));
@@ -336,6 +338,7 @@ INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
             u[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30));
             u[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
                                    _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
+#pragma GCC unroll 4
             for (int k = 0; k < 4; k++) {
                 sw[4 * h + k] = _mm256_sub_epi8(u[k], k32);
                 aw[4 * h + k] = _mm256_sign_epi8(sw[4 * h + k], sw[4 * h + k]);

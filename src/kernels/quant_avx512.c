@@ -192,6 +192,7 @@ INLINE void q45_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int 
         const __m256 mnf = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), u8x8_ps(mn));
         __m512i wz[4];
         const __m512i qh = five ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 16))) : m4;
+#pragma GCC unroll 4
         for (int c = 0; c < 4; c++) {
             const __m512i raw = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + (five ? 48 : 16) + 32 * c)));
             wz[c] = _mm512_and_si512(_mm512_srlv_epi16(raw, shift), m4);
@@ -371,6 +372,7 @@ INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
     for (int blk = 0; blk < K / 256; blk++, w += 210) {
         __m512i aw[4];
         __mmask64 neg[4];
+#pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
             const __m512i l = _mm512_loadu_si512(w + 64 * h);
             const __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 128 + 32 * h)));
