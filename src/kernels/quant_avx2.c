@@ -1,12 +1,12 @@
 /* quant_avx2.c: AVX2 dot products of block-quantized weight rows with 8-bit
  * activations (quant.h), for CPUs without AVX-512.
  *
- * Every type but Q2_K and Q3_K streams as in quant_avx512.c (levels decoded in
+ * Every type streams as in quant_avx512.c (levels decoded in
  * registers, up to 4 activation rows per weight pass, the same code per
  * row whatever the batch), with vpmaddubsw (unsigned by signed bytes, pairs
  * summed to int16) and vpmaddwd by ones for the 4-value int32 lane sums.
  * The int16 pairs never saturate: unsigned levels are at most 31 (Q5_K,
- * Q5_1), signed levels go in as |w| <= 128 (Q8_0: 2 * 128 * 127 < 32768)
+ * Q5_1; Q2_K's at most 3), signed levels go in as |w| <= 128 (Q8_0: 2 * 128 * 127 < 32768)
  * with the activation taking w's sign.
  * Order of the float arithmetic: per sub-block S = (weight scale *
  * sub-block scale) * activation scale; per lane acc += float(lane sum) * S
@@ -14,13 +14,14 @@
  * for the even and odd 32-value pieces of a block, added lane by lane at
  * the end); then the lanes as hsum8 adds them; Q4_K's and Q5_K's minimum term
  * (dmin * m) * (activation scale * 32-value activation sum) in a third
- * set, subtracted at the end; Q4_1's and Q5_1's (plus) in 4 lanes.
- * Q2_K and Q3_K decode its integer levels with quant_levels.h and
- * scales the 16-value integer sums in the reference's order, bit for bit. */
+ * set, subtracted at the end; Q2_K's, (dmin * m) * (activation scale *
+ * 16-value activation sum), likewise, sub-blocks 0-7 then 8-15 of each
+ * block into the same 8 lanes; Q4_1's and Q5_1's (plus) in 4 lanes. */
 #include <immintrin.h>
 #include <string.h>
 
 #include "base/numeric.h"
+#include "base/util.h"
 #include "quant.h"
 #include "quant_levels.h"
 
@@ -165,6 +166,7 @@ INLINE void q45_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int 
         const __m256 mnf = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), u8x8_ps(mn));
         __m256i lo[4], hi[4];
         const __m256i qh = _mm256_loadu_si256((const __m256i *)(w + 16));
+#pragma GCC unroll 4
         for (int c = 0; c < 4; c++) {
             const __m256i raw = _mm256_loadu_si256((const __m256i *)(w + (five ? 48 : 16) + 32 * c));
             lo[c] = _mm256_and_si256(raw, m4);
@@ -204,6 +206,114 @@ INLINE void q5_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
     q45_k_rows(w, act, stride, nr, K, out, 1);
 }
 
+/* Q2_K and Q3_K (layout in quant_avx512.c): register i = 4h + j holds
+ * values 32i..32i+31, the 2-bit fields (qs[32h + l] >> 2j) & 3; lanes 0-3
+ * sub-block 2i, lanes 4-7 sub-block 2i + 1 (as Q6_K): k16_lanes spreads
+ * their scales from S[0] (sub-blocks 0-7) or S[1] (8-15). */
+INLINE __m256 k16_lanes(const __m256 S[2], int i) {
+    const int k = 2 * (i & 3);
+    return _mm256_permutevar8x32_ps(S[i >> 2], _mm256_setr_epi32(k, k, k, k, k + 1, k + 1, k + 1, k + 1));
+}
+
+/* Q2_K: unsigned levels 0..3 straight into vpmaddubsw; the minimum term
+ * of sub-block k, (dmin * m[k]) * (activation scale * 16-value activation
+ * sum), in lane k % 8 of a third accumulator, sub-blocks 0-7 then 8-15. */
+INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    __m256 acc[4][2], accm[4];
+    struct arow a[4];
+    for (int r = 0; r < nr; r++) {
+        acc[r][0] = acc[r][1] = accm[r] = _mm256_setzero_ps();
+        a[r] = arow_at(act, stride, r, K);
+    }
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m256i idx_lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), idx_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+    for (int blk = 0; blk < K / 256; blk++, w += 84) {
+        const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(w + 80))); /* d, dmin */
+        const __m256 d = _mm256_broadcastss_ps(dm), dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+        const __m128i sm = _mm_loadu_si128((const __m128i *)w);
+        const __m256i sm_lo = _mm256_cvtepu8_epi32(sm), sm_hi = _mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8));
+        const __m256i k15 = _mm256_set1_epi32(15);
+        const __m256 scf[2] = {_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_and_si256(sm_lo, k15))),
+                               _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_and_si256(sm_hi, k15)))};
+        const __m256 mnf[2] = {_mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_srli_epi32(sm_lo, 4))),
+                               _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_srli_epi32(sm_hi, 4)))};
+        __m256i wz[8];
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(w + 16 + 32 * h));
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) wz[4 * h + j] = _mm256_and_si256(_mm256_srli_epi16(raw, 2 * j), m3);
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const __m256 da = _mm256_loadu_ps(a[r].d + 8 * blk);
+            const __m256 dal = _mm256_permutevar8x32_ps(da, idx_lo), dah = _mm256_permutevar8x32_ps(da, idx_hi);
+            const __m256 S[2] = {_mm256_mul_ps(scf[0], dal), _mm256_mul_ps(scf[1], dah)};
+            const int8_t *q = a[r].q + 256 * blk;
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
+                const __m256i p = dot_u8s8(wz[i], _mm256_loadu_si256((const __m256i *)(q + 32 * i)));
+                acc[r][i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), k16_lanes(S, i), acc[r][i & 1]);
+            }
+            const __m256i s16 = _mm256_loadu_si256((const __m256i *)(a[r].s + 16 * blk));
+            const __m256 sl = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(s16)));
+            const __m256 sh = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(s16, 1)));
+            accm[r] = _mm256_fmadd_ps(mnf[0], _mm256_mul_ps(dal, sl), accm[r]);
+            accm[r] = _mm256_fmadd_ps(mnf[1], _mm256_mul_ps(dah, sh), accm[r]);
+        }
+    }
+    for (int r = 0; r < nr; r++) out[r] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1])) - hsum8(accm[r]);
+}
+
+/* Q3_K: the level is the 2-bit field, minus 4 where bit 4h + j of
+ * hmask[l] is clear; -4..3 go in as |w| with the activation taking w's
+ * sign (as Q6_K). */
+INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    __m256 acc[4][2];
+    struct arow a[4];
+    for (int r = 0; r < nr; r++) {
+        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        a[r] = arow_at(act, stride, r, K);
+    }
+    const __m256i m3 = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
+    const __m256i idx_lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), idx_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+    for (int blk = 0; blk < K / 256; blk++, w += 110) {
+        const __m256i hm = _mm256_loadu_si256((const __m256i *)w);
+        __m256i sw[8], aw[8];
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(w + 32 + 32 * h));
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                const __m256i bit = _mm256_set1_epi8((char)(1 << (4 * h + j)));
+                const __m256i clear = _mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), _mm256_setzero_si256());
+                const __m256i v = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(raw, 2 * j), m3), _mm256_and_si256(clear, four));
+                sw[4 * h + j] = v;
+                aw[4 * h + j] = _mm256_sign_epi8(v, v);
+            }
+        }
+        const __m256 d = _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(ld16(w + 108))));
+        const __m128i sc = k3_scales(w + 96);
+        const __m256i k32 = _mm256_set1_epi32(32);
+        const __m256 scf[2] = {_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(sc), k32))),
+                               _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(sc, 8)), k32)))};
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const __m256 da = _mm256_loadu_ps(a[r].d + 8 * blk);
+            const __m256 S[2] = {_mm256_mul_ps(scf[0], _mm256_permutevar8x32_ps(da, idx_lo)),
+                                 _mm256_mul_ps(scf[1], _mm256_permutevar8x32_ps(da, idx_hi))};
+            const int8_t *q = a[r].q + 256 * blk;
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
+                const __m256i qv = _mm256_loadu_si256((const __m256i *)(q + 32 * i));
+                const __m256i p = dot_u8s8(aw[i], _mm256_sign_epi8(qv, sw[i]));
+                acc[r][i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), k16_lanes(S, i), acc[r][i & 1]);
+            }
+        }
+    }
+    for (int r = 0; r < nr; r++) out[r] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1]));
+}
+
 /* Q6_K (layout in quant_avx512.c): register i = 4h + k holds values
  * 32i..32i+31, lanes 0-3 sub-block 2i, lanes 4-7 sub-block 2i + 1. */
 INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
@@ -217,6 +327,7 @@ INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
     const __m256i idx_lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), idx_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
     for (int blk = 0; blk < K / 256; blk++, w += 210) {
         __m256i sw[8], aw[8];
+#pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
             const __m256i l0 = _mm256_loadu_si256((const __m256i *)(w + 64 * h));
             const __m256i l1 = _mm256_loadu_si256((const __m256i *)(w + 64 * h + 32));
@@ -227,6 +338,7 @@ INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
             u[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30));
             u[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
                                    _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
+#pragma GCC unroll 4
             for (int k = 0; k < 4; k++) {
                 sw[4 * h + k] = _mm256_sub_epi8(u[k], k32);
                 aw[4 * h + k] = _mm256_sign_epi8(sw[4 * h + k], sw[4 * h + k]);
@@ -295,22 +407,6 @@ void dsv_q8_act_quant_avx2(void *act, const void *x, int x_bf16, int K) {
     }
 }
 
-/* n/16 sums of 16 products of signed levels and activations. */
-static inline void isums2(const int8_t *w, const int8_t *q, int32_t *out, int n) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    int32_t lanes[8];
-    for (int c = 0; c < n / 32; c++) {
-        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 32 * c));
-        const __m256i qv = _mm256_loadu_si256((const __m256i *)(q + 32 * c));
-        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(qv, wv)), ones);
-        _mm256_storeu_si256((__m256i *)lanes, p);
-        out[2 * c] = lanes[0] + lanes[1] + lanes[2] + lanes[3];
-        out[2 * c + 1] = lanes[4] + lanes[5] + lanes[6] + lanes[7];
-    }
-}
-
-Q_DOT_LEVELS(dot_levels, isums2)
-
 /* A weight row against n activation rows, 4 at a time. */
 #define ROWS_BY_4(fn)                                                                               \
     for (int r0 = 0; r0 < n; r0 += 4) {                                                             \
@@ -333,8 +429,10 @@ void dsv_q_dot_rows_avx2(uint32_t type, const void *w, const void *act, size_t s
     case DSV_GGML_IQ4_NL: ROWS_BY_4(iq4_nl_rows) return;
     case DSV_GGML_Q4_K: ROWS_BY_4(q4_k_rows) return;
     case DSV_GGML_Q5_K: ROWS_BY_4(q5_k_rows) return;
+    case DSV_GGML_Q2_K: ROWS_BY_4(q2_k_rows) return;
+    case DSV_GGML_Q3_K: ROWS_BY_4(q3_k_rows) return;
     case DSV_GGML_Q6_K: ROWS_BY_4(q6_k_rows) return;
-    default: dot_levels(type, w, act, stride, n, K, out);
+    default: DSV_ASSERT(!"a block type without a kernel"); /* quant.c passes only the types above */
     }
 }
 

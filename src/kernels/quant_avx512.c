@@ -1,17 +1,18 @@
 /* quant_avx512.c: AVX-512 VNNI dot products of block-quantized weight rows
  * with 8-bit activations (quant.h).
  *
- * Every type but Q2_K and Q3_K has a streaming kernel (Q8_0, Q4_K, Q5_K and
- * Q6_K are the types of llama.cpp's and dsv32's Q8_0 and Q4_K_M files; the
- * 32-value types are what 128-wide rows fall back to): a block's levels are
- * decoded in registers
+ * Every type has a streaming kernel (Q8_0, Q4_K, Q5_K and Q6_K are the
+ * types of llama.cpp's and dsv32's Q8_0 and Q4_K_M files, Q2_K and Q3_K
+ * those of the low-bit files' routed experts; the 32-value types are what
+ * 128-wide rows fall back to): a block's levels are decoded in registers
  * (nibbles and high bits shifted and masked in place), multiplied by the
- * activations with vpdpbusd (unsigned by signed bytes: Q4_K's levels are
- * unsigned already; a signed level w times an activation q is taken as
+ * activations with vpdpbusd (unsigned by signed bytes: Q4_K's and Q2_K's
+ * levels are unsigned already; a signed level w times an activation q is taken as
  * |w| * (q with w's sign), both in range since |w| <= 128 and q > -128),
  * and each 32-bit lane's integer sum (4 products) is converted to float and
  * added into a vector accumulator with the scale of its sub-block. A
- * block's levels are decoded once for up to 4 activation rows; each row
+ * block's levels are decoded once for up to 4 activation rows (8 for the
+ * K-quants, whose decoding is dearer); each row
  * runs exactly the same operations whatever the number of rows, so results
  * do not depend on the batch.
  *
@@ -25,15 +26,15 @@
  *   (hsum below). Q4_K's and Q5_K's minimum term, (dmin * m) * (activation
  *   scale * 32-value activation sum), goes into a second accumulator of 8
  *   lanes (one per sub-block position), reduced the same way and
- *   subtracted at the end. The 32-value types other than Q8_0 go as Q8_0;
+ *   subtracted at the end; Q2_K's, (dmin * m) * (activation scale *
+ *   16-value activation sum), likewise in 16 lanes. The 32-value types other than Q8_0 go as Q8_0;
  *   Q4_1's and Q5_1's minimum term in 4 lanes (b32_rows).
- * Q2_K and Q3_K decode its integer levels to memory (quant_levels.h),
- * takes the 16-value sums with VNNI and scales them in the reference's
- * order, bit for bit. */
+ */
 #include <immintrin.h>
 #include <string.h>
 
 #include "base/numeric.h"
+#include "base/util.h"
 #include "quant.h"
 #include "quant_levels.h"
 
@@ -191,6 +192,7 @@ INLINE void q45_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int 
         const __m256 mnf = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), u8x8_ps(mn));
         __m512i wz[4];
         const __m512i qh = five ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 16))) : m4;
+#pragma GCC unroll 4
         for (int c = 0; c < 4; c++) {
             const __m512i raw = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + (five ? 48 : 16) + 32 * c)));
             wz[c] = _mm512_and_si512(_mm512_srlv_epi16(raw, shift), m4);
@@ -224,6 +226,125 @@ INLINE void q5_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
     q45_k_rows(w, act, stride, nr, K, out, 1);
 }
 
+/* ---- Q2_K, Q3_K: 84- and 110-byte blocks of 256 ------------------------------ */
+
+/* Value 128h + 32j + l has its low 2 bits at bits 2j of qs[32h + l] (Q2_K:
+ * all of its level, 0..3; Q3_K: with bit 4h + j of hmask[l] set, the level
+ * is those 2 bits, clear, they minus 4). The 32 bytes qs[32h..], copied to
+ * both halves and shifted by 4i' and 4i' + 2 (per half), give j = 2i' and
+ * 2i' + 1: register i = 2h + i' holds values 64i..64i+63 in order, lanes
+ * 4j..4j+3 sub-block 4i + j (as Q6_K). The idx tables are Q6_K's. */
+static inline void k16_idx(__m512i *idx_half, __m512i idx[4]) {
+    *idx_half = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    for (int i = 0; i < 4; i++)
+        idx[i] = _mm512_add_epi32(_mm512_set1_epi32(4 * i),
+                                  _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
+}
+
+/* The shift counts of register 2h + i' (above): 4i' and 4i' + 2. */
+static inline void q23_shifts(__m512i shift[2]) {
+    for (int ip = 0; ip < 2; ip++)
+        shift[ip] = _mm512_inserti64x4(_mm512_set1_epi16((short)(4 * ip)), _mm256_set1_epi16((short)(4 * ip + 2)), 1);
+}
+
+/* The 2-bit fields of qs[32h..] for register 2h + i'. */
+INLINE __m512i q23_low2(const uint8_t *qs, int h, __m512i shift) {
+    const __m512i raw = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * h)));
+    return _mm512_and_si512(_mm512_srlv_epi16(raw, shift), _mm512_set1_epi8(3));
+}
+
+/* Q2_K: levels unsigned, straight into vpdpbusd; the minimum term of
+ * sub-block k, (dmin * m[k]) * (activation scale * 16-value activation
+ * sum), in lane k of a second accumulator. */
+INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    __m512 acc[8][2], accm[8];
+    struct arow a[8];
+    for (int r = 0; r < nr; r++) {
+        acc[r][0] = acc[r][1] = accm[r] = _mm512_setzero_ps();
+        a[r] = arow_at(act, stride, r, K);
+    }
+    __m512i idx_half, idx[4];
+    k16_idx(&idx_half, idx);
+    __m512i shift[2];
+    q23_shifts(shift);
+    for (int blk = 0; blk < K / 256; blk++, w += 84) {
+        const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(w + 80))); /* d, dmin */
+        const __m512i sm = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)w));
+        const __m512 scf = _mm512_mul_ps(_mm512_broadcastss_ps(dm),
+                                         _mm512_cvtepi32_ps(_mm512_and_si512(sm, _mm512_set1_epi32(15))));
+        const __m512 mnf = _mm512_mul_ps(_mm512_broadcastss_ps(_mm_movehdup_ps(dm)),
+                                         _mm512_cvtepi32_ps(_mm512_srli_epi32(sm, 4)));
+        __m512i wz[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) wz[i] = q23_low2(w + 16, i >> 1, shift[i & 1]);
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++) {
+            const __m512 da = _mm512_permutexvar_ps(idx_half, _mm512_castps256_ps512(_mm256_loadu_ps(a[r].d + 8 * blk)));
+            const __m512 S = _mm512_mul_ps(scf, da);
+            const int8_t *q = a[r].q + 256 * blk;
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) {
+                const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wz[i], _mm512_loadu_si512(q + 64 * i));
+                acc[r][i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[i], S), acc[r][i & 1]);
+            }
+            const __m512 sf = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(a[r].s + 16 * blk))));
+            accm[r] = _mm512_fmadd_ps(mnf, _mm512_mul_ps(da, sf), accm[r]);
+        }
+    }
+    for (int r = 0; r < nr; r++) out[r] = hsum16(_mm512_add_ps(acc[r][0], acc[r][1])) - hsum16(accm[r]);
+}
+
+/* Q3_K: levels -4..3 go in as |w| with the activation taking w's sign
+ * (as Q6_K); the high bit of value 128h + 32j + l is bit 4h + j of
+ * hmask[l], so register 2h + i' tests bits 4h + 2i' (low half) and
+ * 4h + 2i' + 1 (high half) of hmask copied to both halves. */
+INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    __m512 acc[8][2];
+    struct arow a[8];
+    for (int r = 0; r < nr; r++) {
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        a[r] = arow_at(act, stride, r, K);
+    }
+    __m512i idx_half, idx[4];
+    k16_idx(&idx_half, idx);
+    const __m512i four = _mm512_set1_epi8(4);
+    __m512i shift[2], sel[4];
+    q23_shifts(shift);
+    for (int i = 0; i < 4; i++) {
+        const int bit = 4 * (i >> 1) + 2 * (i & 1);
+        sel[i] = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << bit)), _mm256_set1_epi8((char)(1 << (bit + 1))), 1);
+    }
+    for (int blk = 0; blk < K / 256; blk++, w += 110) {
+        const __m512i hm = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)w));
+        __m512i aw[4];
+        __mmask64 neg[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            const __m512i low = q23_low2(w + 32, i >> 1, shift[i & 1]);
+            const __m512i v = _mm512_mask_sub_epi8(low, _mm512_testn_epi8_mask(hm, sel[i]), low, four);
+            aw[i] = _mm512_abs_epi8(v);
+            neg[i] = _mm512_movepi8_mask(v);
+        }
+        const __m512 d = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(ld16(w + 108))));
+        const __m512i sc = _mm512_sub_epi32(_mm512_cvtepu8_epi32(k3_scales(w + 96)), _mm512_set1_epi32(32));
+        const __m512 scf = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++) {
+            const __m512 da = _mm512_permutexvar_ps(idx_half, _mm512_castps256_ps512(_mm256_loadu_ps(a[r].d + 8 * blk)));
+            const __m512 S = _mm512_mul_ps(scf, da);
+            const int8_t *q = a[r].q + 256 * blk;
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) {
+                const __m512i qv = _mm512_loadu_si512(q + 64 * i);
+                const __m512i sq = _mm512_mask_sub_epi8(qv, neg[i], _mm512_setzero_si512(), qv);
+                const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw[i], sq);
+                acc[r][i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[i], S), acc[r][i & 1]);
+            }
+        }
+    }
+    for (int r = 0; r < nr; r++) out[r] = hsum16(_mm512_add_ps(acc[r][0], acc[r][1]));
+}
+
 /* ---- Q6_K: 210-byte blocks of 256 -------------------------------------------- */
 
 /* Value 128h + 32k + l: low 4 bits in ql[64h + 32(k&1) + l] (low nibble
@@ -251,6 +372,7 @@ INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
     for (int blk = 0; blk < K / 256; blk++, w += 210) {
         __m512i aw[4];
         __mmask64 neg[4];
+#pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
             const __m512i l = _mm512_loadu_si512(w + 64 * h);
             const __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 128 + 32 * h)));
@@ -317,28 +439,6 @@ void dsv_q8_act_quant_avx512(void *act, const void *x, int x_bf16, int K) {
     }
 }
 
-/* ---- the other types: levels in memory, the reference's order -------------- */
-
-/* n/16 sums of 16 products of signed levels and activations (n = 32 or 256). */
-static inline void isums512(const int8_t *w, const int8_t *q, int32_t *out, int n) {
-    int32_t lanes[16];
-    for (int c = 0; c < n / 64; c++) {
-        const __m512i wv = _mm512_loadu_si512(w + 64 * c), qv = _mm512_loadu_si512(q + 64 * c);
-        const __mmask64 neg = _mm512_movepi8_mask(wv);
-        const __m512i sq = _mm512_mask_sub_epi8(qv, neg, _mm512_setzero_si512(), qv);
-        _mm512_storeu_si512(lanes, _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(wv), sq));
-        for (int g = 0; g < 4; g++) out[4 * c + g] = lanes[4 * g] + lanes[4 * g + 1] + lanes[4 * g + 2] + lanes[4 * g + 3];
-    }
-    if (n == 32) {
-        const __m256i wv = _mm256_loadu_si256((const __m256i *)w), qv = _mm256_loadu_si256((const __m256i *)q);
-        _mm256_storeu_si256((__m256i *)lanes, _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv),
-                                                                  _mm256_sign_epi8(qv, wv)));
-        for (int g = 0; g < 2; g++) out[g] = lanes[4 * g] + lanes[4 * g + 1] + lanes[4 * g + 2] + lanes[4 * g + 3];
-    }
-}
-
-Q_DOT_LEVELS(dot_levels, isums512)
-
 /* A weight row against n activation rows, 8 at a time for the K-quants
  * (their decoding is dearer), 4 for the 32-value types (the same code per
  * row whatever the group, see above). */
@@ -377,8 +477,10 @@ void dsv_q_dot_rows_avx512(uint32_t type, const void *w, const void *act, size_t
     case DSV_GGML_IQ4_NL: ROWS_BY_4(iq4_nl_rows) return;
     case DSV_GGML_Q4_K: ROWS_BY_8(q4_k_rows) return;
     case DSV_GGML_Q5_K: ROWS_BY_8(q5_k_rows) return;
+    case DSV_GGML_Q2_K: ROWS_BY_8(q2_k_rows) return;
+    case DSV_GGML_Q3_K: ROWS_BY_8(q3_k_rows) return;
     case DSV_GGML_Q6_K: ROWS_BY_8(q6_k_rows) return;
-    default: dot_levels(type, w, act, stride, n, K, out);
+    default: DSV_ASSERT(!"a block type without a kernel"); /* quant.c passes only the types above */
     }
 }
 
