@@ -62,6 +62,7 @@ struct dsv_context {
     int phase;
     uint64_t phase_t0;
     uint64_t sel_ns[2];        /* indexer scoring / selection time seen by thread 0 */
+    unsigned long long pool_runs0, pool_barriers0; /* the pool's counts at the last reset */
 
     /* Per-call token table [n_batch], and the call's entries (each a run of
      * rows of one sequence) [n_seq]. */
