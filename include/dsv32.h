@@ -336,6 +336,9 @@ typedef struct dsv_context_stats {
      * it gathered to rank 0. */
     uint64_t comm_sum_bytes, comm_gather_bytes;
     uint64_t n_comm;              /* sums and gathers */
+    /* Thread-pool runs that woke the other threads, and the barriers inside
+     * them: each makes every thread wait for the slowest (0 with one thread). */
+    uint64_t n_pool_runs, n_pool_barriers;
 } dsv_context_stats;
 
 /* Copies the statistics since the context opened or was last reset. */

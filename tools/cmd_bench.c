@@ -209,6 +209,9 @@ static void report(struct bench *b, const char *phase, int mode, int depth, int 
             pk, pk > 0 ? 100 * lin_tf / pk : 0, (unsigned long long)rss);
     if (lat) fprintf(b->table, " | %7.2f %7.2f %7.2f %7.2f\n", pct[0], pct[1], pct[2], pct[3]);
     else fprintf(b->table, " | %7s %7s %7s %7s\n", "-", "-", "-", "-");
+    if (s->n_pool_runs)
+        fprintf(b->table, "        thread pool: %.1f runs and %.1f barriers per token\n", (double)s->n_pool_runs * per,
+                (double)s->n_pool_barriers * per);
     const int ranks = dsv_parallel_size();
     if (ranks > 1)
         fprintf(b->table, "        %d ranks: %.3f ms/tok communicating (%.1f sums and gathers, %.1f KB summed, "
@@ -223,7 +226,7 @@ static void report(struct bench *b, const char *phase, int mode, int depth, int 
            "\"attn_ms\":%.6g,\"indexer_ms\":%.6g,\"topk_ms\":%.6g,\"attention_ms\":%.6g,\"linear_ms\":%.6g,"
            "\"moe_ms\":%.6g,\"other_ms\":%.6g,\"weight_bytes_per_tok\":%.0f,\"gbs\":%.6g,\"mem_gbs\":%.6g,"
            "\"bound_tok_s\":%.6g,\"kv_bytes_per_tok\":%llu,\"kv_read_bytes_per_tok\":%.0f,\"keys_per_tok\":%.6g,"
-           "\"linear_tflops\":%.6g,\"amx_tflops\":",
+           "\"linear_tflops\":%.6g,\"pool_runs_per_tok\":%.6g,\"pool_barriers_per_tok\":%.6g,\"amx_tflops\":",
            name ? name : "null", b->wlabel, b->wmix, dsv_context_kernels(b->ctx[mode == MODE_DENSE]),
            b->threads, phase,
            mode_name(mode),
@@ -231,7 +234,8 @@ static void report(struct bench *b, const char *phase, int mode, int depth, int 
            depth, n, secs, n / secs, 1e3 * secs * per, attn_ms, s->ns[DSV_PHASE_INDEXER] * ms,
            s->ns[DSV_PHASE_TOPK] * ms, s->ns[DSV_PHASE_ATTN] * ms, s->ns[DSV_PHASE_LINEAR] * ms,
            s->ns[DSV_PHASE_MOE] * ms, s->ns[DSV_PHASE_OTHER] * ms, wbytes, gbs, b->mem_gbs,
-           wbytes > 0 ? b->mem_gbs * 1e9 / wbytes : 0, (unsigned long long)s->kv_token_bytes, kv_read, keys, lin_tf);
+           wbytes > 0 ? b->mem_gbs * 1e9 / wbytes : 0, (unsigned long long)s->kv_token_bytes, kv_read, keys, lin_tf,
+           (double)s->n_pool_runs * per, (double)s->n_pool_barriers * per);
     if (b->amx_tflops > 0) printf("%.6g", b->amx_tflops);
     else printf("null");
     /* The level's peak, and each unit's (null where the CPU lacks it). */

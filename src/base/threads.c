@@ -116,6 +116,8 @@ struct dsv_pool {
     wait_word done;         /* workers finished with the current run */
     wait_word bar_phase;    /* bumped when all threads reach a barrier */
     atomic_int bar_count;
+    unsigned long long runs;          /* the caller's alone */
+    atomic_ullong barriers;           /* bumped by each barrier's last thread */
 };
 
 static void *worker_main(void *p) {
@@ -139,6 +141,7 @@ int dsv_pool_init(dsv_pool **out, int n_threads) {
     ww_init(&pool->gen);
     ww_init(&pool->done);
     ww_init(&pool->bar_phase);
+    atomic_init(&pool->barriers, 0);
     pool->workers = calloc((size_t)n_threads, sizeof *pool->workers);
     if (!pool->workers) {
         free(pool);
@@ -178,6 +181,7 @@ void dsv_pool_run(dsv_pool *pool, dsv_task_fn fn, void *arg) {
         fn(arg, 0, 1);
         return;
     }
+    pool->runs++;
     pool->fn = fn;
     pool->arg = arg;
     atomic_store_explicit(&pool->done.v, 0, memory_order_relaxed);
@@ -195,9 +199,15 @@ void dsv_pool_barrier(dsv_pool *pool) {
     unsigned phase = atomic_load_explicit(&pool->bar_phase.v, memory_order_acquire);
     if (atomic_fetch_add(&pool->bar_count, 1) == pool->n - 1) {
         atomic_store_explicit(&pool->bar_count, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&pool->barriers, 1, memory_order_relaxed);
         atomic_fetch_add(&pool->bar_phase.v, 1);
         ww_wake(&pool->bar_phase);
         return;
     }
     ww_wait(&pool->bar_phase, phase);
+}
+
+void dsv_pool_counts(const dsv_pool *pool, unsigned long long *runs, unsigned long long *barriers) {
+    *runs = pool->runs;
+    *barriers = atomic_load_explicit(&((dsv_pool *)pool)->barriers, memory_order_relaxed);
 }

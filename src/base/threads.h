@@ -20,6 +20,9 @@ int dsv_pool_size(const dsv_pool *pool);
 void dsv_pool_run(dsv_pool *pool, dsv_task_fn fn, void *arg);
 /* All nth threads of the running task must call it the same number of times. */
 void dsv_pool_barrier(dsv_pool *pool);
+/* Since the pool started: the runs that woke other threads, and the
+ * barriers inside them (each a wait of every thread for the slowest). */
+void dsv_pool_counts(const dsv_pool *pool, unsigned long long *runs, unsigned long long *barriers);
 
 /* Splits [0, n) into nth near-equal contiguous parts; part ith is [*b, *e). */
 static inline void dsv_split(long n, int ith, int nth, long *b, long *e) {

@@ -62,6 +62,7 @@ struct dsv_context {
     int phase;
     uint64_t phase_t0;
     uint64_t sel_ns[2];        /* indexer scoring / selection time seen by thread 0 */
+    unsigned long long pool_runs0, pool_barriers0; /* the pool's counts at the last reset */
 
     /* Per-call token table [n_batch], and the call's entries (each a run of
      * rows of one sequence) [n_seq]. */
@@ -175,9 +176,11 @@ void dsv_lin_f32(dsv_context *ctx, float *y, const float *x, const dsv_linear *w
 
 /* Inputs of at most DSV_LIN_SMALL rows (decoding) run a group of linear
  * layers in one pool run, packed on the caller into DSV_LIN_SLOTS slots
- * (jobs with the same input share one). */
+ * (jobs with the same input share one). 16 slots let one MoE wave hold a
+ * token's 8 routed experts and the shared one (DeepSeek-V3.2), so decoding
+ * runs all expert work in two pool runs: up projections, down projections. */
 #define DSV_LIN_SMALL 16
-#define DSV_LIN_SLOTS 8
+#define DSV_LIN_SLOTS 16
 #define DSV_LIN_JOBS 32
 #define DSV_MOE_WAVE DSV_LIN_SLOTS
 /* One layer of a group: bf16 (y, x) as dsv_lin, or fp32 (yf, xf) as

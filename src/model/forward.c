@@ -446,6 +446,13 @@ void dsv_context_get_stats(const dsv_context *ctx, dsv_context_stats *out) {
     /* Per query: its latent records and the indexer keys and scales it scored. */
     out->kv_read_bytes = ctx->stats.n_keys * ctx->kv.lat_bytes + ctx->stats.n_index_keys * (ctx->kv.idx_dim + 4u);
     out->kv_token_bytes = ctx->kv.page_bytes / DSV_PAGE;
+    unsigned long long runs, bars;
+    dsv_pool_counts(ctx->pool, &runs, &bars);
+    out->n_pool_runs = runs - ctx->pool_runs0;
+    out->n_pool_barriers = bars - ctx->pool_barriers0;
 }
 
-void dsv_context_reset_stats(dsv_context *ctx) { memset(&ctx->stats, 0, sizeof ctx->stats); }
+void dsv_context_reset_stats(dsv_context *ctx) {
+    memset(&ctx->stats, 0, sizeof ctx->stats);
+    dsv_pool_counts(ctx->pool, &ctx->pool_runs0, &ctx->pool_barriers0);
+}

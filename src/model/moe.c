@@ -9,8 +9,10 @@
  * order as the reference loops them, plus the shared expert, then bf16.
  * Tokens are grouped by expert, so each expert's weights are read once per
  * call whatever the number of tokens. A call of a few tokens (decoding)
- * runs its experts in waves: the up projections of a wave's experts in one
- * pool run, their down projections in another, each expert's output kept
+ * runs its experts in waves of up to DSV_MOE_WAVE (a decoded token's routed
+ * experts and the shared one fit in one): the up projections of a wave's
+ * experts in one pool run, their down projections in another, the threads
+ * taking chunks of any expert's rows as they come free, each expert's output kept
  * apart so that the weighted sum still adds them in index order. In a model
  * split across processes a rank adds only its experts and its part of the
  * shared experts, and the ranks' fp32 sums are summed before the bf16
@@ -80,8 +82,10 @@ void dsv_mlp_forward(dsv_context *ctx, const dsv_expert *e, int inter, dsv_bf16 
         memset(out, 0, (size_t)m * (size_t)ctx->c->dim * sizeof *out);
         return;
     }
-    dsv_lin(ctx, ctx->ex_h1, inter, x, &e->w1, m);
-    dsv_lin(ctx, ctx->ex_h3, inter, x, &e->w3, m);
+    /* w1 and w3 read the same input: one group (one pool run when decoding). */
+    const dsv_lin_job up[2] = {{.w = &e->w1, .m = m, .y = ctx->ex_h1, .ldy = inter, .x = x},
+                               {.w = &e->w3, .m = m, .y = ctx->ex_h3, .ldy = inter, .x = x}};
+    dsv_lin_group(ctx, up, 2);
     dsv_ctx_for(ctx, m, swiglu_rows, &a);
     dsv_lin(ctx, out, ctx->c->dim, ctx->ex_h1, &e->w2, m);
 }
