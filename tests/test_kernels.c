@@ -343,7 +343,10 @@ TEST_FAST_LEVELS(kernels_linear_bf16) {
  * tile heights (6 on avx512), odd output counts that leave edge tiles,
  * K tails (bf16: not a multiple of 32), and K long enough that the fp8
  * path widens fewer weight rows at a time than a 128-row scale block
- * holds (groups that end inside a block). */
+ * holds (groups that end inside a block). avx2's fp8 tiles are 4 weight
+ * rows x 3 input rows over panels of 48 weight rows, chunks of 8 blocks
+ * of K and passes of 126 input rows: 150 outputs end on a 2-row tile,
+ * K = 1280 ends on a short chunk, and 130 rows take two passes. */
 TEST_FAST_LEVELS(kernels_linear_prefill_tiles) {
     const dsv_kernels *sets[3];
     int ns = fast_sets(sets);
@@ -356,6 +359,7 @@ TEST_FAST_LEVELS(kernels_linear_prefill_tiles) {
         }
     check_linear(sets, ns, DSV_DT_BF16, 19, 45, 4000);
     check_linear(sets, ns, DSV_DT_F8_E4M3, 19, 150, 7168);
+    check_linear(sets, ns, DSV_DT_F8_E4M3, 130, 50, 1280);
     check_linear(sets, ns, DSV_DT_F16, 13, 9, 70);
     check_linear(sets, ns, DSV_DT_F32, 13, 9, 70);
     report("linear prefill tiles");

@@ -7,13 +7,14 @@
  * fixed reduction tree. An element's order depends only on its own row and
  * weight row; the tile shapes (4 weight rows x 1 input row, 2 x 2, 3 x 3,
  * and their edges) only share loads, so batching and thread splits never
- * change a result. With 16 vector registers the tiles are small (fp8 tiles
- * stay at 2 x 2: each element holds three accumulators), which makes large
- * batches slower than on AVX-512. A single input row (decoding) takes one weight row at a
- * time: one sequential stream, which the hardware prefetchers follow
- * (fp8 m=1: 1.8x the bandwidth of 4 interleaved rows, tools/kbench).
- * Prefill (more than 2 rows) of bf16, f16 and f32 weights runs 3 x 3 tiles
- * over blocks of weight rows kept in L2. e4m3 codes widen through
+ * change a result. With 16 vector registers the tiles are small, which
+ * makes large batches slower than on AVX-512. A single input row (decoding)
+ * takes one weight row at a time: one sequential stream, which the hardware
+ * prefetchers follow (fp8 m=1: 1.8x the bandwidth of 4 interleaved rows,
+ * tools/kbench). Prefill (more than 2 rows) of bf16, f16 and f32 weights
+ * runs 3 x 3 tiles over blocks of weight rows kept in L2; fp8 prefill (more
+ * than 4 rows) widens panels of weight rows once into the thread's scratch
+ * and runs 4 x 3 tiles over them (fp8_prefill). e4m3 codes widen through
  * F16C (the code's bits are an fp16 of value * 2^-8), so no floating-point
  * operation ever sees a subnormal (a microcode assist on Intel cores).
  * The row ops (norms, RoPE, Hadamard, SwiGLU) are the reference's. */
@@ -413,10 +414,145 @@ static inline __attribute__((always_inline)) void fp8_tile(dsv_bf16 *y, int ldy,
         if (r < nr && c < mr) y[(size_t)(i + c) * ldy + n + r] = dsv_f32_to_bf16(hsum8(tot[r][c]));
 }
 
+/* ---- fp8 prefill (more than 4 input rows) ----------------------------------
+ * The decoding tiles above widen every e4m3 code once per tile and hold
+ * three accumulators per element (the block's two chains and the total), so
+ * their 2 x 2 tiles ran at 29% of the FMA peak (now about 60%, bench/kbench.c). Here a panel of up to
+ * F8P_NP weight rows (one 128-row scale block) is widened once into the
+ * thread's scratch, as fp32 value * 2^-8 (e4m3x8_scaled's values), for a
+ * chunk of F8P_KCB 128-wide blocks, and input rows pass over it in
+ * 4 x 3 register tiles (12 accumulators, 3 weight vectors and an input
+ * vector of the 16 registers). Each element still runs fp8_tile's
+ * sequence: per block the even 8-wide steps chain from zero, then the odd
+ * ones, the two are added and promoted as tot += blk * (xs * ws * 256); the
+ * tile computes the even chains of all its elements first (kept on the
+ * stack), then the odd ones, so only one accumulator per element is live.
+ * The totals wait in the scratch between blocks and chunks (an fp32 store
+ * and load change nothing), and one hsum8 ends the last chunk. Within a
+ * block the widened weights are stored even steps first, so each chain
+ * reads them contiguously. */
+#define F8P_NR 4
+#define F8P_MR 3 /* 4 x 3 measured 1.1x 3 x 3 at K = 7168 (bench/kbench.c) */
+#define F8P_KCB 8  /* 128-wide blocks per chunk */
+#define F8P_NP 48  /* weight rows per panel (a multiple of F8P_NR) */
+#define F8P_LDW (F8P_KCB * DSV_QBLOCK)
+/* input rows per pass: the totals [F8P_MC][F8P_NP][8] fill the rest of the scratch */
+#define F8P_MC ((int)((DSV_LIN_SCRATCH - (size_t)F8P_NP * F8P_LDW * 4) / ((size_t)F8P_NP * 32)) / F8P_MR * F8P_MR)
+_Static_assert(F8P_MC >= F8P_MR, "fp8 prefill scratch");
+/* clang 14 unrolls the 8 steps of a chain and hoists their loads: kept
+ * rolled, 41 -> 55 GFLOPS per CPU-second (gcc: 72, bench/kbench.c). */
+#ifdef __clang__
+#define F8P_NO_UNROLL _Pragma("clang loop unroll(disable)")
+#else
+#define F8P_NO_UNROLL
+#endif
+
+/* One tile: weight rows n..n+nr (widened, rows F8P_LDW apart from wt),
+ * input rows i..i+mr, blocks [kb0, kb1); totals at st (element (c, r) at
+ * st + (c * F8P_NP + r) * 8), started at zero when first, written out when
+ * last. */
+static inline __attribute__((always_inline)) void fp8p_tile(dsv_bf16 *y, int ldy, const float *x, const float *xs,
+                                                            const float *wt, const float *ws, float *st, int K, int n,
+                                                            int i, int kb0, int kb1, int first, int last, int nr,
+                                                            int mr) {
+    const int nb = K / DSV_QBLOCK;
+    for (int kb = kb0; kb < kb1; kb++) {
+        const float *wb = wt + (size_t)(kb - kb0) * DSV_QBLOCK;
+        const float *xb = x + (size_t)i * K + (size_t)kb * DSV_QBLOCK;
+        __m256 even[F8P_NR][F8P_MR], acc[F8P_NR][F8P_MR];
+        UNROLL for (int e = 0; e < 2; e++) {
+            UNROLL for (int r = 0; r < F8P_NR; r++) UNROLL for (int c = 0; c < F8P_MR; c++) acc[r][c] = _mm256_setzero_ps();
+            F8P_NO_UNROLL for (int j = 0; j < 8; j++) {
+                __m256 wv[F8P_NR];
+                UNROLL for (int r = 0; r < F8P_NR; r++)
+                    wv[r] = r < nr ? _mm256_loadu_ps(wb + (size_t)r * F8P_LDW + 64 * e + 8 * j) : _mm256_setzero_ps();
+                UNROLL for (int c = 0; c < F8P_MR; c++) {
+                    if (c >= mr) continue;
+                    const __m256 xv = _mm256_loadu_ps(xb + (size_t)c * K + 16 * j + 8 * e);
+                    UNROLL for (int r = 0; r < F8P_NR; r++)
+                        if (r < nr) acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
+                }
+            }
+            if (e == 0) UNROLL for (int r = 0; r < F8P_NR; r++) UNROLL for (int c = 0; c < F8P_MR; c++) even[r][c] = acc[r][c];
+        }
+        UNROLL for (int c = 0; c < F8P_MR; c++) {
+            if (c >= mr) continue;
+            const __m256 t = _mm256_set1_ps(xs[(size_t)(i + c) * nb + kb] * ws[kb] * 256.0f);
+            UNROLL for (int r = 0; r < F8P_NR; r++) {
+                if (r >= nr) continue;
+                float *p = st + ((size_t)c * F8P_NP + r) * 8;
+                const __m256 tot = first && kb == kb0 ? _mm256_setzero_ps() : _mm256_loadu_ps(p);
+                _mm256_storeu_ps(p, _mm256_fmadd_ps(_mm256_add_ps(even[r][c], acc[r][c]), t, tot));
+            }
+        }
+    }
+    if (!last) return;
+    UNROLL for (int c = 0; c < F8P_MR; c++) UNROLL for (int r = 0; r < F8P_NR; r++)
+        if (r < nr && c < mr)
+            y[(size_t)(i + c) * ldy + n + r] = dsv_f32_to_bf16(hsum8(_mm256_loadu_ps(st + ((size_t)c * F8P_NP + r) * 8)));
+}
+
+/* fp8p_tile with constant shapes, each compiled on its own so the full
+ * tile's accumulators stay in registers. */
+static void fp8p_tiles(dsv_bf16 *y, int ldy, const float *x, const float *xs, const float *wt, const float *ws,
+                       float *st, int K, int n, int i, int kb0, int kb1, int first, int last, int nr, int mr) {
+#define F8P_CASE(NR_, MR_) \
+    case (NR_) * 4 + (MR_): fp8p_tile(y, ldy, x, xs, wt, ws, st, K, n, i, kb0, kb1, first, last, NR_, MR_); break
+    switch (nr * 4 + mr) {
+    F8P_CASE(4, 3); F8P_CASE(4, 2); F8P_CASE(4, 1);
+    F8P_CASE(3, 3); F8P_CASE(3, 2); F8P_CASE(3, 1);
+    F8P_CASE(2, 3); F8P_CASE(2, 2); F8P_CASE(2, 1);
+    F8P_CASE(1, 3); F8P_CASE(1, 2);
+    default: fp8p_tile(y, ldy, x, xs, wt, ws, st, K, n, i, kb0, kb1, first, last, 1, 1); break;
+    }
+#undef F8P_CASE
+}
+
+static void fp8_prefill(dsv_bf16 *y, int ldy, const float *x, const float *xs, const dsv_linear *w, int m, int n0,
+                        int n1, void *scratch) {
+    const int K = w->n_in, nb = K / DSV_QBLOCK;
+    float *wp = scratch, *st = wp + (size_t)F8P_NP * F8P_LDW;
+    for (int i0 = 0; i0 < m; i0 += F8P_MC) {
+        const int ie = m - i0 < F8P_MC ? m : i0 + F8P_MC;
+        for (int pn = n0; pn < n1;) {
+            int pe = (pn / DSV_QBLOCK + 1) * DSV_QBLOCK;
+            pe = pe > n1 ? n1 : pe;
+            pe = pe > pn + F8P_NP ? pn + F8P_NP : pe;
+            const float *ws = w->scale + (size_t)(pn / DSV_QBLOCK) * w->scale_ld;
+            for (int kc = 0; kc < nb; kc += F8P_KCB) {
+                const int ke = nb - kc < F8P_KCB ? nb : kc + F8P_KCB;
+                /* widen the panel's chunk: per block, the even 8-wide steps, then the odd */
+                for (int r = 0; r < pe - pn; r++) {
+                    const uint8_t *W = (const uint8_t *)w->w + (size_t)(pn + r) * w->ld + (size_t)kc * DSV_QBLOCK;
+                    float *d = wp + (size_t)r * F8P_LDW;
+                    for (int k = 0; k < (ke - kc) * DSV_QBLOCK; k += 16) {
+                        const int b = k & ~(DSV_QBLOCK - 1), j = (k % DSV_QBLOCK) / 16;
+                        _mm256_storeu_ps(d + b + 8 * j, e4m3x8_scaled(W + k));
+                        _mm256_storeu_ps(d + b + 64 + 8 * j, e4m3x8_scaled(W + k + 8));
+                    }
+                }
+                for (int i = i0; i < ie; i += F8P_MR) {
+                    const int mr = ie - i < F8P_MR ? ie - i : F8P_MR;
+                    for (int n = pn; n < pe; n += F8P_NR) {
+                        const int nr = pe - n < F8P_NR ? pe - n : F8P_NR;
+                        fp8p_tiles(y, ldy, x, xs, wp + (size_t)(n - pn) * F8P_LDW, ws,
+                                   st + ((size_t)(i - i0) * F8P_NP + (n - pn)) * 8, K, n, i, kc, ke, kc == 0,
+                                   ke == nb, nr, mr);
+                    }
+                }
+            }
+            pn = pe;
+        }
+    }
+}
+
 static void linear_fp8(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
                        void *scratch) {
-    (void)scratch;
     const float *x = xp, *xs = pack_scales((void *)xp, m, w->n_in);
+    if (m > 4) {
+        fp8_prefill(y, ldy, x, xs, w, m, n0, n1, scratch);
+        return;
+    }
     int n = n0;
     for (; n + 4 <= n1 && n % 4 == 0; n += 4) {
         if (m == 1) {
