@@ -360,6 +360,10 @@ TEST_FAST_LEVELS(kernels_linear_prefill_tiles) {
     check_linear(sets, ns, DSV_DT_BF16, 19, 45, 4000);
     check_linear(sets, ns, DSV_DT_F8_E4M3, 19, 150, 7168);
     check_linear(sets, ns, DSV_DT_F8_E4M3, 130, 50, 1280);
+    /* A range that ends inside a 128-row block more than a scratch's worth
+     * of rows (g = 27 at K = 7168) after the group's start: the group must
+     * stop at g rows, not at the range's end. */
+    check_linear(sets, ns, DSV_DT_F8_E4M3, 5, 100, 7168);
     check_linear(sets, ns, DSV_DT_F16, 13, 9, 70);
     check_linear(sets, ns, DSV_DT_F32, 13, 9, 70);
     report("linear prefill tiles");

@@ -516,7 +516,8 @@ static void fp8_prefill(dsv_bf16 *y, int ldy, const dsv_bf16 *x, const float *xs
     g = g > 64 ? 64 : g < 1 ? 1 : g;
     for (int nb = n0; nb < n1;) {
         int ne = (nb / DSV_QBLOCK + 1) * DSV_QBLOCK;
-        ne = ne > n1 ? n1 : ne > nb + g ? nb + g : ne;
+        ne = ne > n1 ? n1 : ne; /* the range's end, then the scratch's g rows */
+        ne = ne > nb + g ? nb + g : ne;
         for (int r = 0; r < ne - nb; r++) {
             const uint8_t *W = (const uint8_t *)w->w + (size_t)(nb + r) * w->ld;
             for (int k = 0; k < K; k += 32)
