@@ -1,0 +1,132 @@
+/* quant_b32.h: the kernels of the 32-value block types (Q8_0, Q4_0, Q4_1,
+ * Q5_0, Q5_1, IQ4_NL), one body for quant_avx2.c and quant_avx512.c: 256-bit
+ * registers either way, the levels' 8-bit dot product the only difference.
+ * Include from such a file after quant_levels.h, INLINE and
+ *   Q_DOT(u, q): 8 int32 lanes, each the sum of 4 products of the unsigned
+ *   bytes u and the signed bytes q (AVX2: maddubs + madd; VNNI: vpdpbusd),
+ * so both levels add the same integers in the same order. */
+#ifndef DSV_QUANT_B32_H
+#define DSV_QUANT_B32_H
+
+/* ---- Q8_0: 34-byte blocks, f16 d then 32 int8 ------------------------------ */
+
+/* Blocks four at a time: their four scales are converted together (F16C)
+ * and multiplied by the activations' four scales in one vector. */
+INLINE void q8_0_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    __m256 acc[4];
+    struct arow a[4];
+    for (int r = 0; r < nr; r++) {
+        acc[r] = _mm256_setzero_ps();
+        a[r] = arow_at(act, stride, r, K);
+    }
+    const int nb = K / 32;
+    int b = 0;
+    for (; b + 4 <= nb; b += 4, w += 4 * 34) {
+        const __m128 wd = _mm_cvtph_ps(_mm_setr_epi16((short)ld16(w), (short)ld16(w + 34), (short)ld16(w + 68),
+                                                      (short)ld16(w + 102), 0, 0, 0, 0));
+        float s[4][4];
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) _mm_storeu_ps(s[r], _mm_mul_ps(wd, _mm_loadu_ps(a[r].d + b)));
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 34 * j + 2));
+            const __m256i aw = _mm256_sign_epi8(wv, wv);
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                const __m256i qv = _mm256_loadu_si256((const __m256i *)(a[r].q + 32 * (b + j)));
+                const __m256i p = Q_DOT(aw, _mm256_sign_epi8(qv, wv));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[r][j]), acc[r]);
+            }
+        }
+    }
+    for (; b < nb; b++, w += 34) { /* K not a multiple of 128 */
+        const float wd = dsv_f16_to_f32(ld16(w));
+        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 2));
+        const __m256i aw = _mm256_sign_epi8(wv, wv);
+        for (int r = 0; r < nr; r++) {
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)(a[r].q + 32 * b));
+            const __m256i p = Q_DOT(aw, _mm256_sign_epi8(qv, wv));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd * a[r].d[b]), acc[r]);
+        }
+    }
+    for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]);
+}
+
+/* ---- Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL: 32-value blocks -------------------------- */
+
+/* As Q8_0, with the levels decoded in a register (quant_levels.h); Q4_1's
+ * and Q5_1's levels are unsigned and their minimum term, m * (activation
+ * scale * 32-value activation sum), goes into a 4-lane accumulator (block
+ * b % 4 in lane b % 4), added after the lanes of the main one. Signed
+ * levels go in as |w| <= 127 (IQ4_NL's grid), unsigned ones are at most 31,
+ * so AVX2's int16 pairs do not saturate. */
+INLINE void b32_rows(uint32_t t, const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    const size_t bs = dsv_ggml_bsize(t);
+    const int has_min = t == DSV_GGML_Q4_1 || t == DSV_GGML_Q5_1;
+    __m256 acc[4];
+    __m128 accm[4];
+    struct arow a[4];
+    for (int r = 0; r < nr; r++) {
+        acc[r] = _mm256_setzero_ps();
+        accm[r] = _mm_setzero_ps();
+        a[r] = arow_at(act, stride, r, K);
+    }
+    const __m128i ones = _mm_set1_epi16(1);
+    const int nb = K / 32;
+    for (int b = 0; b < nb; b++) {
+        const int four = b % 4 == 0 && b + 4 <= nb;
+        const int n4 = four ? 4 : 1; /* blocks in this step: 4, or 1 at the tail */
+        const uint8_t *x = w + (size_t)b * bs;
+        __m128 wd, wm = _mm_setzero_ps();
+        if (four) {
+            wd = _mm_cvtph_ps(_mm_setr_epi16((short)ld16(x), (short)ld16(x + bs), (short)ld16(x + 2 * bs),
+                                             (short)ld16(x + 3 * bs), 0, 0, 0, 0));
+            if (has_min)
+                wm = _mm_cvtph_ps(_mm_setr_epi16((short)ld16(x + 2), (short)ld16(x + bs + 2), (short)ld16(x + 2 * bs + 2),
+                                                 (short)ld16(x + 3 * bs + 2), 0, 0, 0, 0));
+        } else {
+            wd = _mm_set_ss(dsv_f16_to_f32(ld16(x)));
+            if (has_min) wm = _mm_set_ss(dsv_f16_to_f32(ld16(x + 2)));
+        }
+        float s[4][4];
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const __m128 da = four ? _mm_loadu_ps(a[r].d + b) : _mm_set_ss(a[r].d[b]);
+            _mm_storeu_ps(s[r], _mm_mul_ps(wd, da));
+            if (has_min) {
+                const __m128i s16 = four ? _mm_loadu_si128((const __m128i *)(a[r].s + 2 * b))
+                                         : _mm_cvtsi32_si128((int)ld32((const uint8_t *)(a[r].s + 2 * b)));
+                const __m128 sum = _mm_cvtepi32_ps(_mm_madd_epi16(s16, ones));
+                accm[r] = _mm_fmadd_ps(wm, _mm_mul_ps(da, sum), accm[r]);
+            }
+        }
+        for (int j = 0; j < n4; j++) {
+            const __m256i v = q_levels_32v(t, x + (size_t)j * bs);
+            const __m256i av = has_min ? v : _mm256_sign_epi8(v, v);
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                const __m256i qv = _mm256_loadu_si256((const __m256i *)(a[r].q + 32 * (b + j)));
+                const __m256i p = Q_DOT(av, has_min ? qv : _mm256_sign_epi8(qv, v));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[r][j]), acc[r]);
+            }
+        }
+        b += n4 - 1;
+    }
+    for (int r = 0; r < nr; r++) {
+        __m128 m = _mm_add_ps(accm[r], _mm_movehl_ps(accm[r], accm[r]));
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        out[r] = hsum8(acc[r]) + _mm_cvtss_f32(m);
+    }
+}
+
+#define B32_ROWS(T, name)                                                                           \
+    INLINE void name(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) { \
+        b32_rows(T, w, act, stride, nr, K, out);                                                    \
+    }
+B32_ROWS(DSV_GGML_Q4_0, q4_0_rows)
+B32_ROWS(DSV_GGML_Q4_1, q4_1_rows)
+B32_ROWS(DSV_GGML_Q5_0, q5_0_rows)
+B32_ROWS(DSV_GGML_Q5_1, q5_1_rows)
+B32_ROWS(DSV_GGML_IQ4_NL, iq4_nl_rows)
+
+#endif /* DSV_QUANT_B32_H */
