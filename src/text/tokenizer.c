@@ -550,14 +550,22 @@ static int build_vocab(dsv_tokenizer *t, const cJSON *vocab, const cJSON *added)
     }
     t->spell_off[n] = (uint32_t)off;
 
-    /* Added tokens: their content is their piece and overrides a vocabulary
-     * entry with the same id (DeepSeek lists BOS, EOS and pad in both). */
+    /* Added tokens: their content is their piece. DeepSeek lists BOS, EOS and
+     * pad in both tables under the same spelling; an id whose vocabulary entry
+     * spells something else would encode one text and decode another, so such
+     * a file is refused. */
     int i = 0;
     for (const cJSON *a = added ? added->child : NULL; a; a = a->next, i++) {
         id = (int32_t)cJSON_GetObjectItemCaseSensitive(a, "id")->valuedouble;
         const char *content = cJSON_GetObjectItemCaseSensitive(a, "content")->valuestring;
         if (t->flags[id] & TF_ADDED) {
             rc = dsv_error(DSV_ERR_FORMAT, "added_tokens[%d]: id %d is already given to '%s'", i, id, src[id]);
+            free(src);
+            return rc;
+        }
+        if (src[id] && strcmp(src[id], content)) {
+            rc = dsv_error(DSV_ERR_FORMAT, "added_tokens[%d]: id %d is '%.64s' here but '%.64s' in model.vocab", i, id,
+                           content, src[id]);
             free(src);
             return rc;
         }
