@@ -37,21 +37,35 @@ static void deal(int n, int granule, int rank, int size, int *lo, int *hi) {
     *hi = (int)DSV_MIN(b * granule, (long long)n);
 }
 
-void dsv_shard_plan(dsv_shard *sh, const dsv_config *c, int rank, int size) {
+/* Units of `width` elements each whose total width is a multiple of block. */
+static int block_granule(int width, int block) {
+    return block > 1 && width > 0 ? block / gcd(width, block) : 1;
+}
+
+void dsv_shard_plan_blocks(dsv_shard *sh, const dsv_config *c, int rank, int size, const dsv_shard_blocks *b) {
     memset(sh, 0, sizeof *sh);
     sh->rank = rank;
     sh->size = size;
-    int g_head = 1, g_hidden = 1;
-    if (c->fp8) {
+    int g_head = 1, g_inter = 1, g_shared = 1;
+    if (c->fp8 || b->fp8) {
         g_head = lcm(lcm(fp8_granule(c->qk_nope_head_dim + c->qk_rope_head_dim),
                          fp8_granule(c->qk_nope_head_dim + c->v_head_dim)), fp8_granule(c->v_head_dim));
-        g_hidden = DSV_QBLOCK;
+        g_inter = g_shared = DSV_QBLOCK;
     }
+    /* Block sizes are powers of two up to 256 (or 1), so the lcms stay small. */
+    g_head = lcm(g_head, block_granule(c->v_head_dim, b->o));
+    g_inter = lcm(g_inter, b->inter > 1 ? b->inter : 1);
+    g_shared = lcm(g_shared, b->shared > 1 ? b->shared : 1);
     deal(c->n_heads, g_head, rank, size, &sh->head0, &sh->head1);
-    deal(c->inter_dim, g_hidden, rank, size, &sh->inter0, &sh->inter1);
-    deal(c->n_shared_experts * c->moe_inter_dim, g_hidden, rank, size, &sh->shared0, &sh->shared1);
+    deal(c->inter_dim, g_inter, rank, size, &sh->inter0, &sh->inter1);
+    deal(c->n_shared_experts * c->moe_inter_dim, g_shared, rank, size, &sh->shared0, &sh->shared1);
     deal(c->n_routed_experts, 1, rank, size, &sh->expert0, &sh->expert1);
     deal(c->vocab_size, 1, rank, size, &sh->vocab0, &sh->vocab1);
+}
+
+void dsv_shard_plan(dsv_shard *sh, const dsv_config *c, int rank, int size) {
+    const dsv_shard_blocks none = {1, 1, 1, 0};
+    dsv_shard_plan_blocks(sh, c, rank, size, &none);
 }
 
 void dsv_shard_file_name(char *buf, size_t cap, int rank, int size) {

@@ -25,7 +25,12 @@
  * whose rows and columns start at multiples of 128; hidden units in blocks
  * of 128), as evenly as it can; a rank may then hold nothing of a part and
  * contributes zeros to its sum. For the real model at 2 to 16 ranks this is
- * exactly the reference's split. */
+ * exactly the reference's split.
+ *
+ * A GGUF file's block-quantized matrices can be cut by rows anywhere but by
+ * columns only between blocks (32 values, 256 for the K-quants), so its
+ * plan (dsv_shard_plan_blocks) also keeps o_proj's and the down projections'
+ * column cuts on the blocks of their types, the same way. */
 #ifndef DSV_SHARD_H
 #define DSV_SHARD_H
 
@@ -45,6 +50,16 @@ typedef struct dsv_shard {
 
 /* The part of `rank` of `size` (size 1: everything). */
 void dsv_shard_plan(dsv_shard *sh, const dsv_config *c, int rank, int size);
+
+/* Where column cuts may fall besides the fp8 blocks: a cut of o_proj's
+ * columns (heads * v_head_dim) on a multiple of `o`, of the dense MLP's
+ * down_proj on a multiple of `inter`, of the shared experts' down_proj on a
+ * multiple of `shared` (1: anywhere). fp8: plan as for an fp8 checkpoint
+ * whatever c->fp8 says (a GGUF file written from one, whose float linears
+ * quantize their inputs in the checkpoint's 128-wide groups, splits as the
+ * checkpoint does). */
+typedef struct dsv_shard_blocks { int o, inter, shared, fp8; } dsv_shard_blocks;
+void dsv_shard_plan_blocks(dsv_shard *sh, const dsv_config *c, int rank, int size, const dsv_shard_blocks *b);
 
 /* Per-rank shard files (dsv32 convert --model-parallel N): one safetensors
  * file per rank, "model<r>-mp<N>.safetensors", with Hugging Face tensor

@@ -13,7 +13,9 @@
  * and the row stride ld keeps the full width), or from this rank's shard
  * file (dsv32 convert), the tensor as stored, already cut. Either way the
  * same bytes end up in the same dsv_linear, so the two give the same
- * results bit for bit. Routed experts of other ranks are not looked up. */
+ * results bit for bit. Routed experts of other ranks are not looked up.
+ * A GGUF file (model_gguf.c) is cut the same way, by a plan that also
+ * respects its types' blocks. */
 #include <math.h>
 #include <string.h>
 
@@ -220,33 +222,42 @@ dsv_model_params dsv_model_default_params(void) {
     return p;
 }
 
+/* Sets m->sh, n_local_heads and par_vocab: this rank's part of m->cfg in
+ * m->coll's group, column cuts on `b`'s blocks (format/shard.h). */
+static int plan(dsv_model *m, const dsv_shard_blocks *b, const char *what) {
+    const int rank = m->coll->rank, size = m->coll->size;
+    dsv_shard_plan_blocks(&m->sh, &m->cfg, rank, size, b);
+    m->n_local_heads = m->sh.head1 - m->sh.head0;
+    if (size > 1) {
+        if (!(m->par_vocab = malloc(2 * (size_t)size * sizeof *m->par_vocab)))
+            return dsv_error(DSV_ERR_NOMEM, "%s: out of memory", what);
+        for (int r = 0; r < size; r++) {
+            dsv_shard o;
+            dsv_shard_plan_blocks(&o, &m->cfg, r, size, b);
+            m->par_vocab[r] = o.vocab0;
+            m->par_vocab[size + r] = o.vocab1 - o.vocab0;
+        }
+    }
+    return DSV_OK;
+}
+
 /* Loads this rank's part: the whole model in a group of one. */
 static int load(dsv_model *m, const char *dir, const dsv_model_params *params) {
     const size_t n = strlen(dir);
+    int st;
     if (n > 5 && !strcmp(dir + n - 5, ".gguf")) {
-        if (m->coll->size > 1)
-            return dsv_error(DSV_ERR_UNSUPPORTED, "%s: a GGUF model runs in one process, not split across %d",
-                             dir, m->coll->size);
+        dsv_shard_blocks blocks;
+        if ((st = dsv_model_open_gguf(m, dir, params, &blocks)) || (st = plan(m, &blocks, dir))) return st;
         return dsv_model_load_gguf(m, dir, params);
     }
-    int st = dsv_config_load(&m->cfg, dir);
+    st = dsv_config_load(&m->cfg, dir);
     if (st) return st;
     dsv_config *c = &m->cfg;
     if (params->scale_fmt == DSV_SCALE_FMT_NONE || params->scale_fmt == DSV_SCALE_FMT_UE8M0)
         c->scale_fmt = params->scale_fmt;
     const int rank = m->coll->rank, size = m->coll->size;
-    dsv_shard_plan(&m->sh, c, rank, size);
-    m->n_local_heads = m->sh.head1 - m->sh.head0;
-    if (size > 1) {
-        if (!(m->par_vocab = malloc(2 * (size_t)size * sizeof *m->par_vocab)))
-            return dsv_error(DSV_ERR_NOMEM, "%s: out of memory", dir);
-        for (int r = 0; r < size; r++) {
-            dsv_shard o;
-            dsv_shard_plan(&o, c, r, size);
-            m->par_vocab[r] = o.vocab0;
-            m->par_vocab[size + r] = o.vocab1 - o.vocab0;
-        }
-    }
+    const dsv_shard_blocks blocks = {1, 1, 1, 0};
+    if ((st = plan(m, &blocks, dir))) return st;
 
     /* This rank's shard file if dir holds them (dsv32 convert), else the
      * checkpoint itself. */

@@ -65,8 +65,18 @@ struct dsv_model {
     uint64_t weight_bytes;      /* bytes of matrices the forward pass streams */
 };
 
-/* Loads a GGUF file or split set into m (model_gguf.c); the caller frees m
- * on failure as after a failed safetensors load. */
+/* A GGUF file or split set (model_gguf.c), in two steps around the plan:
+ * open reads the metadata into m->cfg and says where column cuts may fall
+ * (a collective: the ranks check they hold the same file); load, once m->sh
+ * is this rank's part, maps the part. The caller frees m on failure as
+ * after a failed safetensors load. */
+int dsv_model_open_gguf(dsv_model *m, const char *path, const dsv_model_params *params, dsv_shard_blocks *blocks);
 int dsv_model_load_gguf(dsv_model *m, const char *path, const dsv_model_params *params);
+/* DSV_OK when columns [lo, hi) of a GGUF tensor of `type` whose rows are
+ * n_in long start and end between its blocks (the end of a row counts),
+ * else DSV_ERR_UNSUPPORTED with a message naming the file, the tensor, the
+ * type and the cut (model_gguf.c; checked for every column cut of a split). */
+int dsv_model_gguf_check_cut(const char *path, const char *name, uint32_t type, int n_in, int lo, int hi, int rank,
+                             int size);
 
 #endif

@@ -32,8 +32,16 @@
  * (dsv_linear.act_fp8, kernels linear_fp8x), which with BF16 weights of a
  * ue8m0 checkpoint gives the safetensors model's results.
  *
- * Not here: models split across processes, MTP layers (never looked up),
- * DeepSeek-V2-Lite's layout (no q LoRA). */
+ * Split across processes (format/shard.h), every rank maps the same file
+ * and points only at its part: rows of a matrix are cut anywhere, columns
+ * (o_proj, the down projections) only between blocks of the tensor's type,
+ * so the plan is made from the file's types (cut_blocks) and every cut is
+ * checked against its tensor's type before it is mapped. Of what is
+ * converted at load, only this rank's heads of wkv_b and its vocabulary rows
+ * of a quantized token_embd are built.
+ *
+ * Not here: MTP layers (never looked up), DeepSeek-V2-Lite's layout (no q
+ * LoRA). */
 #include <stdarg.h>
 #include <string.h>
 
@@ -41,6 +49,13 @@
 #include "format/gguf.h"
 #include "kernels/quant.h"
 #include "base/util.h"
+
+/* The part of a matrix this rank maps: rows or columns [lo, hi), or all. */
+enum { CUT_NONE, CUT_ROWS, CUT_COLS };
+typedef struct cut { int axis, lo, hi; } cut;
+static const cut WHOLE = {CUT_NONE, 0, 0};
+static cut rows_of(int lo, int hi) { return (cut){CUT_ROWS, lo, hi}; }
+static cut cols_of(int lo, int hi) { return (cut){CUT_COLS, lo, hi}; }
 
 typedef struct gloader {
     dsv_model *m;
@@ -82,38 +97,71 @@ static int vec(gloader *L, const float **out, const char *name, int64_t n) {
     return DSV_OK;
 }
 
-/* Points a dsv_linear at rows of a tensor: [n_out, n_in] starting at row0 of
- * a tensor whose rows are n_in long. */
-static void set_linear(gloader *L, dsv_linear *out, const dsv_gguf_tensor *t, int n_out, int n_in, int64_t row0) {
+int dsv_model_gguf_check_cut(const char *path, const char *name, uint32_t type, int n_in, int lo, int hi, int rank,
+                             int size) {
+    const int blk = dsv_ggml_blck(type);
+    if (blk <= 1 || (lo % blk == 0 && (hi % blk == 0 || hi == n_in))) return DSV_OK;
+    return dsv_error(DSV_ERR_UNSUPPORTED,
+                     "%s: tensor '%s' is %s (blocks of %d columns) and cannot be split at columns [%d, %d) of %d for "
+                     "rank %d of %d", path, name, dsv_ggml_name(type), blk, lo, hi, n_in, rank, size);
+}
+
+/* Points a dsv_linear at a matrix of a tensor: [n_out, n_in] starting at
+ * row0 of a tensor whose rows are n_in long, cut to this rank's part `k`
+ * (rows: the start moves; columns: the start moves and ld keeps the row
+ * length). An empty part is a zero-size weight, as model.c's. */
+static int set_linear(gloader *L, dsv_linear *out, const dsv_gguf_tensor *t, int n_out, int n_in, int64_t row0,
+                      cut k) {
     memset(out, 0, sizeof *out);
+    if (k.axis != CUT_NONE && k.lo == k.hi) {
+        out->dtype = DSV_DT_BF16;
+        out->n_out = k.axis == CUT_ROWS ? 0 : n_out;
+        out->n_in = out->ld = k.axis == CUT_COLS ? 0 : n_in;
+        return DSV_OK;
+    }
+    /* The plan keeps column cuts between blocks; checked for every tensor,
+     * since a cut inside a block would pair values with another block's
+     * scale. */
+    int st = k.axis == CUT_COLS ? dsv_model_gguf_check_cut(L->path, t->name, t->type, n_in, k.lo, k.hi, L->m->sh.rank,
+                                                           L->m->sh.size)
+                                : DSV_OK;
+    if (st) return st;
     const size_t row = dsv_ggml_row_size(t->type, n_in);
     out->n_out = n_out;
     out->n_in = out->ld = n_in;
     out->w = (const char *)t->data + (size_t)row0 * row;
+    if (k.axis == CUT_ROWS) {
+        out->w = (const char *)out->w + (size_t)k.lo * row;
+        out->n_out = k.hi - k.lo;
+    } else if (k.axis == CUT_COLS) {
+        out->w = (const char *)out->w + dsv_ggml_row_size(t->type, k.lo);
+        out->n_in = k.hi - k.lo;
+    }
     switch (t->type) {
     case DSV_GGML_F32: out->dtype = DSV_DT_F32; break;
     case DSV_GGML_F16: out->dtype = DSV_DT_F16; break;
     case DSV_GGML_BF16: out->dtype = DSV_DT_BF16; break;
     default: out->dtype = DSV_DT_BF16; out->gtype = t->type; break; /* dtype unused with gtype */
     }
-    L->m->weight_bytes += (uint64_t)n_out * row;
+    L->m->weight_bytes += (uint64_t)out->n_out * dsv_ggml_row_size(t->type, out->n_in);
+    return DSV_OK;
 }
 
-static int linear(gloader *L, dsv_linear *out, const char *name, int n_out, int n_in) {
+static int linear(gloader *L, dsv_linear *out, const char *name, int n_out, int n_in, cut k) {
     const dsv_gguf_tensor *t;
     int st = find(L, &t, name, n_in, n_out, 1);
     if (st) return st;
-    set_linear(L, out, t, n_out, n_in, 0);
-    return DSV_OK;
+    return set_linear(L, out, t, n_out, n_in, 0, k);
 }
 
 /* wkv_b [H*(nope+v), kv_lora] in bf16, per head [k_nope rows | v rows], from
  * attn_k_b (per head [kv_lora][nope]: the key half transposed) and attn_v_b
- * (per head [v][kv_lora]), or from an unsplit attn_kv_b. tmp: scratch of
- * kv_lora * max(nope, v) floats. */
+ * (per head [v][kv_lora]), or from an unsplit attn_kv_b: this rank's heads
+ * [head0, head1) only. tmp: scratch of kv_lora * max(nope, v) floats. */
 static int build_kv_b(gloader *L, int il, dsv_bf16 *dst, float *tmp) {
     const dsv_config *c = &L->m->cfg;
     const int H = c->n_heads, N = c->qk_nope_head_dim, V = c->v_head_dim, C = c->kv_lora_rank;
+    const int h0 = L->m->sh.head0, h1 = L->m->sh.head1;
     char n1[96], n2[96];
     const dsv_gguf_tensor *kb, *vb;
     snprintf(n1, sizeof n1, "blk.%d.attn_kv_b.weight", il);
@@ -121,9 +169,9 @@ static int build_kv_b(gloader *L, int il, dsv_bf16 *dst, float *tmp) {
         int st = find(L, &kb, n1, C, (int64_t)H * (N + V), 1);
         if (st) return st;
         const size_t row = dsv_ggml_row_size(kb->type, C);
-        for (int r = 0; r < H * (N + V); r++) {
+        for (int r = h0 * (N + V); r < h1 * (N + V); r++) {
             dsv_q_dequant(kb->type, (const char *)kb->data + (size_t)r * row, tmp, C);
-            for (int k = 0; k < C; k++) dst[(size_t)r * C + k] = dsv_f32_to_bf16(tmp[k]);
+            for (int k = 0; k < C; k++) dst[(size_t)(r - h0 * (N + V)) * C + k] = dsv_f32_to_bf16(tmp[k]);
         }
         return DSV_OK;
     }
@@ -133,8 +181,8 @@ static int build_kv_b(gloader *L, int il, dsv_bf16 *dst, float *tmp) {
     if (!st) st = find(L, &vb, n2, C, V, H);
     if (st) return st;
     const size_t kh = dsv_ggml_row_size(kb->type, N) * (size_t)C, vh = dsv_ggml_row_size(vb->type, C) * (size_t)V;
-    for (int h = 0; h < H; h++) {
-        dsv_bf16 *o = dst + (size_t)h * (N + V) * C;
+    for (int h = h0; h < h1; h++) {
+        dsv_bf16 *o = dst + (size_t)(h - h0) * (N + V) * C;
         dsv_q_dequant(kb->type, (const char *)kb->data + (size_t)h * kh, tmp, (int64_t)C * N); /* [C][N] */
         for (int r = 0; r < N; r++)
             for (int k = 0; k < C; k++) o[(size_t)r * C + k] = dsv_f32_to_bf16(tmp[(size_t)k * N + r]);
@@ -144,15 +192,18 @@ static int build_kv_b(gloader *L, int il, dsv_bf16 *dst, float *tmp) {
     return DSV_OK;
 }
 
-static int expert(gloader *L, dsv_expert *e, int il, const char *sfx, int dim, int inter) {
+/* The dense MLP or the shared experts: this rank's hidden units [lo, hi)
+ * (gate/up rows, down columns). */
+static int expert(gloader *L, dsv_expert *e, int il, const char *sfx, int dim, int inter, int lo, int hi) {
     char p[96];
     int st;
+    const int all = lo == 0 && hi == inter;
     snprintf(p, sizeof p, "blk.%d.ffn_gate%s.weight", il, sfx);
-    if ((st = linear(L, &e->w1, p, inter, dim))) return st;
+    if ((st = linear(L, &e->w1, p, inter, dim, all ? WHOLE : rows_of(lo, hi)))) return st;
     snprintf(p, sizeof p, "blk.%d.ffn_down%s.weight", il, sfx);
-    if ((st = linear(L, &e->w2, p, dim, inter))) return st;
+    if ((st = linear(L, &e->w2, p, dim, inter, all ? WHOLE : cols_of(lo, hi)))) return st;
     snprintf(p, sizeof p, "blk.%d.ffn_up%s.weight", il, sfx);
-    return linear(L, &e->w3, p, inter, dim);
+    return linear(L, &e->w3, p, inter, dim, all ? WHOLE : rows_of(lo, hi));
 }
 
 /* A model without an indexer gets zero indexer weights (one shared buffer):
@@ -169,38 +220,41 @@ static void no_indexer(gloader *L, dsv_layer *ly, const dsv_bf16 *zeros, const f
 
 static int load_layer(gloader *L, int il, dsv_bf16 *kv_b, float *tmp) {
     const dsv_config *c = &L->m->cfg;
+    const dsv_shard *sh = &L->m->sh;
     dsv_layer *ly = &L->m->layers[il];
-    const int H = c->n_heads, dim = c->dim, QH = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    const int H = c->n_heads, dim = c->dim, QH = c->qk_nope_head_dim + c->qk_rope_head_dim, VH = c->v_head_dim;
+    const int split = sh->size > 1;
     char p[96];
     int st;
 #define V(field, sfx, n) do { snprintf(p, sizeof p, "blk.%d.%s", il, sfx); \
         if ((st = vec(L, &ly->field, p, n))) return st; } while (0)
-#define LIN(field, sfx, no, ni) do { snprintf(p, sizeof p, "blk.%d.%s", il, sfx); \
-        if ((st = linear(L, &ly->field, p, no, ni))) return st; } while (0)
+#define LIN(field, sfx, no, ni, k) do { snprintf(p, sizeof p, "blk.%d.%s", il, sfx); \
+        if ((st = linear(L, &ly->field, p, no, ni, k))) return st; } while (0)
     V(attn_norm, "attn_norm.weight", dim);
     V(ffn_norm, "ffn_norm.weight", dim);
-    LIN(wq_a, "attn_q_a.weight", c->q_lora_rank, dim);
+    LIN(wq_a, "attn_q_a.weight", c->q_lora_rank, dim, WHOLE);
     V(q_norm, "attn_q_a_norm.weight", c->q_lora_rank);
-    LIN(wq_b, "attn_q_b.weight", H * QH, c->q_lora_rank);
-    LIN(wkv_a, "attn_kv_a_mqa.weight", c->kv_lora_rank + c->qk_rope_head_dim, dim);
+    /* Heads [head0, head1): q_b and kv_b rows, o_proj columns. */
+    LIN(wq_b, "attn_q_b.weight", H * QH, c->q_lora_rank, split ? rows_of(sh->head0 * QH, sh->head1 * QH) : WHOLE);
+    LIN(wkv_a, "attn_kv_a_mqa.weight", c->kv_lora_rank + c->qk_rope_head_dim, dim, WHOLE);
     V(kv_norm, "attn_kv_a_norm.weight", c->kv_lora_rank);
     if ((st = build_kv_b(L, il, kv_b, tmp))) return st;
-    ly->wkv_b = (dsv_linear){.dtype = DSV_DT_BF16, .n_out = H * (c->qk_nope_head_dim + c->v_head_dim),
+    ly->wkv_b = (dsv_linear){.dtype = DSV_DT_BF16, .n_out = L->m->n_local_heads * (c->qk_nope_head_dim + VH),
                              .n_in = c->kv_lora_rank, .ld = c->kv_lora_rank, .w = kv_b};
     L->m->weight_bytes += (uint64_t)ly->wkv_b.n_out * (uint64_t)ly->wkv_b.n_in * 2;
-    LIN(wo, "attn_output.weight", dim, H * c->v_head_dim);
+    LIN(wo, "attn_output.weight", dim, H * VH, split ? cols_of(sh->head0 * VH, sh->head1 * VH) : WHOLE);
     if (L->m->no_indexer) {
         no_indexer(L, ly, L->zeros, L->fzeros);
     } else {
-        LIN(idx_wq_b, "indexer.attn_q_b.weight", c->index_n_heads * c->index_head_dim, c->q_lora_rank);
-        LIN(idx_wk, "indexer.attn_k.weight", c->index_head_dim, dim);
+        LIN(idx_wq_b, "indexer.attn_q_b.weight", c->index_n_heads * c->index_head_dim, c->q_lora_rank, WHOLE);
+        LIN(idx_wk, "indexer.attn_k.weight", c->index_head_dim, dim, WHOLE);
         V(idx_k_norm_w, "indexer.k_norm.weight", c->index_head_dim);
         V(idx_k_norm_b, "indexer.k_norm.bias", c->index_head_dim);
-        LIN(idx_wproj, "indexer.proj.weight", c->index_n_heads, dim);
+        LIN(idx_wproj, "indexer.proj.weight", c->index_n_heads, dim, WHOLE);
     }
     ly->is_moe = il >= c->n_dense_layers;
-    if (!ly->is_moe) return expert(L, &ly->mlp, il, "", dim, c->inter_dim);
-    LIN(gate, "ffn_gate_inp.weight", c->n_routed_experts, dim);
+    if (!ly->is_moe) return expert(L, &ly->mlp, il, "", dim, c->inter_dim, sh->inter0, sh->inter1);
+    LIN(gate, "ffn_gate_inp.weight", c->n_routed_experts, dim, WHOLE);
     snprintf(p, sizeof p, "blk.%d.exp_probs_b.bias", il);
     ly->gate_bias = NULL;
     if (dsv_gguf_find(L->m->gguf, p)) V(gate_bias, "exp_probs_b.bias", c->n_routed_experts);
@@ -211,13 +265,17 @@ static int load_layer(gloader *L, int il, dsv_bf16 *kv_b, float *tmp) {
         const int n_out = k == 1 ? dim : c->moe_inter_dim, n_in = k == 1 ? c->moe_inter_dim : dim;
         snprintf(p, sizeof p, "blk.%d.ffn_%s_exps.weight", il, parts[k]);
         if ((st = find(L, &t, p, n_in, n_out, c->n_routed_experts))) return st;
-        for (int e = 0; e < c->n_routed_experts; e++) {
+        /* This rank's experts only (the others stay zero and are never run). */
+        for (int e = sh->expert0; e < sh->expert1; e++) {
             dsv_expert *x = &ly->experts[e];
-            set_linear(L, k == 0 ? &x->w1 : k == 1 ? &x->w2 : &x->w3, t, n_out, n_in, (int64_t)e * n_out);
+            if ((st = set_linear(L, k == 0 ? &x->w1 : k == 1 ? &x->w2 : &x->w3, t, n_out, n_in, (int64_t)e * n_out,
+                                 WHOLE)))
+                return st;
         }
     }
     if (c->n_shared_experts > 0)
-        return expert(L, &ly->shared, il, "_shexp", dim, c->n_shared_experts * c->moe_inter_dim);
+        return expert(L, &ly->shared, il, "_shexp", dim, c->n_shared_experts * c->moe_inter_dim, sh->shared0,
+                      sh->shared1);
     return DSV_OK;
 #undef V
 #undef LIN
@@ -436,6 +494,8 @@ static int mark_fp8_layers(dsv_model *m, const char *path) {
         /* The dense MLP, or the routed experts then the shared ones. */
         const int n_e = ly->is_moe ? c->n_routed_experts + (c->n_shared_experts > 0) : 1;
         for (int x = 0; x < n_e && !st; x++) {
+            if (ly->is_moe && x < c->n_routed_experts && (x < m->sh.expert0 || x >= m->sh.expert1))
+                continue; /* another rank's expert */
             dsv_expert *ex = !ly->is_moe ? &ly->mlp : x < c->n_routed_experts ? &ly->experts[x] : &ly->shared;
             st = mark_fp8(path, &ex->w1, il, "ffn_gate");
             if (!st) st = mark_fp8(path, &ex->w2, il, "ffn_down");
@@ -445,15 +505,98 @@ static int mark_fp8_layers(dsv_model *m, const char *path) {
     return st;
 }
 
-int dsv_model_load_gguf(dsv_model *m, const char *path, const dsv_model_params *params) {
-    int st;
-    if ((st = dsv_gguf_open(&m->gguf, path))) return st;
-    if ((st = config_from_gguf(&m->cfg, m->gguf, path, &m->no_indexer))) return st;
+/* The column blocks a split must keep whole (shard.h): the largest block of
+ * any layer's attn_output, dense ffn_down and ffn_down_shexp (powers of two,
+ * so the largest is a multiple of the others). A missing tensor counts as
+ * unblocked: its absence is reported when the layer is loaded. *floats: one
+ * of them is stored as floats. */
+static void cut_blocks(const dsv_gguf *g, const dsv_config *c, dsv_shard_blocks *b, int *floats) {
+    char p[96];
+    b->o = b->inter = b->shared = 1;
+    *floats = 0;
+    for (int il = 0; il < c->n_layers; il++) {
+        const dsv_gguf_tensor *t;
+        snprintf(p, sizeof p, "blk.%d.attn_output.weight", il);
+        if ((t = dsv_gguf_find(g, p))) b->o = DSV_MAX(b->o, dsv_ggml_blck(t->type));
+        if (t && dsv_ggml_blck(t->type) == 1) *floats = 1;
+        snprintf(p, sizeof p, il < c->n_dense_layers ? "blk.%d.ffn_down.weight" : "blk.%d.ffn_down_shexp.weight", il);
+        int *dst = il < c->n_dense_layers ? &b->inter : &b->shared;
+        if ((t = dsv_gguf_find(g, p))) *dst = DSV_MAX(*dst, dsv_ggml_blck(t->type));
+        if (t && dsv_ggml_blck(t->type) == 1) *floats = 1;
+    }
+}
+
+/* FNV-1a over bytes, continuing from h. */
+static uint32_t fnv(uint32_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 16777619u;
+    return h;
+}
+
+/* A fingerprint of what the plan and the mapping depend on: the metadata
+ * keys and every tensor's name, type, extents and size, in file order (not
+ * the weights' bytes: reading 400 GB to compare would take minutes). */
+static uint32_t fingerprint(const dsv_gguf *g) {
+    uint32_t h = 2166136261u;
+    const int nt = dsv_gguf_count(g), nk = dsv_gguf_kv_count(g), nf = dsv_gguf_file_count(g);
+    h = fnv(fnv(fnv(h, &nt, sizeof nt), &nk, sizeof nk), &nf, sizeof nf);
+    for (int i = 0; i < nk; i++) h = fnv(h, dsv_gguf_kv_key(g, i), strlen(dsv_gguf_kv_key(g, i)) + 1);
+    for (int i = 0; i < nt; i++) {
+        const dsv_gguf_tensor *t = dsv_gguf_at(g, i);
+        const uint64_t nb = t->nbytes;
+        h = fnv(h, t->name, strlen(t->name) + 1);
+        h = fnv(fnv(fnv(h, &t->type, sizeof t->type), t->ne, sizeof t->ne), &nb, sizeof nb);
+    }
+    return h;
+}
+
+/* Every rank maps its own copy of the file (on its own machine), and each
+ * derives the plan from it: copies that differ (another preset, another
+ * conversion) would sum parts of different models. The ranks compare
+ * fingerprints; this is a collective, so every rank calls it once whatever
+ * its own status `st`. A rank that failed to open makes the others skip the
+ * comparison: the collective open then reports that rank's own error. */
+static int same_file_on_every_rank(dsv_model *m, const char *path, int st) {
+    const int v = st ? -1 : (int)(fingerprint(m->gguf) & 0x7fffffffu);
+    const int lo = m->coll->agree_min(v), hi = -m->coll->agree_min(-v);
+    if (st || lo < 0 || lo == hi) return st;
+    return dsv_error(DSV_ERR_MODEL, "%s: the ranks' copies of this file differ (tensor table fingerprints %08x to "
+                     "%08x): every rank must map the same file", path, (unsigned)lo, (unsigned)hi);
+}
+
+/* Whether the fp8-born linears quantize their inputs: the file's word,
+ * unless the caller overrides it. */
+static int act_fp8(const dsv_gguf *g, const char *path, const dsv_model_params *params, int *fp8) {
+    int st = act_quant_of(g, path, fp8);
+    if (!st && (params->act_quant == DSV_ACT_QUANT_NONE || params->act_quant == DSV_ACT_QUANT_FP8))
+        *fp8 = params->act_quant == DSV_ACT_QUANT_FP8;
+    return st;
+}
+
+int dsv_model_open_gguf(dsv_model *m, const char *path, const dsv_model_params *params, dsv_shard_blocks *blocks) {
+    int st = dsv_gguf_open(&m->gguf, path);
+    if (!st) st = config_from_gguf(&m->cfg, m->gguf, path, &m->no_indexer);
+    if ((st = same_file_on_every_rank(m, path, st))) return st;
     dsv_config *c = &m->cfg;
     if (params->scale_fmt == DSV_SCALE_FMT_NONE || params->scale_fmt == DSV_SCALE_FMT_UE8M0)
         c->scale_fmt = params->scale_fmt;
-    dsv_shard_plan(&m->sh, c, 0, 1);
-    m->n_local_heads = c->n_heads;
+    int fp8;
+    if ((st = act_fp8(m->gguf, path, params, &fp8))) return st;
+    /* Column cuts on the blocks of the types. An FP8-born file whose cut
+     * matrices include floats (these quantize their inputs in the
+     * checkpoint's 128-wide groups) splits as its checkpoint does, and so
+     * gives the checkpoint's split results. */
+    int floats;
+    cut_blocks(m->gguf, c, blocks, &floats);
+    blocks->fp8 = fp8 && floats;
+    return DSV_OK;
+}
+
+int dsv_model_load_gguf(dsv_model *m, const char *path, const dsv_model_params *params) {
+    int st, fp8;
+    if ((st = act_fp8(m->gguf, path, params, &fp8))) return st;
+    dsv_config *c = &m->cfg;
+    const dsv_shard *sh = &m->sh;
 
     /* Sizes from the metadata (each field below 2^30), bounded in double
      * before any is computed in size_t: a file cannot ask for more than
@@ -473,18 +616,21 @@ int dsv_model_load_gguf(dsv_model *m, const char *path, const dsv_model_params *
         return dsv_error(DSV_ERR_MODEL, "%s: block_count is %d but tensor '%s' is missing", path, c->n_layers, last);
     const size_t n_vec = (size_t)dvec;
     const int n_moe = c->n_layers - c->n_dense_layers;
-    const size_t kvb = (size_t)dkvb;
+    /* Built here: this rank's heads of wkv_b and vocabulary rows of a
+     * quantized embedding. */
+    const size_t kvb = (size_t)dkvb / (size_t)c->n_heads * (size_t)m->n_local_heads;
+    const int n_vocab = sh->vocab1 - sh->vocab0;
     const dsv_gguf_tensor *emb = dsv_gguf_find(m->gguf, "token_embd.weight");
     const int emb_q = emb && dsv_q_supported(emb->type) && emb->type != DSV_GGML_F32 && emb->type != DSV_GGML_F16 &&
                       emb->type != DSV_GGML_BF16;
-    const size_t emb_n = emb_q ? (size_t)demb : 0;
+    const size_t emb_n = emb_q ? (size_t)n_vocab * (size_t)c->dim : 0;
     /* No indexer: zeros for its weights (bf16) and vectors (fp32, 64 bf16 slots each). */
     const size_t zero_n = m->no_indexer ? 128 * (size_t)DSV_MAX(c->dim, c->q_lora_rank) + 128 * 2 : 0;
     m->vecs = malloc(n_vec * sizeof(float));
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     m->expert_store = calloc((size_t)(n_moe > 0 ? n_moe : 1) * (size_t)(c->n_routed_experts > 0 ? c->n_routed_experts : 1),
                              sizeof *m->expert_store);
-    m->owned = calloc((size_t)c->n_layers * kvb + emb_n + zero_n, sizeof(dsv_bf16));
+    m->owned = calloc((size_t)c->n_layers * kvb + emb_n + zero_n + 1, sizeof(dsv_bf16)); /* + 1: never 0 bytes */
     const size_t tmp_n = (size_t)c->kv_lora_rank * (size_t)DSV_MAX(c->qk_nope_head_dim, c->v_head_dim);
     float *tmp = malloc(DSV_MAX(tmp_n, (size_t)c->dim) * sizeof *tmp);
     if (!m->vecs || !m->layers || !m->expert_store || !m->owned || !tmp) {
@@ -494,28 +640,28 @@ int dsv_model_load_gguf(dsv_model *m, const char *path, const dsv_model_params *
     dsv_bf16 *zeros = (dsv_bf16 *)m->owned + (size_t)c->n_layers * kvb + emb_n;
     gloader L = {m, path, m->vecs, m->vecs + n_vec, zeros, (const float *)(zeros + zero_n - 256)};
     const dsv_gguf_tensor *t;
+    /* The embedding from row vocab0 (the forward pass looks up rows
+     * relative to it). */
     if ((st = find(&L, &t, "token_embd.weight", c->dim, c->vocab_size, 1))) goto out;
-    m->embed = t->data;
+    const size_t emb_row = dsv_ggml_row_size(t->type, c->dim);
+    m->embed = (const char *)t->data + (size_t)sh->vocab0 * emb_row;
     m->embed_dtype = t->type == DSV_GGML_F32 ? DSV_DT_F32 : t->type == DSV_GGML_F16 ? DSV_DT_F16 : DSV_DT_BF16;
     if (emb_q) {
         /* Expanded to bf16 rows for the lookup, rounded as the embedding
          * of a bf16 model is. */
         dsv_bf16 *e = (dsv_bf16 *)m->owned + (size_t)c->n_layers * kvb;
-        const size_t row = dsv_ggml_row_size(t->type, c->dim);
-        for (int v = 0; v < c->vocab_size; v++) {
-            dsv_q_dequant(t->type, (const char *)t->data + (size_t)v * row, tmp, c->dim);
+        for (int v = 0; v < n_vocab; v++) {
+            dsv_q_dequant(t->type, (const char *)t->data + (size_t)(sh->vocab0 + v) * emb_row, tmp, c->dim);
             for (int d = 0; d < c->dim; d++) e[(size_t)v * c->dim + d] = dsv_f32_to_bf16(tmp[d]);
         }
         m->embed = e;
     }
     if ((st = vec(&L, &m->norm, "output_norm.weight", c->dim))) goto out;
-    if ((st = linear(&L, &m->head, "output.weight", c->vocab_size, c->dim))) goto out;
+    if ((st = linear(&L, &m->head, "output.weight", c->vocab_size, c->dim,
+                     sh->size > 1 ? rows_of(sh->vocab0, sh->vocab1) : WHOLE)))
+        goto out;
     for (int il = 0; il < c->n_layers; il++)
         if ((st = load_layer(&L, il, (dsv_bf16 *)m->owned + (size_t)il * kvb, tmp))) goto out;
-    int fp8;
-    if ((st = act_quant_of(m->gguf, path, &fp8))) goto out;
-    if (params->act_quant == DSV_ACT_QUANT_NONE || params->act_quant == DSV_ACT_QUANT_FP8)
-        fp8 = params->act_quant == DSV_ACT_QUANT_FP8;
     if (fp8) st = mark_fp8_layers(m, path);
 out:
     free(tmp);
