@@ -13,7 +13,11 @@
  * - shards written by `dsv32 convert` give the same logits, bit for bit, as
  *   mapping the Hugging Face files; a rank that cannot load fails every rank
  *   with its message; a rank killed mid-run ends the job within seconds;
- * - `dsv32 serve` under mpirun answers as one process does.
+ * - `dsv32 serve` under mpirun answers as one process does;
+ * - GGUF files: a BF16 file split gives the checkpoint's split logits bit
+ *   for bit; quantized files (Q8_0, Q4_K_M, a mix) split agree with one
+ *   process as the checkpoint's split does; ranks whose copies of the file
+ *   differ, or one without it, fail with one message.
  * Skipped with a message when the build has no MPI or mpirun is missing
  * (failed instead when DSV32_REQUIRE_MPI is set, as CI does).
  * Ranks run one thread each and share the machine's cores (--oversubscribe).
@@ -407,6 +411,168 @@ TEST(mpi_rank_that_cannot_load_fails_all) {
     int st = logits_of(dir, 2, path, &log);
     CHECKF(st != 0 && st != 124 && log && strstr(log, "rank 1 of 2") && strstr(log, "model1-mp2.safetensors"),
            "exit %d: %s", st, log ? log : "");
+    free(log);
+}
+
+/* ---- GGUF files split across ranks -------------------------------------- */
+
+/* A GGUF file `dsv32 quantize` writes from model with args, in this test's
+ * temporary directory. */
+static const char *quantized(const char *model, const char *name, const char *args) {
+    static char path[4][1200];
+    static int slot;
+    char *p = path[slot++ & 3], cmd[4096], *log = NULL;
+    snprintf(p, sizeof path[0], "%s/%s", test_tmpdir(), name);
+    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s %s 2>&1", bin(), model, p, args);
+    REQUIREF(test_run(cmd, &log) == 0, "%s", log ? log : "");
+    free(log);
+    return p;
+}
+
+/* A BF16 file of a checkpoint holds the checkpoint's values, and one
+ * process gives the checkpoint's logits bit for bit (test_gguf_model.c,
+ * test_gguf_fp8.c); split, the file must be cut exactly as the checkpoint
+ * is (the same plan, the same bytes in each rank's part), so the split
+ * logits are the checkpoint's split logits bit for bit. fp8 at 3 ranks: a
+ * rank without heads. */
+TEST(mpi_gguf_bf16_split_equals_checkpoint_split) {
+    need_mpi();
+    static const char *ckpts[] = {"conformance/public_sparse_fp8/hf", "conformance/public_sparse_bf16/hf"};
+    for (int c = 0; c < 2; c++) {
+        const char *model = test_shared(ckpts[c]);
+        const char *g = quantized(model, c ? "bf16.gguf" : "fp8.gguf", "--type BF16");
+        for (int np = 2; np <= 4; np++) {
+            if (c == 1 && np == 3) continue;
+            char a[1300], b[1300], *log = NULL;
+            snprintf(a, sizeof a, "%s/st%d.f32", test_tmpdir(), np);
+            snprintf(b, sizeof b, "%s/gguf%d.f32", test_tmpdir(), np);
+            CHECKF(logits_of(model, np, a, &log) == 0, "%s", log ? log : "");
+            free(log);
+            CHECKF(logits_of(g, np, b, &log) == 0, "%s", log ? log : "");
+            free(log);
+            CHECKF(same_file(a, b), "%s, %d ranks: the BF16 file's logits differ from the checkpoint's", ckpts[c], np);
+        }
+    }
+}
+
+/* Quantized files of the embedded model (Q8_0; Q4_K_M, whose Q6_K
+ * attn_output keeps tiny's 4 heads of 64 columns in one 256-column block,
+ * so one rank holds them all and the dense MLP goes in 256-unit blocks; and
+ * Q4_K_M with a Q8_0 attn_output, whose heads split 2 and 2 on 32-column
+ * blocks) at 2 and 4 ranks against one process, as the checkpoint's split
+ * is judged (mpi_logits_agree_with_one_process): layer 0's indexer bit for
+ * bit (its input, the embedding, is summed exactly: other ranks' rows are
+ * zero), layer 0's attention and the logits within the conformance rule's
+ * limits (a split adds partial products in another order). A part cut at
+ * the wrong columns moves the logits by 2-3 per entry, far outside. */
+TEST(mpi_gguf_quantized_split_agrees_with_one_process) {
+    need_mpi();
+    static const struct { const char *name, *args; } files[] = {
+        {"q8.gguf", "--type Q8_0"},
+        {"q4km.gguf", "--type Q4_K_M"},
+        {"mix.gguf", "--type Q4_K_M --tensor-type 'attn_output=Q8_0'"},
+    };
+    char ids[4096];
+    REQUIRE(case_ids("public_sparse_fp8", ids, sizeof ids) == 0);
+    const conf_limits lim = conf_limits_for("public_sparse_bf16");
+    for (size_t f = 0; f < sizeof files / sizeof *files; f++) {
+        const char *g = quantized("models/tiny", files[f].name, files[f].args);
+        char one[1200];
+        snprintf(one, sizeof one, "%s/%s-1", test_tmpdir(), files[f].name);
+        run_logits(g, ids, 1, one);
+        for (int np = 2; np <= 4; np += 2) {
+            char dir[1200], a[1300], b[1300];
+            snprintf(dir, sizeof dir, "%s/%s-%d", test_tmpdir(), files[f].name, np);
+            run_logits(g, ids, np, dir);
+            size_t na, nb;
+            double worst_l0 = 0, worst = 0;
+            for (int call = 0; call < 8; call++) {
+                static const char *exact[] = {"l0_topk.i32", "l0_index_weights.f32"};
+                for (int k = 0; k < 2; k++) {
+                    snprintf(a, sizeof a, "%s/%d.%s", one, call, exact[k]);
+                    snprintf(b, sizeof b, "%s/%d.%s", dir, call, exact[k]);
+                    CHECKF(same_file(a, b), "%s, %d ranks, call %d: %s differs", files[f].name, np, call, exact[k]);
+                }
+                snprintf(a, sizeof a, "%s/%d.l0_attn_out.f32", one, call);
+                snprintf(b, sizeof b, "%s/%d.l0_attn_out.f32", dir, call);
+                float *x = read_f32(a, &na), *y = read_f32(b, &nb);
+                REQUIRE(x && y && na == nb);
+                worst_l0 = fmax(worst_l0, rel_err(y, x, na));
+                free(x);
+                free(y);
+            }
+            snprintf(a, sizeof a, "%s/logits.f32", one);
+            snprintf(b, sizeof b, "%s/logits.f32", dir);
+            float *x = read_f32(a, &na), *y = read_f32(b, &nb);
+            REQUIRE(x && y && na == nb && na % 8 == 0);
+            const size_t V = na / 8;
+            for (int s = 0; s < 8; s++) {
+                double sum = 0;
+                for (size_t v = 0; v < V; v++) sum += fabs((double)x[s * V + v] - y[s * V + v]);
+                worst = fmax(worst, sum / (double)V);
+            }
+            free(x);
+            free(y);
+            printf("    %s, %d ranks: layer 0 attention off by %.4f, worst per-call mean |logit difference| %.4f\n",
+                   files[f].name, np, worst_l0, worst);
+            CHECKF(worst_l0 <= lim.l0a, "%s, %d ranks: layer 0 attention off by %.4f", files[f].name, np, worst_l0);
+            CHECKF(worst <= lim.med, "%s, %d ranks: logits differ by %.4f per entry", files[f].name, np, worst);
+        }
+    }
+    /* Greedy text: the same at 1 and 2 ranks (this prompt has no near-tie). */
+    const char *g = quantized("models/tiny", "q4km.gguf", "--type Q4_K_M");
+    char cmd[2048], *ref = NULL;
+    for (int np = 1; np <= 2; np++) {
+        snprintf(cmd, sizeof cmd, "%s%s generate -m %s -p 'And it came to pass' -n 16 --temp 0 -t 1 2>/dev/null",
+                 launcher(np), bin(), g);
+        char *out = run_text(cmd);
+        REQUIRE(out && strlen(out) > 16);
+        if (!ref) ref = out;
+        else {
+            CHECKF(!strcmp(ref, out), "2 ranks:\n'%s'\nvs one process:\n'%s'", out, ref);
+            free(out);
+        }
+    }
+    free(ref);
+}
+
+/* Every rank maps its own copy of the file (on its own machine): a copy of
+ * another preset on one rank, or none, fails every rank with one line.
+ * Each rank runs in its own directory and opens the same relative name. */
+TEST(mpi_gguf_ranks_need_the_same_file) {
+    need_mpi();
+    char a[1200], b[1200], fa[1300], fb[1300], cmd[8192], *log = NULL;
+    snprintf(a, sizeof a, "%s/a", test_tmpdir());
+    snprintf(b, sizeof b, "%s/b", test_tmpdir());
+    REQUIRE(mkdir(a, 0700) == 0 && mkdir(b, 0700) == 0);
+    snprintf(fa, sizeof fa, "%s/m.gguf", a);
+    snprintf(fb, sizeof fb, "%s/m.gguf", b);
+    REQUIRE(rename(quantized("models/tiny", "q8.gguf", "--type Q8_0"), fa) == 0);
+    REQUIRE(rename(quantized("models/tiny", "q4.gguf", "--type Q4_K_M"), fb) == 0);
+    char bin_abs[1100]; /* the ranks start in their own directories */
+    if (bin()[0] == '/') snprintf(bin_abs, sizeof bin_abs, "%s", bin());
+    else {
+        char cwd[900];
+        REQUIRE(getcwd(cwd, sizeof cwd));
+        snprintf(bin_abs, sizeof bin_abs, "%s/%s", cwd, bin());
+    }
+    const char *args = "logits -m m.gguf --ids 0,19,97,11 --prefill 2 -t 1 -o out.f32";
+    snprintf(cmd, sizeof cmd, "timeout 120 mpirun --oversubscribe -np 1 -wdir %s %s %s : -np 1 -wdir %s %s %s 2>&1", a,
+             bin_abs, args, b, bin_abs, args);
+    int st = test_run(cmd, &log);
+    CHECKF(st != 0 && st != 124 && log && strstr(log, "rank 0 of 2: m.gguf: the ranks' copies of this file differ"),
+           "exit %d: %s", st, log ? log : "");
+    free(log);
+    /* Rank 1 has none: its own error, for every rank. */
+    REQUIRE(unlink(fb) == 0);
+    st = test_run(cmd, &log);
+    CHECKF(st != 0 && st != 124 && log && strstr(log, "rank 1 of 2: m.gguf: cannot open"), "exit %d: %s", st,
+           log ? log : "");
+    free(log);
+    /* The same file: it runs. */
+    REQUIRE(link(fa, fb) == 0);
+    st = test_run(cmd, &log);
+    CHECKF(st == 0, "exit %d: %s", st, log ? log : "");
     free(log);
 }
 
