@@ -320,11 +320,15 @@ TEST(mpi_ranks_agree_on_kernels) {
     free(y);
 }
 
-static int logits_of(const char *model, int np, const char *out_file, char **log) {
+static int logits_with(const char *model, int np, const char *extra, const char *out_file, char **log) {
     char cmd[4096];
     snprintf(cmd, sizeof cmd, "timeout 120 %s%s logits -m %s --ids 0,19,97,11,304,200,7,7,401,12 --prefill 6 -t 1 "
-             "-o %s 2>&1", launcher(np), bin(), model, out_file);
+             "-o %s %s 2>&1", launcher(np), bin(), model, out_file, extra);
     return test_run(cmd, log);
+}
+
+static int logits_of(const char *model, int np, const char *out_file, char **log) {
+    return logits_with(model, np, "", out_file, log);
 }
 
 static int same_file(const char *a, const char *b) {
@@ -434,7 +438,7 @@ static const char *quantized(const char *model, const char *name, const char *ar
  * test_gguf_fp8.c); split, the file must be cut exactly as the checkpoint
  * is (the same plan, the same bytes in each rank's part), so the split
  * logits are the checkpoint's split logits bit for bit. fp8 at 3 ranks: a
- * rank without heads. */
+ * rank without heads. Also a split set, and a deepseek2 file (dense MLA). */
 TEST(mpi_gguf_bf16_split_equals_checkpoint_split) {
     need_mpi();
     static const char *ckpts[] = {"conformance/public_sparse_fp8/hf", "conformance/public_sparse_bf16/hf"};
@@ -453,6 +457,25 @@ TEST(mpi_gguf_bf16_split_equals_checkpoint_split) {
             CHECKF(same_file(a, b), "%s, %d ranks: the BF16 file's logits differ from the checkpoint's", ckpts[c], np);
         }
     }
+    /* A split set, and arch deepseek2 (no indexer: dense MLA, as the
+     * checkpoint with --dense), at 2 ranks. */
+    const char *model = test_shared(ckpts[1]);
+    char a[1300], b[1300], set[1300], *log = NULL;
+    quantized(model, "set.gguf", "--type BF16 --split-max-size 1M");
+    snprintf(set, sizeof set, "%s/set-00001-of-00005.gguf", test_tmpdir());
+    snprintf(a, sizeof a, "%s/st2.f32", test_tmpdir());
+    snprintf(b, sizeof b, "%s/set2.f32", test_tmpdir());
+    CHECKF(logits_of(set, 2, b, &log) == 0, "%s", log ? log : "");
+    free(log);
+    CHECK(same_file(a, b));
+    const char *d2 = quantized(model, "d2.gguf", "--type BF16 --arch deepseek2");
+    snprintf(a, sizeof a, "%s/dense2.f32", test_tmpdir());
+    snprintf(b, sizeof b, "%s/d2-2.f32", test_tmpdir());
+    CHECKF(logits_with(model, 2, "--dense", a, &log) == 0, "%s", log ? log : "");
+    free(log);
+    CHECKF(logits_of(d2, 2, b, &log) == 0, "%s", log ? log : "");
+    free(log);
+    CHECK(same_file(a, b));
 }
 
 /* Quantized files of the embedded model (Q8_0; Q4_K_M, whose Q6_K
