@@ -64,18 +64,25 @@ static void region(walk *w, int kind, const void *p, size_t n) {
     if (w->touch) touch(w, p, n);
 }
 
+/* A matrix's n_out rows of `used` bytes, `stride` apart: its bytes counted
+ * (a slice of columns counts its own, not the gaps), its span touched. */
+static void rows(walk *w, int kind, const void *p, int n_out, size_t stride, size_t used) {
+    if (!p || n_out <= 0 || !used) return;
+    w->bytes[kind] += (size_t)n_out * used;
+    if (w->touch) touch(w, p, (size_t)(n_out - 1) * stride + used);
+}
+
 /* One matrix: its rows as stored (ld apart) and its block scales. A slice
  * of a wider matrix's columns (a split's part) spans from its first row's
  * start to its last row's end, no further: the matrix may end its file. */
 static void linear(walk *w, const dsv_linear *l) {
     if (!l->w || l->n_out <= 0) return;
     if (l->gtype) {
-        const size_t used = dsv_ggml_row_size(l->gtype, l->n_in);
-        region(w, (int)l->gtype, l->w, (size_t)(l->n_out - 1) * dsv_ggml_row_size(l->gtype, l->ld) + used);
+        rows(w, (int)l->gtype, l->w, l->n_out, dsv_ggml_row_size(l->gtype, l->ld), dsv_ggml_row_size(l->gtype, l->n_in));
         return;
     }
     const size_t es = dsv_dtype_size(l->dtype);
-    region(w, KIND_DT0 + (int)l->dtype, l->w, ((size_t)(l->n_out - 1) * (size_t)l->ld + (size_t)l->n_in) * es);
+    rows(w, KIND_DT0 + (int)l->dtype, l->w, l->n_out, (size_t)l->ld * es, (size_t)l->n_in * es);
     if (l->scale) /* counted with the fp8 weights they belong to */
         region(w, KIND_DT0 + (int)l->dtype, l->scale,
                (size_t)((l->n_out + DSV_QBLOCK - 1) / DSV_QBLOCK) * (size_t)l->scale_ld * sizeof(float));
