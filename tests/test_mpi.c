@@ -67,15 +67,19 @@ static void need_mpi(void) {
     /* Under AddressSanitizer (make asan): Open MPI keeps some allocations
      * until exit; the suppressions name its libraries, which the slow
      * unwinder finds even behind its unloaded components. */
-    static const char *const add[][2] = {
-        {"LSAN_OPTIONS", "suppressions=tests/lsan-mpi.supp:print_suppressions=0"},
+    char supp[1200] = "suppressions=tests/lsan-mpi.supp:print_suppressions=0", cwd[1024];
+    if (getcwd(cwd, sizeof cwd)) /* absolute: some tests start ranks in other directories */
+        snprintf(supp, sizeof supp, "suppressions=%s/tests/lsan-mpi.supp:print_suppressions=0", cwd);
+    const char *const add[][2] = {
+        {"LSAN_OPTIONS", supp},
         {"ASAN_OPTIONS", "fast_unwind_on_malloc=0"},
     };
     for (int i = 0; i < 2; i++) {
         const char *old = getenv(add[i][0]);
-        char buf[1024];
-        snprintf(buf, sizeof buf, "%s%s%s", old ? old : "", old && *old ? ":" : "", add[i][1]);
-        setenv(add[i][0], buf, 1);
+        if (old && strstr(old, add[i][1])) continue; /* an earlier test's call */
+        char buf[4096];
+        if (snprintf(buf, sizeof buf, "%s%s%s", old ? old : "", old && *old ? ":" : "", add[i][1]) < (int)sizeof buf)
+            setenv(add[i][0], buf, 1);
     }
 }
 
