@@ -80,7 +80,7 @@ static int bench_attn(const dsv_kernels **sets, const char **names, int ns, int 
                     continue;
                 }
                 if (k->mqa_pack) k->mqa_pack(kvp, kv, n, C, 0, n);
-                k->mqa_scores(S, np, qa, qr, kv, pe, H, C, R, 0.07f, 0, n, scr);
+                k->mqa_scores(S, np, qa, qr, kv, pe, H, C, R, 0.07f, 0, n, NULL, scr);
                 for (int h = 0; h < H; h++) {
                     float *sr = S + (size_t)h * np;
                     k->softmax_bf16(sr, n);
