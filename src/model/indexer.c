@@ -159,7 +159,9 @@ static void select_task(void *a, int ith, int nth) {
         dsv_pool_barrier(ctx->pool);
         sel_clock(ctx, ith, 0, &clk);
         if (ith == 0) select_token(ctx, p->il, t, ctx->ts[0].scores, ctx->ts[0].sel);
-        dsv_pool_barrier(ctx->pool);
+        /* The next token's scores reuse the row; after the last, the end of
+         * the pool run is the wait. */
+        if (t + 1 < T) dsv_pool_barrier(ctx->pool);
         sel_clock(ctx, ith, 1, &clk);
     }
 }
