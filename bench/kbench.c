@@ -80,7 +80,7 @@ static int bench_attn(const dsv_kernels **sets, const char **names, int ns, int 
                     continue;
                 }
                 if (k->mqa_pack) k->mqa_pack(kvp, kv, n, C, 0, n);
-                k->mqa_scores(S, np, qa, qr, kv, pe, H, C, R, 0.07f, 0, n, scr);
+                k->mqa_scores(S, np, qa, qr, kv, pe, H, C, R, 0.07f, 0, n, NULL, scr);
                 for (int h = 0; h < H; h++) {
                     float *sr = S + (size_t)h * np;
                     k->softmax_bf16(sr, n);
@@ -120,24 +120,28 @@ static int bench_gather(const dsv_kernels **sets, const char **names, int ns, in
                 float one = 1.0f / 64;
                 for (int g = 0; g < C / 128; g++) memcpy(mem + p * page + l * layer + (size_t)r * REC + C + 4 * g, &one, 4);
             }
-    /* nsel distinct positions of n, ascending (a partial Fisher-Yates, then a sort) */
-    for (int i = 0; i < n; i++) idx[i] = i;
-    for (int i = 0; i < nsel; i++) {
-        const int j = i + (int)(rnd() % (uint32_t)(n - i)), x = idx[i];
-        idx[i] = idx[j];
-        idx[j] = x;
-    }
-    qsort(idx, (size_t)nsel, sizeof *idx, cmp_i32);
     printf("kbench gather: %d of %d positions, 6 layers, prefetch %d rows ahead, %d rounds\n", nsel, n, dist, rounds);
     for (int r = -1; r < rounds; r++)
         for (int s = 0; s < ns; s++) {
+            /* nsel distinct positions of n, ascending (a partial Fisher-Yates,
+             * then a sort), drawn anew for every call as each decoded token
+             * draws its own: the same positions again would find their
+             * records in the L3 cache (2048 x 6 records are 8 MB), which a
+             * token at depth 16384 does not. */
+            for (int i = 0; i < n; i++) idx[i] = i;
+            for (int i = 0; i < nsel; i++) {
+                const int j = i + (int)(rnd() % (uint32_t)(n - i)), x = idx[i];
+                idx[i] = idx[j];
+                idx[j] = x;
+            }
+            qsort(idx, (size_t)nsel, sizeof *idx, cmp_i32);
             const double t0 = now();
             for (int l = 0; l < LAYERS; l++) {
                 const uint8_t *base = mem + l * layer;
 #define REC_AT(j) (base + (size_t)(idx[j] / 64) * page + (size_t)(idx[j] % 64) * REC)
                 for (int j = 0; j < nsel; j++) {
                     if (dist && j + dist < nsel)
-                        for (int o = 0; o < REC; o += 64) __builtin_prefetch(REC_AT(j + dist) + o);
+                        for (int o = 0; o < REC; o += 64) __builtin_prefetch(REC_AT(j + dist) + o, 0, 2);
                     sets[s]->dequant(lat + (size_t)j * C, REC_AT(j), (const float *)(const void *)(REC_AT(j) + C), C);
                     memcpy(pe + (size_t)j * R, REC_AT(j) + C + 4 * (C / 128), 2 * R);
                 }
@@ -207,7 +211,8 @@ static void usage(void) {
            "       512 + rope 64: mqa_scores, softmax, mqa_pv (keys/us).\n"
            "  gather: the dequantization of 2048 latent records (656 bytes: 512 codes, 4\n"
            "       scales, 64 rope bf16) at sorted random positions among -n per layer of\n"
-           "       6 layers of KV cache, prefetching the record -m rows ahead.\n");
+           "       6 layers of KV cache (new positions each call), prefetching the record\n"
+           "       -m rows ahead into L2, as decoding does for its first block of keys.\n");
 }
 
 int main(int argc, char **argv) {

@@ -479,17 +479,26 @@ TEST(kernels_topk_select_equals_topk) {
 /* ---- attention ------------------------------------------------------------- */
 
 /* One token's MQA through a set's steps, as mla.c runs them, with the keys
- * and columns cut into `parts` ranges (each step on its own). */
+ * and columns cut into `parts` ranges (each step on its own). With
+ * `prefetch`, each range's scores are asked to prefetch the rows of the
+ * next range (all of them, or at most 5: fewer rows than keys), as mla.c
+ * asks for its next block's records. */
 static void run_mqa(const dsv_kernels *k, dsv_bf16 *o, const dsv_bf16 *qa, const dsv_bf16 *qp, const dsv_bf16 *kv,
-                    const dsv_bf16 *pe, int n, int H, int C, int R, int parts, float *S, dsv_bf16 *P, void *kvp,
-                    float *scr) {
+                    const dsv_bf16 *pe, int n, int H, int C, int R, int parts, int prefetch, float *S, dsv_bf16 *P,
+                    void *kvp, float *scr) {
     const int np = dsv_mqa_keys_padded(n), blocks = (n + 31) / 32, tiles = (C + 15) / 16;
+    const void **rows = malloc(sizeof *rows * (size_t)n);
     for (int i = 0; i < parts; i++) {
         const int j0 = DSV_MIN(blocks * i / parts * 32, n), j1 = DSV_MIN(blocks * (i + 1) / parts * 32, n);
+        const int jn = DSV_MIN(blocks * (i + 2) / parts * 32, n);
         if (j0 >= j1) continue;
+        int nr = 0;
+        for (int j = j1; j < jn && (prefetch == 1 || nr < 5); j++) rows[nr++] = kv + (size_t)j * C;
+        const dsv_prefetch pf = {rows, nr, C * 2};
         if (k->mqa_pack) k->mqa_pack(kvp, kv, n, C, j0, j1);
-        k->mqa_scores(S, np, qa, qp, kv, pe, H, C, R, 0.135f, j0, j1, scr);
+        k->mqa_scores(S, np, qa, qp, kv, pe, H, C, R, 0.135f, j0, j1, prefetch ? &pf : NULL, scr);
     }
+    free(rows);
     for (int h = 0; h < H; h++) {
         k->softmax_bf16(S + (size_t)h * np, n);
         for (int j = 0; j < np; j++) P[(size_t)h * np + j] = j < n ? dsv_f32_to_bf16(S[(size_t)h * np + j]) : 0;
@@ -517,17 +526,20 @@ TEST_FAST_LEVELS(kernels_mqa_attn) {
         fill_bf16(kv, (size_t)n * C, 1.0f);
         fill_bf16(pe, (size_t)n * R, 1.0f);
         fill_bf16(P, ((size_t)H + 15) / 16 * 16 * np, 1.0f); /* rows past H: anything */
-        run_mqa(&dsv_kernels_ref, o0, qa, qp, kv, pe, n, H, C, R, 1, S, P, kvp, scr);
+        run_mqa(&dsv_kernels_ref, o0, qa, qp, kv, pe, n, H, C, R, 1, 0, S, P, kvp, scr);
         for (int s = 0; s < ns; s++) {
-            run_mqa(sets[s], o1, qa, qp, kv, pe, n, H, C, R, 1, S, P, kvp, scr);
+            run_mqa(sets[s], o1, qa, qp, kv, pe, n, H, C, R, 1, 0, S, P, kvp, scr);
             double e = track(s, sets[s], nmse_bf16(o1, o0, (size_t)H * C));
             CHECKF(e <= 1e-4, "%s mqa_attn H=%d C=%d n=%d: NMSE %.3g", sets[s]->name, H, C, n, e);
-            /* Invariance: keys and columns cut into 2 and 3 ranges. */
-            for (int parts = 2; parts <= 3; parts++) {
-                memset(o2, 0xff, (size_t)H * C * 2);
-                run_mqa(sets[s], o2, qa, qp, kv, pe, n, H, C, R, parts, S, P, kvp, scr);
-                CHECKF(!memcmp(o1, o2, (size_t)H * C * 2), "%s mqa_attn: %d ranges differ", sets[s]->name, parts);
-            }
+            /* Invariance: keys and columns cut into 2 and 3 ranges, the
+             * scores prefetching the next range's rows or not. */
+            for (int parts = 2; parts <= 3; parts++)
+                for (int prefetch = 0; prefetch <= 2; prefetch++) {
+                    memset(o2, 0xff, (size_t)H * C * 2);
+                    run_mqa(sets[s], o2, qa, qp, kv, pe, n, H, C, R, parts, prefetch, S, P, kvp, scr);
+                    CHECKF(!memcmp(o1, o2, (size_t)H * C * 2), "%s mqa_attn: %d ranges (prefetch %d) differ",
+                           sets[s]->name, parts, prefetch);
+                }
         }
         free(qa); free(qp); free(kv); free(pe); free(o0); free(o1); free(o2); free(P); free(S); free(scr); free(kvp);
     }

@@ -75,6 +75,22 @@ static inline size_t dsv_index_q_bytes(int n_heads) { return (((size_t)n_heads +
  * keys of width C and rope width R. */
 static inline int dsv_mqa_keys_padded(int n) { return (n + 31) & ~31; }
 static inline size_t dsv_mqa_kvp_bytes(int n, int C) { return (size_t)dsv_mqa_keys_padded(n) * (size_t)C * 2 + 64; }
+/* Memory a kernel is asked to prefetch (into L2) while it computes, spread
+ * over its work: n rows of `bytes` bytes at rows[i]. The caller knows what
+ * it reads next (the decoder: the latent records of its next block of keys,
+ * scattered over the KV cache); the kernel knows when the core is busy with
+ * arithmetic, which is when the memory's latency is hidden. */
+typedef struct {
+    const void *const *rows;
+    int n, bytes;
+} dsv_prefetch;
+/* Prefetches rows [*next, upto) of pf (NULL: none) and advances *next. */
+static inline void dsv_prefetch_rows(const dsv_prefetch *pf, int *next, int upto) {
+    if (!pf) return;
+    if (upto > pf->n) upto = pf->n;
+    for (; *next < upto; ++*next)
+        for (int o = 0; o < pf->bytes; o += 64) __builtin_prefetch((const char *)pf->rows[*next] + o, 0, 2);
+}
 static inline size_t dsv_attn_scratch(int n, int C, int R) {
     return ((size_t)n + 64) * 8 + 48 * ((size_t)C + (size_t)R) + 8192;
 }
@@ -158,9 +174,11 @@ typedef struct dsv_kernels {
      *    [c0, c1).
      * j0, j1 are multiples of 32 (j1 may be n), c0, c1 of 16 (c1 may be C).
      * Each score and output element depends only on its head and inputs,
-     * not on the ranges. scratch: dsv_attn_scratch(n, C, R) floats. */
+     * not on the ranges. scratch: dsv_attn_scratch(n, C, R) floats.
+     * mqa_scores prefetches pf (may be NULL) spread over its keys. */
     void (*mqa_scores)(float *S, int lds, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
-                       const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, float *scratch);
+                       const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, const dsv_prefetch *pf,
+                       float *scratch);
     void (*mqa_pack)(void *kvp, const dsv_bf16 *kv, int n, int C, int j0, int j1);
     void (*mqa_pv)(dsv_bf16 *o_lat, const dsv_bf16 *P, int ldp, const dsv_bf16 *kv, const void *kvp, int n, int H,
                    int C, int c0, int c1, float *scratch);

@@ -820,11 +820,15 @@ static void b_tiles(uint8_t *dst, const dsv_bf16 *src, size_t ld, int nh, int D)
 static inline int mqa_tiled(int C, int R) { return C % 64 == 0 && R % 32 == 0; }
 
 static void mqa_scores(float *S, int lds, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
-                       const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, float *scratch) {
+                       const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, const dsv_prefetch *pf,
+                       float *scratch) {
     if (!mqa_tiled(C, R)) {
-        dsv_avx512_mqa_scores(S, lds, q_abs, q_pe, kv, pe, H, C, R, scale, j0, j1, scratch);
+        dsv_avx512_mqa_scores(S, lds, q_abs, q_pe, kv, pe, H, C, R, scale, j0, j1, pf, scratch);
         return;
     }
+    /* The tiles' loop is not split to spread pf: asked for at once. */
+    int next = 0;
+    dsv_prefetch_rows(pf, &next, pf ? pf->n : 0);
     tiles_configure();
     uint8_t *qa = (uint8_t *)scratch;                          /* C/32 B tiles */
     uint8_t *qr = qa + (size_t)C / 32 * 1024;                  /* R/32 B tiles */

@@ -715,9 +715,12 @@ static inline __attribute__((always_inline)) __m256 dots8(const float *q, int ld
 
 /* 8 heads at a time, one key after another (the key's row stays in L1 for
  * all 8). Scratch: q [8][C8], qpe [8][R8] widened, rows padded with zeros
- * to a multiple of 8, heads past H zero. */
+ * to a multiple of 8, heads past H zero. pf is asked for in the first group
+ * of heads, a share before each key. */
 static void mqa_scores(float *S, int lds, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
-                       const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, float *scratch) {
+                       const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, const dsv_prefetch *pf,
+                       float *scratch) {
+    int next = 0;
     const int C8 = (C + 7) & ~7, R8 = (R + 7) & ~7;
     float *qf = scratch, *qr = qf + 8 * (size_t)C8;
     const __m256 sc = _mm256_set1_ps(scale);
@@ -729,6 +732,7 @@ static void mqa_scores(float *S, int lds, const dsv_bf16 *q_abs, const dsv_bf16 
             widen(qr + (size_t)h * R8, q_pe + (size_t)(hb + h) * R, R);
         }
         for (int j = j0; j < j1; j++) {
+            if (pf && hb == 0) dsv_prefetch_rows(pf, &next, (int)((long)pf->n * (j + 1 - j0) / (j1 - j0)));
             const __m256 a = dots8(qf, C8, kv + (size_t)j * C, C), b = dots8(qr, R8, pe + (size_t)j * R, R);
             /* (einsum(q_abs, kv) + einsum(q_pe, pe)) * scale, each a bf16 tensor. */
             const __m256 v = _mm256_add_ps(f32x8_round_bf16(a), f32x8_round_bf16(b));

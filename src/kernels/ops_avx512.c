@@ -787,9 +787,12 @@ static void mqa_q_pairs(int32_t *qp, const dsv_bf16 *q, int nh, int len) {
                                                        (const int *)(const void *)q + p, 4));
 }
 
-/* Scratch: the packed queries of 16 heads, (C + R) / 2 * 16 dwords. */
+/* Scratch: the packed queries of 16 heads, (C + R) / 2 * 16 dwords. pf is
+ * asked for in the first group of heads, a share before each 8 keys. */
 void dsv_avx512_mqa_scores(float *S, int lds, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
-                           const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, float *scratch) {
+                           const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, const dsv_prefetch *pf,
+                           float *scratch) {
+    int next = 0;
     int32_t *qa = (int32_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63), *qr = qa + (size_t)C / 2 * 16;
     const __m512 sc = _mm512_set1_ps(scale);
     for (int hb = 0; hb < H; hb += 16) {
@@ -798,8 +801,12 @@ void dsv_avx512_mqa_scores(float *S, int lds, const dsv_bf16 *q_abs, const dsv_b
         mqa_q_pairs(qr, q_pe + (size_t)hb * R, nh, R);
         float *Sh = S + (size_t)hb * lds;
         int j = j0;
-        for (; j + 8 <= j1; j += 8) mqa_score_keys(Sh, lds, qa, qr, kv, pe, C, R, sc, nh, j, 8);
+        for (; j + 8 <= j1; j += 8) {
+            if (pf && hb == 0) dsv_prefetch_rows(pf, &next, (int)((long)pf->n * (j + 8 - j0) / (j1 - j0)));
+            mqa_score_keys(Sh, lds, qa, qr, kv, pe, C, R, sc, nh, j, 8);
+        }
         if (j < j1) mqa_score_keys(Sh, lds, qa, qr, kv, pe, C, R, sc, nh, j, j1 - j);
+        if (hb == 0) dsv_prefetch_rows(pf, &next, pf ? pf->n : 0);
     }
 }
 

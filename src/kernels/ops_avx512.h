@@ -147,7 +147,8 @@ void dsv_avx512_index_q_pack(void *qp, const uint8_t *q8, int n_heads);
 void dsv_avx512_index_score(float *out, int ldo, const void *qp, const float *w, int n_heads, int nq,
                             const uint8_t *k8, const float *ks, int n, void *scratch);
 void dsv_avx512_mqa_scores(float *S, int lds, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
-                           const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, float *scratch);
+                           const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, const dsv_prefetch *pf,
+                           float *scratch);
 void dsv_avx512_mqa_pv(dsv_bf16 *o_lat, const dsv_bf16 *P, int ldp, const dsv_bf16 *kv, const void *kvp, int n, int H,
                        int C, int c0, int c1, float *scratch);
 void dsv_avx512_mha_attn(dsv_bf16 *o, const dsv_bf16 *q, int T, const int32_t *idx, int ldi, const int32_t *n_sel,

@@ -136,8 +136,9 @@ static float dot_bf16(const dsv_bf16 *a, const dsv_bf16 *b, int n) {
 }
 
 static void mqa_scores_ref(float *S, int lds, const dsv_bf16 *q_abs, const dsv_bf16 *q_pe, const dsv_bf16 *kv,
-                           const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, float *scratch) {
-    (void)scratch;
+                           const dsv_bf16 *pe, int H, int C, int R, float scale, int j0, int j1, const dsv_prefetch *pf,
+                           float *scratch) {
+    (void)scratch; (void)pf; /* the reference is plain: a prefetch changes no result */
     for (int h = 0; h < H; h++) {
         const dsv_bf16 *qa = q_abs + (size_t)h * C, *qp = q_pe + (size_t)h * R;
         for (int j = j0; j < j1; j++) {

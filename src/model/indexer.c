@@ -61,17 +61,41 @@ static void qk_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
     }
 }
 
+/* Keys of the next page asked for ahead, into L2 (prefetcht1: a hint for
+ * the L1 would hold the L1's few miss buffers, and the prefetches then
+ * stall behind the kernel's own). */
+#define IDX_AHEAD 16
+
 /* Scores positions [p0, p1) of the nq consecutive tokens t0.. (one
  * sequence) into out[q * ldo + pos]. */
 static void score_range(dsv_context *ctx, int il, int t0, int nq, int p0, int p1, float *out, int ldo, void *scratch) {
     const int Hi = ctx->c->index_n_heads;
     const dsv_seq *s = &ctx->seqs[ctx->tok_seq[t0]];
+    const void *qp = ctx->iqp + (size_t)t0 * ctx->iqp_bytes;
+    const float *w = ctx->iw + (size_t)t0 * Hi;
     for (int pos = p0; pos < p1;) {
         int n = DSV_PAGE - pos % DSV_PAGE;
         if (n > p1 - pos) n = p1 - pos;
-        ctx->kern->index_score(out + pos, ldo, ctx->iqp + (size_t)t0 * ctx->iqp_bytes, ctx->iw + (size_t)t0 * Hi, Hi,
-                              nq, dsv_kv_index_keys(&ctx->kv, s, il, pos), dsv_kv_index_scales(&ctx->kv, s, il, pos),
-                              n, scratch);
+        const uint8_t *k8 = dsv_kv_index_keys(&ctx->kv, s, il, pos);
+        const float *ks = dsv_kv_index_scales(&ctx->kv, s, il, pos);
+        /* Pages lie far apart, so the hardware prefetcher starts each one
+         * cold, and the kernel's own prefetch (one query: decoding) stays
+         * inside the page: the page's last IDX_AHEAD keys are scored in a
+         * second call, after asking for the next page's first keys and its
+         * scales, which then arrive while those are scored. A score depends
+         * only on its query and key, so the split changes no result. */
+        int n0 = n;
+        if (nq == 1 && pos + n < p1 && n > IDX_AHEAD) {
+            n0 = n - IDX_AHEAD;
+            ctx->kern->index_score(out + pos, ldo, qp, w, Hi, nq, k8, ks, n0, scratch);
+            const char *nk = (const char *)dsv_kv_index_keys(&ctx->kv, s, il, pos + n);
+            const char *ns = (const char *)dsv_kv_index_scales(&ctx->kv, s, il, pos + n);
+            for (int o = 0; o < IDX_AHEAD * 128; o += 64) __builtin_prefetch(nk + o, 0, 2);
+            for (int o = 0; o < DSV_PAGE * 4; o += 64) __builtin_prefetch(ns + o, 0, 2);
+        } else {
+            n0 = 0;
+        }
+        ctx->kern->index_score(out + pos + n0, ldo, qp, w, Hi, nq, k8 + (size_t)n0 * 128, ks + n0, n - n0, scratch);
         pos += n;
     }
 }
@@ -135,7 +159,9 @@ static void select_task(void *a, int ith, int nth) {
         dsv_pool_barrier(ctx->pool);
         sel_clock(ctx, ith, 0, &clk);
         if (ith == 0) select_token(ctx, p->il, t, ctx->ts[0].scores, ctx->ts[0].sel);
-        dsv_pool_barrier(ctx->pool);
+        /* The next token's scores reuse the row; after the last, the end of
+         * the pool run is the wait. */
+        if (t + 1 < T) dsv_pool_barrier(ctx->pool);
         sel_clock(ctx, ith, 1, &clk);
     }
 }
