@@ -154,6 +154,19 @@ int test_run(const char *cmd, char **out) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
 }
 
+void test_run_ok(const char *cmd, char **out) {
+    char *o = NULL;
+    const int rc = test_run(cmd, &o);
+    REQUIREF(rc == 0, "%s: %s", cmd, o ? o : "");
+    if (out) *out = o;
+    else free(o);
+}
+
+const char *test_bin(void) {
+    const char *b = getenv("DSV32_BIN");
+    return b && *b ? b : "build/dsv32";
+}
+
 /* Removes name (relative to the directory fd `at`) and all below it; by
  * file descriptors, so that trees deeper than any path buffer go too. */
 static void rm_rf_at(int at, const char *name) {

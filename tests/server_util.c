@@ -34,8 +34,7 @@ static double now(void) {
 void server_start(server *s, const char *model, const char *args) { server_start_with(s, NULL, model, args); }
 
 void server_start_with(server *s, const char *launcher, const char *model, const char *args) {
-    const char *bin = getenv("DSV32_BIN");
-    REQUIREF(bin && *bin, "DSV32_BIN is not set (run through make test)");
+    const char *bin = test_bin();
     static int n;
     snprintf(s->log, sizeof s->log, "%s/server%d.log", test_tmpdir(), n++);
     int fds[2];

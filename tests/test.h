@@ -88,6 +88,13 @@ const char *test_tmpdir(void);
 void *test_read_file(const char *path, size_t *len);
 /* Runs a shell command, captures stdout (caller frees) and returns exit status. */
 int test_run(const char *cmd, char **out);
+/* test_run of a command that must succeed: otherwise the test stops with the
+ * command and its output. The output goes to *out (caller frees) unless out
+ * is NULL. */
+void test_run_ok(const char *cmd, char **out);
+/* The dsv32 binary that tests drive: $DSV32_BIN (make test sets it to the
+ * build's), else build/dsv32. */
+const char *test_bin(void);
 /* `run_tests --mpi BODY`: what every rank runs when a test starts run_tests
  * itself under mpirun (test_mpi.c). Returns the exit status. */
 int test_mpi_main(int argc, char **argv);

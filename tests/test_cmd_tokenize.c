@@ -5,12 +5,6 @@
 
 #include "test.h"
 
-static const char *bin(void) {
-    const char *b = getenv("DSV32_BIN");
-    if (!b || !*b) SKIP("DSV32_BIN is not set (run through make test)");
-    return b;
-}
-
 /* The real tokenizer, unpacked into the test's directory; returns the dir. */
 static const char *model_dir(void) {
     const char *dir = test_tmpdir();
@@ -42,7 +36,7 @@ static void write_file(const char *path, const char *data, size_t len) {
 }
 
 TEST(cmd_tokenize_text) {
-    const char *b = bin(), *dir = model_dir();
+    const char *b = test_bin(), *dir = model_dir();
     char *out;
     CHECK_EQ_INT(run(&out, "printf 'Hello! I am DeepSeek.' | %s tokenize -m %s", b, dir), 0);
     CHECK_STR(out, "19923,3,342,1030,22651,4374,1465,16\n");
@@ -58,7 +52,7 @@ TEST(cmd_tokenize_text) {
 
 /* golden.jsonl's lines carry "text", so it is valid --jsonl input as is. */
 TEST(cmd_tokenize_jsonl) {
-    const char *b = bin(), *dir = model_dir();
+    const char *b = test_bin(), *dir = model_dir();
     char *out;
     CHECK_EQ_INT(run(&out, "%s tokenize -m %s --jsonl < %s", b, dir, test_shared("tokenizer/golden.jsonl")), 0);
     size_t len;
@@ -94,7 +88,7 @@ TEST(cmd_tokenize_jsonl) {
 
 /* Any bytes survive tokenize | detokenize. */
 TEST(cmd_detokenize_round_trip) {
-    const char *b = bin(), *dir = model_dir();
+    const char *b = test_bin(), *dir = model_dir();
     char in[1024], back[1024], *out;
     snprintf(in, sizeof in, "%s/in.txt", test_tmpdir());
     snprintf(back, sizeof back, "%s/back.txt", test_tmpdir());
@@ -117,7 +111,7 @@ TEST(cmd_detokenize_round_trip) {
 }
 
 TEST(cmd_tokenize_help) {
-    const char *b = bin();
+    const char *b = test_bin();
     char *out;
     CHECK_EQ_INT(run(&out, "%s tokenize --help", b), 0);
     static const char *const opts[] = {"-m, --model", "--jsonl", "--bench FILE", "--bench-time", "--help", "default"};
@@ -133,7 +127,7 @@ TEST(cmd_tokenize_help) {
 
 /* Each error is one line on stderr naming the command, and a non-zero exit. */
 TEST(cmd_tokenize_errors) {
-    const char *b = bin(), *dir = model_dir();
+    const char *b = test_bin(), *dir = model_dir();
     char bad[1024], *out;
     snprintf(bad, sizeof bad, "%s/bad", test_tmpdir());
     char cmd[2200];
@@ -180,7 +174,7 @@ TEST(cmd_tokenize_errors) {
 }
 
 TEST(cmd_tokenize_bench) {
-    const char *b = bin(), *dir = model_dir();
+    const char *b = test_bin(), *dir = model_dir();
     char path[1024], *out;
     snprintf(path, sizeof path, "%s/bench.txt", test_tmpdir());
     const char *text = "Sparse attention keeps long contexts cheap. 稀疏注意力降低了长上下文的计算成本。\n";

@@ -40,8 +40,6 @@
 #include "server_util.h"
 #include "test.h"
 
-static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
-
 /* Skips unless this build and machine can run ranks; sets what Open MPI
  * needs in a container (running as root; no cross-process memory copies,
  * which ptrace restrictions often forbid). */
@@ -164,7 +162,7 @@ static void run_logits(const char *model, const char *ids, int np, const char *d
     char cmd[8192], *out = NULL;
     mkdir(dir, 0700);
     snprintf(cmd, sizeof cmd, "%s%s logits -m %s --ids %s --prefill 40 -t 1 -o %s/logits.f32 --dump %s 2>&1",
-             launcher(np), bin(), model, ids, dir, dir);
+             launcher(np), test_bin(), model, ids, dir, dir);
     int st = test_run(cmd, &out);
     REQUIREF(st == 0, "%d ranks: %s", np, out ? out : "");
     free(out);
@@ -249,7 +247,7 @@ TEST(mpi_greedy_generate_and_chat_match) {
         char *ref = NULL;
         for (int np = 1; np <= 4; np *= 2) {
             snprintf(cmd, sizeof cmd, "%s%s generate -m models/tiny -p '%s' -n 16 --temp 0 -t 1 2>/dev/null",
-                     launcher(np), bin(), prompts[p]);
+                     launcher(np), test_bin(), prompts[p]);
             char *out = run_text(cmd);
             REQUIRE(out && strlen(out) > 16);
             if (!ref) ref = out;
@@ -268,7 +266,7 @@ TEST(mpi_greedy_generate_and_chat_match) {
                  "created the heaven and the earth. And the earth was without form, and void; and darkness was upon "
                  "the face of the deep. And the Spirit of God moved upon the face of the waters. And God said, Let "
                  "there be light: and there was light. And God saw the light, that it was good' 2>/dev/null",
-                 launcher(2), bin(), batch);
+                 launcher(2), test_bin(), batch);
         char *out = run_text(cmd);
         REQUIRE(out);
         if (!whole) whole = out;
@@ -282,7 +280,7 @@ TEST(mpi_greedy_generate_and_chat_match) {
     char *ref = NULL;
     for (int np = 1; np <= 2; np++) {
         snprintf(cmd, sizeof cmd, "printf 'Who begat Isaac?\\n/exit\\n' | %s%s chat -m models/tiny -n 12 --temp 0 -t 1 "
-                 "2>/dev/null", launcher(np), bin());
+                 "2>/dev/null", launcher(np), test_bin());
         char *out = run_text(cmd);
         REQUIRE(out && *out);
         if (!ref) ref = out;
@@ -304,10 +302,10 @@ TEST(mpi_ranks_agree_on_kernels) {
     snprintf(a, sizeof a, "%s/generic.f32", test_tmpdir());
     snprintf(b, sizeof b, "%s/mixed.f32", test_tmpdir());
     const char *args = "logits --ids 0,19,97,11,304,200,7,7,401,12 --prefill 6 -t 1";
-    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 2 -x DSV32_ISA=generic %s %s -m %s -o %s 2>&1", bin(), args, m, a);
+    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 2 -x DSV32_ISA=generic %s %s -m %s -o %s 2>&1", test_bin(), args, m, a);
     CHECK(test_run(cmd, NULL) == 0);
     snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 1 %s %s -m %s -o %s : -np 1 -x DSV32_ISA=generic %s %s -m %s "
-             "-o %s 2>&1", bin(), args, m, b, bin(), args, m, b);
+             "-o %s 2>&1", test_bin(), args, m, b, test_bin(), args, m, b);
     CHECK(test_run(cmd, NULL) == 0);
     size_t la = 0, lb = 0;
     char *x = test_read_file(a, &la), *y = test_read_file(b, &lb);
@@ -319,7 +317,7 @@ TEST(mpi_ranks_agree_on_kernels) {
 static int logits_of(const char *model, int np, const char *out_file, char **log) {
     char cmd[4096];
     snprintf(cmd, sizeof cmd, "timeout 120 %s%s logits -m %s --ids 0,19,97,11,304,200,7,7,401,12 --prefill 6 -t 1 "
-             "-o %s 2>&1", launcher(np), bin(), model, out_file);
+             "-o %s 2>&1", launcher(np), test_bin(), model, out_file);
     return test_run(cmd, log);
 }
 
@@ -336,7 +334,7 @@ TEST(convert_one_shard_matches_checkpoint) {
     /* A 1-way "split" needs no MPI: the shard file is the whole model. */
     char out[1200], a[1300], b[1300], cmd[4096], *log = NULL;
     snprintf(out, sizeof out, "%s/mp1", test_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s convert -m models/tiny --model-parallel 1 -o %s 2>&1", bin(), out);
+    snprintf(cmd, sizeof cmd, "%s convert -m models/tiny --model-parallel 1 -o %s 2>&1", test_bin(), out);
     REQUIREF(test_run(cmd, &log) == 0, "%s", log ? log : "");
     free(log);
     snprintf(a, sizeof a, "%s/model0-mp1.safetensors", out);
@@ -349,19 +347,19 @@ TEST(convert_one_shard_matches_checkpoint) {
     CHECK(same_file(a, b));
     /* Refusals: converting shards, writing into the checkpoint, an unknown
      * option; and --help names every option. */
-    snprintf(cmd, sizeof cmd, "%s convert -m %s --model-parallel 2 -o %s/x 2>&1", bin(), out, test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s convert -m %s --model-parallel 2 -o %s/x 2>&1", test_bin(), out, test_tmpdir());
     CHECK(test_run(cmd, &log) != 0 && log && strstr(log, "holds per-rank shards"));
     free(log);
-    snprintf(cmd, sizeof cmd, "%s convert -m models/tiny --model-parallel 2 -o models/tiny 2>&1", bin());
+    snprintf(cmd, sizeof cmd, "%s convert -m models/tiny --model-parallel 2 -o models/tiny 2>&1", test_bin());
     CHECK(test_run(cmd, &log) != 0 && log && strstr(log, "-o must differ"));
     free(log);
-    snprintf(cmd, sizeof cmd, "%s convert --help", bin());
+    snprintf(cmd, sizeof cmd, "%s convert --help", test_bin());
     CHECK(test_run(cmd, &log) == 0 && log && strstr(log, "--model-parallel") && strstr(log, "--rank") &&
           strstr(log, "default"));
     free(log);
     /* A single process refuses shards of a 2-way split by name. */
     snprintf(a, sizeof a, "%s/mp2", test_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s convert -m models/tiny --model-parallel 2 -o %s 2>&1", bin(), a);
+    snprintf(cmd, sizeof cmd, "%s convert -m models/tiny --model-parallel 2 -o %s 2>&1", test_bin(), a);
     REQUIRE(test_run(cmd, NULL) == 0);
     snprintf(b, sizeof b, "%s/x.f32", test_tmpdir());
     CHECK(logits_of(a, 1, b, &log) != 0 && log && strstr(log, "written for 2 ranks"));
@@ -377,7 +375,7 @@ TEST(mpi_convert_shards_match_checkpoint) {
         const char *model = runs[i].model[0] == 'c' ? test_shared(runs[i].model) : runs[i].model;
         char dir[1200], a[1300], b[1300], cmd[4096], *log = NULL;
         snprintf(dir, sizeof dir, "%s/shards%zu", test_tmpdir(), i);
-        snprintf(cmd, sizeof cmd, "%s convert -m %s --model-parallel %d -o %s 2>&1", bin(), model, runs[i].np, dir);
+        snprintf(cmd, sizeof cmd, "%s convert -m %s --model-parallel %d -o %s 2>&1", test_bin(), model, runs[i].np, dir);
         REQUIREF(test_run(cmd, &log) == 0, "%s", log ? log : "");
         free(log);
         snprintf(a, sizeof a, "%s/hf%zu.f32", test_tmpdir(), i);
@@ -394,7 +392,7 @@ TEST(mpi_rank_that_cannot_load_fails_all) {
     need_mpi();
     char dir[1200], path[1300], cmd[4096], *log = NULL;
     snprintf(dir, sizeof dir, "%s/shards", test_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s convert -m models/tiny --model-parallel 2 -o %s 2>&1", bin(), dir);
+    snprintf(cmd, sizeof cmd, "%s convert -m models/tiny --model-parallel 2 -o %s 2>&1", test_bin(), dir);
     REQUIRE(test_run(cmd, NULL) == 0);
     snprintf(path, sizeof path, "%s/out.f32", test_tmpdir());
     /* Shards of another split. */
@@ -436,7 +434,7 @@ static void kill_mid_run(int victim) {
     snprintf(out, sizeof out, "%s/run%d.log", test_tmpdir(), victim);
     snprintf(cmd, sizeof cmd, "exec mpirun --oversubscribe -np 2 sh -c 'echo $$ > %s/pid.$OMPI_COMM_WORLD_RANK; exec %s "
              "generate -m models/tiny -p And --ctx 65536 -n 65000 --temp 0 -t 1' > %s 2>&1",
-             test_tmpdir(), bin(), out);
+             test_tmpdir(), test_bin(), out);
     pid_t job = fork();
     REQUIRE(job >= 0);
     if (job == 0) {

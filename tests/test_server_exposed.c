@@ -247,8 +247,7 @@ TEST(server_answers_are_utf8) {
 TEST(tokenize_chat_output_is_utf8) {
     /* `tokenize --chat` echoes the rendered text: invalid input bytes come
      * out as U+FFFD, the line stays JSON. */
-    const char *bin = getenv("DSV32_BIN");
-    REQUIRE(bin);
+    const char *bin = test_bin();
     char cmd[2048], *out = NULL;
     snprintf(cmd, sizeof cmd,
              "printf '{\"messages\":[{\"role\":\"user\",\"content\":\"a\\377b\\303\"}]}\\n' | %s tokenize -m '%s' --chat",

@@ -39,8 +39,7 @@ static int read_until(int fd, char *buf, size_t cap, size_t *len, const char *ne
 }
 
 TEST(train_sigint_writes_checkpoint) {
-    const char *bin = getenv("DSV32_BIN");
-    REQUIRE(bin);
+    const char *bin = test_bin();
     const char *dir = test_tmpdir();
     char text[1024], ckpt[1024];
     snprintf(text, sizeof text, "%s/text.txt", dir);
@@ -90,8 +89,7 @@ TEST(train_sigint_writes_checkpoint) {
 }
 
 TEST(chat_sigint_resets_terminal) {
-    const char *bin = getenv("DSV32_BIN");
-    REQUIRE(bin);
+    const char *bin = test_bin();
     int m = posix_openpt(O_RDWR | O_NOCTTY);
     REQUIRE(m >= 0 && grantpt(m) == 0 && unlockpt(m) == 0);
     const char *slave = ptsname(m);
