@@ -22,6 +22,7 @@
 #include <string.h>
 #include <immintrin.h>
 
+#include "lin_rows.h"
 #include "ops.h"
 
 #define UNROLL _Pragma("GCC unroll 8")
@@ -929,18 +930,9 @@ static void linear_fp8x(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *
                         void *scratch) {
     (void)scratch;
     const float *x = xp, *xs = pack_scales((void *)xp, m, w->n_in);
-    for (int nb = n0; nb < n1; nb += 64) {
-        const int ne = n1 - nb < 64 ? n1 : nb + 64;
-        for (int i = 0; i < m; i += 4) {
-            const int mr = m - i;
-            for (int n = nb; n < ne; n++) {
-                if (mr >= 4) fp8x_row(y, ldy, x, xs, w, n, i, 4);
-                else if (mr == 3) fp8x_row(y, ldy, x, xs, w, n, i, 3);
-                else if (mr == 2) fp8x_row(y, ldy, x, xs, w, n, i, 2);
-                else fp8x_row(y, ldy, x, xs, w, n, i, 1);
-            }
-        }
-    }
+#define ROW(n, i, mr) fp8x_row(y, ldy, x, xs, w, n, i, mr)
+    DSV_LIN_ROWS_64X4(m, n0, n1, ROW);
+#undef ROW
 }
 
 const dsv_kernels dsv_kernels_avx2 = {

@@ -35,6 +35,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "lin_rows.h"
 #include "ops_avx512.h"
 
 #define UNROLL _Pragma("GCC unroll 16")
@@ -531,18 +532,9 @@ static void linear_fp8(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w
         fp8_prefill(y, ldy, x, xs, w, m, n0, n1, scratch, sub);
         return;
     }
-    for (int nb = n0; nb < n1; nb += 64) {
-        const int ne = n1 - nb < 64 ? n1 : nb + 64;
-        for (int i = 0; i < m; i += 4) {
-            const int mr = m - i;
-            for (int n = nb; n < ne; n++) {
-                if (mr >= 4) fp8_row(y, ldy, x, xs, w, n, i, 4, sub);
-                else if (mr == 3) fp8_row(y, ldy, x, xs, w, n, i, 3, sub);
-                else if (mr == 2) fp8_row(y, ldy, x, xs, w, n, i, 2, sub);
-                else fp8_row(y, ldy, x, xs, w, n, i, 1, sub);
-            }
-        }
-    }
+#define ROW(n, i, mr) fp8_row(y, ldy, x, xs, w, n, i, mr, sub)
+    DSV_LIN_ROWS_64X4(m, n0, n1, ROW);
+#undef ROW
 }
 
 /* ---- indexer ------------------------------------------------------------- */
@@ -1196,25 +1188,16 @@ void dsv_avx512_lin_pack_fp8x(void *xp, const dsv_bf16 *x, int m, int K, int i0,
     lin_pack_fp8(xp, x, m, K, i0, i1, scale_fmt);
 }
 
-/* linear_fp8's schedule: blocks of 64 weight rows against every input row,
- * 4 at a time. */
+/* linear_fp8's schedule (lin_rows.h): blocks of 64 weight rows against
+ * every input row, 4 at a time. */
 void dsv_avx512_linear_fp8x(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
                             void *scratch) {
     (void)scratch;
     const dsv_bf16 *x = xp;
     const float *xs = pack_scales((void *)xp, m, w->n_in);
-    for (int nb = n0; nb < n1; nb += 64) {
-        const int ne = n1 - nb < 64 ? n1 : nb + 64;
-        for (int i = 0; i < m; i += 4) {
-            const int mr = m - i;
-            for (int n = nb; n < ne; n++) {
-                if (mr >= 4) fp8x_row(y, ldy, x, xs, w, n, i, 4);
-                else if (mr == 3) fp8x_row(y, ldy, x, xs, w, n, i, 3);
-                else if (mr == 2) fp8x_row(y, ldy, x, xs, w, n, i, 2);
-                else fp8x_row(y, ldy, x, xs, w, n, i, 1);
-            }
-        }
-    }
+#define ROW(n, i, mr) fp8x_row(y, ldy, x, xs, w, n, i, mr)
+    DSV_LIN_ROWS_64X4(m, n0, n1, ROW);
+#undef ROW
 }
 
 const dsv_kernels dsv_kernels_avx512 = {
