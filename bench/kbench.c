@@ -53,6 +53,24 @@ static uint32_t rnd(void) {
     return rng;
 }
 
+/* One line per level: the median and the best of its rounds' times t[level
+ * * rounds + round] (seconds; sorted here), shown as work / time (a rate)
+ * or, when per_call, time * work, with `width` digits and the unit after
+ * each (best_unit may be ""), then the ratio of the first level's median to
+ * this level's (above 1: faster). */
+static void report(const char **names, int ns, double *t, int rounds, double work, int per_call, int width,
+                   const char *unit, const char *best_unit) {
+    double base = 0;
+    for (int s = 0; s < ns; s++) {
+        double *v = t + (size_t)s * rounds;
+        qsort(v, (size_t)rounds, sizeof(double), cmp_double);
+        const double med = v[rounds / 2], best = v[0];
+        if (!s) base = med;
+        printf("%-8s median %*.2f %s  best %*.2f%s%s  x%.3f\n", names[s], width, per_call ? med * work : work / med,
+               unit, width, per_call ? best * work : work / best, *best_unit ? " " : "", best_unit, base / med);
+    }
+}
+
 /* topk and mqa: rounds of `reps` calls on data that stays in the caches
  * (what decoding reads there: one token's scores, the gathered rows). */
 static int bench_attn(const dsv_kernels **sets, const char **names, int ns, int n, int rounds, int mqa) {
@@ -91,14 +109,7 @@ static int bench_attn(const dsv_kernels **sets, const char **names, int ns, int 
             }
             if (r >= 0) t[(size_t)s * rounds + r] = now() - t0;
         }
-    double base = 0;
-    for (int s = 0; s < ns; s++) {
-        double *v = t + (size_t)s * rounds;
-        qsort(v, (size_t)rounds, sizeof(double), cmp_double);
-        if (!s) base = v[rounds / 2];
-        printf("%-8s median %8.2f us/call  best %8.2f us/call  x%.3f\n", names[s], v[rounds / 2] / reps * 1e6,
-               v[0] / reps * 1e6, base / v[rounds / 2]);
-    }
+    report(names, ns, t, rounds, 1e6 / reps, 1, 8, "us/call", "us/call");
     free(sc); free(S); free(pos); free(tscr); free(kv); free(qa); free(P); free(o); free(kvp); free(scr); free(t);
     return 0;
 }
@@ -146,14 +157,7 @@ static int bench_gather(const dsv_kernels **sets, const char **names, int ns, in
             }
             if (r >= 0) t[(size_t)s * rounds + r] = now() - t0;
         }
-    double base = 0;
-    for (int s = 0; s < ns; s++) {
-        double *v = t + (size_t)s * rounds;
-        qsort(v, (size_t)rounds, sizeof(double), cmp_double);
-        if (!s) base = v[rounds / 2];
-        printf("%-8s median %8.2f us per layer  best %8.2f  x%.3f\n", names[s], v[rounds / 2] / LAYERS * 1e6,
-               v[0] / LAYERS * 1e6, base / v[rounds / 2]);
-    }
+    report(names, ns, t, rounds, 1e6 / LAYERS, 1, 8, "us per layer", "");
     free(mem); free(idx); free(lat); free(pe); free(t);
     return 0;
 }
@@ -336,24 +340,9 @@ int main(int argc, char **argv) {
             if (r >= 0) t[(size_t)s * rounds + r] = now() - t0;
         }
     }
-    double base = 0;
-    for (int s = 0; s < ns; s++) {
-        double *v = t + (size_t)s * rounds;
-        qsort(v, (size_t)rounds, sizeof(double), cmp_double);
-        const double med = v[rounds / 2], best = v[0];
-        if (!s) base = med;
-        if (index)
-            printf("%-8s median %8.2f keys/us  best %8.2f keys/us  x%.3f\n", names[s], (double)N * nmat / med * 1e-6,
-                   (double)N * nmat / best * 1e-6, base / med);
-        else if (m <= 16)
-            printf("%-8s median %7.2f GB/s  best %7.2f GB/s  x%.3f\n", names[s], (double)wbytes * nmat / med * 1e-9,
-                   (double)wbytes * nmat / best * 1e-9, base / med);
-        else {
-            const double flop = 2.0 * m * N * K * nmat;
-            printf("%-8s median %7.2f GFLOPS  best %7.2f GFLOPS  x%.3f\n", names[s], flop / med * 1e-9,
-                   flop / best * 1e-9, base / med);
-        }
-    }
+    if (index) report(names, ns, t, rounds, (double)N * nmat * 1e-6, 0, 8, "keys/us", "keys/us");
+    else if (m <= 16) report(names, ns, t, rounds, (double)wbytes * nmat * 1e-9, 0, 7, "GB/s", "GB/s");
+    else report(names, ns, t, rounds, 2.0 * m * N * K * nmat * 1e-9, 0, 7, "GFLOPS", "GFLOPS");
     free(t); free(wmem); free(scale); free(x); free(y); free(xp); free(scr); free(ks); free(out); free(qp);
     return 0;
 }
