@@ -125,6 +125,17 @@ const char *test_shared(const char *rel) {
 
 const char *test_tmpdir(void) { return tmpdir; }
 
+const char *test_tokenizer_dir(int with_config) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "zstd -q -d -f '%s' -o '%s/tokenizer.json'", test_shared("tokenizer/tokenizer.json.zst"),
+             tmpdir);
+    if (with_config)
+        snprintf(cmd + strlen(cmd), sizeof cmd - strlen(cmd), " && cp '%s' '%s/'",
+                 test_shared("tokenizer/tokenizer_config.json"), tmpdir);
+    REQUIREF(system(cmd) == 0, "cannot unpack the tokenizer fixture: %s", cmd);
+    return tmpdir;
+}
+
 void *test_read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;

@@ -84,6 +84,10 @@ const char *test_shared_dir(void);
 const char *test_shared(const char *rel);
 /* A fresh, empty temporary directory for this test (removed by the runner). */
 const char *test_tmpdir(void);
+/* DeepSeek's tokenizer (tokenizer/ of the fixtures) unpacked into
+ * test_tmpdir(): tokenizer.json, and tokenizer_config.json too when
+ * with_config. Returns the directory; stops the test if it cannot. */
+const char *test_tokenizer_dir(int with_config);
 /* Reads a whole file; returns NULL if missing. *len gets the size. Caller frees. */
 void *test_read_file(const char *path, size_t *len);
 /* Runs a shell command, captures stdout (caller frees) and returns exit status. */

@@ -5,16 +5,6 @@
 
 #include "test.h"
 
-/* The real tokenizer, unpacked into the test's directory; returns the dir. */
-static const char *model_dir(void) {
-    const char *dir = test_tmpdir();
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "zstd -q -d -f '%s' -o '%s/tokenizer.json' && cp '%s' '%s/'",
-             test_shared("tokenizer/tokenizer.json.zst"), dir, test_shared("tokenizer/tokenizer_config.json"), dir);
-    REQUIREF(system(cmd) == 0, "cannot unpack the tokenizer fixture: %s", cmd);
-    return dir;
-}
-
 /* Runs a shell command line built from fmt; returns its exit status and its
  * stdout in *out (caller frees). */
 static int run(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -36,7 +26,7 @@ static void write_file(const char *path, const char *data, size_t len) {
 }
 
 TEST(cmd_tokenize_text) {
-    const char *b = test_bin(), *dir = model_dir();
+    const char *b = test_bin(), *dir = test_tokenizer_dir(1);
     char *out;
     CHECK_EQ_INT(run(&out, "printf 'Hello! I am DeepSeek.' | %s tokenize -m %s", b, dir), 0);
     CHECK_STR(out, "19923,3,342,1030,22651,4374,1465,16\n");
@@ -52,7 +42,7 @@ TEST(cmd_tokenize_text) {
 
 /* golden.jsonl's lines carry "text", so it is valid --jsonl input as is. */
 TEST(cmd_tokenize_jsonl) {
-    const char *b = test_bin(), *dir = model_dir();
+    const char *b = test_bin(), *dir = test_tokenizer_dir(1);
     char *out;
     CHECK_EQ_INT(run(&out, "%s tokenize -m %s --jsonl < %s", b, dir, test_shared("tokenizer/golden.jsonl")), 0);
     size_t len;
@@ -88,7 +78,7 @@ TEST(cmd_tokenize_jsonl) {
 
 /* Any bytes survive tokenize | detokenize. */
 TEST(cmd_detokenize_round_trip) {
-    const char *b = test_bin(), *dir = model_dir();
+    const char *b = test_bin(), *dir = test_tokenizer_dir(1);
     char in[1024], back[1024], *out;
     snprintf(in, sizeof in, "%s/in.txt", test_tmpdir());
     snprintf(back, sizeof back, "%s/back.txt", test_tmpdir());
@@ -127,7 +117,7 @@ TEST(cmd_tokenize_help) {
 
 /* Each error is one line on stderr naming the command, and a non-zero exit. */
 TEST(cmd_tokenize_errors) {
-    const char *b = test_bin(), *dir = model_dir();
+    const char *b = test_bin(), *dir = test_tokenizer_dir(1);
     char bad[1024], *out;
     snprintf(bad, sizeof bad, "%s/bad", test_tmpdir());
     char cmd[2200];
@@ -174,7 +164,7 @@ TEST(cmd_tokenize_errors) {
 }
 
 TEST(cmd_tokenize_bench) {
-    const char *b = test_bin(), *dir = model_dir();
+    const char *b = test_bin(), *dir = test_tokenizer_dir(1);
     char path[1024], *out;
     snprintf(path, sizeof path, "%s/bench.txt", test_tmpdir());
     const char *text = "Sparse attention keeps long contexts cheap. 稀疏注意力降低了长上下文的计算成本。\n";

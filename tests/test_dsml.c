@@ -636,11 +636,10 @@ static cJSON *run_lines(const char *cmd) {
  * and with --chat-format; the ids are the real tokenizer's encoding of the
  * text, chat markers as their own tokens. */
 TEST(dsml_cmd_tokenize_chat) {
-    const char *b = test_bin(), *dir = test_tmpdir();
+    const char *b = test_bin(), *dir = test_tokenizer_dir(0);
     char cmd[8192];
-    snprintf(cmd, sizeof cmd, "zstd -q -d -f '%s' -o '%s/tokenizer.json' && echo '{\"model_type\": \"deepseek_v32\"}' > %s/config.json",
-             test_shared("tokenizer/tokenizer.json.zst"), dir, dir);
-    REQUIREF(system(cmd) == 0, "cannot unpack the tokenizer: %s", cmd);
+    snprintf(cmd, sizeof cmd, "echo '{\"model_type\": \"deepseek_v32\"}' > %s/config.json", dir);
+    REQUIREF(system(cmd) == 0, "cannot write %s/config.json", dir);
     const char *golden = test_shared("tokenizer/v32/chat-golden.jsonl");
     snprintf(cmd, sizeof cmd, "%s tokenize -m %s --chat < %s", b, dir, golden);
     cJSON *detected = run_lines(cmd);
