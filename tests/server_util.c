@@ -121,7 +121,7 @@ static int dial(int port) {
     return fd;
 }
 
-static int send_all(int fd, const char *p, size_t n) {
+int http_send_all(int fd, const char *p, size_t n) {
     while (n) {
         ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR) continue;
@@ -150,14 +150,7 @@ static size_t dechunk(char *b, size_t n) {
     return out;
 }
 
-int http_raw(int port, const char *request, size_t len, http_resp *r) {
-    memset(r, 0, sizeof *r);
-    int fd = dial(port);
-    if (fd < 0) return -1;
-    if (send_all(fd, request, len)) {
-        close(fd);
-        return -1;
-    }
+char *http_read_all(int fd, size_t *len) {
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap);
     for (;;) {
@@ -167,8 +160,22 @@ int http_raw(int port, const char *request, size_t len, http_resp *r) {
         if (got <= 0) break;
         n += (size_t)got;
     }
-    close(fd);
     buf[n] = 0;
+    if (len) *len = n;
+    return buf;
+}
+
+int http_raw(int port, const char *request, size_t len, http_resp *r) {
+    memset(r, 0, sizeof *r);
+    int fd = dial(port);
+    if (fd < 0) return -1;
+    if (http_send_all(fd, request, len)) {
+        close(fd);
+        return -1;
+    }
+    size_t n;
+    char *buf = http_read_all(fd, &n);
+    close(fd);
     char *sep = strstr(buf, "\r\n\r\n");
     if (!sep || sscanf(buf, "HTTP/1.%*d %d", &r->status) != 1) {
         free(buf);
@@ -209,7 +216,7 @@ int http_open(int port, const char *path, const char *json) {
     int hn = snprintf(head, sizeof head,
                       "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                       "Content-Length: %zu\r\n\r\n", path, strlen(json));
-    if (send_all(fd, head, (size_t)hn) || send_all(fd, json, strlen(json))) {
+    if (http_send_all(fd, head, (size_t)hn) || http_send_all(fd, json, strlen(json))) {
         close(fd);
         return -1;
     }
