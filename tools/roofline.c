@@ -247,7 +247,7 @@ static int have_unit(enum roofline_unit u) {
 static volatile float vec_sink_f;
 static volatile int vec_sink_i;
 
-/* One probe a unit, all of one shape: VEC_CHAINS accumulators of type T,
+/* One probe per unit, all of one shape: VEC_CHAINS accumulators of type T,
  * chain i starting at INIT(i), each step replacing every accumulator a by
  * STEP(a) (the unit's instruction on register operands), then the chains
  * summed with ADD and the sum handed to SINK. Each probe is compiled with
