@@ -149,6 +149,13 @@ void *test_read_file(const char *path, size_t *len) {
     return buf;
 }
 
+void test_write_file(const char *path, const void *data, size_t len) {
+    FILE *f = fopen(path, "wb");
+    REQUIREF(f, "cannot create %s", path);
+    REQUIREF(fwrite(data, 1, len, f) == len, "cannot write %s", path);
+    REQUIREF(fclose(f) == 0, "cannot write %s", path);
+}
+
 int test_run(const char *cmd, char **out) {
     FILE *p = popen(cmd, "r");
     if (!p) return -1;

@@ -90,6 +90,8 @@ const char *test_tmpdir(void);
 const char *test_tokenizer_dir(int with_config);
 /* Reads a whole file; returns NULL if missing. *len gets the size. Caller frees. */
 void *test_read_file(const char *path, size_t *len);
+/* Writes len bytes to path (created or truncated); stops the test if it cannot. */
+void test_write_file(const char *path, const void *data, size_t len);
 /* Runs a shell command, captures stdout (caller frees) and returns exit status. */
 int test_run(const char *cmd, char **out);
 /* test_run of a command that must succeed: otherwise the test stops with the

@@ -388,9 +388,7 @@ static const char *rewrite(const char *from, const char *sub, const char *drop, 
     size_t len;
     char *cfg = test_read_file(src, &len);
     REQUIRE(cfg);
-    FILE *f = fopen(path, "wb");
-    REQUIRE(f && fwrite(cfg, 1, len, f) == len);
-    fclose(f);
+    test_write_file(path, cfg, len);
     free(cfg);
     dsv_st *st;
     REQUIRE(dsv_st_open(&st, from) == DSV_OK);

@@ -19,12 +19,6 @@ static int run(char **out, const char *fmt, ...) {
     return rc;
 }
 
-static void write_file(const char *path, const char *data, size_t len) {
-    FILE *f = fopen(path, "wb");
-    REQUIRE(f && fwrite(data, 1, len, f) == len);
-    fclose(f);
-}
-
 TEST(cmd_tokenize_text) {
     const char *b = test_bin(), *dir = test_tokenizer_dir(1);
     char *out;
@@ -70,7 +64,7 @@ TEST(cmd_tokenize_jsonl) {
     char path[1024];
     snprintf(path, sizeof path, "%s/in.jsonl", test_tmpdir());
     const char *in = "{\"id\": 7, \"text\": \"a\\u0000b\"}\n\n{\"text\":\"<think>\\ud83d\\ude00\"}\n";
-    write_file(path, in, strlen(in));
+    test_write_file(path, in, strlen(in));
     CHECK_EQ_INT(run(&out, "%s tokenize -m %s --jsonl < %s", b, dir, path), 0);
     CHECK_STR(out, "{\"ids\":[67,191,68]}\n{\"ids\":[128798,28927,225]}\n");
     free(out);
@@ -83,7 +77,7 @@ TEST(cmd_detokenize_round_trip) {
     snprintf(in, sizeof in, "%s/in.txt", test_tmpdir());
     snprintf(back, sizeof back, "%s/back.txt", test_tmpdir());
     static const char text[] = "<｜begin▁of▁sentence｜>稀疏注意力 \xe4\xb8 ok\xff\n\ttabs <think>\x00 end\n";
-    write_file(in, text, sizeof text - 1);
+    test_write_file(in, text, sizeof text - 1);
     CHECK_EQ_INT(run(&out, "%s tokenize -m %s < %s | %s detokenize -m %s > %s", b, dir, in, b, dir, back), 0);
     free(out);
     size_t len;
@@ -140,7 +134,7 @@ TEST(cmd_tokenize_errors) {
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char args[2048], in[1024];
         snprintf(in, sizeof in, "%s/stdin", test_tmpdir());
-        write_file(in, cases[i].input, strlen(cases[i].input));
+        test_write_file(in, cases[i].input, strlen(cases[i].input));
         /* Substitute the model directories into the arguments. */
         const char *a = cases[i].args, *p;
         size_t k = 0;
@@ -168,7 +162,7 @@ TEST(cmd_tokenize_bench) {
     char path[1024], *out;
     snprintf(path, sizeof path, "%s/bench.txt", test_tmpdir());
     const char *text = "Sparse attention keeps long contexts cheap. 稀疏注意力降低了长上下文的计算成本。\n";
-    write_file(path, text, strlen(text));
+    test_write_file(path, text, strlen(text));
     CHECK_EQ_INT(run(&out, "%s tokenize -m %s --bench %s --bench-time 0", b, dir, path), 0);
     CHECKF(strstr(out, "MB/s") && strstr(out, "tokens/s") && strstr(out, "bytes"), "%s", out);
     free(out);

@@ -138,9 +138,7 @@ TEST(gguf_fp8_act_quant_metadata_and_off) {
     memcpy(p, "fp8_e5m2", 8);
     char bad[1024];
     snprintf(bad, sizeof bad, "%s/bad.gguf", test_tmpdir());
-    FILE *fo = fopen(bad, "wb");
-    REQUIRE(fo && fwrite(d, 1, n, fo) == n);
-    fclose(fo);
+    test_write_file(bad, d, n);
     free(d);
     dsv_model *m = NULL;
     CHECK(dsv_model_open(&m, bad, NULL) != DSV_OK);

@@ -169,9 +169,7 @@ static void patch(const char *path, const void *from, size_t n, size_t delta, co
     while (at + n <= len && memcmp(b + at, from, n)) at++;
     REQUIRE(at + n <= len && at + delta + m <= len);
     memcpy(b + at + delta, to, m);
-    FILE *f = fopen(path, "wb");
-    REQUIRE(f && fwrite(b, 1, len, f) == len);
-    fclose(f);
+    test_write_file(path, b, len);
     free(b);
 }
 
