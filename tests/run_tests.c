@@ -204,10 +204,10 @@ static void rm_rf_at(int at, const char *name) {
 
 static void rm_rf(const char *path) { rm_rf_at(AT_FDCWD, path); }
 
-static double now(void) {
+double test_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* Tests named fixture_* exist for test_runner.c to run through a second
@@ -268,13 +268,13 @@ static _Noreturn void child(const struct test_entry *t) {
 /* Waits for the test; past the limit, ends its process group (SIGTERM, then
  * SIGKILL after 5 s). Returns 1 when it had to. */
 static int wait_test(pid_t pid, int *st, double limit) {
-    double t0 = now(), term_at = 0;
+    double t0 = test_now(), term_at = 0;
     const struct timespec tick = {0, 5 * 1000 * 1000};
     for (;;) {
         pid_t r = waitpid(pid, st, WNOHANG);
         if (r == pid) break;
         if (r < 0 && errno != EINTR) { *st = 0x7f00; break; }
-        double t = now();
+        double t = test_now();
         if (!term_at && t - t0 > limit) { kill(-pid, SIGTERM); term_at = t; }
         else if (term_at && t - term_at > 5) kill(-pid, SIGKILL);
         nanosleep(&tick, NULL);
@@ -306,7 +306,7 @@ int main(int argc, char **argv) {
         mkdir(tmpdir, 0700);
         int fds[2] = {-1, -1};
         if (pipe2(fds, O_CLOEXEC) == 0) fcntl(fds[0], F_SETFL, O_NONBLOCK);
-        double t0 = now();
+        double t0 = test_now();
         fflush(NULL);
         pid_t pid = fork();
         if (pid == 0) {
@@ -321,7 +321,7 @@ int main(int argc, char **argv) {
             setpgid(pid, pid); /* also here: no race with the child's own call */
             timed_out = wait_test(pid, &st, limit);
         }
-        double dt = now() - t0;
+        double dt = test_now() - t0;
         char why[512] = "";
         if (fds[0] >= 0) {
             ssize_t n = read(fds[0], why, sizeof why - 1);

@@ -25,12 +25,6 @@
 
 /* ---- Server process ------------------------------------------------------- */
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
-
 void server_start(server *s, const char *model, const char *args) { server_start_with(s, NULL, model, args); }
 
 void server_start_with(server *s, const char *launcher, const char *model, const char *args) {
@@ -60,9 +54,9 @@ void server_start_with(server *s, const char *launcher, const char *model, const
     close(fds[1]);
     char line[512];
     size_t len = 0;
-    double deadline = now() + 120;
+    double deadline = test_now() + 120;
     s->port = 0;
-    while (!s->port && now() < deadline) {
+    while (!s->port && test_now() < deadline) {
         struct pollfd p = {.fd = fds[0], .events = POLLIN};
         if (poll(&p, 1, 200) <= 0) continue;
         ssize_t r = read(fds[0], line + len, sizeof line - 1 - len);
@@ -84,11 +78,11 @@ void server_start_with(server *s, const char *launcher, const char *model, const
 int server_stop(server *s) {
     kill(s->pid, SIGTERM);
     int st = 0;
-    double deadline = now() + 60;
+    double deadline = test_now() + 60;
     for (;;) {
         pid_t r = waitpid(s->pid, &st, WNOHANG);
         if (r == s->pid) break;
-        if (now() > deadline) {
+        if (test_now() > deadline) {
             kill(s->pid, SIGKILL);
             waitpid(s->pid, &st, 0);
             fprintf(stderr, "    the server did not stop within 60 s\n");
@@ -226,8 +220,8 @@ int http_open(int port, const char *path, const char *json) {
 int http_read_until(int fd, const char *needle) {
     static char buf[1 << 16];
     size_t n = 0;
-    double deadline = now() + 60;
-    while (now() < deadline) {
+    double deadline = test_now() + 60;
+    while (test_now() < deadline) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
         if (poll(&p, 1, 100) <= 0) continue;
         if (n == sizeof buf - 1) n = 0;

@@ -92,6 +92,8 @@ const char *test_tokenizer_dir(int with_config);
 void *test_read_file(const char *path, size_t *len);
 /* Writes len bytes to path (created or truncated); stops the test if it cannot. */
 void test_write_file(const char *path, const void *data, size_t len);
+/* Seconds on the monotonic clock, for deadlines and waits (never asserted on). */
+double test_now(void);
 /* Runs a shell command, captures stdout (caller frees) and returns exit status. */
 int test_run(const char *cmd, char **out);
 /* test_run of a command that must succeed: otherwise the test stops with the

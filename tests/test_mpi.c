@@ -421,12 +421,6 @@ static int dead(pid_t pid) {
     return p && (p[2] == 'Z' || p[2] == 'X');
 }
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
-
 /* Starts a long decode on 2 ranks, kills rank `victim` once it runs, and
  * checks that the job ends, non-zero, within seconds. */
 static void kill_mid_run(int victim) {
@@ -443,10 +437,10 @@ static void kill_mid_run(int victim) {
         _exit(127);
     }
     /* Decoding has begun when text streams out. */
-    double t0 = now();
+    double t0 = test_now();
     char *log = NULL;
     size_t len = 0;
-    while (now() - t0 < 60) {
+    while (test_now() - t0 < 60) {
         free(log);
         log = test_read_file(out, &len);
         if (log && len > 40) break;
@@ -463,10 +457,10 @@ static void kill_mid_run(int victim) {
     pid_t pid = (pid_t)atoi(pid_s), other = (pid_t)atoi(other_s);
     free(pid_s);
     free(other_s);
-    double t_kill = now();
+    double t_kill = test_now();
     REQUIRE(kill(pid, SIGKILL) == 0);
     int st = 0, done = 0;
-    while (!done && now() - t_kill < 30) {
+    while (!done && test_now() - t_kill < 30) {
         pid_t r = waitpid(job, &st, WNOHANG);
         if (r == job) done = 1;
         else usleep(20000);
@@ -475,11 +469,11 @@ static void kill_mid_run(int victim) {
         kill(-job, SIGKILL);
         waitpid(job, &st, 0);
     }
-    const double took = now() - t_kill;
+    const double took = test_now() - t_kill;
     CHECKF(done, "rank %d killed: the job still ran after 30 s", victim);
     CHECKF(took < 15, "rank %d killed: the job took %.1f s to end", victim, took);
     CHECKF(!WIFEXITED(st) || WEXITSTATUS(st) != 0, "rank %d killed: mpirun exited 0", victim);
-    for (double t = now(); !dead(other) && now() - t < 5;) usleep(20000);
+    for (double t = test_now(); !dead(other) && test_now() - t < 5;) usleep(20000);
     CHECKF(dead(other), "rank %d killed: rank %d is still alive", victim, 1 - victim);
     printf("    rank %d killed: the job ended in %.2f s\n", victim, took);
 }

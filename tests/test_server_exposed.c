@@ -26,12 +26,6 @@
 
 /* ---- Helpers -------------------------------------------------------------- */
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* A connection to 127.0.0.1:port from source address `from` (127.0.0.x, a
  * client of its own as far as the server can tell); -1 on failure. */
 static int dial_from(const char *from, int port) {
@@ -52,8 +46,8 @@ static int dial_from(const char *from, int port) {
 
 /* 1 when the server has closed fd (EOF or reset) within `seconds`. */
 static int closed_within(int fd, double seconds) {
-    double end = now() + seconds;
-    while (now() < end) {
+    double end = test_now() + seconds;
+    while (test_now() < end) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
         if (poll(&p, 1, 100) <= 0) continue;
         char c[256];

@@ -15,17 +15,11 @@
 
 #include "test.h"
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Reads fd into buf (appending, NUL-terminated) until needle shows up, EOF,
  * or `seconds` pass; 1 if needle arrived. */
 static int read_until(int fd, char *buf, size_t cap, size_t *len, const char *needle, double seconds) {
-    double end = now() + seconds;
-    while (now() < end) {
+    double end = test_now() + seconds;
+    while (test_now() < end) {
         if (needle && strstr(buf, needle)) return 1;
         struct pollfd p = {.fd = fd, .events = POLLIN};
         if (poll(&p, 1, 100) <= 0) continue;
