@@ -156,8 +156,8 @@ bench: $(BUILD)/dsv32
 # Single-kernel timings, levels alternated in one process (bench/kbench.c;
 # `build/kbench --help`). Not part of test.
 kbench: $(BUILD)/kbench
-$(BUILD)/kbench: bench/kbench.c $(BUILD)/libdsv32.a
-	$(CC) $(CPPFLAGS) -Isrc $(CFLAGS) $(XCFLAGS) $(WARN) $(LDFLAGS) -o $@ $< $(BUILD)/libdsv32.a $(LDLIBS)
+$(BUILD)/kbench: bench/kbench.c $(BUILD)/tools/roofline.o $(BUILD)/libdsv32.a
+	$(CC) $(CPPFLAGS) -Isrc -Itools $(CFLAGS) $(XCFLAGS) $(WARN) $(LDFLAGS) -o $@ $< $(BUILD)/tools/roofline.o $(BUILD)/libdsv32.a $(LDLIBS)
 
 # libFuzzer targets (clang), one per parser of outside input: the target
 # NAME is tests/fuzz/fuzz_NAME.c, its seeds tests/fuzz/seeds/NAME/, inputs

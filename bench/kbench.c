@@ -13,8 +13,8 @@
  * medians to the first level. Linears with more than 16 input rows
  * (prefill: -m 64, 512) are compute-bound: their lines give GFLOPS per
  * CPU-second (2 m N K per call), to read against the unit's peak on one
- * core in the same units (-k peak: the levels' units on register operands,
- * as tools/roofline.c probes them, timed in thread CPU time).
+ * core in the same units (-k peak: tools/roofline.c's probe of each level's
+ * unit on register operands, timed here in thread CPU time).
  * Not a test: nothing here checks a result (tests/test_kernels.c does). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +24,7 @@
 #include "base/numeric.h"
 #include "kernels/ops.h"
 #include "kernels/quant.h"
+#include "roofline.h"
 
 /* This thread's CPU time: on a machine whose cores other processes share,
  * wall time mostly measures how long the scheduler kept the thread off a
@@ -50,6 +51,24 @@ static uint32_t rnd(void) {
     rng ^= rng >> 17;
     rng ^= rng << 5;
     return rng;
+}
+
+/* One line per level: the median and the best of its rounds' times t[level
+ * * rounds + round] (seconds; sorted here), shown as work / time (a rate)
+ * or, when per_call, time * work, with `width` digits and the unit after
+ * each (best_unit may be ""), then the ratio of the first level's median to
+ * this level's (above 1: faster). */
+static void report(const char **names, int ns, double *t, int rounds, double work, int per_call, int width,
+                   const char *unit, const char *best_unit) {
+    double base = 0;
+    for (int s = 0; s < ns; s++) {
+        double *v = t + (size_t)s * rounds;
+        qsort(v, (size_t)rounds, sizeof(double), cmp_double);
+        const double med = v[rounds / 2], best = v[0];
+        if (!s) base = med;
+        printf("%-8s median %*.2f %s  best %*.2f%s%s  x%.3f\n", names[s], width, per_call ? med * work : work / med,
+               unit, width, per_call ? best * work : work / best, *best_unit ? " " : "", best_unit, base / med);
+    }
 }
 
 /* topk and mqa: rounds of `reps` calls on data that stays in the caches
@@ -90,14 +109,7 @@ static int bench_attn(const dsv_kernels **sets, const char **names, int ns, int 
             }
             if (r >= 0) t[(size_t)s * rounds + r] = now() - t0;
         }
-    double base = 0;
-    for (int s = 0; s < ns; s++) {
-        double *v = t + (size_t)s * rounds;
-        qsort(v, (size_t)rounds, sizeof(double), cmp_double);
-        if (!s) base = v[rounds / 2];
-        printf("%-8s median %8.2f us/call  best %8.2f us/call  x%.3f\n", names[s], v[rounds / 2] / reps * 1e6,
-               v[0] / reps * 1e6, base / v[rounds / 2]);
-    }
+    report(names, ns, t, rounds, 1e6 / reps, 1, 8, "us/call", "us/call");
     free(sc); free(S); free(pos); free(tscr); free(kv); free(qa); free(P); free(o); free(kvp); free(scr); free(t);
     return 0;
 }
@@ -149,47 +161,20 @@ static int bench_gather(const dsv_kernels **sets, const char **names, int ns, in
             }
             if (r >= 0) t[(size_t)s * rounds + r] = now() - t0;
         }
-    double base = 0;
-    for (int s = 0; s < ns; s++) {
-        double *v = t + (size_t)s * rounds;
-        qsort(v, (size_t)rounds, sizeof(double), cmp_double);
-        if (!s) base = v[rounds / 2];
-        printf("%-8s median %8.2f us per layer  best %8.2f  x%.3f\n", names[s], v[rounds / 2] / LAYERS * 1e6,
-               v[0] / LAYERS * 1e6, base / v[rounds / 2]);
-    }
+    report(names, ns, t, rounds, 1e6 / LAYERS, 1, 8, "us per layer", "");
     free(mem); free(idx); free(lat); free(pe); free(t);
     return 0;
 }
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define PEAK_ITERS 20000000L
-#define UNROLL12 _Pragma("GCC unroll 12")
-static volatile float peak_sink;
-/* GFLOPS per CPU-second of one core: 12 independent chains of the unit's
- * instruction on register operands. */
-__attribute__((target("avx2,fma"))) static double peak_avx2_fma(void) {
-    __m256 a[12];
-    const __m256 c = _mm256_set1_ps(1e-4f);
-    UNROLL12 for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps((float)i);
+/* -k peak: tools/roofline.c's probe of the unit a level's linears run on,
+ * timed here in this thread's CPU time on one core (the bench times it in
+ * wall time on its threads): operations per CPU-second over `calls` calls. */
+static double peak_gflops(enum roofline_unit u, int calls) {
+    double ops = 0;
     const double t0 = now();
-    for (long it = 0; it < PEAK_ITERS; it++) UNROLL12 for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], c, c);
-    const double t = now() - t0;
-    for (int i = 0; i < 12; i++) peak_sink += a[i][0];
-    return (double)PEAK_ITERS * 12 * 16 / t * 1e-9;
+    for (int c = 0; c < calls; c++) ops += roofline_unit_once(u);
+    return ops / (now() - t0) * 1e-9;
 }
-__attribute__((target("avx512f,avx512bf16"))) static double peak_avx512_bf16(void) {
-    __m512 a[12];
-    const __m512i x = _mm512_set1_epi16(0x3a83);
-    UNROLL12 for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
-    const double t0 = now();
-    for (long it = 0; it < PEAK_ITERS; it++)
-        UNROLL12 for (int i = 0; i < 12; i++) a[i] = _mm512_dpbf16_ps(a[i], (__m512bh)x, (__m512bh)x);
-    const double t = now() - t0;
-    for (int i = 0; i < 12; i++) peak_sink += a[i][0];
-    return (double)PEAK_ITERS * 12 * 64 / t * 1e-9;
-}
-#endif
 
 static void usage(void) {
     printf("usage: kbench [options] LEVEL...\n"
@@ -260,19 +245,19 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (!strcmp(kern, "peak")) {
+        static const struct { const char *level, *unit; enum roofline_unit u; } probes[] = {
+            {"avx2", "AVX2 FMA", ROOFLINE_AVX2_FMA},
+            {"avx512", "AVX512_BF16", ROOFLINE_AVX512_BF16},
+            {"amx", "AMX BF16", ROOFLINE_AMX_BF16},
+        };
         for (int s = 0; s < ns; s++) {
             const int lv = dsv_kernels_level_of(sets[s]);
-#if defined(__x86_64__)
-            if (lv == dsv_kernels_level_parse("avx2")) {
-                printf("%-8s AVX2 FMA peak %7.2f GFLOPS per CPU-second\n", names[s], peak_avx2_fma());
-                continue;
-            }
-            if (lv == dsv_kernels_level_parse("avx512")) {
-                printf("%-8s AVX512_BF16 peak %7.2f GFLOPS per CPU-second\n", names[s], peak_avx512_bf16());
-                continue;
-            }
-#endif
-            printf("%-8s no vector peak probe for this level\n", names[s]);
+            const char *why = NULL;
+            int p = 0;
+            while (p < 3 && lv != dsv_kernels_level_parse(probes[p].level)) p++;
+            if (p == 3) printf("%-8s no vector peak probe for this level\n", names[s]);
+            else if (!roofline_unit_ready(probes[p].u, &why)) printf("%-8s %s peak unavailable: %s\n", names[s], probes[p].unit, why);
+            else printf("%-8s %s peak %7.2f GFLOPS per CPU-second\n", names[s], probes[p].unit, peak_gflops(probes[p].u, 10));
         }
         return 0;
     }
@@ -360,24 +345,9 @@ int main(int argc, char **argv) {
             if (r >= 0) t[(size_t)s * rounds + r] = now() - t0;
         }
     }
-    double base = 0;
-    for (int s = 0; s < ns; s++) {
-        double *v = t + (size_t)s * rounds;
-        qsort(v, (size_t)rounds, sizeof(double), cmp_double);
-        const double med = v[rounds / 2], best = v[0];
-        if (!s) base = med;
-        if (index)
-            printf("%-8s median %8.2f keys/us  best %8.2f keys/us  x%.3f\n", names[s], (double)N * nmat / med * 1e-6,
-                   (double)N * nmat / best * 1e-6, base / med);
-        else if (m <= 16)
-            printf("%-8s median %7.2f GB/s  best %7.2f GB/s  x%.3f\n", names[s], (double)wbytes * nmat / med * 1e-9,
-                   (double)wbytes * nmat / best * 1e-9, base / med);
-        else {
-            const double flop = 2.0 * m * N * K * nmat;
-            printf("%-8s median %7.2f GFLOPS  best %7.2f GFLOPS  x%.3f\n", names[s], flop / med * 1e-9,
-                   flop / best * 1e-9, base / med);
-        }
-    }
+    if (index) report(names, ns, t, rounds, (double)N * nmat * 1e-6, 0, 8, "keys/us", "keys/us");
+    else if (m <= 16) report(names, ns, t, rounds, (double)wbytes * nmat * 1e-9, 0, 7, "GB/s", "GB/s");
+    else report(names, ns, t, rounds, 2.0 * m * N * K * nmat * 1e-9, 0, 7, "GFLOPS", "GFLOPS");
     free(t); free(wmem); free(scale); free(x); free(y); free(xp); free(scr); free(ks); free(out); free(qp);
     return 0;
 }

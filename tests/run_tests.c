@@ -125,6 +125,17 @@ const char *test_shared(const char *rel) {
 
 const char *test_tmpdir(void) { return tmpdir; }
 
+const char *test_tokenizer_dir(int with_config) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "zstd -q -d -f '%s' -o '%s/tokenizer.json'", test_shared("tokenizer/tokenizer.json.zst"),
+             tmpdir);
+    if (with_config)
+        snprintf(cmd + strlen(cmd), sizeof cmd - strlen(cmd), " && cp '%s' '%s/'",
+                 test_shared("tokenizer/tokenizer_config.json"), tmpdir);
+    REQUIREF(system(cmd) == 0, "cannot unpack the tokenizer fixture: %s", cmd);
+    return tmpdir;
+}
+
 void *test_read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
@@ -136,6 +147,13 @@ void *test_read_file(const char *path, size_t *len) {
     fclose(f);
     if (buf) { buf[n] = 0; if (len) *len = (size_t)n; }
     return buf;
+}
+
+void test_write_file(const char *path, const void *data, size_t len) {
+    FILE *f = fopen(path, "wb");
+    REQUIREF(f, "cannot create %s", path);
+    REQUIREF(fwrite(data, 1, len, f) == len, "cannot write %s", path);
+    REQUIREF(fclose(f) == 0, "cannot write %s", path);
 }
 
 int test_run(const char *cmd, char **out) {
@@ -152,6 +170,19 @@ int test_run(const char *cmd, char **out) {
     if (buf) buf[n] = 0;
     if (out) *out = buf; else free(buf);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+void test_run_ok(const char *cmd, char **out) {
+    char *o = NULL;
+    const int rc = test_run(cmd, &o);
+    REQUIREF(rc == 0, "%s: %s", cmd, o ? o : "");
+    if (out) *out = o;
+    else free(o);
+}
+
+const char *test_bin(void) {
+    const char *b = getenv("DSV32_BIN");
+    return b && *b ? b : "build/dsv32";
 }
 
 /* Removes name (relative to the directory fd `at`) and all below it; by
@@ -173,10 +204,10 @@ static void rm_rf_at(int at, const char *name) {
 
 static void rm_rf(const char *path) { rm_rf_at(AT_FDCWD, path); }
 
-static double now(void) {
+double test_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* Tests named fixture_* exist for test_runner.c to run through a second
@@ -237,13 +268,13 @@ static _Noreturn void child(const struct test_entry *t) {
 /* Waits for the test; past the limit, ends its process group (SIGTERM, then
  * SIGKILL after 5 s). Returns 1 when it had to. */
 static int wait_test(pid_t pid, int *st, double limit) {
-    double t0 = now(), term_at = 0;
+    double t0 = test_now(), term_at = 0;
     const struct timespec tick = {0, 5 * 1000 * 1000};
     for (;;) {
         pid_t r = waitpid(pid, st, WNOHANG);
         if (r == pid) break;
         if (r < 0 && errno != EINTR) { *st = 0x7f00; break; }
-        double t = now();
+        double t = test_now();
         if (!term_at && t - t0 > limit) { kill(-pid, SIGTERM); term_at = t; }
         else if (term_at && t - term_at > 5) kill(-pid, SIGKILL);
         nanosleep(&tick, NULL);
@@ -275,7 +306,7 @@ int main(int argc, char **argv) {
         mkdir(tmpdir, 0700);
         int fds[2] = {-1, -1};
         if (pipe2(fds, O_CLOEXEC) == 0) fcntl(fds[0], F_SETFL, O_NONBLOCK);
-        double t0 = now();
+        double t0 = test_now();
         fflush(NULL);
         pid_t pid = fork();
         if (pid == 0) {
@@ -290,7 +321,7 @@ int main(int argc, char **argv) {
             setpgid(pid, pid); /* also here: no race with the child's own call */
             timed_out = wait_test(pid, &st, limit);
         }
-        double dt = now() - t0;
+        double dt = test_now() - t0;
         char why[512] = "";
         if (fds[0] >= 0) {
             ssize_t n = read(fds[0], why, sizeof why - 1);

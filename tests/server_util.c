@@ -25,17 +25,10 @@
 
 /* ---- Server process ------------------------------------------------------- */
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
-
 void server_start(server *s, const char *model, const char *args) { server_start_with(s, NULL, model, args); }
 
 void server_start_with(server *s, const char *launcher, const char *model, const char *args) {
-    const char *bin = getenv("DSV32_BIN");
-    REQUIREF(bin && *bin, "DSV32_BIN is not set (run through make test)");
+    const char *bin = test_bin();
     static int n;
     snprintf(s->log, sizeof s->log, "%s/server%d.log", test_tmpdir(), n++);
     int fds[2];
@@ -61,9 +54,9 @@ void server_start_with(server *s, const char *launcher, const char *model, const
     close(fds[1]);
     char line[512];
     size_t len = 0;
-    double deadline = now() + 120;
+    double deadline = test_now() + 120;
     s->port = 0;
-    while (!s->port && now() < deadline) {
+    while (!s->port && test_now() < deadline) {
         struct pollfd p = {.fd = fds[0], .events = POLLIN};
         if (poll(&p, 1, 200) <= 0) continue;
         ssize_t r = read(fds[0], line + len, sizeof line - 1 - len);
@@ -85,11 +78,11 @@ void server_start_with(server *s, const char *launcher, const char *model, const
 int server_stop(server *s) {
     kill(s->pid, SIGTERM);
     int st = 0;
-    double deadline = now() + 60;
+    double deadline = test_now() + 60;
     for (;;) {
         pid_t r = waitpid(s->pid, &st, WNOHANG);
         if (r == s->pid) break;
-        if (now() > deadline) {
+        if (test_now() > deadline) {
             kill(s->pid, SIGKILL);
             waitpid(s->pid, &st, 0);
             fprintf(stderr, "    the server did not stop within 60 s\n");
@@ -122,7 +115,7 @@ static int dial(int port) {
     return fd;
 }
 
-static int send_all(int fd, const char *p, size_t n) {
+int http_send_all(int fd, const char *p, size_t n) {
     while (n) {
         ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR) continue;
@@ -151,14 +144,7 @@ static size_t dechunk(char *b, size_t n) {
     return out;
 }
 
-int http_raw(int port, const char *request, size_t len, http_resp *r) {
-    memset(r, 0, sizeof *r);
-    int fd = dial(port);
-    if (fd < 0) return -1;
-    if (send_all(fd, request, len)) {
-        close(fd);
-        return -1;
-    }
+char *http_read_all(int fd, size_t *len) {
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap);
     for (;;) {
@@ -168,8 +154,22 @@ int http_raw(int port, const char *request, size_t len, http_resp *r) {
         if (got <= 0) break;
         n += (size_t)got;
     }
-    close(fd);
     buf[n] = 0;
+    if (len) *len = n;
+    return buf;
+}
+
+int http_raw(int port, const char *request, size_t len, http_resp *r) {
+    memset(r, 0, sizeof *r);
+    int fd = dial(port);
+    if (fd < 0) return -1;
+    if (http_send_all(fd, request, len)) {
+        close(fd);
+        return -1;
+    }
+    size_t n;
+    char *buf = http_read_all(fd, &n);
+    close(fd);
     char *sep = strstr(buf, "\r\n\r\n");
     if (!sep || sscanf(buf, "HTTP/1.%*d %d", &r->status) != 1) {
         free(buf);
@@ -210,7 +210,7 @@ int http_open(int port, const char *path, const char *json) {
     int hn = snprintf(head, sizeof head,
                       "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                       "Content-Length: %zu\r\n\r\n", path, strlen(json));
-    if (send_all(fd, head, (size_t)hn) || send_all(fd, json, strlen(json))) {
+    if (http_send_all(fd, head, (size_t)hn) || http_send_all(fd, json, strlen(json))) {
         close(fd);
         return -1;
     }
@@ -220,8 +220,8 @@ int http_open(int port, const char *path, const char *json) {
 int http_read_until(int fd, const char *needle) {
     static char buf[1 << 16];
     size_t n = 0;
-    double deadline = now() + 60;
-    while (now() < deadline) {
+    double deadline = test_now() + 60;
+    while (test_now() < deadline) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
         if (poll(&p, 1, 100) <= 0) continue;
         if (n == sizeof buf - 1) n = 0;

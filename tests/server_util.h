@@ -45,6 +45,11 @@ const char *http_header(const http_resp *r, const char *name, char *buf, size_t 
 int http_open(int port, const char *path, const char *json);
 /* Reads from fd until `needle` has arrived (or EOF / 60 s); 1 if it did. */
 int http_read_until(int fd, const char *needle);
+/* Writes all n bytes to the socket fd (no SIGPIPE); -1 if it fails. */
+int http_send_all(int fd, const char *p, size_t n);
+/* Reads fd to EOF (or reset); returns a NUL-terminated buffer (caller
+ * frees), its length in *len unless len is NULL. */
+char *http_read_all(int fd, size_t *len);
 
 /* A POST of JSON; returns the status (0 when the connection failed). */
 int post(int port, const char *path, const char *json, http_resp *r);

@@ -84,10 +84,25 @@ const char *test_shared_dir(void);
 const char *test_shared(const char *rel);
 /* A fresh, empty temporary directory for this test (removed by the runner). */
 const char *test_tmpdir(void);
+/* DeepSeek's tokenizer (tokenizer/ of the fixtures) unpacked into
+ * test_tmpdir(): tokenizer.json, and tokenizer_config.json too when
+ * with_config. Returns the directory; stops the test if it cannot. */
+const char *test_tokenizer_dir(int with_config);
 /* Reads a whole file; returns NULL if missing. *len gets the size. Caller frees. */
 void *test_read_file(const char *path, size_t *len);
+/* Writes len bytes to path (created or truncated); stops the test if it cannot. */
+void test_write_file(const char *path, const void *data, size_t len);
+/* Seconds on the monotonic clock, for deadlines and waits (never asserted on). */
+double test_now(void);
 /* Runs a shell command, captures stdout (caller frees) and returns exit status. */
 int test_run(const char *cmd, char **out);
+/* test_run of a command that must succeed: otherwise the test stops with the
+ * command and its output. The output goes to *out (caller frees) unless out
+ * is NULL. */
+void test_run_ok(const char *cmd, char **out);
+/* The dsv32 binary that tests drive: $DSV32_BIN (make test sets it to the
+ * build's), else build/dsv32. */
+const char *test_bin(void);
 /* `run_tests --mpi BODY`: what every rank runs when a test starts run_tests
  * itself under mpirun (test_mpi.c). Returns the exit status. */
 int test_mpi_main(int argc, char **argv);

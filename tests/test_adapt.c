@@ -20,8 +20,6 @@
 #define MODEL "models/tiny"
 #define CTX 64
 
-static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
-
 static dsv_adapt_opts opts(int steps) {
     dsv_adapt_opts o = dsv_adapt_default_opts();
     o.ctx = CTX;
@@ -390,9 +388,7 @@ static const char *rewrite(const char *from, const char *sub, const char *drop, 
     size_t len;
     char *cfg = test_read_file(src, &len);
     REQUIRE(cfg);
-    FILE *f = fopen(path, "wb");
-    REQUIRE(f && fwrite(cfg, 1, len, f) == len);
-    fclose(f);
+    test_write_file(path, cfg, len);
     free(cfg);
     dsv_st *st;
     REQUIRE(dsv_st_open(&st, from) == DSV_OK);
@@ -452,11 +448,11 @@ TEST(adapt_output_broken_files) {
 TEST(adapt_cli) {
     char cmd[4096], *out = NULL;
     const char *dir = test_tmpdir();
-    snprintf(cmd, sizeof cmd, "%s adapt --help", bin());
+    snprintf(cmd, sizeof cmd, "%s adapt --help", test_bin());
     CHECK_EQ_INT(test_run(cmd, &out), 0);
     CHECK(out && strstr(out, "--resume"));
     free(out);
-    snprintf(cmd, sizeof cmd, "%s adapt -m " MODEL " -f README.md -o " MODEL " --steps 1 --ctx 64 2>&1", bin());
+    snprintf(cmd, sizeof cmd, "%s adapt -m " MODEL " -f README.md -o " MODEL " --steps 1 --ctx 64 2>&1", test_bin());
     CHECK(test_run(cmd, &out) != 0);
     CHECK(out && strstr(out, "must not be the model's own directory"));
     free(out);
@@ -466,7 +462,7 @@ TEST(adapt_cli) {
     snprintf(cmd, sizeof cmd,
              "%s adapt -m " MODEL " -f %s/train.txt --val %s/val.txt -o %s/cli --steps 4 --ctx 64 --threads 1 "
              "--eval-windows 4 2>%s/log",
-             bin(), dir, dir, dir, dir);
+             test_bin(), dir, dir, dir, dir);
     CHECK_EQ_INT(test_run(cmd, &out), 0);
     CHECKF(out && strstr(out, "held-out") && strstr(out, "per 1K tokens"), "%s", out ? out : "");
     free(out);
@@ -478,8 +474,8 @@ TEST(adapt_cli) {
      * from the step it was saved at. */
     char cwd[1024], exe[2100];
     REQUIRE(getcwd(cwd, sizeof cwd));
-    if (bin()[0] == '/') snprintf(exe, sizeof exe, "%s", bin());
-    else snprintf(exe, sizeof exe, "%s/%s", cwd, bin());
+    if (test_bin()[0] == '/') snprintf(exe, sizeof exe, "%s", test_bin());
+    else snprintf(exe, sizeof exe, "%s/%s", cwd, test_bin());
     snprintf(cmd, sizeof cmd,
              "cd %s && (%s adapt -m %s/" MODEL " -f train.txt -o int --steps 100000 --ctx 64 --threads 1 "
              "--eval-windows 1 2>log2 & p=$!; i=0; while ! grep -q 'adapt: training' log2 && [ $i -lt 3000 ]; do sleep 0.1; "

@@ -20,8 +20,6 @@
 #include "test.h"
 #include "tiny_model.h"
 
-static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
-
 static void tokens(int32_t *t, int n, uint32_t seed) {
     for (int i = 0; i < n; i++) { seed = seed * 1664525u + 1013904223u; t[i] = (int32_t)((seed >> 8) % 500u); }
 }
@@ -256,7 +254,7 @@ TEST(cli_analyze_json_plot_and_errors) {
     const char *m = fixture_random(), *txt = text_file();
     char cmd[8192], svg[1024], *out = NULL;
     snprintf(svg, sizeof svg, "%s/mass.svg", test_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s analyze -m %s -f %s --ctx 64 --topk 64,24,4 --json --plot %s -t 2 2>&1", bin(), m,
+    snprintf(cmd, sizeof cmd, "%s analyze -m %s -f %s --ctx 64 --topk 64,24,4 --json --plot %s -t 2 2>&1", test_bin(), m,
              txt, svg);
     REQUIRE(test_run(cmd, &out) == 0 && out);
     /* 2 layers x 3 k, then 3 k and dense: one object per line, nothing else. */
@@ -273,7 +271,7 @@ TEST(cli_analyze_json_plot_and_errors) {
     free(plot);
 
     /* The table. */
-    snprintf(cmd, sizeof cmd, "%s analyze -m %s -f %s --ctx 64 --topk 8 -t 2 2>&1", bin(), m, txt);
+    snprintf(cmd, sizeof cmd, "%s analyze -m %s -f %s --ctx 64 --topk 8 -t 2 2>&1", test_bin(), m, txt);
     REQUIRE(test_run(cmd, &out) == 0 && out);
     CHECKF(strstr(out, "layer") && strstr(out, "recall") && strstr(out, "KL(dense||k)") && strstr(out, "dense "), "%s", out);
     free(out);
@@ -296,13 +294,13 @@ TEST(cli_analyze_json_plot_and_errors) {
             else if (*p == 'M' && (p[1] == ' ' || !p[1])) strcat(args, m);
             else strncat(args, p, 1);
         }
-        snprintf(cmd, sizeof cmd, "%s analyze %s 2>&1", bin(), args);
+        snprintf(cmd, sizeof cmd, "%s analyze %s 2>&1", test_bin(), args);
         CHECKF(test_run(cmd, &out) != 0 && out && count(out, "\n") == 1 && !strncmp(out, "dsv32 analyze: ", 15),
                "%s: %s", bad[i], out);
         if (i == 0) CHECKF(out && strstr(out, "no lightning indexer"), "%s", out);
         free(out);
     }
-    snprintf(cmd, sizeof cmd, "%s analyze --help", bin());
+    snprintf(cmd, sizeof cmd, "%s analyze --help", test_bin());
     CHECK(test_run(cmd, &out) == 0 && out && strstr(out, "--suggest KL") && strstr(out, "--topk-file"));
     free(out);
 }
@@ -313,7 +311,7 @@ TEST(cli_analyze_suggest_keeps_its_bound) {
     snprintf(list, sizeof list, "%s/topk.txt", test_tmpdir());
     const double bound = 0.02;
     snprintf(cmd, sizeof cmd, "%s analyze -m %s -f %s --ctx 64 --topk 64,16,4 --json --suggest %g -o %s -t 2 2>&1",
-             bin(), m, txt, bound, list);
+             test_bin(), m, txt, bound, list);
     REQUIRE(test_run(cmd, &out) == 0 && out);
     const char *sg = strstr(out, "{\"suggest\": [");
     REQUIREF(sg, "%s", out);
@@ -325,7 +323,7 @@ TEST(cli_analyze_suggest_keeps_its_bound) {
     free(out);
     /* The written list, measured again on the same text, keeps the bound
      * and gives the same KL. */
-    snprintf(cmd, sizeof cmd, "%s analyze -m %s -f %s --ctx 64 --topk 64 --topk-file %s --json -t 2 2>&1", bin(), m, txt,
+    snprintf(cmd, sizeof cmd, "%s analyze -m %s -f %s --ctx 64 --topk 64 --topk-file %s --json -t 2 2>&1", test_bin(), m, txt,
              list);
     REQUIRE(test_run(cmd, &out) == 0 && out);
     const char *f = strstr(out, "{\"k\": \"file\", \"topk\": [");
@@ -337,7 +335,7 @@ TEST(cli_analyze_suggest_keeps_its_bound) {
     CHECK(kl2 <= bound);
     free(out);
     /* A bound nothing reaches is an error, not a list. */
-    snprintf(cmd, sizeof cmd, "%s analyze -m %s -f %s --ctx 64 --topk 16,4 --suggest 0 -t 2 2>&1 >/dev/null", bin(), m,
+    snprintf(cmd, sizeof cmd, "%s analyze -m %s -f %s --ctx 64 --topk 16,4 --suggest 0 -t 2 2>&1 >/dev/null", test_bin(), m,
              txt);
     CHECK(test_run(cmd, &out) != 0 && out && strstr(out, "--suggest: even top-16"));
     free(out);
@@ -349,25 +347,25 @@ TEST(cli_topk_file_on_the_commands) {
     const char *bad[] = {tiny_write("short.txt", "4\n"), tiny_write("zero.txt", "4 0\n"), tiny_write("junk.txt", "4 x\n")};
     char cmd[4096], *a = NULL, *b = NULL, *c = NULL;
     /* A list of one k for every layer is --topk k; a mixed one differs. */
-    snprintf(cmd, sizeof cmd, "%s ppl -m %s -f %s --ctx 64 --topk 4 --quiet -t 2", bin(), m, txt);
+    snprintf(cmd, sizeof cmd, "%s ppl -m %s -f %s --ctx 64 --topk 4 --quiet -t 2", test_bin(), m, txt);
     REQUIRE(test_run(cmd, &a) == 0 && a);
-    snprintf(cmd, sizeof cmd, "%s ppl -m %s -f %s --ctx 64 --topk-file %s --quiet -t 2", bin(), m, txt, same);
+    snprintf(cmd, sizeof cmd, "%s ppl -m %s -f %s --ctx 64 --topk-file %s --quiet -t 2", test_bin(), m, txt, same);
     REQUIRE(test_run(cmd, &b) == 0 && b);
-    snprintf(cmd, sizeof cmd, "%s ppl -m %s -f %s --ctx 64 --topk-file %s --quiet -t 2", bin(), m, txt, mixed);
+    snprintf(cmd, sizeof cmd, "%s ppl -m %s -f %s --ctx 64 --topk-file %s --quiet -t 2", test_bin(), m, txt, mixed);
     REQUIRE(test_run(cmd, &c) == 0 && c);
     CHECKF(!strcmp(a, b) && strcmp(a, c), "%s %s %s", a, b, c);
     free(a); free(b); free(c);
-    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids 1,2,3,4,5,6,7,8,9,10 --prefill 4 --topk 4 -t 2 -o /dev/stdout | md5sum", bin(), m);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids 1,2,3,4,5,6,7,8,9,10 --prefill 4 --topk 4 -t 2 -o /dev/stdout | md5sum", test_bin(), m);
     REQUIRE(test_run(cmd, &a) == 0 && a);
-    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids 1,2,3,4,5,6,7,8,9,10 --prefill 4 --topk-file %s -t 2 -o /dev/stdout | md5sum", bin(), m, same);
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids 1,2,3,4,5,6,7,8,9,10 --prefill 4 --topk-file %s -t 2 -o /dev/stdout | md5sum", test_bin(), m, same);
     REQUIRE(test_run(cmd, &b) == 0 && b);
     CHECKF(!strcmp(a, b), "%s vs %s", a, b);
     free(a); free(b);
-    snprintf(cmd, sizeof cmd, "%s generate -m %s -p 'It is' -n 3 --temp 0 --topk-file %s -t 2 2>/dev/null", bin(), m, mixed);
+    snprintf(cmd, sizeof cmd, "%s generate -m %s -p 'It is' -n 3 --temp 0 --topk-file %s -t 2 2>/dev/null", test_bin(), m, mixed);
     CHECK(test_run(cmd, &a) == 0);
     free(a);
     snprintf(cmd, sizeof cmd, "%s bench -m %s --depth 30 --prefill 4 --decode 2 --json --bw-mib 16 --topk-file %s -t 2 "
-             "2>/dev/null", bin(), m, mixed);
+             "2>/dev/null", test_bin(), m, mixed);
     CHECKF(test_run(cmd, &a) == 0 && a && strstr(a, "\"topk\":24,"), "%s", a);
     free(a);
     /* A wrong file is one line naming it, on every command. */
@@ -381,7 +379,7 @@ TEST(cli_topk_file_on_the_commands) {
                 else if (*p == 'T' && (p[1] == ' ' || !p[1])) strcat(args, txt);
                 else strncat(args, p, 1);
             }
-            snprintf(cmd, sizeof cmd, "%s %s --topk-file %s </dev/null 2>&1", bin(), args, bad[j]);
+            snprintf(cmd, sizeof cmd, "%s %s --topk-file %s </dev/null 2>&1", test_bin(), args, bad[j]);
             CHECKF(test_run(cmd, &a) != 0 && a && strstr(a, bad[j]) && strstr(a, "--topk-file"), "%s: %s", cmd, a);
             free(a);
         }

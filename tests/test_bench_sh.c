@@ -12,8 +12,6 @@
 
 #include "test.h"
 
-static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
-
 /* Prints, per depth of -d, a prefill line (n_prompt = -p) and a decode line
  * (n_gen = -n), llama-bench's "key": value spacing, a string with a comma;
  * round 1 reports 100 and 30 tok/s, round 2 300 and 50 (a counter file). */
@@ -37,7 +35,7 @@ TEST(bench_sh_llama_comparison) {
     snprintf(gguf, sizeof gguf, "%s/tiny-q4.gguf", dir);
     snprintf(llama, sizeof llama, "%s/llama-bench", dir);
     snprintf(doc, sizeof doc, "%s/bench.md", dir);
-    snprintf(cmd, sizeof cmd, "%s quantize -m models/tiny -o %s --type Q4_K_M 2>&1", bin(), gguf);
+    snprintf(cmd, sizeof cmd, "%s quantize -m models/tiny -o %s --type Q4_K_M 2>&1", test_bin(), gguf);
     REQUIRE(test_run(cmd, &out) == 0);
     free(out);
     FILE *f = fopen(llama, "w");
@@ -51,7 +49,7 @@ TEST(bench_sh_llama_comparison) {
 
     snprintf(env, sizeof env, "BUILD=%s DSV32_BIN=%s BENCH_OUT=%s/out BENCH_DOC=%s BENCH_STANDARD=0 BENCH_THREADS=1 "
              "LLAMA_BENCH=%s LLAMA_DEPTHS=0,8 LLAMA_PREFILL=4 LLAMA_DECODE=2 LLAMA_REPS=2",
-             dir, bin(), dir, doc, llama);
+             dir, test_bin(), dir, doc, llama);
     snprintf(cmd, sizeof cmd, "%s LLAMA_GGUF_Q4_K_M=%s tools/bench.sh > %s/log 2>&1", env, gguf, dir);
     int rc = system(cmd);
     size_t len = 0;

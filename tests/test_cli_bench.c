@@ -9,8 +9,6 @@
 #include "test.h"
 #include "tiny_model.h"
 
-static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
-
 static int count_lines(const char *s, const char *needle) {
     int n = 0;
     for (const char *p = s; p && (p = strstr(p, needle)); p++) n++;
@@ -22,7 +20,7 @@ TEST(cli_bench_json_lines) {
     char cmd[4096];
     char *out = NULL;
     snprintf(cmd, sizeof cmd, "%s bench -m %s --depth 0,100 --prefill 6 --decode 5 --fill random --attn both "
-             "--json --bw-mib 16 -t 2 2>/dev/null", bin(), dir);
+             "--json --bw-mib 16 -t 2 2>/dev/null", test_bin(), dir);
     REQUIRE(test_run(cmd, &out) == 0 && out);
     /* 2 depths x 2 modes x (prefill, decode), and nothing else on stdout. */
     CHECK_EQ_INT(count_lines(out, "\n"), 8);
@@ -56,7 +54,7 @@ TEST(cli_bench_json_lines) {
 
     /* Real fill in small chunks, dense attention; the table on stdout. */
     snprintf(cmd, sizeof cmd, "%s bench -m %s --depth 40 --fill real --batch 16 --prefill 4 --decode 1 --dense "
-             "--bw-mib 16 2>&1", bin(), dir);
+             "--bw-mib 16 2>&1", test_bin(), dir);
     REQUIRE(test_run(cmd, &out) == 0 && out);
     CHECKF(strstr(out, "read bandwidth") && strstr(out, "AMX BF16") && strstr(out, "compute peaks") && strstr(out, "prefill dense") && strstr(out, "decode  dense"),
            "%s", out);
@@ -66,7 +64,7 @@ TEST(cli_bench_json_lines) {
 TEST(cli_bench_help_and_errors) {
     char cmd[4096];
     char *out = NULL;
-    snprintf(cmd, sizeof cmd, "%s bench --help", bin());
+    snprintf(cmd, sizeof cmd, "%s bench --help", test_bin());
     CHECK_EQ_INT(test_run(cmd, &out), 0);
     const char *opts[] = {"-m, --model DIR", "--depth", "--prefill", "--decode", "--fill", "--dense", "--topk", "--attn",
                           "-t, --threads N", "--batch N", "--seed", "--bw-mib", "--json", "--warmup"};
@@ -76,13 +74,13 @@ TEST(cli_bench_help_and_errors) {
     const char *bad[] = {"--fill bogus", "--depth 1,x", "--depth -4", "--dense --topk 4", "--attn both --dense",
                          "--prefill 0 --decode 0", "--bogus", "-t 0", "--warmup -1"};
     for (int i = 0; i < 9; i++) {
-        snprintf(cmd, sizeof cmd, "%s bench -m %s --bw-mib 16 %s 2>&1", bin(), dir, bad[i]);
+        snprintf(cmd, sizeof cmd, "%s bench -m %s --bw-mib 16 %s 2>&1", test_bin(), dir, bad[i]);
         CHECKF(test_run(cmd, &out) != 0, "'%s' succeeded", bad[i]);
         CHECKF(out && strstr(out, "dsv32 bench: ") && strchr(out, '\n') == out + strlen(out) - 1, "'%s': %s", bad[i],
                out);
         free(out);
     }
-    snprintf(cmd, sizeof cmd, "%s bench 2>&1", bin());
+    snprintf(cmd, sizeof cmd, "%s bench 2>&1", test_bin());
     CHECK(test_run(cmd, &out) != 0 && out && strstr(out, "missing -m"));
     free(out);
 }

@@ -5,7 +5,6 @@
 
 #include "test.h"
 
-static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
 #define MODEL "conformance/public_sparse_fp8/hf"
 
 TEST(cli_logits_rows_and_dumps) {
@@ -13,7 +12,7 @@ TEST(cli_logits_rows_and_dumps) {
     snprintf(out, sizeof out, "%s/l.bin", test_tmpdir());
     snprintf(dump, sizeof dump, "%s/dump", test_tmpdir());
     mkdir(dump, 0700);
-    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids 5,6,7,8,9,10 --prefill 3 -o %s --dump %s -t 2 2>&1", bin(),
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids 5,6,7,8,9,10 --prefill 3 -o %s --dump %s -t 2 2>&1", test_bin(),
              test_shared(MODEL), out, dump);
     char *o = NULL;
     CHECKF(test_run(cmd, &o) == 0, "%s", o);
@@ -44,7 +43,7 @@ TEST(cli_logits_rows_and_dumps) {
 
 static void expect_fail(const char *args, const char *needle) {
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s logits %s -o %s/x.bin 2>&1", bin(), args, test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s logits %s -o %s/x.bin 2>&1", test_bin(), args, test_tmpdir());
     char *o = NULL;
     int rc = test_run(cmd, &o);
     CHECKF(rc != 0, "'%s' succeeded", args);
@@ -67,7 +66,7 @@ TEST(cli_logits_errors) {
     expect_fail(a, "missing --prefill");
     expect_fail("--bogus", "unknown option '--bogus'");
     char cmd[512], *o = NULL;
-    snprintf(cmd, sizeof cmd, "%s logits --help", bin());
+    snprintf(cmd, sizeof cmd, "%s logits --help", test_bin());
     CHECK(test_run(cmd, &o) == 0 && strstr(o, "--prefill P"));
     free(o);
 }

@@ -8,12 +8,10 @@
 
 #include "test.h"
 
-static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
-
 /* The command's stdout+stderr; *rc its exit status. */
 static char *run(const char *args, int *rc) {
     char cmd[4096], *out = NULL;
-    snprintf(cmd, sizeof cmd, "%s ppl %s -t 2 2>&1", bin(), args);
+    snprintf(cmd, sizeof cmd, "%s ppl %s -t 2 2>&1", test_bin(), args);
     *rc = test_run(cmd, &out);
     return out ? out : strdup("");
 }

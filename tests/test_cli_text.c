@@ -15,20 +15,18 @@
 #include "fixture.h"
 #include "test.h"
 
-static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
-
 TEST(cli_generate_streams_and_reports) {
     const char *m = fixture_random();
     char cmd[2048], *out = NULL, *all = NULL;
-    snprintf(cmd, sizeof cmd, "%s generate -m %s -p 'In the beginning' -n 12 --temp 0 -t 2 2>/dev/null", bin(), m);
+    snprintf(cmd, sizeof cmd, "%s generate -m %s -p 'In the beginning' -n 12 --temp 0 -t 2 2>/dev/null", test_bin(), m);
     CHECKF(test_run(cmd, &out) == 0, "%s", out);
     /* The stats go to stderr only; stdout holds the completion. */
     CHECK(out && !strstr(out, "tok/s"));
-    snprintf(cmd, sizeof cmd, "%s generate -m %s -p 'In the beginning' -n 12 --temp 0 -t 1 2>&1", bin(), m);
+    snprintf(cmd, sizeof cmd, "%s generate -m %s -p 'In the beginning' -n 12 --temp 0 -t 1 2>&1", test_bin(), m);
     CHECK(test_run(cmd, &all) == 0);
     /* The prompt is BOS (add_bos_token) plus the text's tokens. */
     char *ids = NULL, want[64];
-    snprintf(cmd, sizeof cmd, "printf 'In the beginning' | %s tokenize -m %s", bin(), m);
+    snprintf(cmd, sizeof cmd, "printf 'In the beginning' | %s tokenize -m %s", test_bin(), m);
     REQUIRE(test_run(cmd, &ids) == 0 && ids);
     int n_ids = 1;
     for (char *p = ids; *p; p++) n_ids += *p == ',';
@@ -41,7 +39,7 @@ TEST(cli_generate_streams_and_reports) {
     free(all);
     /* Same seed, same text; sampling works at all. */
     char *a = NULL, *b = NULL;
-    snprintf(cmd, sizeof cmd, "%s generate -m %s -p 'x' -n 16 --temp 1 --top-p 0.9 --seed 7 2>/dev/null", bin(), m);
+    snprintf(cmd, sizeof cmd, "%s generate -m %s -p 'x' -n 16 --temp 1 --top-p 0.9 --seed 7 2>/dev/null", test_bin(), m);
     CHECK(test_run(cmd, &a) == 0);
     CHECK(test_run(cmd, &b) == 0);
     CHECK(a && b && !strcmp(a, b));
@@ -57,14 +55,14 @@ TEST(cli_generate_input_file_batch) {
     REQUIRE(f);
     fputs("first prompt\n\nsecond\nprompt, two lines\n\n\nthird\n", f);
     fclose(f);
-    snprintf(cmd, sizeof cmd, "%s generate -m %s --input-file %s -n 8 --temp 0 2>/dev/null", bin(), m, path);
+    snprintf(cmd, sizeof cmd, "%s generate -m %s --input-file %s -n 8 --temp 0 2>/dev/null", test_bin(), m, path);
     CHECK(test_run(cmd, &out) == 0);
     REQUIRE(out);
     char *p1 = strstr(out, "Prompt: first prompt\nCompletion: "), *p2 = strstr(out, "Prompt: second\nprompt, two lines\n");
     char *p3 = strstr(out, "Prompt: third\n");
     CHECKF(p1 && p2 && p3 && p1 < p2 && p2 < p3, "%s", out);
     /* In a batch each prompt gets what it gets alone (greedy). */
-    snprintf(cmd, sizeof cmd, "%s generate -m %s -p 'third' -n 8 --temp 0 2>/dev/null", bin(), m);
+    snprintf(cmd, sizeof cmd, "%s generate -m %s -p 'third' -n 8 --temp 0 2>/dev/null", test_bin(), m);
     CHECK(test_run(cmd, &one) == 0);
     REQUIRE(one);
     one[strlen(one) - 1] = 0; /* the final newline */
@@ -87,15 +85,15 @@ TEST(cli_generate_errors) {
         {"-p hi --frobnicate", "unknown option '--frobnicate'"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        snprintf(cmd, sizeof cmd, "%s generate -m %s %s 2>&1", bin(), m, cases[i].args);
+        snprintf(cmd, sizeof cmd, "%s generate -m %s %s 2>&1", test_bin(), m, cases[i].args);
         CHECKF(test_run(cmd, &out) != 0, "%s succeeded", cases[i].args);
         CHECKF(out && strstr(out, cases[i].msg), "%s: '%s'", cases[i].args, out);
         free(out);
     }
-    snprintf(cmd, sizeof cmd, "%s generate -p hi -m /nonexistent 2>&1", bin());
+    snprintf(cmd, sizeof cmd, "%s generate -p hi -m /nonexistent 2>&1", test_bin());
     CHECK(test_run(cmd, &out) != 0 && strstr(out, "/nonexistent/config.json: cannot open"));
     free(out);
-    snprintf(cmd, sizeof cmd, "%s generate --help", bin());
+    snprintf(cmd, sizeof cmd, "%s generate --help", test_bin());
     CHECK(test_run(cmd, &out) == 0 && strstr(out, "--temp T") && strstr(out, "(default 0.6)"));
     free(out);
 }
@@ -121,7 +119,7 @@ TEST(cli_chat_terminal_with_clear) {
     pid_t pid = forkpty(&fd, NULL, NULL, NULL);
     REQUIRE(pid >= 0);
     if (pid == 0) {
-        execl(bin(), bin(), "chat", "-m", m, "-n", "6", "--temp", "0", "--think", "-t", "1", (char *)NULL);
+        execl(test_bin(), test_bin(), "chat", "-m", m, "-n", "6", "--temp", "0", "--think", "-t", "1", (char *)NULL);
         _exit(127);
     }
     static char buf[1 << 16];
@@ -149,7 +147,7 @@ TEST(cli_chat_terminal_with_clear) {
 TEST(cli_chat_pipe_and_batch) {
     const char *m = fixture_random();
     char cmd[2048], path[1200], *out = NULL;
-    snprintf(cmd, sizeof cmd, "printf 'hi\\nsecond turn\\n' | %s chat -m %s -n 5 --temp 0 --system 'Be brief.' 2>&1", bin(), m);
+    snprintf(cmd, sizeof cmd, "printf 'hi\\nsecond turn\\n' | %s chat -m %s -n 5 --temp 0 --system 'Be brief.' 2>&1", test_bin(), m);
     CHECKF(test_run(cmd, &out) == 0, "%s", out);
     free(out);
     snprintf(path, sizeof path, "%s/p.txt", test_tmpdir());
@@ -157,7 +155,7 @@ TEST(cli_chat_pipe_and_batch) {
     REQUIRE(f);
     fputs("one\n\ntwo\n", f);
     fclose(f);
-    snprintf(cmd, sizeof cmd, "%s chat -m %s --input-file %s -n 5 --temp 0 2>/dev/null", bin(), m, path);
+    snprintf(cmd, sizeof cmd, "%s chat -m %s --input-file %s -n 5 --temp 0 2>/dev/null", test_bin(), m, path);
     CHECK(test_run(cmd, &out) == 0);
     CHECKF(out && strstr(out, "Prompt: one\n") && strstr(out, "Prompt: two\n") && strstr(out, "Answer: "), "%s", out);
     free(out);
@@ -191,7 +189,7 @@ TEST(cli_tokenize_chat_matches_goldens) {
     fclose(f);
     free(golden);
     char b[PATH_MAX];
-    REQUIRE(realpath(bin(), b));
+    REQUIRE(realpath(test_bin(), b));
     snprintf(cmd, sizeof cmd, "cd %.1000s && zstd -dcq %.1000s > tokenizer.json && cp %.1000s . && %.1000s tokenize -m . --chat < in.jsonl",
              test_tmpdir(), zst, cfg, b);
     REQUIREF(test_run(cmd, &out) == 0, "%s", out);

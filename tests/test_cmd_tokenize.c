@@ -5,22 +5,6 @@
 
 #include "test.h"
 
-static const char *bin(void) {
-    const char *b = getenv("DSV32_BIN");
-    if (!b || !*b) SKIP("DSV32_BIN is not set (run through make test)");
-    return b;
-}
-
-/* The real tokenizer, unpacked into the test's directory; returns the dir. */
-static const char *model_dir(void) {
-    const char *dir = test_tmpdir();
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "zstd -q -d -f '%s' -o '%s/tokenizer.json' && cp '%s' '%s/'",
-             test_shared("tokenizer/tokenizer.json.zst"), dir, test_shared("tokenizer/tokenizer_config.json"), dir);
-    REQUIREF(system(cmd) == 0, "cannot unpack the tokenizer fixture: %s", cmd);
-    return dir;
-}
-
 /* Runs a shell command line built from fmt; returns its exit status and its
  * stdout in *out (caller frees). */
 static int run(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -35,14 +19,8 @@ static int run(char **out, const char *fmt, ...) {
     return rc;
 }
 
-static void write_file(const char *path, const char *data, size_t len) {
-    FILE *f = fopen(path, "wb");
-    REQUIRE(f && fwrite(data, 1, len, f) == len);
-    fclose(f);
-}
-
 TEST(cmd_tokenize_text) {
-    const char *b = bin(), *dir = model_dir();
+    const char *b = test_bin(), *dir = test_tokenizer_dir(1);
     char *out;
     CHECK_EQ_INT(run(&out, "printf 'Hello! I am DeepSeek.' | %s tokenize -m %s", b, dir), 0);
     CHECK_STR(out, "19923,3,342,1030,22651,4374,1465,16\n");
@@ -58,7 +36,7 @@ TEST(cmd_tokenize_text) {
 
 /* golden.jsonl's lines carry "text", so it is valid --jsonl input as is. */
 TEST(cmd_tokenize_jsonl) {
-    const char *b = bin(), *dir = model_dir();
+    const char *b = test_bin(), *dir = test_tokenizer_dir(1);
     char *out;
     CHECK_EQ_INT(run(&out, "%s tokenize -m %s --jsonl < %s", b, dir, test_shared("tokenizer/golden.jsonl")), 0);
     size_t len;
@@ -86,7 +64,7 @@ TEST(cmd_tokenize_jsonl) {
     char path[1024];
     snprintf(path, sizeof path, "%s/in.jsonl", test_tmpdir());
     const char *in = "{\"id\": 7, \"text\": \"a\\u0000b\"}\n\n{\"text\":\"<think>\\ud83d\\ude00\"}\n";
-    write_file(path, in, strlen(in));
+    test_write_file(path, in, strlen(in));
     CHECK_EQ_INT(run(&out, "%s tokenize -m %s --jsonl < %s", b, dir, path), 0);
     CHECK_STR(out, "{\"ids\":[67,191,68]}\n{\"ids\":[128798,28927,225]}\n");
     free(out);
@@ -94,12 +72,12 @@ TEST(cmd_tokenize_jsonl) {
 
 /* Any bytes survive tokenize | detokenize. */
 TEST(cmd_detokenize_round_trip) {
-    const char *b = bin(), *dir = model_dir();
+    const char *b = test_bin(), *dir = test_tokenizer_dir(1);
     char in[1024], back[1024], *out;
     snprintf(in, sizeof in, "%s/in.txt", test_tmpdir());
     snprintf(back, sizeof back, "%s/back.txt", test_tmpdir());
     static const char text[] = "<｜begin▁of▁sentence｜>稀疏注意力 \xe4\xb8 ok\xff\n\ttabs <think>\x00 end\n";
-    write_file(in, text, sizeof text - 1);
+    test_write_file(in, text, sizeof text - 1);
     CHECK_EQ_INT(run(&out, "%s tokenize -m %s < %s | %s detokenize -m %s > %s", b, dir, in, b, dir, back), 0);
     free(out);
     size_t len;
@@ -117,7 +95,7 @@ TEST(cmd_detokenize_round_trip) {
 }
 
 TEST(cmd_tokenize_help) {
-    const char *b = bin();
+    const char *b = test_bin();
     char *out;
     CHECK_EQ_INT(run(&out, "%s tokenize --help", b), 0);
     static const char *const opts[] = {"-m, --model", "--jsonl", "--bench FILE", "--bench-time", "--help", "default"};
@@ -133,7 +111,7 @@ TEST(cmd_tokenize_help) {
 
 /* Each error is one line on stderr naming the command, and a non-zero exit. */
 TEST(cmd_tokenize_errors) {
-    const char *b = bin(), *dir = model_dir();
+    const char *b = test_bin(), *dir = test_tokenizer_dir(1);
     char bad[1024], *out;
     snprintf(bad, sizeof bad, "%s/bad", test_tmpdir());
     char cmd[2200];
@@ -156,7 +134,7 @@ TEST(cmd_tokenize_errors) {
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char args[2048], in[1024];
         snprintf(in, sizeof in, "%s/stdin", test_tmpdir());
-        write_file(in, cases[i].input, strlen(cases[i].input));
+        test_write_file(in, cases[i].input, strlen(cases[i].input));
         /* Substitute the model directories into the arguments. */
         const char *a = cases[i].args, *p;
         size_t k = 0;
@@ -180,11 +158,11 @@ TEST(cmd_tokenize_errors) {
 }
 
 TEST(cmd_tokenize_bench) {
-    const char *b = bin(), *dir = model_dir();
+    const char *b = test_bin(), *dir = test_tokenizer_dir(1);
     char path[1024], *out;
     snprintf(path, sizeof path, "%s/bench.txt", test_tmpdir());
     const char *text = "Sparse attention keeps long contexts cheap. 稀疏注意力降低了长上下文的计算成本。\n";
-    write_file(path, text, strlen(text));
+    test_write_file(path, text, strlen(text));
     CHECK_EQ_INT(run(&out, "%s tokenize -m %s --bench %s --bench-time 0", b, dir, path), 0);
     CHECKF(strstr(out, "MB/s") && strstr(out, "tokens/s") && strstr(out, "bytes"), "%s", out);
     free(out);

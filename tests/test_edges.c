@@ -199,8 +199,7 @@ TEST(paths_longer_than_buffers_are_errors) {
 /* The same in the commands: `convert` into a directory whose name fits but
  * whose shard file name would not. */
 TEST(cli_convert_refuses_a_path_too_long) {
-    const char *bin = getenv("DSV32_BIN");
-    if (!bin || !*bin) bin = "build/dsv32";
+    const char *bin = test_bin();
     char dir[4200], cmd[8600], *out = NULL;
     int n = snprintf(dir, sizeof dir, "%s", test_tmpdir());
     while (n < 4060) {

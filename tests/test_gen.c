@@ -322,8 +322,7 @@ static char *server_text(int port, const char *prompt, int n, double temp, int s
 }
 
 TEST(gen_cli_matches_server) {
-    const char *bin = getenv("DSV32_BIN");
-    REQUIRE(bin);
+    const char *bin = test_bin();
     /* One slot on the server so that --batch 16 is the whole step, as for
      * the CLI; the second prompt is longer than that. */
     server s;

@@ -17,8 +17,6 @@
 #include "format/gguf.h"
 #include "test.h"
 
-static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
-
 static const char *tmp(const char *name) {
     static char p[8][1024];
     static int k;
@@ -173,14 +171,6 @@ TEST(gguf_chat_detect_rules) {
 
 /* ---- The command line ---------------------------------------------------- */
 
-static void run_ok(const char *cmd, char **out) {
-    char *o = NULL;
-    int rc = test_run(cmd, &o);
-    REQUIREF(rc == 0, "%s: %s", cmd, o ? o : "");
-    if (out) *out = o;
-    else free(o);
-}
-
 #define BF16_CKPT "conformance/public_sparse_bf16/hf"
 
 /* A model directory: the conformance checkpoint with DeepSeek's tokenizer
@@ -192,7 +182,7 @@ static const char *ckpt_dir(const char *name, const char *tmpl) {
              "mkdir -p '%s' && zstd -q -d -f '%s' -o '%s/tokenizer.json' && "
              "ln -sf \"$(realpath '%s')\"/config.json \"$(realpath '%s')\"/model.safetensors '%s/'",
              dir, test_shared("tokenizer/tokenizer.json.zst"), dir, test_shared(BF16_CKPT), test_shared(BF16_CKPT), dir);
-    run_ok(cmd, NULL);
+    test_run_ok(cmd, NULL);
     char *text = test_read_file(test_shared("tokenizer/tokenizer_config.json"), NULL);
     REQUIRE(text);
     cJSON *j = cJSON_Parse(text);
@@ -217,8 +207,8 @@ static const char *quantize(const char *model, const char *name, const char *arg
     static int k;
     char *out = paths[k++ % 8], cmd[4096];
     snprintf(out, sizeof paths[0], "%s/%s", test_tmpdir(), name);
-    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s %s 2>&1", bin(), model, out, args);
-    run_ok(cmd, NULL);
+    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s %s 2>&1", test_bin(), model, out, args);
+    test_run_ok(cmd, NULL);
     return out;
 }
 
@@ -258,11 +248,11 @@ static char *check_goldens(const char *model, const char *golden_rel, const char
     free(golden);
     char cmd[8192], *out = NULL;
     const char *err = tmp("err.txt");
-    snprintf(cmd, sizeof cmd, "%s tokenize -m %s --chat %s < %s 2> %s", bin(), model, extra, in, err);
-    run_ok(cmd, &out);
+    snprintf(cmd, sizeof cmd, "%s tokenize -m %s --chat %s < %s 2> %s", test_bin(), model, extra, in, err);
+    test_run_ok(cmd, &out);
     char *plain = NULL;
-    snprintf(cmd, sizeof cmd, "%s tokenize -m %s --jsonl < %s", bin(), model, texts);
-    run_ok(cmd, &plain);
+    snprintf(cmd, sizeof cmd, "%s tokenize -m %s --jsonl < %s", test_bin(), model, texts);
+    test_run_ok(cmd, &plain);
     int i = 0;
     char *save1, *save2, *pl = strtok_r(plain, "\n", &save2);
     for (char *line = strtok_r(out, "\n", &save1); line; line = strtok_r(NULL, "\n", &save1), i++) {
@@ -374,9 +364,9 @@ TEST(gguf_chat_cli_parse) {
         char cmd[8192], *out = NULL;
         /* The format's own markup is a call; the other format's is content. */
         for (int m = 0; m < 2; m++) {
-            snprintf(cmd, sizeof cmd, "printf '%%s\\n' '%s' | %s parse -m %s %s 2>&1", m ? dsml_call : exp_call, bin(),
+            snprintf(cmd, sizeof cmd, "printf '%%s\\n' '%s' | %s parse -m %s %s 2>&1", m ? dsml_call : exp_call, test_bin(),
                      models[cases[i].model], cases[i].opt);
-            run_ok(cmd, &out);
+            test_run_ok(cmd, &out);
             int is_call = strstr(out, call) != NULL;
             CHECKF(is_call == (m == cases[i].dsml), "%s %s on %s markup: %s", models[cases[i].model], cases[i].opt,
                    m ? "DSML" : "Exp", out);

@@ -25,22 +25,13 @@
 #define FP8_CONFIG "public_sparse_fp8"
 #define FP8_CKPT "conformance/public_sparse_fp8/hf"
 
-static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
-
-static void run_ok(const char *cmd) {
-    char *o = NULL;
-    int rc = test_run(cmd, &o);
-    REQUIREF(rc == 0, "%s: %s", cmd, o ? o : "");
-    free(o);
-}
-
 /* The checkpoint written as a GGUF of `type` into this test's directory. */
 static const char *gguf(const char *type) {
     static char path[1024];
     char cmd[4096];
     snprintf(path, sizeof path, "%s/fp8-%s.gguf", test_tmpdir(), type);
-    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s --type %s 2>&1", bin(), test_shared(FP8_CKPT), path, type);
-    run_ok(cmd);
+    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s --type %s 2>&1", test_bin(), test_shared(FP8_CKPT), path, type);
+    test_run_ok(cmd, NULL);
     return path;
 }
 
@@ -72,8 +63,8 @@ static float *logits(const char *model, const char *tag, const char *extra, size
     char cmd[4096], out[1024];
     snprintf(out, sizeof out, "%s/%s.f32", test_tmpdir(), tag);
     snprintf(cmd, sizeof cmd, "DSV32_ISA=%s %s logits -m %s --ids %s --prefill 40 -o %s -t 2 %s 2>&1", test_level(),
-             bin(), model, ids, out, extra);
-    run_ok(cmd);
+             test_bin(), model, ids, out, extra);
+    test_run_ok(cmd, NULL);
     float *d = test_read_file(out, n);
     REQUIRE(d && *n > 0);
     return d;
@@ -110,9 +101,9 @@ TEST(gguf_fp8_act_quant_metadata_and_off) {
     /* A BF16 checkpoint's file says none. */
     char cmd[4096], b16[1024];
     snprintf(b16, sizeof b16, "%s/bf16.gguf", test_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s --type BF16 2>&1", bin(),
+    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s --type BF16 2>&1", test_bin(),
              test_shared("conformance/public_sparse_bf16/hf"), b16);
-    run_ok(cmd);
+    test_run_ok(cmd, NULL);
     REQUIREF(dsv_gguf_open(&f, b16) == DSV_OK, "%s", dsv_errmsg());
     CHECK(dsv_gguf_get_str(f, "dsv32.act_quant", &s, &len) == DSV_OK && len == 4 && !memcmp(s, "none", 4));
     dsv_gguf_close(f);
@@ -134,7 +125,7 @@ TEST(gguf_fp8_act_quant_metadata_and_off) {
 
     /* The option's value is checked. */
     char *o = NULL;
-    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids 1,2 --act-quant fp16 -o %s/x.f32 2>&1", bin(), g, test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids 1,2 --act-quant fp16 -o %s/x.f32 2>&1", test_bin(), g, test_tmpdir());
     CHECK(test_run(cmd, &o) != 0 && o && strstr(o, "--act-quant: expected fp8 or none, got 'fp16'"));
     free(o);
 
@@ -147,9 +138,7 @@ TEST(gguf_fp8_act_quant_metadata_and_off) {
     memcpy(p, "fp8_e5m2", 8);
     char bad[1024];
     snprintf(bad, sizeof bad, "%s/bad.gguf", test_tmpdir());
-    FILE *fo = fopen(bad, "wb");
-    REQUIRE(fo && fwrite(d, 1, n, fo) == n);
-    fclose(fo);
+    test_write_file(bad, d, n);
     free(d);
     dsv_model *m = NULL;
     CHECK(dsv_model_open(&m, bad, NULL) != DSV_OK);
@@ -180,8 +169,8 @@ static char *serve_logprobs(const char *model, const char *args) {
 TEST(gguf_fp8_serve_act_quant) {
     char path[1024], cmd[4096];
     snprintf(path, sizeof path, "%s/tiny-bf16.gguf", test_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s quantize -m models/tiny -o %s --type BF16 2>&1", bin(), path);
-    run_ok(cmd);
+    snprintf(cmd, sizeof cmd, "%s quantize -m models/tiny -o %s --type BF16 2>&1", test_bin(), path);
+    test_run_ok(cmd, NULL);
     char *dflt = serve_logprobs(path, "");
     char *fp8 = serve_logprobs(path, "--act-quant fp8");
     char *none = serve_logprobs(path, "--act-quant none");

@@ -20,19 +20,10 @@
 #include "format/gguf.h"
 #include "dsv32_util.h"
 
-static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
-
-static void run_ok(const char *cmd) {
-    char *o = NULL;
-    int rc = test_run(cmd, &o);
-    REQUIREF(rc == 0, "%s: %s", cmd, o ? o : "");
-    free(o);
-}
-
 static void quantize(const char *model, const char *out, const char *args) {
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s %s 2>&1", bin(), model, out, args);
-    run_ok(cmd);
+    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s %s 2>&1", test_bin(), model, out, args);
+    test_run_ok(cmd, NULL);
 }
 
 /* The logits of `ids` (prefill P) under model, with extra options; returns
@@ -40,9 +31,9 @@ static void quantize(const char *model, const char *out, const char *args) {
 static float *logits_opt(const char *model, const char *ids, int prefill, const char *tag, const char *extra, size_t *n) {
     char cmd[4096], out[1024];
     snprintf(out, sizeof out, "%s/%s.f32", test_tmpdir(), tag);
-    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids %s --prefill %d -o %s -t 2 %s 2>&1", bin(), model, ids, prefill, out,
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids %s --prefill %d -o %s -t 2 %s 2>&1", test_bin(), model, ids, prefill, out,
              extra);
-    run_ok(cmd);
+    test_run_ok(cmd, NULL);
     float *d = test_read_file(out, n);
     REQUIRE(d);
     *n /= 4;
@@ -178,15 +169,13 @@ static void patch(const char *path, const void *from, size_t n, size_t delta, co
     while (at + n <= len && memcmp(b + at, from, n)) at++;
     REQUIRE(at + n <= len && at + delta + m <= len);
     memcpy(b + at + delta, to, m);
-    FILE *f = fopen(path, "wb");
-    REQUIRE(f && fwrite(b, 1, len, f) == len);
-    fclose(f);
+    test_write_file(path, b, len);
     free(b);
 }
 
 static void expect_one_line_error(const char *model, const char *needle) {
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids 1,2 --prefill 1 -o %s 2>&1", bin(), model, tmp("x.f32"));
+    snprintf(cmd, sizeof cmd, "%s logits -m %s --ids 1,2 --prefill 1 -o %s 2>&1", test_bin(), model, tmp("x.f32"));
     char *o = NULL;
     int rc = test_run(cmd, &o);
     CHECKF(rc != 0, "%s opened", model);
@@ -256,9 +245,9 @@ TEST(gguf_deepseek2_is_dense_mla) {
         snprintf(out[i], sizeof out[i], "%s/d2-%d.f32", test_tmpdir(), i);
         /* 40 ids: past the checkpoint's index_topk (24), so sparse and
          * dense attention differ. */
-        snprintf(cmd, sizeof cmd, "%s logits -m %s --ids %s,%s,%s --prefill 30 -o %s -t 2 %s 2>&1", bin(), models[i], IDS,
+        snprintf(cmd, sizeof cmd, "%s logits -m %s --ids %s,%s,%s --prefill 30 -o %s -t 2 %s 2>&1", test_bin(), models[i], IDS,
                  IDS, "8,9,10,11,12,13,14,15,16,17,18,19", out[i], i == 0 ? "--dense" : "");
-        run_ok(cmd);
+        test_run_ok(cmd, NULL);
     }
     size_t na, nb;
     float *a = test_read_file(out[0], &na), *b = test_read_file(out[1], &nb);
@@ -279,7 +268,7 @@ TEST(gguf_tokenizer_equals_tokenizer_json) {
              "ln -sf \"$(realpath '%s')\"/config.json \"$(realpath '%s')\"/model.safetensors '%s/'",
              dir, test_shared("tokenizer/tokenizer.json.zst"), dir, test_shared("tokenizer/tokenizer_config.json"), dir,
              test_shared(BF16_CKPT), test_shared(BF16_CKPT), dir);
-    run_ok(cmd);
+    test_run_ok(cmd, NULL);
     const char *g = tmp("tok.gguf");
     quantize(dir, g, "--type BF16");
     dsv_tokenizer *a, *b;

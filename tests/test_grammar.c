@@ -265,10 +265,7 @@ TEST(grammar_sampler_hook) {
  * walks through the schemas (printed, not asserted: tests never assert on
  * time). The masks are also held against the reference at a few steps. */
 TEST(grammar_mask_cost_real_vocab) {
-    const char *dir = test_tmpdir();
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "zstd -q -d -f '%s' -o '%s/tokenizer.json'", test_shared("tokenizer/tokenizer.json.zst"), dir);
-    REQUIREF(system(cmd) == 0, "cannot unpack the tokenizer: %s", cmd);
+    const char *dir = test_tokenizer_dir(0);
     dsv_tokenizer *tok = NULL;
     REQUIREF(dsv_tokenizer_open(&tok, dir) == DSV_OK, "%s", dsv_errmsg());
     struct timespec t0, t1;

@@ -15,9 +15,7 @@ static void copy_file(const char *from, const char *to) {
     size_t n;
     char *d = test_read_file(from, &n);
     REQUIRE(d);
-    FILE *f = fopen(to, "wb");
-    REQUIRE(f && fwrite(d, 1, n, f) == n);
-    fclose(f);
+    test_write_file(to, d, n);
     free(d);
 }
 

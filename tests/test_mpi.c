@@ -44,8 +44,6 @@
 #include "server_util.h"
 #include "test.h"
 
-static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
-
 /* Skips unless this build and machine can run ranks; sets what Open MPI
  * needs in a container (running as root; no cross-process memory copies,
  * which ptrace restrictions often forbid). */
@@ -172,7 +170,7 @@ static void run_logits(const char *model, const char *ids, int np, const char *d
     char cmd[8192], *out = NULL;
     mkdir(dir, 0700);
     snprintf(cmd, sizeof cmd, "%s%s logits -m %s --ids %s --prefill 40 -t 1 -o %s/logits.f32 --dump %s 2>&1",
-             launcher(np), bin(), model, ids, dir, dir);
+             launcher(np), test_bin(), model, ids, dir, dir);
     int st = test_run(cmd, &out);
     REQUIREF(st == 0, "%d ranks: %s", np, out ? out : "");
     free(out);
@@ -257,7 +255,7 @@ TEST(mpi_greedy_generate_and_chat_match) {
         char *ref = NULL;
         for (int np = 1; np <= 4; np *= 2) {
             snprintf(cmd, sizeof cmd, "%s%s generate -m models/tiny -p '%s' -n 16 --temp 0 -t 1 2>/dev/null",
-                     launcher(np), bin(), prompts[p]);
+                     launcher(np), test_bin(), prompts[p]);
             char *out = run_text(cmd);
             REQUIRE(out && strlen(out) > 16);
             if (!ref) ref = out;
@@ -276,7 +274,7 @@ TEST(mpi_greedy_generate_and_chat_match) {
                  "created the heaven and the earth. And the earth was without form, and void; and darkness was upon "
                  "the face of the deep. And the Spirit of God moved upon the face of the waters. And God said, Let "
                  "there be light: and there was light. And God saw the light, that it was good' 2>/dev/null",
-                 launcher(2), bin(), batch);
+                 launcher(2), test_bin(), batch);
         char *out = run_text(cmd);
         REQUIRE(out);
         if (!whole) whole = out;
@@ -290,7 +288,7 @@ TEST(mpi_greedy_generate_and_chat_match) {
     char *ref = NULL;
     for (int np = 1; np <= 2; np++) {
         snprintf(cmd, sizeof cmd, "printf 'Who begat Isaac?\\n/exit\\n' | %s%s chat -m models/tiny -n 12 --temp 0 -t 1 "
-                 "2>/dev/null", launcher(np), bin());
+                 "2>/dev/null", launcher(np), test_bin());
         char *out = run_text(cmd);
         REQUIRE(out && *out);
         if (!ref) ref = out;
@@ -312,10 +310,10 @@ TEST(mpi_ranks_agree_on_kernels) {
     snprintf(a, sizeof a, "%s/generic.f32", test_tmpdir());
     snprintf(b, sizeof b, "%s/mixed.f32", test_tmpdir());
     const char *args = "logits --ids 0,19,97,11,304,200,7,7,401,12 --prefill 6 -t 1";
-    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 2 -x DSV32_ISA=generic %s %s -m %s -o %s 2>&1", bin(), args, m, a);
+    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 2 -x DSV32_ISA=generic %s %s -m %s -o %s 2>&1", test_bin(), args, m, a);
     CHECK(test_run(cmd, NULL) == 0);
     snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 1 %s %s -m %s -o %s : -np 1 -x DSV32_ISA=generic %s %s -m %s "
-             "-o %s 2>&1", bin(), args, m, b, bin(), args, m, b);
+             "-o %s 2>&1", test_bin(), args, m, b, test_bin(), args, m, b);
     CHECK(test_run(cmd, NULL) == 0);
     size_t la = 0, lb = 0;
     char *x = test_read_file(a, &la), *y = test_read_file(b, &lb);
@@ -327,7 +325,7 @@ TEST(mpi_ranks_agree_on_kernels) {
 static int logits_with(const char *model, int np, const char *extra, const char *out_file, char **log) {
     char cmd[4096];
     snprintf(cmd, sizeof cmd, "timeout 120 %s%s logits -m %s --ids 0,19,97,11,304,200,7,7,401,12 --prefill 6 -t 1 "
-             "-o %s %s 2>&1", launcher(np), bin(), model, out_file, extra);
+             "-o %s %s 2>&1", launcher(np), test_bin(), model, out_file, extra);
     return test_run(cmd, log);
 }
 
@@ -348,7 +346,7 @@ TEST(convert_one_shard_matches_checkpoint) {
     /* A 1-way "split" needs no MPI: the shard file is the whole model. */
     char out[1200], a[1300], b[1300], cmd[4096], *log = NULL;
     snprintf(out, sizeof out, "%s/mp1", test_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s convert -m models/tiny --model-parallel 1 -o %s 2>&1", bin(), out);
+    snprintf(cmd, sizeof cmd, "%s convert -m models/tiny --model-parallel 1 -o %s 2>&1", test_bin(), out);
     REQUIREF(test_run(cmd, &log) == 0, "%s", log ? log : "");
     free(log);
     snprintf(a, sizeof a, "%s/model0-mp1.safetensors", out);
@@ -361,19 +359,19 @@ TEST(convert_one_shard_matches_checkpoint) {
     CHECK(same_file(a, b));
     /* Refusals: converting shards, writing into the checkpoint, an unknown
      * option; and --help names every option. */
-    snprintf(cmd, sizeof cmd, "%s convert -m %s --model-parallel 2 -o %s/x 2>&1", bin(), out, test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s convert -m %s --model-parallel 2 -o %s/x 2>&1", test_bin(), out, test_tmpdir());
     CHECK(test_run(cmd, &log) != 0 && log && strstr(log, "holds per-rank shards"));
     free(log);
-    snprintf(cmd, sizeof cmd, "%s convert -m models/tiny --model-parallel 2 -o models/tiny 2>&1", bin());
+    snprintf(cmd, sizeof cmd, "%s convert -m models/tiny --model-parallel 2 -o models/tiny 2>&1", test_bin());
     CHECK(test_run(cmd, &log) != 0 && log && strstr(log, "-o must differ"));
     free(log);
-    snprintf(cmd, sizeof cmd, "%s convert --help", bin());
+    snprintf(cmd, sizeof cmd, "%s convert --help", test_bin());
     CHECK(test_run(cmd, &log) == 0 && log && strstr(log, "--model-parallel") && strstr(log, "--rank") &&
           strstr(log, "default"));
     free(log);
     /* A single process refuses shards of a 2-way split by name. */
     snprintf(a, sizeof a, "%s/mp2", test_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s convert -m models/tiny --model-parallel 2 -o %s 2>&1", bin(), a);
+    snprintf(cmd, sizeof cmd, "%s convert -m models/tiny --model-parallel 2 -o %s 2>&1", test_bin(), a);
     REQUIRE(test_run(cmd, NULL) == 0);
     snprintf(b, sizeof b, "%s/x.f32", test_tmpdir());
     CHECK(logits_of(a, 1, b, &log) != 0 && log && strstr(log, "written for 2 ranks"));
@@ -389,7 +387,7 @@ TEST(mpi_convert_shards_match_checkpoint) {
         const char *model = runs[i].model[0] == 'c' ? test_shared(runs[i].model) : runs[i].model;
         char dir[1200], a[1300], b[1300], cmd[4096], *log = NULL;
         snprintf(dir, sizeof dir, "%s/shards%zu", test_tmpdir(), i);
-        snprintf(cmd, sizeof cmd, "%s convert -m %s --model-parallel %d -o %s 2>&1", bin(), model, runs[i].np, dir);
+        snprintf(cmd, sizeof cmd, "%s convert -m %s --model-parallel %d -o %s 2>&1", test_bin(), model, runs[i].np, dir);
         REQUIREF(test_run(cmd, &log) == 0, "%s", log ? log : "");
         free(log);
         snprintf(a, sizeof a, "%s/hf%zu.f32", test_tmpdir(), i);
@@ -406,7 +404,7 @@ TEST(mpi_rank_that_cannot_load_fails_all) {
     need_mpi();
     char dir[1200], path[1300], cmd[4096], *log = NULL;
     snprintf(dir, sizeof dir, "%s/shards", test_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s convert -m models/tiny --model-parallel 2 -o %s 2>&1", bin(), dir);
+    snprintf(cmd, sizeof cmd, "%s convert -m models/tiny --model-parallel 2 -o %s 2>&1", test_bin(), dir);
     REQUIRE(test_run(cmd, NULL) == 0);
     snprintf(path, sizeof path, "%s/out.f32", test_tmpdir());
     /* Shards of another split. */
@@ -431,7 +429,7 @@ static const char *quantized(const char *model, const char *name, const char *ar
     static int slot;
     char *p = path[slot++ & 3], cmd[4096], *log = NULL;
     snprintf(p, sizeof path[0], "%s/%s", test_tmpdir(), name);
-    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s %s 2>&1", bin(), model, p, args);
+    snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s %s 2>&1", test_bin(), model, p, args);
     REQUIREF(test_run(cmd, &log) == 0, "%s", log ? log : "");
     free(log);
     return p;
@@ -551,7 +549,7 @@ TEST(mpi_gguf_quantized_split_agrees_with_one_process) {
     char cmd[2048], *ref = NULL;
     for (int np = 1; np <= 2; np++) {
         snprintf(cmd, sizeof cmd, "%s%s generate -m %s -p 'And it came to pass' -n 16 --temp 0 -t 1 2>/dev/null",
-                 launcher(np), bin(), g);
+                 launcher(np), test_bin(), g);
         char *out = run_text(cmd);
         REQUIRE(out && strlen(out) > 16);
         if (!ref) ref = out;
@@ -577,11 +575,11 @@ TEST(mpi_gguf_ranks_need_the_same_file) {
     REQUIRE(rename(quantized("models/tiny", "q8.gguf", "--type Q8_0"), fa) == 0);
     REQUIRE(rename(quantized("models/tiny", "q4.gguf", "--type Q4_K_M"), fb) == 0);
     char bin_abs[1100]; /* the ranks start in their own directories */
-    if (bin()[0] == '/') snprintf(bin_abs, sizeof bin_abs, "%s", bin());
+    if (test_bin()[0] == '/') snprintf(bin_abs, sizeof bin_abs, "%s", test_bin());
     else {
         char cwd[900];
         REQUIRE(getcwd(cwd, sizeof cwd));
-        snprintf(bin_abs, sizeof bin_abs, "%s/%s", cwd, bin());
+        snprintf(bin_abs, sizeof bin_abs, "%s/%s", cwd, test_bin());
     }
     const char *args = "logits -m m.gguf --ids 0,19,97,11 --prefill 2 -t 1 -o out.f32";
     snprintf(cmd, sizeof cmd, "timeout 120 mpirun --oversubscribe -np 1 -wdir %s %s %s : -np 1 -wdir %s %s %s 2>&1", a,
@@ -616,12 +614,6 @@ static int dead(pid_t pid) {
     return p && (p[2] == 'Z' || p[2] == 'X');
 }
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
-
 /* Starts a long decode on 2 ranks, kills rank `victim` once it runs, and
  * checks that the job ends, non-zero, within seconds. */
 static void kill_mid_run(int victim) {
@@ -629,7 +621,7 @@ static void kill_mid_run(int victim) {
     snprintf(out, sizeof out, "%s/run%d.log", test_tmpdir(), victim);
     snprintf(cmd, sizeof cmd, "exec mpirun --oversubscribe -np 2 sh -c 'echo $$ > %s/pid.$OMPI_COMM_WORLD_RANK; exec %s "
              "generate -m models/tiny -p And --ctx 65536 -n 65000 --temp 0 -t 1' > %s 2>&1",
-             test_tmpdir(), bin(), out);
+             test_tmpdir(), test_bin(), out);
     pid_t job = fork();
     REQUIRE(job >= 0);
     if (job == 0) {
@@ -638,10 +630,10 @@ static void kill_mid_run(int victim) {
         _exit(127);
     }
     /* Decoding has begun when text streams out. */
-    double t0 = now();
+    double t0 = test_now();
     char *log = NULL;
     size_t len = 0;
-    while (now() - t0 < 60) {
+    while (test_now() - t0 < 60) {
         free(log);
         log = test_read_file(out, &len);
         if (log && len > 40) break;
@@ -658,10 +650,10 @@ static void kill_mid_run(int victim) {
     pid_t pid = (pid_t)atoi(pid_s), other = (pid_t)atoi(other_s);
     free(pid_s);
     free(other_s);
-    double t_kill = now();
+    double t_kill = test_now();
     REQUIRE(kill(pid, SIGKILL) == 0);
     int st = 0, done = 0;
-    while (!done && now() - t_kill < 30) {
+    while (!done && test_now() - t_kill < 30) {
         pid_t r = waitpid(job, &st, WNOHANG);
         if (r == job) done = 1;
         else usleep(20000);
@@ -670,11 +662,11 @@ static void kill_mid_run(int victim) {
         kill(-job, SIGKILL);
         waitpid(job, &st, 0);
     }
-    const double took = now() - t_kill;
+    const double took = test_now() - t_kill;
     CHECKF(done, "rank %d killed: the job still ran after 30 s", victim);
     CHECKF(took < 15, "rank %d killed: the job took %.1f s to end", victim, took);
     CHECKF(!WIFEXITED(st) || WEXITSTATUS(st) != 0, "rank %d killed: mpirun exited 0", victim);
-    for (double t = now(); !dead(other) && now() - t < 5;) usleep(20000);
+    for (double t = test_now(); !dead(other) && test_now() - t < 5;) usleep(20000);
     CHECKF(dead(other), "rank %d killed: rank %d is still alive", victim, 1 - victim);
     printf("    rank %d killed: the job ended in %.2f s\n", victim, took);
 }

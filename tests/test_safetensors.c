@@ -25,12 +25,6 @@ static const char *tmp_path(const char *name) {
     return b;
 }
 
-static void write_bytes(const char *path, const void *buf, size_t n) {
-    FILE *f = fopen(path, "wb");
-    REQUIREF(f, "cannot create %s", path);
-    REQUIRE(fwrite(buf, 1, n, f) == n);
-    REQUIRE(fclose(f) == 0);
-}
 
 static int file_exists(const char *path) {
     struct stat sb;
@@ -604,7 +598,7 @@ TEST(st_directory_without_index) {
     write_shard(dir, "b.safetensors", b, 2);
     write_shard(dir, "a.safetensors", a, 1);
     write_shard(dir, "._a.safetensors", h, 1); /* dot files are not shards */
-    write_bytes(tmp_path("notes.txt"), "x", 1);
+    test_write_file(tmp_path("notes.txt"), "x", 1);
     dsv_st *st;
     REQUIREF(dsv_st_open(&st, dir) == DSV_OK, "%s", dsv_errmsg());
     CHECK_EQ_INT(dsv_st_file_count(st), 2);
@@ -637,7 +631,7 @@ TEST(st_bad_index_files) {
     const char *a[] = {"x", "y"}, *b[] = {"z"};
     write_shard(dir, "a.safetensors", a, 2);
     write_shard(dir, "b.safetensors", b, 1);
-    write_bytes(tmp_path("junk.safetensors"), "not a safetensors file", 22);
+    test_write_file(tmp_path("junk.safetensors"), "not a safetensors file", 22);
     static const struct {
         const char *what, *json;
         int status;
@@ -672,12 +666,12 @@ TEST(st_bad_index_files) {
     };
     const char *idx = tmp_path("model.safetensors.index.json");
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        write_bytes(idx, cases[i].json, strlen(cases[i].json));
+        test_write_file(idx, cases[i].json, strlen(cases[i].json));
         expect_bad_path(cases[i].what, dir, cases[i].status, cases[i].needle, __LINE__);
     }
     /* Good: a subset of tensors listed (unlisted ones are kept). */
     const char *ok = "{\"metadata\": {}, \"weight_map\": {\"x\": \"a.safetensors\"}}";
-    write_bytes(idx, ok, strlen(ok));
+    test_write_file(idx, ok, strlen(ok));
     dsv_st *st;
     REQUIREF(dsv_st_open(&st, dir) == DSV_OK, "%s", dsv_errmsg());
     CHECK_EQ_INT(dsv_st_file_count(st), 1);
@@ -798,7 +792,7 @@ TEST(st_each_malformed_header_has_its_error) {
         expect_bad_mem(c->what, img, n, c->status, c->needle, __LINE__);
         /* The same through a real file: the message names it. */
         const char *path = tmp_path("bad.safetensors");
-        write_bytes(path, img, n);
+        test_write_file(path, img, n);
         expect_bad_path(c->what, path, c->status, c->needle, __LINE__);
         expect_bad_path(c->what, path, c->status, "bad.safetensors: ", __LINE__);
         free(img);
@@ -834,7 +828,7 @@ TEST(st_malformed_length_field) {
     free(img);
 
     const char *path = tmp_path("empty.safetensors");
-    write_bytes(path, "", 0);
+    test_write_file(path, "", 0);
     EXPECT_BAD_PATH("empty file", path, DSV_ERR_FORMAT, "empty.safetensors: file is too short (0 bytes)");
 }
 
@@ -969,7 +963,7 @@ static void truncations(const char *dir) {
     size_t cuts[] = {0, 4, 7, 8, 9, head / 2, head - 1, head, head + 1, size / 2, size - 1};
     const char *path = tmp_path("cut.safetensors");
     for (size_t i = 0; i < sizeof cuts / sizeof *cuts; i++) {
-        write_bytes(path, raw, cuts[i]);
+        test_write_file(path, raw, cuts[i]);
         dsv_st *st = NULL;
         int rc = dsv_st_open(&st, path);
         CHECKF(rc == DSV_ERR_FORMAT && strstr(dsv_errmsg(), "cut.safetensors"), "cut at %zu: %d %s", cuts[i],

@@ -635,8 +635,7 @@ TEST(server_sigterm_ends_streams) {
 /* ---- The command ---------------------------------------------------------- */
 
 TEST(server_command_line) {
-    const char *bin = getenv("DSV32_BIN");
-    REQUIRE(bin);
+    const char *bin = test_bin();
     char cmd[2048], *out = NULL;
     snprintf(cmd, sizeof cmd, "%s serve --help", bin);
     CHECK_EQ_INT(test_run(cmd, &out), 0);
@@ -685,8 +684,7 @@ static int message_is(const char *out, const char *cmd, const char *want) {
 }
 
 TEST(server_engine_options_as_generate) {
-    const char *bin = getenv("DSV32_BIN");
-    REQUIRE(bin);
+    const char *bin = test_bin();
     static const struct { const char *args, *serve, *generate; } bad[] = {
         {"--ctx 0", "--ctx: '0' is not an integer in [1, 16777216]", "--ctx: '0' is not an integer in [16, 16777216]"},
         {"--ctx 12x", "--ctx: '12x' is not an integer in [1, 16777216]",

@@ -26,12 +26,6 @@
 
 /* ---- Helpers -------------------------------------------------------------- */
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* A connection to 127.0.0.1:port from source address `from` (127.0.0.x, a
  * client of its own as far as the server can tell); -1 on failure. */
 static int dial_from(const char *from, int port) {
@@ -50,37 +44,10 @@ static int dial_from(const char *from, int port) {
     return fd;
 }
 
-static int send_all(int fd, const char *p, size_t n) {
-    while (n) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-/* Reads to EOF (or reset); returns a NUL-terminated buffer. */
-static char *read_all(int fd, size_t *len) {
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (cap - n < 4096) buf = realloc(buf, cap *= 2);
-        ssize_t got = recv(fd, buf + n, cap - n - 1, 0);
-        if (got < 0 && errno == EINTR) continue;
-        if (got <= 0) break;
-        n += (size_t)got;
-    }
-    buf[n] = 0;
-    if (len) *len = n;
-    return buf;
-}
-
 /* 1 when the server has closed fd (EOF or reset) within `seconds`. */
 static int closed_within(int fd, double seconds) {
-    double end = now() + seconds;
-    while (now() < end) {
+    double end = test_now() + seconds;
+    while (test_now() < end) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
         if (poll(&p, 1, 100) <= 0) continue;
         char c[256];
@@ -247,8 +214,7 @@ TEST(server_answers_are_utf8) {
 TEST(tokenize_chat_output_is_utf8) {
     /* `tokenize --chat` echoes the rendered text: invalid input bytes come
      * out as U+FFFD, the line stays JSON. */
-    const char *bin = getenv("DSV32_BIN");
-    REQUIRE(bin);
+    const char *bin = test_bin();
     char cmd[2048], *out = NULL;
     snprintf(cmd, sizeof cmd,
              "printf '{\"messages\":[{\"role\":\"user\",\"content\":\"a\\377b\\303\"}]}\\n' | %s tokenize -m '%s' --chat",
@@ -402,9 +368,9 @@ TEST(server_half_close_gets_answer) {
                          "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          "Content-Length: %zu\r\n\r\n%s",
                          strlen(bodies[i]), bodies[i]);
-        REQUIRE(send_all(fd, req, (size_t)n) == 0);
+        REQUIRE(http_send_all(fd, req, (size_t)n) == 0);
         shutdown(fd, SHUT_WR);
-        char *got = read_all(fd, NULL);
+        char *got = http_read_all(fd, NULL);
         close(fd);
         /* A 1xx may come first (HTTP/1.1 clients skip it); then the answer. */
         const char *final = got;
@@ -447,7 +413,7 @@ TEST(server_idle_and_trickling_connections) {
     for (int i = 0; i < 200; i++) {
         int fd = dial_from("127.0.0.2", s.port);
         if (fd < 0) continue;
-        send_all(fd, "GET /hea", 8);
+        http_send_all(fd, "GET /hea", 8);
         idle[n_idle++] = fd;
     }
     CHECK(n_idle > 16);
@@ -498,9 +464,9 @@ TEST(server_413_reaches_a_client_still_sending) {
                          "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                          "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
                          len);
-        CHECK(send_all(fd, head, (size_t)n) == 0);
-        CHECKF(send_all(fd, body, len) == 0, "the server stopped reading: %s", strerror(errno));
-        char *got = read_all(fd, NULL);
+        CHECK(http_send_all(fd, head, (size_t)n) == 0);
+        CHECKF(http_send_all(fd, body, len) == 0, "the server stopped reading: %s", strerror(errno));
+        char *got = http_read_all(fd, NULL);
         CHECKF(!strncmp(got, "HTTP/1.1 413", 12) && strstr(got, "request_too_large"), "%.200s", got);
         free(got);
         close(fd);
@@ -536,7 +502,7 @@ TEST(server_body_budget_and_admission) {
     REQUIRE(slow >= 0);
     const char *head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                        "Content-Length: 60000\r\n\r\n{\"prompt\":\"";
-    REQUIRE(send_all(slow, head, strlen(head)) == 0);
+    REQUIRE(http_send_all(slow, head, strlen(head)) == 0);
     /* Once the server holds those bytes (it read the headers)... */
     for (int i = 0; i < 600 && metric(s.port, "dsv32_request_body_bytes") != 60000; i++) usleep(50000);
     CHECK_EQ_INT(metric(s.port, "dsv32_request_body_bytes"), 60000);
@@ -580,7 +546,7 @@ TEST(server_body_deadline_and_discard_bound) {
     REQUIRE(fd >= 0);
     const char *head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                        "Content-Length: 1000\r\n\r\n";
-    REQUIRE(send_all(fd, head, strlen(head)) == 0);
+    REQUIRE(http_send_all(fd, head, strlen(head)) == 0);
     int cut = 0;
     for (int i = 0; i < 1000 && !cut; i++) {
         if (send(fd, " ", 1, MSG_NOSIGNAL) != 1) cut = 1;

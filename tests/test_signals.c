@@ -15,17 +15,11 @@
 
 #include "test.h"
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Reads fd into buf (appending, NUL-terminated) until needle shows up, EOF,
  * or `seconds` pass; 1 if needle arrived. */
 static int read_until(int fd, char *buf, size_t cap, size_t *len, const char *needle, double seconds) {
-    double end = now() + seconds;
-    while (now() < end) {
+    double end = test_now() + seconds;
+    while (test_now() < end) {
         if (needle && strstr(buf, needle)) return 1;
         struct pollfd p = {.fd = fd, .events = POLLIN};
         if (poll(&p, 1, 100) <= 0) continue;
@@ -39,8 +33,7 @@ static int read_until(int fd, char *buf, size_t cap, size_t *len, const char *ne
 }
 
 TEST(train_sigint_writes_checkpoint) {
-    const char *bin = getenv("DSV32_BIN");
-    REQUIRE(bin);
+    const char *bin = test_bin();
     const char *dir = test_tmpdir();
     char text[1024], ckpt[1024];
     snprintf(text, sizeof text, "%s/text.txt", dir);
@@ -90,8 +83,7 @@ TEST(train_sigint_writes_checkpoint) {
 }
 
 TEST(chat_sigint_resets_terminal) {
-    const char *bin = getenv("DSV32_BIN");
-    REQUIRE(bin);
+    const char *bin = test_bin();
     int m = posix_openpt(O_RDWR | O_NOCTTY);
     REQUIRE(m >= 0 && grantpt(m) == 0 && unlockpt(m) == 0);
     const char *slave = ptsname(m);

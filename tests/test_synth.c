@@ -210,23 +210,21 @@ TEST(synth_rejects_bad_input) {
     CHECK(strstr(dsv_errmsg(), "config.json") != NULL);
 }
 
-static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
-
 TEST(cli_synth) {
     char cmd[4096];
     char *out = NULL;
-    snprintf(cmd, sizeof cmd, "%s synth --help", bin());
+    snprintf(cmd, sizeof cmd, "%s synth --help", test_bin());
     CHECK_EQ_INT(test_run(cmd, &out), 0);
     const char *opts[] = {"-c FILE", "-o DIR", "--dtype", "--seed", "--shard-mb", "--dry-run", "default"};
     for (int i = 0; i < 7; i++) CHECKF(out && strstr(out, opts[i]), "help lacks %s", opts[i]);
     free(out);
 
     const char *cfg = tiny_write("config.json", tiny_config);
-    snprintf(cmd, sizeof cmd, "%s synth -c %s -o %s/m --dtype bf16 --seed 5 2>&1", bin(), cfg, test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s synth -c %s -o %s/m --dtype bf16 --seed 5 2>&1", test_bin(), cfg, test_tmpdir());
     CHECK_EQ_INT(test_run(cmd, &out), 0);
     CHECKF(out && strstr(out, "1 file (bf16"), "%s", out);
     free(out);
-    snprintf(cmd, sizeof cmd, "%s synth -c %s --dry-run --shard-mb 1 --dtype fp8 2>&1", bin(), cfg);
+    snprintf(cmd, sizeof cmd, "%s synth -c %s --dry-run --shard-mb 1 --dtype fp8 2>&1", test_bin(), cfg);
     CHECK_EQ_INT(test_run(cmd, &out), 0);
     CHECKF(out && strstr(out, "files + index (fp8"), "%s", out);
     free(out);
@@ -235,7 +233,7 @@ TEST(cli_synth) {
     const char *bad[] = {"-c /nonexistent.json -o x", "-c x.json", "-o x", "-c x.json -o x --dtype fp16",
                          "--bogus"};
     for (int i = 0; i < 5; i++) {
-        snprintf(cmd, sizeof cmd, "%s synth %s 2>&1", bin(), bad[i]);
+        snprintf(cmd, sizeof cmd, "%s synth %s 2>&1", test_bin(), bad[i]);
         CHECKF(test_run(cmd, &out) != 0, "'%s' succeeded", bad[i]);
         CHECKF(out && !strncmp(out, "dsv32 synth: ", 13) && strchr(out, '\n') == out + strlen(out) - 1,
                "'%s': %s", bad[i], out);

@@ -17,19 +17,9 @@
 
 /* ---- helpers ------------------------------------------------------------- */
 
-/* Puts tokenizer.json and tokenizer_config.json into the test's directory. */
-static const char *real_model_dir(void) {
-    const char *dir = test_tmpdir();
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "zstd -q -d -f '%s' -o '%s/tokenizer.json' && cp '%s' '%s/'",
-             test_shared("tokenizer/tokenizer.json.zst"), dir, test_shared("tokenizer/tokenizer_config.json"), dir);
-    REQUIREF(system(cmd) == 0, "cannot unpack the tokenizer fixture: %s", cmd);
-    return dir;
-}
-
 static dsv_tokenizer *open_real(void) {
     dsv_tokenizer *t = NULL;
-    int rc = dsv_tokenizer_open(&t, real_model_dir());
+    int rc = dsv_tokenizer_open(&t, test_tokenizer_dir(1));
     REQUIREF(rc == DSV_OK, "dsv_tokenizer_open: %s", dsv_errmsg());
     return t;
 }

@@ -571,8 +571,7 @@ TEST(bpe_trains_a_tokenizer_the_engine_loads) {
 }
 
 TEST(cli_ppl_train_export_bpe) {
-    const char *rel = getenv("DSV32_BIN");
-    if (!rel) SKIP("DSV32_BIN not set");
+    const char *rel = test_bin();
     char bin[4096];
     REQUIRE(realpath(rel, bin)); /* the commands below run in the test's directory */
     const char *dir = test_tmpdir();

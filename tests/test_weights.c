@@ -10,8 +10,6 @@
 #include "dsv32.h"
 #include "test.h"
 
-static const char *bin(void) { const char *b = getenv("DSV32_BIN"); return b ? b : "build/dsv32"; }
-
 static long minor_faults(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -73,7 +71,7 @@ static void on_progress(uint64_t done, uint64_t total, void *user) {
 TEST(weights_gguf_label) {
     char path[1024], cmd[2048], *out = NULL;
     snprintf(path, sizeof path, "%s/q8.gguf", test_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s quantize -m models/tiny -o %s --type Q8_0 2>&1", bin(), path);
+    snprintf(cmd, sizeof cmd, "%s quantize -m models/tiny -o %s --type Q8_0 2>&1", test_bin(), path);
     REQUIRE(test_run(cmd, &out) == 0);
     free(out);
     dsv_model *m = NULL;
@@ -91,12 +89,12 @@ TEST(weights_gguf_label) {
     dsv_model_close(m);
 
     /* dsv32 bench prints the label and the mix, in the table and in JSON. */
-    snprintf(cmd, sizeof cmd, "%s bench -m %s --depth 0 --prefill 4 --decode 2 --bw-mib 16 -t 1 --json 2>&1", bin(), path);
+    snprintf(cmd, sizeof cmd, "%s bench -m %s --depth 0 --prefill 4 --decode 2 --bw-mib 16 -t 1 --json 2>&1", test_bin(), path);
     REQUIRE(test_run(cmd, &out) == 0 && out);
     CHECKF(strstr(out, "\"dtype\":\"gguf Q8_0\",\"weight_types\":\"Q8_0 ") && strstr(out, "(gguf Q8_0: Q8_0 ") &&
            strstr(out, "read into memory") && !strstr(out, "\"dtype\":\"bf16\""), "%s", out);
     free(out);
-    snprintf(cmd, sizeof cmd, "%s bench -m %s --depth 0 --prefill 0 --decode 1 --bw-mib 16 -t 1 --no-touch 2>&1", bin(),
+    snprintf(cmd, sizeof cmd, "%s bench -m %s --depth 0 --prefill 0 --decode 1 --bw-mib 16 -t 1 --no-touch 2>&1", test_bin(),
              path);
     REQUIRE(test_run(cmd, &out) == 0 && out);
     CHECKF(!strstr(out, "read into memory") && strstr(out, "decode "), "%s", out);

@@ -196,10 +196,9 @@ __attribute__((target("amx-tile,amx-bf16"))) static void amx_loop(void *a, int i
     _tile_release();
 }
 
-double roofline_amx_bf16_tflops(int n_threads, int reps, const char **why) {
+/* Whether the CPU has AMX-BF16 and Linux lets this process use the tiles. */
+static int amx_ready(const char **why) {
     unsigned a, b, c, d;
-    double times[64];
-    if (reps < 1 || reps > 64) { *why = "bad repetition count"; return 0; }
     /* CPUID.(7,0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE. */
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 22)) || !(d & (1u << 24))) {
         *why = "this CPU has no AMX-BF16";
@@ -210,10 +209,9 @@ double roofline_amx_bf16_tflops(int n_threads, int reps, const char **why) {
         *why = "the kernel refused the AMX tile state (arch_prctl)";
         return 0;
     }
-    if (run_team(n_threads, reps, amx_loop, NULL, times)) { *why = "cannot start threads"; return 0; }
-    /* Each TDPBF16PS: 16 x 16 outputs, 32-deep dot products, 2 flops each. */
-    return (double)n_threads * 4.0 * AMX_ITERS * 16 * 16 * 32 * 2 / median(times, reps) / 1e12;
+    return 1;
 }
+
 /* ---- vector unit peaks --------------------------------------------------- */
 
 #define VEC_ITERS 2000000L
@@ -249,72 +247,94 @@ static int have_unit(enum roofline_unit u) {
 static volatile float vec_sink_f;
 static volatile int vec_sink_i;
 
-__attribute__((target("avx2,fma"))) static void avx2_fma_loop(void *a, int ith, int nth) {
-    (void)a; (void)ith; (void)nth;
-    __m256 acc[VEC_CHAINS];
-    const __m256 x = _mm256_set1_ps(1e-3f), y = _mm256_set1_ps(1e-4f);
-    for (int i = 0; i < VEC_CHAINS; i++) acc[i] = _mm256_set1_ps((float)i);
-    for (long it = 0; it < VEC_ITERS; it++)
-        UNROLL for (int i = 0; i < VEC_CHAINS; i++) acc[i] = _mm256_fmadd_ps(x, y, acc[i]);
-    __m256 s = acc[0];
-    for (int i = 1; i < VEC_CHAINS; i++) s = _mm256_add_ps(s, acc[i]);
-    vec_sink_f = _mm256_cvtss_f32(s);
+/* One probe per unit, all of one shape: VEC_CHAINS accumulators of type T,
+ * chain i starting at INIT(i), each step replacing every accumulator a by
+ * STEP(a) (the unit's instruction on register operands), then the chains
+ * summed with ADD and the sum handed to SINK. Each probe is compiled with
+ * its own target attribute only, so the rest of this file runs anywhere. */
+#define VEC_PROBE(name, target_, T, INIT, STEP, ADD, SINK)                        \
+    __attribute__((target(target_))) static void name(void *a, int ith, int nth) { \
+        (void)a; (void)ith; (void)nth;                                           \
+        T acc[VEC_CHAINS];                                                       \
+        for (int i = 0; i < VEC_CHAINS; i++) acc[i] = INIT(i);                   \
+        for (long it = 0; it < VEC_ITERS; it++)                                  \
+            UNROLL for (int i = 0; i < VEC_CHAINS; i++) acc[i] = STEP(acc[i]);   \
+        T s = acc[0];                                                            \
+        for (int i = 1; i < VEC_CHAINS; i++) s = ADD(s, acc[i]);                 \
+        SINK(s);                                                                 \
+    }
+
+/* Operands: fp32 1e-3 x 1e-4 for the FMAs, bf16 ~1e-3 (0x3a83) for
+ * VDPBF16PS (products stay normal), the byte 3 for VPDPBUSD. */
+#define AVX2_INIT(i) _mm256_set1_ps((float)(i))
+#define AVX2_FMA_STEP(a) _mm256_fmadd_ps(_mm256_set1_ps(1e-3f), _mm256_set1_ps(1e-4f), a)
+#define AVX2_SINK(s) (vec_sink_f = _mm256_cvtss_f32(s))
+#define ZMM_INIT(i) _mm512_set1_ps((float)(i))
+#define ZMM_SINK(s) (vec_sink_f = _mm512_reduce_add_ps(s))
+#define AVX512_FMA_STEP(a) _mm512_fmadd_ps(_mm512_set1_ps(1e-3f), _mm512_set1_ps(1e-4f), a)
+#define BF16_X ((__m512bh)_mm512_set1_epi16(0x3a83))
+#define AVX512_BF16_STEP(a) _mm512_dpbf16_ps(a, BF16_X, BF16_X)
+#define VNNI_INIT(i) _mm512_set1_epi32(i)
+#define VNNI_STEP(a) _mm512_dpbusd_epi32(a, _mm512_set1_epi8(3), _mm512_set1_epi8(3))
+#define VNNI_SINK(s) (vec_sink_i = _mm512_reduce_add_epi32(s))
+
+VEC_PROBE(avx2_fma_loop, "avx2,fma", __m256, AVX2_INIT, AVX2_FMA_STEP, _mm256_add_ps, AVX2_SINK)
+VEC_PROBE(avx512_fma_loop, "avx512f", __m512, ZMM_INIT, AVX512_FMA_STEP, _mm512_add_ps, ZMM_SINK)
+VEC_PROBE(avx512_bf16_loop, "avx512f,avx512bf16", __m512, ZMM_INIT, AVX512_BF16_STEP, _mm512_add_ps, ZMM_SINK)
+VEC_PROBE(avx512_vnni_loop, "avx512f,avx512vnni", __m512i, VNNI_INIT, VNNI_STEP, _mm512_add_epi32, VNNI_SINK)
+
+/* Each unit's loop and what one call of it does: operations per
+ * instruction (lanes x products per lane x 2, multiply and add) times
+ * instructions per call. */
+static const struct {
+    void (*fn)(void *, int, int);
+    double ops;
+    const char *what;
+} units[ROOFLINE_UNITS] = {
+    [ROOFLINE_AVX2_FMA] = {avx2_fma_loop, 8 * 2 * (double)VEC_ITERS * VEC_CHAINS, "AVX2 and FMA"},
+    [ROOFLINE_AVX512_FMA] = {avx512_fma_loop, 16 * 2 * (double)VEC_ITERS * VEC_CHAINS, "AVX-512"},
+    [ROOFLINE_AVX512_BF16] = {avx512_bf16_loop, 16 * 2 * 2 * (double)VEC_ITERS * VEC_CHAINS, "AVX512_BF16"},
+    [ROOFLINE_AVX512_VNNI] = {avx512_vnni_loop, 16 * 4 * 2 * (double)VEC_ITERS * VEC_CHAINS, "AVX512_VNNI"},
+    /* Each TDPBF16PS: 16 x 16 outputs, 32-deep dot products, 2 flops each. */
+    [ROOFLINE_AMX_BF16] = {amx_loop, 4.0 * AMX_ITERS * 16 * 16 * 32 * 2, "AMX-BF16"},
+};
+
+int roofline_unit_ready(enum roofline_unit u, const char **why) {
+    if ((int)u < 0 || u >= ROOFLINE_UNITS) {
+        *why = "unknown unit";
+        return 0;
+    }
+    if (u == ROOFLINE_AMX_BF16) return amx_ready(why);
+    if (!have_unit(u)) {
+        *why = units[u].what;
+        return 0;
+    }
+    return 1;
 }
 
-__attribute__((target("avx512f"))) static void avx512_fma_loop(void *a, int ith, int nth) {
-    (void)a; (void)ith; (void)nth;
-    __m512 acc[VEC_CHAINS];
-    const __m512 x = _mm512_set1_ps(1e-3f), y = _mm512_set1_ps(1e-4f);
-    for (int i = 0; i < VEC_CHAINS; i++) acc[i] = _mm512_set1_ps((float)i);
-    for (long it = 0; it < VEC_ITERS; it++)
-        UNROLL for (int i = 0; i < VEC_CHAINS; i++) acc[i] = _mm512_fmadd_ps(x, y, acc[i]);
-    __m512 s = acc[0];
-    for (int i = 1; i < VEC_CHAINS; i++) s = _mm512_add_ps(s, acc[i]);
-    vec_sink_f = _mm512_reduce_add_ps(s);
-}
-
-__attribute__((target("avx512f,avx512bf16"))) static void avx512_bf16_loop(void *a, int ith, int nth) {
-    (void)a; (void)ith; (void)nth;
-    __m512 acc[VEC_CHAINS];
-    const __m512i x = _mm512_set1_epi16(0x3a83); /* bf16 ~1e-3: products stay normal */
-    for (int i = 0; i < VEC_CHAINS; i++) acc[i] = _mm512_set1_ps((float)i);
-    for (long it = 0; it < VEC_ITERS; it++)
-        UNROLL for (int i = 0; i < VEC_CHAINS; i++) acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)x, (__m512bh)x);
-    __m512 s = acc[0];
-    for (int i = 1; i < VEC_CHAINS; i++) s = _mm512_add_ps(s, acc[i]);
-    vec_sink_f = _mm512_reduce_add_ps(s);
-}
-
-__attribute__((target("avx512f,avx512vnni"))) static void avx512_vnni_loop(void *a, int ith, int nth) {
-    (void)a; (void)ith; (void)nth;
-    __m512i acc[VEC_CHAINS];
-    const __m512i x = _mm512_set1_epi8(3);
-    for (int i = 0; i < VEC_CHAINS; i++) acc[i] = _mm512_set1_epi32(i);
-    for (long it = 0; it < VEC_ITERS; it++)
-        UNROLL for (int i = 0; i < VEC_CHAINS; i++) acc[i] = _mm512_dpbusd_epi32(acc[i], x, x);
-    __m512i s = acc[0];
-    for (int i = 1; i < VEC_CHAINS; i++) s = _mm512_add_epi32(s, acc[i]);
-    vec_sink_i = _mm512_reduce_add_epi32(s);
+double roofline_unit_once(enum roofline_unit u) {
+    units[u].fn(NULL, 0, 1);
+    return units[u].ops;
 }
 
 double roofline_unit_tflops(enum roofline_unit u, int n_threads, int reps, const char **why) {
-    /* operations per instruction: lanes x products per lane x 2 (multiply, add) */
-    static const struct { void (*fn)(void *, int, int); double ops; const char *what; } units[] = {
-        [ROOFLINE_AVX2_FMA] = {avx2_fma_loop, 8 * 2, "AVX2 and FMA"},
-        [ROOFLINE_AVX512_FMA] = {avx512_fma_loop, 16 * 2, "AVX-512"},
-        [ROOFLINE_AVX512_BF16] = {avx512_bf16_loop, 16 * 2 * 2, "AVX512_BF16"},
-        [ROOFLINE_AVX512_VNNI] = {avx512_vnni_loop, 16 * 4 * 2, "AVX512_VNNI"},
-    };
     double times[64];
     if (u == ROOFLINE_AMX_BF16) return roofline_amx_bf16_tflops(n_threads, reps, why);
-    if ((int)u < 0 || u >= ROOFLINE_UNITS) { *why = "unknown unit"; return 0; }
     if (reps < 1 || reps > 64) { *why = "bad repetition count"; return 0; }
-    if (!have_unit(u)) { *why = units[u].what; return 0; }
+    if (!roofline_unit_ready(u, why)) return 0;
     if (run_team(n_threads, reps, units[u].fn, NULL, times)) { *why = "cannot start threads"; return 0; }
     /* The best run: other work on the machine only ever slows a run down. */
     double best = times[0];
     for (int r = 1; r < reps; r++) best = times[r] < best ? times[r] : best;
-    return (double)n_threads * VEC_ITERS * VEC_CHAINS * units[u].ops / best / 1e12;
+    return (double)n_threads * units[u].ops / best / 1e12;
+}
+
+double roofline_amx_bf16_tflops(int n_threads, int reps, const char **why) {
+    double times[64];
+    if (reps < 1 || reps > 64) { *why = "bad repetition count"; return 0; }
+    if (!amx_ready(why)) return 0;
+    if (run_team(n_threads, reps, amx_loop, NULL, times)) { *why = "cannot start threads"; return 0; }
+    return (double)n_threads * units[ROOFLINE_AMX_BF16].ops / median(times, reps) / 1e12;
 }
 #else
 double roofline_unit_tflops(enum roofline_unit u, int n_threads, int reps, const char **why) {
@@ -327,6 +347,16 @@ double roofline_unit_tflops(enum roofline_unit u, int n_threads, int reps, const
 double roofline_amx_bf16_tflops(int n_threads, int reps, const char **why) {
     (void)n_threads; (void)reps;
     *why = "AMX exists on x86-64 only";
+    return 0;
+}
+
+int roofline_unit_ready(enum roofline_unit u, const char **why) {
+    *why = u == ROOFLINE_AMX_BF16 ? "AMX exists on x86-64 only" : "x86-64 only";
+    return 0;
+}
+
+double roofline_unit_once(enum roofline_unit u) {
+    (void)u;
     return 0;
 }
 #endif

@@ -38,4 +38,12 @@ enum roofline_unit {
  * feature) when the CPU or the OS lacks the unit. */
 double roofline_unit_tflops(enum roofline_unit u, int n_threads, int reps, const char **why);
 
+/* The same probes for a caller with its own timer (bench/kbench.c counts
+ * one thread's CPU time): roofline_unit_ready says whether the CPU and OS
+ * offer unit u (for AMX it also asks Linux for the tile state), else returns
+ * 0 and sets *why; roofline_unit_once, only after it said yes, runs the
+ * unit's loop once on the calling thread and returns the operations done. */
+int roofline_unit_ready(enum roofline_unit u, const char **why);
+double roofline_unit_once(enum roofline_unit u);
+
 #endif

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <immintrin.h>
 
+#include "lin_rows.h"
 #include "ops.h"
 
 #define UNROLL _Pragma("GCC unroll 8")
@@ -260,13 +261,6 @@ static inline __attribute__((always_inline)) __m256 w_load(const void *w, dsv_dt
     return as_bf16 ? f32x8_round_bf16(v) : v;
 }
 
-/* Requests byte offset off of weight rows n..n+nr (the next tile's). */
-static inline void prefetch_next(const dsv_linear *w, int n, int nr, size_t row, size_t off) {
-    if (n + nr > w->n_out) return;
-    const char *p = (const char *)w->w + (size_t)n * row + off;
-    for (int r = 0; r < nr; r++) _mm_prefetch(p + (size_t)r * row, _MM_HINT_T0);
-}
-
 /* One tile of an F.linear: weight rows n..n+nr (nr <= 4), input rows
  * i..i+mr (mr <= 4, nr * mr <= 9), accumulators over the
  * whole K (lane l sums k = l mod 8 in order), then hsum8. */
@@ -274,12 +268,10 @@ static inline __attribute__((always_inline)) void dense_tile(void *y, int ldy, i
                                                              const dsv_linear *w, dsv_dtype dt, int as_bf16, int n,
                                                              int i, int nr, int mr) {
     const int K = w->n_in;
-    const size_t esz = dt == DSV_DT_F32 ? 4 : 2, row = (size_t)w->ld * esz;
     __m256 acc[4][4];
     UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 4; c++) acc[r][c] = _mm256_setzero_ps();
     for (int k = 0; k < K; k += 8) {
         const int len = K - k < 8 ? K - k : 8;
-        if ((k * esz) % 64 == 0) prefetch_next(w, n + nr, nr, row, k * esz);
         if (mr <= 2) { /* decoding shapes: each weight vector widened per input row */
             UNROLL for (int c = 0; c < 2; c++) {
                 if (c >= mr) continue;
@@ -376,6 +368,23 @@ static void linear_f32(float *y, int ldy, const float *x, const dsv_linear *w, i
     }
 }
 
+/* Requests the line at byte offset off of fp8 weight rows n..n+nr (the
+ * next tile's rows, while this tile reads the same offset of its own). A
+ * decoding tile of 2 rows reads 2 interleaved streams that restart every
+ * few KB, which the hardware prefetchers do not follow well: with these
+ * requests bench/kbench -k fp8 avx2 runs 1.6x faster at -m 2 and 1.4x at
+ * -m 3 and 4. One row at a time (-m 1) is a sequential stream the hardware
+ * follows, so none is made there. (The dense tiles made the same requests;
+ * they gained at -m 2 but cost 3% at -m 1 and 20-30% in the prefill tiles,
+ * whose weights sit in L2, so they make none.) Always inlined: gcc judges a
+ * function that only prefetches to be pure and deletes the calls it has not
+ * inlined, which had silently made these requests dead code. */
+static inline __attribute__((always_inline)) void prefetch_next(const dsv_linear *w, int n, int nr, size_t off) {
+    if (nr < 2 || n + nr > w->n_out) return;
+    const char *p = (const char *)w->w + (size_t)n * w->ld + off;
+    for (int r = 0; r < nr; r++) _mm_prefetch(p + (size_t)r * w->ld, _MM_HINT_T0);
+}
+
 /* One tile of fp8_gemm: weight rows n..n+nr of one 128-row scale block,
  * input rows i..i+mr (nr * mr <= 4). Per 128-wide block, lane-wise sums of
  * products blk (the even and the odd 8-wide steps in two chains, so one
@@ -394,7 +403,7 @@ static inline __attribute__((always_inline)) void fp8_tile(dsv_bf16 *y, int ldy,
         __m256 blk[2][4][2]; /* even and odd 8-wide steps: two dependency chains */
         UNROLL for (int e = 0; e < 2; e++) UNROLL for (int r = 0; r < 4; r++) blk[e][r][0] = blk[e][r][1] = _mm256_setzero_ps();
         for (int k = kb * DSV_QBLOCK; k < (kb + 1) * DSV_QBLOCK; k += 16) {
-            if (k % 64 == 0) prefetch_next(w, n + nr, nr, (size_t)K, (size_t)k);
+            if (k % 64 == 0) prefetch_next(w, n + nr, nr, (size_t)k);
             UNROLL for (int e = 0; e < 2; e++) UNROLL for (int r = 0; r < 4; r++) {
                 if (r >= nr) continue;
                 const __m256 wv = e4m3x8_scaled(W + (size_t)r * w->ld + k + 8 * e);
@@ -925,18 +934,9 @@ static void linear_fp8x(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *
                         void *scratch) {
     (void)scratch;
     const float *x = xp, *xs = pack_scales((void *)xp, m, w->n_in);
-    for (int nb = n0; nb < n1; nb += 64) {
-        const int ne = n1 - nb < 64 ? n1 : nb + 64;
-        for (int i = 0; i < m; i += 4) {
-            const int mr = m - i;
-            for (int n = nb; n < ne; n++) {
-                if (mr >= 4) fp8x_row(y, ldy, x, xs, w, n, i, 4);
-                else if (mr == 3) fp8x_row(y, ldy, x, xs, w, n, i, 3);
-                else if (mr == 2) fp8x_row(y, ldy, x, xs, w, n, i, 2);
-                else fp8x_row(y, ldy, x, xs, w, n, i, 1);
-            }
-        }
-    }
+#define ROW(n, i, mr) fp8x_row(y, ldy, x, xs, w, n, i, mr)
+    DSV_LIN_ROWS_64X4(m, n0, n1, ROW);
+#undef ROW
 }
 
 const dsv_kernels dsv_kernels_avx2 = {

@@ -35,6 +35,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "lin_rows.h"
 #include "ops_avx512.h"
 
 #define UNROLL _Pragma("GCC unroll 16")
@@ -137,16 +138,6 @@ static inline __attribute__((always_inline)) __m512 w_load(const void *w, dsv_dt
     return as_bf16 ? f32x16_round_bf16(v) : v;
 }
 
-/* Requests the line at byte offset off of weight rows n..n+nr (the next
- * tile's rows, while this tile reads the same offset of its own): a tile
- * reads nr interleaved streams that restart every few KB, too short for the
- * hardware prefetchers to ramp up on their own. */
-static inline void prefetch_next(const dsv_linear *w, int n, int nr, size_t row, size_t off) {
-    if (n + nr > w->n_out) return;
-    const char *p = (const char *)w->w + (size_t)n * row + off;
-    for (int r = 0; r < nr; r++) _mm_prefetch(p + (size_t)r * row, _MM_HINT_T0);
-}
-
 /* One tile of an F.linear: weight rows n..n+nr, input rows i..i+mr, fp32
  * accumulators over the whole K (lane l sums k = l mod 16 in order), then
  * one reduction. out_bf16 selects bf16 or fp32 output. */
@@ -156,10 +147,8 @@ static inline __attribute__((always_inline)) void dense_tile(void *y, int ldy, i
     const int K = w->n_in;
     __m512 acc[4][4];
     UNROLL for (int r = 0; r < 4; r++) UNROLL for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
-    const size_t esz = dt == DSV_DT_F32 ? 4 : 2, row = (size_t)w->ld * esz;
     for (int k = 0; k < K; k += 16) {
         const int len = K - k < 16 ? K - k : 16;
-        if ((k * esz) % 64 == 0) prefetch_next(w, n + nr, nr, row, k * esz);
         __m512 wv[4];
         UNROLL for (int r = 0; r < 4; r++)
             wv[r] = r < nr ? w_load(w->w, dt, (size_t)(n + r) * w->ld + k, len, as_bf16) : _mm512_setzero_ps();
@@ -281,14 +270,10 @@ static inline __attribute__((always_inline)) void bf16_tile(dsv_bf16 *y, int ldy
                                                             const dsv_linear *w, dsv_dtype dt, int n, int i, int nr,
                                                             int mr) {
     const int K = w->n_in;
-    const size_t esz = dt == DSV_DT_F32 ? 4 : 2, row = (size_t)w->ld * esz;
     __m512 acc[BF_NR][BF_MR];
     UNROLL for (int r = 0; r < BF_NR; r++) UNROLL for (int c = 0; c < BF_MR; c++) acc[r][c] = _mm512_setzero_ps();
     int k = 0;
-    for (; k + 32 <= K; k += 32) {
-        prefetch_next(w, n + nr, nr, row, (size_t)k * esz);
-        bf16_step(acc, x, Kp, w, dt, n, i, nr, mr, k, 32);
-    }
+    for (; k + 32 <= K; k += 32) bf16_step(acc, x, Kp, w, dt, n, i, nr, mr, k, 32);
     if (k < K) bf16_step(acc, x, Kp, w, dt, n, i, nr, mr, k, K - k);
     if (nr == 1) {
         UNROLL for (int c = 0; c < BF_MR; c++)
@@ -547,18 +532,9 @@ static void linear_fp8(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w
         fp8_prefill(y, ldy, x, xs, w, m, n0, n1, scratch, sub);
         return;
     }
-    for (int nb = n0; nb < n1; nb += 64) {
-        const int ne = n1 - nb < 64 ? n1 : nb + 64;
-        for (int i = 0; i < m; i += 4) {
-            const int mr = m - i;
-            for (int n = nb; n < ne; n++) {
-                if (mr >= 4) fp8_row(y, ldy, x, xs, w, n, i, 4, sub);
-                else if (mr == 3) fp8_row(y, ldy, x, xs, w, n, i, 3, sub);
-                else if (mr == 2) fp8_row(y, ldy, x, xs, w, n, i, 2, sub);
-                else fp8_row(y, ldy, x, xs, w, n, i, 1, sub);
-            }
-        }
-    }
+#define ROW(n, i, mr) fp8_row(y, ldy, x, xs, w, n, i, mr, sub)
+    DSV_LIN_ROWS_64X4(m, n0, n1, ROW);
+#undef ROW
 }
 
 /* ---- indexer ------------------------------------------------------------- */
@@ -1219,25 +1195,16 @@ void dsv_avx512_lin_pack_fp8x(void *xp, const dsv_bf16 *x, int m, int K, int i0,
     lin_pack_fp8(xp, x, m, K, i0, i1, scale_fmt);
 }
 
-/* linear_fp8's schedule: blocks of 64 weight rows against every input row,
- * 4 at a time. */
+/* linear_fp8's schedule (lin_rows.h): blocks of 64 weight rows against
+ * every input row, 4 at a time. */
 void dsv_avx512_linear_fp8x(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w, int m, int n0, int n1,
                             void *scratch) {
     (void)scratch;
     const dsv_bf16 *x = xp;
     const float *xs = pack_scales((void *)xp, m, w->n_in);
-    for (int nb = n0; nb < n1; nb += 64) {
-        const int ne = n1 - nb < 64 ? n1 : nb + 64;
-        for (int i = 0; i < m; i += 4) {
-            const int mr = m - i;
-            for (int n = nb; n < ne; n++) {
-                if (mr >= 4) fp8x_row(y, ldy, x, xs, w, n, i, 4);
-                else if (mr == 3) fp8x_row(y, ldy, x, xs, w, n, i, 3);
-                else if (mr == 2) fp8x_row(y, ldy, x, xs, w, n, i, 2);
-                else fp8x_row(y, ldy, x, xs, w, n, i, 1);
-            }
-        }
-    }
+#define ROW(n, i, mr) fp8x_row(y, ldy, x, xs, w, n, i, mr)
+    DSV_LIN_ROWS_64X4(m, n0, n1, ROW);
+#undef ROW
 }
 
 const dsv_kernels dsv_kernels_avx512 = {
