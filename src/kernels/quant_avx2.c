@@ -47,6 +47,7 @@ INLINE void q45_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int 
     }
     const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
     for (int blk = 0; blk < K / 256; blk++, w += five ? 176 : 144) {
+        q_prefetch(w, five ? 176 : 144);
         const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(w)));
         uint64_t sc, mn;
         k4_unpack(w + 4, &sc, &mn);
@@ -116,6 +117,7 @@ INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
     const __m256i m3 = _mm256_set1_epi8(3);
     const __m256i idx_lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), idx_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
     for (int blk = 0; blk < K / 256; blk++, w += 84) {
+        q_prefetch(w, 84);
         const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(w + 80))); /* d, dmin */
         const __m256 d = _mm256_broadcastss_ps(dm), dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
         const __m128i sm = _mm_loadu_si128((const __m128i *)w);
@@ -166,6 +168,7 @@ INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
     const __m256i m3 = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
     const __m256i idx_lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), idx_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
     for (int blk = 0; blk < K / 256; blk++, w += 110) {
+        q_prefetch(w, 110);
         const __m256i hm = _mm256_loadu_si256((const __m256i *)w);
         __m256i sw[8], aw[8];
 #pragma GCC unroll 2
@@ -214,6 +217,7 @@ INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
     const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30), k32 = _mm256_set1_epi8(32);
     const __m256i idx_lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), idx_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
     for (int blk = 0; blk < K / 256; blk++, w += 210) {
+        q_prefetch(w, 210);
         __m256i sw[8], aw[8];
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {

@@ -70,6 +70,7 @@ INLINE void q45_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int 
     for (int c = 0; c < 4; c++)
         idx[c] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * c)), _mm256_set1_epi32(2 * c + 1), 1);
     for (int blk = 0; blk < K / 256; blk++, w += five ? 176 : 144) {
+        q_prefetch(w, five ? 176 : 144);
         const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(w))); /* d, dmin */
         uint64_t sc, mn;
         k4_unpack(w + 4, &sc, &mn);
@@ -153,6 +154,7 @@ INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
     __m512i shift[2];
     q23_shifts(shift);
     for (int blk = 0; blk < K / 256; blk++, w += 84) {
+        q_prefetch(w, 84);
         const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(w + 80))); /* d, dmin */
         const __m512i sm = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)w));
         const __m512 scf = _mm512_mul_ps(_mm512_broadcastss_ps(dm),
@@ -200,6 +202,7 @@ INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
         sel[i] = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << bit)), _mm256_set1_epi8((char)(1 << (bit + 1))), 1);
     }
     for (int blk = 0; blk < K / 256; blk++, w += 110) {
+        q_prefetch(w, 110);
         const __m512i hm = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)w));
         __m512i aw[4];
         __mmask64 neg[4];
@@ -255,6 +258,7 @@ INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
         idx[i] = _mm512_add_epi32(_mm512_set1_epi32(4 * i),
                                   _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
     for (int blk = 0; blk < K / 256; blk++, w += 210) {
+        q_prefetch(w, 210);
         __m512i aw[4];
         __mmask64 neg[4];
 #pragma GCC unroll 2
