@@ -299,19 +299,30 @@ void dsv_q8_act_quant_avx2(void *act, const void *x, int x_bf16, int K) {
     }
 }
 
-/* A weight row against n activation rows, 4 at a time. */
+/* Weight rows W, W + wrow, ... (nw of them) against n activation rows into
+ * out[j * n + r], 4 activation rows at a time; one call runs a whole range
+ * of weight rows, so the kernels' constants are set up once per call. */
 #define ROWS_BY_4(fn)                                                                               \
-    for (int r0 = 0; r0 < n; r0 += 4) {                                                             \
-        const uint8_t *ar = (const uint8_t *)act + (size_t)r0 * stride;                              \
-        switch (n - r0 < 4 ? n - r0 : 4) {                                                          \
-        case 1: fn(w, ar, stride, 1, K, out + r0); break;                                           \
-        case 2: fn(w, ar, stride, 2, K, out + r0); break;                                           \
-        case 3: fn(w, ar, stride, 3, K, out + r0); break;                                           \
-        default: fn(w, ar, stride, 4, K, out + r0); break;                                          \
+    for (int j = 0; j < nw; j++) {                                                                  \
+        const uint8_t *wj = (const uint8_t *)w + (size_t)j * wrow;                                  \
+        float *oj = out + (size_t)j * n;                                                            \
+        if (n == 1) {                                                                               \
+            fn(wj, act, stride, 1, K, oj);                                                          \
+            continue;                                                                               \
+        }                                                                                           \
+        for (int r0 = 0; r0 < n; r0 += 4) {                                                         \
+            const uint8_t *ar = (const uint8_t *)act + (size_t)r0 * stride;                          \
+            switch (n - r0 < 4 ? n - r0 : 4) {                                                      \
+            case 1: fn(wj, ar, stride, 1, K, oj + r0); break;                                       \
+            case 2: fn(wj, ar, stride, 2, K, oj + r0); break;                                       \
+            case 3: fn(wj, ar, stride, 3, K, oj + r0); break;                                       \
+            default: fn(wj, ar, stride, 4, K, oj + r0); break;                                      \
+            }                                                                                       \
         }                                                                                           \
     }
 
-void dsv_q_dot_rows_avx2(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
+void dsv_q_dot_mat_avx2(uint32_t type, const void *w, size_t wrow, int nw, const void *act, size_t stride, int n,
+                        int K, float *out) {
     switch (type) {
     case DSV_GGML_Q8_0: ROWS_BY_4(q8_0_rows) return;
     case DSV_GGML_Q4_0: ROWS_BY_4(q4_0_rows) return;
@@ -326,6 +337,10 @@ void dsv_q_dot_rows_avx2(uint32_t type, const void *w, const void *act, size_t s
     case DSV_GGML_Q6_K: ROWS_BY_4(q6_k_rows) return;
     default: DSV_ASSERT(!"a block type without a kernel"); /* quant.c passes only the types above */
     }
+}
+
+void dsv_q_dot_rows_avx2(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
+    dsv_q_dot_mat_avx2(type, w, 0, 1, act, stride, n, K, out);
 }
 
 float dsv_q_vec_dot_avx2(uint32_t type, const void *w, const void *act, int K) {

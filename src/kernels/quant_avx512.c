@@ -328,35 +328,43 @@ void dsv_q8_act_quant_avx512(void *act, const void *x, int x_bf16, int K) {
     }
 }
 
-/* A weight row against n activation rows, 8 at a time for the K-quants
- * (their decoding is dearer), 4 for the 32-value types (the same code per
- * row whatever the group, see above). */
-#define ROWS_BY_8(fn)                                                                               \
-    for (int r0 = 0; r0 < n; r0 += 8) {                                                             \
-        const uint8_t *ar = (const uint8_t *)act + (size_t)r0 * stride;                              \
-        switch (n - r0 < 8 ? n - r0 : 8) {                                                          \
-        case 1: fn(w, ar, stride, 1, K, out + r0); break;                                           \
-        case 2: fn(w, ar, stride, 2, K, out + r0); break;                                           \
-        case 3: fn(w, ar, stride, 3, K, out + r0); break;                                           \
-        case 4: fn(w, ar, stride, 4, K, out + r0); break;                                           \
-        case 5: fn(w, ar, stride, 5, K, out + r0); break;                                           \
-        case 6: fn(w, ar, stride, 6, K, out + r0); break;                                           \
-        case 7: fn(w, ar, stride, 7, K, out + r0); break;                                           \
-        default: fn(w, ar, stride, 8, K, out + r0); break;                                          \
+/* Weight rows W, W + wrow, ... (nw of them) against n activation rows into
+ * OUT[j * n + r], 8 activation rows at a time for the K-quants (their
+ * decoding is dearer), 4 for the 32-value types (the same code per row
+ * whatever the group, see above). One call runs a whole range of weight
+ * rows, so the kernels' constants are set up once per call rather than
+ * once per weight row (what a 2-block row of K = 512 notices). */
+#define ROWS_BY(G, fn, CASES)                                                                       \
+    for (int j = 0; j < nw; j++) {                                                                  \
+        const uint8_t *wj = (const uint8_t *)w + (size_t)j * wrow;                                  \
+        float *oj = out + (size_t)j * n;                                                            \
+        if (n == 1) {                                                                               \
+            fn(wj, act, stride, 1, K, oj);                                                          \
+            continue;                                                                               \
+        }                                                                                           \
+        for (int r0 = 0; r0 < n; r0 += G) {                                                         \
+            const uint8_t *ar = (const uint8_t *)act + (size_t)r0 * stride;                          \
+            switch (n - r0 < G ? n - r0 : G) {                                                      \
+            CASES(fn)                                                                               \
+            default: fn(wj, ar, stride, G, K, oj + r0); break;                                      \
+            }                                                                                       \
         }                                                                                           \
     }
-#define ROWS_BY_4(fn)                                                                               \
-    for (int r0 = 0; r0 < n; r0 += 4) {                                                             \
-        const uint8_t *ar = (const uint8_t *)act + (size_t)r0 * stride;                              \
-        switch (n - r0 < 4 ? n - r0 : 4) {                                                          \
-        case 1: fn(w, ar, stride, 1, K, out + r0); break;                                           \
-        case 2: fn(w, ar, stride, 2, K, out + r0); break;                                           \
-        case 3: fn(w, ar, stride, 3, K, out + r0); break;                                           \
-        default: fn(w, ar, stride, 4, K, out + r0); break;                                          \
-        }                                                                                           \
-    }
+#define CASES_3(fn)                                                                                 \
+    case 1: fn(wj, ar, stride, 1, K, oj + r0); break;                                               \
+    case 2: fn(wj, ar, stride, 2, K, oj + r0); break;                                               \
+    case 3: fn(wj, ar, stride, 3, K, oj + r0); break;
+#define CASES_7(fn)                                                                                 \
+    CASES_3(fn)                                                                                     \
+    case 4: fn(wj, ar, stride, 4, K, oj + r0); break;                                               \
+    case 5: fn(wj, ar, stride, 5, K, oj + r0); break;                                               \
+    case 6: fn(wj, ar, stride, 6, K, oj + r0); break;                                               \
+    case 7: fn(wj, ar, stride, 7, K, oj + r0); break;
+#define ROWS_BY_4(fn) ROWS_BY(4, fn, CASES_3)
+#define ROWS_BY_8(fn) ROWS_BY(8, fn, CASES_7)
 
-void dsv_q_dot_rows_avx512(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
+void dsv_q_dot_mat_avx512(uint32_t type, const void *w, size_t wrow, int nw, const void *act, size_t stride, int n,
+                          int K, float *out) {
     switch (type) {
     case DSV_GGML_Q8_0: ROWS_BY_4(q8_0_rows) return;
     case DSV_GGML_Q4_0: ROWS_BY_4(q4_0_rows) return;
@@ -371,6 +379,10 @@ void dsv_q_dot_rows_avx512(uint32_t type, const void *w, const void *act, size_t
     case DSV_GGML_Q6_K: ROWS_BY_8(q6_k_rows) return;
     default: DSV_ASSERT(!"a block type without a kernel"); /* quant.c passes only the types above */
     }
+}
+
+void dsv_q_dot_rows_avx512(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
+    dsv_q_dot_mat_avx512(type, w, 0, 1, act, stride, n, K, out);
 }
 
 float dsv_q_vec_dot_avx512(uint32_t type, const void *w, const void *act, int K) {
