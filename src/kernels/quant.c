@@ -751,7 +751,8 @@ dsv_q_dot_mat_fn dsv_q_dot_mat_for(int level) {
 /* Input rows [0, m) against weight rows [n0, n1), a group of up to
  * DSV_Q_ROWS input rows at a time (as many as the scratch holds): the
  * group's activations are quantized once, then each weight row is decoded
- * once for the group, the rows handed to the kernel CHUNK at a time.
+ * once for the group, the rows handed to the kernel as many at a time as
+ * out[] holds (long ranges: the decoding kernels stream from two places).
  * x: bf16 rows (x_bf16) or fp32 rows, K wide. */
 static void q_linear(const struct dsv_linear *w, int m, int n0, int n1, void *scratch, const void *x, int x_bf16,
                      float *yf, uint16_t *yb, int ldy, int level) {
@@ -763,14 +764,14 @@ static void q_linear(const struct dsv_linear *w, int m, int n0, int n1, void *sc
     const int group = (int)DSV_MIN((size_t)DSV_Q_ROWS, room / ab);
     const dsv_q_dot_mat_fn dot = dsv_q_dot_mat_for(level);
     const dsv_q8_act_quant_fn aq = dsv_q8_act_quant_for(level);
-    enum { CHUNK = 64 }; /* weight rows per kernel call */
-    float out[CHUNK * DSV_Q_ROWS];
+    enum { OUT = 2048 }; /* results of one kernel call: 2048 weight rows of one input row, 128 of 16 */
+    float out[OUT];
     for (int i0 = 0; i0 < m; i0 += group) {
-        const int g = DSV_MIN(group, m - i0);
+        const int g = DSV_MIN(group, m - i0), chunk = OUT / g;
         for (int r = 0; r < g; r++)
             aq(act + (size_t)r * ab, (const char *)x + (size_t)(i0 + r) * K * (x_bf16 ? 2 : 4), x_bf16, K);
-        for (int c0 = n0; c0 < n1; c0 += CHUNK) {
-            const int nc = DSV_MIN(CHUNK, n1 - c0);
+        for (int c0 = n0; c0 < n1; c0 += chunk) {
+            const int nc = DSV_MIN(chunk, n1 - c0);
             dot(w->gtype, (const char *)w->w + (size_t)c0 * row, row, nc, act, ab, g, K, out);
             for (int j = 0; j < nc; j++)
                 for (int r = 0; r < g; r++) {
