@@ -12,7 +12,8 @@
  * and each 32-bit lane's integer sum (4 products) is converted to float and
  * added into a vector accumulator with the scale of its sub-block. A
  * block's levels are decoded once for up to 4 activation rows (8 for the
- * K-quants, whose decoding is dearer); each row
+ * K-quants, whose decoding is dearer), and for one activation row
+ * (decoding) the K-quants take two weight rows per pass; each row
  * runs exactly the same operations whatever the number of rows, so results
  * do not depend on the batch.
  *
