@@ -363,7 +363,8 @@ void dsv_q8_act_quant_avx2(void *act, const void *x, int x_bf16, int K) {
 
 /* One activation row (decoding) against the K-quants' weight rows two at a
  * time, row j with row j + nw/2 (two forward streams; rows j and j + 1
- * together confuse the prefetchers), the last row of an odd count alone. */
+ * together ran slower from DRAM, see quant_avx512.c), the last row of an
+ * odd count alone. */
 #define PAIRS(pair, fn)                                                                             \
     {                                                                                               \
         const int h = nw / 2;                                                                       \

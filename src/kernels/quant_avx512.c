@@ -421,9 +421,9 @@ void dsv_q8_act_quant_avx512(void *act, const void *x, int x_bf16, int K) {
     case 7: fn(wj, ar, stride, 7, K, oj + r0); break;
 /* One activation row (decoding) against the K-quants' weight rows two at a
  * time: row j with row j + nw/2, so that each of the two is a forward
- * stream through memory (rows j and j + 1 together ran at half the speed
- * from DRAM: the prefetchers lose track of two interleaved addresses in one
- * page), the last row of an odd count alone. */
+ * stream through memory (rows j and j + 1 together, measured, ran at half
+ * the speed from DRAM: two interleaved addresses in one page seem to defeat
+ * the prefetchers), the last row of an odd count alone. */
 #define PAIRS(pair, fn)                                                                             \
     {                                                                                               \
         const int h = nw / 2;                                                                       \
