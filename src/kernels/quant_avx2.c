@@ -377,7 +377,10 @@ void dsv_q8_act_quant_avx2(void *act, const void *x, int x_bf16, int K) {
 void dsv_q_dot_mat_avx2(uint32_t type, const void *w, size_t wrow, int nw, const void *act, size_t stride, int n,
                         int K, float *out) {
     switch (type) {
-    case DSV_GGML_Q8_0: ROWS_BY_4(q8_0_rows) return;
+    case DSV_GGML_Q8_0:
+        if (n == 1) PAIRS(q8_0_pair, q8_0_rows)
+        else ROWS_BY_4(q8_0_rows)
+        return;
     case DSV_GGML_Q4_0: ROWS_BY_4(q4_0_rows) return;
     case DSV_GGML_Q4_1: ROWS_BY_4(q4_1_rows) return;
     case DSV_GGML_Q5_0: ROWS_BY_4(q5_0_rows) return;

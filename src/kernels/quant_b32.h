@@ -11,45 +11,72 @@
 /* ---- Q8_0: 34-byte blocks, f16 d then 32 int8 ------------------------------ */
 
 /* Blocks four at a time: their four scales are converted together (F16C)
- * and multiplied by the activations' four scales in one vector. */
-INLINE void q8_0_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
-    __m256 acc[4];
+ * and multiplied by the activations' four scales in one vector. nw weight
+ * rows (1, or 2 against one activation row: see q8_0_pair) share the
+ * activations' loads; each row runs the same operations either way. */
+INLINE void q8_0_core(const uint8_t *const *wv, int nw, const uint8_t *act, size_t stride, int nr, int K,
+                      float *const *ov) {
+    __m256 acc[2][4];
     struct arow a[4];
-    for (int r = 0; r < nr; r++) {
-        acc[r] = _mm256_setzero_ps();
-        a[r] = arow_at(act, stride, r, K);
-    }
+    for (int r = 0; r < nr; r++) a[r] = arow_at(act, stride, r, K);
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) acc[k][r] = _mm256_setzero_ps();
     const int nb = K / 32;
     int b = 0;
-    for (; b + 4 <= nb; b += 4, w += 4 * 34) {
-        const __m128 wd = _mm_cvtph_ps(_mm_setr_epi16((short)ld16(w), (short)ld16(w + 34), (short)ld16(w + 68),
-                                                      (short)ld16(w + 102), 0, 0, 0, 0));
-        float s[4][4];
+    for (; b + 4 <= nb; b += 4) {
+        float s[2][4][4];
+#pragma GCC unroll 2
+        for (int k = 0; k < nw; k++) {
+            const uint8_t *w = wv[k] + (size_t)b * 34;
+            const __m128 wd = _mm_cvtph_ps(_mm_setr_epi16((short)ld16(w), (short)ld16(w + 34), (short)ld16(w + 68),
+                                                          (short)ld16(w + 102), 0, 0, 0, 0));
 #pragma GCC unroll 4
-        for (int r = 0; r < nr; r++) _mm_storeu_ps(s[r], _mm_mul_ps(wd, _mm_loadu_ps(a[r].d + b)));
+            for (int r = 0; r < nr; r++) _mm_storeu_ps(s[k][r], _mm_mul_ps(wd, _mm_loadu_ps(a[r].d + b)));
+        }
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
-            const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 34 * j + 2));
-            const __m256i aw = _mm256_sign_epi8(wv, wv);
+            __m256i wvj[2], aw[2];
+#pragma GCC unroll 2
+            for (int k = 0; k < nw; k++) {
+                wvj[k] = _mm256_loadu_si256((const __m256i *)(wv[k] + (size_t)(b + j) * 34 + 2));
+                aw[k] = _mm256_sign_epi8(wvj[k], wvj[k]);
+            }
 #pragma GCC unroll 4
             for (int r = 0; r < nr; r++) {
                 const __m256i qv = _mm256_loadu_si256((const __m256i *)(a[r].q + 32 * (b + j)));
-                const __m256i p = Q_DOT(aw, _mm256_sign_epi8(qv, wv));
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[r][j]), acc[r]);
+#pragma GCC unroll 2
+                for (int k = 0; k < nw; k++) {
+                    const __m256i p = Q_DOT(aw[k], _mm256_sign_epi8(qv, wvj[k]));
+                    acc[k][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[k][r][j]), acc[k][r]);
+                }
             }
         }
     }
-    for (; b < nb; b++, w += 34) { /* K not a multiple of 128 */
-        const float wd = dsv_f16_to_f32(ld16(w));
-        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 2));
-        const __m256i aw = _mm256_sign_epi8(wv, wv);
-        for (int r = 0; r < nr; r++) {
-            const __m256i qv = _mm256_loadu_si256((const __m256i *)(a[r].q + 32 * b));
-            const __m256i p = Q_DOT(aw, _mm256_sign_epi8(qv, wv));
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd * a[r].d[b]), acc[r]);
+    for (; b < nb; b++) /* K not a multiple of 128 */
+        for (int k = 0; k < nw; k++) {
+            const uint8_t *w = wv[k] + (size_t)b * 34;
+            const float wd = dsv_f16_to_f32(ld16(w));
+            const __m256i wvb = _mm256_loadu_si256((const __m256i *)(w + 2));
+            const __m256i aw = _mm256_sign_epi8(wvb, wvb);
+            for (int r = 0; r < nr; r++) {
+                const __m256i qv = _mm256_loadu_si256((const __m256i *)(a[r].q + 32 * b));
+                const __m256i p = Q_DOT(aw, _mm256_sign_epi8(qv, wvb));
+                acc[k][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd * a[r].d[b]), acc[k][r]);
+            }
         }
-    }
-    for (int r = 0; r < nr; r++) out[r] = hsum8(acc[r]);
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) ov[k][r] = hsum8(acc[k][r]);
+}
+
+INLINE void q8_0_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q8_0_core(&w, 1, act, stride, nr, K, &out);
+}
+/* Two weight rows against one activation row (decoding; rows j and
+ * j + nw/2 of a call, as the K-quants' pairs). */
+INLINE void q8_0_pair(const uint8_t *w0, const uint8_t *w1, const uint8_t *act, int K, float *o0, float *o1) {
+    const uint8_t *const wv[2] = {w0, w1};
+    float *const ov[2] = {o0, o1};
+    q8_0_core(wv, 2, act, 0, 1, K, ov);
 }
 
 /* ---- Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL: 32-value blocks -------------------------- */
