@@ -381,11 +381,26 @@ void dsv_q_dot_mat_avx2(uint32_t type, const void *w, size_t wrow, int nw, const
         if (n == 1) PAIRS(q8_0_pair, q8_0_rows)
         else ROWS_BY_4(q8_0_rows)
         return;
-    case DSV_GGML_Q4_0: ROWS_BY_4(q4_0_rows) return;
-    case DSV_GGML_Q4_1: ROWS_BY_4(q4_1_rows) return;
-    case DSV_GGML_Q5_0: ROWS_BY_4(q5_0_rows) return;
-    case DSV_GGML_Q5_1: ROWS_BY_4(q5_1_rows) return;
-    case DSV_GGML_IQ4_NL: ROWS_BY_4(iq4_nl_rows) return;
+    case DSV_GGML_Q4_0:
+        if (n == 1) PAIRS(q4_0_pair, q4_0_rows)
+        else ROWS_BY_4(q4_0_rows)
+        return;
+    case DSV_GGML_Q4_1:
+        if (n == 1) PAIRS(q4_1_pair, q4_1_rows)
+        else ROWS_BY_4(q4_1_rows)
+        return;
+    case DSV_GGML_Q5_0:
+        if (n == 1) PAIRS(q5_0_pair, q5_0_rows)
+        else ROWS_BY_4(q5_0_rows)
+        return;
+    case DSV_GGML_Q5_1:
+        if (n == 1) PAIRS(q5_1_pair, q5_1_rows)
+        else ROWS_BY_4(q5_1_rows)
+        return;
+    case DSV_GGML_IQ4_NL:
+        if (n == 1) PAIRS(iq4_nl_pair, iq4_nl_rows)
+        else ROWS_BY_4(iq4_nl_rows)
+        return;
     case DSV_GGML_Q4_K:
         if (n == 1) PAIRS(q4_k_pair, q4_k_rows)
         else ROWS_BY_4(q4_k_rows)
