@@ -133,16 +133,19 @@ INLINE __m256 k16_lanes(const __m256 S[2], int i) {
 /* Q2_K: unsigned levels 0..3 straight into vpmaddubsw; the minimum term
  * of sub-block k, (dmin * m[k]) * (activation scale * 16-value activation
  * sum), in lane k % 8 of a third accumulator, sub-blocks 0-7 then 8-15. */
-INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
-    __m256 acc[4][2], accm[4];
+INLINE void q2_k_core(const uint8_t *const *wv, int nw, const uint8_t *act, size_t stride, int nr, int K,
+                      float *const *ov) {
+    __m256 acc[2][4][2], accm[2][4];
     struct arow a[4];
-    for (int r = 0; r < nr; r++) {
-        acc[r][0] = acc[r][1] = accm[r] = _mm256_setzero_ps();
-        a[r] = arow_at(act, stride, r, K);
-    }
+    for (int r = 0; r < nr; r++) a[r] = arow_at(act, stride, r, K);
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) acc[k][r][0] = acc[k][r][1] = accm[k][r] = _mm256_setzero_ps();
     const __m256i m3 = _mm256_set1_epi8(3);
     const __m256i idx_lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), idx_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
-    for (int blk = 0; blk < K / 256; blk++, w += 84) {
+    for (int blk = 0; blk < K / 256; blk++)
+#pragma GCC unroll 2
+    for (int k = 0; k < nw; k++) { /* a block of each weight row in turn */
+        const uint8_t *w = wv[k] + (size_t)blk * 84;
         q_prefetch(w, 84);
         const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(w + 80))); /* d, dmin */
         const __m256 d = _mm256_broadcastss_ps(dm), dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
@@ -169,31 +172,46 @@ INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
 #pragma GCC unroll 8
             for (int i = 0; i < 8; i++) {
                 const __m256i p = dot_u8s8(wz[i], _mm256_loadu_si256((const __m256i *)(q + 32 * i)));
-                acc[r][i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), k16_lanes(S, i), acc[r][i & 1]);
+                acc[k][r][i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), k16_lanes(S, i), acc[k][r][i & 1]);
             }
             const __m256i s16 = _mm256_loadu_si256((const __m256i *)(a[r].s + 16 * blk));
             const __m256 sl = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(s16)));
             const __m256 sh = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(s16, 1)));
-            accm[r] = _mm256_fmadd_ps(mnf[0], _mm256_mul_ps(dal, sl), accm[r]);
-            accm[r] = _mm256_fmadd_ps(mnf[1], _mm256_mul_ps(dah, sh), accm[r]);
+            accm[k][r] = _mm256_fmadd_ps(mnf[0], _mm256_mul_ps(dal, sl), accm[k][r]);
+            accm[k][r] = _mm256_fmadd_ps(mnf[1], _mm256_mul_ps(dah, sh), accm[k][r]);
         }
     }
-    for (int r = 0; r < nr; r++) out[r] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1])) - hsum8(accm[r]);
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) ov[k][r] = hsum8(_mm256_add_ps(acc[k][r][0], acc[k][r][1])) - hsum8(accm[k][r]);
+}
+
+INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q2_k_core(&w, 1, act, stride, nr, K, &out);
+}
+/* Two weight rows against one activation row, a block of each in turn
+ * (two forward streams, as the other types' pairs). */
+INLINE void q2_k_pair(const uint8_t *w0, const uint8_t *w1, const uint8_t *act, int K, float *o0, float *o1) {
+    const uint8_t *const wv[2] = {w0, w1};
+    float *const ov[2] = {o0, o1};
+    q2_k_core(wv, 2, act, 0, 1, K, ov);
 }
 
 /* Q3_K: the level is the 2-bit field, minus 4 where bit 4h + j of
  * hmask[l] is clear; -4..3 go in as |w| with the activation taking w's
  * sign (as Q6_K). */
-INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
-    __m256 acc[4][2];
+INLINE void q3_k_core(const uint8_t *const *wv, int nw, const uint8_t *act, size_t stride, int nr, int K,
+                      float *const *ov) {
+    __m256 acc[2][4][2];
     struct arow a[4];
-    for (int r = 0; r < nr; r++) {
-        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-        a[r] = arow_at(act, stride, r, K);
-    }
+    for (int r = 0; r < nr; r++) a[r] = arow_at(act, stride, r, K);
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) acc[k][r][0] = acc[k][r][1] = _mm256_setzero_ps();
     const __m256i m3 = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
     const __m256i idx_lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), idx_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
-    for (int blk = 0; blk < K / 256; blk++, w += 110) {
+    for (int blk = 0; blk < K / 256; blk++)
+#pragma GCC unroll 2
+    for (int k = 0; k < nw; k++) { /* a block of each weight row in turn */
+        const uint8_t *w = wv[k] + (size_t)blk * 110;
         q_prefetch(w, 110);
         const __m256i hm = _mm256_loadu_si256((const __m256i *)w);
         __m256i sw[8], aw[8];
@@ -224,11 +242,23 @@ INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
             for (int i = 0; i < 8; i++) {
                 const __m256i qv = _mm256_loadu_si256((const __m256i *)(q + 32 * i));
                 const __m256i p = dot_u8s8(aw[i], _mm256_sign_epi8(qv, sw[i]));
-                acc[r][i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), k16_lanes(S, i), acc[r][i & 1]);
+                acc[k][r][i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), k16_lanes(S, i), acc[k][r][i & 1]);
             }
         }
     }
-    for (int r = 0; r < nr; r++) out[r] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1]));
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) ov[k][r] = hsum8(_mm256_add_ps(acc[k][r][0], acc[k][r][1]));
+}
+
+INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q3_k_core(&w, 1, act, stride, nr, K, &out);
+}
+/* Two weight rows against one activation row, a block of each in turn
+ * (two forward streams, as the other types' pairs). */
+INLINE void q3_k_pair(const uint8_t *w0, const uint8_t *w1, const uint8_t *act, int K, float *o0, float *o1) {
+    const uint8_t *const wv[2] = {w0, w1};
+    float *const ov[2] = {o0, o1};
+    q3_k_core(wv, 2, act, 0, 1, K, ov);
 }
 
 /* Q6_K (layout in quant_avx512.c): register i = 4h + k holds values
@@ -409,8 +439,14 @@ void dsv_q_dot_mat_avx2(uint32_t type, const void *w, size_t wrow, int nw, const
         if (n == 1) PAIRS(q5_k_pair, q5_k_rows)
         else ROWS_BY_4(q5_k_rows)
         return;
-    case DSV_GGML_Q2_K: ROWS_BY_4(q2_k_rows) return;
-    case DSV_GGML_Q3_K: ROWS_BY_4(q3_k_rows) return;
+    case DSV_GGML_Q2_K:
+        if (n == 1) PAIRS(q2_k_pair, q2_k_rows)
+        else ROWS_BY_4(q2_k_rows)
+        return;
+    case DSV_GGML_Q3_K:
+        if (n == 1) PAIRS(q3_k_pair, q3_k_rows)
+        else ROWS_BY_4(q3_k_rows)
+        return;
     case DSV_GGML_Q6_K:
         if (n == 1) PAIRS(q6_k_pair, q6_k_rows)
         else ROWS_BY_4(q6_k_rows)

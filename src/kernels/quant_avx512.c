@@ -180,18 +180,21 @@ INLINE __m512i q23_low2(const uint8_t *qs, int h, __m512i shift) {
 /* Q2_K: levels unsigned, straight into vpdpbusd; the minimum term of
  * sub-block k, (dmin * m[k]) * (activation scale * 16-value activation
  * sum), in lane k of a second accumulator. */
-INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
-    __m512 acc[8][2], accm[8];
+INLINE void q2_k_core(const uint8_t *const *wv, int nw, const uint8_t *act, size_t stride, int nr, int K,
+                      float *const *ov) {
+    __m512 acc[2][8][2], accm[2][8];
     struct arow a[8];
-    for (int r = 0; r < nr; r++) {
-        acc[r][0] = acc[r][1] = accm[r] = _mm512_setzero_ps();
-        a[r] = arow_at(act, stride, r, K);
-    }
+    for (int r = 0; r < nr; r++) a[r] = arow_at(act, stride, r, K);
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) acc[k][r][0] = acc[k][r][1] = accm[k][r] = _mm512_setzero_ps();
     __m512i idx_half, idx[4];
     k16_idx(&idx_half, idx);
     __m512i shift[2];
     q23_shifts(shift);
-    for (int blk = 0; blk < K / 256; blk++, w += 84) {
+    for (int blk = 0; blk < K / 256; blk++)
+#pragma GCC unroll 2
+    for (int k = 0; k < nw; k++) { /* a block of each weight row in turn */
+        const uint8_t *w = wv[k] + (size_t)blk * 84;
         q_prefetch(w, 84);
         const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(w + 80))); /* d, dmin */
         const __m512i sm = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)w));
@@ -210,26 +213,38 @@ INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
 #pragma GCC unroll 4
             for (int i = 0; i < 4; i++) {
                 const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wz[i], _mm512_loadu_si512(q + 64 * i));
-                acc[r][i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[i], S), acc[r][i & 1]);
+                acc[k][r][i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[i], S), acc[k][r][i & 1]);
             }
             const __m512 sf = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(a[r].s + 16 * blk))));
-            accm[r] = _mm512_fmadd_ps(mnf, _mm512_mul_ps(da, sf), accm[r]);
+            accm[k][r] = _mm512_fmadd_ps(mnf, _mm512_mul_ps(da, sf), accm[k][r]);
         }
     }
-    for (int r = 0; r < nr; r++) out[r] = hsum16(_mm512_add_ps(acc[r][0], acc[r][1])) - hsum16(accm[r]);
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) ov[k][r] = hsum16(_mm512_add_ps(acc[k][r][0], acc[k][r][1])) - hsum16(accm[k][r]);
+}
+
+INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q2_k_core(&w, 1, act, stride, nr, K, &out);
+}
+/* Two weight rows against one activation row, a block of each in turn
+ * (two forward streams, as the other types' pairs). */
+INLINE void q2_k_pair(const uint8_t *w0, const uint8_t *w1, const uint8_t *act, int K, float *o0, float *o1) {
+    const uint8_t *const wv[2] = {w0, w1};
+    float *const ov[2] = {o0, o1};
+    q2_k_core(wv, 2, act, 0, 1, K, ov);
 }
 
 /* Q3_K: levels -4..3 go in as |w| with the activation taking w's sign
  * (as Q6_K); the high bit of value 128h + 32j + l is bit 4h + j of
  * hmask[l], so register 2h + i' tests bits 4h + 2i' (low half) and
  * 4h + 2i' + 1 (high half) of hmask copied to both halves. */
-INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
-    __m512 acc[8][2];
+INLINE void q3_k_core(const uint8_t *const *wv, int nw, const uint8_t *act, size_t stride, int nr, int K,
+                      float *const *ov) {
+    __m512 acc[2][8][2];
     struct arow a[8];
-    for (int r = 0; r < nr; r++) {
-        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-        a[r] = arow_at(act, stride, r, K);
-    }
+    for (int r = 0; r < nr; r++) a[r] = arow_at(act, stride, r, K);
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) acc[k][r][0] = acc[k][r][1] = _mm512_setzero_ps();
     __m512i idx_half, idx[4];
     k16_idx(&idx_half, idx);
     const __m512i four = _mm512_set1_epi8(4);
@@ -239,7 +254,10 @@ INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
         const int bit = 4 * (i >> 1) + 2 * (i & 1);
         sel[i] = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << bit)), _mm256_set1_epi8((char)(1 << (bit + 1))), 1);
     }
-    for (int blk = 0; blk < K / 256; blk++, w += 110) {
+    for (int blk = 0; blk < K / 256; blk++)
+#pragma GCC unroll 2
+    for (int k = 0; k < nw; k++) { /* a block of each weight row in turn */
+        const uint8_t *w = wv[k] + (size_t)blk * 110;
         q_prefetch(w, 110);
         const __m512i hm = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)w));
         __m512i aw[4];
@@ -264,11 +282,23 @@ INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
                 const __m512i qv = _mm512_loadu_si512(q + 64 * i);
                 const __m512i sq = _mm512_mask_sub_epi8(qv, neg[i], _mm512_setzero_si512(), qv);
                 const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw[i], sq);
-                acc[r][i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[i], S), acc[r][i & 1]);
+                acc[k][r][i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[i], S), acc[k][r][i & 1]);
             }
         }
     }
-    for (int r = 0; r < nr; r++) out[r] = hsum16(_mm512_add_ps(acc[r][0], acc[r][1]));
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) ov[k][r] = hsum16(_mm512_add_ps(acc[k][r][0], acc[k][r][1]));
+}
+
+INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q3_k_core(&w, 1, act, stride, nr, K, &out);
+}
+/* Two weight rows against one activation row, a block of each in turn
+ * (two forward streams, as the other types' pairs). */
+INLINE void q3_k_pair(const uint8_t *w0, const uint8_t *w1, const uint8_t *act, int K, float *o0, float *o1) {
+    const uint8_t *const wv[2] = {w0, w1};
+    float *const ov[2] = {o0, o1};
+    q3_k_core(wv, 2, act, 0, 1, K, ov);
 }
 
 /* ---- Q6_K: 210-byte blocks of 256 -------------------------------------------- */
@@ -470,8 +500,14 @@ void dsv_q_dot_mat_avx512(uint32_t type, const void *w, size_t wrow, int nw, con
         if (n == 1) PAIRS(q5_k_pair, q5_k_rows)
         else ROWS_BY_8(q5_k_rows)
         return;
-    case DSV_GGML_Q2_K: ROWS_BY_8(q2_k_rows) return;
-    case DSV_GGML_Q3_K: ROWS_BY_8(q3_k_rows) return;
+    case DSV_GGML_Q2_K:
+        if (n == 1) PAIRS(q2_k_pair, q2_k_rows)
+        else ROWS_BY_8(q2_k_rows)
+        return;
+    case DSV_GGML_Q3_K:
+        if (n == 1) PAIRS(q3_k_pair, q3_k_rows)
+        else ROWS_BY_8(q3_k_rows)
+        return;
     case DSV_GGML_Q6_K:
         if (n == 1) PAIRS(q6_k_pair, q6_k_rows)
         else ROWS_BY_8(q6_k_rows)
