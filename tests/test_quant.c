@@ -368,7 +368,7 @@ TEST_LEVELS(quant_dot_mat_matches_rows) {
                         CHECKF(out[n * m + r] == one[r], "%s %s K=%d m=%d weight row %d, input row %d: %.9g vs %.9g",
                                test_level(), dsv_ggml_name(ty), K, m, n, r, out[n * m + r], one[r]);
                 }
-                CHECKF(out[N * m] == -1 || m == R, "%s %s K=%d m=%d: wrote past its outputs", test_level(),
+                CHECKF(m == R || out[N * m] == -1, "%s %s K=%d m=%d: wrote past its outputs", test_level(),
                        dsv_ggml_name(ty), K, m);
             }
         }
