@@ -329,6 +329,52 @@ TEST_LEVELS(quant_dot_rows_match_one_row) {
     }
 }
 
+/* A range of weight rows in one call (what the linear layer runs): 37 rows
+ * (odd: no row pairing can divide them), K = 256 (one K-quant block), 512
+ * and 1152 (32-value types also 96), 1..16 activation rows (odd counts and
+ * those past a group of 4 or 8): each output equal, bit for bit, to the
+ * one-row kernel's for its weight row. The reference checks the variants'
+ * own orders elsewhere (quant_vec_dot_matches_ref). */
+TEST_LEVELS(quant_dot_mat_matches_rows) {
+    const int level = level_now();
+    const dsv_q_dot_rows_fn rows = dsv_q_dot_rows_for(level);
+    const dsv_q_dot_mat_fn mat = dsv_q_dot_mat_for(level);
+    enum { N = 37, R = 16, KMAX = 1152 };
+    static const int Ks[] = {96, 256, 512, 1152};
+    static float wf[N * KMAX], x[KMAX];
+    static uint8_t q[N * KMAX * 2], act[R][KMAX * 2];
+    static float out[N * R];
+    for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++) {
+        const int K = Ks[ki];
+        gauss(wf, N * K, 500 + ki);
+        for (int r = 0; r < R; r++) {
+            gauss(x, K, 600 + 16 * ki + r);
+            dsv_q8_act_quant(act[r], x, K);
+        }
+        for (int t = 0; t < NB; t++) {
+            const uint32_t ty = BLOCK_TYPES[t];
+            if (K % dsv_ggml_blck(ty)) continue;
+            const size_t row = dsv_ggml_row_size(ty, K);
+            dsv_q_quant(ty, wf, q, (int64_t)N * K);
+            static const int ms[] = {1, 2, 3, 4, 5, 7, 8, 9, 13, 16};
+            for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+                const int m = ms[mi];
+                for (int i = 0; i < N * R; i++) out[i] = -1;
+                mat(ty, q, row, N, act, sizeof act[0], m, K, out);
+                for (int n = 0; n < N; n++) {
+                    float one[R];
+                    rows(ty, q + (size_t)n * row, act, sizeof act[0], m, K, one);
+                    for (int r = 0; r < m; r++)
+                        CHECKF(out[n * m + r] == one[r], "%s %s K=%d m=%d weight row %d, input row %d: %.9g vs %.9g",
+                               test_level(), dsv_ggml_name(ty), K, m, n, r, out[n * m + r], one[r]);
+                }
+                CHECKF(m == R || out[N * m] == -1, "%s %s K=%d m=%d: wrote past its outputs", test_level(),
+                       dsv_ggml_name(ty), K, m);
+            }
+        }
+    }
+}
+
 /* The linear layer: an odd number of weight rows (37) and of input rows, a
  * column range that starts and ends mid-matrix, each output the row
  * kernel's dot of its weight row with its quantized input row, whatever m. */

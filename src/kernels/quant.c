@@ -731,12 +731,29 @@ dsv_q_dot_rows_fn dsv_q_dot_rows_for(int level) {
     return dsv_q_dot_rows_ref;
 }
 
+void dsv_q_dot_mat_ref(uint32_t type, const void *w, size_t wrow, int nw, const void *act, size_t stride, int n, int K,
+                       float *out) {
+    for (int j = 0; j < nw; j++) dsv_q_dot_rows_ref(type, (const char *)w + (size_t)j * wrow, act, stride, n, K, out + (size_t)j * n);
+}
+
+dsv_q_dot_mat_fn dsv_q_dot_mat_for(int level) {
+#if defined(__x86_64__)
+    if (level >= DSV_KLEVEL_AVX512) return dsv_q_dot_mat_avx512;
+    if (level == DSV_KLEVEL_AVX2) return dsv_q_dot_mat_avx2;
+#else
+    (void)level;
+#endif
+    return dsv_q_dot_mat_ref;
+}
+
 /* ---- linear layers ------------------------------------------------------- */
 
 /* Input rows [0, m) against weight rows [n0, n1), a group of up to
  * DSV_Q_ROWS input rows at a time (as many as the scratch holds): the
  * group's activations are quantized once, then each weight row is decoded
- * once for the group. x: bf16 rows (x_bf16) or fp32 rows, K wide. */
+ * once for the group, the rows handed to the kernel as many at a time as
+ * out[] holds (long ranges: the decoding kernels stream from two places).
+ * x: bf16 rows (x_bf16) or fp32 rows, K wide. */
 static void q_linear(const struct dsv_linear *w, int m, int n0, int n1, void *scratch, const void *x, int x_bf16,
                      float *yf, uint16_t *yb, int ldy, int level) {
     const int K = w->n_in;
@@ -745,19 +762,23 @@ static void q_linear(const struct dsv_linear *w, int m, int n0, int n1, void *sc
     const size_t room = DSV_LIN_SCRATCH;
     DSV_ASSERT(ab <= room);
     const int group = (int)DSV_MIN((size_t)DSV_Q_ROWS, room / ab);
-    const dsv_q_dot_rows_fn dot = dsv_q_dot_rows_for(level);
+    const dsv_q_dot_mat_fn dot = dsv_q_dot_mat_for(level);
     const dsv_q8_act_quant_fn aq = dsv_q8_act_quant_for(level);
-    float out[DSV_Q_ROWS];
+    enum { OUT = 2048 }; /* results of one kernel call: 2048 weight rows of one input row, 128 of 16 */
+    float out[OUT];
     for (int i0 = 0; i0 < m; i0 += group) {
-        const int g = DSV_MIN(group, m - i0);
+        const int g = DSV_MIN(group, m - i0), chunk = OUT / g;
         for (int r = 0; r < g; r++)
             aq(act + (size_t)r * ab, (const char *)x + (size_t)(i0 + r) * K * (x_bf16 ? 2 : 4), x_bf16, K);
-        for (int n = n0; n < n1; n++) {
-            dot(w->gtype, (const char *)w->w + (size_t)n * row, act, ab, g, K, out);
-            for (int r = 0; r < g; r++) {
-                if (yf) yf[(size_t)(i0 + r) * ldy + n] = out[r];
-                else yb[(size_t)(i0 + r) * ldy + n] = dsv_f32_to_bf16(out[r]);
-            }
+        for (int c0 = n0; c0 < n1; c0 += chunk) {
+            const int nc = DSV_MIN(chunk, n1 - c0);
+            dot(w->gtype, (const char *)w->w + (size_t)c0 * row, row, nc, act, ab, g, K, out);
+            for (int j = 0; j < nc; j++)
+                for (int r = 0; r < g; r++) {
+                    const float v = out[j * g + r];
+                    if (yf) yf[(size_t)(i0 + r) * ldy + c0 + j] = v;
+                    else yb[(size_t)(i0 + r) * ldy + c0 + j] = dsv_f32_to_bf16(v);
+                }
         }
     }
 }

@@ -118,6 +118,19 @@ typedef void (*dsv_q_dot_rows_fn)(uint32_t type, const void *w, const void *act,
                                   float *out);
 /* The variant of a kernel level (DSV_KLEVEL_*, ops.h: a context's level). */
 dsv_q_dot_rows_fn dsv_q_dot_rows_for(int level);
+/* nw weight rows, wrow bytes apart, against the same n <= DSV_Q_ROWS
+ * activation rows: out[j * n + r] is weight row j's dot with activation
+ * row r, equal to dsv_q_dot_rows's for that weight row (one call for a
+ * range of rows: the kernels' set-up and dispatch once, not per row). */
+void dsv_q_dot_mat_ref(uint32_t type, const void *w, size_t wrow, int nw, const void *act, size_t stride, int n, int K,
+                       float *out);
+void dsv_q_dot_mat_avx512(uint32_t type, const void *w, size_t wrow, int nw, const void *act, size_t stride, int n,
+                          int K, float *out);
+void dsv_q_dot_mat_avx2(uint32_t type, const void *w, size_t wrow, int nw, const void *act, size_t stride, int n,
+                        int K, float *out);
+typedef void (*dsv_q_dot_mat_fn)(uint32_t type, const void *w, size_t wrow, int nw, const void *act, size_t stride,
+                                 int n, int K, float *out);
+dsv_q_dot_mat_fn dsv_q_dot_mat_for(int level);
 
 /* Linear layers on block-quantized weights (dsv_linear.gtype): output
  * columns [n0, n1) of every input row, y [m][ldy], as the other linear

@@ -2,8 +2,9 @@
  * activations (quant.h), for CPUs without AVX-512.
  *
  * Every type streams as in quant_avx512.c (levels decoded in
- * registers, up to 4 activation rows per weight pass, the same code per
- * row whatever the batch), with vpmaddubsw (unsigned by signed bytes, pairs
+ * registers, up to 4 activation rows per weight pass, two weight rows per
+ * pass for one activation row of a K-quant, the same code per row whatever
+ * the batch), with vpmaddubsw (unsigned by signed bytes, pairs
  * summed to int16) and vpmaddwd by ones for the 4-value int32 lane sums.
  * The int16 pairs never saturate: unsigned levels are at most 31 (Q5_K,
  * Q5_1; Q2_K's at most 3), signed levels go in as |w| <= 128 (Q8_0: 2 * 128 * 127 < 32768)
@@ -38,15 +39,20 @@ static inline __m256i dot_u8s8(__m256i u, __m256i q) {
 /* Q4_K: the low nibbles of qs[32c..] are sub-block 2c, the high ones
  * 2c + 1 (quant_avx512.c). Q5_K: the same, and the 5th bits of qh[l]
  * (bit 2c for the low nibble, 2c + 1 for the high) added as 16. */
-INLINE void q45_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out, int five) {
-    __m256 acc[4][2], accm[4];
+INLINE void q45_k_core(const uint8_t *const *wv, int nw, const uint8_t *act, size_t stride, int nr, int K,
+                       float *const *ov, int five) {
+    __m256 acc[2][4][2], accm[2][4];
     struct arow a[4];
-    for (int r = 0; r < nr; r++) {
-        acc[r][0] = acc[r][1] = accm[r] = _mm256_setzero_ps();
-        a[r] = arow_at(act, stride, r, K);
-    }
+    for (int r = 0; r < nr; r++) a[r] = arow_at(act, stride, r, K);
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) acc[k][r][0] = acc[k][r][1] = accm[k][r] = _mm256_setzero_ps();
+    const int bs = five ? 176 : 144;
     const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    for (int blk = 0; blk < K / 256; blk++, w += five ? 176 : 144) {
+    for (int blk = 0; blk < K / 256; blk++)
+#pragma GCC unroll 2
+    for (int k = 0; k < nw; k++) { /* a block of each weight row in turn */
+        const uint8_t *w = wv[k] + (size_t)blk * bs;
+        q_prefetch(w, bs);
         const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(w)));
         uint64_t sc, mn;
         k4_unpack(w + 4, &sc, &mn);
@@ -75,16 +81,37 @@ INLINE void q45_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int 
             for (int c = 0; c < 4; c++) {
                 const __m256i pl = dot_u8s8(lo[c], _mm256_loadu_si256((const __m256i *)(q + 64 * c)));
                 const __m256i ph = dot_u8s8(hi[c], _mm256_loadu_si256((const __m256i *)(q + 64 * c + 32)));
-                acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pl), _mm256_permutevar8x32_ps(S, _mm256_set1_epi32(2 * c)),
-                                            acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ph),
-                                            _mm256_permutevar8x32_ps(S, _mm256_set1_epi32(2 * c + 1)), acc[r][1]);
+                acc[k][r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pl), _mm256_permutevar8x32_ps(S, _mm256_set1_epi32(2 * c)),
+                                            acc[k][r][0]);
+                acc[k][r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ph),
+                                            _mm256_permutevar8x32_ps(S, _mm256_set1_epi32(2 * c + 1)), acc[k][r][1]);
             }
             const __m256i s32 = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(a[r].s + 16 * blk)), ones);
-            accm[r] = _mm256_fmadd_ps(mnf, _mm256_mul_ps(da, _mm256_cvtepi32_ps(s32)), accm[r]);
+            accm[k][r] = _mm256_fmadd_ps(mnf, _mm256_mul_ps(da, _mm256_cvtepi32_ps(s32)), accm[k][r]);
         }
     }
-    for (int r = 0; r < nr; r++) out[r] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1])) - hsum8(accm[r]);
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) ov[k][r] = hsum8(_mm256_add_ps(acc[k][r][0], acc[k][r][1])) - hsum8(accm[k][r]);
+}
+
+/* One weight row against nr <= 4 activation rows. */
+INLINE void q45_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out, int five) {
+    q45_k_core(&w, 1, act, stride, nr, K, &out, five);
+}
+
+/* Two weight rows against one activation row (decoding), a block of each
+ * in turn: two forward streams through memory (rows j and j + nw/2 of a
+ * call, see dsv_q_dot_mat_avx2); each row runs the one-row kernel's
+ * operations. */
+INLINE void q4_k_pair(const uint8_t *w0, const uint8_t *w1, const uint8_t *act, int K, float *o0, float *o1) {
+    const uint8_t *const wv[2] = {w0, w1};
+    float *const ov[2] = {o0, o1};
+    q45_k_core(wv, 2, act, 0, 1, K, ov, 0);
+}
+INLINE void q5_k_pair(const uint8_t *w0, const uint8_t *w1, const uint8_t *act, int K, float *o0, float *o1) {
+    const uint8_t *const wv[2] = {w0, w1};
+    float *const ov[2] = {o0, o1};
+    q45_k_core(wv, 2, act, 0, 1, K, ov, 1);
 }
 
 INLINE void q4_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
@@ -106,16 +133,20 @@ INLINE __m256 k16_lanes(const __m256 S[2], int i) {
 /* Q2_K: unsigned levels 0..3 straight into vpmaddubsw; the minimum term
  * of sub-block k, (dmin * m[k]) * (activation scale * 16-value activation
  * sum), in lane k % 8 of a third accumulator, sub-blocks 0-7 then 8-15. */
-INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
-    __m256 acc[4][2], accm[4];
+INLINE void q2_k_core(const uint8_t *const *wv, int nw, const uint8_t *act, size_t stride, int nr, int K,
+                      float *const *ov) {
+    __m256 acc[2][4][2], accm[2][4];
     struct arow a[4];
-    for (int r = 0; r < nr; r++) {
-        acc[r][0] = acc[r][1] = accm[r] = _mm256_setzero_ps();
-        a[r] = arow_at(act, stride, r, K);
-    }
+    for (int r = 0; r < nr; r++) a[r] = arow_at(act, stride, r, K);
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) acc[k][r][0] = acc[k][r][1] = accm[k][r] = _mm256_setzero_ps();
     const __m256i m3 = _mm256_set1_epi8(3);
     const __m256i idx_lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), idx_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
-    for (int blk = 0; blk < K / 256; blk++, w += 84) {
+    for (int blk = 0; blk < K / 256; blk++)
+#pragma GCC unroll 2
+    for (int k = 0; k < nw; k++) { /* a block of each weight row in turn */
+        const uint8_t *w = wv[k] + (size_t)blk * 84;
+        q_prefetch(w, 84);
         const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(w + 80))); /* d, dmin */
         const __m256 d = _mm256_broadcastss_ps(dm), dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
         const __m128i sm = _mm_loadu_si128((const __m128i *)w);
@@ -141,31 +172,47 @@ INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
 #pragma GCC unroll 8
             for (int i = 0; i < 8; i++) {
                 const __m256i p = dot_u8s8(wz[i], _mm256_loadu_si256((const __m256i *)(q + 32 * i)));
-                acc[r][i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), k16_lanes(S, i), acc[r][i & 1]);
+                acc[k][r][i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), k16_lanes(S, i), acc[k][r][i & 1]);
             }
             const __m256i s16 = _mm256_loadu_si256((const __m256i *)(a[r].s + 16 * blk));
             const __m256 sl = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(s16)));
             const __m256 sh = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(s16, 1)));
-            accm[r] = _mm256_fmadd_ps(mnf[0], _mm256_mul_ps(dal, sl), accm[r]);
-            accm[r] = _mm256_fmadd_ps(mnf[1], _mm256_mul_ps(dah, sh), accm[r]);
+            accm[k][r] = _mm256_fmadd_ps(mnf[0], _mm256_mul_ps(dal, sl), accm[k][r]);
+            accm[k][r] = _mm256_fmadd_ps(mnf[1], _mm256_mul_ps(dah, sh), accm[k][r]);
         }
     }
-    for (int r = 0; r < nr; r++) out[r] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1])) - hsum8(accm[r]);
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) ov[k][r] = hsum8(_mm256_add_ps(acc[k][r][0], acc[k][r][1])) - hsum8(accm[k][r]);
+}
+
+INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q2_k_core(&w, 1, act, stride, nr, K, &out);
+}
+/* Two weight rows against one activation row, a block of each in turn
+ * (two forward streams, as the other types' pairs). */
+INLINE void q2_k_pair(const uint8_t *w0, const uint8_t *w1, const uint8_t *act, int K, float *o0, float *o1) {
+    const uint8_t *const wv[2] = {w0, w1};
+    float *const ov[2] = {o0, o1};
+    q2_k_core(wv, 2, act, 0, 1, K, ov);
 }
 
 /* Q3_K: the level is the 2-bit field, minus 4 where bit 4h + j of
  * hmask[l] is clear; -4..3 go in as |w| with the activation taking w's
  * sign (as Q6_K). */
-INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
-    __m256 acc[4][2];
+INLINE void q3_k_core(const uint8_t *const *wv, int nw, const uint8_t *act, size_t stride, int nr, int K,
+                      float *const *ov) {
+    __m256 acc[2][4][2];
     struct arow a[4];
-    for (int r = 0; r < nr; r++) {
-        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-        a[r] = arow_at(act, stride, r, K);
-    }
+    for (int r = 0; r < nr; r++) a[r] = arow_at(act, stride, r, K);
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) acc[k][r][0] = acc[k][r][1] = _mm256_setzero_ps();
     const __m256i m3 = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
     const __m256i idx_lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), idx_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
-    for (int blk = 0; blk < K / 256; blk++, w += 110) {
+    for (int blk = 0; blk < K / 256; blk++)
+#pragma GCC unroll 2
+    for (int k = 0; k < nw; k++) { /* a block of each weight row in turn */
+        const uint8_t *w = wv[k] + (size_t)blk * 110;
+        q_prefetch(w, 110);
         const __m256i hm = _mm256_loadu_si256((const __m256i *)w);
         __m256i sw[8], aw[8];
 #pragma GCC unroll 2
@@ -195,25 +242,41 @@ INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
             for (int i = 0; i < 8; i++) {
                 const __m256i qv = _mm256_loadu_si256((const __m256i *)(q + 32 * i));
                 const __m256i p = dot_u8s8(aw[i], _mm256_sign_epi8(qv, sw[i]));
-                acc[r][i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), k16_lanes(S, i), acc[r][i & 1]);
+                acc[k][r][i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), k16_lanes(S, i), acc[k][r][i & 1]);
             }
         }
     }
-    for (int r = 0; r < nr; r++) out[r] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1]));
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) ov[k][r] = hsum8(_mm256_add_ps(acc[k][r][0], acc[k][r][1]));
+}
+
+INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q3_k_core(&w, 1, act, stride, nr, K, &out);
+}
+/* Two weight rows against one activation row, a block of each in turn
+ * (two forward streams, as the other types' pairs). */
+INLINE void q3_k_pair(const uint8_t *w0, const uint8_t *w1, const uint8_t *act, int K, float *o0, float *o1) {
+    const uint8_t *const wv[2] = {w0, w1};
+    float *const ov[2] = {o0, o1};
+    q3_k_core(wv, 2, act, 0, 1, K, ov);
 }
 
 /* Q6_K (layout in quant_avx512.c): register i = 4h + k holds values
  * 32i..32i+31, lanes 0-3 sub-block 2i, lanes 4-7 sub-block 2i + 1. */
-INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
-    __m256 acc[4][2];
+INLINE void q6_k_core(const uint8_t *const *wv, int nw, const uint8_t *act, size_t stride, int nr, int K,
+                      float *const *ov) {
+    __m256 acc[2][4][2];
     struct arow a[4];
-    for (int r = 0; r < nr; r++) {
-        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-        a[r] = arow_at(act, stride, r, K);
-    }
+    for (int r = 0; r < nr; r++) a[r] = arow_at(act, stride, r, K);
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) acc[k][r][0] = acc[k][r][1] = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30), k32 = _mm256_set1_epi8(32);
     const __m256i idx_lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), idx_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
-    for (int blk = 0; blk < K / 256; blk++, w += 210) {
+    for (int blk = 0; blk < K / 256; blk++)
+#pragma GCC unroll 2
+    for (int k = 0; k < nw; k++) { /* a block of each weight row in turn */
+        const uint8_t *w = wv[k] + (size_t)blk * 210;
+        q_prefetch(w, 210);
         __m256i sw[8], aw[8];
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
@@ -248,12 +311,23 @@ INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
                 const __m256i p = dot_u8s8(aw[i], _mm256_sign_epi8(qv, sw[i]));
                 const __m256i idx = _mm256_setr_epi32(2 * (i & 3), 2 * (i & 3), 2 * (i & 3), 2 * (i & 3),
                                                       2 * (i & 3) + 1, 2 * (i & 3) + 1, 2 * (i & 3) + 1, 2 * (i & 3) + 1);
-                acc[r][i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_permutevar8x32_ps(S[i >> 2], idx),
-                                                acc[r][i & 1]);
+                acc[k][r][i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_permutevar8x32_ps(S[i >> 2], idx),
+                                                acc[k][r][i & 1]);
             }
         }
     }
-    for (int r = 0; r < nr; r++) out[r] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1]));
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) ov[k][r] = hsum8(_mm256_add_ps(acc[k][r][0], acc[k][r][1]));
+}
+
+INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q6_k_core(&w, 1, act, stride, nr, K, &out);
+}
+/* Two weight rows against one activation row, as q4_k_pair. */
+INLINE void q6_k_pair(const uint8_t *w0, const uint8_t *w1, const uint8_t *act, int K, float *o0, float *o1) {
+    const uint8_t *const wv[2] = {w0, w1};
+    float *const ov[2] = {o0, o1};
+    q6_k_core(wv, 2, act, 0, 1, K, ov);
 }
 
 /* dsv_q8_act_quant's bytes (see quant_avx512.c), 8 values per vector. */
@@ -295,33 +369,94 @@ void dsv_q8_act_quant_avx2(void *act, const void *x, int x_bf16, int K) {
     }
 }
 
-/* A weight row against n activation rows, 4 at a time. */
+/* Weight rows W, W + wrow, ... (nw of them) against n activation rows into
+ * out[j * n + r], 4 activation rows at a time; one call runs a whole range
+ * of weight rows, so the kernels' constants are set up once per call. */
 #define ROWS_BY_4(fn)                                                                               \
-    for (int r0 = 0; r0 < n; r0 += 4) {                                                             \
-        const uint8_t *ar = (const uint8_t *)act + (size_t)r0 * stride;                              \
-        switch (n - r0 < 4 ? n - r0 : 4) {                                                          \
-        case 1: fn(w, ar, stride, 1, K, out + r0); break;                                           \
-        case 2: fn(w, ar, stride, 2, K, out + r0); break;                                           \
-        case 3: fn(w, ar, stride, 3, K, out + r0); break;                                           \
-        default: fn(w, ar, stride, 4, K, out + r0); break;                                          \
+    for (int j = 0; j < nw; j++) {                                                                  \
+        const uint8_t *wj = (const uint8_t *)w + (size_t)j * wrow;                                  \
+        float *oj = out + (size_t)j * n;                                                            \
+        if (n == 1) {                                                                               \
+            fn(wj, act, stride, 1, K, oj);                                                          \
+            continue;                                                                               \
+        }                                                                                           \
+        for (int r0 = 0; r0 < n; r0 += 4) {                                                         \
+            const uint8_t *ar = (const uint8_t *)act + (size_t)r0 * stride;                          \
+            switch (n - r0 < 4 ? n - r0 : 4) {                                                      \
+            case 1: fn(wj, ar, stride, 1, K, oj + r0); break;                                       \
+            case 2: fn(wj, ar, stride, 2, K, oj + r0); break;                                       \
+            case 3: fn(wj, ar, stride, 3, K, oj + r0); break;                                       \
+            default: fn(wj, ar, stride, 4, K, oj + r0); break;                                      \
+            }                                                                                       \
         }                                                                                           \
     }
 
-void dsv_q_dot_rows_avx2(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
+/* One activation row (decoding) against the K-quants' weight rows two at a
+ * time, row j with row j + nw/2 (two forward streams; rows j and j + 1
+ * together ran slower from DRAM, see quant_avx512.c), the last row of an
+ * odd count alone. */
+#define PAIRS(pair, fn)                                                                             \
+    {                                                                                               \
+        const int h = nw / 2;                                                                       \
+        for (int j = 0; j < h; j++)                                                                 \
+            pair((const uint8_t *)w + (size_t)j * wrow, (const uint8_t *)w + (size_t)(j + h) * wrow, \
+                 (const uint8_t *)act, K, out + j, out + j + h);                                    \
+        if (nw & 1) fn((const uint8_t *)w + (size_t)(nw - 1) * wrow, act, stride, 1, K, out + nw - 1); \
+    }
+
+void dsv_q_dot_mat_avx2(uint32_t type, const void *w, size_t wrow, int nw, const void *act, size_t stride, int n,
+                        int K, float *out) {
     switch (type) {
-    case DSV_GGML_Q8_0: ROWS_BY_4(q8_0_rows) return;
-    case DSV_GGML_Q4_0: ROWS_BY_4(q4_0_rows) return;
-    case DSV_GGML_Q4_1: ROWS_BY_4(q4_1_rows) return;
-    case DSV_GGML_Q5_0: ROWS_BY_4(q5_0_rows) return;
-    case DSV_GGML_Q5_1: ROWS_BY_4(q5_1_rows) return;
-    case DSV_GGML_IQ4_NL: ROWS_BY_4(iq4_nl_rows) return;
-    case DSV_GGML_Q4_K: ROWS_BY_4(q4_k_rows) return;
-    case DSV_GGML_Q5_K: ROWS_BY_4(q5_k_rows) return;
-    case DSV_GGML_Q2_K: ROWS_BY_4(q2_k_rows) return;
-    case DSV_GGML_Q3_K: ROWS_BY_4(q3_k_rows) return;
-    case DSV_GGML_Q6_K: ROWS_BY_4(q6_k_rows) return;
+    case DSV_GGML_Q8_0:
+        if (n == 1) PAIRS(q8_0_pair, q8_0_rows)
+        else ROWS_BY_4(q8_0_rows)
+        return;
+    case DSV_GGML_Q4_0:
+        if (n == 1) PAIRS(q4_0_pair, q4_0_rows)
+        else ROWS_BY_4(q4_0_rows)
+        return;
+    case DSV_GGML_Q4_1:
+        if (n == 1) PAIRS(q4_1_pair, q4_1_rows)
+        else ROWS_BY_4(q4_1_rows)
+        return;
+    case DSV_GGML_Q5_0:
+        if (n == 1) PAIRS(q5_0_pair, q5_0_rows)
+        else ROWS_BY_4(q5_0_rows)
+        return;
+    case DSV_GGML_Q5_1:
+        if (n == 1) PAIRS(q5_1_pair, q5_1_rows)
+        else ROWS_BY_4(q5_1_rows)
+        return;
+    case DSV_GGML_IQ4_NL:
+        if (n == 1) PAIRS(iq4_nl_pair, iq4_nl_rows)
+        else ROWS_BY_4(iq4_nl_rows)
+        return;
+    case DSV_GGML_Q4_K:
+        if (n == 1) PAIRS(q4_k_pair, q4_k_rows)
+        else ROWS_BY_4(q4_k_rows)
+        return;
+    case DSV_GGML_Q5_K:
+        if (n == 1) PAIRS(q5_k_pair, q5_k_rows)
+        else ROWS_BY_4(q5_k_rows)
+        return;
+    case DSV_GGML_Q2_K:
+        if (n == 1) PAIRS(q2_k_pair, q2_k_rows)
+        else ROWS_BY_4(q2_k_rows)
+        return;
+    case DSV_GGML_Q3_K:
+        if (n == 1) PAIRS(q3_k_pair, q3_k_rows)
+        else ROWS_BY_4(q3_k_rows)
+        return;
+    case DSV_GGML_Q6_K:
+        if (n == 1) PAIRS(q6_k_pair, q6_k_rows)
+        else ROWS_BY_4(q6_k_rows)
+        return;
     default: DSV_ASSERT(!"a block type without a kernel"); /* quant.c passes only the types above */
     }
+}
+
+void dsv_q_dot_rows_avx2(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
+    dsv_q_dot_mat_avx2(type, w, 0, 1, act, stride, n, K, out);
 }
 
 float dsv_q_vec_dot_avx2(uint32_t type, const void *w, const void *act, int K) {

@@ -12,7 +12,8 @@
  * and each 32-bit lane's integer sum (4 products) is converted to float and
  * added into a vector accumulator with the scale of its sub-block. A
  * block's levels are decoded once for up to 4 activation rows (8 for the
- * K-quants, whose decoding is dearer); each row
+ * K-quants, whose decoding is dearer), and for one activation row
+ * (decoding) the K-quants take two weight rows per pass; each row
  * runs exactly the same operations whatever the number of rows, so results
  * do not depend on the batch.
  *
@@ -54,54 +55,92 @@ static inline float hsum16(__m512 v) {
  * 64c + 32 + l (sub-block 2c + 1). One 512-bit register holds both, in
  * value order, so it meets 64 consecutive activations; lanes 0-7 belong to
  * sub-block 2c, lanes 8-15 to 2c + 1. */
-INLINE void q45_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out, int five) {
-    __m512 acc[8][2];
-    __m256 accm[8];
+INLINE void q45_k_core(const uint8_t *const *wv, int nw, const uint8_t *act, size_t stride, int nr, int K,
+                       float *const *ov, int five) {
+    __m512 acc[2][8][2];
+    __m256 accm[2][8];
     struct arow a[8];
-    for (int r = 0; r < nr; r++) {
-        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-        accm[r] = _mm256_setzero_ps();
-        a[r] = arow_at(act, stride, r, K);
-    }
+    for (int r = 0; r < nr; r++) a[r] = arow_at(act, stride, r, K);
+    for (int i = 0; i < nw; i++)
+        for (int r = 0; r < nr; r++) {
+            acc[i][r][0] = acc[i][r][1] = _mm512_setzero_ps();
+            accm[i][r] = _mm256_setzero_ps();
+        }
     const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
     const __m512i m4 = _mm512_set1_epi8(15);
     const __m256i ones = _mm256_set1_epi16(1);
     __m512i idx[4];
     for (int c = 0; c < 4; c++)
         idx[c] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * c)), _mm256_set1_epi32(2 * c + 1), 1);
-    for (int blk = 0; blk < K / 256; blk++, w += five ? 176 : 144) {
-        const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(w))); /* d, dmin */
-        uint64_t sc, mn;
-        k4_unpack(w + 4, &sc, &mn);
-        const __m256 scf = _mm256_mul_ps(_mm256_broadcastss_ps(dm), u8x8_ps(sc));
-        const __m256 mnf = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), u8x8_ps(mn));
-        __m512i wz[4];
-        const __m512i qh = five ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 16))) : m4;
+    const int bs = five ? 176 : 144;
+    for (int blk = 0; blk < K / 256; blk++) {
+        __m256 scf[2], mnf[2];
+        __m512i wz[2][4];
+#pragma GCC unroll 2
+        for (int i = 0; i < nw; i++) {
+            const uint8_t *w = wv[i] + (size_t)blk * bs;
+            q_prefetch(w, bs);
+            const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(w))); /* d, dmin */
+            uint64_t sc, mn;
+            k4_unpack(w + 4, &sc, &mn);
+            scf[i] = _mm256_mul_ps(_mm256_broadcastss_ps(dm), u8x8_ps(sc));
+            mnf[i] = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), u8x8_ps(mn));
+            const __m512i qh = five ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 16))) : m4;
 #pragma GCC unroll 4
-        for (int c = 0; c < 4; c++) {
-            const __m512i raw = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + (five ? 48 : 16) + 32 * c)));
-            wz[c] = _mm512_and_si512(_mm512_srlv_epi16(raw, shift), m4);
-            if (five) { /* Q5_K: the 5th bit of value 64c + l is bit 2c of qh[l], of 64c + 32 + l bit 2c + 1 */
-                const __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << 2 * c)),
-                                                       _mm256_set1_epi8((char)(1 << (2 * c + 1))), 1);
-                wz[c] = _mm512_mask_add_epi8(wz[c], _mm512_test_epi8_mask(qh, bit), wz[c], _mm512_set1_epi8(16));
+            for (int c = 0; c < 4; c++) {
+                const __m512i raw =
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + (five ? 48 : 16) + 32 * c)));
+                wz[i][c] = _mm512_and_si512(_mm512_srlv_epi16(raw, shift), m4);
+                if (five) { /* Q5_K: the 5th bit of value 64c + l is bit 2c of qh[l], of 64c + 32 + l bit 2c + 1 */
+                    const __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << 2 * c)),
+                                                           _mm256_set1_epi8((char)(1 << (2 * c + 1))), 1);
+                    wz[i][c] = _mm512_mask_add_epi8(wz[i][c], _mm512_test_epi8_mask(qh, bit), wz[i][c], _mm512_set1_epi8(16));
+                }
             }
         }
 #pragma GCC unroll 8
         for (int r = 0; r < nr; r++) {
             const __m256 da = _mm256_loadu_ps(a[r].d + 8 * blk);
-            const __m512 S = _mm512_castps256_ps512(_mm256_mul_ps(scf, da));
             const int8_t *q = a[r].q + 256 * blk;
-#pragma GCC unroll 4
-            for (int c = 0; c < 4; c++) {
-                const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wz[c], _mm512_loadu_si512(q + 64 * c));
-                acc[r][c & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[c], S), acc[r][c & 1]);
-            }
             const __m256i s32 = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(a[r].s + 16 * blk)), ones);
-            accm[r] = _mm256_fmadd_ps(mnf, _mm256_mul_ps(da, _mm256_cvtepi32_ps(s32)), accm[r]);
+            const __m256 as = _mm256_mul_ps(da, _mm256_cvtepi32_ps(s32));
+#pragma GCC unroll 2
+            for (int i = 0; i < nw; i++) {
+                const __m512 S = _mm512_castps256_ps512(_mm256_mul_ps(scf[i], da));
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; c++) {
+                    const __m512i p =
+                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), wz[i][c], _mm512_loadu_si512(q + 64 * c));
+                    acc[i][r][c & 1] =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[c], S), acc[i][r][c & 1]);
+                }
+                accm[i][r] = _mm256_fmadd_ps(mnf[i], as, accm[i][r]);
+            }
         }
     }
-    for (int r = 0; r < nr; r++) out[r] = hsum16(_mm512_add_ps(acc[r][0], acc[r][1])) - hsum8(accm[r]);
+    for (int i = 0; i < nw; i++)
+        for (int r = 0; r < nr; r++)
+            ov[i][r] = hsum16(_mm512_add_ps(acc[i][r][0], acc[i][r][1])) - hsum8(accm[i][r]);
+}
+
+/* One weight row against nr <= 8 activation rows. */
+INLINE void q45_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out, int five) {
+    q45_k_core(&w, 1, act, stride, nr, K, &out, five);
+}
+
+/* Two weight rows against one activation row (decoding): the activations'
+ * loads serve both, and two streams of weights keep more memory reads in
+ * flight (the rows come from the two halves of a call's range, see
+ * dsv_q_dot_mat_avx512). Each row runs the one-row kernel's operations. */
+INLINE void q4_k_pair(const uint8_t *w0, const uint8_t *w1, const uint8_t *act, int K, float *o0, float *o1) {
+    const uint8_t *const wv[2] = {w0, w1};
+    float *const ov[2] = {o0, o1};
+    q45_k_core(wv, 2, act, 0, 1, K, ov, 0);
+}
+INLINE void q5_k_pair(const uint8_t *w0, const uint8_t *w1, const uint8_t *act, int K, float *o0, float *o1) {
+    const uint8_t *const wv[2] = {w0, w1};
+    float *const ov[2] = {o0, o1};
+    q45_k_core(wv, 2, act, 0, 1, K, ov, 1);
 }
 
 INLINE void q4_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
@@ -141,18 +180,22 @@ INLINE __m512i q23_low2(const uint8_t *qs, int h, __m512i shift) {
 /* Q2_K: levels unsigned, straight into vpdpbusd; the minimum term of
  * sub-block k, (dmin * m[k]) * (activation scale * 16-value activation
  * sum), in lane k of a second accumulator. */
-INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
-    __m512 acc[8][2], accm[8];
+INLINE void q2_k_core(const uint8_t *const *wv, int nw, const uint8_t *act, size_t stride, int nr, int K,
+                      float *const *ov) {
+    __m512 acc[2][8][2], accm[2][8];
     struct arow a[8];
-    for (int r = 0; r < nr; r++) {
-        acc[r][0] = acc[r][1] = accm[r] = _mm512_setzero_ps();
-        a[r] = arow_at(act, stride, r, K);
-    }
+    for (int r = 0; r < nr; r++) a[r] = arow_at(act, stride, r, K);
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) acc[k][r][0] = acc[k][r][1] = accm[k][r] = _mm512_setzero_ps();
     __m512i idx_half, idx[4];
     k16_idx(&idx_half, idx);
     __m512i shift[2];
     q23_shifts(shift);
-    for (int blk = 0; blk < K / 256; blk++, w += 84) {
+    for (int blk = 0; blk < K / 256; blk++)
+#pragma GCC unroll 2
+    for (int k = 0; k < nw; k++) { /* a block of each weight row in turn */
+        const uint8_t *w = wv[k] + (size_t)blk * 84;
+        q_prefetch(w, 84);
         const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld32(w + 80))); /* d, dmin */
         const __m512i sm = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)w));
         const __m512 scf = _mm512_mul_ps(_mm512_broadcastss_ps(dm),
@@ -170,26 +213,38 @@ INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
 #pragma GCC unroll 4
             for (int i = 0; i < 4; i++) {
                 const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wz[i], _mm512_loadu_si512(q + 64 * i));
-                acc[r][i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[i], S), acc[r][i & 1]);
+                acc[k][r][i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[i], S), acc[k][r][i & 1]);
             }
             const __m512 sf = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(a[r].s + 16 * blk))));
-            accm[r] = _mm512_fmadd_ps(mnf, _mm512_mul_ps(da, sf), accm[r]);
+            accm[k][r] = _mm512_fmadd_ps(mnf, _mm512_mul_ps(da, sf), accm[k][r]);
         }
     }
-    for (int r = 0; r < nr; r++) out[r] = hsum16(_mm512_add_ps(acc[r][0], acc[r][1])) - hsum16(accm[r]);
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) ov[k][r] = hsum16(_mm512_add_ps(acc[k][r][0], acc[k][r][1])) - hsum16(accm[k][r]);
+}
+
+INLINE void q2_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q2_k_core(&w, 1, act, stride, nr, K, &out);
+}
+/* Two weight rows against one activation row, a block of each in turn
+ * (two forward streams, as the other types' pairs). */
+INLINE void q2_k_pair(const uint8_t *w0, const uint8_t *w1, const uint8_t *act, int K, float *o0, float *o1) {
+    const uint8_t *const wv[2] = {w0, w1};
+    float *const ov[2] = {o0, o1};
+    q2_k_core(wv, 2, act, 0, 1, K, ov);
 }
 
 /* Q3_K: levels -4..3 go in as |w| with the activation taking w's sign
  * (as Q6_K); the high bit of value 128h + 32j + l is bit 4h + j of
  * hmask[l], so register 2h + i' tests bits 4h + 2i' (low half) and
  * 4h + 2i' + 1 (high half) of hmask copied to both halves. */
-INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
-    __m512 acc[8][2];
+INLINE void q3_k_core(const uint8_t *const *wv, int nw, const uint8_t *act, size_t stride, int nr, int K,
+                      float *const *ov) {
+    __m512 acc[2][8][2];
     struct arow a[8];
-    for (int r = 0; r < nr; r++) {
-        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-        a[r] = arow_at(act, stride, r, K);
-    }
+    for (int r = 0; r < nr; r++) a[r] = arow_at(act, stride, r, K);
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) acc[k][r][0] = acc[k][r][1] = _mm512_setzero_ps();
     __m512i idx_half, idx[4];
     k16_idx(&idx_half, idx);
     const __m512i four = _mm512_set1_epi8(4);
@@ -199,7 +254,11 @@ INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
         const int bit = 4 * (i >> 1) + 2 * (i & 1);
         sel[i] = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << bit)), _mm256_set1_epi8((char)(1 << (bit + 1))), 1);
     }
-    for (int blk = 0; blk < K / 256; blk++, w += 110) {
+    for (int blk = 0; blk < K / 256; blk++)
+#pragma GCC unroll 2
+    for (int k = 0; k < nw; k++) { /* a block of each weight row in turn */
+        const uint8_t *w = wv[k] + (size_t)blk * 110;
+        q_prefetch(w, 110);
         const __m512i hm = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)w));
         __m512i aw[4];
         __mmask64 neg[4];
@@ -223,11 +282,23 @@ INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
                 const __m512i qv = _mm512_loadu_si512(q + 64 * i);
                 const __m512i sq = _mm512_mask_sub_epi8(qv, neg[i], _mm512_setzero_si512(), qv);
                 const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw[i], sq);
-                acc[r][i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[i], S), acc[r][i & 1]);
+                acc[k][r][i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[i], S), acc[k][r][i & 1]);
             }
         }
     }
-    for (int r = 0; r < nr; r++) out[r] = hsum16(_mm512_add_ps(acc[r][0], acc[r][1]));
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) ov[k][r] = hsum16(_mm512_add_ps(acc[k][r][0], acc[k][r][1]));
+}
+
+INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q3_k_core(&w, 1, act, stride, nr, K, &out);
+}
+/* Two weight rows against one activation row, a block of each in turn
+ * (two forward streams, as the other types' pairs). */
+INLINE void q3_k_pair(const uint8_t *w0, const uint8_t *w1, const uint8_t *act, int K, float *o0, float *o1) {
+    const uint8_t *const wv[2] = {w0, w1};
+    float *const ov[2] = {o0, o1};
+    q3_k_core(wv, 2, act, 0, 1, K, ov);
 }
 
 /* ---- Q6_K: 210-byte blocks of 256 -------------------------------------------- */
@@ -238,13 +309,13 @@ INLINE void q3_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
  * 32 bytes qh[32h..], copied to both halves, give the high bits, shifted
  * to bits 4-5 by a per-half count. Register i then holds values 64i..64i+63
  * in order; lanes 4j..4j+3 are 16-value sub-block 4i + j. */
-INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
-    __m512 acc[8][2];
+INLINE void q6_k_core(const uint8_t *const *wv, int nw, const uint8_t *act, size_t stride, int nr, int K,
+                      float *const *ov) {
+    __m512 acc[2][8][2];
     struct arow a[8];
-    for (int r = 0; r < nr; r++) {
-        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-        a[r] = arow_at(act, stride, r, K);
-    }
+    for (int r = 0; r < nr; r++) a[r] = arow_at(act, stride, r, K);
+    for (int i = 0; i < nw; i++)
+        for (int r = 0; r < nr; r++) acc[i][r][0] = acc[i][r][1] = _mm512_setzero_ps();
     const __m512i left01 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
     const __m512i right23 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
     const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30), k32 = _mm512_set1_epi8(32);
@@ -254,40 +325,62 @@ INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int n
     for (int i = 0; i < 4; i++)
         idx[i] = _mm512_add_epi32(_mm512_set1_epi32(4 * i),
                                   _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
-    for (int blk = 0; blk < K / 256; blk++, w += 210) {
-        __m512i aw[4];
-        __mmask64 neg[4];
+    for (int blk = 0; blk < K / 256; blk++) {
+        __m512i aw[2][4];
+        __mmask64 neg[2][4];
+        __m512 scf[2];
 #pragma GCC unroll 2
-        for (int h = 0; h < 2; h++) {
-            const __m512i l = _mm512_loadu_si512(w + 64 * h);
-            const __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 128 + 32 * h)));
-            const __m512i u01 = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(hb, left01), m30));
-            const __m512i u23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
-                                                _mm512_and_si512(_mm512_srlv_epi16(hb, right23), m30));
-            const __m512i w01 = _mm512_sub_epi8(u01, k32), w23 = _mm512_sub_epi8(u23, k32);
-            aw[2 * h] = _mm512_abs_epi8(w01);
-            neg[2 * h] = _mm512_movepi8_mask(w01);
-            aw[2 * h + 1] = _mm512_abs_epi8(w23);
-            neg[2 * h + 1] = _mm512_movepi8_mask(w23);
+        for (int k = 0; k < nw; k++) {
+            const uint8_t *w = wv[k] + (size_t)blk * 210;
+            q_prefetch(w, 210);
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+                const __m512i l = _mm512_loadu_si512(w + 64 * h);
+                const __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 128 + 32 * h)));
+                const __m512i u01 =
+                    _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(hb, left01), m30));
+                const __m512i u23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                                    _mm512_and_si512(_mm512_srlv_epi16(hb, right23), m30));
+                const __m512i w01 = _mm512_sub_epi8(u01, k32), w23 = _mm512_sub_epi8(u23, k32);
+                aw[k][2 * h] = _mm512_abs_epi8(w01);
+                neg[k][2 * h] = _mm512_movepi8_mask(w01);
+                aw[k][2 * h + 1] = _mm512_abs_epi8(w23);
+                neg[k][2 * h + 1] = _mm512_movepi8_mask(w23);
+            }
+            const float d = dsv_f16_to_f32(ld16(w + 208));
+            scf[k] = _mm512_mul_ps(_mm512_set1_ps(d),
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + 192)))));
         }
-        const float d = dsv_f16_to_f32(ld16(w + 208));
-        const __m512 scf = _mm512_mul_ps(_mm512_set1_ps(d),
-            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + 192)))));
 #pragma GCC unroll 8
         for (int r = 0; r < nr; r++) {
             const __m512 da = _mm512_permutexvar_ps(idx_half, _mm512_castps256_ps512(_mm256_loadu_ps(a[r].d + 8 * blk)));
-            const __m512 S = _mm512_mul_ps(scf, da);
             const int8_t *q = a[r].q + 256 * blk;
+#pragma GCC unroll 2
+            for (int k = 0; k < nw; k++) {
+                const __m512 S = _mm512_mul_ps(scf[k], da);
 #pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) {
-                const __m512i qv = _mm512_loadu_si512(q + 64 * i);
-                const __m512i sq = _mm512_mask_sub_epi8(qv, neg[i], _mm512_setzero_si512(), qv);
-                const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw[i], sq);
-                acc[r][i & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[i], S), acc[r][i & 1]);
+                for (int i = 0; i < 4; i++) {
+                    const __m512i qv = _mm512_loadu_si512(q + 64 * i);
+                    const __m512i sq = _mm512_mask_sub_epi8(qv, neg[k][i], _mm512_setzero_si512(), qv);
+                    const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw[k][i], sq);
+                    acc[k][r][i & 1] =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx[i], S), acc[k][r][i & 1]);
+                }
             }
         }
     }
-    for (int r = 0; r < nr; r++) out[r] = hsum16(_mm512_add_ps(acc[r][0], acc[r][1]));
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nr; r++) ov[k][r] = hsum16(_mm512_add_ps(acc[k][r][0], acc[k][r][1]));
+}
+
+INLINE void q6_k_rows(const uint8_t *w, const uint8_t *act, size_t stride, int nr, int K, float *out) {
+    q6_k_core(&w, 1, act, stride, nr, K, &out);
+}
+/* Two weight rows against one activation row, as q4_k_pair. */
+INLINE void q6_k_pair(const uint8_t *w0, const uint8_t *w1, const uint8_t *act, int K, float *o0, float *o1) {
+    const uint8_t *const wv[2] = {w0, w1};
+    float *const ov[2] = {o0, o1};
+    q6_k_core(wv, 2, act, 0, 1, K, ov);
 }
 
 /* ---- 8-bit activations -------------------------------------------------------- */
@@ -324,49 +417,107 @@ void dsv_q8_act_quant_avx512(void *act, const void *x, int x_bf16, int K) {
     }
 }
 
-/* A weight row against n activation rows, 8 at a time for the K-quants
- * (their decoding is dearer), 4 for the 32-value types (the same code per
- * row whatever the group, see above). */
-#define ROWS_BY_8(fn)                                                                               \
-    for (int r0 = 0; r0 < n; r0 += 8) {                                                             \
-        const uint8_t *ar = (const uint8_t *)act + (size_t)r0 * stride;                              \
-        switch (n - r0 < 8 ? n - r0 : 8) {                                                          \
-        case 1: fn(w, ar, stride, 1, K, out + r0); break;                                           \
-        case 2: fn(w, ar, stride, 2, K, out + r0); break;                                           \
-        case 3: fn(w, ar, stride, 3, K, out + r0); break;                                           \
-        case 4: fn(w, ar, stride, 4, K, out + r0); break;                                           \
-        case 5: fn(w, ar, stride, 5, K, out + r0); break;                                           \
-        case 6: fn(w, ar, stride, 6, K, out + r0); break;                                           \
-        case 7: fn(w, ar, stride, 7, K, out + r0); break;                                           \
-        default: fn(w, ar, stride, 8, K, out + r0); break;                                          \
+/* Weight rows W, W + wrow, ... (nw of them) against n activation rows into
+ * OUT[j * n + r], 8 activation rows at a time for the K-quants (their
+ * decoding is dearer), 4 for the 32-value types (the same code per row
+ * whatever the group, see above). One call runs a whole range of weight
+ * rows, so the kernels' constants are set up once per call rather than
+ * once per weight row (what a 2-block row of K = 512 notices). */
+#define ROWS_BY(G, fn, CASES)                                                                       \
+    for (int j = 0; j < nw; j++) {                                                                  \
+        const uint8_t *wj = (const uint8_t *)w + (size_t)j * wrow;                                  \
+        float *oj = out + (size_t)j * n;                                                            \
+        if (n == 1) {                                                                               \
+            fn(wj, act, stride, 1, K, oj);                                                          \
+            continue;                                                                               \
+        }                                                                                           \
+        for (int r0 = 0; r0 < n; r0 += G) {                                                         \
+            const uint8_t *ar = (const uint8_t *)act + (size_t)r0 * stride;                          \
+            switch (n - r0 < G ? n - r0 : G) {                                                      \
+            CASES(fn)                                                                               \
+            default: fn(wj, ar, stride, G, K, oj + r0); break;                                      \
+            }                                                                                       \
         }                                                                                           \
     }
-#define ROWS_BY_4(fn)                                                                               \
-    for (int r0 = 0; r0 < n; r0 += 4) {                                                             \
-        const uint8_t *ar = (const uint8_t *)act + (size_t)r0 * stride;                              \
-        switch (n - r0 < 4 ? n - r0 : 4) {                                                          \
-        case 1: fn(w, ar, stride, 1, K, out + r0); break;                                           \
-        case 2: fn(w, ar, stride, 2, K, out + r0); break;                                           \
-        case 3: fn(w, ar, stride, 3, K, out + r0); break;                                           \
-        default: fn(w, ar, stride, 4, K, out + r0); break;                                          \
-        }                                                                                           \
+#define CASES_3(fn)                                                                                 \
+    case 1: fn(wj, ar, stride, 1, K, oj + r0); break;                                               \
+    case 2: fn(wj, ar, stride, 2, K, oj + r0); break;                                               \
+    case 3: fn(wj, ar, stride, 3, K, oj + r0); break;
+#define CASES_7(fn)                                                                                 \
+    CASES_3(fn)                                                                                     \
+    case 4: fn(wj, ar, stride, 4, K, oj + r0); break;                                               \
+    case 5: fn(wj, ar, stride, 5, K, oj + r0); break;                                               \
+    case 6: fn(wj, ar, stride, 6, K, oj + r0); break;                                               \
+    case 7: fn(wj, ar, stride, 7, K, oj + r0); break;
+/* One activation row (decoding) against the K-quants' weight rows two at a
+ * time: row j with row j + nw/2, so that each of the two is a forward
+ * stream through memory (rows j and j + 1 together, measured, ran at half
+ * the speed from DRAM: two interleaved addresses in one page seem to defeat
+ * the prefetchers), the last row of an odd count alone. */
+#define PAIRS(pair, fn)                                                                             \
+    {                                                                                               \
+        const int h = nw / 2;                                                                       \
+        for (int j = 0; j < h; j++)                                                                 \
+            pair((const uint8_t *)w + (size_t)j * wrow, (const uint8_t *)w + (size_t)(j + h) * wrow, \
+                 (const uint8_t *)act, K, out + j, out + j + h);                                    \
+        if (nw & 1) fn((const uint8_t *)w + (size_t)(nw - 1) * wrow, act, stride, 1, K, out + nw - 1); \
     }
+#define ROWS_BY_4(fn) ROWS_BY(4, fn, CASES_3)
+#define ROWS_BY_8(fn) ROWS_BY(8, fn, CASES_7)
 
-void dsv_q_dot_rows_avx512(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
+void dsv_q_dot_mat_avx512(uint32_t type, const void *w, size_t wrow, int nw, const void *act, size_t stride, int n,
+                          int K, float *out) {
     switch (type) {
-    case DSV_GGML_Q8_0: ROWS_BY_4(q8_0_rows) return;
-    case DSV_GGML_Q4_0: ROWS_BY_4(q4_0_rows) return;
-    case DSV_GGML_Q4_1: ROWS_BY_4(q4_1_rows) return;
-    case DSV_GGML_Q5_0: ROWS_BY_4(q5_0_rows) return;
-    case DSV_GGML_Q5_1: ROWS_BY_4(q5_1_rows) return;
-    case DSV_GGML_IQ4_NL: ROWS_BY_4(iq4_nl_rows) return;
-    case DSV_GGML_Q4_K: ROWS_BY_8(q4_k_rows) return;
-    case DSV_GGML_Q5_K: ROWS_BY_8(q5_k_rows) return;
-    case DSV_GGML_Q2_K: ROWS_BY_8(q2_k_rows) return;
-    case DSV_GGML_Q3_K: ROWS_BY_8(q3_k_rows) return;
-    case DSV_GGML_Q6_K: ROWS_BY_8(q6_k_rows) return;
+    case DSV_GGML_Q8_0:
+        if (n == 1) PAIRS(q8_0_pair, q8_0_rows)
+        else ROWS_BY_4(q8_0_rows)
+        return;
+    case DSV_GGML_Q4_0:
+        if (n == 1) PAIRS(q4_0_pair, q4_0_rows)
+        else ROWS_BY_4(q4_0_rows)
+        return;
+    case DSV_GGML_Q4_1:
+        if (n == 1) PAIRS(q4_1_pair, q4_1_rows)
+        else ROWS_BY_4(q4_1_rows)
+        return;
+    case DSV_GGML_Q5_0:
+        if (n == 1) PAIRS(q5_0_pair, q5_0_rows)
+        else ROWS_BY_4(q5_0_rows)
+        return;
+    case DSV_GGML_Q5_1:
+        if (n == 1) PAIRS(q5_1_pair, q5_1_rows)
+        else ROWS_BY_4(q5_1_rows)
+        return;
+    case DSV_GGML_IQ4_NL:
+        if (n == 1) PAIRS(iq4_nl_pair, iq4_nl_rows)
+        else ROWS_BY_4(iq4_nl_rows)
+        return;
+    case DSV_GGML_Q4_K:
+        if (n == 1) PAIRS(q4_k_pair, q4_k_rows)
+        else ROWS_BY_8(q4_k_rows)
+        return;
+    case DSV_GGML_Q5_K:
+        if (n == 1) PAIRS(q5_k_pair, q5_k_rows)
+        else ROWS_BY_8(q5_k_rows)
+        return;
+    case DSV_GGML_Q2_K:
+        if (n == 1) PAIRS(q2_k_pair, q2_k_rows)
+        else ROWS_BY_8(q2_k_rows)
+        return;
+    case DSV_GGML_Q3_K:
+        if (n == 1) PAIRS(q3_k_pair, q3_k_rows)
+        else ROWS_BY_8(q3_k_rows)
+        return;
+    case DSV_GGML_Q6_K:
+        if (n == 1) PAIRS(q6_k_pair, q6_k_rows)
+        else ROWS_BY_8(q6_k_rows)
+        return;
     default: DSV_ASSERT(!"a block type without a kernel"); /* quant.c passes only the types above */
     }
+}
+
+void dsv_q_dot_rows_avx512(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
+    dsv_q_dot_mat_avx512(type, w, 0, 1, act, stride, n, K, out);
 }
 
 float dsv_q_vec_dot_avx512(uint32_t type, const void *w, const void *act, int K) {
