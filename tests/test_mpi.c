@@ -588,6 +588,30 @@ TEST(mpi_gguf_ranks_need_the_same_file) {
     CHECKF(st != 0 && st != 124 && log && strstr(log, "rank 0 of 2: m.gguf: the ranks' copies of this file differ"),
            "exit %d: %s", st, log ? log : "");
     free(log);
+    /* The same tensor table, one metadata value changed (the RMS norm's
+     * epsilon): the results would differ, so the copies differ too. */
+    REQUIRE(unlink(fb) == 0);
+    {
+        size_t n = 0;
+        char *img = test_read_file(fa, &n);
+        REQUIRE(img);
+        static const char key[] = "attention.layer_norm_rms_epsilon";
+        char *k = memmem(img, n, key, sizeof key - 1);
+        REQUIRE(k && (size_t)(k - img) + sizeof key - 1 + 8 <= n);
+        uint32_t type;
+        memcpy(&type, k + sizeof key - 1, 4);
+        REQUIRE(type == 6); /* f32 */
+        float eps;
+        memcpy(&eps, k + sizeof key - 1 + 4, 4);
+        eps *= 2;
+        memcpy(k + sizeof key - 1 + 4, &eps, 4);
+        test_write_file(fb, img, n);
+        free(img);
+    }
+    st = test_run(cmd, &log);
+    CHECKF(st != 0 && st != 124 && log && strstr(log, "rank 0 of 2: m.gguf: the ranks' copies of this file differ"),
+           "exit %d: %s", st, log ? log : "");
+    free(log);
     /* Rank 1 has none: its own error, for every rank. */
     REQUIRE(unlink(fb) == 0);
     st = test_run(cmd, &log);

@@ -634,6 +634,28 @@ double dsv_gguf_arr_num(const dsv_gguf *g, int i, uint64_t k) {
     return num_at(kv->arr_type, kv->val + k * vsize(kv->arr_type));
 }
 
+/* Lengths were bounded by the file's size when it was parsed, so the span
+ * lies inside the mapping. */
+const void *dsv_gguf_kv_bytes(const dsv_gguf *g, int i, size_t *len) {
+    const struct kv *kv = &g->files[0].kv[i];
+    uint64_t n = 0;
+    if (kv->type == DSV_GGUF_STRING) {
+        memcpy(&n, kv->val, 8);
+        n += 8;
+    } else if (kv->type != DSV_GGUF_ARRAY) {
+        n = vsize(kv->type);
+    } else if (kv->arr_type == DSV_GGUF_STRING) {
+        if (kv->n) {
+            memcpy(&n, kv->val + kv->str_off[kv->n - 1], 8);
+            n += kv->str_off[kv->n - 1] + 8;
+        }
+    } else {
+        n = kv->n * vsize(kv->arr_type);
+    }
+    *len = (size_t)n;
+    return kv->val;
+}
+
 /* ---- writer ------------------------------------------------------------ */
 
 struct wkv {

@@ -89,6 +89,9 @@ const char *dsv_gguf_kv_key(const dsv_gguf *g, int i);
 int dsv_gguf_kv_type(const dsv_gguf *g, int i);
 int dsv_gguf_arr_type(const dsv_gguf *g, int i);
 uint64_t dsv_gguf_arr_n(const dsv_gguf *g, int i);
+/* The bytes of kv i's value as the file stores them (a string with its
+ * length, an array's elements), for comparing two files' metadata. */
+const void *dsv_gguf_kv_bytes(const dsv_gguf *g, int i, size_t *len);
 
 /* Typed getters by key. Each returns DSV_OK and sets *out, or DSV_ERR_MODEL
  * (with a message naming the key) if the key is absent or of another type.

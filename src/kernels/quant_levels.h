@@ -28,7 +28,8 @@ static inline float hsum8(__m256 v) {
 }
 
 /* The K-quant kernels ask for the weight bytes Q_PF_AHEAD ahead of the
- * block they decode, every line once: decoding streams each weight row once
+ * block they decode, a line per 64 bytes from each block's start (the line
+ * at a block boundary may be asked for twice; harmless): decoding streams each weight row once
  * from memory, and one core's hardware prefetchers alone keep too few lines
  * in flight (one core, weights in DRAM, old and new alternated in one
  * process: Q4_K and Q6_K 15-25% more GB/s at 4-6 KiB ahead, less at 1-2;

@@ -533,14 +533,22 @@ static uint32_t fnv(uint32_t h, const void *p, size_t n) {
     return h;
 }
 
-/* A fingerprint of what the plan and the mapping depend on: the metadata
- * keys and every tensor's name, type, extents and size, in file order (not
- * the weights' bytes: reading 400 GB to compare would take minutes). */
+/* A fingerprint of what the plan, the mapping and the arithmetic depend on:
+ * the metadata (keys and values: dsv32.act_quant changes the plan's head
+ * granule, eps or rope scaling the results) and every tensor's name, type,
+ * extents and size, in file order (not the weights' bytes: reading 400 GB
+ * to compare would take minutes). */
 static uint32_t fingerprint(const dsv_gguf *g) {
     uint32_t h = 2166136261u;
     const int nt = dsv_gguf_count(g), nk = dsv_gguf_kv_count(g), nf = dsv_gguf_file_count(g);
     h = fnv(fnv(fnv(h, &nt, sizeof nt), &nk, sizeof nk), &nf, sizeof nf);
-    for (int i = 0; i < nk; i++) h = fnv(h, dsv_gguf_kv_key(g, i), strlen(dsv_gguf_kv_key(g, i)) + 1);
+    for (int i = 0; i < nk; i++) {
+        size_t len;
+        const void *v = dsv_gguf_kv_bytes(g, i, &len);
+        const int type[2] = {dsv_gguf_kv_type(g, i), dsv_gguf_kv_type(g, i) == DSV_GGUF_ARRAY ? dsv_gguf_arr_type(g, i) : -1};
+        h = fnv(h, dsv_gguf_kv_key(g, i), strlen(dsv_gguf_kv_key(g, i)) + 1);
+        h = fnv(fnv(h, type, sizeof type), v, len);
+    }
     for (int i = 0; i < nt; i++) {
         const dsv_gguf_tensor *t = dsv_gguf_at(g, i);
         const uint64_t nb = t->nbytes;
@@ -560,7 +568,7 @@ static int same_file_on_every_rank(dsv_model *m, const char *path, int st) {
     const int v = st ? -1 : (int)(fingerprint(m->gguf) & 0x7fffffffu);
     const int lo = m->coll->agree_min(v), hi = -m->coll->agree_min(-v);
     if (st || lo < 0 || lo == hi) return st;
-    return dsv_error(DSV_ERR_MODEL, "%s: the ranks' copies of this file differ (tensor table fingerprints %08x to "
+    return dsv_error(DSV_ERR_MODEL, "%s: the ranks' copies of this file differ (metadata and tensor table fingerprints %08x to "
                      "%08x): every rank must map the same file", path, (unsigned)lo, (unsigned)hi);
 }
 

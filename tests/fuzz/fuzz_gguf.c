@@ -40,6 +40,12 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
         check(dsv_gguf_find(g, t->name) == t, "a tensor not found by its name");
         if (t->nbytes) sink ^= d[0] ^ d[t->nbytes - 1];
     }
+    for (int i = 0; i < dsv_gguf_kv_count(g); i++) {
+        size_t len;
+        const unsigned char *v = dsv_gguf_kv_bytes(g, i, &len);
+        check(v >= buf && len <= (size_t)(buf + size - v), "a value outside the file");
+        if (len) sink ^= v[len - 1];
+    }
     for (int i = 0; i < dsv_gguf_kv_count(g); i++)
         if (dsv_gguf_kv_type(g, i) == DSV_GGUF_ARRAY && dsv_gguf_arr_type(g, i) == DSV_GGUF_STRING)
             for (uint64_t k = 0; k < dsv_gguf_arr_n(g, i); k++) {
