@@ -561,6 +561,23 @@ TEST(mpi_gguf_quantized_split_agrees_with_one_process) {
     free(ref);
 }
 
+/* The error the leader printed for a failed `dsv32 logits` (after "dsv32
+ * logits: "), or NULL. */
+static const char *error_line(const char *log) {
+    const char *e = log ? strstr(log, "dsv32 logits: ") : NULL;
+    return e ? e + strlen("dsv32 logits: ") : NULL;
+}
+
+static int starts(const char *s, const char *prefix) { return !strncmp(s, prefix, strlen(prefix)); }
+
+/* How often s occurs in the line at p. */
+static int count_in_line(const char *p, const char *s) {
+    const char *end = strchr(p, '\n');
+    int n = 0;
+    for (const char *q = p; (q = strstr(q, s)) && (!end || q < end); q += strlen(s)) n++;
+    return n;
+}
+
 /* Every rank maps its own copy of the file (on its own machine): a copy of
  * another preset on one rank, or none, fails every rank with one line.
  * Each rank runs in its own directory and opens the same relative name. */
@@ -584,9 +601,12 @@ TEST(mpi_gguf_ranks_need_the_same_file) {
     const char *args = "logits -m m.gguf --ids 0,19,97,11 --prefill 2 -t 1 -o out.f32";
     snprintf(cmd, sizeof cmd, "timeout 120 mpirun --oversubscribe -np 1 -wdir %s %s %s : -np 1 -wdir %s %s %s 2>&1", a,
              bin_abs, args, b, bin_abs, args);
+    /* Copies that differ are the group's fault, not one rank's: the line
+     * names no rank ("rank r of 2: "). */
     int st = test_run(cmd, &log);
-    CHECKF(st != 0 && st != 124 && log && strstr(log, "rank 0 of 2: m.gguf: the ranks' copies of this file differ"),
-           "exit %d: %s", st, log ? log : "");
+    const char *e = error_line(log);
+    CHECKF(st != 0 && st != 124 && e && starts(e, "m.gguf: the ranks' copies of this file differ") &&
+           count_in_line(e, " of 2: ") == 0, "exit %d: %s", st, log ? log : "");
     free(log);
     /* The same tensor table, one metadata value changed (the RMS norm's
      * epsilon): the results would differ, so the copies differ too. */
@@ -609,15 +629,49 @@ TEST(mpi_gguf_ranks_need_the_same_file) {
         free(img);
     }
     st = test_run(cmd, &log);
-    CHECKF(st != 0 && st != 124 && log && strstr(log, "rank 0 of 2: m.gguf: the ranks' copies of this file differ"),
-           "exit %d: %s", st, log ? log : "");
+    e = error_line(log);
+    CHECKF(st != 0 && st != 124 && e && starts(e, "m.gguf: the ranks' copies of this file differ") &&
+           count_in_line(e, " of 2: ") == 0, "exit %d: %s", st, log ? log : "");
     free(log);
-    /* Rank 1 has none: its own error, for every rank. */
+    /* Rank 1 has none: its own error, for every rank, named once. */
     REQUIRE(unlink(fb) == 0);
     st = test_run(cmd, &log);
-    CHECKF(st != 0 && st != 124 && log && strstr(log, "rank 1 of 2: m.gguf: cannot open"), "exit %d: %s", st,
-           log ? log : "");
+    e = error_line(log);
+    CHECKF(st != 0 && st != 124 && e && starts(e, "rank 1 of 2: m.gguf: cannot open") &&
+           count_in_line(e, " of 2: ") == 1, "exit %d: %s", st, log ? log : "");
     free(log);
+    /* Rank 1 has none, and rank 0's copy opens but would fail while its
+     * part is built (a tensor renamed: the file's header, metadata and
+     * table are valid). The ranks agree before building: rank 0 stops with
+     * rank 1's error, not its own, so it built nothing (agreeing only after
+     * the build reports rank 0's "is missing", the first failing rank). */
+    {
+        size_t n = 0;
+        char *good = test_read_file(fa, &n), *bad = malloc(n ? n : 1);
+        REQUIRE(good && bad);
+        memcpy(bad, good, n);
+        static const char name[] = "blk.1.attn_q_a.weight";
+        char *k = memmem(bad, n, name, sizeof name - 1);
+        REQUIRE(k);
+        k[sizeof name - 2] = 'X';
+        test_write_file(fa, bad, n);
+        st = test_run(cmd, &log);
+        e = error_line(log);
+        CHECKF(st != 0 && st != 124 && e && starts(e, "rank 1 of 2: m.gguf: cannot open") &&
+               count_in_line(e, " of 2: ") == 1 && !strstr(log, "is missing"), "exit %d: %s", st, log ? log : "");
+        free(log);
+        /* Alone, that copy fails in the build: the case above did stop rank 0 early. */
+        char one[3000];
+        snprintf(one, sizeof one, "cd %s && timeout 120 %s logits -m m.gguf --ids 0,19 --prefill 1 -t 1 -o out.f32 2>&1", a,
+                 bin_abs);
+        st = test_run(one, &log);
+        CHECKF(st != 0 && log && strstr(log, "m.gguf: tensor 'blk.1.attn_q_a.weight' is missing"), "exit %d: %s", st,
+               log ? log : "");
+        free(log);
+        test_write_file(fa, good, n);
+        free(good);
+        free(bad);
+    }
     /* The same file: it runs. */
     REQUIRE(link(fa, fb) == 0);
     st = test_run(cmd, &log);
