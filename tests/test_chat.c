@@ -4,43 +4,9 @@
  * output parser: fixed cases plus one-shot == streaming over every split. */
 #include <cjson/cJSON.h>
 
-#include "chat_stream.h"
+#include "chat_util.h"
 #include "dsv32_chat.h"
 #include "test.h"
-
-/* Calls fn(case object, golden text) for each line of a JSONL golden file. */
-static int for_each_golden(const char *path, void (*fn)(const cJSON *c, const char *json, void *u), void *u) {
-    char *data = test_read_file(path, NULL);
-    REQUIREF(data, "missing fixture %s", path);
-    int n = 0;
-    for (char *line = data, *nl; *line; line = nl + 1) {
-        nl = strchr(line, '\n');
-        if (!nl) nl = line + strlen(line) - 1;
-        else *nl = 0;
-        if (!*line) continue;
-        cJSON *c = cJSON_Parse(line);
-        REQUIREF(c, "bad JSON line in %s", path);
-        fn(c, line, u);
-        cJSON_Delete(c);
-        n++;
-    }
-    free(data);
-    return n;
-}
-
-static const char *jstr(const cJSON *c, const char *key) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-/* Prints where two strings first differ, to make a failed golden readable. */
-static void check_text(const char *name, const char *got, const char *want) {
-    if (got && want && !strcmp(got, want)) return;
-    size_t i = 0;
-    while (got && want && got[i] && got[i] == want[i]) i++;
-    test_fail(__FILE__, __LINE__, "%s: rendered text differs at byte %zu:\n      got  ...%.60s\n      want ...%.60s",
-              name, i, got ? got + (i > 20 ? i - 20 : 0) : "(null)", want ? want + (i > 20 ? i - 20 : 0) : "(null)");
-}
 
 static void render_golden_line(const cJSON *c, const char *json, void *u) {
     (void)u;

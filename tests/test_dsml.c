@@ -7,7 +7,7 @@
 #include <cjson/cJSON.h>
 #include <stdint.h>
 
-#include "chat_stream.h"
+#include "chat_util.h"
 #include "dsv32_chat.h"
 #include "test.h"
 
@@ -17,42 +17,9 @@ static const dsv_chat_format *v32(void) {
     return f;
 }
 
-/* Calls fn(case) for each line of a JSONL file; returns the count. */
-static int for_each_line(const char *path, void (*fn)(const cJSON *c, void *u), void *u) {
-    char *data = test_read_file(path, NULL);
-    if (!data) SKIP("missing %s", path);
-    int n = 0;
-    for (char *line = data, *nl; *line; line = nl + 1) {
-        nl = strchr(line, '\n');
-        if (!nl) nl = line + strlen(line) - 1;
-        else *nl = 0;
-        if (!*line) continue;
-        cJSON *c = cJSON_Parse(line);
-        REQUIREF(c, "bad JSON line in %s", path);
-        fn(c, u);
-        cJSON_Delete(c);
-        n++;
-    }
-    free(data);
-    return n;
-}
-
-static const char *jstr(const cJSON *c, const char *key) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
 static int is_thinking(const cJSON *c) {
     const char *m = jstr(c, "thinking_mode");
     return m && !strcmp(m, "thinking");
-}
-
-static void check_text(const char *name, const char *got, const char *want) {
-    if (got && want && !strcmp(got, want)) return;
-    size_t i = 0;
-    while (got && want && got[i] && got[i] == want[i]) i++;
-    test_fail(__FILE__, __LINE__, "%s: rendered text differs at byte %zu:\n      got  ...%.80s\n      want ...%.80s",
-              name, i, got ? got + (i > 20 ? i - 20 : 0) : "(null)", want ? want + (i > 20 ? i - 20 : 0) : "(null)");
 }
 
 /* Renders a request (a cJSON tree) in the V3.2 format. */
@@ -67,7 +34,8 @@ static char *render(const cJSON *req, int thinking) {
 
 /* ---- Rendering ------------------------------------------------------------ */
 
-static void render_golden(const cJSON *c, void *u) {
+static void render_golden(const cJSON *c, const char *json, void *u) {
+    (void)json;
     (void)u;
     /* The golden line itself is a request: messages + thinking_mode. */
     char *text = render(c, 0);
@@ -76,7 +44,7 @@ static void render_golden(const cJSON *c, void *u) {
 }
 
 TEST(dsml_render_golden) {
-    int n = for_each_line(test_shared("tokenizer/v32/chat-golden.jsonl"), render_golden, NULL);
+    int n = for_each_golden(test_shared("tokenizer/v32/chat-golden.jsonl"), render_golden, NULL);
     CHECK_EQ_INT(n, 10);
 }
 
@@ -84,7 +52,8 @@ TEST(dsml_render_golden) {
  * moving them there from the message gives the same prompt. When the system
  * message is empty, dropping it gives the same prompt too (a new empty one
  * is made at index 0). */
-static void render_moved_tools(const cJSON *c, void *u) {
+static void render_moved_tools(const cJSON *c, const char *json, void *u) {
+    (void)json;
     int *moved = u;
     cJSON *req = cJSON_Duplicate(c, 1);
     cJSON *msgs = cJSON_GetObjectItemCaseSensitive(req, "messages");
@@ -112,7 +81,7 @@ static void render_moved_tools(const cJSON *c, void *u) {
 
 TEST(dsml_render_request_tools) {
     int moved = 0;
-    for_each_line(test_shared("tokenizer/v32/chat-golden.jsonl"), render_moved_tools, &moved);
+    for_each_golden(test_shared("tokenizer/v32/chat-golden.jsonl"), render_moved_tools, &moved);
     CHECK_EQ_INT(moved, 5); /* four cases with system tools, one with an empty system */
 }
 
@@ -183,7 +152,8 @@ static void check_message(const char *name, const dsv_chat_result *r, const cJSO
     }
 }
 
-static void parse_golden(const cJSON *c, void *u) {
+static void parse_golden(const cJSON *c, const char *json, void *u) {
+    (void)json;
     (*(int *)u)++;
     const char *text = jstr(c, "completion");
     dsv_chat_result r;
@@ -194,7 +164,7 @@ static void parse_golden(const cJSON *c, void *u) {
 
 TEST(dsml_parse_golden) {
     int n = 0;
-    for_each_line(test_shared("tokenizer/v32/parse-golden.jsonl"), parse_golden, &n);
+    for_each_golden(test_shared("tokenizer/v32/parse-golden.jsonl"), parse_golden, &n);
     CHECK_EQ_INT(n, 14);
     /* The arguments text is json.dumps(ensure_ascii=False), keys in order. */
     const char *p = "\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"f\">\n"
@@ -211,7 +181,8 @@ TEST(dsml_parse_golden) {
 
 /* parse(render(assistant message)) gives the message back, for every
  * assistant message of the goldens, in both modes. */
-static void round_trip(const cJSON *c, void *u) {
+static void round_trip(const cJSON *c, const char *json, void *u) {
+    (void)json;
     int *n = u;
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(c, "messages");
     for (const cJSON *m = msgs->child; m; m = m->next) {
@@ -260,7 +231,7 @@ static void round_trip(const cJSON *c, void *u) {
 
 TEST(dsml_round_trip) {
     int n = 0;
-    for_each_line(test_shared("tokenizer/v32/chat-golden.jsonl"), round_trip, &n);
+    for_each_golden(test_shared("tokenizer/v32/chat-golden.jsonl"), round_trip, &n);
     CHECK_EQ_INT(n, 2 * 10);
 }
 
@@ -322,7 +293,8 @@ TEST(dsml_parse_malformed) {
 
 /* ---- Streaming ------------------------------------------------------------ */
 
-static void stream_every_cut(const cJSON *c, void *u) {
+static void stream_every_cut(const cJSON *c, const char *json, void *u) {
+    (void)json;
     (*(int *)u)++;
     const char *text = jstr(c, "completion");
     size_t len = strlen(text);
@@ -336,7 +308,7 @@ static void stream_every_cut(const cJSON *c, void *u) {
 
 TEST(dsml_stream_every_cut) {
     int n = 0;
-    for_each_line(test_shared("tokenizer/v32/parse-golden.jsonl"), stream_every_cut, &n);
+    for_each_golden(test_shared("tokenizer/v32/parse-golden.jsonl"), stream_every_cut, &n);
     CHECK_EQ_INT(n, 14);
 }
 

@@ -1,5 +1,6 @@
-/* chat_stream.c: the stream-against-one-shot check of chat_stream.h. */
-#include "chat_stream.h"
+/* chat_util.c: the goldens' reader and the stream-against-one-shot check
+ * of chat_util.h. */
+#include "chat_util.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -16,6 +17,38 @@ void str_add(struct str *s, const char *p, size_t n) {
 }
 
 int same_opt(const char *a, const char *b) { return (!a && !b) || (a && b && !strcmp(a, b)); }
+
+int for_each_golden(const char *path, void (*fn)(const cJSON *c, const char *json, void *u), void *u) {
+    char *data = test_read_file(path, NULL);
+    REQUIREF(data, "missing fixture %s", path);
+    int n = 0;
+    for (char *line = data, *nl; *line; line = nl + 1) {
+        nl = strchr(line, '\n');
+        if (!nl) nl = line + strlen(line) - 1;
+        else *nl = 0;
+        if (!*line) continue;
+        cJSON *c = cJSON_Parse(line);
+        REQUIREF(c, "bad JSON line in %s", path);
+        fn(c, line, u);
+        cJSON_Delete(c);
+        n++;
+    }
+    free(data);
+    return n;
+}
+
+const char *jstr(const cJSON *c, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+void check_text(const char *name, const char *got, const char *want) {
+    if (got && want && !strcmp(got, want)) return;
+    size_t i = 0;
+    while (got && want && got[i] && got[i] == want[i]) i++;
+    test_fail(__FILE__, __LINE__, "%s: rendered text differs at byte %zu:\n      got  ...%.80s\n      want ...%.80s",
+              name, i, got ? got + (i > 20 ? i - 20 : 0) : "(null)", want ? want + (i > 20 ? i - 20 : 0) : "(null)");
+}
 
 /* 1 if p[0..n) ends inside a multi-byte UTF-8 character. */
 static int cuts_utf8(const char *p, size_t n) {

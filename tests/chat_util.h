@@ -1,13 +1,25 @@
-/* chat_stream.h: the check test_chat.c and test_dsml.c share: a completion
- * fed to a chat format's stream parser in pieces must give the one-shot
- * parse's result, and the events it sent on the way must add up to that
- * result (text deltas, call begin/arguments/end in order). */
-#ifndef DSV_TEST_CHAT_STREAM_H
-#define DSV_TEST_CHAT_STREAM_H
+/* chat_util.h: what test_chat.c and test_dsml.c share: reading the JSONL
+ * goldens, and the stream check (a completion fed to a chat format's
+ * stream parser in pieces must give the one-shot parse's result, and the
+ * events it sent on the way must add up to that result: text deltas, call
+ * begin/arguments/end in order). */
+#ifndef DSV_TEST_CHAT_UTIL_H
+#define DSV_TEST_CHAT_UTIL_H
 
+#include <cjson/cJSON.h>
 #include <stddef.h>
 
 #include "dsv32_chat.h"
+
+/* Calls fn(case object, its JSON line, u) for each non-empty line of a
+ * JSONL golden file; returns the count. A missing file or a bad line stops
+ * the test. */
+int for_each_golden(const char *path, void (*fn)(const cJSON *c, const char *json, void *u), void *u);
+/* The string member key of c, or NULL. */
+const char *jstr(const cJSON *c, const char *key);
+/* Fails the test, showing where got and want first differ, unless they are
+ * equal (a failed golden made readable). */
+void check_text(const char *name, const char *got, const char *want);
 
 /* A growable string (p is NUL-terminated once anything was added). */
 struct str { char *p; size_t n; };
