@@ -115,6 +115,10 @@ TEST(dsml_render_mapping) {
          "messages[0].tool_calls[0].function.arguments: not valid JSON"},
         {"{\"messages\":[],\"tools\":[{\"type\":\"function\"}]}", "tools[0].function: expected an object"},
         {"{\"messages\":[],\"thinking_mode\":\"deep\"}", "thinking_mode: expected"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":[\"x\"]}]}", "messages[0].content[0]: expected an object, got a string"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":1}]}]}",
+         "messages[0].content[0].text: expected a string, got a number"},
+        {"{\"messages\":[],\"thinking\":\"on\"}", "thinking: expected a boolean, got a string"},
         {"{\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"a\","
          "\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":{}}}]},{\"role\":\"tool\",\"content\":\"1\"},"
          "{\"role\":\"tool\",\"content\":\"2\"}]}", "messages[3]: more tool results than the 1 tool call(s)"},
