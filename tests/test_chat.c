@@ -4,42 +4,9 @@
  * output parser: fixed cases plus one-shot == streaming over every split. */
 #include <cjson/cJSON.h>
 
+#include "chat_util.h"
 #include "dsv32_chat.h"
 #include "test.h"
-
-/* Calls fn(case object, golden text) for each line of a JSONL golden file. */
-static int for_each_golden(const char *path, void (*fn)(const cJSON *c, const char *json, void *u), void *u) {
-    char *data = test_read_file(path, NULL);
-    REQUIREF(data, "missing fixture %s", path);
-    int n = 0;
-    for (char *line = data, *nl; *line; line = nl + 1) {
-        nl = strchr(line, '\n');
-        if (!nl) nl = line + strlen(line) - 1;
-        else *nl = 0;
-        if (!*line) continue;
-        cJSON *c = cJSON_Parse(line);
-        REQUIREF(c, "bad JSON line in %s", path);
-        fn(c, line, u);
-        cJSON_Delete(c);
-        n++;
-    }
-    free(data);
-    return n;
-}
-
-static const char *jstr(const cJSON *c, const char *key) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-/* Prints where two strings first differ, to make a failed golden readable. */
-static void check_text(const char *name, const char *got, const char *want) {
-    if (got && want && !strcmp(got, want)) return;
-    size_t i = 0;
-    while (got && want && got[i] && got[i] == want[i]) i++;
-    test_fail(__FILE__, __LINE__, "%s: rendered text differs at byte %zu:\n      got  ...%.60s\n      want ...%.60s",
-              name, i, got ? got + (i > 20 ? i - 20 : 0) : "(null)", want ? want + (i > 20 ? i - 20 : 0) : "(null)");
-}
 
 static void render_golden_line(const cJSON *c, const char *json, void *u) {
     (void)u;
@@ -373,143 +340,14 @@ TEST(chat_parse_cases) {
 
 /* ---- Streaming == one-shot -------------------------------------------- */
 
-/* A growable string for the tests. */
-struct str { char *p; size_t n; };
-static void str_add(struct str *s, const char *p, size_t n) {
-    s->p = realloc(s->p, s->n + n + 1);
-    REQUIRE(s->p);
-    memcpy(s->p + s->n, p, n);
-    s->n += n;
-    s->p[s->n] = 0;
-}
-
-/* 1 if p[0..n) ends inside a multi-byte UTF-8 character. */
-static int cuts_utf8(const char *p, size_t n) {
-    for (size_t back = 1; back <= 4 && back <= n; back++) {
-        unsigned char c = (unsigned char)p[n - back];
-        if ((c & 0xC0) == 0x80) continue;
-        size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
-        return c < 0xF8 && need > back;
-    }
-    return 0;
-}
-
-/* What a stream's callback saw, rebuilt into a result. */
-#define MAX_CALLS 16
-struct seen {
-    struct str reasoning, content, names[MAX_CALLS], args[MAX_CALLS];
-    int complete[MAX_CALLS];
-    int n_begin, n_end;
-};
-
-static void on_event(void *u, const dsv_chat_event *ev) {
-    struct seen *s = u;
-    switch (ev->kind) {
-    case DSV_CHAT_EV_REASONING:
-    case DSV_CHAT_EV_CONTENT:
-    case DSV_CHAT_EV_TOOL_ARGS:
-        CHECK(ev->len > 0);
-        CHECKF(!cuts_utf8(ev->text, ev->len), "a text event ends inside a UTF-8 character");
-        if (ev->kind == DSV_CHAT_EV_TOOL_ARGS) {
-            REQUIRE(ev->index == s->n_begin - 1 && ev->index == s->n_end);
-            str_add(&s->args[ev->index], ev->text, ev->len);
-        } else {
-            str_add(ev->kind == DSV_CHAT_EV_CONTENT ? &s->content : &s->reasoning, ev->text, ev->len);
-        }
-        break;
-    case DSV_CHAT_EV_TOOL_BEGIN:
-        REQUIRE(ev->index == s->n_begin && ev->index == s->n_end && ev->index < MAX_CALLS);
-        str_add(&s->names[s->n_begin++], ev->name, strlen(ev->name));
-        str_add(&s->args[ev->index], "", 0);
-        break;
-    case DSV_CHAT_EV_TOOL_END:
-        REQUIRE(ev->index == s->n_end && ev->index == s->n_begin - 1);
-        CHECK(!strcmp(ev->name, s->names[ev->index].p));
-        /* The whole arguments equal the concatenated deltas. */
-        CHECK(ev->len == s->args[ev->index].n && !memcmp(ev->text, s->args[ev->index].p, ev->len));
-        s->complete[s->n_end++] = ev->complete;
-        break;
-    }
-}
-
-static void seen_free(struct seen *s) {
-    free(s->reasoning.p);
-    free(s->content.p);
-    for (int i = 0; i < MAX_CALLS; i++) { free(s->names[i].p); free(s->args[i].p); }
-}
-
-static int same_opt(const char *a, const char *b) { return (!a && !b) || (a && b && !strcmp(a, b)); }
-
-static int same_result(const dsv_chat_result *a, const dsv_chat_result *b) {
-    if (!same_opt(a->reasoning, b->reasoning) || !same_opt(a->content, b->content)) return 0;
-    if (a->n_tool_calls != b->n_tool_calls) return 0;
-    for (int i = 0; i < a->n_tool_calls; i++)
-        if (strcmp(a->tool_calls[i].name, b->tool_calls[i].name) ||
-            strcmp(a->tool_calls[i].arguments, b->tool_calls[i].arguments) ||
-            a->tool_calls[i].complete != b->tool_calls[i].complete) return 0;
-    return 1;
-}
-
-/* The events agree with the result they add up to. */
-static int seen_matches(const struct seen *s, const dsv_chat_result *r) {
-    if (!same_opt(s->reasoning.p, r->reasoning) || !same_opt(s->content.p, r->content)) return 0;
-    if (s->n_end != r->n_tool_calls || s->n_begin != s->n_end) return 0;
-    for (int i = 0; i < s->n_end; i++)
-        if (strcmp(s->names[i].p, r->tool_calls[i].name) || strcmp(s->args[i].p, r->tool_calls[i].arguments) ||
-            s->complete[i] != r->tool_calls[i].complete) return 0;
-    return 1;
-}
-
-/* Feeds text cut at the given offsets (ascending, within len) and checks
- * the stream against the one-shot parse. */
-static void check_split(const char *text, size_t len, int thinking, const size_t *cuts, int n_cuts,
-                        const dsv_chat_result *want) {
-    dsv_chat_stream *st = NULL;
-    REQUIRE(dsv_chat_stream_init(&st, thinking) == DSV_OK);
-    struct seen seen = {0};
-    size_t pos = 0;
-    for (int i = 0; i <= n_cuts; i++) {
-        size_t end = i < n_cuts ? cuts[i] : len;
-        REQUIRE(dsv_chat_stream_feed(st, text + pos, end - pos, on_event, &seen) == DSV_OK);
-        pos = end;
-    }
-    CHECK(dsv_chat_stream_result(st) == NULL);
-    REQUIRE(dsv_chat_stream_finish(st, on_event, &seen) == DSV_OK);
-    const dsv_chat_result *got = dsv_chat_stream_result(st);
-    REQUIRE(got);
-    if (!same_result(got, want) || !seen_matches(&seen, got)) {
-        char where[128] = "";
-        for (int i = 0, o = 0; i < n_cuts && o < 100; i++) o += snprintf(where + o, sizeof where - o, " %zu", cuts[i]);
-        test_fail(__FILE__, __LINE__, "stream differs from one-shot (thinking %d, cuts:%s) for \"%.*s\"",
-                  thinking, where, (int)len, text);
-        test_abort();
-    }
-    seen_free(&seen);
-    dsv_chat_stream_free(st);
-}
-
+/* Every cut of text against the one-shot parse, and 4 random many-way
+ * splits (chat_stream.h). */
 static void check_all_splits(const char *text, int thinking) {
     size_t len = strlen(text);
     dsv_chat_result want;
     REQUIRE(dsv_chat_parse(text, len, thinking, &want) == DSV_OK);
-    check_split(text, len, thinking, NULL, 0, &want);
-    /* Every single cut, then every byte on its own. */
-    for (size_t i = 0; i <= len; i++) check_split(text, len, thinking, &i, 1, &want);
-    size_t *cuts = calloc(len + 1, sizeof *cuts);
-    REQUIRE(cuts);
-    for (size_t i = 0; i < len; i++) cuts[i] = i;
-    check_split(text, len, thinking, cuts, (int)len, &want);
-    /* A few random many-way splits (fixed seed). */
-    uint32_t rng = (uint32_t)len * 2654435761u + 1;
-    for (int r = 0; r < 4 && len; r++) {
-        int n = 0;
-        for (size_t i = 1; i < len; i++) {
-            rng = rng * 1664525u + 1013904223u;
-            if ((rng >> 24) < 64) cuts[n++] = i;
-        }
-        check_split(text, len, thinking, cuts, n, &want);
-    }
-    free(cuts);
+    const stream_check o = {.thinking = thinking, .check_utf8 = 1};
+    stream_check_every_cut(&o, text, len, &want, 4);
     dsv_chat_result_free(&want);
 }
 
@@ -562,34 +400,35 @@ TEST(chat_stream_equals_oneshot_every_split) {
 TEST(chat_stream_events) {
     dsv_chat_stream *st = NULL;
     REQUIRE(dsv_chat_stream_init(&st, 1) == DSV_OK);
-    struct seen seen = {0};
+    const stream_check o = {.thinking = 1, .check_utf8 = 1};
+    stream_seen seen = {.o = &o};
     /* "日" arrives one byte at a time: nothing until it is whole. */
-    REQUIRE(dsv_chat_stream_feed(st, "\xe6", 1, on_event, &seen) == DSV_OK);
-    REQUIRE(dsv_chat_stream_feed(st, "\x97", 1, on_event, &seen) == DSV_OK);
+    REQUIRE(dsv_chat_stream_feed(st, "\xe6", 1, stream_on_event, &seen) == DSV_OK);
+    REQUIRE(dsv_chat_stream_feed(st, "\x97", 1, stream_on_event, &seen) == DSV_OK);
     CHECK_EQ_INT(seen.reasoning.n, 0);
-    REQUIRE(dsv_chat_stream_feed(st, "\xa5</th", 5, on_event, &seen) == DSV_OK);
+    REQUIRE(dsv_chat_stream_feed(st, "\xa5</th", 5, stream_on_event, &seen) == DSV_OK);
     CHECK_STR(seen.reasoning.p, "日");
     /* A partial marker is held, then resolved. */
-    REQUIRE(dsv_chat_stream_feed(st, "ink>ok<｜tool▁", strlen("ink>ok<｜tool▁"), on_event, &seen) == DSV_OK);
+    REQUIRE(dsv_chat_stream_feed(st, "ink>ok<｜tool▁", strlen("ink>ok<｜tool▁"), stream_on_event, &seen) == DSV_OK);
     CHECK_STR(seen.content.p, "ok");
     REQUIRE(dsv_chat_stream_feed(st, "calls▁begin｜>" B "f" S "{\"a\":", strlen("calls▁begin｜>" B "f" S "{\"a\":"),
-                                 on_event, &seen) == DSV_OK);
+                                 stream_on_event, &seen) == DSV_OK);
     CHECK_EQ_INT(seen.n_begin, 1);
     CHECK_EQ_INT(seen.n_end, 0);
     CHECK_STR(seen.names[0].p, "f");
     CHECK_STR(seen.args[0].p, "{\"a\":");
-    REQUIRE(dsv_chat_stream_feed(st, " 1}" E, strlen(" 1}" E), on_event, &seen) == DSV_OK);
+    REQUIRE(dsv_chat_stream_feed(st, " 1}" E, strlen(" 1}" E), stream_on_event, &seen) == DSV_OK);
     CHECK_EQ_INT(seen.n_end, 1);
     CHECK_EQ_INT(seen.complete[0], 1);
-    REQUIRE(dsv_chat_stream_finish(st, on_event, &seen) == DSV_OK);
-    REQUIRE(dsv_chat_stream_finish(st, on_event, &seen) == DSV_OK);
+    REQUIRE(dsv_chat_stream_finish(st, stream_on_event, &seen) == DSV_OK);
+    REQUIRE(dsv_chat_stream_finish(st, stream_on_event, &seen) == DSV_OK);
     CHECK_EQ_INT(dsv_chat_stream_feed(st, "x", 1, NULL, NULL), DSV_ERR_ARG);
     const dsv_chat_result *r = dsv_chat_stream_result(st);
     REQUIRE(r && r->n_tool_calls == 1);
     CHECK_STR(r->reasoning, "日");
     CHECK_STR(r->content, "ok");
     CHECK_STR(r->tool_calls[0].arguments, "{\"a\": 1}");
-    seen_free(&seen);
+    stream_seen_free(&seen);
     dsv_chat_stream_free(st);
     dsv_chat_stream_free(NULL);
 }

@@ -7,6 +7,7 @@
 #include <cjson/cJSON.h>
 #include <stdint.h>
 
+#include "chat_util.h"
 #include "dsv32_chat.h"
 #include "test.h"
 
@@ -16,42 +17,9 @@ static const dsv_chat_format *v32(void) {
     return f;
 }
 
-/* Calls fn(case) for each line of a JSONL file; returns the count. */
-static int for_each_line(const char *path, void (*fn)(const cJSON *c, void *u), void *u) {
-    char *data = test_read_file(path, NULL);
-    if (!data) SKIP("missing %s", path);
-    int n = 0;
-    for (char *line = data, *nl; *line; line = nl + 1) {
-        nl = strchr(line, '\n');
-        if (!nl) nl = line + strlen(line) - 1;
-        else *nl = 0;
-        if (!*line) continue;
-        cJSON *c = cJSON_Parse(line);
-        REQUIREF(c, "bad JSON line in %s", path);
-        fn(c, u);
-        cJSON_Delete(c);
-        n++;
-    }
-    free(data);
-    return n;
-}
-
-static const char *jstr(const cJSON *c, const char *key) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
 static int is_thinking(const cJSON *c) {
     const char *m = jstr(c, "thinking_mode");
     return m && !strcmp(m, "thinking");
-}
-
-static void check_text(const char *name, const char *got, const char *want) {
-    if (got && want && !strcmp(got, want)) return;
-    size_t i = 0;
-    while (got && want && got[i] && got[i] == want[i]) i++;
-    test_fail(__FILE__, __LINE__, "%s: rendered text differs at byte %zu:\n      got  ...%.80s\n      want ...%.80s",
-              name, i, got ? got + (i > 20 ? i - 20 : 0) : "(null)", want ? want + (i > 20 ? i - 20 : 0) : "(null)");
 }
 
 /* Renders a request (a cJSON tree) in the V3.2 format. */
@@ -66,7 +34,8 @@ static char *render(const cJSON *req, int thinking) {
 
 /* ---- Rendering ------------------------------------------------------------ */
 
-static void render_golden(const cJSON *c, void *u) {
+static void render_golden(const cJSON *c, const char *json, void *u) {
+    (void)json;
     (void)u;
     /* The golden line itself is a request: messages + thinking_mode. */
     char *text = render(c, 0);
@@ -75,7 +44,7 @@ static void render_golden(const cJSON *c, void *u) {
 }
 
 TEST(dsml_render_golden) {
-    int n = for_each_line(test_shared("tokenizer/v32/chat-golden.jsonl"), render_golden, NULL);
+    int n = for_each_golden(test_shared("tokenizer/v32/chat-golden.jsonl"), render_golden, NULL);
     CHECK_EQ_INT(n, 10);
 }
 
@@ -83,7 +52,8 @@ TEST(dsml_render_golden) {
  * moving them there from the message gives the same prompt. When the system
  * message is empty, dropping it gives the same prompt too (a new empty one
  * is made at index 0). */
-static void render_moved_tools(const cJSON *c, void *u) {
+static void render_moved_tools(const cJSON *c, const char *json, void *u) {
+    (void)json;
     int *moved = u;
     cJSON *req = cJSON_Duplicate(c, 1);
     cJSON *msgs = cJSON_GetObjectItemCaseSensitive(req, "messages");
@@ -111,7 +81,7 @@ static void render_moved_tools(const cJSON *c, void *u) {
 
 TEST(dsml_render_request_tools) {
     int moved = 0;
-    for_each_line(test_shared("tokenizer/v32/chat-golden.jsonl"), render_moved_tools, &moved);
+    for_each_golden(test_shared("tokenizer/v32/chat-golden.jsonl"), render_moved_tools, &moved);
     CHECK_EQ_INT(moved, 5); /* four cases with system tools, one with an empty system */
 }
 
@@ -145,6 +115,10 @@ TEST(dsml_render_mapping) {
          "messages[0].tool_calls[0].function.arguments: not valid JSON"},
         {"{\"messages\":[],\"tools\":[{\"type\":\"function\"}]}", "tools[0].function: expected an object"},
         {"{\"messages\":[],\"thinking_mode\":\"deep\"}", "thinking_mode: expected"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":[\"x\"]}]}", "messages[0].content[0]: expected an object, got a string"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":1}]}]}",
+         "messages[0].content[0].text: expected a string, got a number"},
+        {"{\"messages\":[],\"thinking\":\"on\"}", "thinking: expected a boolean, got a string"},
         {"{\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"a\","
          "\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":{}}}]},{\"role\":\"tool\",\"content\":\"1\"},"
          "{\"role\":\"tool\",\"content\":\"2\"}]}", "messages[3]: more tool results than the 1 tool call(s)"},
@@ -159,7 +133,6 @@ TEST(dsml_render_mapping) {
 
 /* ---- Parsing -------------------------------------------------------------- */
 
-static int same_opt(const char *a, const char *b) { return (!a && !b) || (a && b && !strcmp(a, b)); }
 static const char *or_null(const char *s) { return s && *s ? s : NULL; }
 
 /* r against an expected message {reasoning_content, content, tool_calls:
@@ -183,7 +156,8 @@ static void check_message(const char *name, const dsv_chat_result *r, const cJSO
     }
 }
 
-static void parse_golden(const cJSON *c, void *u) {
+static void parse_golden(const cJSON *c, const char *json, void *u) {
+    (void)json;
     (*(int *)u)++;
     const char *text = jstr(c, "completion");
     dsv_chat_result r;
@@ -194,7 +168,7 @@ static void parse_golden(const cJSON *c, void *u) {
 
 TEST(dsml_parse_golden) {
     int n = 0;
-    for_each_line(test_shared("tokenizer/v32/parse-golden.jsonl"), parse_golden, &n);
+    for_each_golden(test_shared("tokenizer/v32/parse-golden.jsonl"), parse_golden, &n);
     CHECK_EQ_INT(n, 14);
     /* The arguments text is json.dumps(ensure_ascii=False), keys in order. */
     const char *p = "\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"f\">\n"
@@ -211,7 +185,8 @@ TEST(dsml_parse_golden) {
 
 /* parse(render(assistant message)) gives the message back, for every
  * assistant message of the goldens, in both modes. */
-static void round_trip(const cJSON *c, void *u) {
+static void round_trip(const cJSON *c, const char *json, void *u) {
+    (void)json;
     int *n = u;
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(c, "messages");
     for (const cJSON *m = msgs->child; m; m = m->next) {
@@ -260,7 +235,7 @@ static void round_trip(const cJSON *c, void *u) {
 
 TEST(dsml_round_trip) {
     int n = 0;
-    for_each_line(test_shared("tokenizer/v32/chat-golden.jsonl"), round_trip, &n);
+    for_each_golden(test_shared("tokenizer/v32/chat-golden.jsonl"), round_trip, &n);
     CHECK_EQ_INT(n, 2 * 10);
 }
 
@@ -322,135 +297,22 @@ TEST(dsml_parse_malformed) {
 
 /* ---- Streaming ------------------------------------------------------------ */
 
-struct str { char *p; size_t n; };
-
-static void str_add(struct str *s, const char *p, size_t n) {
-    s->p = realloc(s->p, s->n + n + 1);
-    REQUIRE(s->p);
-    memcpy(s->p + s->n, p, n);
-    s->n += n;
-    s->p[s->n] = 0;
-}
-
-/* 1 if p[0..n) ends inside a multi-byte UTF-8 character. */
-static int cuts_utf8(const char *p, size_t n) {
-    for (size_t back = 1; back <= 4 && back <= n; back++) {
-        unsigned char c = (unsigned char)p[n - back];
-        if ((c & 0xC0) == 0x80) continue;
-        size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
-        return c < 0xF8 && need > back;
-    }
-    return 0;
-}
-
-#define MAX_CALLS 64
-struct seen {
-    struct str reasoning, content, names[MAX_CALLS], args[MAX_CALLS];
-    int n_begin, n_end;
-    int check_utf8;
-};
-
-static void on_event(void *u, const dsv_chat_event *ev) {
-    struct seen *s = u;
-    switch (ev->kind) {
-    case DSV_CHAT_EV_REASONING:
-    case DSV_CHAT_EV_CONTENT:
-    case DSV_CHAT_EV_TOOL_ARGS:
-        CHECK(ev->len > 0);
-        if (s->check_utf8) CHECKF(!cuts_utf8(ev->text, ev->len), "a text event ends inside a UTF-8 character");
-        if (ev->kind == DSV_CHAT_EV_TOOL_ARGS) {
-            REQUIRE(ev->index == s->n_begin - 1 && ev->index == s->n_end);
-            str_add(&s->args[ev->index], ev->text, ev->len);
-        } else {
-            str_add(ev->kind == DSV_CHAT_EV_CONTENT ? &s->content : &s->reasoning, ev->text, ev->len);
-        }
-        break;
-    case DSV_CHAT_EV_TOOL_BEGIN:
-        REQUIRE(ev->index == s->n_begin && ev->index == s->n_end && ev->index < MAX_CALLS);
-        str_add(&s->names[s->n_begin++], ev->name, strlen(ev->name));
-        str_add(&s->args[ev->index], "", 0);
-        break;
-    case DSV_CHAT_EV_TOOL_END:
-        REQUIRE(ev->index == s->n_end && ev->index == s->n_begin - 1);
-        CHECK(!strcmp(ev->name, s->names[ev->index].p));
-        CHECK(ev->len == s->args[ev->index].n && !memcmp(ev->text, s->args[ev->index].p, ev->len));
-        CHECK(ev->complete == 1);
-        s->n_end++;
-        break;
-    }
-}
-
-static void seen_free(struct seen *s) {
-    free(s->reasoning.p);
-    free(s->content.p);
-    for (int i = 0; i < MAX_CALLS; i++) { free(s->names[i].p); free(s->args[i].p); }
-}
-
-static int same_result(const dsv_chat_result *a, const dsv_chat_result *b) {
-    if (!same_opt(a->reasoning, b->reasoning) || !same_opt(a->content, b->content)) return 0;
-    if (a->n_tool_calls != b->n_tool_calls) return 0;
-    for (int i = 0; i < a->n_tool_calls; i++)
-        if (strcmp(a->tool_calls[i].name, b->tool_calls[i].name) ||
-            strcmp(a->tool_calls[i].arguments, b->tool_calls[i].arguments)) return 0;
-    return 1;
-}
-
-static int seen_matches(const struct seen *s, const dsv_chat_result *r) {
-    if (!same_opt(s->reasoning.p, r->reasoning) || !same_opt(s->content.p, r->content)) return 0;
-    if (s->n_end != r->n_tool_calls || s->n_begin != s->n_end) return 0;
-    for (int i = 0; i < s->n_end; i++)
-        if (strcmp(s->names[i].p, r->tool_calls[i].name) || strcmp(s->args[i].p, r->tool_calls[i].arguments)) return 0;
-    return 1;
-}
-
-/* Feeds text cut at cuts[] (ascending) and compares with want. */
-static void check_split(const char *text, size_t len, int thinking, const size_t *cuts, int n_cuts,
-                        const dsv_chat_result *want, int check_utf8) {
-    dsv_chat_stream *st = NULL;
-    REQUIRE(dsv_chat_format_stream_init(v32(), &st, thinking) == DSV_OK);
-    struct seen seen = {.check_utf8 = check_utf8};
-    size_t pos = 0;
-    for (int i = 0; i <= n_cuts; i++) {
-        size_t end = i < n_cuts ? cuts[i] : len;
-        REQUIRE(dsv_chat_stream_feed(st, text + pos, end - pos, on_event, &seen) == DSV_OK);
-        pos = end;
-    }
-    CHECK(dsv_chat_stream_result(st) == NULL);
-    REQUIRE(dsv_chat_stream_finish(st, on_event, &seen) == DSV_OK);
-    const dsv_chat_result *got = dsv_chat_stream_result(st);
-    REQUIRE(got);
-    if (!same_result(got, want) || !seen_matches(&seen, got)) {
-        char where[128] = "";
-        for (int i = 0, o = 0; i < n_cuts && o < 100; i++) o += snprintf(where + o, sizeof where - o, " %zu", cuts[i]);
-        test_fail(__FILE__, __LINE__, "stream differs from the whole (thinking %d, cuts:%s) for \"%.*s\"", thinking,
-                  where, (int)len, text);
-        test_abort();
-    }
-    seen_free(&seen);
-    dsv_chat_stream_free(st);
-}
-
-static void stream_every_cut(const cJSON *c, void *u) {
+static void stream_every_cut(const cJSON *c, const char *json, void *u) {
+    (void)json;
     (*(int *)u)++;
     const char *text = jstr(c, "completion");
     size_t len = strlen(text);
-    int thinking = is_thinking(c);
+    const stream_check o = {.fmt = v32(), .thinking = is_thinking(c), .check_utf8 = 1, .calls_complete = 1};
     dsv_chat_result want;
-    REQUIRE(dsv_chat_format_parse(v32(), text, len, thinking, &want) == DSV_OK);
+    REQUIRE(dsv_chat_format_parse(v32(), text, len, o.thinking, &want) == DSV_OK);
     check_message(jstr(c, "name"), &want, cJSON_GetObjectItemCaseSensitive(c, "expected"));
-    check_split(text, len, thinking, NULL, 0, &want, 1);
-    for (size_t i = 0; i <= len; i++) check_split(text, len, thinking, &i, 1, &want, 1);
-    size_t *cuts = calloc(len + 1, sizeof *cuts);
-    REQUIRE(cuts);
-    for (size_t i = 0; i < len; i++) cuts[i] = i;
-    check_split(text, len, thinking, cuts, (int)len, &want, 1);
-    free(cuts);
+    stream_check_every_cut(&o, text, len, &want, 0);
     dsv_chat_result_free(&want);
 }
 
 TEST(dsml_stream_every_cut) {
     int n = 0;
-    for_each_line(test_shared("tokenizer/v32/parse-golden.jsonl"), stream_every_cut, &n);
+    for_each_golden(test_shared("tokenizer/v32/parse-golden.jsonl"), stream_every_cut, &n);
     CHECK_EQ_INT(n, 14);
 }
 
@@ -550,13 +412,14 @@ TEST(dsml_stream_fuzz) {
             checked_lossless++;
         }
         /* Three random splittings, random bytes may cut UTF-8 on purpose. */
+        const stream_check o = {.fmt = v32(), .thinking = thinking, .calls_complete = 1};
         for (int s = 0; s < 3; s++) {
             size_t cuts[16];
             int nc = (int)rnd(16);
             for (int i = 0; i < nc; i++) cuts[i] = len ? rnd((uint32_t)len + 1) : 0;
             for (int i = 1; i < nc; i++)
                 for (int j = i; j > 0 && cuts[j - 1] > cuts[j]; j--) { size_t t = cuts[j]; cuts[j] = cuts[j - 1]; cuts[j - 1] = t; }
-            check_split(buf, len, thinking, cuts, nc, &want, 0);
+            stream_check_cuts(&o, buf, len, cuts, nc, &want);
         }
         dsv_chat_result_free(&want);
     }

@@ -98,6 +98,16 @@ static float *read_f32(const char *path, size_t *n) {
     return v;
 }
 
+/* Whether two files hold the same bytes. */
+static int same_file(const char *a, const char *b) {
+    size_t la = 0, lb = 0;
+    char *x = test_read_file(a, &la), *y = test_read_file(b, &lb);
+    int same = x && y && la == lb && !memcmp(x, y, la);
+    free(x);
+    free(y);
+    return same;
+}
+
 /* ---- run_tests --mpi: the part that runs in every rank ----------------- */
 
 static int conformance_all(void) {
@@ -182,6 +192,54 @@ static double rel_err(const float *a, const float *b, size_t n) {
     return den > 0 ? sqrt(num / den) : 0;
 }
 
+/* How a split run's dumps (run_logits into dir) differ from one process's
+ * (into one), over the case's 8 calls: layer 0's indexer (its top-k and
+ * weights) must give the same bits, since its input, the embedding, is
+ * summed exactly (other ranks' rows are zero): checked here, naming `what`
+ * and np; layer 0's attention output, its relative error per call; the
+ * logits, the mean |difference| per entry of each call. The callers judge
+ * the last two. */
+typedef struct {
+    double l0_attn[8], l0_attn_worst;  /* relative error of layer 0's attention output */
+    double logits_worst;               /* worst per-call mean |logit difference| */
+} split_diff;
+
+static split_diff split_diff_of(const char *one, const char *dir, const char *what, int np) {
+    split_diff d = {{0}, 0, 0};
+    char a[1300], b[1300];
+    size_t na, nb;
+    for (int call = 0; call < 8; call++) {
+        static const char *exact[] = {"l0_topk.i32", "l0_index_weights.f32"};
+        for (int k = 0; k < 2; k++) {
+            snprintf(a, sizeof a, "%s/%d.%s", one, call, exact[k]);
+            snprintf(b, sizeof b, "%s/%d.%s", dir, call, exact[k]);
+            CHECKF(same_file(a, b), "%s, %d ranks, call %d: %s differs", what, np, call, exact[k]);
+        }
+        snprintf(a, sizeof a, "%s/%d.l0_attn_out.f32", one, call);
+        snprintf(b, sizeof b, "%s/%d.l0_attn_out.f32", dir, call);
+        float *x = read_f32(a, &na), *y = read_f32(b, &nb);
+        REQUIREF(x && y && na == nb, "%s, %d ranks, call %d: layer 0 attention dumps missing or of other sizes", what,
+                 np, call);
+        d.l0_attn[call] = rel_err(y, x, na);
+        d.l0_attn_worst = fmax(d.l0_attn_worst, d.l0_attn[call]);
+        free(x);
+        free(y);
+    }
+    snprintf(a, sizeof a, "%s/logits.f32", one);
+    snprintf(b, sizeof b, "%s/logits.f32", dir);
+    float *x = read_f32(a, &na), *y = read_f32(b, &nb);
+    REQUIREF(x && y && na == nb && na % 8 == 0, "%s, %d ranks: logits missing or of other sizes", what, np);
+    const size_t V = na / 8;
+    for (int s = 0; s < 8; s++) {
+        double sum = 0;
+        for (size_t v = 0; v < V; v++) sum += fabs((double)x[s * V + v] - y[s * V + v]);
+        d.logits_worst = fmax(d.logits_worst, sum / (double)V);
+    }
+    free(x);
+    free(y);
+    return d;
+}
+
 TEST(mpi_logits_agree_with_one_process) {
     need_mpi();
     static const char *configs[] = {"public_sparse_fp8", "public_sparse_bf16"};
@@ -194,48 +252,18 @@ TEST(mpi_logits_agree_with_one_process) {
         run_logits(model, ids, 1, one);
         const conf_limits lim = conf_limits_for(configs[c]);
         for (int np = 2; np <= 4; np++) {
-            char dir[1200], a[1300], b[1300];
+            char dir[1200];
             snprintf(dir, sizeof dir, "%s/%s-%d", test_tmpdir(), configs[c], np);
             run_logits(model, ids, np, dir);
-            size_t na, nb;
-            /* Layer 0's indexer: the same bits (its input is exact). */
-            for (int call = 0; call < 8; call++) {
-                static const char *exact[] = {"l0_topk.i32", "l0_index_weights.f32"};
-                for (int k = 0; k < 2; k++) {
-                    snprintf(a, sizeof a, "%s/%d.%s", one, call, exact[k]);
-                    snprintf(b, sizeof b, "%s/%d.%s", dir, call, exact[k]);
-                    size_t la = 0, lb = 0;
-                    char *x = test_read_file(a, &la), *y = test_read_file(b, &lb);
-                    CHECKF(x && y && la == lb && !memcmp(x, y, la), "%s, %d ranks, call %d: %s differs", configs[c], np,
-                           call, exact[k]);
-                    free(x);
-                    free(y);
-                }
-                snprintf(a, sizeof a, "%s/%d.l0_attn_out.f32", one, call);
-                snprintf(b, sizeof b, "%s/%d.l0_attn_out.f32", dir, call);
-                float *x = read_f32(a, &na), *y = read_f32(b, &nb);
-                REQUIRE(x && y && na == nb);
-                double e = rel_err(y, x, na);
-                CHECKF(e <= lim.l0a, "%s, %d ranks, call %d: layer 0 attention off by %.4f", configs[c], np, call, e);
-                free(x);
-                free(y);
-            }
+            const split_diff d = split_diff_of(one, dir, configs[c], np);
+            for (int call = 0; call < 8; call++)
+                CHECKF(d.l0_attn[call] <= lim.l0a, "%s, %d ranks, call %d: layer 0 attention off by %.4f", configs[c], np,
+                       call, d.l0_attn[call]);
             /* The logits, per call: mean |difference| within the rule's MED. */
-            snprintf(a, sizeof a, "%s/logits.f32", one);
-            snprintf(b, sizeof b, "%s/logits.f32", dir);
-            float *x = read_f32(a, &na), *y = read_f32(b, &nb);
-            REQUIRE(x && y && na == nb && na % 8 == 0);
-            const size_t V = na / 8;
-            double worst = 0;
-            for (int s = 0; s < 8; s++) {
-                double sum = 0;
-                for (size_t v = 0; v < V; v++) sum += fabs((double)x[s * V + v] - y[s * V + v]);
-                worst = fmax(worst, sum / (double)V);
-            }
-            printf("    %s, %d ranks: worst per-call mean |logit difference| %.4f\n", configs[c] + 14, np, worst);
-            CHECKF(worst <= lim.med, "%s, %d ranks: logits differ by %.4f per entry", configs[c], np, worst);
-            free(x);
-            free(y);
+            printf("    %s, %d ranks: worst per-call mean |logit difference| %.4f\n", configs[c] + 14, np,
+                   d.logits_worst);
+            CHECKF(d.logits_worst <= lim.med, "%s, %d ranks: logits differ by %.4f per entry", configs[c], np,
+                   d.logits_worst);
         }
     }
 }
@@ -331,15 +359,6 @@ static int logits_with(const char *model, int np, const char *extra, const char 
 
 static int logits_of(const char *model, int np, const char *out_file, char **log) {
     return logits_with(model, np, "", out_file, log);
-}
-
-static int same_file(const char *a, const char *b) {
-    size_t la = 0, lb = 0;
-    char *x = test_read_file(a, &la), *y = test_read_file(b, &lb);
-    int same = x && y && la == lb && !memcmp(x, y, la);
-    free(x);
-    free(y);
-    return same;
 }
 
 TEST(convert_one_shard_matches_checkpoint) {
@@ -506,42 +525,16 @@ TEST(mpi_gguf_quantized_split_agrees_with_one_process) {
         snprintf(one, sizeof one, "%s/%s-1", test_tmpdir(), files[f].name);
         run_logits(g, ids, 1, one);
         for (int np = 2; np <= 4; np += 2) {
-            char dir[1200], a[1300], b[1300];
+            char dir[1200];
             snprintf(dir, sizeof dir, "%s/%s-%d", test_tmpdir(), files[f].name, np);
             run_logits(g, ids, np, dir);
-            size_t na, nb;
-            double worst_l0 = 0, worst = 0;
-            for (int call = 0; call < 8; call++) {
-                static const char *exact[] = {"l0_topk.i32", "l0_index_weights.f32"};
-                for (int k = 0; k < 2; k++) {
-                    snprintf(a, sizeof a, "%s/%d.%s", one, call, exact[k]);
-                    snprintf(b, sizeof b, "%s/%d.%s", dir, call, exact[k]);
-                    CHECKF(same_file(a, b), "%s, %d ranks, call %d: %s differs", files[f].name, np, call, exact[k]);
-                }
-                snprintf(a, sizeof a, "%s/%d.l0_attn_out.f32", one, call);
-                snprintf(b, sizeof b, "%s/%d.l0_attn_out.f32", dir, call);
-                float *x = read_f32(a, &na), *y = read_f32(b, &nb);
-                REQUIRE(x && y && na == nb);
-                worst_l0 = fmax(worst_l0, rel_err(y, x, na));
-                free(x);
-                free(y);
-            }
-            snprintf(a, sizeof a, "%s/logits.f32", one);
-            snprintf(b, sizeof b, "%s/logits.f32", dir);
-            float *x = read_f32(a, &na), *y = read_f32(b, &nb);
-            REQUIRE(x && y && na == nb && na % 8 == 0);
-            const size_t V = na / 8;
-            for (int s = 0; s < 8; s++) {
-                double sum = 0;
-                for (size_t v = 0; v < V; v++) sum += fabs((double)x[s * V + v] - y[s * V + v]);
-                worst = fmax(worst, sum / (double)V);
-            }
-            free(x);
-            free(y);
+            const split_diff d = split_diff_of(one, dir, files[f].name, np);
             printf("    %s, %d ranks: layer 0 attention off by %.4f, worst per-call mean |logit difference| %.4f\n",
-                   files[f].name, np, worst_l0, worst);
-            CHECKF(worst_l0 <= lim.l0a, "%s, %d ranks: layer 0 attention off by %.4f", files[f].name, np, worst_l0);
-            CHECKF(worst <= lim.med, "%s, %d ranks: logits differ by %.4f per entry", files[f].name, np, worst);
+                   files[f].name, np, d.l0_attn_worst, d.logits_worst);
+            CHECKF(d.l0_attn_worst <= lim.l0a, "%s, %d ranks: layer 0 attention off by %.4f", files[f].name, np,
+                   d.l0_attn_worst);
+            CHECKF(d.logits_worst <= lim.med, "%s, %d ranks: logits differ by %.4f per entry", files[f].name, np,
+                   d.logits_worst);
         }
     }
     /* Greedy text: the same at 1 and 2 ranks (this prompt has no near-tie). */
@@ -559,6 +552,23 @@ TEST(mpi_gguf_quantized_split_agrees_with_one_process) {
         }
     }
     free(ref);
+}
+
+/* The error the leader printed for a failed `dsv32 logits` (after "dsv32
+ * logits: "), or NULL. */
+static const char *error_line(const char *log) {
+    const char *e = log ? strstr(log, "dsv32 logits: ") : NULL;
+    return e ? e + strlen("dsv32 logits: ") : NULL;
+}
+
+static int starts(const char *s, const char *prefix) { return !strncmp(s, prefix, strlen(prefix)); }
+
+/* How often s occurs in the line at p. */
+static int count_in_line(const char *p, const char *s) {
+    const char *end = strchr(p, '\n');
+    int n = 0;
+    for (const char *q = p; (q = strstr(q, s)) && (!end || q < end); q += strlen(s)) n++;
+    return n;
 }
 
 /* Every rank maps its own copy of the file (on its own machine): a copy of
@@ -584,9 +594,12 @@ TEST(mpi_gguf_ranks_need_the_same_file) {
     const char *args = "logits -m m.gguf --ids 0,19,97,11 --prefill 2 -t 1 -o out.f32";
     snprintf(cmd, sizeof cmd, "timeout 120 mpirun --oversubscribe -np 1 -wdir %s %s %s : -np 1 -wdir %s %s %s 2>&1", a,
              bin_abs, args, b, bin_abs, args);
+    /* Copies that differ are the group's fault, not one rank's: the line
+     * names no rank ("rank r of 2: "). */
     int st = test_run(cmd, &log);
-    CHECKF(st != 0 && st != 124 && log && strstr(log, "rank 0 of 2: m.gguf: the ranks' copies of this file differ"),
-           "exit %d: %s", st, log ? log : "");
+    const char *e = error_line(log);
+    CHECKF(st != 0 && st != 124 && e && starts(e, "m.gguf: the ranks' copies of this file differ") &&
+           count_in_line(e, " of 2: ") == 0, "exit %d: %s", st, log ? log : "");
     free(log);
     /* The same tensor table, one metadata value changed (the RMS norm's
      * epsilon): the results would differ, so the copies differ too. */
@@ -609,15 +622,49 @@ TEST(mpi_gguf_ranks_need_the_same_file) {
         free(img);
     }
     st = test_run(cmd, &log);
-    CHECKF(st != 0 && st != 124 && log && strstr(log, "rank 0 of 2: m.gguf: the ranks' copies of this file differ"),
-           "exit %d: %s", st, log ? log : "");
+    e = error_line(log);
+    CHECKF(st != 0 && st != 124 && e && starts(e, "m.gguf: the ranks' copies of this file differ") &&
+           count_in_line(e, " of 2: ") == 0, "exit %d: %s", st, log ? log : "");
     free(log);
-    /* Rank 1 has none: its own error, for every rank. */
+    /* Rank 1 has none: its own error, for every rank, named once. */
     REQUIRE(unlink(fb) == 0);
     st = test_run(cmd, &log);
-    CHECKF(st != 0 && st != 124 && log && strstr(log, "rank 1 of 2: m.gguf: cannot open"), "exit %d: %s", st,
-           log ? log : "");
+    e = error_line(log);
+    CHECKF(st != 0 && st != 124 && e && starts(e, "rank 1 of 2: m.gguf: cannot open") &&
+           count_in_line(e, " of 2: ") == 1, "exit %d: %s", st, log ? log : "");
     free(log);
+    /* Rank 1 has none, and rank 0's copy opens but would fail while its
+     * part is built (a tensor renamed: the file's header, metadata and
+     * table are valid). The ranks agree before building: rank 0 stops with
+     * rank 1's error, not its own, so it built nothing (agreeing only after
+     * the build reports rank 0's "is missing", the first failing rank). */
+    {
+        size_t n = 0;
+        char *good = test_read_file(fa, &n), *bad = malloc(n ? n : 1);
+        REQUIRE(good && bad);
+        memcpy(bad, good, n);
+        static const char name[] = "blk.1.attn_q_a.weight";
+        char *k = memmem(bad, n, name, sizeof name - 1);
+        REQUIRE(k);
+        k[sizeof name - 2] = 'X';
+        test_write_file(fa, bad, n);
+        st = test_run(cmd, &log);
+        e = error_line(log);
+        CHECKF(st != 0 && st != 124 && e && starts(e, "rank 1 of 2: m.gguf: cannot open") &&
+               count_in_line(e, " of 2: ") == 1 && !strstr(log, "is missing"), "exit %d: %s", st, log ? log : "");
+        free(log);
+        /* Alone, that copy fails in the build: the case above did stop rank 0 early. */
+        char one[3000];
+        snprintf(one, sizeof one, "cd %s && timeout 120 %s logits -m m.gguf --ids 0,19 --prefill 1 -t 1 -o out.f32 2>&1", a,
+                 bin_abs);
+        st = test_run(one, &log);
+        CHECKF(st != 0 && log && strstr(log, "m.gguf: tensor 'blk.1.attn_q_a.weight' is missing"), "exit %d: %s", st,
+               log ? log : "");
+        free(log);
+        test_write_file(fa, good, n);
+        free(good);
+        free(bad);
+    }
     /* The same file: it runs. */
     REQUIRE(link(fa, fb) == 0);
     st = test_run(cmd, &log);

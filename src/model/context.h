@@ -223,7 +223,8 @@ int dsv_forward_run(dsv_context *ctx, const dsv_batch_entry *en, int n, float *l
  * pages, then the fill of checked arguments. */
 int dsv_kv_fill_check(dsv_context *ctx, int seq, int n_tokens);
 void dsv_kv_fill(dsv_context *ctx, int seq, int n_tokens, uint64_t seed);
-/* The model's weights (model.c), below dsv_model_open/close (context.c). */
+/* The model's weights (model.c), below dsv_model_open/close (context.c).
+ * Split, dsv_model_load is a collective whose outcome every rank shares. */
 int dsv_model_load(dsv_model **out, const char *dir, const dsv_model_params *params);
 void dsv_model_free(dsv_model *m);
 

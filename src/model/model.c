@@ -241,16 +241,10 @@ static int plan(dsv_model *m, const dsv_shard_blocks *b, const char *what) {
     return DSV_OK;
 }
 
-/* Loads this rank's part: the whole model in a group of one. */
-static int load(dsv_model *m, const char *dir, const dsv_model_params *params) {
-    const size_t n = strlen(dir);
-    int st;
-    if (n > 5 && !strcmp(dir + n - 5, ".gguf")) {
-        dsv_shard_blocks blocks;
-        if ((st = dsv_model_open_gguf(m, dir, params, &blocks)) || (st = plan(m, &blocks, dir))) return st;
-        return dsv_model_load_gguf(m, dir, params);
-    }
-    st = dsv_config_load(&m->cfg, dir);
+/* Loads this rank's part of a checkpoint (a safetensors directory, or the
+ * shard files of dsv32 convert): the whole model in a group of one. */
+static int load_st(dsv_model *m, const char *dir, const dsv_model_params *params) {
+    int st = dsv_config_load(&m->cfg, dir);
     if (st) return st;
     dsv_config *c = &m->cfg;
     if (params->scale_fmt == DSV_SCALE_FMT_NONE || params->scale_fmt == DSV_SCALE_FMT_UE8M0)
@@ -304,6 +298,24 @@ static int load(dsv_model *m, const char *dir, const dsv_model_params *params) {
     return DSV_OK;
 }
 
+/* Loads this rank's part, and agrees the outcome with the other ranks (a
+ * collective open): every rank gets DSV_OK, or the first failing rank's
+ * status and message. A GGUF open agrees once more, early (model_gguf.c):
+ * when it fails, every rank already holds the agreed error and returns it
+ * as is, so the message carries one rank prefix, not two. */
+static int load(dsv_model *m, const char *dir, const dsv_model_params *params) {
+    const size_t n = strlen(dir);
+    int st;
+    if (n > 5 && !strcmp(dir + n - 5, ".gguf")) {
+        dsv_shard_blocks blocks;
+        if ((st = dsv_model_open_gguf(m, dir, params, &blocks))) return st;
+        if (!(st = plan(m, &blocks, dir))) st = dsv_model_load_gguf(m, dir, params);
+    } else {
+        st = load_st(m, dir, params);
+    }
+    return m->coll->agree(st);
+}
+
 static void model_free(dsv_model *m) {
     if (!m) return;
     dsv_st_close(m->st);
@@ -318,7 +330,7 @@ static void model_free(dsv_model *m) {
 
 int dsv_model_load(dsv_model **out, const char *dir, const dsv_model_params *params) {
     dsv_model *m = calloc(1, sizeof *m);
-    if (!m) return dsv_error(DSV_ERR_NOMEM, "out of memory");
+    if (!m) return dsv_coll_get()->agree(dsv_error(DSV_ERR_NOMEM, "out of memory"));
     m->coll = dsv_coll_get();
     int st = load(m, dir, params);
     if (st) {

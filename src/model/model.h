@@ -66,10 +66,12 @@ struct dsv_model {
 };
 
 /* A GGUF file or split set (model_gguf.c), in two steps around the plan:
- * open reads the metadata into m->cfg and says where column cuts may fall
- * (a collective: the ranks check they hold the same file); load, once m->sh
- * is this rank's part, maps the part. The caller frees m on failure as
- * after a failed safetensors load. */
+ * open reads and checks the metadata into m->cfg and says where column cuts
+ * may fall; load, once m->sh is this rank's part, maps the part. Open is a
+ * collective: its outcome is agreed by every rank (a failing rank's status
+ * and message on all of them), and the ranks check they hold the same file,
+ * so after a failed open no rank builds anything. The caller frees m on
+ * failure as after a failed safetensors load. */
 int dsv_model_open_gguf(dsv_model *m, const char *path, const dsv_model_params *params, dsv_shard_blocks *blocks);
 int dsv_model_load_gguf(dsv_model *m, const char *path, const dsv_model_params *params);
 /* DSV_OK when columns [lo, hi) of a GGUF tensor of `type` whose rows are

@@ -561,13 +561,13 @@ static uint32_t fingerprint(const dsv_gguf *g) {
 /* Every rank maps its own copy of the file (on its own machine), and each
  * derives the plan from it: copies that differ (another preset, another
  * conversion) would sum parts of different models. The ranks compare
- * fingerprints; this is a collective, so every rank calls it once whatever
- * its own status `st`. A rank that failed to open makes the others skip the
- * comparison: the collective open then reports that rank's own error. */
-static int same_file_on_every_rank(dsv_model *m, const char *path, int st) {
-    const int v = st ? -1 : (int)(fingerprint(m->gguf) & 0x7fffffffu);
+ * fingerprints, once every rank has opened its copy (a collective: every
+ * rank calls it). The outcome is the same on every rank, a fault of the
+ * group rather than of one rank, so the message names no rank. */
+static int same_file_on_every_rank(dsv_model *m, const char *path) {
+    const int v = (int)(fingerprint(m->gguf) & 0x7fffffffu);
     const int lo = m->coll->agree_min(v), hi = -m->coll->agree_min(-v);
-    if (st || lo < 0 || lo == hi) return st;
+    if (lo == hi) return DSV_OK;
     return dsv_error(DSV_ERR_MODEL, "%s: the ranks' copies of this file differ (metadata and tensor table fingerprints %08x to "
                      "%08x): every rank must map the same file", path, (unsigned)lo, (unsigned)hi);
 }
@@ -581,15 +581,39 @@ static int act_fp8(const dsv_gguf *g, const char *path, const dsv_model_params *
     return st;
 }
 
+/* The checks that need only the header, the metadata and the tensor
+ * table: the sizes the load will allocate from, bounded in double before
+ * any is computed in size_t (each metadata field is below 2^30; a file
+ * cannot ask for more than 2^40 elements of any of them), and the last
+ * layer's presence. */
+static int check_shapes(const dsv_gguf *g, const dsv_config *c, const char *path) {
+    const double dvec = (double)c->dim + (double)c->n_layers * (2.0 * c->dim + c->q_lora_rank + c->kv_lora_rank +
+                                                                 2.0 * c->index_head_dim + c->n_routed_experts);
+    const double dkvb = (double)c->n_heads * (double)(c->qk_nope_head_dim + c->v_head_dim) * (double)c->kv_lora_rank;
+    const double demb = (double)c->vocab_size * (double)c->dim;
+    const double dexp = (double)(c->n_layers + 1) * (double)(c->n_routed_experts + 1);
+    if (dvec > 0x1p40 || dkvb * c->n_layers + demb > 0x1p40 || dexp > 0x1p32)
+        return dsv_error(DSV_ERR_MODEL, "%s: the metadata's shapes are too large", path);
+    char last[64];
+    snprintf(last, sizeof last, "blk.%d.attn_norm.weight", c->n_layers - 1);
+    if (!dsv_gguf_find(g, last))
+        return dsv_error(DSV_ERR_MODEL, "%s: block_count is %d but tensor '%s' is missing", path, c->n_layers, last);
+    return DSV_OK;
+}
+
 int dsv_model_open_gguf(dsv_model *m, const char *path, const dsv_model_params *params, dsv_shard_blocks *blocks) {
-    int st = dsv_gguf_open(&m->gguf, path);
+    int fp8 = 0, st = dsv_gguf_open(&m->gguf, path);
     if (!st) st = config_from_gguf(&m->cfg, m->gguf, path, &m->no_indexer);
-    if ((st = same_file_on_every_rank(m, path, st))) return st;
+    if (!st) st = act_fp8(m->gguf, path, params, &fp8);
+    if (!st) st = check_shapes(m->gguf, &m->cfg, path);
+    /* Split, the ranks agree here, before any builds its part (minutes for
+     * the largest files): a rank whose copy is missing or invalid fails
+     * every rank at once with its own message. */
+    if ((st = m->coll->agree(st))) return st;
+    if ((st = same_file_on_every_rank(m, path))) return st;
     dsv_config *c = &m->cfg;
     if (params->scale_fmt == DSV_SCALE_FMT_NONE || params->scale_fmt == DSV_SCALE_FMT_UE8M0)
         c->scale_fmt = params->scale_fmt;
-    int fp8;
-    if ((st = act_fp8(m->gguf, path, params, &fp8))) return st;
     /* Column cuts on the blocks of the types. An FP8-born file whose cut
      * matrices include floats (these quantize their inputs in the
      * checkpoint's 128-wide groups) splits as its checkpoint does, and so
@@ -606,22 +630,10 @@ int dsv_model_load_gguf(dsv_model *m, const char *path, const dsv_model_params *
     dsv_config *c = &m->cfg;
     const dsv_shard *sh = &m->sh;
 
-    /* Sizes from the metadata (each field below 2^30), bounded in double
-     * before any is computed in size_t: a file cannot ask for more than
-     * 2^40 elements of any of them (the tensors that would back them are
-     * checked only later). */
+    /* Sizes from the metadata, bounded at open (check_shapes). */
     const double dvec = (double)c->dim + (double)c->n_layers * (2.0 * c->dim + c->q_lora_rank + c->kv_lora_rank +
                                                                  2.0 * c->index_head_dim + c->n_routed_experts);
     const double dkvb = (double)c->n_heads * (double)(c->qk_nope_head_dim + c->v_head_dim) * (double)c->kv_lora_rank;
-    const double demb = (double)c->vocab_size * (double)c->dim;
-    const double dexp = (double)(c->n_layers + 1) * (double)(c->n_routed_experts + 1);
-    if (dvec > 0x1p40 || dkvb * c->n_layers + demb > 0x1p40 || dexp > 0x1p32)
-        return dsv_error(DSV_ERR_MODEL, "%s: the metadata's shapes are too large", path);
-    /* The last layer must be in the file before layers are allocated for it. */
-    char last[64];
-    snprintf(last, sizeof last, "blk.%d.attn_norm.weight", c->n_layers - 1);
-    if (!dsv_gguf_find(m->gguf, last))
-        return dsv_error(DSV_ERR_MODEL, "%s: block_count is %d but tensor '%s' is missing", path, c->n_layers, last);
     const size_t n_vec = (size_t)dvec;
     const int n_moe = c->n_layers - c->n_dense_layers;
     /* Built here: this rank's heads of wkv_b and vocabulary rows of a

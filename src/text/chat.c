@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "text.h"
+#include "chat_json.h"
 #include "dsml.h"
 #include "pyjson.h"
 #include "base/util.h"
@@ -247,59 +248,13 @@ static const char *own(struct jconv *cv, dsv_buf *b) {
     return s;
 }
 
-static const char *type_name(const cJSON *v) {
-    return !v ? "missing" : cJSON_IsNull(v) ? "null" : cJSON_IsBool(v) ? "a boolean"
-         : cJSON_IsNumber(v) ? "a number" : cJSON_IsString(v) ? "a string"
-         : cJSON_IsArray(v) ? "an array" : "an object";
-}
-
-/* Optional boolean field: leaves *out alone when absent or null. */
-static int json_bool(const cJSON *obj, const char *key, const char *path, int *out) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (!v || cJSON_IsNull(v)) return DSV_OK;
-    if (!cJSON_IsBool(v))
-        return dsv_error(DSV_ERR_ARG, "%s%s: expected a boolean, got %s", path, key, type_name(v));
-    *out = cJSON_IsTrue(v);
-    return DSV_OK;
-}
-
-/* A message's content: a string, or text parts joined with "\n" (as vLLM
- * joins them). *out = NULL when null/absent and `optional`. */
-static int json_content(const cJSON *msg, int i, int optional, struct jconv *cv, const char **out) {
-    const cJSON *c = cJSON_GetObjectItemCaseSensitive(msg, "content");
-    *out = NULL;
-    if (cJSON_IsString(c)) { *out = c->valuestring; return DSV_OK; }
-    if ((!c || cJSON_IsNull(c)) && optional) return DSV_OK;
-    if (!cJSON_IsArray(c))
-        return dsv_error(DSV_ERR_ARG, "messages[%d].content: expected a string or an array of text parts, got %s",
-                         i, type_name(c));
-    dsv_buf b = {0};
-    int k = 0;
-    for (const cJSON *part = c->child; part; part = part->next, k++) {
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
-        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
-        int rc = DSV_OK;
-        if (!cJSON_IsObject(part))
-            rc = dsv_error(DSV_ERR_ARG, "messages[%d].content[%d]: expected an object, got %s", i, k, type_name(part));
-        else if (!cJSON_IsString(type))
-            rc = dsv_error(DSV_ERR_ARG, "messages[%d].content[%d].type: expected a string, got %s", i, k, type_name(type));
-        else if (strcmp(type->valuestring, "text") != 0)
-            rc = dsv_error(DSV_ERR_UNSUPPORTED, "messages[%d].content[%d].type: \"%s\" parts are not supported (text only)",
-                           i, k, type->valuestring);
-        else if (!cJSON_IsString(text))
-            rc = dsv_error(DSV_ERR_ARG, "messages[%d].content[%d].text: expected a string, got %s", i, k, type_name(text));
-        if (rc) { dsv_buf_free(&b); return rc; }
-        if (k) dsv_buf_add(&b, "\n", 1);
-        dsv_buf_adds(&b, text->valuestring);
-    }
-    if (!(*out = own(cv, &b))) return dsv_error(DSV_ERR_NOMEM, "chat: out of memory");
-    return DSV_OK;
-}
+/* An own() for dsv_chat_json_content. */
+static const char *own_cb(void *cv, dsv_buf *b) { return own(cv, b); }
 
 static int json_tool_calls(const cJSON *tc, int i, struct jconv *cv, dsv_chat_msg *m) {
     if (!tc || cJSON_IsNull(tc)) return DSV_OK;
     if (!cJSON_IsArray(tc))
-        return dsv_error(DSV_ERR_ARG, "messages[%d].tool_calls: expected an array, got %s", i, type_name(tc));
+        return dsv_error(DSV_ERR_ARG, "messages[%d].tool_calls: expected an array, got %s", i, dsv_json_type_name(tc));
     m->tool_calls = cv->calls;
     int k = 0;
     for (const cJSON *call = tc->child; call; call = call->next, k++) {
@@ -307,15 +262,16 @@ static int json_tool_calls(const cJSON *tc, int i, struct jconv *cv, dsv_chat_ms
         const cJSON *fn = cJSON_GetObjectItemCaseSensitive(call, "function");
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(call, "id");
         if (!cJSON_IsObject(call))
-            return dsv_error(DSV_ERR_ARG, "messages[%d].tool_calls[%d]: expected an object, got %s", i, k, type_name(call));
+            return dsv_error(DSV_ERR_ARG, "messages[%d].tool_calls[%d]: expected an object, got %s",
+                             i, k, dsv_json_type_name(call));
         if (!cJSON_IsObject(fn))
             return dsv_error(DSV_ERR_ARG, "messages[%d].tool_calls[%d].function: expected an object, got %s",
-                             i, k, type_name(fn));
+                             i, k, dsv_json_type_name(fn));
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
         const cJSON *args = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
         if (!cJSON_IsString(name))
             return dsv_error(DSV_ERR_ARG, "messages[%d].tool_calls[%d].function.name: expected a string, got %s",
-                             i, k, type_name(name));
+                             i, k, dsv_json_type_name(name));
         c->name = name->valuestring;
         c->id = cJSON_IsString(id) ? id->valuestring : NULL;
         if (cJSON_IsString(args)) {
@@ -341,27 +297,28 @@ static int json_message(const cJSON *msg, int i, struct jconv *cv, dsv_chat_msg 
         {"assistant", DSV_CHAT_ASSISTANT}, {"tool", DSV_CHAT_TOOL},
     };
     if (!cJSON_IsObject(msg))
-        return dsv_error(DSV_ERR_ARG, "messages[%d]: expected an object, got %s", i, type_name(msg));
+        return dsv_error(DSV_ERR_ARG, "messages[%d]: expected an object, got %s", i, dsv_json_type_name(msg));
     const cJSON *role = cJSON_GetObjectItemCaseSensitive(msg, "role");
     if (!cJSON_IsString(role))
-        return dsv_error(DSV_ERR_ARG, "messages[%d].role: expected a string, got %s", i, type_name(role));
+        return dsv_error(DSV_ERR_ARG, "messages[%d].role: expected a string, got %s", i, dsv_json_type_name(role));
     size_t r = 0;
     while (r < sizeof roles / sizeof roles[0] && strcmp(role->valuestring, roles[r].name)) r++;
     if (r == sizeof roles / sizeof roles[0])
         return dsv_error(DSV_ERR_ARG, "messages[%d].role: unknown role \"%s\" (expected system, user, assistant or tool)",
                          i, role->valuestring);
     m->role = roles[r].role;
-    int rc = json_content(msg, i, m->role == DSV_CHAT_ASSISTANT, cv, &m->content);
+    int rc = dsv_chat_json_content(msg, i, m->role == DSV_CHAT_ASSISTANT, own_cb, cv, &m->content);
     if (rc) return rc;
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(msg, "reasoning_content");
     if (rs && !cJSON_IsNull(rs) && !cJSON_IsString(rs))
-        return dsv_error(DSV_ERR_ARG, "messages[%d].reasoning_content: expected a string, got %s", i, type_name(rs));
+        return dsv_error(DSV_ERR_ARG, "messages[%d].reasoning_content: expected a string, got %s",
+                         i, dsv_json_type_name(rs));
     m->reasoning_content = cJSON_IsString(rs) ? rs->valuestring : NULL;
     const cJSON *tid = cJSON_GetObjectItemCaseSensitive(msg, "tool_call_id");
     m->tool_call_id = cJSON_IsString(tid) ? tid->valuestring : NULL;
     char path[48];
     snprintf(path, sizeof path, "messages[%d].", i);
-    if ((rc = json_bool(msg, "prefix", path, &m->prefix))) return rc;
+    if ((rc = dsv_json_opt_bool(msg, "prefix", path, &m->prefix))) return rc;
     const cJSON *tc = cJSON_GetObjectItemCaseSensitive(msg, "tool_calls");
     if (m->role != DSV_CHAT_ASSISTANT) {
         if (cJSON_GetArraySize(tc) > 0)
@@ -375,22 +332,24 @@ static int json_message(const cJSON *msg, int i, struct jconv *cv, dsv_chat_msg 
  * description, parameters}}; builds the tool block directly from the tree. */
 static int json_tools(const cJSON *tools, dsv_buf *block) {
     if (!tools || cJSON_IsNull(tools)) return DSV_OK;
-    if (!cJSON_IsArray(tools)) return dsv_error(DSV_ERR_ARG, "tools: expected an array, got %s", type_name(tools));
+    if (!cJSON_IsArray(tools)) return dsv_error(DSV_ERR_ARG, "tools: expected an array, got %s",
+                                                dsv_json_type_name(tools));
     if (!tools->child) return DSV_OK; /* [] renders no block, like render_chat.py */
     dsv_buf_adds(block, tools_head);
     int k = 0;
     for (const cJSON *t = tools->child; t; t = t->next, k++) {
         const cJSON *fn = cJSON_GetObjectItemCaseSensitive(t, "function");
         if (!cJSON_IsObject(fn))
-            return dsv_error(DSV_ERR_ARG, "tools[%d].function: expected an object, got %s", k, type_name(fn));
+            return dsv_error(DSV_ERR_ARG, "tools[%d].function: expected an object, got %s", k, dsv_json_type_name(fn));
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
         const cJSON *desc = cJSON_GetObjectItemCaseSensitive(fn, "description");
         const cJSON *params = cJSON_GetObjectItemCaseSensitive(fn, "parameters");
         if (!cJSON_IsString(name))
-            return dsv_error(DSV_ERR_ARG, "tools[%d].function.name: expected a string, got %s", k, type_name(name));
+            return dsv_error(DSV_ERR_ARG, "tools[%d].function.name: expected a string, got %s",
+                             k, dsv_json_type_name(name));
         if (desc && !cJSON_IsNull(desc) && !cJSON_IsString(desc))
             return dsv_error(DSV_ERR_ARG, "tools[%d].function.description: expected a string, got %s",
-                             k, type_name(desc));
+                             k, dsv_json_type_name(desc));
         /* Like f.get("parameters", {}): absent is {}, anything given
          * (null included) is dumped as it is. */
         tool_entry(block, name->valuestring, cJSON_IsString(desc) ? desc->valuestring : "", params);
@@ -406,16 +365,17 @@ static int render_request(const cJSON *root, int thinking, int add_gen, dsv_buf 
         messages = cJSON_GetObjectItemCaseSensitive(root, "messages");
         tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
         const cJSON *kw = cJSON_GetObjectItemCaseSensitive(root, "chat_template_kwargs");
-        if ((rc = json_bool(root, "thinking", "", &thinking))) return rc;
-        if ((rc = json_bool(root, "add_generation_prompt", "", &add_gen))) return rc;
+        if ((rc = dsv_json_opt_bool(root, "thinking", "", &thinking))) return rc;
+        if ((rc = dsv_json_opt_bool(root, "add_generation_prompt", "", &add_gen))) return rc;
         if (kw && !cJSON_IsNull(kw) && !cJSON_IsObject(kw))
-            return dsv_error(DSV_ERR_ARG, "chat_template_kwargs: expected an object, got %s", type_name(kw));
-        if (kw && (rc = json_bool(kw, "thinking", "chat_template_kwargs.", &thinking))) return rc;
+            return dsv_error(DSV_ERR_ARG, "chat_template_kwargs: expected an object, got %s", dsv_json_type_name(kw));
+        if (kw && (rc = dsv_json_opt_bool(kw, "thinking", "chat_template_kwargs.", &thinking))) return rc;
     } else if (!cJSON_IsArray(root)) {
-        return dsv_error(DSV_ERR_ARG, "request: expected an object or a messages array, got %s", type_name(root));
+        return dsv_error(DSV_ERR_ARG, "request: expected an object or a messages array, got %s",
+                         dsv_json_type_name(root));
     }
     if (!cJSON_IsArray(messages))
-        return dsv_error(DSV_ERR_ARG, "messages: expected an array, got %s", type_name(messages));
+        return dsv_error(DSV_ERR_ARG, "messages: expected an array, got %s", dsv_json_type_name(messages));
 
     int n = cJSON_GetArraySize(messages), n_calls = 0;
     for (const cJSON *m = messages->child; m; m = m->next)

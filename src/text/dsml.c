@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chat_json.h"
 #include "pyjson.h"
 #include "text.h"
 #include "base/util.h"
@@ -101,12 +102,6 @@ struct render_ctx {
     int n_owned, cap_owned;
 };
 
-static const char *type_name(const cJSON *v) {
-    return !v ? "missing" : cJSON_IsNull(v) ? "null" : cJSON_IsBool(v) ? "a boolean"
-         : cJSON_IsNumber(v) ? "a number" : cJSON_IsString(v) ? "a string"
-         : cJSON_IsArray(v) ? "an array" : "an object";
-}
-
 static const char *own(struct render_ctx *c, dsv_buf *b) {
     if (c->n_owned == c->cap_owned) {
         int cap = c->cap_owned ? 2 * c->cap_owned : 8;
@@ -120,47 +115,23 @@ static const char *own(struct render_ctx *c, dsv_buf *b) {
     return s;
 }
 
-/* content: a string, text parts joined with "\n", or (when optional) null. */
-static int get_content(struct render_ctx *c, const cJSON *msg, int i, int optional, const char **out) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(msg, "content");
-    *out = NULL;
-    if (cJSON_IsString(v)) { *out = v->valuestring; return DSV_OK; }
-    if ((!v || cJSON_IsNull(v)) && optional) return DSV_OK;
-    if (!cJSON_IsArray(v))
-        return dsv_error(DSV_ERR_ARG, "messages[%d].content: expected a string or an array of text parts, got %s",
-                         i, type_name(v));
-    dsv_buf b = {0};
-    int k = 0;
-    for (const cJSON *part = v->child; part; part = part->next, k++) {
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
-        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
-        int rc = DSV_OK;
-        if (!cJSON_IsString(type))
-            rc = dsv_error(DSV_ERR_ARG, "messages[%d].content[%d].type: expected a string, got %s", i, k, type_name(type));
-        else if (strcmp(type->valuestring, "text") != 0)
-            rc = dsv_error(DSV_ERR_UNSUPPORTED, "messages[%d].content[%d].type: \"%s\" parts are not supported (text only)",
-                           i, k, type->valuestring);
-        else if (!cJSON_IsString(text))
-            rc = dsv_error(DSV_ERR_ARG, "messages[%d].content[%d].text: expected a string, got %s", i, k, type_name(text));
-        if (rc) { dsv_buf_free(&b); return rc; }
-        if (k) dsv_buf_add(&b, "\n", 1);
-        dsv_buf_adds(&b, text->valuestring);
-    }
-    if (!(*out = own(c, &b))) return dsv_error(DSV_ERR_NOMEM, "chat: out of memory");
-    return DSV_OK;
-}
+/* An own() for dsv_chat_json_content. */
+static const char *own_cb(void *c, dsv_buf *b) { return own(c, b); }
 
 static int check_tools(const cJSON *tools, const char *path) {
     if (!tools || cJSON_IsNull(tools)) return DSV_OK;
-    if (!cJSON_IsArray(tools)) return dsv_error(DSV_ERR_ARG, "%stools: expected an array, got %s", path, type_name(tools));
+    if (!cJSON_IsArray(tools)) return dsv_error(DSV_ERR_ARG, "%stools: expected an array, got %s",
+                                                path, dsv_json_type_name(tools));
     int k = 0;
     for (const cJSON *t = tools->child; t; t = t->next, k++) {
         const cJSON *fn = cJSON_GetObjectItemCaseSensitive(t, "function");
         if (!cJSON_IsObject(fn))
-            return dsv_error(DSV_ERR_ARG, "%stools[%d].function: expected an object, got %s", path, k, type_name(fn));
+            return dsv_error(DSV_ERR_ARG, "%stools[%d].function: expected an object, got %s",
+                             path, k, dsv_json_type_name(fn));
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
         if (!cJSON_IsString(name))
-            return dsv_error(DSV_ERR_ARG, "%stools[%d].function.name: expected a string, got %s", path, k, type_name(name));
+            return dsv_error(DSV_ERR_ARG, "%stools[%d].function.name: expected a string, got %s",
+                             path, k, dsv_json_type_name(name));
     }
     return DSV_OK;
 }
@@ -171,10 +142,10 @@ static int convert_message(struct render_ctx *c, const cJSON *msg, int i, struct
         {"assistant", R_ASSISTANT}, {"tool", R_TOOL},
     };
     if (!cJSON_IsObject(msg))
-        return dsv_error(DSV_ERR_ARG, "messages[%d]: expected an object, got %s", i, type_name(msg));
+        return dsv_error(DSV_ERR_ARG, "messages[%d]: expected an object, got %s", i, dsv_json_type_name(msg));
     const cJSON *role = cJSON_GetObjectItemCaseSensitive(msg, "role");
     if (!cJSON_IsString(role))
-        return dsv_error(DSV_ERR_ARG, "messages[%d].role: expected a string, got %s", i, type_name(role));
+        return dsv_error(DSV_ERR_ARG, "messages[%d].role: expected a string, got %s", i, dsv_json_type_name(role));
     size_t r = 0;
     while (r < sizeof roles / sizeof roles[0] && strcmp(role->valuestring, roles[r].name)) r++;
     if (r == sizeof roles / sizeof roles[0])
@@ -183,7 +154,7 @@ static int convert_message(struct render_ctx *c, const cJSON *msg, int i, struct
                          i, role->valuestring);
     *m = (struct dmsg){.role = roles[r].role, .src = i};
     /* The encoder writes `content or ""` for system and assistant turns. */
-    int rc = get_content(c, msg, i, m->role == R_SYSTEM || m->role == R_ASSISTANT, &m->content);
+    int rc = dsv_chat_json_content(msg, i, m->role == R_SYSTEM || m->role == R_ASSISTANT, own_cb, c, &m->content);
     if (rc) return rc;
     char path[48];
     snprintf(path, sizeof path, "messages[%d].", i);
@@ -200,12 +171,13 @@ static int convert_message(struct render_ctx *c, const cJSON *msg, int i, struct
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(msg, "reasoning_content");
     if (!rs || cJSON_IsNull(rs)) rs = cJSON_GetObjectItemCaseSensitive(msg, "reasoning");
     if (rs && !cJSON_IsNull(rs) && !cJSON_IsString(rs))
-        return dsv_error(DSV_ERR_ARG, "messages[%d].reasoning_content: expected a string, got %s", i, type_name(rs));
+        return dsv_error(DSV_ERR_ARG, "messages[%d].reasoning_content: expected a string, got %s",
+                         i, dsv_json_type_name(rs));
     m->reasoning = cJSON_IsString(rs) ? rs->valuestring : NULL;
     const cJSON *tc = cJSON_GetObjectItemCaseSensitive(msg, "tool_calls");
     if (!tc || cJSON_IsNull(tc)) return DSV_OK;
     if (!cJSON_IsArray(tc))
-        return dsv_error(DSV_ERR_ARG, "messages[%d].tool_calls: expected an array, got %s", i, type_name(tc));
+        return dsv_error(DSV_ERR_ARG, "messages[%d].tool_calls: expected an array, got %s", i, dsv_json_type_name(tc));
     m->calls = tc->child ? tc : NULL;
     return DSV_OK;
 }
@@ -247,12 +219,13 @@ static void render_extras(dsv_buf *b, const struct dmsg *m) {
 static int render_call(dsv_buf *b, const cJSON *call, int i, int k) {
     const cJSON *fn = cJSON_GetObjectItemCaseSensitive(call, "function");
     if (!cJSON_IsObject(fn))
-        return dsv_error(DSV_ERR_ARG, "messages[%d].tool_calls[%d].function: expected an object, got %s", i, k, type_name(fn));
+        return dsv_error(DSV_ERR_ARG, "messages[%d].tool_calls[%d].function: expected an object, got %s",
+                         i, k, dsv_json_type_name(fn));
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
     const cJSON *args = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
     if (!cJSON_IsString(name))
         return dsv_error(DSV_ERR_ARG, "messages[%d].tool_calls[%d].function.name: expected a string, got %s",
-                         i, k, type_name(name));
+                         i, k, dsv_json_type_name(name));
     cJSON *parsed = NULL;
     if (cJSON_IsString(args)) {
         /* The OpenAI form: a JSON text. The encoder json.loads it. */
@@ -264,7 +237,7 @@ static int render_call(dsv_buf *b, const cJSON *call, int i, int k) {
     if (!cJSON_IsObject(args)) {
         cJSON_Delete(parsed);
         return dsv_error(DSV_ERR_ARG, "messages[%d].tool_calls[%d].function.arguments: expected a JSON object, got %s",
-                         i, k, type_name(args));
+                         i, k, dsv_json_type_name(args));
     }
     dsv_buf_adds(b, "<" DSML_S "invoke name=\"");
     dsv_buf_adds(b, name->valuestring);
@@ -353,15 +326,6 @@ static int last_user_index(const struct dmsg *ms, int n) {
     return -1;
 }
 
-/* Optional boolean; leaves *out alone when absent or null. */
-static int get_bool(const cJSON *obj, const char *key, const char *path, int *out) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (!v || cJSON_IsNull(v)) return DSV_OK;
-    if (!cJSON_IsBool(v)) return dsv_error(DSV_ERR_ARG, "%s%s: expected a boolean, got %s", path, key, type_name(v));
-    *out = cJSON_IsTrue(v);
-    return DSV_OK;
-}
-
 static int render_request(const cJSON *root, int thinking, dsv_buf *out) {
     const cJSON *messages = root, *tools = NULL, *rf = NULL;
     int rc;
@@ -371,7 +335,7 @@ static int render_request(const cJSON *root, int thinking, dsv_buf *out) {
         rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
         if (rf && cJSON_IsNull(rf)) rf = NULL;
         if ((rc = check_tools(tools, ""))) return rc;
-        if ((rc = get_bool(root, "thinking", "", &thinking))) return rc;
+        if ((rc = dsv_json_opt_bool(root, "thinking", "", &thinking))) return rc;
         const cJSON *mode = cJSON_GetObjectItemCaseSensitive(root, "thinking_mode");
         if (mode && !cJSON_IsNull(mode)) {
             if (!cJSON_IsString(mode) || (strcmp(mode->valuestring, "chat") && strcmp(mode->valuestring, "thinking")))
@@ -380,13 +344,14 @@ static int render_request(const cJSON *root, int thinking, dsv_buf *out) {
         }
         const cJSON *kw = cJSON_GetObjectItemCaseSensitive(root, "chat_template_kwargs");
         if (kw && !cJSON_IsNull(kw) && !cJSON_IsObject(kw))
-            return dsv_error(DSV_ERR_ARG, "chat_template_kwargs: expected an object, got %s", type_name(kw));
-        if (kw && (rc = get_bool(kw, "thinking", "chat_template_kwargs.", &thinking))) return rc;
+            return dsv_error(DSV_ERR_ARG, "chat_template_kwargs: expected an object, got %s", dsv_json_type_name(kw));
+        if (kw && (rc = dsv_json_opt_bool(kw, "thinking", "chat_template_kwargs.", &thinking))) return rc;
     } else if (!cJSON_IsArray(root)) {
-        return dsv_error(DSV_ERR_ARG, "request: expected an object or a messages array, got %s", type_name(root));
+        return dsv_error(DSV_ERR_ARG, "request: expected an object or a messages array, got %s",
+                         dsv_json_type_name(root));
     }
     if (!cJSON_IsArray(messages))
-        return dsv_error(DSV_ERR_ARG, "messages: expected an array, got %s", type_name(messages));
+        return dsv_error(DSV_ERR_ARG, "messages: expected an array, got %s", dsv_json_type_name(messages));
     int n = cJSON_GetArraySize(messages);
     struct render_ctx c = {.m = calloc((size_t)n + 1, sizeof *c.m)};
     if (!c.m) return dsv_error(DSV_ERR_NOMEM, "chat: out of memory");

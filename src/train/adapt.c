@@ -93,10 +93,6 @@ long dsv_adapt_n_params(const dsv_adapter *a) { return a->n; }
 static void lin(float *y, long ldy, const float *x, long ldx, const float *W, int M, int N, int K) {
     dsv_tr_gemm(y, ldy, x, ldx, 1, W, 1, K, M, N, K, 0);
 }
-/* dW[N][K] += dy[M][N]^T x[M][K] */
-static void lin_dw(float *dW, const float *dy, long ldy, const float *x, long ldx, int M, int N, int K) {
-    dsv_tr_gemm(dW, K, dy, 1, ldy, x, ldx, 1, N, K, M, 1);
-}
 
 /* A 128-value indexer query head or key rounded as the engine rounds it
  * before scoring: to bf16, then act_quant to e4m3 with one scale (the
@@ -158,59 +154,20 @@ static void indexer_fwd(dsv_adapter *a, int l) {
     }
 }
 
-/* Gradients of the indexer's parameters from dI (train.c indexer_loss_bwd). */
+/* Gradients of the indexer's parameters from dI (train.h). */
 static void indexer_bwd(dsv_adapter *a, int l) {
-    const dsv_config *c = a->c;
     const ad_tensor *y = a->t + (long)l * T_N;
-    const float *P = a->p;
     float *G = a->g;
-    const int T = a->T, D = c->dim, Q = c->q_lora_rank, Hi = c->index_n_heads, Di = c->index_head_dim;
-    const int R2 = c->qk_rope_head_dim / 2;
-    const float wscale = (float)(1.0 / sqrt((double)Hi) / sqrt((double)Di));
-    const float *dI = a->dI;
-    memset(a->diq, 0, (size_t)T * Hi * Di * sizeof(float));
-    memset(a->dik, 0, (size_t)T * Di * sizeof(float));
-    memset(a->diw, 0, (size_t)T * Hi * sizeof(float));
-    float *dS = a->pt; /* the target is no longer needed */
-    for (int h = 0; h < Hi; h++) {
-        const float *S = a->S + (long)h * T * T;
-        for (int r0 = 0; r0 < T; r0 += 128) {
-            int r1 = r0 + 128 < T ? r0 + 128 : T;
-            for (int i = r0; i < r1; i++) {
-                const float *Si = S + (long)i * T, *dIi = dI + (long)i * T;
-                float *d = dS + (long)i * T, wh = a->iw[(long)i * Hi + h];
-                double dw = 0;
-                for (int s = 0; s <= i; s++) {
-                    float r = Si[s] > 0 ? Si[s] : 0;
-                    dw += (double)dIi[s] * r;
-                    d[s] = Si[s] > 0 ? dIi[s] * wh : 0;
-                }
-                for (int s = i + 1; s < r1; s++) d[s] = 0;
-                a->diw[(long)i * Hi + h] += (float)dw * wscale;
-            }
-            dsv_tr_gemm(a->diq + (long)r0 * Hi * Di + (long)h * Di, (long)Hi * Di, dS + (long)r0 * T, T, 1, a->ik, Di,
-                        1, r1 - r0, Di, r1, 1);
-            dsv_tr_gemm(a->dik, Di, dS + (long)r0 * T, 1, T, a->iq + (long)r0 * Hi * Di + (long)h * Di, (long)Hi * Di,
-                        1, r1, Di, r1 - r0, 1);
-        }
-    }
-    lin_dw(G + y[T_WP].off, a->diw, Hi, a->xn, D, T, Hi, D);
-    memset(a->dikl, 0, (size_t)T * Di * sizeof(float));
-    for (int i = 0; i < T; i++) {
-        const float *cs = a->ctx->rope_cos + (long)i * R2, *sn = a->ctx->rope_sin + (long)i * R2;
-        for (int h = 0; h < Hi; h++) {
-            float *dq = a->diq + ((long)i * Hi + h) * Di;
-            dsv_tr_hadamard(dq, Di);
-            dsv_tr_rope(dq, cs, sn, R2, 0, 1);
-        }
-        float *dk = a->dik + (long)i * Di;
-        dsv_tr_hadamard(dk, Di);
-        dsv_tr_rope(dk, cs, sn, R2, 0, 1);
-        dsv_tr_layernorm_bwd(a->dikl + (long)i * Di, G + y[T_KNW].off, G + y[T_KNB].off, dk, a->ikr + (long)i * Di,
-                             P + y[T_KNW].off, a->imu[i], a->irs[i], Di);
-    }
-    lin_dw(G + y[T_WQ].off, a->diq, (long)Hi * Di, a->qr, Q, T, Hi * Di, Q);
-    lin_dw(G + y[T_WK].off, a->dikl, Di, a->xn, D, T, Di, D);
+    const dsv_tr_indexer_grad g = {
+        .c = a->c, .T = a->T, .dI = a->dI, .S = a->S, .iw = a->iw, .iq = a->iq, .ik = a->ik, .ikr = a->ikr,
+        .imu = a->imu, .irs = a->irs, .xn = a->xn, .qr = a->qr, .rope_cos = a->ctx->rope_cos,
+        .rope_sin = a->ctx->rope_sin, .knw = a->p + y[T_KNW].off,
+        .dS = a->pt, /* the target is no longer needed */
+        .diq = a->diq, .dik = a->dik, .diw = a->diw, .dikl = a->dikl,
+        .g_wq = G + y[T_WQ].off, .g_wk = G + y[T_WK].off, .g_wp = G + y[T_WP].off, .g_knw = G + y[T_KNW].off,
+        .g_knb = G + y[T_KNB].off,
+    };
+    dsv_tr_indexer_bwd(&g);
 }
 
 /* The probe's callback after layer il's attention: target, loss, gradient. */

@@ -653,58 +653,21 @@ static void indexer_loss_bwd(dsv_trainer *t, tr_work *w, int l, const uint8_t *m
     const tr_lact *a = &w->L[l];
     const float *P = t->p;
     float *G = w->grad;
-    const int T = t->T, D = c->dim, Q = c->q_lora_rank, Hi = c->index_n_heads, Di = c->index_head_dim;
-    const int R2 = c->qk_rope_head_dim / 2;
-    const float wscale = (float)(1.0 / sqrt((double)Hi) / sqrt((double)Di));
+    const int T = t->T;
     attn_target(t, w, l);
     float *dI = w->TT;
     for (int i = 0; i < T; i++)
         w->kl += dsv_tr_kl(dI + (long)i * T, w->I + (long)i * T, w->pt + (long)i * T, mask ? mask + (long)i * T : NULL,
                            i + 1, gscale);
     if (!t->do_grad) return;
-    memset(w->diq, 0, (size_t)T * Hi * Di * sizeof(float));
-    memset(w->dik, 0, (size_t)T * Di * sizeof(float));
-    memset(w->diw, 0, (size_t)T * Hi * sizeof(float));
-    float *dS = w->pt; /* the target is no longer needed */
-    for (int h = 0; h < Hi; h++) {
-        const float *S = w->S + (long)h * T * T;
-        for (int r0 = 0; r0 < T; r0 += 128) {
-            int r1 = r0 + 128 < T ? r0 + 128 : T;
-            for (int i = r0; i < r1; i++) {
-                const float *Si = S + (long)i * T, *dIi = dI + (long)i * T;
-                float *d = dS + (long)i * T, wh = w->iw[(long)i * Hi + h];
-                double dw = 0;
-                for (int s = 0; s <= i; s++) {
-                    float r = Si[s] > 0 ? Si[s] : 0;
-                    dw += (double)dIi[s] * r;
-                    d[s] = Si[s] > 0 ? dIi[s] * wh : 0;
-                }
-                for (int s = i + 1; s < r1; s++) d[s] = 0;
-                w->diw[(long)i * Hi + h] += (float)dw * wscale;
-            }
-            dsv_tr_gemm(w->diq + (long)r0 * Hi * Di + (long)h * Di, (long)Hi * Di, dS + (long)r0 * T, T, 1, w->ik, Di, 1,
-                        r1 - r0, Di, r1, 1);
-            dsv_tr_gemm(w->dik, Di, dS + (long)r0 * T, 1, T, w->iq + (long)r0 * Hi * Di + (long)h * Di, (long)Hi * Di, 1,
-                        r1, Di, r1 - r0, 1);
-        }
-    }
-    lin_dw(G + y->iwp, w->diw, Hi, a->xn, D, T, Hi, D);
-    memset(w->dikl, 0, (size_t)T * Di * sizeof(float));
-    for (int i = 0; i < T; i++) {
-        const float *cs = t->rope_cos + (long)i * R2, *sn = t->rope_sin + (long)i * R2;
-        for (int h = 0; h < Hi; h++) {
-            float *dq = w->diq + ((long)i * Hi + h) * Di;
-            dsv_tr_hadamard(dq, Di);
-            dsv_tr_rope(dq, cs, sn, R2, 0, 1);
-        }
-        float *dk = w->dik + (long)i * Di;
-        dsv_tr_hadamard(dk, Di);
-        dsv_tr_rope(dk, cs, sn, R2, 0, 1);
-        dsv_tr_layernorm_bwd(w->dikl + (long)i * Di, G + y->iknw, G + y->iknb, dk, w->ikr + (long)i * Di,
-                             P + y->iknw, w->imu[i], w->irs[i], Di);
-    }
-    lin_dw(G + y->iwq, w->diq, (long)Hi * Di, a->qr, Q, T, Hi * Di, Q);
-    lin_dw(G + y->iwk, w->dikl, Di, a->xn, D, T, Di, D);
+    const dsv_tr_indexer_grad g = {
+        .c = c, .T = T, .dI = dI, .S = w->S, .iw = w->iw, .iq = w->iq, .ik = w->ik, .ikr = w->ikr, .imu = w->imu,
+        .irs = w->irs, .xn = a->xn, .qr = a->qr, .rope_cos = t->rope_cos, .rope_sin = t->rope_sin, .knw = P + y->iknw,
+        .dS = w->pt, /* the target is no longer needed */
+        .diq = w->diq, .dik = w->dik, .diw = w->diw, .dikl = w->dikl,
+        .g_wq = G + y->iwq, .g_wk = G + y->iwk, .g_wp = G + y->iwp, .g_knw = G + y->iknw, .g_knb = G + y->iknb,
+    };
+    dsv_tr_indexer_bwd(&g);
 }
 
 /* ---- one layer ------------------------------------------------------------ */

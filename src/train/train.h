@@ -86,6 +86,25 @@ float dsv_tr_xent(float *dlogits, const float *logits, int n, int target, float 
  * j < n with allow[j] (NULL: all); p sums to 1 over them. Returns the KL and
  * writes dI = (softmax(I) - p) * gscale on them, 0 elsewhere. */
 float dsv_tr_kl(float *dI, const float *I, const float *p, const uint8_t *allow, int n, float gscale);
+/* The lightning indexer's backward pass, from dI [T][T] (the loss's
+ * gradient on its scores I, causal: s <= i) to its parameters' gradients.
+ * The forward values: per-head scores S [Hi][T][T] before the ReLU, head
+ * weights iw [T][Hi] (times 1/sqrt(Hi * Di)), queries iq [T][Hi][Di] and keys
+ * ik [T][Di] (roped, Hadamard-rotated), the keys' LayerNorm input ikr
+ * [T][Di] with its mean and rstd per row, the inputs xn [T][dim] and qr
+ * [T][q_lora_rank], rope tables [T][qk_rope_head_dim / 2], and the key
+ * LayerNorm's weight knw. diq, dik, diw, dikl and dS are scratch of the
+ * forward values' shapes ([T][T] for dS, which may alias a spent target).
+ * The gradients g_* (wq_b, wk, weights_proj, LayerNorm weight and bias) are
+ * added to. Shared by the trainer and the adapter. */
+typedef struct dsv_tr_indexer_grad {
+    const dsv_config *c;
+    int T;
+    const float *dI, *S, *iw, *iq, *ik, *ikr, *imu, *irs, *xn, *qr, *rope_cos, *rope_sin, *knw;
+    float *dS, *diq, *dik, *diw, *dikl;
+    float *g_wq, *g_wk, *g_wp, *g_knw, *g_knb;
+} dsv_tr_indexer_grad;
+void dsv_tr_indexer_bwd(const dsv_tr_indexer_grad *g);
 /* Router of one token (moe.py Gate, sigmoid scoring): s = sigmoid(logits),
  * experts chosen on s + bias with group-limited selection, weights from the
  * unbiased s, normalized when cfg->norm_topk_prob, times route_scale.

@@ -203,3 +203,59 @@ void dsv_tr_route_bwd(float *dlogits, const float *dw, const int32_t *idx, const
         dlogits[idx[k]] += ds * sm * (1.0f - sm);
     }
 }
+
+/* dW[N][K] += dy[M][N]ᵀ · x[M][K] (as train.c's) */
+static void lin_dw(float *dW, const float *dy, long ldy, const float *x, long ldx, int M, int N, int K) {
+    dsv_tr_gemm(dW, K, dy, 1, ldy, x, ldx, 1, N, K, M, 1);
+}
+
+void dsv_tr_indexer_bwd(const dsv_tr_indexer_grad *g) {
+    const dsv_config *c = g->c;
+    const int T = g->T, D = c->dim, Q = c->q_lora_rank, Hi = c->index_n_heads, Di = c->index_head_dim;
+    const int R2 = c->qk_rope_head_dim / 2;
+    const float wscale = (float)(1.0 / sqrt((double)Hi) / sqrt((double)Di));
+    const float *dI = g->dI;
+    float *dS = g->dS;
+    memset(g->diq, 0, (size_t)T * Hi * Di * sizeof(float));
+    memset(g->dik, 0, (size_t)T * Di * sizeof(float));
+    memset(g->diw, 0, (size_t)T * Hi * sizeof(float));
+    for (int h = 0; h < Hi; h++) {
+        const float *S = g->S + (long)h * T * T;
+        for (int r0 = 0; r0 < T; r0 += 128) {
+            int r1 = r0 + 128 < T ? r0 + 128 : T;
+            for (int i = r0; i < r1; i++) {
+                const float *Si = S + (long)i * T, *dIi = dI + (long)i * T;
+                float *d = dS + (long)i * T, wh = g->iw[(long)i * Hi + h];
+                double dw = 0;
+                for (int s = 0; s <= i; s++) {
+                    float r = Si[s] > 0 ? Si[s] : 0;
+                    dw += (double)dIi[s] * r;
+                    d[s] = Si[s] > 0 ? dIi[s] * wh : 0;
+                }
+                for (int s = i + 1; s < r1; s++) d[s] = 0;
+                g->diw[(long)i * Hi + h] += (float)dw * wscale;
+            }
+            dsv_tr_gemm(g->diq + (long)r0 * Hi * Di + (long)h * Di, (long)Hi * Di, dS + (long)r0 * T, T, 1, g->ik, Di,
+                        1, r1 - r0, Di, r1, 1);
+            dsv_tr_gemm(g->dik, Di, dS + (long)r0 * T, 1, T, g->iq + (long)r0 * Hi * Di + (long)h * Di, (long)Hi * Di,
+                        1, r1, Di, r1 - r0, 1);
+        }
+    }
+    lin_dw(g->g_wp, g->diw, Hi, g->xn, D, T, Hi, D);
+    memset(g->dikl, 0, (size_t)T * Di * sizeof(float));
+    for (int i = 0; i < T; i++) {
+        const float *cs = g->rope_cos + (long)i * R2, *sn = g->rope_sin + (long)i * R2;
+        for (int h = 0; h < Hi; h++) {
+            float *dq = g->diq + ((long)i * Hi + h) * Di;
+            dsv_tr_hadamard(dq, Di);
+            dsv_tr_rope(dq, cs, sn, R2, 0, 1);
+        }
+        float *dk = g->dik + (long)i * Di;
+        dsv_tr_hadamard(dk, Di);
+        dsv_tr_rope(dk, cs, sn, R2, 0, 1);
+        dsv_tr_layernorm_bwd(g->dikl + (long)i * Di, g->g_knw, g->g_knb, dk, g->ikr + (long)i * Di,
+                             g->knw, g->imu[i], g->irs[i], Di);
+    }
+    lin_dw(g->g_wq, g->diq, (long)Hi * Di, g->qr, Q, T, Hi * Di, Q);
+    lin_dw(g->g_wk, g->dikl, Di, g->xn, D, T, Di, D);
+}
