@@ -746,6 +746,36 @@ dsv_q_dot_mat_fn dsv_q_dot_mat_for(int level) {
     return dsv_q_dot_mat_ref;
 }
 
+/* ---- absorbed attention on block-quantized weights ------------------------ */
+
+/* Each row dequantized whole, then its products added in index order. */
+void dsv_q_absorb_ref(uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
+                      uint16_t *y, int h0, int h1) {
+    DSV_ASSERT(dsv_q_absorb_ok(t, K));
+    float wf[DSV_Q_ABSORB_KMAX], xf[DSV_Q_ABSORB_KMAX];
+    for (int h = h0; h < h1; h++) {
+        for (int k = 0; k < K; k++) xf[k] = dsv_bf16_to_f32(x[(size_t)h * ldx + k]);
+        for (int r = 0; r < R; r++) {
+            const size_t row = (size_t)h * R + r;
+            dsv_q_dequant(t, (const char *)w + row * wrow, wf, K);
+            float acc = 0;
+            for (int k = 0; k < K; k++) acc += wf[k] * xf[k];
+            y[row] = dsv_f32_to_bf16(acc);
+        }
+    }
+}
+
+dsv_q_absorb_fn dsv_q_absorb_for(int level, uint32_t t) {
+#if defined(__x86_64__)
+    if (level >= DSV_KLEVEL_AVX512 && dsv_q_absorb_fast(t)) return dsv_q_absorb_avx512;
+    if (level == DSV_KLEVEL_AVX2 && dsv_q_absorb_fast(t)) return dsv_q_absorb_avx2;
+#else
+    (void)level;
+    (void)t;
+#endif
+    return dsv_q_absorb_ref;
+}
+
 /* ---- linear layers ------------------------------------------------------- */
 
 /* Input rows [0, m) against weight rows [n0, n1), a group of up to

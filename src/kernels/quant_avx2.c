@@ -385,3 +385,59 @@ float dsv_q_vec_dot_avx2(uint32_t type, const void *w, const void *act, int K) {
     dsv_q_dot_rows_avx2(type, w, act, 0, 1, K, &o);
     return o;
 }
+
+/* ---- absorbed attention with float activations (quant.h, dsv_q_absorb) ---- */
+
+/* 8 levels of lv from byte 8q as floats. */
+INLINE __m256 levels8_ps(__m256i lv, int q) {
+    const __m128i h = q < 2 ? _mm256_castsi256_si128(lv) : _mm256_extracti128_si256(lv, 1);
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q & 1 ? _mm_srli_si128(h, 8) : h));
+}
+
+/* As quant_avx512.c's: up to 4 weight rows at a time against the head's
+ * activations (fp32 once per head), each row's weights decoded to their
+ * float values per 16 and added as acc += w * x (fused) in 8 lanes, values
+ * in order; then the lanes as hsum8 adds them. */
+void dsv_q_absorb_avx2(uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
+                       uint16_t *y, int h0, int h1) {
+    DSV_ASSERT(dsv_q_absorb_fast(t) && dsv_q_absorb_ok(t, K));
+    const int bk = dsv_ggml_blck(t), ng = bk / 32;
+    const size_t bs = dsv_ggml_bsize(t);
+    _Alignas(32) float xf[DSV_Q_ABSORB_KMAX];
+    for (int h = h0; h < h1; h++) {
+        const uint16_t *xh = x + (size_t)h * ldx;
+        for (int k = 0; k < K; k += 8)
+            _mm256_store_ps(xf + k, _mm256_castsi256_ps(_mm256_slli_epi32(
+                                        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(xh + k))), 16)));
+        for (int r0 = 0; r0 < R; r0 += 4) {
+            const int nr = R - r0 < 4 ? R - r0 : 4;
+            const uint8_t *wr[4];
+            __m256 acc[4];
+            for (int i = 0; i < 4; i++) {
+                wr[i] = (const uint8_t *)w + ((size_t)h * R + r0 + (i < nr ? i : 0)) * wrow;
+                acc[i] = _mm256_setzero_ps();
+            }
+            for (int b = 0; b < K / bk; b++) {
+                float sc[4][16], mn[4][16];
+                int has_min = 0;
+#pragma GCC unroll 4
+                for (int i = 0; i < nr; i++) has_min = absorb_scales(t, wr[i] + (size_t)b * bs, sc[i], mn[i]);
+                for (int g = 0; g < ng; g++) {
+                    const float *xg = xf + b * bk + 32 * g;
+#pragma GCC unroll 4
+                    for (int i = 0; i < nr; i++) {
+                        const __m256i lv = absorb_levels(t, wr[i] + (size_t)b * bs, g);
+#pragma GCC unroll 4
+                        for (int q = 0; q < 4; q++) {
+                            const __m256 s = _mm256_set1_ps(sc[i][2 * g + q / 2]);
+                            __m256 f = levels8_ps(lv, q);
+                            f = has_min ? _mm256_fmadd_ps(f, s, _mm256_set1_ps(mn[i][2 * g + q / 2])) : _mm256_mul_ps(f, s);
+                            acc[i] = _mm256_fmadd_ps(f, _mm256_load_ps(xg + 8 * q), acc[i]);
+                        }
+                    }
+                }
+            }
+            for (int i = 0; i < nr; i++) y[(size_t)h * R + r0 + i] = dsv_f32_to_bf16(hsum8(acc[i]));
+        }
+    }
+}

@@ -433,3 +433,64 @@ float dsv_q_vec_dot_avx512(uint32_t type, const void *w, const void *act, int K)
     dsv_q_dot_rows_avx512(type, w, act, 0, 1, K, &o);
     return o;
 }
+
+/* ---- absorbed attention with float activations (quant.h, dsv_q_absorb) ---- */
+
+/* The 32 levels of lv as floats, values 0-15 and 16-31. */
+INLINE void levels_ps(__m256i lv, __m512 *f0, __m512 *f1) {
+    *f0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(lv)));
+    *f1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(lv, 1)));
+}
+
+/* Up to 4 weight rows at a time against the head's activations (made
+ * fp32 once per head): per 16 values each row's weights are decoded to
+ * their float values (absorb_scales) and added as acc += w * x (fused) in
+ * 16 lanes, values in order; then the lanes as hsum16 adds them. The rows
+ * of a pass only share the activation loads; each runs the same
+ * operations alone. */
+void dsv_q_absorb_avx512(uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
+                         uint16_t *y, int h0, int h1) {
+    DSV_ASSERT(dsv_q_absorb_fast(t) && dsv_q_absorb_ok(t, K));
+    const int bk = dsv_ggml_blck(t), ng = bk / 32;
+    const size_t bs = dsv_ggml_bsize(t);
+    _Alignas(64) float xf[DSV_Q_ABSORB_KMAX];
+    for (int h = h0; h < h1; h++) {
+        const uint16_t *xh = x + (size_t)h * ldx;
+        for (int k = 0; k < K; k += 16)
+            _mm512_store_ps(xf + k, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(xh + k))), 16)));
+        for (int r0 = 0; r0 < R; r0 += 4) {
+            const int nr = R - r0 < 4 ? R - r0 : 4;
+            const uint8_t *wr[4];
+            __m512 acc[4];
+            for (int i = 0; i < 4; i++) {
+                wr[i] = (const uint8_t *)w + ((size_t)h * R + r0 + (i < nr ? i : 0)) * wrow;
+                acc[i] = _mm512_setzero_ps();
+            }
+            for (int b = 0; b < K / bk; b++) {
+                float sc[4][16], mn[4][16];
+                int has_min = 0;
+#pragma GCC unroll 4
+                for (int i = 0; i < nr; i++) has_min = absorb_scales(t, wr[i] + (size_t)b * bs, sc[i], mn[i]);
+                for (int g = 0; g < ng; g++) {
+                    const __m512 x0 = _mm512_load_ps(xf + b * bk + 32 * g), x1 = _mm512_load_ps(xf + b * bk + 32 * g + 16);
+#pragma GCC unroll 4
+                    for (int i = 0; i < nr; i++) {
+                        __m512 f0, f1;
+                        levels_ps(absorb_levels(t, wr[i] + (size_t)b * bs, g), &f0, &f1);
+                        const __m512 s0 = _mm512_set1_ps(sc[i][2 * g]), s1 = _mm512_set1_ps(sc[i][2 * g + 1]);
+                        if (has_min) {
+                            f0 = _mm512_fmadd_ps(f0, s0, _mm512_set1_ps(mn[i][2 * g]));
+                            f1 = _mm512_fmadd_ps(f1, s1, _mm512_set1_ps(mn[i][2 * g + 1]));
+                        } else {
+                            f0 = _mm512_mul_ps(f0, s0);
+                            f1 = _mm512_mul_ps(f1, s1);
+                        }
+                        acc[i] = _mm512_fmadd_ps(f1, x1, _mm512_fmadd_ps(f0, x0, acc[i]));
+                    }
+                }
+            }
+            for (int i = 0; i < nr; i++) y[(size_t)h * R + r0 + i] = dsv_f32_to_bf16(hsum16(acc[i]));
+        }
+    }
+}
