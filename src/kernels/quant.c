@@ -716,6 +716,22 @@ double dsv_q_dot_mag(uint32_t type, const void *wv, const void *act, int K) {
     return mag;
 }
 
+double dsv_q_absorb_mag(uint32_t type, const void *wv, const float *x, int K) {
+    DSV_ASSERT(dsv_q_absorb_ok(type, K));
+    const uint8_t *w = wv;
+    const int bk = dsv_ggml_blck(type);
+    const size_t bs = dsv_ggml_bsize(type);
+    int8_t lv[256];
+    float a[16], b[16];
+    double mag = 0;
+    for (int blk = 0; blk < K / bk; blk++) {
+        int_decode(type, w + (size_t)blk * bs, lv, a, b);
+        for (int i = 0; i < bk; i++)
+            mag += (fabs((double)a[i / 16] * lv[i]) + fabs((double)b[i / 16])) * fabs((double)x[blk * bk + i]);
+    }
+    return mag;
+}
+
 void dsv_q_dot_rows_ref(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
     for (int r = 0; r < n; r++) out[r] = dsv_q_vec_dot_ref(type, w, (const char *)act + (size_t)r * stride, K);
 }

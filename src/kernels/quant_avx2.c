@@ -398,9 +398,8 @@ INLINE __m256 levels8_ps(__m256i lv, int q) {
  * activations (fp32 once per head), each row's weights decoded to their
  * float values per 16 and added as acc += w * x (fused) in 8 lanes, values
  * in order; then the lanes as hsum8 adds them. */
-void dsv_q_absorb_avx2(uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
-                       uint16_t *y, int h0, int h1) {
-    DSV_ASSERT(dsv_q_absorb_fast(t) && dsv_q_absorb_ok(t, K));
+INLINE void absorb_t(const uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
+                     uint16_t *y, int h0, int h1) {
     const int bk = dsv_ggml_blck(t), ng = bk / 32;
     const size_t bs = dsv_ggml_bsize(t);
     _Alignas(32) float xf[DSV_Q_ABSORB_KMAX];
@@ -439,5 +438,18 @@ void dsv_q_absorb_avx2(uint32_t t, const void *w, size_t wrow, int R, int K, con
             }
             for (int i = 0; i < nr; i++) y[(size_t)h * R + r0 + i] = dsv_f32_to_bf16(hsum8(acc[i]));
         }
+    }
+}
+
+/* One body per type (the decoding's switches resolved at compile time). */
+void dsv_q_absorb_avx2(uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
+                   uint16_t *y, int h0, int h1) {
+    DSV_ASSERT(dsv_q_absorb_fast(t) && dsv_q_absorb_ok(t, K));
+    switch (t) {
+#define T(ty) case ty: absorb_t(ty, w, wrow, R, K, x, ldx, y, h0, h1); break
+    T(DSV_GGML_Q8_0); T(DSV_GGML_Q4_0); T(DSV_GGML_Q4_1); T(DSV_GGML_Q5_0); T(DSV_GGML_Q5_1);
+    T(DSV_GGML_IQ4_NL); T(DSV_GGML_Q4_K); T(DSV_GGML_Q5_K); T(DSV_GGML_Q6_K);
+#undef T
+    default: break;
     }
 }

@@ -101,7 +101,7 @@ static inline __m256i q_bit5(const uint8_t *qhp) {
 
 /* A 32-value block's levels (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) in a register:
  * signed for Q4_0, Q5_0 and IQ4_NL, unsigned (0..31) for Q4_1 and Q5_1. */
-static inline __m256i q_levels_32v(uint32_t t, const uint8_t *x) {
+static inline __attribute__((always_inline)) __m256i q_levels_32v(uint32_t t, const uint8_t *x) {
     const int off = t == DSV_GGML_Q4_1 ? 4 : t == DSV_GGML_Q5_0 ? 6 : t == DSV_GGML_Q5_1 ? 8 : 2;
     const __m128i raw = _mm_loadu_si128((const __m128i *)(x + off)), m4 = _mm_set1_epi8(15);
     __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
@@ -121,16 +121,19 @@ static inline __m256i q_levels_32v(uint32_t t, const uint8_t *x) {
 /* ---- float weights of a block, for the absorbed products (quant.h,
  * dsv_q_absorb_*) ---- */
 
+/* An f16 as a float (F16C: exact, as dsv_f16_to_f32). */
+static inline float h2f_c(const uint8_t *p) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(ld16(p)))); }
+
 /* Per 16 values of the block at b, the scale and the minimum with which a
  * level becomes the value dsv_q_dequant gives: value = level * sc + mn,
  * one rounding (fused), as the reference's d*q + m and d*sc*q - dmin*m
  * round once after exact products; mn is 0 for the types without one,
  * where level * sc is exact. Returns whether the type has a minimum. */
-static inline int absorb_scales(uint32_t t, const uint8_t *b, float *sc, float *mn) {
+static inline __attribute__((always_inline)) int absorb_scales(uint32_t t, const uint8_t *b, float *sc, float *mn) {
     switch (t) {
     case DSV_GGML_Q4_K:
     case DSV_GGML_Q5_K: {
-        const float d = dsv_f16_to_f32(ld16(b)), dmin = dsv_f16_to_f32(ld16(b + 2));
+        const float d = h2f_c(b), dmin = h2f_c(b + 2);
         uint64_t s, m;
         k4_unpack(b + 4, &s, &m);
         for (int j = 0; j < 8; j++) {
@@ -140,23 +143,23 @@ static inline int absorb_scales(uint32_t t, const uint8_t *b, float *sc, float *
         return 1;
     }
     case DSV_GGML_Q6_K: {
-        const float d = dsv_f16_to_f32(ld16(b + 208));
+        const float d = h2f_c(b + 208);
         for (int j = 0; j < 16; j++) sc[j] = d * (float)(int8_t)b[192 + j];
         return 0;
     }
     case DSV_GGML_Q4_1:
     case DSV_GGML_Q5_1:
-        sc[0] = sc[1] = dsv_f16_to_f32(ld16(b));
-        mn[0] = mn[1] = dsv_f16_to_f32(ld16(b + 2));
+        sc[0] = sc[1] = h2f_c(b);
+        mn[0] = mn[1] = h2f_c(b + 2);
         return 1;
     default: /* Q8_0, Q4_0, Q5_0, IQ4_NL */
-        sc[0] = sc[1] = dsv_f16_to_f32(ld16(b));
+        sc[0] = sc[1] = h2f_c(b);
         return 0;
     }
 }
 
 /* The levels (int8) of values 32g..32g+31 of the block at b, in order. */
-static inline __m256i absorb_levels(uint32_t t, const uint8_t *b, int g) {
+static inline __attribute__((always_inline)) __m256i absorb_levels(uint32_t t, const uint8_t *b, int g) {
     const __m256i m4 = _mm256_set1_epi8(15);
     switch (t) {
     case DSV_GGML_Q8_0: return _mm256_loadu_si256((const __m256i *)(b + 2));
