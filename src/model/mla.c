@@ -237,10 +237,13 @@ static void mqa_token(dsv_context *ctx, struct mla_args *p, int t, int seq) {
     /* absorb_q / absorb_o read wkv_b's key and value halves, or the
      * file's blocks of attn_k_b / attn_v_b in their place */
     const dsv_layer *ly = p->ly;
-    const dsv_config *c = ctx->c;
-    const uint64_t nh = (uint64_t)ctx->m->n_local_heads, kvl = (uint64_t)c->kv_lora_rank;
-    ctx->stats.weight_bytes += ly->k_b.gtype ? dsv_linear_bytes(&ly->k_b) : nh * kvl * (uint64_t)c->qk_nope_head_dim * 2;
-    ctx->stats.weight_bytes += ly->v_b.gtype ? dsv_linear_bytes(&ly->v_b) : nh * kvl * (uint64_t)c->v_head_dim * 2;
+    const uint64_t all = dsv_linear_bytes(&ly->wkv_b), N = (uint64_t)ctx->c->qk_nope_head_dim;
+    const uint64_t V = (uint64_t)ctx->c->v_head_dim;
+    if (!ly->k_b.gtype && !ly->v_b.gtype) ctx->stats.weight_bytes += all;
+    else { /* beside blocks, wkv_b is a GGUF's bf16 copy: its halves split exactly */
+        ctx->stats.weight_bytes += ly->k_b.gtype ? dsv_linear_bytes(&ly->k_b) : all / (N + V) * N;
+        ctx->stats.weight_bytes += ly->v_b.gtype ? dsv_linear_bytes(&ly->v_b) : all / (N + V) * V;
+    }
     dsv_pool_run(ctx->pool, mqa_task, p);
 }
 
