@@ -17,7 +17,9 @@
  * (dmin * m) * (activation scale * 32-value activation sum) in a third
  * set, subtracted at the end; Q2_K's, (dmin * m) * (activation scale *
  * 16-value activation sum), likewise, sub-blocks 0-7 then 8-15 of each
- * block into the same 8 lanes; Q4_1's and Q5_1's (plus) in 4 lanes. */
+ * block into the same 8 lanes; Q4_1's and Q5_1's (plus) in 4 lanes.
+ * At the end: the absorbed attention's products of such rows with bf16
+ * activations (dsv_q_absorb). */
 #include <immintrin.h>
 #include <string.h>
 
@@ -394,8 +396,9 @@ INLINE __m256 levels8_ps(__m256i lv, int q) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q & 1 ? _mm_srli_si128(h, 8) : h));
 }
 
-/* As quant_avx512.c's: up to 4 weight rows at a time against the head's
- * activations (fp32 once per head), each row's weights decoded to their
+/* Every type as quant_avx512.c does Q8_0 (AVX2 has no bf16 dot product):
+ * up to 4 weight rows at a time against the head's activations (fp32 once
+ * per head), each row's weights decoded to their
  * float values per 16 and added as acc += w * x (fused) in 8 lanes, values
  * in order; then the lanes as hsum8 adds them. */
 INLINE void absorb_t(const uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
@@ -443,7 +446,7 @@ INLINE void absorb_t(const uint32_t t, const void *w, size_t wrow, int R, int K,
 
 /* One body per type (the decoding's switches resolved at compile time). */
 void dsv_q_absorb_avx2(uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
-                   uint16_t *y, int h0, int h1) {
+                       uint16_t *y, int h0, int h1) {
     DSV_ASSERT(dsv_q_absorb_fast(t) && dsv_q_absorb_ok(t, K));
     switch (t) {
 #define T(ty) case ty: absorb_t(ty, w, wrow, R, K, x, ldx, y, h0, h1); break

@@ -1,5 +1,6 @@
 /* quant_avx512.c: AVX-512 VNNI dot products of block-quantized weight rows
- * with 8-bit activations (quant.h).
+ * with 8-bit activations (quant.h), and at the end the absorbed attention's
+ * products of such rows with bf16 activations (dsv_q_absorb).
  *
  * Every type has a streaming kernel (Q8_0, Q4_K, Q5_K and Q6_K are the
  * types of llama.cpp's and dsv32's Q8_0 and Q4_K_M files, Q2_K and Q3_K
@@ -442,7 +443,8 @@ INLINE void levels_ps(__m256i lv, __m512 *f0, __m512 *f1) {
     *f1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(lv, 1)));
 }
 
-/* Up to 4 weight rows at a time against the head's activations (made
+/* Q8_0 (its 8-bit levels have no 32-entry bf16 table, absorb_bf below):
+ * up to 4 weight rows at a time against the head's activations (made
  * fp32 once per head): per 16 values each row's weights are decoded to
  * their float values (absorb_scales) and added as acc += w * x (fused) in
  * 16 lanes, values in order; then the lanes as hsum16 adds them. The rows
@@ -626,7 +628,7 @@ INLINE void absorb_bf(const uint32_t t, const void *w, size_t wrow, int R, int K
 
 /* One body per type (the decoding's switches resolved at compile time). */
 void dsv_q_absorb_avx512(uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
-                   uint16_t *y, int h0, int h1) {
+                         uint16_t *y, int h0, int h1) {
     DSV_ASSERT(dsv_q_absorb_fast(t) && dsv_q_absorb_ok(t, K));
     switch (t) {
 #define T(ty) case ty: absorb_t(ty, w, wrow, R, K, x, ldx, y, h0, h1); break
