@@ -166,6 +166,65 @@ static int bench_gather(const dsv_kernels **sets, const char **names, int ns, in
     return 0;
 }
 
+/* absorb: one layer's absorbed query and output of a token (16 heads, nope
+ * 128, latent 512, v 128), as mla.c runs them on one thread: today's bf16
+ * wkv_b (absorb_q / absorb_o per head) and a GGUF's blocks (dsv_q_absorb,
+ * attn_k_b of type tk, attn_v_b of tv), each on its own weights cycled
+ * through `mb` MB so every call streams from DRAM. Two lines per level. */
+static int bench_absorb(const dsv_kernels **sets, const char **names, int ns, uint32_t tk, uint32_t tv, int mb,
+                        int rounds) {
+    enum { H = 16, N = 128, C = 512, V = 128 };
+    const size_t kb = dsv_ggml_row_size(tk, N), vb = dsv_ggml_row_size(tv, C);
+    const size_t qbytes = (size_t)H * C * kb + (size_t)H * V * vb, bbytes = (size_t)H * (N + V) * C * 2;
+    const int nq = (int)(((size_t)mb << 20) / qbytes) + 1, nb = (int)(((size_t)mb << 20) / bbytes) + 1;
+    uint8_t *qm = aligned_alloc(64, (qbytes * nq + 63) & ~(size_t)63);
+    dsv_bf16 *bm = aligned_alloc(64, (bbytes * nb + 63) & ~(size_t)63);
+    float *wf = malloc(sizeof(float) * (size_t)H * C * N), acc[C];
+    dsv_bf16 *q = malloc((size_t)H * (N + 64) * 2), *lat = malloc((size_t)H * C * 2), *y = malloc((size_t)H * C * 2);
+    double *t = calloc((size_t)2 * ns * rounds, sizeof(double));
+    if (!qm || !bm || !wf || !q || !lat || !y || !t) return 1;
+    for (size_t i = 0; i < (size_t)H * C * N; i++) wf[i] = (float)((int)(rnd() % 2001) - 1000) / 1000.0f;
+    dsv_q_quant(tk, wf, qm, (int64_t)H * C * N);
+    dsv_q_quant(tv, wf, qm + (size_t)H * C * kb, (int64_t)H * V * C);
+    for (int j = 1; j < nq; j++) memcpy(qm + (size_t)j * qbytes, qm, qbytes);
+    for (size_t i = 0; i < bbytes / 2 * nb; i++) bm[i] = dsv_f32_to_bf16(wf[i % ((size_t)H * C * N)]);
+    for (int i = 0; i < H * (N + 64); i++) q[i] = dsv_f32_to_bf16((float)((int)(rnd() % 2001) - 1000) / 1000.0f);
+    for (int i = 0; i < H * C; i++) lat[i] = dsv_f32_to_bf16((float)((int)(rnd() % 2001) - 1000) / 1000.0f);
+    printf("kbench absorb: 16 heads, nope 128, latent 512, v 128; bf16 wkv_b (%zu KB a layer) vs %s/%s blocks "
+           "(%zu KB), %d rounds\n", bbytes >> 10, dsv_ggml_name(tk), dsv_ggml_name(tv), qbytes >> 10, rounds);
+    const char *lname[16];
+    char lbuf[16][48];
+    int cq = 0, cb = 0;
+    for (int r = -1; r < rounds; r++)
+        for (int s = 0; s < ns; s++) {
+            const dsv_kernels *k = sets[s];
+            const int lv = dsv_kernels_level_of(k);
+            double t0 = now();
+            for (int j = 0; j < 8; j++, cb = (cb + 1) % nb) {
+                const dsv_linear w = {.dtype = DSV_DT_BF16, .n_out = H * (N + V), .n_in = C, .ld = C,
+                                      .w = bm + (size_t)cb * (bbytes / 2)};
+                for (int h = 0; h < H; h++) k->absorb_q(y + h * C, q + h * (N + 64), &w, h * (N + V), N, acc);
+                for (int h = 0; h < H; h++) k->absorb_o(y + h * V, lat + h * C, &w, h * (N + V) + N, V);
+            }
+            if (r >= 0) t[(size_t)(2 * s) * rounds + r] = (now() - t0) / 8;
+            t0 = now();
+            for (int j = 0; j < 8; j++, cq = (cq + 1) % nq) {
+                const uint8_t *w = qm + (size_t)cq * qbytes;
+                dsv_q_absorb_for(lv, tk)(tk, w, kb, C, N, q, N + 64, y, 0, H);
+                dsv_q_absorb_for(lv, tv)(tv, w + (size_t)H * C * kb, vb, V, C, lat, C, y, 0, H);
+            }
+            if (r >= 0) t[(size_t)(2 * s + 1) * rounds + r] = (now() - t0) / 8;
+        }
+    for (int s = 0; s < 2 * ns && s < 16; s++) {
+        snprintf(lbuf[s], sizeof lbuf[s], "%s/%s", names[s / 2], s % 2 ? "blocks" : "bf16");
+        lname[s] = lbuf[s];
+    }
+    printf("(names: LEVEL/bf16 is wkv_b, LEVEL/blocks the file's blocks; name width cut at 8)\n");
+    report(lname, 2 * ns, t, rounds, 1e6, 1, 8, "us/layer", "us/layer");
+    free(qm); free(bm); free(wf); free(q); free(lat); free(y); free(t);
+    return 0;
+}
+
 /* -k peak: tools/roofline.c's probe of the unit a level's linears run on,
  * timed here in this thread's CPU time on one core (the bench times it in
  * wall time on its threads): operations per CPU-second over `calls` calls. */
@@ -181,7 +240,7 @@ static void usage(void) {
            "  Times one kernel at each kernel LEVEL (generic, avx2, avx512, amx), the\n"
            "  levels alternated round by round.\n"
            "  -k KERNEL   fp8 | bf16 | fp8x (bf16 weights, fp8 activations) | index | topk |\n"
-           "              mqa | gather, or a block type (q8_0, q4_k, q6_k, ...: dsv_linear_q,\n"
+           "              mqa | gather | absorb[:TK,TV], or a block type (q8_0, q4_k, q6_k, ...: dsv_linear_q,\n"
            "              8-bit activations quantized in the call), or peak: one core's\n"
            "              GFLOPS per CPU-second of the unit each LEVEL's linears run on\n"
            "              (default fp8)\n"
@@ -197,7 +256,10 @@ static void usage(void) {
            "  gather: the dequantization of 2048 latent records (656 bytes: 512 codes, 4\n"
            "       scales, 64 rope bf16) at sorted random positions among -n per layer of\n"
            "       6 layers of KV cache (new positions each call), prefetching the record\n"
-           "       -m rows ahead into L2, as decoding does for its first block of keys.\n");
+           "       -m rows ahead into L2, as decoding does for its first block of keys.\n"
+           "  absorb: one layer's absorbed query and output (16 heads, nope 128, latent 512,\n"
+           "       v 128) from the bf16 wkv_b and from attn_k_b/attn_v_b blocks of types TK,\n"
+           "       TV (default Q5_0,Q4_K), microseconds per layer, weights cycled through -b MB.\n");
 }
 
 int main(int argc, char **argv) {
@@ -240,6 +302,20 @@ int main(int argc, char **argv) {
         sets[ns++] = k;
     }
     if (ns && rounds <= 1000 && !strcmp(kern, "gather")) return bench_gather(sets, names, ns, N, m, rounds);
+    if (ns && rounds <= 1000 && !strncmp(kern, "absorb", 6)) {
+        /* absorb or absorb:TK,TV (default Q5_0,Q4_K: llama.cpp's Q4_K_M of bench-small) */
+        char tk[16] = "Q5_0", tv[16] = "Q4_K";
+        if (kern[6] == ':' && sscanf(kern + 7, "%15[^,],%15s", tk, tv) != 2) {
+            usage();
+            return 2;
+        }
+        const int a = dsv_ggml_from_name(tk), b = dsv_ggml_from_name(tv);
+        if (a < 0 || b < 0 || !dsv_q_absorb_ok((uint32_t)a, 128) || !dsv_q_absorb_ok((uint32_t)b, 512)) {
+            usage();
+            return 2;
+        }
+        return bench_absorb(sets, names, ns, (uint32_t)a, (uint32_t)b, mb, rounds);
+    }
     if (!ns || m > 4096 || K % 128 || rounds > 1000) {
         usage();
         return 2;

@@ -3,6 +3,7 @@
  * row's arithmetic depends on the other rows of a call, on how the work is
  * split across threads, or on the order in which selected positions were
  * ranked. */
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,8 @@
 #include "conformance.h"
 #include "dsv32.h"
 #include "kernels/ops.h"
+#include "kernels/quant.h"
+#include "model/model.h"
 #include "test.h"
 
 static dsv_model *open_model(const char *config) {
@@ -85,9 +88,7 @@ static void topk_covering_context_equals_dense_at(const char *level) {
 }
 TEST_LEVELS(topk_covering_context_equals_dense) { topk_covering_context_equals_dense_at(test_level()); }
 
-static void chunked_prefill_equals_one_call_at(const char *level) {
-    (void)level;
-    dsv_model *m = open_model("public_sparse_fp8");
+static void chunked_prefill_equals_one_call_on(dsv_model *m) {
     const int V = dsv_model_config(m)->vocab_size;
     int32_t t[N];
     make_tokens(t, N, V, 2);
@@ -119,7 +120,29 @@ static void chunked_prefill_equals_one_call_at(const char *level) {
     free(b);
     dsv_model_close(m);
 }
-TEST_LEVELS(chunked_prefill_equals_one_call) { chunked_prefill_equals_one_call_at(test_level()); }
+TEST_LEVELS(chunked_prefill_equals_one_call) { chunked_prefill_equals_one_call_on(open_model("public_sparse_fp8")); }
+
+/* The FP8 checkpoint as a block-quantized GGUF (Q4_K_M: attn_v_b's rows of
+ * 256 as a K-quant; attn_k_b's rows of 64 made Q5_0, as llama.cpp's
+ * fallback for short rows), whose absorbed path multiplies the file's
+ * attn_k_b / attn_v_b blocks with float activations (mla.c, dsv_q_absorb)
+ * while the MHA path reads the bf16 wkv_b built from them: the same
+ * invariants. Written once per run. */
+static dsv_model *open_gguf_q4(void) {
+    char path[1024], cmd[4096];
+    snprintf(path, sizeof path, "%s/fwd-q4km.gguf", test_tmpdir());
+    FILE *f = fopen(path, "rb");
+    if (f) fclose(f);
+    else {
+        snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s --type Q4_K_M --tensor-type 'attn_k_b=Q5_0' 2>&1",
+                 test_bin(), test_shared("conformance/public_sparse_fp8/hf"), path);
+        test_run_ok(cmd, NULL);
+    }
+    dsv_model *m = NULL;
+    REQUIREF(dsv_model_open(&m, path, NULL) == DSV_OK, "%s", dsv_errmsg());
+    return m;
+}
+TEST_LEVELS(chunked_prefill_equals_one_call_gguf_q4) { chunked_prefill_equals_one_call_on(open_gguf_q4()); }
 
 static void batch_equals_each_sequence_alone_on(dsv_model *m) {
     const int V = dsv_model_config(m)->vocab_size;
@@ -161,16 +184,87 @@ TEST_LEVELS(batch_equals_each_sequence_alone) { batch_equals_each_sequence_alone
 /* The same for a BF16 GGUF of the FP8 checkpoint, whose fp8-born linears
  * quantize their inputs (linear_fp8x). */
 TEST_LEVELS(batch_equals_each_sequence_alone_gguf_fp8) {
-    char path[1024], cmd[4096];
-    const char *bin = test_bin();
+    char path[1024], cmd[4096], *out = NULL;
+    const char *bin = getenv("DSV32_BIN") ? getenv("DSV32_BIN") : "build/dsv32";
     snprintf(path, sizeof path, "%s/fp8.gguf", test_tmpdir());
     snprintf(cmd, sizeof cmd, "%s quantize -m %s -o %s --type BF16 2>&1", bin,
              test_shared("conformance/public_sparse_fp8/hf"), path);
-    test_run_ok(cmd, NULL);
+    int rc = test_run(cmd, &out);
+    REQUIREF(rc == 0, "%s: %s", cmd, out ? out : "");
+    free(out);
     dsv_model *m = NULL;
     REQUIREF(dsv_model_open(&m, path, NULL) == DSV_OK, "%s", dsv_errmsg());
     batch_equals_each_sequence_alone_on(m);
 }
+
+TEST_LEVELS(batch_equals_each_sequence_alone_gguf_q4) { batch_equals_each_sequence_alone_on(open_gguf_q4()); }
+
+/* The per-head row mapping of the quantized absorbs (model_gguf.c,
+ * kv_b_quant): every layer's q_abs and o of every head from the file's
+ * attn_k_b / attn_v_b blocks (dsv_q_absorb) against the kernel set's
+ * absorb_q / absorb_o on the bf16 wkv_b, which build_kv_b assembled from the
+ * same tensors by its own indexing (the key half transposed). They differ
+ * only by wkv_b's bf16 rounding of each weight (2^-8 relative), the sums'
+ * order (2*γ_K, quant.h) and the two bf16 results' rounding: a head or row
+ * taken from the wrong place is off by the size of the outputs. */
+static void absorb_rows_match_wkv_b_at(const char *level_name) {
+    dsv_model *m = open_gguf_q4();
+    const int level = dsv_kernels_level_parse(level_name);
+    const dsv_kernels *k = dsv_kernels_at(level);
+    const dsv_config *c = dsv_model_config(m);
+    const int H = m->n_local_heads, N = c->qk_nope_head_dim, R = c->qk_rope_head_dim, V = c->v_head_dim;
+    const int C = c->kv_lora_rank;
+    dsv_bf16 *q = malloc(sizeof(dsv_bf16) * H * (N + R)), *lat = malloc(sizeof(dsv_bf16) * H * C);
+    dsv_bf16 *y1 = malloc(sizeof(dsv_bf16) * H * C), *y2 = malloc(sizeof(dsv_bf16) * H * C);
+    float *acc = malloc(sizeof(float) * C);
+    uint32_t st = 99;
+    for (int i = 0; i < H * (N + R); i++) {
+        st = st * 1103515245u + 12345u;
+        q[i] = dsv_f32_to_bf16((float)((int)(st >> 8) % 2001 - 1000) / 500.0f);
+    }
+    for (int i = 0; i < H * C; i++) {
+        st = st * 1103515245u + 12345u;
+        lat[i] = dsv_f32_to_bf16((float)((int)(st >> 8) % 2001 - 1000) / 700.0f);
+    }
+    const double u = 1.0 / 16777216.0;
+    double worst = 0;
+    for (int il = 0; il < c->n_layers; il++) {
+        const dsv_layer *ly = &m->layers[il];
+        REQUIREF(ly->k_b.gtype && ly->v_b.gtype, "layer %d: attn_k_b / attn_v_b not taken as blocks", il);
+        const dsv_linear *wb = &ly->wkv_b;
+        for (int pass = 0; pass < 2; pass++) {
+            const dsv_linear *w = pass ? &ly->v_b : &ly->k_b;
+            const int rows = pass ? V : C, K = pass ? C : N;
+            dsv_q_absorb_for(level, w->gtype)(w->gtype, w->w, dsv_ggml_row_size(w->gtype, K), rows, K,
+                                              pass ? lat : q, pass ? (size_t)C : (size_t)(N + R), y1, 0, H);
+            for (int h = 0; h < H; h++) {
+                if (pass) k->absorb_o(y2 + h * V, lat + h * C, wb, h * (N + V) + N, V);
+                else k->absorb_q(y2 + h * C, q + h * (N + R), wb, h * (N + V), N, acc);
+            }
+            const double g = 2 * K * u / (1 - K * u);
+            for (int h = 0; h < H; h++)
+                for (int r = 0; r < rows; r++) {
+                    double mag = 0;
+                    for (int kk = 0; kk < K; kk++)
+                        mag += pass ? fabs(dsv_wkvb_at(wb, h * (N + V) + N + r, kk) * dsv_bf16_to_f32(lat[h * C + kk]))
+                                    : fabs(dsv_wkvb_at(wb, h * (N + V) + kk, r) * dsv_bf16_to_f32(q[h * (N + R) + kk]));
+                    const double a = dsv_bf16_to_f32(y1[h * rows + r]), b = dsv_bf16_to_f32(y2[h * rows + r]);
+                    const double bound = (0x1p-8 + g) * mag * 1.01 + 0x1p-8 * (fabs(a) + fabs(b)) * 1.001;
+                    CHECKF(fabs(a - b) <= bound, "%s layer %d %s head %d row %d: %.6g vs wkv_b's %.6g (bound %.3g)",
+                           level_name, il, pass ? "o" : "q_abs", h, r, a, b, bound);
+                    if (fabs(a - b) / bound > worst) worst = fabs(a - b) / bound;
+                }
+        }
+    }
+    fprintf(stderr, "    %s: largest difference %.3g of the bound\n", level_name, worst);
+    free(q);
+    free(lat);
+    free(y1);
+    free(y2);
+    free(acc);
+    dsv_model_close(m);
+}
+TEST_LEVELS(absorb_rows_match_wkv_b_gguf_q4) { absorb_rows_match_wkv_b_at(test_level()); }
 
 static void threads_do_not_change_results_at(const char *level) {
     (void)level;

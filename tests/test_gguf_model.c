@@ -120,21 +120,32 @@ TEST(gguf_tiny_presets_within_kl) {
     REQUIRE(rows == 33 && nb % V == 0);
     /* Every preset quantize offers, measured on this sequence (mean KL,
      * top-1 agreement over the 33 rows; `make test T=gguf_tiny` prints them)
-     * with the 8-bit activations of the quantized linears:
-     *   F16 0.0052 / 0.97 (its weights rounded to F16, the base's to
-     *   BF16; float kernels, no activation rounding), Q8_0 0.0054 / 1.00,
-     *   Q6_K 0.0053 / 1.00, Q5_K 0.0082 / 0.97, Q5_1 0.0073 / 0.97,
-     *   Q5_0 0.0085 / 1.00, Q4_K_M 0.0211 / 0.94, Q4_1 0.0210 / 0.97,
-     *   Q4_0 0.0195 / 0.91, IQ4_NL 0.0207 / 0.94, Q3_K 0.0126 / 0.94,
-     *   Q2_K 0.0343 / 0.79.
-     * Bounds: about 1.6-2x the KL, top-1 one to three rows (of 33) below.
+     * with the 8-bit activations of the quantized linears. Every preset but
+     * F32/F16 has block-quantized attn_k_b/attn_v_b (rows of 64 and 128:
+     * the K-quants fall back to 32-value types), which the decode rows (the
+     * last 32) multiply as the file holds them with bf16 activations
+     * (dsv_q_absorb); before that they were expanded to a bf16 wkv_b, whose
+     * rounding of each weight moved the logits more than the arithmetic
+     * does now. Before -> now (avx512): F16 0.00009 / 1.00 (unchanged;
+     * float tensors), Q8_0 0.0054 -> 0.0013 / 1.00, Q6_K 0.0054 -> 0.0003 /
+     * 1.00, Q5_K 0.0083 -> 0.0074 / 0.97 -> 0.94, Q5_1 0.0078 -> 0.0090 /
+     * 0.97, Q5_0 0.0085 -> 0.0083 / 1.00, Q4_K_M 0.0212 -> 0.0213 / 0.94,
+     * Q4_1 0.0210 -> 0.0211 / 0.97 -> 0.94, Q4_0 0.0194 -> 0.0199 / 0.91,
+     * IQ4_NL 0.0208 -> 0.0207 / 0.94, Q3_K 0.0126 -> 0.0125 / 0.94, Q2_K
+     * 0.0342 -> 0.0351 / 0.79. On 4 other sequences of 128 ids decoded one
+     * by one the moves go both ways (Q8_0 0.0034 -> 0.0036, Q5_1 0.0029 ->
+     * 0.0040, Q4_K_M 0.0059 -> 0.0052, Q4_0 0.0062 -> 0.0056): this small
+     * model's logits move that much under rounding alone (the same file at
+     * generic and avx2 gave 0.0031 and 0.0040).
+     * Bounds: about 1.6-2x the KL (Q8_0's and Q6_K's cut to 0.003 and
+     * 0.0015 with their drop), top-1 one to three rows (of 33) below.
      * 33 rows of random ids rank neighbouring presets noisily (Q3_K below
      * Q4_K_M here; README has the same presets on Revelation's 15,319
      * tokens). F32 gives the base's logits bit for bit: the tiny model's
      * fp8 weights times their scales are exact in BF16 too. On this 9M-parameter model quantization
      * costs far more than on a large one. */
     static const struct { const char *preset; double max_kl, min_top1; } cases[] = {
-        {"F32", 0, 1},         {"F16", 0.009, 0.90},  {"Q8_0", 0.010, 0.93},   {"Q6_K", 0.009, 0.93},
+        {"F32", 0, 1},         {"F16", 0.009, 0.90},  {"Q8_0", 0.003, 0.93},   {"Q6_K", 0.0015, 0.93},
         {"Q5_K", 0.014, 0.90}, {"Q5_1", 0.012, 0.90}, {"Q5_0", 0.014, 0.93},   {"Q4_K_M", 0.035, 0.87},
         {"Q4_1", 0.035, 0.90}, {"Q4_0", 0.032, 0.84}, {"IQ4_NL", 0.034, 0.87}, {"Q3_K", 0.021, 0.87},
         {"Q2_K", 0.065, 0.63},

@@ -250,6 +250,12 @@ static double gamma_for(int K) {
     return p * u / (1 - p * u);
 }
 
+/* γ_p itself (p roundings on each term's path). */
+static double gamma_for_p(int p) {
+    const double u = 1.0 / 16777216.0;
+    return p * u / (1 - p * u);
+}
+
 /* Whether the level's kernel adds the scaled sums in its own order (then
  * it matches the reference within the bound) or is the reference (then
  * bit for bit): every type streams on AVX2 and AVX-512. */
@@ -448,4 +454,77 @@ TEST_LEVELS(quant_act_quant_matches_ref) {
         CHECKF(diff < 0, "%s %s: byte %d differs (%d vs reference %d)", test_level(), bf ? "bf16" : "fp32", diff,
                diff < 0 ? 0 : got[diff], diff < 0 ? 0 : ref[diff]);
     }
+}
+
+/* ---- absorbed attention on block-quantized weights (dsv_q_absorb) ---- */
+
+/* A level's absorb against dsv_q_dot (the float dot product of quant.c,
+ * written apart from dsv_q_absorb_ref) for every output of heads [1, 3) of
+ * 4: R = 7 rows a head (a pass of 4 and one of 3), K = 64..512, x a bf16
+ * row per head in a wider row (ldx > K) with outliers and a zero stretch,
+ * the -128 code in Q8_0. Each output must be its own head's row times its
+ * own head's x: within 2*γ_(K+2) * dsv_q_absorb_mag of dsv_q_dot (quant.h;
+ * dsv_q_dot adds the dequantized terms in order, K deep, as the reference)
+ * plus the two bf16 roundings (2^-8 relative each, the float sums' size);
+ * a kernel that takes another head's rows or x is off by the size of the
+ * outputs. Heads 0 and 3 stay unwritten. Also the reference bit for bit. */
+TEST_LEVELS(quant_absorb_matches_dot) {
+    enum { H = 4, R = 7, KMAX = 512, LDX = KMAX + 48 };
+    static const int Ks[] = {64, 128, 256, 512};
+    static const uint32_t types[] = {DSV_GGML_Q8_0, DSV_GGML_Q4_0, DSV_GGML_Q4_1, DSV_GGML_Q5_0, DSV_GGML_Q5_1,
+                                     DSV_GGML_IQ4_NL, DSV_GGML_Q4_K, DSV_GGML_Q5_K, DSV_GGML_Q6_K, DSV_GGML_Q3_K,
+                                     DSV_GGML_Q2_K};
+    static float wf[H * R * KMAX], xf[KMAX], wrow[KMAX];
+    static uint8_t q[H * R * KMAX * 2];
+    static uint16_t x[H * LDX], y[H * R], yr[H * R];
+    double worst = 0;
+    int n = 0;
+    for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++) {
+        const int K = Ks[ki];
+        gauss(wf, H * R * K, 700 + ki);
+        for (int i = 0; i < H * R * K; i += 53) wf[i] *= 12;
+        for (int h = 0; h < H; h++) {
+            gauss(xf, K, 800 + 8 * ki + h);
+            for (int k = 0; k < K; k += 37) xf[k] *= 30;
+            for (int k = 16; k < 32; k++) xf[k] = 0;
+            for (int k = 0; k < LDX; k++) x[h * LDX + k] = dsv_f32_to_bf16(k < K ? xf[k] * (float)(1 + h) : 1e6f);
+        }
+        for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+            const uint32_t ty = types[ti];
+            if (K % dsv_ggml_blck(ty)) continue;
+            REQUIRE(dsv_q_absorb_ok(ty, K));
+            const size_t row = dsv_ggml_row_size(ty, K);
+            dsv_q_quant(ty, wf, q, (int64_t)H * R * K);
+            if (ty == DSV_GGML_Q8_0) q[row * 9 + 2 + 3] = 0x80;
+            for (int i = 0; i < H * R; i++) y[i] = yr[i] = 0x7fc1;
+            dsv_q_absorb_for(level_now(), ty)(ty, q, row, R, K, x, LDX, y, 1, 3);
+            dsv_q_absorb_ref(ty, q, row, R, K, x, LDX, yr, 1, 3);
+            for (int h = 0; h < H; h++)
+                for (int r = 0; r < R; r++) {
+                    const int o = h * R + r;
+                    if (h == 0 || h == 3) {
+                        CHECKF(y[o] == 0x7fc1, "%s %s: head %d written", test_level(), dsv_ggml_name(ty), h);
+                        continue;
+                    }
+                    const uint8_t *wr = q + (size_t)o * row;
+                    dsv_q_dequant(ty, wr, wrow, K);
+                    double plain = 0;
+                    for (int k = 0; k < K; k++) {
+                        xf[k] = dsv_bf16_to_f32(x[h * LDX + k]);
+                        plain += fabs((double)wrow[k] * xf[k]);
+                    }
+                    const double mag = dsv_q_absorb_mag(ty, wr, xf, K);
+                    CHECK(mag >= plain * (1 - 1e-6));
+                    const float d = dsv_q_dot(ty, wr, xf, K), v = dsv_bf16_to_f32(y[o]);
+                    const double bound = 2 * gamma_for_p(K + 2) * mag + 0x1p-8 * (fabs(d) + fabs(v)) * 1.001;
+                    CHECKF(fabs((double)v - d) <= bound, "%s %s K=%d head %d row %d: %.7g vs dot %.7g (bound %.3g)",
+                           test_level(), dsv_ggml_name(ty), K, h, r, v, d, bound);
+                    if (bound > 0 && fabs((double)v - d) / bound > worst) worst = fabs((double)v - d) / bound;
+                    if (level_now() == DSV_KLEVEL_GENERIC)
+                        CHECKF(y[o] == yr[o], "generic %s: not the reference", dsv_ggml_name(ty));
+                    n++;
+                }
+        }
+    }
+    fprintf(stderr, "    %s: %d outputs within the bound (largest difference %.3g of it)\n", test_level(), n, worst);
 }

@@ -49,3 +49,17 @@ int dsv_q_supported(uint32_t type) {
     }
     return 0;
 }
+
+int dsv_q_absorb_fast(uint32_t t) {
+    switch (t) {
+    case DSV_GGML_Q8_0: case DSV_GGML_Q4_0: case DSV_GGML_Q4_1: case DSV_GGML_Q5_0: case DSV_GGML_Q5_1:
+    case DSV_GGML_IQ4_NL: case DSV_GGML_Q4_K: case DSV_GGML_Q5_K: case DSV_GGML_Q6_K: return 1;
+    default: return 0;
+    }
+}
+
+int dsv_q_absorb_ok(uint32_t t, int K) {
+    const int bk = dsv_ggml_blck(t);
+    return t != DSV_GGML_F32 && t != DSV_GGML_F16 && t != DSV_GGML_BF16 && dsv_q_supported(t) && bk > 0 &&
+           K > 0 && K % bk == 0 && K <= DSV_Q_ABSORB_KMAX;
+}

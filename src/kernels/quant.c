@@ -716,6 +716,22 @@ double dsv_q_dot_mag(uint32_t type, const void *wv, const void *act, int K) {
     return mag;
 }
 
+double dsv_q_absorb_mag(uint32_t type, const void *wv, const float *x, int K) {
+    DSV_ASSERT(dsv_q_absorb_ok(type, K));
+    const uint8_t *w = wv;
+    const int bk = dsv_ggml_blck(type);
+    const size_t bs = dsv_ggml_bsize(type);
+    int8_t lv[256];
+    float a[16], b[16];
+    double mag = 0;
+    for (int blk = 0; blk < K / bk; blk++) {
+        int_decode(type, w + (size_t)blk * bs, lv, a, b);
+        for (int i = 0; i < bk; i++)
+            mag += (fabs((double)a[i / 16] * lv[i]) + fabs((double)b[i / 16])) * fabs((double)x[blk * bk + i]);
+    }
+    return mag;
+}
+
 void dsv_q_dot_rows_ref(uint32_t type, const void *w, const void *act, size_t stride, int n, int K, float *out) {
     for (int r = 0; r < n; r++) out[r] = dsv_q_vec_dot_ref(type, w, (const char *)act + (size_t)r * stride, K);
 }
@@ -744,6 +760,36 @@ dsv_q_dot_mat_fn dsv_q_dot_mat_for(int level) {
     (void)level;
 #endif
     return dsv_q_dot_mat_ref;
+}
+
+/* ---- absorbed attention on block-quantized weights ------------------------ */
+
+/* Each row dequantized whole, then its products added in index order. */
+void dsv_q_absorb_ref(uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
+                      uint16_t *y, int h0, int h1) {
+    DSV_ASSERT(dsv_q_absorb_ok(t, K));
+    float wf[DSV_Q_ABSORB_KMAX], xf[DSV_Q_ABSORB_KMAX];
+    for (int h = h0; h < h1; h++) {
+        for (int k = 0; k < K; k++) xf[k] = dsv_bf16_to_f32(x[(size_t)h * ldx + k]);
+        for (int r = 0; r < R; r++) {
+            const size_t row = (size_t)h * R + r;
+            dsv_q_dequant(t, (const char *)w + row * wrow, wf, K);
+            float acc = 0;
+            for (int k = 0; k < K; k++) acc += wf[k] * xf[k];
+            y[row] = dsv_f32_to_bf16(acc);
+        }
+    }
+}
+
+dsv_q_absorb_fn dsv_q_absorb_for(int level, uint32_t t) {
+#if defined(__x86_64__)
+    if (level >= DSV_KLEVEL_AVX512 && dsv_q_absorb_fast(t)) return dsv_q_absorb_avx512;
+    if (level == DSV_KLEVEL_AVX2 && dsv_q_absorb_fast(t)) return dsv_q_absorb_avx2;
+#else
+    (void)level;
+    (void)t;
+#endif
+    return dsv_q_absorb_ref;
 }
 
 /* ---- linear layers ------------------------------------------------------- */

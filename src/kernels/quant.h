@@ -146,6 +146,41 @@ void dsv_linear_q(uint16_t *y, int ldy, const uint16_t *x, const struct dsv_line
 void dsv_linear_q_f32(float *y, int ldy, const float *x, const struct dsv_linear *w, int m, int n0, int n1,
                       void *scratch, int level);
 
+/* The absorbed attention's per-head products on a GGUF's block-quantized
+ * attn_k_b / attn_v_b (model/mla.c), with the activations as they are (no
+ * 8-bit rounding): for heads h in [h0, h1) and rows r < R,
+ *   y[h*R + r] = bf16(Σ_k W[h*R + r][k] * x[h*ldx + k]),  k < K,
+ * W's rows wrow bytes apart (type t, K values each), x and y bf16. The
+ * reference dequantizes a row with dsv_q_dequant and adds w[k]*x[k] in
+ * index order in fp32 (a multiply and an add per term). The variants
+ * (quant_avx2.c, quant_avx512.c, each documents its order) take each
+ * weight from its block in registers: as its float value times x, or as
+ * scale * (level * x) + minimum * x with the level's product exact. Any of
+ * them is within γ_p (p = K + 2) times dsv_q_absorb_mag of the exact sum
+ * before the bf16 rounding, so two differ by at most 2*γ_p times it. One
+ * call covers a thread's heads; each output depends on its weight row and
+ * its head's x alone. Needs dsv_q_absorb_ok(t, K). */
+#define DSV_Q_ABSORB_KMAX 2048
+int dsv_q_absorb_ok(uint32_t t, int K);
+/* 1 for the types the AVX2 / AVX-512 variants decode in registers: Q8_0,
+ * Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q4_K, Q5_K, Q6_K (only those). */
+int dsv_q_absorb_fast(uint32_t t);
+/* Σ_k (|scale * level| + |minimum|) * |x[k]| over a row of K values in
+ * double (int_decode's split of each weight: the terms the variants add),
+ * at least Σ|w[k] * x[k]|. For tests. */
+double dsv_q_absorb_mag(uint32_t t, const void *w, const float *x, int K);
+typedef void (*dsv_q_absorb_fn)(uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
+                                uint16_t *y, int h0, int h1);
+void dsv_q_absorb_ref(uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
+                      uint16_t *y, int h0, int h1);
+void dsv_q_absorb_avx512(uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
+                         uint16_t *y, int h0, int h1);
+void dsv_q_absorb_avx2(uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
+                       uint16_t *y, int h0, int h1);
+/* The variant of a kernel level for type t (the reference for a type the
+ * level has no kernel for). */
+dsv_q_absorb_fn dsv_q_absorb_for(int level, uint32_t t);
+
 /* IEEE half from float, round to nearest even (overflow to inf). */
 uint16_t dsv_f32_to_f16(float f);
 

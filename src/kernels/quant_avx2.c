@@ -17,7 +17,9 @@
  * (dmin * m) * (activation scale * 32-value activation sum) in a third
  * set, subtracted at the end; Q2_K's, (dmin * m) * (activation scale *
  * 16-value activation sum), likewise, sub-blocks 0-7 then 8-15 of each
- * block into the same 8 lanes; Q4_1's and Q5_1's (plus) in 4 lanes. */
+ * block into the same 8 lanes; Q4_1's and Q5_1's (plus) in 4 lanes.
+ * At the end: the absorbed attention's products of such rows with bf16
+ * activations (dsv_q_absorb). */
 #include <immintrin.h>
 #include <string.h>
 
@@ -384,4 +386,73 @@ float dsv_q_vec_dot_avx2(uint32_t type, const void *w, const void *act, int K) {
     float o;
     dsv_q_dot_rows_avx2(type, w, act, 0, 1, K, &o);
     return o;
+}
+
+/* ---- absorbed attention with float activations (quant.h, dsv_q_absorb) ---- */
+
+/* 8 levels of lv from byte 8q as floats. */
+INLINE __m256 levels8_ps(__m256i lv, int q) {
+    const __m128i h = q < 2 ? _mm256_castsi256_si128(lv) : _mm256_extracti128_si256(lv, 1);
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q & 1 ? _mm_srli_si128(h, 8) : h));
+}
+
+/* Every type as quant_avx512.c does Q8_0 (AVX2 has no bf16 dot product):
+ * up to 4 weight rows at a time against the head's activations (fp32 once
+ * per head), each row's weights decoded to their
+ * float values per 16 and added as acc += w * x (fused) in 8 lanes, values
+ * in order; then the lanes as hsum8 adds them. */
+INLINE void absorb_t(const uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
+                     uint16_t *y, int h0, int h1) {
+    const int bk = dsv_ggml_blck(t), ng = bk / 32;
+    const size_t bs = dsv_ggml_bsize(t);
+    _Alignas(32) float xf[DSV_Q_ABSORB_KMAX];
+    for (int h = h0; h < h1; h++) {
+        const uint16_t *xh = x + (size_t)h * ldx;
+        for (int k = 0; k < K; k += 8)
+            _mm256_store_ps(xf + k, _mm256_castsi256_ps(_mm256_slli_epi32(
+                                        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(xh + k))), 16)));
+        for (int r0 = 0; r0 < R; r0 += 4) {
+            const int nr = R - r0 < 4 ? R - r0 : 4;
+            const uint8_t *wr[4];
+            __m256 acc[4];
+            for (int i = 0; i < 4; i++) {
+                wr[i] = (const uint8_t *)w + ((size_t)h * R + r0 + (i < nr ? i : 0)) * wrow;
+                acc[i] = _mm256_setzero_ps();
+            }
+            for (int b = 0; b < K / bk; b++) {
+                float sc[4][16], mn[4][16];
+                int has_min = 0;
+#pragma GCC unroll 4
+                for (int i = 0; i < nr; i++) has_min = absorb_scales(t, wr[i] + (size_t)b * bs, sc[i], mn[i]);
+                for (int g = 0; g < ng; g++) {
+                    const float *xg = xf + b * bk + 32 * g;
+#pragma GCC unroll 4
+                    for (int i = 0; i < nr; i++) {
+                        const __m256i lv = absorb_levels(t, wr[i] + (size_t)b * bs, g);
+#pragma GCC unroll 4
+                        for (int q = 0; q < 4; q++) {
+                            const __m256 s = _mm256_set1_ps(sc[i][2 * g + q / 2]);
+                            __m256 f = levels8_ps(lv, q);
+                            f = has_min ? _mm256_fmadd_ps(f, s, _mm256_set1_ps(mn[i][2 * g + q / 2])) : _mm256_mul_ps(f, s);
+                            acc[i] = _mm256_fmadd_ps(f, _mm256_load_ps(xg + 8 * q), acc[i]);
+                        }
+                    }
+                }
+            }
+            for (int i = 0; i < nr; i++) y[(size_t)h * R + r0 + i] = dsv_f32_to_bf16(hsum8(acc[i]));
+        }
+    }
+}
+
+/* One body per type (the decoding's switches resolved at compile time). */
+void dsv_q_absorb_avx2(uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
+                       uint16_t *y, int h0, int h1) {
+    DSV_ASSERT(dsv_q_absorb_fast(t) && dsv_q_absorb_ok(t, K));
+    switch (t) {
+#define T(ty) case ty: absorb_t(ty, w, wrow, R, K, x, ldx, y, h0, h1); break
+    T(DSV_GGML_Q8_0); T(DSV_GGML_Q4_0); T(DSV_GGML_Q4_1); T(DSV_GGML_Q5_0); T(DSV_GGML_Q5_1);
+    T(DSV_GGML_IQ4_NL); T(DSV_GGML_Q4_K); T(DSV_GGML_Q5_K); T(DSV_GGML_Q6_K);
+#undef T
+    default: break;
+    }
 }

@@ -1,5 +1,6 @@
 /* quant_avx512.c: AVX-512 VNNI dot products of block-quantized weight rows
- * with 8-bit activations (quant.h).
+ * with 8-bit activations (quant.h), and at the end the absorbed attention's
+ * products of such rows with bf16 activations (dsv_q_absorb).
  *
  * Every type has a streaming kernel (Q8_0, Q4_K, Q5_K and Q6_K are the
  * types of llama.cpp's and dsv32's Q8_0 and Q4_K_M files, Q2_K and Q3_K
@@ -432,4 +433,211 @@ float dsv_q_vec_dot_avx512(uint32_t type, const void *w, const void *act, int K)
     float o;
     dsv_q_dot_rows_avx512(type, w, act, 0, 1, K, &o);
     return o;
+}
+
+/* ---- absorbed attention with float activations (quant.h, dsv_q_absorb) ---- */
+
+/* The 32 levels of lv as floats, values 0-15 and 16-31. */
+INLINE void levels_ps(__m256i lv, __m512 *f0, __m512 *f1) {
+    *f0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(lv)));
+    *f1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(lv, 1)));
+}
+
+/* Q8_0 (its 8-bit levels have no 32-entry bf16 table, absorb_bf below):
+ * up to 4 weight rows at a time against the head's activations (made
+ * fp32 once per head): per 16 values each row's weights are decoded to
+ * their float values (absorb_scales) and added as acc += w * x (fused) in
+ * 16 lanes, values in order; then the lanes as hsum16 adds them. The rows
+ * of a pass only share the activation loads; each runs the same
+ * operations alone. */
+INLINE void absorb_t(const uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
+                     uint16_t *y, int h0, int h1) {
+    const int bk = dsv_ggml_blck(t), ng = bk / 32;
+    const size_t bs = dsv_ggml_bsize(t);
+    _Alignas(64) float xf[DSV_Q_ABSORB_KMAX];
+    for (int h = h0; h < h1; h++) {
+        const uint16_t *xh = x + (size_t)h * ldx;
+        for (int k = 0; k < K; k += 16)
+            _mm512_store_ps(xf + k, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(xh + k))), 16)));
+        for (int r0 = 0; r0 < R; r0 += 4) {
+            const int nr = R - r0 < 4 ? R - r0 : 4;
+            const uint8_t *wr[4];
+            __m512 acc[4];
+            for (int i = 0; i < 4; i++) {
+                wr[i] = (const uint8_t *)w + ((size_t)h * R + r0 + (i < nr ? i : 0)) * wrow;
+                acc[i] = _mm512_setzero_ps();
+            }
+            for (int b = 0; b < K / bk; b++) {
+                float sc[4][16], mn[4][16];
+                int has_min = 0;
+#pragma GCC unroll 4
+                for (int i = 0; i < nr; i++) has_min = absorb_scales(t, wr[i] + (size_t)b * bs, sc[i], mn[i]);
+                for (int g = 0; g < ng; g++) {
+                    const __m512 x0 = _mm512_load_ps(xf + b * bk + 32 * g), x1 = _mm512_load_ps(xf + b * bk + 32 * g + 16);
+#pragma GCC unroll 4
+                    for (int i = 0; i < nr; i++) {
+                        __m512 f0, f1;
+                        levels_ps(absorb_levels(t, wr[i] + (size_t)b * bs, g), &f0, &f1);
+                        const __m512 s0 = _mm512_set1_ps(sc[i][2 * g]), s1 = _mm512_set1_ps(sc[i][2 * g + 1]);
+                        if (has_min) {
+                            f0 = _mm512_fmadd_ps(f0, s0, _mm512_set1_ps(mn[i][2 * g]));
+                            f1 = _mm512_fmadd_ps(f1, s1, _mm512_set1_ps(mn[i][2 * g + 1]));
+                        } else {
+                            f0 = _mm512_mul_ps(f0, s0);
+                            f1 = _mm512_mul_ps(f1, s1);
+                        }
+                        acc[i] = _mm512_fmadd_ps(f1, x1, _mm512_fmadd_ps(f0, x0, acc[i]));
+                    }
+                }
+            }
+            for (int i = 0; i < nr; i++) y[(size_t)h * R + r0 + i] = dsv_f32_to_bf16(hsum16(acc[i]));
+        }
+    }
+}
+
+/* The 4-, 5- and 6-bit types with the activations' own bf16: per 32
+ * values (a sub-block, or a Q6_K pair of 16s) the levels are looked up as
+ * exact bf16 integers (vpermw on a byte's nibble, zero-extended to a word,
+ * its 5th bit or-ed in from a mask; Q6_K's 6 bits from two tables), their
+ * products with the 32 bf16 activations are exact in fp32 and vdpbf16ps
+ * adds them in pairs into 16 lanes (it reads denormal activations, below
+ * 2^-126, as 0); the lanes times the scale of their 16 values are added
+ * into a 16-lane accumulator (fused), values in order, then hsum16; a
+ * minimum's term, min * (sum of the 32 activations, taken once per head
+ * in float as 16 lanes and hsum16), is added in a float in value order and
+ * to the lanes' sum at the end. A level times an activation is the
+ * reference's product d*q*x split as d*(q*x) + m*x: within 2*γ_p of the
+ * exact sum of |d*q*x| + |m*x| (quant.h, dsv_q_absorb_mag). */
+
+/* The bf16 values of levels 0..63 as this type stores them (minus its
+ * offset: Q4_0 8, Q5_0 16, Q6_K 32; IQ4_NL's grid), 32 words a table. */
+INLINE void bf_tables(uint32_t t, __m512i tab[2]) {
+    static const int8_t iq4[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+    const int off = t == DSV_GGML_Q4_0 ? 8 : t == DSV_GGML_Q5_0 ? 16 : t == DSV_GGML_Q6_K ? 32 : 0;
+    _Alignas(64) uint16_t v[64];
+    for (int u = 0; u < 64; u++)
+        v[u] = dsv_f32_to_bf16((float)(t == DSV_GGML_IQ4_NL ? iq4[u & 15] : u - off));
+    tab[0] = _mm512_load_si512(v);
+    tab[1] = _mm512_load_si512(v + 32);
+}
+
+/* 32 levels (word indices) of a 32-value block: bytes j hold values j
+ * (low nibble) and j + 16 (high). */
+INLINE __m512i b32_idx(const uint8_t *qs) {
+    const __m128i raw = _mm_loadu_si128((const __m128i *)qs);
+    const __m512i z = _mm512_cvtepu8_epi16(_mm256_set_m128i(raw, raw));
+    const __m512i sh = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+    return _mm512_and_si512(_mm512_srlv_epi16(z, sh), _mm512_set1_epi16(15));
+}
+
+INLINE __m512 bf_dot(__m512i lv_bf16, const uint16_t *x) {
+    return _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)lv_bf16, (__m512bh)_mm512_loadu_si512(x));
+}
+
+/* nr (1..4, a constant) rows from row r0 of head h; xs: the head's sums
+ * of 32 activations. */
+INLINE void absorb_bf_pass(const uint32_t t, const int nr, const uint8_t *w, size_t wrow, int R, int K,
+                           const uint16_t *xh, const float *xs, const __m512i tab[2], uint16_t *y, int h, int r0) {
+    const int kq = t == DSV_GGML_Q4_K || t == DSV_GGML_Q5_K;
+    const int five = t == DSV_GGML_Q5_0 || t == DSV_GGML_Q5_1 || t == DSV_GGML_Q5_K;
+    const int has_min = t == DSV_GGML_Q4_1 || t == DSV_GGML_Q5_1 || kq;
+    const int bk = dsv_ggml_blck(t);
+    const size_t bs = dsv_ggml_bsize(t);
+    const int qs_off = t == DSV_GGML_Q4_1 ? 4 : t == DSV_GGML_Q5_0 ? 6 : t == DSV_GGML_Q5_1 ? 8 : 2;
+    const __m512i m15 = _mm512_set1_epi16(15), b16 = _mm512_set1_epi16(16);
+    __m512 acc[4];
+    float accm[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        acc[i] = _mm512_setzero_ps();
+        accm[i] = 0;
+    }
+    for (int b = 0; b < K / bk; b++) {
+        const uint16_t *xb = xh + b * bk;
+#pragma GCC unroll 4
+        for (int i = 0; i < nr; i++) {
+            const uint8_t *p = w + ((size_t)h * R + r0 + i) * wrow + (size_t)b * bs;
+            if (!kq && t != DSV_GGML_Q6_K) {
+                __m512i idx = b32_idx(p + qs_off);
+                if (five) idx = _mm512_mask_add_epi16(idx, (__mmask32)ld32(p + 2 + 2 * (t == DSV_GGML_Q5_1)), idx, b16);
+                const __m512 pd = bf_dot(_mm512_permutexvar_epi16(idx, tab[0]), xb);
+                acc[i] = _mm512_fmadd_ps(pd, _mm512_set1_ps(h2f_c(p)), acc[i]);
+                if (has_min) accm[i] += h2f_c(p + 2) * xs[b];
+                continue;
+            }
+            float sc[16], mn[16];
+            absorb_scales(t, p, sc, mn);
+            if (t == DSV_GGML_Q6_K) { /* group g = 4h + k: value 128h + 32k + l, as absorb_levels */
+#pragma GCC unroll 8
+                for (int g = 0; g < 8; g++) {
+                    const int hh = g >> 2, k = g & 3;
+                    const __m512i lo = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p + 64 * hh + 32 * (k & 1))));
+                    const __m512i hi = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p + 128 + 32 * hh)));
+                    const __m512i l4 = _mm512_and_si512(k < 2 ? lo : _mm512_srli_epi16(lo, 4), m15);
+                    const __m512i h2 = _mm512_and_si512(_mm512_srli_epi16(hi, 2 * k), _mm512_set1_epi16(3));
+                    const __m512i idx = _mm512_or_si512(l4, _mm512_slli_epi16(h2, 4));
+                    const __m512 pd = bf_dot(_mm512_permutex2var_epi16(tab[0], idx, tab[1]), xb + 32 * g);
+                    const __m512 s = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(sc[2 * g]), _mm512_set1_ps(sc[2 * g + 1]));
+                    acc[i] = _mm512_fmadd_ps(pd, s, acc[i]);
+                }
+                continue;
+            }
+            const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) { /* qs[32c + l]: sub-block 2c (low nibble), 2c + 1 (high) */
+                const __m512i z = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p + (five ? 48 : 16) + 32 * c)));
+#pragma GCC unroll 2
+                for (int j = 0; j < 2; j++) {
+                    const int sb = 2 * c + j;
+                    __m512i idx = _mm512_and_si512(j ? _mm512_srli_epi16(z, 4) : z, m15);
+                    if (five) idx = _mm512_mask_add_epi16(idx, _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << sb))), idx, b16);
+                    const __m512 pd = bf_dot(_mm512_permutexvar_epi16(idx, tab[0]), xb + 32 * sb);
+                    acc[i] = _mm512_fmadd_ps(pd, _mm512_set1_ps(sc[2 * sb]), acc[i]);
+                    accm[i] += mn[2 * sb] * xs[b * 8 + sb];
+                }
+            }
+        }
+    }
+    for (int i = 0; i < nr; i++) y[(size_t)h * R + r0 + i] = dsv_f32_to_bf16(hsum16(acc[i]) + accm[i]);
+}
+
+INLINE void absorb_bf(const uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
+                      uint16_t *y, int h0, int h1) {
+    __m512i tab[2];
+    bf_tables(t, tab);
+    float xs[DSV_Q_ABSORB_KMAX / 32];
+    for (int h = h0; h < h1; h++) {
+        const uint16_t *xh = x + (size_t)h * ldx;
+        for (int g = 0; g < K / 32; g++) {
+            __m512 v[2];
+            for (int q = 0; q < 2; q++)
+                v[q] = _mm512_castsi512_ps(_mm512_slli_epi32(
+                    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(xh + 32 * g + 16 * q))), 16));
+            xs[g] = hsum16(_mm512_add_ps(v[0], v[1]));
+        }
+        int r0 = 0;
+        for (; r0 + 4 <= R; r0 += 4) absorb_bf_pass(t, 4, w, wrow, R, K, xh, xs, tab, y, h, r0);
+        switch (R - r0) {
+        case 3: absorb_bf_pass(t, 3, w, wrow, R, K, xh, xs, tab, y, h, r0); break;
+        case 2: absorb_bf_pass(t, 2, w, wrow, R, K, xh, xs, tab, y, h, r0); break;
+        case 1: absorb_bf_pass(t, 1, w, wrow, R, K, xh, xs, tab, y, h, r0); break;
+        }
+    }
+}
+
+/* One body per type (the decoding's switches resolved at compile time). */
+void dsv_q_absorb_avx512(uint32_t t, const void *w, size_t wrow, int R, int K, const uint16_t *x, size_t ldx,
+                         uint16_t *y, int h0, int h1) {
+    DSV_ASSERT(dsv_q_absorb_fast(t) && dsv_q_absorb_ok(t, K));
+    switch (t) {
+#define T(ty) case ty: absorb_t(ty, w, wrow, R, K, x, ldx, y, h0, h1); break
+#define L(ty) case ty: absorb_bf(ty, w, wrow, R, K, x, ldx, y, h0, h1); break
+    T(DSV_GGML_Q8_0);
+    L(DSV_GGML_Q4_0); L(DSV_GGML_Q4_1); L(DSV_GGML_Q5_0); L(DSV_GGML_Q5_1); L(DSV_GGML_IQ4_NL);
+    L(DSV_GGML_Q4_K); L(DSV_GGML_Q5_K); L(DSV_GGML_Q6_K);
+#undef T
+#undef L
+    default: break;
+    }
 }

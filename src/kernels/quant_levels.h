@@ -101,7 +101,7 @@ static inline __m256i q_bit5(const uint8_t *qhp) {
 
 /* A 32-value block's levels (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) in a register:
  * signed for Q4_0, Q5_0 and IQ4_NL, unsigned (0..31) for Q4_1 and Q5_1. */
-static inline __m256i q_levels_32v(uint32_t t, const uint8_t *x) {
+static inline __attribute__((always_inline)) __m256i q_levels_32v(uint32_t t, const uint8_t *x) {
     const int off = t == DSV_GGML_Q4_1 ? 4 : t == DSV_GGML_Q5_0 ? 6 : t == DSV_GGML_Q5_1 ? 8 : 2;
     const __m128i raw = _mm_loadu_si128((const __m128i *)(x + off)), m4 = _mm_set1_epi8(15);
     __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
@@ -116,6 +116,75 @@ static inline __m256i q_levels_32v(uint32_t t, const uint8_t *x) {
     case DSV_GGML_Q5_1: v = _mm256_or_si256(v, q_bit5(x + 4)); break;
     }
     return v;
+}
+
+/* ---- float weights of a block, for the absorbed products (quant.h,
+ * dsv_q_absorb_*) ---- */
+
+/* An f16 as a float (F16C: exact, as dsv_f16_to_f32). */
+static inline float h2f_c(const uint8_t *p) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(ld16(p)))); }
+
+/* Per 16 values of the block at b, the scale and the minimum with which a
+ * level becomes the value dsv_q_dequant gives: value = level * sc + mn,
+ * one rounding (fused), as the reference's d*q + m and d*sc*q - dmin*m
+ * round once after exact products; mn is 0 for the types without one,
+ * where level * sc is exact. Returns whether the type has a minimum. */
+static inline __attribute__((always_inline)) int absorb_scales(uint32_t t, const uint8_t *b, float *sc, float *mn) {
+    switch (t) {
+    case DSV_GGML_Q4_K:
+    case DSV_GGML_Q5_K: {
+        const float d = h2f_c(b), dmin = h2f_c(b + 2);
+        uint64_t s, m;
+        k4_unpack(b + 4, &s, &m);
+        for (int j = 0; j < 8; j++) {
+            sc[2 * j] = sc[2 * j + 1] = d * (float)((s >> 8 * j) & 0xff);
+            mn[2 * j] = mn[2 * j + 1] = -(dmin * (float)((m >> 8 * j) & 0xff));
+        }
+        return 1;
+    }
+    case DSV_GGML_Q6_K: {
+        const float d = h2f_c(b + 208);
+        for (int j = 0; j < 16; j++) sc[j] = d * (float)(int8_t)b[192 + j];
+        return 0;
+    }
+    case DSV_GGML_Q4_1:
+    case DSV_GGML_Q5_1:
+        sc[0] = sc[1] = h2f_c(b);
+        mn[0] = mn[1] = h2f_c(b + 2);
+        return 1;
+    default: /* Q8_0, Q4_0, Q5_0, IQ4_NL */
+        sc[0] = sc[1] = h2f_c(b);
+        return 0;
+    }
+}
+
+/* The levels (int8) of values 32g..32g+31 of the block at b, in order. */
+static inline __attribute__((always_inline)) __m256i absorb_levels(uint32_t t, const uint8_t *b, int g) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    switch (t) {
+    case DSV_GGML_Q8_0: return _mm256_loadu_si256((const __m256i *)(b + 2));
+    case DSV_GGML_Q4_K:
+    case DSV_GGML_Q5_K: { /* qs[32(g/2) + l]: low nibble for even g, high for odd */
+        const int five = t == DSV_GGML_Q5_K;
+        const __m256i raw = _mm256_loadu_si256((const __m256i *)(b + (five ? 48 : 16) + 32 * (g >> 1)));
+        __m256i v = _mm256_and_si256(g & 1 ? _mm256_srli_epi16(raw, 4) : raw, m4);
+        if (five) { /* the 5th bit of value 32g + l is bit g of qh[l] */
+            const __m256i bit = _mm256_set1_epi8((char)(1 << g));
+            const __m256i on = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)(b + 16)), bit), bit);
+            v = _mm256_or_si256(v, _mm256_and_si256(on, _mm256_set1_epi8(16)));
+        }
+        return v;
+    }
+    case DSV_GGML_Q6_K: { /* value 128h + 32k + l: quant.c's dq_q6_k */
+        const int h = g >> 2, k = g & 3;
+        const __m256i lo = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32 * (k & 1)));
+        const __m256i hb = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
+        const __m256i l4 = _mm256_and_si256(k < 2 ? lo : _mm256_srli_epi16(lo, 4), m4);
+        const __m256i h2 = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * k)), _mm256_set1_epi8(3));
+        return _mm256_sub_epi8(_mm256_or_si256(l4, _mm256_slli_epi16(h2, 4)), _mm256_set1_epi8(32));
+    }
+    default: return q_levels_32v(t, b);
+    }
 }
 
 #endif /* DSV_QUANT_LEVELS_H */

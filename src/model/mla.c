@@ -18,7 +18,9 @@
  *  - MQA (its decode path): the query is absorbed into the latent space
  *    through wkv_b's key half, attention runs over the latent rows, and the
  *    value half maps the result back; its cost per token does not grow with
- *    the context, so it serves single tokens and long contexts.
+ *    the context, so it serves single tokens and long contexts. A GGUF's
+ *    block-quantized attn_k_b / attn_v_b are multiplied as the file holds
+ *    them (float activations, dsv_q_absorb) instead of the bf16 wkv_b.
  * Selected positions are visited in ascending order, so a top-k that keeps
  * every position computes bit for bit what dense attention computes.
  * In a model split across processes a rank computes its own heads
@@ -27,6 +29,7 @@
 
 #include "context.h"
 #include "coll.h"
+#include "kernels/quant.h"
 #include "base/util.h"
 
 struct mla_args {
@@ -156,9 +159,14 @@ static void mqa_task(void *arg, int ith, int nth) {
     dsv_split((n + 31) / 32, ith, nth, &b0, &b1);
     const int j0 = (int)b0 * 32, j1 = (int)DSV_MIN(b1 * 32, n);
 
+    const dsv_layer *ly = p->ly;
+    const int level = dsv_kernels_level_of(k);
+    if (ly->k_b.gtype && h0 < h1)
+        dsv_q_absorb_for(level, ly->k_b.gtype)(ly->k_b.gtype, ly->k_b.w, dsv_ggml_row_size(ly->k_b.gtype, N), C, N, ctx->q + (size_t)t * H * (N + R),
+             (size_t)(N + R), ctx->q_abs, (int)h0, (int)h1);
     for (long h = h0; h < h1; h++) {
         const dsv_bf16 *qh = ctx->q + ((size_t)t * H + h) * (N + R);
-        k->absorb_q(ctx->q_abs + h * C, qh, wkv_b, (int)h * (N + V), N, ts->acc);
+        if (!ly->k_b.gtype) k->absorb_q(ctx->q_abs + h * C, qh, wkv_b, (int)h * (N + V), N, ts->acc);
         memcpy(ctx->q_pe + h * R, qh + N, (size_t)R * sizeof(dsv_bf16));
     }
     dsv_pool_barrier(ctx->pool);
@@ -212,15 +220,30 @@ static void mqa_task(void *arg, int ith, int nth) {
                   (int)DSV_MIN(g1 * 16, C), ts->att);
     dsv_pool_barrier(ctx->pool);
 
-    for (long h = h0; h < h1; h++)
-        k->absorb_o(ctx->o + ((size_t)t * H + h) * V, ctx->o_lat + h * C, wkv_b, (int)h * (N + V) + N, V);
+    if (ly->v_b.gtype) {
+        if (h0 < h1)
+            dsv_q_absorb_for(level, ly->v_b.gtype)(ly->v_b.gtype, ly->v_b.w, dsv_ggml_row_size(ly->v_b.gtype, C), V, C, ctx->o_lat, (size_t)C,
+                 ctx->o + (size_t)t * H * V, (int)h0, (int)h1);
+    } else {
+        for (long h = h0; h < h1; h++)
+            k->absorb_o(ctx->o + ((size_t)t * H + h) * V, ctx->o_lat + h * C, wkv_b, (int)h * (N + V) + N, V);
+    }
 }
 
 static void mqa_token(dsv_context *ctx, struct mla_args *p, int t, int seq) {
     p->row0 = t;
     p->seq = seq;
     p->n_keys = ctx->n_sel[t];
-    ctx->stats.weight_bytes += dsv_linear_bytes(&p->ly->wkv_b); /* absorb_q/absorb_o read all of it */
+    /* absorb_q / absorb_o read wkv_b's key and value halves, or the
+     * file's blocks of attn_k_b / attn_v_b in their place */
+    const dsv_layer *ly = p->ly;
+    const uint64_t all = dsv_linear_bytes(&ly->wkv_b), N = (uint64_t)ctx->c->qk_nope_head_dim;
+    const uint64_t V = (uint64_t)ctx->c->v_head_dim;
+    if (!ly->k_b.gtype && !ly->v_b.gtype) ctx->stats.weight_bytes += all;
+    else { /* beside blocks, wkv_b is a GGUF's bf16 copy: its halves split exactly */
+        ctx->stats.weight_bytes += ly->k_b.gtype ? dsv_linear_bytes(&ly->k_b) : all / (N + V) * N;
+        ctx->stats.weight_bytes += ly->v_b.gtype ? dsv_linear_bytes(&ly->v_b) : all / (N + V) * V;
+    }
     dsv_pool_run(ctx->pool, mqa_task, p);
 }
 

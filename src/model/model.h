@@ -26,6 +26,14 @@ typedef struct dsv_layer {
     dsv_linear wkv_a;           /* kv_a_proj_with_mqa [kv_lora+rope, dim]; [latent | k_pe] */
     const float *kv_norm;       /* kv_a_layernorm [kv_lora] */
     dsv_linear wkv_b;           /* kv_b_proj [H*(nope+v), kv_lora]; per head [k_nope | v] */
+    /* A GGUF's block-quantized attn_k_b / attn_v_b as the file holds them,
+     * this rank's heads, for the absorbed (decode) path to multiply with
+     * float activations (quant.h, dsv_q_absorb) instead of reading the bf16
+     * wkv_b built from them (which the MHA prefill path still reads);
+     * gtype 0 when the tensors are float, unsplit or of a type without
+     * decode kernels. */
+    dsv_linear k_b;             /* [H*kv_lora, nope]: head h's row c = its key half's column c */
+    dsv_linear v_b;             /* [H*v, kv_lora]: head h's value rows */
     dsv_linear wo;              /* o_proj [dim, H*v] */
     /* Lightning indexer */
     dsv_linear idx_wq_b;        /* indexer.wq_b [Hi*128, q_lora]; per head [rope | nope] */

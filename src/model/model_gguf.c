@@ -192,6 +192,36 @@ static int build_kv_b(gloader *L, int il, dsv_bf16 *dst, float *tmp) {
     return DSV_OK;
 }
 
+/* A block-quantized attn_k_b / attn_v_b also stays mapped as the file holds
+ * it, this rank's heads [head0, head1) (their rows are consecutive), for
+ * the absorbed path to multiply with float activations (dsv_q_absorb):
+ * k_b's rows (kv_lora per head, nope long) give q_abs = k_b q_nope, v_b's
+ * (v per head, kv_lora long) o = v_b o_lat. Only for the types with decode
+ * kernels (dsv_q_absorb_fast); others, float tensors and an old file's
+ * unsplit attn_kv_b keep the bf16 wkv_b, which build_kv_b has checked
+ * these tensors for. */
+static void kv_b_quant(gloader *L, int il, dsv_layer *ly) {
+    const dsv_config *c = &L->m->cfg;
+    const int N = c->qk_nope_head_dim, V = c->v_head_dim, C = c->kv_lora_rank;
+    const int h0 = L->m->sh.head0, nh = L->m->n_local_heads;
+    char n1[96];
+    memset(&ly->k_b, 0, sizeof ly->k_b);
+    memset(&ly->v_b, 0, sizeof ly->v_b);
+    snprintf(n1, sizeof n1, "blk.%d.attn_kv_b.weight", il);
+    if (dsv_gguf_find(L->m->gguf, n1) || nh == 0) return;
+    const struct { const char *name; dsv_linear *out; int rows, n_in; } tb[2] = {
+        {"attn_k_b", &ly->k_b, C, N}, {"attn_v_b", &ly->v_b, V, C}};
+    for (int i = 0; i < 2; i++) {
+        snprintf(n1, sizeof n1, "blk.%d.%s.weight", il, tb[i].name);
+        const dsv_gguf_tensor *t = dsv_gguf_find(L->m->gguf, n1);
+        if (!t || !dsv_q_absorb_fast(t->type) || !dsv_q_absorb_ok(t->type, tb[i].n_in)) continue;
+        const size_t row = dsv_ggml_row_size(t->type, tb[i].n_in);
+        *tb[i].out = (dsv_linear){.dtype = DSV_DT_BF16, .gtype = t->type, .n_out = nh * tb[i].rows,
+                                  .n_in = tb[i].n_in, .ld = tb[i].n_in,
+                                  .w = (const char *)t->data + (size_t)h0 * (size_t)tb[i].rows * row};
+    }
+}
+
 /* The dense MLP or the shared experts: this rank's hidden units [lo, hi)
  * (gate/up rows, down columns). */
 static int expert(gloader *L, dsv_expert *e, int il, const char *sfx, int dim, int inter, int lo, int hi) {
@@ -241,7 +271,13 @@ static int load_layer(gloader *L, int il, dsv_bf16 *kv_b, float *tmp) {
     if ((st = build_kv_b(L, il, kv_b, tmp))) return st;
     ly->wkv_b = (dsv_linear){.dtype = DSV_DT_BF16, .n_out = L->m->n_local_heads * (c->qk_nope_head_dim + VH),
                              .n_in = c->kv_lora_rank, .ld = c->kv_lora_rank, .w = kv_b};
-    L->m->weight_bytes += (uint64_t)ly->wkv_b.n_out * (uint64_t)ly->wkv_b.n_in * 2;
+    kv_b_quant(L, il, ly);
+    /* Counted as decode streams it: the file's blocks where kept, else bf16. */
+    const uint64_t nh = (uint64_t)L->m->n_local_heads, kvl = (uint64_t)c->kv_lora_rank;
+    L->m->weight_bytes += ly->k_b.gtype ? (uint64_t)ly->k_b.n_out * dsv_ggml_row_size(ly->k_b.gtype, ly->k_b.n_in)
+                                        : nh * kvl * (uint64_t)c->qk_nope_head_dim * 2;
+    L->m->weight_bytes += ly->v_b.gtype ? (uint64_t)ly->v_b.n_out * dsv_ggml_row_size(ly->v_b.gtype, ly->v_b.n_in)
+                                        : nh * kvl * (uint64_t)VH * 2;
     LIN(wo, "attn_output.weight", dim, H * VH, split ? cols_of(sh->head0 * VH, sh->head1 * VH) : WHOLE);
     if (L->m->no_indexer) {
         no_indexer(L, ly, L->zeros, L->fzeros);

@@ -107,6 +107,10 @@ static void walk_model(walk *w, const dsv_model *m) {
         const dsv_linear *ls[] = {&ly->wq_a, &ly->wq_b, &ly->wkv_a, &ly->wkv_b, &ly->wo,
                                   &ly->idx_wq_b, &ly->idx_wk, &ly->idx_wproj, &ly->gate};
         for (size_t k = 0; k < sizeof ls / sizeof *ls; k++) linear(w, ls[k]);
+        /* A GGUF's attn_k_b / attn_v_b blocks, which decode reads besides
+         * the bf16 wkv_b that prefill reads (model.h). */
+        if (ly->k_b.gtype) linear(w, &ly->k_b);
+        if (ly->v_b.gtype) linear(w, &ly->v_b);
         if (!ly->is_moe) {
             expert(w, &ly->mlp);
             continue;
