@@ -11,7 +11,8 @@
  * call whatever the number of tokens. A call of a few tokens (decoding)
  * runs its experts in waves of up to DSV_MOE_WAVE (a decoded token's routed
  * experts and the shared one fit in one): the up projections of a wave's
- * experts in one pool run, their down projections in another, the threads
+ * experts in one pool run (the shared expert's run earlier, with the
+ * router's gate), their down projections in another, the threads
  * taking chunks of any expert's rows as they come free, each expert's output kept
  * apart so that the weighted sum still adds them in index order. In a model
  * split across processes a rank adds only its experts and its part of the
