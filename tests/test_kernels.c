@@ -438,6 +438,30 @@ TEST_FAST_LEVELS(kernels_index_score) {
             free(q8); free(k8); free(w); free(ks); free(o0); free(o1); free(o2); free(qp);
         }
     report("index_score");
+    /* The AVX-512 query layout, element by element, over every code (NaN
+     * too, which the scores above cannot see): pairs q[p][h][2] of the
+     * bf16 rounding of the code's value, heads padded to 16 with zeros. */
+    if (!strcmp(sets[0]->name, "avx512")) {
+        for (int a = 0; a < 3; a++) {
+            const int H = Hs[a], hp = (H + 15) & ~15;
+            uint8_t *q8 = malloc((size_t)H * 128);
+            uint16_t *qp = alloc64(dsv_index_q_bytes(H));
+            REQUIRE(q8 && qp);
+            for (int i = 0; i < H * 128; i++) q8[i] = (uint8_t)(i * 7 + a);
+            memset(qp, 0xa5, dsv_index_q_bytes(H));
+            sets[0]->index_q_pack(qp, q8, H);
+            int bad = 0;
+            for (int p = 0; p < 64; p++)
+                for (int h = 0; h < hp; h++)
+                    for (int e = 0; e < 2; e++) {
+                        const uint16_t want = h < H ? dsv_f32_to_bf16(dsv_e4m3_to_f32(q8[h * 128 + 2 * p + e])) : 0;
+                        bad += qp[((size_t)p * hp + h) * 2 + e] != want;
+                    }
+            CHECKF(!bad, "avx512 index_q_pack H=%d: %d elements differ from the scalar layout", H, bad);
+            free(q8);
+            free(qp);
+        }
+    }
 }
 
 TEST(kernels_topk_select_equals_topk) {

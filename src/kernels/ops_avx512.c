@@ -551,14 +551,31 @@ static void linear_fp8(dsv_bf16 *y, int ldy, const void *xp, const dsv_linear *w
  * key's pair is one broadcast dword. */
 static inline int heads_padded(int n_heads) { return (n_heads + 15) & ~15; }
 
+/* Keys [j, j+nk) widened to bf16 into kb (NaN codes stay NaN). */
+static inline void widen_keys(dsv_bf16 *kb, const uint8_t *k8, int nk, __m512i sub) {
+    for (int j = 0; j < nk * 128; j += 32) {
+        const uint8_t *c = k8 + j;
+        const __mmask32 nan =
+            _mm256_cmpeq_epi8_mask(_mm256_and_si256(_mm256_loadu_si256((const void *)c), _mm256_set1_epi8(0x7f)),
+                                   _mm256_set1_epi8(0x7f));
+        _mm512_storeu_si512((void *)(kb + j), _mm512_mask_mov_epi16(e4m3x32_bf16(c, sub), nan, _mm512_set1_epi16(0x7fc0)));
+    }
+}
+
+/* A decoded token packs its query on one thread before the scoring run,
+ * so this is vector code: each head's 128 codes widened as widen_keys
+ * widens keys (NaN codes give 0x7fc0, as the scalar bf16 rounding of the
+ * table's NaN does), then its 64 pairs stored down the head's column. */
 void dsv_avx512_index_q_pack(void *qp, const uint8_t *q8, int n_heads) {
     const int hp = heads_padded(n_heads);
-    dsv_bf16 *q = qp;
-    for (int p = 0; p < 64; p++)
-        for (int h = 0; h < hp; h++)
-            for (int e = 0; e < 2; e++)
-                q[((size_t)p * hp + h) * 2 + e] =
-                    h < n_heads ? dsv_f32_to_bf16(dsv_e4m3_to_f32(q8[h * 128 + 2 * p + e])) : (dsv_bf16)0;
+    const __m512i sub = e4m3_sub_table();
+    uint32_t *q = qp;
+    _Alignas(64) uint32_t col[64];
+    for (int h = 0; h < hp; h++) {
+        if (h < n_heads) widen_keys((dsv_bf16 *)col, q8 + (size_t)h * 128, 1, sub);
+        else memset(col, 0, sizeof col);
+        for (int p = 0; p < 64; p++) q[(size_t)p * hp + h] = col[p];
+    }
 }
 
 /* Scores of `nk` (<= 4) keys kb [nk][128] (bf16) for one query: heads in
@@ -596,16 +613,6 @@ static inline __attribute__((always_inline)) void score_keys(float *out, const d
     UNROLL for (int j = 0; j < 4; j++) if (j < nk) out[j] = _mm512_reduce_add_ps(sum[j]) * ks[j];
 }
 
-/* Keys [j, j+nk) widened to bf16 into kb (NaN codes stay NaN). */
-static inline void widen_keys(dsv_bf16 *kb, const uint8_t *k8, int nk, __m512i sub) {
-    for (int j = 0; j < nk * 128; j += 32) {
-        const uint8_t *c = k8 + j;
-        const __mmask32 nan =
-            _mm256_cmpeq_epi8_mask(_mm256_and_si256(_mm256_loadu_si256((const void *)c), _mm256_set1_epi8(0x7f)),
-                                   _mm256_set1_epi8(0x7f));
-        _mm512_storeu_si512((void *)(kb + j), _mm512_mask_mov_epi16(e4m3x32_bf16(c, sub), nan, _mm512_set1_epi16(0x7fc0)));
-    }
-}
 
 /* Several queries (prefill): 64 keys widened once, then every query over
  * them (a query stays in L1 for the 64). One query (decode): 4 keys at a

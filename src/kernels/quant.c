@@ -794,38 +794,53 @@ dsv_q_absorb_fn dsv_q_absorb_for(int level, uint32_t t) {
 
 /* ---- linear layers ------------------------------------------------------- */
 
+/* The rows of q_linear's activations: whole cache lines apart. */
+size_t dsv_q_act_stride(int K) { return (dsv_q8_act_bytes(K) + 63) & ~(size_t)63; }
+
+void dsv_q_act_rows(void *act, const void *x, int x_bf16, int K, int m, int level) {
+    const dsv_q8_act_quant_fn aq = dsv_q8_act_quant_for(level);
+    const size_t ab = dsv_q_act_stride(K);
+    for (int r = 0; r < m; r++) aq((char *)act + (size_t)r * ab, (const char *)x + (size_t)r * K * (x_bf16 ? 2 : 4), x_bf16, K);
+}
+
+/* g <= DSV_Q_ROWS quantized rows act (ab apart; input rows i0..) against
+ * weight rows [n0, n1), the rows handed to the kernel as many at a time as
+ * out[] holds (long ranges: the decoding kernels stream from two places). */
+static void q_rows(const struct dsv_linear *w, const uint8_t *act, size_t ab, int g, int i0, int n0, int n1,
+                   float *yf, uint16_t *yb, int ldy, dsv_q_dot_mat_fn dot) {
+    const size_t row = dsv_ggml_row_size(w->gtype, w->ld);
+    enum { OUT = 2048 }; /* results of one kernel call: 2048 weight rows of one input row, 128 of 16 */
+    float out[OUT];
+    const int chunk = OUT / g;
+    for (int c0 = n0; c0 < n1; c0 += chunk) {
+        const int nc = DSV_MIN(chunk, n1 - c0);
+        dot(w->gtype, (const char *)w->w + (size_t)c0 * row, row, nc, act, ab, g, w->n_in, out);
+        for (int j = 0; j < nc; j++)
+            for (int r = 0; r < g; r++) {
+                const float v = out[j * g + r];
+                if (yf) yf[(size_t)(i0 + r) * ldy + c0 + j] = v;
+                else yb[(size_t)(i0 + r) * ldy + c0 + j] = dsv_f32_to_bf16(v);
+            }
+    }
+}
+
 /* Input rows [0, m) against weight rows [n0, n1), a group of up to
  * DSV_Q_ROWS input rows at a time (as many as the scratch holds): the
  * group's activations are quantized once, then each weight row is decoded
- * once for the group, the rows handed to the kernel as many at a time as
- * out[] holds (long ranges: the decoding kernels stream from two places).
- * x: bf16 rows (x_bf16) or fp32 rows, K wide. */
+ * once for the group. x: bf16 rows (x_bf16) or fp32 rows, K wide. */
 static void q_linear(const struct dsv_linear *w, int m, int n0, int n1, void *scratch, const void *x, int x_bf16,
                      float *yf, uint16_t *yb, int ldy, int level) {
     const int K = w->n_in;
-    const size_t row = dsv_ggml_row_size(w->gtype, w->ld), ab = (dsv_q8_act_bytes(K) + 63) & ~(size_t)63;
+    const size_t ab = dsv_q_act_stride(K);
     uint8_t *act = scratch;
     const size_t room = DSV_LIN_SCRATCH;
     DSV_ASSERT(ab <= room);
     const int group = (int)DSV_MIN((size_t)DSV_Q_ROWS, room / ab);
     const dsv_q_dot_mat_fn dot = dsv_q_dot_mat_for(level);
-    const dsv_q8_act_quant_fn aq = dsv_q8_act_quant_for(level);
-    enum { OUT = 2048 }; /* results of one kernel call: 2048 weight rows of one input row, 128 of 16 */
-    float out[OUT];
     for (int i0 = 0; i0 < m; i0 += group) {
-        const int g = DSV_MIN(group, m - i0), chunk = OUT / g;
-        for (int r = 0; r < g; r++)
-            aq(act + (size_t)r * ab, (const char *)x + (size_t)(i0 + r) * K * (x_bf16 ? 2 : 4), x_bf16, K);
-        for (int c0 = n0; c0 < n1; c0 += chunk) {
-            const int nc = DSV_MIN(chunk, n1 - c0);
-            dot(w->gtype, (const char *)w->w + (size_t)c0 * row, row, nc, act, ab, g, K, out);
-            for (int j = 0; j < nc; j++)
-                for (int r = 0; r < g; r++) {
-                    const float v = out[j * g + r];
-                    if (yf) yf[(size_t)(i0 + r) * ldy + c0 + j] = v;
-                    else yb[(size_t)(i0 + r) * ldy + c0 + j] = dsv_f32_to_bf16(v);
-                }
-        }
+        const int g = DSV_MIN(group, m - i0);
+        dsv_q_act_rows(act, (const char *)x + (size_t)i0 * K * (x_bf16 ? 2 : 4), x_bf16, K, g, level);
+        q_rows(w, act, ab, g, i0, n0, n1, yf, yb, ldy, dot);
     }
 }
 
@@ -837,4 +852,12 @@ void dsv_linear_q(uint16_t *y, int ldy, const uint16_t *x, const struct dsv_line
 void dsv_linear_q_f32(float *y, int ldy, const float *x, const struct dsv_linear *w, int m, int n0, int n1,
                       void *scratch, int level) {
     q_linear(w, m, n0, n1, scratch, x, 0, y, NULL, ldy, level);
+}
+
+void dsv_linear_q_act(float *yf, uint16_t *yb, int ldy, const void *act, const struct dsv_linear *w, int m, int n0,
+                      int n1, int level) {
+    const size_t ab = dsv_q_act_stride(w->n_in);
+    const dsv_q_dot_mat_fn dot = dsv_q_dot_mat_for(level);
+    for (int i0 = 0; i0 < m; i0 += DSV_Q_ROWS)
+        q_rows(w, (const uint8_t *)act + (size_t)i0 * ab, ab, DSV_MIN(DSV_Q_ROWS, m - i0), i0, n0, n1, yf, yb, ldy, dot);
 }

@@ -145,6 +145,16 @@ void dsv_linear_q(uint16_t *y, int ldy, const uint16_t *x, const struct dsv_line
                   void *scratch, int level);
 void dsv_linear_q_f32(float *y, int ldy, const float *x, const struct dsv_linear *w, int m, int n0, int n1,
                       void *scratch, int level);
+/* The same in two steps, for a layer whose rows are cut in many chunks
+ * (each chunk would quantize the same inputs again): dsv_q_act_rows
+ * quantizes m rows x (bf16 if x_bf16, else fp32; K wide) into act, rows
+ * dsv_q_act_stride(K) bytes apart; dsv_linear_q_act computes output
+ * columns [n0, n1) from them into yf (fp32) or, if yf is NULL, yb (bf16),
+ * bit for bit what dsv_linear_q / dsv_linear_q_f32 give. */
+size_t dsv_q_act_stride(int K);
+void dsv_q_act_rows(void *act, const void *x, int x_bf16, int K, int m, int level);
+void dsv_linear_q_act(float *yf, uint16_t *yb, int ldy, const void *act, const struct dsv_linear *w, int m, int n0,
+                      int n1, int level);
 
 /* The absorbed attention's per-head products on a GGUF's block-quantized
  * attn_k_b / attn_v_b (model/mla.c), with the activations as they are (no

@@ -194,6 +194,17 @@ typedef struct dsv_lin_job {
     float *yf;
     const float *xf;
 } dsv_lin_job;
+/* The chunks of a group's output rows (linear.c): job j's rows [0,
+ * split[j]) in chunks of rows[j], the rest in chunks of small[j]; job j's
+ * chunks are numbered [first[j], first[j + 1]). dsv_lin_plan plans n jobs
+ * of n_out[j] rows of row_bytes[j] bytes for nth threads; dsv_lin_chunk
+ * gives chunk c (of job j) as rows [*r0, *r1). */
+typedef struct {
+    int rows[DSV_LIN_JOBS], small[DSV_LIN_JOBS], split[DSV_LIN_JOBS], n_big[DSV_LIN_JOBS];
+    int first[DSV_LIN_JOBS + 1];
+} dsv_lin_chunks;
+void dsv_lin_plan(dsv_lin_chunks *pl, const size_t *row_bytes, const int *n_out, int n, int nth);
+void dsv_lin_chunk(const dsv_lin_chunks *pl, const int *n_out, int j, int c, int *r0, int *r1);
 /* Runs independent linear layers (no job reads another's output) as one
  * unit of work, the same results as one call each. Threads take chunks of
  * output rows of any job as they come free, so a slower thread does less. */

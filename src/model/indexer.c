@@ -30,34 +30,47 @@ struct idx_args {
     int il;
 };
 
-static void qk_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
-    (void)ith;
-    struct idx_args *p = a;
+/* Query head h of token t: RoPE, Hadamard, act_quant. */
+static void q_head(dsv_context *ctx, long t, int h) {
     const dsv_config *c = ctx->c;
-    const int Hi = c->index_n_heads, R = c->qk_rope_head_dim;
+    const int Hi = c->index_n_heads, R = c->qk_rope_head_dim, pos = ctx->tok_pos[t];
+    dsv_bf16 *qh = ctx->iq + ((size_t)t * Hi + h) * 128;
+    ctx->kern->rope(qh, ctx->rope_cos + (size_t)pos * (R / 2), ctx->rope_sin + (size_t)pos * (R / 2), R / 2, 0);
+    ctx->kern->hadamard128(qh);
+    ctx->kern->act_quant(ctx->iq8 + ((size_t)t * Hi + h) * 128, ctx->iqs + (size_t)t * Hi + h, qh, 128, c->scale_fmt);
+}
+
+/* Token t's key: LayerNorm, RoPE, Hadamard, act_quant into the cache. */
+static void k_row(dsv_context *ctx, const dsv_layer *ly, int il, long t) {
+    const dsv_config *c = ctx->c;
+    const int R = c->qk_rope_head_dim, pos = ctx->tok_pos[t];
+    dsv_bf16 *k = ctx->ik + (size_t)t * 128;
+    dsv_layernorm(k, k, ly->idx_k_norm_w, ly->idx_k_norm_b, 128, c->rms_norm_eps);
+    ctx->kern->rope(k, ctx->rope_cos + (size_t)pos * (R / 2), ctx->rope_sin + (size_t)pos * (R / 2), R / 2, 0);
+    ctx->kern->hadamard128(k);
+    const dsv_seq *s = &ctx->seqs[ctx->tok_seq[t]];
+    ctx->kern->act_quant(dsv_kv_index_keys(&ctx->kv, s, il, pos), dsv_kv_index_scales(&ctx->kv, s, il, pos), k, 128,
+                         c->scale_fmt);
+}
+
+/* Token t's packed query and head weights (after all its heads). */
+static void q_pack(dsv_context *ctx, long t) {
+    const int Hi = ctx->c->index_n_heads;
     /* weights * n_heads^-0.5, then * q_scale * head_dim^-0.5, each an fp32
      * multiply in the reference's order. */
     const float c_heads = (float)(1.0 / sqrt((double)Hi)), c_dim = (float)(1.0 / sqrt(128.0));
+    ctx->kern->index_q_pack(ctx->iqp + (size_t)t * ctx->iqp_bytes, ctx->iq8 + (size_t)t * Hi * 128, Hi);
+    float *w = ctx->iw + (size_t)t * Hi;
+    for (int h = 0; h < Hi; h++) w[h] = w[h] * c_heads * ctx->iqs[(size_t)t * Hi + h] * c_dim;
+}
+
+static void qk_rows(dsv_context *ctx, void *a, long i0, long i1, int ith) {
+    (void)ith;
+    struct idx_args *p = a;
     for (long t = i0; t < i1; t++) {
-        const int pos = ctx->tok_pos[t];
-        const float *cs = ctx->rope_cos + (size_t)pos * (R / 2), *sn = ctx->rope_sin + (size_t)pos * (R / 2);
-        for (int h = 0; h < Hi; h++) {
-            dsv_bf16 *qh = ctx->iq + ((size_t)t * Hi + h) * 128;
-            ctx->kern->rope(qh, cs, sn, R / 2, 0);
-            ctx->kern->hadamard128(qh);
-            ctx->kern->act_quant(ctx->iq8 + ((size_t)t * Hi + h) * 128, ctx->iqs + (size_t)t * Hi + h, qh, 128,
-                                c->scale_fmt);
-        }
-        dsv_bf16 *k = ctx->ik + (size_t)t * 128;
-        dsv_layernorm(k, k, p->ly->idx_k_norm_w, p->ly->idx_k_norm_b, 128, c->rms_norm_eps);
-        ctx->kern->rope(k, cs, sn, R / 2, 0);
-        ctx->kern->hadamard128(k);
-        const dsv_seq *s = &ctx->seqs[ctx->tok_seq[t]];
-        ctx->kern->act_quant(dsv_kv_index_keys(&ctx->kv, s, p->il, pos), dsv_kv_index_scales(&ctx->kv, s, p->il, pos),
-                            k, 128, c->scale_fmt);
-        ctx->kern->index_q_pack(ctx->iqp + (size_t)t * ctx->iqp_bytes, ctx->iq8 + (size_t)t * Hi * 128, Hi);
-        float *w = ctx->iw + (size_t)t * Hi;
-        for (int h = 0; h < Hi; h++) w[h] = w[h] * c_heads * ctx->iqs[(size_t)t * Hi + h] * c_dim;
+        for (int h = 0; h < ctx->c->index_n_heads; h++) q_head(ctx, t, h);
+        k_row(ctx, p->ly, p->il, t);
+        q_pack(ctx, t);
     }
 }
 
@@ -113,6 +126,7 @@ struct sel_args {
     dsv_context *ctx;
     int il;
     int chunk; /* tokens scored together */
+    int qk;    /* the queries and keys are still to be made (select_task, T < nth) */
 };
 
 /* Thread 0's time in scoring (0) or selecting (1), for the statistics. */
@@ -147,6 +161,22 @@ static void select_task(void *a, int ith, int nth) {
                 sel_clock(ctx, ith, 1, &clk);
             }
         return;
+    }
+    if (p->qk) {
+        /* Fewer tokens than threads (decoding): the tokens' query heads and
+         * keys are split across the threads here, not run on the caller
+         * alone before this run; then each token's query is packed by one
+         * thread. Each head's and key's arithmetic is its own. */
+        const int Hi = ctx->c->index_n_heads;
+        long u0, u1;
+        dsv_split((long)T * (Hi + 1), ith, nth, &u0, &u1);
+        for (long u = u0; u < u1; u++) {
+            if (u % (Hi + 1) < Hi) q_head(ctx, u / (Hi + 1), (int)(u % (Hi + 1)));
+            else k_row(ctx, &ctx->m->layers[p->il], p->il, u / (Hi + 1));
+        }
+        dsv_pool_barrier(ctx->pool);
+        if (ith < T) q_pack(ctx, ith); /* T < nth */
+        dsv_pool_barrier(ctx->pool);
     }
     for (int t = 0; t < T; t++) {
         long b, e;
@@ -222,11 +252,12 @@ void dsv_indexer_forward(dsv_context *ctx, int il) {
 
     dsv_dump_f32(ctx, "index_weights", il, T, Hi, ctx->iw);
     int prev = dsv_phase(ctx, DSV_PHASE_INDEXER);
-    dsv_ctx_for(ctx, T, qk_rows, &a);
+    const int qk_in_select = ctx->p.attn == DSV_ATTN_SPARSE && ctx->nth > 1 && T < ctx->nth;
+    if (!qk_in_select) dsv_ctx_for(ctx, T, qk_rows, &a);
 
     if (ctx->p.attn == DSV_ATTN_DENSE) {
         if (ctx->probe && !ctx->probe->oracle) {
-            struct sel_args sa = {ctx, il, DSV_IDX_CHUNK};
+            struct sel_args sa = {ctx, il, DSV_IDX_CHUNK, 0};
             dsv_pool_run(ctx->pool, probe_score_task, &sa);
         }
         dsv_phase(ctx, DSV_PHASE_TOPK);
@@ -234,7 +265,7 @@ void dsv_indexer_forward(dsv_context *ctx, int il) {
         dsv_phase(ctx, prev);
         return;
     }
-    struct sel_args sa = {ctx, il, DSV_MAX(1, DSV_MIN(DSV_IDX_CHUNK, (T + ctx->nth - 1) / ctx->nth))};
+    struct sel_args sa = {ctx, il, DSV_MAX(1, DSV_MIN(DSV_IDX_CHUNK, (T + ctx->nth - 1) / ctx->nth)), qk_in_select};
     dsv_phase(ctx, DSV_PHASE_INDEXER);
     ctx->sel_ns[0] = ctx->sel_ns[1] = 0;
     dsv_pool_run(ctx->pool, select_task, &sa);

@@ -97,22 +97,71 @@ static void lin_task(void *a, int ith, int nth) {
 
 /* ---- groups: chunks of output rows from a shared counter ------------------ */
 
+/* Chunks of output rows: CHUNK_BYTES of weight each (in whole passes of 64
+ * rows, the decoding kernels' step) so a chunk amortizes its start, except
+ * in the group's last TAIL_BYTES per thread, cut in TAIL_CHUNK_BYTES (whole
+ * 16-row tiles): the threads end a run within a small chunk of each other
+ * instead of a large one (a 512 KB chunk is ~50 us of one core's stream;
+ * the wait at the end of each run was the largest of the decode's waits). */
+#define CHUNK_BYTES ((size_t)512 << 10)
+#define TAIL_BYTES ((size_t)256 << 10)
+#define TAIL_CHUNK_BYTES ((size_t)128 << 10)
+
+static int rows_of(size_t row_bytes, size_t bytes, int step, int max) {
+    size_t r = bytes / (row_bytes ? row_bytes : 1) / (size_t)step * (size_t)step;
+    return r < (size_t)step ? step : r > (size_t)max ? max : (int)r;
+}
+
+void dsv_lin_plan(dsv_lin_chunks *pl, const size_t *row_bytes, const int *n_out, int n, int nth) {
+    DSV_ASSERT(n >= 0 && n <= DSV_LIN_JOBS);
+    /* The tail, from the last job backwards: each job's last rows up to the
+     * budget, the cut on a 16-row boundary. One thread has no tail. */
+    size_t tail = nth > 1 ? (size_t)nth * TAIL_BYTES : 0;
+    for (int j = n - 1; j >= 0; j--) {
+        const size_t rb = row_bytes[j] ? row_bytes[j] : 1;
+        int split = n_out[j];
+        if (tail > 0) {
+            const size_t want = (tail + rb - 1) / rb;
+            split = want >= (size_t)n_out[j] ? 0 : (int)((size_t)n_out[j] - want) / 16 * 16;
+            const size_t took = (size_t)(n_out[j] - split) * rb;
+            tail = took >= tail ? 0 : tail - took;
+        }
+        pl->split[j] = split;
+        pl->rows[j] = rows_of(rb, CHUNK_BYTES, 64, 4096);
+        pl->small[j] = rows_of(rb, TAIL_CHUNK_BYTES, 16, 4096);
+    }
+    pl->first[0] = 0;
+    for (int j = 0; j < n; j++) {
+        pl->n_big[j] = (pl->split[j] + pl->rows[j] - 1) / pl->rows[j];
+        pl->first[j + 1] = pl->first[j] + pl->n_big[j] + (n_out[j] - pl->split[j] + pl->small[j] - 1) / pl->small[j];
+    }
+}
+
+void dsv_lin_chunk(const dsv_lin_chunks *pl, const int *n_out, int j, int c, int *r0, int *r1) {
+    const int local = c - pl->first[j];
+    if (local < pl->n_big[j]) {
+        *r0 = local * pl->rows[j];
+        *r1 = DSV_MIN(*r0 + pl->rows[j], pl->split[j]);
+    } else {
+        *r0 = pl->split[j] + (local - pl->n_big[j]) * pl->small[j];
+        *r1 = DSV_MIN(*r0 + pl->small[j], n_out[j]);
+    }
+}
+
 struct group_args {
     dsv_context *ctx;
     const dsv_lin_job *jobs;
     int n;
     const void *xp[DSV_LIN_JOBS]; /* per job: its packed input */
-    int rows[DSV_LIN_JOBS];       /* per job: output rows per chunk */
-    int first[DSV_LIN_JOBS + 1];  /* per job: its first chunk; first[n]: the total */
+    const void *act[DSV_LIN_JOBS]; /* per job: its quantized input (block-quantized weights), or NULL */
+    int n_out[DSV_LIN_JOBS];
+    dsv_lin_chunks plan;
     atomic_int next;
 };
 
-/* Output rows per chunk: about 512 KB of weight, in whole passes of 64 rows
- * (the decoding kernels' step), so a chunk amortizes its start. */
-static int chunk_rows(const dsv_linear *w) {
-    const size_t row = w->gtype ? dsv_ggml_row_size(w->gtype, w->n_in) : (size_t)w->n_in * dsv_dtype_size(w->dtype);
-    size_t r = ((size_t)512 << 10) / (row ? row : 1) / 64 * 64;
-    return r < 64 ? 64 : r > 4096 ? 4096 : (int)r;
+/* One row of a job's weight, in bytes. */
+static size_t row_bytes(const dsv_linear *w) {
+    return w->gtype ? dsv_ggml_row_size(w->gtype, w->n_in) : (size_t)w->n_in * dsv_dtype_size(w->dtype);
 }
 
 static void group_task(void *a, int ith, int nth) {
@@ -123,11 +172,13 @@ static void group_task(void *a, int ith, int nth) {
     void *scr = p->ctx->ts[ith].lin;
     for (int j = 0;;) {
         const int c = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-        if (c >= p->first[p->n]) return;
-        while (c >= p->first[j + 1]) j++; /* chunks are taken in order */
+        if (c >= p->plan.first[p->n]) return;
+        while (c >= p->plan.first[j + 1]) j++; /* chunks are taken in order */
         const dsv_lin_job *jb = &p->jobs[j];
-        const int r0 = (c - p->first[j]) * p->rows[j], r1 = DSV_MIN(r0 + p->rows[j], jb->w->n_out);
-        if (jb->w->gtype && jb->xf) dsv_linear_q_f32(jb->yf, jb->ldy, jb->xf, jb->w, jb->m, r0, r1, scr, level);
+        int r0, r1;
+        dsv_lin_chunk(&p->plan, p->n_out, j, c, &r0, &r1);
+        if (jb->w->gtype && p->act[j]) dsv_linear_q_act(jb->yf, jb->y, jb->ldy, p->act[j], jb->w, jb->m, r0, r1, level);
+        else if (jb->w->gtype && jb->xf) dsv_linear_q_f32(jb->yf, jb->ldy, jb->xf, jb->w, jb->m, r0, r1, scr, level);
         else if (jb->w->gtype) dsv_linear_q(jb->y, jb->ldy, jb->x, jb->w, jb->m, r0, r1, scr, level);
         else if (jb->xf) k->linear_f32(jb->yf, jb->ldy, jb->xf, jb->w, jb->m, r0, r1, scr);
         else if (jb->w->dtype == DSV_DT_F8_E4M3) k->linear_fp8(jb->y, jb->ldy, p->xp[j], jb->w, jb->m, r0, r1, scr);
@@ -140,18 +191,40 @@ static void group_task(void *a, int ith, int nth) {
 static void group_run(dsv_context *ctx, const dsv_lin_job *jobs, int n) {
     const dsv_kernels *k = ctx->kern;
     struct group_args g = {.ctx = ctx, .jobs = jobs, .n = n};
+    size_t rb[DSV_LIN_JOBS];
     int slots = 0, prev = -1;
     DSV_ASSERT(n <= DSV_LIN_JOBS);
     atomic_init(&g.next, 0);
+    for (int j = 0; j < n; j++) {
+        rb[j] = row_bytes(jobs[j].w);
+        g.n_out[j] = jobs[j].w->n_out;
+    }
+    dsv_lin_plan(&g.plan, rb, g.n_out, n, ctx->nth);
     for (int j = 0; j < n; j++) {
         const dsv_lin_job *jb = &jobs[j];
         const int kind = pack_kind(jb->w);
         int p = dsv_lin_begin(ctx, jb->w, jb->m);
         if (j == 0) prev = p;
-        g.rows[j] = chunk_rows(jb->w);
-        g.first[j + 1] = g.first[j] + (jb->w->n_out + g.rows[j] - 1) / g.rows[j];
         g.xp[j] = jb->x;
-        if (jb->xf || jb->w->gtype || !(kind != PACK_BF16 || k->lin_pack_bf16)) continue;
+        g.act[j] = NULL;
+        if (jb->w->gtype) {
+            /* Quantized once here for all of the layer's chunks, shared
+             * with an earlier job of the same input, rows and width. */
+            const void *x = jb->xf ? (const void *)jb->xf : (const void *)jb->x;
+            int i = 0;
+            while (i < j && !(g.act[i] && (jobs[i].xf ? (const void *)jobs[i].xf : (const void *)jobs[i].x) == x &&
+                              jobs[i].m == jb->m && jobs[i].w->n_in == jb->w->n_in))
+                i++;
+            if (i < j) g.act[j] = g.act[i];
+            else if (slots < DSV_LIN_SLOTS && jb->m <= DSV_LIN_SMALL) {
+                void *act = (char *)ctx->xp + (size_t)slots++ * ctx->xp_slot;
+                DSV_ASSERT((size_t)jb->m * dsv_q_act_stride(jb->w->n_in) <= ctx->xp_slot);
+                dsv_q_act_rows(act, x, !jb->xf, jb->w->n_in, jb->m, dsv_kernels_level_of(k));
+                g.act[j] = act;
+            } /* else each chunk quantizes its own copy */
+            continue;
+        }
+        if (jb->xf || !(kind != PACK_BF16 || k->lin_pack_bf16)) continue;
         /* An input already packed the same way is shared. */
         int i = 0;
         while (i < j && !(jobs[i].x == jb->x && !jobs[i].xf && !jobs[i].w->gtype && jobs[i].m == jb->m &&
@@ -168,7 +241,7 @@ static void group_run(dsv_context *ctx, const dsv_lin_job *jobs, int n) {
         else k->lin_pack_bf16(xp, jb->x, jb->m, jb->w->n_in, 0, jb->m);
         g.xp[j] = xp;
     }
-    if (g.first[n] > 1 && ctx->nth > 1) dsv_pool_run(ctx->pool, group_task, &g);
+    if (g.plan.first[n] > 1 && ctx->nth > 1) dsv_pool_run(ctx->pool, group_task, &g);
     else group_task(&g, 0, 1);
     dsv_phase(ctx, prev);
 }

@@ -11,7 +11,8 @@
  * call whatever the number of tokens. A call of a few tokens (decoding)
  * runs its experts in waves of up to DSV_MOE_WAVE (a decoded token's routed
  * experts and the shared one fit in one): the up projections of a wave's
- * experts in one pool run, their down projections in another, the threads
+ * experts in one pool run (the shared expert's run earlier, with the
+ * router's gate), their down projections in another, the threads
  * taking chunks of any expert's rows as they come free, each expert's output kept
  * apart so that the weighted sum still adds them in index order. In a model
  * split across processes a rank adds only its experts and its part of the
@@ -134,13 +135,23 @@ static void wave_sum(dsv_context *ctx, int n_exp, const int *n_rows) {
 
 /* One wave: experts ex[0..n) with rows mw_rows/mw_wts (shared: all rows,
  * weight 1), their up projections, SwiGLU, down projections, sum. With one
- * token every expert reads the token's row in place. */
+ * token every expert reads the token's row in place. An expert `early`
+ * (the shared one, or NULL) had its up projections computed already, into
+ * ex_h1/ex_h3, from all the call's rows: the same rows (in order) as the
+ * wave would give it. */
 static void wave(dsv_context *ctx, const dsv_bf16 *xn, const dsv_expert *const *ex, const int *width, int n,
-                 const int *n_rows) {
+                 const int *n_rows, const dsv_expert *early) {
     const int D = ctx->c->dim, T = ctx->n_tok;
     const size_t ew = (size_t)ctx->c->moe_inter_dim * (size_t)DSV_MAX(1, ctx->c->n_shared_experts);
     dsv_lin_job jobs[2 * DSV_MOE_WAVE];
+    dsv_bf16 *h1s[DSV_MOE_WAVE], *h3s[DSV_MOE_WAVE];
+    int nj = 0;
     for (int e = 0; e < n; e++) {
+        if (ex[e] == early) {
+            h1s[e] = ctx->ex_h1;
+            h3s[e] = ctx->ex_h3;
+            continue;
+        }
         const dsv_bf16 *x = xn;
         if (T > 1) {
             x = ctx->mw_x + (size_t)e * DSV_LIN_SMALL * D;
@@ -148,13 +159,14 @@ static void wave(dsv_context *ctx, const dsv_bf16 *xn, const dsv_expert *const *
                 memcpy((dsv_bf16 *)x + (size_t)i * D, xn + (size_t)ctx->mw_rows[e * DSV_LIN_SMALL + i] * D,
                        (size_t)D * sizeof(dsv_bf16));
         }
-        dsv_bf16 *h1 = ctx->mw_h1 + (size_t)e * DSV_LIN_SMALL * ew, *h3 = ctx->mw_h3 + (size_t)e * DSV_LIN_SMALL * ew;
-        jobs[2 * e] = (dsv_lin_job){.w = &ex[e]->w1, .m = n_rows[e], .y = h1, .ldy = width[e], .x = x};
-        jobs[2 * e + 1] = (dsv_lin_job){.w = &ex[e]->w3, .m = n_rows[e], .y = h3, .ldy = width[e], .x = x};
+        dsv_bf16 *h1 = h1s[e] = ctx->mw_h1 + (size_t)e * DSV_LIN_SMALL * ew;
+        dsv_bf16 *h3 = h3s[e] = ctx->mw_h3 + (size_t)e * DSV_LIN_SMALL * ew;
+        jobs[nj++] = (dsv_lin_job){.w = &ex[e]->w1, .m = n_rows[e], .y = h1, .ldy = width[e], .x = x};
+        jobs[nj++] = (dsv_lin_job){.w = &ex[e]->w3, .m = n_rows[e], .y = h3, .ldy = width[e], .x = x};
     }
-    dsv_lin_group(ctx, jobs, 2 * n);
+    if (nj) dsv_lin_group(ctx, jobs, nj);
     for (int e = 0; e < n; e++) {
-        dsv_bf16 *h1 = ctx->mw_h1 + (size_t)e * DSV_LIN_SMALL * ew, *h3 = ctx->mw_h3 + (size_t)e * DSV_LIN_SMALL * ew;
+        dsv_bf16 *h1 = h1s[e], *h3 = h3s[e];
         ctx->kern->swiglu(h1, h1, h3, n_rows[e] * width[e]);
         jobs[e] = (dsv_lin_job){.w = &ex[e]->w2, .m = n_rows[e], .y = ctx->mw_o + (size_t)e * DSV_LIN_SMALL * D,
                                 .ldy = D, .x = h1};
@@ -172,7 +184,16 @@ static void moe_small(dsv_context *ctx, int il, const dsv_layer *ly, struct moe_
     const dsv_expert *ex[DSV_MOE_WAVE];
     int width[DSV_MOE_WAVE], n_rows[DSV_MOE_WAVE], n = 0;
     to_f32(ctx, (void *)a->x, 0, T, 0);
-    dsv_lin_f32(ctx, ctx->gate_logits, ctx->xf, &ly->gate, T);
+    /* The router's gate with the shared expert's up projections, which need
+     * no routing: one pool run, and the gate (too small to be worth a run
+     * of its own, so once on the caller alone) no longer runs by itself. */
+    const dsv_expert *early = ly->shared.w1.n_out > 0 ? &ly->shared : NULL;
+    dsv_lin_job first[3] = {{.w = &ly->gate, .m = T, .yf = ctx->gate_logits, .ldy = ly->gate.n_out, .xf = ctx->xf}};
+    if (early) {
+        first[1] = (dsv_lin_job){.w = &early->w1, .m = T, .y = ctx->ex_h1, .ldy = early->w1.n_out, .x = a->x};
+        first[2] = (dsv_lin_job){.w = &early->w3, .m = T, .y = ctx->ex_h3, .ldy = early->w1.n_out, .x = a->x};
+    }
+    dsv_lin_group(ctx, first, early ? 3 : 1);
     route_rows(ctx, a, 0, T, 0);
     dsv_dump_f32(ctx, "moe_gate_weights", il, T, K, ctx->gate_w);
     dsv_dump_i32(ctx, "moe_gate_indices", il, T, K, ctx->gate_i);
@@ -202,7 +223,7 @@ static void moe_small(dsv_context *ctx, int il, const dsv_layer *ly, struct moe_
             n_rows[n++] = T;
         }
         if (n == DSV_MOE_WAVE || (e == e1 && n > 0)) {
-            wave(ctx, a->x, ex, width, n, n_rows);
+            wave(ctx, a->x, ex, width, n, n_rows, early);
             n = 0;
         }
     }
