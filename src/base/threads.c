@@ -3,9 +3,9 @@
  * Three kinds of waiting: a worker for the next task, the caller for the
  * workers to finish a task, and every thread at a barrier. Each waits on a
  * 32-bit word that changes when it may go on (a generation, a count, a
- * phase). A waiter first spins for a few microseconds, about the gap
- * between two kernels of a forward pass, so that back-to-back tasks cost no
- * system call; then it sleeps in the kernel (a futex on Linux, a condition
+ * phase). A waiter first spins (SPIN_ITERS pauses, at least the gap
+ * between two kernels of a forward pass), so that back-to-back tasks cost
+ * no system call; then it sleeps in the kernel (a futex on Linux, a condition
  * variable elsewhere) so that an idle engine, or one whose threads share
  * cores with other work, does not burn the CPU its peers need. Whoever
  * changes a word wakes sleepers only if there are any. */
@@ -36,8 +36,11 @@
 
 void (*dsv_thread_init_hook)(void);
 
-/* Spin iterations before sleeping: ~2k pauses are a few to tens of
- * microseconds depending on the core's pause latency. */
+/* Spin iterations before sleeping. What 2k pauses last depends on the
+ * core's pause latency: a few microseconds on older Intel cores, tens on
+ * newer ones, and 0.17-0.32 ms on the AMD EPYC virtual machine the AVX-512
+ * figures of the README come from (~100 ns a pause there). Spinning without
+ * pause measured slower under load there, so the count stays. */
 #define SPIN_ITERS 2048
 
 /* A word to wait on, with a count of sleepers so changes skip the wake
